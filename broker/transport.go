@@ -1,0 +1,122 @@
+package broker
+
+import (
+	"context"
+	"errors"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Family is the kind of traffic a publish belongs to; each transport maps
+// it to its delivery guarantees (MQTT QoS, NATS core or JetStream).
+type Family uint8
+
+// Message families.
+const (
+	// FamilyControl: API requests and replies. MQTT QoS 1, NATS core.
+	FamilyControl Family = iota
+	// FamilyNotice: update notices. MQTT QoS 1 (retained when asked),
+	// NATS JetStream last-per-subject when retained.
+	FamilyNotice
+	// FamilyReport: device reports. MQTT QoS 1, NATS core.
+	FamilyReport
+	// FamilyChunk: broadcast and requested chunks. MQTT QoS 0 so that a
+	// broker never queues an image for an offline device; loss is repaired
+	// by request. NATS core.
+	FamilyChunk
+	// FamilyChunkRequest: chunk requests. MQTT QoS 1, NATS core.
+	FamilyChunkRequest
+)
+
+// Message is one received message.
+type Message struct {
+	// Topic is the transport-native topic (MQTT) or subject (NATS).
+	Topic   string
+	Payload []byte
+	// ReplyTo and Correlation are set on requests (MQTT v5 response topic
+	// and correlation data; NATS reply subject).
+	ReplyTo     string
+	Correlation []byte
+	// Retained is set when the message was held by the broker (MQTT
+	// retained, NATS JetStream last-per-subject) rather than live.
+	Retained bool
+}
+
+// Handler is called for each received message. Handlers of one
+// subscription are called one at a time, in order; a handler must not
+// block for long, and must not retain m.Payload after it returns unless it
+// copies it.
+type Handler func(ctx context.Context, m Message)
+
+// PublishOptions tunes a publish.
+type PublishOptions struct {
+	Family Family
+	// Retain keeps the message as the topic's last value (notices). An
+	// empty payload with Retain clears the retained value.
+	Retain bool
+}
+
+// SubscribeOptions tunes a subscription.
+type SubscribeOptions struct {
+	Family Family
+	// Shared makes the subscription one member of the shared group
+	// schemas.SharedGroup (MQTT v5 $share, NATS queue group): each message
+	// goes to one member.
+	Shared bool
+	// Retained delivers the retained value (last message per subject) on
+	// subscribe, as well as live messages.
+	Retained bool
+}
+
+// Publisher publishes one message.
+type Publisher interface {
+	// Publish sends payload to topic. It blocks until the message is handed
+	// to the broker at the family's guarantee, or ctx ends.
+	Publish(ctx context.Context, topic schemas.Topic, payload []byte, opts PublishOptions) error
+}
+
+// Subscriber subscribes to a topic filter.
+type Subscriber interface {
+	// Subscribe registers h for messages matching filter (MQTT "+"/"#" or
+	// NATS "*"/">" wildcards in the respective field) and returns once the
+	// broker has acknowledged the subscription. The subscription survives
+	// reconnects until Unsubscribe.
+	Subscribe(ctx context.Context, filter schemas.Topic, h Handler, opts SubscribeOptions) (Subscription, error)
+}
+
+// Requester performs request/reply.
+type Requester interface {
+	// Request sends payload to topic with a reply address and waits for
+	// the first reply, or until ctx ends (ErrTimeout wraps ctx's error).
+	Request(ctx context.Context, topic schemas.Topic, payload []byte) ([]byte, error)
+	// Reply answers a request message received by a Handler.
+	Reply(ctx context.Context, req Message, payload []byte) error
+}
+
+// Subscription is an active subscription.
+type Subscription interface {
+	Unsubscribe(ctx context.Context) error
+}
+
+// Transport is a connection to one broker. Implementations are safe for
+// concurrent use.
+type Transport interface {
+	Publisher
+	Subscriber
+	Requester
+	// Close disconnects and stops the transport's goroutines. It is safe to
+	// call more than once.
+	Close(ctx context.Context) error
+}
+
+// Sentinel errors.
+var (
+	// ErrClosed: the transport was closed.
+	ErrClosed = errors.New("broker: transport closed")
+	// ErrTimeout: a request got no reply before its context ended.
+	ErrTimeout = errors.New("broker: request timed out")
+	// ErrNotAuthorized: the broker refused the credentials or the action.
+	ErrNotAuthorized = errors.New("broker: not authorized")
+	// ErrBadURL: the broker URL cannot be used.
+	ErrBadURL = errors.New("broker: bad broker url")
+)
