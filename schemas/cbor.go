@@ -8,27 +8,32 @@ import (
 )
 
 // Limits applied by every decoder in this module. Messages are small by
-// design: the largest is a chunk, bounded by MaxChunkSize plus framing.
+// design: the largest is a chunk table, bounded by MaxChunks digests.
 const (
 	// MaxNesting bounds the depth of nested arrays and maps.
 	MaxNesting = 16
-	// MaxArrayElements bounds the element count of any array.
-	MaxArrayElements = 1 << 17
+	// MaxArrayElements bounds the element count of any array (a chunk
+	// table lists up to MaxChunks digests).
+	MaxArrayElements = MaxChunks
 	// MaxMapPairs bounds the pair count of any map.
 	MaxMapPairs = 256
-	// MaxByteString bounds any single byte or text string.
+	// MaxByteString is the largest byte or text string any firmcast
+	// message field may hold. fxamacker/cbor has no per-string bound, so it
+	// is enforced by the per-type size cap (Message.MaxSize, checked by
+	// Decode before decoding) and by each field's own limit in Validate;
+	// Unmarshal bounds strings only by the length of its input.
 	MaxByteString = 4 << 20
 )
 
 var (
-	encMode    cbor.EncMode
+	encMode    cbor.UserBufferEncMode
 	decMode    cbor.DecMode
 	tagDecMode cbor.DecMode
 )
 
 func init() {
 	var err error
-	encMode, err = cbor.CoreDetEncOptions().EncMode()
+	encMode, err = cbor.CoreDetEncOptions().UserBufferEncMode()
 	if err != nil {
 		panic(fmt.Sprintf("schemas: cbor encoder: %v", err))
 	}
@@ -60,8 +65,10 @@ func decOptions() cbor.DecOptions {
 	}
 }
 
-// Marshal encodes v in Core Deterministic CBOR (RFC 8949 section 4.2.1).
-// It is the only encoder firmcast uses for anything it hashes, signs or sends.
+// Marshal encodes v in Core Deterministic CBOR (RFC 8949 section 4.2.1:
+// shortest heads, definite lengths, map keys sorted bytewise).
+// It is the only encoder firmcast uses for anything it hashes, signs or
+// sends. It is safe for concurrent use.
 func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
 
 // EncMode returns the package's Core Deterministic encoding mode, for
@@ -69,9 +76,12 @@ func Marshal(v any) ([]byte, error) { return encMode.Marshal(v) }
 func EncMode() cbor.EncMode { return encMode }
 
 // Unmarshal decodes data into v with the strict decoder: duplicate map keys,
-// indefinite lengths, tags, unknown struct fields and trailing bytes are
-// rejected, and nesting, array, map and string sizes are bounded.
-// It does not apply per-message size caps; use Decode for wire messages.
+// indefinite lengths, tags, unknown struct fields, invalid UTF-8 and
+// trailing bytes are rejected, and nesting depth, array length and map size
+// are bounded (MaxNesting, MaxArrayElements, MaxMapPairs). Strings are
+// bounded only by len(data).
+// It applies no per-message size cap, version check, validation or
+// deterministic-encoding check; use Decode for wire messages.
 func Unmarshal(data []byte, v any) error { return decMode.Unmarshal(data, v) }
 
 // TagDecMode returns a decoder with the same limits as Unmarshal that accepts

@@ -1,23 +1,32 @@
 package schemas
 
 import (
+	"bytes"
 	"fmt"
+	"reflect"
+	"sync"
 )
 
 // Message is implemented by every wire message type of this package.
 type Message interface {
-	// MessageName names the message type in errors ("chunk", "report", ...).
+	// MessageName names the message type in errors ("chunk", "device report", ...).
 	MessageName() string
 	// MaxSize is the cap on the encoded size of this message type.
 	MaxSize() int
-	// Validate checks the contract beyond CBOR types. It does not check V.
+	// Validate checks the contract beyond CBOR types: required fields,
+	// ranges, per-field size limits and consistency. It does not check V.
+	// Errors wrap ErrInvalid, or ErrTooLarge for a field over its limit.
 	Validate() error
 }
 
-// Encode validates m, stamps no fields, and encodes it deterministically.
-// It fails with ErrInvalid when m breaks the contract and ErrTooLarge when
-// the encoding exceeds the type's cap.
+// Encode checks that m carries V == Version (else ErrVersion), validates it
+// (ErrInvalid, ErrTooLarge), and encodes it in Core Deterministic CBOR. It
+// fails with ErrTooLarge when the encoding exceeds the type's cap. Encode
+// never modifies m and is safe for concurrent use, including on the same m.
 func Encode(m Message) ([]byte, error) {
+	if v := version(m); v != Version {
+		return nil, fmt.Errorf("%w: %s: version %d, want %d (set V to schemas.Version)", ErrVersion, m.MessageName(), v, Version)
+	}
 	if err := m.Validate(); err != nil {
 		return nil, err
 	}
@@ -31,20 +40,118 @@ func Encode(m Message) ([]byte, error) {
 	return b, nil
 }
 
-// Decode decodes data into m with the strict decoder, checks the size cap
-// before decoding, then the version, then Validate. Errors wrap
-// ErrTooLarge, ErrMalformed, ErrVersion or ErrInvalid and name the message.
+// Decode decodes one wire message from data into m, which it first resets
+// to its zero value. The steps, in order, and the sentinel each returns:
+//
+//  1. len(data) over m.MaxSize(): ErrTooLarge, before any decoding;
+//  2. a version other than Version in field 0: ErrVersion (checked on the
+//     raw bytes first, so a newer message with new fields is still
+//     reported as a version mismatch, not as malformed);
+//  3. the strict decoder (see Unmarshal): ErrMalformed;
+//  4. a missing version field: ErrVersion;
+//  5. bytes that are not the deterministic encoding of the decoded value
+//     (non-shortest heads, unsorted keys, zero-valued optional fields
+//     present): ErrMalformed, so that every accepted message re-encodes
+//     to exactly the bytes received;
+//  6. m.Validate(): ErrInvalid, or ErrTooLarge for a field over its limit.
+//
+// Every error names the message type. On error m holds unspecified
+// content and must not be used. Decode is safe for concurrent use on
+// distinct m.
 func Decode(data []byte, m Message) error {
+	name := m.MessageName()
 	if len(data) > m.MaxSize() {
-		return fmt.Errorf("%w: %s is %d bytes, cap %d", ErrTooLarge, m.MessageName(), len(data), m.MaxSize())
+		return fmt.Errorf("%w: %s is %d bytes, cap %d", ErrTooLarge, name, len(data), m.MaxSize())
 	}
+	if v, ok := peekVersion(data); ok && v != Version {
+		return fmt.Errorf("%w: %s: version %d, want %d", ErrVersion, name, v, Version)
+	}
+	reflect.ValueOf(m).Elem().SetZero()
 	if err := decMode.Unmarshal(data, m); err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrMalformed, m.MessageName(), err)
+		return fmt.Errorf("%w: %s: %v", ErrMalformed, name, err)
 	}
 	if v := version(m); v != Version {
-		return fmt.Errorf("%w: %s version %d, want %d", ErrVersion, m.MessageName(), v, Version)
+		return fmt.Errorf("%w: %s: version %d, want %d", ErrVersion, name, v, Version)
+	}
+	if err := checkDeterministic(data, m); err != nil {
+		return err
 	}
 	return m.Validate()
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// checkDeterministic re-encodes m and compares it with data.
+func checkDeterministic(data []byte, m Message) error {
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 {
+			buf.Reset()
+			bufPool.Put(buf)
+		}
+	}()
+	buf.Grow(len(data))
+	if err := encMode.MarshalToBuffer(m, buf); err != nil {
+		return fmt.Errorf("%w: %s: re-encoding: %v", ErrMalformed, m.MessageName(), err)
+	}
+	if !bytes.Equal(buf.Bytes(), data) {
+		return fmt.Errorf("%w: %s: not in deterministic encoding (RFC 8949 section 4.2.1: shortest heads, sorted keys, no zero-valued optional fields)%s",
+			ErrMalformed, m.MessageName(), firstDiff(buf.Bytes(), data))
+	}
+	return nil
+}
+
+func firstDiff(want, got []byte) string {
+	for i := range min(len(want), len(got)) {
+		if want[i] != got[i] {
+			return fmt.Sprintf(", first difference at byte %d", i)
+		}
+	}
+	return fmt.Sprintf(", %d bytes where %d expected", len(got), len(want))
+}
+
+// peekVersion reads field 0 of a definite-length map without decoding the
+// rest. ok is false when data does not start that way; the strict decoder
+// then reports what is wrong.
+func peekVersion(data []byte) (v uint64, ok bool) {
+	major, _, n, ok := readHead(data)
+	if !ok || major != 5 {
+		return 0, false
+	}
+	data = data[n:]
+	major, key, n, ok := readHead(data)
+	if !ok || major != 0 || key != 0 {
+		return 0, false
+	}
+	data = data[n:]
+	major, v, _, ok = readHead(data)
+	if !ok || major != 0 {
+		return 0, false
+	}
+	return v, true
+}
+
+// readHead decodes a CBOR initial byte and argument. Indefinite lengths
+// and reserved values give ok == false.
+func readHead(b []byte) (major byte, arg uint64, n int, ok bool) {
+	if len(b) == 0 {
+		return 0, 0, 0, false
+	}
+	major, info := b[0]>>5, b[0]&0x1f
+	switch {
+	case info < 24:
+		return major, uint64(info), 1, true
+	case info <= 27:
+		size := 1 << (info - 24)
+		if len(b) < 1+size {
+			return 0, 0, 0, false
+		}
+		for _, c := range b[1 : 1+size] {
+			arg = arg<<8 | uint64(c)
+		}
+		return major, arg, 1 + size, true
+	}
+	return 0, 0, 0, false
 }
 
 func version(m Message) uint {

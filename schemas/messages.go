@@ -14,30 +14,75 @@ const (
 	MaxChunks = 1 << 17
 	// MaxEnvelopeSize bounds the signed SUIT envelope carried in a notice.
 	MaxEnvelopeSize = 64 << 10
+	// MaxSources bounds the source hints of a notice.
+	MaxSources = 16
+	// MaxURILen bounds the URI of a source hint.
+	MaxURILen = 1024
+	// MaxRanges bounds the ranges of a chunk request.
+	MaxRanges = 1024
+	// MaxBitmapSize bounds the bitmap of a chunk request (one bit per chunk).
+	MaxBitmapSize = MaxChunks / 8
+	// MaxReplyToLen bounds the reply address of a chunk request.
+	MaxReplyToLen = 256
+	// MaxTextLen bounds free text: a report's error text, a reply's error,
+	// a campaign's pause or abort reason.
+	MaxTextLen = 512
+	// MaxKeyLen bounds the API key of a campaign command.
+	MaxKeyLen = 256
+	// MaxNameLen bounds a campaign's display name and a status' state name.
+	MaxNameLen = 128
+)
+
+// Source kinds of a SourceHint.
+const (
+	SourceBroker   = "broker"   // chunks over the broker (URI empty)
+	SourceObjStore = "objstore" // NATS JetStream object store (URI "nats://bucket/object")
+	SourceHTTP     = "http"     // HTTP(S) range requests (URI "https://...")
+	SourceFile     = "file"     // a local file or directory (URI a path)
+)
+
+// Campaign API operations (CampaignCommand.Op).
+const (
+	OpCreate = "create"
+	OpStart  = "start"
+	OpPause  = "pause"
+	OpResume = "resume"
+	OpAbort  = "abort"
+	OpStatus = "status"
+	OpList   = "list"
 )
 
 // SourceHint names a place an image can be fetched from, with its cost.
 //
-//	source-hint = { 0: tstr, 1: tstr, ? 2: uint }
+//	source-hint = { 0: tstr, ? 1: tstr, ? 2: uint }
 type SourceHint struct {
-	// Kind is one of "broker", "objstore", "http", "file".
+	// Kind is one of SourceBroker, SourceObjStore, SourceHTTP, SourceFile.
 	Kind string `cbor:"0,keyasint"`
-	// URI locates the image for that kind (empty for "broker").
-	URI string `cbor:"1,keyasint"`
+	// URI locates the image for that kind: empty for SourceBroker, required
+	// (1..MaxURILen bytes) for the others.
+	URI string `cbor:"1,keyasint,omitempty"`
 	// Cost is the publisher's price hint in milli-units per MiB; 0 = free.
 	Cost uint32 `cbor:"2,keyasint,omitempty"`
 }
 
 // UpdateNotice tells a device (or a class) that an update is pending.
-// It is published retained on the device's notice topic.
+// It is published retained on the device's notice topic (Topics.Notice)
+// or on the class announcement topic (Topics.Announce).
+//
+//	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
+//	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size }
 type UpdateNotice struct {
-	V        uint   `cbor:"0,keyasint"`
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Campaign is the campaign id (an identifier, see CheckID).
 	Campaign string `cbor:"1,keyasint"`
 	// Target is the device id (per-device notice) or class id (announcement).
 	Target string `cbor:"2,keyasint"`
-	// Envelope is the signed SUIT envelope, opaque to this package.
-	Envelope []byte       `cbor:"3,keyasint"`
-	Sources  []SourceHint `cbor:"4,keyasint,omitempty"`
+	// Envelope is the signed SUIT envelope (1..MaxEnvelopeSize bytes),
+	// opaque to this package; schemas/suit decodes and verifies it.
+	Envelope []byte `cbor:"3,keyasint"`
+	// Sources are where the image can be fetched, at most MaxSources.
+	Sources []SourceHint `cbor:"4,keyasint,omitempty"`
 	// Deadline is the campaign deadline, Unix seconds; 0 = none.
 	Deadline int64 `cbor:"5,keyasint,omitempty"`
 	// StartWindowMS is the random start delay window in milliseconds: the
@@ -49,7 +94,7 @@ type UpdateNotice struct {
 	ChunkSize uint32 `cbor:"8,keyasint"`
 }
 
-// Range is a run of chunk indexes [First, First+Count).
+// Range is a run of chunk indexes [First, First+Count), Count >= 1.
 //
 //	range = [first: uint, count: uint]
 type Range struct {
@@ -59,39 +104,71 @@ type Range struct {
 }
 
 // ChunkRequest asks the publisher for chunks of an image. Wanted chunks are
-// given either as Ranges or as a Bitmap (bit i, least significant bit of
-// byte i/8 first, set = chunk i wanted); not both.
+// given either as Ranges or as a Bitmap (bit i is bit i%8, counted from the
+// least significant bit, of byte i/8; set = chunk i wanted; see Bitmap),
+// not both. A request wants at least one chunk or the table. Publishers
+// receive requests through a shared subscription (Topics.ChunkRequests)
+// and answer on ReplyTo.
+//
+//	chunk-request = { 0: 1, 1: digest, 2: chunk-size, ? 3: [+ range],
+//	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true }
 type ChunkRequest struct {
-	V         uint    `cbor:"0,keyasint"`
-	Image     []byte  `cbor:"1,keyasint"`
-	ChunkSize uint32  `cbor:"2,keyasint"`
-	Ranges    []Range `cbor:"3,keyasint,omitempty"`
-	Bitmap    []byte  `cbor:"4,keyasint,omitempty"`
-	// ReplyTo is the topic or subject to send the chunks to.
-	ReplyTo   string `cbor:"5,keyasint"`
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// ChunkSize must equal the chunk size the image is served with.
+	ChunkSize uint32 `cbor:"2,keyasint"`
+	// Ranges lists wanted chunks, at most MaxRanges runs, sorted and
+	// disjoint (as Bitmap.Missing returns them).
+	Ranges []Range `cbor:"3,keyasint,omitempty"`
+	// Bitmap marks wanted chunks, at most MaxBitmapSize bytes.
+	Bitmap []byte `cbor:"4,keyasint,omitempty"`
+	// ReplyTo is the topic or subject to send the chunks to (normally
+	// Topics.ChunkReply of the requester), 1..MaxReplyToLen bytes, no
+	// wildcards or whitespace.
+	ReplyTo string `cbor:"5,keyasint"`
+	// Requester is the device id of the requester.
 	Requester string `cbor:"6,keyasint"`
-	Campaign  string `cbor:"7,keyasint,omitempty"`
+	// Campaign is the campaign the request belongs to, if known.
+	Campaign string `cbor:"7,keyasint,omitempty"`
 	// WantTable asks for the chunk table as well.
 	WantTable bool `cbor:"8,keyasint,omitempty"`
 }
 
-// Chunk carries one chunk of an image.
+// Chunk carries one chunk of an image: Data is bytes
+// [Index*chunkSize, Index*chunkSize+len(Data)) of the image. A receiver
+// checks it with ChunkTable.VerifyChunk before writing it anywhere.
+//
+//	chunk = { 0: 1, 1: digest, 2: uint, 3: bstr }
 type Chunk struct {
-	V     uint   `cbor:"0,keyasint"`
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
 	Image []byte `cbor:"1,keyasint"`
+	// Index is the chunk index, below MaxChunks.
 	Index uint32 `cbor:"2,keyasint"`
-	Data  []byte `cbor:"3,keyasint"`
+	// Data is the chunk, 1..MaxChunkSize bytes.
+	Data []byte `cbor:"3,keyasint"`
 }
 
 // ChunkTable lists the SHA-256 of every chunk of an image, so that a device
 // can check each chunk on arrival. Its own SHA-256 (over the deterministic
-// encoding) is signed in the manifest.
+// encoding, see Digest) is signed in the manifest. Build one with
+// BuildChunkTable.
+//
+//	chunk-table = { 0: 1, 1: digest, 2: uint, 3: chunk-size, 4: [+ digest] }
 type ChunkTable struct {
-	V         uint     `cbor:"0,keyasint"`
-	Image     []byte   `cbor:"1,keyasint"`
-	ImageSize uint64   `cbor:"2,keyasint"`
-	ChunkSize uint32   `cbor:"3,keyasint"`
-	Hashes    [][]byte `cbor:"4,keyasint"`
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the whole image.
+	Image []byte `cbor:"1,keyasint"`
+	// ImageSize is the image size in bytes, at least 1.
+	ImageSize uint64 `cbor:"2,keyasint"`
+	// ChunkSize is the size of every chunk but the last.
+	ChunkSize uint32 `cbor:"3,keyasint"`
+	// Hashes holds ChunkCount(ImageSize, ChunkSize) SHA-256 digests.
+	Hashes [][]byte `cbor:"4,keyasint"`
 }
 
 // State is a device's update state as reported.
@@ -192,82 +269,135 @@ func ParseErrCode(s string) (ErrCode, bool) {
 	return 0, false
 }
 
-// DeviceReport is what a device publishes on every state change and every
-// few percent of progress. Reports are ordered by Counter, a per-device
-// monotonic counter persisted by the agent; Time (Unix milliseconds, the
-// device's clock) is informative only, because device clocks skew.
+// DeviceReport is what a device publishes (Topics.Report) on every state
+// change and every few percent of progress. Reports are ordered by
+// Counter, a per-device monotonic counter persisted by the agent; Time
+// (Unix milliseconds, the device's clock) is informative only, because
+// device clocks skew.
+//
+//	device-report = { 0: 1, 1: id, ? 2: id, 3: state, ? 4: uint, ? 5: uint,
+//	                  6: uint, ? 7: err-code, ? 8: tstr, 9: uint, 10: int,
+//	                  ? 11: id, ? 12: id }
 type DeviceReport struct {
-	V             uint    `cbor:"0,keyasint"`
-	Device        string  `cbor:"1,keyasint"`
-	Campaign      string  `cbor:"2,keyasint,omitempty"`
-	State         State   `cbor:"3,keyasint"`
-	BytesDone     uint64  `cbor:"4,keyasint,omitempty"`
-	BytesTotal    uint64  `cbor:"5,keyasint,omitempty"`
-	ActiveVersion uint64  `cbor:"6,keyasint"`
-	Code          ErrCode `cbor:"7,keyasint,omitempty"`
-	Text          string  `cbor:"8,keyasint,omitempty"`
-	Counter       uint64  `cbor:"9,keyasint"`
-	Time          int64   `cbor:"10,keyasint"`
-	// Source is the fetch source in use ("broker", "http", ...).
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Device is the reporting device's id.
+	Device string `cbor:"1,keyasint"`
+	// Campaign is the campaign being applied, if any.
+	Campaign string `cbor:"2,keyasint,omitempty"`
+	// State is the agent's state.
+	State State `cbor:"3,keyasint"`
+	// BytesDone and BytesTotal give download progress; BytesDone <=
+	// BytesTotal unless BytesTotal is 0 (unknown).
+	BytesDone  uint64 `cbor:"4,keyasint,omitempty"`
+	BytesTotal uint64 `cbor:"5,keyasint,omitempty"`
+	// ActiveVersion is the sequence number of the running firmware.
+	ActiveVersion uint64 `cbor:"6,keyasint"`
+	// Code and Text say why an update failed, was rejected or deferred;
+	// Text is at most MaxTextLen bytes.
+	Code ErrCode `cbor:"7,keyasint,omitempty"`
+	Text string  `cbor:"8,keyasint,omitempty"`
+	// Counter is the per-device monotonic report counter.
+	Counter uint64 `cbor:"9,keyasint"`
+	// Time is the device's clock, Unix milliseconds.
+	Time int64 `cbor:"10,keyasint"`
+	// Source is the fetch source in use (SourceBroker, SourceHTTP, ...).
 	Source string `cbor:"11,keyasint,omitempty"`
 	// Class is the device's class id, so the backend can reconcile.
 	Class string `cbor:"12,keyasint,omitempty"`
 }
 
-// CampaignSpec describes a campaign to create.
+// CampaignSpec describes a campaign to create. It targets at least one of
+// Devices, Groups, Class or Tags.
+//
+//	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
+//	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
+//	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
 	// Envelope is an already signed SUIT envelope; empty = the server signs.
-	Envelope []byte   `cbor:"1,keyasint,omitempty"`
-	Devices  []string `cbor:"2,keyasint,omitempty"`
-	Groups   []string `cbor:"3,keyasint,omitempty"`
-	Class    string   `cbor:"4,keyasint,omitempty"`
-	Tags     []string `cbor:"5,keyasint,omitempty"`
+	Envelope []byte `cbor:"1,keyasint,omitempty"`
+	// Devices, Groups, Class and Tags select the targets (identifiers).
+	Devices []string `cbor:"2,keyasint,omitempty"`
+	Groups  []string `cbor:"3,keyasint,omitempty"`
+	Class   string   `cbor:"4,keyasint,omitempty"`
+	Tags    []string `cbor:"5,keyasint,omitempty"`
 	// OnVersion targets devices currently on this version, when set.
 	OnVersion *uint64 `cbor:"6,keyasint,omitempty"`
-	// Phases are cumulative percentages of the targets, ending at 100.
+	// Phases are cumulative percentages of the targets, strictly
+	// increasing in 1..100 and ending at 100; empty = one phase.
 	Phases []uint8 `cbor:"7,keyasint,omitempty"`
-	// SuccessPermille of a phase's devices confirmed opens the next phase.
+	// SuccessPermille of a phase's devices confirmed opens the next phase
+	// (0..1000; 0 = the server's default).
 	SuccessPermille uint16 `cbor:"8,keyasint,omitempty"`
-	// FailPermille of failures among targets notified so far aborts.
+	// FailPermille of failures among targets notified so far aborts
+	// (0..1000; 0 = the server's default).
 	FailPermille uint16 `cbor:"9,keyasint,omitempty"`
 	// Deadline, Unix seconds; 0 = none.
-	Deadline int64  `cbor:"10,keyasint,omitempty"`
-	Start    bool   `cbor:"11,keyasint,omitempty"`
-	Name     string `cbor:"12,keyasint,omitempty"`
+	Deadline int64 `cbor:"10,keyasint,omitempty"`
+	// Start starts the campaign at once.
+	Start bool `cbor:"11,keyasint,omitempty"`
+	// Name is a display name, at most MaxNameLen bytes.
+	Name string `cbor:"12,keyasint,omitempty"`
 }
 
-// CampaignCommand is a request on the NATS campaign API.
+// CampaignCommand is a request on the campaign API (Topics.API).
+//
+//	campaign-command = { 0: 1, 1: op, ? 2: tstr, ? 3: id, ? 4: campaign-spec }
 type CampaignCommand struct {
+	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
-	// Op is one of create, start, pause, resume, abort, status, list.
+	// Op is one of OpCreate, OpStart, OpPause, OpResume, OpAbort, OpStatus,
+	// OpList.
 	Op string `cbor:"1,keyasint"`
-	// Key is the caller's API key.
-	Key      string        `cbor:"2,keyasint"`
-	Campaign string        `cbor:"3,keyasint,omitempty"`
-	Spec     *CampaignSpec `cbor:"4,keyasint,omitempty"`
+	// Key is the caller's API key (at most MaxKeyLen bytes); the server
+	// answers CodeUnauthorized when it is missing or wrong.
+	Key string `cbor:"2,keyasint,omitempty"`
+	// Campaign is required for every op but create (optional: the server
+	// picks an id) and list (must be empty).
+	Campaign string `cbor:"3,keyasint,omitempty"`
+	// Spec is required for create and must be nil otherwise.
+	Spec *CampaignSpec `cbor:"4,keyasint,omitempty"`
 }
 
 // CampaignStatus is the state of one campaign.
+//
+//	campaign-status = { 0: id, 1: tstr, ? 2: uint, ? 3: { * tstr => uint },
+//	                    ? 4: digest, ? 5: tstr }
 type CampaignStatus struct {
-	ID     string            `cbor:"0,keyasint"`
-	State  string            `cbor:"1,keyasint"`
-	Phase  uint32            `cbor:"2,keyasint"`
+	// ID is the campaign id.
+	ID string `cbor:"0,keyasint"`
+	// State is the campaign state name (1..MaxNameLen bytes).
+	State string `cbor:"1,keyasint"`
+	// Phase is the current phase, counted from 0.
+	Phase uint32 `cbor:"2,keyasint,omitempty"`
+	// Counts maps device state names to device counts (at most MaxMapPairs).
 	Counts map[string]uint64 `cbor:"3,keyasint,omitempty"`
-	Image  []byte            `cbor:"4,keyasint,omitempty"`
-	// Reason says why a campaign paused or aborted.
+	// Image is the SHA-256 of the campaign's image.
+	Image []byte `cbor:"4,keyasint,omitempty"`
+	// Reason says why a campaign paused or aborted (at most MaxTextLen).
 	Reason string `cbor:"5,keyasint,omitempty"`
 }
 
-// CampaignReply answers a CampaignCommand.
+// CampaignReply answers a CampaignCommand. OK replies carry CodeNone;
+// failed ones carry another code and may carry Error text.
+//
+//	campaign-reply = { 0: 1, ? 1: true, ? 2: err-code, ? 3: tstr,
+//	                   ? 4: campaign-status, ? 5: [+ campaign-status] }
 type CampaignReply struct {
-	V      uint             `cbor:"0,keyasint"`
-	OK     bool             `cbor:"1,keyasint"`
-	Code   ErrCode          `cbor:"2,keyasint,omitempty"`
-	Error  string           `cbor:"3,keyasint,omitempty"`
-	Status *CampaignStatus  `cbor:"4,keyasint,omitempty"`
-	List   []CampaignStatus `cbor:"5,keyasint,omitempty"`
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// OK is true when the command succeeded.
+	OK bool `cbor:"1,keyasint,omitempty"`
+	// Code says why it failed (never CodeNone on failure).
+	Code ErrCode `cbor:"2,keyasint,omitempty"`
+	// Error is a human-readable reason, at most MaxTextLen bytes.
+	Error string `cbor:"3,keyasint,omitempty"`
+	// Status is the campaign's status (create, start, ..., status ops).
+	Status *CampaignStatus `cbor:"4,keyasint,omitempty"`
+	// List holds the campaigns (list op).
+	List []CampaignStatus `cbor:"5,keyasint,omitempty"`
 }
 
 func itoa(v uint64) string {

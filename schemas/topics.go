@@ -14,8 +14,10 @@ const DefaultRoot = "firmcast"
 const MaxIDLen = 64
 
 // ErrBadIdentifier is returned when an identifier cannot be placed in a
-// topic: empty, longer than MaxIDLen, or containing a separator, wildcard,
-// whitespace or control character.
+// topic: empty, longer than MaxIDLen, or containing anything but printable
+// ASCII, or one of the separators, wildcards and special characters
+// / . + # * > $ : (":" would break mosquitto's password file, where a
+// device id is a user name).
 var ErrBadIdentifier = errors.New("schemas: bad identifier")
 
 // Topic is one destination named for both transports: the MQTT topic
@@ -26,7 +28,17 @@ type Topic struct {
 }
 
 // Topics builds every topic and subject firmcast uses, under one root, so
-// tenants and tests are isolated from each other. The zero value is not
+// tenants and tests are isolated from each other:
+//
+//	<root>/v1/dev/<device>/notice      per-device notice (retained)
+//	<root>/v1/dev/<device>/report      device reports
+//	<root>/v1/dev/<device>/chunks      chunks requested by one device
+//	<root>/v1/class/<class>/announce   class-wide announcement
+//	<root>/v1/img/<digest-hex>/chunks  chunk broadcast of one image (QoS 0)
+//	<root>/v1/img/<digest-hex>/req     chunk requests (shared subscription)
+//	<root>/v1/api/<op>...              campaign API (request/reply)
+//
+// The NATS subject is the same with "." for "/". The zero value is not
 // usable; call NewTopics. Topics is a value and safe for concurrent use.
 type Topics struct {
 	root []string
@@ -34,7 +46,8 @@ type Topics struct {
 
 // NewTopics returns the topic builder for root. The root may hold several
 // segments separated by "/" (for example "tenant-a/firmcast"); each segment
-// must be a valid identifier. An empty root means DefaultRoot.
+// must be a valid identifier (ErrBadIdentifier). An empty root means
+// DefaultRoot.
 func NewTopics(root string) (Topics, error) {
 	if root == "" {
 		root = DefaultRoot
@@ -60,8 +73,9 @@ func MustTopics(root string) Topics {
 // Root returns the root as configured, slash separated.
 func (t Topics) Root() string { return strings.Join(t.root, "/") }
 
-// CheckID reports whether id can be used as one topic segment. what names
-// the identifier in the error ("device id", "class id", ...).
+// CheckID returns nil when id can be used as one topic segment, and an
+// error wrapping ErrBadIdentifier that says why otherwise. what names the
+// identifier in the error ("device id", "class id", ...).
 func CheckID(what, id string) error {
 	if id == "" {
 		return fmt.Errorf("%w: %s is empty", ErrBadIdentifier, what)
@@ -72,10 +86,10 @@ func CheckID(what, id string) error {
 	for i := 0; i < len(id); i++ {
 		c := id[i]
 		switch {
-		case c == '/' || c == '.' || c == '+' || c == '#' || c == '*' || c == '>' || c == '$':
+		case c == '/' || c == '.' || c == '+' || c == '#' || c == '*' || c == '>' || c == '$' || c == ':':
 			return fmt.Errorf("%w: %s %q contains %q", ErrBadIdentifier, what, id, c)
-		case c <= ' ' || c == 0x7f:
-			return fmt.Errorf("%w: %s %q contains a space or control byte", ErrBadIdentifier, what, id)
+		case c <= ' ' || c >= 0x7f:
+			return fmt.Errorf("%w: %s %q contains a space, control or non-ASCII byte at %d", ErrBadIdentifier, what, id, i)
 		}
 	}
 	return nil
@@ -93,7 +107,11 @@ func (t Topics) checked(what, id string, parts ...string) (Topic, error) {
 	if len(t.root) == 0 {
 		return Topic{}, fmt.Errorf("%w: topics not initialised (use NewTopics)", ErrBadIdentifier)
 	}
-	if err := CheckID(what, id); err != nil {
+	check := CheckID
+	if what == "image digest" {
+		check = func(_, s string) error { return checkDigestHex(s) }
+	}
+	if err := check(what, id); err != nil {
 		return Topic{}, err
 	}
 	return t.build(parts...), nil
@@ -122,14 +140,14 @@ func (t Topics) ChunkReply(device string) (Topic, error) {
 }
 
 // Chunks is the broadcast chunk topic of one image; digestHex is the
-// lowercase hex SHA-256 of the image.
+// lowercase hex SHA-256 of the image (DigestHex), exactly 64 digits.
 func (t Topics) Chunks(digestHex string) (Topic, error) {
 	return t.checked("image digest", digestHex, "img", digestHex, "chunks")
 }
 
 // ChunkRequests is the topic on which devices ask for chunks of one image.
 // Publishers consume it through a shared subscription (MQTT v5) or a queue
-// group (NATS); see ChunkRequestsAll.
+// group (NATS); see ChunkRequestsAll. digestHex is as for Chunks.
 func (t Topics) ChunkRequests(digestHex string) (Topic, error) {
 	return t.checked("image digest", digestHex, "img", digestHex, "req")
 }
@@ -161,6 +179,9 @@ func (t Topics) NoticesAll() Topic {
 // API is the NATS request/reply subject (and MQTT topic) of one campaign
 // API operation, for example "campaign.create".
 func (t Topics) API(op string) (Topic, error) {
+	if len(t.root) == 0 {
+		return Topic{}, fmt.Errorf("%w: topics not initialised (use NewTopics)", ErrBadIdentifier)
+	}
 	parts := strings.Split(op, ".")
 	for _, p := range parts {
 		if err := CheckID("api operation", p); err != nil {

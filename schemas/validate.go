@@ -1,9 +1,56 @@
 package schemas
 
-import "fmt"
+import (
+	"fmt"
+	"strings"
+)
+
+// Message names used in errors.
+const (
+	nameNotice   = "update notice"
+	nameRequest  = "chunk request"
+	nameChunk    = "chunk"
+	nameTable    = "chunk table"
+	nameReport   = "device report"
+	nameCommand  = "campaign command"
+	nameReply    = "campaign reply"
+	nameSpec     = "campaign command: spec"
+)
 
 func invalid(msg, format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s", ErrInvalid, msg, fmt.Sprintf(format, args...))
+}
+
+func tooLarge(msg, field string, n, limit int) error {
+	return fmt.Errorf("%w: %s: %s is %d bytes, max %d", ErrTooLarge, msg, field, n, limit)
+}
+
+// badID wraps both ErrInvalid and the ErrBadIdentifier from CheckID.
+func badID(msg string, err error) error {
+	return fmt.Errorf("%w: %s: %w", ErrInvalid, msg, err)
+}
+
+func checkID(msg, what, id string) error {
+	if err := CheckID(what, id); err != nil {
+		return badID(msg, err)
+	}
+	return nil
+}
+
+func checkOptionalID(msg, what, id string) error {
+	if id == "" {
+		return nil
+	}
+	return checkID(msg, what, id)
+}
+
+func checkIDs(msg, what string, ids []string) error {
+	for i, id := range ids {
+		if err := checkID(msg, fmt.Sprintf("%s %d", what, i), id); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func checkDigest(msg, field string, d []byte) error {
@@ -20,28 +67,56 @@ func checkChunkSize(msg string, n uint32) error {
 	return nil
 }
 
-func (*UpdateNotice) MessageName() string { return "update notice" }
-func (*UpdateNotice) MaxSize() int        { return MaxEnvelopeSize + 8<<10 }
+func checkText(msg, field, s string, limit int) error {
+	if len(s) > limit {
+		return tooLarge(msg, field, len(s), limit)
+	}
+	return nil
+}
+
+// MessageName implements Message.
+func (*UpdateNotice) MessageName() string { return nameNotice }
+
+// MaxSize implements Message: the envelope plus room for MaxSources hints.
+func (*UpdateNotice) MaxSize() int { return MaxEnvelopeSize + 24<<10 }
+
+// Validate implements Message.
 func (n *UpdateNotice) Validate() error {
-	const m = "update notice"
-	if err := CheckID("campaign id", n.Campaign); err != nil {
-		return invalid(m, "%v", err)
+	const m = nameNotice
+	if err := checkID(m, "campaign id", n.Campaign); err != nil {
+		return err
 	}
-	if err := CheckID("target", n.Target); err != nil {
-		return invalid(m, "%v", err)
+	if err := checkID(m, "target", n.Target); err != nil {
+		return err
 	}
-	if len(n.Envelope) == 0 || len(n.Envelope) > MaxEnvelopeSize {
-		return invalid(m, "envelope is %d bytes, want 1..%d", len(n.Envelope), MaxEnvelopeSize)
+	if len(n.Envelope) == 0 {
+		return invalid(m, "envelope is empty")
 	}
-	if len(n.Sources) > 16 {
-		return invalid(m, "%d source hints, max 16", len(n.Sources))
+	if len(n.Envelope) > MaxEnvelopeSize {
+		return tooLarge(m, "envelope", len(n.Envelope), MaxEnvelopeSize)
+	}
+	if len(n.Sources) > MaxSources {
+		return invalid(m, "%d source hints, max %d", len(n.Sources), MaxSources)
 	}
 	for i, s := range n.Sources {
 		switch s.Kind {
-		case "broker", "objstore", "http", "file":
+		case SourceBroker:
+			if s.URI != "" {
+				return invalid(m, "source %d (%s) has a URI", i, s.Kind)
+			}
+		case SourceObjStore, SourceHTTP, SourceFile:
+			if s.URI == "" {
+				return invalid(m, "source %d (%s) has no URI", i, s.Kind)
+			}
+			if err := checkText(m, fmt.Sprintf("source %d URI", i), s.URI, MaxURILen); err != nil {
+				return err
+			}
 		default:
 			return invalid(m, "source %d has unknown kind %q", i, s.Kind)
 		}
+	}
+	if n.Deadline < 0 {
+		return invalid(m, "negative deadline %d", n.Deadline)
 	}
 	if err := checkDigest(m, "image digest", n.Image); err != nil {
 		return err
@@ -49,10 +124,15 @@ func (n *UpdateNotice) Validate() error {
 	return checkChunkSize(m, n.ChunkSize)
 }
 
-func (*ChunkRequest) MessageName() string { return "chunk request" }
-func (*ChunkRequest) MaxSize() int        { return MaxChunks/8 + 4<<10 }
+// MessageName implements Message.
+func (*ChunkRequest) MessageName() string { return nameRequest }
+
+// MaxSize implements Message: a full bitmap plus the addresses.
+func (*ChunkRequest) MaxSize() int { return MaxBitmapSize + 4<<10 }
+
+// Validate implements Message.
 func (r *ChunkRequest) Validate() error {
-	const m = "chunk request"
+	const m = nameRequest
 	if err := checkDigest(m, "image digest", r.Image); err != nil {
 		return err
 	}
@@ -62,55 +142,87 @@ func (r *ChunkRequest) Validate() error {
 	if len(r.Ranges) > 0 && len(r.Bitmap) > 0 {
 		return invalid(m, "both ranges and bitmap given")
 	}
-	if len(r.Ranges) > 1024 {
-		return invalid(m, "%d ranges, max 1024", len(r.Ranges))
+	if len(r.Ranges) > MaxRanges {
+		return invalid(m, "%d ranges, max %d", len(r.Ranges), MaxRanges)
 	}
-	if len(r.Bitmap) > MaxChunks/8 {
-		return invalid(m, "bitmap is %d bytes, max %d", len(r.Bitmap), MaxChunks/8)
+	if len(r.Bitmap) > MaxBitmapSize {
+		return tooLarge(m, "bitmap", len(r.Bitmap), MaxBitmapSize)
 	}
+	var end uint64
 	for i, rg := range r.Ranges {
 		if rg.Count == 0 || uint64(rg.First)+uint64(rg.Count) > MaxChunks {
 			return invalid(m, "range %d [%d,+%d) empty or beyond %d chunks", i, rg.First, rg.Count, MaxChunks)
 		}
+		if i > 0 && uint64(rg.First) < end {
+			return invalid(m, "range %d starts at %d, inside or before range %d (ranges must be sorted and disjoint)", i, rg.First, i-1)
+		}
+		end = uint64(rg.First) + uint64(rg.Count)
 	}
-	if r.ReplyTo == "" || len(r.ReplyTo) > 256 {
-		return invalid(m, "reply address is %d bytes, want 1..256", len(r.ReplyTo))
+	if len(r.Ranges) == 0 && Bitmap(r.Bitmap).Count() == 0 && !r.WantTable {
+		return invalid(m, "wants no chunk and no table")
 	}
-	if err := CheckID("requester", r.Requester); err != nil {
-		return invalid(m, "%v", err)
+	if r.ReplyTo == "" {
+		return invalid(m, "reply address is empty")
 	}
-	return nil
+	if err := checkText(m, "reply address", r.ReplyTo, MaxReplyToLen); err != nil {
+		return err
+	}
+	if i := strings.IndexFunc(r.ReplyTo, func(c rune) bool {
+		return c == '+' || c == '#' || c == '*' || c == '>' || c <= ' ' || c == 0x7f
+	}); i >= 0 {
+		return invalid(m, "reply address %q has a wildcard, space or control character at byte %d", r.ReplyTo, i)
+	}
+	if err := checkID(m, "requester", r.Requester); err != nil {
+		return err
+	}
+	return checkOptionalID(m, "campaign id", r.Campaign)
 }
 
-func (*Chunk) MessageName() string { return "chunk" }
-func (*Chunk) MaxSize() int        { return MaxChunkSize + 128 }
+// MessageName implements Message.
+func (*Chunk) MessageName() string { return nameChunk }
+
+// MaxSize implements Message: a full chunk plus framing.
+func (*Chunk) MaxSize() int { return MaxChunkSize + 128 }
+
+// Validate implements Message.
 func (c *Chunk) Validate() error {
-	const m = "chunk"
+	const m = nameChunk
 	if err := checkDigest(m, "image digest", c.Image); err != nil {
 		return err
 	}
 	if c.Index >= MaxChunks {
 		return invalid(m, "index %d beyond %d chunks", c.Index, MaxChunks)
 	}
-	if len(c.Data) == 0 || len(c.Data) > MaxChunkSize {
-		return invalid(m, "data is %d bytes, want 1..%d", len(c.Data), MaxChunkSize)
+	if len(c.Data) == 0 {
+		return invalid(m, "data is empty")
+	}
+	if len(c.Data) > MaxChunkSize {
+		return tooLarge(m, "data", len(c.Data), MaxChunkSize)
 	}
 	return nil
 }
 
-func (*ChunkTable) MessageName() string { return "chunk table" }
-func (*ChunkTable) MaxSize() int        { return MaxChunks*(DigestSize+2) + 256 }
+// MessageName implements Message.
+func (*ChunkTable) MessageName() string { return nameTable }
+
+// MaxSize implements Message: MaxChunks digests plus framing.
+func (*ChunkTable) MaxSize() int { return MaxChunks*(DigestSize+2) + 256 }
+
+// Validate implements Message.
 func (t *ChunkTable) Validate() error {
-	const m = "chunk table"
+	const m = nameTable
 	if err := checkDigest(m, "image digest", t.Image); err != nil {
 		return err
 	}
 	if err := checkChunkSize(m, t.ChunkSize); err != nil {
 		return err
 	}
-	want := (t.ImageSize + uint64(t.ChunkSize) - 1) / uint64(t.ChunkSize)
-	if t.ImageSize == 0 || want > MaxChunks {
-		return invalid(m, "image size %d gives %d chunks, want 1..%d", t.ImageSize, want, MaxChunks)
+	if t.ImageSize == 0 {
+		return invalid(m, "image size is 0")
+	}
+	want := ChunkCount(t.ImageSize, t.ChunkSize)
+	if want > MaxChunks {
+		return fmt.Errorf("%w: %s: image size %d gives %d chunks, max %d", ErrTooLarge, m, t.ImageSize, want, MaxChunks)
 	}
 	if uint64(len(t.Hashes)) != want {
 		return invalid(m, "%d hashes for %d chunks", len(t.Hashes), want)
@@ -123,17 +235,20 @@ func (t *ChunkTable) Validate() error {
 	return nil
 }
 
-func (*DeviceReport) MessageName() string { return "device report" }
-func (*DeviceReport) MaxSize() int        { return 2 << 10 }
+// MessageName implements Message.
+func (*DeviceReport) MessageName() string { return nameReport }
+
+// MaxSize implements Message.
+func (*DeviceReport) MaxSize() int { return 2 << 10 }
+
+// Validate implements Message.
 func (r *DeviceReport) Validate() error {
-	const m = "device report"
-	if err := CheckID("device id", r.Device); err != nil {
-		return invalid(m, "%v", err)
+	const m = nameReport
+	if err := checkID(m, "device id", r.Device); err != nil {
+		return err
 	}
-	if r.Campaign != "" {
-		if err := CheckID("campaign id", r.Campaign); err != nil {
-			return invalid(m, "%v", err)
-		}
+	if err := checkOptionalID(m, "campaign id", r.Campaign); err != nil {
+		return err
 	}
 	if r.State >= stateCount {
 		return invalid(m, "unknown state %d", r.State)
@@ -144,40 +259,149 @@ func (r *DeviceReport) Validate() error {
 	if r.BytesTotal != 0 && r.BytesDone > r.BytesTotal {
 		return invalid(m, "bytes done %d beyond total %d", r.BytesDone, r.BytesTotal)
 	}
-	if len(r.Text) > 512 {
-		return invalid(m, "error text is %d bytes, max 512", len(r.Text))
+	if err := checkText(m, "error text", r.Text, MaxTextLen); err != nil {
+		return err
 	}
-	return nil
+	if err := checkOptionalID(m, "source", r.Source); err != nil {
+		return err
+	}
+	return checkOptionalID(m, "class id", r.Class)
 }
 
-func (*CampaignCommand) MessageName() string { return "campaign command" }
-func (*CampaignCommand) MaxSize() int        { return MaxEnvelopeSize + 64<<10 }
+// MessageName implements Message.
+func (*CampaignCommand) MessageName() string { return nameCommand }
+
+// MaxSize implements Message: an envelope plus room for target lists.
+func (*CampaignCommand) MaxSize() int { return MaxEnvelopeSize + 64<<10 }
+
+// Validate implements Message.
 func (c *CampaignCommand) Validate() error {
-	const m = "campaign command"
+	const m = nameCommand
+	if err := checkText(m, "API key", c.Key, MaxKeyLen); err != nil {
+		return err
+	}
 	switch c.Op {
-	case "create":
+	case OpCreate:
 		if c.Spec == nil {
 			return invalid(m, "create without spec")
 		}
-		if err := checkDigest(m, "image digest", c.Spec.Image); err != nil {
+		if err := checkOptionalID(m, "campaign id", c.Campaign); err != nil {
 			return err
 		}
-	case "start", "pause", "resume", "abort", "status":
-		if err := CheckID("campaign id", c.Campaign); err != nil {
-			return invalid(m, "%v", err)
+		return c.Spec.validate()
+	case OpStart, OpPause, OpResume, OpAbort, OpStatus:
+		if err := checkID(m, "campaign id", c.Campaign); err != nil {
+			return err
 		}
-	case "list":
+	case OpList:
+		if c.Campaign != "" {
+			return invalid(m, "list with a campaign id")
+		}
 	default:
 		return invalid(m, "unknown op %q", c.Op)
+	}
+	if c.Spec != nil {
+		return invalid(m, "spec given for op %s", c.Op)
 	}
 	return nil
 }
 
-func (*CampaignReply) MessageName() string { return "campaign reply" }
-func (*CampaignReply) MaxSize() int        { return 1 << 20 }
+func (s *CampaignSpec) validate() error {
+	const m = nameSpec
+	if err := checkDigest(m, "image digest", s.Image); err != nil {
+		return err
+	}
+	if len(s.Envelope) > MaxEnvelopeSize {
+		return tooLarge(m, "envelope", len(s.Envelope), MaxEnvelopeSize)
+	}
+	if len(s.Devices) == 0 && len(s.Groups) == 0 && s.Class == "" && len(s.Tags) == 0 {
+		return invalid(m, "no target (devices, groups, class or tags)")
+	}
+	if err := checkIDs(m, "device", s.Devices); err != nil {
+		return err
+	}
+	if err := checkIDs(m, "group", s.Groups); err != nil {
+		return err
+	}
+	if err := checkOptionalID(m, "class id", s.Class); err != nil {
+		return err
+	}
+	if err := checkIDs(m, "tag", s.Tags); err != nil {
+		return err
+	}
+	prev := 0
+	for i, p := range s.Phases {
+		if int(p) <= prev || p > 100 {
+			return invalid(m, "phase %d is %d%%, want increasing in 1..100", i, p)
+		}
+		prev = int(p)
+	}
+	if len(s.Phases) > 0 && prev != 100 {
+		return invalid(m, "last phase is %d%%, want 100", prev)
+	}
+	if s.SuccessPermille > 1000 || s.FailPermille > 1000 {
+		return invalid(m, "thresholds %d/%d permille, max 1000", s.SuccessPermille, s.FailPermille)
+	}
+	if s.Deadline < 0 {
+		return invalid(m, "negative deadline %d", s.Deadline)
+	}
+	return checkText(m, "name", s.Name, MaxNameLen)
+}
+
+// MessageName implements Message.
+func (*CampaignReply) MessageName() string { return nameReply }
+
+// MaxSize implements Message.
+func (*CampaignReply) MaxSize() int { return 1 << 20 }
+
+// Validate implements Message.
 func (r *CampaignReply) Validate() error {
+	const m = nameReply
 	if r.Code >= codeCount {
-		return invalid("campaign reply", "unknown error code %d", r.Code)
+		return invalid(m, "unknown error code %d", r.Code)
+	}
+	if r.OK && r.Code != CodeNone {
+		return invalid(m, "ok reply with error code %s", r.Code)
+	}
+	if !r.OK && r.Code == CodeNone {
+		return invalid(m, "failed reply without error code")
+	}
+	if err := checkText(m, "error text", r.Error, MaxTextLen); err != nil {
+		return err
+	}
+	if r.Status != nil {
+		if err := r.Status.validate("status"); err != nil {
+			return err
+		}
+	}
+	for i := range r.List {
+		if err := r.List[i].validate(fmt.Sprintf("list entry %d", i)); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+func (s *CampaignStatus) validate(where string) error {
+	m := nameReply + ": " + where
+	if err := checkID(m, "campaign id", s.ID); err != nil {
+		return err
+	}
+	if s.State == "" {
+		return invalid(m, "state is empty")
+	}
+	if err := checkText(m, "state", s.State, MaxNameLen); err != nil {
+		return err
+	}
+	for k := range s.Counts {
+		if k == "" || len(k) > MaxNameLen {
+			return invalid(m, "count key %q is empty or over %d bytes", k, MaxNameLen)
+		}
+	}
+	if len(s.Image) != 0 {
+		if err := checkDigest(m, "image digest", s.Image); err != nil {
+			return err
+		}
+	}
+	return checkText(m, "reason", s.Reason, MaxTextLen)
 }
