@@ -36,6 +36,10 @@ func BuildChunkTable(r io.Reader, chunkSize uint32) (*ChunkTable, error) {
 	t := &ChunkTable{V: Version, ChunkSize: chunkSize}
 	for {
 		n, err := io.ReadFull(r, buf)
+		eof := errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+		if err != nil && !eof {
+			return nil, fmt.Errorf("schemas: building chunk table: reading chunk %d: %w", len(t.Hashes), err)
+		}
 		if n > 0 {
 			if len(t.Hashes) == MaxChunks {
 				return nil, fmt.Errorf("%w: %s: image over %d chunks of %d bytes", ErrTooLarge, nameTable, MaxChunks, chunkSize)
@@ -45,11 +49,8 @@ func BuildChunkTable(r io.Reader, chunkSize uint32) (*ChunkTable, error) {
 			whole.Write(buf[:n])
 			t.ImageSize += uint64(n)
 		}
-		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		if eof {
 			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("schemas: building chunk table: reading chunk %d: %w", len(t.Hashes), err)
 		}
 	}
 	if t.ImageSize == 0 {

@@ -7,14 +7,14 @@ import (
 
 // Message names used in errors.
 const (
-	nameNotice   = "update notice"
-	nameRequest  = "chunk request"
-	nameChunk    = "chunk"
-	nameTable    = "chunk table"
-	nameReport   = "device report"
-	nameCommand  = "campaign command"
-	nameReply    = "campaign reply"
-	nameSpec     = "campaign command: spec"
+	nameNotice  = "update notice"
+	nameRequest = "chunk request"
+	nameChunk   = "chunk"
+	nameTable   = "chunk table"
+	nameReport  = "device report"
+	nameCommand = "campaign command"
+	nameReply   = "campaign reply"
+	nameSpec    = "campaign command: spec"
 )
 
 func invalid(msg, format string, args ...any) error {

@@ -1,0 +1,125 @@
+package schemas
+
+import (
+	"errors"
+	"strings"
+	"testing"
+)
+
+func TestTopics(t *testing.T) {
+	tp := MustTopics("t-1/firmcast")
+	d := DigestHex(rep(0xab, 32))
+	build := func(f func(string) (Topic, error), id string) Topic {
+		t.Helper()
+		got, err := f(id)
+		if err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		return got
+	}
+	api, err := tp.API("campaign.create")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		got  Topic
+		mqtt string
+	}{
+		{build(tp.Notice, "dev-42"), "t-1/firmcast/v1/dev/dev-42/notice"},
+		{build(tp.Report, "dev-42"), "t-1/firmcast/v1/dev/dev-42/report"},
+		{build(tp.ChunkReply, "dev-42"), "t-1/firmcast/v1/dev/dev-42/chunks"},
+		{build(tp.Announce, "sensor-v2"), "t-1/firmcast/v1/class/sensor-v2/announce"},
+		{build(tp.Chunks, d), "t-1/firmcast/v1/img/" + d + "/chunks"},
+		{build(tp.ChunkRequests, d), "t-1/firmcast/v1/img/" + d + "/req"},
+		{api, "t-1/firmcast/v1/api/campaign/create"},
+		{tp.ChunkRequestsAll(), "t-1/firmcast/v1/img/+/req"},
+		{tp.ReportsAll(), "t-1/firmcast/v1/dev/+/report"},
+		{tp.NoticesAll(), "t-1/firmcast/v1/dev/+/notice"},
+	}
+	for _, tt := range tests {
+		if tt.got.MQTT != tt.mqtt {
+			t.Errorf("MQTT %q, want %q", tt.got.MQTT, tt.mqtt)
+		}
+		nats := strings.ReplaceAll(strings.ReplaceAll(tt.mqtt, "/", "."), "+", "*")
+		if tt.got.NATS != nats {
+			t.Errorf("NATS %q, want %q", tt.got.NATS, nats)
+		}
+	}
+	if got := MustTopics("").Root(); got != DefaultRoot {
+		t.Errorf("default root %q", got)
+	}
+	if got := Shared(tp.ChunkRequestsAll().MQTT); got != "$share/firmcast-publishers/t-1/firmcast/v1/img/+/req" {
+		t.Errorf("Shared: %q", got)
+	}
+}
+
+func TestTopicsRejectBadIdentifiers(t *testing.T) {
+	tp := MustTopics("firmcast")
+	bad := []struct{ id, why string }{
+		{"", "is empty"},
+		{strings.Repeat("x", MaxIDLen+1), "65 bytes, over 64"},
+		{"a/b", `contains '/'`},
+		{"a.b", `contains '.'`},
+		{"a+", `contains '+'`},
+		{"#", `contains '#'`},
+		{"*", `contains '*'`},
+		{"a>", `contains '>'`},
+		{"$SYS", `contains '$'`},
+		{"aa:bb", `contains ':'`},
+		{"a b", "space, control or non-ASCII"},
+		{"a\tb", "space, control or non-ASCII"},
+		{"a\x00", "space, control or non-ASCII"},
+		{"a\x7f", "space, control or non-ASCII"},
+		{"capteur-é", "space, control or non-ASCII"},
+	}
+	for _, b := range bad {
+		for name, f := range map[string]func(string) (Topic, error){
+			"Notice": tp.Notice, "Report": tp.Report, "ChunkReply": tp.ChunkReply, "Announce": tp.Announce, "API": tp.API,
+		} {
+			if name == "API" && b.id == "a.b" {
+				continue // API ops are dot-separated segments
+			}
+			if _, err := f(b.id); !errors.Is(err, ErrBadIdentifier) || !strings.Contains(err.Error(), b.why) {
+				t.Errorf("%s(%q): %v, want ErrBadIdentifier saying %q", name, b.id, err, b.why)
+			}
+		}
+		if _, err := NewTopics(b.id); b.id != "" && !errors.Is(err, ErrBadIdentifier) && !strings.Contains(b.id, "/") {
+			t.Errorf("NewTopics(%q): %v", b.id, err)
+		}
+	}
+	// 64 bytes is accepted.
+	if _, err := tp.Notice(strings.Repeat("x", MaxIDLen)); err != nil {
+		t.Errorf("64-byte id: %v", err)
+	}
+	for _, root := range []string{"a//b", "/a", "a/", "a.b", "a/+", "$SYS/x"} {
+		if _, err := NewTopics(root); !errors.Is(err, ErrBadIdentifier) {
+			t.Errorf("NewTopics(%q): %v", root, err)
+		}
+	}
+	if _, err := tp.API("campaign..create"); !errors.Is(err, ErrBadIdentifier) {
+		t.Errorf("API with empty segment: %v", err)
+	}
+	var zero Topics
+	if _, err := zero.Notice("dev-1"); !errors.Is(err, ErrBadIdentifier) {
+		t.Errorf("zero Topics: %v", err)
+	}
+}
+
+func TestTopicsDigest(t *testing.T) {
+	tp := MustTopics("firmcast")
+	good := DigestHex(rep(0x0f, 32))
+	for _, d := range []string{"", "abc", good[:63], good + "0", strings.ToUpper(good), good[:63] + "g", good[:62] + "/+"} {
+		for _, f := range []func(string) (Topic, error){tp.Chunks, tp.ChunkRequests} {
+			if _, err := f(d); !errors.Is(err, ErrBadIdentifier) || !strings.Contains(err.Error(), "image digest") {
+				t.Errorf("digest %q: %v", d, err)
+			}
+		}
+		if _, err := ParseDigestHex(d); !errors.Is(err, ErrBadIdentifier) {
+			t.Errorf("ParseDigestHex(%q): %v", d, err)
+		}
+	}
+	b, err := ParseDigestHex(good)
+	if err != nil || DigestHex(b) != good {
+		t.Errorf("ParseDigestHex round trip: %x %v", b, err)
+	}
+}
