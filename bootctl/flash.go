@@ -1,0 +1,374 @@
+package bootctl
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+)
+
+// Erased is the value of every byte of an erased sector.
+const Erased = 0xFF
+
+// Geometry describes a NOR flash device.
+type Geometry struct {
+	// SectorSize is the erase unit in bytes; a multiple of WriteAlign.
+	SectorSize int
+	// Sectors is the number of sectors.
+	Sectors int
+	// WriteAlign is the program unit in bytes (1, 4, 16...): every program
+	// offset and length must be a multiple of it.
+	WriteAlign int
+}
+
+// Size is the flash size in bytes.
+func (g Geometry) Size() int64 { return int64(g.SectorSize) * int64(g.Sectors) }
+
+// Validate reports an impossible geometry, wrapping ErrBadGeometry.
+func (g Geometry) Validate() error {
+	switch {
+	case g.SectorSize <= 0 || g.Sectors <= 0 || g.WriteAlign <= 0:
+		return fmt.Errorf("%w: sector size %d, sectors %d and write alignment %d must be positive",
+			ErrBadGeometry, g.SectorSize, g.Sectors, g.WriteAlign)
+	case g.SectorSize%g.WriteAlign != 0:
+		return fmt.Errorf("%w: sector size %d is not a multiple of the write alignment %d",
+			ErrBadGeometry, g.SectorSize, g.WriteAlign)
+	case g.WriteAlign > 256:
+		return fmt.Errorf("%w: write alignment %d over 256", ErrBadGeometry, g.WriteAlign)
+	}
+	return nil
+}
+
+// FaultKind says what happens to the operation a Fault lands on.
+type FaultKind int
+
+const (
+	// FaultCut cuts power before the operation has any effect.
+	FaultCut FaultKind = iota
+	// FaultTorn programs only a prefix of the bytes (and leaves one byte
+	// half programmed) if the operation is a program; a plain cut otherwise.
+	FaultTorn
+	// FaultInterruptErase leaves the sector with arbitrary bytes if the
+	// operation is an erase; a plain cut otherwise.
+	FaultInterruptErase
+)
+
+func (k FaultKind) String() string {
+	switch k {
+	case FaultCut:
+		return "cut"
+	case FaultTorn:
+		return "torn"
+	case FaultInterruptErase:
+		return "interrupt-erase"
+	}
+	return fmt.Sprintf("FaultKind(%d)", int(k))
+}
+
+// Fault is a power failure armed on a Flash.
+type Fault struct {
+	// After is the number of mutating operations (programs and erases,
+	// counted from when the fault is armed) that still complete; the next
+	// one is hit by Kind and power is lost.
+	After uint64
+	// Kind is what the hit operation does.
+	Kind FaultKind
+}
+
+// Stats counts flash operations since the Flash was created or ResetStats.
+type Stats struct {
+	Reads, Programs, Erases    uint64
+	BytesRead, BytesProgrammed uint64
+	Faults                     uint64
+}
+
+// Ops is the number of mutating operations (programs plus erases).
+func (s Stats) Ops() uint64 { return s.Programs + s.Erases }
+
+// store is the raw byte storage under a Flash: true (non-inverted) bytes.
+type store interface {
+	readAt(p []byte, off int64) error
+	writeAt(p []byte, off int64) error
+	erase(off, n int64) error
+	sync() error
+	close() error
+}
+
+// Flash is a simulated NOR flash with real semantics: Erase sets a whole
+// sector to 0xFF; Program writes only into erased bytes at the write
+// alignment; ReadAt reads anywhere. Faults can be armed to cut power at a
+// chosen operation, tear a program or interrupt an erase, and FlipBit
+// damages stored data. After a power cut every operation returns
+// ErrPowerLost until PowerOn.
+//
+// A Flash is safe for concurrent use; operations are serialised.
+type Flash struct {
+	geom Geometry
+	ff   []byte // one sector of 0xFF
+
+	scratch []byte // Program's read-back buffer, guarded by mu
+	mu      sync.Mutex
+	st      store
+	stats   Stats
+	fault   *Fault
+	armedAt uint64 // stats.Ops() when the fault was armed
+	dead    bool
+	lastHit string // "program" or "erase": the operation the last fault hit
+}
+
+// NewMemFlash returns an erased in-memory flash.
+func NewMemFlash(g Geometry) (*Flash, error) {
+	if err := g.Validate(); err != nil {
+		return nil, err
+	}
+	m := make(memStore, g.Size())
+	for i := range m {
+		m[i] = Erased
+	}
+	return newFlash(g, m), nil
+}
+
+func newFlash(g Geometry, st store) *Flash {
+	return &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize)}
+}
+
+// Geometry returns the flash geometry.
+func (f *Flash) Geometry() Geometry { return f.geom }
+
+// Stats returns the operation counters.
+func (f *Flash) Stats() Stats {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.stats
+}
+
+// ResetStats zeroes the operation counters.
+func (f *Flash) ResetStats() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stats = Stats{}
+	f.armedAt = 0
+}
+
+// Arm arms a fault, replacing any armed one. Operations are counted from now.
+func (f *Flash) Arm(ft Fault) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fault = &ft
+	f.armedAt = f.stats.Ops()
+}
+
+// PowerOn restores power after a cut (a reboot) and disarms any fault.
+func (f *Flash) PowerOn() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fault = nil
+	f.dead = false
+}
+
+// PoweredOff reports whether a fault has cut power.
+func (f *Flash) PoweredOff() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dead
+}
+
+// ReadAt reads len(p) bytes at off, like io.ReaderAt: it returns
+// len(p), nil or an error (ErrOutOfRange, ErrPowerLost, or a storage
+// error of a file-backed flash).
+func (f *Flash) ReadAt(p []byte, off int64) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead {
+		return 0, ErrPowerLost
+	}
+	if err := f.check(off, int64(len(p))); err != nil {
+		return 0, err
+	}
+	if err := f.st.readAt(p, off); err != nil {
+		return 0, err
+	}
+	f.stats.Reads++
+	f.stats.BytesRead += uint64(len(p))
+	return len(p), nil
+}
+
+// Program writes p at off. off and len(p) must be multiples of the write
+// alignment (ErrAlignment), and every target byte must be erased or p's
+// byte must be 0xFF (ErrNotErased, nothing written). Program is one
+// operation for fault injection whatever its length.
+func (f *Flash) Program(p []byte, off int64) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead {
+		return ErrPowerLost
+	}
+	if err := f.check(off, int64(len(p))); err != nil {
+		return err
+	}
+	a := int64(f.geom.WriteAlign)
+	if off%a != 0 || int64(len(p))%a != 0 {
+		return fmt.Errorf("%w: %d bytes at %#x, alignment %d", ErrAlignment, len(p), off, a)
+	}
+	if cap(f.scratch) < len(p) {
+		f.scratch = make([]byte, len(p))
+	}
+	cur := f.scratch[:len(p)]
+	if err := f.st.readAt(cur, off); err != nil {
+		return err
+	}
+	clean := f.erased(cur)
+	if !clean {
+		for i := range cur {
+			if cur[i] != Erased && p[i] != Erased {
+				return fmt.Errorf("%w: byte %#x holds %#02x", ErrNotErased, off+int64(i), cur[i])
+			}
+		}
+	}
+	hit, kind := f.hit("program")
+	if hit && kind == FaultTorn {
+		n := len(p) / 2
+		torn := make([]byte, n+1)
+		copy(torn, p[:n])
+		if n < len(p) {
+			torn[n] = p[n] | 0xF0 // half the bits programmed
+		} else {
+			torn = torn[:n]
+		}
+		for i := range torn {
+			torn[i] &= cur[i]
+		}
+		_ = f.st.writeAt(torn, off)
+	}
+	if hit {
+		return ErrPowerLost
+	}
+	data := p
+	if !clean {
+		for i := range p {
+			cur[i] &= p[i]
+		}
+		data = cur
+	}
+	if err := f.st.writeAt(data, off); err != nil {
+		return err
+	}
+	f.stats.Programs++
+	f.stats.BytesProgrammed += uint64(len(p))
+	return nil
+}
+
+// Erase sets sector s to 0xFF. It is one operation for fault injection.
+func (f *Flash) Erase(s int) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead {
+		return ErrPowerLost
+	}
+	if s < 0 || s >= f.geom.Sectors {
+		return fmt.Errorf("%w: sector %d of %d", ErrOutOfRange, s, f.geom.Sectors)
+	}
+	off, n := int64(s)*int64(f.geom.SectorSize), int64(f.geom.SectorSize)
+	hit, kind := f.hit("erase")
+	if hit && kind == FaultInterruptErase {
+		// Half the sector erased, the rest with some bits set: bytes that
+		// are neither the old content nor erased.
+		buf := make([]byte, n)
+		_ = f.st.readAt(buf, off)
+		rng := rand.New(rand.NewPCG(uint64(s), f.stats.Ops()))
+		for i := range buf {
+			if int64(i) < n/2 {
+				buf[i] = Erased
+			} else {
+				buf[i] |= byte(rng.Uint32())
+			}
+		}
+		_ = f.st.erase(off, n)
+		_ = f.st.writeAt(buf, off)
+	}
+	if hit {
+		return ErrPowerLost
+	}
+	if err := f.st.erase(off, n); err != nil {
+		return err
+	}
+	f.stats.Erases++
+	return nil
+}
+
+// FlipBit inverts one bit of stored data, as a retention fault would. It
+// works with power off and counts as no operation.
+func (f *Flash) FlipBit(off int64, bit uint) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.check(off, 1); err != nil {
+		return err
+	}
+	b := []byte{0}
+	if err := f.st.readAt(b, off); err != nil {
+		return err
+	}
+	b[0] ^= 1 << (bit % 8)
+	return f.st.writeAt(b, off)
+}
+
+// Sync flushes a file-backed flash to stable storage; a no-op in memory.
+// Program and Erase never sync on their own.
+func (f *Flash) Sync() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st.sync()
+}
+
+// Close syncs and releases a file-backed flash.
+func (f *Flash) Close() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.st.close()
+}
+
+// hit counts a mutating operation against the armed fault. Callers hold mu.
+func (f *Flash) hit(op string) (bool, FaultKind) {
+	if f.fault == nil || f.stats.Ops()-f.armedAt < f.fault.After {
+		return false, 0
+	}
+	f.lastHit = op
+	kind := f.fault.Kind
+	f.fault = nil
+	f.dead = true
+	f.stats.Faults++
+	return true, kind
+}
+
+func (f *Flash) check(off, n int64) error {
+	if off < 0 || n < 0 || off+n > f.geom.Size() {
+		return fmt.Errorf("%w: %d bytes at %#x, flash is %d bytes", ErrOutOfRange, n, off, f.geom.Size())
+	}
+	return nil
+}
+
+func (f *Flash) erased(p []byte) bool {
+	for len(p) > 0 {
+		n := min(len(p), len(f.ff))
+		if !bytes.Equal(p[:n], f.ff[:n]) {
+			return false
+		}
+		p = p[n:]
+	}
+	return true
+}
+
+// memStore is an in-memory store.
+type memStore []byte
+
+func (m memStore) readAt(p []byte, off int64) error  { copy(p, m[off:]); return nil }
+func (m memStore) writeAt(p []byte, off int64) error { copy(m[off:], p); return nil }
+func (m memStore) erase(off, n int64) error {
+	s := m[off : off+n]
+	for i := range s {
+		s[i] = Erased
+	}
+	return nil
+}
+func (m memStore) sync() error  { return nil }
+func (m memStore) close() error { return nil }
