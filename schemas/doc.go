@@ -7,11 +7,25 @@
 // Who does what: the publisher writes notices, chunk tables and chunks and
 // reads reports and chunk requests; the device agent does the reverse. The
 // signed SUIT manifest travels inside a notice as opaque bytes and is decoded
-// by the sub-package schemas/suit.
+// by the sub-package schemas/suit. A chunk table's digest (ChunkTable.Digest)
+// is what the manifest signs, so a device checks the table against the
+// manifest and every chunk against the table (ChunkTable.VerifyChunk) before
+// writing it.
 //
-// Every message carries a format version. Decoding is strict and bounded:
-// duplicate map keys, indefinite lengths, tags, unknown fields and oversize
-// inputs are rejected with an error that names the message and the field.
+// Files: messages.go (types, enums, limits), validate.go (each type's
+// contract), codec.go (Encode, Decode), cbor.go (the encoding and decoding
+// modes), chunktable.go (building and checking chunk tables, digest hex),
+// bitmap.go (chunk bitmaps and ranges), topics.go (topic and subject
+// names), errors.go (sentinels). firmcast.cddl describes every message;
+// testdata/*.json holds vectors as hex and CBOR diagnostic notation.
+//
+// Every message carries a format version in key 0 and is a map with small
+// integer keys. Encoding is Core Deterministic CBOR; decoding is strict and
+// bounded: a per-type size cap before decoding, then duplicate map keys,
+// indefinite lengths, tags, unknown fields, trailing bytes, excess nesting,
+// array and map sizes, and any encoding other than the deterministic one
+// are rejected, then each field is validated. Errors wrap ErrTooLarge,
+// ErrVersion, ErrMalformed or ErrInvalid and name the message and field.
 //
 // schemas imports no other firmcast package; everything else imports it.
 package schemas

@@ -326,7 +326,8 @@ type CampaignSpec struct {
 	// OnVersion targets devices currently on this version, when set.
 	OnVersion *uint64 `cbor:"6,keyasint,omitempty"`
 	// Phases are cumulative percentages of the targets, strictly
-	// increasing in 1..100 and ending at 100; empty = one phase.
+	// increasing in 1..100 and ending at 100; empty = one phase. On the
+	// wire it is a byte string (one byte per phase), as for any []uint8.
 	Phases []uint8 `cbor:"7,keyasint,omitempty"`
 	// SuccessPermille of a phase's devices confirmed opens the next phase
 	// (0..1000; 0 = the server's default).
