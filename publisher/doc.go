@@ -2,6 +2,35 @@
 // registry, campaigns with phases, thresholds and abort, chunk serving, and
 // the HTTP and NATS APIs.
 //
+// Who does what:
+//
+//   - Images (images.go) are content-addressed by SHA-256 in a JetStream
+//     object store: the image under its hex digest, its chunk table under
+//     "<hex>.table", and its metadata in a KV bucket.
+//   - Devices (registry.go) live in a KV bucket: id, class, groups, tags and
+//     the secret hashed (PBKDF2-SHA512, mosquitto's "$7$" format), so the
+//     broker's auth hook and the mosquitto password file read the same hash.
+//   - API keys (apikeys.go) are random tokens stored as SHA-256 with scopes
+//     read, campaign and admin; every campaign, device and key operation is
+//     appended to a JetStream audit stream (audit.go).
+//   - Campaigns (campaign.go, engine.go, reports.go): the campaign record and
+//     one record per (campaign, device) live in KV; all writes are
+//     compare-and-set on the KV revision, so two publishers against the same
+//     NATS never apply the same transition twice. Periodic work (opening
+//     phases, pacing notices, timeouts, thresholds, broadcast waves) runs
+//     only on the instance holding the leader lease; reports and chunk
+//     requests are shared between instances (shared subscription / queue
+//     group). Every instance keeps an in-memory index of per-device state fed
+//     by a KV watch, so counters survive restarts and failover.
+//   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
+//     at QoS 0, and as answers to bitmap requests; chunks many devices miss
+//     are broadcast again rather than sent to each.
+//   - The same operations are served as HTTP JSON under /api/v1 (http.go)
+//     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go).
+//
+// Device traffic goes only through broker.Transport. State is persisted
+// (KV compare-and-set) before its effect (a notice, a cleared notice).
+//
 // publisher never imports deviceagent, fetcher or bootctl: the device side
 // and the backend meet only on the wire contract in schemas.
 package publisher

@@ -1,0 +1,206 @@
+package publisher
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Scope is a permission carried by an API key.
+type Scope string
+
+// Scopes. admin implies campaign, which implies read.
+const (
+	// ScopeRead: list and show images, devices, campaigns.
+	ScopeRead Scope = "read"
+	// ScopeCampaign: upload images, create and drive campaigns.
+	ScopeCampaign Scope = "campaign"
+	// ScopeAdmin: devices, groups, API keys, audit log.
+	ScopeAdmin Scope = "admin"
+)
+
+func (s Scope) rank() int {
+	switch s {
+	case ScopeRead:
+		return 1
+	case ScopeCampaign:
+		return 2
+	case ScopeAdmin:
+		return 3
+	}
+	return 0
+}
+
+// ParseScope returns the scope named s, or ErrInvalid.
+func ParseScope(s string) (Scope, error) {
+	sc := Scope(s)
+	if sc.rank() == 0 {
+		return "", fmt.Errorf("%w: unknown scope %q (want read, campaign or admin)", ErrInvalid, s)
+	}
+	return sc, nil
+}
+
+// Principal is an authenticated caller.
+type Principal struct {
+	KeyID  string
+	Name   string
+	Scopes []Scope
+}
+
+// Can reports whether the principal holds scope s (or a wider one).
+func (p Principal) Can(s Scope) bool {
+	for _, have := range p.Scopes {
+		if have.rank() >= s.rank() {
+			return true
+		}
+	}
+	return false
+}
+
+// System is the principal of the publisher's own actions in the audit log.
+var System = Principal{KeyID: "system", Name: "system", Scopes: []Scope{ScopeAdmin}}
+
+// APIKey is a stored API key. The token itself is never stored, only its
+// SHA-256 (tokens are 256-bit random, so a fast hash is enough).
+type APIKey struct {
+	ID        string     `json:"id"`
+	Name      string     `json:"name"`
+	Scopes    []Scope    `json:"scopes"`
+	Hash      string     `json:"hash"`
+	Created   time.Time  `json:"created"`
+	CreatedBy string     `json:"created_by,omitempty"`
+	Revoked   *time.Time `json:"revoked,omitempty"`
+}
+
+const tokenPrefix = "fck"
+
+// bootstrapKeyID is the id of the key registered from Config.BootstrapKey
+// when that is not a token of the fck_<id>_<secret> form.
+const bootstrapKeyID = "bootstrap"
+
+func hashToken(tok string) string {
+	s := sha256.Sum256([]byte(tok))
+	return hex.EncodeToString(s[:])
+}
+
+// tokenID returns the key id a token names.
+func tokenID(tok string) string {
+	parts := strings.SplitN(tok, "_", 3)
+	if len(parts) == 3 && parts[0] == tokenPrefix && kvSafe(parts[1]) {
+		return parts[1]
+	}
+	return bootstrapKeyID
+}
+
+// CreateAPIKey makes a new key with the given scopes and returns its token,
+// which is shown only now. Errors: ErrInvalid.
+func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string, scopes []Scope) (string, APIKey, error) {
+	if name == "" || len(name) > 128 {
+		return "", APIKey{}, fmt.Errorf("%w: key name must be 1..128 bytes", ErrInvalid)
+	}
+	if len(scopes) == 0 {
+		return "", APIKey{}, fmt.Errorf("%w: a key needs at least one scope", ErrInvalid)
+	}
+	for _, s := range scopes {
+		if s.rank() == 0 {
+			return "", APIKey{}, fmt.Errorf("%w: unknown scope %q", ErrInvalid, s)
+		}
+	}
+	var id [6]byte
+	var secret [32]byte
+	rand.Read(id[:])
+	rand.Read(secret[:])
+	k := APIKey{
+		ID: hex.EncodeToString(id[:]), Name: name, Scopes: slices.Clone(scopes),
+		Created: p.cfg.Clock.Now().UTC(), CreatedBy: who.Name,
+	}
+	tok := tokenPrefix + "_" + k.ID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
+	k.Hash = hashToken(tok)
+	if _, err := createJSON(ctx, p.st.keys, "api key", k.ID, k); err != nil {
+		return "", APIKey{}, err
+	}
+	p.audit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes))
+	return tok, k, nil
+}
+
+// ensureBootstrapKey registers tok as an admin key unless one with its id
+// already exists.
+func (p *Publisher) ensureBootstrapKey(ctx context.Context, tok string) error {
+	k := APIKey{ID: tokenID(tok), Name: "bootstrap", Scopes: []Scope{ScopeAdmin}, Hash: hashToken(tok), Created: p.cfg.Clock.Now().UTC(), CreatedBy: "config"}
+	_, err := createJSON(ctx, p.st.keys, "api key", k.ID, k)
+	if errors.Is(err, ErrExists) {
+		return nil
+	}
+	if err == nil {
+		p.audit(ctx, System, "apikey.bootstrap", k.ID, "")
+	}
+	return err
+}
+
+// Authenticate returns the principal of token. Errors: ErrUnauthorized for
+// an empty, unknown or revoked token.
+func (p *Publisher) Authenticate(ctx context.Context, tok string) (Principal, error) {
+	if tok == "" {
+		return Principal{}, fmt.Errorf("%w: no API key given", ErrUnauthorized)
+	}
+	var k APIKey
+	if _, err := getJSON(ctx, p.st.keys, "api key", tokenID(tok), &k); err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return Principal{}, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
+		}
+		return Principal{}, err
+	}
+	if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(hashToken(tok))) != 1 {
+		return Principal{}, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
+	}
+	if k.Revoked != nil {
+		return Principal{}, fmt.Errorf("%w: API key %s was revoked", ErrUnauthorized, k.ID)
+	}
+	return Principal{KeyID: k.ID, Name: k.Name, Scopes: k.Scopes}, nil
+}
+
+// APIKeys lists the keys (hashes included, tokens never), oldest first.
+func (p *Publisher) APIKeys(ctx context.Context) ([]APIKey, error) {
+	ids, err := listKeys(ctx, p.st.keys)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]APIKey, 0, len(ids))
+	for _, id := range ids {
+		var k APIKey
+		if _, err := getJSON(ctx, p.st.keys, "api key", id, &k); err == nil {
+			out = append(out, k)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
+	return out, nil
+}
+
+// RevokeAPIKey revokes key id; it is kept, marked revoked, for the audit
+// trail. Errors: ErrNotFound, ErrState when already revoked.
+func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) error {
+	if !kvSafe(id) {
+		return fmt.Errorf("%w: key id %q", ErrInvalid, id)
+	}
+	now := p.cfg.Clock.Now().UTC()
+	_, _, err := mutateJSON(ctx, p.st.keys, "api key", id, func(k *APIKey) error {
+		if k.Revoked != nil {
+			return fmt.Errorf("%w: API key %s already revoked", ErrState, id)
+		}
+		k.Revoked = &now
+		return nil
+	})
+	if err == nil {
+		p.audit(ctx, who, "apikey.revoke", id, "")
+	}
+	return err
+}

@@ -1,0 +1,195 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// setupFleet registers n devices, uploads an image and returns its digest.
+func setupFleet(t *testing.T, e *testEnv, p *Publisher, n int) []byte {
+	t.Helper()
+	ctx := context.Background()
+	who := e.who(p)
+	for i := range n {
+		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor", Groups: []string{"all"}}); err != nil {
+			t.Fatalf("AddDevice: %v", err)
+		}
+	}
+	img, _, err := p.UploadImage(ctx, who, "fw-2", bytes.NewReader(randomImage(t, 5000)))
+	if err != nil {
+		t.Fatalf("UploadImage: %v", err)
+	}
+	d, _ := hex.DecodeString(img.Digest)
+	return d
+}
+
+var testEnvelope = []byte("signed-envelope-placeholder")
+
+func statusOf_(t *testing.T, p *Publisher, id string) Status {
+	t.Helper()
+	s, err := p.CampaignStatus(context.Background(), id)
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	return s
+}
+
+func TestCampaignAdvancesThroughPhases(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 50)
+	f := newFleet(t, e.mb, e.cfg.Topics)
+	for i := range 50 {
+		f.add(devName(i), false, false)
+	}
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
+		Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100},
+		SuccessPermille: 1000, FailPermille: 200, Start: true,
+	})
+	if err != nil {
+		t.Fatalf("CreateCampaign: %v", err)
+	}
+	if got, want := c.PhaseEnds, []int{5, 25, 50}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("phase ends %v, want %v", got, want)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("%+v", statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignCompleted
+	})
+	s := statusOf_(t, p, c.ID)
+	if s.Counts["confirmed"] != 50 || s.Phase != 2 {
+		t.Fatalf("completed with %v at phase %d, want 50 confirmed at phase 2", s.Counts, s.Phase)
+	}
+	// No device of a later phase was notified before every device of the
+	// phases before it had confirmed (success threshold 100%).
+	for k := 1; k < len(c.PhaseEnds); k++ {
+		lo, hi := c.phaseRange(k)
+		var lastConfirm int64
+		for _, id := range c.Targets[:lo] {
+			lastConfirm = max(lastConfirm, f.get(id).confirmed)
+		}
+		for _, id := range c.Targets[lo:hi] {
+			if r := f.get(id); r.firstNotice < lastConfirm {
+				t.Errorf("phase %d device %s notified (seq %d) before phase %d finished (seq %d)", k, id, r.firstNotice, k-1, lastConfirm)
+			}
+		}
+	}
+	if left := e.mb.retainedNotices(); len(left) != 0 {
+		t.Errorf("retained notices left after completion: %v", left)
+	}
+	d, err := p.DeviceDetail(ctx, devName(7))
+	if err != nil || d.ActiveVersion != 2 || len(d.Campaigns) != 1 || d.Campaigns[0].State != "confirmed" {
+		t.Errorf("device detail %+v, %v: want version 2 and one confirmed campaign", d, err)
+	}
+	audit, err := p.Audit(ctx, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var phases int
+	for _, a := range audit {
+		if a.Action == "campaign.phase" && a.Target == c.ID {
+			phases++
+		}
+	}
+	if phases != 2 {
+		t.Errorf("audit shows %d phase openings, want 2", phases)
+	}
+}
+
+func TestCampaignAbortsAtFailureThreshold(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 50)
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
+		Image: img, Envelope: testEnvelope, Groups: []string{"all"}, Phases: []uint8{10, 50, 100},
+		SuccessPermille: 1000, FailPermille: 200,
+	})
+	if err != nil {
+		t.Fatalf("CreateCampaign: %v", err)
+	}
+	// A quarter of the fleet fails: every fourth device in rollout order,
+	// so the first phase (5 devices) holds two of them.
+	f := newFleet(t, e.mb, e.cfg.Topics)
+	failing := 0
+	for i, id := range c.Targets {
+		f.add(id, i%4 == 0, false)
+		if i%4 == 0 {
+			failing++
+		}
+	}
+	if failing != 13 {
+		t.Fatalf("%d failing devices, want 13", failing)
+	}
+	if _, err := p.StartCampaign(ctx, e.who(p), c.ID); err != nil {
+		t.Fatalf("start: %v", err)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("%+v", statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignAborted
+	})
+	s := statusOf_(t, p, c.ID)
+	if !strings.Contains(s.Reason, "failure threshold") || s.Phase != 0 || s.Counts["failed"] == 0 {
+		t.Fatalf("aborted with %+v, want failure threshold in phase 0", s)
+	}
+	for _, id := range c.Targets[c.PhaseEnds[0]:] {
+		if r := f.get(id); r.notices != 0 {
+			t.Errorf("device %s outside the first phase got %d notices", id, r.notices)
+		}
+	}
+	if left := e.mb.retainedNotices(); len(left) != 0 {
+		t.Errorf("retained notices left after abort: %v", left)
+	}
+	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err == nil {
+		t.Error("resume of an aborted campaign succeeded")
+	}
+}
+
+func TestCampaignSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	pa, stopA := e.start(func(c *Config) { c.Instance = "a" })
+	ctx := context.Background()
+	img := setupFleet(t, e, pa, 50)
+	c, err := pa.CreateCampaign(ctx, e.who(pa), schemas.CampaignSpec{
+		Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000,
+	})
+	if err != nil {
+		t.Fatalf("CreateCampaign: %v", err)
+	}
+	// Phase 0 devices finish at once; the others hold after "downloading".
+	f := newFleet(t, e.mb, e.cfg.Topics)
+	for i, id := range c.Targets {
+		f.add(id, false, i >= c.PhaseEnds[0])
+	}
+	if _, err := pa.StartCampaign(ctx, e.who(pa), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	phase1 := c.PhaseEnds[1] - c.PhaseEnds[0]
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("%+v", statusOf_(t, pa, c.ID)) }, func() bool {
+		s := statusOf_(t, pa, c.ID)
+		return s.Phase == 1 && s.Counts["downloading"] == uint64(phase1) && s.Counts["confirmed"] == 5
+	})
+	before := statusOf_(t, pa, c.ID)
+	stopA()
+
+	// Another instance takes over once A's lease has run out.
+	e.clock.Advance(e.cfg.LeaseTTL + 11*time.Second)
+	pb, _ := e.start(func(c *Config) { c.Instance = "b" })
+	after := statusOf_(t, pb, c.ID)
+	if fmt.Sprint(before.Counts) != fmt.Sprint(after.Counts) || before.Phase != after.Phase || after.State != CampaignRunning {
+		t.Fatalf("after restart: %+v\nbefore: %+v", after, before)
+	}
+	f.release()
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("%+v", statusOf_(t, pb, c.ID)) }, func() bool {
+		return statusOf_(t, pb, c.ID).State == CampaignCompleted
+	})
+	if s := statusOf_(t, pb, c.ID); s.Counts["confirmed"] != 50 {
+		t.Fatalf("completed with %v, want 50 confirmed", s.Counts)
+	}
+}

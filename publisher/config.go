@@ -1,0 +1,190 @@
+package publisher
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Clock tells the time. Campaign deadlines, no-progress timeouts and leases
+// are judged by it, so tests inject a fake one.
+type Clock interface {
+	Now() time.Time
+}
+
+type systemClock struct{}
+
+func (systemClock) Now() time.Time { return time.Now() }
+
+// FailAction is what a campaign does when its failure threshold is reached.
+type FailAction string
+
+// Fail actions.
+const (
+	FailAbort FailAction = "abort"
+	FailPause FailAction = "pause"
+)
+
+// Config configures a Publisher. It is taken by value; New never modifies
+// the caller's copy. Zero fields take the default stated.
+type Config struct {
+	// JetStream is the handle on the NATS server holding all state. Required.
+	JetStream jetstream.JetStream
+	// Transport carries device traffic (notices, reports, chunks) and the
+	// request/reply API. Required.
+	Transport broker.Transport
+	// Topics names every topic; the zero value means schemas.DefaultRoot.
+	Topics schemas.Topics
+	// Namespace prefixes every JetStream bucket and stream name, so several
+	// installations (or tests) share one NATS. Default "firmcast".
+	Namespace string
+	// Instance names this publisher in leases and logs. Default: random.
+	Instance string
+	// Signer signs manifests for campaigns created without an envelope.
+	// Nil: only campaigns with an already signed envelope can be created.
+	Signer ManifestSigner
+	// VendorID and ClassID (16-byte UUIDs) go into server-signed manifests.
+	VendorID, ClassID []byte
+	// Clock tells the time. Default: the system clock.
+	Clock Clock
+	// Logger logs. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the Prometheus metrics. Default: a private
+	// registry served on /metrics.
+	Registerer prometheus.Registerer
+	// Gatherer serves /metrics when Registerer is set.
+	Gatherer prometheus.Gatherer
+
+	// ChunkSize of uploaded images. Default 16 KiB.
+	ChunkSize uint32
+	// MaxImageSize bounds an upload. Default 64 MiB.
+	MaxImageSize int64
+	// PublicURL, when set, is the base URL devices can fetch images from
+	// (GET PublicURL/images/{digest}); notices carry it as an "http" source.
+	PublicURL string
+
+	// TickInterval is how often the leader runs campaign work. Default 1s.
+	TickInterval time.Duration
+	// LeaseTTL is how long a leader lease lasts unrenewed. Default 10s.
+	LeaseTTL time.Duration
+	// MinPhaseDevices is the least number of devices a phase adds, however
+	// small its percentage of the fleet. Default 3.
+	MinPhaseDevices int
+	// MaxDownloading caps devices notified but not yet finished; the next
+	// ones are notified as earlier ones finish. Default 500.
+	MaxDownloading int
+	// StartWindow is the random start delay window carried in notices.
+	// Default 30s; negative means none.
+	StartWindow time.Duration
+	// NoProgress is how long a notified device may go without a report
+	// before it is marked timed out. Default 30m.
+	NoProgress time.Duration
+	// DefaultSuccessPermille applies when a spec leaves it zero. Default 900.
+	DefaultSuccessPermille uint16
+	// DefaultFailPermille applies when a spec leaves it zero. Default 100.
+	DefaultFailPermille uint16
+	// FailAction on reaching the failure threshold. Default FailAbort.
+	FailAction FailAction
+
+	// BroadcastMin is the number of devices downloading an image from
+	// which the leader sends broadcast waves. Default 2.
+	BroadcastMin int
+	// WaveInterval is the least time between the starts of two broadcast
+	// waves of one image. Default 30s.
+	WaveInterval time.Duration
+	// RepairWindow batches chunk requests: after it, chunks asked for by at
+	// least RepairBroadcastMin devices are broadcast, the rest sent to each
+	// requester. Zero answers each request at once (pure request mode).
+	// Default 0.
+	RepairWindow time.Duration
+	// RepairBroadcastMin, default 2.
+	RepairBroadcastMin int
+	// MaxBytesPerSecond paces chunk egress (waves, repairs and answers
+	// together); 0 means unlimited. Default 0.
+	MaxBytesPerSecond int64
+	// MaxInFlightBytes caps chunk bytes handed to the transport and not yet
+	// acknowledged by it. Default 4 MiB.
+	MaxInFlightBytes int64
+
+	// BootstrapKey, when set and no admin key exists yet, is registered as
+	// the first admin API key.
+	BootstrapKey string
+}
+
+func (c Config) withDefaults() (Config, error) {
+	if c.JetStream == nil {
+		return c, fmt.Errorf("%w: config: JetStream is required", ErrInvalid)
+	}
+	if c.Transport == nil {
+		return c, fmt.Errorf("%w: config: Transport is required", ErrInvalid)
+	}
+	if c.Topics.Root() == "" {
+		c.Topics = schemas.MustTopics(schemas.DefaultRoot)
+	}
+	if c.Namespace == "" {
+		c.Namespace = "firmcast"
+	}
+	if !kvSafe(c.Namespace) {
+		return c, fmt.Errorf("%w: config: namespace %q must be letters, digits, '-' or '_'", ErrInvalid, c.Namespace)
+	}
+	if c.Instance == "" {
+		c.Instance = randomID("pub")
+	}
+	if c.Clock == nil {
+		c.Clock = systemClock{}
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	def := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	defInt := func(p *int, d int) {
+		if *p <= 0 {
+			*p = d
+		}
+	}
+	if c.ChunkSize == 0 {
+		c.ChunkSize = 16 << 10
+	}
+	if c.ChunkSize < schemas.MinChunkSize || c.ChunkSize > schemas.MaxChunkSize {
+		return c, fmt.Errorf("%w: config: chunk size %d outside [%d, %d]", ErrInvalid, c.ChunkSize, schemas.MinChunkSize, schemas.MaxChunkSize)
+	}
+	if c.MaxImageSize <= 0 {
+		c.MaxImageSize = 64 << 20
+	}
+	def(&c.TickInterval, time.Second)
+	def(&c.LeaseTTL, 10*time.Second)
+	defInt(&c.MinPhaseDevices, 3)
+	defInt(&c.MaxDownloading, 500)
+	def(&c.StartWindow, 30*time.Second)
+	def(&c.NoProgress, 30*time.Minute)
+	if c.DefaultSuccessPermille == 0 {
+		c.DefaultSuccessPermille = 900
+	}
+	if c.DefaultFailPermille == 0 {
+		c.DefaultFailPermille = 100
+	}
+	switch c.FailAction {
+	case "":
+		c.FailAction = FailAbort
+	case FailAbort, FailPause:
+	default:
+		return c, fmt.Errorf("%w: config: fail action %q, want abort or pause", ErrInvalid, c.FailAction)
+	}
+	defInt(&c.BroadcastMin, 2)
+	def(&c.WaveInterval, 30*time.Second)
+	defInt(&c.RepairBroadcastMin, 2)
+	if c.MaxInFlightBytes <= 0 {
+		c.MaxInFlightBytes = 4 << 20
+	}
+	return c, nil
+}

@@ -1,0 +1,343 @@
+package publisher
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+type lease struct {
+	Holder string    `json:"holder"`
+	Until  time.Time `json:"until"`
+}
+
+const leaseKey = "leader"
+
+// acquireLease takes or renews the leader lease; it reports whether this
+// instance is leader until the next tick, and whether it just became so.
+func (p *Publisher) acquireLease(ctx context.Context) (leader, fresh bool) {
+	now := p.cfg.Clock.Now()
+	want := lease{Holder: p.cfg.Instance, Until: now.Add(p.cfg.LeaseTTL)}
+	var cur lease
+	rev, err := getJSON(ctx, p.st.lease, "lease", leaseKey, &cur)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		_, err = createJSON(ctx, p.st.lease, "lease", leaseKey, want)
+	case err != nil:
+	case cur.Holder != p.cfg.Instance && now.Before(cur.Until):
+		p.leader = false
+		return false, false
+	default:
+		_, err = updateJSON(ctx, p.st.lease, "lease", leaseKey, want, rev)
+	}
+	if err != nil {
+		p.leader = false
+		return false, false
+	}
+	fresh = !p.leader
+	p.leader = true
+	return true, fresh
+}
+
+// tick runs one round of campaign work if this instance is leader. It is
+// called from Run's loop only (never concurrently with itself).
+func (p *Publisher) tick(ctx context.Context) {
+	leader, fresh := p.acquireLease(ctx)
+	if !leader {
+		return
+	}
+	for _, id := range p.idx.campaignIDs() {
+		c, ok := p.idx.campaign(id)
+		if !ok || c.State != CampaignRunning {
+			continue
+		}
+		if fresh {
+			// A previous leader may have persisted "notified" and died
+			// before publishing; notices are idempotent, so send again.
+			p.republish(ctx, &c)
+		}
+		if err := p.step(ctx, &c); err != nil && ctx.Err() == nil {
+			p.log.Warn("campaign step", "campaign", id, "err", err)
+		}
+	}
+}
+
+// step advances one running campaign.
+func (p *Publisher) step(ctx context.Context, c *Campaign) error {
+	now := p.cfg.Clock.Now()
+	if c.Deadline != 0 && now.Unix() >= c.Deadline {
+		return p.end(ctx, c, []string{CampaignRunning}, CampaignExpired, "deadline passed")
+	}
+	// Open the records of every device in the open phases.
+	opened := c.PhaseEnds[c.Phase]
+	for i := 0; i < opened; i++ {
+		dev := c.Targets[i]
+		if _, _, ok := p.idx.dev(c.ID, dev); ok {
+			continue
+		}
+		st := DeviceState{Campaign: c.ID, Device: dev, Phase: c.phaseOf(i), State: StateQueued, Updated: now.UTC()}
+		rev, err := createJSON(ctx, p.st.campdev, "device state", devKey(c.ID, dev), st)
+		if errors.Is(err, ErrExists) {
+			var cur DeviceState
+			if rev, err = getJSON(ctx, p.st.campdev, "device state", devKey(c.ID, dev), &cur); err == nil {
+				p.idx.putDev(cur, rev)
+			}
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		p.idx.putDev(st, rev)
+	}
+	// Time out devices that stopped making progress.
+	for _, e := range p.idx.devs(c.ID) {
+		if e.st.State == StateQueued || terminal(e.st.State) || now.Sub(e.st.Progress) < p.cfg.NoProgress {
+			continue
+		}
+		if err := p.timeOut(ctx, e); err != nil {
+			return err
+		}
+	}
+	// Failure threshold: failures among the devices of the open phases.
+	counts, _ := p.idx.counts(c.ID)
+	fails := counts["failed"] + counts[sRolled]
+	if fails > 0 && fails*1000 >= uint64(c.FailPermille)*uint64(opened) {
+		reason := fmt.Sprintf("failure threshold: %d of %d devices failed (threshold %d‰)", fails, opened, c.FailPermille)
+		to := CampaignAborted
+		if c.FailAction == FailPause {
+			to = CampaignPaused
+		}
+		p.met.thresholdTrips.Inc()
+		return p.end(ctx, c, []string{CampaignRunning}, to, reason)
+	}
+	// Advance when the open phase reached its success threshold.
+	lo, hi := c.phaseRange(c.Phase)
+	done, allTerminal := 0, true
+	for _, e := range p.idx.devs(c.ID) {
+		if !terminal(e.st.State) {
+			allTerminal = false
+		}
+		if e.st.Phase == c.Phase && (e.st.State == sConfirmed || e.st.State == sSkipped) {
+			done++
+		}
+	}
+	need := ((hi-lo)*int(c.SuccessPermille) + 999) / 1000
+	if c.Phase < len(c.PhaseEnds)-1 && done >= need {
+		nc, err := p.transition(ctx, c.ID, []string{CampaignRunning}, CampaignRunning, "", func(x *Campaign) {
+			if x.Phase == c.Phase {
+				x.Phase++
+			}
+		})
+		if err != nil {
+			return err
+		}
+		p.met.phases.Inc()
+		p.audit(ctx, System, "campaign.phase", c.ID, fmt.Sprintf("phase %d opened (%d%%)", nc.Phase, nc.Phases[nc.Phase]))
+		*c = nc
+		return p.step(ctx, c)
+	}
+	if c.Phase == len(c.PhaseEnds)-1 && allTerminal && len(p.idx.devs(c.ID)) >= opened {
+		return p.end(ctx, c, []string{CampaignRunning}, CampaignCompleted, "")
+	}
+	// Pacing: notify queued devices, in rollout order, while slots are free.
+	activeN := 0
+	for _, e := range p.idx.devs(c.ID) {
+		if active(e.st.State) {
+			activeN++
+		}
+	}
+	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
+		st, rev, ok := p.idx.dev(c.ID, c.Targets[i])
+		if !ok || st.State != StateQueued {
+			continue
+		}
+		if err := p.notify(ctx, c, st, rev); err != nil {
+			return err
+		}
+		activeN++
+	}
+	p.maybeWave(ctx, c)
+	return nil
+}
+
+// end moves a campaign to a final (or paused) state and clears notices.
+func (p *Publisher) end(ctx context.Context, c *Campaign, from []string, to, reason string) error {
+	nc, err := p.transition(ctx, c.ID, from, to, reason, nil)
+	if err != nil {
+		return err
+	}
+	p.audit(ctx, System, "campaign."+to, c.ID, reason)
+	p.log.Info("campaign ended", "campaign", c.ID, "state", to, "reason", reason)
+	p.clearNotices(ctx, &nc)
+	*c = nc
+	return nil
+}
+
+func (p *Publisher) timeOut(ctx context.Context, e devEntry) error {
+	next := e.st
+	next.State, next.Code, next.Text = StateTimedOut, schemas.CodeTimeout.String(), fmt.Sprintf("no progress for %s", p.cfg.NoProgress)
+	next.Updated = p.cfg.Clock.Now().UTC()
+	rev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(e.st.Campaign, e.st.Device), next, e.rev)
+	if isConflict(err) {
+		return nil // a report came first; judged again next tick
+	}
+	if err != nil {
+		return err
+	}
+	p.idx.putDev(next, rev)
+	p.clearNotice(ctx, e.st.Device)
+	return nil
+}
+
+// notify marks a queued device notified (persisted first) and publishes
+// its retained notice.
+func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev uint64) error {
+	now := p.cfg.Clock.Now().UTC()
+	next := st
+	next.State, next.Notified, next.Progress, next.Updated = sNotified, now, now, now
+	nrev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(c.ID, st.Device), next, rev)
+	if isConflict(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	p.idx.putDev(next, nrev)
+	return p.publishNotice(ctx, c, st.Device)
+}
+
+func (p *Publisher) notice(c *Campaign, device string) ([]byte, error) {
+	img, _ := hex.DecodeString(c.Image)
+	n := &schemas.UpdateNotice{
+		V: schemas.Version, Campaign: c.ID, Target: device, Envelope: c.Envelope,
+		Sources:  []schemas.SourceHint{{Kind: "broker"}},
+		Deadline: c.Deadline, Image: img, ChunkSize: c.ChunkSize,
+	}
+	if p.cfg.StartWindow > 0 {
+		n.StartWindowMS = uint32(p.cfg.StartWindow.Milliseconds())
+	}
+	if p.cfg.PublicURL != "" {
+		n.Sources = append(n.Sources, schemas.SourceHint{Kind: "http", URI: p.imageURL(c.Image), Cost: 1})
+	}
+	return schemas.Encode(n)
+}
+
+func (p *Publisher) publishNotice(ctx context.Context, c *Campaign, device string) error {
+	b, err := p.notice(c, device)
+	if err != nil {
+		return fmt.Errorf("publisher: notice for %s: %w", device, err)
+	}
+	t, err := p.cfg.Topics.Notice(device)
+	if err != nil {
+		return err
+	}
+	if err := p.cfg.Transport.Publish(ctx, t, b, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true}); err != nil {
+		return fmt.Errorf("publisher: publish notice to %s: %w", device, err)
+	}
+	p.met.notices.Inc()
+	return nil
+}
+
+// clearNotice removes a device's retained notice.
+func (p *Publisher) clearNotice(ctx context.Context, device string) {
+	t, err := p.cfg.Topics.Notice(device)
+	if err != nil {
+		return
+	}
+	if err := p.cfg.Transport.Publish(ctx, t, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true}); err != nil {
+		p.log.Warn("clear notice", "device", device, "err", err)
+		return
+	}
+	p.met.noticesCleared.Inc()
+}
+
+// clearNotices clears the notice of every device of c that was notified.
+func (p *Publisher) clearNotices(ctx context.Context, c *Campaign) {
+	for _, e := range p.idx.devs(c.ID) {
+		if e.st.State != StateQueued {
+			p.clearNotice(ctx, e.st.Device)
+		}
+	}
+}
+
+// republish re-sends the notices of c's devices still in progress.
+func (p *Publisher) republish(ctx context.Context, c *Campaign) {
+	for _, e := range p.idx.devs(c.ID) {
+		if e.st.State != StateQueued && !terminal(e.st.State) {
+			if err := p.publishNotice(ctx, c, e.st.Device); err != nil {
+				p.log.Warn("republish notice", "campaign", c.ID, "err", err)
+			}
+		}
+	}
+}
+
+// watch feeds the index from a KV bucket until ctx ends. ready is closed
+// once the initial values are in.
+func (p *Publisher) watch(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), ready chan<- struct{}) error {
+	w, err := kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("publisher: watch %s: %w", kv.Bucket(), err)
+	}
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					if ready != nil {
+						close(ready)
+						ready = nil
+					}
+					continue
+				}
+				if e.Operation() == jetstream.KeyValuePut {
+					apply(e)
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+func (p *Publisher) startWatches(ctx context.Context) error {
+	r1, r2 := make(chan struct{}), make(chan struct{})
+	err := p.watch(ctx, p.st.campaigns, func(e jetstream.KeyValueEntry) {
+		var c Campaign
+		if json.Unmarshal(e.Value(), &c) == nil {
+			p.idx.putCampaign(c, e.Revision())
+		}
+	}, r1)
+	if err != nil {
+		return err
+	}
+	err = p.watch(ctx, p.st.campdev, func(e jetstream.KeyValueEntry) {
+		var st DeviceState
+		if json.Unmarshal(e.Value(), &st) == nil {
+			p.idx.putDev(st, e.Revision())
+		}
+	}, r2)
+	if err != nil {
+		return err
+	}
+	for _, r := range []chan struct{}{r1, r2} {
+		select {
+		case <-r:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}

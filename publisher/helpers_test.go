@@ -1,0 +1,151 @@
+package publisher
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func newFakeClock() *fakeClock { return &fakeClock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// startJetStream starts an embedded nats-server with JetStream in a temp
+// dir and returns a JetStream handle; both stop at cleanup.
+func startJetStream(t testing.TB) (jetstream.JetStream, *nats.Conn) {
+	t.Helper()
+	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		t.Fatalf("nats-server: %v", err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatalf("nats connect: %v", err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatalf("jetstream: %v", err)
+	}
+	t.Cleanup(func() {
+		nc.Close()
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	})
+	return js, nc
+}
+
+// testEnv is a publisher on an embedded NATS and an in-memory broker.
+type testEnv struct {
+	t     testing.TB
+	js    jetstream.JetStream
+	mb    *memBroker
+	clock *fakeClock
+	admin string
+	cfg   Config
+}
+
+const testAdminKey = "test-admin-key"
+
+func newEnv(t testing.TB) *testEnv {
+	js, _ := startJetStream(t)
+	e := &testEnv{t: t, js: js, mb: newMemBroker(), clock: newFakeClock(), admin: testAdminKey}
+	e.cfg = Config{
+		JetStream: js, Topics: schemas.MustTopics("fct"), Clock: e.clock,
+		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		ChunkSize:    1024, TickInterval: 5 * time.Millisecond, StartWindow: -1,
+		BootstrapKey: testAdminKey,
+	}
+	return e
+}
+
+// start creates a publisher with cfg edited by edit and runs it until the
+// returned stop function (also called at cleanup) is called.
+func (e *testEnv) start(edit func(*Config)) (*Publisher, func()) {
+	e.t.Helper()
+	cfg := e.cfg
+	cfg.Transport = e.mb.client()
+	if edit != nil {
+		edit(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := New(ctx, cfg)
+	if err != nil {
+		cancel()
+		e.t.Fatalf("New: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			<-done
+		})
+	}
+	e.t.Cleanup(stop)
+	return p, stop
+}
+
+func (e *testEnv) who(p *Publisher) Principal {
+	e.t.Helper()
+	w, err := p.Authenticate(context.Background(), e.admin)
+	if err != nil {
+		e.t.Fatalf("admin key: %v", err)
+	}
+	return w
+}
+
+func randomImage(t testing.TB, n int) []byte {
+	b := make([]byte, n)
+	rand.Read(b)
+	return b
+}
+
+// waitFor polls cond every few milliseconds until it holds or timeout
+// passes (then it fails the test with msg).
+func waitFor(t testing.TB, timeout time.Duration, msg func() string, cond func() bool) {
+	t.Helper()
+	tk := time.NewTicker(5 * time.Millisecond)
+	defer tk.Stop()
+	deadline := time.After(timeout)
+	for !cond() {
+		select {
+		case <-tk.C:
+		case <-deadline:
+			t.Fatalf("timed out after %s waiting: %s", timeout, msg())
+		}
+	}
+}
+
+func devName(i int) string { return fmt.Sprintf("dev-%03d", i) }

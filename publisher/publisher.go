@@ -1,0 +1,167 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Publisher is one backend instance. Several may run against the same NATS.
+// Its methods are safe for concurrent use.
+type Publisher struct {
+	cfg  Config
+	log  *slog.Logger
+	st   *stores
+	met  *metrics
+	gath prometheus.Gatherer
+	idx  index
+
+	cache imageCache
+	pace  *pacer
+	// Egress counts chunk bytes sent by this instance.
+	Egress Egress
+
+	reportQ []chan inReport
+	chunkQ  chan schemas.ChunkRequest
+	kickC   chan struct{}
+
+	leader bool // owned by the tick loop
+
+	waveMu sync.Mutex
+	waves  map[string]*waveState
+
+	repairMu sync.Mutex
+	repairs  map[string]*repairBatch
+
+	wg       sync.WaitGroup
+	onReport func(schemas.DeviceReport, string) // test hook
+}
+
+// New opens (creating when missing) the JetStream buckets and streams of
+// cfg.Namespace, loads campaign state into memory and keeps it current
+// with KV watches that live as long as ctx. It does not subscribe to
+// device traffic; call Run for that. Errors: ErrInvalid for a bad config,
+// or the JetStream error.
+func New(ctx context.Context, cfg Config) (*Publisher, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	p := &Publisher{
+		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
+		idx:     index{camps: map[string]*campIndex{}},
+		cache:   imageCache{max: 4 * cfg.MaxImageSize, byKey: map[string]*imageData{}},
+		pace:    newPacer(cfg),
+		chunkQ:  make(chan schemas.ChunkRequest, 1024),
+		kickC:   make(chan struct{}, 1),
+		waves:   map[string]*waveState{},
+		repairs: map[string]*repairBatch{},
+	}
+	reg := cfg.Registerer
+	p.gath = cfg.Gatherer
+	if reg == nil {
+		r := prometheus.NewRegistry()
+		reg, p.gath = r, r
+	}
+	if p.met, err = newMetrics(reg); err != nil {
+		return nil, fmt.Errorf("publisher: metrics: %w", err)
+	}
+	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Namespace); err != nil {
+		return nil, err
+	}
+	if cfg.BootstrapKey != "" {
+		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {
+			return nil, err
+		}
+	}
+	if err := p.startWatches(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// Run subscribes to reports, chunk requests and the NATS API (all shared
+// between instances), and runs the leader's campaign loop every
+// Config.TickInterval, until ctx ends. It returns ctx's error, or the
+// error of a failed subscription.
+func (p *Publisher) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer func() {
+		cancel()
+		p.wg.Wait()
+	}()
+	p.reportQ = make([]chan inReport, reportWorkers)
+	for i := range p.reportQ {
+		p.reportQ[i] = make(chan inReport, 256)
+		p.wg.Add(1)
+		go func(q chan inReport) {
+			defer p.wg.Done()
+			p.reportWorker(ctx, q)
+		}(p.reportQ[i])
+	}
+	for range 4 {
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			p.chunkServer(ctx)
+		}()
+	}
+	var subs []broker.Subscription
+	defer func() {
+		uctx, ucancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer ucancel()
+		for _, s := range subs {
+			_ = s.Unsubscribe(uctx)
+		}
+	}()
+	sub := func(t schemas.Topic, h broker.Handler, fam broker.Family) error {
+		s, err := p.cfg.Transport.Subscribe(ctx, t, h, broker.SubscribeOptions{Family: fam, Shared: true})
+		if err != nil {
+			return fmt.Errorf("publisher: subscribe %s: %w", t.NATS, err)
+		}
+		subs = append(subs, s)
+		return nil
+	}
+	if err := sub(p.cfg.Topics.ReportsAll(), p.handleReport, broker.FamilyReport); err != nil {
+		return err
+	}
+	if err := sub(p.cfg.Topics.ChunkRequestsAll(), p.handleChunkRequest, broker.FamilyChunkRequest); err != nil {
+		return err
+	}
+	for _, op := range apiOps {
+		t, err := p.cfg.Topics.API("campaign." + op)
+		if err != nil {
+			return err
+		}
+		if err := sub(t, p.handleAPI, broker.FamilyControl); err != nil {
+			return err
+		}
+	}
+	p.log.Info("publisher running", "namespace", p.cfg.Namespace, "root", p.cfg.Topics.Root())
+	tk := time.NewTicker(p.cfg.TickInterval)
+	defer tk.Stop()
+	for {
+		p.tick(ctx)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tk.C:
+		case <-p.kickC:
+		}
+	}
+}
+
+// kick asks the loop for a tick soon (after a start or resume).
+func (p *Publisher) kick() {
+	select {
+	case p.kickC <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,300 @@
+package publisher
+
+import (
+	"context"
+	"crypto/pbkdf2"
+	"crypto/rand"
+	"crypto/sha512"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Device is a registered device.
+type Device struct {
+	ID     string   `json:"id"`
+	Class  string   `json:"class"`
+	Groups []string `json:"groups,omitempty"`
+	Tags   []string `json:"tags,omitempty"`
+	// SecretHash is the device's broker secret in mosquitto's PBKDF2-SHA512
+	// "$7$" format, so a mosquitto password file can carry it unchanged.
+	SecretHash    string    `json:"secret_hash"`
+	ActiveVersion uint64    `json:"active_version"`
+	LastReport    *Report   `json:"last_report,omitempty"`
+	Created       time.Time `json:"created"`
+}
+
+// Report is a device report as kept in state (a JSON view of
+// schemas.DeviceReport).
+type Report struct {
+	Campaign      string    `json:"campaign,omitempty"`
+	State         string    `json:"state"`
+	BytesDone     uint64    `json:"bytes_done,omitempty"`
+	BytesTotal    uint64    `json:"bytes_total,omitempty"`
+	ActiveVersion uint64    `json:"active_version"`
+	Code          string    `json:"code,omitempty"`
+	Text          string    `json:"text,omitempty"`
+	Counter       uint64    `json:"counter"`
+	DeviceTime    int64     `json:"device_time_ms"`
+	Received      time.Time `json:"received"`
+}
+
+// DeviceDetail is a device with its campaign history, for `device show`.
+type DeviceDetail struct {
+	Device
+	Campaigns []DeviceState `json:"campaigns,omitempty"`
+}
+
+// NewDevice describes a device to register.
+type NewDevice struct {
+	ID     string   `json:"id"`
+	Class  string   `json:"class"`
+	Groups []string `json:"groups,omitempty"`
+	Tags   []string `json:"tags,omitempty"`
+	// Secret is the device's broker secret; empty = generate one.
+	Secret string `json:"secret,omitempty"`
+}
+
+// checkName checks an id, class, group or tag: letters, digits, '-', '_',
+// 1..64 bytes (safe in topics, KV keys and URLs).
+func checkName(what, s string) error {
+	if !kvSafe(s) {
+		return fmt.Errorf("%w: %s %q must be 1..64 letters, digits, '-' or '_'", ErrInvalid, what, s)
+	}
+	return nil
+}
+
+const (
+	pbkdf2Iter    = 101 // mosquitto_passwd's default for $7$
+	pbkdf2SaltLen = 12
+	pbkdf2KeyLen  = 64
+)
+
+// HashSecret hashes a device secret in mosquitto's "$7$" format
+// (PBKDF2-SHA512, 101 iterations, 12-byte salt).
+func HashSecret(secret string) (string, error) {
+	salt := make([]byte, pbkdf2SaltLen)
+	rand.Read(salt)
+	dk, err := pbkdf2.Key(sha512.New, secret, salt, pbkdf2Iter, pbkdf2KeyLen)
+	if err != nil {
+		return "", err
+	}
+	return "$7$" + strconv.Itoa(pbkdf2Iter) + "$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(dk), nil
+}
+
+// VerifySecret reports whether secret matches a hash made by HashSecret
+// (or by mosquitto_passwd in "$7$" format).
+func VerifySecret(hash, secret string) bool {
+	parts := strings.Split(hash, "$")
+	if len(parts) != 5 || parts[0] != "" || parts[1] != "7" {
+		return false
+	}
+	iter, err := strconv.Atoi(parts[2])
+	if err != nil || iter < 1 || iter > 1_000_000 {
+		return false
+	}
+	salt, err1 := base64.StdEncoding.DecodeString(parts[3])
+	want, err2 := base64.StdEncoding.DecodeString(parts[4])
+	if err1 != nil || err2 != nil || len(want) == 0 {
+		return false
+	}
+	got, err := pbkdf2.Key(sha512.New, secret, salt, iter, len(want))
+	return err == nil && subtle.ConstantTimeCompare(got, want) == 1
+}
+
+// AddDevice registers a device and returns it with the secret (generated
+// when nd.Secret is empty; shown only now). Errors: ErrInvalid, ErrExists.
+func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) (Device, string, error) {
+	if err := checkName("device id", nd.ID); err != nil {
+		return Device{}, "", err
+	}
+	if err := checkName("class", nd.Class); err != nil {
+		return Device{}, "", err
+	}
+	for _, g := range nd.Groups {
+		if err := checkName("group", g); err != nil {
+			return Device{}, "", err
+		}
+	}
+	for _, t := range nd.Tags {
+		if err := checkName("tag", t); err != nil {
+			return Device{}, "", err
+		}
+	}
+	secret := nd.Secret
+	if secret == "" {
+		var b [24]byte
+		rand.Read(b[:])
+		secret = base64.RawURLEncoding.EncodeToString(b[:])
+	} else if len(secret) < 8 || len(secret) > 256 {
+		return Device{}, "", fmt.Errorf("%w: device secret must be 8..256 bytes", ErrInvalid)
+	}
+	h, err := HashSecret(secret)
+	if err != nil {
+		return Device{}, "", fmt.Errorf("publisher: hash secret: %w", err)
+	}
+	d := Device{ID: nd.ID, Class: nd.Class, Groups: dedup(nd.Groups), Tags: dedup(nd.Tags), SecretHash: h, Created: p.cfg.Clock.Now().UTC()}
+	if _, err := createJSON(ctx, p.st.devices, "device", d.ID, d); err != nil {
+		return Device{}, "", err
+	}
+	p.audit(ctx, who, "device.add", d.ID, "class="+d.Class)
+	return d, secret, nil
+}
+
+func dedup(s []string) []string {
+	if len(s) == 0 {
+		return nil
+	}
+	out := slices.Clone(s)
+	sort.Strings(out)
+	return slices.Compact(out)
+}
+
+// Device returns a registered device (ErrNotFound).
+func (p *Publisher) Device(ctx context.Context, id string) (Device, error) {
+	if err := checkName("device id", id); err != nil {
+		return Device{}, err
+	}
+	var d Device
+	_, err := getJSON(ctx, p.st.devices, "device", id, &d)
+	return d, err
+}
+
+// DeviceDetail returns a device with its per-campaign state, newest first.
+func (p *Publisher) DeviceDetail(ctx context.Context, id string) (DeviceDetail, error) {
+	d, err := p.Device(ctx, id)
+	if err != nil {
+		return DeviceDetail{}, err
+	}
+	dd := DeviceDetail{Device: d}
+	p.idx.mu.Lock()
+	for _, ci := range p.idx.camps {
+		if e, ok := ci.devs[id]; ok {
+			dd.Campaigns = append(dd.Campaigns, e.st)
+		}
+	}
+	p.idx.mu.Unlock()
+	sort.Slice(dd.Campaigns, func(i, j int) bool { return dd.Campaigns[i].Updated.After(dd.Campaigns[j].Updated) })
+	return dd, nil
+}
+
+// Devices lists the registered devices, by id.
+func (p *Publisher) Devices(ctx context.Context) ([]Device, error) {
+	out, err := allValues[Device](ctx, p.st.devices)
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, err
+}
+
+// allValues reads every value of a bucket in one watch.
+func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
+	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	if err != nil {
+		return nil, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
+	}
+	defer w.Stop()
+	var out []T
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case e, ok := <-w.Updates():
+			if !ok {
+				return out, nil
+			}
+			if e == nil {
+				return out, nil
+			}
+			var v T
+			if err := json.Unmarshal(e.Value(), &v); err != nil {
+				continue
+			}
+			out = append(out, v)
+		}
+	}
+}
+
+// RemoveDevice deletes a device from the registry (ErrNotFound).
+func (p *Publisher) RemoveDevice(ctx context.Context, who Principal, id string) error {
+	if _, err := p.Device(ctx, id); err != nil {
+		return err
+	}
+	if err := p.st.devices.Delete(ctx, id); err != nil {
+		return fmt.Errorf("publisher: remove device %q: %w", id, err)
+	}
+	p.audit(ctx, who, "device.remove", id, "")
+	return nil
+}
+
+// GroupAdd puts the devices in group g; GroupRemove takes them out. Each
+// device is updated with compare-and-set. Errors: ErrInvalid, ErrNotFound
+// (naming the first unknown device; earlier ones are already changed).
+func (p *Publisher) GroupAdd(ctx context.Context, who Principal, g string, devices []string) error {
+	return p.groupEdit(ctx, who, g, devices, true)
+}
+
+// GroupRemove takes the devices out of group g.
+func (p *Publisher) GroupRemove(ctx context.Context, who Principal, g string, devices []string) error {
+	return p.groupEdit(ctx, who, g, devices, false)
+}
+
+func (p *Publisher) groupEdit(ctx context.Context, who Principal, g string, devices []string, add bool) error {
+	if err := checkName("group", g); err != nil {
+		return err
+	}
+	if len(devices) == 0 {
+		return fmt.Errorf("%w: no devices given", ErrInvalid)
+	}
+	for _, id := range devices {
+		if err := checkName("device id", id); err != nil {
+			return err
+		}
+		_, _, err := mutateJSON(ctx, p.st.devices, "device", id, func(d *Device) error {
+			has := slices.Contains(d.Groups, g)
+			switch {
+			case add && !has:
+				d.Groups = dedup(append(d.Groups, g))
+			case !add && has:
+				d.Groups = slices.DeleteFunc(d.Groups, func(x string) bool { return x == g })
+			default:
+				return errNoChange
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	action := "group.add"
+	if !add {
+		action = "group.remove"
+	}
+	p.audit(ctx, who, action, g, strings.Join(devices, ","))
+	return nil
+}
+
+// CheckDeviceSecret reports whether id is a registered device whose
+// secret is secret; it is what a broker auth hook asks.
+func (p *Publisher) CheckDeviceSecret(ctx context.Context, id, secret string) (Device, bool, error) {
+	if schemas.CheckID("device id", id) != nil || !kvSafe(id) {
+		return Device{}, false, nil
+	}
+	d, err := p.Device(ctx, id)
+	if err != nil {
+		if errors.Is(err, ErrNotFound) {
+			return Device{}, false, nil
+		}
+		return Device{}, false, err
+	}
+	return d, VerifySecret(d.SecretHash, secret), nil
+}

@@ -1,0 +1,172 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// reportWorkers is the number of goroutines applying reports; a device's
+// reports always go to the same one, so they are applied in order.
+const reportWorkers = 8
+
+type inReport struct {
+	r    schemas.DeviceReport
+	recv time.Time
+}
+
+// handleReport is the transport handler of the shared report subscription.
+// It checks the report against its topic and hands it to a worker.
+func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
+	var r schemas.DeviceReport
+	if err := schemas.Decode(m.Payload, &r); err != nil {
+		p.met.reports.WithLabelValues("malformed").Inc()
+		return
+	}
+	if t, err := p.cfg.Topics.Report(r.Device); err != nil || (m.Topic != t.MQTT && m.Topic != t.NATS) {
+		p.met.reports.WithLabelValues("wrong-topic").Inc()
+		return
+	}
+	h := fnv.New32a()
+	h.Write([]byte(r.Device))
+	select {
+	case p.reportQ[h.Sum32()%reportWorkers] <- inReport{r: r, recv: p.cfg.Clock.Now()}:
+	case <-ctx.Done():
+	}
+}
+
+func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case in := <-q:
+			res, err := p.applyReport(ctx, &in.r, in.recv)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				p.log.Warn("apply report", "device", in.r.Device, "campaign", in.r.Campaign, "err", err)
+				res = "error"
+			}
+			p.met.reports.WithLabelValues(res).Inc()
+			if p.onReport != nil {
+				p.onReport(in.r, res)
+			}
+		}
+	}
+}
+
+// applyReport updates the device's campaign state from a report, with
+// compare-and-set on the stored revision. It returns how the report was
+// taken: "applied", or why it was ignored ("not-target", "stale",
+// "impossible", "not-notified", "campaign-ended").
+func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
+	if r.Campaign == "" {
+		return p.applyIdleReport(ctx, r, recv)
+	}
+	c, ok := p.idx.campaign(r.Campaign)
+	if !ok {
+		return "not-target", nil
+	}
+	if c.ended() || c.State == CampaignCreated {
+		p.idx.addIgnored(r.Campaign)
+		return "campaign-ended", nil
+	}
+	key := devKey(r.Campaign, r.Device)
+	st, rev, ok := p.idx.dev(r.Campaign, r.Device)
+	for range maxCASAttempts {
+		if !ok {
+			var err error
+			rev, err = getJSON(ctx, p.st.campdev, "device state", key, &st)
+			if errors.Is(err, ErrNotFound) {
+				p.idx.addIgnored(r.Campaign)
+				return "not-target", nil
+			}
+			if err != nil {
+				return "", err
+			}
+		}
+		if r.Counter <= st.Counter && st.State != StateQueued {
+			p.idx.addIgnored(r.Campaign)
+			return "stale", nil
+		}
+		next := r.State.String()
+		if why := judge(st.State, next); why != "" {
+			p.idx.addIgnored(r.Campaign)
+			return why, nil
+		}
+		n := st
+		n.State, n.Counter, n.BytesDone, n.BytesTotal, n.ActiveVersion = next, r.Counter, r.BytesDone, r.BytesTotal, r.ActiveVersion
+		n.Code, n.Text = "", ""
+		if r.Code != schemas.CodeNone {
+			n.Code, n.Text = r.Code.String(), r.Text
+		}
+		n.Updated, n.Progress = recv.UTC(), recv.UTC()
+		nrev, err := updateJSON(ctx, p.st.campdev, "device state", key, n, rev)
+		if isConflict(err) {
+			ok = false
+			continue
+		}
+		if err != nil {
+			return "", err
+		}
+		p.idx.putDev(n, nrev)
+		if terminal(next) && !terminal(st.State) {
+			p.clearNotice(ctx, r.Device)
+			p.recordOutcome(ctx, r, recv)
+		}
+		return "applied", nil
+	}
+	return "", ErrConflict
+}
+
+func reportView(r *schemas.DeviceReport, recv time.Time) *Report {
+	v := &Report{
+		Campaign: r.Campaign, State: r.State.String(), BytesDone: r.BytesDone, BytesTotal: r.BytesTotal,
+		ActiveVersion: r.ActiveVersion, Counter: r.Counter, DeviceTime: r.Time, Received: recv.UTC(), Text: r.Text,
+	}
+	if r.Code != schemas.CodeNone {
+		v.Code = r.Code.String()
+	}
+	return v
+}
+
+// recordOutcome writes a device's final report of a campaign and its
+// active version into the registry.
+func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, recv time.Time) {
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+		if d.LastReport != nil && d.LastReport.Campaign == r.Campaign && d.LastReport.Counter >= r.Counter {
+			return errNoChange
+		}
+		d.LastReport = reportView(r, recv)
+		d.ActiveVersion = r.ActiveVersion
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrNotFound) {
+		p.log.Warn("record outcome", "device", r.Device, "err", err)
+	}
+}
+
+// applyIdleReport records a report outside any campaign (a device saying
+// what it runs) in the registry.
+func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
+	res := "applied"
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+		if d.LastReport != nil && d.LastReport.Campaign == "" && d.LastReport.Counter >= r.Counter {
+			res = "stale"
+			return errNoChange
+		}
+		d.LastReport = reportView(r, recv)
+		d.ActiveVersion = r.ActiveVersion
+		return nil
+	})
+	if errors.Is(err, ErrNotFound) {
+		return "not-target", nil
+	}
+	return res, err
+}

@@ -1,0 +1,271 @@
+package publisher
+
+import (
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Per-device states kept by the publisher beyond the device's own
+// (schemas.State names): queued (in an open phase, waiting for a download
+// slot, no notice yet) and timed-out (no progress for Config.NoProgress).
+const (
+	StateQueued   = "queued"
+	StateTimedOut = "timed-out"
+)
+
+// DeviceState is one device's state in one campaign, stored under
+// "<campaign>.<device>".
+type DeviceState struct {
+	Campaign      string    `json:"campaign"`
+	Device        string    `json:"device"`
+	Phase         int       `json:"phase"`
+	State         string    `json:"state"`
+	Counter       uint64    `json:"counter"`
+	BytesDone     uint64    `json:"bytes_done,omitempty"`
+	BytesTotal    uint64    `json:"bytes_total,omitempty"`
+	ActiveVersion uint64    `json:"active_version,omitempty"`
+	Code          string    `json:"code,omitempty"`
+	Text          string    `json:"text,omitempty"`
+	Notified      time.Time `json:"notified,omitzero"`
+	Progress      time.Time `json:"progress,omitzero"`
+	Updated       time.Time `json:"updated"`
+}
+
+func devKey(campaign, device string) string { return campaign + "." + device }
+
+var (
+	sNotified  = schemas.StateNotified.String()
+	sIdle      = schemas.StateIdle.String()
+	sConfirmed = schemas.StateConfirmed.String()
+	sFailed    = schemas.StateFailed.String()
+	sRolled    = schemas.StateRolledBack.String()
+	sSkipped   = schemas.StateSkipped.String()
+	sDeferred  = schemas.StateDeferred.String()
+)
+
+// bucket is the counter a state is counted under.
+func bucket(state string) string {
+	switch state {
+	case StateQueued:
+		return "queued"
+	case sNotified, sIdle:
+		return "pending"
+	case "manifest-verified", "downloading":
+		return "downloading"
+	case "candidate-verified", "staged", "rebooting", "trial":
+		return "staged"
+	case StateTimedOut:
+		return "failed"
+	}
+	return state // confirmed, failed, rolled-back, deferred, skipped
+}
+
+// terminal states end a device's part in a campaign.
+func terminal(state string) bool {
+	switch state {
+	case sConfirmed, sFailed, sRolled, sSkipped, StateTimedOut:
+		return true
+	}
+	return false
+}
+
+// active states hold a download slot.
+func active(state string) bool {
+	b := bucket(state)
+	return b == "pending" || b == "downloading"
+}
+
+// failedState counts against the failure threshold.
+func failedState(state string) bool {
+	return state == sFailed || state == sRolled || state == StateTimedOut
+}
+
+// mainRank orders the agent's main line; -1 for states off it.
+func mainRank(state string) int {
+	order := []string{sNotified, "manifest-verified", "downloading", "candidate-verified", "staged", "rebooting", "trial", sConfirmed}
+	return slices.Index(order, state)
+}
+
+// judge decides whether a device may move from cur to next. It returns ""
+// when allowed, or why not.
+func judge(cur, next string) string {
+	switch {
+	case cur == StateQueued:
+		return "not-notified"
+	case next == sIdle:
+		return "impossible"
+	case cur == next:
+		return "" // progress within a state
+	case cur == StateTimedOut:
+		return "" // the device came back; its report is the truth
+	case next == sRolled:
+		if cur == sConfirmed || cur == sSkipped {
+			return "impossible"
+		}
+		return ""
+	case terminal(cur):
+		return "impossible"
+	case next == sFailed || next == sSkipped:
+		return ""
+	case next == sDeferred:
+		if r := mainRank(cur); r >= 0 && r <= mainRank("downloading") {
+			return ""
+		}
+		return "impossible"
+	case cur == sDeferred:
+		if mainRank(next) >= 0 {
+			return ""
+		}
+		return "impossible"
+	}
+	if mainRank(next) >= mainRank(cur) && mainRank(cur) >= 0 {
+		return ""
+	}
+	return "impossible"
+}
+
+type devEntry struct {
+	st  DeviceState
+	rev uint64
+}
+
+type campIndex struct {
+	c       Campaign
+	rev     uint64
+	devs    map[string]*devEntry
+	counts  map[string]uint64
+	ignored uint64
+}
+
+// index is the in-memory view of campaigns and per-device state, fed by KV
+// watches (so every instance sees every write) and by this instance's own
+// writes. Safe for concurrent use.
+type index struct {
+	mu    sync.Mutex
+	camps map[string]*campIndex
+}
+
+func (x *index) camp(id string) *campIndex {
+	ci := x.camps[id]
+	if ci == nil {
+		ci = &campIndex{devs: map[string]*devEntry{}, counts: map[string]uint64{}}
+		x.camps[id] = ci
+	}
+	return ci
+}
+
+func (x *index) putCampaign(c Campaign, rev uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci := x.camp(c.ID)
+	if rev != 0 && rev <= ci.rev {
+		return
+	}
+	ci.c, ci.rev = c, rev
+}
+
+func (x *index) campaign(id string) (Campaign, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci, ok := x.camps[id]
+	if !ok || ci.rev == 0 {
+		return Campaign{}, false
+	}
+	return ci.c, true
+}
+
+func (x *index) campaignIDs() []string {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := make([]string, 0, len(x.camps))
+	for id, ci := range x.camps {
+		if ci.rev != 0 {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+func countKeys(st DeviceState) []string {
+	k := []string{bucket(st.State)}
+	if failedState(st.State) && st.Code != "" {
+		k = append(k, "failed."+st.Code)
+	}
+	return k
+}
+
+// putDev records st at revision rev unless a newer revision is known.
+func (x *index) putDev(st DeviceState, rev uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci := x.camp(st.Campaign)
+	old := ci.devs[st.Device]
+	if old != nil {
+		if rev <= old.rev {
+			return
+		}
+		for _, k := range countKeys(old.st) {
+			ci.counts[k]--
+		}
+	}
+	for _, k := range countKeys(st) {
+		ci.counts[k]++
+	}
+	ci.devs[st.Device] = &devEntry{st: st, rev: rev}
+}
+
+func (x *index) dev(campaign, device string) (DeviceState, uint64, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci, ok := x.camps[campaign]
+	if !ok {
+		return DeviceState{}, 0, false
+	}
+	e, ok := ci.devs[device]
+	if !ok {
+		return DeviceState{}, 0, false
+	}
+	return e.st, e.rev, true
+}
+
+// devs returns copies of the campaign's device states, in no order.
+func (x *index) devs(campaign string) []devEntry {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci, ok := x.camps[campaign]
+	if !ok {
+		return nil
+	}
+	out := make([]devEntry, 0, len(ci.devs))
+	for _, e := range ci.devs {
+		out = append(out, *e)
+	}
+	return out
+}
+
+func (x *index) addIgnored(campaign string) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if ci, ok := x.camps[campaign]; ok {
+		ci.ignored++
+	}
+}
+
+func (x *index) counts(campaign string) (map[string]uint64, uint64) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	out := map[string]uint64{}
+	ci, ok := x.camps[campaign]
+	if !ok {
+		return out, 0
+	}
+	for k, v := range ci.counts {
+		if v != 0 {
+			out[k] = v
+		}
+	}
+	return out, ci.ignored
+}
