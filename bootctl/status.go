@@ -38,7 +38,7 @@ type journalOp uint8
 
 const (
 	opNone journalOp = iota
-	opCopy // copying slot Src into the active region
+	opCopy           // copying slot Src into the active region
 )
 
 // Action is what a boot did.
