@@ -48,9 +48,10 @@ const DefaultChunkSize = 16384
 // Create builds a SUIT envelope in deterministic CBOR and authenticates it
 // with each signer (at least one). The shared sequence sets vendor, class,
 // image digest and size, firmcast's chunk parameter and, optionally,
-// use-before, then checks vendor and class (and use-before); install fetches
+// use-before, then checks vendor and class; install fetches
 // the image (try-each over several URIs) and checks its digest and size;
-// validate checks it again. Create runs offline. It fails with ErrParameter
+// validate checks it again. With UseBefore, install first checks the
+// deadline. Create runs offline. It fails with ErrParameter
 // on bad options and with the signer's error (wrapped) if signing fails.
 func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte, error) {
 	if len(signers) == 0 {
@@ -86,7 +87,12 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
 		}
 	}
-	manifest := buildManifest(opts)
+	return seal(ctx, buildManifest(opts), signers)
+}
+
+// seal authenticates the bstr-wrapped manifest with each signer and returns
+// the tagged envelope.
+func seal(ctx context.Context, manifest []byte, signers []Signer) ([]byte, error) {
 	digestItem := Digest{Alg: AlgSHA256, Bytes: sha256Sum(manifest)}.encode()
 	auth := []any{digestItem}
 	for i, s := range signers {
@@ -132,8 +138,7 @@ func buildManifest(o CreateOptions) []byte {
 	}
 	if !o.UseBefore.IsZero() {
 		ub := uint64(o.UseBefore.Unix())
-		sharedSeq[0].Params.UseBefore = &ub
-		sharedSeq = append(sharedSeq, Command{Label: CondUseBefore, Policy: rep, Known: true})
+		shared.UseBefore = &ub
 	}
 	fetchFrom := func(uri string) Sequence {
 		u := uri
@@ -155,6 +160,11 @@ func buildManifest(o CreateOptions) []byte {
 			try.Try = append(try.Try, fetchFrom(u))
 		}
 		install = Sequence{try, {Label: CondImageMatch, Policy: rep, Known: true}}
+	}
+	if !o.UseBefore.IsZero() {
+		// In install, not shared: an expired manifest is not installed, but
+		// an installed one still validates and boots.
+		install = append(Sequence{{Label: CondUseBefore, Policy: rep, Known: true}}, install...)
 	}
 	common := marshal(map[int64]any{
 		keyComponents:     [][][]byte{{comp}},
