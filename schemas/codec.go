@@ -2,9 +2,13 @@ package schemas
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
+
+	"github.com/fxamacker/cbor/v2"
 )
 
 // Message is implemented by every wire message type of this package.
@@ -68,7 +72,7 @@ func Decode(data []byte, m Message) error {
 	}
 	reflect.ValueOf(m).Elem().SetZero()
 	if err := decMode.Unmarshal(data, m); err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrMalformed, name, err)
+		return fmt.Errorf("%w: %s: %s%v", ErrMalformed, name, whichField(err), err)
 	}
 	if v := version(m); v != Version {
 		return fmt.Errorf("%w: %s: version %d, want %d", ErrVersion, name, v, Version)
@@ -172,4 +176,28 @@ func version(m Message) uint {
 		return x.V
 	}
 	return 0
+}
+
+// fieldNames maps fxamacker's struct field names ("schemas.Chunk.1") to
+// readable ones ("key 1 (Chunk.Image)").
+var fieldNames = func() map[string]string {
+	out := map[string]string{}
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{},
+		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
+		t := reflect.TypeOf(v)
+		for i := range t.NumField() {
+			f := t.Field(i)
+			key, _, _ := strings.Cut(f.Tag.Get("cbor"), ",")
+			out[t.String()+"."+key] = fmt.Sprintf("key %s (%s.%s): ", key, t.Name(), f.Name)
+		}
+	}
+	return out
+}()
+
+func whichField(err error) string {
+	var te *cbor.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fieldNames[te.StructFieldName]
+	}
+	return ""
 }
