@@ -54,6 +54,8 @@ type memTransport struct {
 	// drop, when set, is asked for each chunk-family message this client
 	// would receive; true drops it (QoS 0 loss).
 	drop   func(topic string) bool
+	// dropPayload is drop with the payload, for loss models by chunk.
+	dropPayload func(topic string, payload []byte) bool
 	closed atomic.Bool
 	mu     sync.Mutex
 	subs   []*memSub
@@ -116,6 +118,9 @@ func (b *memBroker) deliver(m broker.Message, o broker.PublishOptions) {
 	}
 	for _, s := range targets {
 		if o.Family == broker.FamilyChunk && s.c.drop != nil && s.c.drop(m.Topic) {
+			continue
+		}
+		if o.Family == broker.FamilyChunk && s.c.dropPayload != nil && s.c.dropPayload(m.Topic, m.Payload) {
 			continue
 		}
 		select {
@@ -209,3 +214,17 @@ func (b *memBroker) retainedNotices() []string {
 }
 
 var _ broker.Transport = (*memTransport)(nil)
+
+var brokerChunkReq = broker.PublishOptions{Family: broker.FamilyChunkRequest}
+
+// idle reports whether every subscription queue is empty.
+func (b *memBroker) idle() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, s := range b.subs {
+		if len(s.q) > 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,107 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+func uploadTable(t testing.TB, e *testEnv, p *Publisher, n int) ([]byte, *schemas.ChunkTable) {
+	t.Helper()
+	data := randomImage(t, n)
+	img, _, err := p.UploadImage(context.Background(), e.who(p), "x", bytes.NewReader(data))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := p.loadImage(context.Background(), img.Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data, d.table
+}
+
+func TestBroadcastWaveWithRepair(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.RepairWindow = 20 * time.Millisecond })
+	data, table := uploadTable(t, e, p, 40*1024+100)
+	loss := &lossModel{rate: 0.1}
+	var devs []*downloader
+	for i := range 20 {
+		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, loss))
+	}
+	loss.active.Store(true)
+	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until the wave is delivered: every device has what survived.
+	waitFor(t, 10*time.Second, func() string { return "wave delivery" }, func() bool {
+		n := 0
+		for _, d := range devs {
+			d.mu.Lock()
+			n += d.got
+			d.mu.Unlock()
+		}
+		return n > 0 && e.mb.idle()
+	})
+	loss.active.Store(false)
+	incomplete := 0
+	for _, d := range devs {
+		if !d.complete() {
+			incomplete++
+			d.request(t)
+		}
+	}
+	if incomplete == 0 {
+		t.Fatal("10% loss lost nothing: the loss model does not work")
+	}
+	waitFor(t, 10*time.Second, func() string { return "repair" }, func() bool {
+		for _, d := range devs {
+			if !d.complete() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, d := range devs {
+		if !bytes.Equal(d.data, data) || d.bad != 0 {
+			t.Fatalf("%s assembled a wrong image (%d bad chunks)", d.id, d.bad)
+		}
+	}
+	wave, repair := p.Egress.Wave.Load(), p.Egress.Repair.Load()
+	if wave < int64(len(data)) || wave > int64(len(data))*11/10 {
+		t.Errorf("wave egress %d for a %d-byte image", wave, len(data))
+	}
+	if repair == 0 {
+		t.Errorf("chunks missed by several devices were not broadcast again (repair %d, unicast %d)", repair, p.Egress.Unicast.Load())
+	}
+}
+
+func TestRequestMode(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil) // RepairWindow 0: each request answered at once
+	data, table := uploadTable(t, e, p, 10*1024)
+	d := newDownloader(t, e.mb, e.cfg.Topics, devName(1), table, nil)
+	// A request whose reply address is another device's is refused.
+	evil := newDownloader(t, e.mb, e.cfg.Topics, devName(2), table, nil)
+	rt, _ := e.cfg.Topics.ChunkReply(devName(1))
+	b, _ := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: table.Image, ChunkSize: table.ChunkSize, Ranges: []schemas.Range{{First: 0, Count: 10}}, ReplyTo: rt.NATS, Requester: devName(2)})
+	qt, _ := e.cfg.Topics.ChunkRequests(hex.EncodeToString(table.Image))
+	evil.tr.Publish(context.Background(), qt, b, brokerChunkReq)
+	d.request(t)
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("got %d", d.got) }, d.complete)
+	if !bytes.Equal(d.data, data) {
+		t.Fatal("wrong image")
+	}
+	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	if got := p.met.chunkRequests.WithLabelValues("bad-reply-to"); got == nil {
+		t.Fatal("no metric")
+	}
+	if n := p.Egress.Unicast.Load(); n > int64(len(data))*11/10 {
+		t.Errorf("unicast egress %d for one device and a %d-byte image: the spoofed request was served", n, len(data))
+	}
+}
