@@ -165,18 +165,12 @@ func (d *Device) checkEnvelope(h Header, env []byte) error {
 
 // hashImage hashes the first size bytes of a region's image area.
 func (d *Device) hashImage(ctx context.Context, r Region, size uint64) (Digest, error) {
+	if err := ctx.Err(); err != nil {
+		return Digest{}, err
+	}
 	h := sha256.New()
-	off := d.imageOff(r)
-	for done := uint64(0); done < size; {
-		if err := ctx.Err(); err != nil {
-			return Digest{}, err
-		}
-		n := min(uint64(len(d.buf)), size-done)
-		if _, err := d.f.ReadAt(d.buf[:n], off+int64(done)); err != nil {
-			return Digest{}, err
-		}
-		h.Write(d.buf[:n])
-		done += n
+	if err := d.f.scan(d.imageOff(r), int64(size), d.buf, func(p []byte) { h.Write(p) }); err != nil {
+		return Digest{}, err
 	}
 	var dg Digest
 	h.Sum(dg[:0])

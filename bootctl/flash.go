@@ -122,9 +122,7 @@ func NewMemFlash(g Geometry) (*Flash, error) {
 		return nil, err
 	}
 	m := make(memStore, g.Size())
-	for i := range m {
-		m[i] = Erased
-	}
+	m.erase(0, g.Size())
 	return newFlash(g, m), nil
 }
 
@@ -193,6 +191,37 @@ func (f *Flash) ReadAt(p []byte, off int64) (int, error) {
 	return len(p), nil
 }
 
+// scan passes [off, off+n) to fn in pieces of at most len(buf) bytes,
+// like a bootloader reading memory-mapped NOR in place: an in-memory
+// flash hands out its own bytes (fn must not keep or modify them), a
+// file-backed one reads into buf. It counts as reads.
+func (f *Flash) scan(off, n int64, buf []byte, fn func([]byte)) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.dead {
+		return ErrPowerLost
+	}
+	if err := f.check(off, n); err != nil {
+		return err
+	}
+	m, inMem := f.st.(memStore)
+	for done := int64(0); done < n; {
+		k := min(int64(len(buf)), n-done)
+		if inMem {
+			fn(m[off+done : off+done+k])
+		} else {
+			if err := f.st.readAt(buf[:k], off+done); err != nil {
+				return err
+			}
+			fn(buf[:k])
+		}
+		f.stats.Reads++
+		f.stats.BytesRead += uint64(k)
+		done += k
+	}
+	return nil
+}
+
 // Program writes p at off. off and len(p) must be multiples of the write
 // alignment (ErrAlignment), and every target byte must be erased or p's
 // byte must be 0xFF (ErrNotErased, nothing written). Program is one
@@ -214,10 +243,19 @@ func (f *Flash) Program(p []byte, off int64) error {
 		f.scratch = make([]byte, len(p))
 	}
 	cur := f.scratch[:len(p)]
-	if err := f.st.readAt(cur, off); err != nil {
-		return err
+	clean := false
+	if m, ok := f.st.(memStore); ok {
+		// Check in place; copy out only when bits must be merged.
+		clean = f.erased(m[off : off+int64(len(p))])
+		if !clean {
+			copy(cur, m[off:])
+		}
+	} else {
+		if err := f.st.readAt(cur, off); err != nil {
+			return err
+		}
+		clean = f.erased(cur)
 	}
-	clean := f.erased(cur)
 	if !clean {
 		for i := range cur {
 			if cur[i] != Erased && p[i] != Erased {
@@ -365,8 +403,12 @@ func (m memStore) readAt(p []byte, off int64) error  { copy(p, m[off:]); return 
 func (m memStore) writeAt(p []byte, off int64) error { copy(m[off:], p); return nil }
 func (m memStore) erase(off, n int64) error {
 	s := m[off : off+n]
-	for i := range s {
-		s[i] = Erased
+	if len(s) == 0 {
+		return nil
+	}
+	s[0] = Erased
+	for i := 1; i < len(s); i *= 2 {
+		copy(s[i:], s[:i])
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package bootctl
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -57,7 +58,11 @@ type fileStore struct {
 }
 
 func invert(dst, src []byte) {
-	for i := range src {
+	i := 0
+	for ; i+8 <= len(src); i += 8 {
+		binary.LittleEndian.PutUint64(dst[i:], ^binary.LittleEndian.Uint64(src[i:]))
+	}
+	for ; i < len(src); i++ {
 		dst[i] = ^src[i]
 	}
 }

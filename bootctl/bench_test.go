@@ -1,0 +1,128 @@
+package bootctl
+
+import (
+	"context"
+	"crypto/sha256"
+	"math/rand/v2"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+const benchImage = 8 << 20
+
+// benchRig is an 8 MiB-image device on 4 KiB sectors, 16-byte writes.
+func benchRig(b *testing.B) (rig, []byte, []byte) {
+	b.Helper()
+	l := DefaultLayout(8, 2, benchImage/4096+1)
+	r := rig{g: Geometry{SectorSize: 4096, Sectors: l.Sectors(), WriteAlign: 16}, l: l,
+		rot: RootOfTrust{DeviceKey: testKey}}
+	v1, v2 := make([]byte, benchImage), make([]byte, benchImage)
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range v1 {
+		v1[i], v2[i] = byte(rng.Uint32()), byte(rng.Uint32())
+	}
+	return r, v1, v2
+}
+
+func benchFactory(b *testing.B, r rig, f *Flash, v1 []byte) {
+	b.Helper()
+	img, err := Combine(r.g, r.l, CombineInput{Bootloader: []byte("boot"), App: v1,
+		Info: CandidateInfo{Version: 1}, DeviceKey: testKey})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := f.Restore(img); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// paired times raw and bootctl alternately in each iteration (so both see
+// the same machine load) and reports both and their ratio.
+func paired(b *testing.B, prep func(), raw, sut func()) {
+	b.Helper()
+	var rawT, sutT time.Duration
+	b.SetBytes(benchImage)
+	b.ResetTimer()
+	for b.Loop() {
+		prep()
+		t0 := time.Now()
+		raw()
+		t1 := time.Now()
+		sut()
+		rawT += t1.Sub(t0)
+		sutT += time.Since(t1)
+	}
+	b.ReportMetric(float64(rawT.Microseconds())/float64(b.N)/1000, "raw-ms")
+	b.ReportMetric(float64(sutT.Microseconds())/float64(b.N)/1000, "bootctl-ms")
+	b.ReportMetric(float64(sutT)/float64(rawT), "x-raw")
+}
+
+// BenchmarkBootCheck8MiB: a boot with nothing to install (status, header,
+// tag and SHA-256 of the unchanged active image) against raw SHA-256 of
+// the same bytes.
+func BenchmarkBootCheck8MiB(b *testing.B) {
+	r, v1, _ := benchRig(b)
+	run := func(b *testing.B, f *Flash) {
+		benchFactory(b, r, f, v1)
+		d := r.open(b, f)
+		paired(b, func() {}, func() { sha256.Sum256(v1) }, func() {
+			dec, err := d.Boot(context.Background())
+			if err != nil || dec.Action != ActionNone {
+				b.Fatalf("%+v %v", dec, err)
+			}
+		})
+	}
+	b.Run("mem", func(b *testing.B) {
+		f, _ := NewMemFlash(r.g)
+		run(b, f)
+	})
+	b.Run("file", func(b *testing.B) {
+		f, err := CreateFileFlash(filepath.Join(b.TempDir(), "flash"), r.g)
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		run(b, f)
+	})
+}
+
+// BenchmarkInstall8MiB: a boot that installs an 8 MiB candidate (verify
+// its header, tag and hash, journal, copy into the active region, record
+// the trial) against raw SHA-256 plus copy of the same bytes. "steady" is
+// the usual case where the running image is already kept in a slot (it
+// was installed from there); "first" also copies the factory image into
+// a slot, hashing it on the way.
+func BenchmarkInstall8MiB(b *testing.B) {
+	r, v1, v2 := benchRig(b)
+	for _, mode := range []string{"steady", "first"} {
+		b.Run(mode, func(b *testing.B) {
+			f, _ := NewMemFlash(r.g)
+			benchFactory(b, r, f, v1)
+			d := r.open(b, f)
+			ctx := context.Background()
+			if mode == "steady" {
+				if err := d.Stage(ctx, 1, v1, CandidateInfo{Version: 1, Digest: sha256.Sum256(v1)}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if err := d.Stage(ctx, 0, v2, CandidateInfo{Version: 2, Digest: sha256.Sum256(v2)}); err != nil {
+				b.Fatal(err)
+			}
+			snap := snapshot(f)
+			dst := make([]byte, benchImage)
+			paired(b, func() {
+				copy(f.st.(memStore), snap)
+				d = r.open(b, f)
+			}, func() {
+				sha256.Sum256(v2)
+				copy(dst, v2)
+			}, func() {
+				dec, err := d.Boot(ctx)
+				if err != nil || dec.Action != ActionInstalled {
+					b.Fatalf("%+v %v", dec, err)
+				}
+			})
+		})
+	}
+}
