@@ -123,3 +123,27 @@ func TestTopicsDigest(t *testing.T) {
 		t.Errorf("ParseDigestHex round trip: %x %v", b, err)
 	}
 }
+
+// FuzzTopicIdentifier: an accepted identifier never adds a level, a
+// wildcard or a special prefix to either form of a topic.
+func FuzzTopicIdentifier(f *testing.F) {
+	for _, s := range []string{"dev-42", "", "a/b", "a.b", "+", "#", "*", ">", "$SYS", "a:b", "a b", "é", strings.Repeat("x", 65)} {
+		f.Add(s)
+	}
+	tp := MustTopics("r")
+	f.Fuzz(func(t *testing.T, id string) {
+		got, err := tp.Notice(id)
+		if err != nil {
+			if !errors.Is(err, ErrBadIdentifier) {
+				t.Fatalf("error without ErrBadIdentifier: %v", err)
+			}
+			return
+		}
+		if got.MQTT != "r/v1/dev/"+id+"/notice" || got.NATS != "r.v1.dev."+id+".notice" {
+			t.Fatalf("topic %+v", got)
+		}
+		if strings.Count(got.MQTT, "/") != 4 || strings.Count(got.NATS, ".") != 4 || strings.ContainsAny(got.MQTT, "+#*>$: \x00") {
+			t.Fatalf("identifier %q changed the topic's shape: %+v", id, got)
+		}
+	})
+}
