@@ -273,8 +273,10 @@ func (f *Flash) Program(p []byte, off int64) error {
 		} else {
 			torn = torn[:n]
 		}
-		for i := range torn {
-			torn[i] &= cur[i]
+		if !clean {
+			for i := range torn {
+				torn[i] &= cur[i]
+			}
 		}
 		_ = f.st.writeAt(torn, off)
 	}
