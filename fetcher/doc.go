@@ -3,5 +3,47 @@
 // file), checking every chunk against the signed chunk table before it is
 // written, and failing over between sources without losing progress.
 //
-// fetcher never imports publisher.
+// # Roles and trust
+//
+// The signed SUIT manifest (verified by the caller, see schemas/suit) names
+// the image: its SHA-256, its size, the chunk size and the SHA-256 of its
+// chunk table (schemas.ChunkTable, deterministic CBOR). The caller hands
+// these to fetcher as an Image. Nothing a Source returns is trusted:
+//
+//   - the chunk table is accepted only if its SHA-256 equals Image.TableDigest
+//     and it describes Image (digest, size, chunk size);
+//   - each chunk is accepted only if its SHA-256 equals its table entry; a
+//     bad chunk is dropped, counted (Result.BadChunks) and asked for again,
+//     never written to the Sink;
+//   - the whole image digest is computed while streaming where chunks arrive
+//     in order, and by reading the Sink back otherwise, and must equal
+//     Image.Digest before Fetch reports success.
+//
+// # What survives a reset
+//
+// Progress lives in one file in the caller's state directory (Config.StateDir):
+// the bitmap of chunks written and verified, the verified chunk table and the
+// running SHA-256 state. It is persisted with write, fsync, rename every
+// Config.PersistEvery chunks (after the Sink is synced) and when a fetch
+// stops, so a reset costs at most one persistence interval. On resume, chunks
+// not in the bitmap that the Sink already holds intact (read back and
+// checked against the table) are marked done without being fetched again.
+//
+// # Sources and the picker
+//
+// A Source says whether it can serve an image (Probe), serves the chunk
+// table (Table) and streams a set of wanted chunks (Fetch) to a callback.
+// The picker ranks sources by expected cost: configured price per byte times
+// the bytes still missing, plus the expected time (measured latency and
+// throughput, exponentially averaged) weighted by Config.TimeValue, plus a
+// failure penalty that decays with Config.PenaltyHalfLife on the injected
+// Clock. A source that already has the image costs 0; one that cannot serve
+// it is never tried. A Plan from the manifest can pin one source or give an
+// ordered list (SUIT try-each). Each attempt is retried with exponential
+// backoff, jitter and a cap (sethvargo/go-retry); when a source keeps
+// failing the picker moves on, and the next source continues from the same
+// bitmap. Every decision is logged (log/slog) and passed to Config.OnDecision.
+//
+// fetcher never imports publisher, deviceagent or bootctl: the candidate
+// slot reaches it through the Sink interface defined here.
 package fetcher

@@ -1,0 +1,111 @@
+package fetcher
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Image describes the image to fetch, as the verified manifest states it.
+// All fields are required.
+type Image struct {
+	// Digest is the SHA-256 of the whole image.
+	Digest []byte
+	// Size is the image size in bytes.
+	Size uint64
+	// ChunkSize is the chunk size of the chunk table.
+	ChunkSize uint32
+	// TableDigest is the SHA-256 of the deterministic CBOR encoding of the
+	// image's schemas.ChunkTable.
+	TableDigest []byte
+}
+
+// Hex returns the lowercase hex image digest (the name used in topics,
+// object names and file names).
+func (im Image) Hex() string { return hex.EncodeToString(im.Digest) }
+
+// Chunks returns the number of chunks of the image.
+func (im Image) Chunks() int {
+	if im.ChunkSize == 0 {
+		return 0
+	}
+	return int((im.Size + uint64(im.ChunkSize) - 1) / uint64(im.ChunkSize))
+}
+
+// ChunkLen returns the length of chunk i (the last one may be short).
+func (im Image) ChunkLen(i int) int {
+	off := uint64(i) * uint64(im.ChunkSize)
+	if rest := im.Size - off; rest < uint64(im.ChunkSize) {
+		return int(rest)
+	}
+	return int(im.ChunkSize)
+}
+
+// Offset returns the byte offset of chunk i.
+func (im Image) Offset(i int) int64 { return int64(i) * int64(im.ChunkSize) }
+
+// Validate checks that the description is usable; errors wrap ErrBadImage.
+func (im Image) Validate() error {
+	if len(im.Digest) != schemas.DigestSize {
+		return fmt.Errorf("%w: image digest is %d bytes, want %d", ErrBadImage, len(im.Digest), schemas.DigestSize)
+	}
+	if len(im.TableDigest) != schemas.DigestSize {
+		return fmt.Errorf("%w: chunk table digest is %d bytes, want %d", ErrBadImage, len(im.TableDigest), schemas.DigestSize)
+	}
+	if im.ChunkSize < schemas.MinChunkSize || im.ChunkSize > schemas.MaxChunkSize {
+		return fmt.Errorf("%w: chunk size %d outside [%d, %d]", ErrBadImage, im.ChunkSize, schemas.MinChunkSize, schemas.MaxChunkSize)
+	}
+	if im.Size == 0 {
+		return fmt.Errorf("%w: image size is 0", ErrBadImage)
+	}
+	if n := (im.Size + uint64(im.ChunkSize) - 1) / uint64(im.ChunkSize); n > schemas.MaxChunks {
+		return fmt.Errorf("%w: %d chunks, max %d", ErrBadImage, n, schemas.MaxChunks)
+	}
+	return nil
+}
+
+// TableDigest returns the SHA-256 of the deterministic encoding of t, the
+// value a manifest signs (schemas.ChunkTable.Digest).
+func TableDigest(t *schemas.ChunkTable) ([]byte, error) {
+	d, err := t.Digest()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrChunkTable, err)
+	}
+	return d[:], nil
+}
+
+// BuildTable returns the chunk table of img cut in chunkSize chunks, as
+// schemas.BuildChunkTable does. It is what a publisher (and tests) serve
+// next to an image.
+func BuildTable(img []byte, chunkSize uint32) (*schemas.ChunkTable, error) {
+	return schemas.BuildChunkTable(bytes.NewReader(img), chunkSize)
+}
+
+// DecodeTable decodes and authenticates an encoded chunk table against im:
+// its SHA-256 must equal im.TableDigest (checked before decoding), and it
+// must describe im. Errors wrap ErrChunkTable.
+func DecodeTable(im Image, b []byte) (*schemas.ChunkTable, error) {
+	d := sha256.Sum256(b)
+	if !bytes.Equal(d[:], im.TableDigest) {
+		return nil, fmt.Errorf("%w: digest %x does not match the manifest's %x", ErrChunkTable, d[:8], im.TableDigest[:8])
+	}
+	var t schemas.ChunkTable
+	if err := schemas.Decode(b, &t); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrChunkTable, err)
+	}
+	switch {
+	case !bytes.Equal(t.Image, im.Digest):
+		return nil, fmt.Errorf("%w: table is for image %x, want %x", ErrChunkTable, t.Image[:8], im.Digest[:8])
+	case t.ImageSize != im.Size:
+		return nil, fmt.Errorf("%w: table image size %d, manifest says %d", ErrChunkTable, t.ImageSize, im.Size)
+	case t.ChunkSize != im.ChunkSize:
+		return nil, fmt.Errorf("%w: table chunk size %d, manifest says %d", ErrChunkTable, t.ChunkSize, im.ChunkSize)
+	}
+	return &t, nil
+}
+
+// EncodeTable returns the deterministic encoding of t (what sources serve).
+func EncodeTable(t *schemas.ChunkTable) ([]byte, error) { return schemas.Encode(t) }

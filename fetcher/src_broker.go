@@ -1,0 +1,277 @@
+package fetcher
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Dialect says which form of a schemas.Topic a transport speaks, so a
+// chunk request names a reply address the publisher can publish to.
+type Dialect uint8
+
+const (
+	// MQTT: slash-separated topics.
+	MQTT Dialect = iota
+	// NATS: dot-separated subjects.
+	NATS
+)
+
+// Native returns the form of t this dialect speaks.
+func (d Dialect) Native(t schemas.Topic) string {
+	if d == NATS {
+		return t.NATS
+	}
+	return t.MQTT
+}
+
+// BrokerConfig configures a BrokerSource.
+type BrokerConfig struct {
+	// Transport is the device's broker connection. Required.
+	Transport broker.Transport
+	// Dialect of the transport. Default MQTT.
+	Dialect Dialect
+	// Topics is the topic builder (root). Required.
+	Topics schemas.Topics
+	// Device is the device id (requester, reply topic). Required.
+	Device string
+	// Campaign is put into chunk requests; optional.
+	Campaign string
+	// Price per byte. Default 0.
+	Price float64
+	// Idle is how long to wait for a wanted chunk before asking again for
+	// what is still missing. Default 2s.
+	Idle time.Duration
+	// MaxIdle is the number of consecutive idle periods without any new
+	// chunk after which Fetch gives up with ErrStalled. Default 3.
+	MaxIdle int
+	// Queue is the number of received chunks buffered between the
+	// transport's handlers and the writer; beyond it handlers wait.
+	// Default 64.
+	Queue int
+	// Name overrides the source name. Default "broker".
+	Name string
+}
+
+// BrokerSource fetches chunks over the broker: it listens on the image's
+// broadcast chunk topic and on the device's chunk reply topic, and asks for
+// what it still lacks with chunk requests carrying its bitmap. Received
+// messages that are not a chunk of the image (garbage, another image, an
+// index out of range) are counted in Dropped and ignored.
+type BrokerSource struct {
+	cfg BrokerConfig
+
+	// Dropped counts received messages ignored as not a chunk of the
+	// image being fetched. Read it after Fetch returns.
+	Dropped int
+	// Requests counts chunk requests sent.
+	Requests int
+}
+
+// NewBrokerSource returns a broker source; errors wrap ErrConfig.
+func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
+	if cfg.Transport == nil {
+		return nil, fmt.Errorf("%w: broker source without transport", ErrConfig)
+	}
+	if _, err := cfg.Topics.ChunkReply(cfg.Device); err != nil {
+		return nil, fmt.Errorf("%w: broker source: %v", ErrConfig, err)
+	}
+	if cfg.Idle <= 0 {
+		cfg.Idle = 2 * time.Second
+	}
+	if cfg.MaxIdle <= 0 {
+		cfg.MaxIdle = 3
+	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = 64
+	}
+	if cfg.Name == "" {
+		cfg.Name = "broker"
+	}
+	return &BrokerSource{cfg: cfg}, nil
+}
+
+func (s *BrokerSource) Name() string   { return s.cfg.Name }
+func (s *BrokerSource) Kind() string   { return "broker" }
+func (s *BrokerSource) Price() float64 { return s.cfg.Price }
+
+// Probe returns CanServe: whether the publisher serves the image shows
+// only when chunks arrive.
+func (s *BrokerSource) Probe(ctx context.Context, im Image) (Availability, error) {
+	return CanServe, nil
+}
+
+// inbox receives copies of messages from transport handlers. A handler
+// waits while the inbox is full (back-pressure on the transport's
+// delivery) until the fetch ends, then drops.
+type inbox struct {
+	ch   chan []byte
+	done chan struct{}
+}
+
+func (in *inbox) handler(ctx context.Context, m broker.Message) {
+	b := append([]byte(nil), m.Payload...)
+	select {
+	case in.ch <- b:
+	case <-in.done: // fetch over: dropped
+	case <-ctx.Done():
+	}
+}
+
+func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
+	in := &inbox{ch: make(chan []byte, s.cfg.Queue), done: make(chan struct{})}
+	var subs []broker.Subscription
+	unsub := func() {
+		close(in.done)
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		for _, sub := range subs {
+			_ = sub.Unsubscribe(uctx)
+		}
+	}
+	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
+	topics := []schemas.Topic{reply}
+	if broadcast {
+		bt, err := s.cfg.Topics.Chunks(im.Hex())
+		if err != nil {
+			return nil, nil, err
+		}
+		topics = append(topics, bt)
+	}
+	for _, t := range topics {
+		sub, err := s.cfg.Transport.Subscribe(ctx, t, in.handler, broker.SubscribeOptions{Family: broker.FamilyChunk})
+		if err != nil {
+			unsub()
+			return nil, nil, fmt.Errorf("subscribe %s: %w", t.MQTT, err)
+		}
+		subs = append(subs, sub)
+	}
+	return in, unsub, nil
+}
+
+func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
+	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
+	rt, err := s.cfg.Topics.ChunkRequests(im.Hex())
+	if err != nil {
+		return err
+	}
+	req := schemas.ChunkRequest{
+		V: schemas.Version, Image: im.Digest, ChunkSize: im.ChunkSize, Bitmap: want,
+		ReplyTo: s.cfg.Dialect.Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
+	}
+	b, err := schemas.Encode(&req)
+	if err != nil {
+		return err
+	}
+	s.Requests++
+	return s.cfg.Transport.Publish(ctx, rt, b, broker.PublishOptions{Family: broker.FamilyChunkRequest})
+}
+
+// Table asks the publisher for the chunk table (a chunk request with
+// WantTable and no chunks) and waits for it on the reply topic.
+func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
+	in, unsub, err := s.subscribe(ctx, im, false)
+	if err != nil {
+		return nil, err
+	}
+	defer unsub()
+	for try := 0; try < s.cfg.MaxIdle; try++ {
+		if err := s.request(ctx, im, nil, true); err != nil {
+			return nil, err
+		}
+		timer := time.NewTimer(s.cfg.Idle)
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return nil, ctx.Err()
+			case <-timer.C:
+				break wait
+			case b := <-in.ch:
+				var t schemas.ChunkTable
+				if err := schemas.Decode(b, &t); err != nil || !bytes.Equal(t.Image, im.Digest) {
+					s.Dropped++
+					continue
+				}
+				timer.Stop()
+				return b, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("%w: no chunk table after %d requests", ErrStalled, s.cfg.MaxIdle)
+}
+
+// Fetch subscribes, asks for the wanted chunks and writes what arrives,
+// asking again for what is still missing after each idle period. It gives
+// up with ErrStalled after MaxIdle idle periods in a row.
+func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
+	in, unsub, err := s.subscribe(ctx, im, true)
+	if err != nil {
+		return err
+	}
+	defer unsub()
+	missing := want.b.clone()
+	left := missing.count()
+	idle := 0
+	var chunk schemas.Chunk
+	for left > 0 {
+		if err := s.request(ctx, im, missing.bits, false); err != nil {
+			return err
+		}
+		timer := time.NewTimer(s.cfg.Idle)
+		progressed := false
+	wait:
+		for left > 0 {
+			select {
+			case <-ctx.Done():
+				timer.Stop()
+				return ctx.Err()
+			case <-timer.C:
+				break wait
+			case b := <-in.ch:
+				chunk = schemas.Chunk{}
+				if err := schemas.Decode(b, &chunk); err != nil || !bytes.Equal(chunk.Image, im.Digest) || int(chunk.Index) >= missing.n {
+					s.Dropped++
+					continue
+				}
+				i := int(chunk.Index)
+				if !missing.has(i) {
+					continue
+				}
+				if err := deliver(i, chunk.Data); err != nil {
+					if errors.Is(err, ErrSink) {
+						timer.Stop()
+						return err
+					}
+					continue // bad chunk: still missing, asked for again
+				}
+				missing.clear(i)
+				left--
+				if !progressed {
+					progressed = true
+				}
+				// Keep the idle timer running from the last new chunk.
+				if !timer.Stop() {
+					select {
+					case <-timer.C:
+					default:
+					}
+				}
+				timer.Reset(s.cfg.Idle)
+			}
+		}
+		timer.Stop()
+		if progressed {
+			idle = 0
+		} else if idle++; idle >= s.cfg.MaxIdle {
+			return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
+		}
+	}
+	return nil
+}
