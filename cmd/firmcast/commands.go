@@ -8,5 +8,6 @@ func commands() []*cobra.Command {
 		newVersionCmd(),
 		newKeysCmd(),
 		newManifestCmd(),
+		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
 	}
 }

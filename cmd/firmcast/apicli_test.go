@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// apiNopTransport accepts every publish and delivers nothing: the CLI tests
+// exercise the API only.
+type apiNopTransport struct{}
+
+func (apiNopTransport) Publish(context.Context, schemas.Topic, []byte, broker.PublishOptions) error {
+	return nil
+}
+func (apiNopTransport) Subscribe(context.Context, schemas.Topic, broker.Handler, broker.SubscribeOptions) (broker.Subscription, error) {
+	return nil, broker.ErrClosed
+}
+func (apiNopTransport) Request(context.Context, schemas.Topic, []byte) ([]byte, error) {
+	return nil, broker.ErrClosed
+}
+func (apiNopTransport) Reply(context.Context, broker.Message, []byte) error { return nil }
+func (apiNopTransport) Close(context.Context) error                         { return nil }
+
+func apiStartServer(t *testing.T) string {
+	t.Helper()
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithCancel(context.Background())
+	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin", ChunkSize: 1024})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(func() {
+		srv.Close()
+		cancel()
+		nc.Close()
+		ns.Shutdown()
+	})
+	return srv.URL
+}
+
+func apiRun(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	root := newRootCmd()
+	var out, errb bytes.Buffer
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	return out.String(), err
+}
+
+func TestAPICommands(t *testing.T) {
+	url := apiStartServer(t)
+	t.Setenv("FIRMCAST_SERVER", url)
+	t.Setenv("FIRMCAST_API_KEY", "cli-admin")
+	img := filepath.Join(t.TempDir(), "fw.bin")
+	data := make([]byte, 4000)
+	rand.Read(data)
+	os.WriteFile(img, data, 0o600)
+
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := apiRun(t, args...)
+		if err != nil {
+			t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	must("device", "add", "d1", "--class", "sensor", "--group", "lab")
+	must("device", "add", "d2", "--class", "sensor")
+	must("group", "add", "lab", "d2")
+	if out := must("device", "list"); !strings.Contains(out, "d1") || !strings.Contains(out, "lab") {
+		t.Errorf("device list:\n%s", out)
+	}
+	out := must("image", "upload", img)
+	digest := regexp.MustCompile(`^[0-9a-f]{64}`).FindString(out)
+	if digest == "" {
+		t.Fatalf("image upload printed %q", out)
+	}
+	if out := must("image", "list"); !strings.Contains(out, digest) {
+		t.Errorf("image list:\n%s", out)
+	}
+	env := filepath.Join(t.TempDir(), "fw.suit")
+	os.WriteFile(env, []byte("envelope"), 0o600)
+	out = must("campaign", "create", "--image", digest, "--group", "lab", "--phases", "50,100", "--fail-threshold", "5%", "--envelope", env, "--start")
+	id := regexp.MustCompile(`campaign (c-[0-9a-f]+)`).FindStringSubmatch(out)
+	if id == nil || !strings.Contains(out, "running") {
+		t.Fatalf("campaign create:\n%s", out)
+	}
+	if out := must("campaign", "status", id[1]); !strings.Contains(out, "running") {
+		t.Errorf("status:\n%s", out)
+	}
+	must("campaign", "pause", id[1])
+	if out := must("campaign", "list"); !strings.Contains(out, "paused") {
+		t.Errorf("list:\n%s", out)
+	}
+	must("campaign", "abort", id[1])
+	if _, err := apiRun(t, "campaign", "resume", id[1]); err == nil || !strings.Contains(err.Error(), "aborted") {
+		t.Errorf("resume of aborted: %v", err)
+	}
+	out = must("apikey", "create", "--name", "ci", "--scope", "read")
+	tok := regexp.MustCompile(`token: (\S+)`).FindStringSubmatch(out)
+	kid := regexp.MustCompile(`key ([0-9a-f]+)`).FindStringSubmatch(out)
+	if tok == nil || kid == nil {
+		t.Fatalf("apikey create:\n%s", out)
+	}
+	if _, err := apiRun(t, "device", "add", "d3", "--class", "x", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Errorf("read key adding a device: %v", err)
+	}
+	must("apikey", "revoke", kid[1])
+	if _, err := apiRun(t, "device", "list", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("revoked key: %v", err)
+	}
+	if out := must("device", "show", "d1"); !strings.Contains(out, "sensor") {
+		t.Errorf("device show:\n%s", out)
+	}
+	must("device", "remove", "d2")
+	if out := must("audit"); !strings.Contains(out, "campaign.abort") || !strings.Contains(out, "apikey.revoke") {
+		t.Errorf("audit:\n%s", out)
+	}
+	if _, err := apiRun(t, "campaign", "create", "--image", digest, "--group", "lab", "--fail-threshold", "five"); err == nil {
+		t.Error("bad --fail-threshold accepted")
+	}
+}
