@@ -99,4 +99,4 @@ func (c memConn) Request(ctx context.Context, t schemas.Topic, p []byte) ([]byte
 	return nil, broker.ErrTimeout
 }
 func (c memConn) Reply(ctx context.Context, req broker.Message, p []byte) error { return nil }
-func (c memConn) Close(ctx context.Context) error                              { return nil }
+func (c memConn) Close(ctx context.Context) error                               { return nil }
