@@ -72,14 +72,25 @@ func head(b []byte) (major byte, arg uint64, n int, err error) {
 	return 0, 0, 0, ErrMalformed
 }
 
-// skip returns the length of the (well-formed) item at b.
-func skip(b []byte) (int, error) {
+// skip returns the length of the item at b, checking its structure
+// (lengths, nesting depth, no indefinite lengths).
+func skip(b []byte) (int, error) { return skipDepth(b, 0) }
+
+func skipDepth(b []byte, depth int) (int, error) {
+	if depth > schemas.MaxNesting {
+		return 0, ErrMalformed
+	}
 	major, arg, n, err := head(b)
 	if err != nil {
 		return 0, err
 	}
 	switch major {
-	case majUint, majNint, majOther:
+	case majUint, majNint:
+		return n, nil
+	case majOther:
+		if b[0]&0x1f == 24 && arg < 32 {
+			return 0, ErrMalformed // two-byte simple value below 32
+		}
 		return n, nil
 	case majBstr, majTstr:
 		if arg > uint64(len(b)-n) {
@@ -87,7 +98,7 @@ func skip(b []byte) (int, error) {
 		}
 		return n + int(arg), nil
 	case majTag:
-		m, err := skip(b[n:])
+		m, err := skipDepth(b[n:], depth+1)
 		return n + m, err
 	}
 	count := arg
@@ -102,7 +113,7 @@ func skip(b []byte) (int, error) {
 	}
 	off := n
 	for i := uint64(0); i < count; i++ {
-		m, err := skip(b[off:])
+		m, err := skipDepth(b[off:], depth+1)
 		if err != nil {
 			return 0, err
 		}
@@ -268,14 +279,22 @@ func asTag(b []byte) (uint64, []byte, bool) {
 }
 
 // unwrap returns the content of a bstr item after checking that the content
-// is one well-formed CBOR item ("bstr .cbor X").
+// is exactly one structurally valid CBOR item ("bstr .cbor X"). Text
+// strings are checked for UTF-8 where they are decoded.
 func unwrap(b []byte, what string) ([]byte, error) {
 	c, ok := asBytes(b)
 	if !ok {
 		return nil, fmt.Errorf("%w: %s: want bstr-wrapped CBOR", ErrMalformed, what)
 	}
-	if err := wellformed(c, what); err != nil {
-		return nil, err
+	if len(c) == 0 {
+		return nil, fmt.Errorf("%w: %s: empty", ErrTruncated, what)
+	}
+	n, err := skip(c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s", errOr(err), what)
+	}
+	if n != len(c) {
+		return nil, fmt.Errorf("%w: %s: trailing bytes", ErrMalformed, what)
 	}
 	return c, nil
 }

@@ -2,6 +2,7 @@ package suit
 
 import (
 	"fmt"
+	"strconv"
 	"sort"
 
 	"github.com/fxamacker/cbor/v2"
@@ -190,7 +191,13 @@ func decodeSequence(b []byte, what string, depth int) (Sequence, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: %s: command %d: label not an int", ErrMalformed, what, i/2)
 		}
-		c, err := decodeCommand(label, it[i+1], fmt.Sprintf("%s: %s", what, CommandName(label)), depth)
+		if policyCommand(label) {
+			if u, ok := asUint(it[i+1]); ok { // fast path: no name built
+				seq = append(seq, Command{Label: label, Policy: u, Raw: it[i+1], Known: true})
+				continue
+			}
+		}
+		c, err := decodeCommand(label, it[i+1], what+": "+CommandName(label), depth)
 		if err != nil {
 			return nil, err
 		}
@@ -239,7 +246,7 @@ func decodeCommand(label int64, arg []byte, what string, depth int) (Command, er
 				c.TryEmpty = true
 				break
 			}
-			s, err := decodeSequenceWrapped(e, fmt.Sprintf("%s[%d]", what, i), depth+1)
+			s, err := decodeSequenceWrapped(e, what+"["+strconv.Itoa(i)+"]", depth+1)
 			if err != nil {
 				return c, err
 			}
@@ -251,19 +258,31 @@ func decodeCommand(label int64, arg []byte, what string, depth int) (Command, er
 			return c, err
 		}
 		c.Run = s
-	case CondVendorID, CondClassID, CondImageMatch, CondUseBefore, CondComponentSlot,
-		CondCheckContent, CondAbort, DirWrite, DirFetch, DirCopy, DirInvoke, CondDeviceID,
-		CondImageNotMatch, CondMinBattery, CondUpdateAuth, CondVersion, DirWait, DirSwap,
-		CondDependencyInteg, CondIsDependency, DirProcessDep, DirUnlink:
+	default:
+		if !policyCommand(label) {
+			c.Known = false
+			break
+		}
 		u, ok := asUint(arg)
 		if !ok {
 			return c, fmt.Errorf("%w: %s: reporting policy not a uint", ErrMalformed, what)
 		}
 		c.Policy = u
-	default:
-		c.Known = false
 	}
 	return c, nil
+}
+
+// policyCommand reports whether label is a known command whose argument
+// is a SUIT_Rep_Policy.
+func policyCommand(label int64) bool {
+	switch label {
+	case CondVendorID, CondClassID, CondImageMatch, CondUseBefore, CondComponentSlot,
+		CondCheckContent, CondAbort, DirWrite, DirFetch, DirCopy, DirInvoke, CondDeviceID,
+		CondImageNotMatch, CondMinBattery, CondUpdateAuth, CondVersion, DirWait, DirSwap,
+		CondDependencyInteg, CondIsDependency, DirProcessDep, DirUnlink:
+		return true
+	}
+	return false
 }
 
 func decodeParams(b []byte, what string) (*Params, error) {
@@ -280,8 +299,9 @@ func decodeParams(b []byte, what string) (*Params, error) {
 		if !ok {
 			return nil, fmt.Errorf("%w: %s: parameter key %s not an int", ErrMalformed, what, keyString(e.k))
 		}
-		w := what + ": " + ParamName(label)
-		bad := func(want string) error { return fmt.Errorf("%w: %s: want %s", ErrMalformed, w, want) }
+		bad := func(want string) error {
+			return fmt.Errorf("%w: %s: %s: want %s", ErrMalformed, what, ParamName(label), want)
+		}
 		switch label {
 		case ParamVendorID:
 			v, ok := asBytes(e.v)
@@ -306,11 +326,11 @@ func decodeParams(b []byte, what string) (*Params, error) {
 				p.DeviceID = v
 			}
 		case ParamImageDigest:
-			c, err := unwrap(e.v, w)
+			c, err := unwrap(e.v, what+": image-digest")
 			if err != nil {
 				return nil, err
 			}
-			d, err := decodeDigest(c, w)
+			d, err := decodeDigest(c, what+": image-digest")
 			if err != nil {
 				return nil, err
 			}
@@ -360,7 +380,7 @@ func decodeParams(b []byte, what string) (*Params, error) {
 			}
 			p.URI = &s
 		case ParamFirmcast:
-			ci, err := decodeChunkInfo(e.v, w)
+			ci, err := decodeChunkInfo(e.v, what+": "+ParamName(label))
 			if err != nil {
 				return nil, err
 			}

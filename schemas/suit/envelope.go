@@ -248,7 +248,7 @@ func (env *Envelope) manifest() (*Manifest, error) {
 			return nil, fmt.Errorf("%w: %s", ErrSeveredDigest, name)
 		}
 		if k != keyText {
-			if _, err := decodeSequenceWrapped(body, name, 0); err != nil {
+			if sv.seq, err = decodeSequenceWrapped(body, name, 0); err != nil {
 				return nil, err
 			}
 		} else if _, err := unwrap(body, name); err != nil {

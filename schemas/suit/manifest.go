@@ -44,6 +44,8 @@ type Severable struct {
 	// Body is the bstr-wrapped member (header included): inline, or taken
 	// from the envelope after its digest matched. Nil when severed and absent.
 	Body []byte
+
+	seq Sequence // Body decoded
 }
 
 // Present reports whether the manifest has this member at all.
@@ -186,11 +188,11 @@ func decodeManifest(item []byte) (*Manifest, error) {
 	// Severable members decode when they are present, so a malformed body
 	// is reported now rather than when it runs.
 	for _, sv := range []struct {
-		s    Severable
+		s    *Severable
 		name string
-	}{{m.PayloadFetch, SeqPayloadFetch}, {m.Install, SeqInstall}} {
+	}{{&m.PayloadFetch, SeqPayloadFetch}, {&m.Install, SeqInstall}} {
 		if sv.s.Body != nil {
-			if _, err := decodeSequenceWrapped(sv.s.Body, sv.name, 0); err != nil {
+			if sv.s.seq, err = decodeSequenceWrapped(sv.s.Body, sv.name, 0); err != nil {
 				return nil, err
 			}
 		}
@@ -274,6 +276,9 @@ func (m *Manifest) Sequence(name string) (Sequence, error) {
 				return nil, fmt.Errorf("%w: %s", ErrSeveredMissing, name)
 			}
 			return nil, nil
+		}
+		if sv.seq != nil {
+			return sv.seq, nil
 		}
 		return decodeSequenceWrapped(sv.Body, name, 0)
 	}

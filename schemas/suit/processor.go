@@ -118,14 +118,20 @@ type run struct {
 	name   string
 	params []*Params
 	depth  int
+	steps  int
 }
+
+// maxSteps bounds the commands one top-level sequence may execute, nested
+// run-sequence and try-each included.
+const maxSteps = 1 << 16
 
 // soft reports whether err ends only the current try-each branch.
 func soft(err error) bool {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, ErrUnknownCommand), errors.Is(err, ErrUnsupported),
-		errors.Is(err, ErrAborted), errors.Is(err, ErrRollback), errors.Is(err, ErrMalformed):
+		errors.Is(err, ErrAborted), errors.Is(err, ErrRollback), errors.Is(err, ErrMalformed),
+		errors.Is(err, ErrTooLarge) && strings.Contains(err.Error(), "commands executed"):
 		return false
 	}
 	return true
@@ -141,6 +147,9 @@ func (r *run) sequence(ctx context.Context, s Sequence, sel []int) error {
 	for _, c := range s {
 		if err := ctx.Err(); err != nil {
 			return err
+		}
+		if r.steps++; r.steps > maxSteps {
+			return fmt.Errorf("%w: more than %d commands executed", ErrTooLarge, maxSteps)
 		}
 		switch c.Label {
 		case DirSetComponentIdx:
