@@ -77,6 +77,9 @@ func (d *Device) boot(ctx context.Context) (Decision, error) {
 		return Decision{Slot: -1}, aerr
 	}
 	reason := ReasonActiveDamaged
+	if errors.Is(aerr, ErrNoHeader) {
+		reason = ReasonNoActiveImage
+	}
 	if aerr == nil && active.hdr.SecurityCounter < st.Floor {
 		aerr = fmt.Errorf("%w: counter %d, floor %d", ErrBelowFloor, active.hdr.SecurityCounter, st.Floor)
 		reason = ReasonBelowFloor

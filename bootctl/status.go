@@ -98,12 +98,14 @@ const (
 	ReasonNoFallback
 	// ReasonNoValidImage: nothing at or above the floor verifies.
 	ReasonNoValidImage
+	// ReasonNoActiveImage: the active region holds no header (a new device).
+	ReasonNoActiveImage
 )
 
 var reasonText = []string{"", "trial image not confirmed within the allowed boots",
 	"active image damaged", "active image below the anti-rollback floor",
 	"image being installed was damaged", "trial expired but no previous image to revert to",
-	"no valid image at or above the anti-rollback floor"}
+	"no valid image at or above the anti-rollback floor", "no active image"}
 
 func (r Reason) String() string {
 	if int(r) < len(reasonText) {

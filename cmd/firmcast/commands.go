@@ -9,5 +9,6 @@ func commands() []*cobra.Command {
 		newKeysCmd(),
 		newManifestCmd(),
 		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
+		newBootCmd(),
 	}
 }
