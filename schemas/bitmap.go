@@ -1,6 +1,9 @@
 package schemas
 
-import "math/bits"
+import (
+	"math/bits"
+	"strconv"
+)
 
 // Bitmap is a set of chunk indexes in the wire layout of
 // ChunkRequest.Bitmap: chunk i is bit i%8 of byte i/8, counted from the
@@ -32,6 +35,11 @@ func (b Bitmap) Count() int {
 		n += bits.OnesCount8(c)
 	}
 	return n
+}
+
+// String formats r as a half-open interval, "[first,end)".
+func (r Range) String() string {
+	return "[" + strconv.FormatUint(uint64(r.First), 10) + "," + strconv.FormatUint(uint64(r.First)+uint64(r.Count), 10) + ")"
 }
 
 // Missing returns, in increasing order, the runs of chunks in [0, n) that
