@@ -288,6 +288,23 @@ func (d *Device) Confirm() error {
 	return d.log.append(st)
 }
 
+// Abandon gives up on the trial image now, instead of after K boots: the
+// next Boot reverts it (reason: trial not confirmed). The agent calls it
+// when its health check fails for good; a Chain calls it on a stage whose
+// next stage has nothing to boot. It returns ErrNotInTrial if no trial is
+// running, or a flash error.
+func (d *Device) Abandon() error {
+	if err := d.log.load(); err != nil {
+		return err
+	}
+	st := d.log.cur
+	if !st.Trial {
+		return ErrNotInTrial
+	}
+	st.TrialBoots = 255
+	return d.log.append(st)
+}
+
 // FreeSlot returns the slot a new candidate should be staged into: a slot
 // without a valid header if any, else the one with the lowest version,
 // never the slot keeping a copy of the active image nor, during a trial,

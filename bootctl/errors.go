@@ -77,6 +77,8 @@ var (
 	// ErrConflict is returned by Candidate.WriteAt when the bytes differ
 	// from bytes already written at that offset.
 	ErrConflict = errors.New("bootctl: chunk conflicts with bytes already written")
+	// ErrNotInTrial is returned by Abandon when no trial is running.
+	ErrNotInTrial = errors.New("bootctl: no image in trial state")
 	// ErrClosed is returned when a Candidate is used after Commit or Abort.
 	ErrClosed = errors.New("bootctl: candidate closed")
 )
