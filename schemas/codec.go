@@ -60,8 +60,9 @@ func Encode(m Message) ([]byte, error) {
 //  6. m.Validate(): ErrInvalid, or ErrTooLarge for a field over its limit.
 //
 // Every error names the message type. On error m holds unspecified
-// content and must not be used. Decode is safe for concurrent use on
-// distinct m.
+// content and must not be used. m never aliases data: byte strings are
+// copied, so the caller may reuse data at once. Decode is safe for
+// concurrent use on distinct m.
 func Decode(data []byte, m Message) error {
 	name := m.MessageName()
 	if len(data) > m.MaxSize() {

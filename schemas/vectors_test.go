@@ -231,3 +231,19 @@ func cloneMsg(t testing.TB, m Message) Message {
 	}
 	return c
 }
+
+// TestDecodeCopies checks that a decoded message does not alias its input.
+func TestDecodeCopies(t *testing.T) {
+	b, err := Encode(base[Chunk](t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c Chunk
+	if err := Decode(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	clear(b)
+	if d := cmp.Diff(&c, base[Chunk](t), cmpOpts); d != "" {
+		t.Errorf("decoded chunk changed with its input (-got +want):\n%s", d)
+	}
+}
