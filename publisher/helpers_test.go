@@ -114,6 +114,11 @@ func (e *testEnv) start(edit func(*Config)) (*Publisher, func()) {
 		})
 	}
 	e.t.Cleanup(stop)
+	select {
+	case <-p.Ready():
+	case err := <-done:
+		e.t.Fatalf("Run: %v", err)
+	}
 	return p, stop
 }
 

@@ -31,6 +31,7 @@ type Publisher struct {
 	reportQ []chan inReport
 	chunkQ  chan schemas.ChunkRequest
 	kickC   chan struct{}
+	ready   chan struct{}
 
 	leader bool // owned by the tick loop
 
@@ -61,6 +62,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 		pace:    newPacer(cfg),
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),
+		ready:   make(chan struct{}),
 		waves:   map[string]*waveState{},
 		repairs: map[string]*repairBatch{},
 	}
@@ -144,6 +146,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 			return err
 		}
 	}
+	close(p.ready)
 	p.log.Info("publisher running", "namespace", p.cfg.Namespace, "root", p.cfg.Topics.Root())
 	tk := time.NewTicker(p.cfg.TickInterval)
 	defer tk.Stop()
@@ -157,6 +160,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// Ready is closed once Run has subscribed to reports, chunk requests and
+// the API, so that device traffic is being taken.
+func (p *Publisher) Ready() <-chan struct{} { return p.ready }
 
 // kick asks the loop for a tick soon (after a start or resume).
 func (p *Publisher) kick() {

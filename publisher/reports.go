@@ -78,9 +78,13 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 		return "campaign-ended", nil
 	}
 	key := devKey(r.Campaign, r.Device)
-	st, rev, ok := p.idx.dev(r.Campaign, r.Device)
+	// The index may lag writes by other instances: a verdict to ignore is
+	// only given on state read fresh from the KV.
+	st, rev, cached := p.idx.dev(r.Campaign, r.Device)
+	next := r.State.String()
 	for range maxCASAttempts {
-		if !ok {
+		if !cached {
+			st = DeviceState{}
 			var err error
 			rev, err = getJSON(ctx, p.st.campdev, "device state", key, &st)
 			if errors.Is(err, ErrNotFound) {
@@ -91,12 +95,15 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 				return "", err
 			}
 		}
-		if r.Counter <= st.Counter && st.State != StateQueued {
-			p.idx.addIgnored(r.Campaign)
-			return "stale", nil
+		why := "stale" // order is judged by the device's counter first
+		if r.Counter > st.Counter {
+			why = judge(st.State, next)
 		}
-		next := r.State.String()
-		if why := judge(st.State, next); why != "" {
+		if why != "" {
+			if cached {
+				cached = false
+				continue
+			}
 			p.idx.addIgnored(r.Campaign)
 			return why, nil
 		}
@@ -109,7 +116,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 		n.Updated, n.Progress = recv.UTC(), recv.UTC()
 		nrev, err := updateJSON(ctx, p.st.campdev, "device state", key, n, rev)
 		if isConflict(err) {
-			ok = false
+			cached = false
 			continue
 		}
 		if err != nil {

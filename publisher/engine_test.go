@@ -1,0 +1,225 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+func TestPhaseEnds(t *testing.T) {
+	for _, c := range []struct {
+		n      int
+		phases []uint8
+		want   []int
+	}{
+		{50, []uint8{10, 50, 100}, []int{5, 25, 50}},
+		{50, []uint8{1, 10, 100}, []int{3, 6, 50}}, // at least 3 devices per phase
+		{2, []uint8{1, 10, 100}, []int{2, 2, 2}},
+		{1000, []uint8{1, 10, 100}, []int{10, 100, 1000}},
+		{7, []uint8{100}, []int{7}},
+		{10, []uint8{50, 60, 100}, []int{5, 8, 10}},
+	} {
+		if got := phaseEnds(c.n, c.phases, 3); fmt.Sprint(got) != fmt.Sprint(c.want) {
+			t.Errorf("phaseEnds(%d, %v) = %v, want %v", c.n, c.phases, got, c.want)
+		}
+	}
+	for _, bad := range [][]uint8{nil, {50}, {10, 10, 100}, {50, 20, 100}, {0, 100}, {101}} {
+		if checkPhases(bad) == nil {
+			t.Errorf("phases %v accepted", bad)
+		}
+	}
+}
+
+func TestJudge(t *testing.T) {
+	for _, c := range []struct{ cur, next, want string }{
+		{StateQueued, "downloading", "not-notified"},
+		{sNotified, "downloading", ""},
+		{sNotified, "confirmed", ""},
+		{"downloading", "downloading", ""},
+		{"downloading", "manifest-verified", "impossible"},
+		{"staged", "downloading", "impossible"},
+		{"downloading", sFailed, ""},
+		{"trial", sRolled, ""},
+		{sFailed, sRolled, ""},
+		{sConfirmed, sRolled, "impossible"},
+		{sConfirmed, "downloading", "impossible"},
+		{sFailed, "confirmed", "impossible"},
+		{"downloading", sDeferred, ""},
+		{"staged", sDeferred, "impossible"},
+		{sDeferred, "downloading", ""},
+		{StateTimedOut, "downloading", ""},
+		{sNotified, sIdle, "impossible"},
+	} {
+		if got := judge(c.cur, c.next); got != c.want {
+			t.Errorf("judge(%s -> %s) = %q, want %q", c.cur, c.next, got, c.want)
+		}
+	}
+}
+
+// Reports from non-targets, with impossible transitions or stale counters
+// are counted and ignored.
+func TestReportsIgnored(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 10)
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Devices: []string{devName(0), devName(1)}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return statusOf_(t, p, c.ID).Counts["pending"] == 2 })
+	now := e.clock.Now()
+	rep := func(dev string, st schemas.State, counter uint64) string {
+		r := &schemas.DeviceReport{V: 1, Device: dev, Campaign: c.ID, State: st, Counter: counter, ActiveVersion: 1}
+		res, err := p.applyReport(ctx, r, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	for _, x := range []struct {
+		dev     string
+		st      schemas.State
+		counter uint64
+		want    string
+	}{
+		{devName(5), schemas.StateDownloading, 1, "not-target"},
+		{devName(0), schemas.StateDownloading, 5, "applied"},
+		{devName(0), schemas.StateStaged, 5, "stale"},
+		{devName(0), schemas.StateNotified, 6, "impossible"},
+		{devName(0), schemas.StateConfirmed, 7, "applied"},
+		{devName(0), schemas.StateDownloading, 8, "impossible"},
+	} {
+		if got := rep(x.dev, x.st, x.counter); got != x.want {
+			t.Errorf("%s %s #%d: %s, want %s", x.dev, x.st, x.counter, got, x.want)
+		}
+	}
+	s := statusOf_(t, p, c.ID)
+	if s.Ignored != 4 || s.Counts["confirmed"] != 1 {
+		t.Errorf("status %+v, want 4 ignored and 1 confirmed", s)
+	}
+}
+
+func TestNoProgressTimeoutAndDeadline(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.NoProgress = time.Minute; c.DefaultFailPermille = 1000 })
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 4)
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
+		Image: img, Envelope: testEnvelope, Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return statusOf_(t, p, c.ID).Counts["pending"] == 4 })
+	e.clock.Advance(2 * time.Minute)
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		s := statusOf_(t, p, c.ID)
+		return s.Counts["failed"] == 4 && s.Counts["failed.timeout"] == 4
+	})
+	// All timed out at a 100% failure threshold: aborted.
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignAborted
+	})
+
+	c2, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
+		Image: img, Envelope: testEnvelope, Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(2 * time.Hour)
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c2.ID)) }, func() bool {
+		return statusOf_(t, p, c2.ID).State == CampaignExpired
+	})
+	if left := e.mb.retainedNotices(); len(left) != 0 {
+		t.Errorf("retained notices left: %v", left)
+	}
+}
+
+func TestPauseClearsNoticesResumeRestores(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 6)
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return len(e.mb.retainedNotices()) == 6 })
+	if _, err := p.PauseCampaign(ctx, e.who(p), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.mb.retainedNotices()); n != 0 {
+		t.Fatalf("%d notices retained while paused", n)
+	}
+	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(e.mb.retainedNotices()); n != 6 {
+		t.Fatalf("%d notices retained after resume, want 6", n)
+	}
+}
+
+// Two instances against one NATS: one notice per device, every report
+// applied once, the campaign completes.
+func TestTwoInstancesNoDoubleWork(t *testing.T) {
+	e := newEnv(t)
+	pa, _ := e.start(func(c *Config) { c.Instance = "a" })
+	pb, _ := e.start(func(c *Config) { c.Instance = "b" })
+	ctx := context.Background()
+	img := setupFleet(t, e, pa, 50)
+	f := newFleet(t, e.mb, e.cfg.Topics)
+	for i := range 50 {
+		f.add(devName(i), false, false)
+	}
+	c, err := pb.CreateCampaign(ctx, e.who(pb), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, pa, c.ID)) }, func() bool {
+		return statusOf_(t, pa, c.ID).State == CampaignCompleted && statusOf_(t, pb, c.ID).State == CampaignCompleted
+	})
+	notices := counterValue(pa.met.notices) + counterValue(pb.met.notices)
+	if notices != 50 {
+		t.Errorf("%v notices published by the two instances, want 50", notices)
+	}
+	for i := range 50 {
+		if r := f.get(devName(i)); r.notices != 1 {
+			t.Errorf("%s got %d notices", r.id, r.notices)
+		}
+	}
+	sum := func(res string) float64 {
+		return counterValue(pa.met.reports.WithLabelValues(res)) + counterValue(pb.met.reports.WithLabelValues(res))
+	}
+	// A device's reports may be taken by either instance, so a later one
+	// can be applied before an earlier one, which is then stale.
+	if applied, stale := sum("applied"), sum("stale"); applied+stale != 150 || applied < 50 {
+		t.Errorf("%v reports applied and %v stale, want 150 in all (3 per device)", applied, stale)
+	}
+	for _, res := range []string{"not-notified", "impossible", "not-target", "error"} {
+		if n := sum(res); n != 0 {
+			t.Errorf("%v reports taken as %s", n, res)
+		}
+	}
+	if a, b := counterValue(pa.met.reports.WithLabelValues("applied")), counterValue(pb.met.reports.WithLabelValues("applied")); a == 0 || b == 0 {
+		t.Errorf("reports not shared: a applied %v, b %v", a, b)
+	}
+	if s := statusOf_(t, pa, c.ID); s.Counts["confirmed"] != 50 {
+		t.Errorf("instance a sees %v", s.Counts)
+	}
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		panic(err)
+	}
+	return m.GetCounter().GetValue()
+}
