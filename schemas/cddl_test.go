@@ -89,3 +89,21 @@ func TestCDDLMatchesGo(t *testing.T) {
 		}
 	}
 }
+
+// TestCDDLSizeCaps checks the size caps quoted in firmcast.cddl's header.
+func TestCDDLSizeCaps(t *testing.T) {
+	b, err := os.ReadFile("firmcast.cddl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rule, m := range map[string]Message{
+		"update-notice": &UpdateNotice{}, "chunk-request": &ChunkRequest{}, "chunk": &Chunk{},
+		"chunk-table": &ChunkTable{}, "device-report": &DeviceReport{},
+		"campaign-command": &CampaignCommand{}, "campaign-reply": &CampaignReply{},
+	} {
+		want := regexp.MustCompile(`[ ;]` + rule + ` ` + strconv.Itoa(m.MaxSize()) + `[,.]`)
+		if !want.Match(b) {
+			t.Errorf("firmcast.cddl does not quote the %s cap as %d", rule, m.MaxSize())
+		}
+	}
+}

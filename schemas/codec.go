@@ -23,6 +23,16 @@ type Message interface {
 	Validate() error
 }
 
+var (
+	_ Message = (*UpdateNotice)(nil)
+	_ Message = (*ChunkRequest)(nil)
+	_ Message = (*Chunk)(nil)
+	_ Message = (*ChunkTable)(nil)
+	_ Message = (*DeviceReport)(nil)
+	_ Message = (*CampaignCommand)(nil)
+	_ Message = (*CampaignReply)(nil)
+)
+
 // Encode checks that m carries V == Version (else ErrVersion), validates it
 // (ErrInvalid, ErrTooLarge), and encodes it in Core Deterministic CBOR. It
 // fails with ErrTooLarge when the encoding exceeds the type's cap. Encode
