@@ -308,3 +308,23 @@ func marshal(v any) []byte {
 	}
 	return b
 }
+
+// appendHead appends the shortest CBOR head of major type major and
+// argument n (deterministic encoding).
+func appendHead(b []byte, major byte, n uint64) []byte {
+	switch {
+	case n < 24:
+		return append(b, major<<5|byte(n))
+	case n <= 0xff:
+		return append(b, major<<5|24, byte(n))
+	case n <= 0xffff:
+		return append(b, major<<5|25, byte(n>>8), byte(n))
+	case n <= 0xffffffff:
+		return append(b, major<<5|26, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	b = append(b, major<<5|27)
+	for i := 7; i >= 0; i-- {
+		b = append(b, byte(n>>(8*i)))
+	}
+	return b
+}

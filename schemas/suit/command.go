@@ -1,6 +1,7 @@
 package suit
 
 import (
+	"bytes"
 	"fmt"
 	"strconv"
 	"sort"
@@ -433,61 +434,81 @@ func decodeChunkInfo(b []byte, what string) (*ChunkInfo, error) {
 	return ci, nil
 }
 
-// encode returns the parameter map in deterministic CBOR.
+// encode returns the parameter map in deterministic CBOR. Parameters kept
+// raw (Other) are copied as received.
 func (p *Params) encode() []byte {
-	m := map[int64]any{}
+	m := map[int64][]byte{}
+	put := func(l int64, v any) { m[l] = marshal(v) }
 	if p.VendorID != nil {
-		m[ParamVendorID] = p.VendorID
+		put(ParamVendorID, p.VendorID)
 	}
 	if p.ClassID != nil {
-		m[ParamClassID] = p.ClassID
+		put(ParamClassID, p.ClassID)
 	}
 	if p.DeviceID != nil {
-		m[ParamDeviceID] = p.DeviceID
+		put(ParamDeviceID, p.DeviceID)
 	}
 	if p.ImageDigest != nil {
-		m[ParamImageDigest] = p.ImageDigest.encode()
+		put(ParamImageDigest, p.ImageDigest.encode())
 	}
 	for l, v := range map[int64]*uint64{ParamImageSize: p.ImageSize, ParamUseBefore: p.UseBefore,
 		ParamComponentSlot: p.ComponentSlot, ParamSourceComponent: p.SourceComponent} {
 		if v != nil {
-			m[l] = *v
+			put(l, *v)
 		}
 	}
 	if p.StrictOrder != nil {
-		m[ParamStrictOrder] = *p.StrictOrder
+		put(ParamStrictOrder, *p.StrictOrder)
 	}
 	if p.SoftFailure != nil {
-		m[ParamSoftFailure] = *p.SoftFailure
+		put(ParamSoftFailure, *p.SoftFailure)
 	}
 	if p.Content != nil {
-		m[ParamContent] = p.Content
+		put(ParamContent, p.Content)
 	}
 	if p.InvokeArgs != nil {
-		m[ParamInvokeArgs] = p.InvokeArgs
+		put(ParamInvokeArgs, p.InvokeArgs)
 	}
 	if p.URI != nil {
-		m[ParamURI] = *p.URI
+		put(ParamURI, *p.URI)
 	}
 	if p.Firmcast != nil {
-		m[ParamFirmcast] = marshal(map[int64]any{
+		put(ParamFirmcast, marshal(map[int64]any{
 			1: p.Firmcast.ChunkSize,
 			2: cbor.RawMessage(p.Firmcast.TableDigest.encode()),
-		})
+		}))
 	}
 	for k, v := range p.Other {
-		m[k] = cbor.RawMessage(v)
+		m[k] = v
 	}
-	return marshal(m)
+	return encodeIntMap(m)
 }
 
-// encode returns the sequence as a CBOR array (not bstr-wrapped).
-func (s Sequence) encode() []byte {
-	out := make([]any, 0, 2*len(s))
-	for _, c := range s {
-		out = append(out, c.Label, cbor.RawMessage(c.encodeArg()))
+// encodeIntMap encodes a map of integer keys to pre-encoded values with
+// keys in deterministic order (bytewise order of their encodings).
+func encodeIntMap(m map[int64][]byte) []byte {
+	type kv struct{ k, v []byte }
+	pairs := make([]kv, 0, len(m))
+	for k, v := range m {
+		pairs = append(pairs, kv{marshal(k), v})
 	}
-	return marshal(out)
+	sort.Slice(pairs, func(i, j int) bool { return bytes.Compare(pairs[i].k, pairs[j].k) < 0 })
+	out := appendHead(nil, majMap, uint64(len(pairs)))
+	for _, p := range pairs {
+		out = append(append(out, p.k...), p.v...)
+	}
+	return out
+}
+
+// encode returns the sequence as a CBOR array (not bstr-wrapped). The
+// arguments of unknown commands are copied as received.
+func (s Sequence) encode() []byte {
+	out := appendHead(nil, majArray, uint64(2*len(s)))
+	for _, c := range s {
+		out = append(out, marshal(c.Label)...)
+		out = append(out, c.encodeArg()...)
+	}
+	return out
 }
 
 func (c Command) encodeArg() []byte {
@@ -520,14 +541,4 @@ func (c Command) encodeArg() []byte {
 		return marshal(c.Run.encode())
 	}
 	return marshal(c.Policy)
-}
-
-// sortedLabels returns the keys of m in ascending order.
-func sortedLabels(m map[int64][]byte) []int64 {
-	ks := make([]int64, 0, len(m))
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Slice(ks, func(i, j int) bool { return ks[i] < ks[j] })
-	return ks
 }

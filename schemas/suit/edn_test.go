@@ -64,23 +64,7 @@ func (p *ednParser) expect(tok string) {
 	p.pos += len(tok)
 }
 
-func cborHead(major byte, n uint64) []byte {
-	switch {
-	case n < 24:
-		return []byte{major<<5 | byte(n)}
-	case n <= 0xff:
-		return []byte{major<<5 | 24, byte(n)}
-	case n <= 0xffff:
-		return []byte{major<<5 | 25, byte(n >> 8), byte(n)}
-	case n <= 0xffffffff:
-		return []byte{major<<5 | 26, byte(n >> 24), byte(n >> 16), byte(n >> 8), byte(n)}
-	}
-	b := []byte{major<<5 | 27}
-	for i := 7; i >= 0; i-- {
-		b = append(b, byte(n>>(8*i)))
-	}
-	return b
-}
+func cborHead(major byte, n uint64) []byte { return appendHead(nil, major, n) }
 
 func (p *ednParser) item() []byte {
 	p.ws()
