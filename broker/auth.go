@@ -1,0 +1,240 @@
+package broker
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Role is what an authenticated identity may do on the broker.
+type Role uint8
+
+// Roles.
+const (
+	// RoleDevice: one device. It reads its own notices, its own chunk
+	// replies, its class's announcements and image chunk broadcasts; it
+	// writes its own reports and chunk requests. Nothing else.
+	RoleDevice Role = iota + 1
+	// RoleBackend: the firmcast backend (publishers, API clients). It may
+	// publish and subscribe to anything under the topic root.
+	RoleBackend
+)
+
+func (r Role) String() string {
+	switch r {
+	case RoleDevice:
+		return "device"
+	case RoleBackend:
+		return "backend"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// ParseRole parses "device" or "backend".
+func ParseRole(s string) (Role, error) {
+	switch s {
+	case "device":
+		return RoleDevice, nil
+	case "backend":
+		return RoleBackend, nil
+	}
+	return 0, fmt.Errorf("%w: role %q (want device or backend)", ErrBadCredentials, s)
+}
+
+// Identity is who a broker client is, once authenticated.
+type Identity struct {
+	// Username is the broker user name: the device id for devices.
+	Username string
+	Role     Role
+	// Device is the device id (RoleDevice only; equal to Username).
+	Device string
+	// Class is the device class whose announcements the device may read;
+	// empty means none.
+	Class string
+}
+
+// Authenticator looks up the identity of a broker client from the user
+// name and secret it presented. It is the one thing the embedded brokers
+// ask of a credential store; the backend's device registry implements it
+// too. Authenticate returns ErrNotAuthorized (wrapped) for an unknown user
+// or a wrong secret, and must compare secrets in constant time. It must be
+// safe for concurrent use and should not block for long (it runs on the
+// broker's connection path).
+type Authenticator interface {
+	Authenticate(ctx context.Context, username, secret string) (Identity, error)
+}
+
+// Credential is one entry of a CredentialStore.
+type Credential struct {
+	Identity
+	// SecretHash is "sha256:" plus the lowercase hex SHA-256 of the secret.
+	SecretHash string
+}
+
+// HashSecret returns the stored form of a secret: "sha256:<hex>". Device
+// secrets are machine-generated random strings of at least 128 bits, so a
+// fast hash is enough (it is not a password hash).
+func HashSecret(secret string) string {
+	sum := sha256.Sum256([]byte(secret))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// CredentialStore is an in-memory Authenticator holding hashed secrets.
+// It is safe for concurrent use. The zero value is an empty store.
+type CredentialStore struct {
+	mu    sync.RWMutex
+	creds map[string]Credential
+}
+
+// NewCredentialStore returns an empty store.
+func NewCredentialStore() *CredentialStore { return &CredentialStore{} }
+
+// Add stores (or replaces) the credential of id with secret, hashed.
+// Identifiers must be valid topic segments; a device's Device must equal
+// its Username (it is set when empty). Bad input returns
+// ErrBadCredentials.
+func (s *CredentialStore) Add(id Identity, secret string) error {
+	if secret == "" {
+		return fmt.Errorf("%w: user %q has an empty secret", ErrBadCredentials, id.Username)
+	}
+	return s.AddHashed(Credential{Identity: id, SecretHash: HashSecret(secret)})
+}
+
+// AddHashed stores a credential whose secret is already hashed.
+func (s *CredentialStore) AddHashed(c Credential) error {
+	if err := schemas.CheckID("user name", c.Username); err != nil {
+		return fmt.Errorf("%w: %v", ErrBadCredentials, err)
+	}
+	switch c.Role {
+	case RoleDevice:
+		if c.Device == "" {
+			c.Device = c.Username
+		}
+		if c.Device != c.Username {
+			return fmt.Errorf("%w: device %q must use its device id as user name, not %q", ErrBadCredentials, c.Device, c.Username)
+		}
+		if c.Class != "" {
+			if err := schemas.CheckID("class id", c.Class); err != nil {
+				return fmt.Errorf("%w: %v", ErrBadCredentials, err)
+			}
+		}
+	case RoleBackend:
+		c.Device, c.Class = "", ""
+	default:
+		return fmt.Errorf("%w: user %q has no role", ErrBadCredentials, c.Username)
+	}
+	if !strings.HasPrefix(c.SecretHash, "sha256:") || len(c.SecretHash) != len("sha256:")+64 {
+		return fmt.Errorf("%w: user %q: secret hash is not sha256:<64 hex digits>", ErrBadCredentials, c.Username)
+	}
+	if _, err := hex.DecodeString(c.SecretHash[len("sha256:"):]); err != nil {
+		return fmt.Errorf("%w: user %q: secret hash is not hex", ErrBadCredentials, c.Username)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.creds == nil {
+		s.creds = map[string]Credential{}
+	}
+	s.creds[c.Username] = c
+	return nil
+}
+
+// Authenticate implements Authenticator.
+func (s *CredentialStore) Authenticate(_ context.Context, username, secret string) (Identity, error) {
+	s.mu.RLock()
+	c, ok := s.creds[username]
+	s.mu.RUnlock()
+	want := c.SecretHash
+	if !ok {
+		want = HashSecret("\x00no such user") // keep the timing of a miss like a hit
+	}
+	got := HashSecret(secret)
+	if subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 || !ok {
+		return Identity{}, fmt.Errorf("%w: bad user name or secret for %q", ErrNotAuthorized, username)
+	}
+	return c.Identity, nil
+}
+
+// Credentials returns every credential, sorted by user name.
+func (s *CredentialStore) Credentials() []Credential {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	out := make([]Credential, 0, len(s.creds))
+	for _, c := range s.creds {
+		out = append(out, c)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Username < out[j].Username })
+	return out
+}
+
+// LoadCredentials reads a credentials file. One entry per line, fields
+// separated by whitespace, "#" starts a comment:
+//
+//	backend <user> <secret>
+//	device  <device-id> <secret> [<class>]
+//
+// A secret written as "sha256:<hex>" is taken as already hashed (such a
+// file can serve the embedded brokers but not the mosquitto export, which
+// needs the clear secret to derive its own hash). Errors name the line.
+func LoadCredentials(r io.Reader) (*CredentialStore, error) {
+	s := NewCredentialStore()
+	sc := bufio.NewScanner(r)
+	n := 0
+	for sc.Scan() {
+		n++
+		line := sc.Text()
+		if i := strings.IndexByte(line, '#'); i >= 0 {
+			line = line[:i]
+		}
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		role, err := ParseRole(f[0])
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+		if len(f) < 3 || (role == RoleBackend && len(f) != 3) || len(f) > 4 {
+			return nil, fmt.Errorf("%w: line %d: want \"backend USER SECRET\" or \"device ID SECRET [CLASS]\"", ErrBadCredentials, n)
+		}
+		id := Identity{Username: f[1], Role: role}
+		if len(f) == 4 {
+			id.Class = f[3]
+		}
+		if strings.HasPrefix(f[2], "sha256:") {
+			err = s.AddHashed(Credential{Identity: id, SecretHash: f[2]})
+		} else {
+			err = s.Add(id, f[2])
+		}
+		if err != nil {
+			return nil, fmt.Errorf("line %d: %w", n, err)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%w: reading credentials: %v", ErrBadCredentials, err)
+	}
+	return s, nil
+}
+
+// LoadCredentialsFile is LoadCredentials on a file.
+func LoadCredentialsFile(path string) (*CredentialStore, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadCredentials, err)
+	}
+	defer f.Close()
+	s, err := LoadCredentials(f)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}

@@ -1,0 +1,248 @@
+package broker
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Default connection settings; see Config.
+const (
+	// DefaultSessionExpiry is how long an MQTT broker keeps a disconnected
+	// client's session (its subscriptions and QoS 1 queue). It is short on
+	// purpose: a device that is away longer finds its notice retained and
+	// repairs the rest by request, so a broker never holds more than a
+	// small window per device.
+	DefaultSessionExpiry = 2 * time.Minute
+	// DefaultConnectTimeout bounds one connection attempt.
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultReconnectMax caps the back-off between reconnection attempts.
+	DefaultReconnectMax = 5 * time.Second
+)
+
+// Config is what Dial needs to connect to one broker. It is taken by value;
+// Dial never modifies the caller's copy.
+type Config struct {
+	// URL selects the transport and broker address:
+	//   mqtt://host:port   MQTT v5 over TCP (default port 1883)
+	//   mqtts://host:port  MQTT v5 over TLS (default port 8883)
+	//   nats://host:port   NATS (default port 4222)
+	//   tls://host:port    NATS over TLS (the nats.go convention)
+	// User and password may be given as userinfo (mqtt://dev1:secret@host);
+	// Username/Password below take precedence. Required.
+	URL string
+	// Username and Password override the URL's userinfo when non-empty.
+	Username string
+	Password string
+	// ClientID names the MQTT client (and the NATS connection). It must be
+	// a valid schemas identifier. Default: "fc-" plus 12 random hex digits.
+	// A device uses its device id.
+	ClientID string
+	// Topics is the topic root the transport works under; it names the
+	// request inbox and, on NATS, the JetStream stream holding retained
+	// notices. Default: schemas.NewTopics("") (the root "firmcast").
+	Topics schemas.Topics
+	// TLS configures mqtts:// and tls:// connections. Default: system roots.
+	TLS *tls.Config
+	// SessionExpiry is the MQTT session expiry interval. Default
+	// DefaultSessionExpiry; ignored on NATS. Rounded down to seconds.
+	SessionExpiry time.Duration
+	// SharedMember marks a client that takes part in shared subscriptions
+	// (publishers serving chunk requests). Its MQTT session expires when it
+	// disconnects (expiry 0) and starts clean, because brokers keep routing
+	// $share messages to disconnected persistent members.
+	SharedMember bool
+	// ConnectTimeout bounds each connection attempt. Default
+	// DefaultConnectTimeout.
+	ConnectTimeout time.Duration
+	// ReconnectMax caps the back-off between reconnection attempts
+	// (attempts start at 50ms and double). Default DefaultReconnectMax.
+	ReconnectMax time.Duration
+	// Logger receives connection events. Default: slog.Default().
+	Logger *slog.Logger
+}
+
+// Dial connects to the broker named by cfg.URL and returns its Transport
+// (an *MQTTTransport or a *NATSTransport). It blocks until the first
+// connection is up, the broker refuses the credentials (ErrNotAuthorized),
+// or ctx ends. After that, the transport reconnects by itself until Close.
+// A URL that cannot be used returns ErrBadURL.
+func Dial(ctx context.Context, cfg Config) (Transport, error) {
+	ep, err := parseEndpoint(cfg)
+	if err != nil {
+		return nil, err
+	}
+	switch ep.kind {
+	case kindMQTT:
+		return dialMQTT(ctx, ep)
+	default:
+		return dialNATS(ctx, ep)
+	}
+}
+
+// DialMQTT is Dial for mqtt:// and mqtts:// URLs, returning the concrete type.
+func DialMQTT(ctx context.Context, cfg Config) (*MQTTTransport, error) {
+	ep, err := parseEndpoint(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if ep.kind != kindMQTT {
+		return nil, fmt.Errorf("%w: %q is not an mqtt:// or mqtts:// url", ErrBadURL, redact(cfg.URL))
+	}
+	return dialMQTT(ctx, ep)
+}
+
+// DialNATS is Dial for nats:// and tls:// URLs, returning the concrete type
+// (which exposes the JetStream handle).
+func DialNATS(ctx context.Context, cfg Config) (*NATSTransport, error) {
+	ep, err := parseEndpoint(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if ep.kind != kindNATS {
+		return nil, fmt.Errorf("%w: %q is not a nats:// or tls:// url", ErrBadURL, redact(cfg.URL))
+	}
+	return dialNATS(ctx, ep)
+}
+
+type transportKind uint8
+
+const (
+	kindMQTT transportKind = iota
+	kindNATS
+)
+
+// endpoint is a validated Config with defaults applied.
+type endpoint struct {
+	Config
+	kind transportKind
+	url  *url.URL // without userinfo
+	tls  bool
+}
+
+func parseEndpoint(cfg Config) (endpoint, error) {
+	ep := endpoint{Config: cfg}
+	if cfg.URL == "" {
+		return ep, fmt.Errorf("%w: empty url", ErrBadURL)
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		return ep, fmt.Errorf("%w: %v", ErrBadURL, redactErr(err, cfg.URL))
+	}
+	var defPort string
+	switch strings.ToLower(u.Scheme) {
+	case "mqtt":
+		ep.kind, defPort = kindMQTT, "1883"
+	case "mqtts":
+		ep.kind, ep.tls, defPort = kindMQTT, true, "8883"
+	case "nats":
+		ep.kind, defPort = kindNATS, "4222"
+	case "tls":
+		ep.kind, ep.tls, defPort = kindNATS, true, "4222"
+	default:
+		return ep, fmt.Errorf("%w: scheme %q (want mqtt, mqtts, nats or tls)", ErrBadURL, u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return ep, fmt.Errorf("%w: %q has no host", ErrBadURL, redact(cfg.URL))
+	}
+	if u.Path != "" && u.Path != "/" {
+		return ep, fmt.Errorf("%w: %q has a path; the topic root is set in Config.Topics", ErrBadURL, redact(cfg.URL))
+	}
+	if u.User != nil {
+		if ep.Username == "" {
+			ep.Username = u.User.Username()
+		}
+		if p, ok := u.User.Password(); ok && ep.Password == "" {
+			ep.Password = p
+		}
+	}
+	host := u.Host
+	if u.Port() == "" {
+		host = u.Host + ":" + defPort
+	}
+	scheme := "mqtt"
+	switch {
+	case ep.kind == kindMQTT && ep.tls:
+		scheme = "mqtts"
+	case ep.kind == kindNATS && ep.tls:
+		scheme = "tls"
+	case ep.kind == kindNATS:
+		scheme = "nats"
+	}
+	ep.url = &url.URL{Scheme: scheme, Host: host}
+	if ep.ClientID == "" {
+		var b [6]byte
+		_, _ = rand.Read(b[:])
+		ep.ClientID = "fc-" + hex.EncodeToString(b[:])
+	}
+	if err := schemas.CheckID("client id", ep.ClientID); err != nil {
+		return ep, fmt.Errorf("%w: %v", ErrBadURL, err)
+	}
+	if ep.Topics.Root() == "" {
+		ep.Topics = schemas.MustTopics("")
+	}
+	if ep.SessionExpiry == 0 {
+		ep.SessionExpiry = DefaultSessionExpiry
+	}
+	if ep.SharedMember {
+		ep.SessionExpiry = 0
+	}
+	if ep.ConnectTimeout <= 0 {
+		ep.ConnectTimeout = DefaultConnectTimeout
+	}
+	if ep.ReconnectMax <= 0 {
+		ep.ReconnectMax = DefaultReconnectMax
+	}
+	if ep.Logger == nil {
+		ep.Logger = slog.Default()
+	}
+	ep.Logger = ep.Logger.With("broker", ep.url.String(), "client", ep.ClientID)
+	return ep, nil
+}
+
+// inboxTopic is the topic under which a transport receives replies to its
+// requests: root/v1/api/inbox/<client> (MQTT) or root.v1.api.inbox.<client>
+// (NATS). Only backend-role identities may use request/reply.
+func inboxTopic(t schemas.Topics, clientID string) (schemas.Topic, error) {
+	return t.API("inbox." + clientID)
+}
+
+// redact hides the password of a URL for error messages.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}
+
+func redactErr(err error, raw string) string {
+	msg := err.Error()
+	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok && p != "" {
+			msg = strings.ReplaceAll(msg, p, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// backoff returns the reconnect delay for attempt n (0-based): 50ms
+// doubling up to max.
+func backoff(n int, max time.Duration) time.Duration {
+	d := 50 * time.Millisecond
+	for i := 0; i < n && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	return d
+}

@@ -1,0 +1,418 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// NATSTransport is a Transport over NATS (nats.go): core publish/subscribe,
+// queue groups for shared subscriptions, and request/reply with the
+// inbox under the topic root. NATS has no retained messages, so retained
+// notices live in a JetStream stream (NoticeStream) that keeps the last
+// message per notice subject:
+//
+//   - Publish with Retain writes to the stream (a JetStream publish,
+//     acknowledged); Retain with an empty payload purges that subject.
+//   - Subscribe with Retained reads the stream through an ordered consumer
+//     delivering the last message per subject, then live ones.
+//
+// Retain is therefore accepted only on notice subjects (root.v1.dev.*.notice).
+// A plain publish to a notice subject is also captured by the stream.
+//
+// Only features present in both the machine's NATS 2.9 and the embedded
+// 2.15 are used: a single filter subject per consumer, MaxMsgsPerSubject,
+// subject purge.
+//
+// While the connection is down, nats.go buffers publishes (up to 8 MiB)
+// and sends them on reconnection; Publish then returns nil without the
+// broker's acknowledgement. It is safe for concurrent use.
+type NATSTransport struct {
+	ep     endpoint
+	nc     *nats.Conn
+	js     jetstream.JetStream
+	ctx    context.Context
+	cancel context.CancelFunc
+	stream string
+
+	mu     sync.Mutex
+	subs   map[*natsSub]struct{}
+	closed bool
+}
+
+type natsSub struct {
+	t    *NATSTransport
+	sub  *nats.Subscription
+	cc   jetstream.ConsumeContext
+	d    *dispatcher
+	once sync.Once
+}
+
+// NoticeStreamName is the JetStream stream holding the retained notices of
+// a topic root: "FIRMCAST_NOTICES_" plus the root with "/" turned to "_".
+func NoticeStreamName(t schemas.Topics) string {
+	return "FIRMCAST_NOTICES_" + strings.ReplaceAll(t.Root(), "/", "_")
+}
+
+func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
+	inbox, err := inboxTopic(ep.Topics, ep.ClientID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadURL, err)
+	}
+	life, cancel := context.WithCancel(context.Background())
+	t := &NATSTransport{ep: ep, ctx: life, cancel: cancel, stream: NoticeStreamName(ep.Topics), subs: map[*natsSub]struct{}{}}
+	opts := []nats.Option{
+		nats.Name(ep.ClientID),
+		nats.CustomInboxPrefix(inbox.NATS),
+		nats.MaxReconnects(-1),
+		nats.CustomReconnectDelay(func(n int) time.Duration { return backoff(n, ep.ReconnectMax) }),
+		nats.Timeout(ep.ConnectTimeout),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				ep.Logger.Info("nats connection lost; reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { ep.Logger.Debug("nats reconnected") }),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			ep.Logger.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	if ep.Username != "" || ep.Password != "" {
+		opts = append(opts, nats.UserInfo(ep.Username, ep.Password))
+	}
+	if ep.tls {
+		if ep.TLS != nil {
+			opts = append(opts, nats.Secure(ep.TLS))
+		} else {
+			opts = append(opts, nats.Secure())
+		}
+	}
+	type res struct {
+		nc  *nats.Conn
+		err error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		nc, err := nats.Connect(ep.url.String(), opts...)
+		ch <- res{nc, err}
+	}()
+	var r res
+	select {
+	case r = <-ch:
+	case <-ctx.Done():
+		cancel()
+		go func() {
+			if r := <-ch; r.nc != nil {
+				r.nc.Close()
+			}
+		}()
+		return nil, fmt.Errorf("broker: nats connect %s: %w", ep.url, ctx.Err())
+	}
+	if r.err != nil {
+		cancel()
+		if errors.Is(r.err, nats.ErrAuthorization) || strings.Contains(strings.ToLower(r.err.Error()), "authorization") {
+			return nil, fmt.Errorf("%w: nats %s: %v", ErrNotAuthorized, ep.url, r.err)
+		}
+		return nil, fmt.Errorf("broker: nats connect %s: %w", ep.url, r.err)
+	}
+	t.nc = r.nc
+	js, err := jetstream.New(r.nc)
+	if err != nil {
+		r.nc.Close()
+		cancel()
+		return nil, fmt.Errorf("broker: nats jetstream: %w", err)
+	}
+	t.js = js
+	return t, nil
+}
+
+// Conn returns the underlying nats.go connection. Do not Close it; use
+// Close.
+func (t *NATSTransport) Conn() *nats.Conn { return t.nc }
+
+// JetStream returns the JetStream handle of the connection, for the
+// backend's streams and key-value stores.
+func (t *NATSTransport) JetStream() jetstream.JetStream { return t.js }
+
+// NoticeStream returns the stream of retained notices, creating it when
+// it does not exist yet: subjects root.v1.dev.*.notice, file storage, one
+// message per subject. Devices may not create streams, so the backend
+// calls NoticeStream once at start.
+func (t *NATSTransport) NoticeStream(ctx context.Context) (jetstream.Stream, error) {
+	cfg := jetstream.StreamConfig{
+		Name:              t.stream,
+		Description:       "firmcast retained update notices (last per device)",
+		Subjects:          []string{t.ep.Topics.NoticesAll().NATS},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: 1,
+		Replicas:          1,
+	}
+	s, err := t.js.Stream(ctx, t.stream)
+	if err == nil {
+		return s, nil
+	}
+	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, fmt.Errorf("broker: notice stream %s: %w", t.stream, err)
+	}
+	s, err = t.js.CreateOrUpdateStream(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("broker: notice stream %s: %w", t.stream, err)
+	}
+	return s, nil
+}
+
+func (t *NATSTransport) isNotice(subject string) bool {
+	return natsMatch(t.ep.Topics.NoticesAll().NATS, subject)
+}
+
+// Publish implements Publisher. Chunks are fire-and-forget; other families
+// are flushed so that the broker has them when Publish returns. Retain
+// works on notice subjects only (see NATSTransport).
+func (t *NATSTransport) Publish(ctx context.Context, topic schemas.Topic, payload []byte, opts PublishOptions) error {
+	if t.isClosed() {
+		return ErrClosed
+	}
+	subj := topic.NATS
+	if subj == "" {
+		return fmt.Errorf("broker: publish: empty nats subject")
+	}
+	if opts.Retain {
+		if !t.isNotice(subj) {
+			return fmt.Errorf("broker: retain on %s: NATS keeps retained messages for notice subjects only", subj)
+		}
+		s, err := t.NoticeStream(ctx)
+		if err != nil {
+			return err
+		}
+		if len(payload) == 0 {
+			if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
+				return fmt.Errorf("broker: clear retained %s: %w", subj, err)
+			}
+			return nil
+		}
+		if _, err := t.js.Publish(ctx, subj, payload); err != nil {
+			return fmt.Errorf("broker: retained publish %s: %w", subj, err)
+		}
+		return nil
+	}
+	if err := t.nc.Publish(subj, payload); err != nil {
+		return t.connErr("publish "+subj, err)
+	}
+	if opts.Family == FamilyChunk || t.nc.IsReconnecting() {
+		return nil
+	}
+	if err := t.nc.FlushWithContext(ctx); err != nil && !t.nc.IsReconnecting() {
+		return t.connErr("publish "+subj, err)
+	}
+	return nil
+}
+
+func (t *NATSTransport) connErr(what string, err error) error {
+	if errors.Is(err, nats.ErrConnectionClosed) && t.isClosed() {
+		return ErrClosed
+	}
+	if errors.Is(err, nats.ErrPermissionViolation) || errors.Is(err, nats.ErrAuthorization) {
+		return fmt.Errorf("%w: %s: %v", ErrNotAuthorized, what, err)
+	}
+	return fmt.Errorf("broker: %s: %w", what, err)
+}
+
+func (t *NATSTransport) isClosed() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.closed
+}
+
+// Subscribe implements Subscriber. Shared subscriptions join the queue
+// group schemas.SharedGroup. Retained subscriptions read the notice stream
+// (filter must be a notice subject or the notice wildcard). A permission
+// violation reported by the server while subscribing returns
+// ErrNotAuthorized.
+func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h Handler, opts SubscribeOptions) (Subscription, error) {
+	subj := filter.NATS
+	if subj == "" {
+		return nil, fmt.Errorf("broker: subscribe: empty nats subject")
+	}
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil, ErrClosed
+	}
+	t.mu.Unlock()
+	s := &natsSub{t: t, d: newDispatcher(t.ctx, h)}
+	var err error
+	if opts.Retained {
+		err = t.subscribeRetained(ctx, s, subj)
+	} else {
+		cb := func(m *nats.Msg) { s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply}) }
+		if opts.Shared {
+			s.sub, err = t.nc.QueueSubscribe(subj, schemas.SharedGroup, cb)
+		} else {
+			s.sub, err = t.nc.Subscribe(subj, cb)
+		}
+		if err == nil {
+			s.sub.SetPendingLimits(-1, -1)
+			err = t.checkSub(ctx, s.sub)
+		}
+		if err != nil {
+			err = t.connErr("subscribe "+subj, err)
+		}
+	}
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	t.mu.Lock()
+	t.subs[s] = struct{}{}
+	t.mu.Unlock()
+	return s, nil
+}
+
+// checkSub flushes so the server has processed the SUB, then looks for a
+// permission violation it may have reported for it.
+func (t *NATSTransport) checkSub(ctx context.Context, sub *nats.Subscription) error {
+	if err := t.nc.FlushWithContext(ctx); err != nil {
+		return err
+	}
+	if err := t.nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(err.Error(), `"`+sub.Subject+`"`) {
+		return err
+	}
+	return nil
+}
+
+func (t *NATSTransport) subscribeRetained(ctx context.Context, s *natsSub, subj string) error {
+	if !t.isNotice(subj) && subj != t.ep.Topics.NoticesAll().NATS {
+		return fmt.Errorf("broker: retained subscribe %s: NATS keeps retained messages for notice subjects only", subj)
+	}
+	st, err := t.NoticeStream(ctx)
+	if err != nil {
+		return err
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("broker: notice stream info: %w", err)
+	}
+	last := info.State.LastSeq
+	cons, err := t.js.OrderedConsumer(ctx, t.stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{subj},
+		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("broker: retained subscribe %s: %w", subj, err)
+	}
+	s.cc, err = cons.Consume(func(m jetstream.Msg) {
+		retained := false
+		if md, err := m.Metadata(); err == nil {
+			retained = md.Sequence.Stream <= last
+		}
+		s.d.enqueue(Message{Topic: m.Subject(), Payload: m.Data(), Retained: retained})
+	})
+	if err != nil {
+		return fmt.Errorf("broker: retained subscribe %s: %w", subj, err)
+	}
+	return nil
+}
+
+func (s *natsSub) stop() {
+	if s.sub != nil {
+		_ = s.sub.Unsubscribe()
+	}
+	if s.cc != nil {
+		s.cc.Stop()
+	}
+	s.d.close()
+}
+
+// Unsubscribe implements Subscription. Safe to call more than once.
+func (s *natsSub) Unsubscribe(ctx context.Context) error {
+	s.once.Do(func() {
+		s.t.mu.Lock()
+		delete(s.t.subs, s)
+		s.t.mu.Unlock()
+		s.stop()
+	})
+	return nil
+}
+
+// Request implements Requester over NATS request/reply (a reply subject
+// under the root's inbox). No responders, like no reply, is ErrTimeout.
+func (t *NATSTransport) Request(ctx context.Context, topic schemas.Topic, payload []byte) ([]byte, error) {
+	if t.isClosed() {
+		return nil, ErrClosed
+	}
+	m, err := t.nc.RequestWithContext(ctx, topic.NATS, payload)
+	if err != nil {
+		switch {
+		case errors.Is(err, nats.ErrNoResponders):
+			return nil, fmt.Errorf("%w: %s: no responders", ErrTimeout, topic.NATS)
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("%w: %s: %w", ErrTimeout, topic.NATS, ctx.Err())
+		}
+		return nil, t.connErr("request "+topic.NATS, err)
+	}
+	return m.Data, nil
+}
+
+// Reply implements Requester.
+func (t *NATSTransport) Reply(ctx context.Context, req Message, payload []byte) error {
+	if req.ReplyTo == "" {
+		return fmt.Errorf("broker: reply: request on %s has no reply subject", req.Topic)
+	}
+	if err := t.nc.Publish(req.ReplyTo, payload); err != nil {
+		return t.connErr("reply", err)
+	}
+	return nil
+}
+
+// Close drains nothing: it stops every subscription and closes the
+// connection. Safe to call more than once.
+func (t *NATSTransport) Close(ctx context.Context) error {
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		return nil
+	}
+	t.closed = true
+	subs := t.subs
+	t.subs = nil
+	t.mu.Unlock()
+	for s := range subs {
+		s.stop()
+	}
+	t.nc.Close()
+	t.cancel()
+	return nil
+}
+
+// natsMatch reports whether NATS subject matches filter ("*" and ">").
+func natsMatch(filter, subject string) bool {
+	fs := strings.Split(filter, ".")
+	ss := strings.Split(subject, ".")
+	for i, f := range fs {
+		if f == ">" {
+			return len(ss) > i
+		}
+		if i >= len(ss) {
+			return false
+		}
+		if f != "*" && f != ss[i] {
+			return false
+		}
+	}
+	return len(fs) == len(ss)
+}

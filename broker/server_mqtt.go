@@ -1,0 +1,257 @@
+package broker
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Defaults of the embedded MQTT broker.
+const (
+	// DefaultMQTTListen is where the embedded MQTT broker listens by
+	// default: loopback, a free port.
+	DefaultMQTTListen = "127.0.0.1:0"
+	// DefaultMaxSessionExpiry caps the session expiry a client may ask for.
+	DefaultMaxSessionExpiry = 10 * time.Minute
+	// DefaultMaxQueued caps the QoS 1 messages held per client (inflight
+	// plus queued while offline): a small window, never a whole image.
+	DefaultMaxQueued = 100
+)
+
+// MQTTServerConfig configures the embedded MQTT v5 broker. It is taken by
+// value.
+type MQTTServerConfig struct {
+	// Listen is the TCP address, "host:port"; port 0 picks a free port
+	// (see Addr). Default DefaultMQTTListen.
+	Listen string
+	// Auth authenticates every client. Nil means open: any client may
+	// connect and do anything (for development and tests only).
+	Auth Authenticator
+	// Topics is the root the access policy protects. Default root
+	// "firmcast".
+	Topics schemas.Topics
+	// MaxSessionExpiry caps the session expiry clients ask for. Default
+	// DefaultMaxSessionExpiry.
+	MaxSessionExpiry time.Duration
+	// MaxQueued caps the QoS 1 messages in flight or queued per client.
+	// Default DefaultMaxQueued.
+	MaxQueued int
+	// Logger receives broker events. Default: slog.Default() at warn and
+	// above for mochi's own chatter.
+	Logger *slog.Logger
+}
+
+// MQTTServer is an embedded mochi-mqtt v2 broker speaking MQTT v5 (and
+// 3.1.1). Lifecycle: NewMQTTServer, Start (non-blocking), Ready, Shutdown.
+// It installs no signal handlers. Its methods are safe for concurrent use.
+type MQTTServer struct {
+	cfg  MQTTServerConfig
+	srv  *mqtt.Server
+	ln   *listeners.TCP
+	mu   sync.Mutex
+	up   chan struct{}
+	down chan struct{}
+	st   int // 0 new, 1 started, 2 shut down
+}
+
+// NewMQTTServer validates cfg and prepares a broker; nothing listens until
+// Start.
+func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultMQTTListen
+	}
+	if _, _, err := net.SplitHostPort(cfg.Listen); err != nil {
+		return nil, fmt.Errorf("%w: mqtt listen address %q: %v", ErrBadServerConfig, cfg.Listen, err)
+	}
+	if cfg.Topics.Root() == "" {
+		cfg.Topics = schemas.MustTopics("")
+	}
+	if cfg.MaxSessionExpiry <= 0 {
+		cfg.MaxSessionExpiry = DefaultMaxSessionExpiry
+	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = DefaultMaxQueued
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
+	caps.MaximumInflight = uint16(min(cfg.MaxQueued, 65535))
+	caps.ReceiveMaximum = uint16(min(cfg.MaxQueued, 65535))
+	caps.MaximumClientWritesPending = 1024
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		Logger:       cfg.Logger.With("component", "mqtt-broker"),
+		InlineClient: true,
+	})
+	var hook mqtt.Hook
+	if cfg.Auth == nil {
+		hook = new(openHook)
+	} else {
+		hook = &authHook{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
+	}
+	if err := srv.AddHook(hook, nil); err != nil {
+		return nil, fmt.Errorf("broker: mqtt auth hook: %w", err)
+	}
+	return &MQTTServer{cfg: cfg, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
+}
+
+// Start binds the listener and starts serving in the background. It
+// returns the bind error, if any; calling it twice is an error.
+func (s *MQTTServer) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.st {
+	case 1:
+		return fmt.Errorf("%w: mqtt server already started", ErrBadServerConfig)
+	case 2:
+		return ErrServerClosed
+	}
+	s.ln = listeners.NewTCP(listeners.Config{ID: "firmcast-tcp", Address: s.cfg.Listen})
+	if err := s.srv.AddListener(s.ln); err != nil {
+		return fmt.Errorf("broker: mqtt listen on %s: %w", s.cfg.Listen, err)
+	}
+	if err := s.srv.Serve(); err != nil {
+		return fmt.Errorf("broker: mqtt serve: %w", err)
+	}
+	s.st = 1
+	close(s.up)
+	s.cfg.Logger.Info("mqtt broker listening", "url", "mqtt://"+s.ln.Address())
+	return nil
+}
+
+// Ready waits until the broker accepts connections, or ctx ends, or the
+// server is shut down (ErrServerClosed).
+func (s *MQTTServer) Ready(ctx context.Context) error {
+	select {
+	case <-s.up:
+	case <-s.down:
+		return ErrServerClosed
+	case <-ctx.Done():
+		return fmt.Errorf("broker: mqtt server not ready: %w", ctx.Err())
+	}
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "tcp", s.Addr())
+		if err == nil {
+			c.Close()
+			return nil
+		}
+		select {
+		case <-s.down:
+			return ErrServerClosed
+		case <-ctx.Done():
+			return fmt.Errorf("broker: mqtt server not ready: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// Addr returns the bound "host:port" once started (the configured address
+// before).
+func (s *MQTTServer) Addr() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ln == nil {
+		return s.cfg.Listen
+	}
+	return s.ln.Address()
+}
+
+// URL returns "mqtt://host:port" for Dial.
+func (s *MQTTServer) URL() string { return "mqtt://" + s.Addr() }
+
+// Shutdown disconnects every client and stops the listener. It is safe to
+// call more than once, and before Start.
+func (s *MQTTServer) Shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.st == 2 {
+		return
+	}
+	started := s.st == 1
+	s.st = 2
+	close(s.down)
+	if started {
+		_ = s.srv.Close()
+	}
+}
+
+// Done is closed when Shutdown has been called.
+func (s *MQTTServer) Done() <-chan struct{} { return s.down }
+
+// authHook enforces the access policy in mochi: every client
+// authenticates through the Authenticator; each publish, subscribe and
+// delivery is checked against Policy.
+type authHook struct {
+	mqtt.HookBase
+	auth   Authenticator
+	policy Policy
+	log    *slog.Logger
+	ids    sync.Map // *mqtt.Client -> Identity
+}
+
+func (h *authHook) ID() string { return "firmcast-auth" }
+
+func (h *authHook) Provides(b byte) bool {
+	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect}, []byte{b})
+}
+
+// OnConnectAuthenticate: user name + secret must authenticate, and a
+// device must use its device id as client id (so no client can take over
+// another device's session).
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id, err := h.auth.Authenticate(ctx, string(pk.Connect.Username), string(pk.Connect.Password))
+	if err != nil {
+		h.log.Info("mqtt client refused", "client", cl.ID, "user", string(pk.Connect.Username), "err", err)
+		return false
+	}
+	if id.Role == RoleDevice && cl.ID != id.Device {
+		h.log.Info("mqtt client refused: device client id must be its device id", "client", cl.ID, "user", id.Username)
+		return false
+	}
+	h.ids.Store(cl, id)
+	return true
+}
+
+func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
+	v, ok := h.ids.Load(cl)
+	if !ok {
+		return false
+	}
+	allowed := h.policy.Allow(v.(Identity), topic, write)
+	if !allowed {
+		h.log.Debug("mqtt acl denied", "client", cl.ID, "topic", topic, "write", write)
+	}
+	return allowed
+}
+
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
+	h.ids.Delete(cl)
+}
+
+// openHook lets every client in and allows everything (no Authenticator).
+type openHook struct{ mqtt.HookBase }
+
+func (h *openHook) ID() string { return "firmcast-open" }
+
+func (h *openHook) Provides(b byte) bool {
+	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
+}
+
+func (h *openHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
+
+func (h *openHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }

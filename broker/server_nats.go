@@ -1,0 +1,256 @@
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// DefaultNATSListen is where the embedded NATS server listens by default:
+// loopback, a free port.
+const DefaultNATSListen = "127.0.0.1:0"
+
+// NATSServerConfig configures the embedded nats-server. It is taken by
+// value.
+type NATSServerConfig struct {
+	// Listen is the client address, "host:port"; port 0 picks a free port
+	// (see URL). Default DefaultNATSListen.
+	Listen string
+	// DataDir holds JetStream's files (the retained-notice stream and the
+	// backend's streams). Required.
+	DataDir string
+	// Auth authenticates every client and sets its permissions from the
+	// access policy (NATSPermissions). Nil means open (development and
+	// tests only).
+	Auth Authenticator
+	// Topics is the root the access policy protects. Default root
+	// "firmcast".
+	Topics schemas.Topics
+	// ServerName names the server. Default "firmcast".
+	ServerName string
+	// Logger receives our start/stop lines (nats-server's own log is off).
+	// Default slog.Default().
+	Logger *slog.Logger
+}
+
+// NATSServer is an embedded nats-server with JetStream. Lifecycle:
+// NewNATSServer, Start (non-blocking), Ready, Shutdown. It installs no
+// signal handlers. Its methods are safe for concurrent use.
+type NATSServer struct {
+	cfg  NATSServerConfig
+	srv  *server.Server
+	mu   sync.Mutex
+	up   chan struct{}
+	down chan struct{}
+	st   int
+}
+
+// NewNATSServer validates cfg and prepares the server; nothing listens
+// until Start.
+func NewNATSServer(cfg NATSServerConfig) (*NATSServer, error) {
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultNATSListen
+	}
+	host, portStr, err := net.SplitHostPort(cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: nats listen address %q: %v", ErrBadServerConfig, cfg.Listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port < 0 || port > 65535 {
+		return nil, fmt.Errorf("%w: nats listen port %q", ErrBadServerConfig, portStr)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: nats server needs a data directory for JetStream", ErrBadServerConfig)
+	}
+	if cfg.Topics.Root() == "" {
+		cfg.Topics = schemas.MustTopics("")
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = "firmcast"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	opts := &server.Options{
+		ServerName: cfg.ServerName,
+		Host:       host,
+		Port:       port,
+		NoSigs:     true,
+		NoLog:      true,
+		JetStream:  true,
+		StoreDir:   cfg.DataDir,
+		// Notices and chunk messages are small; 1 MiB leaves room for a
+		// 64 KiB chunk with headers.
+		MaxPayload: 1 << 20,
+	}
+	if cfg.Auth != nil {
+		opts.CustomClientAuthentication = &natsAuth{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
+	}
+	srv, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadServerConfig, err)
+	}
+	return &NATSServer{cfg: cfg, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
+}
+
+// Start starts the server in the background; it does not wait for it to
+// accept connections (see Ready). Calling it twice is an error.
+func (s *NATSServer) Start() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch s.st {
+	case 1:
+		return fmt.Errorf("%w: nats server already started", ErrBadServerConfig)
+	case 2:
+		return ErrServerClosed
+	}
+	s.st = 1
+	s.srv.Start()
+	close(s.up)
+	return nil
+}
+
+// Ready waits until the server accepts connections (JetStream included),
+// or ctx ends, or the server is shut down (ErrServerClosed).
+func (s *NATSServer) Ready(ctx context.Context) error {
+	select {
+	case <-s.up:
+	case <-s.down:
+		return ErrServerClosed
+	case <-ctx.Done():
+		return fmt.Errorf("broker: nats server not ready: %w", ctx.Err())
+	}
+	for !s.srv.ReadyForConnections(50 * time.Millisecond) {
+		select {
+		case <-s.down:
+			return ErrServerClosed
+		case <-ctx.Done():
+			return fmt.Errorf("broker: nats server not ready: %w", ctx.Err())
+		default:
+		}
+	}
+	s.cfg.Logger.Info("nats server listening", "url", s.URL(), "data_dir", s.cfg.DataDir)
+	return nil
+}
+
+// Addr returns the bound "host:port" once ready.
+func (s *NATSServer) Addr() string {
+	if a, ok := s.srv.Addr().(*net.TCPAddr); ok && a != nil {
+		return a.String()
+	}
+	return s.cfg.Listen
+}
+
+// URL returns "nats://host:port" for Dial, once ready.
+func (s *NATSServer) URL() string { return "nats://" + s.Addr() }
+
+// Shutdown stops the server and waits for it. Safe to call more than once,
+// and before Start.
+func (s *NATSServer) Shutdown() {
+	s.mu.Lock()
+	if s.st == 2 {
+		s.mu.Unlock()
+		return
+	}
+	started := s.st == 1
+	s.st = 2
+	close(s.down)
+	s.mu.Unlock()
+	if started {
+		s.srv.Shutdown()
+		s.srv.WaitForShutdown()
+	}
+}
+
+// Done is closed when Shutdown has been called.
+func (s *NATSServer) Done() <-chan struct{} { return s.down }
+
+// Server returns the underlying nats-server, for in-process connections
+// (server.InProcessConn) and monitoring.
+func (s *NATSServer) Server() *server.Server { return s.srv }
+
+// natsAuth authenticates NATS clients with an Authenticator and gives each
+// the permissions of NATSPermissions.
+type natsAuth struct {
+	auth   Authenticator
+	policy Policy
+	log    *slog.Logger
+}
+
+func (a *natsAuth) Check(c server.ClientAuthentication) bool {
+	o := c.GetOpts()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	id, err := a.auth.Authenticate(ctx, o.Username, o.Password)
+	if err != nil {
+		a.log.Info("nats client refused", "user", o.Username, "err", err)
+		return false
+	}
+	c.RegisterUser(&server.User{Username: id.Username, Permissions: NATSPermissions(a.policy, id)})
+	return true
+}
+
+// NATSPermissions is Policy expressed as nats-server permissions for one
+// identity. A device may also read its retained notice from the notice
+// stream (the JetStream API calls an ordered consumer filtered on its own
+// notice subject makes) and receive replies on its inbox
+// (root.v1.api.inbox.<device>.>, so it must dial with ClientID = its
+// device id). A backend may use everything under the root plus the
+// JetStream, KV and object-store APIs.
+func NATSPermissions(p Policy, id Identity) *server.Permissions {
+	t := p.Topics
+	root := t.NoticesAll().NATS // root.v1.dev.*.notice
+	rootPrefix := root[:len(root)-len("v1.dev.*.notice")]
+	switch id.Role {
+	case RoleBackend:
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: []string{rootPrefix + ">", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"}},
+			Subscribe: &server.SubjectPermission{Allow: []string{rootPrefix + ">"}},
+		}
+	case RoleDevice:
+		stream := NoticeStreamName(t)
+		var pub, sub []string
+		if r, err := t.Report(id.Device); err == nil {
+			pub = append(pub, r.NATS)
+		}
+		pub = append(pub, rootPrefix+"v1.img.*.req")
+		if n, err := t.Notice(id.Device); err == nil {
+			sub = append(sub, n.NATS)
+			pub = append(pub,
+				"$JS.API.STREAM.INFO."+stream,
+				"$JS.API.CONSUMER.CREATE."+stream+".*."+n.NATS,
+				"$JS.API.CONSUMER.MSG.NEXT."+stream+".*",
+				"$JS.API.CONSUMER.INFO."+stream+".*",
+				"$JS.API.CONSUMER.DELETE."+stream+".*",
+			)
+		}
+		if c, err := t.ChunkReply(id.Device); err == nil {
+			sub = append(sub, c.NATS)
+		}
+		if id.Class != "" {
+			if a, err := t.Announce(id.Class); err == nil {
+				sub = append(sub, a.NATS)
+			}
+		}
+		sub = append(sub, rootPrefix+"v1.img.*.chunks")
+		if in, err := inboxTopic(t, id.Device); err == nil {
+			sub = append(sub, in.NATS+".>")
+		}
+		return &server.Permissions{
+			Publish:   &server.SubjectPermission{Allow: pub},
+			Subscribe: &server.SubjectPermission{Allow: sub},
+		}
+	}
+	return &server.Permissions{Publish: &server.SubjectPermission{Deny: []string{">"}}, Subscribe: &server.SubjectPermission{Deny: []string{">"}}}
+}
