@@ -199,7 +199,8 @@ func (d *Device) install(ctx context.Context, st status, active image, slot int,
 // image, copying it into one if none does. It returns -1 (and no error) if
 // the active image turns out damaged while copied.
 func (d *Device) keepActive(ctx context.Context, active image, exclude int) (int, error) {
-	dst, dstVer := -1, uint64(0)
+	// The target: an unused slot, else the one with the lowest version.
+	dst, dstVer, dstUsed := -1, uint64(0), true
 	for i := range d.l.Slots {
 		if i == exclude {
 			continue
@@ -212,9 +213,9 @@ func (d *Device) keepActive(ctx context.Context, active image, exclude int) (int
 			return i, nil
 		}
 		switch {
-		case err != nil && (dst < 0 || dstVer > 0):
-			dst, dstVer = i, 0 // an unused slot is the best target
-		case err == nil && dst < 0, err == nil && dstVer > 0 && im.hdr.Version < dstVer:
+		case err != nil && dstUsed:
+			dst, dstUsed = i, false
+		case err == nil && dstUsed && (dst < 0 || im.hdr.Version < dstVer):
 			dst, dstVer = i, im.hdr.Version
 		}
 	}

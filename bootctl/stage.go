@@ -71,6 +71,9 @@ func (d *Device) OpenCandidate(ctx context.Context, slot int, size uint64) (*Can
 	return &Candidate{d: d, slot: slot, size: size, region: r, pending: map[int64]*partialWord{}}, nil
 }
 
+// ImageCapacity is the largest image a slot holds, in bytes.
+func (d *Device) ImageCapacity() uint64 { return uint64(d.l.ImageCapacity(d.g)) }
+
 // Slot returns the slot the candidate is written into.
 func (c *Candidate) Slot() int { return c.slot }
 

@@ -238,3 +238,33 @@ func TestLayoutValidate(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestResumeCandidate: an agent restarted mid-download reopens the slot
+// and writes the rest (and some chunks again).
+func TestResumeCandidate(t *testing.T) {
+	r := newRig(16, 2)
+	f := r.factory(t, 1, 1)
+	d := r.open(t, f)
+	ctx := context.Background()
+	img := testImage(2)
+	c, err := d.OpenCandidate(ctx, 0, uint64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WriteAt(img[:2048], 0)
+	// Restart: a new Device, the first half again plus the rest.
+	d = r.open(t, f)
+	c, err = d.ResumeCandidate(ctx, 0, uint64(len(img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt(img[1024:], 1024); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Commit(ctx, infoFor(2, 1)); err != nil {
+		t.Fatal(err)
+	}
+	if d.ImageCapacity() != 9*512 {
+		t.Fatalf("capacity %d", d.ImageCapacity())
+	}
+}

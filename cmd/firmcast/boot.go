@@ -132,6 +132,9 @@ func newBootInitCmd() *cobra.Command {
 					return fmt.Errorf("--pubkey: %w", err)
 				}
 			}
+			if _, err := os.Stat(flash); err == nil {
+				return fmt.Errorf("--flash %s: exists; remove it to start a new device", flash)
+			}
 			f, err := bootctl.CreateFileFlash(flash, g)
 			if err != nil {
 				return err
