@@ -32,11 +32,10 @@ func setupFleet(t *testing.T, e *testEnv, p *Publisher, n int) []byte {
 
 var testEnvelope = []byte("signed-envelope-placeholder")
 
-func statusOf_(t *testing.T, p *Publisher, id string) Status {
-	t.Helper()
+func statusOf_(t testing.TB, p *Publisher, id string) Status {
 	s, err := p.CampaignStatus(context.Background(), id)
 	if err != nil {
-		t.Fatalf("status: %v", err)
+		panic(fmt.Sprintf("status: %v", err))
 	}
 	return s
 }

@@ -45,13 +45,19 @@ func (l *lossModel) dropper(dev string) func(string, []byte) bool {
 		if !l.active.Load() || l.rate == 0 {
 			return false
 		}
-		if l.correlated {
-			var c schemas.Chunk
-			if schemas.Decode(payload, &c) != nil {
-				return false
-			}
-			r := rand.New(rand.NewPCG(uint64(c.Index), 99))
-			return r.Float64() < l.rate
+		mu.Lock()
+		defer mu.Unlock()
+		return rng.Float64() < l.rate
+	}
+}
+
+// install sets the correlated loss on the broker (one decision per message).
+func (l *lossModel) install(mb *memBroker) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var mu sync.Mutex
+	mb.dropAll = func([]byte) bool {
+		if !l.active.Load() || !l.correlated {
+			return false
 		}
 		mu.Lock()
 		defer mu.Unlock()
@@ -62,7 +68,7 @@ func (l *lossModel) dropper(dev string) func(string, []byte) bool {
 func newDownloader(t testing.TB, mb *memBroker, topics schemas.Topics, id string, table *schemas.ChunkTable, loss *lossModel) *downloader {
 	t.Helper()
 	d := &downloader{id: id, tr: mb.client(), topics: topics, table: table, have: schemas.NewBitmap(table.NumChunks()), data: make([]byte, table.ImageSize)}
-	if loss != nil {
+	if loss != nil && !loss.correlated {
 		drop := loss.dropper(id)
 		d.tr.dropPayload = drop
 	}

@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -154,3 +155,11 @@ func waitFor(t testing.TB, timeout time.Duration, msg func() string, cond func()
 }
 
 func devName(i int) string { return fmt.Sprintf("dev-%03d", i) }
+
+func jetstreamKV(name string) jetstream.KeyValueConfig {
+	return jetstream.KeyValueConfig{Bucket: name, History: 1, Storage: jetstream.FileStorage}
+}
+
+func brokerMsg(topic string, payload []byte) broker.Message {
+	return broker.Message{Topic: topic, Payload: payload}
+}

@@ -21,6 +21,10 @@ type memBroker struct {
 	retained map[string][]byte
 	rr       map[string]int
 	inbox    atomic.Int64
+	pending  atomic.Int64 // enqueued and not yet handled
+	// dropAll, when set, is asked once per published chunk-family message;
+	// true drops it for every subscriber (correlated loss).
+	dropAll func(payload []byte) bool
 }
 
 func newMemBroker() *memBroker {
@@ -116,6 +120,9 @@ func (b *memBroker) deliver(m broker.Message, o broker.PublishOptions) {
 	if o.Retain && len(m.Payload) == 0 {
 		return // clearing a retained value is not delivered
 	}
+	if o.Family == broker.FamilyChunk && b.dropAll != nil && b.dropAll(m.Payload) {
+		return
+	}
 	for _, s := range targets {
 		if o.Family == broker.FamilyChunk && s.c.drop != nil && s.c.drop(m.Topic) {
 			continue
@@ -123,9 +130,11 @@ func (b *memBroker) deliver(m broker.Message, o broker.PublishOptions) {
 		if o.Family == broker.FamilyChunk && s.c.dropPayload != nil && s.c.dropPayload(m.Topic, m.Payload) {
 			continue
 		}
+		b.pending.Add(1)
 		select {
 		case s.q <- m:
 		case <-s.done:
+			b.pending.Add(-1)
 		}
 	}
 }
@@ -140,6 +149,7 @@ func (c *memTransport) Subscribe(ctx context.Context, filter schemas.Topic, h br
 	if o.Retained {
 		for subj, p := range c.b.retained {
 			if subjectMatch(s.filter, subj) {
+				c.b.pending.Add(1)
 				s.q <- broker.Message{Topic: subj, Payload: p, Retained: true}
 			}
 		}
@@ -155,6 +165,7 @@ func (c *memTransport) Subscribe(ctx context.Context, filter schemas.Topic, h br
 				return
 			case m := <-s.q:
 				h(context.Background(), m)
+				c.b.pending.Add(-1)
 			}
 		}
 	}()
@@ -217,14 +228,5 @@ var _ broker.Transport = (*memTransport)(nil)
 
 var brokerChunkReq = broker.PublishOptions{Family: broker.FamilyChunkRequest}
 
-// idle reports whether every subscription queue is empty.
-func (b *memBroker) idle() bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, s := range b.subs {
-		if len(s.q) > 0 {
-			return false
-		}
-	}
-	return true
-}
+// idle reports whether every delivered message has been handled.
+func (b *memBroker) idle() bool { return b.pending.Load() == 0 }

@@ -1,0 +1,196 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// BenchmarkWaveEgress measures the publisher's chunk egress (encoded
+// message bytes handed to the broker) per broadcast wave to 100 devices,
+// relative to the image size, then the repair rounds until every device
+// holds the image: requests are batched, chunks asked for by 2 or more
+// devices are broadcast again, the rest sent to the one device asking.
+// Loss applies to every chunk message, waves and repairs alike.
+func BenchmarkWaveEgress(b *testing.B) {
+	for _, c := range []struct {
+		name       string
+		rate       float64
+		correlated bool
+	}{
+		{"loss=0", 0, false},
+		{"loss=5%-correlated", 0.05, true},
+		{"loss=5%-independent", 0.05, false},
+	} {
+		b.Run(c.name, func(b *testing.B) {
+			e := newEnv(b)
+			p, _ := e.start(func(cfg *Config) { cfg.ChunkSize = 16 << 10; cfg.RepairBroadcastMin = 2 })
+			data := randomImage(b, 1<<20)
+			img, _, err := p.UploadImage(context.Background(), e.who(p), "bench", bytes.NewReader(data))
+			if err != nil {
+				b.Fatal(err)
+			}
+			d, err := p.loadImage(context.Background(), img.Digest)
+			if err != nil {
+				b.Fatal(err)
+			}
+			loss := &lossModel{rate: c.rate, correlated: c.correlated}
+			loss.install(e.mb)
+			var waveX, totalX, rounds float64
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				var devs []*downloader
+				for i := range 100 {
+					devs = append(devs, newDownloader(b, e.mb, e.cfg.Topics, fmt.Sprintf("d%03d", i), d.table, loss))
+				}
+				w0, r0, u0 := p.Egress.Wave.Load(), p.Egress.Repair.Load(), p.Egress.Unicast.Load()
+				b.StartTimer()
+				loss.active.Store(true)
+				if err := p.Wave(context.Background(), img.Digest); err != nil {
+					b.Fatal(err)
+				}
+				waitFor(b, time.Minute, func() string { return "wave" }, e.mb.idle)
+				n := 0
+				for ; n < 50; n++ {
+					batch := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
+					for _, dv := range devs {
+						if !dv.complete() {
+							batch.reqs[dv.id] = dv.requestMsg()
+						}
+					}
+					if len(batch.reqs) == 0 {
+						break
+					}
+					p.flushRepair(context.Background(), img.Digest, batch)
+					waitFor(b, time.Minute, func() string { return "repair" }, e.mb.idle)
+				}
+				loss.active.Store(false)
+				b.StopTimer()
+				for _, dv := range devs {
+					if !bytes.Equal(dv.data, data) {
+						b.Fatalf("%s did not assemble the image", dv.id)
+					}
+					dv.tr.Close(context.Background())
+				}
+				w := p.Egress.Wave.Load() - w0
+				all := w + p.Egress.Repair.Load() - r0 + p.Egress.Unicast.Load() - u0
+				waveX += float64(w) / float64(len(data))
+				totalX += float64(all) / float64(len(data))
+				rounds += float64(n)
+				b.StartTimer()
+			}
+			b.ReportMetric(waveX/float64(b.N), "wave-x-image")
+			b.ReportMetric(totalX/float64(b.N), "total-x-image")
+			b.ReportMetric(rounds/float64(b.N), "repair-rounds")
+		})
+	}
+}
+
+// requestMsg is request's message, for calling flushRepair directly.
+func (d *downloader) requestMsg() *schemas.ChunkRequest {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	want := schemas.NewBitmap(d.table.NumChunks())
+	for i := range d.table.NumChunks() {
+		if !d.have.Has(i) {
+			want.Set(i)
+		}
+	}
+	rt, _ := d.topics.ChunkReply(d.id)
+	return &schemas.ChunkRequest{V: schemas.Version, Image: d.table.Image, ChunkSize: d.table.ChunkSize, Bitmap: want, ReplyTo: rt.NATS, Requester: d.id}
+}
+
+// BenchmarkReportIngest measures reports per second taken into campaign
+// state (decode, judge, compare-and-set of the device's KV record, index
+// update) next to raw JetStream KV puts of same-size values with the same
+// parallelism (the publisher's report workers), in the same run.
+func BenchmarkReportIngest(b *testing.B) {
+	const devices = 1000
+	e := newEnv(b)
+	p, _ := e.start(func(c *Config) { c.MaxDownloading = devices })
+	ctx := context.Background()
+	who := e.who(p)
+	for i := range devices {
+		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	img, _, err := p.UploadImage(ctx, who, "x", bytes.NewReader(randomImage(b, 4096)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	digest, _ := hex.DecodeString(img.Digest)
+	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: digest, Envelope: testEnvelope, Class: "sensor", Start: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, time.Minute, func() string { return "notify" }, func() bool {
+		s := statusOf_(nil, p, c.ID)
+		return s.Counts["pending"] == devices
+	})
+	var applied atomic.Int64
+	done := make(chan struct{}, 1)
+	var want atomic.Int64
+	p.onReport = func(_ schemas.DeviceReport, res string) {
+		if applied.Add(1) == want.Load() {
+			done <- struct{}{}
+		}
+	}
+	// Same-size values for the raw put baseline.
+	st, _, _ := p.idx.dev(c.ID, devName(0))
+	st.State, st.Counter, st.BytesDone, st.BytesTotal = "downloading", 1<<40, 1<<20, 1<<21
+	val, _ := json.Marshal(st)
+	raw, err := e.js.CreateOrUpdateKeyValue(ctx, jetstreamKV("bench_raw"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	counters := make([]uint64, devices)
+	b.ResetTimer()
+	// Raw puts, reportWorkers in parallel.
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for w := range reportWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < b.N; i += reportWorkers {
+				if _, err := raw.Put(ctx, devName(i%devices), val); err != nil {
+					panic(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	rawRate := float64(b.N) / time.Since(t0).Seconds()
+	// Reports through the publisher's handler, as the transport calls it.
+	want.Store(int64(b.N))
+	t1 := time.Now()
+	for i := range b.N {
+		dev := i % devices
+		counters[dev]++
+		r := &schemas.DeviceReport{V: 1, Device: devName(dev), Campaign: c.ID, State: schemas.StateDownloading,
+			BytesDone: counters[dev], BytesTotal: 1 << 21, Counter: counters[dev], ActiveVersion: 1, Time: 1}
+		payload, _ := schemas.Encode(r)
+		t, _ := e.cfg.Topics.Report(r.Device)
+		p.handleReport(ctx, brokerMsg(t.NATS, payload))
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Minute):
+		b.Fatalf("only %d of %d reports taken", applied.Load(), b.N)
+	}
+	rate := float64(b.N) / time.Since(t1).Seconds()
+	b.StopTimer()
+	b.ReportMetric(rate, "reports/s")
+	b.ReportMetric(rawRate, "raw-puts/s")
+	b.ReportMetric(rate/rawRate, "x-raw")
+}
