@@ -87,12 +87,12 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
 		}
 	}
-	return seal(ctx, buildManifest(opts), signers)
+	return seal(ctx, buildManifest(opts), signers, nil)
 }
 
 // seal authenticates the bstr-wrapped manifest with each signer and returns
 // the tagged envelope.
-func seal(ctx context.Context, manifest []byte, signers []Signer) ([]byte, error) {
+func seal(ctx context.Context, manifest []byte, signers []Signer, extra map[any]any) ([]byte, error) {
 	digestItem := Digest{Alg: AlgSHA256, Bytes: sha256Sum(manifest)}.encode()
 	auth := []any{digestItem}
 	for i, s := range signers {
@@ -108,10 +108,17 @@ func seal(ctx context.Context, manifest []byte, signers []Signer) ([]byte, error
 		}
 		auth = append(auth, encodeBlock(alg, kid, protected, sig))
 	}
-	return marshal(cbor.Tag{Number: EnvelopeTag, Content: map[int64]any{
-		keyAuthentication: marshal(auth),
-		keyManifest:       cbor.RawMessage(manifest),
-	}}), nil
+	content := map[any]any{
+		uint64(keyAuthentication): marshal(auth),
+		uint64(keyManifest):       cbor.RawMessage(manifest),
+	}
+	for k, v := range extra {
+		if i, ok := k.(int64); ok && i >= 0 {
+			k = uint64(i)
+		}
+		content[k] = v
+	}
+	return marshal(cbor.Tag{Number: EnvelopeTag, Content: content}), nil
 }
 
 func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }

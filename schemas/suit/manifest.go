@@ -65,9 +65,10 @@ type Manifest struct {
 	PayloadFetch Severable
 	Install      Severable
 	Text         Severable
-	// Unknown lists manifest keys this package does not interpret and
-	// that the draft does not make critical (extensions).
-	Unknown []int64
+	// Extensions holds manifest elements (keys 24 and up, or negative)
+	// this package does not interpret, raw, so that Encode keeps them.
+	// Keys 0 to 23 it does not know are refused as critical.
+	Extensions map[int64][]byte
 
 	// Signatures describes the envelope's authentication blocks (set by
 	// Verify and by Decode).
@@ -174,7 +175,10 @@ func decodeManifest(item []byte) (*Manifest, error) {
 			if k >= 0 && k < 24 {
 				return nil, fmt.Errorf("%w: manifest element %d", ErrUnsupported, k)
 			}
-			m.Unknown = append(m.Unknown, k)
+			if m.Extensions == nil {
+				m.Extensions = map[int64][]byte{}
+			}
+			m.Extensions[k] = e.v
 		}
 	}
 	switch {

@@ -31,7 +31,7 @@ func signedManifest(t testing.TB, seq uint64, ncomp int, shared Sequence, member
 		m[k] = s.encode()
 	}
 	s, pub := mustSigner(t, "ed25519", EdDSA)
-	env, err := seal(context.Background(), marshal(marshal(m)), []Signer{s})
+	env, err := seal(context.Background(), marshal(marshal(m)), []Signer{s}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

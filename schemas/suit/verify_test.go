@@ -40,7 +40,7 @@ func TestVerifyDistinctErrors(t *testing.T) {
 	exp0 := readVector(t, "suit_manifest_exp0.suit")
 	s, pub := mustSigner(t, "es256", ES256)
 	signed := func(manifest []byte) []byte {
-		env, err := seal(context.Background(), manifest, []Signer{s})
+		env, err := seal(context.Background(), manifest, []Signer{s}, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -135,7 +135,7 @@ func TestCOSEInterop(t *testing.T) {
 
 			// We sign, go-cose verifies.
 			s, _ := NewKeySigner(key, 0)
-			ours, err := seal(context.Background(), manifest, []Signer{s})
+			ours, err := seal(context.Background(), manifest, []Signer{s}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
