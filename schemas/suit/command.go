@@ -3,8 +3,8 @@ package suit
 import (
 	"bytes"
 	"fmt"
-	"strconv"
 	"sort"
+	"strconv"
 
 	"github.com/fxamacker/cbor/v2"
 )

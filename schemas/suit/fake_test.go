@@ -26,7 +26,9 @@ func newFake() *fakeTarget {
 	}
 }
 
-func (f *fakeTarget) log(format string, a ...any) { f.calls = append(f.calls, fmt.Sprintf(format, a...)) }
+func (f *fakeTarget) log(format string, a ...any) {
+	f.calls = append(f.calls, fmt.Sprintf(format, a...))
+}
 
 func (f *fakeTarget) Identity(context.Context) (Identity, error) {
 	f.log("identity")

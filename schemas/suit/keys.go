@@ -180,4 +180,3 @@ func GenerateKey(alg string, r io.Reader) (crypto.Signer, error) {
 	}
 	return nil, fmt.Errorf("%w: algorithm %q (want es256 or ed25519)", ErrKey, alg)
 }
-

@@ -7,7 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-			"strings"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
