@@ -176,17 +176,29 @@ func (s *CredentialStore) Credentials() []Credential {
 	return out
 }
 
-// LoadCredentials reads a credentials file. One entry per line, fields
+// Account is one credentials-file entry: an identity with its secret in
+// clear (needed to derive a mosquitto hash) or already hashed.
+type Account struct {
+	Identity
+	// Secret is the clear secret; empty when only SecretHash is known.
+	Secret string
+	// SecretHash is the stored form ("sha256:<hex>", see HashSecret).
+	SecretHash string
+}
+
+// ReadAccounts parses a credentials file. One entry per line, fields
 // separated by whitespace, "#" starts a comment:
 //
 //	backend <user> <secret>
 //	device  <device-id> <secret> [<class>]
 //
-// A secret written as "sha256:<hex>" is taken as already hashed (such a
-// file can serve the embedded brokers but not the mosquitto export, which
-// needs the clear secret to derive its own hash). Errors name the line.
-func LoadCredentials(r io.Reader) (*CredentialStore, error) {
-	s := NewCredentialStore()
+// A secret written as "sha256:<hex>" is taken as already hashed (such an
+// entry can serve the embedded brokers but not the mosquitto export, which
+// needs the clear secret to derive its own hash). Errors wrap
+// ErrBadCredentials and name the line.
+func ReadAccounts(r io.Reader) ([]Account, error) {
+	var out []Account
+	seen := map[string]int{}
 	sc := bufio.NewScanner(r)
 	n := 0
 	for sc.Scan() {
@@ -206,23 +218,59 @@ func LoadCredentials(r io.Reader) (*CredentialStore, error) {
 		if len(f) < 3 || (role == RoleBackend && len(f) != 3) || len(f) > 4 {
 			return nil, fmt.Errorf("%w: line %d: want \"backend USER SECRET\" or \"device ID SECRET [CLASS]\"", ErrBadCredentials, n)
 		}
-		id := Identity{Username: f[1], Role: role}
+		a := Account{Identity: Identity{Username: f[1], Role: role}}
+		if role == RoleDevice {
+			a.Device = f[1]
+		}
 		if len(f) == 4 {
-			id.Class = f[3]
+			a.Class = f[3]
 		}
 		if strings.HasPrefix(f[2], "sha256:") {
-			err = s.AddHashed(Credential{Identity: id, SecretHash: f[2]})
+			a.SecretHash = f[2]
 		} else {
-			err = s.Add(id, f[2])
+			a.Secret, a.SecretHash = f[2], HashSecret(f[2])
 		}
-		if err != nil {
+		if err := (&CredentialStore{}).AddHashed(Credential{Identity: a.Identity, SecretHash: a.SecretHash}); err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
+		if prev, dup := seen[a.Username]; dup {
+			return nil, fmt.Errorf("%w: line %d: user %q already defined on line %d", ErrBadCredentials, n, a.Username, prev)
+		}
+		seen[a.Username] = n
+		out = append(out, a)
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%w: reading credentials: %v", ErrBadCredentials, err)
 	}
+	return out, nil
+}
+
+// NewCredentialStoreFrom builds a store from accounts.
+func NewCredentialStoreFrom(accounts []Account) (*CredentialStore, error) {
+	s := NewCredentialStore()
+	for _, a := range accounts {
+		h := a.SecretHash
+		if h == "" {
+			if a.Secret == "" {
+				return nil, fmt.Errorf("%w: user %q has no secret", ErrBadCredentials, a.Username)
+			}
+			h = HashSecret(a.Secret)
+		}
+		if err := s.AddHashed(Credential{Identity: a.Identity, SecretHash: h}); err != nil {
+			return nil, err
+		}
+	}
 	return s, nil
+}
+
+// LoadCredentials reads a credentials file (see ReadAccounts) into a
+// store.
+func LoadCredentials(r io.Reader) (*CredentialStore, error) {
+	as, err := ReadAccounts(r)
+	if err != nil {
+		return nil, err
+	}
+	return NewCredentialStoreFrom(as)
 }
 
 // LoadCredentialsFile is LoadCredentials on a file.

@@ -289,7 +289,7 @@ func (t *NATSTransport) checkSub(ctx context.Context, sub *nats.Subscription) er
 		return err
 	}
 	if err := t.nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) &&
-		strings.Contains(err.Error(), `"`+sub.Subject+`"`) {
+		strings.Contains(err.Error(), `Subscription to "`+sub.Subject+`"`) {
 		return err
 	}
 	return nil

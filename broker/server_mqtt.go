@@ -92,7 +92,7 @@ func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
 	caps.MaximumClientWritesPending = 1024
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
-		Logger:       cfg.Logger.With("component", "mqtt-broker"),
+		Logger:       slog.New(minLevel{slog.LevelWarn, cfg.Logger.Handler()}).With("component", "mqtt-broker"),
 		InlineClient: true,
 	})
 	var hook mqtt.Hook
@@ -141,21 +141,9 @@ func (s *MQTTServer) Ready(ctx context.Context) error {
 	case <-ctx.Done():
 		return fmt.Errorf("broker: mqtt server not ready: %w", ctx.Err())
 	}
-	var d net.Dialer
-	for {
-		c, err := d.DialContext(ctx, "tcp", s.Addr())
-		if err == nil {
-			c.Close()
-			return nil
-		}
-		select {
-		case <-s.down:
-			return ErrServerClosed
-		case <-ctx.Done():
-			return fmt.Errorf("broker: mqtt server not ready: %w", ctx.Err())
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
+	// Start bound the listener before returning: connections are accepted
+	// (queued by the kernel until the accept loop runs).
+	return nil
 }
 
 // Addr returns the bound "host:port" once started (the configured address
@@ -255,3 +243,19 @@ func (h *openHook) Provides(b byte) bool {
 func (h *openHook) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 
 func (h *openHook) OnACLCheck(*mqtt.Client, string, bool) bool { return true }
+
+// minLevel drops records below min (mochi logs every start step at info).
+type minLevel struct {
+	min slog.Level
+	slog.Handler
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
+	return minLevel{h.min, h.Handler.WithAttrs(as)}
+}
+
+func (h minLevel) WithGroup(g string) slog.Handler { return minLevel{h.min, h.Handler.WithGroup(g)} }

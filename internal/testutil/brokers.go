@@ -167,7 +167,15 @@ func StartMosquitto(t testing.TB, confExtra string) *Process {
 	m := &Process{t: t, Port: FreePort(t), Dir: t.TempDir(), name: "mosquitto", bin: bin}
 	var b strings.Builder
 	fmt.Fprintf(&b, "listener %d 127.0.0.1\n", m.Port)
-	b.WriteString("set_tcp_nodelay true\npersistence false\n")
+	if !strings.Contains(confExtra, "set_tcp_nodelay") {
+		b.WriteString("set_tcp_nodelay true\n")
+	}
+	b.WriteString("persistence false\n")
+	if os.Geteuid() == 0 && !strings.Contains(confExtra, "\nuser ") {
+		// Started as root, mosquitto switches to user "mosquitto", which
+		// cannot read files in t.TempDir(); stay root.
+		b.WriteString("user root\n")
+	}
 	if !strings.Contains(confExtra, "allow_anonymous") && !strings.Contains(confExtra, "password_file") {
 		b.WriteString("allow_anonymous true\n")
 	}
