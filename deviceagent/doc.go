@@ -1,7 +1,46 @@
-// Package deviceagent is the on-device update client: it receives notices,
-// verifies manifests, fetches the image through fetcher into a bootctl
-// candidate slot, reboots into the bootloader and confirms the new image
-// after its health check. Its state is persisted before each effect.
+// Package deviceagent is the on-device update client (the "update client"
+// of the Mbed OS design): it receives update notices, verifies the signed
+// SUIT manifest against its trust anchors, fetches the image through
+// fetcher straight into a bootctl candidate slot, has the bootloader
+// install it, and confirms the new image after its health check.
+//
+// # State machine
+//
+//	idle → notified → manifest-verified → downloading → candidate-verified
+//	     → staged → rebooting → trial → confirmed
+//	                                  ↘ rolled-back / failed
+//
+// Each state is persisted in StateDir (write, fsync, rename) before the
+// effect it leads to, so a crash or power cut at any point resumes where
+// it was: the download continues from fetcher's persisted bitmap in the
+// same slot (bootctl.ResumeCandidate), a staged candidate is committed or
+// booted again, a trial image is checked and confirmed. Terminal outcomes
+// are remembered per campaign and image, so a retained notice is never
+// downloaded in a loop.
+//
+// # Reports
+//
+// Every state change, and progress every Config.ProgressStep percent, is
+// published as a schemas.DeviceReport on the device's report topic with a
+// per-device monotonic counter (persisted before publishing). On every
+// start the agent reports its actual active version and state, read from
+// bootctl, so the backend can reconcile its view. Failures carry a
+// specific schemas.ErrCode (signature, untrusted-key, class-mismatch,
+// rollback, size, digest, chunk-table, no-source, slot-full, boot-failed
+// with the bootloader's reason, ...).
+//
+// # Memory
+//
+// The agent never holds the image: chunks are verified against the signed
+// chunk table and written to the slot as they arrive, the digest is
+// computed while streaming, and buffers are reused. Memory does not grow
+// with the image size.
+//
+// # Embedding
+//
+// An Agent is a value built by New and driven by Run; many agents can run
+// in one process (the fleet simulator). The caller owns the transport and
+// the bootctl device.
 //
 // deviceagent never imports publisher.
 package deviceagent

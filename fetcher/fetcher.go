@@ -401,11 +401,18 @@ func (r *fetchRun) useSource(ctx context.Context, src Source) error {
 		case ctx.Err() != nil:
 			return ctx.Err()
 		case err != nil:
+			if r.bad > 0 && !errors.Is(err, ErrBadChunk) {
+				err = fmt.Errorf("%w (%d chunks dropped: %w)", err, r.bad, ErrBadChunk)
+			}
 			r.f.log.Info("source attempt failed", "source", src.Name(), "attempt", attempt, "err", err)
 			return retry.RetryableError(err)
 		}
 		if n := r.p.done.complement().count(); n > 0 {
-			return retry.RetryableError(fmt.Errorf("%w: %d chunks still missing after a complete pass (%d bad)", ErrStalled, n, r.bad))
+			err := fmt.Errorf("%w: %d chunks still missing after a complete pass", ErrStalled, n)
+			if r.bad > 0 {
+				err = fmt.Errorf("%w (%d chunks dropped: %w)", err, r.bad, ErrBadChunk)
+			}
+			return retry.RetryableError(err)
 		}
 		return nil
 	})

@@ -1,0 +1,331 @@
+package deviceagent
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// Config configures an Agent. It is taken by value; New does not modify
+// the caller's copy.
+type Config struct {
+	// DeviceID is the device's id (topics, reports, chunk requests). Required.
+	DeviceID string
+	// Class is the device class as used in topics (announcements); "" =
+	// no class subscription.
+	Class string
+	// Identity holds the SUIT identifiers (vendor, class UUIDs, device id)
+	// the manifest's conditions are checked against. Required.
+	Identity suit.Identity
+	// Transport is the device's broker connection. Required. The caller
+	// closes it after Run returns.
+	Transport broker.Transport
+	// Dialect is the transport's topic form. Default MQTT.
+	Dialect fetcher.Dialect
+	// Topics is the topic builder (root). Required.
+	Topics schemas.Topics
+	// Boot is the device's bootloader view (slots, boot, confirm). Required.
+	Boot *bootctl.Device
+	// StateDir holds the agent's state and the fetch progress. Required.
+	StateDir string
+	// Trust are the keys manifests must be signed with. Required.
+	Trust suit.TrustAnchors
+	// Prices overrides the price per byte of a source kind ("broker",
+	// "http", "objstore", "file"); otherwise the notice's hint is used.
+	Prices map[string]float64
+	// HTTPClient is used by HTTP sources. Default http.DefaultClient.
+	HTTPClient *http.Client
+	// ObjectStore, when set, serves images from a NATS object store named
+	// ObjectBucket (for gateways with NATS access).
+	ObjectStore  jetstream.ObjectStore
+	ObjectBucket string
+	// Sources are extra sources (a local file or directory, a peer).
+	Sources []fetcher.Source
+	// Policy is the download and install authorization.
+	Policy Policy
+	// SelfTest is the product's self-test, run after the new image starts
+	// (with the broker check) before it is confirmed. Nil = none.
+	SelfTest func(ctx context.Context) error
+	// Clock is the agent's time source. Default: the system clock.
+	Clock fetcher.Clock
+	// Logger receives the agent's logs. Default slog.Default().
+	Logger *slog.Logger
+	// ProgressStep is the download progress reporting step in percent.
+	// Default 5.
+	ProgressStep int
+	// MaxAttempts bounds the attempts of one update that keeps failing
+	// with a transient error before it is given up. Default 3.
+	MaxAttempts int
+	// RetryBase and RetryCap shape the exponential backoff between
+	// attempts. Defaults 2s and 5m.
+	RetryBase, RetryCap time.Duration
+	// ChunkIdle is how long the broker source waits for chunks before
+	// asking again. Default 2s.
+	ChunkIdle time.Duration
+	// Fetch tunes the fetcher's per-source retries.
+	Fetch fetcher.RetryPolicy
+	// PersistEvery is the fetch progress persistence interval in chunks.
+	// Default 64.
+	PersistEvery int
+	// OnState, when set, is called after each state change is persisted
+	// and before its effect (observers, simulators, crash tests).
+	OnState func(Record)
+}
+
+// Agent is one device's update client. Build it with New and drive it
+// with Run. Its methods are safe for concurrent use.
+type Agent struct {
+	cfg     Config
+	log     *slog.Logger
+	fetchTo string // fetch progress directory
+	notices chan []byte
+
+	mu     sync.Mutex
+	st     Record
+	active bootctl.ImageInfo
+}
+
+// New checks cfg and returns an agent. Errors wrap ErrConfig.
+func New(cfg Config) (*Agent, error) {
+	if err := schemas.CheckID("device id", cfg.DeviceID); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
+	if cfg.Class != "" {
+		if err := schemas.CheckID("class", cfg.Class); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+	}
+	switch {
+	case cfg.Transport == nil:
+		return nil, fmt.Errorf("%w: no transport", ErrConfig)
+	case cfg.Boot == nil:
+		return nil, fmt.Errorf("%w: no bootctl device", ErrConfig)
+	case cfg.StateDir == "":
+		return nil, fmt.Errorf("%w: no state directory", ErrConfig)
+	case len(cfg.Trust) == 0:
+		return nil, fmt.Errorf("%w: no trust anchors", ErrConfig)
+	}
+	if _, err := cfg.Topics.Notice(cfg.DeviceID); err != nil {
+		return nil, fmt.Errorf("%w: topics: %v", ErrConfig, err)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = sysClock{}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.ProgressStep <= 0 {
+		cfg.ProgressStep = 5
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 3
+	}
+	if cfg.RetryBase <= 0 {
+		cfg.RetryBase = 2 * time.Second
+	}
+	if cfg.RetryCap <= 0 {
+		cfg.RetryCap = 5 * time.Minute
+	}
+	if cfg.Policy.Recheck <= 0 {
+		cfg.Policy.Recheck = time.Minute
+	}
+	if cfg.HTTPClient == nil {
+		cfg.HTTPClient = http.DefaultClient
+	}
+	cfg.Sources = append([]fetcher.Source(nil), cfg.Sources...)
+	fetchTo := filepath.Join(cfg.StateDir, "fetch")
+	if err := os.MkdirAll(fetchTo, 0o700); err != nil {
+		return nil, fmt.Errorf("%w: state directory: %v", ErrConfig, err)
+	}
+	st, err := LoadState(cfg.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	return &Agent{
+		cfg:     cfg,
+		log:     cfg.Logger.With("device", cfg.DeviceID),
+		fetchTo: fetchTo,
+		notices: make(chan []byte, 16),
+		st:      st,
+	}, nil
+}
+
+type sysClock struct{}
+
+func (sysClock) Now() time.Time { return time.Now() }
+
+// State returns a copy of the persisted state.
+func (a *Agent) State() Record {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	r := a.st
+	r.Done = append([]string(nil), a.st.Done...)
+	return r
+}
+
+// Run subscribes to the device's notice topic and its class's
+// announcements, reports the actual active version and state, resumes an
+// update in progress, and then handles notices until ctx ends. It returns
+// ctx's error, or an error when it cannot subscribe.
+func (a *Agent) Run(ctx context.Context) error {
+	nt, _ := a.cfg.Topics.Notice(a.cfg.DeviceID)
+	topics := []schemas.Topic{nt}
+	if a.cfg.Class != "" {
+		at, err := a.cfg.Topics.Announce(a.cfg.Class)
+		if err != nil {
+			return err
+		}
+		topics = append(topics, at)
+	}
+	var subs []broker.Subscription
+	defer func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		for _, s := range subs {
+			_ = s.Unsubscribe(uctx)
+		}
+	}()
+	for _, t := range topics {
+		s, err := a.cfg.Transport.Subscribe(ctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+		if err != nil {
+			return fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Dialect.Native(t), err)
+		}
+		subs = append(subs, s)
+	}
+	a.refreshActive()
+	a.mu.Lock()
+	state := a.st.State
+	a.mu.Unlock()
+	a.report(ctx, state, schemas.CodeNone, "connected")
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for {
+		a.advance(ctx)
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		timer.Reset(a.untilNext())
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case b := <-a.notices:
+			a.onNotice(ctx, b)
+		case <-timer.C:
+		}
+	}
+}
+
+// untilNext returns how long to wait before advance has work again.
+func (a *Agent) untilNext() time.Duration {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.st.busy() || a.st.NextAttempt == 0 {
+		return time.Hour
+	}
+	d := time.UnixMilli(a.st.NextAttempt).Sub(a.cfg.Clock.Now())
+	return max(d, time.Millisecond)
+}
+
+// onMessage is the transport handler of notice topics: it copies the
+// payload to the agent's loop, dropping it when the queue is full (a
+// retained notice comes again on reconnect).
+func (a *Agent) onMessage(ctx context.Context, m broker.Message) {
+	b := append([]byte(nil), m.Payload...)
+	select {
+	case a.notices <- b:
+	default:
+		a.log.Warn("notice queue full, dropping", "topic", m.Topic)
+	}
+}
+
+// refreshActive reads the active image's header from bootctl.
+func (a *Agent) refreshActive() {
+	st, err := a.cfg.Boot.Status()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		a.log.Warn("reading bootctl status", "err", err)
+		return
+	}
+	a.active = st.Active
+}
+
+// save persists the state (the caller holds no lock).
+func (a *Agent) save() error {
+	a.mu.Lock()
+	r := a.st
+	a.mu.Unlock()
+	return saveState(a.cfg.StateDir, &r)
+}
+
+// report publishes a device report; the counter is persisted first.
+func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.ErrCode, text string) error {
+	a.mu.Lock()
+	a.st.Counter++
+	if len(text) > 512 {
+		text = text[:509] + "..."
+	}
+	r := schemas.DeviceReport{
+		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: a.st.Campaign, State: state,
+		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
+		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class,
+	}
+	if state == schemas.StateDownloading {
+		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size
+	}
+	rec := a.st
+	a.mu.Unlock()
+	if err := saveState(a.cfg.StateDir, &rec); err != nil {
+		a.log.Error("persisting report counter", "err", err)
+		return err
+	}
+	b, err := schemas.Encode(&r)
+	if err != nil {
+		a.log.Error("encoding report", "err", err)
+		return err
+	}
+	topic, _ := a.cfg.Topics.Report(a.cfg.DeviceID)
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.cfg.Transport.Publish(pctx, topic, b, broker.PublishOptions{Family: broker.FamilyReport}); err != nil {
+		a.log.Warn("publishing report", "state", state, "err", err)
+		return err
+	}
+	a.log.Debug("report", "state", state, "code", code, "text", text, "counter", r.Counter)
+	return nil
+}
+
+// setState changes the state, persists it, tells OnState, and reports it.
+// It returns the persistence error; a failed publish is only logged.
+func (a *Agent) setState(ctx context.Context, s schemas.State, code schemas.ErrCode, text string) error {
+	a.mu.Lock()
+	a.st.State = s
+	a.st.Code, a.st.Text = code, text
+	rec := a.st
+	a.mu.Unlock()
+	if err := saveState(a.cfg.StateDir, &rec); err != nil {
+		return err
+	}
+	a.log.Info("state", "state", s, "campaign", rec.Campaign, "code", code, "text", text)
+	if a.cfg.OnState != nil {
+		a.cfg.OnState(rec)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	_ = a.report(ctx, s, code, text)
+	return nil
+}

@@ -1,0 +1,57 @@
+package deviceagent
+
+import (
+	"crypto/sha256"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// TestNoticeToConfirmed: one device goes from notice to confirmed; every
+// state is reported in order with a strictly increasing counter; every
+// chunk is served once.
+func TestNoticeToConfirmed(t *testing.T) {
+	w := memWorld(t)
+	v2 := testImage(2, 40000+5)
+	cs := w.serve(v2, nil)
+	d := w.newDevice("dev-1", nil)
+	d.start()
+	w.waitReport("dev-1", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" && r.ActiveVersion == 1 })
+	w.notice("camp-1", "dev-1", false, v2, w.envelope(v2, 2, nil, nil))
+	r := w.waitState("dev-1", schemas.StateConfirmed, 20*time.Second)
+	if r.ActiveVersion != 2 || r.Campaign != "camp-1" {
+		t.Errorf("confirmed report %+v: want active version 2, campaign camp-1", r)
+	}
+	d.stop()
+	if a := d.active(); a.Version != 2 || a.Digest != sha256.Sum256(v2) {
+		t.Errorf("active image version %d digest %x, want v2", a.Version, a.Digest[:4])
+	}
+	want := []schemas.State{schemas.StateNotified, schemas.StateManifestVerified, schemas.StateDownloading,
+		schemas.StateCandidateVerified, schemas.StateStaged, schemas.StateRebooting, schemas.StateTrial, schemas.StateConfirmed}
+	var got []schemas.State
+	var last uint64
+	for _, r := range w.reportsOf("dev-1") {
+		if r.Counter <= last {
+			t.Errorf("report counter %d after %d", r.Counter, last)
+		}
+		last = r.Counter
+		if len(got) == 0 || got[len(got)-1] != r.State {
+			got = append(got, r.State)
+		}
+	}
+	j := 0
+	for _, s := range got {
+		if j < len(want) && s == want[j] {
+			j++
+		}
+	}
+	if j != len(want) {
+		t.Errorf("states reported %v, want the sequence %v", got, want)
+	}
+	for i, n := range cs.Served() {
+		if n != 1 {
+			t.Errorf("chunk %d served %d times", i, n)
+		}
+	}
+}

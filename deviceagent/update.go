@@ -1,0 +1,521 @@
+package deviceagent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// advance runs the update in progress step by step until it ends, waits
+// (backoff or deferral), or ctx ends.
+func (a *Agent) advance(ctx context.Context) {
+	for ctx.Err() == nil {
+		a.mu.Lock()
+		st := a.st
+		a.mu.Unlock()
+		if !st.busy() {
+			return
+		}
+		if st.NextAttempt != 0 && a.cfg.Clock.Now().UnixMilli() < st.NextAttempt {
+			return
+		}
+		var err error
+		switch st.State {
+		case schemas.StateNotified, schemas.StateManifestVerified, schemas.StateDownloading:
+			err = a.install(ctx)
+		case schemas.StateCandidateVerified:
+			err = a.commit(ctx)
+		case schemas.StateStaged:
+			err = a.reboot(ctx)
+		case schemas.StateRebooting:
+			err = a.booted(ctx)
+		case schemas.StateTrial:
+			err = a.confirm(ctx)
+		default:
+			err = permanent(schemas.CodeInternal, fmt.Errorf("unexpected state %s", st.State))
+		}
+		if err != nil {
+			a.fail(ctx, err)
+		}
+	}
+}
+
+// verify authenticates the stored envelope and checks it against the
+// notice and the active image. It returns the manifest, or skipped=true
+// when the device already runs this image.
+func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err error) {
+	a.mu.Lock()
+	env, img := a.st.Envelope, a.st.Image
+	active := a.active
+	a.mu.Unlock()
+	m, err = suit.Verify(env, a.cfg.Trust)
+	if err != nil {
+		return nil, false, err
+	}
+	d, ok := m.ImageDigest()
+	size, ok2 := m.ImageSize()
+	if !ok || !ok2 || d.Alg != suit.AlgSHA256 {
+		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest sets no SHA-256 image digest and size"))
+	}
+	if _, ok := m.ChunkInfo(); !ok {
+		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest has no firmcast chunk parameter"))
+	}
+	if !bytes.Equal(d.Bytes, img) {
+		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], d.Bytes[:8]))
+	}
+	if active.Valid && bytes.Equal(active.Digest[:], d.Bytes) {
+		return m, true, nil
+	}
+	if active.Valid && m.Seq <= active.Version {
+		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
+	}
+	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); size > capacity {
+		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", size, capacity))
+	}
+	a.mu.Lock()
+	a.st.Seq, a.st.Size = m.Seq, size
+	a.mu.Unlock()
+	return m, false, nil
+}
+
+// install verifies the manifest and runs its update procedure (the SUIT
+// processor), which downloads the image into a candidate slot.
+func (a *Agent) install(ctx context.Context) error {
+	m, skipped, err := a.verify(ctx)
+	if err != nil {
+		return err
+	}
+	if skipped {
+		a.finish(ctx, schemas.StateSkipped, schemas.CodeNone, "already running this image")
+		return nil
+	}
+	a.mu.Lock()
+	state := a.st.State
+	a.mu.Unlock()
+	if state == schemas.StateNotified {
+		if err := a.setState(ctx, schemas.StateManifestVerified, schemas.CodeNone, ""); err != nil {
+			return err
+		}
+	}
+	t := &target{a: a, m: m}
+	a.mu.Lock()
+	installed := a.active.Version
+	a.mu.Unlock()
+	p := suit.Processor{Target: t, InstalledSeq: installed, Now: a.cfg.Clock.Now}
+	if _, err := p.Update(ctx, m); err != nil {
+		if t.err != nil {
+			return t.err
+		}
+		return err
+	}
+	if !t.fetched {
+		return permanent(schemas.CodeUnsupported, errors.New("the manifest's install sequence fetched nothing"))
+	}
+	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, "")
+}
+
+// download fetches the image into the candidate slot (called by the
+// processor through target.Fetch).
+func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
+	d, _ := m.ImageDigest()
+	size, _ := m.ImageSize()
+	ci, _ := m.ChunkInfo()
+	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
+	if err := im.Validate(); err != nil {
+		return permanent(schemas.CodeUnsupported, err)
+	}
+	srcs, plan := a.sources(m)
+	srcs, err := a.downloadAllowed(ctx, m, srcs)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	slot, open := a.st.Slot, a.st.SlotOpen
+	a.mu.Unlock()
+	var cand *bootctl.Candidate
+	if open {
+		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, size)
+		if err != nil {
+			return err
+		}
+	} else {
+		if slot < 0 {
+			if slot, err = a.cfg.Boot.FreeSlot(); err != nil {
+				return err
+			}
+		}
+		a.mu.Lock()
+		a.st.Slot, a.st.Bytes, a.st.Deferred = slot, 0, ""
+		a.mu.Unlock()
+		// Persist the slot before erasing it; fetch progress of an
+		// earlier attempt is discarded, as the slot is erased again.
+		if err := a.setState(ctx, schemas.StateDownloading, schemas.CodeNone, fmt.Sprintf("slot %d", slot)); err != nil {
+			return err
+		}
+		if err := fetcher.Discard(a.fetchTo); err != nil {
+			return transient(schemas.CodeInternal, err)
+		}
+		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, size); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.st.SlotOpen = true
+		a.mu.Unlock()
+		if err := a.save(); err != nil {
+			return err
+		}
+	}
+	step := uint64(a.cfg.ProgressStep)
+	last := uint64(0)
+	f, err := fetcher.New(fetcher.Config{
+		Sources: srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
+		Clock: a.cfg.Clock, Logger: a.log,
+		OnDecision: func(dc fetcher.Decision) {
+			a.mu.Lock()
+			a.st.Source = dc.Chosen
+			a.mu.Unlock()
+		},
+		OnProgress: func(p fetcher.Progress) {
+			pct := p.BytesDone * 100 / max(p.BytesTotal, 1)
+			a.mu.Lock()
+			a.st.Bytes, a.st.Source = p.BytesDone, p.Source
+			a.mu.Unlock()
+			if pct >= last+step && pct < 100 {
+				last = pct - pct%step
+				_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, "")
+			}
+		},
+	})
+	if err != nil {
+		return permanent(schemas.CodeInternal, err)
+	}
+	res, err := f.Fetch(ctx, im, plan, slotSink{cand, a.cfg.Boot.Flash()})
+	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.st.Bytes = size
+	a.mu.Unlock()
+	return nil
+}
+
+// slotSink is the candidate slot as the fetcher's sink: WriteAt, ReadAt
+// (resume, digest read-back) and Sync (the flash file).
+type slotSink struct {
+	*bootctl.Candidate
+	f *bootctl.Flash
+}
+
+func (s slotSink) Sync() error { return s.f.Sync() }
+
+// sources builds the fetch sources for m and the notice's hints, and the
+// plan: the manifest's URIs in order (SUIT try-each), then the broker;
+// without URIs, every source ranked by cost.
+func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
+	a.mu.Lock()
+	hints, campaign := a.st.Sources, a.st.Campaign
+	a.mu.Unlock()
+	hintCost := map[string]uint32{}
+	for _, h := range hints {
+		hintCost[h.Kind] = h.Cost
+	}
+	price := func(kind string) float64 {
+		if p, ok := a.cfg.Prices[kind]; ok {
+			return p
+		}
+		return float64(hintCost[kind]) / 1000 / (1 << 20) // milli-units per MiB
+	}
+	var out []fetcher.Source
+	seen := map[string]bool{}
+	add := func(s fetcher.Source) {
+		if !seen[s.Name()] {
+			seen[s.Name()] = true
+			out = append(out, s)
+		}
+	}
+	if bs, err := fetcher.NewBrokerSource(fetcher.BrokerConfig{
+		Transport: a.cfg.Transport, Dialect: a.cfg.Dialect, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
+		Campaign: campaign, Price: price("broker"), Idle: a.cfg.ChunkIdle,
+	}); err == nil {
+		add(bs)
+	}
+	uriSource := func(u string) fetcher.Source {
+		switch {
+		case strings.HasPrefix(u, "http://"), strings.HasPrefix(u, "https://"):
+			return fetcher.NewHTTPSource(u, price("http"), a.cfg.HTTPClient)
+		case strings.HasPrefix(u, "file://"):
+			return fetcher.NewFileSource(strings.TrimPrefix(u, "file://"), price("file"))
+		}
+		return nil
+	}
+	var plan fetcher.Plan
+	for _, u := range m.URIs() {
+		if s := uriSource(u); s != nil {
+			add(s)
+			plan.Names = append(plan.Names, s.Name())
+		}
+	}
+	if len(plan.Names) > 0 {
+		plan.Mode = fetcher.PlanOrdered
+		plan.Names = append(plan.Names, "broker")
+	}
+	for _, h := range hints {
+		if s := uriSource(h.URI); s != nil {
+			add(s)
+		}
+	}
+	if a.cfg.ObjectStore != nil {
+		add(fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore")))
+	}
+	for _, s := range a.cfg.Sources {
+		add(s)
+	}
+	return out, plan
+}
+
+// downloadAllowed applies the download policy; it may narrow the sources
+// to free ones, or defer.
+func (a *Agent) downloadAllowed(ctx context.Context, m *suit.Manifest, srcs []fetcher.Source) ([]fetcher.Source, error) {
+	size, _ := m.ImageSize()
+	pol := a.cfg.Policy
+	a.mu.Lock()
+	campaign := a.st.Campaign
+	a.mu.Unlock()
+	if err := pol.consent(ctx, Update{Campaign: campaign, Seq: m.Seq, Size: size, Phase: "download"}); err != nil {
+		return nil, err
+	}
+	var free []fetcher.Source
+	for _, s := range srcs {
+		if s.Price() == 0 {
+			free = append(free, s)
+		}
+	}
+	metered := pol.MaxMeteredBytes > 0 && size > pol.MaxMeteredBytes
+	if pol.FreeSourceOnly || metered {
+		if len(free) == 0 {
+			why := "waiting for a free source"
+			if metered {
+				why = fmt.Sprintf("image of %d bytes is over the metered limit of %d bytes; waiting for a free source", size, pol.MaxMeteredBytes)
+			}
+			return nil, fmt.Errorf("%w: %s", ErrDeferred, why)
+		}
+		return free, nil
+	}
+	return srcs, nil
+}
+
+// commit seals the downloaded candidate: bootctl hashes the slot, checks
+// the signed digest and writes the header with the per-device MAC.
+func (a *Agent) commit(ctx context.Context) error {
+	a.mu.Lock()
+	st := a.st
+	a.mu.Unlock()
+	cand, err := a.cfg.Boot.ResumeCandidate(ctx, st.Slot, st.Size)
+	if err != nil {
+		return err
+	}
+	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: st.Seq, Campaign: st.Campaign, Envelope: st.Envelope}
+	copy(info.Digest[:], st.Image)
+	if err := cand.Commit(ctx, info); err != nil {
+		return err
+	}
+	if err := fetcher.Discard(a.fetchTo); err != nil {
+		a.log.Warn("discarding fetch progress", "err", err)
+	}
+	return a.setState(ctx, schemas.StateStaged, schemas.CodeNone, fmt.Sprintf("slot %d", st.Slot))
+}
+
+// reboot checks the install policy and hands over to the bootloader.
+func (a *Agent) reboot(ctx context.Context) error {
+	a.mu.Lock()
+	u := Update{Campaign: a.st.Campaign, Seq: a.st.Seq, Size: a.st.Size, Phase: "install"}
+	a.mu.Unlock()
+	if err := a.cfg.Policy.installAllowed(ctx, a.cfg.Clock.Now(), u); err != nil {
+		return err
+	}
+	// Point of no return: once Rebooting is persisted, the next step is
+	// the bootloader's install; a reset resumes by booting.
+	if err := a.setState(ctx, schemas.StateRebooting, schemas.CodeNone, ""); err != nil {
+		return err
+	}
+	return a.booted(ctx)
+}
+
+// booted runs the bootloader (the simulated reboot) and checks that it
+// started the new image in trial state.
+func (a *Agent) booted(ctx context.Context) error {
+	dec, err := a.cfg.Boot.Boot(ctx)
+	a.refreshActive()
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	a.mu.Lock()
+	img := a.st.Image
+	a.mu.Unlock()
+	if dec.Booted && bytes.Equal(dec.Digest[:], img) {
+		return a.setState(ctx, schemas.StateTrial, schemas.CodeNone, fmt.Sprintf("bootloader: %s", dec.Action))
+	}
+	why := dec.Reason
+	if err != nil {
+		why = err.Error()
+	}
+	return permanent(schemas.CodeBootFailed, fmt.Errorf("bootloader did not start the new image (action %s, running version %d): %s", dec.Action, dec.Version, why))
+}
+
+// confirm runs the health check of the new image and confirms it, or
+// lets the bootloader revert it.
+func (a *Agent) confirm(ctx context.Context) error {
+	st, err := a.cfg.Boot.Status()
+	if err != nil {
+		return transient(schemas.CodeInternal, err)
+	}
+	a.refreshActive()
+	a.mu.Lock()
+	img := a.st.Image
+	a.mu.Unlock()
+	running := st.Active.Valid && bytes.Equal(st.Active.Digest[:], img)
+	switch {
+	case !running:
+		a.finish(ctx, schemas.StateRolledBack, schemas.CodeBootFailed, "bootloader reverted the new image: "+st.LastReason)
+		return nil
+	case !st.Trial:
+		a.finish(ctx, schemas.StateConfirmed, schemas.CodeNone, "")
+		return nil
+	}
+	if herr := a.health(ctx); herr != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return a.revert(ctx, herr)
+	}
+	if err := a.cfg.Boot.Confirm(); err != nil {
+		return transient(schemas.CodeInternal, err)
+	}
+	a.refreshActive()
+	a.finish(ctx, schemas.StateConfirmed, schemas.CodeNone, "")
+	return nil
+}
+
+// health checks that the broker is reachable (a report is accepted) and
+// runs the product's self-test.
+func (a *Agent) health(ctx context.Context) error {
+	if err := a.report(ctx, schemas.StateTrial, schemas.CodeNone, "health check"); err != nil {
+		return fmt.Errorf("%w: broker unreachable: %v", ErrHealth, err)
+	}
+	if a.cfg.SelfTest != nil {
+		if err := a.cfg.SelfTest(ctx); err != nil {
+			return fmt.Errorf("%w: self-test: %v", ErrHealth, err)
+		}
+	}
+	return nil
+}
+
+// revert does not confirm and reboots until the bootloader reverts the
+// trial image (after its K trial boots).
+func (a *Agent) revert(ctx context.Context, cause error) error {
+	st, _ := a.cfg.Boot.Status()
+	var dec bootctl.Decision
+	for i := 0; i <= st.TrialLimit+1; i++ {
+		var err error
+		dec, err = a.cfg.Boot.Boot(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err == nil && dec.Action == bootctl.ActionReverted {
+			break
+		}
+	}
+	a.refreshActive()
+	a.finish(ctx, schemas.StateRolledBack, schemas.CodeBootFailed, fmt.Sprintf("%v; bootloader %s: %s", cause, dec.Action, dec.Reason))
+	return nil
+}
+
+// finish ends the update with a terminal state and remembers it.
+func (a *Agent) finish(ctx context.Context, s schemas.State, code schemas.ErrCode, text string) {
+	a.mu.Lock()
+	a.st.markDone(key(a.st.Campaign, a.st.Image))
+	a.st.NextAttempt, a.st.Deferred = 0, ""
+	a.mu.Unlock()
+	if err := fetcher.Discard(a.fetchTo); err != nil {
+		a.log.Warn("discarding fetch progress", "err", err)
+	}
+	if err := a.setState(ctx, s, code, text); err != nil {
+		a.log.Error("persisting final state", "err", err)
+	}
+}
+
+// fail handles a failed step: a deferral waits, a transient failure is
+// retried with backoff up to MaxAttempts, anything else ends the update.
+func (a *Agent) fail(ctx context.Context, err error) {
+	if ctx.Err() != nil {
+		return // stopped (or killed): the persisted state resumes
+	}
+	now := a.cfg.Clock.Now()
+	if errors.Is(err, ErrDeferred) {
+		a.mu.Lock()
+		a.st.Deferred = err.Error()
+		a.st.NextAttempt = now.Add(a.cfg.Policy.Recheck).UnixMilli()
+		a.mu.Unlock()
+		if serr := a.save(); serr != nil {
+			a.log.Error("persisting deferral", "err", serr)
+		}
+		_ = a.report(ctx, schemas.StateDeferred, schemas.CodePolicy, err.Error())
+		return
+	}
+	if a.runningNew() {
+		// The new image runs: whatever failed, the device is in trial (or
+		// beyond), never "failed" on the image it runs. Try again later.
+		a.mu.Lock()
+		a.st.NextAttempt = now.Add(a.cfg.RetryBase).UnixMilli()
+		a.mu.Unlock()
+		if serr := a.setState(ctx, schemas.StateTrial, schemas.CodeNone, "running the new image"); serr != nil {
+			a.log.Error("persisting trial", "err", serr)
+		}
+		return
+	}
+	code, retry := classify(err)
+	a.mu.Lock()
+	a.st.Attempts++
+	attempts := a.st.Attempts
+	a.mu.Unlock()
+	if retry && int(attempts) < a.cfg.MaxAttempts {
+		wait := min(a.cfg.RetryBase<<(attempts-1), a.cfg.RetryCap)
+		a.mu.Lock()
+		a.st.NextAttempt = now.Add(wait).UnixMilli()
+		a.st.Code, a.st.Text = code, err.Error()
+		state := a.st.State
+		a.mu.Unlock()
+		if serr := a.save(); serr != nil {
+			a.log.Error("persisting retry", "err", serr)
+		}
+		_ = a.report(ctx, state, code, fmt.Sprintf("attempt %d of %d failed, retrying in %v: %v", attempts, a.cfg.MaxAttempts, wait, err))
+		return
+	}
+	if retry {
+		err = fmt.Errorf("given up after %d attempts: %w", attempts, err)
+	}
+	a.finish(ctx, schemas.StateFailed, code, err.Error())
+}
+
+// runningNew reports whether the active image is the update's image while
+// the update is past staging.
+func (a *Agent) runningNew() bool {
+	a.mu.Lock()
+	state, img := a.st.State, a.st.Image
+	a.mu.Unlock()
+	if state != schemas.StateRebooting && state != schemas.StateTrial {
+		return false
+	}
+	a.refreshActive()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.active.Valid && bytes.Equal(a.active.Digest[:], img)
+}
