@@ -163,6 +163,7 @@ type inspectJSON struct {
 	ChunkTableDigest string          `json:"chunk_table_digest,omitempty"`
 	UseBefore        string          `json:"use_before,omitempty"`
 	ReferenceURI     string          `json:"reference_uri,omitempty"`
+	Description      string          `json:"description,omitempty"`
 	ManifestDigest   string          `json:"manifest_digest"`
 	Sequences        map[string]int  `json:"sequences"`
 	Signatures       []signatureJSON `json:"signatures"`
@@ -277,6 +278,14 @@ func describe(m *suit.Manifest, keys []string) inspectJSON {
 			out.Sequences[name] = len(s)
 		}
 	}
+	if texts, err := m.Texts(); err == nil {
+		// Prefer English; otherwise any language's description.
+		for lang, t := range texts {
+			if d := t.Fields[suit.TextManifestDescription]; d != "" && (out.Description == "" || strings.HasPrefix(lang, "en")) {
+				out.Description = d
+			}
+		}
+	}
 	out.Signatures = []signatureJSON{}
 	for _, s := range m.Signatures {
 		sj := signatureJSON{Alg: s.Alg.String(), Verified: s.Verified}
@@ -318,6 +327,10 @@ func printInspect(w io.Writer, path string, o inspectJSON) {
 	}
 	line("use before", o.UseBefore)
 	line("reference uri", o.ReferenceURI)
+	if o.Description != "" {
+		first, _, _ := strings.Cut(o.Description, "\n")
+		line("description", first)
+	}
 	for i, u := range o.URIs {
 		line(fmt.Sprintf("uri %d", i+1), u)
 	}

@@ -8,13 +8,20 @@
 // Who does what:
 //
 //   - The operator runs `firmcast manifest create` (Create) offline, with a
-//     Signer that may be a key file today and an HSM or cloud KMS tomorrow.
-//     The envelope is then uploaded; no online key is needed.
+//     Signer that is a key file today (NewKeySigner) and may be an HSM or a
+//     cloud KMS tomorrow. The envelope is then uploaded; no online key is
+//     needed. Seal does the same for any Manifest value (Encode gives the
+//     signed bytes; NewSeverable makes severed members).
 //   - The publisher ships the envelope inside an UpdateNotice as opaque bytes.
 //   - The device agent calls Verify with its TrustAnchors (several, so an
-//     update can rotate them), then runs the manifest's command sequences
-//     with a Processor against its own Target (slots, fetcher, invoker).
-//     It must never act on an envelope that Verify did not return.
+//     update can rotate them), checks the image's chunk table with
+//     Manifest.CheckChunkTable before trusting any chunk, then runs the
+//     manifest's command sequences with a Processor against its own Target
+//     (slots, sources, boot hand-off): Update (payload-fetch, install) and
+//     Boot (validate, load, invoke). Anti-rollback (InstalledSeq) and expiry
+//     (condition-use-before, injected clock) are the Processor's.
+//     Nothing may act on a manifest that Verify did not return; Decode is
+//     for display only and the Processor refuses its result.
 //
 // Verification order (Verify): envelope shape (tag, keys, types, limits),
 // then the digest of the bstr-wrapped manifest against the authentication
@@ -30,7 +37,8 @@
 // Decoding is strict and bounded like the rest of schemas/: duplicate map
 // keys, indefinite lengths, trailing bytes, unknown critical elements and
 // oversize inputs are refused with an error naming the element, wrapping one
-// of the sentinels in errors.go.
+// of the sentinels in errors.go. Encoding uses schemas' one deterministic
+// encoder; a decoded canonical manifest re-encodes to the signed bytes.
 //
 // suit imports schemas and nothing else of firmcast's.
 package suit

@@ -175,3 +175,38 @@ func mustSplitAuth(t *testing.T, env []byte) []byte {
 	t.Fatal("no auth")
 	return nil
 }
+
+// TestFiveFailuresDistinct: wrong key, truncated envelope, duplicate map
+// key, unknown command in a running sequence and rollback each give their
+// own sentinel, and none matches another's.
+func TestFiveFailuresDistinct(t *testing.T) {
+	anchors := vectorAnchors(t)
+	exp1 := readVector(t, "suit_manifest_exp1.suit")
+	_, otherKey := mustSigner(t, "es256", ES256)
+	es, _ := entries(exp1[2:], "")
+	dup := append([]byte{0xd8, 0x6b, 0xa3}, es[0].k...)
+	dup = append(append(dup, es[0].v...), es[1].k...)
+	dup = append(append(append(dup, es[1].v...), es[1].k...), es[1].v...)
+
+	got := map[error]error{}
+	_, got[ErrUntrusted] = Verify(exp1, TrustAnchors{otherKey})
+	_, got[ErrTruncated] = Verify(exp1[:len(exp1)/2], anchors)
+	_, got[ErrDuplicateKey] = Verify(dup, anchors)
+	m := signedManifest(t, 1, 1, nil, map[int64]Sequence{keyInstall: {{Label: 77, Raw: []byte{0x0f}}}}, nil)
+	_, got[ErrUnknownCommand] = Processor{Target: newFake()}.Update(context.Background(), m)
+	v, err := Verify(exp1, anchors)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, got[ErrRollback] = Processor{Target: newFake(), InstalledSeq: v.Seq + 1}.Update(context.Background(), v)
+	for want, err := range got {
+		if !errors.Is(err, want) {
+			t.Errorf("got %v, want %v", err, want)
+		}
+		for other := range got {
+			if other != want && errors.Is(err, other) {
+				t.Errorf("%v also matches %v", err, other)
+			}
+		}
+	}
+}
