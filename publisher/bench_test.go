@@ -116,7 +116,7 @@ func (d *downloader) requestMsg() *schemas.ChunkRequest {
 func BenchmarkReportIngest(b *testing.B) {
 	const devices = 1000
 	e := newEnv(b)
-	p, _ := e.start(func(c *Config) { c.MaxDownloading = devices })
+	p, _ := e.start(func(c *Config) { c.MaxDownloading = devices; c.TickInterval = 200 * time.Millisecond })
 	ctx := context.Background()
 	who := e.who(p)
 	for i := range devices {
@@ -137,10 +137,13 @@ func BenchmarkReportIngest(b *testing.B) {
 		s := statusOf_(nil, p, c.ID)
 		return s.Counts["pending"] == devices
 	})
-	var applied atomic.Int64
+	var applied, superseded atomic.Int64
 	done := make(chan struct{}, 1)
 	var want atomic.Int64
 	p.onReport = func(_ schemas.DeviceReport, res string) {
+		if res == "superseded" {
+			superseded.Add(1)
+		}
 		if applied.Add(1) == want.Load() {
 			done <- struct{}{}
 		}
@@ -193,4 +196,5 @@ func BenchmarkReportIngest(b *testing.B) {
 	b.ReportMetric(rate, "reports/s")
 	b.ReportMetric(rawRate, "raw-puts/s")
 	b.ReportMetric(rate/rawRate, "x-raw")
+	b.ReportMetric(float64(superseded.Load())/float64(b.N), "superseded-frac")
 }

@@ -98,7 +98,8 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		p.idx.putDev(st, rev)
 	}
 	// Time out devices that stopped making progress.
-	for _, e := range p.idx.devs(c.ID) {
+	devs := p.idx.devs(c.ID)
+	for _, e := range devs {
 		if e.st.State == StateQueued || terminal(e.st.State) || now.Sub(e.st.Progress) < p.cfg.NoProgress {
 			continue
 		}
@@ -120,13 +121,16 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	}
 	// Advance when the open phase reached its success threshold.
 	lo, hi := c.phaseRange(c.Phase)
-	done, allTerminal := 0, true
-	for _, e := range p.idx.devs(c.ID) {
+	done, allTerminal, activeN := 0, true, 0
+	for _, e := range devs {
 		if !terminal(e.st.State) {
 			allTerminal = false
 		}
 		if e.st.Phase == c.Phase && (e.st.State == sConfirmed || e.st.State == sSkipped) {
 			done++
+		}
+		if active(e.st.State) {
+			activeN++
 		}
 	}
 	need := ((hi-lo)*int(c.SuccessPermille) + 999) / 1000
@@ -144,16 +148,10 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		*c = nc
 		return p.step(ctx, c)
 	}
-	if c.Phase == len(c.PhaseEnds)-1 && allTerminal && len(p.idx.devs(c.ID)) >= opened {
+	if c.Phase == len(c.PhaseEnds)-1 && allTerminal && len(devs) >= opened {
 		return p.end(ctx, c, []string{CampaignRunning}, CampaignCompleted, "")
 	}
 	// Pacing: notify queued devices, in rollout order, while slots are free.
-	activeN := 0
-	for _, e := range p.idx.devs(c.ID) {
-		if active(e.st.State) {
-			activeN++
-		}
-	}
 	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
 		st, rev, ok := p.idx.dev(c.ID, c.Targets[i])
 		if !ok || st.State != StateQueued {

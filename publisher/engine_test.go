@@ -200,8 +200,8 @@ func TestTwoInstancesNoDoubleWork(t *testing.T) {
 	}
 	// A device's reports may be taken by either instance, so a later one
 	// can be applied before an earlier one, which is then stale.
-	if applied, stale := sum("applied"), sum("stale"); applied+stale != 150 || applied < 50 {
-		t.Errorf("%v reports applied and %v stale, want 150 in all (3 per device)", applied, stale)
+	if applied, stale, sup := sum("applied"), sum("stale"), sum("superseded"); applied+stale+sup != 150 || applied < 50 {
+		t.Errorf("%v reports applied, %v stale, %v superseded: want 150 in all (3 per device)", applied, stale, sup)
 	}
 	for _, res := range []string{"not-notified", "impossible", "not-target", "error"} {
 		if n := sum(res); n != 0 {

@@ -39,19 +39,50 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 	}
 }
 
+// reportWorker applies reports from q. When it falls behind, it drains
+// what is queued and writes only the newest report (highest counter) of
+// each device and campaign: the older ones are superseded, since only a
+// device's latest state is kept.
 func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
+	type key struct{ dev, camp string }
+	var batch []inReport
+	newest := map[key]int{}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case in := <-q:
-			res, err := p.applyReport(ctx, &in.r, in.recv)
-			if err != nil {
-				if ctx.Err() != nil {
-					return
+			batch = append(batch[:0], in)
+		drain:
+			for len(batch) < cap(q) {
+				select {
+				case in := <-q:
+					batch = append(batch, in)
+				default:
+					break drain
 				}
-				p.log.Warn("apply report", "device", in.r.Device, "campaign", in.r.Campaign, "err", err)
-				res = "error"
+			}
+		}
+		clear(newest)
+		for i, in := range batch {
+			k := key{in.r.Device, in.r.Campaign}
+			if j, ok := newest[k]; !ok || batch[j].r.Counter < in.r.Counter {
+				newest[k] = i
+			}
+		}
+		for i := range batch {
+			in := &batch[i]
+			res := "superseded"
+			if newest[key{in.r.Device, in.r.Campaign}] == i {
+				var err error
+				res, err = p.applyReport(ctx, &in.r, in.recv)
+				if err != nil {
+					if ctx.Err() != nil {
+						return
+					}
+					p.log.Warn("apply report", "device", in.r.Device, "campaign", in.r.Campaign, "err", err)
+					res = "error"
+				}
 			}
 			p.met.reports.WithLabelValues(res).Inc()
 			if p.onReport != nil {

@@ -84,10 +84,9 @@ func failedState(state string) bool {
 }
 
 // mainRank orders the agent's main line; -1 for states off it.
-func mainRank(state string) int {
-	order := []string{sNotified, "manifest-verified", "downloading", "candidate-verified", "staged", "rebooting", "trial", sConfirmed}
-	return slices.Index(order, state)
-}
+func mainRank(state string) int { return slices.Index(mainLine, state) }
+
+var mainLine = []string{sNotified, "manifest-verified", "downloading", "candidate-verified", "staged", "rebooting", "trial", sConfirmed}
 
 // judge decides whether a device may move from cur to next. It returns ""
 // when allowed, or why not.
