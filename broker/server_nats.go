@@ -115,6 +115,17 @@ func (s *NATSServer) Start() error {
 	case 2:
 		return ErrServerClosed
 	}
+	// nats-server reports a failed bind only through its (disabled) logger
+	// and never becomes ready; check the address first for a clear error.
+	if o := s.srv.Addr(); o == nil && s.cfg.Listen != "" {
+		if host, port, err := net.SplitHostPort(s.cfg.Listen); err == nil && port != "0" {
+			l, err := net.Listen("tcp", net.JoinHostPort(host, port))
+			if err != nil {
+				return fmt.Errorf("broker: nats listen on %s: %w", s.cfg.Listen, err)
+			}
+			l.Close()
+		}
+	}
 	s.st = 1
 	s.srv.Start()
 	close(s.up)

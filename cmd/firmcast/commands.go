@@ -10,5 +10,6 @@ func commands() []*cobra.Command {
 		newManifestCmd(),
 		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
 		newBootCmd(),
+		newServeCmd(), newBrokerCmd(),
 	}
 }

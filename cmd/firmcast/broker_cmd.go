@@ -1,0 +1,168 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+func newBrokerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "broker",
+		Short: "Broker tools (access policy export for an external broker)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cmd.Help()
+		},
+	}
+	cmd.AddCommand(newMosquittoConfigCmd())
+	return cmd
+}
+
+type mosquittoConfigOptions struct {
+	out           string
+	root          string
+	credentials   string
+	backendUser   string
+	backendSecret string
+	devices       []string
+	maxQueued     int
+}
+
+func newMosquittoConfigCmd() *cobra.Command {
+	o := &mosquittoConfigOptions{}
+	cmd := &cobra.Command{
+		Use:   "mosquitto-config --out DIR [--credentials FILE | --backend-secret S --device ID:SECRET[:CLASS]...]",
+		Short: "Write a mosquitto password file, ACL file and conf snippet enforcing firmcast's access policy",
+		Long: `Write firmcast's broker access policy for an external mosquitto 2.0 into DIR:
+
+  passwd         password_file: one PBKDF2-SHA512 ($7$) hash per account,
+                 as mosquitto_passwd writes them (mode 0600)
+  acl            acl_file: the backend users may do anything under the topic
+                 root; devices get pattern lines on their own user name (%u),
+                 so the file does not grow with the fleet
+  firmcast.conf  password_file, acl_file, no anonymous access, and the queue
+                 limits firmcast relies on (small max_queued_messages so a
+                 broker never holds an image per offline device,
+                 set_tcp_nodelay true)
+
+Include firmcast.conf from mosquitto.conf (include_dir) or copy its lines.
+
+Accounts come from a credentials file (--credentials), one per line:
+
+  backend <user> <secret>
+  device  <device-id> <secret> [<class>]
+
+or from flags (--backend-user/--backend-secret, --device ID:SECRET[:CLASS]
+repeated). Both may be combined. A device's user name is its device id.
+Secrets on the command line are visible to other local users: prefer the
+file, or FIRMCAST_BACKEND_SECRET.
+
+The policy: devices may read only their own notices and chunk replies,
+class announcements and image chunk broadcasts, and publish only their own
+reports and chunk requests; only backend users publish notices and chunks.
+(Unlike the embedded brokers, mosquitto lets a device read every class's
+announcements: a per-class rule would need one line per device.)`,
+		Example: `  firmcast broker mosquitto-config --out /etc/mosquitto/conf.d/firmcast \
+      --credentials /etc/firmcast/credentials
+  firmcast broker mosquitto-config --out ./mq --root acme/firmcast \
+      --backend-secret "$BACKEND_SECRET" --device dev1:s3cret:sensor`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runMosquittoConfig(cmd, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.out, "out", "", "directory to write passwd, acl and firmcast.conf into (created if missing; required)")
+	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root the policy protects (segments separated by /)")
+	f.StringVar(&o.credentials, "credentials", "", "credentials file (lines: backend USER SECRET | device ID SECRET [CLASS])")
+	f.StringVar(&o.backendUser, "backend-user", "backend", "backend user name (used with --backend-secret)")
+	f.StringVar(&o.backendSecret, "backend-secret", "", "backend secret (adds the backend account)")
+	f.StringArrayVar(&o.devices, "device", nil, "device account as ID:SECRET[:CLASS] (repeatable)")
+	f.IntVar(&o.maxQueued, "max-queued", broker.DefaultMaxQueued, "mosquitto max_queued_messages per client")
+	return cmd
+}
+
+func runMosquittoConfig(cmd *cobra.Command, o *mosquittoConfigOptions) error {
+	if o.out == "" {
+		return fmt.Errorf("--out is required")
+	}
+	topics, err := schemas.NewTopics(o.root)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	var accounts []broker.Account
+	if o.credentials != "" {
+		as, err := readAccountsFile(o.credentials)
+		if err != nil {
+			return err
+		}
+		accounts = append(accounts, as...)
+	}
+	if o.backendSecret != "" {
+		accounts = append(accounts, broker.Account{Identity: broker.Identity{Username: o.backendUser, Role: broker.RoleBackend}, Secret: o.backendSecret})
+	}
+	for _, d := range o.devices {
+		a, err := parseDeviceFlag(d)
+		if err != nil {
+			return err
+		}
+		accounts = append(accounts, a)
+	}
+	if len(accounts) == 0 {
+		return fmt.Errorf("no accounts: give --credentials FILE, or --backend-secret and --device ID:SECRET[:CLASS]")
+	}
+	files, err := broker.MosquittoConfig(o.out, broker.MosquittoSpec{Topics: topics, Accounts: accounts, MaxQueued: o.maxQueued})
+	if err != nil {
+		return err
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "wrote %s\nwrote %s\nwrote %s\n", files.Passwd, files.ACL, files.Conf)
+	fmt.Fprintf(w, "%d accounts under topic root %q; include %s from mosquitto.conf\n", len(accounts), topics.Root(), files.Conf)
+	return nil
+}
+
+// parseDeviceFlag parses ID:SECRET[:CLASS].
+func parseDeviceFlag(s string) (broker.Account, error) {
+	parts := strings.Split(s, ":")
+	if len(parts) < 2 || len(parts) > 3 || parts[0] == "" || parts[1] == "" {
+		return broker.Account{}, fmt.Errorf("--device %q: want ID:SECRET or ID:SECRET:CLASS", redactDevice(s))
+	}
+	a := broker.Account{Identity: broker.Identity{Username: parts[0], Role: broker.RoleDevice, Device: parts[0]}, Secret: parts[1]}
+	if len(parts) == 3 {
+		a.Class = parts[2]
+	}
+	if _, err := broker.NewCredentialStoreFrom([]broker.Account{a}); err != nil {
+		return broker.Account{}, fmt.Errorf("--device %q: %w", redactDevice(s), err)
+	}
+	return a, nil
+}
+
+func redactDevice(s string) string {
+	if i := strings.IndexByte(s, ':'); i >= 0 {
+		rest := s[i+1:]
+		if j := strings.IndexByte(rest, ':'); j >= 0 {
+			return s[:i+1] + "xxxxx" + rest[j:]
+		}
+		return s[:i+1] + "xxxxx"
+	}
+	return s
+}
+
+func readAccountsFile(path string) ([]broker.Account, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("--credentials: %w", err)
+	}
+	defer f.Close()
+	as, err := broker.ReadAccounts(f)
+	if err != nil {
+		return nil, fmt.Errorf("--credentials %s: %w", path, err)
+	}
+	return as, nil
+}
