@@ -28,6 +28,9 @@ const (
 	// MaxEnvelopeSize bounds an encoded envelope (integrated payloads
 	// included). Larger images are fetched, never integrated.
 	MaxEnvelopeSize = 1 << 20
+	// MaxAuthBlocks bounds the authentication blocks of an envelope (each
+	// costs a signature verification per trust anchor).
+	MaxAuthBlocks = 8
 	// maxSequenceDepth bounds nested try-each / run-sequence levels.
 	maxSequenceDepth = 8
 	// maxComponents bounds the component list.

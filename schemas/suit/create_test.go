@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fxamacker/cbor/v2"
+
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -134,4 +136,83 @@ func TestVerifyWrongKey(t *testing.T) {
 		}
 	}
 	_ = ed25519.PublicKey(nil)
+}
+
+// TestCreateCanonical: the envelope, the manifest, its common block and its
+// sequences are each in deterministic CBOR (decoding then re-encoding with
+// schemas' encoder gives the same bytes).
+func TestCreateCanonical(t *testing.T) {
+	s, _ := mustSigner(t, "es256", ES256)
+	env, err := Create(context.Background(), CreateOptions{
+		Image: bytes.NewReader(testImage(3000)), VendorID: testVendor, ClassID: testClass,
+		Seq: 1 << 40, URIs: []string{"a", "b", "c"}, Component: "c", UseBefore: time.Unix(2e9, 0),
+	}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	canon := func(what string, b []byte) map[any]any {
+		t.Helper()
+		var v any
+		if err := schemas.TagDecMode().Unmarshal(b, &v); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		again, err := schemas.EncMode().Marshal(v)
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("%s is not deterministic CBOR:\n got %x\nwant %x", what, b, again)
+		}
+		if tag, ok := v.(cbor.Tag); ok {
+			v = tag.Content
+		}
+		m, _ := v.(map[any]any)
+		return m
+	}
+	e := canon("envelope", env)
+	m := canon("manifest", e[uint64(3)].([]byte))
+	canon("authentication-wrapper", e[uint64(2)].([]byte))
+	c := canon("common", m[uint64(3)].([]byte))
+	canon("shared sequence", c[uint64(4)].([]byte))
+	for _, k := range []uint64{7, 20} {
+		b, ok := m[k].([]byte)
+		if !ok {
+			t.Fatalf("manifest member %d missing", k)
+		}
+		var seq any
+		if err := schemas.TagDecMode().Unmarshal(b, &seq); err != nil {
+			t.Fatal(err)
+		}
+		again, _ := schemas.EncMode().Marshal(seq)
+		if !bytes.Equal(again, b) {
+			t.Fatalf("sequence %d is not deterministic", k)
+		}
+	}
+}
+
+func TestCreateSeveralSigners(t *testing.T) {
+	es, _ := mustSigner(t, "es256", ES256)
+	ed, edPub := mustSigner(t, "ed25519", EdDSA)
+	opts := CreateOptions{Image: bytes.NewReader(testImage(100)), VendorID: testVendor, ClassID: testClass}
+	env, err := Create(context.Background(), opts, es, ed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := Verify(env, TrustAnchors{edPub})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(m.Signatures) != 2 || m.Signatures[0].Verified || !m.Signatures[1].Verified {
+		t.Fatalf("signatures %+v", m.Signatures)
+	}
+	// Too many blocks are refused before any is verified.
+	signers := make([]Signer, MaxAuthBlocks+1)
+	for i := range signers {
+		signers[i] = ed
+	}
+	opts.Image = bytes.NewReader(testImage(100))
+	env, err = Create(context.Background(), opts, signers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(env, TrustAnchors{edPub}); !errors.Is(err, ErrTooLarge) {
+		t.Fatalf("%d blocks: %v, want ErrTooLarge", len(signers), err)
+	}
 }

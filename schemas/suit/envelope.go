@@ -118,6 +118,9 @@ func parseEnvelope(b []byte) (*Envelope, error) {
 	if len(it) < 2 {
 		return nil, fmt.Errorf("%w: authentication-wrapper: want a digest and at least one block", ErrMalformed)
 	}
+	if len(it)-1 > MaxAuthBlocks {
+		return nil, fmt.Errorf("%w: authentication-wrapper: %d blocks (max %d)", ErrTooLarge, len(it)-1, MaxAuthBlocks)
+	}
 	env.digestItem, err = unwrap(it[0], "authentication-wrapper digest")
 	if err != nil {
 		return nil, err

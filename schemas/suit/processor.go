@@ -125,13 +125,15 @@ type run struct {
 // run-sequence and try-each included.
 const maxSteps = 1 << 16
 
+var errSteps = fmt.Errorf("%w: more than %d commands executed", ErrTooLarge, maxSteps)
+
 // soft reports whether err ends only the current try-each branch.
 func soft(err error) bool {
 	switch {
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded),
 		errors.Is(err, ErrUnknownCommand), errors.Is(err, ErrUnsupported),
 		errors.Is(err, ErrAborted), errors.Is(err, ErrRollback), errors.Is(err, ErrMalformed),
-		errors.Is(err, ErrTooLarge) && strings.Contains(err.Error(), "commands executed"):
+		errors.Is(err, errSteps):
 		return false
 	}
 	return true
@@ -149,7 +151,7 @@ func (r *run) sequence(ctx context.Context, s Sequence, sel []int) error {
 			return err
 		}
 		if r.steps++; r.steps > maxSteps {
-			return fmt.Errorf("%w: more than %d commands executed", ErrTooLarge, maxSteps)
+			return errSteps
 		}
 		switch c.Label {
 		case DirSetComponentIdx:
