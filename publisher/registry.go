@@ -18,6 +18,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -76,13 +77,13 @@ func checkName(what, s string) error {
 }
 
 const (
-	pbkdf2Iter    = 101 // mosquitto_passwd's default for $7$
+	pbkdf2Iter    = broker.MosquittoIterations
 	pbkdf2SaltLen = 12
 	pbkdf2KeyLen  = 64
 )
 
 // HashSecret hashes a device secret in mosquitto's "$7$" format
-// (PBKDF2-SHA512, 101 iterations, 12-byte salt).
+// (PBKDF2-SHA512, broker.MosquittoIterations iterations, 12-byte salt).
 func HashSecret(secret string) (string, error) {
 	salt := make([]byte, pbkdf2SaltLen)
 	rand.Read(salt)

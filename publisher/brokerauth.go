@@ -1,0 +1,61 @@
+package publisher
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/firmcast/firmcast/broker"
+)
+
+// DeviceAuthenticator returns a broker.Authenticator backed by the device
+// registry: a registered device authenticates with its id as user name and
+// its secret, and gets the device role with its class. Any other user name
+// is passed to next (typically the backend accounts); with next nil it is
+// refused. Errors wrap broker.ErrNotAuthorized. Safe for concurrent use;
+// each call reads the registry (one KV get, one PBKDF2).
+func (p *Publisher) DeviceAuthenticator(next broker.Authenticator) broker.Authenticator {
+	return &deviceAuth{p: p, next: next}
+}
+
+type deviceAuth struct {
+	p    *Publisher
+	next broker.Authenticator
+}
+
+func (a *deviceAuth) Authenticate(ctx context.Context, username, secret string) (broker.Identity, error) {
+	d, ok, err := a.p.CheckDeviceSecret(ctx, username, secret)
+	if err != nil {
+		return broker.Identity{}, fmt.Errorf("%w: registry: %v", broker.ErrNotAuthorized, err)
+	}
+	if d.ID != "" {
+		if !ok {
+			return broker.Identity{}, fmt.Errorf("%w: bad secret for device %q", broker.ErrNotAuthorized, username)
+		}
+		return broker.Identity{Username: d.ID, Role: broker.RoleDevice, Device: d.ID, Class: d.Class}, nil
+	}
+	if a.next != nil {
+		return a.next.Authenticate(ctx, username, secret)
+	}
+	return broker.Identity{}, fmt.Errorf("%w: unknown user %q", broker.ErrNotAuthorized, username)
+}
+
+// MosquittoPasswordLines returns one "device-id:$7$..." line per
+// registered device, for a mosquitto password_file: the registry already
+// stores secrets in mosquitto's PBKDF2-SHA512 format, so no clear secret
+// is needed. Backend accounts are added by the caller.
+func (p *Publisher) MosquittoPasswordLines(ctx context.Context) ([]string, error) {
+	devs, err := p.Devices(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, 0, len(devs))
+	for _, d := range devs {
+		if !strings.HasPrefix(d.SecretHash, "$7$") {
+			return nil, fmt.Errorf("publisher: device %s has a secret hash mosquitto cannot read", d.ID)
+		}
+		out = append(out, d.ID+":"+d.SecretHash)
+	}
+	return out, nil
+}
+
