@@ -65,7 +65,7 @@ func (d *Device) Boot(ctx context.Context) (Decision, error) {
 }
 
 func (d *Device) boot(ctx context.Context) (Decision, error) {
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return Decision{Slot: -1}, err
 	}
 	st := d.log.cur

@@ -25,6 +25,18 @@ type RootOfTrust struct {
 	// Verifier, when set, turns on secure-boot mode: every image must carry
 	// a signed envelope, verified on every boot, that agrees with the header.
 	Verifier EnvelopeVerifier
+	// Counter, when set, is a hardware monotonic counter (OTP fuses, RPMB)
+	// that keeps the anti-rollback floor too, so that erasing or replaying
+	// the status area cannot lower it. The floor is the larger of the two.
+	Counter MonotonicCounter
+}
+
+// MonotonicCounter is a counter that only goes up, outside the flash.
+type MonotonicCounter interface {
+	// Value returns the counter.
+	Value() (uint64, error)
+	// Raise sets the counter to v if v is larger; it never lowers it.
+	Raise(v uint64) error
 }
 
 // Option configures Open.
@@ -85,7 +97,7 @@ func Open(f *Flash, l Layout, rot RootOfTrust, opts ...Option) (*Device, error) 
 	d := &Device{f: f, g: g, l: l, rot: rot, cfg: cfg, log: newStatusLog(f, l.Status)}
 	bufSize := max(g.SectorSize, (64<<10)/g.SectorSize*g.SectorSize)
 	d.buf = make([]byte, bufSize)
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -96,6 +108,21 @@ func (d *Device) Layout() Layout { return d.l }
 
 // Flash returns the device flash.
 func (d *Device) Flash() *Flash { return d.f }
+
+// load reads the status area and applies the hardware floor, if any.
+func (d *Device) load() error {
+	if err := d.log.load(); err != nil {
+		return err
+	}
+	if d.rot.Counter != nil {
+		v, err := d.rot.Counter.Value()
+		if err != nil {
+			return fmt.Errorf("bootctl: monotonic counter: %w", err)
+		}
+		d.log.cur.Floor = max(d.log.cur.Floor, v)
+	}
+	return nil
+}
 
 // image is a region's header as read and authenticated.
 type image struct {
@@ -237,7 +264,7 @@ func info(im image, err error) ImageInfo {
 
 // Status reads the status area and every header. It does not write.
 func (d *Device) Status() (Status, error) {
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return Status{}, err
 	}
 	st := d.log.cur
@@ -268,7 +295,7 @@ func (d *Device) Status() (Status, error) {
 // It returns ErrInvalidImage-wrapped errors if the active image is not the
 // trial image, or a flash error.
 func (d *Device) Confirm() error {
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return err
 	}
 	st := d.log.cur
@@ -285,6 +312,11 @@ func (d *Device) Confirm() error {
 	st.Trial, st.TrialBoots = false, 0
 	st.Confirmed = im.hdr.Digest
 	st.Floor = max(st.Floor, im.hdr.SecurityCounter)
+	if d.rot.Counter != nil {
+		if err := d.rot.Counter.Raise(st.Floor); err != nil {
+			return fmt.Errorf("bootctl: monotonic counter: %w", err)
+		}
+	}
 	return d.log.append(st)
 }
 
@@ -294,7 +326,7 @@ func (d *Device) Confirm() error {
 // next stage has nothing to boot. It returns ErrNotInTrial if no trial is
 // running, or a flash error.
 func (d *Device) Abandon() error {
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return err
 	}
 	st := d.log.cur
@@ -311,7 +343,7 @@ func (d *Device) Abandon() error {
 // the slot keeping the previous image. It returns ErrNoFreeSlot if every
 // slot must be kept.
 func (d *Device) FreeSlot() (int, error) {
-	if err := d.log.load(); err != nil {
+	if err := d.load(); err != nil {
 		return 0, err
 	}
 	st := d.log.cur

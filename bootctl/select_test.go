@@ -246,3 +246,43 @@ func TestFreeSlot(t *testing.T) {
 		t.Fatalf("during trial: %v", err)
 	}
 }
+
+type memCounter struct{ v uint64 }
+
+func (c *memCounter) Value() (uint64, error) { return c.v, nil }
+func (c *memCounter) Raise(v uint64) error   { c.v = max(c.v, v); return nil }
+
+// TestHardwareFloor: with a monotonic counter in the root of trust,
+// erasing the status area does not lower the floor; without one it does.
+func TestHardwareFloor(t *testing.T) {
+	for _, hw := range []bool{true, false} {
+		r := newRig(4, 2)
+		cnt := &memCounter{}
+		if hw {
+			r.rot.Counter = cnt
+		}
+		f := r.factory(t, 1, 1)
+		d := r.open(t, f)
+		stage(t, d, 2, 3) // slot 0; the install keeps v1 (counter 1) in slot 1
+		mustBoot(t, d)
+		if err := d.Confirm(); err != nil {
+			t.Fatal(err)
+		}
+		// An attacker erases the status area and damages both copies of v2.
+		for s := range r.l.Status.Sectors {
+			f.Erase(r.l.Status.Start + s)
+		}
+		f.FlipBit(d.imageOff(r.l.Active), 0)
+		f.FlipBit(d.imageOff(r.l.Slots[0]), 0)
+		dec, err := d.Boot(context.Background())
+		if hw {
+			if cnt.v != 3 || !errors.Is(err, ErrNoBootableImage) {
+				t.Fatalf("hardware floor: counter %d, boot %+v %v: want no bootable image", cnt.v, dec, err)
+			}
+			continue
+		}
+		if err != nil || dec.Version != 1 {
+			t.Fatalf("flash-only floor: %+v %v: want v1 (the floor was erased)", dec, err)
+		}
+	}
+}
