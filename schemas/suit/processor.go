@@ -75,7 +75,8 @@ func (p Processor) Boot(ctx context.Context, m *Manifest) (*Report, error) {
 // and one older than InstalledSeq (ErrRollback). Failures wrap the
 // sentinels: ErrConditionFailed, ErrExpired, ErrAborted, ErrUnknownCommand,
 // ErrUnsupported, ErrParameter, ErrTooLarge, ErrSeveredMissing, or the
-// Target's error.
+// Target's error; a failed command is reported as a *CommandError. Code
+// maps any of them to a device report code.
 func (p Processor) Run(ctx context.Context, m *Manifest, names ...string) (*Report, error) {
 	if p.Target == nil {
 		return nil, fmt.Errorf("%w: processor has no target", ErrParameter)
@@ -240,8 +241,12 @@ func (r *run) tryEach(ctx context.Context, c Command, sel []int) error {
 }
 
 // command runs one condition or directive on component i and records it.
+// Failures are returned as *CommandError.
 func (r *run) command(ctx context.Context, c Command, i int) error {
 	err := r.exec(ctx, c, i)
+	if err != nil {
+		err = &CommandError{Sequence: r.name, Component: i, Label: c.Label, Err: err}
+	}
 	pol := c.Policy
 	rec := Record{Sequence: r.name, Component: i, Label: c.Label, Name: c.Name(), OK: err == nil}
 	switch {
@@ -272,40 +277,40 @@ func (r *run) exec(ctx context.Context, c Command, i int) error {
 			return err
 		}
 		if ok != (c.Label == CondImageMatch) {
-			return fmt.Errorf("%w: %s on component %d", ErrConditionFailed, c.Name(), i)
+			return ErrConditionFailed
 		}
 		return nil
 	case CondCheckContent:
 		if p.Content == nil {
-			return fmt.Errorf("%w: %s needs content", ErrParameter, c.Name())
+			return fmt.Errorf("%w: content not set", ErrParameter)
 		}
 		got, err := r.read(ctx, i, uint64(len(p.Content)))
 		if err != nil {
 			return err
 		}
 		if subtle.ConstantTimeCompare(got, p.Content) != 1 {
-			return fmt.Errorf("%w: %s on component %d", ErrConditionFailed, c.Name(), i)
+			return ErrConditionFailed
 		}
 		return nil
 	case CondComponentSlot:
 		if p.ComponentSlot == nil {
-			return fmt.Errorf("%w: %s needs component-slot", ErrParameter, c.Name())
+			return fmt.Errorf("%w: component-slot not set", ErrParameter)
 		}
 		sr, ok := t.(SlotReporter)
 		if !ok {
-			return fmt.Errorf("%w: %s: target has no slots", ErrUnsupported, c.Name())
+			return fmt.Errorf("%w: target has no slots", ErrUnsupported)
 		}
 		slot, err := sr.Slot(ctx, i)
 		if err != nil {
 			return err
 		}
 		if slot != *p.ComponentSlot {
-			return fmt.Errorf("%w: %s: component %d is in slot %d, want %d", ErrConditionFailed, c.Name(), i, slot, *p.ComponentSlot)
+			return fmt.Errorf("%w: slot %d, manifest wants %d", ErrConditionFailed, slot, *p.ComponentSlot)
 		}
 		return nil
 	case CondUseBefore:
 		if p.UseBefore == nil {
-			return fmt.Errorf("%w: %s needs use-before", ErrParameter, c.Name())
+			return fmt.Errorf("%w: use-before not set", ErrParameter)
 		}
 		now := time.Now
 		if r.p.Now != nil {
@@ -326,11 +331,11 @@ func (r *run) exec(ctx context.Context, c Command, i int) error {
 		return r.write(ctx, i, p, src, false)
 	case DirCopy:
 		if p.SourceComponent == nil {
-			return fmt.Errorf("%w: %s needs source-component", ErrParameter, c.Name())
+			return fmt.Errorf("%w: source-component not set", ErrParameter)
 		}
 		s := *p.SourceComponent
 		if s >= uint64(len(r.m.Components)) || int(s) == i {
-			return fmt.Errorf("%w: %s: source-component %d", ErrParameter, c.Name(), s)
+			return fmt.Errorf("%w: source-component %d", ErrParameter, s)
 		}
 		src, err := t.Open(ctx, int(s))
 		if err != nil {
@@ -339,7 +344,7 @@ func (r *run) exec(ctx context.Context, c Command, i int) error {
 		return r.write(ctx, i, p, src, true)
 	case DirWrite:
 		if p.Content == nil {
-			return fmt.Errorf("%w: %s needs content", ErrParameter, c.Name())
+			return fmt.Errorf("%w: content not set", ErrParameter)
 		}
 		return r.write(ctx, i, p, io.NopCloser(bytes.NewReader(p.Content)), false)
 	case DirInvoke:
@@ -349,9 +354,9 @@ func (r *run) exec(ctx context.Context, c Command, i int) error {
 		return ext.Command(ctx, i, c, p)
 	}
 	if _, known := commandNames[c.Label]; known {
-		return fmt.Errorf("%w: %s (target has no extension)", ErrUnsupported, c.Name())
+		return fmt.Errorf("%w: not implemented by the target", ErrUnsupported)
 	}
-	return fmt.Errorf("%w: %s in %s", ErrUnknownCommand, c.Name(), r.name)
+	return ErrUnknownCommand
 }
 
 func (r *run) identity(ctx context.Context, c Command, p *Params) error {
@@ -370,14 +375,14 @@ func (r *run) identity(ctx context.Context, c Command, p *Params) error {
 		want, have = p.DeviceID, [][]byte{id.DeviceID}
 	}
 	if want == nil {
-		return fmt.Errorf("%w: %s: parameter not set", ErrParameter, c.Name())
+		return fmt.Errorf("%w: parameter not set", ErrParameter)
 	}
 	for _, h := range have {
 		if bytes.Equal(h, want) {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s: manifest %x, device %x", ErrConditionFailed, c.Name(), want, have)
+	return fmt.Errorf("%w: manifest %x, device %x", ErrConditionFailed, want, have)
 }
 
 func (r *run) limit(p *Params) uint64 {
@@ -392,7 +397,7 @@ func (r *run) limit(p *Params) uint64 {
 
 func (r *run) imageMatch(ctx context.Context, i int, p *Params) (bool, error) {
 	if p.ImageDigest == nil {
-		return false, fmt.Errorf("%w: image-match needs image-digest", ErrParameter)
+		return false, fmt.Errorf("%w: image-digest not set", ErrParameter)
 	}
 	if im, ok := r.p.Target.(ImageMatcher); ok {
 		return im.MatchImage(ctx, i, *p.ImageDigest, p.ImageSize)

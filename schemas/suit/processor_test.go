@@ -11,6 +11,8 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // signedManifest builds, signs and verifies a manifest with ncomp
@@ -409,5 +411,42 @@ func TestProcessorReportPolicy(t *testing.T) {
 	want := "install:directive-write:true:false;install:directive-write:true:true;"
 	if got != want {
 		t.Fatalf("records %s, want %s", got, want)
+	}
+}
+
+func TestCode(t *testing.T) {
+	img := testImage(500)
+	run := func(setup func(f *fakeTarget), p Processor) error {
+		m, _ := createEnvelope(t, img, 4, []string{"u"}, time.Unix(2e9, 0))
+		f := newFake()
+		f.sources["u"] = img
+		if setup != nil {
+			setup(f)
+		}
+		p.Target = f
+		_, err := p.Update(context.Background(), m)
+		return err
+	}
+	_, otherKey := mustSigner(t, "es256", ES256)
+	_, untrusted := Verify(readVector(t, "suit_manifest_exp0.suit"), TrustAnchors{otherKey})
+	_, truncated := Verify(readVector(t, "suit_manifest_exp0.suit")[:40], nil)
+	for _, tc := range []struct {
+		err  error
+		want schemas.ErrCode
+	}{
+		{nil, schemas.CodeNone},
+		{untrusted, schemas.CodeUntrustedKey},
+		{truncated, schemas.CodeMalformed},
+		{run(func(f *fakeTarget) { f.id.VendorID = testClass }, Processor{}), schemas.CodeVendorMismatch},
+		{run(func(f *fakeTarget) { f.id.ClassIDs = nil }, Processor{}), schemas.CodeClassMismatch},
+		{run(func(f *fakeTarget) { f.sources["u"] = testImage(499) }, Processor{}), schemas.CodeDigest},
+		{run(nil, Processor{InstalledSeq: 5}), schemas.CodeRollback},
+		{run(nil, Processor{Now: func() time.Time { return time.Unix(3e9, 0) }}), schemas.CodeExpired},
+		{run(func(f *fakeTarget) { f.sources["u"] = testImage(501) }, Processor{}), schemas.CodeSize},
+		{errors.New("other"), schemas.CodeInternal},
+	} {
+		if got := Code(tc.err); got != tc.want {
+			t.Errorf("Code(%v) = %v, want %v", tc.err, got, tc.want)
+		}
 	}
 }
