@@ -18,7 +18,8 @@
 //     counter, digest (and envelope). Commit checks the SHA-256 and writes
 //     the header with the device's HMAC tag: the MAC replaces the
 //     signature, as in the Mbed design. The agent then reboots, and after
-//     its health check calls Confirm (or Abandon). Status tells it the
+//     its health check calls Confirm (or Abandon, to have the next start
+//     revert at once instead of after K boots). Status tells it the
 //     active version, trial state, floor and the last revert reason.
 //   - Tools (firmcast boot ...) use Combine to merge a bootloader and an
 //     application into one flash image.
@@ -37,10 +38,12 @@
 // state and boot count, the floor, the last confirmed and last rejected
 // images and the last revert reason.
 //
-// The root-of-trust store (RootOfTrust: the per-device MAC key and, in
-// secure-boot mode, the envelope verifier holding the public key) is not
-// on the flash, like OTP or a secure element: flash dumps and fault
-// injection never touch it.
+// The root-of-trust store (RootOfTrust: the per-device MAC key, in
+// secure-boot mode the envelope verifier holding the public key, and
+// optionally a hardware monotonic counter that keeps the floor) is not on
+// the flash, like OTP or a secure element: flash dumps and fault
+// injection never touch it. Without the counter the floor lives only in
+// the status area, where someone able to erase the flash can lower it.
 //
 // # What survives a reboot
 //
