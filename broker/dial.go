@@ -226,9 +226,11 @@ func redact(raw string) string {
 
 func redactErr(err error, raw string) string {
 	msg := err.Error()
-	if u, perr := url.Parse(raw); perr == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			msg = strings.ReplaceAll(msg, p, "xxxxx")
+	// The URL may not parse, so cut the userinfo out by hand.
+	if i := strings.Index(raw, "://"); i >= 0 {
+		rest := raw[i+3:]
+		if j := strings.LastIndex(rest, "@"); j >= 0 {
+			msg = strings.ReplaceAll(msg, rest[:j], "xxxxx")
 		}
 	}
 	return msg

@@ -81,9 +81,16 @@ func brokers() []testBroker {
 
 func dial(t *testing.T, url string, topics schemas.Topics, id string) broker.Transport {
 	t.Helper()
+	return dialCfg(t, broker.Config{URL: url, Topics: topics, ClientID: id})
+}
+
+func dialCfg(t *testing.T, cfg broker.Config) broker.Transport {
+	t.Helper()
+	id := cfg.ClientID
+	url := cfg.URL
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	tr, err := broker.Dial(ctx, broker.Config{URL: url, Topics: topics, ClientID: id})
+	tr, err := broker.Dial(ctx, cfg)
 	if err != nil {
 		t.Fatalf("dial %s: %v", url, err)
 	}
@@ -142,6 +149,8 @@ func TestTransports(t *testing.T) {
 			t.Run("PubSub64KiB", func(t *testing.T) { testPubSub(t, b) })
 			t.Run("RetainedNotice", func(t *testing.T) { testRetained(t, b) })
 			t.Run("RequestReply", func(t *testing.T) { testRequestReply(t, b) })
+			t.Run("SharedSubscription", func(t *testing.T) { testShared(t, b) })
+			t.Run("Order", func(t *testing.T) { testOrder(t, b) })
 			t.Run("Reconnect", func(t *testing.T) { testReconnect(t, b) })
 		})
 	}
@@ -195,7 +204,7 @@ func testRetained(t *testing.T, b testBroker) {
 	publish(t, backend, notice, []byte("pending-update"), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
 
 	// A device that subscribes afterwards gets the retained notice.
-	late := dial(t, url, topics, "dev1")
+	late := dial(t, url, topics, "")
 	ch, sub := collect(t, late, notice, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
 	m := recv(t, ch, "retained notice")
 	if string(m.Payload) != "pending-update" || !m.Retained {
@@ -302,6 +311,63 @@ func testReconnect(t *testing.T, b testBroker) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("no report delivered within 20s of the broker restart")
+		}
+	}
+}
+
+func testShared(t *testing.T, b testBroker) {
+	url := b.shared(t)
+	topics := testutil.UniqueTopics(t)
+	pub := dial(t, url, topics, "")
+	ch := make(chan broker.Message, 64)
+	for range 2 {
+		member := dialCfg(t, broker.Config{URL: url, Topics: topics, SharedMember: true})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_, err := member.Subscribe(ctx, topics.ChunkRequestsAll(), func(_ context.Context, m broker.Message) {
+			m.Payload = bytes.Clone(m.Payload)
+			ch <- m
+		}, broker.SubscribeOptions{Family: broker.FamilyChunkRequest, Shared: true})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	req, _ := topics.ChunkRequests(imageDigest)
+	const n = 20
+	for i := range n {
+		publish(t, pub, req, fmt.Appendf(nil, "req-%d", i), broker.PublishOptions{Family: broker.FamilyChunkRequest})
+	}
+	seen := map[string]bool{}
+	for range n {
+		seen[string(recv(t, ch, "shared request").Payload)] = true
+	}
+	if len(seen) != n {
+		t.Fatalf("%d requests delivered, %d distinct: the group delivered some twice", n, len(seen))
+	}
+}
+
+func testOrder(t *testing.T, b testBroker) {
+	url := b.shared(t)
+	topics := testutil.UniqueTopics(t)
+	pub := dial(t, url, topics, "")
+	sub := dial(t, url, topics, "")
+	rep, _ := topics.Report("dev1")
+	ch := make(chan broker.Message, 256)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := sub.Subscribe(ctx, topics.ReportsAll(), func(_ context.Context, m broker.Message) {
+		m.Payload = bytes.Clone(m.Payload)
+		ch <- m
+	}, broker.SubscribeOptions{Family: broker.FamilyReport}); err != nil {
+		t.Fatal(err)
+	}
+	const n = 200
+	for i := range n {
+		publish(t, pub, rep, fmt.Appendf(nil, "%d", i), broker.PublishOptions{Family: broker.FamilyReport})
+	}
+	for i := range n {
+		if m := recv(t, ch, "report"); string(m.Payload) != fmt.Sprint(i) {
+			t.Fatalf("report %d arrived as %q", i, m.Payload)
 		}
 	}
 }
