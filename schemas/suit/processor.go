@@ -84,6 +84,9 @@ func (p Processor) Run(ctx context.Context, m *Manifest, names ...string) (*Repo
 	if !m.Verified() {
 		return nil, ErrNotVerified
 	}
+	if len(m.Components) == 0 {
+		return nil, fmt.Errorf("%w: manifest has no components", ErrMalformed)
+	}
 	rep := &Report{Seq: m.Seq, Digest: m.Digest}
 	if m.Seq < p.InstalledSeq {
 		return rep, fmt.Errorf("%w: manifest sequence number %d is lower than the installed %d", ErrRollback, m.Seq, p.InstalledSeq)
