@@ -159,7 +159,8 @@ func (s status) marshal(stride int) []byte {
 
 func parseStatus(b []byte) (status, bool) {
 	if len(b) < statusRecordSize || string(b[:4]) != statusMagic ||
-		crc32.ChecksumIEEE(b[:156]) != binary.LittleEndian.Uint32(b[156:]) || b[20] > byte(opCopy) {
+		crc32.ChecksumIEEE(b[:156]) != binary.LittleEndian.Uint32(b[156:]) ||
+		b[20] > byte(opCopy) || int(b[21]) >= len(actionCodes) || b[25] > 1 {
 		return status{}, false
 	}
 	s := status{
