@@ -12,9 +12,9 @@ import (
 // EnvelopeTag is the CBOR tag of SUIT_Envelope_Tagged.
 const EnvelopeTag = 107
 
-// Envelope is a SUIT_Envelope split into its parts, before anything inside
+// parsedEnvelope is a SUIT_Envelope split into its parts, before anything inside
 // the manifest is trusted.
-type Envelope struct {
+type parsedEnvelope struct {
 	// Digest is the manifest digest from the authentication wrapper.
 	Digest Digest
 	// Blocks are the authentication blocks in order.
@@ -33,7 +33,7 @@ type Envelope struct {
 
 // parseEnvelope checks the envelope's shape: tag, keys, types and limits.
 // It decodes nothing inside the manifest.
-func parseEnvelope(b []byte) (*Envelope, error) {
+func parseEnvelope(b []byte) (*parsedEnvelope, error) {
 	if len(b) > MaxEnvelopeSize {
 		return nil, fmt.Errorf("%w: envelope of %d bytes (max %d)", ErrTooLarge, len(b), MaxEnvelopeSize)
 	}
@@ -51,7 +51,7 @@ func parseEnvelope(b []byte) (*Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &Envelope{}
+	env := &parsedEnvelope{}
 	var auth []byte
 	for _, e := range es {
 		if s, ok := asText(e.k); ok {
@@ -208,7 +208,7 @@ func Verify(envelope []byte, anchors TrustAnchors) (*Manifest, error) {
 }
 
 // authenticate checks every block against every anchor.
-func (env *Envelope) authenticate(anchors TrustAnchors) ([]SignatureInfo, bool) {
+func (env *parsedEnvelope) authenticate(anchors TrustAnchors) ([]SignatureInfo, bool) {
 	sigs := make([]SignatureInfo, len(env.Blocks))
 	trusted := false
 	for i, blk := range env.Blocks {
@@ -226,7 +226,7 @@ func (env *Envelope) authenticate(anchors TrustAnchors) ([]SignatureInfo, bool) 
 }
 
 // manifest decodes the manifest and binds the envelope's severed members.
-func (env *Envelope) manifest() (*Manifest, error) {
+func (env *parsedEnvelope) manifest() (*Manifest, error) {
 	m, err := decodeManifest(env.Manifest)
 	if err != nil {
 		return nil, err
