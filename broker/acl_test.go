@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -41,13 +40,7 @@ type aclBroker struct {
 }
 
 func aclBrokers() []aclBroker {
-	store := func(t *testing.T) *broker.CredentialStore {
-		s, err := broker.NewCredentialStoreFrom(aclAccounts())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	store := func(t *testing.T) *broker.CredentialStore { return testutil.CredentialStore(t, aclAccounts()) }
 	return []aclBroker{
 		{"mochi", func(t *testing.T, topics schemas.Topics) string {
 			return testutil.StartMochi(t, broker.MQTTServerConfig{Auth: store(t), Topics: topics}).URL()
@@ -56,15 +49,7 @@ func aclBrokers() []aclBroker {
 			return testutil.StartNATS(t, broker.NATSServerConfig{Auth: store(t), Topics: topics}).URL()
 		}, true},
 		{"mosquitto-generated", func(t *testing.T, topics schemas.Topics) string {
-			files, err := broker.MosquittoConfig(t.TempDir(), broker.MosquittoSpec{Topics: topics, Accounts: aclAccounts()})
-			if err != nil {
-				t.Fatal(err)
-			}
-			conf, err := os.ReadFile(files.Conf)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return testutil.StartMosquitto(t, string(conf)).URL()
+			return testutil.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
 		}, false},
 	}
 }

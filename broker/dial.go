@@ -44,7 +44,10 @@ type Config struct {
 	Password string
 	// ClientID names the MQTT client (and the NATS connection). It must be
 	// a valid schemas identifier. Default: "fc-" plus 12 random hex digits.
-	// A device uses its device id.
+	// A device must use its device id: the embedded MQTT broker refuses a
+	// device whose client id differs (so no client can take over another
+	// device's session), and on NATS the device's reply inbox is named
+	// after it.
 	ClientID string
 	// Topics is the topic root the transport works under; it names the
 	// request inbox and, on NATS, the JetStream stream holding retained

@@ -2,9 +2,39 @@
 // autopaho) and NATS (nats.go) behind one small Transport interface, and
 // runs the embedded brokers (mochi-mqtt and nats-server with JetStream)
 // that a single-machine installation uses. It also owns the broker access
-// policy: the MQTT auth hook and its export as a mosquitto password and ACL
-// file.
+// policy: the MQTT auth hook, the NATS permissions, and their export as a
+// mosquitto password and ACL file.
 //
-// broker imports schemas for topic names only. It never imports publisher,
+// Who does what:
+//
+//   - transport.go: the Transport interface, message families, sentinels.
+//   - dial.go: Dial(ctx, Config) picks the transport from the URL scheme
+//     (mqtt://, mqtts:// → MQTTTransport; nats://, tls:// → NATSTransport),
+//     takes user/password from the URL or Config, and waits for the first
+//     connection. Both transports reconnect by themselves afterwards.
+//   - mqtt.go: MQTT v5. QoS per family (chunks 0, everything else 1),
+//     retained notices, short session expiry (0 for shared-subscription
+//     members), response topic + correlation data for request/reply,
+//     RequestProblemInfo on every CONNECT (mochi strips user properties
+//     otherwise), subscription identifiers to route deliveries.
+//   - nats.go: NATS core pub/sub, queue groups, request/reply; retained
+//     notices in a JetStream stream keeping the last message per notice
+//     subject (NoticeStream), using only features NATS 2.9 also has.
+//   - dispatch.go: each subscription's handler runs on its own goroutine,
+//     in order, so the network readers never wait for a handler.
+//   - server_mqtt.go, server_nats.go: embedded brokers with the
+//     nats-server embedding shape: NewXServer(cfg) → Start (non-blocking)
+//     → Ready(ctx) → Shutdown (idempotent); port 0 picks a free port and
+//     URL reports it; no signal handling.
+//   - auth.go: Identity, Role, the Authenticator interface (the backend's
+//     device registry implements it too) and an in-memory CredentialStore
+//     with hashed secrets; the credentials file format.
+//   - acl.go: Policy, the access rules on topic names, shared by the mochi
+//     auth hook, NATSPermissions and the mosquitto export.
+//   - mosquitto.go: MosquittoConfig writes passwd ($7$ PBKDF2-SHA512),
+//     acl (pattern lines on %u) and a conf snippet with the queue limits.
+//
+// Topic names always come from schemas.Topics. broker imports schemas for
+// topic names (and nothing else of ours); it never imports publisher,
 // deviceagent, fetcher or bootctl.
 package broker

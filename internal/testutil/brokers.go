@@ -8,6 +8,8 @@
 //	mq  := testutil.StartMosquitto(t, "")                       // a mosquitto process on a free port
 //	np  := testutil.StartNATSProcess(t)                         // the machine's nats-server binary (2.9), free port
 //	root := testutil.UniqueRoot(t)                              // isolate topics on shared brokers
+//	mp  := testutil.StartMosquittoWithPolicy(t, topics, accounts) // mosquitto enforcing the generated ACL
+//	tr  := testutil.Dial(t, broker.Config{URL: srv.URL(), ...})  // closed at cleanup
 //
 // The machine's own brokers (MachineMosquittoURL, MachineNATSURL) are
 // shared by every test run: never stop or reconfigure them, always use a
