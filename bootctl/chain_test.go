@@ -100,3 +100,70 @@ func TestChainAbandonsStageWithNothingToBoot(t *testing.T) {
 		t.Fatalf("abandon without trial: %v", err)
 	}
 }
+
+// TestPowerCutChain cuts power at every operation of a chain boot that
+// installs a new bootloader and a new application: the next start boots
+// valid images at once, is stable, and completes both installs.
+func TestPowerCutChain(t *testing.T) {
+	f0, bl0, ap0 := chainRig(t)
+	stage(t, bl0, 1, 1)
+	stage(t, ap0, 1, 1)
+	c0, _ := NewChain(bl0, ap0)
+	if _, err := c0.Boot(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	c0.Confirm()
+	stage(t, bl0, 2, 1)
+	stage(t, ap0, 2, 1)
+	snap := snapshot(f0)
+	open := func(f *Flash) *Chain {
+		bl, err := Open(f, bl0.l, bl0.rot, WithTrialBoots(3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ap, err := Open(f, ap0.l, ap0.rot, WithTrialBoots(1))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := NewChain(bl, ap)
+		return c
+	}
+	f := clone(f0.Geometry(), snap)
+	decs, err := open(f).Boot(context.Background())
+	if err != nil || versions(decs) != [2]uint64{2, 2} {
+		t.Fatalf("clean: %v %v", versions(decs), err)
+	}
+	ops, runs := f.Stats().Ops(), 0
+	for k := uint64(0); k < ops; k++ {
+		for _, kind := range []FaultKind{FaultCut, FaultTorn, FaultInterruptErase} {
+			f := clone(f0.Geometry(), snap)
+			f.Arm(Fault{After: k, Kind: kind})
+			if _, err := open(f).Boot(context.Background()); !errors.Is(err, ErrPowerLost) {
+				t.Fatalf("op %d %s: %v", k, kind, err)
+			}
+			if (kind == FaultTorn && f.lastHit != "program") || (kind == FaultInterruptErase && f.lastHit != "erase") {
+				continue
+			}
+			runs++
+			f.PowerOn()
+			c := open(f)
+			decs, err := c.Boot(context.Background())
+			if err != nil || versions(decs) != [2]uint64{2, 2} {
+				t.Fatalf("op %d %s: first boot after the cut: %v %v", k, kind, versions(decs), err)
+			}
+			for i, d := range c.stages {
+				if _, err := d.verify(context.Background(), d.l.Active); err != nil {
+					t.Fatalf("op %d %s: stage %d active image: %v", k, kind, i+1, err)
+				}
+			}
+			if err := c.Confirm(); err != nil {
+				t.Fatal(err)
+			}
+			again, err := c.Boot(context.Background())
+			if err != nil || again[0].Action != ActionNone || again[1].Action != ActionNone || versions(again) != [2]uint64{2, 2} {
+				t.Fatalf("op %d %s: not stable: %+v %v", k, kind, again, err)
+			}
+		}
+	}
+	t.Logf("chain install: %d operations, %d faults tried, all booted (B2, A2) on the next start", ops, runs)
+}

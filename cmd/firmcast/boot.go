@@ -516,7 +516,7 @@ where the application would not start right after the bootloader
 	f.IntVar(&slots, "slots", 2, "number of candidate slots")
 	f.Int64Var(&slotSize, "slot-size", 0, "bytes per slot (required)")
 	f.Int64Var(&bootSize, "boot-size", bootBootSectors*bootSectorSize, "bytes reserved for the bootloader")
-	f.Int64Var(&appOffset, "app-offset", -1, "flash offset of the application region (default: --boot-size)")
+	f.Int64Var(&appOffset, "app-offset", -1, "flash offset of the application region; -1: right after the bootloader")
 	f.BoolVar(&asJSON, "json", false, "print JSON")
 	for _, n := range []string{"bootloader", "app", "out", "device-key", "slot-size"} {
 		_ = c.MarkFlagRequired(n)
