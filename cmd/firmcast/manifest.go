@@ -25,10 +25,10 @@ func newManifestCmd() *cobra.Command {
 }
 
 type createFlags struct {
-	image, vendor, class, component, out, useBefore string
-	seq                                             uint64
-	uris, keys                                      []string
-	chunkSize                                       uint32
+	image, vendor, class, component, out, useBefore, coseAlg string
+	seq                                                      uint64
+	uris, keys                                               []string
+	chunkSize                                                uint32
 }
 
 func newManifestCreateCmd() *cobra.Command {
@@ -43,7 +43,8 @@ checks its digest and size. It also records the chunk size and the SHA-256
 of the image's chunk table, so a device authenticates every chunk.
 
 Runs offline: sign on an air-gapped machine, then upload the envelope.
-Each --key adds one signature (ES256 for P-256 keys, EdDSA for Ed25519).`,
+Each --key adds one signature (ES256 for P-256 keys, EdDSA for Ed25519,
+or the fully specified ESP256 / Ed25519 with --cose-alg).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := runManifestCreate(cmd, f); err != nil {
@@ -62,6 +63,7 @@ Each --key adds one signature (ES256 for P-256 keys, EdDSA for Ed25519).`,
 	fl.StringArrayVar(&f.keys, "key", nil, "PKCS#8 private key file (required, repeatable)")
 	fl.StringVar(&f.out, "out", "", "output envelope file (required)")
 	fl.Uint32Var(&f.chunkSize, "chunk-size", suit.DefaultChunkSize, "chunk size of the image's chunk table, bytes")
+	fl.StringVar(&f.coseAlg, "cose-alg", "", "COSE algorithm: es256 or esp256 for P-256 keys, eddsa or ed25519 for Ed25519 keys (default es256 / eddsa)")
 	fl.StringVar(&f.useBefore, "use-before", "", "refuse installation after this time (RFC 3339, or a duration from now such as 720h)")
 	return c
 }
@@ -93,6 +95,10 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 			return fmt.Errorf("--use-before %q: want RFC 3339 time or a duration", f.useBefore)
 		}
 	}
+	alg, ok := map[string]suit.Algorithm{"": 0, "es256": suit.ES256, "esp256": suit.ESP256, "eddsa": suit.EdDSA, "ed25519": suit.Ed25519}[strings.ToLower(f.coseAlg)]
+	if !ok {
+		return fmt.Errorf("--cose-alg %q: want es256, esp256, eddsa or ed25519", f.coseAlg)
+	}
 	var signers []suit.Signer
 	for _, k := range f.keys {
 		b, err := os.ReadFile(k)
@@ -103,7 +109,7 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 		if err != nil {
 			return fmt.Errorf("--key %s: %w", k, err)
 		}
-		s, err := suit.NewKeySigner(key, 0)
+		s, err := suit.NewKeySigner(key, alg)
 		if err != nil {
 			return fmt.Errorf("--key %s: %w", k, err)
 		}

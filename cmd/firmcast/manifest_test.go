@@ -113,6 +113,16 @@ func TestKeysGenManifestCreateInspect(t *testing.T) {
 		!strings.Contains(err.Error(), "no signature by a trusted key") {
 		t.Fatalf("wrong key: %v", err)
 	}
+	// Fully specified algorithm.
+	esp := filepath.Join(dir, "esp.suit")
+	if _, err := runFirmcast(t, "manifest", "create", "--image", img, "--vendor-id", vendorUUID, "--class-id", classUUID,
+		"--seq", "1", "--key", filepath.Join(dir, "es256.pem"), "--cose-alg", "esp256", "--out", esp); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runFirmcast(t, "manifest", "inspect", esp, "--key", filepath.Join(dir, "es256.pub.pem"), "--json"); err != nil ||
+		!strings.Contains(out, `"alg": "ESP256"`) {
+		t.Fatalf("esp256: %v\n%s", err, out)
+	}
 	// Several keys: one trusted is enough.
 	if _, err := runFirmcast(t, "manifest", "inspect", filepath.Join(dir, "es256.suit"),
 		"--key", filepath.Join(dir, "ed25519.pub.pem"), "--key", filepath.Join(dir, "es256.pub.pem")); err != nil {
@@ -163,6 +173,8 @@ func TestManifestCLIErrors(t *testing.T) {
 		{with("--image", filepath.Join(dir, "none")), "--image"},
 		{base[:len(base)-2], "--out is required"},
 		{[]string{"keys", "gen", "--alg", "rsa", "--out", filepath.Join(dir, "r")}, "--alg"},
+		{append(with("--seq", "2"), "--cose-alg", "ed25519"), "--key"}, // ES key, EdDSA alg
+		{append(with("--seq", "2"), "--cose-alg", "rs256"), "--cose-alg"},
 		{[]string{"manifest", "inspect", trunc, "--key", key + ".pub.pem"}, "truncated"},
 		{[]string{"manifest", "inspect", trunc}, "truncated"},
 	} {
