@@ -19,6 +19,20 @@ const DefaultMaxImageSize = 64 << 20
 // Set its fields and call Update, Boot or Run; it keeps no state between
 // calls and is safe to copy. A Processor is not safe for concurrent use
 // with the same Target unless the Target is.
+//
+// Semantics (draft-ietf-suit-manifest-34 section 6): parameters are kept per
+// component; set-component-index selects one component, a list, or all
+// (true), and every other command then runs once per selected component.
+// A failure inside a try-each branch (a condition that does not hold, but
+// also a directive that fails, such as a fetch from an unreachable URI or
+// an oversize payload) ends that branch, restores the parameters as they
+// were before it, and moves to the next branch; a final nil branch makes
+// try-each succeed when all fail. In run-sequence, a failure ends the
+// nested sequence without error when soft-failure is true. Unknown commands,
+// unsupported elements, abort and cancellation always end processing.
+// Fetched, copied and written content is streamed into the Target bounded by
+// image-size (or MaxImageSize) and committed only when complete; the
+// following image-match condition is what accepts it.
 type Processor struct {
 	// Target is the device acted on. Required.
 	Target Target
