@@ -162,10 +162,12 @@ func (t *MQTTTransport) onPublish(pr paho.PublishReceived) (bool, error) {
 		return true, nil
 	}
 	if subID != nil {
+		// Routed by subscription identifier: only that subscription, and
+		// nothing if it has been unsubscribed meanwhile.
 		if s, ok := t.subs[*subID]; ok {
 			s.d.enqueue(m)
-			return true, nil
 		}
+		return true, nil
 	}
 	for _, s := range t.subs {
 		if mqttMatch(s.filter, p.Topic) {

@@ -215,7 +215,9 @@ func (t *NATSTransport) Publish(ctx context.Context, topic schemas.Topic, payloa
 	if opts.Family == FamilyChunk || t.nc.IsReconnecting() {
 		return nil
 	}
-	if err := t.nc.FlushWithContext(ctx); err != nil && !t.nc.IsReconnecting() {
+	fctx, cancel := withDefaultDeadline(ctx, t.ep.ConnectTimeout)
+	defer cancel()
+	if err := t.nc.FlushWithContext(fctx); err != nil && !t.nc.IsReconnecting() {
 		return t.connErr("publish "+subj, err)
 	}
 	return nil
@@ -285,6 +287,8 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 // checkSub flushes so the server has processed the SUB, then looks for a
 // permission violation it may have reported for it.
 func (t *NATSTransport) checkSub(ctx context.Context, sub *nats.Subscription) error {
+	ctx, cancel := withDefaultDeadline(ctx, t.ep.ConnectTimeout)
+	defer cancel()
 	if err := t.nc.FlushWithContext(ctx); err != nil {
 		return err
 	}
@@ -351,10 +355,13 @@ func (s *natsSub) Unsubscribe(ctx context.Context) error {
 
 // Request implements Requester over NATS request/reply (a reply subject
 // under the root's inbox). No responders, like no reply, is ErrTimeout.
+// Without a deadline on ctx, DefaultRequestTimeout applies.
 func (t *NATSTransport) Request(ctx context.Context, topic schemas.Topic, payload []byte) ([]byte, error) {
 	if t.isClosed() {
 		return nil, ErrClosed
 	}
+	ctx, cancel := withDefaultDeadline(ctx, DefaultRequestTimeout)
+	defer cancel()
 	m, err := t.nc.RequestWithContext(ctx, topic.NATS, payload)
 	if err != nil {
 		switch {
@@ -415,4 +422,16 @@ func natsMatch(filter, subject string) bool {
 		}
 	}
 	return len(fs) == len(ss)
+}
+
+// DefaultRequestTimeout bounds a NATS request whose ctx has no deadline
+// (nats.go needs one).
+const DefaultRequestTimeout = 30 * time.Second
+
+// withDefaultDeadline applies d only when ctx has no deadline.
+func withDefaultDeadline(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, d)
 }
