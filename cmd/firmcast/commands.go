@@ -10,6 +10,7 @@ func commands() []*cobra.Command {
 		newManifestCmd(),
 		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
 		newBootCmd(),
+		newDemoCmd(),
 		newServeCmd(), newBrokerCmd(),
 	}
 }

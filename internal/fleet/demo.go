@@ -1,0 +1,456 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sort"
+	"time"
+
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// Config configures a demo run (Run). It is taken by value; zero fields
+// take the default stated.
+type Config struct {
+	// Devices is the fleet size. Default 100.
+	Devices int
+	// ImageSize is the size of both images in bytes. Default 1 MiB.
+	ImageSize int
+	// ChunkSize of the uploaded image. Default 16 KiB.
+	ChunkSize uint32
+	// MQTTURL and NATSURL name external brokers; empty = embedded.
+	MQTTURL, NATSURL string
+	// FailRate is the fraction of devices whose self-test fails.
+	FailRate float64
+	// Seed makes images, device keys and the failing devices repeatable.
+	Seed uint64
+	// Dir is the work directory (keys, images, devices, broker data).
+	// Required.
+	Dir string
+	// Phases are the campaign's cumulative rollout percentages. Default
+	// 10, 50, 100.
+	Phases []uint8
+	// FailPermille is the campaign's failure threshold. Default 100 (10%).
+	FailPermille uint16
+	// Timeout bounds the campaign. Default 10 minutes.
+	Timeout time.Duration
+	// Settle is how long devices still busy when the campaign ends may
+	// take to finish. Default 20s.
+	Settle time.Duration
+	// Logger receives the logs of every component. Default slog.Default().
+	Logger *slog.Logger
+	// OnProgress, when set, is called every ProgressEvery (default 200ms)
+	// while the campaign runs, and once at its end.
+	OnProgress    func(Progress)
+	ProgressEvery time.Duration
+	// OnReady, when set, is called once the fleet is connected and before
+	// the campaign is created.
+	OnReady func(setup time.Duration)
+	// Publisher tunes the publisher's configuration.
+	Publisher func(*publisher.Config)
+}
+
+func (c *Config) defaults() error {
+	if c.Devices == 0 {
+		c.Devices = 100
+	}
+	if c.Devices < 1 || c.Devices > publisher.MaxTargets {
+		return fmt.Errorf("fleet: --devices %d: want 1..%d", c.Devices, publisher.MaxTargets)
+	}
+	if c.ImageSize == 0 {
+		c.ImageSize = 1 << 20
+	}
+	if c.ImageSize < 1 || c.ImageSize > 64<<20 {
+		return fmt.Errorf("fleet: --image-size %d: want 1 byte .. 64 MiB", c.ImageSize)
+	}
+	if c.ChunkSize == 0 {
+		c.ChunkSize = 16 << 10
+	}
+	if c.FailRate < 0 || c.FailRate > 1 {
+		return fmt.Errorf("fleet: --fail-rate %g: want 0..1", c.FailRate)
+	}
+	if (c.MQTTURL == "") != (c.NATSURL == "") {
+		return errors.New("fleet: give both --broker and --nats for external brokers, or neither")
+	}
+	if c.Dir == "" {
+		return errors.New("fleet: no work directory")
+	}
+	if len(c.Phases) == 0 {
+		c.Phases = []uint8{10, 50, 100}
+	}
+	if c.FailPermille == 0 {
+		c.FailPermille = 100
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 10 * time.Minute
+	}
+	if c.Settle <= 0 {
+		c.Settle = 20 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.ProgressEvery <= 0 {
+		c.ProgressEvery = 200 * time.Millisecond
+	}
+	return nil
+}
+
+// Progress is a snapshot of a running demo.
+type Progress struct {
+	Devices   int
+	ImageSize int
+	// States counts devices by their agent's state (device side).
+	States map[string]int
+	// RxBytes are payload bytes received by all devices so far.
+	RxBytes int64
+	// Campaign is the backend's view.
+	Campaign publisher.Status
+}
+
+// Run builds the whole system in-process (or against external brokers),
+// runs a phased campaign from v1 to v2 and returns what happened, read
+// from the devices. The error is nil whenever the campaign ran to an end
+// (completed or aborted); Summary.Outcome says which.
+func Run(ctx context.Context, cfg Config) (Summary, error) {
+	if err := cfg.defaults(); err != nil {
+		return Summary{}, err
+	}
+	t0 := time.Now()
+	log := cfg.Logger
+	sum := Summary{Devices: cfg.Devices, ImageSize: cfg.ImageSize, Dir: cfg.Dir, Seed: cfg.Seed, FailRate: cfg.FailRate}
+	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
+		return sum, err
+	}
+	// Keys and images.
+	key, err := suit.GenerateKey("es256", nil)
+	if err != nil {
+		return sum, err
+	}
+	signer, err := suit.NewKeySigner(key, 0)
+	if err != nil {
+		return sum, err
+	}
+	if err := writeKeys(filepath.Join(cfg.Dir, "keys"), key); err != nil {
+		return sum, err
+	}
+	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), Image(cfg.Seed, "v2", cfg.ImageSize)
+	for name, b := range map[string][]byte{"v1.bin": v1, "v2.bin": v2} {
+		if err := os.WriteFile(filepath.Join(cfg.Dir, name), b, 0o644); err != nil {
+			return sum, err
+		}
+	}
+	d1, d2 := sha256.Sum256(v1), sha256.Sum256(v2)
+	sum.V1, sum.V2 = hex.EncodeToString(d1[:]), hex.EncodeToString(d2[:])
+	vendor, class := uuidFor("vendor"), uuidFor("class")
+
+	// Backend.
+	topics := schemas.MustTopics(schemas.DefaultRoot)
+	ns := "firmcast"
+	if cfg.MQTTURL != "" {
+		root := "fcdemo" + randomHex(6)
+		topics, ns = schemas.MustTopics(root), root
+		sum.Broker, sum.NATS, sum.Root = cfg.MQTTURL, cfg.NATSURL, root
+	} else {
+		sum.Broker, sum.NATS = "embedded", "embedded"
+	}
+	pcfg := publisher.Config{
+		Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: cfg.ChunkSize,
+		MaxImageSize: int64(cfg.ImageSize), TickInterval: 100 * time.Millisecond, StartWindow: 500 * time.Millisecond,
+		WaveInterval: 5 * time.Second, RepairWindow: 100 * time.Millisecond, MinPhaseDevices: 3,
+		MaxDownloading: 1000, FailAction: publisher.FailAbort, Logger: log,
+	}
+	if cfg.Publisher != nil {
+		cfg.Publisher(&pcfg)
+	}
+	stack, err := StartStack(ctx, StackConfig{
+		MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL, Dir: filepath.Join(cfg.Dir, "nats"), Topics: topics, Namespace: ns,
+		Publisher: pcfg, Logger: log,
+	})
+	if err != nil {
+		return sum, err
+	}
+	var ids []string
+	defer func() { stack.Close(ctx, ids...) }()
+	sum.Broker, sum.NATS = stack.MQTTURL, stack.NATSURL
+	if stack.Embedded {
+		sum.Broker, sum.NATS = "embedded "+stack.MQTTURL, "embedded "+stack.NATSURL
+	}
+
+	// Fleet.
+	const devClass = "demo"
+	fl, err := NewFleet(ctx, FleetConfig{
+		Devices: cfg.Devices, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: stack.MQTTURL, Topics: topics,
+		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
+		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log,
+		Register: func(ctx context.Context, id, secret string) error {
+			return stack.RegisterDevice(ctx, id, devClass, secret)
+		},
+	})
+	if err != nil {
+		return sum, err
+	}
+	defer fl.Close()
+	for _, d := range fl.Devices {
+		ids = append(ids, d.ID)
+	}
+	life, stopAgents := context.WithCancel(ctx)
+	defer stopAgents()
+	wait, err := fl.Run(life)
+	defer func() {
+		stopAgents()
+		wait()
+	}()
+	if err != nil {
+		return sum, err
+	}
+	_, _, err = stack.Pub.UploadImage(ctx, stack.Admin, "v2.bin", bytes.NewReader(v2))
+	if err != nil {
+		return sum, err
+	}
+	sum.SetupSeconds = time.Since(t0).Seconds()
+	if cfg.OnReady != nil {
+		cfg.OnReady(time.Since(t0))
+	}
+
+	// Campaign.
+	t1 := time.Now()
+	c, err := stack.Pub.CreateCampaign(ctx, stack.Admin, schemas.CampaignSpec{
+		Name: "demo v1 to v2", Image: d2[:], Class: devClass, Phases: cfg.Phases, FailPermille: cfg.FailPermille, Start: true,
+	})
+	if err != nil {
+		return sum, fmt.Errorf("fleet: create campaign: %w", err)
+	}
+	sum.Campaign = c.ID
+	st, err := watch(ctx, stack.Pub, fl, c.ID, &cfg)
+	if err != nil {
+		return sum, err
+	}
+	sum.CampaignState, sum.Reason, sum.Targeted = st.State, st.Reason, st.Targets
+	// Let devices caught mid-update finish (a rollback, a stalled fetch).
+	settle(ctx, fl, cfg.Settle)
+	sum.WallSeconds = time.Since(t1).Seconds()
+	sum.PublisherBytes = stack.Pub.Egress.Wave.Load() + stack.Pub.Egress.Repair.Load() + stack.Pub.Egress.Unicast.Load()
+	sum.PublisherRatio = float64(sum.PublisherBytes) / float64(cfg.ImageSize)
+	stopAgents()
+	wait()
+	sum.fill(fl, d1, d2)
+	if cfg.OnProgress != nil {
+		cfg.OnProgress(snapshot(fl, cfg, st))
+	}
+	sum.Next = []string{
+		fmt.Sprintf("firmcast boot inspect --flash %s", fl.Devices[0].FlashPath()),
+		fmt.Sprintf("logs: %s", filepath.Join(cfg.Dir, "firmcast.log")),
+		"docs/BENCHMARKS.md (end to end) for larger fleets; firmcast bench to measure this machine",
+	}
+	return sum, nil
+}
+
+// watch polls the campaign until it leaves created/running, feeding
+// OnProgress.
+func watch(ctx context.Context, p *publisher.Publisher, fl *Fleet, id string, cfg *Config) (publisher.Status, error) {
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	tk := time.NewTicker(cfg.ProgressEvery)
+	defer tk.Stop()
+	for {
+		st, err := p.CampaignStatus(ctx, id)
+		if err != nil {
+			return st, err
+		}
+		if cfg.OnProgress != nil {
+			cfg.OnProgress(snapshot(fl, *cfg, st))
+		}
+		if st.State != publisher.CampaignRunning && st.State != publisher.CampaignCreated {
+			return st, nil
+		}
+		select {
+		case <-ctx.Done():
+			return st, fmt.Errorf("fleet: campaign %s still %s: %w", id, st.State, ctx.Err())
+		case <-tk.C:
+		}
+	}
+}
+
+// settle waits until no device is mid-update, or d passes.
+func settle(ctx context.Context, fl *Fleet, d time.Duration) {
+	deadline := time.After(d)
+	tk := time.NewTicker(50 * time.Millisecond)
+	defer tk.Stop()
+	for {
+		busy := false
+		for _, dev := range fl.Devices {
+			if busyState(schemas.State(dev.state.Load())) {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-deadline:
+			return
+		case <-tk.C:
+		}
+	}
+}
+
+func busyState(s schemas.State) bool {
+	switch s {
+	case schemas.StateIdle, schemas.StateConfirmed, schemas.StateRolledBack, schemas.StateFailed, schemas.StateSkipped:
+		return false
+	}
+	return true
+}
+
+func snapshot(fl *Fleet, cfg Config, st publisher.Status) Progress {
+	p := Progress{Devices: len(fl.Devices), ImageSize: cfg.ImageSize, States: map[string]int{}, Campaign: st}
+	for _, d := range fl.Devices {
+		p.States[schemas.State(d.state.Load()).String()]++
+		p.RxBytes += d.rx.Load()
+	}
+	return p
+}
+
+// Image returns n pseudo-random bytes determined by seed and name.
+func Image(seed uint64, name string, n int) []byte {
+	h := sha256.Sum256(fmt.Appendf(nil, "firmcast-image/%d/%s", seed, name))
+	r := rand.NewChaCha8(h)
+	b := make([]byte, n)
+	_, _ = r.Read(b)
+	return b
+}
+
+// uuidFor returns a fixed 16-byte identifier for name (the demo's vendor
+// and class ids).
+func uuidFor(name string) []byte {
+	h := sha256.Sum256([]byte("firmcast-demo/" + name))
+	u := h[:16]
+	u[6] = u[6]&0x0f | 0x50
+	u[8] = u[8]&0x3f | 0x80
+	return u
+}
+
+// writeKeys writes the demo's signing key pair as dir/demo.pem and
+// dir/demo.pub.pem (the files `firmcast keys gen` writes).
+func writeKeys(dir string, key crypto.Signer) error {
+	priv, err := suit.MarshalPrivateKeyPEM(key)
+	if err != nil {
+		return err
+	}
+	pub, err := suit.MarshalPublicKeyPEM(key.Public())
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "demo.pem"), priv, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "demo.pub.pem"), pub, 0o644)
+}
+
+// Summary is what a demo run did, read from the devices.
+type Summary struct {
+	Outcome        string          `json:"outcome"` // "completed", "aborted" or the campaign's state
+	Devices        int             `json:"devices"`
+	Targeted       int             `json:"targeted"`
+	ConfirmedV2    int             `json:"confirmed_v2"`
+	OnV1           int             `json:"on_v1"`
+	RolledBack     int             `json:"rolled_back"`
+	Failed         int             `json:"failed"`
+	FailedBy       map[string]int  `json:"failed_by_reason,omitempty"`
+	InProgress     int             `json:"in_progress"`
+	NotNotified    int             `json:"not_notified"`
+	Campaign       string          `json:"campaign"`
+	CampaignState  string          `json:"campaign_state"`
+	Reason         string          `json:"reason,omitempty"`
+	ImageSize      int             `json:"image_size"`
+	V1             string          `json:"v1_digest"`
+	V2             string          `json:"v2_digest"`
+	PublisherBytes int64           `json:"publisher_bytes"`
+	PublisherRatio float64         `json:"publisher_bytes_per_image"`
+	DeviceBytes    int64           `json:"device_bytes"`
+	SetupSeconds   float64         `json:"setup_seconds"`
+	WallSeconds    float64         `json:"wall_seconds"`
+	Broker         string          `json:"broker"`
+	NATS           string          `json:"nats"`
+	Root           string          `json:"topic_root,omitempty"`
+	Seed           uint64          `json:"seed"`
+	FailRate       float64         `json:"fail_rate"`
+	Dir            string          `json:"dir"`
+	Problems       []DeviceOutcome `json:"problems,omitempty"`
+	Next           []string        `json:"next,omitempty"`
+}
+
+// DeviceOutcome is one device's end state (listed for devices that did
+// not end confirmed on v2).
+type DeviceOutcome struct {
+	Device  string `json:"device"`
+	State   string `json:"state"`
+	Running string `json:"running"` // "v1", "v2" or "?"
+	Code    string `json:"code,omitempty"`
+	Reason  string `json:"reason,omitempty"`
+	Planned bool   `json:"fail_planned,omitempty"`
+}
+
+func (s *Summary) fill(fl *Fleet, d1, d2 [32]byte) {
+	s.FailedBy = map[string]int{}
+	for _, d := range fl.Devices {
+		s.DeviceBytes += d.rx.Load()
+		bs, err := d.boot.Status()
+		running := "?"
+		if err == nil && bs.Active.Valid {
+			switch [32]byte(bs.Active.Digest) {
+			case d1:
+				running = "v1"
+			case d2:
+				running = "v2"
+			}
+		}
+		rec := d.agent.State()
+		switch {
+		case running == "v2" && err == nil && !bs.Trial:
+			s.ConfirmedV2++
+			continue
+		case running == "v1":
+			s.OnV1++
+		}
+		o := DeviceOutcome{Device: d.ID, State: rec.State.String(), Running: running, Planned: d.FailHealth}
+		if rec.Code != schemas.CodeNone {
+			o.Code = rec.Code.String()
+		}
+		o.Reason = rec.Text
+		switch rec.State {
+		case schemas.StateRolledBack:
+			s.RolledBack++
+			s.FailedBy[o.Code]++
+		case schemas.StateFailed:
+			s.Failed++
+			s.FailedBy[o.Code]++
+		case schemas.StateIdle:
+			s.NotNotified++
+			continue
+		default:
+			s.InProgress++
+		}
+		s.Problems = append(s.Problems, o)
+	}
+	sort.Slice(s.Problems, func(i, j int) bool { return s.Problems[i].Device < s.Problems[j].Device })
+	s.Outcome = s.CampaignState
+}

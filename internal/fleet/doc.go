@@ -1,0 +1,33 @@
+// Package fleet simulates a fleet of devices running the real firmcast
+// device agent, all in one process, and the backend stack they talk to. It
+// is shared by `firmcast demo` (everything in-process), `firmcast sim` (the
+// fleet against a running server) and `firmcast bench` (a campaign next to
+// a raw broker fan-out baseline).
+//
+// Who does what:
+//
+//   - Stack (stack.go) runs the backend: the brokers (embedded mochi MQTT
+//     v5 and nats-server with JetStream, or external ones given by URL) and
+//     an in-process publisher. It registers device credentials with the
+//     publisher's registry and, for embedded brokers, with the broker's
+//     credential store, so every device connects with its own secret under
+//     the broker's access policy.
+//   - Fleet (fleet.go) prepares N devices, each with its own directory: a
+//     sparse, file-backed simulated flash (bootctl.CreateFileFlash stores
+//     bytes inverted, so erased flash is a hole), a bootctl device with its
+//     own MAC key, a state directory, and the factory image installed and
+//     confirmed through bootctl. Run connects each device with its own
+//     credentials and runs a deviceagent.Agent until ctx ends. Devices
+//     chosen by Config.FailRate fail their post-boot self-test, so the
+//     bootloader rolls them back.
+//   - Run (demo.go) ties both together: it builds the two images, prepares
+//     the fleet, uploads v2 and runs a phased campaign, and returns a
+//     Summary read from the devices themselves (bootctl status and agent
+//     state), not only from the backend's view.
+//
+// Nothing here is a fake: the agents, bootloader, publisher and brokers
+// are the production code; only the flash is simulated.
+//
+// fleet imports publisher and deviceagent (it plays both sides); neither of
+// them imports fleet.
+package fleet

@@ -1,0 +1,373 @@
+package fleet
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// Flash geometry of simulated devices (the same as `firmcast boot init`).
+const (
+	SectorSize  = 4096
+	WriteAlign  = 16
+	bootSectors = 2
+	trialBoots  = 3
+)
+
+// ErrSelfTest is the simulated self-test failure of devices chosen by
+// FleetConfig.FailRate.
+var ErrSelfTest = errors.New("simulated self-test failure (--fail-rate)")
+
+// FleetConfig configures a Fleet. It is taken by value.
+type FleetConfig struct {
+	// Devices is the number of devices. Required.
+	Devices int
+	// Prefix names devices Prefix-0001, ... Default "dev".
+	Prefix string
+	// Class is the devices' class. Default "sim".
+	Class string
+	// Dir holds one directory per device (flash, device file, state).
+	// Required.
+	Dir string
+	// MQTTURL is the broker devices connect to. Required for Run.
+	MQTTURL string
+	// Topics is the topic root. Required.
+	Topics schemas.Topics
+	// VendorID and ClassID are the SUIT identifiers manifests are checked
+	// against (16-byte UUIDs).
+	VendorID, ClassID []byte
+	// Trust are the manifest signing keys devices trust. Required.
+	Trust suit.TrustAnchors
+	// Factory is the image installed and confirmed on every device before
+	// it starts, as version FactoryVersion (default 1). Required.
+	Factory        []byte
+	FactoryVersion uint64
+	// MaxImage is the largest image a slot must hold. Default len(Factory).
+	MaxImage int
+	// FailRate is the fraction of devices whose self-test fails after the
+	// new image boots, so the bootloader rolls them back.
+	FailRate float64
+	// Seed makes device keys, secrets and the failing devices repeatable.
+	Seed uint64
+	// Register is called once per device with its id and secret before it
+	// connects (the registry and the broker's credentials).
+	Register func(ctx context.Context, id, secret string) error
+	// Logger receives the agents' logs. Default slog.Default().
+	Logger *slog.Logger
+	// Agent edits each agent's configuration before New (tuning, hooks).
+	Agent func(*deviceagent.Config)
+	// Parallel bounds concurrent device preparation and connection.
+	// Default 16.
+	Parallel int
+}
+
+// Device is one simulated device.
+type Device struct {
+	ID string
+	// Dir holds flash (the flash file), flash.device.json (what `firmcast
+	// boot inspect --flash` needs) and state/ (the agent's state).
+	Dir string
+	// FailHealth: this device's self-test fails.
+	FailHealth bool
+
+	secret string
+	key    []byte
+	flash  *bootctl.Flash
+	boot   *bootctl.Device
+	agent  *deviceagent.Agent
+	tr     broker.Transport
+
+	state  atomic.Int32  // schemas.State, from OnState
+	rx     atomic.Int64  // payload bytes received
+	staged atomic.Int64  // unix ns when first staged
+	done   atomic.Int64  // unix ns when a terminal state was reached
+	subbed chan struct{} // closed once the notice subscription is up
+	once   sync.Once
+}
+
+// FlashPath is the device's flash file.
+func (d *Device) FlashPath() string { return filepath.Join(d.Dir, "flash") }
+
+// Fleet is a set of simulated devices. Build it with NewFleet, then Run.
+type Fleet struct {
+	cfg     FleetConfig
+	Devices []*Device
+	geom    bootctl.Geometry
+	layout  bootctl.Layout
+	fdigest [32]byte
+}
+
+// NewFleet prepares the devices: directories, flash files with the
+// factory image installed and confirmed, credentials registered. It runs
+// Config.Parallel devices at a time.
+func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
+	if cfg.Devices <= 0 {
+		return nil, fmt.Errorf("fleet: %d devices, want at least 1", cfg.Devices)
+	}
+	if cfg.Dir == "" || len(cfg.Factory) == 0 || len(cfg.Trust) == 0 || cfg.Topics.Root() == "" {
+		return nil, errors.New("fleet: config needs Dir, Factory, Trust and Topics")
+	}
+	if cfg.Prefix == "" {
+		cfg.Prefix = "dev"
+	}
+	if cfg.Class == "" {
+		cfg.Class = "sim"
+	}
+	if cfg.FactoryVersion == 0 {
+		cfg.FactoryVersion = 1
+	}
+	cfg.MaxImage = max(cfg.MaxImage, len(cfg.Factory))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Parallel <= 0 {
+		cfg.Parallel = 16
+	}
+	region := (cfg.MaxImage+SectorSize-1)/SectorSize + 1
+	l := bootctl.DefaultLayout(bootSectors, 2, region)
+	g := bootctl.Geometry{SectorSize: SectorSize, Sectors: l.Sectors(), WriteAlign: WriteAlign}
+	if err := l.Validate(g); err != nil {
+		return nil, err
+	}
+	f := &Fleet{cfg: cfg, geom: g, layout: l, fdigest: sha256.Sum256(cfg.Factory)}
+	rng := rand.New(rand.NewChaCha8(seed32(cfg.Seed)))
+	failing := int(float64(cfg.Devices)*cfg.FailRate + 0.5)
+	perm := rng.Perm(cfg.Devices)
+	for i := range cfg.Devices {
+		id := fmt.Sprintf("%s-%04d", cfg.Prefix, i+1)
+		d := &Device{ID: id, Dir: filepath.Join(cfg.Dir, id), subbed: make(chan struct{})}
+		d.key = make([]byte, 32)
+		var sec [16]byte
+		for j := range d.key {
+			d.key[j] = byte(rng.Uint32())
+		}
+		for j := range sec {
+			sec[j] = byte(rng.Uint32())
+		}
+		d.secret = hex.EncodeToString(sec[:])
+		d.FailHealth = perm[i] < failing
+		f.Devices = append(f.Devices, d)
+	}
+	err := f.each(ctx, func(ctx context.Context, d *Device) error {
+		if err := f.prepare(ctx, d); err != nil {
+			return fmt.Errorf("fleet: device %s: %w", d.ID, err)
+		}
+		if cfg.Register != nil {
+			if err := cfg.Register(ctx, d.ID, d.secret); err != nil {
+				return fmt.Errorf("fleet: register %s: %w", d.ID, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// each runs fn for every device, Parallel at a time, and returns the
+// first error.
+func (f *Fleet) each(ctx context.Context, fn func(context.Context, *Device) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, f.cfg.Parallel)
+	var wg sync.WaitGroup
+	for _, d := range f.Devices {
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if err := fn(ctx, d); err != nil {
+				cancel(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
+
+type deviceFile struct {
+	Geometry   bootctl.Geometry `json:"geometry"`
+	Layout     bootctl.Layout   `json:"layout"`
+	TrialBoots int              `json:"trial_boots"`
+	DeviceKey  string           `json:"device_key"`
+}
+
+// prepare creates the device's flash and installs the factory image the
+// way a production line would: stage, boot (install), confirm.
+func (f *Fleet) prepare(ctx context.Context, d *Device) error {
+	if err := os.MkdirAll(filepath.Join(d.Dir, "state"), 0o700); err != nil {
+		return err
+	}
+	df, _ := json.MarshalIndent(deviceFile{Geometry: f.geom, Layout: f.layout, TrialBoots: trialBoots, DeviceKey: hex.EncodeToString(d.key)}, "", "  ")
+	if err := os.WriteFile(d.FlashPath()+".device.json", append(df, '\n'), 0o600); err != nil {
+		return err
+	}
+	fl, err := bootctl.CreateFileFlash(d.FlashPath(), f.geom)
+	if err != nil {
+		return err
+	}
+	d.flash = fl
+	if d.boot, err = bootctl.Open(fl, f.layout, bootctl.RootOfTrust{DeviceKey: d.key}, bootctl.WithTrialBoots(trialBoots)); err != nil {
+		return err
+	}
+	slot, err := d.boot.FreeSlot()
+	if err != nil {
+		return err
+	}
+	cand, err := d.boot.OpenCandidate(ctx, slot, uint64(len(f.cfg.Factory)))
+	if err != nil {
+		return err
+	}
+	if _, err := cand.WriteAt(f.cfg.Factory, 0); err != nil {
+		return err
+	}
+	info := bootctl.CandidateInfo{Version: f.cfg.FactoryVersion, SecurityCounter: f.cfg.FactoryVersion, Digest: f.fdigest, Campaign: "factory"}
+	if err := cand.Commit(ctx, info); err != nil {
+		return err
+	}
+	dec, err := d.boot.Boot(ctx)
+	if err != nil {
+		return err
+	}
+	if !dec.Booted || dec.Digest != f.fdigest {
+		return fmt.Errorf("factory image did not boot: %s %s", dec.Action, dec.Reason)
+	}
+	return d.boot.Confirm()
+}
+
+// Run connects every device with its own credentials and runs its agent
+// until ctx ends; it returns once every device's agent has subscribed to
+// its notices (or with the first connection error). Wait returns when
+// the agents have stopped.
+func (f *Fleet) Run(ctx context.Context) (wait func(), err error) {
+	var wg sync.WaitGroup
+	err = f.each(ctx, func(cctx context.Context, d *Device) error {
+		if err := f.start(ctx, cctx, d, &wg); err != nil {
+			return fmt.Errorf("fleet: device %s: %w", d.ID, err)
+		}
+		select {
+		case <-d.subbed:
+			return nil
+		case <-cctx.Done():
+			return cctx.Err()
+		}
+	})
+	return wg.Wait, err
+}
+
+func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) error {
+	tr, err := broker.Dial(ctx, broker.Config{
+		URL: f.cfg.MQTTURL, Username: d.ID, Password: d.secret, ClientID: d.ID, Topics: f.cfg.Topics, Logger: f.cfg.Logger,
+	})
+	if err != nil {
+		return err
+	}
+	d.tr = tr
+	ac := deviceagent.Config{
+		DeviceID: d.ID, Class: f.cfg.Class, Transport: &counting{Transport: tr, d: d}, Topics: f.cfg.Topics,
+		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
+		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
+		RetryBase: 500 * time.Millisecond,
+		OnState: func(r deviceagent.Record) {
+			d.state.Store(int32(r.State))
+			now := time.Now().UnixNano()
+			switch r.State {
+			case schemas.StateStaged:
+				d.staged.CompareAndSwap(0, now)
+			case schemas.StateConfirmed, schemas.StateRolledBack, schemas.StateFailed, schemas.StateSkipped:
+				d.done.CompareAndSwap(0, now)
+			}
+		},
+	}
+	if d.FailHealth {
+		ac.SelfTest = func(context.Context) error { return ErrSelfTest }
+	}
+	if f.cfg.Agent != nil {
+		f.cfg.Agent(&ac)
+	}
+	a, err := deviceagent.New(ac)
+	if err != nil {
+		return err
+	}
+	d.agent = a
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := a.Run(life); err != nil && life.Err() == nil {
+			f.cfg.Logger.Error("agent stopped", "device", d.ID, "err", err)
+		}
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(life), 5*time.Second)
+		defer cancel()
+		_ = tr.Close(cctx)
+	}()
+	return nil
+}
+
+// Close closes the devices' flash files. Call it after the agents stopped.
+func (f *Fleet) Close() {
+	for _, d := range f.Devices {
+		if d.flash != nil {
+			_ = d.flash.Close()
+		}
+	}
+}
+
+// FactoryDigest is the SHA-256 of the factory image.
+func (f *Fleet) FactoryDigest() [32]byte { return f.fdigest }
+
+// counting is a device's transport that counts the payload bytes it
+// receives and tells the fleet when the notice subscription is up.
+type counting struct {
+	broker.Transport
+	d *Device
+}
+
+func (c *counting) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	s, err := c.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
+		c.d.rx.Add(int64(len(m.Payload)))
+		h(ctx, m)
+	}, o)
+	if err == nil && o.Family == broker.FamilyNotice {
+		c.d.once.Do(func() { close(c.d.subbed) })
+	}
+	return s, err
+}
+
+func seed32(s uint64) [32]byte {
+	var b [32]byte
+	for i := range 4 {
+		v := s*0x9e3779b97f4a7c15 + uint64(i)*0xbf58476d1ce4e5b9
+		for j := range 8 {
+			b[i*8+j] = byte(v >> (8 * j))
+		}
+	}
+	return b
+}
