@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 
 	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/schemas/suit"
 	"github.com/spf13/cobra"
 )
 
@@ -36,9 +37,16 @@ type bootDeviceFile struct {
 	PublicKey  []byte           `json:"public_key,omitempty"`
 }
 
-// bootEnvelopeVerifier builds the secure-boot verifier from the public key
-// given to init --pubkey. It is nil until the SUIT package is wired in.
-var bootEnvelopeVerifier func(pub []byte) (bootctl.EnvelopeVerifier, error)
+// bootEnvelopeVerifier builds the secure-boot verifier from the public
+// key(s) given to init --pubkey (one or more PEM "PUBLIC KEY" blocks): the
+// SUIT envelope verifier of schemas/suit.
+var bootEnvelopeVerifier = func(pub []byte) (bootctl.EnvelopeVerifier, error) {
+	trust, err := suit.ParseTrustPEM(pub)
+	if err != nil {
+		return nil, fmt.Errorf("device file public_key: %w", err)
+	}
+	return suit.BootVerifier{Trust: trust}, nil
+}
 
 func bootSidecar(flash string) string { return flash + ".device.json" }
 
@@ -131,6 +139,9 @@ func newBootInitCmd() *cobra.Command {
 				if dev.PublicKey, err = os.ReadFile(pubFile); err != nil {
 					return fmt.Errorf("--pubkey: %w", err)
 				}
+				if _, err := bootEnvelopeVerifier(dev.PublicKey); err != nil {
+					return fmt.Errorf("--pubkey %s: %w", pubFile, err)
+				}
 			}
 			if _, err := os.Stat(flash); err == nil {
 				return fmt.Errorf("--flash %s: exists; remove it to start a new device", flash)
@@ -203,15 +214,33 @@ func openBootDevice(flash string) (*bootctl.Device, *bootctl.Flash, error) {
 
 func newBootStageCmd() *cobra.Command {
 	var (
-		flash, imagePath, campaign string
-		version, counter           uint64
-		asJSON                     bool
+		flash, imagePath, campaign, envPath string
+		version, counter                    uint64
+		asJSON                              bool
 	)
 	c := &cobra.Command{
 		Use:   "stage",
 		Short: "Write an image with header and tag into a free slot",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			var envelope []byte
+			if envPath != "" {
+				var err error
+				if envelope, err = os.ReadFile(envPath); err != nil {
+					return fmt.Errorf("--envelope: %w", err)
+				}
+				if !cmd.Flags().Changed("version") {
+					// Display decode only: the bootloader verifies the
+					// envelope (Commit, and every boot) before trusting it.
+					m, err := suit.Decode(envelope)
+					if err != nil {
+						return fmt.Errorf("--envelope %s: %w", envPath, err)
+					}
+					version = m.Seq
+				}
+			} else if !cmd.Flags().Changed("version") {
+				return errors.New("--version is required (or --envelope, whose sequence number is the version)")
+			}
 			img, err := os.Open(imagePath)
 			if err != nil {
 				return fmt.Errorf("--image: %w", err)
@@ -253,7 +282,7 @@ func newBootStageCmd() *cobra.Command {
 					return fmt.Errorf("--image: %w", rerr)
 				}
 			}
-			info := bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign}
+			info := bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign, Envelope: envelope}
 			h.Sum(info.Digest[:0])
 			if err := cand.Commit(ctx, info); err != nil {
 				return err
@@ -267,11 +296,12 @@ func newBootStageCmd() *cobra.Command {
 	}
 	c.Flags().StringVar(&flash, "flash", "", "flash file (required)")
 	c.Flags().StringVar(&imagePath, "image", "", "image file (required)")
-	c.Flags().Uint64Var(&version, "version", 0, "firmware version: the manifest's sequence number (required)")
+	c.Flags().Uint64Var(&version, "version", 0, "firmware version: the manifest's sequence number (required without --envelope)")
+	c.Flags().StringVar(&envPath, "envelope", "", "signed SUIT envelope of the image, kept for secure-boot mode (default --version: its sequence number)")
 	c.Flags().Uint64Var(&counter, "security-counter", 0, "anti-rollback security counter")
 	c.Flags().StringVar(&campaign, "campaign", "", "campaign id")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	for _, n := range []string{"flash", "image", "version"} {
+	for _, n := range []string{"flash", "image"} {
 		_ = c.MarkFlagRequired(n)
 	}
 	return c
