@@ -128,9 +128,10 @@ password_file %s
 acl_file %s
 # Fast request/response (campaign API, chunk requests).
 set_tcp_nodelay true
-# A broker keeps at most a small window per client: QoS 1 notices and
-# reports only; broadcast chunks are QoS 0 and never queued for an offline
-# device (devices repair by request).
+# A broker keeps a bounded window per client, of QoS 1 messages only
+# (notices, reports, requests): broadcast chunks are QoS 0 and never queued
+# for an offline device (devices repair by request). The backend, which
+# takes every device's reports, is the client that needs the headroom.
 max_queued_messages %d
 max_inflight_messages 20
 queue_qos0_messages false

@@ -41,6 +41,11 @@ type MQTTTransport struct {
 	pending    map[string]chan []byte // correlation -> reply
 	inboxReady bool
 	closed     bool
+	// connCtx lives as long as the current connection: cancelled by
+	// OnConnectionDown, so a publish waiting for an ack on a dead
+	// connection is retried on the next one.
+	connCtx    context.Context
+	connCancel context.CancelFunc
 }
 
 type mqttSub struct {
@@ -86,10 +91,21 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 		ConnectPassword:               []byte(ep.Password),
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 			ep.Logger.Debug("mqtt connected", "session_present", ca.SessionPresent)
+			t.mu.Lock()
+			if t.connCancel != nil {
+				t.connCancel()
+			}
+			t.connCtx, t.connCancel = context.WithCancel(life)
+			t.mu.Unlock()
 			go t.resubscribe(cm)
 		},
 		OnConnectionDown: func() bool {
 			ep.Logger.Info("mqtt connection lost; reconnecting")
+			t.mu.Lock()
+			if t.connCancel != nil {
+				t.connCancel()
+			}
+			t.mu.Unlock()
 			return true
 		},
 		OnConnectError: func(err error) {
@@ -233,7 +249,9 @@ func (t *MQTTTransport) publish(ctx context.Context, p *paho.Publish) error {
 		if err := t.await(ctx); err != nil {
 			return err
 		}
-		resp, err := t.cm.Publish(ctx, p)
+		actx, done := t.attemptCtx(ctx)
+		resp, err := t.cm.Publish(actx, p)
+		done()
 		if resp != nil && resp.ReasonCode >= 0x80 {
 			if resp.ReasonCode == rcNotAuthorized {
 				return fmt.Errorf("%w: publish to %s", ErrNotAuthorized, p.Topic)
@@ -258,6 +276,20 @@ func (t *MQTTTransport) publish(ctx context.Context, p *paho.Publish) error {
 		case <-tm.C:
 		}
 	}
+}
+
+// attemptCtx returns ctx, also cancelled when the current connection
+// drops, for one publish or subscribe attempt.
+func (t *MQTTTransport) attemptCtx(ctx context.Context) (context.Context, func()) {
+	t.mu.Lock()
+	conn := t.connCtx
+	t.mu.Unlock()
+	actx, cancel := context.WithCancel(ctx)
+	if conn == nil {
+		return actx, cancel
+	}
+	stop := context.AfterFunc(conn, cancel)
+	return actx, func() { stop(); cancel() }
 }
 
 func (t *MQTTTransport) await(ctx context.Context) error {
@@ -318,7 +350,9 @@ func (t *MQTTTransport) subscribe(ctx context.Context, sp *paho.Subscribe) error
 		if err := t.await(ctx); err != nil {
 			return err
 		}
-		sa, err := t.cm.Subscribe(ctx, sp)
+		actx, done := t.attemptCtx(ctx)
+		sa, err := t.cm.Subscribe(actx, sp)
+		done()
 		if sa != nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80 {
 			if sa.Reasons[0] == rcNotAuthorized {
 				return fmt.Errorf("%w: subscribe to %s", ErrNotAuthorized, topic)
@@ -391,6 +425,9 @@ func (t *MQTTTransport) Request(ctx context.Context, topic schemas.Topic, payloa
 	p := &paho.Publish{Topic: topic.MQTT, QoS: 1, Payload: payload,
 		Properties: &paho.PublishProperties{ResponseTopic: t.inbox.MQTT, CorrelationData: corr}}
 	if err := t.publish(ctx, p); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrTimeout, topic.MQTT, ctx.Err())
+		}
 		return nil, err
 	}
 	select {
@@ -451,6 +488,11 @@ func (t *MQTTTransport) Close(ctx context.Context) error {
 	defer cancel()
 	err := t.cm.Disconnect(dctx)
 	t.cancel()
+	t.mu.Lock()
+	if t.connCancel != nil {
+		t.connCancel()
+	}
+	t.mu.Unlock()
 	select {
 	case <-t.cm.Done():
 	case <-ctx.Done():

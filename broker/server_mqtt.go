@@ -23,9 +23,13 @@ const (
 	DefaultMQTTListen = "127.0.0.1:0"
 	// DefaultMaxSessionExpiry caps the session expiry a client may ask for.
 	DefaultMaxSessionExpiry = 10 * time.Minute
-	// DefaultMaxQueued caps the QoS 1 messages held per client (inflight
-	// plus queued while offline): a small window, never a whole image.
-	DefaultMaxQueued = 100
+	// DefaultMaxQueued caps the QoS 1 messages held per client (in flight
+	// plus queued while offline). Devices receive few QoS 1 messages (their
+	// notices; chunks are QoS 0 and never queued), so for them it is a
+	// small window; the backend, which takes every device's reports, needs
+	// the headroom (mochi also caps a client's receive window with it, and
+	// re-orders deliveries once that window is full).
+	DefaultMaxQueued = 1000
 )
 
 // MQTTServerConfig configures the embedded MQTT v5 broker. It is taken by

@@ -77,7 +77,7 @@ func TestMosquittoConfigCmd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"allow_anonymous false", "password_file " + filepath.Join(out, "passwd"), "set_tcp_nodelay true", "max_queued_messages 100"} {
+	for _, want := range []string{"allow_anonymous false", "password_file " + filepath.Join(out, "passwd"), "set_tcp_nodelay true", "max_queued_messages 1000", "queue_qos0_messages false"} {
 		if !strings.Contains(string(conf), want) {
 			t.Errorf("firmcast.conf lacks %q", want)
 		}
