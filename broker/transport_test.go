@@ -152,6 +152,7 @@ func TestTransports(t *testing.T) {
 			t.Run("SharedSubscription", func(t *testing.T) { testShared(t, b) })
 			t.Run("Order", func(t *testing.T) { testOrder(t, b) })
 			t.Run("Reconnect", func(t *testing.T) { testReconnect(t, b) })
+			t.Run("RetainedAfterRestart", func(t *testing.T) { testRetainedAfterRestart(t, b) })
 		})
 	}
 }
@@ -368,6 +369,41 @@ func testOrder(t *testing.T, b testBroker) {
 	for i := range n {
 		if m := recv(t, ch, "report"); string(m.Payload) != fmt.Sprint(i) {
 			t.Fatalf("report %d arrived as %q", i, m.Payload)
+		}
+	}
+}
+
+// testRetainedAfterRestart: a device's retained-notice subscription keeps
+// working across a broker restart (MQTT: resubscribed; NATS: the ordered
+// consumer is recreated on the persisted stream).
+func testRetainedAfterRestart(t *testing.T, b testBroker) {
+	url, restart := b.restartable(t)
+	topics := testutil.UniqueTopics(t)
+	backend := dial(t, url, topics, "")
+	dev := dial(t, url, topics, "")
+	notice, _ := topics.Notice("dev1")
+	publish(t, backend, notice, []byte("n-before"), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+	ch, _ := collect(t, dev, notice, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+	if m := recv(t, ch, "retained notice"); string(m.Payload) != "n-before" {
+		t.Fatalf("got %q", m.Payload)
+	}
+	restart()
+	deadline := time.Now().Add(20 * time.Second)
+	for i := 0; ; i++ {
+		want := fmt.Sprintf("n-after-%d", i)
+		publish(t, backend, notice, []byte(want), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+		select {
+		case m := <-ch:
+			if !bytes.HasPrefix(m.Payload, []byte("n-after-")) && string(m.Payload) != "n-before" {
+				t.Fatalf("got %q after restart", m.Payload)
+			}
+			if bytes.HasPrefix(m.Payload, []byte("n-after-")) {
+				return
+			}
+		case <-time.After(250 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no notice delivered within 20s of the broker restart")
 		}
 	}
 }
