@@ -104,6 +104,16 @@ func TestACL(t *testing.T) {
 				}
 			})
 
+			if b.name == "mochi" {
+				t.Run("DeviceMustUseItsIDAsClientID", func(t *testing.T) {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					defer cancel()
+					_, err := broker.Dial(ctx, broker.Config{URL: url, Topics: topics, ClientID: "dev2", Username: "dev1", Password: dev1Secret})
+					if !errors.Is(err, broker.ErrNotAuthorized) {
+						t.Fatalf("dev1 connecting as client dev2: %v, want ErrNotAuthorized", err)
+					}
+				})
+			}
 			t.Run("DeviceCannotPublish", func(t *testing.T) { testDeniedPublishes(t, topics, backend, dev1) })
 			t.Run("DeviceCannotSubscribe", func(t *testing.T) { testDeniedSubscribes(t, topics, backend, dev1, b.refusesSubscribe) })
 		})
