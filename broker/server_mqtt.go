@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -38,6 +39,9 @@ type MQTTServerConfig struct {
 	// Listen is the TCP address, "host:port"; port 0 picks a free port
 	// (see Addr). Default DefaultMQTTListen.
 	Listen string
+	// TLS, when set, makes the listener speak TLS only (URL then reports
+	// mqtts://).
+	TLS *tls.Config
 	// Auth authenticates every client. Nil means open: any client may
 	// connect and do anything (for development and tests only).
 	Auth Authenticator
@@ -122,7 +126,7 @@ func (s *MQTTServer) Start() error {
 	case 2:
 		return ErrServerClosed
 	}
-	s.ln = listeners.NewTCP(listeners.Config{ID: "firmcast-tcp", Address: s.cfg.Listen})
+	s.ln = listeners.NewTCP(listeners.Config{ID: "firmcast-tcp", Address: s.cfg.Listen, TLSConfig: s.cfg.TLS})
 	if err := s.srv.AddListener(s.ln); err != nil {
 		return fmt.Errorf("broker: mqtt listen on %s: %w", s.cfg.Listen, err)
 	}
@@ -131,7 +135,7 @@ func (s *MQTTServer) Start() error {
 	}
 	s.st = 1
 	close(s.up)
-	s.cfg.Logger.Info("mqtt broker listening", "url", "mqtt://"+s.ln.Address())
+	s.cfg.Logger.Info("mqtt broker listening", "url", s.scheme()+s.ln.Address())
 	return nil
 }
 
@@ -161,8 +165,15 @@ func (s *MQTTServer) Addr() string {
 	return s.ln.Address()
 }
 
-// URL returns "mqtt://host:port" for Dial.
-func (s *MQTTServer) URL() string { return "mqtt://" + s.Addr() }
+// URL returns "mqtt://host:port" (or "mqtts://" with TLS) for Dial.
+func (s *MQTTServer) URL() string { return s.scheme() + s.Addr() }
+
+func (s *MQTTServer) scheme() string {
+	if s.cfg.TLS != nil {
+		return "mqtts://"
+	}
+	return "mqtt://"
+}
 
 // Shutdown disconnects every client and stops the listener. It is safe to
 // call more than once, and before Start.

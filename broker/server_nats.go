@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -27,6 +28,9 @@ type NATSServerConfig struct {
 	// DataDir holds JetStream's files (the retained-notice stream and the
 	// backend's streams). Required.
 	DataDir string
+	// TLS, when set, requires TLS from every client (URL then reports
+	// tls://).
+	TLS *tls.Config
 	// Auth authenticates every client and sets its permissions from the
 	// access policy (NATSPermissions). Nil means open (development and
 	// tests only).
@@ -93,6 +97,9 @@ func NewNATSServer(cfg NATSServerConfig) (*NATSServer, error) {
 		// Notices and chunk messages are small; 1 MiB leaves room for a
 		// 64 KiB chunk with headers.
 		MaxPayload: 1 << 20,
+	}
+	if cfg.TLS != nil {
+		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, cfg.TLS, 2
 	}
 	if cfg.Auth != nil {
 		opts.CustomClientAuthentication = &natsAuth{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
@@ -163,8 +170,14 @@ func (s *NATSServer) Addr() string {
 	return s.cfg.Listen
 }
 
-// URL returns "nats://host:port" for Dial, once ready.
-func (s *NATSServer) URL() string { return "nats://" + s.Addr() }
+// URL returns "nats://host:port" (or "tls://" with TLS) for Dial, once
+// ready.
+func (s *NATSServer) URL() string {
+	if s.cfg.TLS != nil {
+		return "tls://" + s.Addr()
+	}
+	return "nats://" + s.Addr()
+}
 
 // Shutdown stops the server and waits for it. Safe to call more than once,
 // and before Start.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"os"
@@ -20,6 +21,8 @@ type serveOptions struct {
 	dataDir     string
 	root        string
 	credentials string
+	tlsCert     string
+	tlsKey      string
 	// onReady, when set, is called once every component has started
 	// (tests use it to learn the bound URLs).
 	onReady func(mqttURL, natsURL string)
@@ -41,6 +44,7 @@ type serveEnv struct {
 	opts    *serveOptions
 	topics  schemas.Topics
 	auth    broker.Authenticator // nil: open brokers
+	tls     *tls.Config          // nil: plain TCP
 	log     *slog.Logger
 	mqttURL string
 	natsURL string
@@ -81,7 +85,9 @@ has one account per line:
   device  <device-id> <secret> [<class>]
 
 A secret may be given already hashed as sha256:<hex>. Without
---credentials the brokers accept anyone: for development only.`,
+--credentials the brokers accept anyone: for development only.
+
+With --tls-cert and --tls-key both brokers speak TLS only.`,
 		Example: `  firmcast serve --credentials /etc/firmcast/credentials --data-dir /var/lib/firmcast
   firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc`,
 		Args: cobra.NoArgs,
@@ -95,6 +101,8 @@ A secret may be given already hashed as sha256:<hex>. Without
 	f.StringVar(&o.dataDir, "data-dir", "firmcast-data", "directory for persistent data (JetStream under nats/)")
 	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root (segments separated by /)")
 	f.StringVar(&o.credentials, "credentials", "", "credentials file enabling authentication and the access policy")
+	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain): both brokers then accept TLS only (mqtts://, tls://)")
+	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	return cmd
 }
 
@@ -118,6 +126,16 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		log.Info("access policy enforced", "accounts", len(as))
 	} else {
 		log.Warn("no --credentials: the brokers accept any client (development only)")
+	}
+	if o.tlsCert != "" || o.tlsKey != "" {
+		if o.tlsCert == "" || o.tlsKey == "" {
+			return fmt.Errorf("--tls-cert and --tls-key go together")
+		}
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		env.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
@@ -162,7 +180,7 @@ func (c *mqttComponent) Name() string { return "mqtt-broker" }
 
 func (c *mqttComponent) Start(ctx context.Context) error {
 	srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{
-		Listen: c.env.opts.mqttListen, Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log,
+		Listen: c.env.opts.mqttListen, Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log, TLS: c.env.tls,
 	})
 	if err != nil {
 		return err
@@ -194,7 +212,7 @@ func (c *natsComponent) Name() string { return "nats-server" }
 func (c *natsComponent) Start(ctx context.Context) error {
 	srv, err := broker.NewNATSServer(broker.NATSServerConfig{
 		Listen: c.env.opts.natsListen, DataDir: filepath.Join(c.env.opts.dataDir, "nats"),
-		Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log,
+		Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log, TLS: c.env.tls,
 	})
 	if err != nil {
 		return err
