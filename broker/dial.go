@@ -76,7 +76,8 @@ type Config struct {
 // Dial connects to the broker named by cfg.URL and returns its Transport
 // (an *MQTTTransport or a *NATSTransport). It blocks until the first
 // connection is up, the broker refuses the credentials (ErrNotAuthorized),
-// or ctx ends. After that, the transport reconnects by itself until Close.
+// or ctx ends; a server certificate that does not verify fails at once.
+// After that, the transport reconnects by itself until Close.
 // A URL that cannot be used returns ErrBadURL.
 func Dial(ctx context.Context, cfg Config) (Transport, error) {
 	ep, err := parseEndpoint(cfg)

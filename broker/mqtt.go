@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/url"
@@ -119,6 +120,13 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 					}
 				}
 			}
+			var cv *tls.CertificateVerificationError
+			if errors.As(err, &cv) {
+				select {
+				case refused <- fmt.Errorf("broker: mqtt connect %s: %w", ep.url, err):
+				default:
+				}
+			}
 			ep.Logger.Debug("mqtt connect attempt failed", "err", err)
 		},
 		// mochi strips MQTT v5 user properties unless the client asks for
@@ -145,15 +153,15 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 	go func() { up <- cm.AwaitConnection(ctx) }()
 	select {
 	case err = <-up:
-	case err = <-refused:
+		if err != nil {
+			err = fmt.Errorf("broker: mqtt connect %s: %w", ep.url, err)
+		}
+	case err = <-refused: // final: bad credentials or an untrusted server
 	}
 	if err != nil {
 		cancel()
 		<-cm.Done()
-		if errors.Is(err, ErrNotAuthorized) {
-			return nil, err
-		}
-		return nil, fmt.Errorf("broker: mqtt connect %s: %w", ep.url, err)
+		return nil, err
 	}
 	return t, nil
 }
