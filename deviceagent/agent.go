@@ -83,6 +83,9 @@ type Config struct {
 	// OnState, when set, is called after each state change is persisted
 	// and before its effect (observers, simulators, crash tests).
 	OnState func(Record)
+	// OnProgress, when set, is called with the verified bytes of the
+	// download each time the fetcher persists its progress.
+	OnProgress func(done, total uint64)
 }
 
 // Agent is one device's update client. Build it with New and drive it

@@ -145,13 +145,18 @@ func (w *world) serve(img []byte, tune func(*testutil.ChunkServer)) *testutil.Ch
 // notice publishes a retained notice to a device (or a class announce).
 func (w *world) notice(campaign, target string, class bool, img, env []byte, hints ...schemas.SourceHint) {
 	w.t.Helper()
+	w.raw(target, class, w.encodeNotice(campaign, target, img, env, hints...))
+}
+
+func (w *world) encodeNotice(campaign, target string, img, env []byte, hints ...schemas.SourceHint) []byte {
+	w.t.Helper()
 	d := sha256.Sum256(img)
 	n := schemas.UpdateNotice{V: schemas.Version, Campaign: campaign, Target: target, Envelope: env, Image: d[:], ChunkSize: testChunk, Sources: hints}
 	b, err := schemas.Encode(&n)
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	w.raw(target, class, b)
+	return b
 }
 
 // raw publishes bytes, retained, on a notice or announce topic, and
@@ -331,3 +336,5 @@ func (d *device) active() bootctl.ImageInfo {
 	}
 	return st.Active
 }
+
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }

@@ -187,6 +187,9 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			a.mu.Lock()
 			a.st.Bytes, a.st.Source = p.BytesDone, p.Source
 			a.mu.Unlock()
+			if a.cfg.OnProgress != nil {
+				a.cfg.OnProgress(p.BytesDone, p.BytesTotal)
+			}
 			if pct >= last+step && pct < 100 {
 				last = pct - pct%step
 				_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, "")

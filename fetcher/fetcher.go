@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -335,8 +336,7 @@ func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
 		ranking := r.f.picker.rank(plan, r.f.cfg.Sources, avail, remaining, skip)
 		if len(ranking) == 0 || math.IsInf(ranking[0].Cost, 1) {
 			r.decide(Decision{Time: r.f.cfg.Clock.Now(), Why: "no source left", Ranking: ranking})
-			errs = append([]error{ErrNoSource}, errs...)
-			return fmt.Errorf("%w", errors.Join(errs...))
+			return noSourceError(errs)
 		}
 		c := ranking[0]
 		d := Decision{Time: r.f.cfg.Clock.Now(), Chosen: c.Source, Why: why, Ranking: ranking}
@@ -569,3 +569,23 @@ func (r *fetchRun) done() error {
 	}
 	return nil
 }
+
+// noSourceError is ErrNoSource with every source's failure: it matches
+// ErrNoSource and each cause with errors.Is, and prints on one line.
+type noSourceError []error
+
+func (e noSourceError) Error() string {
+	var b strings.Builder
+	b.WriteString(ErrNoSource.Error())
+	for i, err := range e {
+		if i == 0 {
+			b.WriteString(": ")
+		} else {
+			b.WriteString("; ")
+		}
+		b.WriteString(err.Error())
+	}
+	return b.String()
+}
+
+func (e noSourceError) Unwrap() []error { return append([]error{ErrNoSource}, e...) }
