@@ -33,9 +33,9 @@ func aclAccounts() []broker.Account {
 type aclBroker struct {
 	name  string
 	start func(t *testing.T, topics schemas.Topics) string
-	// refusesSubscribe: the broker answers a denied SUBSCRIBE with an
-	// error. Mosquitto 2.0.11 acknowledges it and enforces the read ACL at
-	// delivery instead.
+	// refusesSubscribe: the broker answers a denied SUBSCRIBE, and a
+	// denied QoS 1 PUBLISH, with an error. Mosquitto 2.0.11 acknowledges
+	// both, enforcing the ACL silently.
 	refusesSubscribe bool
 }
 
@@ -114,7 +114,7 @@ func TestACL(t *testing.T) {
 					}
 				})
 			}
-			t.Run("DeviceCannotPublish", func(t *testing.T) { testDeniedPublishes(t, topics, backend, dev1) })
+			t.Run("DeviceCannotPublish", func(t *testing.T) { testDeniedPublishes(t, topics, backend, dev1, b.refusesSubscribe) })
 			t.Run("DeviceCannotSubscribe", func(t *testing.T) { testDeniedSubscribes(t, topics, backend, dev1, b.refusesSubscribe) })
 		})
 	}
@@ -129,7 +129,7 @@ func isInbox(topic string) bool {
 	return strings.Contains(topic, "/api/inbox/") || strings.Contains(topic, ".api.inbox.")
 }
 
-func testDeniedPublishes(t *testing.T, topics schemas.Topics, backend, dev1 broker.Transport) {
+func testDeniedPublishes(t *testing.T, topics schemas.Topics, backend, dev1 broker.Transport, reportsDenial bool) {
 	ch, sub := collect(t, backend, everything(topics), broker.SubscribeOptions{Family: broker.FamilyReport})
 	defer sub.Unsubscribe(context.Background())
 	must := func(tp schemas.Topic, err error) schemas.Topic {
@@ -156,8 +156,12 @@ func testDeniedPublishes(t *testing.T, topics schemas.Topics, backend, dev1 brok
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			denied := []byte("denied:" + c.name)
-			if err := dev1.Publish(ctx, c.topic, denied, broker.PublishOptions{Family: c.family}); err != nil && !errors.Is(err, broker.ErrNotAuthorized) {
+			err := dev1.Publish(ctx, c.topic, denied, broker.PublishOptions{Family: c.family})
+			if err != nil && !errors.Is(err, broker.ErrNotAuthorized) {
 				t.Fatalf("denied publish: %v (want nil or ErrNotAuthorized)", err)
+			}
+			if err == nil && reportsDenial && c.family != broker.FamilyChunk {
+				t.Errorf("denied QoS 1 publish returned nil; this broker reports the denial")
 			}
 			sentinel := []byte("sentinel:" + c.name)
 			if err := dev1.Publish(ctx, ownReport, sentinel, broker.PublishOptions{Family: broker.FamilyReport}); err != nil {

@@ -180,7 +180,8 @@ func (t *NATSTransport) isNotice(subject string) bool {
 }
 
 // Publish implements Publisher. Chunks are fire-and-forget; other families
-// are flushed so that the broker has them when Publish returns. Retain
+// are flushed so that the broker has them when Publish returns, and a
+// publish the server's permissions deny returns ErrNotAuthorized. Retain
 // works on notice subjects only (see NATSTransport).
 func (t *NATSTransport) Publish(ctx context.Context, topic schemas.Topic, payload []byte, opts PublishOptions) error {
 	if t.isClosed() {
@@ -219,6 +220,12 @@ func (t *NATSTransport) Publish(ctx context.Context, topic schemas.Topic, payloa
 	defer cancel()
 	if err := t.nc.FlushWithContext(fctx); err != nil && !t.nc.IsReconnecting() {
 		return t.connErr("publish "+subj, err)
+	}
+	// The server answers a denied publish with an asynchronous -ERR, which
+	// arrives before the flush's PONG.
+	if err := t.nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) &&
+		strings.Contains(err.Error(), `Publish to "`+subj+`"`) {
+		return fmt.Errorf("%w: publish to %s", ErrNotAuthorized, subj)
 	}
 	return nil
 }
