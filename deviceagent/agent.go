@@ -201,8 +201,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			_ = s.Unsubscribe(uctx)
 		}
 	}()
-	for _, t := range topics {
-		s, err := a.cfg.Transport.Subscribe(ctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+	for i, t := range topics {
+		// NATS keeps retained messages for per-device notices only (a
+		// JetStream stream); class announcements are live there.
+		retained := i == 0 || a.cfg.Dialect == fetcher.MQTT
+		s, err := a.cfg.Transport.Subscribe(ctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: retained})
 		if err != nil {
 			return fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Dialect.Native(t), err)
 		}

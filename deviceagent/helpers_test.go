@@ -170,12 +170,15 @@ func (w *world) raw(target string, class bool, b []byte) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	if err := w.pub.Publish(context.Background(), tp, b, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true}); err != nil {
+	retain := !class || w.dialct == fetcher.MQTT // NATS retains per-device notices only
+	if err := w.pub.Publish(context.Background(), tp, b, broker.PublishOptions{Family: broker.FamilyNotice, Retain: retain}); err != nil {
 		w.t.Fatal(err)
 	}
-	w.t.Cleanup(func() {
-		w.pub.Publish(context.Background(), tp, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
-	})
+	if retain {
+		w.t.Cleanup(func() {
+			w.pub.Publish(context.Background(), tp, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+		})
+	}
 }
 
 // waitReport waits for a report of dev matching ok, and returns it.
