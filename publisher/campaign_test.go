@@ -40,12 +40,13 @@ func statusOf_(t testing.TB, p *Publisher, id string) Status {
 	return s
 }
 
-func TestCampaignAdvancesThroughPhases(t *testing.T) {
-	e := newEnv(t)
+func TestCampaignAdvancesThroughPhases(t *testing.T) { scenarioPhases(t, newEnv(t)) }
+
+func scenarioPhases(t *testing.T, e *testEnv) {
 	p, _ := e.start(nil)
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 50)
-	f := newFleet(t, e.mb, e.cfg.Topics)
+	f := newFleet(e)
 	for i := range 50 {
 		f.add(devName(i), false, false)
 	}
@@ -80,7 +81,7 @@ func TestCampaignAdvancesThroughPhases(t *testing.T) {
 			}
 		}
 	}
-	if left := e.mb.retainedNotices(); len(left) != 0 {
+	if left := e.retainedNotices(); len(left) != 0 {
 		t.Errorf("retained notices left after completion: %v", left)
 	}
 	d, err := p.DeviceDetail(ctx, devName(7))
@@ -102,8 +103,9 @@ func TestCampaignAdvancesThroughPhases(t *testing.T) {
 	}
 }
 
-func TestCampaignAbortsAtFailureThreshold(t *testing.T) {
-	e := newEnv(t)
+func TestCampaignAbortsAtFailureThreshold(t *testing.T) { scenarioAbort(t, newEnv(t)) }
+
+func scenarioAbort(t *testing.T, e *testEnv) {
 	p, _ := e.start(nil)
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 50)
@@ -116,7 +118,7 @@ func TestCampaignAbortsAtFailureThreshold(t *testing.T) {
 	}
 	// A quarter of the fleet fails: every fourth device in rollout order,
 	// so the first phase (5 devices) holds two of them.
-	f := newFleet(t, e.mb, e.cfg.Topics)
+	f := newFleet(e)
 	failing := 0
 	for i, id := range c.Targets {
 		f.add(id, i%4 == 0, false)
@@ -142,7 +144,7 @@ func TestCampaignAbortsAtFailureThreshold(t *testing.T) {
 			t.Errorf("device %s outside the first phase got %d notices", id, r.notices)
 		}
 	}
-	if left := e.mb.retainedNotices(); len(left) != 0 {
+	if left := e.retainedNotices(); len(left) != 0 {
 		t.Errorf("retained notices left after abort: %v", left)
 	}
 	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err == nil {
@@ -150,8 +152,9 @@ func TestCampaignAbortsAtFailureThreshold(t *testing.T) {
 	}
 }
 
-func TestCampaignSurvivesRestart(t *testing.T) {
-	e := newEnv(t)
+func TestCampaignSurvivesRestart(t *testing.T) { scenarioRestart(t, newEnv(t)) }
+
+func scenarioRestart(t *testing.T, e *testEnv) {
 	pa, stopA := e.start(func(c *Config) { c.Instance = "a" })
 	ctx := context.Background()
 	img := setupFleet(t, e, pa, 50)
@@ -162,7 +165,7 @@ func TestCampaignSurvivesRestart(t *testing.T) {
 		t.Fatalf("CreateCampaign: %v", err)
 	}
 	// Phase 0 devices finish at once; the others hold after "downloading".
-	f := newFleet(t, e.mb, e.cfg.Topics)
+	f := newFleet(e)
 	for i, id := range c.Targets {
 		f.add(id, false, i >= c.PhaseEnds[0])
 	}

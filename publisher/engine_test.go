@@ -138,7 +138,7 @@ func TestNoProgressTimeoutAndDeadline(t *testing.T) {
 	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c2.ID)) }, func() bool {
 		return statusOf_(t, p, c2.ID).State == CampaignExpired
 	})
-	if left := e.mb.retainedNotices(); len(left) != 0 {
+	if left := e.retainedNotices(); len(left) != 0 {
 		t.Errorf("retained notices left: %v", left)
 	}
 }
@@ -175,7 +175,7 @@ func TestTwoInstancesNoDoubleWork(t *testing.T) {
 	pb, _ := e.start(func(c *Config) { c.Instance = "b" })
 	ctx := context.Background()
 	img := setupFleet(t, e, pa, 50)
-	f := newFleet(t, e.mb, e.cfg.Topics)
+	f := newFleet(e)
 	for i := range 50 {
 		f.add(devName(i), false, false)
 	}

@@ -68,12 +68,15 @@ func startJetStream(t testing.TB) (jetstream.JetStream, *nats.Conn) {
 
 // testEnv is a publisher on an embedded NATS and an in-memory broker.
 type testEnv struct {
-	t     testing.TB
-	js    jetstream.JetStream
+	t  testing.TB
+	js jetstream.JetStream
+	// mb is the in-memory broker; nil when the env runs on real brokers.
 	mb    *memBroker
 	clock *fakeClock
 	admin string
 	cfg   Config
+	// dial connects a client (a device, or with shared a publisher).
+	dial func(id string, shared bool) broker.Transport
 }
 
 const testAdminKey = "test-admin-key"
@@ -81,9 +84,10 @@ const testAdminKey = "test-admin-key"
 func newEnv(t testing.TB) *testEnv {
 	js, _ := startJetStream(t)
 	e := &testEnv{t: t, js: js, mb: newMemBroker(), clock: newFakeClock(), admin: testAdminKey}
+	e.dial = func(string, bool) broker.Transport { return e.mb.client() }
 	e.cfg = Config{
 		JetStream: js, Topics: schemas.MustTopics("fct"), Clock: e.clock,
-		Logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger:       testLogger(),
 		ChunkSize:    1024, TickInterval: 5 * time.Millisecond, StartWindow: -1,
 		BootstrapKey: testAdminKey,
 	}
@@ -95,10 +99,10 @@ func newEnv(t testing.TB) *testEnv {
 func (e *testEnv) start(edit func(*Config)) (*Publisher, func()) {
 	e.t.Helper()
 	cfg := e.cfg
-	cfg.Transport = e.mb.client()
 	if edit != nil {
 		edit(&cfg)
 	}
+	cfg.Transport = e.dial("pub-"+randomID("t")[2:10]+cfg.Instance, true)
 	ctx, cancel := context.WithCancel(context.Background())
 	p, err := New(ctx, cfg)
 	if err != nil {
@@ -163,3 +167,13 @@ func jetstreamKV(name string) jetstream.KeyValueConfig {
 func brokerMsg(topic string, payload []byte) broker.Message {
 	return broker.Message{Topic: topic, Payload: payload}
 }
+
+// retainedNotices lists retained notices (in-memory broker only).
+func (e *testEnv) retainedNotices() []string {
+	if e.mb == nil {
+		return nil
+	}
+	return e.mb.retainedNotices()
+}
+
+func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }

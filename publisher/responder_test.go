@@ -14,7 +14,7 @@ import (
 // reports downloading, then either failed or staged and confirmed.
 type fleet struct {
 	t      testing.TB
-	mb     *memBroker
+	e      *testEnv
 	topics schemas.Topics
 	seq    atomic.Int64
 	mu     sync.Mutex
@@ -24,7 +24,7 @@ type fleet struct {
 type responder struct {
 	f       *fleet
 	id      string
-	tr      *memTransport
+	tr      broker.Transport
 	fail    bool
 	hold    bool // stop after "downloading" until release
 	held    *schemas.UpdateNotice
@@ -38,13 +38,13 @@ type responder struct {
 	confirmed   int64
 }
 
-func newFleet(t testing.TB, mb *memBroker, topics schemas.Topics) *fleet {
-	return &fleet{t: t, mb: mb, topics: topics, devs: map[string]*responder{}}
+func newFleet(e *testEnv) *fleet {
+	return &fleet{t: e.t, e: e, topics: e.cfg.Topics, devs: map[string]*responder{}}
 }
 
 func (f *fleet) add(id string, fail, hold bool) *responder {
 	f.t.Helper()
-	r := &responder{f: f, id: id, tr: f.mb.client(), fail: fail, hold: hold, version: 1, done: map[string]bool{}}
+	r := &responder{f: f, id: id, tr: f.e.dial(id, false), fail: fail, hold: hold, version: 1, done: map[string]bool{}}
 	f.mu.Lock()
 	f.devs[id] = r
 	f.mu.Unlock()
