@@ -328,6 +328,11 @@ func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
 		why = "first in the manifest's try-each order"
 	}
 	var errs []error
+	if r.p.table == nil {
+		if err := r.getTable(ctx, plan, avail, skip, &errs); err != nil {
+			return err
+		}
+	}
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -362,17 +367,8 @@ func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
 
 // useSource fetches the missing chunks from src, retrying with backoff.
 func (r *fetchRun) useSource(ctx context.Context, src Source) error {
-	rp := r.f.cfg.Retry
-	var b retry.Backoff = retry.NewExponential(rp.Base)
-	b = retry.WithJitterPercent(rp.JitterPercent, b)
-	b = retry.WithCappedDuration(rp.Cap, b)
-	b = retry.WithMaxRetries(uint64(max(rp.MaxRetries, 0)), b)
+	b := r.backoff()
 	r.src = src
-	if r.p.table == nil {
-		if err := retry.Do(ctx, b, func(ctx context.Context) error { return retryable(r.fetchTable(ctx, src)) }); err != nil {
-			return err
-		}
-	}
 	attempt := 0
 	return retry.Do(ctx, b, func(ctx context.Context) error {
 		attempt++
@@ -416,6 +412,43 @@ func (r *fetchRun) useSource(ctx context.Context, src Source) error {
 		}
 		return nil
 	})
+}
+
+// getTable fetches the chunk table from the sources in ranked order,
+// independently of which source then serves the chunks (a CDN may serve
+// the image but not its table). A source whose table is rejected is
+// penalised and skipped for chunks too.
+func (r *fetchRun) getTable(ctx context.Context, plan Plan, avail map[string]Availability, skip map[string]bool, errs *[]error) error {
+	ranking := r.f.picker.rank(plan, r.f.cfg.Sources, avail, r.im.Size, skip)
+	for _, c := range ranking {
+		if math.IsInf(c.Cost, 1) {
+			break
+		}
+		src := r.sourceByName(c.Source)
+		err := retry.Do(ctx, r.backoff(), func(ctx context.Context) error { return retryable(r.fetchTable(ctx, src)) })
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrSink) {
+			return err
+		}
+		r.f.log.Info("no chunk table from source", "source", src.Name(), "err", err)
+		*errs = append(*errs, fmt.Errorf("%s: table: %w", src.Name(), err))
+		if errors.Is(err, ErrChunkTable) {
+			r.f.picker.Fail(src.Name())
+			skip[src.Name()] = true
+		}
+	}
+	r.decide(Decision{Time: r.f.cfg.Clock.Now(), Why: "no source served a valid chunk table", Ranking: ranking})
+	return noSourceError(*errs)
+}
+
+func (r *fetchRun) backoff() retry.Backoff {
+	rp := r.f.cfg.Retry
+	var b retry.Backoff = retry.NewExponential(rp.Base)
+	b = retry.WithJitterPercent(rp.JitterPercent, b)
+	b = retry.WithCappedDuration(rp.Cap, b)
+	return retry.WithMaxRetries(uint64(max(rp.MaxRetries, 0)), b)
 }
 
 func retryable(err error) error {

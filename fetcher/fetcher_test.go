@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -216,8 +217,8 @@ func TestChunkTableRejected(t *testing.T) {
 				t.Fatal(err)
 			}
 			checkSink(t, sink, fx)
-			if res.Bytes[good.Name()] != fx.im.Size || len(res.Decisions) != 2 {
-				t.Errorf("bytes %v, %d decisions; want all from %s after failover", res.Bytes, len(res.Decisions), good.Name())
+			if res.Bytes[good.Name()] != fx.im.Size || len(res.Decisions) != 1 || res.Decisions[0].Chosen != good.Name() {
+				t.Errorf("bytes %v, decisions %v; want all from %s, the rejected table's source skipped", res.Bytes, res.Decisions, good.Name())
 			}
 		})
 	}
@@ -418,4 +419,45 @@ func TestImageValidate(t *testing.T) {
 			t.Errorf("%s: err = %v, want ErrBadImage naming %q", tc.name, err, tc.want)
 		}
 	}
+}
+
+// TestTableFromAnotherSource: the cheapest source serves the image but not
+// its chunk table (a plain CDN); the table comes from another source and
+// the chunks still from the cheapest.
+func TestTableFromAnotherSource(t *testing.T) {
+	fx := newFixture(t, 12*testChunk, testChunk, 12)
+	rs := newRangeServer(t, fx)
+	rs.badTable = []byte{} // served, but empty: rejected
+	cdn := NewHTTPSource(rs.URL(), 0, nil)
+	dir := t.TempDir()
+	p := fx.writeFiles(t, dir)
+	os.Remove(p) // the local copy has the table only
+	tableOnly := NewFileSource(dir, 1)
+	sink := newMemSink(len(fx.img))
+	res, err := newFetcher(t, t.TempDir(), cdn, tableOnly).Fetch(context.Background(), fx.im, Plan{}, sink)
+	if err == nil || len(res.Bytes) != 0 {
+		// The CDN's table is rejected, so it is skipped for chunks too, and
+		// the file source has no image: nothing can be fetched.
+		t.Fatalf("err %v bytes %v: want a failure (the CDN's table was rejected)", err, res.Bytes)
+	}
+	rs.badTable = nil
+	missing := newRangeServer(t, fx)
+	missing.badTable = nil
+	noTable := &noTableSource{NewHTTPSource(missing.URL(), 0, nil)}
+	withTable := NewFileSource(fx.writeFiles(t, t.TempDir()), 1)
+	res, err = newFetcher(t, t.TempDir(), noTable, withTable).Fetch(context.Background(), fx.im, Plan{}, sink)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkSink(t, sink, fx)
+	if res.Bytes[noTable.Name()] != fx.im.Size {
+		t.Errorf("bytes %v: want every chunk from the cheapest source", res.Bytes)
+	}
+}
+
+// noTableSource serves chunks but has no chunk table.
+type noTableSource struct{ Source }
+
+func (noTableSource) Table(context.Context, Image) ([]byte, error) {
+	return nil, fmt.Errorf("%w: no table here", ErrCannotServe)
 }
