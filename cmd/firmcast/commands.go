@@ -11,6 +11,7 @@ func commands() []*cobra.Command {
 		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
 		newBootCmd(),
 		newDemoCmd(),
+		newSimCmd(),
 		newServeCmd(), newBrokerCmd(),
 	}
 }

@@ -128,9 +128,6 @@ func (f *demoFlags) config() (fleet.Config, error) {
 	if f.failRate < 0 || f.failRate > 1 {
 		return cfg, fmt.Errorf("--fail-rate %g: want 0..1", f.failRate)
 	}
-	if (f.mqtt == "") != (f.nats == "") {
-		return cfg, errors.New("--broker and --nats go together (external brokers), or give neither (embedded)")
-	}
 	return cfg, nil
 }
 
@@ -138,6 +135,9 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 	cfg, err := f.config()
 	if err != nil {
 		return &exitError{code: 1, err: err}
+	}
+	if (f.mqtt == "") != (f.nats == "") {
+		return &exitError{code: 1, err: errors.New("--broker and --nats go together (external brokers), or give neither (embedded)")}
 	}
 	dir, cleanup, err := workDir(f.dir, f.keep, "firmcast-demo-")
 	if err != nil {
@@ -236,7 +236,9 @@ func printSummary(w io.Writer, asJSON bool, s fleet.Summary) error {
 		row("still updating", s.InProgress)
 	}
 	row("never notified (on v1)", s.NotNotified)
-	row("publisher sent", fmt.Sprintf("%s (%.2fx the %s image)", humanBytes(s.PublisherBytes), s.PublisherRatio, humanBytes(int64(s.ImageSize))))
+	if s.PublisherBytes >= 0 {
+		row("publisher sent", fmt.Sprintf("%s (%.2fx the %s image)", humanBytes(s.PublisherBytes), s.PublisherRatio, humanBytes(int64(s.ImageSize))))
+	}
 	row("devices received", fmt.Sprintf("%s (%s per device)", humanBytes(s.DeviceBytes), humanBytes(s.DeviceBytes/int64(max(s.Devices, 1)))))
 	row("wall time", fmt.Sprintf("%.1fs campaign (+%.1fs setup)", s.WallSeconds, s.SetupSeconds))
 	row("brokers", s.Broker+", "+s.NATS)

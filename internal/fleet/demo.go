@@ -205,67 +205,123 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	for _, d := range fl.Devices {
 		ids = append(ids, d.ID)
 	}
-	life, stopAgents := context.WithCancel(ctx)
-	defer stopAgents()
-	wait, err := fl.Run(life)
-	defer func() {
-		stopAgents()
-		wait()
-	}()
-	if err != nil {
-		return sum, err
-	}
-	_, _, err = stack.Pub.UploadImage(ctx, stack.Admin, "v2.bin", bytes.NewReader(v2))
-	if err != nil {
+	defer fl.Stop()
+	if err := fl.Run(ctx); err != nil {
 		return sum, err
 	}
 	sum.SetupSeconds = time.Since(t0).Seconds()
-	if cfg.OnReady != nil {
-		cfg.OnReady(time.Since(t0))
-	}
+	err = RunCampaign(ctx, fl, LocalBackend{stack}, v2, devClass, &cfg, &sum)
+	return sum, err
+}
 
-	// Campaign.
-	t1 := time.Now()
-	c, err := stack.Pub.CreateCampaign(ctx, stack.Admin, schemas.CampaignSpec{
-		Name: "demo v1 to v2", Image: d2[:], Class: devClass, Phases: cfg.Phases, FailPermille: cfg.FailPermille, Start: true,
-	})
+// Backend is what a campaign run needs of the firmcast backend: the
+// in-process publisher (LocalBackend) or a server's API (sim).
+type Backend interface {
+	// Upload stores an image and returns its hex digest.
+	Upload(ctx context.Context, name string, image []byte) (string, error)
+	// Start creates and starts a campaign and returns its id.
+	Start(ctx context.Context, req publisher.CampaignRequest) (string, error)
+	// Status returns a campaign's status.
+	Status(ctx context.Context, id string) (publisher.Status, error)
+	// Egress returns the chunk bytes the publisher sent, or -1 if unknown.
+	Egress() int64
+}
+
+// LocalBackend is a Stack's publisher as a Backend.
+type LocalBackend struct{ S *Stack }
+
+func (b LocalBackend) Upload(ctx context.Context, name string, image []byte) (string, error) {
+	img, _, err := b.S.Pub.UploadImage(ctx, b.S.Admin, name, bytes.NewReader(image))
+	return img.Digest, err
+}
+
+func (b LocalBackend) Start(ctx context.Context, req publisher.CampaignRequest) (string, error) {
+	spec, err := req.Spec()
 	if err != nil {
-		return sum, fmt.Errorf("fleet: create campaign: %w", err)
+		return "", err
 	}
-	sum.Campaign = c.ID
-	st, err := watch(ctx, stack.Pub, fl, c.ID, &cfg)
+	c, err := b.S.Pub.CreateCampaign(ctx, b.S.Admin, spec)
+	return c.ID, err
+}
+
+func (b LocalBackend) Status(ctx context.Context, id string) (publisher.Status, error) {
+	return b.S.Pub.CampaignStatus(ctx, id)
+}
+
+func (b LocalBackend) Egress() int64 {
+	e := &b.S.Pub.Egress
+	return e.Wave.Load() + e.Repair.Load() + e.Unicast.Load()
+}
+
+// RunCampaign uploads image through be, rolls it out to every device of
+// class in cfg's phases, waits for the campaign to end and the devices to
+// settle, stops the fleet's agents, and fills sum from the devices. The
+// fleet must be running (Fleet.Run) with its agents stopped by stop.
+func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class string, cfg *Config, sum *Summary) error {
+	if len(cfg.Phases) == 0 {
+		cfg.Phases = []uint8{10, 50, 100}
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 10 * time.Minute
+	}
+	if cfg.Settle <= 0 {
+		cfg.Settle = 20 * time.Second
+	}
+	if cfg.ProgressEvery <= 0 {
+		cfg.ProgressEvery = 200 * time.Millisecond
+	}
+	digest, err := be.Upload(ctx, "v2.bin", image)
 	if err != nil {
-		return sum, err
+		return fmt.Errorf("fleet: upload: %w", err)
+	}
+	if cfg.OnReady != nil {
+		cfg.OnReady(time.Duration(sum.SetupSeconds * float64(time.Second)))
+	}
+	t1 := time.Now()
+	req := publisher.CampaignRequest{Name: "v1 to v2", Image: digest, Class: class, FailPermille: cfg.FailPermille, Start: true}
+	for _, p := range cfg.Phases {
+		req.Phases = append(req.Phases, int(p))
+	}
+	id, err := be.Start(ctx, req)
+	if err != nil {
+		return fmt.Errorf("fleet: create campaign: %w", err)
+	}
+	sum.Campaign = id
+	st, err := watch(ctx, be, fl, id, cfg)
+	if err != nil {
+		return err
 	}
 	sum.CampaignState, sum.Reason, sum.Targeted = st.State, st.Reason, st.Targets
 	// Let devices caught mid-update finish (a rollback, a stalled fetch).
 	settle(ctx, fl, cfg.Settle)
 	sum.WallSeconds = time.Since(t1).Seconds()
-	sum.PublisherBytes = stack.Pub.Egress.Wave.Load() + stack.Pub.Egress.Repair.Load() + stack.Pub.Egress.Unicast.Load()
-	sum.PublisherRatio = float64(sum.PublisherBytes) / float64(cfg.ImageSize)
-	stopAgents()
-	wait()
-	sum.fill(fl, d1, d2)
+	sum.PublisherBytes = be.Egress()
+	if sum.PublisherBytes >= 0 {
+		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
+	}
+	fl.Stop()
+	d2 := sha256.Sum256(image)
+	sum.fill(fl, fl.FactoryDigest(), d2)
 	if cfg.OnProgress != nil {
-		cfg.OnProgress(snapshot(fl, cfg, st))
+		cfg.OnProgress(snapshot(fl, *cfg, st))
 	}
 	sum.Next = []string{
 		fmt.Sprintf("firmcast boot inspect --flash %s", fl.Devices[0].FlashPath()),
 		fmt.Sprintf("logs: %s", filepath.Join(cfg.Dir, "firmcast.log")),
 		"docs/BENCHMARKS.md (end to end) for larger fleets; firmcast bench to measure this machine",
 	}
-	return sum, nil
+	return nil
 }
 
 // watch polls the campaign until it leaves created/running, feeding
 // OnProgress.
-func watch(ctx context.Context, p *publisher.Publisher, fl *Fleet, id string, cfg *Config) (publisher.Status, error) {
+func watch(ctx context.Context, be Backend, fl *Fleet, id string, cfg *Config) (publisher.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	tk := time.NewTicker(cfg.ProgressEvery)
 	defer tk.Stop()
 	for {
-		st, err := p.CampaignStatus(ctx, id)
+		st, err := be.Status(ctx, id)
 		if err != nil {
 			return st, err
 		}
@@ -318,8 +374,16 @@ func busyState(s schemas.State) bool {
 }
 
 func snapshot(fl *Fleet, cfg Config, st publisher.Status) Progress {
-	p := Progress{Devices: len(fl.Devices), ImageSize: cfg.ImageSize, States: map[string]int{}, Campaign: st}
-	for _, d := range fl.Devices {
+	p := fl.Snapshot()
+	p.ImageSize, p.Campaign = cfg.ImageSize, st
+	return p
+}
+
+// Snapshot counts the devices by their agent's state and sums the bytes
+// they received. Safe to call while the fleet runs.
+func (f *Fleet) Snapshot() Progress {
+	p := Progress{Devices: len(f.Devices), States: map[string]int{}}
+	for _, d := range f.Devices {
 		p.States[schemas.State(d.state.Load()).String()]++
 		p.RxBytes += d.rx.Load()
 	}

@@ -111,6 +111,8 @@ type Fleet struct {
 	geom    bootctl.Geometry
 	layout  bootctl.Layout
 	fdigest [32]byte
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
 }
 
 // NewFleet prepares the devices: directories, flash files with the
@@ -263,14 +265,22 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	return d.boot.Confirm()
 }
 
-// Run connects every device with its own credentials and runs its agent
-// until ctx ends; it returns once every device's agent has subscribed to
-// its notices (or with the first connection error). Wait returns when
-// the agents have stopped.
-func (f *Fleet) Run(ctx context.Context) (wait func(), err error) {
-	var wg sync.WaitGroup
-	err = f.each(ctx, func(cctx context.Context, d *Device) error {
-		if err := f.start(ctx, cctx, d, &wg); err != nil {
+// Run connects every device with its own credentials and starts its
+// agent; it returns once every agent has subscribed to its notices, or
+// with the first connection error. The agents run until Stop (or until
+// ctx ends).
+func (f *Fleet) Run(ctx context.Context) error {
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	f.stop = cancel
+	go func() {
+		select {
+		case <-ctx.Done():
+			cancel()
+		case <-life.Done():
+		}
+	}()
+	return f.each(ctx, func(cctx context.Context, d *Device) error {
+		if err := f.start(life, cctx, d, &f.wg); err != nil {
 			return fmt.Errorf("fleet: device %s: %w", d.ID, err)
 		}
 		select {
@@ -280,7 +290,15 @@ func (f *Fleet) Run(ctx context.Context) (wait func(), err error) {
 			return cctx.Err()
 		}
 	})
-	return wg.Wait, err
+}
+
+// Stop stops the agents and waits for them; the devices' bootctl state
+// and agent state can then be read. Safe to call more than once.
+func (f *Fleet) Stop() {
+	if f.stop != nil {
+		f.stop()
+	}
+	f.wg.Wait()
 }
 
 func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) error {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -28,7 +29,10 @@ type StackConfig struct {
 	// Topics is the topic root of everything the stack and its devices
 	// publish. Required (use a unique root on shared brokers).
 	Topics schemas.Topics
-	// Namespace prefixes the publisher's JetStream buckets. Required.
+	// Namespace prefixes the publisher's JetStream buckets. Required. With
+	// the embedded NATS server, whose access policy confines the backend
+	// to the topic root, it must equal the root (the publisher's audit
+	// subject is "<namespace>.audit").
 	Namespace string
 	// Publisher is the publisher configuration; JetStream, Transport,
 	// Topics, Namespace and BootstrapKey are filled in by StartStack.
@@ -49,9 +53,12 @@ type Stack struct {
 	Admin publisher.Principal
 	// Embedded reports whether the brokers run in this process.
 	Embedded bool
+	// AdminKey is the publisher's bootstrap admin API key.
+	AdminKey string
 
 	cfg     StackConfig
 	creds   *broker.CredentialStore // nil for external brokers
+	auth    *stackAuth
 	mqttSrv *broker.MQTTServer
 	natsSrv *broker.NATSServer
 	pubT    broker.Transport
@@ -71,6 +78,9 @@ func StartStack(ctx context.Context, cfg StackConfig) (st *Stack, err error) {
 	if cfg.Topics.Root() == "" || cfg.Namespace == "" {
 		return nil, errors.New("fleet: stack needs a topic root and a namespace")
 	}
+	if cfg.NATSURL == "" && cfg.Namespace != cfg.Topics.Root() {
+		return nil, fmt.Errorf("fleet: with the embedded NATS server the namespace (%q) must be the topic root (%q)", cfg.Namespace, cfg.Topics.Root())
+	}
 	s := &Stack{cfg: cfg, Topics: cfg.Topics, MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL}
 	defer func() {
 		if err != nil {
@@ -81,12 +91,13 @@ func StartStack(ctx context.Context, cfg StackConfig) (st *Stack, err error) {
 	if cfg.MQTTURL == "" || cfg.NATSURL == "" {
 		s.Embedded = true
 		s.creds = broker.NewCredentialStore()
+		s.auth = &stackAuth{creds: s.creds}
 		if err := s.creds.Add(broker.Identity{Username: backendUser, Role: broker.RoleBackend}, backendSecret); err != nil {
 			return nil, err
 		}
 	}
 	if cfg.MQTTURL == "" {
-		srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{Auth: s.creds, Topics: cfg.Topics, Logger: cfg.Logger, MaxQueued: 1000})
+		srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{Auth: s.auth, Topics: cfg.Topics, Logger: cfg.Logger, MaxQueued: 1000})
 		if err != nil {
 			return nil, err
 		}
@@ -103,7 +114,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (st *Stack, err error) {
 		if cfg.Dir == "" {
 			return nil, errors.New("fleet: the embedded NATS server needs a data directory")
 		}
-		srv, err := broker.NewNATSServer(broker.NATSServerConfig{DataDir: cfg.Dir, Auth: s.creds, Topics: cfg.Topics, Logger: cfg.Logger})
+		srv, err := broker.NewNATSServer(broker.NATSServerConfig{DataDir: cfg.Dir, Auth: s.auth, Topics: cfg.Topics, Logger: cfg.Logger})
 		if err != nil {
 			return nil, err
 		}
@@ -135,7 +146,7 @@ func StartStack(ctx context.Context, cfg StackConfig) (st *Stack, err error) {
 		pc.Logger = cfg.Logger
 	}
 	key := "fk-" + randomHex(16)
-	pc.BootstrapKey = key
+	pc.BootstrapKey, s.AdminKey = key, key
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	s.cancel = cancel
 	if s.Pub, err = publisher.New(life, pc); err != nil {
@@ -143,6 +154,9 @@ func StartStack(ctx context.Context, cfg StackConfig) (st *Stack, err error) {
 	}
 	if s.Admin, err = s.Pub.Authenticate(ctx, key); err != nil {
 		return nil, err
+	}
+	if s.auth != nil {
+		s.auth.pub.Store(s.Pub)
 	}
 	s.runDone = make(chan error, 1)
 	go func() { s.runDone <- s.Pub.Run(life) }()
@@ -232,4 +246,29 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// stackAuth authenticates embedded-broker clients from the stack's own
+// credentials (the backend, devices registered through RegisterDevice)
+// and then from the publisher's device registry (devices registered
+// through the API, as `firmcast sim` does).
+type stackAuth struct {
+	creds *broker.CredentialStore
+	pub   atomic.Pointer[publisher.Publisher]
+}
+
+func (a *stackAuth) Authenticate(ctx context.Context, user, secret string) (broker.Identity, error) {
+	id, err := a.creds.Authenticate(ctx, user, secret)
+	if err == nil {
+		return id, nil
+	}
+	p := a.pub.Load()
+	if p == nil {
+		return id, err
+	}
+	d, ok, perr := p.CheckDeviceSecret(ctx, user, secret)
+	if perr != nil || !ok {
+		return broker.Identity{}, err
+	}
+	return broker.Identity{Username: d.ID, Role: broker.RoleDevice, Device: d.ID, Class: d.Class}, nil
 }
