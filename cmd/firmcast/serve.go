@@ -23,6 +23,7 @@ type serveOptions struct {
 	credentials string
 	tlsCert     string
 	tlsKey      string
+	pub         publisherOptions
 	// onReady, when set, is called once every component has started
 	// (tests use it to learn the bound URLs).
 	onReady func(mqttURL, natsURL string)
@@ -58,6 +59,9 @@ func serveComponents(env *serveEnv) []serveComponent {
 	}
 	if env.opts.natsListen != "" {
 		cs = append(cs, &natsComponent{env: env})
+		if env.opts.pub.httpListen != "" {
+			cs = append(cs, &publisherComponent{env: env})
+		}
 	}
 	return cs
 }
@@ -72,8 +76,8 @@ func newServeCmd() *cobra.Command {
 It starts an embedded MQTT v5 broker (mochi-mqtt) and an embedded NATS
 server with JetStream, storing JetStream data under --data-dir, and logs the
 URLs devices and tools connect to. Port 0 picks a free port; an empty
-listen address leaves that broker out. The backend publisher will run here
-too once it lands.
+listen address leaves that broker out. With the NATS server, the backend
+publisher runs too (state in JetStream, HTTP API on --http-listen).
 
 With --credentials, every client must authenticate and the access policy is
 enforced (devices read only their own notices, chunk replies, class
@@ -101,6 +105,7 @@ With --tls-cert and --tls-key both brokers speak TLS only.`,
 	f.StringVar(&o.dataDir, "data-dir", "firmcast-data", "directory for persistent data (JetStream under nats/)")
 	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root (segments separated by /)")
 	f.StringVar(&o.credentials, "credentials", "", "credentials file enabling authentication and the access policy")
+	o.pub.addFlags(f)
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain): both brokers then accept TLS only (mqtts://, tls://)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	return cmd
@@ -122,7 +127,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		if err != nil {
 			return fmt.Errorf("--credentials %s: %w", o.credentials, err)
 		}
-		env.auth = store
+		env.auth = &registryAuth{file: store}
 		log.Info("access policy enforced", "accounts", len(as))
 	} else {
 		log.Warn("no --credentials: the brokers accept any client (development only)")
@@ -222,6 +227,10 @@ func (c *natsComponent) Start(ctx context.Context) error {
 	}
 	c.srv = srv
 	if err := srv.Ready(ctx); err != nil {
+		return err
+	}
+	// Devices may not create streams: make the retained-notice stream now.
+	if err := srv.EnsureNoticeStream(ctx); err != nil {
 		return err
 	}
 	c.env.natsURL = srv.URL()
