@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+type runOptions struct {
+	deviceID, secret, brokerURL, natsURL, bucket string
+	flash, state, root, class                    string
+	vendorID, classID                            string
+	trust, costs, localSources                   []string
+	maxMetered                                   uint64
+	freeOnly                                     bool
+	window                                       string
+	chunkIdle                                    time.Duration
+}
+
+func newRunCmd() *cobra.Command {
+	o := &runOptions{}
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Run the update agent until interrupted",
+		Long: `run connects to the broker as the device, reports its active version and
+state, resumes an update in progress, and handles update notices until it
+is interrupted (SIGINT, SIGTERM).
+
+Sources: the broker (chunk broadcast and requests) always; HTTP(S) and
+file:// URIs from the manifest and the notice; the NATS object store when
+--nats is given; local files or directories with --source. Their price per
+byte comes from the notice or --source-cost KIND=PRICE (kinds: broker,
+http, objstore, file).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
+	}
+	f := c.Flags()
+	f.StringVar(&o.deviceID, "device-id", "", "device id (required)")
+	f.StringVar(&o.secret, "secret", "", "device secret for the broker")
+	f.StringVar(&o.brokerURL, "broker", "", "broker URL: mqtt://, mqtts://, nats:// or tls:// (required)")
+	f.StringVar(&o.natsURL, "nats", "", "NATS URL for the image object store (optional)")
+	f.StringVar(&o.bucket, "bucket", "firmcast_images", "object store bucket holding images")
+	f.StringVar(&o.flash, "flash", "", "flash file made by 'firmcast boot init' (required)")
+	f.StringVar(&o.state, "state", "", "state directory (required)")
+	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root")
+	f.StringVar(&o.class, "class", "", "device class for class-wide announcements")
+	f.StringVar(&o.vendorID, "vendor-id", "", "SUIT vendor id (UUID) the manifest must name (required)")
+	f.StringVar(&o.classID, "class-id", "", "SUIT class id (UUID) the manifest must name (required)")
+	f.StringArrayVar(&o.trust, "trust", nil, "public key (PEM) trusted to sign manifests (repeatable, required)")
+	f.StringArrayVar(&o.costs, "source-cost", nil, "price per byte of a source kind, KIND=PRICE (repeatable)")
+	f.StringArrayVar(&o.localSources, "source", nil, "local image file or directory (repeatable)")
+	f.Uint64Var(&o.maxMetered, "max-metered-bytes", 0, "defer images over this size until a free source can serve them (0 = no limit)")
+	f.BoolVar(&o.freeOnly, "free-source-only", false, "download only from sources with price 0")
+	f.StringVar(&o.window, "window", "", "install only inside this daily window, HH:MM-HH:MM (local time)")
+	f.DurationVar(&o.chunkIdle, "chunk-idle", 2*time.Second, "ask the broker again for missing chunks after this idle time")
+	for _, n := range []string{"device-id", "broker", "flash", "state", "trust", "vendor-id", "class-id"} {
+		_ = c.MarkFlagRequired(n)
+	}
+	return c
+}
+
+func (o *runOptions) run(ctx context.Context) error {
+	vendor, err := parseUUID("--vendor-id", o.vendorID)
+	if err != nil {
+		return err
+	}
+	class, err := parseUUID("--class-id", o.classID)
+	if err != nil {
+		return err
+	}
+	var anchors suit.TrustAnchors
+	for _, p := range o.trust {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return fmt.Errorf("--trust: %w", err)
+		}
+		k, err := suit.ParsePublicKeyPEM(b)
+		if err != nil {
+			return fmt.Errorf("--trust %s: %w", p, err)
+		}
+		anchors = append(anchors, k)
+	}
+	prices := map[string]float64{}
+	for _, kv := range o.costs {
+		k, v, ok := strings.Cut(kv, "=")
+		p, err := strconv.ParseFloat(v, 64)
+		switch {
+		case !ok || err != nil || p < 0:
+			return fmt.Errorf("--source-cost %q: want KIND=PRICE with a price >= 0", kv)
+		case k != "broker" && k != "http" && k != "objstore" && k != "file":
+			return fmt.Errorf("--source-cost %q: kind must be broker, http, objstore or file", kv)
+		}
+		prices[k] = p
+	}
+	policy := deviceagent.Policy{MaxMeteredBytes: o.maxMetered, FreeSourceOnly: o.freeOnly}
+	if o.window != "" {
+		w, err := parseWindow(o.window)
+		if err != nil {
+			return err
+		}
+		policy.Window = &w
+	}
+	topics, err := schemas.NewTopics(o.root)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	dev, fl, err := openDevice(o.flash)
+	if err != nil {
+		return err
+	}
+	defer fl.Close()
+	log := slog.Default()
+	tr, err := broker.Dial(ctx, broker.Config{URL: o.brokerURL, Username: o.deviceID, Password: o.secret, ClientID: o.deviceID, Topics: topics, Logger: log})
+	if err != nil {
+		return fmt.Errorf("--broker: %w", err)
+	}
+	defer tr.Close(context.WithoutCancel(ctx))
+	dialect := fetcher.MQTT
+	if _, ok := tr.(*broker.NATSTransport); ok {
+		dialect = fetcher.NATS
+	}
+	cfg := deviceagent.Config{
+		DeviceID: o.deviceID, Class: o.class,
+		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
+		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors,
+		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle,
+	}
+	for _, s := range o.localSources {
+		cfg.Sources = append(cfg.Sources, fetcher.NewFileSource(s, prices["file"]))
+	}
+	if o.natsURL != "" {
+		nt, err := broker.DialNATS(ctx, broker.Config{URL: o.natsURL, Username: o.deviceID, Password: o.secret, Topics: topics, Logger: log})
+		if err != nil {
+			return fmt.Errorf("--nats: %w", err)
+		}
+		defer nt.Close(context.WithoutCancel(ctx))
+		obs, err := nt.JetStream().ObjectStore(ctx, o.bucket)
+		if err != nil {
+			return fmt.Errorf("--nats: object store %s: %w", o.bucket, err)
+		}
+		cfg.ObjectStore, cfg.ObjectBucket = obs, o.bucket
+	}
+	a, err := deviceagent.New(cfg)
+	if err != nil {
+		return err
+	}
+	err = a.Run(ctx)
+	if ctx.Err() != nil {
+		return nil // interrupted: the state is persisted
+	}
+	return err
+}
+
+// parseWindow parses "HH:MM-HH:MM".
+func parseWindow(s string) (deviceagent.Window, error) {
+	a, b, ok := strings.Cut(s, "-")
+	ta, err1 := time.Parse("15:04", a)
+	tb, err2 := time.Parse("15:04", b)
+	if !ok || err1 != nil || err2 != nil {
+		return deviceagent.Window{}, fmt.Errorf("--window %q: want HH:MM-HH:MM", s)
+	}
+	off := func(t time.Time) time.Duration {
+		return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
+	}
+	return deviceagent.Window{Start: off(ta), End: off(tb)}, nil
+}
