@@ -12,6 +12,7 @@ func commands() []*cobra.Command {
 		newBootCmd(),
 		newDemoCmd(),
 		newSimCmd(),
+		newBenchCmd(),
 		newServeCmd(), newBrokerCmd(),
 	}
 }

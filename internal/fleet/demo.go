@@ -80,8 +80,8 @@ func (c *Config) defaults() error {
 	if c.FailRate < 0 || c.FailRate > 1 {
 		return fmt.Errorf("fleet: --fail-rate %g: want 0..1", c.FailRate)
 	}
-	if (c.MQTTURL == "") != (c.NATSURL == "") {
-		return errors.New("fleet: give both --broker and --nats for external brokers, or neither")
+	if c.MQTTURL == "" && c.NATSURL != "" {
+		return errors.New("fleet: an external NATS needs an external device broker too")
 	}
 	if c.Dir == "" {
 		return errors.New("fleet: no work directory")
@@ -292,6 +292,7 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 		return err
 	}
 	sum.CampaignState, sum.Reason, sum.Targeted = st.State, st.Reason, st.Targets
+	sum.CampaignSeconds = time.Since(t1).Seconds()
 	// Let devices caught mid-update finish (a rollback, a stalled fetch).
 	settle(ctx, fl, cfg.Settle)
 	sum.WallSeconds = time.Since(t1).Seconds()
@@ -300,6 +301,14 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
 	}
 	fl.Stop()
+	for _, d := range fl.Devices {
+		if t := d.staged.Load(); t != 0 {
+			sum.StagedSeconds = max(sum.StagedSeconds, time.Unix(0, t).Sub(t1).Seconds())
+		}
+		if t := d.done.Load(); t != 0 {
+			sum.DoneSeconds = max(sum.DoneSeconds, time.Unix(0, t).Sub(t1).Seconds())
+		}
+	}
 	d2 := sha256.Sum256(image)
 	sum.fill(fl, fl.FactoryDigest(), d2)
 	if cfg.OnProgress != nil {
@@ -431,35 +440,42 @@ func writeKeys(dir string, key crypto.Signer) error {
 
 // Summary is what a demo run did, read from the devices.
 type Summary struct {
-	Outcome        string          `json:"outcome"` // "completed", "aborted" or the campaign's state
-	Devices        int             `json:"devices"`
-	Targeted       int             `json:"targeted"`
-	ConfirmedV2    int             `json:"confirmed_v2"`
-	OnV1           int             `json:"on_v1"`
-	RolledBack     int             `json:"rolled_back"`
-	Failed         int             `json:"failed"`
-	FailedBy       map[string]int  `json:"failed_by_reason,omitempty"`
-	InProgress     int             `json:"in_progress"`
-	NotNotified    int             `json:"not_notified"`
-	Campaign       string          `json:"campaign"`
-	CampaignState  string          `json:"campaign_state"`
-	Reason         string          `json:"reason,omitempty"`
-	ImageSize      int             `json:"image_size"`
-	V1             string          `json:"v1_digest"`
-	V2             string          `json:"v2_digest"`
-	PublisherBytes int64           `json:"publisher_bytes"`
-	PublisherRatio float64         `json:"publisher_bytes_per_image"`
-	DeviceBytes    int64           `json:"device_bytes"`
-	SetupSeconds   float64         `json:"setup_seconds"`
-	WallSeconds    float64         `json:"wall_seconds"`
-	Broker         string          `json:"broker"`
-	NATS           string          `json:"nats"`
-	Root           string          `json:"topic_root,omitempty"`
-	Seed           uint64          `json:"seed"`
-	FailRate       float64         `json:"fail_rate"`
-	Dir            string          `json:"dir"`
-	Problems       []DeviceOutcome `json:"problems,omitempty"`
-	Next           []string        `json:"next,omitempty"`
+	Outcome        string         `json:"outcome"` // "completed", "aborted" or the campaign's state
+	Devices        int            `json:"devices"`
+	Targeted       int            `json:"targeted"`
+	ConfirmedV2    int            `json:"confirmed_v2"`
+	OnV1           int            `json:"on_v1"`
+	RolledBack     int            `json:"rolled_back"`
+	Failed         int            `json:"failed"`
+	FailedBy       map[string]int `json:"failed_by_reason,omitempty"`
+	InProgress     int            `json:"in_progress"`
+	NotNotified    int            `json:"not_notified"`
+	Campaign       string         `json:"campaign"`
+	CampaignState  string         `json:"campaign_state"`
+	Reason         string         `json:"reason,omitempty"`
+	ImageSize      int            `json:"image_size"`
+	V1             string         `json:"v1_digest"`
+	V2             string         `json:"v2_digest"`
+	PublisherBytes int64          `json:"publisher_bytes"`
+	PublisherRatio float64        `json:"publisher_bytes_per_image"`
+	DeviceBytes    int64          `json:"device_bytes"`
+	SetupSeconds   float64        `json:"setup_seconds"`
+	WallSeconds    float64        `json:"wall_seconds"`
+	// StagedSeconds: from the campaign's start until the last device held
+	// a verified, staged candidate. DoneSeconds: until the last device
+	// reached its final state (confirmed or rolled back). CampaignSeconds:
+	// until the backend saw the campaign end (the last report applied).
+	StagedSeconds   float64         `json:"staged_seconds"`
+	DoneSeconds     float64         `json:"done_seconds"`
+	CampaignSeconds float64         `json:"campaign_seconds"`
+	Broker          string          `json:"broker"`
+	NATS            string          `json:"nats"`
+	Root            string          `json:"topic_root,omitempty"`
+	Seed            uint64          `json:"seed"`
+	FailRate        float64         `json:"fail_rate"`
+	Dir             string          `json:"dir"`
+	Problems        []DeviceOutcome `json:"problems,omitempty"`
+	Next            []string        `json:"next,omitempty"`
 }
 
 // DeviceOutcome is one device's end state (listed for devices that did

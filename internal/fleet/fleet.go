@@ -11,6 +11,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -45,7 +47,8 @@ type FleetConfig struct {
 	// Dir holds one directory per device (flash, device file, state).
 	// Required.
 	Dir string
-	// MQTTURL is the broker devices connect to. Required for Run.
+	// MQTTURL is the broker devices connect to: mqtt:// (MQTT v5) or
+	// nats:// (devices on NATS, as gateways). Required for Run.
 	MQTTURL string
 	// Topics is the topic root. Required.
 	Topics schemas.Topics
@@ -309,7 +312,12 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 		return err
 	}
 	d.tr = tr
+	dialect := fetcher.MQTT
+	if strings.HasPrefix(f.cfg.MQTTURL, "nats://") || strings.HasPrefix(f.cfg.MQTTURL, "tls://") {
+		dialect = fetcher.NATS
+	}
 	ac := deviceagent.Config{
+		Dialect:  dialect,
 		DeviceID: d.ID, Class: f.cfg.Class, Transport: &counting{Transport: tr, d: d}, Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
