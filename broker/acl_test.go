@@ -46,7 +46,14 @@ func aclBrokers() []aclBroker {
 			return testutil.StartMochi(t, broker.MQTTServerConfig{Auth: store(t), Topics: topics}).URL()
 		}, true},
 		{"nats-embedded", func(t *testing.T, topics schemas.Topics) string {
-			return testutil.StartNATS(t, broker.NATSServerConfig{Auth: store(t), Topics: topics}).URL()
+			srv := testutil.StartNATS(t, broker.NATSServerConfig{Auth: store(t), Topics: topics})
+			// Devices cannot create the notice stream; the server does.
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := srv.EnsureNoticeStream(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return srv.URL()
 		}, true},
 		{"mosquitto-generated", func(t *testing.T, topics schemas.Topics) string {
 			return testutil.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
@@ -76,13 +83,6 @@ func TestACL(t *testing.T) {
 			topics := testutil.UniqueTopics(t)
 			url := b.start(t, topics)
 			backend := dialAs(t, url, topics, "backend-1", backendUser, backendSecret)
-			if nt, ok := backend.(*broker.NATSTransport); ok {
-				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-				defer cancel()
-				if _, err := nt.NoticeStream(ctx); err != nil {
-					t.Fatal(err)
-				}
-			}
 			dev1 := dialAs(t, url, topics, "dev1", "dev1", dev1Secret)
 
 			t.Run("WrongSecretRefused", func(t *testing.T) {

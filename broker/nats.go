@@ -151,16 +151,7 @@ func (t *NATSTransport) JetStream() jetstream.JetStream { return t.js }
 // message per subject. Devices may not create streams, so the backend
 // calls NoticeStream once at start.
 func (t *NATSTransport) NoticeStream(ctx context.Context) (jetstream.Stream, error) {
-	cfg := jetstream.StreamConfig{
-		Name:              t.stream,
-		Description:       "firmcast retained update notices (last per device)",
-		Subjects:          []string{t.ep.Topics.NoticesAll().NATS},
-		Storage:           jetstream.FileStorage,
-		Retention:         jetstream.LimitsPolicy,
-		Discard:           jetstream.DiscardOld,
-		MaxMsgsPerSubject: 1,
-		Replicas:          1,
-	}
+	cfg := noticeStreamConfig(t.ep.Topics)
 	s, err := t.js.Stream(ctx, t.stream)
 	if err == nil {
 		return s, nil
@@ -441,4 +432,18 @@ func withDefaultDeadline(ctx context.Context, d time.Duration) (context.Context,
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, d)
+}
+
+// noticeStreamConfig is the retained-notice stream of a topic root.
+func noticeStreamConfig(t schemas.Topics) jetstream.StreamConfig {
+	return jetstream.StreamConfig{
+		Name:              NoticeStreamName(t),
+		Description:       "firmcast retained update notices (last per device)",
+		Subjects:          []string{t.NoticesAll().NATS},
+		Storage:           jetstream.FileStorage,
+		Retention:         jetstream.LimitsPolicy,
+		Discard:           jetstream.DiscardOld,
+		MaxMsgsPerSubject: 1,
+		Replicas:          1,
+	}
 }

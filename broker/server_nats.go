@@ -2,7 +2,10 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/subtle"
 	"crypto/tls"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"net"
@@ -11,6 +14,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -49,12 +54,15 @@ type NATSServerConfig struct {
 // NewNATSServer, Start (non-blocking), Ready, Shutdown. It installs no
 // signal handlers. Its methods are safe for concurrent use.
 type NATSServer struct {
-	cfg  NATSServerConfig
-	srv  *server.Server
-	mu   sync.Mutex
-	up   chan struct{}
-	down chan struct{}
-	st   int
+	cfg NATSServerConfig
+	// internal is the secret of the server's own in-process backend
+	// identity (EnsureNoticeStream), random per server.
+	internal string
+	srv      *server.Server
+	mu       sync.Mutex
+	up       chan struct{}
+	down     chan struct{}
+	st       int
 }
 
 // NewNATSServer validates cfg and prepares the server; nothing listens
@@ -101,14 +109,19 @@ func NewNATSServer(cfg NATSServerConfig) (*NATSServer, error) {
 	if cfg.TLS != nil {
 		opts.TLS, opts.TLSConfig, opts.TLSTimeout = true, cfg.TLS, 2
 	}
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("broker: nats internal secret: %w", err)
+	}
+	internal := hex.EncodeToString(b[:])
 	if cfg.Auth != nil {
-		opts.CustomClientAuthentication = &natsAuth{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
+		opts.CustomClientAuthentication = &natsAuth{auth: cfg.Auth, internal: internal, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
 	}
 	srv, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadServerConfig, err)
 	}
-	return &NATSServer{cfg: cfg, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
+	return &NATSServer{cfg: cfg, internal: internal, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
 }
 
 // Start starts the server in the background; it does not wait for it to
@@ -204,16 +217,60 @@ func (s *NATSServer) Done() <-chan struct{} { return s.down }
 // (server.InProcessConn) and monitoring.
 func (s *NATSServer) Server() *server.Server { return s.srv }
 
+// internalUser is the user name of the server's in-process backend
+// connection; no Authenticator entry can take it (it is not a valid
+// identifier).
+const internalUser = "_firmcast.internal"
+
+// EnsureNoticeStream creates the retained-notice stream of the server's
+// topic root (see NATSTransport.NoticeStream) over an in-process
+// connection, so that devices, which may not create streams, can read
+// their notices before any backend has connected. Call it after Ready.
+func (s *NATSServer) EnsureNoticeStream(ctx context.Context) error {
+	opts := []nats.Option{nats.InProcessServer(s.srv), nats.Name(internalUser)}
+	if s.cfg.Auth != nil {
+		opts = append(opts, nats.UserInfo(internalUser, s.internal))
+	}
+	in, err := inboxTopic(s.cfg.Topics, "server")
+	if err != nil {
+		return err
+	}
+	opts = append(opts, nats.CustomInboxPrefix(in.NATS))
+	nc, err := nats.Connect("", opts...)
+	if err != nil {
+		return fmt.Errorf("broker: nats in-process connection: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("broker: nats jetstream: %w", err)
+	}
+	ctx, cancel := withDefaultDeadline(ctx, 10*time.Second)
+	defer cancel()
+	if _, err := js.CreateOrUpdateStream(ctx, noticeStreamConfig(s.cfg.Topics)); err != nil {
+		return fmt.Errorf("broker: notice stream: %w", err)
+	}
+	return nil
+}
+
 // natsAuth authenticates NATS clients with an Authenticator and gives each
 // the permissions of NATSPermissions.
 type natsAuth struct {
-	auth   Authenticator
-	policy Policy
-	log    *slog.Logger
+	auth     Authenticator
+	internal string
+	policy   Policy
+	log      *slog.Logger
 }
 
 func (a *natsAuth) Check(c server.ClientAuthentication) bool {
 	o := c.GetOpts()
+	if o.Username == internalUser {
+		if c.Kind() == server.CLIENT && subtle.ConstantTimeCompare([]byte(o.Password), []byte(a.internal)) == 1 {
+			c.RegisterUser(&server.User{Username: internalUser, Permissions: NATSPermissions(a.policy, Identity{Username: internalUser, Role: RoleBackend})})
+			return true
+		}
+		return false
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	id, err := a.auth.Authenticate(ctx, o.Username, o.Password)

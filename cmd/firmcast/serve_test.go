@@ -47,6 +47,15 @@ func TestServeStartsAuthenticatedBrokers(t *testing.T) {
 			dcancel()
 			t.Fatalf("device dial %s: %v", url, err)
 		}
+		// The device can read its (retained) notice at once: serve made the
+		// notice stream on NATS.
+		notice, _ := topics.Notice("dev1")
+		sub, err := tr.Subscribe(dctx, notice, func(context.Context, broker.Message) {}, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+		if err != nil {
+			dcancel()
+			t.Fatalf("device retained subscribe on %s: %v", url, err)
+		}
+		_ = sub.Unsubscribe(dctx)
 		_ = tr.Close(dctx)
 		_, err = broker.Dial(dctx, broker.Config{URL: url, Topics: topics, ClientID: "dev1", Username: "dev1", Password: "wrong"})
 		dcancel()
