@@ -223,3 +223,44 @@ func counterValue(c prometheus.Counter) float64 {
 	}
 	return m.GetCounter().GetValue()
 }
+
+// At most MaxDownloading devices hold a notice at once; the next ones are
+// notified as earlier ones finish. Notices carry the start window.
+func TestPacingCapsDownloaders(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.MaxDownloading = 5; c.StartWindow = 90 * time.Second })
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 20)
+	f := newFleet(e)
+	for i := range 20 {
+		f.add(devName(i), false, true) // all hold after "downloading"
+	}
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).Counts["downloading"] == 5
+	})
+	// Several ticks later still only five.
+	ticks := counterValue(p.met.notices)
+	for range 3 {
+		p.kick()
+	}
+	waitFor(t, 5*time.Second, func() string { return "ticks" }, func() bool { return e.mb.idle() })
+	if s := statusOf_(t, p, c.ID); s.Counts["downloading"] != 5 || s.Counts["queued"] != 15 || counterValue(p.met.notices) != ticks {
+		t.Fatalf("with a cap of 5: %v", s.Counts)
+	}
+	b, _ := p.notice(&c, devName(0))
+	var n schemas.UpdateNotice
+	if err := schemas.Decode(b, &n); err != nil || n.StartWindowMS != 90000 {
+		t.Errorf("notice start window %d ms, %v; want 90000", n.StartWindowMS, err)
+	}
+	f.release()
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignCompleted
+	})
+	if got := counterValue(p.met.notices); got != 20 {
+		t.Errorf("%v notices, want 20", got)
+	}
+}
