@@ -54,6 +54,9 @@ type BrokerConfig struct {
 	// transport's handlers and the writer; beyond it handlers wait.
 	// Default 64.
 	Queue int
+	// Window is the number of chunks asked for and not yet received at any
+	// time (flow control). Default 64.
+	Window int
 	// Name overrides the source name. Default "broker".
 	Name string
 }
@@ -89,6 +92,9 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.Queue <= 0 {
 		cfg.Queue = 64
+	}
+	if cfg.Window <= 0 {
+		cfg.Window = 64
 	}
 	if cfg.Name == "" {
 		cfg.Name = "broker"
@@ -209,8 +215,11 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 	return nil, fmt.Errorf("%w: no chunk table after %d requests", ErrStalled, s.cfg.MaxIdle)
 }
 
-// Fetch subscribes, asks for the wanted chunks and writes what arrives,
-// asking again for what is still missing after each idle period. It gives
+// Fetch subscribes, asks for the wanted chunks and writes what arrives.
+// It keeps at most Window chunks requested and not yet received (flow
+// control: whatever the transport buffers stays bounded), asking for more
+// as they arrive, and asks again for what is outstanding after each idle
+// period. Broadcast chunks that happen to be wanted are taken too. It gives
 // up with ErrStalled after MaxIdle idle periods in a row.
 func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
 	in, unsub, err := s.subscribe(ctx, im, true)
@@ -218,61 +227,89 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		return err
 	}
 	defer unsub()
+	n := want.b.n
 	missing := want.b.clone()
 	left := missing.count()
-	idle := 0
-	var chunk schemas.Chunk
-	for left > 0 {
-		if err := s.request(ctx, im, missing.bits, false); err != nil {
-			return err
+	inflight := newBitmap(n)
+	nIn, cur := 0, 0
+	// ask requests the outstanding chunks again (resend) and tops the
+	// window up with chunks not asked for yet.
+	ask := func(resend bool) error {
+		req := newBitmap(n)
+		if resend {
+			copy(req.bits, inflight.bits)
+			cur = 0
 		}
-		timer := time.NewTimer(s.cfg.Idle)
-		progressed := false
-	wait:
-		for left > 0 {
-			select {
-			case <-ctx.Done():
-				timer.Stop()
-				return ctx.Err()
-			case <-timer.C:
-				break wait
-			case b := <-in.ch:
-				chunk = schemas.Chunk{}
-				if err := schemas.Decode(b, &chunk); err != nil || !bytes.Equal(chunk.Image, im.Digest) || int(chunk.Index) >= missing.n {
-					s.Dropped++
-					continue
-				}
-				i := int(chunk.Index)
-				if !missing.has(i) {
-					continue
-				}
-				if err := deliver(i, chunk.Data); err != nil {
-					if errors.Is(err, ErrSink) {
-						timer.Stop()
-						return err
-					}
-					continue // bad chunk: still missing, asked for again
-				}
-				missing.clear(i)
-				left--
-				if !progressed {
-					progressed = true
-				}
-				// Keep the idle timer running from the last new chunk.
-				if !timer.Stop() {
-					select {
-					case <-timer.C:
-					default:
-					}
-				}
-				timer.Reset(s.cfg.Idle)
+		for nIn < s.cfg.Window {
+			i := missing.next(cur)
+			if i < 0 {
+				break
+			}
+			cur = i + 1
+			if !inflight.has(i) {
+				inflight.set(i)
+				req.set(i)
+				nIn++
 			}
 		}
-		timer.Stop()
-		if progressed {
-			idle = 0
-		} else if idle++; idle >= s.cfg.MaxIdle {
-			return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
+		if req.count() == 0 {
+			return nil
+		}
+		return s.request(ctx, im, req.bits, false)
+	}
+	idle := 0
+	var chunk schemas.Chunk
+	if err := ask(false); err != nil {
+		return err
+	}
+	timer := time.NewTimer(s.cfg.Idle)
+	defer timer.Stop()
+	progressed := false
+	for left > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-timer.C:
+			if progressed {
+				idle = 0
+			} else if idle++; idle >= s.cfg.MaxIdle {
+				return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
+			}
+			progressed = false
+			if err := ask(true); err != nil {
+				return err
+			}
+			timer.Reset(s.cfg.Idle)
+		case b := <-in.ch:
+			chunk = schemas.Chunk{}
+			if err := schemas.Decode(b, &chunk); err != nil || !bytes.Equal(chunk.Image, im.Digest) || int(chunk.Index) >= n {
+				s.Dropped++
+				continue
+			}
+			i := int(chunk.Index)
+			if !missing.has(i) {
+				continue
+			}
+			if err := deliver(i, chunk.Data); err != nil {
+				if errors.Is(err, ErrSink) {
+					return err
+				}
+				continue // bad chunk: still outstanding, asked for again
+			}
+			missing.clear(i)
+			left--
+			if inflight.has(i) {
+				inflight.clear(i)
+				nIn--
+			}
+			progressed = true
+			// Keep the idle timer running from the last new chunk.
+			timer.Reset(s.cfg.Idle)
+			if nIn <= s.cfg.Window/2 && left > 0 {
+				if err := ask(false); err != nil {
+					return err
+				}
+			}
 		}
 	}
 	return nil

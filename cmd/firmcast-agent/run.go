@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"time"
@@ -27,6 +28,7 @@ type runOptions struct {
 	freeOnly                                     bool
 	window                                       string
 	chunkIdle                                    time.Duration
+	memLimit                                     int64
 }
 
 func newRunCmd() *cobra.Command {
@@ -65,6 +67,7 @@ http, objstore, file).`,
 	f.BoolVar(&o.freeOnly, "free-source-only", false, "download only from sources with price 0")
 	f.StringVar(&o.window, "window", "", "install only inside this daily window, HH:MM-HH:MM (local time)")
 	f.DurationVar(&o.chunkIdle, "chunk-idle", 2*time.Second, "ask the broker again for missing chunks after this idle time")
+	f.Int64Var(&o.memLimit, "mem-limit", 12<<20, "soft memory limit in bytes for the Go runtime (ignored when GOMEMLIMIT is set; 0 = none)")
 	for _, n := range []string{"device-id", "broker", "flash", "state", "trust", "vendor-id", "class-id"} {
 		_ = c.MarkFlagRequired(n)
 	}
@@ -72,6 +75,11 @@ http, objstore, file).`,
 }
 
 func (o *runOptions) run(ctx context.Context) error {
+	if _, set := os.LookupEnv("GOMEMLIMIT"); !set && o.memLimit > 0 {
+		// A device agent keeps a small, steady footprint: collect early
+		// rather than let the heap grow with the download's churn.
+		debug.SetMemoryLimit(o.memLimit)
+	}
 	vendor, err := parseUUID("--vendor-id", o.vendorID)
 	if err != nil {
 		return err
