@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ type benchFlags struct {
 	json      bool
 	dir       string
 	seed      uint64
+	profile   string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -71,6 +73,7 @@ backend on NATS). Topic roots are unique and cleaned up afterwards.`,
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed afterwards)")
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
+	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns (not the raw runs) to this file")
 	return c
 }
 
@@ -184,7 +187,20 @@ func benchCase(ctx context.Context, cs string, f *benchFlags, n int, image []byt
 	_ = os.RemoveAll(filepath.Join(dir, "raw"))
 	cpu0 = cpuSeconds()
 	peak = watchRSS()
+	if f.profile != "" {
+		pf, err := os.Create(fmt.Sprintf("%s.%s-%d", f.profile, cs, n))
+		if err != nil {
+			return row, err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return row, err
+		}
+	}
 	row.Firmcast, err = fleet.Run(ctx, cfg)
+	if f.profile != "" {
+		pprof.StopCPUProfile()
+	}
 	row.FcPeak = peak()
 	row.FcCPU = cpuSeconds() - cpu0
 	if err != nil {

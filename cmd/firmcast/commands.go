@@ -13,6 +13,6 @@ func commands() []*cobra.Command {
 		newDemoCmd(),
 		newSimCmd(),
 		newBenchCmd(),
-		newServeCmd(), newBrokerCmd(),
+		withExternalBrokers(newServeCmd()), newBrokerCmd(),
 	}
 }
