@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 )
 
 // writerAtOnly hides a file's Sync and ReadAt, like a flash slot writer
@@ -61,6 +62,69 @@ func BenchmarkFileFetch(b *testing.B) {
 				}
 				out.Close()
 			}
+		})
+	}
+}
+
+// BenchmarkFileFetchPaired runs, in each iteration, the raw copy + SHA-256
+// and then the fetcher on the same 8 MiB, and reports the best time of
+// each and their ratio, so that load from other processes affects both
+// sides alike. Variants: the default configuration (whole-image digest,
+// progress persisted with fsync every 256 chunks), the same persisted only
+// at the start and end, and chunk checks only (SkipImageDigest) persisted
+// at the start and end.
+func BenchmarkFileFetchPaired(b *testing.B) {
+	const size = 8 << 20
+	const chunk = 16 << 10
+	fx := newFixture(b, size, chunk, 31)
+	dir := b.TempDir()
+	src := fx.writeFiles(b, dir)
+	dst := filepath.Join(dir, "slot")
+	raw := func() time.Duration {
+		start := time.Now()
+		buf := make([]byte, chunk)
+		in, _ := os.Open(src)
+		out, _ := os.Create(dst)
+		h := sha256.New()
+		if _, err := io.CopyBuffer(io.MultiWriter(out, h), in, buf); err != nil {
+			b.Fatal(err)
+		}
+		h.Sum(nil)
+		in.Close()
+		out.Close()
+		return time.Since(start)
+	}
+	fetch := func(cfg Config) time.Duration {
+		start := time.Now()
+		out, _ := os.Create(dst)
+		cfg.Sources, cfg.StateDir, cfg.Logger = []Source{NewFileSource(src, 0)}, b.TempDir(), testLogger(b)
+		f, err := New(cfg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := f.Fetch(context.Background(), fx.im, Plan{}, writerAtOnly{out}); err != nil {
+			b.Fatal(err)
+		}
+		out.Close()
+		return time.Since(start)
+	}
+	for _, v := range []struct {
+		name string
+		cfg  Config
+	}{
+		{"default", Config{}},
+		{"digest-persist-at-end", Config{PersistEvery: 1 << 20}},
+		{"chunks-only-persist-at-end", Config{SkipImageDigest: true, PersistEvery: 1 << 20}},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			bestRaw, bestFetch := time.Duration(1<<62), time.Duration(1<<62)
+			for b.Loop() {
+				bestRaw = min(bestRaw, raw())
+				bestFetch = min(bestFetch, fetch(v.cfg))
+			}
+			b.ReportMetric(float64(bestRaw.Microseconds())/1000, "raw-ms")
+			b.ReportMetric(float64(bestFetch.Microseconds())/1000, "fetch-ms")
+			b.ReportMetric(float64(bestFetch)/float64(bestRaw), "ratio")
 		})
 	}
 }

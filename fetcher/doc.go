@@ -24,10 +24,11 @@
 // Progress lives in one file in the caller's state directory (Config.StateDir):
 // the bitmap of chunks written and verified, the verified chunk table and the
 // running SHA-256 state. It is persisted with write, fsync, rename every
-// Config.PersistEvery chunks (after the Sink is synced) and when a fetch
-// stops, so a reset costs at most one persistence interval. On resume, chunks
-// not in the bitmap that the Sink already holds intact (read back and
-// checked against the table) are marked done without being fetched again.
+// Config.PersistEvery chunks (after the Sink is synced), when a fetch starts
+// and when it stops. On resume, chunks not in the bitmap that the Sink
+// already holds intact (read back and checked against the table) are
+// marked done without being fetched again, so a reset costs a read-back
+// of at most one persistence interval, never a download.
 //
 // # Sources and the picker
 //

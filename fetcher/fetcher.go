@@ -37,7 +37,11 @@ type Config struct {
 	Sources []Source
 	// StateDir is the directory holding the persisted progress. Required.
 	StateDir string
-	// PersistEvery is the persistence interval in chunks. Default 64.
+	// PersistEvery is the persistence interval in chunks. Default 256.
+	// Chunks written after the last save are not lost on a reset: the
+	// resumed fetch finds them intact in the sink (when it implements
+	// io.ReaderAt) and does not fetch them again; the interval bounds
+	// that scan and the fsync rate.
 	PersistEvery int
 	// TimeValue is the cost of one second of expected fetch time, in the
 	// units of Source.Price per byte. Default 0.001.
@@ -127,7 +131,7 @@ func New(cfg Config) (*Fetcher, error) {
 	}
 	cfg.Sources = append([]Source(nil), cfg.Sources...)
 	if cfg.PersistEvery <= 0 {
-		cfg.PersistEvery = 64
+		cfg.PersistEvery = 256
 	}
 	if cfg.TimeValue <= 0 {
 		cfg.TimeValue = 0.001
@@ -195,6 +199,14 @@ func (f *Fetcher) Fetch(ctx context.Context, im Image, plan Plan, sink Sink) (re
 	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize)}
 	defer func() { res.BadChunks = p.bad }()
 
+	if !resumed {
+		// Record the (empty) progress at once: from now on a reset finds a
+		// progress file and scans the sink for chunks written after the
+		// last save, so none is fetched again.
+		if err := p.save(); err != nil {
+			return res, fmt.Errorf("%w: save progress: %v", ErrSink, err)
+		}
+	}
 	if resumed && p.table != nil {
 		n, err := run.recover()
 		if err != nil {
