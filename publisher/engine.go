@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -322,6 +323,9 @@ func (p *Publisher) startWatches(ctx context.Context) error {
 		return err
 	}
 	err = p.watch(ctx, p.st.campdev, func(e jetstream.KeyValueEntry) {
+		if camp, dev, ok := strings.Cut(e.Key(), "."); ok && p.idx.known(camp, dev, e.Revision()) {
+			return // this instance wrote it and already holds it
+		}
 		var st DeviceState
 		if json.Unmarshal(e.Value(), &st) == nil {
 			p.idx.putDev(st, e.Revision())

@@ -25,6 +25,7 @@ type responder struct {
 	f       *fleet
 	id      string
 	tr      broker.Transport
+	repMu   *sync.Mutex // orders reports: counter and publish together
 	fail    bool
 	hold    bool // stop after "downloading" until release
 	held    *schemas.UpdateNotice
@@ -44,7 +45,7 @@ func newFleet(e *testEnv) *fleet {
 
 func (f *fleet) add(id string, fail, hold bool) *responder {
 	f.t.Helper()
-	r := &responder{f: f, id: id, tr: f.e.dial(id, false), fail: fail, hold: hold, version: 1, done: map[string]bool{}}
+	r := &responder{f: f, id: id, tr: f.e.dial(id, false), repMu: new(sync.Mutex), fail: fail, hold: hold, version: 1, done: map[string]bool{}}
 	f.mu.Lock()
 	f.devs[id] = r
 	f.mu.Unlock()
@@ -57,6 +58,8 @@ func (f *fleet) add(id string, fail, hold bool) *responder {
 }
 
 func (r *responder) report(c string, st schemas.State, code schemas.ErrCode) {
+	r.repMu.Lock()
+	defer r.repMu.Unlock()
 	r.counter++
 	rep := &schemas.DeviceReport{V: schemas.Version, Device: r.id, Campaign: c, State: st, ActiveVersion: r.version, Code: code, Counter: r.counter, Time: 1}
 	b, err := schemas.Encode(rep)
@@ -101,7 +104,9 @@ func (r *responder) finish(n *schemas.UpdateNotice) {
 		r.report(n.Campaign, schemas.StateFailed, schemas.CodeDigest)
 	} else {
 		r.report(n.Campaign, schemas.StateStaged, schemas.CodeNone)
+		r.repMu.Lock()
 		r.version = 2
+		r.repMu.Unlock()
 		r.report(n.Campaign, schemas.StateConfirmed, schemas.CodeNone)
 	}
 	r.f.mu.Lock()

@@ -216,6 +216,19 @@ func (x *index) putDev(st DeviceState, rev uint64) {
 	ci.devs[st.Device] = &devEntry{st: st, rev: rev}
 }
 
+// known reports whether the index holds device's state at revision rev
+// or later.
+func (x *index) known(campaign, device string, rev uint64) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if ci, ok := x.camps[campaign]; ok {
+		if e, ok := ci.devs[device]; ok {
+			return e.rev >= rev
+		}
+	}
+	return false
+}
+
 func (x *index) dev(campaign, device string) (DeviceState, uint64, bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
