@@ -1,0 +1,92 @@
+package hostile
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// seedCases adds the corpus files of the given targets as fuzz seeds.
+func seedCases(f *testing.F, targets ...string) {
+	var cs []Case
+	b, err := os.ReadFile("testdata/cases.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &cs); err != nil {
+		f.Fatal(err)
+	}
+	for _, c := range cs {
+		for _, t := range targets {
+			if c.Target == t {
+				f.Add(readFile(f, c.File))
+			}
+		}
+	}
+}
+
+// FuzzNoticePipeline runs what an agent does with a notice before it
+// touches a slot (decode the notice, verify its envelope against the
+// corpus's trusted key, check the notice against the manifest), seeded
+// with the corpus's notice cases. It must never panic, and nothing but an
+// envelope signed by the trusted key may verify.
+func FuzzNoticePipeline(f *testing.F) {
+	seedCases(f, "notice", "announce")
+	trust, err := suit.ParseTrustPEM(readFile(f, "keys/trusted.pub.pem"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var n schemas.UpdateNotice
+		if schemas.Decode(b, &n) != nil {
+			return
+		}
+		m, err := suit.Verify(n.Envelope, trust)
+		if err != nil {
+			if suit.Code(err) == schemas.CodeNone {
+				t.Fatalf("verify error %v maps to code none", err)
+			}
+			return
+		}
+		if !m.Verified() {
+			t.Fatal("Verify returned an unverified manifest without an error")
+		}
+		_, _ = m.ImageDigest()
+		_, _ = m.ChunkInfo()
+	})
+}
+
+// FuzzAgentState loads arbitrary bytes as the agent's state file: it must
+// never panic, and a record it accepts must encode again.
+func FuzzAgentState(f *testing.F) {
+	for _, r := range []deviceagent.Record{
+		{V: 1, Slot: -1},
+		{V: 1, State: schemas.StateDownloading, Campaign: "c-1", Envelope: []byte{1, 2}, Image: make([]byte, 32), ChunkSize: 1024,
+			Slot: 1, SlotOpen: true, Counter: 9, Done: []string{"c-0/00"}, Bytes: 2048},
+	} {
+		b, err := schemas.Marshal(r)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{0xa0})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, deviceagent.StateFile), b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		r, err := deviceagent.LoadState(dir)
+		if err != nil {
+			return
+		}
+		if _, err := schemas.Marshal(r); err != nil {
+			t.Fatalf("accepted record does not encode: %v", err)
+		}
+	})
+}
