@@ -96,9 +96,10 @@ type Agent struct {
 	fetchTo string // fetch progress directory
 	notices chan []byte
 
-	mu     sync.Mutex
-	st     Record
-	active bootctl.ImageInfo
+	mu      sync.Mutex
+	st      Record
+	active  bootctl.ImageInfo
+	dropped string // what the last download ignored, for the report
 }
 
 // New checks cfg and returns an agent. Errors wrap ErrConfig.

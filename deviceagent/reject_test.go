@@ -1,10 +1,13 @@
 package deviceagent
 
 import (
+	"context"
 	"crypto/sha256"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -78,15 +81,32 @@ func TestRejections(t *testing.T) {
 		t.Logf("%-30s -> %s: %s", tc.name, r.Code, r.Text)
 	}
 
-	// Still serving: a good update, with junk on the chunk reply topic.
+	// Still serving: a good update, with junk on the chunk reply topic and
+	// the image's broadcast topic, and one corrupted chunk; the junk is
+	// reported by kind and the corrupted chunk fetched again.
+	bt, _ := w.topics.Chunks(schemas.DigestHex(sha256Of(v2)))
 	w.serve(v2, func(cs *testutil.ChunkServer) {
+		cs.Corrupt = func(i uint32, n int) bool { return i == 7 && n == 0 }
 		cs.Extra = func(req *schemas.ChunkRequest) [][]byte {
+			if req.WantTable {
+				return nil
+			}
+			w.pub.Publish(context.Background(), bt, []byte("junk on the broadcast topic"), broker.PublishOptions{Family: broker.FamilyChunk})
 			foreign, _ := schemas.Encode(&schemas.Chunk{V: 1, Image: sha256Of(other), Index: 0, Data: other[:testChunk]})
 			oob, _ := schemas.Encode(&schemas.Chunk{V: 1, Image: sha256Of(v2), Index: 4000, Data: v2[:testChunk]})
 			return [][]byte{{0xff, 0xfe}, foreign, oob}
 		}
 	})
 	w.notice("good", "dev-x", false, v2, w.envelope(v2, 2, nil, nil))
+	cv := w.waitReport("dev-x", 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Campaign == "good" && r.State == schemas.StateCandidateVerified
+	})
+	for _, want := range []string{"not a chunk", "of another image", "out of range", "dropped 1 chunks that did not match"} {
+		if !strings.Contains(cv.Text, want) {
+			t.Errorf("candidate-verified report %q does not say %q", cv.Text, want)
+		}
+	}
+	t.Logf("candidate verified: %s", cv.Text)
 	w.waitReport("dev-x", 20*time.Second, func(r schemas.DeviceReport) bool {
 		return r.Campaign == "good" && r.State == schemas.StateConfirmed && r.ActiveVersion == 2
 	})

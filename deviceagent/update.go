@@ -118,7 +118,10 @@ func (a *Agent) install(ctx context.Context) error {
 	if !t.fetched {
 		return permanent(schemas.CodeUnsupported, errors.New("the manifest's install sequence fetched nothing"))
 	}
-	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, "")
+	a.mu.Lock()
+	note := a.dropped
+	a.mu.Unlock()
+	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, note)
 }
 
 // download fetches the image into the candidate slot (called by the
@@ -206,6 +209,16 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	}
 	a.mu.Lock()
 	a.st.Bytes = size
+	a.dropped = ""
+	for _, s := range srcs {
+		if bs, ok := s.(*fetcher.BrokerSource); ok && bs.Dropped > 0 {
+			a.dropped = fmt.Sprintf("ignored %d messages on chunk topics: %d not a chunk, %d of another image, %d out of range",
+				bs.Dropped, bs.Garbage, bs.Foreign, bs.OutOfRange)
+		}
+	}
+	if res.BadChunks > 0 {
+		a.dropped = strings.TrimPrefix(fmt.Sprintf("%s; dropped %d chunks that did not match the chunk table", a.dropped, res.BadChunks), "; ")
+	}
 	a.mu.Unlock()
 	return nil
 }

@@ -70,8 +70,10 @@ type BrokerSource struct {
 	cfg BrokerConfig
 
 	// Dropped counts received messages ignored as not a chunk of the
-	// image being fetched. Read it after Fetch returns.
-	Dropped int
+	// image being fetched: Garbage (not a valid chunk message), Foreign
+	// (a chunk of another image) and OutOfRange (an index beyond the
+	// image). Read them after Fetch returns.
+	Dropped, Garbage, Foreign, OutOfRange int
 	// Requests counts chunk requests sent.
 	Requests int
 }
@@ -282,8 +284,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 			timer.Reset(s.cfg.Idle)
 		case b := <-in.ch:
 			chunk = schemas.Chunk{}
-			if err := schemas.Decode(b, &chunk); err != nil || !bytes.Equal(chunk.Image, im.Digest) || int(chunk.Index) >= n {
-				s.Dropped++
+			if !s.accept(b, &chunk, im, n) {
 				continue
 			}
 			i := int(chunk.Index)
@@ -313,4 +314,21 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		}
 	}
 	return nil
+}
+
+// accept decodes a received message as a chunk of im and counts what it
+// drops.
+func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool {
+	switch {
+	case schemas.Decode(b, c) != nil:
+		s.Garbage++
+	case !bytes.Equal(c.Image, im.Digest):
+		s.Foreign++
+	case int(c.Index) >= n:
+		s.OutOfRange++
+	default:
+		return true
+	}
+	s.Dropped++
+	return false
 }
