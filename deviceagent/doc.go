@@ -32,9 +32,10 @@
 // # Memory
 //
 // The agent never holds the image: chunks are verified against the signed
-// chunk table and written to the slot as they arrive, the digest is
-// computed while streaming, and buffers are reused. Memory does not grow
-// with the image size.
+// chunk table and written to the slot as they arrive (at most a window of
+// requested chunks is in flight), buffers are reused, and the whole-image
+// SHA-256 is computed by bootctl while it reads the slot back to commit
+// the candidate. Memory does not grow with the image size.
 //
 // # Embedding
 //

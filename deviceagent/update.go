@@ -178,7 +178,11 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	step := uint64(a.cfg.ProgressStep)
 	last := uint64(0)
 	f, err := fetcher.New(fetcher.Config{
-		Sources: srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
+		// The whole-image digest is checked by bootctl's Commit, which
+		// hashes the slot before it writes the header (and by every boot):
+		// the fetcher checks each chunk against the signed table only.
+		SkipImageDigest: true,
+		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		Clock: a.cfg.Clock, Logger: a.log,
 		OnDecision: func(dc fetcher.Decision) {
 			a.mu.Lock()
