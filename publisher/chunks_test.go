@@ -105,3 +105,48 @@ func TestRequestMode(t *testing.T) {
 		t.Errorf("unicast egress %d for one device and a %d-byte image: the spoofed request was served", n, len(data))
 	}
 }
+
+// The leader starts a broadcast wave by itself once BroadcastMin devices
+// report downloading, and not again within WaveInterval.
+func TestLeaderStartsWave(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3 })
+	ctx := context.Background()
+	who := e.who(p)
+	for i := range 3 {
+		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, table := uploadTable(t, e, p, 20*1024)
+	var devs []*downloader
+	f := newFleet(e)
+	for i := range 3 {
+		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+		f.add(devName(i), false, true)
+	}
+	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope, Class: "sensor", Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, func() bool {
+		for _, d := range devs {
+			if !d.complete() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, d := range devs {
+		if !bytes.Equal(d.data, data) {
+			t.Fatalf("%s: wrong image", d.id)
+		}
+	}
+	waitFor(t, 5*time.Second, func() string { return "wave counted" }, func() bool { return counterValue(p.met.waves) >= 1 })
+	for range 5 {
+		p.kick()
+	}
+	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	if w := counterValue(p.met.waves); w != 1 {
+		t.Errorf("%v waves within the wave interval, want 1", w)
+	}
+}

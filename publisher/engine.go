@@ -48,6 +48,20 @@ func (p *Publisher) acquireLease(ctx context.Context) (leader, fresh bool) {
 	return true, fresh
 }
 
+// releaseLease gives up the leader lease on a clean stop, so another
+// instance takes over at its next tick instead of after LeaseTTL.
+func (p *Publisher) releaseLease(ctx context.Context) {
+	var cur lease
+	rev, err := getJSON(ctx, p.st.lease, "lease", leaseKey, &cur)
+	if err != nil || cur.Holder != p.cfg.Instance {
+		return
+	}
+	if err := p.st.lease.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+		p.log.Warn("release leader lease", "err", err)
+	}
+	p.leader = false
+}
+
 // tick runs one round of campaign work if this instance is leader. It is
 // called from Run's loop only (never concurrently with itself).
 func (p *Publisher) tick(ctx context.Context) {

@@ -264,3 +264,33 @@ func TestPacingCapsDownloaders(t *testing.T) {
 		t.Errorf("%v notices, want 20", got)
 	}
 }
+
+// A clean stop releases the leader lease: another instance leads at once,
+// without waiting for LeaseTTL; an unreleased lease blocks it until then.
+func TestLeaseReleaseAndExpiry(t *testing.T) {
+	e := newEnv(t)
+	pa, stopA := e.start(func(c *Config) { c.Instance = "a" })
+	pb := e.open(func(c *Config) { c.Instance = "b" })
+	ctx := context.Background()
+	waitFor(t, 5*time.Second, func() string { return "a leads" }, func() bool {
+		var l lease
+		_, err := getJSON(ctx, pa.st.lease, "lease", leaseKey, &l)
+		return err == nil && l.Holder == "a"
+	})
+	if ok, _ := pb.acquireLease(ctx); ok {
+		t.Fatal("b took a live lease")
+	}
+	stopA()
+	if ok, fresh := pb.acquireLease(ctx); !ok || !fresh {
+		t.Fatalf("b after a's clean stop: leader=%v fresh=%v", ok, fresh)
+	}
+	// b now holds it; a third instance must wait for expiry.
+	pc := e.open(func(c *Config) { c.Instance = "c" })
+	if ok, _ := pc.acquireLease(ctx); ok {
+		t.Fatal("c took b's live lease")
+	}
+	e.clock.Advance(11 * time.Second)
+	if ok, _ := pc.acquireLease(ctx); !ok {
+		t.Fatal("c could not take b's expired lease")
+	}
+}

@@ -177,3 +177,20 @@ func (e *testEnv) retainedNotices() []string {
 }
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+// open creates a publisher without running it (the test drives it).
+func (e *testEnv) open(edit func(*Config)) *Publisher {
+	e.t.Helper()
+	cfg := e.cfg
+	if edit != nil {
+		edit(&cfg)
+	}
+	cfg.Transport = e.dial("pub-"+cfg.Instance, true)
+	ctx, cancel := context.WithCancel(context.Background())
+	e.t.Cleanup(cancel)
+	p, err := New(ctx, cfg)
+	if err != nil {
+		e.t.Fatalf("New: %v", err)
+	}
+	return p
+}

@@ -150,6 +150,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 	p.log.Info("publisher running", "namespace", p.cfg.Namespace, "root", p.cfg.Topics.Root())
 	tk := time.NewTicker(p.cfg.TickInterval)
 	defer tk.Stop()
+	defer func() {
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer rcancel()
+		p.releaseLease(rctx)
+	}()
 	for {
 		p.tick(ctx)
 		select {
