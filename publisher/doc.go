@@ -26,7 +26,14 @@
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
 //     are broadcast again rather than sent to each.
 //   - The same operations are served as HTTP JSON under /api/v1 (http.go)
-//     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go).
+//     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go);
+//     Client (client.go) is the Go client of the HTTP API the CLI uses.
+//   - Manifests for campaigns created without an envelope are signed by a
+//     ManifestSigner (signer.go); SUITSigner (suitsigner.go) builds them
+//     with schemas/suit.
+//   - DeviceAuthenticator (brokerauth.go) lets the embedded brokers
+//     authenticate devices from the registry (broker.Authenticator), and
+//     MosquittoPasswordLines exports the registry's hashes for mosquitto.
 //
 // Device traffic goes only through broker.Transport. State is persisted
 // (KV compare-and-set) before its effect (a notice, a cleared notice).

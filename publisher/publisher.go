@@ -32,6 +32,7 @@ type Publisher struct {
 	chunkQ  chan schemas.ChunkRequest
 	kickC   chan struct{}
 	ready   chan struct{}
+	stopped chan struct{} // closed when Run's context ends
 
 	leader bool // owned by the tick loop
 
@@ -63,6 +64,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
+		stopped: make(chan struct{}),
 		waves:   map[string]*waveState{},
 		repairs: map[string]*repairBatch{},
 	}
@@ -92,13 +94,15 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 // Run subscribes to reports, chunk requests and the NATS API (all shared
 // between instances), and runs the leader's campaign loop every
 // Config.TickInterval, until ctx ends. It returns ctx's error, or the
-// error of a failed subscription.
+// error of a failed subscription. Call it once per Publisher. On a clean
+// stop it releases the leader lease so another instance takes over at once.
 func (p *Publisher) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() {
 		cancel()
 		p.wg.Wait()
 	}()
+	context.AfterFunc(ctx, func() { close(p.stopped) })
 	p.reportQ = make([]chan inReport, reportWorkers)
 	for i := range p.reportQ {
 		p.reportQ[i] = make(chan inReport, 256)

@@ -36,6 +36,7 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 	select {
 	case p.reportQ[h.Sum32()%reportWorkers] <- inReport{r: r, recv: p.cfg.Clock.Now()}:
 	case <-ctx.Done():
+	case <-p.stopped:
 	}
 }
 
