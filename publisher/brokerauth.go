@@ -58,4 +58,3 @@ func (p *Publisher) MosquittoPasswordLines(ctx context.Context) ([]string, error
 	}
 	return out, nil
 }
-

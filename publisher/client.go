@@ -200,4 +200,3 @@ func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	var v []AuditEntry
 	return v, c.doJSON(ctx, "GET", "/api/v1/audit?limit="+strconv.Itoa(limit), nil, &v)
 }
-

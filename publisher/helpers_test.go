@@ -87,8 +87,8 @@ func newEnv(t testing.TB) *testEnv {
 	e.dial = func(string, bool) broker.Transport { return e.mb.client() }
 	e.cfg = Config{
 		JetStream: js, Topics: schemas.MustTopics("fct"), Clock: e.clock,
-		Logger:       testLogger(),
-		ChunkSize:    1024, TickInterval: 5 * time.Millisecond, StartWindow: -1,
+		Logger:    testLogger(),
+		ChunkSize: 1024, TickInterval: 5 * time.Millisecond, StartWindow: -1,
 		BootstrapKey: testAdminKey,
 	}
 	return e

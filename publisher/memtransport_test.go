@@ -57,12 +57,12 @@ type memTransport struct {
 	b *memBroker
 	// drop, when set, is asked for each chunk-family message this client
 	// would receive; true drops it (QoS 0 loss).
-	drop   func(topic string) bool
+	drop func(topic string) bool
 	// dropPayload is drop with the payload, for loss models by chunk.
 	dropPayload func(topic string, payload []byte) bool
-	closed atomic.Bool
-	mu     sync.Mutex
-	subs   []*memSub
+	closed      atomic.Bool
+	mu          sync.Mutex
+	subs        []*memSub
 	// published counts payload bytes this client published per family.
 	published [8]atomic.Int64
 }
