@@ -81,3 +81,33 @@ func TestBrokers(t *testing.T) {
 		})
 	}
 }
+
+// brokerWorld starts an embedded broker ("mochi" or "nats") and returns a
+// world whose publisher and devices dial it.
+func brokerWorld(t *testing.T, kind string) *world {
+	var url string
+	dialect := fetcher.MQTT
+	if kind == "nats" {
+		url, dialect = testutil.StartNATS(t, broker.NATSServerConfig{}).URL(), fetcher.NATS
+	} else {
+		url = testutil.StartMochi(t, broker.MQTTServerConfig{}).URL()
+	}
+	topics := testutil.UniqueTopics(t)
+	dial := func(t *testing.T, id string) broker.Transport {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		tr, err := broker.Dial(ctx, broker.Config{URL: url, ClientID: id, Topics: topics, Logger: testLogger(t)})
+		if err != nil {
+			t.Fatalf("dial %s: %v", url, err)
+		}
+		return tr
+	}
+	pub := dial(t, "pub")
+	t.Cleanup(func() { pub.Close(context.Background()) })
+	if nt, ok := pub.(*broker.NATSTransport); ok {
+		if _, err := nt.NoticeStream(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return newWorld(t, topics, pub, dialect, dial)
+}
