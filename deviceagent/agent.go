@@ -212,11 +212,17 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		subs = append(subs, s)
 	}
-	a.refreshActive()
-	a.mu.Lock()
-	state := a.st.State
-	a.mu.Unlock()
-	a.report(ctx, state, schemas.CodeNone, "connected")
+	reconnected := make(chan struct{}, 1)
+	if rc, ok := a.cfg.Transport.(Reconnector); ok {
+		stop := rc.OnConnect(func() {
+			select {
+			case reconnected <- struct{}{}:
+			default:
+			}
+		})
+		defer stop()
+	}
+	a.reportConnected(ctx)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
 	for {
@@ -230,9 +236,32 @@ func (a *Agent) Run(ctx context.Context) error {
 			return ctx.Err()
 		case b := <-a.notices:
 			a.onNotice(ctx, b)
+		case <-reconnected:
+			a.reportConnected(ctx)
 		case <-timer.C:
 		}
 	}
+}
+
+// Reconnector is implemented by transports that can tell when a
+// connection to the broker comes up again. When the agent's transport
+// implements it, the agent reports its actual active version and state on
+// every reconnection (and always once when Run starts), so the backend can
+// reconcile its view with the device's.
+type Reconnector interface {
+	// OnConnect registers f, called after each reconnection; the returned
+	// function unregisters it. f must not block.
+	OnConnect(f func()) (stop func())
+}
+
+// reportConnected reports the active version (read from bootctl) and the
+// current state.
+func (a *Agent) reportConnected(ctx context.Context) {
+	a.refreshActive()
+	a.mu.Lock()
+	state := a.st.State
+	a.mu.Unlock()
+	_ = a.report(ctx, state, schemas.CodeNone, "connected")
 }
 
 // untilNext returns how long to wait before advance has work again.

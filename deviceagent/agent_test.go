@@ -5,6 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -53,5 +56,22 @@ func TestNoticeToConfirmed(t *testing.T) {
 		if n != 1 {
 			t.Errorf("chunk %d served %d times", i, n)
 		}
+	}
+}
+
+// TestReconnectReports: on every reconnection the agent reports its actual
+// active version and state.
+func TestReconnectReports(t *testing.T) {
+	hub := testutil.NewMemHub()
+	w := newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport { return hub.Conn() })
+	d := w.newDevice("dev-rc", nil)
+	d.start()
+	first := w.waitReport("dev-rc", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" })
+	hub.Reconnect()
+	again := w.waitReport("dev-rc", 5*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Text == "connected" && r.Counter > first.Counter
+	})
+	if again.ActiveVersion != 1 || again.State != schemas.StateIdle {
+		t.Errorf("reconnect report %+v: want idle on version 1", again)
 	}
 }

@@ -14,15 +14,32 @@ import (
 // and one delivery goroutine per subscription with an unbounded queue, as
 // a client library has. Integration tests use real brokers instead.
 type MemHub struct {
-	mu       sync.Mutex
-	subs     []*memSub
-	retained map[string][]byte
+	mu        sync.Mutex
+	subs      []*memSub
+	retained  map[string][]byte
+	onConnect map[int]func()
+	nextID    int
 	// Drop, when set, drops a publish (fault injection).
 	Drop func(topic string, payload []byte) bool
 }
 
 // NewMemHub returns an empty hub.
-func NewMemHub() *MemHub { return &MemHub{retained: map[string][]byte{}} }
+func NewMemHub() *MemHub { return &MemHub{retained: map[string][]byte{}, onConnect: map[int]func(){}} }
+
+// Reconnect simulates every client reconnecting: it calls the functions
+// registered with OnConnect (the transports implement
+// deviceagent.Reconnector).
+func (h *MemHub) Reconnect() {
+	h.mu.Lock()
+	fs := make([]func(), 0, len(h.onConnect))
+	for _, f := range h.onConnect {
+		fs = append(fs, f)
+	}
+	h.mu.Unlock()
+	for _, f := range fs {
+		f()
+	}
+}
 
 // Conn returns a new client of the hub.
 func (h *MemHub) Conn() broker.Transport { return &memConn{hub: h} }
@@ -158,6 +175,21 @@ func (c *memConn) Request(ctx context.Context, t schemas.Topic, p []byte) ([]byt
 }
 
 func (c *memConn) Reply(ctx context.Context, req broker.Message, p []byte) error { return nil }
+
+// OnConnect registers f to be called by MemHub.Reconnect.
+func (c *memConn) OnConnect(f func()) (stop func()) {
+	h := c.hub
+	h.mu.Lock()
+	id := h.nextID
+	h.nextID++
+	h.onConnect[id] = f
+	h.mu.Unlock()
+	return func() {
+		h.mu.Lock()
+		delete(h.onConnect, id)
+		h.mu.Unlock()
+	}
+}
 
 // Close unsubscribes everything; later publishes fail with ErrClosed.
 func (c *memConn) Close(ctx context.Context) error {
