@@ -1,0 +1,374 @@
+package hostile
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// The access-control matrix: who may publish and subscribe where, for
+// the backend, device A, device B, an anonymous client and a client with
+// a wrong secret, on every broker firmcast supports: the embedded MQTT v5
+// (mochi) and NATS servers, each also behind a TLS listener with a CA
+// generated here, and a mosquitto process configured from the files
+// `firmcast broker mosquitto-config` writes (broker.MosquittoConfig).
+//
+// broker/acl_test.go (TestACL) checks the device-side denials in depth;
+// this test states the whole matrix, allowed cells included, so a policy
+// that let too little through fails as well as one that let too much.
+
+const (
+	accDevA, accDevB, accClass = "dev-a", "dev-b", "cls-a"
+	accImage                   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+)
+
+func accAccounts() []broker.Account {
+	return []broker.Account{
+		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
+		{Identity: broker.Identity{Username: accDevA, Role: broker.RoleDevice, Device: accDevA, Class: accClass}, Secret: "secret-a-0123456789"},
+		{Identity: broker.Identity{Username: accDevB, Role: broker.RoleDevice, Device: accDevB, Class: accClass}, Secret: "secret-b-0123456789"},
+	}
+}
+
+// testCA makes a CA and a server certificate for 127.0.0.1 signed by it.
+func testCA(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "firmcast test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	srvTmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "firmcast broker"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	srvDER, err := x509.CreateCertificate(rand.Reader, srvTmpl, ca, srvKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	return &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{srvDER}, PrivateKey: srvKey}}, MinVersion: tls.VersionTLS12},
+		&tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+}
+
+type accBroker struct {
+	name      string
+	start     func(t *testing.T, topics schemas.Topics, srvTLS *tls.Config) string
+	tls       bool
+	refusesOn bool // denied subscribes and QoS 1 publishes get an error (mosquitto 2.0.11 drops them silently)
+}
+
+func accBrokers() []accBroker {
+	mochi := func(t *testing.T, topics schemas.Topics, srvTLS *tls.Config) string {
+		return testutil.StartMochi(t, broker.MQTTServerConfig{Auth: testutil.CredentialStore(t, accAccounts()), Topics: topics, TLS: srvTLS}).URL()
+	}
+	nats := func(t *testing.T, topics schemas.Topics, srvTLS *tls.Config) string {
+		srv := testutil.StartNATS(t, broker.NATSServerConfig{Auth: testutil.CredentialStore(t, accAccounts()), Topics: topics, TLS: srvTLS})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := srv.EnsureNoticeStream(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return srv.URL()
+	}
+	return []accBroker{
+		{"mochi", mochi, false, true},
+		{"mochi-mqtts", mochi, true, true},
+		{"nats", nats, false, true},
+		{"nats-tls", nats, true, true},
+		{"mosquitto-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
+			return testutil.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
+		}, false, false},
+	}
+}
+
+// cell is one topic of the matrix, with who may publish to it and who may
+// subscribe to it.
+type cell struct {
+	name         string
+	topic        schemas.Topic
+	family       broker.Family
+	pubBy, subBy string // principals allowed, "," separated; the backend always is
+}
+
+func matrix(topics schemas.Topics) []cell {
+	must := func(tp schemas.Topic, err error) schemas.Topic {
+		if err != nil {
+			panic(err)
+		}
+		return tp
+	}
+	return []cell{
+		{"notice A", must(topics.Notice(accDevA)), broker.FamilyNotice, "", "A"},
+		{"notice B", must(topics.Notice(accDevB)), broker.FamilyNotice, "", "B"},
+		{"announce class", must(topics.Announce(accClass)), broker.FamilyNotice, "", "A,B"},
+		{"chunk broadcast", must(topics.Chunks(accImage)), broker.FamilyChunk, "", "A,B"},
+		{"chunk requests", must(topics.ChunkRequests(accImage)), broker.FamilyChunkRequest, "A,B", ""},
+		{"chunk reply A", must(topics.ChunkReply(accDevA)), broker.FamilyChunk, "", "A"},
+		{"chunk reply B", must(topics.ChunkReply(accDevB)), broker.FamilyChunk, "", "B"},
+		{"report A", must(topics.Report(accDevA)), broker.FamilyReport, "A", ""},
+		{"report B", must(topics.Report(accDevB)), broker.FamilyReport, "B", ""},
+		{"campaign API", must(topics.API("campaign.create")), broker.FamilyControl, "", ""},
+	}
+}
+
+// TestAccessMatrix runs the matrix on every broker; it logs the count of
+// cells checked.
+func TestAccessMatrix(t *testing.T) {
+	srvTLS, cliTLS := testCA(t)
+	total := 0
+	for _, b := range accBrokers() {
+		t.Run(b.name, func(t *testing.T) {
+			topics := testutil.UniqueTopics(t)
+			var st, ct *tls.Config
+			if b.tls {
+				st, ct = srvTLS, cliTLS
+			}
+			url := b.start(t, topics, st)
+			dial := func(user, secret string) (broker.Transport, error) {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				return broker.Dial(ctx, broker.Config{URL: url, Topics: topics, ClientID: user, Username: user, Password: secret, TLS: ct, Logger: quietLogger()})
+			}
+			// Who may connect at all.
+			for _, c := range []struct{ name, user, secret string }{
+				{"anonymous", "", ""},
+				{"wrong secret", accDevA, "not-the-secret-0123"},
+				{"unknown user", "mallory", "secret-a-0123456789"},
+				{"device secret for the backend", backendUser, "secret-a-0123456789"},
+			} {
+				tr, err := dial(c.user, c.secret)
+				total++
+				if err == nil {
+					tr.Close(context.Background())
+					t.Errorf("%s: connected", c.name)
+				} else if !errors.Is(err, broker.ErrNotAuthorized) {
+					t.Errorf("%s: %v, want ErrNotAuthorized", c.name, err)
+				}
+			}
+			if b.tls {
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				tr, err := broker.Dial(ctx, broker.Config{URL: url, Topics: topics, ClientID: accDevA, Username: accDevA,
+					Password: "secret-a-0123456789", TLS: &tls.Config{MinVersion: tls.VersionTLS12}})
+				cancel()
+				total++
+				if err == nil {
+					tr.Close(context.Background())
+					t.Error("a client that does not trust the test CA connected")
+				}
+			}
+			principals := map[string]broker.Transport{}
+			for _, p := range []struct{ name, user, secret string }{
+				{"backend", backendUser, backendSecret}, {"A", accDevA, "secret-a-0123456789"}, {"B", accDevB, "secret-b-0123456789"},
+			} {
+				tr, err := dial(p.user, p.secret)
+				if err != nil {
+					t.Fatalf("%s: %v", p.name, err)
+				}
+				t.Cleanup(func() { tr.Close(context.Background()) })
+				principals[p.name] = tr
+			}
+			total += checkMatrix(t, b, topics, principals)
+		})
+	}
+	t.Logf("access matrix: %d cells checked over %d brokers", total, len(accBrokers()))
+}
+
+func allowed(list, who string) bool {
+	return who == "backend" || (list != "" && strings.Contains(","+list+",", ","+who+","))
+}
+
+// recorder keeps every payload a subscription delivered.
+type recorder struct {
+	mu      sync.Mutex
+	got     map[string]bool
+	changed chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{got: map[string]bool{}, changed: make(chan struct{}, 1)}
+}
+
+func (r *recorder) handler(_ context.Context, m broker.Message) {
+	r.mu.Lock()
+	r.got[string(m.Payload)] = true
+	r.mu.Unlock()
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) has(p string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.got[p]
+}
+
+// wait reports whether p arrives within d.
+func (r *recorder) wait(p string, d time.Duration) bool {
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for !r.has(p) {
+		select {
+		case <-r.changed:
+		case <-deadline.C:
+			return false
+		}
+	}
+	return true
+}
+
+// checkMatrix checks every publish and subscribe cell for the backend and
+// both devices and returns how many it checked. An allowed cell must
+// deliver its message; a denied one must not, checked after a sentinel
+// sent on an allowed topic has arrived, and again at the end.
+func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string]broker.Transport) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n := 0
+	var denied []struct {
+		rec     *recorder
+		payload string
+	}
+	// Publishes: the backend watches the whole root.
+	watch := newRecorder()
+	all := schemas.Topic{MQTT: topics.Root() + "/#", NATS: strings.ReplaceAll(topics.Root(), "/", ".") + ".>"}
+	if _, err := ps["backend"].Subscribe(ctx, all, watch.handler, broker.SubscribeOptions{Family: broker.FamilyReport}); err != nil {
+		t.Fatal(err)
+	}
+	own := map[string]schemas.Topic{}
+	own["A"], _ = topics.Report(accDevA)
+	own["B"], _ = topics.Report(accDevB)
+	own["backend"], _ = topics.Report("probe")
+	for _, who := range []string{"backend", "A", "B"} {
+		for _, c := range matrix(topics) {
+			n++
+			payload := fmt.Sprintf("pub %s -> %s", who, c.name)
+			err := ps[who].Publish(ctx, c.topic, []byte(payload), broker.PublishOptions{Family: c.family})
+			ok := allowed(c.pubBy, who)
+			if err != nil && (ok || !errors.Is(err, broker.ErrNotAuthorized)) {
+				t.Errorf("%s publishing to %s: %v", who, c.name, err)
+				continue
+			}
+			if ok {
+				if !watch.wait(payload, 5*time.Second) {
+					t.Errorf("%s publishing to %s: not delivered, want delivered", who, c.name)
+				}
+				continue
+			}
+			sentinel := "sentinel " + payload
+			if err := ps[who].Publish(ctx, own[who], []byte(sentinel), broker.PublishOptions{Family: broker.FamilyReport}); err != nil {
+				t.Fatal(err)
+			}
+			if !watch.wait(sentinel, 5*time.Second) {
+				t.Fatalf("%s: sentinel on its own report topic not delivered", who)
+			}
+			if watch.has(payload) {
+				t.Errorf("%s publishing to %s: delivered, want refused", who, c.name)
+			}
+			denied = append(denied, struct {
+				rec     *recorder
+				payload string
+			}{watch, payload})
+		}
+	}
+	// Subscribes: each principal subscribes to every cell, and the backend
+	// publishes to it; the principal's own notice topic carries the sentinel.
+	for _, who := range []string{"backend", "A", "B"} {
+		control, _ := topics.Notice(map[string]string{"A": accDevA, "B": accDevB, "backend": "probe"}[who])
+		ctl := newRecorder()
+		if _, err := ps[who].Subscribe(ctx, control, ctl.handler, broker.SubscribeOptions{Family: broker.FamilyNotice}); err != nil {
+			t.Fatalf("%s subscribing to its own notice: %v", who, err)
+		}
+		for _, c := range append(matrix(topics), cell{name: "all notices (wildcard)", topic: topics.NoticesAll(), family: broker.FamilyNotice}) {
+			n++
+			ok := allowed(c.subBy, who)
+			if c.topic == control {
+				// MQTT keeps one subscription per filter: reuse the
+				// control subscription rather than replace it.
+				payload := fmt.Sprintf("sub %s <- %s", who, c.name)
+				if err := ps["backend"].Publish(ctx, c.topic, []byte(payload), broker.PublishOptions{Family: c.family}); err != nil {
+					t.Fatal(err)
+				}
+				if !ok || !ctl.wait(payload, 5*time.Second) {
+					t.Errorf("%s subscribed to its own %s: not delivered", who, c.name)
+				}
+				continue
+			}
+			rec := newRecorder()
+			sub, err := ps[who].Subscribe(ctx, c.topic, rec.handler, broker.SubscribeOptions{Family: c.family})
+			if err != nil {
+				if ok || !errors.Is(err, broker.ErrNotAuthorized) {
+					t.Errorf("%s subscribing to %s: %v", who, c.name, err)
+				}
+				continue
+			}
+			if !ok && b.refusesOn {
+				t.Errorf("%s subscribing to %s was acknowledged; this broker refuses denied subscriptions", who, c.name)
+			}
+			target := c.topic
+			if strings.ContainsAny(target.MQTT, "+#") {
+				target, _ = topics.Notice(map[string]string{"A": accDevB, "B": accDevA, "backend": accDevA}[who])
+			}
+			payload := fmt.Sprintf("sub %s <- %s", who, c.name)
+			if err := ps["backend"].Publish(ctx, target, []byte(payload), broker.PublishOptions{Family: c.family}); err != nil {
+				t.Fatal(err)
+			}
+			if ok {
+				if !rec.wait(payload, 5*time.Second) {
+					t.Errorf("%s subscribed to %s: not delivered, want delivered", who, c.name)
+				}
+				_ = sub.Unsubscribe(ctx)
+				continue
+			}
+			sentinel := "sentinel " + payload
+			if err := ps["backend"].Publish(ctx, control, []byte(sentinel), broker.PublishOptions{Family: broker.FamilyNotice}); err != nil {
+				t.Fatal(err)
+			}
+			if !ctl.wait(sentinel, 5*time.Second) {
+				t.Fatalf("%s: sentinel on its own notice topic not delivered", who)
+			}
+			if rec.has(payload) {
+				t.Errorf("%s subscribed to %s: delivered, want refused", who, c.name)
+			}
+			denied = append(denied, struct {
+				rec     *recorder
+				payload string
+			}{rec, payload})
+		}
+	}
+	// A last round trip, then nothing denied may have arrived late.
+	end := "sentinel end"
+	if err := ps["A"].Publish(ctx, own["A"], []byte(end), broker.PublishOptions{Family: broker.FamilyReport}); err != nil {
+		t.Fatal(err)
+	}
+	watch.wait(end, 5*time.Second)
+	for _, d := range denied {
+		if d.rec.has(d.payload) {
+			t.Errorf("refused message %q arrived late", d.payload)
+		}
+	}
+	return n
+}
