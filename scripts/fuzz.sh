@@ -70,7 +70,7 @@ while read -r dir name; do
     [ -n "$new" ] && res="FAIL (crasher: $pkg/$new)"
     sed 's/^/    /' "$out" | tail -40
   fi
-  printf '%-16s %-26s %5ss  execs %-10s %s\n' "$pkg" "$name" "$secs" "${execs:-?}" "$res" | tee -a "$FUZZLOG"
+  printf '%-20s %-26s %5ss  execs %-10s %s\n' "$pkg" "$name" "$secs" "${execs:-?}" "$res" | tee -a "$FUZZLOG"
   rm -f "$out"
 done <<<"$targets"
 exit $fail

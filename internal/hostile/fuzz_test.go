@@ -3,10 +3,8 @@ package hostile
 import (
 	"encoding/json"
 	"os"
-	"path/filepath"
 	"testing"
 
-	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -58,35 +56,5 @@ func FuzzNoticePipeline(f *testing.F) {
 		}
 		_, _ = m.ImageDigest()
 		_, _ = m.ChunkInfo()
-	})
-}
-
-// FuzzAgentState loads arbitrary bytes as the agent's state file: it must
-// never panic, and a record it accepts must encode again.
-func FuzzAgentState(f *testing.F) {
-	for _, r := range []deviceagent.Record{
-		{V: 1, Slot: -1},
-		{V: 1, State: schemas.StateDownloading, Campaign: "c-1", Envelope: []byte{1, 2}, Image: make([]byte, 32), ChunkSize: 1024,
-			Slot: 1, SlotOpen: true, Counter: 9, Done: []string{"c-0/00"}, Bytes: 2048},
-	} {
-		b, err := schemas.Marshal(r)
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Add(b)
-	}
-	f.Add([]byte{0xa0})
-	f.Fuzz(func(t *testing.T, b []byte) {
-		dir := t.TempDir()
-		if err := os.WriteFile(filepath.Join(dir, deviceagent.StateFile), b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		r, err := deviceagent.LoadState(dir)
-		if err != nil {
-			return
-		}
-		if _, err := schemas.Marshal(r); err != nil {
-			t.Fatalf("accepted record does not encode: %v", err)
-		}
 	})
 }
