@@ -75,3 +75,41 @@ func TestReconnectReports(t *testing.T) {
 		t.Errorf("reconnect report %+v: want idle on version 1", again)
 	}
 }
+
+// TestGiveUpNoLoop: an update that keeps failing is retried with backoff,
+// then given up with a final report; the retained notice, delivered again
+// after a restart, does not start it again.
+func TestGiveUpNoLoop(t *testing.T) {
+	w := memWorld(t)
+	v2 := testImage(13, 8*testChunk)
+	d := w.newDevice("dev-g", func(c *Config) { c.MaxAttempts = 2 })
+	d.start()
+	w.notice("camp-g", "dev-g", false, v2, w.envelope(v2, 2, nil, nil)) // nobody serves v2
+	retry := w.waitReport("dev-g", 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Code == schemas.CodeNoSource && r.State != schemas.StateFailed
+	})
+	final := w.waitState("dev-g", schemas.StateFailed, 20*time.Second)
+	if final.Code != schemas.CodeNoSource {
+		t.Errorf("final report code %s (%s), want no-source", final.Code, final.Text)
+	}
+	t.Logf("retry: %s; final: %s", retry.Text, final.Text)
+	d.stop()
+	d.start()
+	w.waitReport("dev-g", 5*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Text == "connected" && r.Counter > final.Counter
+	})
+	// A sentinel after the retained notice on the same topic: once its
+	// report is in, the retained notice has been handled.
+	w.raw("dev-g", false, []byte{0xff})
+	w.waitReport("dev-g", 5*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Code == schemas.CodeMalformed && r.Counter > final.Counter
+	})
+	if st := d.agent.State(); st.State != schemas.StateFailed {
+		t.Errorf("after restart the state is %s, want failed (the retained notice is not taken again)", st.State)
+	}
+	for _, r := range w.reportsOf("dev-g") {
+		if r.Counter > final.Counter && r.State == schemas.StateNotified {
+			t.Errorf("the given-up notice started again after the restart: %+v", r)
+		}
+	}
+}
