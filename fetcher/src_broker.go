@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
@@ -123,12 +124,33 @@ type inbox struct {
 }
 
 func (in *inbox) handler(ctx context.Context, m broker.Message) {
-	b := append([]byte(nil), m.Payload...)
+	b := getBuf(len(m.Payload))
+	b = append(b, m.Payload...)
 	select {
 	case in.ch <- b:
 	case <-in.done: // fetch over: dropped
+		putBuf(b)
 	case <-ctx.Done():
+		putBuf(b)
 	}
+}
+
+// bufPool recycles the copies of received messages, so that a long
+// download does not allocate one per chunk.
+var bufPool sync.Pool
+
+func getBuf(n int) []byte {
+	if p, ok := bufPool.Get().(*[]byte); ok && cap(*p) >= n {
+		return (*p)[:0]
+	}
+	return make([]byte, 0, n)
+}
+
+func putBuf(b []byte) {
+	if cap(b) > 2*schemas.MaxChunkSize {
+		return // a chunk table: not worth keeping
+	}
+	bufPool.Put(&b)
 }
 
 func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
@@ -284,7 +306,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 			timer.Reset(s.cfg.Idle)
 		case b := <-in.ch:
 			chunk = schemas.Chunk{}
-			if !s.accept(b, &chunk, im, n) {
+			ok := s.accept(b, &chunk, im, n)
+			putBuf(b) // decoding copied what it keeps
+			if !ok {
 				continue
 			}
 			i := int(chunk.Index)
