@@ -129,7 +129,7 @@ func BenchmarkReportIngest(b *testing.B) {
 		b.Fatal(err)
 	}
 	digest, _ := hex.DecodeString(img.Digest)
-	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: digest, Envelope: testEnvelope, Class: "sensor", Start: true})
+	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: digest, Envelope: testEnvelope(b, digest), Class: "sensor", Start: true})
 	if err != nil {
 		b.Fatal(err)
 	}

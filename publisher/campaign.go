@@ -259,6 +259,9 @@ func (p *Publisher) CreateCampaign(ctx context.Context, who Principal, spec sche
 	if len(env) > schemas.MaxEnvelopeSize {
 		return Campaign{}, fmt.Errorf("%w: envelope is %d bytes, max %d", ErrInvalid, len(env), schemas.MaxEnvelopeSize)
 	}
+	if err := checkEnvelope(env, spec.Image); err != nil {
+		return Campaign{}, err
+	}
 	// Rollout order: a shuffle seeded by the campaign id, so phases sample
 	// the fleet rather than its alphabetical head.
 	seed := hashSeed(id)

@@ -6,10 +6,12 @@ import (
 	"encoding/hex"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // setupFleet registers n devices, uploads an image and returns its digest.
@@ -30,7 +32,32 @@ func setupFleet(t *testing.T, e *testEnv, p *Publisher, n int) []byte {
 	return d
 }
 
-var testEnvelope = []byte("signed-envelope-placeholder")
+var (
+	testKeyOnce sync.Once
+	testSigner  suit.Signer
+)
+
+// testEnvelope returns a signed SUIT envelope for the image with digest d.
+func testEnvelope(t testing.TB, d []byte) []byte {
+	t.Helper()
+	testKeyOnce.Do(func() {
+		k, err := suit.GenerateKey("es256", nil)
+		if err != nil {
+			panic(err)
+		}
+		if testSigner, err = suit.NewKeySigner(k, suit.ES256); err != nil {
+			panic(err)
+		}
+	})
+	env, err := suit.Create(context.Background(), suit.CreateOptions{
+		ImageDigest: d, ImageSize: 5000, VendorID: make([]byte, 16), ClassID: make([]byte, 16), Seq: 2,
+		ChunkTableDigest: make([]byte, 32),
+	}, testSigner)
+	if err != nil {
+		t.Fatalf("envelope: %v", err)
+	}
+	return env
+}
 
 func statusOf_(t testing.TB, p *Publisher, id string) Status {
 	s, err := p.CampaignStatus(context.Background(), id)
@@ -51,7 +78,7 @@ func scenarioPhases(t *testing.T, e *testEnv) {
 		f.add(devName(i), false, false)
 	}
 	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
-		Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100},
+		Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{10, 50, 100},
 		SuccessPermille: 1000, FailPermille: 200, Start: true,
 	})
 	if err != nil {
@@ -110,7 +137,7 @@ func scenarioAbort(t *testing.T, e *testEnv) {
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 50)
 	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
-		Image: img, Envelope: testEnvelope, Groups: []string{"all"}, Phases: []uint8{10, 50, 100},
+		Image: img, Envelope: testEnvelope(t, img), Groups: []string{"all"}, Phases: []uint8{10, 50, 100},
 		SuccessPermille: 1000, FailPermille: 200,
 	})
 	if err != nil {
@@ -159,7 +186,7 @@ func scenarioRestart(t *testing.T, e *testEnv) {
 	ctx := context.Background()
 	img := setupFleet(t, e, pa, 50)
 	c, err := pa.CreateCampaign(ctx, e.who(pa), schemas.CampaignSpec{
-		Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000,
+		Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000,
 	})
 	if err != nil {
 		t.Fatalf("CreateCampaign: %v", err)

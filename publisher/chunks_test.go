@@ -125,7 +125,7 @@ func TestLeaderStartsWave(t *testing.T) {
 		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
 		f.add(devName(i), false, true)
 	}
-	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope, Class: "sensor", Start: true}); err != nil {
+	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, func() bool {

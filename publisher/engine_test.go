@@ -69,7 +69,7 @@ func TestReportsIgnored(t *testing.T) {
 	p, _ := e.start(nil)
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 10)
-	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Devices: []string{devName(0), devName(1)}, Start: true})
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Devices: []string{devName(0), devName(1)}, Start: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -112,7 +112,7 @@ func TestNoProgressTimeoutAndDeadline(t *testing.T) {
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 4)
 	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
-		Image: img, Envelope: testEnvelope, Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
+		Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -129,7 +129,7 @@ func TestNoProgressTimeoutAndDeadline(t *testing.T) {
 	})
 
 	c2, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{
-		Image: img, Envelope: testEnvelope, Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
+		Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true, Deadline: e.clock.Now().Add(time.Hour).Unix(),
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +148,7 @@ func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 	p, _ := e.start(nil)
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 6)
-	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Start: true})
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,7 +179,7 @@ func TestTwoInstancesNoDoubleWork(t *testing.T) {
 	for i := range 50 {
 		f.add(devName(i), false, false)
 	}
-	c, err := pb.CreateCampaign(ctx, e.who(pb), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000, Start: true})
+	c, err := pb.CreateCampaign(ctx, e.who(pb), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{10, 50, 100}, SuccessPermille: 1000, Start: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -235,7 +235,7 @@ func TestPacingCapsDownloaders(t *testing.T) {
 	for i := range 20 {
 		f.add(devName(i), false, true) // all hold after "downloading"
 	}
-	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Class: "sensor", Start: true})
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,7 +15,7 @@ func FuzzAPIBodies(f *testing.F) {
 	e := newEnv(f)
 	p, _ := e.start(nil)
 	h := p.Handler()
-	fx := &apiFixture{p: p, image: strings.Repeat("ab", 32), campaign: "c-0000000000000000"}
+	fx := &apiFixture{p: p, image: strings.Repeat("ab", 32), campaign: "c-0000000000000000", env: "AQID"}
 	eps := fx.endpoints()
 	for i, ep := range eps {
 		f.Add(uint8(i), []byte(ep.body))

@@ -3,6 +3,7 @@ package publisher
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -22,6 +23,7 @@ type apiFixture struct {
 	campaign string
 	revoked  string
 	read     string
+	env      string // base64 envelope for the image
 }
 
 func newAPIFixture(t *testing.T) *apiFixture {
@@ -30,7 +32,7 @@ func newAPIFixture(t *testing.T) *apiFixture {
 	ctx := context.Background()
 	who := e.who(p)
 	img := setupFleet(t, e, p, 3)
-	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Devices: []string{devName(0)}})
+	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Devices: []string{devName(0)}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +49,8 @@ func newAPIFixture(t *testing.T) *apiFixture {
 	}
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
-	return &apiFixture{srv: srv, p: p, image: hex.EncodeToString(img), campaign: c.ID, revoked: revoked, read: read}
+	return &apiFixture{srv: srv, p: p, image: hex.EncodeToString(img), campaign: c.ID, revoked: revoked, read: read,
+		env: base64.StdEncoding.EncodeToString(testEnvelope(t, img))}
 }
 
 func (f *apiFixture) do(t *testing.T, method, path, key, body string) (int, string) {
@@ -82,7 +85,7 @@ func (f *apiFixture) endpoints() []endpoint {
 		{"DELETE", "/api/v1/devices/" + devName(2), "", ScopeAdmin, false},
 		{"POST", "/api/v1/groups/g1/devices", `{"devices":["` + devName(1) + `"]}`, ScopeAdmin, true},
 		{"DELETE", "/api/v1/groups/g1/devices", `{"devices":["` + devName(1) + `"]}`, ScopeAdmin, true},
-		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","envelope":"AQID","devices":["` + devName(1) + `"],"phases":[50,100]}`, ScopeCampaign, true},
+		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","envelope":"` + f.env + `","devices":["` + devName(1) + `"],"phases":[50,100]}`, ScopeCampaign, true},
 		{"GET", "/api/v1/campaigns", "", ScopeRead, false},
 		{"GET", "/api/v1/campaigns/" + f.campaign, "", ScopeRead, false},
 		{"POST", "/api/v1/campaigns/" + f.campaign + "/start", "", ScopeCampaign, false},
@@ -158,7 +161,9 @@ func TestAPIBadBodies(t *testing.T) {
 		{"POST", "/api/v1/campaigns", `{"image":"zz","devices":["x"]}`},
 		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","devices":["nobody"],"envelope":"AQ=="}`},
 		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","class":"sensor","phases":[50,10],"envelope":"AQ=="}`},
-		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","class":"sensor"}`}, // no signer
+		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","class":"sensor"}`},                                                                                           // no signer
+		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","class":"sensor","envelope":"AQID"}`},                                                                         // not SUIT
+		{"POST", "/api/v1/campaigns", `{"image":"` + f.image + `","class":"sensor","envelope":"` + base64.StdEncoding.EncodeToString(testEnvelope(t, make([]byte, 32))) + `"}`}, // another image
 		{"POST", "/api/v1/campaigns", `{"image":"` + strings.Repeat("0", 64) + `","class":"sensor"}`},
 		{"POST", "/api/v1/apikeys", `{"name":"x","scopes":["root"]}`},
 		{"POST", "/api/v1/campaigns/" + f.campaign + "/explode", ``},
@@ -248,7 +253,7 @@ func TestNATSAPI(t *testing.T) {
 		t.Errorf("list: %+v", rep)
 	}
 	img, _ := hex.DecodeString(f.image)
-	rep := call("create", schemas.CampaignCommand{Key: testAdminKey, Spec: &schemas.CampaignSpec{Image: img, Envelope: testEnvelope, Devices: []string{devName(1)}, Start: true}})
+	rep := call("create", schemas.CampaignCommand{Key: testAdminKey, Spec: &schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Devices: []string{devName(1)}, Start: true}})
 	if !rep.OK || rep.Status == nil || rep.Status.State != CampaignRunning {
 		t.Fatalf("create: %+v", rep)
 	}

@@ -1,6 +1,12 @@
 package publisher
 
-import "context"
+import (
+	"bytes"
+	"context"
+	"fmt"
+
+	"github.com/firmcast/firmcast/schemas/suit"
+)
 
 // ManifestRequest is what the server knows when it signs a manifest for a
 // campaign created without an envelope.
@@ -35,4 +41,22 @@ type ManifestSignerFunc func(ctx context.Context, req ManifestRequest) ([]byte, 
 // SignManifest calls f.
 func (f ManifestSignerFunc) SignManifest(ctx context.Context, req ManifestRequest) ([]byte, error) {
 	return f(ctx, req)
+}
+
+// checkEnvelope refuses an envelope that is not a SUIT envelope or names
+// another image than the campaign's. It does not authenticate it: the
+// server may not hold the signers' public keys, and devices verify anyway.
+func checkEnvelope(env, image []byte) error {
+	m, err := suit.Decode(env)
+	if err != nil {
+		return fmt.Errorf("%w: envelope: %v", ErrInvalid, err)
+	}
+	d, ok := m.ImageDigest()
+	if !ok {
+		return fmt.Errorf("%w: envelope names no image digest", ErrInvalid)
+	}
+	if !bytes.Equal(d.Bytes, image) {
+		return fmt.Errorf("%w: envelope is for image %x, the campaign's is %x", ErrInvalid, d.Bytes, image)
+	}
+	return nil
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // apiNopTransport accepts every publish and delivers nothing: the CLI tests
@@ -110,7 +111,7 @@ func TestAPICommands(t *testing.T) {
 		t.Errorf("image list:\n%s", out)
 	}
 	env := filepath.Join(t.TempDir(), "fw.suit")
-	os.WriteFile(env, []byte("envelope"), 0o600)
+	os.WriteFile(env, apiTestEnvelope(t, data), 0o600)
 	out = must("campaign", "create", "--image", digest, "--group", "lab", "--phases", "50,100", "--fail-threshold", "5%", "--envelope", env, "--start")
 	id := regexp.MustCompile(`campaign (c-[0-9a-f]+)`).FindStringSubmatch(out)
 	if id == nil || !strings.Contains(out, "running") {
@@ -150,4 +151,24 @@ func TestAPICommands(t *testing.T) {
 	if _, err := apiRun(t, "campaign", "create", "--image", digest, "--group", "lab", "--fail-threshold", "five"); err == nil {
 		t.Error("bad --fail-threshold accepted")
 	}
+}
+
+// apiTestEnvelope signs a SUIT envelope for image with a fresh key.
+func apiTestEnvelope(t *testing.T, image []byte) []byte {
+	t.Helper()
+	k, err := suit.GenerateKey("es256", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := suit.NewKeySigner(k, suit.ES256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env, err := suit.Create(context.Background(), suit.CreateOptions{
+		Image: bytes.NewReader(image), VendorID: make([]byte, 16), ClassID: make([]byte, 16), Seq: 1, ChunkSize: 1024,
+	}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -84,7 +85,8 @@ func TestServeRunsPublisher(t *testing.T) {
 	rand.Read(data)
 	os.WriteFile(img, data, 0o600)
 	env := filepath.Join(dir, "fw.suit")
-	os.WriteFile(env, []byte("signed-envelope"), 0o600)
+	envBytes := apiTestEnvelope(t, data)
+	os.WriteFile(env, envBytes, 0o600)
 	out := must("campaign", "create", "--image", img, "--device", "dev-9", "--envelope", env, "--start")
 	id := regexp.MustCompile(`campaign (c-[0-9a-f]+)`).FindStringSubmatch(out)
 	if id == nil {
@@ -92,7 +94,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	}
 	select {
 	case n := <-notices:
-		if n.Campaign != id[1] || n.Target != "dev-9" || string(n.Envelope) != "signed-envelope" {
+		if n.Campaign != id[1] || n.Target != "dev-9" || !bytes.Equal(n.Envelope, envBytes) {
 			t.Fatalf("notice %+v", n)
 		}
 	case <-time.After(20 * time.Second):
