@@ -80,7 +80,7 @@ func readFile(t testing.TB, p string) []byte {
 	return b
 }
 
-func startRig(t *testing.T, ctx context.Context) *rig {
+func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Config)) *rig {
 	log := quietLogger()
 	r := &rig{t: t, topics: testutil.UniqueTopics(t), changed: make(chan struct{}, 1)}
 	r.creds = testutil.CredentialStore(t, nil)
@@ -155,13 +155,17 @@ func startRig(t *testing.T, ctx context.Context) *rig {
 		t.Fatal(err)
 	}
 	r.stateDir = filepath.Join(t.TempDir(), "state")
-	r.agent, err = deviceagent.New(deviceagent.Config{
+	acfg := deviceagent.Config{
 		DeviceID: deviceID, Class: deviceClass, Transport: r.devT, Topics: r.topics, Dialect: fetcher.MQTT,
 		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
 		Boot:     r.boot, StateDir: r.stateDir, Trust: trust, Logger: log,
 		MaxAttempts: 1, ChunkIdle: 60 * time.Millisecond, RetryBase: 50 * time.Millisecond,
 		Fetch: fetcher.RetryPolicy{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond, MaxRetries: -1},
-	})
+	}
+	for _, m := range mods {
+		m(&acfg)
+	}
+	r.agent, err = deviceagent.New(acfg)
 	if err != nil {
 		t.Fatal(err)
 	}
