@@ -222,3 +222,36 @@ func scenarioRestart(t *testing.T, e *testEnv) {
 		t.Fatalf("completed with %v, want 50 confirmed", s.Counts)
 	}
 }
+
+func TestCampaignLateJoiners(t *testing.T) { scenarioLateJoin(t, newEnv(t)) }
+
+// scenarioLateJoin: devices that connect only after their notice was
+// published get it (retained) when they subscribe, and finish.
+func scenarioLateJoin(t *testing.T, e *testEnv) {
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 10)
+	f := newFleet(e)
+	for i := range 5 {
+		f.add(devName(i), false, false)
+	}
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		s := statusOf_(t, p, c.ID)
+		return s.Counts["confirmed"] == 5 && s.Counts["pending"] == 5
+	})
+	for i := 5; i < 10; i++ {
+		f.add(devName(i), false, false)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignCompleted
+	})
+	for i := 5; i < 10; i++ {
+		if r := f.get(devName(i)); r.notices == 0 || r.confirmed == 0 {
+			t.Errorf("late device %s: %d notices, confirmed %v", r.id, r.notices, r.confirmed != 0)
+		}
+	}
+}

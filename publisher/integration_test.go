@@ -103,7 +103,8 @@ func brokerSetups() []brokerSetup {
 }
 
 // TestCampaignsOverRealBrokers runs the campaign scenarios (phases to 50
-// devices, abort at the failure threshold, restart mid-campaign) over the
+// devices, abort at the failure threshold, restart mid-campaign, devices
+// that connect after their notice was published) over the
 // embedded brokers and the machine's Mosquitto and NATS.
 func TestCampaignsOverRealBrokers(t *testing.T) {
 	scenarios := []struct {
@@ -113,6 +114,7 @@ func TestCampaignsOverRealBrokers(t *testing.T) {
 		{"phases", scenarioPhases},
 		{"abort", scenarioAbort},
 		{"restart", scenarioRestart},
+		{"late-join", scenarioLateJoin},
 	}
 	for _, b := range brokerSetups() {
 		for _, sc := range scenarios {
