@@ -80,6 +80,11 @@ type Config struct {
 	// PersistEvery is the fetch progress persistence interval in chunks.
 	// Default 64.
 	PersistEvery int
+	// NoSync persists state and fetch progress with write and rename but
+	// without fsync (and does not sync the flash file), for simulators
+	// running many devices on one disk, whose power cuts are process
+	// kills. A real device leaves it false.
+	NoSync bool
 	// OnState, when set, is called after each state change is persisted
 	// and before its effect (observers, simulators, crash tests).
 	OnState func(Record)
@@ -304,7 +309,7 @@ func (a *Agent) save() error {
 	a.mu.Lock()
 	r := a.st
 	a.mu.Unlock()
-	return saveState(a.cfg.StateDir, &r)
+	return saveState(a.cfg.StateDir, &r, !a.cfg.NoSync)
 }
 
 // report publishes a device report; the counter is persisted first.
@@ -324,7 +329,7 @@ func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.Er
 	}
 	rec := a.st
 	a.mu.Unlock()
-	if err := saveState(a.cfg.StateDir, &rec); err != nil {
+	if err := saveState(a.cfg.StateDir, &rec, !a.cfg.NoSync); err != nil {
 		a.log.Error("persisting report counter", "err", err)
 		return err
 	}
@@ -352,7 +357,7 @@ func (a *Agent) setState(ctx context.Context, s schemas.State, code schemas.ErrC
 	a.st.Code, a.st.Text = code, text
 	rec := a.st
 	a.mu.Unlock()
-	if err := saveState(a.cfg.StateDir, &rec); err != nil {
+	if err := saveState(a.cfg.StateDir, &rec, !a.cfg.NoSync); err != nil {
 		return err
 	}
 	a.log.Info("state", "state", s, "campaign", rec.Campaign, "code", code, "text", text)

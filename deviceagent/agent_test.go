@@ -113,3 +113,20 @@ func TestGiveUpNoLoop(t *testing.T) {
 		}
 	}
 }
+
+// TestNoSync: the simulator setting (no fsync) takes the same path.
+func TestNoSync(t *testing.T) {
+	w := memWorld(t)
+	v2 := testImage(14, 6*testChunk)
+	w.serve(v2, nil)
+	d := w.newDevice("dev-ns", func(c *Config) { c.NoSync = true })
+	d.start()
+	w.notice("camp-ns", "dev-ns", false, v2, w.envelope(v2, 2, nil, nil))
+	w.waitReport("dev-ns", 10*time.Second, func(r schemas.DeviceReport) bool {
+		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
+	})
+	d.stop()
+	if st, err := LoadState(d.dir); err != nil || st.State != schemas.StateConfirmed {
+		t.Errorf("persisted state %v, %v: want confirmed", st.State, err)
+	}
+}

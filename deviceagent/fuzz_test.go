@@ -14,7 +14,7 @@ func FuzzLoadState(f *testing.F) {
 	dir := f.TempDir()
 	r := Record{V: 1, State: schemas.StateDownloading, Campaign: "c", Image: make([]byte, 32), Slot: 1, SlotOpen: true,
 		Counter: 9, Done: []string{"a/b"}, Sources: []schemas.SourceHint{{Kind: "http", URI: "https://x"}}}
-	if err := saveState(dir, &r); err != nil {
+	if err := saveState(dir, &r, true); err != nil {
 		f.Fatal(err)
 	}
 	seed, _ := os.ReadFile(filepath.Join(dir, StateFile))
@@ -29,7 +29,7 @@ func FuzzLoadState(f *testing.F) {
 		if err != nil {
 			return
 		}
-		if err := saveState(dir, &r); err != nil {
+		if err := saveState(dir, &r, true); err != nil {
 			t.Fatalf("accepted state does not save: %v", err)
 		}
 		if _, err := LoadState(dir); err != nil {

@@ -103,10 +103,13 @@ func LoadState(dir string) (Record, error) {
 	return r, nil
 }
 
-func saveState(dir string, r *Record) error {
+func saveState(dir string, r *Record, durable bool) error {
 	b, err := schemas.Marshal(r)
 	if err != nil {
 		return fmt.Errorf("%w: encode: %v", ErrState, err)
+	}
+	if !durable {
+		return fetcher.WriteFileRenamed(filepath.Join(dir, StateFile), b)
 	}
 	return fetcher.WriteFileAtomic(filepath.Join(dir, StateFile), b)
 }

@@ -182,6 +182,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		// hashes the slot before it writes the header (and by every boot):
 		// the fetcher checks each chunk against the signed table only.
 		SkipImageDigest: true,
+		NoSync:          a.cfg.NoSync,
 		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		Clock: a.cfg.Clock, Logger: a.log,
 		OnDecision: func(dc fetcher.Decision) {

@@ -58,6 +58,10 @@ type Config struct {
 	// image itself (as bootctl does when it stages a candidate), to avoid
 	// hashing every byte twice. Default false.
 	SkipImageDigest bool
+	// NoSync writes progress with write and rename but no fsync, and
+	// does not sync the sink: for simulators whose devices share one disk
+	// and whose power cuts are process kills. Default false.
+	NoSync bool
 	// Retry is the per-source retry schedule.
 	Retry RetryPolicy
 	// Clock is the time source. Default: the system clock.
@@ -195,6 +199,7 @@ func (f *Fetcher) Fetch(ctx context.Context, im Image, plan Plan, sink Sink) (re
 	if lerr != nil {
 		f.log.Warn("discarding progress", "err", lerr)
 	}
+	p.noSync = f.cfg.NoSync
 	res.Resumed = p.done.count()
 	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize)}
 	defer func() { res.BadChunks = p.bad }()
@@ -555,7 +560,7 @@ func (r *fetchRun) catchUpHash() {
 
 // persist syncs the sink and saves the progress, then reports it.
 func (r *fetchRun) persist() error {
-	if s, ok := r.sink.(Syncer); ok {
+	if s, ok := r.sink.(Syncer); ok && !r.f.cfg.NoSync {
 		if err := s.Sync(); err != nil {
 			return fmt.Errorf("%w: sync: %v", ErrSink, err)
 		}

@@ -47,7 +47,8 @@ type progress struct {
 	hash   hash.Hash // over chunks [0, hashed)
 	hashed int
 	bad    uint64
-	dirty  int // chunks recorded since the last save
+	dirty  int  // chunks recorded since the last save
+	noSync bool // write and rename without fsync (simulators)
 }
 
 func newProgress(dir string, im Image) *progress {
@@ -108,7 +109,7 @@ func (p *progress) save() error {
 	if err != nil {
 		return fmt.Errorf("%w: encode: %v", ErrState, err)
 	}
-	if err := WriteFileAtomic(filepath.Join(p.dir, progressFile), b); err != nil {
+	if err := writeFile(filepath.Join(p.dir, progressFile), b, !p.noSync); err != nil {
 		return err
 	}
 	p.dirty = 0
@@ -117,7 +118,7 @@ func (p *progress) save() error {
 
 // saveTable persists the verified chunk table.
 func (p *progress) saveTable(b []byte) error {
-	return WriteFileAtomic(filepath.Join(p.dir, tableFile), b)
+	return writeFile(filepath.Join(p.dir, tableFile), b, !p.noSync)
 }
 
 // Discard removes the persisted progress of any image from dir.
@@ -135,7 +136,15 @@ func Discard(dir string) error {
 // the same directory, fsyncs it, renames it over path and fsyncs the
 // directory, so that after a crash path holds either the old or the new
 // content, never a mix.
-func WriteFileAtomic(path string, data []byte) error {
+func WriteFileAtomic(path string, data []byte) error { return writeFile(path, data, true) }
+
+// WriteFileRenamed is WriteFileAtomic without the fsyncs: the rename keeps
+// a reader from ever seeing a partial file, but a host crash may lose the
+// write. For simulators running thousands of devices on one disk, whose
+// "power cuts" are process kills, not host crashes.
+func WriteFileRenamed(path string, data []byte) error { return writeFile(path, data, false) }
+
+func writeFile(path string, data []byte, durable bool) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -147,15 +156,20 @@ func WriteFileAtomic(path string, data []byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if durable {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if err := f.Close(); err != nil {
 		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	d, err := os.Open(dir)
 	if err != nil {
