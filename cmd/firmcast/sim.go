@@ -59,7 +59,7 @@ devices run until interrupted, for campaigns created by hand.`,
 	fl.IntVar(&f.devices, "devices", 100, "number of simulated devices")
 	fl.StringVar(&f.mqtt, "broker", "mqtt://127.0.0.1:1883", "MQTT v5 broker URL the devices connect to")
 	fl.StringVar(&f.root, "root", schemas.DefaultRoot, "topic root (as the server's)")
-	fl.StringVar(&f.prefix, "prefix", "sim", "device id prefix: PREFIX-0001, ...")
+	fl.StringVar(&f.prefix, "prefix", "sim", "device id prefix: PREFIX-0001, ... (device ids are the MQTT client ids: unique per broker)")
 	fl.StringVar(&f.class, "class", "sim", "device class the devices register with")
 	fl.StringSliceVar(&f.trust, "trust", nil, "public key file(s) manifests must be signed with (required)")
 	fl.StringVar(&f.vendorID, "vendor-id", "", "vendor UUID the server's manifests carry (required)")

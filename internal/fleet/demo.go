@@ -157,10 +157,14 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 
 	// Backend.
 	topics := schemas.MustTopics(schemas.DefaultRoot)
-	ns := "firmcast"
+	ns, prefix := "firmcast", "dev"
 	if cfg.MQTTURL != "" {
-		root := "fcdemo" + randomHex(6)
-		topics, ns = schemas.MustTopics(root), root
+		// A shared broker: a fresh topic root, and device ids (the MQTT
+		// client ids) no other client uses, or the broker would hand our
+		// sessions over to them.
+		run := randomHex(6)
+		root := "fcdemo" + run
+		topics, ns, prefix = schemas.MustTopics(root), root, "dev"+run[:6]
 		sum.Broker, sum.NATS, sum.Root = cfg.MQTTURL, cfg.NATSURL, root
 	} else {
 		sum.Broker, sum.NATS = "embedded", "embedded"
@@ -191,7 +195,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	// Fleet.
 	const devClass = "demo"
 	fl, err := NewFleet(ctx, FleetConfig{
-		Devices: cfg.Devices, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: stack.MQTTURL, Topics: topics,
+		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: stack.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log,
 		Register: func(ctx context.Context, id, secret string) error {
@@ -225,6 +229,18 @@ type Backend interface {
 	Status(ctx context.Context, id string) (publisher.Status, error)
 	// Egress returns the chunk bytes the publisher sent, or -1 if unknown.
 	Egress() int64
+}
+
+// egressSplitter is a Backend that can split its egress into broadcast
+// waves, repair broadcasts and unicast answers.
+type egressSplitter interface {
+	EgressSplit() (wave, repair, unicast int64)
+}
+
+// EgressSplit splits the publisher's chunk egress.
+func (b LocalBackend) EgressSplit() (wave, repair, unicast int64) {
+	e := &b.S.Pub.Egress
+	return e.Wave.Load(), e.Repair.Load(), e.Unicast.Load()
 }
 
 // LocalBackend is a Stack's publisher as a Backend.
@@ -297,6 +313,10 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 	settle(ctx, fl, cfg.Settle)
 	sum.WallSeconds = time.Since(t1).Seconds()
 	sum.PublisherBytes = be.Egress()
+	if es, ok := be.(egressSplitter); ok {
+		sum.Egress = map[string]int64{}
+		sum.Egress["wave"], sum.Egress["repair"], sum.Egress["unicast"] = es.EgressSplit()
+	}
 	if sum.PublisherBytes >= 0 {
 		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
 	}
@@ -458,9 +478,11 @@ type Summary struct {
 	V2             string         `json:"v2_digest"`
 	PublisherBytes int64          `json:"publisher_bytes"`
 	PublisherRatio float64        `json:"publisher_bytes_per_image"`
-	DeviceBytes    int64          `json:"device_bytes"`
-	SetupSeconds   float64        `json:"setup_seconds"`
-	WallSeconds    float64        `json:"wall_seconds"`
+	// Egress splits PublisherBytes into wave, repair and unicast bytes.
+	Egress       map[string]int64 `json:"publisher_egress,omitempty"`
+	DeviceBytes  int64            `json:"device_bytes"`
+	SetupSeconds float64          `json:"setup_seconds"`
+	WallSeconds  float64          `json:"wall_seconds"`
 	// StagedSeconds: from the campaign's start until the last device held
 	// a verified, staged candidate. DoneSeconds: until the last device
 	// reached its final state (confirmed or rolled back). CampaignSeconds:
