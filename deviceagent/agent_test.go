@@ -1,7 +1,10 @@
 package deviceagent
 
 import (
+	"context"
 	"crypto/sha256"
+	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -128,5 +131,33 @@ func TestNoSync(t *testing.T) {
 	d.stop()
 	if st, err := LoadState(d.dir); err != nil || st.State != schemas.StateConfirmed {
 		t.Errorf("persisted state %v, %v: want confirmed", st.State, err)
+	}
+}
+
+// TestHealthCheckFailsRollsBack: the new image fails its self-test, so the
+// agent does not confirm it; the bootloader reverts after its trial boots
+// and the report says rolled back, with the reason, on the old version.
+func TestHealthCheckFailsRollsBack(t *testing.T) {
+	w := memWorld(t)
+	v2 := testImage(15, 6*testChunk)
+	w.serve(v2, nil)
+	d := w.newDevice("dev-h", func(c *Config) {
+		c.SelfTest = func(context.Context) error { return errors.New("sensor bus dead") }
+	})
+	d.start()
+	w.notice("camp-h", "dev-h", false, v2, w.envelope(v2, 2, nil, nil))
+	r := w.waitState("dev-h", schemas.StateRolledBack, 10*time.Second)
+	if r.Code != schemas.CodeBootFailed || !strings.Contains(r.Text, "sensor bus dead") || r.ActiveVersion != 1 {
+		t.Errorf("rolled-back report %+v: want boot-failed naming the self-test, on version 1", r)
+	}
+	t.Logf("rolled back: %s", r.Text)
+	d.stop()
+	if a := d.active(); a.Version != 1 {
+		t.Errorf("active version %d after the rollback, want 1", a.Version)
+	}
+	for _, r := range w.reportsOf("dev-h") {
+		if r.State == schemas.StateConfirmed {
+			t.Errorf("confirmed report despite the failed health check")
+		}
 	}
 }

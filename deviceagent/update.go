@@ -76,6 +76,11 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if active.Valid && m.Seq <= active.Version {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
 	}
+	// The candidate's security counter is its sequence number; bootctl
+	// never boots one below the anti-rollback floor.
+	if st, err := a.cfg.Boot.Status(); err == nil && m.Seq < st.Floor {
+		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d below the anti-rollback floor %d", suit.ErrRollback, m.Seq, st.Floor))
+	}
 	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); size > capacity {
 		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", size, capacity))
 	}

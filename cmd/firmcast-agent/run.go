@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/exec"
 	"runtime/debug"
 	"strconv"
 	"strings"
@@ -29,6 +30,7 @@ type runOptions struct {
 	window                                       string
 	chunkIdle                                    time.Duration
 	memLimit                                     int64
+	selfTest                                     string
 }
 
 func newRunCmd() *cobra.Command {
@@ -67,6 +69,7 @@ http, objstore, file).`,
 	f.BoolVar(&o.freeOnly, "free-source-only", false, "download only from sources with price 0")
 	f.StringVar(&o.window, "window", "", "install only inside this daily window, HH:MM-HH:MM (local time)")
 	f.DurationVar(&o.chunkIdle, "chunk-idle", 2*time.Second, "ask the broker again for missing chunks after this idle time")
+	f.StringVar(&o.selfTest, "self-test", "", "shell command run as the new image's self-test before it is confirmed (non-zero exit: not confirmed, the bootloader reverts)")
 	f.Int64Var(&o.memLimit, "mem-limit", 12<<20, "soft memory limit in bytes for the Go runtime (ignored when GOMEMLIMIT is set; 0 = none)")
 	for _, n := range []string{"device-id", "broker", "flash", "state", "trust", "vendor-id", "class-id"} {
 		_ = c.MarkFlagRequired(n)
@@ -144,6 +147,18 @@ func (o *runOptions) run(ctx context.Context) error {
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
 		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle,
+	}
+	if o.selfTest != "" {
+		cmdline := o.selfTest
+		cfg.SelfTest = func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			out, err := exec.CommandContext(ctx, "sh", "-c", cmdline).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%s: %v: %s", cmdline, err, strings.TrimSpace(string(out)))
+			}
+			return nil
+		}
 	}
 	for _, s := range o.localSources {
 		cfg.Sources = append(cfg.Sources, fetcher.NewFileSource(s, prices["file"]))
