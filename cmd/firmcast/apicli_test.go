@@ -125,7 +125,7 @@ func TestAPICommands(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 	must("campaign", "abort", id[1])
-	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") {
+	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {
 		t.Errorf("watch of an ended campaign:\n%s", out)
 	}
 	if _, err := apiRun(t, "campaign", "resume", id[1]); err == nil || !strings.Contains(err.Error(), "aborted") {

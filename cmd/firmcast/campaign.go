@@ -322,7 +322,7 @@ func watchCampaign(ctx context.Context, cl *publisher.Client, id string, every t
 	if err != nil {
 		return st, err
 	}
-	pr := mpb.NewWithContext(ctx, mpb.WithOutput(out), mpb.WithWidth(40))
+	pr := mpb.NewWithContext(ctx, mpb.WithOutput(out), mpb.WithWidth(40), mpb.WithAutoRefresh())
 	bars := map[string]*mpb.Bar{}
 	for _, s := range watchStates {
 		bars[s] = pr.AddBar(int64(max(st.Targets, 1)),
@@ -349,8 +349,9 @@ func watchCampaign(ctx context.Context, cl *publisher.Client, id string, every t
 			return st, err
 		}
 	}
-	for _, b := range bars {
-		b.Abort(false)
+	// Complete every bar at its final count so the last frame is drawn.
+	for _, s := range watchStates {
+		bars[s].SetTotal(int64(max(st.Targets, 1)), true)
 	}
 	pr.Wait()
 	return st, nil

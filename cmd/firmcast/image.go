@@ -93,7 +93,7 @@ func uploadFileNamed(ctx context.Context, cl *publisher.Client, path, name strin
 	if name == "" {
 		name = filepath.Base(path)
 	}
-	pr := mpb.NewWithContext(ctx, mpb.WithOutput(progress), mpb.WithWidth(40))
+	pr := mpb.NewWithContext(ctx, mpb.WithOutput(progress), mpb.WithWidth(40), mpb.WithAutoRefresh())
 	bar := pr.AddBar(fi.Size(),
 		mpb.PrependDecorators(decor.Name("upload "+name+" ")),
 		mpb.AppendDecorators(decor.CountersKibiByte("% .1f / % .1f")))
