@@ -312,15 +312,24 @@ func (a *Agent) save() error {
 	return saveState(a.cfg.StateDir, &r, !a.cfg.NoSync)
 }
 
-// report publishes a device report; the counter is persisted first.
+// report publishes a device report about the update in progress (or the
+// last one); the counter is persisted first.
 func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.ErrCode, text string) error {
+	a.mu.Lock()
+	campaign := a.st.Campaign
+	a.mu.Unlock()
+	return a.reportFor(ctx, campaign, state, code, text)
+}
+
+// reportFor publishes a device report naming campaign.
+func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string) error {
 	a.mu.Lock()
 	a.st.Counter++
 	if len(text) > 512 {
 		text = text[:509] + "..."
 	}
 	r := schemas.DeviceReport{
-		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: a.st.Campaign, State: state,
+		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: campaign, State: state,
 		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
 		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class,
 	}

@@ -56,13 +56,9 @@ func (a *Agent) reject(ctx context.Context, campaign string, code schemas.ErrCod
 	a.log.Warn("rejected", "campaign", campaign, "code", code, "text", text)
 	a.mu.Lock()
 	state := a.st.State
-	saved := a.st.Campaign
-	if campaign != "" && schemas.CheckID("campaign", campaign) == nil {
-		a.st.Campaign = campaign
+	a.mu.Unlock()
+	if schemas.CheckID("campaign", campaign) != nil {
+		campaign = ""
 	}
-	a.mu.Unlock()
-	_ = a.report(ctx, state, code, text)
-	a.mu.Lock()
-	a.st.Campaign = saved
-	a.mu.Unlock()
+	_ = a.reportFor(ctx, campaign, state, code, text)
 }
