@@ -1,0 +1,191 @@
+package hostile
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// requestLog wraps a device transport and records the chunks it asks for.
+type requestLog struct {
+	broker.Transport
+	n      uint32
+	mu     sync.Mutex
+	after  bool            // the broker has restarted
+	before int             // requests before the restart
+	wanted map[uint32]bool // distinct chunks asked for after the restart
+}
+
+func (l *requestLog) Publish(ctx context.Context, t schemas.Topic, p []byte, o broker.PublishOptions) error {
+	if o.Family == broker.FamilyChunkRequest {
+		var req schemas.ChunkRequest
+		if schemas.Decode(p, &req) == nil {
+			bm := req.Wanted(l.n)
+			l.mu.Lock()
+			if !l.after {
+				l.before++
+			}
+			for i := range l.n {
+				if l.after && bm.Has(i) {
+					l.wanted[i] = true
+				}
+			}
+			l.mu.Unlock()
+		}
+	}
+	return l.Transport.Publish(ctx, t, p, o)
+}
+
+// TestBrokerRestartMidDownload is a fault scenario over the real
+// publisher and agent: the MQTT broker (a mosquitto process the test owns,
+// configured from the generated policy files) is killed and restarted
+// while the device is downloading. The device finishes (the campaign
+// counts it confirmed, bootctl runs the new image), and after the restart
+// it asks only for chunks it had not verified.
+func TestBrokerRestartMidDownload(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	log := quietLogger()
+	topics := testutil.UniqueTopics(t)
+	devSecret := "secret-a-0123456789"
+	mosq := testutil.StartMosquittoWithPolicy(t, topics, []broker.Account{
+		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
+		{Identity: broker.Identity{Username: deviceID, Role: broker.RoleDevice, Device: deviceID, Class: deviceClass}, Secret: devSecret},
+	})
+	ns := testutil.StartNATS(t, broker.NATSServerConfig{DataDir: t.TempDir(), Topics: topics, Logger: log})
+	natsT, err := broker.DialNATS(ctx, broker.Config{URL: ns.URL(), Topics: topics, ClientID: "fault-js", Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { natsT.Close(context.Background()) })
+	pubT := testutil.Dial(t, broker.Config{URL: mosq.URL(), Topics: topics, ClientID: "fault-pub", Username: backendUser,
+		Password: backendSecret, SharedMember: true, ReconnectMax: 200 * time.Millisecond, Logger: log})
+	life, stop := context.WithCancel(context.Background())
+	key := "fk-fault-admin-0123456789abcdef"
+	p, err := publisher.New(life, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
+		Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
+		TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, RepairWindow: 20 * time.Millisecond,
+		// Paced, so the restart falls while chunks are still on the wire.
+		MaxBytesPerSecond: 48 << 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubDone := make(chan error, 1)
+	go func() { pubDone <- p.Run(life) }()
+	<-p.Ready()
+
+	// The device: factory image v1 at version 5, its agent on mosquitto.
+	r := &rig{t: t}
+	r.installFactory(ctx)
+	img := image(7, 40<<10)
+	n := uint32((len(img) + chunkSize - 1) / chunkSize)
+	devT := testutil.Dial(t, broker.Config{URL: mosq.URL(), Topics: topics, ClientID: deviceID, Username: deviceID,
+		Password: devSecret, ReconnectMax: 200 * time.Millisecond, Logger: log})
+	reqs := &requestLog{Transport: devT, n: n, wanted: map[uint32]bool{}}
+	trust, _ := suit.ParseTrustPEM(readFile(t, "keys/trusted.pub.pem"))
+	var once sync.Once
+	verifiedAtRestart := uint64(0)
+	agent, err := deviceagent.New(deviceagent.Config{
+		DeviceID: deviceID, Class: deviceClass, Transport: reqs, Topics: topics, Dialect: fetcher.MQTT,
+		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
+		Boot:     r.boot, StateDir: filepath.Join(t.TempDir(), "state"), Trust: trust, Logger: log,
+		ChunkIdle: 100 * time.Millisecond, RetryBase: 100 * time.Millisecond, PersistEvery: 4,
+		// The restart happens inside the first progress callback past 8
+		// chunks, so it falls in the middle of the download every run.
+		OnProgress: func(done, total uint64) {
+			if done < 8*chunkSize || done >= total {
+				return
+			}
+			once.Do(func() {
+				verifiedAtRestart = done
+				mosq.Restart()
+				reqs.mu.Lock()
+				reqs.after = true
+				reqs.mu.Unlock()
+			})
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agentDone := make(chan error, 1)
+	go func() { agentDone <- agent.Run(life) }()
+	t.Cleanup(func() {
+		stop()
+		<-agentDone
+		<-pubDone
+	})
+
+	// The campaign: upload, register the device, sign offline, start.
+	admin, err := p.Authenticate(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := p.AddDevice(ctx, admin, publisher.NewDevice{ID: deviceID, Class: deviceClass, Secret: devSecret}); err != nil {
+		t.Fatal(err)
+	}
+	up, _, err := p.UploadImage(ctx, admin, "v6", bytes.NewReader(img))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sk, _ := suit.ParsePrivateKeyPEM(readFile(t, "keys/trusted.pem"))
+	signer, _ := suit.NewKeySigner(sk, suit.EdDSA)
+	env, err := suit.Create(ctx, suit.CreateOptions{Image: bytes.NewReader(img), VendorID: vendorID, ClassID: classID, Seq: 6, ChunkSize: chunkSize}, signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dg, _ := hex.DecodeString(up.Digest)
+	c, err := p.CreateCampaign(ctx, admin, schemas.CampaignSpec{Image: dg, Envelope: env, Devices: []string{deviceID}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st publisher.Status
+	for {
+		if st, err = p.CampaignStatus(ctx, c.ID); err != nil {
+			t.Fatal(err)
+		}
+		if st.Counts["confirmed"] == 1 || st.Counts["failed"] > 0 || st.State != "running" {
+			break
+		}
+		select { // campaign state is only visible by asking
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("campaign did not finish: %+v", st)
+		}
+	}
+	if st.Counts["confirmed"] != 1 {
+		t.Fatalf("campaign after the broker restart: %+v", st)
+	}
+	if verifiedAtRestart == 0 {
+		t.Fatal("the broker was never restarted mid-download")
+	}
+	stop()
+	<-agentDone
+	agentDone <- nil
+	bs, err := r.boot.Status()
+	if err != nil || bs.Active.Digest != sha256.Sum256(img) || bs.Trial {
+		t.Fatalf("device after the campaign: %+v %v", bs.Active, err)
+	}
+	reqs.mu.Lock()
+	asked, before := len(reqs.wanted), reqs.before
+	reqs.mu.Unlock()
+	left := int(n) - int(verifiedAtRestart/chunkSize)
+	t.Logf("%d chunks; %d chunk requests and %d chunks verified before the restart; %d distinct chunks asked for after it (at most %d were missing)",
+		n, before, verifiedAtRestart/chunkSize, asked, left)
+	if asked > left {
+		t.Errorf("after the restart the device asked for %d distinct chunks, but only %d were missing", asked, left)
+	}
+}
