@@ -1,0 +1,70 @@
+package faults
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// TestRestartMidCampaign kills and restarts, while devices are
+// downloading, the MQTT broker (a mosquitto process: retained notices and
+// sessions are lost), the NATS server (a nats-server process: its
+// JetStream store is kept) and the publisher (stopped, and a new one
+// started over the same NATS). Every device must end confirmed on v2 (read
+// from its bootloader and its agent's state file), the campaign must
+// complete with every device confirmed, and no device may ask again for
+// more chunks it had already received intact than one persistence
+// interval (counted at the publisher's transport).
+func TestRestartMidCampaign(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fault func(ctx context.Context, r *rig)
+	}{
+		{"mosquitto", func(ctx context.Context, r *rig) { r.mq.Restart() }},
+		{"nats-server", func(ctx context.Context, r *rig) { r.ns.Restart() }},
+		{"publisher", func(ctx context.Context, r *rig) { r.restartPublisher(ctx) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			const devices = 12
+			r := newRig(t, ctx, rigConfig{
+				devices: devices,
+				// Throttled links (128 KiB/s per device) keep the
+				// downloads going for about two seconds.
+				faults: func(d *device, f *deviceFaults) { f.limiter = rate.NewLimiter(128<<10, 8<<10) },
+			})
+			id := r.startCampaign(ctx)
+			chunks := (len(r.v2) + int(r.cfg.chunkSize) - 1) / int(r.cfg.chunkSize)
+			r.waitDevices(ctx, "downloads a quarter done", func(map[string]schemas.State) bool {
+				n := 0
+				for _, d := range r.devs {
+					n += d.got.len()
+				}
+				return n >= devices*chunks/4
+			})
+			before := r.deviceStates()
+			tc.fault(ctx, r)
+			if n := count(before, schemas.StateConfirmed); n == devices {
+				t.Fatalf("all %d devices were confirmed before the fault: the scenario tested nothing", n)
+			}
+			t.Logf("fault injected with %d of %d devices downloading, %d confirmed", count(before, schemas.StateDownloading), devices, count(before, schemas.StateConfirmed))
+			st := r.waitStatus(ctx, id, "campaign completed", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
+			if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices {
+				t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
+			}
+			r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
+			for _, d := range r.devs {
+				d.stop()
+			}
+			r.checkOnV2(r.devs)
+			r.checkRefetch()
+			r.egress(tc.name, devices)
+		})
+	}
+}

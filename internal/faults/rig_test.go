@@ -1,0 +1,580 @@
+package faults
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	crand "crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// Flash geometry of the rig's devices.
+const (
+	sectorSize   = 4096
+	class        = "fc"
+	persistEvery = 8 // the agents' fetch progress persistence interval, in chunks
+)
+
+// rigConfig shapes one scenario. Zero fields take the defaults of newRig.
+type rigConfig struct {
+	devices   int    // default 12
+	imageSize int    // default 256 KiB
+	chunkSize uint32 // default 4 KiB
+	// mosquitto is extra mosquitto.conf text.
+	mosquitto string
+	// publisher edits the publisher's configuration.
+	publisher func(*publisher.Config)
+	// agent edits a device's agent configuration before New.
+	agent func(d *device, c *deviceagent.Config)
+	// faults sets a device's fault hooks before its first start.
+	faults func(d *device, f *deviceFaults)
+	// dead devices are registered and targeted but never started.
+	dead map[int]bool
+}
+
+// rig is a running system: a mosquitto process and a nats-server process
+// owned by the test, one publisher (replaceable), and devices.
+type rig struct {
+	t       *testing.T
+	cfg     rigConfig
+	log     *slog.Logger
+	logPath string
+	mq      *testutil.Process
+	ns      *testutil.Process
+	topics  schemas.Topics
+	trust   suit.TrustAnchors
+	vendor  []byte
+	classID []byte
+	v1, v2  []byte
+	d1, d2  [32]byte
+	pcfg    publisher.Config
+	apiKey  string
+	src     *sourceCounts
+	devs    []*device
+	byID    map[string]*device
+	changed chan struct{} // a device changed state
+
+	mu  sync.Mutex
+	pub *pubInstance
+}
+
+func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
+	t.Helper()
+	if cfg.devices == 0 {
+		cfg.devices = 12
+	}
+	if cfg.imageSize == 0 {
+		cfg.imageSize = 256 << 10
+	}
+	if cfg.chunkSize == 0 {
+		cfg.chunkSize = 4 << 10
+	}
+	r := &rig{t: t, cfg: cfg, byID: map[string]*device{}, changed: make(chan struct{}, 1)}
+	r.logPath = filepath.Join(t.TempDir(), "firmcast.log")
+	lf, err := os.Create(r.logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		lf.Close()
+		if t.Failed() {
+			r.dumpLog(150)
+		}
+	})
+	r.log = slog.New(slog.NewTextHandler(&lockedWriter{w: lf}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	r.mq = testutil.StartMosquitto(t, cfg.mosquitto)
+	r.ns = testutil.StartNATSProcess(t)
+	r.topics = testutil.UniqueTopics(t)
+
+	key, err := suit.GenerateKey("es256", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := suit.NewKeySigner(key, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.trust = suit.TrustAnchors{key.Public()}
+	r.vendor, r.classID = bytes.Repeat([]byte{0xfa}, 16), bytes.Repeat([]byte{0xc1}, 16)
+	r.v1, r.v2 = image(1, cfg.imageSize), image(2, cfg.imageSize)
+	r.d1, r.d2 = sha256.Sum256(r.v1), sha256.Sum256(r.v2)
+	r.src = newSourceCounts(r.topics, r.d2[:], func(id string) *chunkSet {
+		if d := r.byID[id]; d != nil {
+			return &d.got
+		}
+		return nil
+	})
+	r.apiKey = "fk-" + randomHex(16)
+	r.pcfg = publisher.Config{
+		Topics: r.topics, Namespace: "faults",
+		Signer: publisher.SUITSigner(signer), VendorID: r.vendor, ClassID: r.classID,
+		ChunkSize: cfg.chunkSize, MaxImageSize: int64(cfg.imageSize),
+		TickInterval: 100 * time.Millisecond, StartWindow: -1, WaveInterval: 5 * time.Second,
+		RepairWindow: 100 * time.Millisecond, MaxDownloading: 1000, LeaseTTL: 3 * time.Second,
+		FailAction: publisher.FailPause, Logger: r.log, BootstrapKey: r.apiKey,
+	}
+	if cfg.publisher != nil {
+		cfg.publisher(&r.pcfg)
+	}
+	r.pub = r.startPublisher(ctx)
+	t.Cleanup(func() { r.publisher().stop() })
+
+	for i := range cfg.devices {
+		d := r.prepare(ctx, i)
+		r.devs = append(r.devs, d)
+		r.byID[d.id] = d
+		if _, _, err := r.publisher().p.AddDevice(ctx, r.publisher().admin, publisher.NewDevice{ID: d.id, Class: class}); err != nil {
+			t.Fatalf("register %s: %v", d.id, err)
+		}
+	}
+	t.Cleanup(func() {
+		for _, d := range r.devs {
+			d.stop()
+		}
+	})
+	for i, d := range r.devs {
+		if cfg.dead[i] {
+			continue
+		}
+		d.start(ctx)
+	}
+	return r
+}
+
+// image returns n pseudo-random bytes for seed.
+func image(seed uint64, n int) []byte {
+	rng := rand.New(rand.NewPCG(seed, 0x1f))
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(rng.Uint32())
+	}
+	return b
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = crand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  *os.File
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
+}
+
+// dumpLog prints the last n lines of the components' log (warnings and
+// errors, and state changes) to the test log.
+func (r *rig) dumpLog(n int) {
+	f, err := os.Open(r.logPath)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.Contains(l, "level=WARN") || strings.Contains(l, "level=ERROR") || strings.Contains(l, "msg=state") || strings.Contains(l, "campaign") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	r.t.Logf("last %d log lines:\n%s", len(lines), strings.Join(lines, "\n"))
+}
+
+// pubInstance is one running publisher with its own broker connections.
+type pubInstance struct {
+	p      *publisher.Publisher
+	admin  publisher.Principal
+	mt     broker.Transport
+	nt     *broker.NATSTransport
+	cancel context.CancelFunc
+	done   chan error
+	once   sync.Once
+}
+
+func (r *rig) publisher() *pubInstance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pub
+}
+
+// startPublisher connects a new publisher to the rig's brokers (its
+// device-side transport counted by r.src) and returns once it takes
+// device traffic.
+func (r *rig) startPublisher(ctx context.Context) *pubInstance {
+	t := r.t
+	t.Helper()
+	id := "fc-pub-" + randomHex(4)
+	bc := func(url string) broker.Config {
+		return broker.Config{URL: url, Topics: r.topics, ClientID: id, SharedMember: true, Logger: r.log, ReconnectMax: 500 * time.Millisecond}
+	}
+	nt, err := broker.DialNATS(ctx, bc(r.ns.URL()))
+	if err != nil {
+		t.Fatalf("publisher: nats: %v", err)
+	}
+	mt, err := broker.Dial(ctx, bc(r.mq.URL()))
+	if err != nil {
+		t.Fatalf("publisher: mqtt: %v", err)
+	}
+	pc := r.pcfg
+	pc.JetStream, pc.Transport, pc.Instance = nt.JetStream(), counting{Transport: mt, c: r.src}, id
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	pi := &pubInstance{mt: mt, nt: nt, cancel: cancel, done: make(chan error, 1)}
+	if pi.p, err = publisher.New(life, pc); err != nil {
+		cancel()
+		t.Fatalf("publisher: %v", err)
+	}
+	if pi.admin, err = pi.p.Authenticate(ctx, r.apiKey); err != nil {
+		t.Fatalf("publisher: admin key: %v", err)
+	}
+	go func() { pi.done <- pi.p.Run(life) }()
+	select {
+	case <-pi.p.Ready():
+	case err := <-pi.done:
+		t.Fatalf("publisher: %v", err)
+	case <-ctx.Done():
+		t.Fatalf("publisher not ready: %v", ctx.Err())
+	}
+	return pi
+}
+
+// stop stops the publisher (a clean stop: it releases its lease) and
+// closes its connections. Safe to call more than once.
+func (pi *pubInstance) stop() {
+	pi.once.Do(func() {
+		pi.cancel()
+		<-pi.done
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = pi.mt.Close(ctx)
+		_ = pi.nt.Close(ctx)
+	})
+}
+
+// restartPublisher stops the running publisher and starts a new one over
+// the same NATS (its state) and brokers.
+func (r *rig) restartPublisher(ctx context.Context) {
+	r.publisher().stop()
+	pi := r.startPublisher(ctx)
+	r.mu.Lock()
+	r.pub = pi
+	r.mu.Unlock()
+}
+
+// device is one simulated device: flash, bootloader, agent state, and
+// an agent that can be stopped (a kill: nothing is flushed) and started
+// again over the same flash and state directory.
+type device struct {
+	r     *rig
+	i     int
+	id    string
+	dir   string
+	boot  *bootctl.Device
+	ft    *deviceFaults
+	got   chunkSet
+	state atomic.Int32 // schemas.State, from OnState
+
+	mu     sync.Mutex
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// prepare creates device i with v1 installed and confirmed through the
+// bootloader, as a production line would.
+func (r *rig) prepare(ctx context.Context, i int) *device {
+	t := r.t
+	t.Helper()
+	region := (r.cfg.imageSize+sectorSize-1)/sectorSize + 1
+	l := bootctl.DefaultLayout(2, 2, region)
+	g := bootctl.Geometry{SectorSize: sectorSize, Sectors: l.Sectors(), WriteAlign: 16}
+	fl, err := bootctl.NewMemFlash(g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := make([]byte, 32)
+	_, _ = crand.Read(key)
+	boot, err := bootctl.Open(fl, l, bootctl.RootOfTrust{DeviceKey: key}, bootctl.WithTrialBoots(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	slot, err := boot.FreeSlot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cand, err := boot.OpenCandidate(ctx, slot, uint64(len(r.v1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cand.WriteAt(r.v1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := cand.Commit(ctx, bootctl.CandidateInfo{Version: 1, SecurityCounter: 1, Digest: r.d1, Campaign: "factory"}); err != nil {
+		t.Fatal(err)
+	}
+	if dec, err := boot.Boot(ctx); err != nil || !dec.Booted {
+		t.Fatalf("factory boot: %+v %v", dec, err)
+	}
+	if err := boot.Confirm(); err != nil {
+		t.Fatal(err)
+	}
+	d := &device{r: r, i: i, id: fmt.Sprintf("dev-%03d", i), boot: boot}
+	d.dir = filepath.Join(t.TempDir(), d.id)
+	if err := os.MkdirAll(d.dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	d.ft = &deviceFaults{image: r.d2[:], got: &d.got, rng: rand.New(rand.NewPCG(uint64(i), 99))}
+	if r.cfg.faults != nil {
+		r.cfg.faults(d, d.ft)
+	}
+	return d
+}
+
+// start connects the device and runs a new agent over its flash and
+// state directory until stop.
+func (d *device) start(ctx context.Context) {
+	r := d.r
+	t := r.t
+	t.Helper()
+	tr, err := broker.Dial(ctx, broker.Config{
+		URL: r.mq.URL(), ClientID: d.id, Topics: r.topics, Logger: r.log, ReconnectMax: 500 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatalf("%s: dial: %v", d.id, err)
+	}
+	d.ft.Transport = tr
+	ac := deviceagent.Config{
+		DeviceID: d.id, Class: class, Transport: d.ft, Topics: r.topics,
+		Identity: suit.Identity{VendorID: r.vendor, ClassIDs: [][]byte{r.classID}, DeviceID: []byte(d.id)},
+		Boot:     d.boot, StateDir: d.dir, Trust: r.trust, Logger: r.log,
+		RetryBase: 200 * time.Millisecond, RetryCap: 2 * time.Second, ChunkIdle: 500 * time.Millisecond,
+		PersistEvery: persistEvery,
+		OnState: func(rec deviceagent.Record) {
+			d.state.Store(int32(rec.State))
+			select {
+			case r.changed <- struct{}{}:
+			default:
+			}
+		},
+	}
+	if r.cfg.agent != nil {
+		r.cfg.agent(d, &ac)
+	}
+	a, err := deviceagent.New(ac)
+	if err != nil {
+		t.Fatalf("%s: agent: %v", d.id, err)
+	}
+	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	done := make(chan struct{})
+	d.mu.Lock()
+	d.cancel, d.done = cancel, done
+	d.mu.Unlock()
+	go func() {
+		defer close(done)
+		_ = a.Run(life)
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer ccancel()
+		_ = tr.Close(cctx)
+	}()
+}
+
+// stop kills the agent (its context ends; nothing more is persisted) and
+// disconnects the device. Safe to call when not running.
+func (d *device) stop() {
+	d.mu.Lock()
+	cancel, done := d.cancel, d.done
+	d.cancel, d.done = nil, nil
+	d.mu.Unlock()
+	if cancel == nil {
+		return
+	}
+	cancel()
+	<-done
+}
+
+// startCampaign uploads v2 and starts a one-phase campaign to every
+// device of the class; it returns the campaign id.
+func (r *rig) startCampaign(ctx context.Context) string {
+	t := r.t
+	t.Helper()
+	pi := r.publisher()
+	img, _, err := pi.p.UploadImage(ctx, pi.admin, "v2.bin", bytes.NewReader(r.v2))
+	if err != nil {
+		t.Fatalf("upload: %v", err)
+	}
+	spec, err := publisher.CampaignRequest{Name: "v1 to v2", Image: img.Digest, Class: class, Phases: []int{100}, FailPermille: 500, Start: true}.Spec()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := pi.p.CreateCampaign(ctx, pi.admin, spec)
+	if err != nil {
+		t.Fatalf("create campaign: %v", err)
+	}
+	return c.ID
+}
+
+// status returns the campaign's status from the running publisher.
+func (r *rig) status(ctx context.Context, id string) (publisher.Status, error) {
+	return r.publisher().p.CampaignStatus(ctx, id)
+}
+
+// waitStatus polls the campaign until ok(status) or ctx ends.
+func (r *rig) waitStatus(ctx context.Context, id string, what string, ok func(publisher.Status) bool) publisher.Status {
+	r.t.Helper()
+	tk := time.NewTicker(100 * time.Millisecond)
+	defer tk.Stop()
+	var st publisher.Status
+	var err error
+	for {
+		st, err = r.status(ctx, id)
+		if err == nil && ok(st) {
+			return st
+		}
+		select {
+		case <-ctx.Done():
+			r.t.Fatalf("waiting for %s: %v; last status %+v (err %v); devices %v", what, ctx.Err(), st, err, r.deviceStates())
+		case <-tk.C:
+		}
+	}
+}
+
+// waitDevices waits until ok holds for the devices' states (as the agents
+// reported them to OnState), or ctx ends.
+func (r *rig) waitDevices(ctx context.Context, what string, ok func(map[string]schemas.State) bool) {
+	r.t.Helper()
+	tk := time.NewTicker(200 * time.Millisecond)
+	defer tk.Stop()
+	for {
+		st := r.deviceStates()
+		if ok(st) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			r.t.Fatalf("waiting for %s: %v; devices %v", what, ctx.Err(), st)
+		case <-r.changed:
+		case <-tk.C:
+		}
+	}
+}
+
+func (r *rig) deviceStates() map[string]schemas.State {
+	out := map[string]schemas.State{}
+	for _, d := range r.devs {
+		out[d.id] = schemas.State(d.state.Load())
+	}
+	return out
+}
+
+// count returns how many devices are in state s.
+func count(st map[string]schemas.State, s schemas.State) int {
+	n := 0
+	for _, v := range st {
+		if v == s {
+			n++
+		}
+	}
+	return n
+}
+
+// checkOnV2 checks the end state of devices read from the devices
+// themselves: the bootloader's active image is v2, confirmed (not in
+// trial), and the agent's persisted state is confirmed.
+func (r *rig) checkOnV2(devs []*device) {
+	r.t.Helper()
+	for _, d := range devs {
+		bs, err := d.boot.Status()
+		if err != nil {
+			r.t.Errorf("%s: bootctl status: %v", d.id, err)
+			continue
+		}
+		if !bs.Active.Valid || [32]byte(bs.Active.Digest) != r.d2 || bs.Active.Version <= 1 || bs.Trial {
+			r.t.Errorf("%s: active image valid=%v version=%d v2=%v trial=%v, want v2 confirmed", d.id, bs.Active.Valid, bs.Active.Version, [32]byte(bs.Active.Digest) == r.d2, bs.Trial)
+		}
+		rec, err := deviceagent.LoadState(d.dir)
+		if err != nil {
+			r.t.Errorf("%s: agent state: %v", d.id, err)
+			continue
+		}
+		if rec.State != schemas.StateConfirmed {
+			r.t.Errorf("%s: agent state %s (%s %s), want confirmed", d.id, rec.State, rec.Code, rec.Text)
+		}
+	}
+}
+
+// checkOnV1 checks that devices still run v1, confirmed, and are not mid
+// update.
+func (r *rig) checkOnV1(devs []*device) {
+	r.t.Helper()
+	for _, d := range devs {
+		bs, err := d.boot.Status()
+		if err != nil {
+			r.t.Errorf("%s: bootctl status: %v", d.id, err)
+			continue
+		}
+		if !bs.Active.Valid || [32]byte(bs.Active.Digest) != r.d1 || bs.Trial {
+			r.t.Errorf("%s: active image version %d trial=%v, want v1 confirmed", d.id, bs.Active.Version, bs.Trial)
+		}
+	}
+}
+
+// egress logs and returns the publisher's chunk egress (counted at its
+// transport across restarts) and the bytes the broker delivered to
+// devices, each relative to image size x devices.
+func (r *rig) egress(name string, devices int) (pubRatio, devRatio float64) {
+	pub := r.src.broadcast.Load() + r.src.unicast.Load()
+	var rx int64
+	for _, d := range r.devs {
+		rx += d.ft.rxBytes.Load()
+	}
+	base := float64(len(r.v2)) * float64(devices)
+	pubRatio, devRatio = float64(pub)/base, float64(rx)/base
+	r.t.Logf("%s: publisher chunk egress %d B (broadcast %d, unicast %d) = %.3f x image x devices; delivered to devices %d B = %.3f x image x devices",
+		name, pub, r.src.broadcast.Load(), r.src.unicast.Load(), pubRatio, rx, devRatio)
+	return pubRatio, devRatio
+}
+
+// checkRefetch checks, at the source, that no device asked again for
+// more chunks it had already received intact than one persistence
+// interval, and that the count saw the devices' requests at all.
+func (r *rig) checkRefetch() {
+	r.t.Helper()
+	total := r.src.totalRequested()
+	if total == 0 {
+		r.t.Errorf("the publisher's transport saw no chunk request: the refetch count is not wired")
+	}
+	who, again := r.src.maxAgain()
+	r.t.Logf("chunks requested at the source: %d; asked for again after being received intact: at most %d per device (%q); persistence interval %d",
+		total, again, who, persistEvery)
+	if again > persistEvery {
+		r.t.Errorf("device %s asked again for %d chunks it had received intact, more than one persistence interval (%d)", who, again, persistEvery)
+	}
+}

@@ -1,0 +1,219 @@
+package faults
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/time/rate"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// errCutOff is what a cut-off device's publishes fail with.
+var errCutOff = errors.New("faults: device cut off")
+
+// chunkSet is the set of chunk indexes a device received intact (after
+// the fault hook let them through), safe for concurrent use.
+type chunkSet struct {
+	mu  sync.Mutex
+	has map[uint32]bool
+}
+
+func (s *chunkSet) add(i uint32) {
+	s.mu.Lock()
+	if s.has == nil {
+		s.has = map[uint32]bool{}
+	}
+	s.has[i] = true
+	s.mu.Unlock()
+}
+
+func (s *chunkSet) len() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.has)
+}
+
+func (s *chunkSet) contains(i uint32) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.has[i]
+}
+
+// deviceFaults is a device's transport with fault hooks: it drops a
+// fraction of the chunk messages delivered to the device (whole messages,
+// as a lossy radio link would), throttles chunk delivery to a byte rate,
+// or cuts the device off (every message in either direction is lost). It
+// records the chunks of the image that reach the agent and counts the
+// bytes delivered to the device by the broker.
+type deviceFaults struct {
+	broker.Transport
+	image []byte // digest of the image being rolled out
+
+	dropRate float64 // fraction of chunk messages dropped, fixed at start
+	limiter  *rate.Limiter
+	cut      atomic.Bool
+
+	mu  sync.Mutex
+	rng *rand.Rand
+
+	got       *chunkSet
+	rxBytes   atomic.Int64 // chunk-family bytes the broker delivered
+	dropped   atomic.Int64 // chunk messages dropped by the hook
+	published atomic.Int64 // messages the device published
+}
+
+func (f *deviceFaults) drop() bool {
+	if f.dropRate <= 0 {
+		return false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.rng.Float64() < f.dropRate
+}
+
+func (f *deviceFaults) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	return f.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
+		if f.cut.Load() {
+			return
+		}
+		if o.Family != broker.FamilyChunk {
+			h(ctx, m)
+			return
+		}
+		f.rxBytes.Add(int64(len(m.Payload)))
+		if f.limiter != nil {
+			if err := f.limiter.WaitN(ctx, min(len(m.Payload), f.limiter.Burst())); err != nil {
+				return
+			}
+		}
+		if f.drop() {
+			f.dropped.Add(1)
+			return
+		}
+		var c schemas.Chunk
+		if schemas.Decode(m.Payload, &c) == nil && string(c.Image) == string(f.image) {
+			f.got.add(c.Index)
+		}
+		h(ctx, m)
+	}, o)
+}
+
+func (f *deviceFaults) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
+	if f.cut.Load() {
+		return errCutOff
+	}
+	f.published.Add(1)
+	return f.Transport.Publish(ctx, t, b, o)
+}
+
+// OnConnect forwards to the wrapped transport when it can tell about
+// reconnections (deviceagent.Reconnector), so wrapping changes nothing
+// else about the agent.
+func (f *deviceFaults) OnConnect(fn func()) (stop func()) {
+	if rc, ok := f.Transport.(deviceagent.Reconnector); ok {
+		return rc.OnConnect(fn)
+	}
+	return func() {}
+}
+
+// sourceCounts counts at the source, around the publisher's device-side
+// transport (kept across publisher restarts): chunk requests by device,
+// chunks requested again by a device that had already received them
+// intact, and chunk bytes published, broadcast and unicast.
+type sourceCounts struct {
+	image []byte
+	bcast string                        // the image's broadcast chunk topic (MQTT form)
+	got   func(device string) *chunkSet // nil for unknown devices
+
+	mu        sync.Mutex
+	requested map[string]int // chunk indexes asked for, by device
+	again     map[string]int // of them, already received intact
+
+	broadcast, unicast atomic.Int64 // chunk-family bytes published
+}
+
+func newSourceCounts(topics schemas.Topics, image []byte, got func(string) *chunkSet) *sourceCounts {
+	bt, _ := topics.Chunks(schemas.DigestHex(image))
+	return &sourceCounts{image: image, bcast: bt.MQTT, got: got, requested: map[string]int{}, again: map[string]int{}}
+}
+
+func (s *sourceCounts) request(b []byte) {
+	var r schemas.ChunkRequest
+	if schemas.Decode(b, &r) != nil || string(r.Image) != string(s.image) {
+		return
+	}
+	set := s.got(r.Requester)
+	n, again := 0, 0
+	for i := 0; i < 8*len(r.Bitmap); i++ {
+		if r.Bitmap[i/8]&(1<<(i%8)) == 0 {
+			continue
+		}
+		n++
+		if set != nil && set.contains(uint32(i)) {
+			again++
+		}
+	}
+	s.mu.Lock()
+	s.requested[r.Requester] += n
+	s.again[r.Requester] += again
+	s.mu.Unlock()
+}
+
+// totalRequested returns the chunk indexes asked for by every device.
+func (s *sourceCounts) totalRequested() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.requested {
+		n += c
+	}
+	return n
+}
+
+// maxAgain returns the device that asked again for the most chunks it
+// had already received, and how many.
+func (s *sourceCounts) maxAgain() (string, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	who, n := "", 0
+	for d, c := range s.again {
+		if c > n {
+			who, n = d, c
+		}
+	}
+	return who, n
+}
+
+// counting is the publisher's transport counted by a sourceCounts.
+type counting struct {
+	broker.Transport
+	c *sourceCounts
+}
+
+func (t counting) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	if o.Family != broker.FamilyChunkRequest {
+		return t.Transport.Subscribe(ctx, filter, h, o)
+	}
+	return t.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
+		t.c.request(m.Payload)
+		h(ctx, m)
+	}, o)
+}
+
+func (t counting) Publish(ctx context.Context, topic schemas.Topic, b []byte, o broker.PublishOptions) error {
+	err := t.Transport.Publish(ctx, topic, b, o)
+	if err == nil && o.Family == broker.FamilyChunk {
+		if topic.MQTT == t.c.bcast {
+			t.c.broadcast.Add(int64(len(b)))
+		} else {
+			t.c.unicast.Add(int64(len(b)))
+		}
+	}
+	return err
+}
