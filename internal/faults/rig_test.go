@@ -90,6 +90,9 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 	}
 	r := &rig{t: t, cfg: cfg, byID: map[string]*device{}, changed: make(chan struct{}, 1)}
 	r.logPath = filepath.Join(t.TempDir(), "firmcast.log")
+	if d := os.Getenv("FAULTS_KEEP_LOG"); d != "" {
+		r.logPath = filepath.Join(d, strings.ReplaceAll(t.Name(), "/", "_")+".log")
+	}
 	lf, err := os.Create(r.logPath)
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +103,9 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 			r.dumpLog(150)
 		}
 	})
+	if os.Getenv("FAULTS_KEEP_LOG") != "" {
+		t.Logf("log: %s", r.logPath)
+	}
 	r.log = slog.New(slog.NewTextHandler(&lockedWriter{w: lf}, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	r.mq = testutil.StartMosquitto(t, cfg.mosquitto)
 	r.ns = testutil.StartNATSProcess(t)
