@@ -100,6 +100,7 @@ type Agent struct {
 	log     *slog.Logger
 	fetchTo string // fetch progress directory
 	notices chan []byte
+	picker  *fetcher.Picker // source ranking state, kept across downloads
 
 	mu      sync.Mutex
 	st      Record

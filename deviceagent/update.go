@@ -188,6 +188,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		// the fetcher checks each chunk against the signed table only.
 		SkipImageDigest: true,
 		NoSync:          a.cfg.NoSync,
+		Picker:          a.picker, // measurements and penalties carry over between attempts
 		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		Clock: a.cfg.Clock, Logger: a.log,
 		OnDecision: func(dc fetcher.Decision) {
@@ -212,6 +213,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	if err != nil {
 		return permanent(schemas.CodeInternal, err)
 	}
+	a.picker = f.Picker()
 	res, err := f.Fetch(ctx, im, plan, slotSink{cand, a.cfg.Boot.Flash()})
 	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
 	if err != nil {

@@ -64,6 +64,10 @@ type Config struct {
 	NoSync bool
 	// Retry is the per-source retry schedule.
 	Retry RetryPolicy
+	// Picker, when set, is a picker of an earlier Fetcher (Fetcher.Picker)
+	// whose measurements and failure penalties carry over; TimeValue,
+	// FailurePenalty, PenaltyHalfLife and Clock then come from it.
+	Picker *Picker
 	// Clock is the time source. Default: the system clock.
 	Clock Clock
 	// Logger receives decisions and failures. Default: slog.Default().
@@ -170,14 +174,16 @@ func New(cfg Config) (*Fetcher, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, fmt.Errorf("%w: state directory: %v", ErrConfig, err)
 	}
-	return &Fetcher{
-		cfg:    cfg,
-		picker: newPicker(cfg.Clock, cfg.TimeValue, cfg.FailurePenalty, cfg.PenaltyHalfLife),
-		log:    cfg.Logger.With("component", "fetcher"),
-	}, nil
+	pk := cfg.Picker
+	if pk == nil {
+		pk = newPicker(cfg.Clock, cfg.TimeValue, cfg.FailurePenalty, cfg.PenaltyHalfLife)
+	}
+	cfg.Picker = nil
+	return &Fetcher{cfg: cfg, picker: pk, log: cfg.Logger.With("component", "fetcher")}, nil
 }
 
-// Picker returns the fetcher's picker (for inspection and tests).
+// Picker returns the fetcher's picker, to inspect it or to hand it to the
+// next Fetcher (Config.Picker).
 func (f *Fetcher) Picker() *Picker { return f.picker }
 
 // Fetch fetches im into sink, resuming from the progress persisted in

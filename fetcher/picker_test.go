@@ -125,3 +125,24 @@ func TestNewConfigErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestPickerCarriesOver: a source that failed in one fetch still carries
+// its penalty in the next Fetcher given the same picker.
+func TestPickerCarriesOver(t *testing.T) {
+	fx := newFixture(t, 4*testChunk, testChunk, 40)
+	bad := NewFileSource(t.TempDir()+"/missing", 0) // cannot serve: not even tried
+	flaky := &faultySource{Source: NewHTTPSource(newRangeServer(t, fx).URL(), 0, nil), failAfter: 1}
+	good := NewFileSource(fx.writeFiles(t, t.TempDir()), 1e-4) // pricier (0.4 for the image), below one failure penalty
+	f1 := newFetcher(t, t.TempDir(), bad, flaky, good)
+	if _, err := f1.Fetch(context.Background(), fx.im, Plan{}, newMemSink(len(fx.img))); err != nil {
+		t.Fatal(err)
+	}
+	f2, err := New(Config{Sources: []Source{flaky, good}, StateDir: t.TempDir(), Picker: f1.Picker(), Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := f2.Picker().rank(Plan{}, []Source{flaky, good}, map[string]Availability{flaky.Name(): CanServe, good.Name(): CanServe}, fx.im.Size, nil)
+	if r[0].Source != good.Name() {
+		t.Errorf("ranking %v: the source that just failed should rank below the pricier one", r)
+	}
+}
