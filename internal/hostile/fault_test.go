@@ -49,14 +49,22 @@ func (l *requestLog) Publish(ctx context.Context, t schemas.Topic, p []byte, o b
 	return l.Transport.Publish(ctx, t, p, o)
 }
 
-// TestBrokerRestartMidDownload is a fault scenario over the real
-// publisher and agent: the MQTT broker (a mosquitto process the test owns,
-// configured from the generated policy files) is killed and restarted
-// while the device is downloading. The device finishes (the campaign
-// counts it confirmed, bootctl runs the new image), and after the restart
-// it asks only for chunks it had not verified.
-func TestBrokerRestartMidDownload(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+// TestRestartMidDownload: fault scenarios over the real publisher and
+// agent. While the device is downloading, one of them is killed and
+// restarted: the MQTT broker (a mosquitto process the test owns,
+// configured from the generated policy files), the NATS server holding the
+// publisher's JetStream state (a nats-server process), or the publisher
+// itself (a new instance on the same JetStream state). The device finishes
+// (the campaign counts it confirmed, bootctl runs the new image), and after
+// the restart it asks only for chunks it had not verified.
+func TestRestartMidDownload(t *testing.T) {
+	for _, kind := range []string{"mosquitto", "nats-server", "publisher"} {
+		t.Run(kind, func(t *testing.T) { testRestartMidDownload(t, kind) })
+	}
+}
+
+func testRestartMidDownload(t *testing.T, kind string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	log := quietLogger()
 	topics := testutil.UniqueTopics(t)
@@ -65,8 +73,9 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
 		{Identity: broker.Identity{Username: deviceID, Role: broker.RoleDevice, Device: deviceID, Class: deviceClass}, Secret: devSecret},
 	})
-	ns := testutil.StartNATS(t, broker.NATSServerConfig{DataDir: t.TempDir(), Topics: topics, Logger: log})
-	natsT, err := broker.DialNATS(ctx, broker.Config{URL: ns.URL(), Topics: topics, ClientID: "fault-js", Logger: log})
+	ns := testutil.StartNATSProcess(t)
+	natsT, err := broker.DialNATS(ctx, broker.Config{URL: ns.URL(), Topics: topics, ClientID: "fault-js", Logger: log,
+		ReconnectMax: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,17 +84,46 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 		Password: backendSecret, SharedMember: true, ReconnectMax: 200 * time.Millisecond, Logger: log})
 	life, stop := context.WithCancel(context.Background())
 	key := "fk-fault-admin-0123456789abcdef"
-	p, err := publisher.New(life, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
-		Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
-		TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, RepairWindow: 20 * time.Millisecond,
-		// Paced, so the restart falls while chunks are still on the wire.
-		MaxBytesPerSecond: 48 << 10})
-	if err != nil {
-		t.Fatal(err)
+	var (
+		pmu     sync.Mutex
+		p       *publisher.Publisher
+		pstop   context.CancelFunc
+		pubDone chan error
+	)
+	startPublisher := func() {
+		plife, pcancel := context.WithCancel(life)
+		np, err := publisher.New(plife, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
+			Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
+			TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, RepairWindow: 20 * time.Millisecond,
+			LeaseTTL: time.Second,
+			// Paced, so the restart falls while chunks are still on the wire.
+			MaxBytesPerSecond: 48 << 10})
+		if err != nil {
+			t.Error(err) // may run in the agent's goroutine
+			pcancel()
+			return
+		}
+		done := make(chan error, 1)
+		go func() { done <- np.Run(plife) }()
+		<-np.Ready()
+		pmu.Lock()
+		p, pstop, pubDone = np, pcancel, done
+		pmu.Unlock()
 	}
-	pubDone := make(chan error, 1)
-	go func() { pubDone <- p.Run(life) }()
-	<-p.Ready()
+	startPublisher()
+	pub := func() *publisher.Publisher { pmu.Lock(); defer pmu.Unlock(); return p }
+	restart := map[string]func(){
+		"mosquitto":   mosq.Restart,
+		"nats-server": ns.Restart,
+		"publisher": func() {
+			pmu.Lock()
+			cancel, done := pstop, pubDone
+			pmu.Unlock()
+			cancel()
+			<-done
+			startPublisher()
+		},
+	}[kind]
 
 	// The device: factory image v1 at version 5, its agent on mosquitto.
 	r := &rig{t: t}
@@ -111,7 +149,7 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 			}
 			once.Do(func() {
 				verifiedAtRestart = done
-				mosq.Restart()
+				restart()
 				reqs.mu.Lock()
 				reqs.after = true
 				reqs.mu.Unlock()
@@ -126,10 +164,14 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 	t.Cleanup(func() {
 		stop()
 		<-agentDone
-		<-pubDone
+		pmu.Lock()
+		done := pubDone
+		pmu.Unlock()
+		<-done
 	})
 
 	// The campaign: upload, register the device, sign offline, start.
+	p = pub()
 	admin, err := p.Authenticate(ctx, key)
 	if err != nil {
 		t.Fatal(err)
@@ -153,8 +195,18 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 		t.Fatal(err)
 	}
 	var st publisher.Status
+	statusErrors := 0
 	for {
-		if st, err = p.CampaignStatus(ctx, c.ID); err != nil {
+		// A short deadline per call: a JetStream request caught by the
+		// nats-server restart can lose its reply and wait for the whole
+		// deadline, so the status is asked again rather than waited on.
+		cctx, ccancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err = pub().CampaignStatus(cctx, c.ID)
+		ccancel()
+		if err != nil && ctx.Err() == nil {
+			statusErrors++
+			continue
+		} else if err != nil {
 			t.Fatal(err)
 		}
 		if st.Counts["confirmed"] == 1 || st.Counts["failed"] > 0 || st.State != "running" {
@@ -183,8 +235,8 @@ func TestBrokerRestartMidDownload(t *testing.T) {
 	asked, before := len(reqs.wanted), reqs.before
 	reqs.mu.Unlock()
 	left := int(n) - int(verifiedAtRestart/chunkSize)
-	t.Logf("%d chunks; %d chunk requests and %d chunks verified before the restart; %d distinct chunks asked for after it (at most %d were missing)",
-		n, before, verifiedAtRestart/chunkSize, asked, left)
+	t.Logf("%d chunks; %d chunk requests and %d chunks verified before the restart; %d distinct chunks asked for after it (at most %d were missing); %d status calls timed out",
+		n, before, verifiedAtRestart/chunkSize, asked, left, statusErrors)
 	if asked > left {
 		t.Errorf("after the restart the device asked for %d distinct chunks, but only %d were missing", asked, left)
 	}
