@@ -140,6 +140,15 @@ func TestSourceFailover(t *testing.T) {
 	w.waitReport("dev-f", 20*time.Second, func(r schemas.DeviceReport) bool {
 		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
 	})
+	var decisions []string
+	for _, r := range w.reportsOf("dev-f") {
+		if strings.HasPrefix(r.Text, "source decision") {
+			decisions = append(decisions, r.Text)
+		}
+	}
+	if len(decisions) != 2 || !strings.Contains(decisions[0], `chose "http`) || !strings.Contains(decisions[1], `chose "broker" (failover after http`) {
+		t.Errorf("decision reports %q: want http first, then the broker by failover", decisions)
+	}
 	served := cs.Served()
 	for i := 0; i < 40; i++ {
 		b := served[uint32(i)]

@@ -47,7 +47,7 @@ type Record struct {
 	// Done lists updates finished (confirmed, rolled back, failed or
 	// skipped) as campaign "/" image hex, newest last.
 	Done []string `cbor:"17,keyasint,omitempty"`
-	// Source is the fetch source last in use.
+	// Source is the kind of the fetch source last in use.
 	Source string `cbor:"18,keyasint,omitempty"`
 	// Bytes is the number of bytes verified so far.
 	Bytes uint64 `cbor:"19,keyasint,omitempty"`

@@ -193,13 +193,22 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		Clock: a.cfg.Clock, Logger: a.log,
 		OnDecision: func(dc fetcher.Decision) {
 			a.mu.Lock()
-			a.st.Source = dc.Chosen
+			for _, c := range dc.Ranking {
+				if c.Source == dc.Chosen {
+					a.st.Source = c.Kind // reports carry the kind
+				}
+			}
 			a.mu.Unlock()
+			// The decision and its reasons go into the report.
+			_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, "source decision: "+dc.String())
 		},
 		OnProgress: func(p fetcher.Progress) {
 			pct := p.BytesDone * 100 / max(p.BytesTotal, 1)
 			a.mu.Lock()
-			a.st.Bytes, a.st.Source = p.BytesDone, p.Source
+			a.st.Bytes = p.BytesDone
+			if p.Kind != "" {
+				a.st.Source = p.Kind
+			}
 			a.mu.Unlock()
 			if a.cfg.OnProgress != nil {
 				a.cfg.OnProgress(p.BytesDone, p.BytesTotal)
@@ -296,8 +305,13 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		plan.Names = append(plan.Names, "broker")
 	}
 	for _, h := range hints {
-		if s := uriSource(h.URI); s != nil {
-			add(s)
+		switch h.Kind {
+		case schemas.SourceHTTP:
+			if s := uriSource(h.URI); s != nil {
+				add(s)
+			}
+		case schemas.SourceFile:
+			add(fetcher.NewFileSource(strings.TrimPrefix(h.URI, "file://"), price("file")))
 		}
 	}
 	if a.cfg.ObjectStore != nil {
