@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -326,8 +327,8 @@ func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.Er
 func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string) error {
 	a.mu.Lock()
 	a.st.Counter++
-	if len(text) > 512 {
-		text = text[:509] + "..."
+	if len(text) > schemas.MaxTextLen {
+		text = strings.ToValidUTF8(text[:schemas.MaxTextLen-3], "") + "..."
 	}
 	r := schemas.DeviceReport{
 		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: campaign, State: state,
