@@ -169,8 +169,9 @@ func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 
 // Two instances against one NATS: one notice per device, every report
 // applied once, the campaign completes.
-func TestTwoInstancesNoDoubleWork(t *testing.T) {
-	e := newEnv(t)
+func TestTwoInstancesNoDoubleWork(t *testing.T) { scenarioTwoInstances(t, newEnv(t)) }
+
+func scenarioTwoInstances(t *testing.T, e *testEnv) {
 	pa, _ := e.start(func(c *Config) { c.Instance = "a" })
 	pb, _ := e.start(func(c *Config) { c.Instance = "b" })
 	ctx := context.Background()

@@ -104,7 +104,8 @@ func brokerSetups() []brokerSetup {
 
 // TestCampaignsOverRealBrokers runs the campaign scenarios (phases to 50
 // devices, abort at the failure threshold, restart mid-campaign, devices
-// that connect after their notice was published) over the
+// that connect after their notice was published, two publisher instances
+// sharing the work) over the
 // embedded brokers and the machine's Mosquitto and NATS.
 func TestCampaignsOverRealBrokers(t *testing.T) {
 	scenarios := []struct {
@@ -115,6 +116,7 @@ func TestCampaignsOverRealBrokers(t *testing.T) {
 		{"abort", scenarioAbort},
 		{"restart", scenarioRestart},
 		{"late-join", scenarioLateJoin},
+		{"two-instances", scenarioTwoInstances},
 	}
 	for _, b := range brokerSetups() {
 		for _, sc := range scenarios {
