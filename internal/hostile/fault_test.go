@@ -5,7 +5,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
+	"math/rand/v2"
+	"net/http/httptest"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +32,33 @@ type requestLog struct {
 	after  bool            // the broker has restarted
 	before int             // requests before the restart
 	wanted map[uint32]bool // distinct chunks asked for after the restart
+
+	dropRate float64    // share of chunk messages dropped on arrival
+	rnd      *rand.Rand // deterministic drops
+	got      int        // chunk messages delivered to the agent
+	dropped  int
+}
+
+// Subscribe drops dropRate of the chunk messages before the agent sees
+// them (a whole-message loss, as a lossy link or an overloaded broker
+// would cause at QoS 0).
+func (l *requestLog) Subscribe(ctx context.Context, f schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	if o.Family != broker.FamilyChunk || l.dropRate == 0 {
+		return l.Transport.Subscribe(ctx, f, h, o)
+	}
+	return l.Transport.Subscribe(ctx, f, func(ctx context.Context, m broker.Message) {
+		l.mu.Lock()
+		drop := l.rnd.Float64() < l.dropRate
+		if drop {
+			l.dropped++
+		} else {
+			l.got++
+		}
+		l.mu.Unlock()
+		if !drop {
+			h(ctx, m)
+		}
+	}, o)
 }
 
 func (l *requestLog) Publish(ctx context.Context, t schemas.Topic, p []byte, o broker.PublishOptions) error {
@@ -59,11 +91,28 @@ func (l *requestLog) Publish(ctx context.Context, t schemas.Topic, p []byte, o b
 // the restart it asks only for chunks it had not verified.
 func TestRestartMidDownload(t *testing.T) {
 	for _, kind := range []string{"mosquitto", "nats-server", "publisher"} {
-		t.Run(kind, func(t *testing.T) { testRestartMidDownload(t, kind) })
+		t.Run(kind, func(t *testing.T) { faultCampaign(t, kind, 0) })
 	}
 }
 
-func testRestartMidDownload(t *testing.T, kind string) {
+// TestChunkLoss: none (the baseline), 5% and 20% of the chunk messages reaching the device are
+// lost; the campaign completes through repair requests, and the test logs
+// the publisher's chunk egress relative to the image size (the
+// firmcast_publisher_chunk_bytes_total counters, all kinds).
+func TestChunkLoss(t *testing.T) {
+	for _, rate := range []float64{0, 0.05, 0.20} {
+		t.Run(fmt.Sprintf("%.0f%%", rate*100), func(t *testing.T) {
+			egress := faultCampaign(t, "", rate)
+			t.Logf("loss %.0f%%: chunk egress %.3fx the image", rate*100, egress)
+		})
+	}
+}
+
+// faultCampaign runs one campaign of a 40-chunk image to one device over
+// mosquitto and a nats-server process, restarting kind ("" for none)
+// mid-download and dropping dropRate of the chunk messages; it returns
+// the publisher's chunk egress relative to the image size.
+func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	log := quietLogger()
@@ -115,6 +164,7 @@ func testRestartMidDownload(t *testing.T, kind string) {
 	restart := map[string]func(){
 		"mosquitto":   mosq.Restart,
 		"nats-server": ns.Restart,
+		"":            nil,
 		"publisher": func() {
 			pmu.Lock()
 			cancel, done := pstop, pubDone
@@ -132,7 +182,7 @@ func testRestartMidDownload(t *testing.T, kind string) {
 	n := uint32((len(img) + chunkSize - 1) / chunkSize)
 	devT := testutil.Dial(t, broker.Config{URL: mosq.URL(), Topics: topics, ClientID: deviceID, Username: deviceID,
 		Password: devSecret, ReconnectMax: 200 * time.Millisecond, Logger: log})
-	reqs := &requestLog{Transport: devT, n: n, wanted: map[uint32]bool{}}
+	reqs := &requestLog{Transport: devT, n: n, wanted: map[uint32]bool{}, dropRate: dropRate, rnd: rand.New(rand.NewPCG(7, uint64(dropRate*1000)))}
 	trust, _ := suit.ParseTrustPEM(readFile(t, "keys/trusted.pub.pem"))
 	var once sync.Once
 	verifiedAtRestart := uint64(0)
@@ -144,7 +194,7 @@ func testRestartMidDownload(t *testing.T, kind string) {
 		// The restart happens inside the first progress callback past 8
 		// chunks, so it falls in the middle of the download every run.
 		OnProgress: func(done, total uint64) {
-			if done < 8*chunkSize || done >= total {
+			if restart == nil || done < 8*chunkSize || done >= total {
 				return
 			}
 			once.Do(func() {
@@ -221,7 +271,7 @@ func testRestartMidDownload(t *testing.T, kind string) {
 	if st.Counts["confirmed"] != 1 {
 		t.Fatalf("campaign after the broker restart: %+v", st)
 	}
-	if verifiedAtRestart == 0 {
+	if verifiedAtRestart == 0 && restart != nil {
 		t.Fatal("the broker was never restarted mid-download")
 	}
 	stop()
@@ -237,7 +287,31 @@ func testRestartMidDownload(t *testing.T, kind string) {
 	left := int(n) - int(verifiedAtRestart/chunkSize)
 	t.Logf("%d chunks; %d chunk requests and %d chunks verified before the restart; %d distinct chunks asked for after it (at most %d were missing); %d status calls timed out",
 		n, before, verifiedAtRestart/chunkSize, asked, left, statusErrors)
-	if asked > left {
+	if restart != nil && asked > left {
 		t.Errorf("after the restart the device asked for %d distinct chunks, but only %d were missing", asked, left)
 	}
+	reqs.mu.Lock()
+	t.Logf("chunk messages: %d delivered to the agent, %d dropped", reqs.got, reqs.dropped)
+	reqs.mu.Unlock()
+	if restart != nil {
+		return 0 // a restarted publisher's counters start again at zero
+	}
+	return chunkEgress(t, pub()) / float64(len(img))
+}
+
+var chunkBytesMetric = regexp.MustCompile(`(?m)^firmcast_publisher_chunk_bytes_total\{kind="[a-z]+"\} ([0-9.e+]+)$`)
+
+// chunkEgress sums the publisher's chunk egress counters.
+func chunkEgress(t *testing.T, p *publisher.Publisher) float64 {
+	rec := httptest.NewRecorder()
+	p.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	sum := 0.0
+	for _, g := range chunkBytesMetric.FindAllStringSubmatch(rec.Body.String(), -1) {
+		v, _ := strconv.ParseFloat(g[1], 64)
+		sum += v
+	}
+	if sum == 0 {
+		t.Fatal("no chunk egress counted")
+	}
+	return sum
 }
