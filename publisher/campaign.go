@@ -47,8 +47,12 @@ type Campaign struct {
 	Deadline int64  `json:"deadline,omitempty"`
 	State    string `json:"state"`
 	// Phase is the index of the newest open phase; -1 before start.
-	Phase     int       `json:"phase"`
-	Reason    string    `json:"reason,omitempty"`
+	Phase  int    `json:"phase"`
+	Reason string `json:"reason,omitempty"`
+	// Resumed is when the campaign last (re)started running; no-progress
+	// timeouts count from it at the earliest, so a pause does not time
+	// devices out.
+	Resumed   time.Time `json:"resumed,omitzero"`
 	Created   time.Time `json:"created"`
 	Updated   time.Time `json:"updated"`
 	CreatedBy string    `json:"created_by,omitempty"`
@@ -342,7 +346,9 @@ func (p *Publisher) transition(ctx context.Context, id string, from []string, to
 // StartCampaign opens the first phase of a created campaign. Errors:
 // ErrNotFound, ErrState.
 func (p *Publisher) StartCampaign(ctx context.Context, who Principal, id string) (Campaign, error) {
-	c, err := p.transition(ctx, id, []string{CampaignCreated}, CampaignRunning, "", func(c *Campaign) { c.Phase = 0 })
+	c, err := p.transition(ctx, id, []string{CampaignCreated}, CampaignRunning, "", func(c *Campaign) {
+		c.Phase, c.Resumed = 0, p.cfg.Clock.Now().UTC()
+	})
 	if err != nil {
 		return Campaign{}, err
 	}
@@ -375,7 +381,7 @@ func (p *Publisher) stop(ctx context.Context, who Principal, id string, from []s
 // ResumeCampaign resumes a paused campaign and re-sends the notices of its
 // devices still in progress. Errors: ErrNotFound, ErrState.
 func (p *Publisher) ResumeCampaign(ctx context.Context, who Principal, id string) (Campaign, error) {
-	c, err := p.transition(ctx, id, []string{CampaignPaused}, CampaignRunning, "", nil)
+	c, err := p.transition(ctx, id, []string{CampaignPaused}, CampaignRunning, "", func(c *Campaign) { c.Resumed = p.cfg.Clock.Now().UTC() })
 	if err != nil {
 		return Campaign{}, err
 	}

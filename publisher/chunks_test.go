@@ -142,10 +142,7 @@ func TestLeaderStartsWave(t *testing.T) {
 		}
 	}
 	waitFor(t, 5*time.Second, func() string { return "wave counted" }, func() bool { return counterValue(p.met.waves) >= 1 })
-	for range 5 {
-		p.kick()
-	}
-	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	awaitTicks(t, p, 3)
 	if w := counterValue(p.met.waves); w != 1 {
 		t.Errorf("%v waves within the wave interval, want 1", w)
 	}

@@ -65,6 +65,7 @@ func (p *Publisher) releaseLease(ctx context.Context) {
 // tick runs one round of campaign work if this instance is leader. It is
 // called from Run's loop only (never concurrently with itself).
 func (p *Publisher) tick(ctx context.Context) {
+	defer p.ticks.Add(1)
 	leader, fresh := p.acquireLease(ctx)
 	if !leader {
 		return
@@ -115,7 +116,11 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	// Time out devices that stopped making progress.
 	devs := p.idx.devs(c.ID)
 	for _, e := range devs {
-		if e.st.State == StateQueued || terminal(e.st.State) || now.Sub(e.st.Progress) < p.cfg.NoProgress {
+		last := e.st.Progress
+		if c.Resumed.After(last) {
+			last = c.Resumed
+		}
+		if e.st.State == StateQueued || terminal(e.st.State) || now.Sub(last) < p.cfg.NoProgress {
 			continue
 		}
 		if err := p.timeOut(ctx, e); err != nil {

@@ -145,7 +145,7 @@ func TestNoProgressTimeoutAndDeadline(t *testing.T) {
 
 func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 	e := newEnv(t)
-	p, _ := e.start(nil)
+	p, _ := e.start(func(c *Config) { c.NoProgress = time.Minute })
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 6)
 	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Start: true})
@@ -159,11 +159,17 @@ func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 	if n := len(e.mb.retainedNotices()); n != 0 {
 		t.Fatalf("%d notices retained while paused", n)
 	}
+	// A long pause does not time devices out once resumed.
+	e.clock.Advance(2 * time.Hour)
 	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err != nil {
 		t.Fatal(err)
 	}
 	if n := len(e.mb.retainedNotices()); n != 6 {
 		t.Fatalf("%d notices retained after resume, want 6", n)
+	}
+	awaitTicks(t, p, 2)
+	if s := statusOf_(t, p, c.ID); s.Counts["failed"] != 0 || s.State != CampaignRunning {
+		t.Fatalf("after a 2h pause (no-progress 1m): %+v", s)
 	}
 }
 
@@ -244,12 +250,9 @@ func TestPacingCapsDownloaders(t *testing.T) {
 		return statusOf_(t, p, c.ID).Counts["downloading"] == 5
 	})
 	// Several ticks later still only five.
-	ticks := counterValue(p.met.notices)
-	for range 3 {
-		p.kick()
-	}
-	waitFor(t, 5*time.Second, func() string { return "ticks" }, func() bool { return e.mb.idle() })
-	if s := statusOf_(t, p, c.ID); s.Counts["downloading"] != 5 || s.Counts["queued"] != 15 || counterValue(p.met.notices) != ticks {
+	sent := counterValue(p.met.notices)
+	awaitTicks(t, p, 3)
+	if s := statusOf_(t, p, c.ID); s.Counts["downloading"] != 5 || s.Counts["queued"] != 15 || counterValue(p.met.notices) != sent {
 		t.Fatalf("with a cap of 5: %v", s.Counts)
 	}
 	b, _ := p.notice(&c, devName(0))

@@ -194,3 +194,14 @@ func (e *testEnv) open(edit func(*Config)) *Publisher {
 	}
 	return p
 }
+
+// awaitTicks waits until p has completed n more ticks of its loop.
+func awaitTicks(t testing.TB, p *Publisher, n int64) {
+	t.Helper()
+	want := p.ticks.Load() + n
+	p.kick()
+	waitFor(t, 10*time.Second, func() string { return "ticks" }, func() bool {
+		p.kick()
+		return p.ticks.Load() >= want
+	})
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -34,7 +35,8 @@ type Publisher struct {
 	ready   chan struct{}
 	stopped chan struct{} // closed when Run's context ends
 
-	leader bool // owned by the tick loop
+	leader bool         // owned by the tick loop
+	ticks  atomic.Int64 // ticks completed, for tests
 
 	waveMu sync.Mutex
 	waves  map[string]*waveState
