@@ -43,7 +43,7 @@ type requestLog struct {
 // them (a whole-message loss, as a lossy link or an overloaded broker
 // would cause at QoS 0).
 func (l *requestLog) Subscribe(ctx context.Context, f schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
-	if o.Family != broker.FamilyChunk || l.dropRate == 0 {
+	if o.Family != broker.FamilyChunk {
 		return l.Transport.Subscribe(ctx, f, h, o)
 	}
 	return l.Transport.Subscribe(ctx, f, func(ctx context.Context, m broker.Message) {
