@@ -124,23 +124,26 @@ func (f *deviceFaults) OnConnect(fn func()) (stop func()) {
 
 // sourceCounts counts at the source, around the publisher's device-side
 // transport (kept across publisher restarts): chunk requests by device,
-// chunks requested again by a device that had already received them
-// intact, and chunk bytes published, broadcast and unicast.
+// chunks requested again by a device that already held them verified
+// (written intact in a candidate slot of its flash), and chunk bytes
+// published, broadcast and unicast.
 type sourceCounts struct {
 	image []byte
-	bcast string                        // the image's broadcast chunk topic (MQTT form)
-	got   func(device string) *chunkSet // nil for unknown devices
+	bcast string // the image's broadcast chunk topic (MQTT form)
+	// held reports whether a device holds chunk i verified; nil for
+	// unknown devices.
+	held func(device string) func(i uint32) bool
 
 	mu        sync.Mutex
 	requested map[string]int // chunk indexes asked for, by device
-	again     map[string]int // of them, already received intact
+	again     map[string]int // of them, already held verified
 
 	broadcast, unicast atomic.Int64 // chunk-family bytes published
 }
 
-func newSourceCounts(topics schemas.Topics, image []byte, got func(string) *chunkSet) *sourceCounts {
+func newSourceCounts(topics schemas.Topics, image []byte, held func(string) func(uint32) bool) *sourceCounts {
 	bt, _ := topics.Chunks(schemas.DigestHex(image))
-	return &sourceCounts{image: image, bcast: bt.MQTT, got: got, requested: map[string]int{}, again: map[string]int{}}
+	return &sourceCounts{image: image, bcast: bt.MQTT, held: held, requested: map[string]int{}, again: map[string]int{}}
 }
 
 func (s *sourceCounts) request(b []byte) {
@@ -148,14 +151,14 @@ func (s *sourceCounts) request(b []byte) {
 	if schemas.Decode(b, &r) != nil || string(r.Image) != string(s.image) {
 		return
 	}
-	set := s.got(r.Requester)
+	held := s.held(r.Requester)
 	n, again := 0, 0
 	for i := 0; i < 8*len(r.Bitmap); i++ {
 		if r.Bitmap[i/8]&(1<<(i%8)) == 0 {
 			continue
 		}
 		n++
-		if set != nil && set.contains(uint32(i)) {
+		if held != nil && held(uint32(i)) {
 			again++
 		}
 	}

@@ -1,0 +1,78 @@
+package faults
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// TestCutOffBeyondRetryCap cuts one device's network link mid-download
+// (its connection through a TCP proxy is closed and its reconnection
+// attempts are refused) for longer than its retry cap and until it has
+// failed to reconnect several times, then restores the link. It must
+// resume, report, and end confirmed on v2, without fetching again more
+// than one persistence interval of chunks it held; the campaign must
+// complete with every device confirmed.
+func TestCutOffBeyondRetryCap(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const devices, victim = 6, 0
+	const retryCap = 400 * time.Millisecond
+	r := newRig(t, ctx, rigConfig{
+		devices: devices,
+		linked:  map[int]bool{victim: true},
+		// The victim's link is throttled (64 KiB/s) so that the cut
+		// comes mid-download.
+		faults: func(d *device, f *deviceFaults) {
+			if d.i == victim {
+				f.limiter = rate.NewLimiter(64<<10, 8<<10)
+			}
+		},
+		agent: func(d *device, c *deviceagent.Config) {
+			if d.i == victim {
+				c.RetryBase, c.RetryCap, c.ChunkIdle = 200*time.Millisecond, retryCap, 200*time.Millisecond
+			}
+		},
+	})
+	v := r.devs[victim]
+	id := r.startCampaign(ctx)
+	chunks := (len(r.v2) + int(r.cfg.chunkSize) - 1) / int(r.cfg.chunkSize)
+	r.waitDevices(ctx, "victim a quarter done", func(map[string]schemas.State) bool { return v.got.len() >= chunks/4 })
+	v.link.cut()
+	cutAt := time.Now()
+	held := v.got.len()
+	t.Logf("link cut with %d of %d chunks received", held, chunks)
+	// Keep the link down for ten retry caps and until the device has
+	// failed to reconnect three times.
+	r.waitDevices(ctx, "reconnections refused", func(map[string]schemas.State) bool {
+		return v.link.refused.Load() >= 3 && time.Since(cutAt) > 10*retryCap
+	})
+	rec, err := deviceagent.LoadState(v.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("after %v cut off (%d reconnections refused): agent state %s, attempts %d, %s %s",
+		time.Since(cutAt).Round(time.Millisecond), v.link.refused.Load(), rec.State, rec.Attempts, rec.Code, rec.Text)
+	// Chunks already buffered on the device's side of the link may still
+	// be delivered after the cut, but not the whole image.
+	if n := v.got.len(); n == chunks || rec.State != schemas.StateDownloading {
+		t.Errorf("while cut off the device got %d of %d chunks and reached %s: the cut did not cut", n, chunks, rec.State)
+	}
+	v.link.restore()
+	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
+	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices {
+		t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
+	}
+	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
+	for _, d := range r.devs {
+		d.stop()
+	}
+	r.checkOnV2(r.devs)
+	r.checkRefetch()
+}
