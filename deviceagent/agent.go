@@ -53,6 +53,9 @@ type Config struct {
 	// ObjectBucket (for gateways with NATS access).
 	ObjectStore  jetstream.ObjectStore
 	ObjectBucket string
+	// ObjectJS, when set with ObjectStore, lets the object store source
+	// read ranges (a resumed download does not transfer its prefix again).
+	ObjectJS jetstream.JetStream
 	// Sources are extra sources (a local file or directory, a peer).
 	Sources []fetcher.Source
 	// Policy is the download and install authorization.

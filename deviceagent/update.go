@@ -315,7 +315,11 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		}
 	}
 	if a.cfg.ObjectStore != nil {
-		add(fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore")))
+		os := fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore"))
+		if a.cfg.ObjectJS != nil {
+			os.WithJetStream(a.cfg.ObjectJS)
+		}
+		add(os)
 	}
 	for _, s := range a.cfg.Sources {
 		add(s)

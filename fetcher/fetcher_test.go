@@ -1,6 +1,7 @@
 package fetcher
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -53,6 +54,14 @@ func brokerSetup(t *testing.T, fx fixture, tune func(*testutil.ChunkServer)) (*B
 // natsObjectStore starts an embedded JetStream server and returns an
 // object store holding the fixture's image and table.
 func natsObjectStore(t *testing.T, fx fixture) jetstream.ObjectStore {
+	obs, _, _ := natsObjectStoreConn(t, fx, 0)
+	return obs
+}
+
+// natsObjectStoreConn is natsObjectStore with the connection and
+// JetStream handle, storing the image in object chunks of objChunk bytes
+// (0 = nats.go's default).
+func natsObjectStoreConn(t *testing.T, fx fixture, objChunk uint32) (jetstream.ObjectStore, *nats.Conn, jetstream.JetStream) {
 	t.Helper()
 	opts := &server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true}
 	ns, err := server.NewServer(opts)
@@ -64,7 +73,14 @@ func natsObjectStore(t *testing.T, fx fixture) jetstream.ObjectStore {
 	if !ns.ReadyForConnections(10 * time.Second) {
 		t.Fatal("nats-server not ready")
 	}
-	nc, err := nats.Connect(ns.ClientURL())
+	return objectStoreAt(t, ns.ClientURL(), "images", fx, objChunk)
+}
+
+// objectStoreAt creates bucket on the NATS server at url and stores the
+// fixture's image and table in it; the bucket is deleted at cleanup.
+func objectStoreAt(t *testing.T, url, bucket string, fx fixture, objChunk uint32) (jetstream.ObjectStore, *nats.Conn, jetstream.JetStream) {
+	t.Helper()
+	nc, err := nats.Connect(url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,17 +90,78 @@ func natsObjectStore(t *testing.T, fx fixture) jetstream.ObjectStore {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: "images"})
+	obs, err := js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: bucket})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := obs.PutBytes(ctx, fx.im.Hex(), fx.img); err != nil {
+	t.Cleanup(func() { js.DeleteObjectStore(context.Background(), bucket) })
+	meta := jetstream.ObjectMeta{Name: fx.im.Hex()}
+	if objChunk > 0 {
+		meta.Opts = &jetstream.ObjectMetaOptions{ChunkSize: objChunk}
+	}
+	if _, err := obs.Put(ctx, meta, bytes.NewReader(fx.img)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := obs.PutBytes(ctx, fx.im.Hex()+TableSuffix, fx.tb); err != nil {
 		t.Fatal(err)
 	}
-	return obs
+	return obs, nc, js
+}
+
+// TestObjectStoreRanged: with a JetStream handle the object store source
+// starts at the first wanted chunk instead of the object's start, counted
+// in bytes received on the connection.
+func TestObjectStoreRanged(t *testing.T) {
+	fx := newFixture(t, 64*testChunk, testChunk, 41)
+	t.Run("embedded", func(t *testing.T) {
+		obs, nc, js := natsObjectStoreConn(t, fx, 4096)
+		objectStoreRanged(t, fx, obs, nc, js, "images")
+	})
+	t.Run("machine-nats-2.9", func(t *testing.T) {
+		testutil.RequireBroker(t, testutil.MachineNATSURL)
+		bucket := testutil.UniqueRoot(t)
+		obs, nc, js := objectStoreAt(t, testutil.MachineNATSURL, bucket, fx, 4096)
+		objectStoreRanged(t, fx, obs, nc, js, bucket)
+	})
+}
+
+func objectStoreRanged(t *testing.T, fx fixture, obs jetstream.ObjectStore, nc *nats.Conn, js jetstream.JetStream, bucket string) {
+	for _, ranged := range []bool{true, false} {
+		t.Run(fmt.Sprintf("ranged=%v", ranged), func(t *testing.T) {
+			src := NewObjectStoreSource(obs, bucket, 0)
+			if ranged {
+				src.WithJetStream(js)
+			}
+			want := newBitmap(fx.im.Chunks())
+			for i := 48; i < 64; i++ {
+				want.set(i)
+			}
+			tab, _ := DecodeTable(fx.im, fx.tb)
+			got := 0
+			before := nc.Stats().InBytes
+			err := src.Fetch(context.Background(), fx.im, Chunks{want}, func(i int, data []byte) error {
+				if err := tab.VerifyChunk(uint32(i), data); err != nil {
+					t.Errorf("chunk %d: %v", i, err)
+				}
+				got++
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := nc.Stats().InBytes - before
+			if got != 16 {
+				t.Errorf("%d chunks delivered, want 16", got)
+			}
+			if ranged && in > 40*testChunk { // 16 KiB wanted + probes of the first and last object chunk + JSON
+				t.Errorf("ranged read received %d bytes for 16 KiB wanted", in)
+			}
+			if !ranged && in < 64*testChunk {
+				t.Errorf("streamed read received only %d bytes", in)
+			}
+			t.Logf("received %d bytes", in)
+		})
+	}
 }
 
 func TestFetchEachSource(t *testing.T) {

@@ -173,7 +173,7 @@ func (o *runOptions) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("--nats: object store %s: %w", o.bucket, err)
 		}
-		cfg.ObjectStore, cfg.ObjectBucket = obs, o.bucket
+		cfg.ObjectStore, cfg.ObjectBucket, cfg.ObjectJS = obs, o.bucket, nt.JetStream()
 	}
 	a, err := deviceagent.New(cfg)
 	if err != nil {
