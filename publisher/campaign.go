@@ -3,6 +3,7 @@ package publisher
 import (
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -213,6 +214,62 @@ func (p *Publisher) expandTargets(ctx context.Context, spec *schemas.CampaignSpe
 // spec.Start, starts it. Errors: ErrInvalid, ErrNotFound (image),
 // ErrNoSigner.
 func (p *Publisher) CreateCampaign(ctx context.Context, who Principal, spec schemas.CampaignSpec) (Campaign, error) {
+	return p.createCampaign(ctx, who, spec, nil)
+}
+
+// CreatePhasedCampaign is CreateCampaign with explicit phases: phase i
+// opens the devices of phaseDevices[i] (registered device ids, each in one
+// phase only), in that order. The spec names no other targets or
+// percentages. Errors: as CreateCampaign.
+func (p *Publisher) CreatePhasedCampaign(ctx context.Context, who Principal, spec schemas.CampaignSpec, phaseDevices [][]string) (Campaign, error) {
+	if len(phaseDevices) == 0 {
+		return Campaign{}, fmt.Errorf("%w: no phase device lists", ErrInvalid)
+	}
+	if len(spec.Devices)+len(spec.Groups)+len(spec.Tags)+len(spec.Phases) > 0 || spec.Class != "" || spec.OnVersion != nil {
+		return Campaign{}, fmt.Errorf("%w: explicit phase device lists exclude other targets and phase percentages", ErrInvalid)
+	}
+	return p.createCampaign(ctx, who, spec, phaseDevices)
+}
+
+// explicitPhases checks phase device lists and returns the targets in
+// rollout order, the cumulative percentages and phase ends.
+func (p *Publisher) explicitPhases(ctx context.Context, lists [][]string) ([]string, []uint8, []int, error) {
+	if len(lists) > 20 {
+		return nil, nil, nil, fmt.Errorf("%w: %d phases, max 20", ErrInvalid, len(lists))
+	}
+	seen := map[string]bool{}
+	var targets []string
+	var ends []int
+	for i, l := range lists {
+		if len(l) == 0 {
+			return nil, nil, nil, fmt.Errorf("%w: phase %d has no devices", ErrInvalid, i)
+		}
+		for _, id := range l {
+			if _, err := p.Device(ctx, id); err != nil {
+				if errors.Is(err, ErrNotFound) {
+					return nil, nil, nil, fmt.Errorf("%w: phase %d device %q is not registered", ErrInvalid, i, id)
+				}
+				return nil, nil, nil, err
+			}
+			if seen[id] {
+				return nil, nil, nil, fmt.Errorf("%w: device %q is in more than one phase", ErrInvalid, id)
+			}
+			seen[id] = true
+			targets = append(targets, id)
+		}
+		ends = append(ends, len(targets))
+	}
+	if len(targets) > MaxTargets {
+		return nil, nil, nil, fmt.Errorf("%w: campaign targets %d devices, max %d", ErrInvalid, len(targets), MaxTargets)
+	}
+	pcts := make([]uint8, len(ends))
+	for i, e := range ends {
+		pcts[i] = uint8(max(1, e*100/len(targets)))
+	}
+	return targets, pcts, ends, nil
+}
+
+func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec schemas.CampaignSpec, phaseDevices [][]string) (Campaign, error) {
 	if len(spec.Image) != schemas.DigestSize {
 		return Campaign{}, fmt.Errorf("%w: image digest is %d bytes, want %d", ErrInvalid, len(spec.Image), schemas.DigestSize)
 	}
@@ -227,8 +284,10 @@ func (p *Publisher) CreateCampaign(ctx context.Context, who Principal, spec sche
 	if len(phases) == 0 {
 		phases = []uint8{100}
 	}
-	if err := checkPhases(phases); err != nil {
-		return Campaign{}, err
+	if phaseDevices == nil {
+		if err := checkPhases(phases); err != nil {
+			return Campaign{}, err
+		}
 	}
 	if spec.SuccessPermille > 1000 || spec.FailPermille > 1000 {
 		return Campaign{}, fmt.Errorf("%w: thresholds are permille, max 1000", ErrInvalid)
@@ -237,7 +296,13 @@ func (p *Publisher) CreateCampaign(ctx context.Context, who Principal, spec sche
 	if spec.Deadline != 0 && spec.Deadline <= now.Unix() {
 		return Campaign{}, fmt.Errorf("%w: deadline %d is in the past", ErrInvalid, spec.Deadline)
 	}
-	targets, err := p.expandTargets(ctx, &spec)
+	var targets []string
+	var ends []int
+	if phaseDevices != nil {
+		targets, phases, ends, err = p.explicitPhases(ctx, phaseDevices)
+	} else {
+		targets, err = p.expandTargets(ctx, &spec)
+	}
 	if err != nil {
 		return Campaign{}, err
 	}
@@ -270,10 +335,13 @@ func (p *Publisher) CreateCampaign(ctx context.Context, who Principal, spec sche
 	// the fleet rather than its alphabetical head.
 	seed := hashSeed(id)
 	rng := rand.New(rand.NewPCG(seed, seed>>1|1))
-	rng.Shuffle(len(targets), func(i, j int) { targets[i], targets[j] = targets[j], targets[i] })
+	if ends == nil {
+		rng.Shuffle(len(targets), func(i, j int) { targets[i], targets[j] = targets[j], targets[i] })
+		ends = phaseEnds(len(targets), phases, p.cfg.MinPhaseDevices)
+	}
 	c := Campaign{
 		ID: id, Name: spec.Name, Image: img.Digest, ImageSize: img.Size, ChunkSize: img.ChunkSize, TableDigest: img.TableDigest,
-		Envelope: env, Targets: targets, Phases: phases, PhaseEnds: phaseEnds(len(targets), phases, p.cfg.MinPhaseDevices),
+		Envelope: env, Targets: targets, Phases: phases, PhaseEnds: ends,
 		SuccessPermille: orDefault(spec.SuccessPermille, p.cfg.DefaultSuccessPermille),
 		FailPermille:    orDefault(spec.FailPermille, p.cfg.DefaultFailPermille),
 		FailAction:      p.cfg.FailAction, Deadline: spec.Deadline, State: CampaignCreated, Phase: -1,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -253,5 +254,43 @@ func scenarioLateJoin(t *testing.T, e *testEnv) {
 		if r := f.get(devName(i)); r.notices == 0 || r.confirmed == 0 {
 			t.Errorf("late device %s: %d notices, confirmed %v", r.id, r.notices, r.confirmed != 0)
 		}
+	}
+}
+
+func TestExplicitPhaseLists(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	img := setupFleet(t, e, p, 6)
+	f := newFleet(e)
+	for i := range 6 {
+		f.add(devName(i), false, false)
+	}
+	lists := [][]string{{devName(4)}, {devName(0), devName(2)}}
+	c, err := p.CreatePhasedCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), SuccessPermille: 1000, Start: true}, lists)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(c.Targets, c.PhaseEnds, c.Phases) != "[dev-004 dev-000 dev-002] [1 3] [33 100]" {
+		t.Fatalf("targets %v ends %v phases %v", c.Targets, c.PhaseEnds, c.Phases)
+	}
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignCompleted
+	})
+	if f.get(devName(4)).confirmed > f.get(devName(0)).firstNotice {
+		t.Error("phase 1 notified before phase 0 confirmed")
+	}
+	for _, i := range []int{1, 3, 5} {
+		if n := f.get(devName(i)).notices; n != 0 {
+			t.Errorf("%s is in no phase but got %d notices", devName(i), n)
+		}
+	}
+	for _, bad := range [][][]string{{{}}, {{devName(0)}, {devName(0)}}, {{"nobody"}}} {
+		if _, err := p.CreatePhasedCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img)}, bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("lists %v: %v, want ErrInvalid", bad, err)
+		}
+	}
+	if _, err := p.CreatePhasedCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor"}, lists); !errors.Is(err, ErrInvalid) {
+		t.Errorf("lists with a class: %v", err)
 	}
 }

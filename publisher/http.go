@@ -34,9 +34,12 @@ type CampaignRequest struct {
 	Tags      []string `json:"tags,omitempty"`
 	OnVersion *uint64  `json:"on_version,omitempty"`
 	// Phases are cumulative percentages ending at 100, e.g. [1, 10, 100].
-	Phases          []int  `json:"phases,omitempty"`
-	SuccessPermille uint16 `json:"success_permille,omitempty"`
-	FailPermille    uint16 `json:"fail_permille,omitempty"`
+	Phases []int `json:"phases,omitempty"`
+	// PhaseDevices, instead of targets and Phases, lists the devices of
+	// each phase explicitly.
+	PhaseDevices    [][]string `json:"phase_devices,omitempty"`
+	SuccessPermille uint16     `json:"success_permille,omitempty"`
+	FailPermille    uint16     `json:"fail_permille,omitempty"`
 	// Deadline, Unix seconds; 0 = none.
 	Deadline int64 `json:"deadline,omitempty"`
 	Start    bool  `json:"start,omitempty"`
@@ -172,7 +175,12 @@ func (p *Publisher) Handler() http.Handler {
 		if err != nil {
 			return 0, nil, err
 		}
-		c, err := p.CreateCampaign(r.Context(), who, spec)
+		var c Campaign
+		if len(cr.PhaseDevices) > 0 {
+			c, err = p.CreatePhasedCampaign(r.Context(), who, spec, cr.PhaseDevices)
+		} else {
+			c, err = p.CreateCampaign(r.Context(), who, spec)
+		}
 		if err != nil {
 			return 0, nil, err
 		}

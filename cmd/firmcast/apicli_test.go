@@ -125,6 +125,9 @@ func TestAPICommands(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 	must("campaign", "abort", id[1])
+	if out := must("campaign", "create", "--image", digest, "--envelope", env, "--phase-devices", "d1", "--phase-devices", "d2"); !strings.Contains(out, "phases   [50 100]") {
+		t.Errorf("explicit phases:\n%s", out)
+	}
 	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {
 		t.Errorf("watch of an ended campaign:\n%s", out)
 	}

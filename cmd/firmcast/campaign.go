@@ -67,7 +67,7 @@ aborts (or pauses) when failures reach the failure threshold.`,
 
 type campaignFlags struct {
 	image, class, name, fail, success, deadline, envelope string
-	groups, devices, tags                                 []string
+	groups, devices, tags, phaseDevices                   []string
 	phases                                                []int
 	onVersion                                             int64
 	start                                                 bool
@@ -81,6 +81,7 @@ func (f *campaignFlags) add(c *cobra.Command) {
 	fl.StringSliceVar(&f.tags, "tag", nil, "target devices with any of these tags (repeatable)")
 	fl.Int64Var(&f.onVersion, "on-version", -1, "target devices currently on this version")
 	fl.IntSliceVar(&f.phases, "phases", nil, "cumulative rollout percentages, e.g. 1,10,100 (default 100)")
+	fl.StringArrayVar(&f.phaseDevices, "phase-devices", nil, "explicit phases instead: the devices of one phase, comma separated (repeat per phase, in order)")
 	fl.StringVar(&f.fail, "fail-threshold", "", "failures (of the devices notified so far) that stop the campaign, e.g. 5%")
 	fl.StringVar(&f.success, "success-threshold", "", "confirmed devices of a phase that open the next, e.g. 90%")
 	fl.StringVar(&f.deadline, "deadline", "", "campaign deadline: a duration from now (72h) or RFC 3339 time")
@@ -144,8 +145,11 @@ func (f *campaignFlags) request(image string) (publisher.CampaignRequest, error)
 			return r, fmt.Errorf("--envelope: %w", err)
 		}
 	}
-	if r.Class == "" && len(r.Groups)+len(r.Devices)+len(r.Tags) == 0 && r.OnVersion == nil {
-		return r, errors.New("no targets: give --class, --group, --device, --tag or --on-version")
+	for _, p := range f.phaseDevices {
+		r.PhaseDevices = append(r.PhaseDevices, strings.Split(p, ","))
+	}
+	if r.Class == "" && len(r.Groups)+len(r.Devices)+len(r.Tags)+len(r.PhaseDevices) == 0 && r.OnVersion == nil {
+		return r, errors.New("no targets: give --class, --group, --device, --tag, --on-version or --phase-devices")
 	}
 	return r, nil
 }
