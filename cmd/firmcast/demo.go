@@ -72,7 +72,7 @@ aborted; 1 any other error.`,
 	fl.StringVar(&f.mqtt, "broker", "", "external MQTT v5 broker URL (default: embedded)")
 	fl.StringVar(&f.nats, "nats", "", "external NATS URL with JetStream (default: embedded)")
 	fl.Float64Var(&f.failRate, "fail-rate", 0, "fraction of devices whose health check fails (0..1)")
-	fl.Uint64Var(&f.seed, "seed", 1, "seed for images, device keys and which devices fail")
+	fl.Uint64Var(&f.seed, "seed", 1, "seed for the images and which devices fail (repeatable runs)")
 	fl.BoolVar(&f.json, "json", false, "print the summary as JSON")
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed unless --keep)")
 	fl.BoolVar(&f.keep, "keep", false, "keep the work directory (flash files, state, logs)")

@@ -69,7 +69,7 @@ devices run until interrupted, for campaigns created by hand.`,
 	fl.Uint64Var(&f.factoryVersion, "factory-version", 1, "version (sequence number) of the factory image")
 	fl.StringVar(&f.imageSize, "image-size", "1MiB", "size of the generated factory image when there is no --image")
 	fl.Float64Var(&f.failRate, "fail-rate", 0, "fraction of devices whose health check fails (0..1)")
-	fl.Uint64Var(&f.seed, "seed", 1, "seed for device keys, secrets and which devices fail")
+	fl.Uint64Var(&f.seed, "seed", 1, "seed for the factory image and which devices fail")
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed unless --keep)")
 	fl.BoolVar(&f.keep, "keep", false, "keep the work directory")
 	fl.IntSliceVar(&f.phases, "phases", []int{10, 50, 100}, "cumulative rollout percentages (with --image)")

@@ -33,7 +33,7 @@ type Config struct {
 	MQTTURL, NATSURL string
 	// FailRate is the fraction of devices whose self-test fails.
 	FailRate float64
-	// Seed makes images, device keys and the failing devices repeatable.
+	// Seed makes the images and the failing devices repeatable.
 	Seed uint64
 	// Dir is the work directory (keys, images, devices, broker data).
 	// Required.

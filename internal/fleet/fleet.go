@@ -2,6 +2,7 @@ package fleet
 
 import (
 	"context"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
@@ -66,7 +67,7 @@ type FleetConfig struct {
 	// FailRate is the fraction of devices whose self-test fails after the
 	// new image boots, so the bootloader rolls them back.
 	FailRate float64
-	// Seed makes device keys, secrets and the failing devices repeatable.
+	// Seed makes the choice of failing devices repeatable.
 	Seed uint64
 	// Register is called once per device with its id and secret before it
 	// connects (the registry and the broker's credentials).
@@ -157,13 +158,15 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	for i := range cfg.Devices {
 		id := fmt.Sprintf("%s-%04d", cfg.Prefix, i+1)
 		d := &Device{ID: id, Dir: filepath.Join(cfg.Dir, id), subbed: make(chan struct{})}
+		// Keys and secrets are random, never derived from the seed: a
+		// simulated fleet may run against a real server and broker.
 		d.key = make([]byte, 32)
 		var sec [16]byte
-		for j := range d.key {
-			d.key[j] = byte(rng.Uint32())
+		if _, err := crand.Read(d.key); err != nil {
+			return nil, err
 		}
-		for j := range sec {
-			sec[j] = byte(rng.Uint32())
+		if _, err := crand.Read(sec[:]); err != nil {
+			return nil, err
 		}
 		d.secret = hex.EncodeToString(sec[:])
 		d.FailHealth = perm[i] < failing
