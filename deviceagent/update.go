@@ -315,11 +315,11 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		}
 	}
 	if a.cfg.ObjectStore != nil {
-		os := fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore"))
+		ob := fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore"))
 		if a.cfg.ObjectJS != nil {
-			os.WithJetStream(a.cfg.ObjectJS)
+			ob.WithJetStream(a.cfg.ObjectJS)
 		}
-		add(os)
+		add(ob)
 	}
 	for _, s := range a.cfg.Sources {
 		add(s)

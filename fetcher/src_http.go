@@ -66,7 +66,13 @@ func (s *HTTPSource) Table(ctx context.Context, im Image) ([]byte, error) {
 		return nil, err
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusNotFound, http.StatusGone:
+		// No table next to this image (a plain CDN): not worth retrying;
+		// the table comes from another source.
+		return nil, fmt.Errorf("%w: GET %s%s: %s", ErrCannotServe, s.url, TableSuffix, resp.Status)
+	default:
 		return nil, fmt.Errorf("GET %s%s: %s", s.url, TableSuffix, resp.Status)
 	}
 	return readBounded(resp.Body, maxTableSize)
