@@ -169,6 +169,8 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 	return r
 }
 
+func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
 // image returns n pseudo-random bytes for seed.
 func image(seed uint64, n int) []byte {
 	rng := rand.New(rand.NewPCG(seed, 0x1f))
