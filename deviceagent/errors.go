@@ -16,8 +16,6 @@ var (
 	ErrConfig = errors.New("deviceagent: invalid configuration")
 	// ErrState: the persisted state file is unreadable.
 	ErrState = errors.New("deviceagent: bad state file")
-	// ErrRejected: an update was refused (the report says why).
-	ErrRejected = errors.New("deviceagent: update rejected")
 	// ErrDeferred: the device policy deferred an update.
 	ErrDeferred = errors.New("deviceagent: update deferred by policy")
 	// ErrHealth: the new image failed its health check.
