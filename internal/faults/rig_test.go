@@ -126,12 +126,7 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 	r.vendor, r.classID = bytes.Repeat([]byte{0xfa}, 16), bytes.Repeat([]byte{0xc1}, 16)
 	r.v1, r.v2 = image(1, cfg.imageSize), image(2, cfg.imageSize)
 	r.d1, r.d2 = sha256.Sum256(r.v1), sha256.Sum256(r.v2)
-	r.src = newSourceCounts(r.topics, r.d2[:], func(id string) func(uint32) bool {
-		if d := r.byID[id]; d != nil {
-			return d.holds
-		}
-		return nil
-	})
+	r.src = newSourceCounts(r.topics, r.d2[:])
 	r.apiKey = "fk-" + randomHex(16)
 	r.pcfg = publisher.Config{
 		Topics: r.topics, Namespace: "faults",
@@ -368,7 +363,7 @@ func (r *rig) prepare(ctx context.Context, i int) *device {
 	if r.cfg.linked[i] {
 		d.link = startProxy(t, r.mq.Addr())
 	}
-	d.ft = &deviceFaults{image: r.d2[:], got: &d.got, rng: rand.New(rand.NewPCG(uint64(i), 99))}
+	d.ft = &deviceFaults{image: r.d2[:], got: &d.got, rng: rand.New(rand.NewPCG(uint64(i), 99)), requests: r.src, held: d.holds}
 	if r.cfg.faults != nil {
 		r.cfg.faults(d, d.ft)
 	}
@@ -603,17 +598,17 @@ func (r *rig) egress(name string, devices int) (pubRatio, devRatio float64) {
 	return pubRatio, devRatio
 }
 
-// checkRefetch checks, at the source, that no device asked again for
+// checkRefetch checks that no device asked again for
 // more chunks it already held verified than one persistence interval,
 // and that the count saw the devices' requests at all.
 func (r *rig) checkRefetch() {
 	r.t.Helper()
 	total := r.src.totalRequested()
 	if total == 0 {
-		r.t.Errorf("the publisher's transport saw no chunk request: the refetch count is not wired")
+		r.t.Errorf("no chunk request was counted: the request count is not wired")
 	}
 	who, again := r.src.maxAgain()
-	r.t.Logf("chunks requested at the source: %d; asked for again while held verified: at most %d per device (%q); persistence interval %d",
+	r.t.Logf("chunks requested: %d; asked for again while held verified: at most %d per device (%q); persistence interval %d",
 		total, again, who, persistEvery)
 	if again > persistEvery {
 		r.t.Errorf("device %s asked again for %d chunks it held verified, more than one persistence interval (%d)", who, again, persistEvery)

@@ -2,7 +2,6 @@ package faults
 
 import (
 	"context"
-	"errors"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -13,9 +12,6 @@ import (
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/schemas"
 )
-
-// errCutOff is what a cut-off device's publishes fail with.
-var errCutOff = errors.New("faults: device cut off")
 
 // chunkSet is the set of chunk indexes a device received intact (after
 // the fault hook let them through), safe for concurrent use.
@@ -47,25 +43,28 @@ func (s *chunkSet) contains(i uint32) bool {
 
 // deviceFaults is a device's transport with fault hooks: it drops a
 // fraction of the chunk messages delivered to the device (whole messages,
-// as a lossy radio link would), throttles chunk delivery to a byte rate,
-// or cuts the device off (every message in either direction is lost). It
-// records the chunks of the image that reach the agent and counts the
-// bytes delivered to the device by the broker.
+// as a lossy radio link would) and throttles chunk delivery to a byte
+// rate. It records the chunks of the image that reach the agent, counts
+// the bytes delivered to the device by the broker, and hands every chunk
+// request the agent makes to the rig's counts (checked, at the moment
+// the agent makes it, against what the device's flash holds).
 type deviceFaults struct {
 	broker.Transport
 	image []byte // digest of the image being rolled out
 
 	dropRate float64 // fraction of chunk messages dropped, fixed at start
 	limiter  *rate.Limiter
-	cut      atomic.Bool
+	// requests counts the agent's chunk requests; held says which chunks
+	// the device holds verified.
+	requests *sourceCounts
+	held     func(i uint32) bool
 
 	mu  sync.Mutex
 	rng *rand.Rand
 
-	got       *chunkSet
-	rxBytes   atomic.Int64 // chunk-family bytes the broker delivered
-	dropped   atomic.Int64 // chunk messages dropped by the hook
-	published atomic.Int64 // messages the device published
+	got     *chunkSet
+	rxBytes atomic.Int64 // chunk-family bytes the broker delivered
+	dropped atomic.Int64 // chunk messages dropped by the hook
 }
 
 func (f *deviceFaults) drop() bool {
@@ -79,9 +78,6 @@ func (f *deviceFaults) drop() bool {
 
 func (f *deviceFaults) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
 	return f.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
-		if f.cut.Load() {
-			return
-		}
 		if o.Family != broker.FamilyChunk {
 			h(ctx, m)
 			return
@@ -105,10 +101,9 @@ func (f *deviceFaults) Subscribe(ctx context.Context, filter schemas.Topic, h br
 }
 
 func (f *deviceFaults) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
-	if f.cut.Load() {
-		return errCutOff
+	if o.Family == broker.FamilyChunkRequest && f.requests != nil {
+		f.requests.request(b, f.held)
 	}
-	f.published.Add(1)
 	return f.Transport.Publish(ctx, t, b, o)
 }
 
@@ -122,17 +117,16 @@ func (f *deviceFaults) OnConnect(fn func()) (stop func()) {
 	return func() {}
 }
 
-// sourceCounts counts at the source, around the publisher's device-side
-// transport (kept across publisher restarts): chunk requests by device,
-// chunks requested again by a device that already held them verified
-// (written intact in a candidate slot of its flash), and chunk bytes
-// published, broadcast and unicast.
+// sourceCounts counts chunk requests where they are made (in each
+// device's transport, at the moment the agent hands a request over): the
+// chunks asked for, by device, and of them those the device already held
+// verified (written intact in a candidate slot of its flash). It also
+// counts at the source, around the publisher's device-side transport
+// (kept across publisher restarts), the chunk bytes published, broadcast
+// and unicast.
 type sourceCounts struct {
 	image []byte
 	bcast string // the image's broadcast chunk topic (MQTT form)
-	// held reports whether a device holds chunk i verified; nil for
-	// unknown devices.
-	held func(device string) func(i uint32) bool
 
 	mu        sync.Mutex
 	requested map[string]int // chunk indexes asked for, by device
@@ -141,17 +135,18 @@ type sourceCounts struct {
 	broadcast, unicast atomic.Int64 // chunk-family bytes published
 }
 
-func newSourceCounts(topics schemas.Topics, image []byte, held func(string) func(uint32) bool) *sourceCounts {
+func newSourceCounts(topics schemas.Topics, image []byte) *sourceCounts {
 	bt, _ := topics.Chunks(schemas.DigestHex(image))
-	return &sourceCounts{image: image, bcast: bt.MQTT, held: held, requested: map[string]int{}, again: map[string]int{}}
+	return &sourceCounts{image: image, bcast: bt.MQTT, requested: map[string]int{}, again: map[string]int{}}
 }
 
-func (s *sourceCounts) request(b []byte) {
+// request counts a chunk request (encoded) made by a device whose
+// verified chunks held reports.
+func (s *sourceCounts) request(b []byte, held func(uint32) bool) {
 	var r schemas.ChunkRequest
 	if schemas.Decode(b, &r) != nil || string(r.Image) != string(s.image) {
 		return
 	}
-	held := s.held(r.Requester)
 	n, again := 0, 0
 	for i := 0; i < 8*len(r.Bitmap); i++ {
 		if r.Bitmap[i/8]&(1<<(i%8)) == 0 {
@@ -193,20 +188,11 @@ func (s *sourceCounts) maxAgain() (string, int) {
 	return who, n
 }
 
-// counting is the publisher's transport counted by a sourceCounts.
+// counting is the publisher's transport, its chunk egress counted by a
+// sourceCounts.
 type counting struct {
 	broker.Transport
 	c *sourceCounts
-}
-
-func (t counting) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
-	if o.Family != broker.FamilyChunkRequest {
-		return t.Transport.Subscribe(ctx, filter, h, o)
-	}
-	return t.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
-		t.c.request(m.Payload)
-		h(ctx, m)
-	}, o)
 }
 
 func (t counting) Publish(ctx context.Context, topic schemas.Topic, b []byte, o broker.PublishOptions) error {

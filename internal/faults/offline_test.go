@@ -1,0 +1,123 @@
+package faults
+
+import (
+	"context"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// storeBytes follows mosquitto's $SYS/broker/store/messages/bytes (the
+// bytes of messages the broker holds: retained, queued for offline
+// sessions, in flight).
+type storeBytes struct {
+	last, max atomic.Int64
+	samples   atomic.Int64
+}
+
+// sysStoreBytes is mosquitto's own topic, outside any firmcast root.
+var sysStoreBytes = schemas.Topic{MQTT: "$SYS/broker/store/messages/bytes"}
+
+func watchStoreBytes(t *testing.T, ctx context.Context, r *rig) *storeBytes {
+	t.Helper()
+	tr := testutil.Dial(t, broker.Config{URL: r.mq.URL(), Topics: r.topics, Logger: r.log})
+	s := &storeBytes{}
+	_, err := tr.Subscribe(ctx, sysStoreBytes, func(_ context.Context, m broker.Message) {
+		n, err := strconv.ParseInt(strings.TrimSpace(string(m.Payload)), 10, 64)
+		if err != nil {
+			return
+		}
+		s.last.Store(n)
+		for {
+			cur := s.max.Load()
+			if n <= cur || s.max.CompareAndSwap(cur, n) {
+				break
+			}
+		}
+		s.samples.Add(1)
+	}, broker.SubscribeOptions{Family: broker.FamilyControl, Retained: true})
+	if err != nil {
+		t.Fatalf("subscribe %s: %v", sysStoreBytes.MQTT, err)
+	}
+	return s
+}
+
+// TestOfflineDevicesBrokerStore cuts the network links of 100 devices
+// mid-campaign (their MQTT sessions and subscriptions stay on the broker)
+// while the publisher keeps broadcasting waves to them. The bytes
+// mosquitto stores must stay bounded (chunks are QoS 0: nothing is queued
+// per offline device; far below one image per device), and when the
+// links come back every device must finish confirmed on v2.
+func TestOfflineDevicesBrokerStore(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	const devices = 100
+	linked := map[int]bool{}
+	for i := range devices {
+		linked[i] = true
+	}
+	r := newRig(t, ctx, rigConfig{
+		devices:   devices,
+		imageSize: 128 << 10,
+		mosquitto: "sys_interval 1\n",
+		linked:    linked,
+		publisher: func(c *publisher.Config) { c.WaveInterval = time.Second },
+		// Throttled links (64 KiB/s) keep the downloads going.
+		faults: func(d *device, f *deviceFaults) { f.limiter = rate.NewLimiter(64<<10, 8<<10) },
+	})
+	sb := watchStoreBytes(t, ctx, r)
+	id := r.startCampaign(ctx)
+	chunks := (len(r.v2) + int(r.cfg.chunkSize) - 1) / int(r.cfg.chunkSize)
+	r.waitDevices(ctx, "downloads a quarter done", func(map[string]schemas.State) bool {
+		n := 0
+		for _, d := range r.devs {
+			n += d.got.len()
+		}
+		return n >= devices*chunks/4
+	})
+	before := r.deviceStates()
+	if n := count(before, schemas.StateConfirmed); n == devices {
+		t.Fatalf("all devices confirmed before the cut: the scenario tested nothing")
+	}
+	baseStore, baseSamples := sb.last.Load(), sb.samples.Load()
+	for _, d := range r.devs {
+		d.link.cut()
+	}
+	sb.max.Store(0)
+	wave0 := r.src.broadcast.Load()
+	image := int64(len(r.v2))
+	t.Logf("cut %d links with %d devices downloading, %d confirmed; broker store %d B", devices, count(before, schemas.StateDownloading), count(before, schemas.StateConfirmed), baseStore)
+	// Stay offline while the publisher broadcasts at least three more
+	// images' worth and mosquitto reports its store three times.
+	r.waitDevices(ctx, "broadcasts to the offline devices", func(map[string]schemas.State) bool {
+		return r.src.broadcast.Load()-wave0 >= 3*image && sb.samples.Load()-baseSamples >= 3
+	})
+	maxStore := sb.max.Load()
+	t.Logf("offline: the publisher broadcast %d B (%.1f images) to them; mosquitto stored at most %d B (%.2f images; %.4f of image x offline devices)",
+		r.src.broadcast.Load()-wave0, float64(r.src.broadcast.Load()-wave0)/float64(image), maxStore, float64(maxStore)/float64(image), float64(maxStore)/float64(image*devices))
+	if bound := baseStore + image; maxStore > bound {
+		t.Errorf("mosquitto stored up to %d B while %d devices were offline, more than its store before the cut plus one image (%d B)", maxStore, devices, bound)
+	}
+	for _, d := range r.devs {
+		d.link.restore()
+	}
+	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
+	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices {
+		t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
+	}
+	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
+	for _, d := range r.devs {
+		d.stop()
+	}
+	r.checkOnV2(r.devs)
+	r.checkRefetch()
+}
