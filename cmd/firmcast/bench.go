@@ -34,6 +34,7 @@ type benchFlags struct {
 	dir       string
 	seed      uint64
 	profile   string
+	flash     string
 }
 
 func newBenchCmd() *cobra.Command {
@@ -73,6 +74,7 @@ backend on NATS). Topic roots are unique and cleaned up afterwards.`,
 	fl.BoolVar(&f.json, "json", false, "print the results as JSON")
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed afterwards)")
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
+	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
 	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns (not the raw runs) to this file")
 	return c
 }
@@ -150,6 +152,10 @@ func benchCase(ctx context.Context, cs string, f *benchFlags, n int, image []byt
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.
 		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },
+		MemFlash:  f.flash == "mem",
+	}
+	if f.flash != "mem" && f.flash != "file" {
+		return row, fmt.Errorf("--flash %q: want file or mem", f.flash)
 	}
 	var url string
 	switch cs {

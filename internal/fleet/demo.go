@@ -15,6 +15,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -59,6 +60,10 @@ type Config struct {
 	OnReady func(setup time.Duration)
 	// Publisher tunes the publisher's configuration.
 	Publisher func(*publisher.Config)
+	// Agent tunes each device agent's configuration.
+	Agent func(*deviceagent.Config)
+	// MemFlash keeps the devices' flash in memory (FleetConfig.MemFlash).
+	MemFlash bool
 }
 
 func (c *Config) defaults() error {
@@ -197,7 +202,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	fl, err := NewFleet(ctx, FleetConfig{
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: stack.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
-		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log,
+		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash,
 		Register: func(ctx context.Context, id, secret string) error {
 			return stack.RegisterDevice(ctx, id, devClass, secret)
 		},

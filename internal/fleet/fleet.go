@@ -76,6 +76,10 @@ type FleetConfig struct {
 	Logger *slog.Logger
 	// Agent edits each agent's configuration before New (tuning, hooks).
 	Agent func(*deviceagent.Config)
+	// MemFlash keeps each device's flash in memory instead of a sparse
+	// file (fast, but the fleet needs MaxImage*3 bytes of RAM per device
+	// and `firmcast boot inspect` cannot read it).
+	MemFlash bool
 	// Parallel bounds concurrent device preparation and connection.
 	// Default 16.
 	Parallel int
@@ -238,7 +242,13 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if err := os.WriteFile(d.FlashPath()+".device.json", append(df, '\n'), 0o600); err != nil {
 		return err
 	}
-	fl, err := bootctl.CreateFileFlash(d.FlashPath(), f.geom)
+	var fl *bootctl.Flash
+	var err error
+	if f.cfg.MemFlash {
+		fl, err = bootctl.NewMemFlash(f.geom)
+	} else {
+		fl, err = bootctl.CreateFileFlash(d.FlashPath(), f.geom)
+	}
 	if err != nil {
 		return err
 	}
