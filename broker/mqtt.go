@@ -47,6 +47,9 @@ type MQTTTransport struct {
 	// connection is retried on the next one.
 	connCtx    context.Context
 	connCancel context.CancelFunc
+	// onUp are the OnConnect callbacks, by registration id.
+	onUp   map[int]func()
+	nextUp int
 }
 
 type mqttSub struct {
@@ -98,7 +101,10 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 			}
 			t.connCtx, t.connCancel = context.WithCancel(life)
 			t.mu.Unlock()
-			go t.resubscribe(cm)
+			go func() {
+				t.resubscribe(cm)
+				t.connected()
+			}()
 		},
 		OnConnectionDown: func() bool {
 			ep.Logger.Info("mqtt connection lost; reconnecting")
@@ -224,6 +230,39 @@ func (t *MQTTTransport) resubscribe(cm *autopaho.ConnectionManager) {
 		if _, err := cm.Subscribe(t.ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: t.inbox.MQTT, QoS: 1, RetainHandling: 2}}}); err != nil {
 			t.ep.Logger.Warn("mqtt resubscribe inbox failed", "err", err)
 		}
+	}
+}
+
+// OnConnect registers f, called after each (re)connection to the broker
+// once the subscriptions are restored; the returned function unregisters
+// it. f must not block. It lets a client re-send what a broker outage
+// lost (the device agent reports its state again: deviceagent.Reconnector).
+func (t *MQTTTransport) OnConnect(f func()) (stop func()) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.onUp == nil {
+		t.onUp = map[int]func(){}
+	}
+	id := t.nextUp
+	t.nextUp++
+	t.onUp[id] = f
+	return func() {
+		t.mu.Lock()
+		delete(t.onUp, id)
+		t.mu.Unlock()
+	}
+}
+
+// connected calls the OnConnect callbacks.
+func (t *MQTTTransport) connected() {
+	t.mu.Lock()
+	fs := make([]func(), 0, len(t.onUp))
+	for _, f := range t.onUp {
+		fs = append(fs, f)
+	}
+	t.mu.Unlock()
+	for _, f := range fs {
+		f()
 	}
 }
 

@@ -146,9 +146,27 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		d := r.prepare(ctx, i)
 		r.devs = append(r.devs, d)
 		r.byID[d.id] = d
-		if _, _, err := r.publisher().p.AddDevice(ctx, r.publisher().admin, publisher.NewDevice{ID: d.id, Class: class}); err != nil {
-			t.Fatalf("register %s: %v", d.id, err)
-		}
+	}
+	// Register the devices, a few at a time (the registry hashes each
+	// device's secret with PBKDF2).
+	errs := make(chan error, len(r.devs))
+	sem := make(chan struct{}, 8)
+	var wg sync.WaitGroup
+	for _, d := range r.devs {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			if _, _, err := r.publisher().p.AddDevice(ctx, r.publisher().admin, publisher.NewDevice{ID: d.id, Class: class}); err != nil {
+				errs <- fmt.Errorf("register %s: %w", d.id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		for _, d := range r.devs {
