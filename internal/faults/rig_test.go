@@ -325,6 +325,7 @@ type device struct {
 	boot  *bootctl.Device
 	flash *bootctl.Flash
 	lay   bootctl.Layout
+	key   []byte // the device's bootloader key
 	ft    *deviceFaults
 	link  *linkProxy // nil: a direct connection
 	got   chunkSet
@@ -373,7 +374,7 @@ func (r *rig) prepare(ctx context.Context, i int) *device {
 	if err := boot.Confirm(); err != nil {
 		t.Fatal(err)
 	}
-	d := &device{r: r, i: i, id: fmt.Sprintf("dev-%03d", i), boot: boot, flash: fl, lay: l}
+	d := &device{r: r, i: i, id: fmt.Sprintf("dev-%03d", i), boot: boot, flash: fl, lay: l, key: key}
 	d.dir = filepath.Join(t.TempDir(), d.id)
 	if err := os.MkdirAll(d.dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -386,6 +387,17 @@ func (r *rig) prepare(ctx context.Context, i int) *device {
 		r.cfg.faults(d, d.ft)
 	}
 	return d
+}
+
+// powerCycle reopens the device's bootloader view from its flash, as
+// after a power cut (call it while the agent is stopped).
+func (d *device) powerCycle() {
+	d.r.t.Helper()
+	boot, err := bootctl.Open(d.flash, d.lay, bootctl.RootOfTrust{DeviceKey: d.key}, bootctl.WithTrialBoots(3))
+	if err != nil {
+		d.r.t.Fatalf("%s: bootctl after power cut: %v", d.id, err)
+	}
+	d.boot = boot
 }
 
 // holds reports whether a candidate slot of the device's flash holds
@@ -458,6 +470,19 @@ func (d *device) start(ctx context.Context) {
 		defer ccancel()
 		_ = tr.Close(cctx)
 	}()
+}
+
+// life returns a function that ends the running agent's context without
+// waiting (a power cut from inside the agent's own callbacks).
+func (d *device) life() func() {
+	return func() {
+		d.mu.Lock()
+		cancel := d.cancel
+		d.mu.Unlock()
+		if cancel != nil {
+			cancel()
+		}
+	}
 }
 
 // stop kills the agent (its context ends; nothing more is persisted) and
