@@ -20,6 +20,7 @@ import (
 // than one persistence interval of chunks it held; the campaign must
 // complete with every device confirmed.
 func TestCutOffBeyondRetryCap(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const devices, victim = 6, 0

@@ -20,6 +20,7 @@ import (
 // image size x devices (what sending the image to every device once would
 // cost).
 func TestChunkLoss(t *testing.T) {
+	t.Parallel()
 	const devices = 16
 	for _, loss := range []float64{0, 0.05, 0.20} {
 		name := fmt.Sprintf("loss-%02.0f%%", loss*100)

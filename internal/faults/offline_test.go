@@ -56,6 +56,7 @@ func watchStoreBytes(t *testing.T, ctx context.Context, r *rig) *storeBytes {
 // per offline device; far below one image per device), and when the
 // links come back every device must finish confirmed on v2.
 func TestOfflineDevicesBrokerStore(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	const devices = 100

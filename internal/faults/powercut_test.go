@@ -23,6 +23,7 @@ import (
 // TestResumeOverBroker; bootctl's flash-level cuts are in its
 // TestPowerCutExhaustive.
 func TestPowerCutEveryState(t *testing.T) {
+	t.Parallel()
 	table := []struct {
 		killed schemas.State
 		next   []schemas.State // allowed first states after the restart; none = stays put

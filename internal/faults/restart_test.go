@@ -21,6 +21,7 @@ import (
 // more chunks it had already received intact than one persistence
 // interval (counted at the publisher's transport).
 func TestRestartMidCampaign(t *testing.T) {
+	t.Parallel()
 	for _, tc := range []struct {
 		name  string
 		fault func(ctx context.Context, r *rig)

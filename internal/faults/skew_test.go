@@ -26,6 +26,7 @@ func (c skewClock) Now() time.Time { return time.Now().Add(time.Duration(c)) }
 // reaches the expiry check: exactly the devices a day ahead refuse it as
 // expired and stay on v1.
 func TestClockSkew(t *testing.T) {
+	t.Parallel()
 	skews := []time.Duration{24 * time.Hour, -24 * time.Hour, 0}
 	const devices = 9
 	for _, tc := range []struct {

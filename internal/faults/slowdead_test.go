@@ -18,6 +18,7 @@ import (
 // too; the publisher must report the dead one as timed out (after
 // NoProgress) and complete the campaign; the dead one still runs v1.
 func TestSlowAndDeadDevice(t *testing.T) {
+	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	const devices, slow, dead = 12, 0, 1
