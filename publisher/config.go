@@ -44,6 +44,9 @@ type Config struct {
 	// Namespace prefixes every JetStream bucket and stream name, so several
 	// installations (or tests) share one NATS. Default "firmcast".
 	Namespace string
+	// Replicas is the JetStream replication factor of every bucket and
+	// stream the publisher creates (3 on a three-node cluster). Default 1.
+	Replicas int
 	// Instance names this publisher in leases and logs. Default: random.
 	Instance string
 	// Signer signs manifests for campaigns created without an envelope.
@@ -132,6 +135,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if !kvSafe(c.Namespace) {
 		return c, fmt.Errorf("%w: config: namespace %q must be letters, digits, '-' or '_'", ErrInvalid, c.Namespace)
+	}
+	if c.Replicas <= 0 {
+		c.Replicas = 1
 	}
 	if c.Instance == "" {
 		c.Instance = randomID("pub")

@@ -24,11 +24,12 @@ type stores struct {
 	auditSubj string
 }
 
-func openStores(ctx context.Context, js jetstream.JetStream, ns string) (*stores, error) {
+func openStores(ctx context.Context, js jetstream.JetStream, ns string, replicas int) (*stores, error) {
 	s := &stores{auditSubj: ns + ".audit"}
 	var err error
 	s.images, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: ns + "_images", Description: "firmcast images and chunk tables", Storage: jetstream.FileStorage,
+		Replicas: replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("publisher: image store: %w", err)
@@ -36,6 +37,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, ns string) (*stores
 	kv := func(name, desc string, history uint8) (jetstream.KeyValue, error) {
 		b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
 			Bucket: ns + "_" + name, Description: desc, History: history, Storage: jetstream.FileStorage,
+			Replicas: replicas,
 		})
 		if err != nil {
 			return nil, fmt.Errorf("publisher: kv %s: %w", name, err)
@@ -67,6 +69,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, ns string) (*stores
 		Storage:     jetstream.FileStorage,
 		DenyDelete:  true,
 		DenyPurge:   true,
+		Replicas:    replicas,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("publisher: audit stream: %w", err)
