@@ -14,8 +14,9 @@ import (
 // TestRestartMidCampaign kills and restarts, while devices are
 // downloading, the MQTT broker (a mosquitto process: retained notices and
 // sessions are lost), the NATS server (a nats-server process: its
-// JetStream store is kept) and the publisher (stopped, and a new one
-// started over the same NATS). Every device must end confirmed on v2 (read
+// JetStream store is kept) and the publisher (stopped cleanly, or its
+// connections dropped first as in a crash, so its leader lease must
+// expire; then a new one started over the same NATS). Every device must end confirmed on v2 (read
 // from its bootloader and its agent's state file), the campaign must
 // complete with every device confirmed, and no device may ask again for
 // more chunks it had already received intact than one persistence
@@ -28,7 +29,8 @@ func TestRestartMidCampaign(t *testing.T) {
 	}{
 		{"mosquitto", func(ctx context.Context, r *rig) { r.mq.Restart() }},
 		{"nats-server", func(ctx context.Context, r *rig) { r.ns.Restart() }},
-		{"publisher", func(ctx context.Context, r *rig) { r.restartPublisher(ctx) }},
+		{"publisher", func(ctx context.Context, r *rig) { r.restartPublisher(ctx, false) }},
+		{"publisher-crash", func(ctx context.Context, r *rig) { r.restartPublisher(ctx, true) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

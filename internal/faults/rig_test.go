@@ -168,6 +168,7 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 	for err := range errs {
 		t.Fatal(err)
 	}
+	r.waitRegistered(ctx)
 	t.Cleanup(func() {
 		for _, d := range r.devs {
 			d.stop()
@@ -183,6 +184,29 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 }
 
 func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
+
+// waitRegistered waits until the publisher's device listing (what a
+// campaign's targets are selected from) holds every device. AddDevice
+// returning is not always enough: under load a listing right after it
+// has been seen to miss the last device registered, so that a campaign
+// created at once did not target it.
+func (r *rig) waitRegistered(ctx context.Context) {
+	r.t.Helper()
+	for reads := 1; ; reads++ {
+		all, err := r.publisher().p.Devices(ctx)
+		if err == nil && len(all) == len(r.devs) {
+			if reads > 1 {
+				r.t.Logf("the device listing held all %d devices after %d reads", len(r.devs), reads)
+			}
+			return
+		}
+		select {
+		case <-ctx.Done():
+			r.t.Fatalf("the publisher lists %d of %d registered devices (err %v)", len(all), len(r.devs), err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
 
 // image returns n pseudo-random bytes for seed.
 func image(seed uint64, n int) []byte {
@@ -304,10 +328,25 @@ func (pi *pubInstance) stop() {
 	})
 }
 
-// restartPublisher stops the running publisher and starts a new one over
-// the same NATS (its state) and brokers.
-func (r *rig) restartPublisher(ctx context.Context) {
-	r.publisher().stop()
+// crash drops the publisher's broker connections first, as if its
+// process died (it cannot release its leader lease, which expires after
+// LeaseTTL), then stops it.
+func (pi *pubInstance) crash() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_ = pi.nt.Close(ctx)
+	_ = pi.mt.Close(ctx)
+	pi.stop()
+}
+
+// restartPublisher stops the running publisher (crashed, or a clean
+// stop) and starts a new one over the same NATS (its state) and brokers.
+func (r *rig) restartPublisher(ctx context.Context, crash bool) {
+	if crash {
+		r.publisher().crash()
+	} else {
+		r.publisher().stop()
+	}
 	pi := r.startPublisher(ctx)
 	r.mu.Lock()
 	r.pub = pi
@@ -516,6 +555,9 @@ func (r *rig) startCampaign(ctx context.Context) string {
 	c, err := pi.p.CreateCampaign(ctx, pi.admin, spec)
 	if err != nil {
 		t.Fatalf("create campaign: %v", err)
+	}
+	if len(c.Targets) != len(r.devs) {
+		t.Fatalf("the campaign targets %d of the %d devices of its class", len(c.Targets), len(r.devs))
 	}
 	return c.ID
 }

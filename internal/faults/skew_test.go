@@ -57,6 +57,9 @@ func TestClockSkew(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if len(c.Targets) != devices {
+				t.Fatalf("the campaign targets %d of the %d devices of its class", len(c.Targets), devices)
+			}
 			st := r.waitStatus(ctx, c.ID, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
 			want := devices - tc.wantExpired
 			if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != uint64(want) {
