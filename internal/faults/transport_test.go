@@ -2,6 +2,7 @@ package faults
 
 import (
 	"context"
+	"testing"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -33,12 +34,6 @@ func (s *chunkSet) len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.has)
-}
-
-func (s *chunkSet) contains(i uint32) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.has[i]
 }
 
 // deviceFaults is a device's transport with fault hooks: it drops a
@@ -205,4 +200,32 @@ func (t counting) Publish(ctx context.Context, topic schemas.Topic, b []byte, o 
 		}
 	}
 	return err
+}
+
+// TestRequestCount pins the refetch count the scenarios assert on: the
+// chunks of a request are counted, and those the device holds are
+// counted as asked for again; requests for another image or that do not
+// decode are ignored.
+func TestRequestCount(t *testing.T) {
+	t.Parallel()
+	topics := schemas.MustTopics("fctcount")
+	img := make([]byte, 32)
+	img[0] = 1
+	other := make([]byte, 32)
+	c := newSourceCounts(topics, img)
+	held := func(i uint32) bool { return i == 1 || i == 9 }
+	req := func(image []byte, bitmap []byte) []byte {
+		b, err := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: image, ChunkSize: 4096, Bitmap: bitmap,
+			ReplyTo: "fctcount/v1/dev/d1/chunks", Requester: "d1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	c.request(req(img, []byte{0b0000_0111, 0b0000_0010}), held) // 0, 1, 2, 9
+	c.request(req(other, []byte{0xff}), held)
+	c.request([]byte{0xff, 0x00}, held)
+	if who, n := c.maxAgain(); who != "d1" || n != 2 || c.totalRequested() != 4 {
+		t.Errorf("requested %d, asked again %d by %q; want 4, 2 by d1", c.totalRequested(), n, who)
+	}
 }
