@@ -90,7 +90,7 @@ func (l *requestLog) Publish(ctx context.Context, t schemas.Topic, p []byte, o b
 // (the campaign counts it confirmed, bootctl runs the new image), and after
 // the restart it asks only for chunks it had not verified.
 func TestRestartMidDownload(t *testing.T) {
-	for _, kind := range []string{"mosquitto", "nats-server", "publisher"} {
+	for _, kind := range []string{"mosquitto", "nats-server", "publisher", "device-cut-off"} {
 		t.Run(kind, func(t *testing.T) { faultCampaign(t, kind, 0) })
 	}
 }
@@ -146,7 +146,7 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 			TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, RepairWindow: 20 * time.Millisecond,
 			LeaseTTL: time.Second,
 			// Paced, so the restart falls while chunks are still on the wire.
-			MaxBytesPerSecond: 48 << 10})
+			MaxBytesPerSecond: 16 << 10})
 		if err != nil {
 			t.Error(err) // may run in the agent's goroutine
 			pcancel()
@@ -161,10 +161,17 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 	}
 	startPublisher()
 	pub := func() *publisher.Publisher { pmu.Lock(); defer pmu.Unlock(); return p }
+	link := startLinkProxy(t, mosq.Addr()) // the device's link to the broker
 	restart := map[string]func(){
 		"mosquitto":   mosq.Restart,
 		"nats-server": ns.Restart,
 		"":            nil,
+		// The device's link to the broker is cut for 1.5 s, longer than
+		// its retry cap (200 ms): it reconnects when the link returns.
+		"device-cut-off": func() {
+			link.Cut()
+			time.AfterFunc(1500*time.Millisecond, link.Restore)
+		},
 		"publisher": func() {
 			pmu.Lock()
 			cancel, done := pstop, pubDone
@@ -180,7 +187,7 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 	r.installFactory(ctx)
 	img := image(7, 40<<10)
 	n := uint32((len(img) + chunkSize - 1) / chunkSize)
-	devT := testutil.Dial(t, broker.Config{URL: mosq.URL(), Topics: topics, ClientID: deviceID, Username: deviceID,
+	devT := testutil.Dial(t, broker.Config{URL: "mqtt://" + link.Addr(), Topics: topics, ClientID: deviceID, Username: deviceID,
 		Password: devSecret, ReconnectMax: 200 * time.Millisecond, Logger: log})
 	reqs := &requestLog{Transport: devT, n: n, wanted: map[uint32]bool{}, dropRate: dropRate, rnd: rand.New(rand.NewPCG(7, uint64(dropRate*1000)))}
 	trust, _ := suit.ParseTrustPEM(readFile(t, "keys/trusted.pub.pem"))
@@ -190,7 +197,8 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 		DeviceID: deviceID, Class: deviceClass, Transport: reqs, Topics: topics, Dialect: fetcher.MQTT,
 		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
 		Boot:     r.boot, StateDir: filepath.Join(t.TempDir(), "state"), Trust: trust, Logger: log,
-		ChunkIdle: 100 * time.Millisecond, RetryBase: 100 * time.Millisecond, PersistEvery: 4,
+		ChunkIdle: 100 * time.Millisecond, RetryBase: 100 * time.Millisecond, RetryCap: 200 * time.Millisecond,
+		MaxAttempts: 20, PersistEvery: 4,
 		// The restart happens inside the first progress callback past 8
 		// chunks, so it falls in the middle of the download every run.
 		OnProgress: func(done, total uint64) {
