@@ -2,10 +2,10 @@ package faults
 
 import (
 	"context"
-	"testing"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
+	"testing"
 
 	"golang.org/x/time/rate"
 
