@@ -107,13 +107,15 @@ func (r *responder) finish(n *schemas.UpdateNotice) {
 		r.repMu.Lock()
 		r.version = 2
 		r.repMu.Unlock()
+		// Take the sequence number before the report leaves, so that any
+		// notice it causes is numbered after it.
+		r.f.mu.Lock()
+		r.confirmed = r.f.seq.Add(1)
+		r.f.mu.Unlock()
 		r.report(n.Campaign, schemas.StateConfirmed, schemas.CodeNone)
 	}
 	r.f.mu.Lock()
 	r.done[n.Campaign] = true
-	if !r.fail {
-		r.confirmed = r.f.seq.Add(1)
-	}
 	r.f.mu.Unlock()
 }
 
