@@ -159,7 +159,7 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 		DeviceID: deviceID, Class: deviceClass, Transport: r.devT, Topics: r.topics, Dialect: fetcher.MQTT,
 		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
 		Boot:     r.boot, StateDir: r.stateDir, Trust: trust, Logger: log,
-		MaxAttempts: 1, ChunkIdle: 60 * time.Millisecond, RetryBase: 50 * time.Millisecond,
+		MaxAttempts: 1, ChunkIdle: 150 * time.Millisecond, RetryBase: 50 * time.Millisecond,
 		Fetch: fetcher.RetryPolicy{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond, MaxRetries: -1},
 	}
 	for _, m := range mods {
