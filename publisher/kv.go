@@ -102,7 +102,16 @@ func randomID(prefix string) string {
 }
 
 func isConflict(err error) bool {
-	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) ||
+		isWrongLastSequence(err)
+}
+
+// isWrongLastSequence reports the "wrong last sequence" error a replicated
+// (R>1) stream returns for a compare-and-set that lost: code 10164, which
+// nats.go's ErrKeyExists (code 10071) does not match.
+func isWrongLastSequence(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
 }
 
 // getJSON reads key into v and returns its revision; ErrNotFound (wrapped,
@@ -128,7 +137,7 @@ func createJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v 
 		return 0, fmt.Errorf("publisher: encode %s: %w", what, err)
 	}
 	rev, err := kv.Create(ctx, key, b)
-	if errors.Is(err, jetstream.ErrKeyExists) {
+	if isConflict(err) {
 		return 0, fmt.Errorf("%w: %s %q", ErrExists, what, key)
 	}
 	if err != nil {
