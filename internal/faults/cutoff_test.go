@@ -60,10 +60,11 @@ func TestCutOffBeyondRetryCap(t *testing.T) {
 	}
 	t.Logf("after %v cut off (%d reconnections refused): agent state %s, attempts %d, %s %s",
 		time.Since(cutAt).Round(time.Millisecond), v.link.refused.Load(), rec.State, rec.Attempts, rec.Code, rec.Text)
-	// Chunks already buffered on the device's side of the link may still
-	// be delivered after the cut, but not the whole image.
-	if n := v.got.len(); n == chunks || rec.State != schemas.StateDownloading {
-		t.Errorf("while cut off the device got %d of %d chunks and reached %s: the cut did not cut", n, chunks, rec.State)
+	// Chunks already buffered on the device's side of the link are still
+	// delivered after the cut (the throttle is in the device), but the
+	// download must not have completed.
+	if rec.State != schemas.StateDownloading {
+		t.Fatalf("the device reached %s while cut off: the cut came too late to test anything", rec.State)
 	}
 	v.link.restore()
 	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })

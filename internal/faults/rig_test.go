@@ -587,6 +587,28 @@ func (r *rig) waitStatus(ctx context.Context, id string, what string, ok func(pu
 	}
 }
 
+// waitEnd polls the campaign until it is no longer running; it returns
+// the last status and ctx's error if ctx ends first.
+func (r *rig) waitEnd(ctx context.Context, id string) (publisher.Status, error) {
+	tk := time.NewTicker(100 * time.Millisecond)
+	defer tk.Stop()
+	var st publisher.Status
+	for {
+		s, err := r.status(ctx, id)
+		if err == nil {
+			st = s
+			if s.State != publisher.CampaignRunning {
+				return st, nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return st, ctx.Err()
+		case <-tk.C:
+		}
+	}
+}
+
 // waitDevices waits until ok holds for the devices' states (as the agents
 // reported them to OnState), or ctx ends.
 func (r *rig) waitDevices(ctx context.Context, what string, ok func(map[string]schemas.State) bool) {
