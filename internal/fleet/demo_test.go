@@ -44,8 +44,8 @@ func TestRunFailRateAborts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// 20 devices, phases 50/100: the first phase opens 10, of which the
-	// seeded choice makes some fail; the 10% threshold aborts.
-	sum, err := Run(ctx, Config{Devices: 20, ImageSize: 32 << 10, ChunkSize: 4096, Dir: t.TempDir(), Seed: 7, FailRate: 0.3,
+	// seeded choice makes half the fleet fail; the 10% threshold aborts.
+	sum, err := Run(ctx, Config{Devices: 20, ImageSize: 32 << 10, ChunkSize: 4096, Dir: t.TempDir(), Seed: 7, FailRate: 0.5,
 		Phases: []uint8{50, 100}, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatalf("Run: %v", err)
