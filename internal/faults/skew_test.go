@@ -48,19 +48,9 @@ func TestClockSkew(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			spec, err := publisher.CampaignRequest{Image: img.Digest, Class: class, Phases: []int{100}, FailPermille: 500,
-				Deadline: time.Now().Add(tc.validFor).Unix(), Start: true}.Spec()
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := pi.p.CreateCampaign(ctx, pi.admin, spec)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if len(c.Targets) != devices {
-				t.Fatalf("the campaign targets %d of the %d devices of its class", len(c.Targets), devices)
-			}
-			st := r.waitStatus(ctx, c.ID, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
+			id := r.createCampaign(ctx, publisher.CampaignRequest{Image: img.Digest, Phases: []int{100}, FailPermille: 500,
+				Deadline: time.Now().Add(tc.validFor).Unix(), Start: true})
+			st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
 			want := devices - tc.wantExpired
 			if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != uint64(want) {
 				t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, want)
