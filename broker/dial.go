@@ -130,9 +130,53 @@ type endpoint struct {
 	kind transportKind
 	url  *url.URL // without userinfo
 	tls  bool
+	// servers lists every server of a comma-separated NATS URL (the
+	// first is url); nil for a single URL.
+	servers []string
 }
 
+// parseEndpoint validates cfg. A NATS URL may name several servers of one
+// cluster separated by commas ("nats://n1:4222,nats://n2:4222"); each is
+// validated, and the credentials and options of the first apply to all.
 func parseEndpoint(cfg Config) (endpoint, error) {
+	if !strings.Contains(cfg.URL, ",") {
+		return parseOneEndpoint(cfg)
+	}
+	parts := strings.Split(cfg.URL, ",")
+	first := cfg
+	first.URL = strings.TrimSpace(parts[0])
+	ep, err := parseOneEndpoint(first)
+	if err != nil {
+		return ep, err
+	}
+	if ep.kind != kindNATS {
+		return ep, fmt.Errorf("%w: only nats:// and tls:// urls may list several servers", ErrBadURL)
+	}
+	ep.servers = []string{ep.url.String()}
+	for _, raw := range parts[1:] {
+		other := cfg
+		other.URL = strings.TrimSpace(raw)
+		o, err := parseOneEndpoint(other)
+		if err != nil {
+			return ep, err
+		}
+		if o.kind != kindNATS || o.tls != ep.tls {
+			return ep, fmt.Errorf("%w: %q: every server of a list needs the scheme of the first", ErrBadURL, redact(other.URL))
+		}
+		ep.servers = append(ep.servers, o.url.String())
+	}
+	return ep, nil
+}
+
+// serverList returns the URL string given to the NATS client.
+func (ep endpoint) serverList() string {
+	if len(ep.servers) > 0 {
+		return strings.Join(ep.servers, ",")
+	}
+	return ep.url.String()
+}
+
+func parseOneEndpoint(cfg Config) (endpoint, error) {
 	ep := endpoint{Config: cfg}
 	if cfg.URL == "" {
 		return ep, fmt.Errorf("%w: empty url", ErrBadURL)

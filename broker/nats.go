@@ -105,7 +105,7 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 	}
 	ch := make(chan res, 1)
 	go func() {
-		nc, err := nats.Connect(ep.url.String(), opts...)
+		nc, err := nats.Connect(ep.serverList(), opts...)
 		ch <- res{nc, err}
 	}()
 	var r res

@@ -95,6 +95,10 @@ func TestParseEndpoint(t *testing.T) {
 			t.Errorf("%s: defaults not applied: client %q expiry %v", c.url, ep.ClientID, ep.SessionExpiry)
 		}
 	}
+	list, err := parseEndpoint(Config{URL: "nats://u:p@n1:4222, nats://n2,nats://n3:5222"})
+	if err != nil || list.serverList() != "nats://n1:4222,nats://n2:4222,nats://n3:5222" || list.Username != "u" {
+		t.Errorf("server list: %q user %q err %v", list.serverList(), list.Username, err)
+	}
 	shared, err := parseEndpoint(Config{URL: "mqtt://h", SharedMember: true, SessionExpiry: 99})
 	if err != nil || shared.SessionExpiry != 0 {
 		t.Errorf("shared member: expiry %v, err %v; want 0", shared.SessionExpiry, err)
@@ -106,6 +110,10 @@ func TestParseEndpoint(t *testing.T) {
 		{URL: "mqtt://h/some/path"},
 		{URL: "mqtt://u:topsecret@h:%zz"},
 		{URL: "nats://h", ClientID: "a/b"},
+		{URL: "mqtt://a,mqtt://b"},
+		{URL: "nats://a,tls://b"},
+		{URL: "nats://a,"},
+		{URL: "nats://u:topsecret@a,http://b"},
 	} {
 		_, err := parseEndpoint(bad)
 		if !errors.Is(err, ErrBadURL) {
