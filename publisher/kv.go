@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/firmcast/firmcast/schemas"
+	"strings"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -24,8 +26,12 @@ type stores struct {
 	auditSubj string
 }
 
-func openStores(ctx context.Context, js jetstream.JetStream, ns string, replicas int) (*stores, error) {
-	s := &stores{auditSubj: ns + ".audit"}
+// openStores opens or creates the namespace's buckets and streams. The
+// audit stream's subject lies under the topic root (root.audit.<ns>, beside
+// and never under root.v1), so the access policy that lets a backend
+// identity publish under its root covers it whatever the namespace.
+func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas int) (*stores, error) {
+	s := &stores{auditSubj: strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + ns}
 	var err error
 	s.images, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
 		Bucket: ns + "_images", Description: "firmcast images and chunk tables", Storage: jetstream.FileStorage,

@@ -79,7 +79,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 	if p.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
-	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Namespace, cfg.Replicas); err != nil {
+	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas); err != nil {
 		return nil, err
 	}
 	if cfg.BootstrapKey != "" {
