@@ -28,8 +28,16 @@ func (a *Agent) onNotice(ctx context.Context, b []byte) {
 	busy := a.st.busy()
 	same := a.st.Campaign == n.Campaign && bytes.Equal(a.st.Image, n.Image)
 	cur := a.st.Campaign
+	final, code, text := a.st.State, a.st.Code, a.st.Text
 	a.mu.Unlock()
 	switch {
+	case done && same:
+		// The backend sends a notice again when it may have missed the
+		// outcome (a new leader, reports lost while no publisher
+		// listened): answer with the outcome, do nothing else.
+		a.log.Debug("notice already handled; reporting its outcome again", "campaign", n.Campaign, "state", final)
+		_ = a.reportFor(ctx, n.Campaign, final, code, text)
+		return
 	case done:
 		a.log.Debug("notice already handled", "campaign", n.Campaign)
 		return
