@@ -88,6 +88,12 @@ type Config struct {
 	// NoProgress is how long a notified device may go without a report
 	// before it is marked timed out. Default 30m.
 	NoProgress time.Duration
+	// Reconcile is how long a notified device may stay silent before the
+	// leader sends its notice again: a device that already finished
+	// answers with its outcome (a report lost in a failover is recovered),
+	// one still working ignores it. At most once per Reconcile per device.
+	// Default 1m.
+	Reconcile time.Duration
 	// DefaultSuccessPermille applies when a spec leaves it zero. Default 900.
 	DefaultSuccessPermille uint16
 	// DefaultFailPermille applies when a spec leaves it zero. Default 100.
@@ -173,6 +179,7 @@ func (c Config) withDefaults() (Config, error) {
 	defInt(&c.MaxDownloading, 500)
 	def(&c.StartWindow, 30*time.Second)
 	def(&c.NoProgress, 30*time.Minute)
+	def(&c.Reconcile, time.Minute)
 	if c.DefaultSuccessPermille == 0 {
 		c.DefaultSuccessPermille = 900
 	}

@@ -120,7 +120,11 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		if c.Resumed.After(last) {
 			last = c.Resumed
 		}
-		if e.st.State == StateQueued || terminal(e.st.State) || now.Sub(last) < p.cfg.NoProgress {
+		if e.st.State == StateQueued || terminal(e.st.State) {
+			continue
+		}
+		if now.Sub(last) < p.cfg.NoProgress {
+			p.reconcile(ctx, c, e.st, now)
 			continue
 		}
 		if err := p.timeOut(ctx, e); err != nil {
@@ -186,6 +190,34 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	return nil
 }
 
+// reconcile re-sends the notice of a device that has been silent for
+// Reconcile, at most once per Reconcile. Reports can be lost while no
+// publisher listens (a failover) or when their write to JetStream fails;
+// the device answers a repeated notice of an update it has finished with
+// its outcome.
+func (p *Publisher) reconcile(ctx context.Context, c *Campaign, st DeviceState, now time.Time) {
+	last := st.Updated
+	if st.Progress.After(last) {
+		last = st.Progress
+	}
+	k := devKey(c.ID, st.Device)
+	if sent, ok := p.resent[k]; ok && sent.After(last) {
+		last = sent
+	}
+	if now.Sub(last) < p.cfg.Reconcile {
+		return
+	}
+	if p.resent == nil {
+		p.resent = make(map[string]time.Time)
+	}
+	p.resent[k] = now
+	if err := p.publishNotice(ctx, c, st.Device); err != nil {
+		p.log.Warn("reconcile notice", "campaign", c.ID, "device", st.Device, "err", err)
+		return
+	}
+	p.log.Debug("notice sent again to a silent device", "campaign", c.ID, "device", st.Device)
+}
+
 // end moves a campaign to a final (or paused) state and clears notices.
 func (p *Publisher) end(ctx context.Context, c *Campaign, from []string, to, reason string) error {
 	nc, err := p.transition(ctx, c.ID, from, to, reason, nil)
@@ -195,6 +227,11 @@ func (p *Publisher) end(ctx context.Context, c *Campaign, from []string, to, rea
 	p.audit(ctx, System, "campaign."+to, c.ID, reason)
 	p.log.Info("campaign ended", "campaign", c.ID, "state", to, "reason", reason)
 	p.clearNotices(ctx, &nc)
+	for k := range p.resent {
+		if strings.HasPrefix(k, c.ID+".") {
+			delete(p.resent, k)
+		}
+	}
 	*c = nc
 	return nil
 }

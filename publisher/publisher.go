@@ -35,7 +35,10 @@ type Publisher struct {
 	ready   chan struct{}
 	stopped chan struct{} // closed when Run's context ends
 
-	leader bool         // owned by the tick loop
+	leader bool // owned by the tick loop
+	// resent holds when the leader last re-sent each device's notice
+	// (key devKey); owned by the tick loop.
+	resent map[string]time.Time
 	ticks  atomic.Int64 // ticks completed, for tests
 
 	waveMu sync.Mutex
