@@ -364,7 +364,10 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 		if err := ctx.Err(); err != nil {
 			return Digest{}, err
 		}
-		n := min(ss, size-done) // one sector per program, as a page-programmed flash
+		// A run of whole sectors (the I/O buffer, 64 KiB) per program: a
+		// resumed copy starts over, so a torn run is no different from a
+		// torn sector.
+		n := min(int64(len(d.buf)), size-done)
 		pn := alignUp(n, int64(d.g.WriteAlign))
 		for s := done / ss; s < (done+pn+ss-1)/ss; s++ {
 			if err := d.f.Erase(firstSector + int(s)); err != nil {

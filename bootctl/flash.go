@@ -107,7 +107,13 @@ type Flash struct {
 	ff   []byte // one sector of 0xFF
 
 	scratch []byte // Program's read-back buffer, guarded by mu
-	mu      sync.Mutex
+	// erasedFrom[s] is the offset in sector s from which the sector is
+	// known to be erased: 0 after an Erase, moved past each Program into
+	// it, SectorSize when unknown. Program skips the read-back of bytes
+	// known erased. It is this Flash's own knowledge (the file of a
+	// file-backed flash is not changed by anyone else while it is open).
+	erasedFrom []int32
+	mu         sync.Mutex
 	st      store
 	stats   Stats
 	fault   *Fault
@@ -123,11 +129,46 @@ func NewMemFlash(g Geometry) (*Flash, error) {
 	}
 	m := make(memStore, g.Size())
 	m.erase(0, g.Size())
-	return newFlash(g, m), nil
+	return newFlash(g, m, true), nil
 }
 
-func newFlash(g Geometry, st store) *Flash {
-	return &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize)}
+// newFlash returns a Flash over st; erased says st is known to be erased.
+func newFlash(g Geometry, st store, erased bool) *Flash {
+	f := &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize), erasedFrom: make([]int32, g.Sectors)}
+	if !erased {
+		f.forget(0, g.Size())
+	}
+	return f
+}
+
+// forget marks the sectors overlapping [off, off+n) as of unknown content.
+// Callers hold mu (or own f).
+func (f *Flash) forget(off, n int64) {
+	ss := int64(f.geom.SectorSize)
+	for s := off / ss; s < (off+n+ss-1)/ss && s < int64(len(f.erasedFrom)); s++ {
+		f.erasedFrom[s] = int32(ss)
+	}
+}
+
+// knownErased reports whether [off, off+n) is known erased, without
+// reading it. Callers hold mu.
+func (f *Flash) knownErased(off, n int64) bool {
+	ss := int64(f.geom.SectorSize)
+	for s := off / ss; s < (off+n+ss-1)/ss; s++ {
+		if lo := max(off, s*ss) - s*ss; lo < int64(f.erasedFrom[s]) {
+			return false // part of [off, off+n) in s may hold data
+		}
+	}
+	return true
+}
+
+// programmed records that [off, off+n) (known erased before) now holds
+// data: each sector it touches stays known erased only after it.
+func (f *Flash) programmed(off, n int64) {
+	ss := int64(f.geom.SectorSize)
+	for s := off / ss; s < (off+n+ss-1)/ss; s++ {
+		f.erasedFrom[s] = int32(max(int64(f.erasedFrom[s]), min(off+n-s*ss, ss)))
+	}
 }
 
 // Geometry returns the flash geometry.
@@ -244,7 +285,9 @@ func (f *Flash) Program(p []byte, off int64) error {
 	}
 	cur := f.scratch[:len(p)]
 	clean := false
-	if m, ok := f.st.(memStore); ok {
+	if f.knownErased(off, int64(len(p))) {
+		clean = true // erased since the last Erase: nothing to merge
+	} else if m, ok := f.st.(memStore); ok {
 		// Check in place; copy out only when bits must be merged.
 		clean = f.erased(m[off : off+int64(len(p))])
 		if !clean {
@@ -281,6 +324,7 @@ func (f *Flash) Program(p []byte, off int64) error {
 		_ = f.st.writeAt(torn, off)
 	}
 	if hit {
+		f.forget(off, int64(len(p)))
 		return ErrPowerLost
 	}
 	data := p
@@ -291,7 +335,13 @@ func (f *Flash) Program(p []byte, off int64) error {
 		data = cur
 	}
 	if err := f.st.writeAt(data, off); err != nil {
+		f.forget(off, int64(len(p)))
 		return err
+	}
+	if clean {
+		f.programmed(off, int64(len(p)))
+	} else {
+		f.forget(off, int64(len(p)))
 	}
 	f.stats.Programs++
 	f.stats.BytesProgrammed += uint64(len(p))
@@ -327,11 +377,14 @@ func (f *Flash) Erase(s int) error {
 		_ = f.st.writeAt(buf, off)
 	}
 	if hit {
+		f.forget(off, n)
 		return ErrPowerLost
 	}
 	if err := f.st.erase(off, n); err != nil {
+		f.forget(off, n)
 		return err
 	}
+	f.erasedFrom[s] = 0
 	f.stats.Erases++
 	return nil
 }
@@ -349,6 +402,7 @@ func (f *Flash) FlipBit(off int64, bit uint) error {
 		return err
 	}
 	b[0] ^= 1 << (bit % 8)
+	f.forget(off, 1)
 	return f.st.writeAt(b, off)
 }
 

@@ -26,7 +26,7 @@ func CreateFileFlash(path string, g Geometry) (*Flash, error) {
 		fh.Close()
 		return nil, fmt.Errorf("bootctl: create flash: %w", err)
 	}
-	return newFlash(g, &fileStore{f: fh}), nil
+	return newFlash(g, &fileStore{f: fh}, true), nil
 }
 
 // OpenFileFlash opens a flash file made by CreateFileFlash. The file size
@@ -48,7 +48,7 @@ func OpenFileFlash(path string, g Geometry) (*Flash, error) {
 		fh.Close()
 		return nil, fmt.Errorf("%w: %s is %d bytes, geometry says %d", ErrBadGeometry, path, fi.Size(), g.Size())
 	}
-	return newFlash(g, &fileStore{f: fh}), nil
+	return newFlash(g, &fileStore{f: fh}, false), nil
 }
 
 // fileStore keeps inverted bytes in a file.

@@ -100,7 +100,7 @@ func snapshot(f *Flash) []byte { return bytes.Clone(f.st.(memStore)) }
 
 func clone(g Geometry, snap []byte) *Flash {
 	m := memStore(bytes.Clone(snap))
-	return newFlash(g, m)
+	return newFlash(g, m, false)
 }
 
 // checkActive verifies, independently of Boot, that the active region
