@@ -79,6 +79,12 @@ type Config struct {
 	// ChunkIdle is how long the broker source waits for chunks before
 	// asking again. Default 2s.
 	ChunkIdle time.Duration
+	// ChunkListen and ChunkQuiet are the broker source's ListenFirst and
+	// Quiet: how long a download only listens for a broadcast wave before
+	// asking for chunks, and the gap in the wave that ends the listening.
+	// Zero: the fetcher's defaults (1s and 500ms, at most ChunkIdle);
+	// ChunkListen negative: ask at once.
+	ChunkListen, ChunkQuiet time.Duration
 	// Fetch tunes the fetcher's per-source retries.
 	Fetch fetcher.RetryPolicy
 	// PersistEvery is the fetch progress persistence interval in chunks.

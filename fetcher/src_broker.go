@@ -60,6 +60,19 @@ type BrokerConfig struct {
 	Window int
 	// Name overrides the source name. Default "broker".
 	Name string
+	// ListenFirst is how long Fetch only listens on the broadcast chunk
+	// topic before it sends its first chunk request, so that a device that
+	// joins while (or just before) a broadcast wave takes the wave instead
+	// of asking for the image chunk by chunk. While broadcast chunks it
+	// wants keep arriving it goes on listening, and asks only once the
+	// stream has been quiet for Quiet. Default 1s, but at most Idle;
+	// negative: ask at once.
+	ListenFirst time.Duration
+	// Quiet is the gap in wanted broadcast chunks that ends the listening
+	// period once chunks have arrived; later too, while wanted broadcast
+	// chunks come closer together than Quiet, no new chunk is asked for.
+	// Default 500ms, but at most Idle.
+	Quiet time.Duration
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -102,6 +115,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.Name == "" {
 		cfg.Name = "broker"
 	}
+	if cfg.ListenFirst == 0 {
+		cfg.ListenFirst = min(time.Second, cfg.Idle)
+	}
+	if cfg.Quiet <= 0 {
+		cfg.Quiet = min(500*time.Millisecond, cfg.Idle)
+	}
 	return &BrokerSource{cfg: cfg}, nil
 }
 
@@ -119,21 +138,30 @@ func (s *BrokerSource) Probe(ctx context.Context, im Image) (Availability, error
 // waits while the inbox is full (back-pressure on the transport's
 // delivery) until the fetch ends, then drops.
 type inbox struct {
-	ch   chan []byte
+	ch   chan inMsg
 	done chan struct{}
 }
 
-func (in *inbox) handler(ctx context.Context, m broker.Message) {
+// inMsg is a received message; bcast: it came on the broadcast topic.
+type inMsg struct {
+	b     []byte
+	bcast bool
+}
+
+func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	b := getBuf(len(m.Payload))
 	b = append(b, m.Payload...)
 	select {
-	case in.ch <- b:
+	case in.ch <- inMsg{b, bcast}:
 	case <-in.done: // fetch over: dropped
 		putBuf(b)
 	case <-ctx.Done():
 		putBuf(b)
 	}
 }
+
+func (in *inbox) handler(ctx context.Context, m broker.Message)      { in.handle(ctx, m, false) }
+func (in *inbox) bcastHandler(ctx context.Context, m broker.Message) { in.handle(ctx, m, true) }
 
 // bufPool recycles the copies of received messages, so that a long
 // download does not allocate one per chunk.
@@ -154,7 +182,7 @@ func putBuf(b []byte) {
 }
 
 func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
-	in := &inbox{ch: make(chan []byte, s.cfg.Queue), done: make(chan struct{})}
+	in := &inbox{ch: make(chan inMsg, s.cfg.Queue), done: make(chan struct{})}
 	var subs []broker.Subscription
 	unsub := func() {
 		close(in.done)
@@ -173,8 +201,12 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 		}
 		topics = append(topics, bt)
 	}
-	for _, t := range topics {
-		sub, err := s.cfg.Transport.Subscribe(ctx, t, in.handler, broker.SubscribeOptions{Family: broker.FamilyChunk})
+	for k, t := range topics {
+		h := in.handler
+		if k > 0 {
+			h = in.bcastHandler
+		}
+		sub, err := s.cfg.Transport.Subscribe(ctx, t, h, broker.SubscribeOptions{Family: broker.FamilyChunk})
 		if err != nil {
 			unsub()
 			return nil, nil, fmt.Errorf("subscribe %s: %w", t.MQTT, err)
@@ -223,7 +255,8 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				return nil, ctx.Err()
 			case <-timer.C:
 				break wait
-			case b := <-in.ch:
+			case m := <-in.ch:
+				b := m.b
 				// Any decodable table is the answer (the reply topic is this
 				// device's); the fetcher authenticates it.
 				var t schemas.ChunkTable
@@ -239,8 +272,10 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 	return nil, fmt.Errorf("%w: no chunk table after %d requests", ErrStalled, s.cfg.MaxIdle)
 }
 
-// Fetch subscribes, asks for the wanted chunks and writes what arrives.
-// It keeps at most Window chunks requested and not yet received (flow
+// Fetch subscribes, listens, asks for the wanted chunks and writes what
+// arrives. It first only listens for broadcast chunks (ListenFirst, then
+// for as long as wanted chunks keep arriving with gaps under Quiet), then
+// asks for what is still missing. It keeps at most Window chunks requested and not yet received (flow
 // control: whatever the transport buffers stays bounded), asking for more
 // as they arrive, and asks again for what is outstanding after each idle
 // period. Broadcast chunks that happen to be wanted are taken too. It gives
@@ -256,6 +291,12 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	left := missing.count()
 	inflight := newBitmap(n)
 	nIn, cur := 0, 0
+	// While a broadcast wave is flowing (a wanted chunk came on the
+	// broadcast topic within Quiet) nothing new is asked for: what the
+	// wave lost or passed before this device listened is asked for once
+	// it is over, when the requests of all devices that took it are
+	// batched together (a chunk many lack is then re-broadcast once).
+	lastBcast := time.Time{}
 	// ask requests the outstanding chunks again (resend) and tops the
 	// window up with chunks not asked for yet.
 	ask := func(resend bool) error {
@@ -264,9 +305,13 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 			copy(req.bits, inflight.bits)
 			cur = 0
 		}
+		limit := n
+		if time.Since(lastBcast) < s.cfg.Quiet {
+			limit = 0
+		}
 		for nIn < s.cfg.Window {
 			i := missing.next(cur)
-			if i < 0 {
+			if i < 0 || i >= limit {
 				break
 			}
 			cur = i + 1
@@ -283,10 +328,15 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	}
 	idle := 0
 	var chunk schemas.Chunk
-	if err := ask(false); err != nil {
+	// listening: no request sent yet; the timer ends the listening period.
+	listening := s.cfg.ListenFirst > 0
+	first := s.cfg.Idle
+	if listening {
+		first = s.cfg.ListenFirst
+	} else if err := ask(false); err != nil {
 		return err
 	}
-	timer := time.NewTimer(s.cfg.Idle)
+	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
 	for left > 0 {
@@ -294,6 +344,15 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			if listening {
+				// Quiet (or nothing broadcast): ask for what is missing.
+				listening, progressed, idle = false, false, 0
+				if err := ask(false); err != nil {
+					return err
+				}
+				timer.Reset(s.cfg.Idle)
+				continue
+			}
 			if progressed {
 				idle = 0
 			} else if idle++; idle >= s.cfg.MaxIdle {
@@ -304,16 +363,19 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				return err
 			}
 			timer.Reset(s.cfg.Idle)
-		case b := <-in.ch:
+		case m := <-in.ch:
 			chunk = schemas.Chunk{}
-			ok := s.accept(b, &chunk, im, n)
-			putBuf(b) // decoding copied what it keeps
+			ok := s.accept(m.b, &chunk, im, n)
+			putBuf(m.b) // decoding copied what it keeps
 			if !ok {
 				continue
 			}
 			i := int(chunk.Index)
 			if !missing.has(i) {
 				continue
+			}
+			if m.bcast {
+				lastBcast = time.Now()
 			}
 			if err := deliver(i, chunk.Data); err != nil {
 				if errors.Is(err, ErrSink) {
@@ -328,8 +390,18 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				nIn--
 			}
 			progressed = true
-			// Keep the idle timer running from the last new chunk.
-			timer.Reset(s.cfg.Idle)
+			if listening {
+				// The broadcast stream goes on: keep listening.
+				timer.Reset(s.cfg.Quiet)
+				continue
+			}
+			// Keep the idle timer running from the last new chunk; with
+			// nothing asked for and a wave flowing, ask once it is quiet.
+			if m.bcast && nIn == 0 {
+				timer.Reset(s.cfg.Quiet)
+			} else {
+				timer.Reset(s.cfg.Idle)
+			}
 			if nIn <= s.cfg.Window/2 && left > 0 {
 				if err := ask(false); err != nil {
 					return err

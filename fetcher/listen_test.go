@@ -1,0 +1,117 @@
+package fetcher
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// waveConn is a memConn that signals when the broadcast chunk topic is
+// subscribed, so a test can start its wave once the device listens.
+type waveConn struct {
+	memConn
+	chunks string
+	ready  chan struct{}
+}
+
+func (c waveConn) Subscribe(ctx context.Context, f schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	sub, err := c.memConn.Subscribe(ctx, f, h, o)
+	if err == nil && f.MQTT == c.chunks {
+		close(c.ready)
+	}
+	return sub, err
+}
+
+// TestBrokerListensFirst: a device that starts while a wave is broadcast
+// takes the wave and asks only for what the wave did not carry.
+func TestBrokerListensFirst(t *testing.T) {
+	fx := newFixture(t, 32*testChunk, testChunk, 7)
+	n := 32
+	for _, tc := range []struct {
+		name string
+		wave func(i int) bool // chunks the wave carries
+	}{
+		{"whole wave", func(int) bool { return true }},
+		{"even chunks only", func(i int) bool { return i%2 == 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			hub := newMemHub()
+			topics := schemas.MustTopics("listentest")
+			bt, err := topics.Chunks(fx.im.Hex())
+			if err != nil {
+				t.Fatal(err)
+			}
+			cs := &testutil.ChunkServer{Transport: memConn{hub}, Topics: topics, Image: fx.img, Table: fx.table}
+			if err := cs.Start(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			conn := waveConn{memConn: memConn{hub}, chunks: bt.MQTT, ready: make(chan struct{})}
+			src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1",
+				Idle: 2 * time.Second, ListenFirst: time.Second, Quiet: 200 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			waveErr := make(chan error, 1)
+			go func() {
+				select {
+				case <-conn.ready:
+				case <-ctx.Done():
+					waveErr <- ctx.Err()
+					return
+				}
+				for i := 0; i < n; i++ {
+					if !tc.wave(i) {
+						continue
+					}
+					b, err := schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: fx.im.Digest, Index: uint32(i), Data: fx.img[i*testChunk : (i+1)*testChunk]})
+					if err == nil {
+						err = memConn{hub}.Publish(ctx, bt, b, broker.PublishOptions{})
+					}
+					if err != nil {
+						waveErr <- err
+						return
+					}
+				}
+				waveErr <- nil
+			}()
+			want := newBitmap(n)
+			for i := 0; i < n; i++ {
+				want.set(i)
+			}
+			got := map[int]bool{}
+			err = src.Fetch(ctx, fx.im, Chunks{want}, func(i int, data []byte) error {
+				got[i] = true
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := <-waveErr; err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != n {
+				t.Fatalf("%d chunks delivered, want %d", len(got), n)
+			}
+			for i, k := range cs.Served() {
+				if tc.wave(int(i)) {
+					t.Errorf("chunk %d was broadcast and still served %d times by request", i, k)
+				}
+			}
+			wantReqs := 0
+			for i := 0; i < n; i++ {
+				if !tc.wave(i) {
+					wantReqs = 1
+				}
+			}
+			if src.Requests != wantReqs {
+				t.Errorf("%d chunk requests, want %d", src.Requests, wantReqs)
+			}
+		})
+	}
+}
