@@ -1,22 +1,10 @@
-// PARKED TEST (not compiled: it lives in testdata). Move it back to
-// internal/fleet/cluster_test.go once the publisher keeps reports across a
-// failover. It passes about two runs in three (20-50 s under -race) and
-// fails in the others with the devices right and the backend behind:
-//
-//   - killing NATS node n0 mid-campaign: "campaign did not end ... counts
-//     map[confirmed:26 staged:4]; devices: 30 confirmed on v2": reports
-//     that failed to apply to JetStream KV while the node went away are
-//     logged ("apply report") and dropped, never retried;
-//   - killing publisher 1 as well (the issue's full scenario): "counts
-//     map[confirmed:49 staged:1]; devices: 50 confirmed on v2": reports
-//     mosquitto delivered to the dying publisher (shared subscription) are
-//     dropped from its queues when Run's context ends.
-//
-// A device that stays connected does not report again, so the campaign
-// waits for it until NoProgress. The target scenario kills n0 AND pub1:
-//
-//	srvs[0].Shutdown(); pub1cancel(); <-pub1done
-//
+// The clustered topology without containers: three nats-server nodes in
+// one JetStream cluster (R3), a mosquitto process, two publishers and 50
+// agents. Mid-campaign NATS node n0 and publisher 1 are killed: the
+// campaign completes and no device restarts its download from zero.
+// Reports lost in the failover are recovered by the surviving leader's
+// reconcile (publisher Config.Reconcile), which the agents answer with
+// their outcome.
 package fleet
 
 import (
@@ -114,7 +102,10 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	signer, _ := suit.NewKeySigner(key, 0)
 	vendor, class := uuidFor("vendor"), uuidFor("class")
 	const adminKey = "fk-cluster-test-admin"
-	type pub struct{ p *publisher.Publisher }
+	type pub struct {
+		p    *publisher.Publisher
+		stop func()
+	}
 	startPub := func(name string, first int) pub {
 		order := append([]string{urls[first]}, append(append([]string{}, urls[:first]...), urls[first+1:]...)...)
 		nc, err := nats.Connect(strings.Join(order, ","), nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
@@ -134,6 +125,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 			Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: 4096,
 			TickInterval: 50 * time.Millisecond, LeaseTTL: 2 * time.Second, StartWindow: -1,
 			RepairWindow: 50 * time.Millisecond, WaveInterval: time.Second, BootstrapKey: adminKey, Logger: log,
+			Reconcile: 2 * time.Second,
 		})
 		if err != nil {
 			pcancel()
@@ -146,8 +138,10 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 		case err := <-done:
 			t.Fatalf("%s: %v", name, err)
 		}
-		t.Cleanup(func() { pcancel(); <-done })
-		return pub{p}
+		var once sync.Once
+		stop := func() { once.Do(func() { pcancel(); <-done }) }
+		t.Cleanup(stop)
+		return pub{p, stop}
 	}
 	pub1 := startPub("pub1", 0)
 	pub2 := startPub("pub2", 1)
@@ -198,17 +192,14 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	}
 
 	// Mid-campaign: once some devices confirmed and others are still on
-	// their way, kill NATS node 0, the server publisher 1 is connected
-	// to: it must fail over to the other nodes with its state intact.
-	// (Killing publisher 1 as well is not asserted yet: a report that
-	// mosquitto hands to a publisher that is going away is lost, and the
-	// device, which stays connected, does not report again; see the
-	// end-to-end notes in docs/BENCHMARKS.md.)
+	// their way, kill NATS node 0 (publisher 1's server) and publisher 1:
+	// publisher 2 carries on through the other nodes with the state intact.
 	for {
 		st, err := pub2.p.CampaignStatus(ctx, c.ID)
 		if err == nil && st.Counts["confirmed"] >= 5 {
 			srvs[0].Shutdown()
-			t.Logf("killed NATS node n0 at %v", st.Counts)
+			pub1.stop()
+			t.Logf("killed NATS node n0 and publisher 1 at %v", st.Counts)
 			break
 		}
 		select {
