@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"math"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -76,7 +78,9 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		p.waveMu.Unlock()
 		return
 	}
-	p.waves[c.Image] = &waveState{running: true, started: now}
+	nw := &waveState{running: true, started: now}
+	nw.next.Store(math.MaxInt64)
+	p.waves[c.Image] = nw
 	p.waveMu.Unlock()
 	p.wg.Add(1)
 	go func() {
@@ -94,10 +98,27 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 type waveState struct {
 	running bool
 	started time.Time
+	// next is the chunk index the wave in flight sends next: chunks from
+	// it on are still coming by broadcast. MaxInt64 when no wave is being
+	// sent.
+	next atomic.Int64
+}
+
+// waveAhead returns the index from which the wave in flight of digest
+// will still broadcast every chunk, or MaxInt64 when none is in flight.
+// Requests for those chunks are answered by the wave, not by unicast.
+func (p *Publisher) waveAhead(digest string) int64 {
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	if w := p.waves[digest]; w != nil {
+		return w.next.Load()
+	}
+	return math.MaxInt64
 }
 
 // Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
-// paced. It blocks until the wave is sent or ctx ends.
+// paced. It blocks until the wave is sent or ctx ends. While it runs,
+// requests for chunks it has still to send are left to it.
 func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	d, err := p.loadImage(ctx, digest)
 	if err != nil {
@@ -107,7 +128,16 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	if err != nil {
 		return err
 	}
+	p.waveMu.Lock()
+	w := p.waves[digest]
+	if w == nil { // a wave asked for by hand
+		w = &waveState{started: p.cfg.Clock.Now()}
+		p.waves[digest] = w
+	}
+	p.waveMu.Unlock()
+	defer w.next.Store(math.MaxInt64)
 	for i := range d.table.Hashes {
+		w.next.Store(int64(i))
 		b, err := encodeChunk(d, i)
 		if err != nil {
 			return err
@@ -210,7 +240,11 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 			return
 		}
 	}
+	ahead := p.waveAhead(digest)
 	for _, i := range wanted(r, len(d.table.Hashes)) {
+		if int64(i) >= ahead {
+			continue // the wave in flight still sends it
+		}
 		b, err := encodeChunk(d, i)
 		if err != nil {
 			return
@@ -265,11 +299,13 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 	n := len(d.table.Hashes)
 	askers := make(map[int]int)
 	per := make(map[string][]int)
+	// Chunks the wave in flight has still to send are left to it.
+	ahead := p.waveAhead(digest)
 	for who, r := range b.reqs {
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		w := wanted(r, n)
+		w := slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead })
 		per[who] = w
 		for _, i := range w {
 			askers[i]++
