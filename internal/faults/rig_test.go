@@ -136,6 +136,7 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		TickInterval: 100 * time.Millisecond, StartWindow: -1, WaveInterval: 5 * time.Second,
 		RepairWindow: 100 * time.Millisecond, MaxDownloading: 1000, LeaseTTL: 3 * time.Second,
 		FailAction: publisher.FailPause, Logger: r.log, BootstrapKey: r.apiKey,
+		Reconcile: 2 * time.Second,
 	}
 	if cfg.publisher != nil {
 		cfg.publisher(&r.pcfg)
