@@ -47,6 +47,7 @@ func runServeExternal(cmd *cobra.Command, mqttURL, natsURL string) error {
 		httpListen: get("http-listen"), apiKey: get("api-key"), signKey: get("sign-key"),
 		vendorID: get("vendor-id"), classID: get("class-id"), publicURL: get("public-url"),
 	}
+	o.pub.replicas, _ = fl.GetInt("replicas")
 	if o.pub.httpListen == "" {
 		return errors.New("--http-listen is empty: with external brokers serve runs only the publisher")
 	}

@@ -26,6 +26,7 @@ type publisherOptions struct {
 	vendorID   string
 	classID    string
 	publicURL  string
+	replicas   int
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -35,6 +36,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.vendorID, "vendor-id", "", "vendor UUID of server-signed manifests")
 	f.StringVar(&o.classID, "class-id", "", "class UUID of server-signed manifests")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices fetch images from over HTTP (GET <url>/images/<digest>)")
+	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
 // registryAuth authenticates broker clients from the publisher's device
@@ -106,7 +108,7 @@ func (c *publisherComponent) Start(ctx context.Context) error {
 	c.tr = fanOut(trs)
 	cfg := publisher.Config{
 		JetStream: nt.JetStream(), Transport: c.tr, Topics: c.env.topics, Logger: c.env.log,
-		BootstrapKey: o.apiKey, PublicURL: o.publicURL,
+		BootstrapKey: o.apiKey, PublicURL: o.publicURL, Replicas: o.replicas,
 	}
 	if o.signKey != "" {
 		pem, err := os.ReadFile(o.signKey)
