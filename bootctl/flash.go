@@ -114,12 +114,12 @@ type Flash struct {
 	// file-backed flash is not changed by anyone else while it is open).
 	erasedFrom []int32
 	mu         sync.Mutex
-	st      store
-	stats   Stats
-	fault   *Fault
-	armedAt uint64 // stats.Ops() when the fault was armed
-	dead    bool
-	lastHit string // "program" or "erase": the operation the last fault hit
+	st         store
+	stats      Stats
+	fault      *Fault
+	armedAt    uint64 // stats.Ops() when the fault was armed
+	dead       bool
+	lastHit    string // "program" or "erase": the operation the last fault hit
 }
 
 // NewMemFlash returns an erased in-memory flash.
