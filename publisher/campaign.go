@@ -354,7 +354,22 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	p.idx.putCampaign(c, rev)
 	p.audit(ctx, who, "campaign.create", c.ID, fmt.Sprintf("image=%s targets=%d phases=%v", c.Image, len(targets), phases))
 	if spec.Start {
-		return p.StartCampaign(ctx, who, c.ID)
+		// Start from the revision just written rather than reading it back:
+		// on a replicated bucket a read may be answered by a replica that
+		// has not seen the create yet.
+		started := c
+		started.State, started.Phase, started.Resumed, started.Updated = CampaignRunning, 0, now.UTC(), now.UTC()
+		nrev, err := updateJSON(ctx, p.st.campaigns, "campaign", c.ID, started, rev)
+		if isConflict(err) {
+			return p.StartCampaign(ctx, who, c.ID)
+		}
+		if err != nil {
+			return Campaign{}, err
+		}
+		p.idx.putCampaign(started, nrev)
+		p.audit(ctx, who, "campaign.start", c.ID, "")
+		p.kick()
+		return started, nil
 	}
 	return c, nil
 }
