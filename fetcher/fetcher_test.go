@@ -35,16 +35,16 @@ func newFetcher(t *testing.T, dir string, srcs ...Source) *Fetcher {
 // device's broker source.
 func brokerSetup(t *testing.T, fx fixture, tune func(*testutil.ChunkServer)) (*BrokerSource, *testutil.ChunkServer) {
 	t.Helper()
-	hub := newMemHub()
+	hub := testutil.NewMemHub()
 	topics := schemas.MustTopics("fetchtest")
-	cs := &testutil.ChunkServer{Transport: memConn{hub}, Topics: topics, Image: fx.img, Table: fx.table}
+	cs := &testutil.ChunkServer{Transport: hub.Conn(), Topics: topics, Image: fx.img, Table: fx.table}
 	if tune != nil {
 		tune(cs)
 	}
 	if err := cs.Start(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	src, err := NewBrokerSource(BrokerConfig{Transport: memConn{hub}, Topics: topics, Device: "dev-1", Idle: 100 * time.Millisecond})
+	src, err := NewBrokerSource(BrokerConfig{Transport: hub.Conn(), Topics: topics, Device: "dev-1", Idle: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,16 +10,16 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// waveConn is a memConn that signals when the broadcast chunk topic is
+// waveConn is an in-memory transport that signals when the broadcast chunk topic is
 // subscribed, so a test can start its wave once the device listens.
 type waveConn struct {
-	memConn
+	broker.Transport
 	chunks string
 	ready  chan struct{}
 }
 
 func (c waveConn) Subscribe(ctx context.Context, f schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
-	sub, err := c.memConn.Subscribe(ctx, f, h, o)
+	sub, err := c.Transport.Subscribe(ctx, f, h, o)
 	if err == nil && f.MQTT == c.chunks {
 		close(c.ready)
 	}
@@ -39,17 +39,17 @@ func TestBrokerListensFirst(t *testing.T) {
 		{"even chunks only", func(i int) bool { return i%2 == 0 }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			hub := newMemHub()
+			hub := testutil.NewMemHub()
 			topics := schemas.MustTopics("listentest")
 			bt, err := topics.Chunks(fx.im.Hex())
 			if err != nil {
 				t.Fatal(err)
 			}
-			cs := &testutil.ChunkServer{Transport: memConn{hub}, Topics: topics, Image: fx.img, Table: fx.table}
+			cs := &testutil.ChunkServer{Transport: hub.Conn(), Topics: topics, Image: fx.img, Table: fx.table}
 			if err := cs.Start(context.Background()); err != nil {
 				t.Fatal(err)
 			}
-			conn := waveConn{memConn: memConn{hub}, chunks: bt.MQTT, ready: make(chan struct{})}
+			conn := waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: make(chan struct{})}
 			src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1",
 				Idle: 2 * time.Second, ListenFirst: time.Second, Quiet: 200 * time.Millisecond})
 			if err != nil {
@@ -71,7 +71,7 @@ func TestBrokerListensFirst(t *testing.T) {
 					}
 					b, err := schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: fx.im.Digest, Index: uint32(i), Data: fx.img[i*testChunk : (i+1)*testChunk]})
 					if err == nil {
-						err = memConn{hub}.Publish(ctx, bt, b, broker.PublishOptions{})
+						err = hub.Conn().Publish(ctx, bt, b, broker.PublishOptions{})
 					}
 					if err != nil {
 						waveErr <- err
