@@ -71,7 +71,12 @@ type Config struct {
 	// Default 5.
 	ProgressStep int
 	// MaxAttempts bounds the attempts of one update that keeps failing
-	// with a transient error before it is given up. Default 3.
+	// with a transient error before it is given up. Default 3. A fetch
+	// that failed only because no source could be reached (the device has
+	// no connectivity: fetcher.ErrUnreachable) is not counted: the agent
+	// waits with the same backoff (and tries again at once when the
+	// transport reports a reconnection, see Reconnector) and resumes from
+	// its persisted progress, for as long as it takes.
 	MaxAttempts int
 	// RetryBase and RetryCap shape the exponential backoff between
 	// attempts. Defaults 2s and 5m.
@@ -253,6 +258,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		case b := <-a.notices:
 			a.onNotice(ctx, b)
 		case <-reconnected:
+			a.mu.Lock()
+			if a.st.busy() && a.st.Offline > 0 {
+				// Waiting for connectivity: it is back, try now.
+				a.st.NextAttempt = 0
+			}
+			a.mu.Unlock()
 			a.reportConnected(ctx)
 		case <-timer.C:
 		}

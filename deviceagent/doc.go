@@ -18,6 +18,12 @@
 // are remembered per campaign and image, so a retained notice is never
 // downloaded in a loop.
 //
+// A failed step that may succeed later is tried again with backoff, up to
+// Config.MaxAttempts. A fetch that failed only because no source could be
+// reached (fetcher.ErrUnreachable: the device is offline) is not counted:
+// the agent waits, with the same bounded backoff or until the transport
+// reconnects, and resumes from the persisted progress.
+//
 // # Reports
 //
 // Every state change, and progress every Config.ProgressStep percent, is

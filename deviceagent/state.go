@@ -51,6 +51,10 @@ type Record struct {
 	Source string `cbor:"18,keyasint,omitempty"`
 	// Bytes is the number of bytes verified so far.
 	Bytes uint64 `cbor:"19,keyasint,omitempty"`
+	// Offline counts the fetch attempts in a row that failed only because
+	// no source could be reached (fetcher.ErrUnreachable); they do not
+	// count in Attempts, and shape the backoff until connectivity returns.
+	Offline uint32 `cbor:"20,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/fetcher"
@@ -205,6 +206,9 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		OnProgress: func(p fetcher.Progress) {
 			pct := p.BytesDone * 100 / max(p.BytesTotal, 1)
 			a.mu.Lock()
+			if p.BytesDone > a.st.Bytes {
+				a.st.Offline = 0 // connectivity is back: the backoff starts again
+			}
 			a.st.Bytes = p.BytesDone
 			if p.Kind != "" {
 				a.st.Source = p.Kind
@@ -528,13 +532,17 @@ func (a *Agent) fail(ctx context.Context, err error) {
 		}
 		return
 	}
+	if errors.Is(err, fetcher.ErrUnreachable) {
+		a.waitOnline(ctx, now, err)
+		return
+	}
 	code, retry := classify(err)
 	a.mu.Lock()
 	a.st.Attempts++
 	attempts := a.st.Attempts
 	a.mu.Unlock()
 	if retry && int(attempts) < a.cfg.MaxAttempts {
-		wait := min(a.cfg.RetryBase<<(attempts-1), a.cfg.RetryCap)
+		wait := a.backoff(attempts)
 		a.mu.Lock()
 		a.st.NextAttempt = now.Add(wait).UnixMilli()
 		a.st.Code, a.st.Text = code, err.Error()
@@ -550,6 +558,40 @@ func (a *Agent) fail(ctx context.Context, err error) {
 		err = fmt.Errorf("given up after %d attempts: %w", attempts, err)
 	}
 	a.finish(ctx, schemas.StateFailed, code, err.Error())
+}
+
+// waitOnline handles a fetch that failed only because no source could be
+// reached: the device has no connectivity, which says nothing about the
+// update. It is not counted as an attempt; the next one waits with the
+// backoff of the failures in a row (or until the transport reconnects)
+// and resumes from the persisted progress.
+func (a *Agent) waitOnline(ctx context.Context, now time.Time, err error) {
+	a.mu.Lock()
+	a.st.Offline++
+	wait := a.backoff(a.st.Offline)
+	a.st.NextAttempt = now.Add(wait).UnixMilli()
+	a.st.Code, a.st.Text = schemas.CodeNoSource, err.Error()
+	state, n := a.st.State, a.st.Offline
+	a.mu.Unlock()
+	a.log.Info("no source reachable; waiting for connectivity", "failures", n, "wait", wait, "err", err)
+	if serr := a.save(); serr != nil {
+		a.log.Error("persisting retry", "err", serr)
+	}
+	// Usually lost with the connection; the reconnection report follows.
+	_ = a.report(ctx, state, schemas.CodeNoSource, fmt.Sprintf("no source reachable (%d in a row, not counted as an attempt), retrying in %v: %v", n, wait, err))
+}
+
+// backoff is the wait before the next try after n failures in a row:
+// RetryBase doubled n-1 times, at most RetryCap.
+func (a *Agent) backoff(n uint32) time.Duration {
+	d := a.cfg.RetryBase
+	for i := uint32(1); i < n && d < a.cfg.RetryCap; i++ {
+		if d > a.cfg.RetryCap/2 {
+			return a.cfg.RetryCap
+		}
+		d *= 2
+	}
+	return min(d, a.cfg.RetryCap)
 }
 
 // runningNew reports whether the active image is the update's image while

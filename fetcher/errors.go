@@ -22,6 +22,12 @@ var (
 	// ErrNoSource: no source could deliver the image (all failed or none
 	// can serve it).
 	ErrNoSource = errors.New("fetcher: no source could deliver the image")
+	// ErrUnreachable: a source could not be reached (no connectivity: the
+	// transport is disconnected, the connection was refused, reset or
+	// timed out). It says nothing about the source or its data; the same
+	// source may serve once connectivity returns. An ErrNoSource error
+	// matches it only when every source that was tried failed this way.
+	ErrUnreachable = errors.New("fetcher: source unreachable")
 	// ErrStalled: a source stopped delivering wanted chunks.
 	ErrStalled = errors.New("fetcher: source stalled")
 	// ErrSink: writing to the sink failed; this is not a source failure and

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"math"
 	"os"
-	"strings"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -192,7 +191,9 @@ func (f *Fetcher) Picker() *Picker { return f.picker }
 // im.Digest. plan is the manifest's constraint on sources.
 //
 // It blocks until done or ctx ends. Errors: ErrBadImage, ErrNoSource (every
-// candidate failed; progress is kept for the next call), ErrSink, ErrDigest
+// candidate failed; progress is kept for the next call; the error also
+// matches ErrUnreachable when every source tried could not be reached, a
+// failure that says nothing about the sources or the image), ErrSink, ErrDigest
 // (progress is discarded), or ctx's error. The Result is filled in either
 // case. The progress files stay in StateDir after success; call Discard
 // once the candidate is staged.
@@ -314,8 +315,11 @@ func erased(b []byte) bool {
 	return true
 }
 
-// probeAll asks each source whether it can serve the image.
-func (r *fetchRun) probeAll(ctx context.Context) map[string]Availability {
+// probeAll asks each source whether it can serve the image. A source
+// whose probe failed is not tried in this fetch; when it could not be
+// reached, its failure is added to errs (it may serve once connectivity
+// returns, so the fetch failing for want of it says nothing bad about it).
+func (r *fetchRun) probeAll(ctx context.Context, errs *[]error) map[string]Availability {
 	avail := map[string]Availability{}
 	for _, s := range r.f.cfg.Sources {
 		pctx, cancel := context.WithTimeout(ctx, r.f.cfg.ProbeTimeout)
@@ -324,6 +328,9 @@ func (r *fetchRun) probeAll(ctx context.Context) map[string]Availability {
 		if err != nil {
 			r.f.log.Info("source probe failed", "source", s.Name(), "err", err)
 			a = CannotServe
+			if ctx.Err() == nil && unreachable(err) {
+				*errs = append(*errs, fmt.Errorf("%s: probe: %w", s.Name(), err))
+			}
 		}
 		avail[s.Name()] = a
 	}
@@ -341,7 +348,8 @@ func (r *fetchRun) sourceByName(n string) Source {
 
 // fetchMissing runs the picker loop until every chunk is held.
 func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
-	avail := r.probeAll(ctx)
+	var errs []error
+	avail := r.probeAll(ctx, &errs)
 	skip := map[string]bool{}
 	why := "cheapest expected cost"
 	switch plan.Mode {
@@ -350,7 +358,6 @@ func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
 	case PlanOrdered:
 		why = "first in the manifest's try-each order"
 	}
-	var errs []error
 	if r.p.table == nil {
 		if err := r.getTable(ctx, plan, avail, skip, &errs); err != nil {
 			return err
@@ -364,7 +371,7 @@ func (r *fetchRun) fetchMissing(ctx context.Context, plan Plan) error {
 		ranking := r.f.picker.rank(plan, r.f.cfg.Sources, avail, remaining, skip)
 		if len(ranking) == 0 || math.IsInf(ranking[0].Cost, 1) {
 			r.decide(Decision{Time: r.f.cfg.Clock.Now(), Why: "no source left", Ranking: ranking})
-			return noSourceError(errs)
+			return newNoSourceError(errs)
 		}
 		c := ranking[0]
 		d := Decision{Time: r.f.cfg.Clock.Now(), Chosen: c.Source, Why: why, Ranking: ranking}
@@ -463,7 +470,7 @@ func (r *fetchRun) getTable(ctx context.Context, plan Plan, avail map[string]Ava
 		}
 	}
 	r.decide(Decision{Time: r.f.cfg.Clock.Now(), Why: "no source served a valid chunk table", Ranking: ranking})
-	return noSourceError(*errs)
+	return newNoSourceError(*errs)
 }
 
 func (r *fetchRun) backoff() retry.Backoff {
@@ -625,23 +632,3 @@ func (r *fetchRun) done() error {
 	}
 	return nil
 }
-
-// noSourceError is ErrNoSource with every source's failure: it matches
-// ErrNoSource and each cause with errors.Is, and prints on one line.
-type noSourceError []error
-
-func (e noSourceError) Error() string {
-	var b strings.Builder
-	b.WriteString(ErrNoSource.Error())
-	for i, err := range e {
-		if i == 0 {
-			b.WriteString(": ")
-		} else {
-			b.WriteString("; ")
-		}
-		b.WriteString(err.Error())
-	}
-	return b.String()
-}
-
-func (e noSourceError) Unwrap() []error { return append([]error{ErrNoSource}, e...) }
