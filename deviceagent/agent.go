@@ -70,6 +70,15 @@ type Config struct {
 	// ProgressStep is the download progress reporting step in percent.
 	// Default 5.
 	ProgressStep int
+	// ProgressInterval is the longest time, on Clock, between download
+	// progress reports while chunks arrive, whatever ProgressStep and
+	// PersistEvery are: at the first chunk written ProgressInterval or
+	// more after the previous timed report (or the start of the fetch),
+	// the agent reports the bytes verified so far. It keeps a slow but
+	// progressing device from being marked timed out by the publisher, so
+	// it must stay well below the publisher's no-progress limit
+	// (publisher Config.NoProgress, default 30m). Default 1m.
+	ProgressInterval time.Duration
 	// MaxAttempts bounds the attempts of one update that keeps failing
 	// with a transient error before it is given up. Default 3. A fetch
 	// that failed only because no source could be reached (the device has
@@ -104,7 +113,8 @@ type Config struct {
 	// and before its effect (observers, simulators, crash tests).
 	OnState func(Record)
 	// OnProgress, when set, is called with the verified bytes of the
-	// download each time the fetcher persists its progress.
+	// download each time the fetcher persists its progress, and every
+	// ProgressInterval while chunks arrive.
 	OnProgress func(done, total uint64)
 }
 
@@ -154,6 +164,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.ProgressStep <= 0 {
 		cfg.ProgressStep = 5
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Minute
 	}
 	if cfg.MaxAttempts <= 0 {
 		cfg.MaxAttempts = 3

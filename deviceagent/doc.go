@@ -26,7 +26,8 @@
 //
 // # Reports
 //
-// Every state change, and progress every Config.ProgressStep percent, is
+// Every state change, and progress every Config.ProgressStep percent and
+// at least every Config.ProgressInterval while chunks arrive, is
 // published as a schemas.DeviceReport on the device's report topic with a
 // per-device monotonic counter (persisted before publishing). On every
 // start the agent reports its actual active version and state, read from

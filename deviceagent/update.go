@@ -191,7 +191,9 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		NoSync:          a.cfg.NoSync,
 		Picker:          a.picker, // measurements and penalties carry over between attempts
 		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
-		Clock: a.cfg.Clock, Logger: a.log,
+		// Progress is reported on time too, not only when it is persisted.
+		ProgressInterval: a.cfg.ProgressInterval,
+		Clock:            a.cfg.Clock, Logger: a.log,
 		OnDecision: func(dc fetcher.Decision) {
 			a.mu.Lock()
 			for _, c := range dc.Ranking {
@@ -217,8 +219,8 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			if a.cfg.OnProgress != nil {
 				a.cfg.OnProgress(p.BytesDone, p.BytesTotal)
 			}
-			if pct >= last+step && pct < 100 {
-				last = pct - pct%step
+			if (p.Timed || pct >= last+step) && pct < 100 {
+				last = max(last, pct-pct%step)
 				_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, "")
 			}
 		},

@@ -74,8 +74,16 @@ type Config struct {
 	// OnDecision, when set, is called with every source decision.
 	OnDecision func(Decision)
 	// OnProgress, when set, is called after each persisted batch of chunks
-	// and at the end, from the fetching goroutine.
+	// and at the end, from the fetching goroutine; with ProgressInterval,
+	// also on time.
 	OnProgress func(Progress)
+	// ProgressInterval, when positive, also calls OnProgress (without
+	// persisting, with Progress.Timed set) when a chunk is written
+	// ProgressInterval or more, on Clock, after the previous timed call
+	// (or the start of the fetch), whatever PersistEvery is: a slow
+	// download shows it is progressing at least that often while chunks
+	// arrive. Default 0: OnProgress follows persistence only.
+	ProgressInterval time.Duration
 }
 
 // Progress is a snapshot of a running fetch.
@@ -85,6 +93,9 @@ type Progress struct {
 	// Source is the source in use.
 	Source string
 	Kind   string
+	// Timed is set on calls made because Config.ProgressInterval passed,
+	// rather than after a persisted batch or at the end.
+	Timed bool
 }
 
 // Result summarises a completed (or failed) fetch.
@@ -208,7 +219,7 @@ func (f *Fetcher) Fetch(ctx context.Context, im Image, plan Plan, sink Sink) (re
 	}
 	p.noSync = f.cfg.NoSync
 	res.Resumed = p.done.count()
-	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize)}
+	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize), timedAt: f.cfg.Clock.Now()}
 	defer func() { res.BadChunks = p.bad }()
 
 	if !resumed {
@@ -258,6 +269,7 @@ type fetchRun struct {
 	firstAt time.Time
 	bad     int // bad chunks in the current attempt
 	sinkErr error
+	timedAt time.Time // last timed OnProgress call (ProgressInterval)
 }
 
 func (r *fetchRun) decide(d Decision) {
@@ -545,6 +557,12 @@ func (r *fetchRun) deliver(i int, data []byte) error {
 		r.p.hashed++
 		r.catchUpHash()
 	}
+	if iv := r.f.cfg.ProgressInterval; iv > 0 && r.f.cfg.OnProgress != nil {
+		if now := r.f.cfg.Clock.Now(); now.Sub(r.timedAt) >= iv {
+			r.timedAt = now
+			r.report(true)
+		}
+	}
 	if r.p.dirty >= r.f.cfg.PersistEvery {
 		if err := r.persist(); err != nil {
 			r.sinkErr = err
@@ -581,14 +599,20 @@ func (r *fetchRun) persist() error {
 	if err := r.p.save(); err != nil {
 		return fmt.Errorf("%w: save progress: %v", ErrSink, err)
 	}
-	if r.f.cfg.OnProgress != nil {
-		pr := Progress{BytesDone: r.bytesDone(), BytesTotal: r.im.Size}
-		if r.src != nil {
-			pr.Source, pr.Kind = r.src.Name(), r.src.Kind()
-		}
-		r.f.cfg.OnProgress(pr)
-	}
+	r.report(false)
 	return nil
+}
+
+// report calls OnProgress, if set, with the bytes verified so far.
+func (r *fetchRun) report(timed bool) {
+	if r.f.cfg.OnProgress == nil {
+		return
+	}
+	pr := Progress{BytesDone: r.bytesDone(), BytesTotal: r.im.Size, Timed: timed}
+	if r.src != nil {
+		pr.Source, pr.Kind = r.src.Name(), r.src.Kind()
+	}
+	r.f.cfg.OnProgress(pr)
 }
 
 // finish completes the running digest (reading back what was written out
