@@ -72,13 +72,21 @@ func (l *failFastLink) OnConnect(f func()) (stop func()) {
 // waitRefused waits until the link has refused at least n operations.
 func (l *failFastLink) waitRefused(t *testing.T, n int64, d time.Duration, why func() string) {
 	t.Helper()
+	l.waitUntil(t, func() bool { return l.refused.Load() >= n }, d, func() string {
+		return fmt.Sprintf("the link refused %d operations, want %d: %s", l.refused.Load(), n, why())
+	})
+}
+
+// waitUntil waits until ok holds, checked after each refused operation.
+func (l *failFastLink) waitUntil(t *testing.T, ok func() bool, d time.Duration, why func() string) {
+	t.Helper()
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
-	for l.refused.Load() < n {
+	for !ok() {
 		select {
 		case <-l.changed:
 		case <-deadline.C:
-			t.Fatalf("the link refused %d operations within %v, want %d: %s", l.refused.Load(), d, n, why())
+			t.Fatalf("not within %v: %s", d, why())
 		}
 	}
 }
@@ -160,4 +168,51 @@ func TestOfflineDoesNotCountAsAttempt(t *testing.T) {
 			t.Errorf("failed report: %s %s", r.Code, r.Text)
 		}
 	}
+}
+
+// TestOfflineResumesOnReconnect cuts a device's fail-fast link with a
+// retry backoff of an hour: when the link is back and the transport
+// reports the reconnection, the agent tries again at once instead of
+// waiting out its backoff.
+func TestOfflineResumesOnReconnect(t *testing.T) {
+	hub := testutil.NewMemHub()
+	var link *failFastLink
+	w := newWorld(t, schemas.MustTopics("agentrec"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport {
+		link = newFailFastLink(hub.Conn())
+		return link
+	})
+	v2 := testImage(13, 30*testChunk+3)
+	const cutAt = 8
+	w.serve(v2, func(cs *testutil.ChunkServer) {
+		cs.Drop = func(i uint32, n int) bool { return n == 0 && i >= cutAt+4 }
+	})
+	var once sync.Once
+	d := w.newDevice("dev-rec", func(c *Config) {
+		c.RetryBase, c.RetryCap = time.Hour, time.Hour
+		c.OnProgress = func(done, total uint64) {
+			if done >= cutAt*testChunk {
+				once.Do(func() { link.down.Store(true) })
+			}
+		}
+	})
+	d.start()
+	w.notice("camp-rec", "dev-rec", false, v2, w.envelope(v2, 2, nil, nil))
+	// The failed fetch is persisted (with the time of the next attempt)
+	// before its report is refused.
+	var rec Record
+	link.waitUntil(t, func() bool {
+		var err error
+		rec, err = LoadState(d.dir)
+		return err == nil && rec.NextAttempt != 0
+	}, 20*time.Second, func() string {
+		return fmt.Sprintf("state %s, attempts %d, %s %s: no retry scheduled", rec.State, rec.Attempts, rec.Code, rec.Text)
+	})
+	if rec.State != schemas.StateDownloading || rec.Attempts != 0 {
+		t.Fatalf("while cut off: state %s, attempts %d; want downloading, no attempt counted", rec.State, rec.Attempts)
+	}
+	link.down.Store(false)
+	hub.Reconnect()
+	w.waitReport("dev-rec", 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
+	})
 }
