@@ -26,7 +26,9 @@ type AuditEntry struct {
 func (p *Publisher) audit(ctx context.Context, who Principal, action, target, detail string) {
 	e := AuditEntry{Time: p.cfg.Clock.Now().UTC(), Actor: who.Name, KeyID: who.KeyID, Action: action, Target: target, Detail: detail}
 	b, _ := json.Marshal(e)
-	if _, err := p.cfg.JetStream.Publish(ctx, p.st.auditSubj, b); err != nil {
+	pctx, cancel := opCtx(ctx)
+	defer cancel()
+	if _, err := p.cfg.JetStream.Publish(pctx, p.st.auditSubj, b); err != nil {
 		p.met.auditErrors.Inc()
 		p.log.Error("audit log append failed", "action", action, "target", target, "err", err)
 	}

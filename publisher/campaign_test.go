@@ -109,9 +109,9 @@ func scenarioPhases(t *testing.T, e *testEnv) {
 			}
 		}
 	}
-	if left := e.retainedNotices(); len(left) != 0 {
-		t.Errorf("retained notices left after completion: %v", left)
-	}
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint("retained notices left after completion: ", e.retainedNotices()) }, func() bool {
+		return len(e.retainedNotices()) == 0 // the leader clears them after it wrote the end
+	})
 	d, err := p.DeviceDetail(ctx, devName(7))
 	if err != nil || d.ActiveVersion != 2 || len(d.Campaigns) != 1 || d.Campaigns[0].State != "confirmed" {
 		t.Errorf("device detail %+v, %v: want version 2 and one confirmed campaign", d, err)
@@ -172,9 +172,9 @@ func scenarioAbort(t *testing.T, e *testEnv) {
 			t.Errorf("device %s outside the first phase got %d notices", id, r.notices)
 		}
 	}
-	if left := e.retainedNotices(); len(left) != 0 {
-		t.Errorf("retained notices left after abort: %v", left)
-	}
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint("retained notices left after abort: ", e.retainedNotices()) }, func() bool {
+		return len(e.retainedNotices()) == 0 // the leader clears them after it wrote the end
+	})
 	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err == nil {
 		t.Error("resume of an aborted campaign succeeded")
 	}

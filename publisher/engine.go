@@ -56,7 +56,9 @@ func (p *Publisher) releaseLease(ctx context.Context) {
 	if err != nil || cur.Holder != p.cfg.Instance {
 		return
 	}
-	if err := p.st.lease.Delete(ctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+	dctx, cancel := opCtx(ctx)
+	defer cancel()
+	if err := p.st.lease.Delete(dctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
 		p.log.Warn("release leader lease", "err", err)
 	}
 	p.leader = false
@@ -124,7 +126,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			continue
 		}
 		if now.Sub(last) < p.cfg.NoProgress {
-			p.reconcile(ctx, c, e.st, now)
+			p.reconcile(ctx, c, e, now)
 			continue
 		}
 		if err := p.timeOut(ctx, e); err != nil {
@@ -195,7 +197,12 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 // publisher listens (a failover) or when their write to JetStream fails;
 // the device answers a repeated notice of an update it has finished with
 // its outcome.
-func (p *Publisher) reconcile(ctx context.Context, c *Campaign, st DeviceState, now time.Time) {
+//
+// Before it re-sends, it reads the device's state fresh from the KV: the
+// index can lag a write made by another instance (a watch that missed it
+// in a failover), and a device that has in fact moved on is not silent.
+func (p *Publisher) reconcile(ctx context.Context, c *Campaign, e devEntry, now time.Time) {
+	st := e.st
 	last := st.Updated
 	if st.Progress.After(last) {
 		last = st.Progress
@@ -211,6 +218,12 @@ func (p *Publisher) reconcile(ctx context.Context, c *Campaign, st DeviceState, 
 		p.resent = make(map[string]time.Time)
 	}
 	p.resent[k] = now
+	var cur DeviceState
+	if rev, err := getJSON(ctx, p.st.campdev, "device state", k, &cur); err == nil && rev > e.rev {
+		p.idx.putDev(cur, rev)
+		p.log.Debug("index caught up with a device's stored state", "campaign", c.ID, "device", st.Device, "state", cur.State)
+		return
+	}
 	if err := p.publishNotice(ctx, c, st.Device); err != nil {
 		p.log.Warn("reconcile notice", "campaign", c.ID, "device", st.Device, "err", err)
 		return
@@ -242,7 +255,8 @@ func (p *Publisher) timeOut(ctx context.Context, e devEntry) error {
 	next.Updated = p.cfg.Clock.Now().UTC()
 	rev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(e.st.Campaign, e.st.Device), next, e.rev)
 	if isConflict(err) {
-		return nil // a report came first; judged again next tick
+		p.refreshDev(ctx, e.st.Campaign, e.st.Device) // a report came first; judged again next tick
+		return nil
 	}
 	if err != nil {
 		return err
@@ -260,6 +274,7 @@ func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev
 	next.State, next.Notified, next.Progress, next.Updated = sNotified, now, now, now
 	nrev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(c.ID, st.Device), next, rev)
 	if isConflict(err) {
+		p.refreshDev(ctx, c.ID, st.Device) // another instance wrote it first
 		return nil
 	}
 	if err != nil {
@@ -267,6 +282,20 @@ func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev
 	}
 	p.idx.putDev(next, nrev)
 	return p.publishNotice(ctx, c, st.Device)
+}
+
+// refreshDev reads a device's campaign state fresh from the KV into the
+// index, after a compare-and-set showed the index behind.
+func (p *Publisher) refreshDev(ctx context.Context, campaign, device string) {
+	var cur DeviceState
+	rev, err := getJSON(ctx, p.st.campdev, "device state", devKey(campaign, device), &cur)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn("refresh device state", "campaign", campaign, "device", device, "err", err)
+		}
+		return
+	}
+	p.idx.putDev(cur, rev)
 }
 
 func (p *Publisher) notice(c *Campaign, device string) ([]byte, error) {
@@ -335,36 +364,62 @@ func (p *Publisher) republish(ctx context.Context, c *Campaign) {
 }
 
 // watch feeds the index from a KV bucket until ctx ends. ready is closed
-// once the initial values are in.
+// once the initial values are in. If the watcher's channel closes before
+// ctx ends (its consumer lost with a server), the watch is started again
+// from the bucket's current values, which the index takes only where they
+// are newer than what it holds.
 func (p *Publisher) watch(ctx context.Context, kv jetstream.KeyValue, apply func(jetstream.KeyValueEntry), ready chan<- struct{}) error {
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("publisher: watch %s: %w", kv.Bucket(), err)
 	}
 	go func() {
-		defer w.Stop()
 		for {
-			select {
-			case <-ctx.Done():
+			p.follow(ctx, w, apply, &ready)
+			w.Stop()
+			for ctx.Err() == nil {
+				p.log.Warn("KV watch ended; starting it again", "bucket", kv.Bucket())
+				select {
+				case <-ctx.Done():
+				case <-time.After(p.cfg.TickInterval):
+				}
+				if w, err = kv.WatchAll(ctx); err == nil {
+					break
+				}
+				if ctx.Err() == nil {
+					p.log.Warn("restart KV watch", "bucket", kv.Bucket(), "err", err)
+				}
+			}
+			if ctx.Err() != nil {
 				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					if ready != nil {
-						close(ready)
-						ready = nil
-					}
-					continue
-				}
-				if e.Operation() == jetstream.KeyValuePut {
-					apply(e)
-				}
 			}
 		}
 	}()
 	return nil
+}
+
+// follow applies a watcher's updates until its channel closes or ctx ends.
+func (p *Publisher) follow(ctx context.Context, w jetstream.KeyWatcher, apply func(jetstream.KeyValueEntry), ready *chan<- struct{}) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if *ready != nil {
+					close(*ready)
+					*ready = nil
+				}
+				continue
+			}
+			if e.Operation() == jetstream.KeyValuePut {
+				apply(e)
+			}
+		}
+	}
 }
 
 func (p *Publisher) startWatches(ctx context.Context) error {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"github.com/firmcast/firmcast/schemas"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -47,6 +48,9 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		})
 		if err != nil {
 			return nil, fmt.Errorf("publisher: kv %s: %w", name, err)
+		}
+		if replicas > 1 {
+			b = newLeaderReadKV(js, b)
 		}
 		return b, nil
 	}
@@ -120,9 +124,24 @@ func isWrongLastSequence(err error) bool {
 	return errors.As(err, &apiErr) && (apiErr.ErrorCode == 10071 || apiErr.ErrorCode == 10164)
 }
 
+// kvOpTimeout bounds one KV or stream request. A JetStream request whose
+// reply is lost (the server that took it dies, a leader election) would
+// otherwise wait for the caller's whole deadline; with a long-lived
+// caller context that stalls a report worker or the leader's tick for
+// that long. The callers retry (the next tick, the device's next report,
+// reconcile), so an operation that times out costs at most this.
+const kvOpTimeout = 5 * time.Second
+
+// opCtx returns ctx bounded by kvOpTimeout.
+func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, kvOpTimeout)
+}
+
 // getJSON reads key into v and returns its revision; ErrNotFound (wrapped,
 // naming what) when absent.
 func getJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any) (uint64, error) {
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
 	e, err := kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return 0, fmt.Errorf("%w: %s %q", ErrNotFound, what, key)
@@ -142,6 +161,8 @@ func createJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v 
 	if err != nil {
 		return 0, fmt.Errorf("publisher: encode %s: %w", what, err)
 	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
 	rev, err := kv.Create(ctx, key, b)
 	if isConflict(err) {
 		return 0, fmt.Errorf("%w: %s %q", ErrExists, what, key)
@@ -159,6 +180,8 @@ func updateJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v 
 	if err != nil {
 		return 0, fmt.Errorf("publisher: encode %s: %w", what, err)
 	}
+	ctx, cancel := opCtx(ctx)
+	defer cancel()
 	nrev, err := kv.Update(ctx, key, b, rev)
 	if err != nil {
 		return 0, fmt.Errorf("publisher: update %s %q: %w", what, key, err)

@@ -160,7 +160,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	tk := time.NewTicker(p.cfg.TickInterval)
 	defer tk.Stop()
 	defer func() {
-		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), kvOpTimeout)
 		defer rcancel()
 		p.releaseLease(rctx)
 	}()

@@ -126,6 +126,9 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			if err != nil {
 				return "", err
 			}
+			// The index lagged (a watch that missed another instance's
+			// write, a failover): what was read fresh is the truth.
+			p.idx.putDev(st, rev)
 		}
 		why := "stale" // order is judged by the device's counter first
 		if r.Counter > st.Counter {
