@@ -205,20 +205,21 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Mid-campaign: once some devices confirmed and others are still on
-	// their way, kill NATS node 0 (publisher 1's server) and publisher 1:
-	// publisher 2 carries on through the other nodes with the state intact.
+	// Mid-campaign: once the first phase is through and devices of the
+	// second are downloading, kill NATS node 0 (publisher 1's server) and
+	// publisher 1: publisher 2 carries on through the other nodes with the
+	// state intact, and the downloads in flight resume where they were.
 	for {
 		st, err := pub2.p.CampaignStatus(ctx, c.ID)
-		if err == nil && st.Counts["confirmed"] >= 5 {
+		if err == nil && st.Phase >= 1 && st.Counts["downloading"] >= 3 {
 			srvs[0].Shutdown()
 			pub1.kill()
-			t.Logf("killed NATS node n0 and publisher 1 at %v", st.Counts)
+			t.Logf("killed NATS node n0 and publisher 1 in phase %d at %v", st.Phase, st.Counts)
 			break
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("campaign never reached 5 confirmed devices: %+v, %v", st, err)
+			t.Fatalf("campaign never had devices downloading in its second phase: %+v, %v", st, err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
