@@ -64,30 +64,61 @@ func encodeChunk(d *imageData, i int) ([]byte, error) {
 	return schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: d.digest, Index: uint32(i), Data: d.chunk(i)})
 }
 
-// maybeWave starts a broadcast wave of c's image when enough devices are
-// downloading it and none ran recently. Called by the leader's tick.
+// maybeWave starts a broadcast wave of c's image when one is due and the
+// devices it is for listen. Called by the leader's tick.
+//
+// A wave is due when BroadcastMin devices are downloading and none ran
+// within WaveInterval; after the first wave of the image, only when
+// BroadcastMin devices asked for its chunk table since the last wave
+// started (devices that joined since: the others complete by repair).
+// A due wave is held until every device of c is past its notice (none
+// pending), every downloading one has been sent the chunk table (it
+// subscribes to the broadcast topic right after), and WaveSettle passed
+// since the last table went out, so that all of them listen from chunk 0;
+// but never longer than WaveHold. While a wave is held, chunk requests
+// are left to it.
 func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	counts, _ := p.idx.counts(c.ID)
-	if int(counts["downloading"]) < p.cfg.BroadcastMin {
-		return
-	}
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
 	w := p.waves[c.Image]
-	if w != nil && (w.running || now.Sub(w.started) < p.cfg.WaveInterval) {
+	if int(counts["downloading"]) < p.cfg.BroadcastMin {
+		if w != nil && int(counts["pending"]+counts["downloading"]) < p.cfg.BroadcastMin {
+			w.due = time.Time{} // no wave is coming
+		}
 		p.waveMu.Unlock()
 		return
 	}
-	nw := &waveState{running: true, started: now}
-	nw.next.Store(math.MaxInt64)
-	p.waves[c.Image] = nw
+	if w == nil {
+		w = newWaveState()
+		p.waves[c.Image] = w
+	}
+	if w.running || (!w.started.IsZero() && now.Sub(w.started) < p.cfg.WaveInterval) {
+		p.waveMu.Unlock()
+		return
+	}
+	if !w.started.IsZero() && w.joinedSince(w.started) < p.cfg.BroadcastMin {
+		p.waveMu.Unlock()
+		return
+	}
+	if w.due.IsZero() {
+		w.due = now
+	}
+	held := now.Sub(w.due) < p.cfg.WaveHold
+	if held && (counts["pending"] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
+		p.waveMu.Unlock()
+		return
+	}
+	w.running, w.started, w.due = true, now, time.Time{}
+	w.next.Store(0) // requests from here on are left to the wave
 	p.waveMu.Unlock()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
 		err := p.Wave(ctx, c.Image)
+		w.next.Store(math.MaxInt64)
 		p.waveMu.Lock()
-		p.waves[c.Image].running = false
+		w.running = false
 		p.waveMu.Unlock()
 		if err != nil && ctx.Err() == nil {
 			p.log.Warn("broadcast wave", "image", c.Image, "err", err)
@@ -95,25 +126,143 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	}()
 }
 
+// gathered reports whether every device of c downloading has been sent
+// the chunk table of w's image. When no device asked for a table (devices
+// that resume, or take it from another source) it holds. Called with
+// waveMu held.
+func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
+	if len(w.tables) == 0 {
+		return true
+	}
+	for _, e := range p.idx.devs(c.ID) {
+		if bucket(e.st.State) != "downloading" {
+			continue
+		}
+		if _, ok := w.tables[e.st.Device]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// waveState is the broadcast state of one image. Its fields are guarded
+// by Publisher.waveMu, except next.
 type waveState struct {
 	running bool
-	started time.Time
+	started time.Time // the last wave's start, by Config.Clock
+	// due is when a wave was found due and held to gather devices; zero
+	// when none is held. held: the first request of the image started a
+	// hold already.
+	due  time.Time
+	held bool
+	// tables holds when the chunk table was last sent to each requester,
+	// and lastTable the latest of them (Config.Clock).
+	tables    map[string]time.Time
+	lastTable time.Time
+	// sent holds, per chunk index, when it was last broadcast (wave or
+	// repair), in the monotonic time repair windows are measured in.
+	sent []time.Time
 	// next is the chunk index the wave in flight sends next: chunks from
 	// it on are still coming by broadcast. MaxInt64 when no wave is being
 	// sent.
 	next atomic.Int64
 }
 
-// waveAhead returns the index from which the wave in flight of digest
-// will still broadcast every chunk, or MaxInt64 when none is in flight.
-// Requests for those chunks are answered by the wave, not by unicast.
-func (p *Publisher) waveAhead(digest string) int64 {
+func newWaveState() *waveState {
+	w := &waveState{}
+	w.next.Store(math.MaxInt64)
+	return w
+}
+
+// joinedSince counts the requesters sent the table at or after t.
+func (w *waveState) joinedSince(t time.Time) int {
+	n := 0
+	for _, at := range w.tables {
+		if !at.Before(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// broadcastAt records that chunk i of an n-chunk image was broadcast at t.
+// Called with waveMu held.
+func (w *waveState) broadcastAt(i, n int, t time.Time) {
+	if len(w.sent) < n {
+		w.sent = append(w.sent, make([]time.Time, n-len(w.sent))...)
+	}
+	w.sent[i] = t
+}
+
+// broadcastAll records that every chunk was broadcast at t. Called with
+// waveMu held.
+func (w *waveState) broadcastAll(t time.Time) {
+	for i := range w.sent {
+		w.sent[i] = t
+	}
+}
+
+// waveFor returns the wave state of digest, created when missing.
+func (p *Publisher) waveFor(digest string) *waveState {
 	p.waveMu.Lock()
 	defer p.waveMu.Unlock()
-	if w := p.waves[digest]; w != nil {
-		return w.next.Load()
+	w := p.waves[digest]
+	if w == nil {
+		w = newWaveState()
+		p.waves[digest] = w
 	}
-	return math.MaxInt64
+	return w
+}
+
+// waveAhead returns the index from which a wave of digest will still
+// broadcast every chunk: the wave in flight's next chunk, 0 while a wave
+// is held (for at most WaveHold), or MaxInt64 when none is in flight or
+// held. Requests for those chunks are answered by the wave, not by
+// unicast or repair.
+//
+// The first request for the image of a running campaign that has no
+// wave yet starts the hold (once per image): the leader may still be
+// notifying the campaign's devices, and chunks sent now would only slow
+// the notices down on the same connection and broker.
+func (p *Publisher) waveAhead(digest string) int64 {
+	now := p.cfg.Clock.Now()
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	w := p.waves[digest]
+	if (w == nil || (w.started.IsZero() && !w.held)) && p.waveComing(digest) {
+		if w == nil {
+			w = newWaveState()
+			p.waves[digest] = w
+		}
+		w.held = true
+		if w.due.IsZero() {
+			w.due = now
+		}
+	}
+	if w == nil {
+		return math.MaxInt64
+	}
+	if !w.due.IsZero() && !w.running && now.Sub(w.due) < p.cfg.WaveHold {
+		return 0
+	}
+	return w.next.Load()
+}
+
+// waveComing reports whether a running campaign of digest has at least
+// BroadcastMin devices notified or downloading, so that the leader will
+// start a wave of it.
+func (p *Publisher) waveComing(digest string) bool {
+	for _, id := range p.idx.campaignIDs() {
+		c, ok := p.idx.campaign(id)
+		if !ok || c.Image != digest || c.State != CampaignRunning {
+			continue
+		}
+		n, _ := p.idx.counts(id)
+		if int(n["pending"]+n["downloading"]) >= p.cfg.BroadcastMin {
+			return true
+		}
+	}
+	return false
 }
 
 // Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
@@ -128,15 +277,15 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	if err != nil {
 		return err
 	}
+	w := p.waveFor(digest)
 	p.waveMu.Lock()
-	w := p.waves[digest]
-	if w == nil { // a wave asked for by hand
-		w = &waveState{started: p.cfg.Clock.Now()}
-		p.waves[digest] = w
+	if w.started.IsZero() { // a wave asked for by hand
+		w.started = p.cfg.Clock.Now()
 	}
 	p.waveMu.Unlock()
 	defer w.next.Store(math.MaxInt64)
-	for i := range d.table.Hashes {
+	n := len(d.table.Hashes)
+	for i := range n {
 		w.next.Store(int64(i))
 		b, err := encodeChunk(d, i)
 		if err != nil {
@@ -145,6 +294,16 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		if err := p.send(ctx, t, b, &p.Egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
+		p.waveMu.Lock()
+		w.broadcastAt(i, n, time.Now())
+		p.waveMu.Unlock()
+	}
+	// The broker delivers a topic's messages in order: a chunk is on its
+	// way until the wave's last one is, so all count as broadcast now.
+	if p.cfg.InTransit > 0 {
+		p.waveMu.Lock()
+		w.broadcastAll(time.Now())
+		p.waveMu.Unlock()
 	}
 	p.met.waves.Inc()
 	return nil
@@ -201,10 +360,14 @@ func wanted(r *schemas.ChunkRequest, n int) []int {
 	return out
 }
 
-// repairBatch collects the requests of one image during a repair window.
+// repairBatch collects the chunk requests of one image during a repair
+// window.
 type repairBatch struct {
 	reqs  map[string]*schemas.ChunkRequest // by requester: the latest
 	timer bool
+	// start is when the batch's first request was taken (monotonic):
+	// chunks broadcast since then reach its requesters without a repair.
+	start time.Time
 }
 
 func (p *Publisher) chunkServer(ctx context.Context) {
@@ -235,10 +398,8 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 	p.met.chunkRequests.WithLabelValues("served").Inc()
 	rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
-	if r.WantTable {
-		if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
-			return
-		}
+	if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
+		return
 	}
 	ahead := p.waveAhead(digest)
 	for _, i := range wanted(r, len(d.table.Hashes)) {
@@ -255,12 +416,52 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 }
 
+// sendTable sends the chunk table to r's requester and records it: a
+// device subscribes to the broadcast chunk topic right after.
+func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
+	rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
+	if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
+		return err
+	}
+	w := p.waveFor(digest)
+	now := p.cfg.Clock.Now()
+	p.waveMu.Lock()
+	if w.tables == nil {
+		w.tables = map[string]time.Time{}
+	}
+	w.tables[r.Requester], w.lastTable = now, now
+	p.waveMu.Unlock()
+	return nil
+}
+
+// batch answers a table request at once (the device waits for it before
+// it listens) and adds the chunks asked for to the image's repair batch,
+// flushed RepairWindow after its first request.
 func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 	digest := hex.EncodeToString(r.Image)
+	if r.WantTable {
+		d, err := p.loadImage(ctx, digest)
+		if err != nil {
+			p.met.chunkRequests.WithLabelValues("unknown-image").Inc()
+			return
+		}
+		if r.ChunkSize != d.info.ChunkSize {
+			p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
+			return
+		}
+		if p.sendTable(ctx, digest, d, &r) != nil {
+			return
+		}
+		r.WantTable = false
+		if len(r.Bitmap) == 0 && len(r.Ranges) == 0 {
+			p.met.chunkRequests.WithLabelValues("served").Inc()
+			return
+		}
+	}
 	p.repairMu.Lock()
 	b := p.repairs[digest]
 	if b == nil {
-		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
+		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, start: time.Now()}
 		p.repairs[digest] = b
 	}
 	b.reqs[r.Requester] = &r
@@ -289,7 +490,10 @@ func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 }
 
 // flushRepair broadcasts the chunks at least RepairBroadcastMin requesters
-// asked for and sends the others to each requester.
+// asked for and sends the others to each requester. Chunks a wave has
+// still to send, and chunks broadcast since the batch began (the requests
+// crossed them), are left out: they reach the requesters anyway, and what
+// is lost is asked for again.
 func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBatch) {
 	d, err := p.loadImage(ctx, digest)
 	if err != nil {
@@ -299,18 +503,22 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 	n := len(d.table.Hashes)
 	askers := make(map[int]int)
 	per := make(map[string][]int)
-	// Chunks the wave in flight has still to send are left to it.
 	ahead := p.waveAhead(digest)
+	w := p.waveFor(digest)
+	p.waveMu.Lock()
+	since := b.start.Add(-p.cfg.InTransit)
+	crossed := func(i int) bool { return i < len(w.sent) && w.sent[i].After(since) }
 	for who, r := range b.reqs {
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		w := slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead })
-		per[who] = w
-		for _, i := range w {
+		wl := slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead || crossed(i) })
+		per[who] = wl
+		for _, i := range wl {
 			askers[i]++
 		}
 	}
+	p.waveMu.Unlock()
 	bt, _ := p.cfg.Topics.Chunks(digest)
 	for i := 0; i < n; i++ {
 		if askers[i] < p.cfg.RepairBroadcastMin {
@@ -320,16 +528,28 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if err != nil || p.send(ctx, bt, cb, &p.Egress.Repair, "repair") != nil {
 			return
 		}
+		p.waveMu.Lock()
+		w.broadcastAt(i, n, time.Now())
+		p.waveMu.Unlock()
 	}
-	for who, w := range per {
-		r := b.reqs[who]
-		rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
-		if r.WantTable {
-			if p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table") != nil {
-				return
+	// As for a wave: each chunk is on its way until the last one is.
+	if p.cfg.InTransit > 0 {
+		p.waveMu.Lock()
+		end := time.Now()
+		for i, k := range askers {
+			if k >= p.cfg.RepairBroadcastMin {
+				w.broadcastAt(i, n, end)
 			}
 		}
-		for _, i := range w {
+		p.waveMu.Unlock()
+	}
+	for who, wl := range per {
+		r := b.reqs[who]
+		rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
+		if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
+			return
+		}
+		for _, i := range wl {
 			if askers[i] >= p.cfg.RepairBroadcastMin {
 				continue
 			}

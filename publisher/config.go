@@ -107,11 +107,30 @@ type Config struct {
 	// WaveInterval is the least time between the starts of two broadcast
 	// waves of one image. Default 30s.
 	WaveInterval time.Duration
+	// WaveHold is the longest a due wave is held back so that the devices
+	// it is for listen from its first chunk: until none of the campaign's
+	// notified devices is still pending and every downloading one has
+	// been sent the chunk table, plus WaveSettle. Chunk requests that
+	// arrive meanwhile are left to the wave. Keep it well under the
+	// devices' stall limit (fetcher: ListenFirst + MaxIdle*Idle, 7s by
+	// default). Default 3s; negative: no hold.
+	WaveHold time.Duration
+	// WaveSettle is the time left after the last chunk table was sent
+	// before a held wave starts: the device's subscription to the
+	// broadcast topic (one round trip to the broker). Default 250ms.
+	WaveSettle time.Duration
 	// RepairWindow batches chunk requests: after it, chunks asked for by at
 	// least RepairBroadcastMin devices are broadcast, the rest sent to each
 	// requester. Zero answers each request at once (pure request mode).
 	// Default 0.
 	RepairWindow time.Duration
+	// InTransit is how long a broadcast chunk may still be on its way to
+	// devices through the broker (queued for slow subscribers): a repair
+	// batch leaves out the chunks broadcast within InTransit before its
+	// first request, or since; a device that lost one asks again (after
+	// its fetcher's Idle). Default 0: only those broadcast since the
+	// batch's first request; about 1s suits a loaded broker.
+	InTransit time.Duration
 	// RepairBroadcastMin, default 2.
 	RepairBroadcastMin int
 	// MaxBytesPerSecond paces chunk egress (waves, repairs and answers
@@ -195,7 +214,10 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	defInt(&c.BroadcastMin, 2)
 	def(&c.WaveInterval, 30*time.Second)
+	def(&c.WaveHold, 3*time.Second)
+	def(&c.WaveSettle, 250*time.Millisecond)
 	defInt(&c.RepairBroadcastMin, 2)
+	c.InTransit = max(c.InTransit, 0)
 	if c.MaxInFlightBytes <= 0 {
 		c.MaxInFlightBytes = 4 << 20
 	}

@@ -1,0 +1,135 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// askTable sends d's chunk table request (no chunks).
+func (d *downloader) askTable(t testing.TB) {
+	t.Helper()
+	rt, _ := d.topics.ChunkReply(d.id)
+	b, err := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: d.table.Image, ChunkSize: d.table.ChunkSize, ReplyTo: rt.NATS, Requester: d.id, WantTable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	qt, _ := d.topics.ChunkRequests(hex.EncodeToString(d.table.Image))
+	d.tr.Publish(context.Background(), qt, b, broker.PublishOptions{Family: broker.FamilyChunkRequest})
+}
+
+// tableSent reports whether p sent the table of digest to device.
+func tableSent(p *Publisher, digest, device string) bool {
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	w := p.waves[digest]
+	if w == nil {
+		return false
+	}
+	_, ok := w.tables[device]
+	return ok
+}
+
+// A due wave is held until every downloading device has been sent the
+// chunk table and WaveSettle passed (or, at the latest, WaveHold);
+// requests that arrive while it is held are left to it; each device then
+// gets the image from one wave.
+func TestWaveHeldUntilDevicesListen(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		asked int           // devices that ask for the table
+		wait  time.Duration // clock advance that releases the wave
+	}{
+		{"all-asked", 3, 250 * time.Millisecond},
+		{"hold-cap", 1, 3 * time.Second},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			p, _ := e.start(func(c *Config) { c.BroadcastMin, c.RepairWindow = 2, 20*time.Millisecond })
+			ctx := context.Background()
+			who := e.who(p)
+			data, table := uploadTable(t, e, p, 20*1024)
+			digest := hex.EncodeToString(table.Image)
+			f := newFleet(e)
+			var devs []*downloader
+			for i := range 3 {
+				if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
+					t.Fatal(err)
+				}
+				devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+				f.add(devName(i), false, true)
+			}
+			// The first device has its table before the campaign starts.
+			devs[0].askTable(t)
+			waitFor(t, 5*time.Second, func() string { return "table" }, func() bool { return tableSent(p, digest, devName(0)) })
+			c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, 10*time.Second, func() string { return "downloading" }, func() bool {
+				n, _ := p.idx.counts(c.ID)
+				return n["downloading"] == 3
+			})
+			for _, d := range devs[1:tc.asked] {
+				d.askTable(t)
+				waitFor(t, 5*time.Second, func() string { return "table" }, func() bool { return tableSent(p, digest, d.id) })
+			}
+			// Held: a request now gets nothing by unicast or repair.
+			devs[0].request(t)
+			awaitTicks(t, p, 5)
+			waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+			if w, r, got := p.Egress.Wave.Load(), p.Egress.Repair.Load(), devs[0].got; w+r != 0 || got != 0 {
+				t.Fatalf("held wave: wave %d, repair %d bytes sent, device 0 holds %d chunks", w, r, got)
+			}
+			e.clock.Advance(tc.wait)
+			waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, func() bool {
+				for _, d := range devs {
+					if !d.complete() {
+						return false
+					}
+				}
+				return true
+			})
+			for _, d := range devs {
+				if !bytes.Equal(d.data, data) {
+					t.Fatalf("%s: wrong image", d.id)
+				}
+			}
+			waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+			chunks := p.Egress.Wave.Load() + p.Egress.Repair.Load()
+			if p.Egress.Wave.Load() < int64(len(data)) || chunks > int64(len(data))*11/10 {
+				t.Errorf("wave %d, repair %d bytes for a %d-byte image, want one wave", p.Egress.Wave.Load(), p.Egress.Repair.Load(), len(data))
+			}
+		})
+	}
+}
+
+// A repair batch leaves out the chunks broadcast within InTransit before
+// its first request: they are still on their way through the broker.
+func TestRepairLeavesOutChunksInTransit(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.RepairWindow, c.InTransit = 20*time.Millisecond, time.Hour })
+	_, table := uploadTable(t, e, p, 10*1024)
+	d := newDownloader(t, e.mb, e.cfg.Topics, devName(1), table, nil)
+	late := newDownloader(t, e.mb, e.cfg.Topics, devName(2), table, nil)
+	late.tr.dropPayload = func(string, []byte) bool { return true } // misses the wave
+	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, func() string { return "wave" }, func() bool { return d.complete() && e.mb.idle() })
+	late.tr.dropPayload = nil
+	served := p.met.chunkRequests.WithLabelValues("served")
+	before := counterValue(served)
+	late.request(t)
+	waitFor(t, 5*time.Second, func() string { return "repair flush" }, func() bool { return counterValue(served) > before })
+	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	if r, u := p.Egress.Repair.Load(), p.Egress.Unicast.Load(); r != 0 || u != 0 {
+		t.Errorf("chunks in transit sent again: repair %d, unicast %d bytes", r, u)
+	}
+}
