@@ -197,32 +197,74 @@ func (p *Publisher) Devices(ctx context.Context) ([]Device, error) {
 	return out, err
 }
 
-// allValues reads every value of a bucket in one watch.
+// allValues reads every value of a bucket (deleted keys left out), in key
+// order.
+//
+// A KV watcher's "initial values done" marker alone is not a reliable end:
+// twice in the fault tests (nats-server 2.9) it came before every value
+// had been delivered, and a campaign then left out a registered device.
+// So the bucket's last sequence is read first from the stream leader
+// (its info), and the listing goes on past the marker until an entry at or
+// beyond that sequence has been seen (deletes included, since a bucket's
+// last message may be one), or kvOpTimeout has passed since the marker.
 func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
-	w, err := kv.WatchAll(ctx, jetstream.IgnoreDeletes())
+	var last uint64
+	sctx, cancel := opCtx(ctx)
+	st, err := kv.Status(sctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		last = bs.StreamInfo().State.LastSeq
+	}
+	w, err := kv.WatchAll(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
 	}
 	defer w.Stop()
-	var out []T
-	for {
+	vals := map[string][]byte{}
+	var seen uint64
+	var grace <-chan time.Time
+	for seen < last || grace == nil {
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-grace:
+			seen = last // the marker came and nothing reached last: take what was read
+			continue
 		case e, ok := <-w.Updates():
 			if !ok {
-				return out, nil
+				return nil, fmt.Errorf("publisher: read %s: the watch ended before its initial values", kv.Bucket())
 			}
 			if e == nil {
-				return out, nil
-			}
-			var v T
-			if err := json.Unmarshal(e.Value(), &v); err != nil {
+				if grace == nil {
+					grace = time.After(kvOpTimeout)
+				}
 				continue
 			}
-			out = append(out, v)
+			seen = max(seen, e.Revision())
+			if e.Operation() == jetstream.KeyValuePut {
+				vals[e.Key()] = e.Value()
+			} else {
+				delete(vals, e.Key())
+			}
 		}
 	}
+	keys := make([]string, 0, len(vals))
+	for k := range vals {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]T, 0, len(keys))
+	for _, k := range keys {
+		var v T
+		if err := json.Unmarshal(vals[k], &v); err != nil {
+			continue
+		}
+		out = append(out, v)
+	}
+	return out, nil
 }
 
 // RemoveDevice deletes a device from the registry (ErrNotFound).
