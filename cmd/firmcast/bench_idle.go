@@ -75,7 +75,7 @@ Cases:
 
 Per case it prints: agents connected, broker RSS before / after / settled
 and its high-water mark, broker bytes per connection ((settled - before) /
-N), connect time, and this process's growth per idle agent (RSS and Go
+N), connect time and the broker's CPU time meanwhile, and this process's growth per idle agent (RSS and Go
 heap; each agent's simulated flash, in memory, is listed apart and
 included in both). The process fd limit must exceed N.`,
 		Args: cobra.NoArgs,
@@ -140,6 +140,9 @@ type idleRow struct {
 	// BrokerPerConn is (settled - before) / agents.
 	BrokerPerConn  int64   `json:"broker_bytes_per_conn"`
 	ConnectSeconds float64 `json:"connect_seconds"`
+	// BrokerCPUSeconds is the broker's CPU time (user+system) while the
+	// agents connected.
+	BrokerCPUSeconds float64 `json:"broker_cpu_seconds"`
 	// This process (the agents) per idle agent, in-memory flash included.
 	AgentRSSPerAgent  int64   `json:"agent_rss_per_agent"`
 	AgentHeapPerAgent int64   `json:"agent_heap_per_agent"`
@@ -237,9 +240,16 @@ func benchIdleCase(ctx context.Context, cs string, o *benchIdleOpts, imageSize i
 	if row.BrokerRSSBefore, err = bp.settled(ctx); err != nil {
 		return row, err
 	}
+	cpu0, err := procCPU(bp.cmd.Process.Pid)
+	if err != nil {
+		return row, err
+	}
 	t0 := time.Now()
 	err = fl.Connect(ctx, bp.url)
 	row.ConnectSeconds = time.Since(t0).Seconds()
+	if cpu1, cerr := procCPU(bp.cmd.Process.Pid); cerr == nil {
+		row.BrokerCPUSeconds = cpu1 - cpu0
+	}
 	row.Connected, row.Subscriptions = fl.Reported(), fl.Subscriptions()
 	if err != nil {
 		return row, fmt.Errorf("connecting agents (%d up; broker log %s): %w", row.Connected, bp.logPath, err)
@@ -264,11 +274,11 @@ func benchIdleCase(ctx context.Context, cs string, o *benchIdleOpts, imageSize i
 
 func printBenchIdle(w io.Writer, rows []idleRow) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tagents\tconnected\tsubs\tbroker RSS before\tafter\tsettled\tHWM\tbroker/conn\tconnect\tagent RSS/agent\tagent heap/agent\t(flash/agent)\tgoroutines/agent\t")
+	fmt.Fprintln(tw, "case\tagents\tconnected\tsubs\tbroker RSS before\tafter\tsettled\tHWM\tbroker/conn\tconnect\tbroker CPU\tagent RSS/agent\tagent heap/agent\t(flash/agent)\tgoroutines/agent\t")
 	for _, r := range rows {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%.2fs\t%s\t%s\t%s\t%.1f\t\n",
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\t%s\t%s\t%s\t%.2fs\t%.2fs\t%s\t%s\t%s\t%.1f\t\n",
 			r.Case, r.Agents, r.Connected, r.Subscriptions, humanBytes(r.BrokerRSSBefore), humanBytes(r.BrokerRSSAfter),
-			humanBytes(r.BrokerRSSSettled), humanBytes(r.BrokerHWM), humanBytes(r.BrokerPerConn), r.ConnectSeconds,
+			humanBytes(r.BrokerRSSSettled), humanBytes(r.BrokerHWM), humanBytes(r.BrokerPerConn), r.ConnectSeconds, r.BrokerCPUSeconds,
 			humanBytes(r.AgentRSSPerAgent), humanBytes(r.AgentHeapPerAgent), humanBytes(r.FlashPerAgent), r.GoroutinesPer)
 	}
 	_ = tw.Flush()
@@ -321,6 +331,34 @@ func procMem(pid int) (rss, hwm int64, err error) {
 		return 0, 0, fmt.Errorf("/proc/%d/status: no VmRSS", pid)
 	}
 	return rss, hwm, nil
+}
+
+// clockTicks is USER_HZ, the unit of /proc/<pid>/stat times (100 on
+// Linux on every architecture Go supports).
+const clockTicks = 100
+
+// procCPU is a process's user+system CPU time in seconds.
+func procCPU(pid int) (float64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// Fields after the command name (which may hold spaces) in parens.
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	// utime and stime are fields 14 and 15 of stat; f starts at field 3.
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	return float64(u+st) / clockTicks, nil
 }
 
 // brokerProc is a broker running as a child process.

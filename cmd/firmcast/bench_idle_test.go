@@ -36,6 +36,9 @@ func TestBenchIdle(t *testing.T) {
 		if r.BrokerRSSBefore <= 0 || r.BrokerRSSAfter <= 0 || r.BrokerRSSSettled <= 0 || r.BrokerHWM < r.BrokerRSSSettled {
 			t.Errorf("%s: broker RSS before %d, after %d, settled %d, HWM %d", r.Case, r.BrokerRSSBefore, r.BrokerRSSAfter, r.BrokerRSSSettled, r.BrokerHWM)
 		}
+		if r.BrokerCPUSeconds < 0 {
+			t.Errorf("%s: broker CPU %.2fs", r.Case, r.BrokerCPUSeconds)
+		}
 		if r.ConnectSeconds <= 0 || (r.FlashPerAgent <= 0) != (r.Case == "nats-core") || r.Broker == "" {
 			t.Errorf("%s: connect %.3fs, flash %d, broker %q", r.Case, r.ConnectSeconds, r.FlashPerAgent, r.Broker)
 		}
