@@ -148,6 +148,11 @@ type idleRow struct {
 	AgentHeapPerAgent int64   `json:"agent_heap_per_agent"`
 	FlashPerAgent     int64   `json:"agent_flash_per_agent"`
 	GoroutinesPer     float64 `json:"agent_goroutines_per_agent"`
+	// For a Go broker (embedded), its growth per connection after a
+	// collection: goroutines, heap in use, goroutine stacks.
+	BrokerGoroutinesPerConn float64 `json:"broker_goroutines_per_conn,omitempty"`
+	BrokerHeapPerConn       int64   `json:"broker_heap_per_conn,omitempty"`
+	BrokerStacksPerConn     int64   `json:"broker_stacks_per_conn,omitempty"`
 }
 
 func runBenchIdle(ctx context.Context, errw io.Writer, o *benchIdleOpts) ([]idleRow, error) {
@@ -240,6 +245,7 @@ func benchIdleCase(ctx context.Context, cs string, o *benchIdleOpts, imageSize i
 	if row.BrokerRSSBefore, err = bp.settled(ctx); err != nil {
 		return row, err
 	}
+	g0 := bp.goStats
 	cpu0, err := procCPU(bp.cmd.Process.Pid)
 	if err != nil {
 		return row, err
@@ -269,6 +275,12 @@ func benchIdleCase(ctx context.Context, cs string, o *benchIdleOpts, imageSize i
 	row.AgentRSSPerAgent = (a1.rss - a0.rss) / n
 	row.AgentHeapPerAgent = (a1.heap - a0.heap) / n
 	row.GoroutinesPer = float64(a1.goroutines-a0.goroutines) / float64(n)
+	if g0 != nil && bp.goStats != nil {
+		g1 := bp.goStats
+		row.BrokerGoroutinesPerConn = float64(g1.Goroutines-g0.Goroutines) / float64(n)
+		row.BrokerHeapPerConn = (g1.Heap - g0.Heap) / n
+		row.BrokerStacksPerConn = (g1.Stacks - g0.Stacks) / n
+	}
 	return row, nil
 }
 
@@ -283,7 +295,12 @@ func printBenchIdle(w io.Writer, rows []idleRow) {
 	}
 	_ = tw.Flush()
 	for _, r := range rows {
-		fmt.Fprintf(w, "%s: %s\n", r.Case, r.Broker)
+		fmt.Fprintf(w, "%s: %s", r.Case, r.Broker)
+		if r.BrokerGoroutinesPerConn > 0 {
+			fmt.Fprintf(w, "; per connection: %.1f goroutines, %s heap, %s stacks", r.BrokerGoroutinesPerConn,
+				humanBytes(r.BrokerHeapPerConn), humanBytes(r.BrokerStacksPerConn))
+		}
+		fmt.Fprintln(w)
 	}
 }
 
@@ -369,6 +386,15 @@ type brokerProc struct {
 	// gc, when set, asks the process to collect garbage and return freed
 	// memory to the system (the embedded broker child).
 	gc func() error
+	// goStats is what the last gc reported (Go brokers only).
+	goStats *goStats
+}
+
+// goStats is a Go broker's goroutines, heap in use and goroutine stacks
+// (bytes).
+type goStats struct {
+	Goroutines   int   `json:"goroutines"`
+	Heap, Stacks int64 `json:"-"`
 }
 
 // errBrokerExited: the broker process ended while it was needed.
@@ -666,10 +692,15 @@ func startIdleEmbedded(ctx context.Context, dir string, topics schemas.Topics, a
 			return err
 		}
 		l, err := next()
-		if err == nil && l != "ok" {
-			err = fmt.Errorf("embedded broker said %q to gc", l)
+		if err != nil {
+			return err
 		}
-		return err
+		var g goStats
+		if _, err := fmt.Sscanf(l, "ok goroutines=%d heap=%d stacks=%d", &g.Goroutines, &g.Heap, &g.Stacks); err != nil {
+			return fmt.Errorf("embedded broker said %q to gc", l)
+		}
+		p.goStats = &g
+		return nil
 	}
 	return p, nil
 }
@@ -720,7 +751,9 @@ func serveIdleChild(ctx context.Context, in io.Reader, out, errw io.Writer, cred
 	for sc.Scan() {
 		if sc.Text() == "gc" {
 			debug.FreeOSMemory()
-			fmt.Fprintln(out, "ok")
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			fmt.Fprintf(out, "ok goroutines=%d heap=%d stacks=%d\n", runtime.NumGoroutine(), ms.HeapInuse, ms.StackInuse)
 		}
 	}
 	return nil

@@ -36,6 +36,9 @@ func TestBenchIdle(t *testing.T) {
 		if r.BrokerRSSBefore <= 0 || r.BrokerRSSAfter <= 0 || r.BrokerRSSSettled <= 0 || r.BrokerHWM < r.BrokerRSSSettled {
 			t.Errorf("%s: broker RSS before %d, after %d, settled %d, HWM %d", r.Case, r.BrokerRSSBefore, r.BrokerRSSAfter, r.BrokerRSSSettled, r.BrokerHWM)
 		}
+		if (r.BrokerGoroutinesPerConn > 0) != (r.Case == "embedded") {
+			t.Errorf("%s: broker goroutines per connection %.2f", r.Case, r.BrokerGoroutinesPerConn)
+		}
 		if r.BrokerCPUSeconds < 0 {
 			t.Errorf("%s: broker CPU %.2fs", r.Case, r.BrokerCPUSeconds)
 		}
