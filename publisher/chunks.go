@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"fmt"
@@ -284,8 +285,23 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	}
 	p.waveMu.Unlock()
 	defer w.next.Store(math.MaxInt64)
+	var ec *echo
+	if p.cfg.WaveEcho > 0 {
+		var stop func()
+		if ec, stop, err = p.followEcho(ctx, t, d.digest); err != nil {
+			p.log.Warn("wave without echo pacing", "image", digest, "err", err)
+			ec = nil
+		} else {
+			defer stop()
+		}
+	}
 	n := len(d.table.Hashes)
 	for i := range n {
+		if ec != nil {
+			if err := ec.wait(ctx, int64(i-p.cfg.WaveEcho)); err != nil {
+				return err
+			}
+		}
 		w.next.Store(int64(i))
 		b, err := encodeChunk(d, i)
 		if err != nil {
@@ -306,6 +322,75 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		p.waveMu.Unlock()
 	}
 	p.met.waves.Inc()
+	return nil
+}
+
+// echo follows a wave coming back on the broadcast chunk topic, which the
+// publisher subscribes to while it sends: what came back the broker has
+// handed to every subscriber, so the distance between what was sent and
+// what came back is what the broker still holds (ack clocking).
+type echo struct {
+	got  atomic.Int64 // highest chunk index come back, -1 before any
+	wake chan struct{}
+	off  bool // pacing given up: nothing came back for echoStall
+}
+
+// echoStall is how long a wave waits for its echo to move before it goes
+// on without pacing (a broker that does not echo, a lost subscription).
+const echoStall = 2 * time.Second
+
+func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, image []byte) (*echo, func(), error) {
+	ec := &echo{wake: make(chan struct{}, 1)}
+	ec.got.Store(-1)
+	sub, err := p.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
+		var c schemas.Chunk
+		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, image) {
+			return
+		}
+		for {
+			g := ec.got.Load()
+			if int64(c.Index) <= g || ec.got.CompareAndSwap(g, int64(c.Index)) {
+				break
+			}
+		}
+		select {
+		case ec.wake <- struct{}{}:
+		default:
+		}
+	}, broker.SubscribeOptions{Family: broker.FamilyChunk})
+	if err != nil {
+		return nil, nil, err
+	}
+	stop := func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = sub.Unsubscribe(uctx)
+	}
+	return ec, stop, nil
+}
+
+// wait blocks until chunk k came back, ctx ends, or the echo stalls for
+// echoStall (then it stops pacing for the rest of the wave).
+func (ec *echo) wait(ctx context.Context, k int64) error {
+	if ec.off || k < 0 {
+		return nil
+	}
+	var stall *time.Timer
+	for ec.got.Load() < k {
+		if stall == nil {
+			stall = time.NewTimer(echoStall)
+			defer stall.Stop()
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-ec.wake:
+			stall.Reset(echoStall) // Go 1.23 timers: no stale tick to drain
+		case <-stall.C:
+			ec.off = true
+			return nil
+		}
+	}
 	return nil
 }
 

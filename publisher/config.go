@@ -119,6 +119,12 @@ type Config struct {
 	// before a held wave starts: the device's subscription to the
 	// broadcast topic (one round trip to the broker). Default 250ms.
 	WaveSettle time.Duration
+	// WaveEcho paces broadcast waves at the broker's fan-out: while a wave
+	// runs the publisher subscribes to the image's chunk topic, and sends
+	// chunk i only once chunk i-WaveEcho came back (what came back, the
+	// broker has handed to every subscriber). A broker that echoes nothing
+	// for 2s leaves the wave unpaced. 0: no pacing. Default 0.
+	WaveEcho int
 	// RepairWindow batches chunk requests: after it, chunks asked for by at
 	// least RepairBroadcastMin devices are broadcast, the rest sent to each
 	// requester. Zero answers each request at once (pure request mode).
@@ -218,6 +224,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.WaveSettle, 250*time.Millisecond)
 	defInt(&c.RepairBroadcastMin, 2)
 	c.InTransit = max(c.InTransit, 0)
+	c.WaveEcho = max(c.WaveEcho, 0)
 	if c.MaxInFlightBytes <= 0 {
 		c.MaxInFlightBytes = 4 << 20
 	}

@@ -133,3 +133,38 @@ func TestRepairLeavesOutChunksInTransit(t *testing.T) {
 		t.Errorf("chunks in transit sent again: repair %d, unicast %d bytes", r, u)
 	}
 }
+
+// A wave paced by its echo (WaveEcho) delivers the image once to every
+// listener.
+func TestWavePacedByEcho(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.WaveEcho = 4 })
+	data, table := uploadTable(t, e, p, 40*1024)
+	var devs []*downloader
+	for i := range 5 {
+		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+	}
+	start := time.Now()
+	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {
+		t.Fatal(err)
+	}
+	if d := time.Since(start); d >= echoStall {
+		t.Errorf("wave took %v: its echo did not pace it", d)
+	}
+	waitFor(t, 5*time.Second, func() string { return "wave" }, func() bool {
+		for _, d := range devs {
+			if !d.complete() {
+				return false
+			}
+		}
+		return true
+	})
+	for _, d := range devs {
+		if !bytes.Equal(d.data, data) {
+			t.Fatalf("%s: wrong image", d.id)
+		}
+	}
+	if w := p.Egress.Wave.Load(); w < int64(len(data)) || w > int64(len(data))*11/10 {
+		t.Errorf("wave egress %d for a %d-byte image", w, len(data))
+	}
+}
