@@ -16,6 +16,9 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
+// receiveMaximum is the Receive Maximum every MQTT connection announces.
+const receiveMaximum = 1024
+
 // MQTT v5 reason codes firmcast maps to sentinels.
 const (
 	rcBadUserOrPassword = 0x86
@@ -136,12 +139,19 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 			ep.Logger.Debug("mqtt connect attempt failed", "err", err)
 		},
 		// mochi strips MQTT v5 user properties unless the client asks for
-		// problem information; firmcast sets it on every CONNECT.
+		// problem information; firmcast sets it on every CONNECT. Receive
+		// Maximum bounds the QoS 1 messages the broker sends unacknowledged;
+		// paho sizes its incoming queue by it, and without it allocates
+		// 65,535 slots (512 KiB of heap) per connection.
 		ConnectPacketBuilder: func(c *paho.Connect, _ *url.URL) (*paho.Connect, error) {
 			if c.Properties == nil {
 				c.Properties = &paho.ConnectProperties{}
 			}
 			c.Properties.RequestProblemInfo = true
+			if c.Properties.ReceiveMaximum == nil {
+				rm := uint16(receiveMaximum)
+				c.Properties.ReceiveMaximum = &rm
+			}
 			return c, nil
 		},
 		ClientConfig: paho.ClientConfig{

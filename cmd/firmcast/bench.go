@@ -76,6 +76,7 @@ backend on NATS). Topic roots are unique and cleaned up afterwards.`,
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
 	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns (not the raw runs) to this file")
+	c.AddCommand(newBenchIdleCmd())
 	return c
 }
 
