@@ -1,9 +1,10 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"io"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -26,71 +27,40 @@ campaigns), admin (devices, groups, keys, audit log).`,
 		Use:   "create --name NAME --scope read|campaign|admin",
 		Short: "Create a key (prints its token once)",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			k, err := cl.CreateAPIKey(cmd.Context(), kr)
-			if err != nil {
-				return fmt.Errorf("apikey create: %w", err)
-			}
-			if a.json {
-				return printAPIJSON(cmd.OutOrStdout(), k)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "key %s (%s) scopes %v\ntoken: %s\n", k.Key.ID, k.Key.Name, k.Key.Scopes, k.Token)
-			return nil
-		},
+		RunE: apiRunE(a, "apikey create",
+			func(ctx context.Context, cl *publisher.Client, _ []string) (publisher.NewKey, error) {
+				return cl.CreateAPIKey(ctx, kr)
+			},
+			func(w io.Writer, k publisher.NewKey) error {
+				fmt.Fprintf(w, "key %s (%s) scopes %v\ntoken: %s\n", k.Key.ID, k.Key.Name, k.Key.Scopes, k.Token)
+				return nil
+			}),
 	}
 	create.Flags().StringVar(&kr.Name, "name", "", "key name (required)")
 	create.Flags().StringSliceVar(&kr.Scopes, "scope", []string{"read"}, "scopes: read, campaign, admin")
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List keys",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
+	list := apiListCmd(a, "apikey list", "list", "List keys",
+		func(ctx context.Context, cl *publisher.Client) ([]publisher.APIKey, error) { return cl.APIKeys(ctx) },
+		[]string{"ID", "NAME", "SCOPES", "CREATED", "REVOKED"},
+		func(k publisher.APIKey) []string {
+			rev := "-"
+			if k.Revoked != nil {
+				rev = k.Revoked.Format(time.RFC3339)
 			}
-			keys, err := cl.APIKeys(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("apikey list: %w", err)
+			sc := make([]string, len(k.Scopes))
+			for i, s := range k.Scopes {
+				sc[i] = string(s)
 			}
-			if a.json {
-				return printAPIJSON(cmd.OutOrStdout(), keys)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSCOPES\tCREATED\tREVOKED")
-			for _, k := range keys {
-				rev := "-"
-				if k.Revoked != nil {
-					rev = k.Revoked.Format(time.RFC3339)
-				}
-				sc := make([]string, len(k.Scopes))
-				for i, s := range k.Scopes {
-					sc[i] = string(s)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", k.ID, k.Name, strings.Join(sc, ","), k.Created.Format(time.RFC3339), rev)
-			}
-			return tw.Flush()
-		},
-	}
+			return []string{k.ID, k.Name, strings.Join(sc, ","), k.Created.Format(time.RFC3339), rev}
+		})
 	revoke := &cobra.Command{
 		Use:   "revoke ID",
 		Short: "Revoke a key",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			if err := cl.RevokeAPIKey(cmd.Context(), args[0]); err != nil {
-				return fmt.Errorf("apikey revoke: %w", err)
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "key %s revoked\n", args[0])
-			return nil
-		},
+		RunE: apiExecE(a, "apikey revoke",
+			func(ctx context.Context, cl *publisher.Client, args []string) error {
+				return cl.RevokeAPIKey(ctx, args[0])
+			},
+			func(w io.Writer, args []string) { fmt.Fprintf(w, "key %s revoked\n", args[0]) }),
 	}
 	c.AddCommand(create, list, revoke)
 	return c

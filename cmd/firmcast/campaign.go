@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -12,7 +11,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -21,32 +19,6 @@ import (
 
 	"github.com/firmcast/firmcast/publisher"
 )
-
-// apiFlags are the flags of every command that calls the server's API.
-type apiFlags struct {
-	server string
-	key    string
-	json   bool
-}
-
-func (a *apiFlags) add(c *cobra.Command) {
-	c.PersistentFlags().StringVar(&a.server, "server", "http://127.0.0.1:8080", "firmcast server URL")
-	c.PersistentFlags().StringVar(&a.key, "api-key", "", "API key (also FIRMCAST_API_KEY)")
-	c.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
-}
-
-func (a *apiFlags) client() (*publisher.Client, error) {
-	if a.key == "" {
-		return nil, errors.New("no API key: pass --api-key or set FIRMCAST_API_KEY")
-	}
-	return &publisher.Client{BaseURL: a.server, Key: a.key}, nil
-}
-
-func printAPIJSON(w io.Writer, v any) error {
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
 
 func newCampaignCmd() *cobra.Command {
 	a := &apiFlags{}
@@ -207,17 +179,11 @@ func newCampaignActionCmd(a *apiFlags, op string) *cobra.Command {
 		Use:   op + " ID",
 		Short: strings.ToUpper(op[:1]) + op[1:] + " a campaign",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			st, err := cl.CampaignAction(cmd.Context(), args[0], op)
-			if err != nil {
-				return fmt.Errorf("campaign %s: %w", op, err)
-			}
-			return printStatus(cmd.OutOrStdout(), a, st)
-		},
+		RunE: apiRunE(a, "campaign "+op,
+			func(ctx context.Context, cl *publisher.Client, args []string) (publisher.Status, error) {
+				return cl.CampaignAction(ctx, args[0], op)
+			},
+			printStatusText),
 	}
 }
 
@@ -226,24 +192,24 @@ func newCampaignStatusCmd(a *apiFlags) *cobra.Command {
 		Use:   "status ID",
 		Short: "Show a campaign's state and counters",
 		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			st, err := cl.Campaign(cmd.Context(), args[0])
-			if err != nil {
-				return fmt.Errorf("campaign status: %w", err)
-			}
-			return printStatus(cmd.OutOrStdout(), a, st)
-		},
+		RunE: apiRunE(a, "campaign status",
+			func(ctx context.Context, cl *publisher.Client, args []string) (publisher.Status, error) {
+				return cl.Campaign(ctx, args[0])
+			},
+			printStatusText),
 	}
 }
 
+// printStatus prints st as JSON with --json, else as printStatusText does.
 func printStatus(w io.Writer, a *apiFlags, st publisher.Status) error {
 	if a.json {
 		return printAPIJSON(w, st)
 	}
+	return printStatusText(w, st)
+}
+
+// printStatusText prints a campaign's state and counters.
+func printStatusText(w io.Writer, st publisher.Status) error {
 	fmt.Fprintf(w, "campaign %s", st.ID)
 	if st.Name != "" {
 		fmt.Fprintf(w, " (%s)", st.Name)
@@ -267,31 +233,13 @@ func printStatus(w io.Writer, a *apiFlags, st publisher.Status) error {
 }
 
 func newCampaignListCmd(a *apiFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "list",
-		Short: "List campaigns",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			list, err := cl.Campaigns(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("campaign list: %w", err)
-			}
-			if a.json {
-				return printAPIJSON(cmd.OutOrStdout(), list)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tNAME\tSTATE\tPHASE\tTARGETS\tCONFIRMED\tFAILED\tCREATED")
-			for _, s := range list {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%d/%d\t%d\t%d\t%d\t%s\n", s.ID, s.Name, s.State, s.Phase+1, len(s.Phases), s.Targets,
-					s.Counts["confirmed"], s.Counts["failed"]+s.Counts["rolled-back"], s.Created.Format(time.RFC3339))
-			}
-			return tw.Flush()
-		},
-	}
+	return apiListCmd(a, "campaign list", "list", "List campaigns",
+		func(ctx context.Context, cl *publisher.Client) ([]publisher.Status, error) { return cl.Campaigns(ctx) },
+		[]string{"ID", "NAME", "STATE", "PHASE", "TARGETS", "CONFIRMED", "FAILED", "CREATED"},
+		func(s publisher.Status) []string {
+			return []string{s.ID, s.Name, s.State, fmt.Sprintf("%d/%d", s.Phase+1, len(s.Phases)), fmt.Sprint(s.Targets),
+				fmt.Sprint(s.Counts["confirmed"]), fmt.Sprint(s.Counts["failed"] + s.Counts["rolled-back"]), s.Created.Format(time.RFC3339)}
+		})
 }
 
 func newCampaignWatchCmd(a *apiFlags) *cobra.Command {

@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -47,30 +46,12 @@ on the server's JetStream object store.`,
 		},
 	}
 	up.Flags().StringVar(&name, "name", "", "image name (default: the file name)")
-	list := &cobra.Command{
-		Use:   "list",
-		Short: "List stored images",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			cl, err := a.client()
-			if err != nil {
-				return err
-			}
-			imgs, err := cl.Images(cmd.Context())
-			if err != nil {
-				return fmt.Errorf("image list: %w", err)
-			}
-			if a.json {
-				return printAPIJSON(cmd.OutOrStdout(), imgs)
-			}
-			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "DIGEST\tNAME\tSIZE\tCHUNKS\tUPLOADED")
-			for _, i := range imgs {
-				fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", i.Digest, i.Name, i.Size, i.Chunks, i.Uploaded.Format(time.RFC3339))
-			}
-			return tw.Flush()
-		},
-	}
+	list := apiListCmd(a, "image list", "list", "List stored images",
+		func(ctx context.Context, cl *publisher.Client) ([]publisher.Image, error) { return cl.Images(ctx) },
+		[]string{"DIGEST", "NAME", "SIZE", "CHUNKS", "UPLOADED"},
+		func(i publisher.Image) []string {
+			return []string{i.Digest, i.Name, fmt.Sprint(i.Size), fmt.Sprint(i.Chunks), i.Uploaded.Format(time.RFC3339)}
+		})
 	c.AddCommand(up, list)
 	return c
 }
