@@ -98,7 +98,11 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		p.waveMu.Unlock()
 		return
 	}
-	if !w.started.IsZero() && w.joinedSince(w.started) < p.cfg.BroadcastMin {
+	// With wave gathering on (WaveHold > 0), a later wave is only for
+	// devices that joined since the last one (the others, who heard it,
+	// finish by repair); without it, waves repeat every WaveInterval while
+	// devices download.
+	if p.cfg.WaveHold > 0 && !w.started.IsZero() && w.joinedSince(w.started) < p.cfg.BroadcastMin {
 		p.waveMu.Unlock()
 		return
 	}

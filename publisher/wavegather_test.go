@@ -51,7 +51,7 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			p, _ := e.start(func(c *Config) { c.BroadcastMin, c.RepairWindow = 2, 20*time.Millisecond })
+			p, _ := e.start(func(c *Config) { c.BroadcastMin, c.RepairWindow, c.WaveHold = 2, 20*time.Millisecond, 3*time.Second })
 			ctx := context.Background()
 			who := e.who(p)
 			data, table := uploadTable(t, e, p, 20*1024)
