@@ -43,14 +43,14 @@ func BenchmarkWaveEgress(b *testing.B) {
 				b.Fatal(err)
 			}
 			loss := &lossModel{rate: c.rate, correlated: c.correlated}
-			loss.install(e.mb)
+			loss.install(e.hub)
 			var waveX, totalX, rounds float64
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
 				var devs []*downloader
 				for i := range 100 {
-					devs = append(devs, newDownloader(b, e.mb, e.cfg.Topics, fmt.Sprintf("d%03d", i), d.table, loss))
+					devs = append(devs, newDownloader(b, e.hub, e.cfg.Topics, fmt.Sprintf("d%03d", i), d.table, loss))
 				}
 				w0, r0, u0 := p.Egress.Wave.Load(), p.Egress.Repair.Load(), p.Egress.Unicast.Load()
 				b.StartTimer()
@@ -58,7 +58,7 @@ func BenchmarkWaveEgress(b *testing.B) {
 				if err := p.Wave(context.Background(), img.Digest); err != nil {
 					b.Fatal(err)
 				}
-				waitFor(b, time.Minute, func() string { return "wave" }, e.mb.idle)
+				waitFor(b, time.Minute, func() string { return "wave" }, e.hub.Idle)
 				n := 0
 				for ; n < 50; n++ {
 					batch := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
@@ -71,7 +71,7 @@ func BenchmarkWaveEgress(b *testing.B) {
 						break
 					}
 					p.flushRepair(context.Background(), img.Digest, batch)
-					waitFor(b, time.Minute, func() string { return "repair" }, e.mb.idle)
+					waitFor(b, time.Minute, func() string { return "repair" }, e.hub.Idle)
 				}
 				loss.active.Store(false)
 				b.StopTimer()

@@ -32,7 +32,7 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 	loss := &lossModel{rate: 0.1}
 	var devs []*downloader
 	for i := range 20 {
-		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, loss))
+		devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, loss))
 	}
 	loss.active.Store(true)
 	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {
@@ -46,7 +46,7 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 			n += d.got
 			d.mu.Unlock()
 		}
-		return n > 0 && e.mb.idle()
+		return n > 0 && e.hub.Idle()
 	})
 	loss.active.Store(false)
 	incomplete := 0
@@ -85,9 +85,9 @@ func TestRequestMode(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(nil) // RepairWindow 0: each request answered at once
 	data, table := uploadTable(t, e, p, 10*1024)
-	d := newDownloader(t, e.mb, e.cfg.Topics, devName(1), table, nil)
+	d := newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil)
 	// A request whose reply address is another device's is refused.
-	evil := newDownloader(t, e.mb, e.cfg.Topics, devName(2), table, nil)
+	evil := newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)
 	rt, _ := e.cfg.Topics.ChunkReply(devName(1))
 	b, _ := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: table.Image, ChunkSize: table.ChunkSize, Ranges: []schemas.Range{{First: 0, Count: 10}}, ReplyTo: rt.NATS, Requester: devName(2)})
 	qt, _ := e.cfg.Topics.ChunkRequests(hex.EncodeToString(table.Image))
@@ -97,7 +97,7 @@ func TestRequestMode(t *testing.T) {
 	if !bytes.Equal(d.data, data) {
 		t.Fatal("wrong image")
 	}
-	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
 	if got := p.met.chunkRequests.WithLabelValues("bad-reply-to"); got == nil {
 		t.Fatal("no metric")
 	}
@@ -122,7 +122,7 @@ func TestLeaderStartsWave(t *testing.T) {
 	var devs []*downloader
 	f := newFleet(e)
 	for i := range 3 {
-		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+		devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
 		f.add(devName(i), false, true)
 	}
 	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {

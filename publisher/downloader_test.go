@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -17,7 +18,7 @@ import (
 // chunks and requested ones, checking each against the chunk table.
 type downloader struct {
 	id     string
-	tr     *memTransport
+	tr     *testutil.MemConn
 	topics schemas.Topics
 	table  *schemas.ChunkTable
 	image  []byte
@@ -52,10 +53,10 @@ func (l *lossModel) dropper(dev string) func(string, []byte) bool {
 }
 
 // install sets the correlated loss on the broker (one decision per message).
-func (l *lossModel) install(mb *memBroker) {
+func (l *lossModel) install(hub *testutil.MemHub) {
 	rng := rand.New(rand.NewPCG(1, 2))
 	var mu sync.Mutex
-	mb.dropAll = func([]byte) bool {
+	hub.DropChunk = func([]byte) bool {
 		if !l.active.Load() || !l.correlated {
 			return false
 		}
@@ -65,12 +66,11 @@ func (l *lossModel) install(mb *memBroker) {
 	}
 }
 
-func newDownloader(t testing.TB, mb *memBroker, topics schemas.Topics, id string, table *schemas.ChunkTable, loss *lossModel) *downloader {
+func newDownloader(t testing.TB, hub *testutil.MemHub, topics schemas.Topics, id string, table *schemas.ChunkTable, loss *lossModel) *downloader {
 	t.Helper()
-	d := &downloader{id: id, tr: mb.client(), topics: topics, table: table, have: schemas.NewBitmap(table.NumChunks()), data: make([]byte, table.ImageSize)}
+	d := &downloader{id: id, tr: hub.Conn(), topics: topics, table: table, have: schemas.NewBitmap(table.NumChunks()), data: make([]byte, table.ImageSize)}
 	if loss != nil && !loss.correlated {
-		drop := loss.dropper(id)
-		d.tr.dropPayload = drop
+		d.tr.SetDrop(loss.dropper(id))
 	}
 	ct, _ := topics.Chunks(hex.EncodeToString(table.Image))
 	rt, _ := topics.ChunkReply(id)

@@ -155,11 +155,11 @@ func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return len(e.mb.retainedNotices()) == 6 })
+	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return len(e.retainedNotices()) == 6 })
 	if _, err := p.PauseCampaign(ctx, e.who(p), c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(e.mb.retainedNotices()); n != 0 {
+	if n := len(e.retainedNotices()); n != 0 {
 		t.Fatalf("%d notices retained while paused", n)
 	}
 	// A long pause does not time devices out once resumed.
@@ -167,7 +167,7 @@ func TestPauseClearsNoticesResumeRestores(t *testing.T) {
 	if _, err := p.ResumeCampaign(ctx, e.who(p), c.ID); err != nil {
 		t.Fatal(err)
 	}
-	if n := len(e.mb.retainedNotices()); n != 6 {
+	if n := len(e.retainedNotices()); n != 6 {
 		t.Fatalf("%d notices retained after resume, want 6", n)
 	}
 	awaitTicks(t, p, 2)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -70,8 +72,9 @@ func startJetStream(t testing.TB) (jetstream.JetStream, *nats.Conn) {
 type testEnv struct {
 	t  testing.TB
 	js jetstream.JetStream
-	// mb is the in-memory broker; nil when the env runs on real brokers.
-	mb    *memBroker
+	// hub is the in-memory broker (on NATS subjects); nil when the env runs
+	// on real brokers.
+	hub   *testutil.MemHub
 	clock *fakeClock
 	admin string
 	cfg   Config
@@ -79,12 +82,18 @@ type testEnv struct {
 	dial func(id string, shared bool) broker.Transport
 }
 
+func newHub() *testutil.MemHub {
+	h := testutil.NewMemHub()
+	h.NATS = true
+	return h
+}
+
 const testAdminKey = "test-admin-key"
 
 func newEnv(t testing.TB) *testEnv {
 	js, _ := startJetStream(t)
-	e := &testEnv{t: t, js: js, mb: newMemBroker(), clock: newFakeClock(), admin: testAdminKey}
-	e.dial = func(string, bool) broker.Transport { return e.mb.client() }
+	e := &testEnv{t: t, js: js, hub: newHub(), clock: newFakeClock(), admin: testAdminKey}
+	e.dial = func(string, bool) broker.Transport { return e.hub.Conn() }
 	e.cfg = Config{
 		JetStream: js, Topics: schemas.MustTopics("fct"), Clock: e.clock,
 		Logger:    testLogger(),
@@ -170,11 +179,19 @@ func brokerMsg(topic string, payload []byte) broker.Message {
 
 // retainedNotices lists retained notices (in-memory broker only).
 func (e *testEnv) retainedNotices() []string {
-	if e.mb == nil {
+	if e.hub == nil {
 		return nil
 	}
-	return e.mb.retainedNotices()
+	var out []string
+	for _, t := range e.hub.Retained() {
+		if strings.HasSuffix(t, ".notice") {
+			out = append(out, t)
+		}
+	}
+	return out
 }
+
+var brokerChunkReq = broker.PublishOptions{Family: broker.FamilyChunkRequest}
 
 func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 

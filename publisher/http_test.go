@@ -13,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -24,6 +25,7 @@ type apiFixture struct {
 	revoked  string
 	read     string
 	env      string // base64 envelope for the image
+	hub      *testutil.MemHub
 }
 
 func newAPIFixture(t *testing.T) *apiFixture {
@@ -50,7 +52,7 @@ func newAPIFixture(t *testing.T) *apiFixture {
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
 	return &apiFixture{srv: srv, p: p, image: hex.EncodeToString(img), campaign: c.ID, revoked: revoked, read: read,
-		env: base64.StdEncoding.EncodeToString(testEnvelope(t, img))}
+		env: base64.StdEncoding.EncodeToString(testEnvelope(t, img)), hub: e.hub}
 }
 
 func (f *apiFixture) do(t *testing.T, method, path, key, body string) (int, string) {
@@ -220,7 +222,7 @@ func TestImageDownloadRange(t *testing.T) {
 
 func TestNATSAPI(t *testing.T) {
 	f := newAPIFixture(t)
-	cl := f.p.cfg.Transport.(*memTransport).b.client()
+	cl := f.hub.Conn()
 	topics := f.p.cfg.Topics
 	call := func(op string, cmd schemas.CampaignCommand) *schemas.CampaignReply {
 		t.Helper()

@@ -24,7 +24,7 @@ func TestReconcileResendsNotice(t *testing.T) {
 		t.Fatal(err)
 	}
 	var notices atomic.Int64
-	sub, err := e.mb.client().Subscribe(ctx, topic, func(_ context.Context, m broker.Message) {
+	sub, err := e.hub.Conn().Subscribe(ctx, topic, func(_ context.Context, m broker.Message) {
 		if len(m.Payload) > 0 {
 			notices.Add(1)
 		}
@@ -42,7 +42,7 @@ func TestReconcileResendsNotice(t *testing.T) {
 		t.Helper()
 		e.clock.Advance(d)
 		awaitTicks(t, p, 3)
-		waitFor(t, 5*time.Second, func() string { return "notice count" }, func() bool { return e.mb.idle() })
+		waitFor(t, 5*time.Second, func() string { return "notice count" }, func() bool { return e.hub.Idle() })
 		if got := notices.Load(); got != want {
 			t.Fatalf("after %v more: %d notices, want %d", d, got, want)
 		}
@@ -58,7 +58,7 @@ func TestReconcileResendsNotice(t *testing.T) {
 		t.Fatal(err)
 	}
 	rt, _ := e.cfg.Topics.Report(dev)
-	if err := e.mb.client().Publish(ctx, rt, b, broker.PublishOptions{Family: broker.FamilyReport}); err != nil {
+	if err := e.hub.Conn().Publish(ctx, rt, b, broker.PublishOptions{Family: broker.FamilyReport}); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, func() string { return "report taken" }, func() bool {

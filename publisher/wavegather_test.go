@@ -62,7 +62,7 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 				if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
 					t.Fatal(err)
 				}
-				devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+				devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
 				f.add(devName(i), false, true)
 			}
 			// The first device has its table before the campaign starts.
@@ -83,7 +83,7 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 			// Held: a request now gets nothing by unicast or repair.
 			devs[0].request(t)
 			awaitTicks(t, p, 5)
-			waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+			waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
 			if w, r, got := p.Egress.Wave.Load(), p.Egress.Repair.Load(), devs[0].got; w+r != 0 || got != 0 {
 				t.Fatalf("held wave: wave %d, repair %d bytes sent, device 0 holds %d chunks", w, r, got)
 			}
@@ -101,7 +101,7 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 					t.Fatalf("%s: wrong image", d.id)
 				}
 			}
-			waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+			waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
 			chunks := p.Egress.Wave.Load() + p.Egress.Repair.Load()
 			if p.Egress.Wave.Load() < int64(len(data)) || chunks > int64(len(data))*11/10 {
 				t.Errorf("wave %d, repair %d bytes for a %d-byte image, want one wave", p.Egress.Wave.Load(), p.Egress.Repair.Load(), len(data))
@@ -116,19 +116,19 @@ func TestRepairLeavesOutChunksInTransit(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(func(c *Config) { c.RepairWindow, c.InTransit = 20*time.Millisecond, time.Hour })
 	_, table := uploadTable(t, e, p, 10*1024)
-	d := newDownloader(t, e.mb, e.cfg.Topics, devName(1), table, nil)
-	late := newDownloader(t, e.mb, e.cfg.Topics, devName(2), table, nil)
-	late.tr.dropPayload = func(string, []byte) bool { return true } // misses the wave
+	d := newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil)
+	late := newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)
+	late.tr.SetDrop(func(string, []byte) bool { return true }) // misses the wave
 	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() string { return "wave" }, func() bool { return d.complete() && e.mb.idle() })
-	late.tr.dropPayload = nil
+	waitFor(t, 5*time.Second, func() string { return "wave" }, func() bool { return d.complete() && e.hub.Idle() })
+	late.tr.SetDrop(nil)
 	served := p.met.chunkRequests.WithLabelValues("served")
 	before := counterValue(served)
 	late.request(t)
 	waitFor(t, 5*time.Second, func() string { return "repair flush" }, func() bool { return counterValue(served) > before })
-	waitFor(t, 5*time.Second, func() string { return "idle" }, e.mb.idle)
+	waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
 	if r, u := p.Egress.Repair.Load(), p.Egress.Unicast.Load(); r != 0 || u != 0 {
 		t.Errorf("chunks in transit sent again: repair %d, unicast %d bytes", r, u)
 	}
@@ -142,7 +142,7 @@ func TestWavePacedByEcho(t *testing.T) {
 	data, table := uploadTable(t, e, p, 40*1024)
 	var devs []*downloader
 	for i := range 5 {
-		devs = append(devs, newDownloader(t, e.mb, e.cfg.Topics, devName(i), table, nil))
+		devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
 	}
 	start := time.Now()
 	if err := p.Wave(context.Background(), hex.EncodeToString(table.Image)); err != nil {

@@ -27,7 +27,7 @@ func TestRequestsLeftToWaveInFlight(t *testing.T) {
 			p.waveMu.Lock()
 			p.waves[hex.EncodeToString(table.Image)] = w
 			p.waveMu.Unlock()
-			devs := []*downloader{newDownloader(t, e.mb, e.cfg.Topics, devName(1), table, nil), newDownloader(t, e.mb, e.cfg.Topics, devName(2), table, nil)}
+			devs := []*downloader{newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil), newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)}
 			for _, d := range devs {
 				d.request(t)
 			}
@@ -40,7 +40,7 @@ func TestRequestsLeftToWaveInFlight(t *testing.T) {
 						return false
 					}
 				}
-				return e.mb.idle()
+				return e.hub.Idle()
 			})
 			for _, d := range devs {
 				d.mu.Lock()
