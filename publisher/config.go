@@ -111,13 +111,12 @@ type Config struct {
 	// it is for listen from its first chunk: until none of the campaign's
 	// notified devices is still pending and every downloading one has
 	// been sent the chunk table, plus WaveSettle. Chunk requests that
-	// arrive meanwhile are left to the wave. Keep it well under the
-	// devices' stall limit (fetcher: ListenFirst + MaxIdle*Idle, 7s by
-	// default) and under NoProgress. Default: no hold (0 or negative);
-	// the demo and bench use 3s. Off by default until the fault scenarios
-	// (internal/faults, internal/hostile) are tuned for it: with a 3s hold
-	// they saw no chunk request at all, and a 2s NoProgress timed out a
-	// device waiting for a held wave.
+	// arrive meanwhile are left to the wave, and later waves are only for
+	// devices that joined since the last one started. Keep it well under
+	// the devices' stall limit (fetcher: ListenFirst + MaxIdle*Idle, 7s by
+	// default). Default 3s; negative means no hold (every due wave starts
+	// at once, for every downloading device). It is capped at NoProgress/2,
+	// so that a device waiting for a held wave is never timed out for it.
 	WaveHold time.Duration
 	// WaveSettle is the time left after the last chunk table was sent
 	// before a held wave starts: the device's subscription to the
@@ -224,7 +223,8 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	defInt(&c.BroadcastMin, 2)
 	def(&c.WaveInterval, 30*time.Second)
-	def(&c.WaveHold, -1)
+	def(&c.WaveHold, 3*time.Second)
+	c.WaveHold = min(c.WaveHold, c.NoProgress/2)
 	def(&c.WaveSettle, 250*time.Millisecond)
 	defInt(&c.RepairBroadcastMin, 2)
 	c.InTransit = max(c.InTransit, 0)

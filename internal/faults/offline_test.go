@@ -8,7 +8,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -50,8 +53,11 @@ func watchStoreBytes(t *testing.T, ctx context.Context, r *rig) *storeBytes {
 }
 
 // TestOfflineDevicesBrokerStore cuts the network links of 100 devices
-// mid-campaign (their MQTT sessions and subscriptions stay on the broker)
-// while the publisher keeps broadcasting waves to them. The bytes
+// mid-download (their MQTT sessions and subscriptions stay on the broker)
+// and has the publisher broadcast waves of the image to them while they
+// are offline (driven by the test with Publisher.Wave: with wave
+// gathering the publisher's own later waves are only for devices that
+// joined since, and none joins while the links are down). The bytes
 // mosquitto stores must stay bounded (chunks are QoS 0: nothing is queued
 // per offline device; far below one image per device), and when the
 // links come back every device must finish confirmed on v2.
@@ -70,6 +76,12 @@ func TestOfflineDevicesBrokerStore(t *testing.T) {
 		mosquitto: "sys_interval 1\n",
 		linked:    linked,
 		publisher: func(c *publisher.Config) { c.WaveInterval = time.Second },
+		// Throttled links (32 KiB/s per device, about four seconds for
+		// the image) so that the cut comes mid-download: a device that
+		// had the whole image before the cut would go to trial while
+		// offline, and roll back, its health check unable to reach the
+		// broker.
+		faults: func(d *device, f *deviceFaults) { f.limiter = rate.NewLimiter(32<<10, 8<<10) },
 	})
 	sb := watchStoreBytes(t, ctx, r)
 	id := r.startCampaign(ctx)
@@ -94,10 +106,33 @@ func TestOfflineDevicesBrokerStore(t *testing.T) {
 	image := int64(len(r.v2))
 	t.Logf("cut %d links with %d devices downloading, %d confirmed; broker store %d B", devices, count(before, schemas.StateDownloading), count(before, schemas.StateConfirmed), baseStore)
 	// Stay offline while the publisher broadcasts at least three more
-	// images' worth and mosquitto reports its store three times.
-	r.waitDevices(ctx, "broadcasts to the offline devices", func(map[string]schemas.State) bool {
-		return r.src.broadcast.Load()-wave0 >= 3*image && sb.samples.Load()-baseSamples >= 3
-	})
+	// images' worth and mosquitto reports its store three times. The
+	// waves are spaced by the campaign's WaveInterval, as the
+	// publisher's own would be.
+	digest := schemas.DigestHex(r.d2[:])
+	for waves := 0; r.src.broadcast.Load()-wave0 < 3*image || sb.samples.Load()-baseSamples < 3; waves++ {
+		if waves > 0 {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("broadcasting to the offline devices: %v", ctx.Err())
+			case <-time.After(time.Second):
+			}
+		}
+		if err := r.publisher().p.Wave(ctx, digest); err != nil {
+			t.Fatalf("wave %d to the offline devices: %v", waves, err)
+		}
+	}
+	for _, d := range r.devs {
+		rec, err := deviceagent.LoadState(d.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// States are ordered: past downloading is verifying the image or
+		// later.
+		if before[d.id] != schemas.StateConfirmed && rec.State > schemas.StateDownloading {
+			t.Fatalf("%s reached %s while offline: the cut came too late to test anything", d.id, rec.State)
+		}
+	}
 	maxStore := sb.max.Load()
 	t.Logf("offline: the publisher broadcast %d B (%.1f images) to them; mosquitto stored at most %d B (%.2f images; %.4f of image x offline devices)",
 		r.src.broadcast.Load()-wave0, float64(r.src.broadcast.Load()-wave0)/float64(image), maxStore, float64(maxStore)/float64(image), float64(maxStore)/float64(image*devices))

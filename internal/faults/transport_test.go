@@ -114,7 +114,9 @@ func (f *deviceFaults) OnConnect(fn func()) (stop func()) {
 
 // sourceCounts counts chunk requests where they are made (in each
 // device's transport, at the moment the agent hands a request over): the
-// chunks asked for, by device, and of them those the device already held
+// request messages for the image (a request for the chunk table, which
+// every device makes before it downloads, included), the chunks asked
+// for, by device, and of them those the device already held
 // verified (written intact in a candidate slot of its flash). It also
 // counts at the source, around the publisher's device-side transport
 // (kept across publisher restarts), the chunk bytes published, broadcast
@@ -124,6 +126,7 @@ type sourceCounts struct {
 	bcast string // the image's broadcast chunk topic (MQTT form)
 
 	mu        sync.Mutex
+	messages  map[string]int // request messages for the image, by device
 	requested map[string]int // chunk indexes asked for, by device
 	again     map[string]int // of them, already held verified
 
@@ -132,7 +135,7 @@ type sourceCounts struct {
 
 func newSourceCounts(topics schemas.Topics, image []byte) *sourceCounts {
 	bt, _ := topics.Chunks(schemas.DigestHex(image))
-	return &sourceCounts{image: image, bcast: bt.MQTT, requested: map[string]int{}, again: map[string]int{}}
+	return &sourceCounts{image: image, bcast: bt.MQTT, messages: map[string]int{}, requested: map[string]int{}, again: map[string]int{}}
 }
 
 // request counts a chunk request (encoded) made by a device whose
@@ -153,6 +156,7 @@ func (s *sourceCounts) request(b []byte, held func(uint32) bool) {
 		}
 	}
 	s.mu.Lock()
+	s.messages[r.Requester]++
 	s.requested[r.Requester] += n
 	s.again[r.Requester] += again
 	s.mu.Unlock()
@@ -167,6 +171,20 @@ func (s *sourceCounts) totalRequested() int {
 		n += c
 	}
 	return n
+}
+
+// silent returns, of ids, the devices from which no request message for
+// the image was counted.
+func (s *sourceCounts) silent(ids []string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for _, id := range ids {
+		if s.messages[id] == 0 {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // maxAgain returns the device that asked again for the most chunks it
@@ -224,8 +242,17 @@ func TestRequestCount(t *testing.T) {
 	}
 	c.request(req(img, []byte{0b0000_0111, 0b0000_0010}), held) // 0, 1, 2, 9
 	c.request(req(other, []byte{0xff}), held)
+	table, err := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: img, ChunkSize: 4096, WantTable: true,
+		ReplyTo: "fctcount/v1/dev/d3/chunks", Requester: "d3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.request(table, held) // a request message, no chunk
 	c.request([]byte{0xff, 0x00}, held)
 	if who, n := c.maxAgain(); who != "d1" || n != 2 || c.totalRequested() != 4 {
 		t.Errorf("requested %d, asked again %d by %q; want 4, 2 by d1", c.totalRequested(), n, who)
+	}
+	if s := c.silent([]string{"d1", "d2", "d3"}); len(s) != 1 || s[0] != "d2" {
+		t.Errorf("silent devices %q, want [d2]", s)
 	}
 }

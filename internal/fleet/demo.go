@@ -177,7 +177,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	pcfg := publisher.Config{
 		Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: cfg.ChunkSize,
 		MaxImageSize: int64(cfg.ImageSize), TickInterval: 100 * time.Millisecond, StartWindow: 500 * time.Millisecond,
-		WaveInterval: 5 * time.Second, RepairWindow: 250 * time.Millisecond, WaveHold: 3 * time.Second, WaveEcho: 32, MinPhaseDevices: 3,
+		WaveInterval: 5 * time.Second, RepairWindow: 250 * time.Millisecond, WaveEcho: 32, MinPhaseDevices: 3,
 		MaxDownloading: 1000, FailAction: publisher.FailAbort, Logger: log,
 	}
 	if cfg.Publisher != nil {

@@ -59,6 +59,9 @@ func TestSlowAndDeadDevice(t *testing.T) {
 	pubT := testutil.Dial(t, broker.Config{URL: ms.URL(), Topics: topics, ClientID: "sd-pub", SharedMember: true, Logger: log})
 	life, stop := context.WithCancel(context.Background())
 	key := "fk-sd-admin-0123456789abcdef"
+	// The default wave hold (3s) is capped at NoProgress/2, 1s here: the
+	// dead device never listens, so every wave is held that long, and the
+	// slow device waiting for it must not be timed out for it.
 	p, err := publisher.New(life, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
 		Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
 		TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, NoProgress: 2 * time.Second})
