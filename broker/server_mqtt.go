@@ -186,10 +186,27 @@ func (s *MQTTServer) Shutdown() {
 	started := s.st == 1
 	s.st = 2
 	close(s.down)
-	if started {
+	if !started {
+		return
+	}
+	// mochi's Close stops every client under locks its connection
+	// goroutines also take; once (a test run at 20:32 UTC, 2026-11-25) it
+	// never returned. Shutdown waits for it a bounded time, then says so
+	// and returns, leaving what is stuck behind rather than its caller.
+	closed := make(chan struct{})
+	go func() {
+		defer close(closed)
 		_ = s.srv.Close()
+	}()
+	select {
+	case <-closed:
+	case <-time.After(mqttCloseTimeout):
+		s.cfg.Logger.Error("embedded MQTT broker did not close in time; leaving its remaining connections", "timeout", mqttCloseTimeout)
 	}
 }
+
+// mqttCloseTimeout bounds how long Shutdown waits for the broker to close.
+const mqttCloseTimeout = 10 * time.Second
 
 // Done is closed when Shutdown has been called.
 func (s *MQTTServer) Done() <-chan struct{} { return s.down }
