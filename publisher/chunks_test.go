@@ -59,14 +59,7 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 	if incomplete == 0 {
 		t.Fatal("10% loss lost nothing: the loss model does not work")
 	}
-	waitFor(t, 10*time.Second, func() string { return "repair" }, func() bool {
-		for _, d := range devs {
-			if !d.complete() {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, 10*time.Second, func() string { return "repair" }, allComplete(devs))
 	for _, d := range devs {
 		if !bytes.Equal(d.data, data) || d.bad != 0 {
 			t.Fatalf("%s assembled a wrong image (%d bad chunks)", d.id, d.bad)
@@ -128,14 +121,7 @@ func TestLeaderStartsWave(t *testing.T) {
 	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, func() bool {
-		for _, d := range devs {
-			if !d.complete() {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, allComplete(devs))
 	for _, d := range devs {
 		if !bytes.Equal(d.data, data) {
 			t.Fatalf("%s: wrong image", d.id)

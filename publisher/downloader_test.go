@@ -107,6 +107,18 @@ func (d *downloader) complete() bool {
 	return d.got == int(d.table.NumChunks())
 }
 
+// allComplete reports whether every downloader holds the whole image.
+func allComplete(devs []*downloader) func() bool {
+	return func() bool {
+		for _, d := range devs {
+			if !d.complete() {
+				return false
+			}
+		}
+		return true
+	}
+}
+
 // request asks for every missing chunk with a bitmap.
 func (d *downloader) request(t testing.TB) {
 	d.mu.Lock()

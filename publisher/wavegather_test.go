@@ -88,14 +88,7 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 				t.Fatalf("held wave: wave %d, repair %d bytes sent, device 0 holds %d chunks", w, r, got)
 			}
 			e.clock.Advance(tc.wait)
-			waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, func() bool {
-				for _, d := range devs {
-					if !d.complete() {
-						return false
-					}
-				}
-				return true
-			})
+			waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, allComplete(devs))
 			for _, d := range devs {
 				if !bytes.Equal(d.data, data) {
 					t.Fatalf("%s: wrong image", d.id)
@@ -151,14 +144,7 @@ func TestWavePacedByEcho(t *testing.T) {
 	if d := time.Since(start); d >= echoStall {
 		t.Errorf("wave took %v: its echo did not pace it", d)
 	}
-	waitFor(t, 5*time.Second, func() string { return "wave" }, func() bool {
-		for _, d := range devs {
-			if !d.complete() {
-				return false
-			}
-		}
-		return true
-	})
+	waitFor(t, 5*time.Second, func() string { return "wave" }, allComplete(devs))
 	for _, d := range devs {
 		if !bytes.Equal(d.data, data) {
 			t.Fatalf("%s: wrong image", d.id)

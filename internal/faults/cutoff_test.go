@@ -8,7 +8,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/firmcast/firmcast/deviceagent"
-	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -67,14 +66,7 @@ func TestCutOffBeyondRetryCap(t *testing.T) {
 		t.Fatalf("the device reached %s while cut off: the cut came too late to test anything", rec.State)
 	}
 	v.link.restore()
-	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
-	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices {
-		t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
-	}
-	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
-	for _, d := range r.devs {
-		d.stop()
-	}
+	r.finishAll(ctx, id)
 	r.checkOnV2(r.devs)
 	r.checkRefetch()
 }

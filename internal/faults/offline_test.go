@@ -142,14 +142,7 @@ func TestOfflineDevicesBrokerStore(t *testing.T) {
 	for _, d := range r.devs {
 		d.link.restore()
 	}
-	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
-	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices {
-		t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
-	}
-	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
-	for _, d := range r.devs {
-		d.stop()
-	}
+	r.finishAll(ctx, id)
 	r.checkOnV2(r.devs)
 	r.checkRefetch()
 }

@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
-	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -77,14 +76,7 @@ func TestPowerCutEveryState(t *testing.T) {
 			t.Fatalf("not every device was cut: %v", r.deviceStates())
 		}
 	}
-	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
-	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != uint64(devices) {
-		t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, devices)
-	}
-	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == devices })
-	for _, d := range r.devs {
-		d.stop()
-	}
+	r.finishAll(ctx, id)
 	r.checkOnV2(r.devs)
 	r.checkRefetch()
 	mu.Lock()

@@ -678,6 +678,22 @@ func count(st map[string]schemas.State, s schemas.State) int {
 	return n
 }
 
+// finishAll waits for campaign id to end and requires it completed with
+// every device of the rig confirmed, waits until each agent says so too,
+// and stops the agents.
+func (r *rig) finishAll(ctx context.Context, id string) {
+	r.t.Helper()
+	n := len(r.devs)
+	st := r.waitStatus(ctx, id, "campaign ended", func(s publisher.Status) bool { return s.State != publisher.CampaignRunning })
+	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != uint64(n) {
+		r.t.Errorf("campaign %s, counts %v; want completed with %d confirmed", st.State, st.Counts, n)
+	}
+	r.waitDevices(ctx, "every device confirmed", func(s map[string]schemas.State) bool { return count(s, schemas.StateConfirmed) == n })
+	for _, d := range r.devs {
+		d.stop()
+	}
+}
+
 // checkOnV2 checks the end state of devices read from the devices
 // themselves: the bootloader's active image is v2, confirmed (not in
 // trial), and the agent's persisted state is confirmed.

@@ -197,11 +197,19 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 // each runs fn for every device, Parallel at a time, and returns the
 // first error.
 func (f *Fleet) each(ctx context.Context, fn func(context.Context, *Device) error) error {
+	return forEachLimit(ctx, len(f.Devices), f.cfg.Parallel, func(ctx context.Context, i int) error {
+		return fn(ctx, f.Devices[i])
+	})
+}
+
+// forEachLimit runs fn for i in [0, n), at most limit at a time; the
+// first error cancels the rest and is returned.
+func forEachLimit(ctx context.Context, n, limit int, fn func(context.Context, int) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	sem := make(chan struct{}, f.cfg.Parallel)
+	sem := make(chan struct{}, limit)
 	var wg sync.WaitGroup
-	for _, d := range f.Devices {
+	for i := range n {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
@@ -213,7 +221,7 @@ func (f *Fleet) each(ctx context.Context, fn func(context.Context, *Device) erro
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if err := fn(ctx, d); err != nil {
+			if err := fn(ctx, i); err != nil {
 				cancel(err)
 			}
 		}()

@@ -201,36 +201,13 @@ func NewIdleNATSConns(cfg IdleConfig) (*IdleNATSConns, error) {
 // once the server has processed every subscription (a flush per
 // connection), or with the first error.
 func (c *IdleNATSConns) Connect(ctx context.Context, url string) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	at, err := c.cfg.Topics.Announce(c.cfg.Class)
 	if err != nil {
 		return err
 	}
-	sem := make(chan struct{}, c.cfg.Parallel)
-	var wg sync.WaitGroup
-	for i := range c.cfg.Agents {
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			if err := c.connect(ctx, url, fmt.Sprintf("%s-%04d", c.cfg.Prefix, i+1), at); err != nil {
-				cancel(err)
-			}
-		}()
-	}
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
-	return ctx.Err()
+	return forEachLimit(ctx, c.cfg.Agents, c.cfg.Parallel, func(ctx context.Context, i int) error {
+		return c.connect(ctx, url, fmt.Sprintf("%s-%04d", c.cfg.Prefix, i+1), at)
+	})
 }
 
 func (c *IdleNATSConns) connect(ctx context.Context, url, id string, announce schemas.Topic) error {
