@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -56,7 +57,7 @@ func aclBrokers() []aclBroker {
 			return srv.URL()
 		}, true},
 		{"mosquitto-generated", func(t *testing.T, topics schemas.Topics) string {
-			return testutil.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
+			return stacktest.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
 		}, false},
 	}
 }

@@ -69,6 +69,10 @@ type Config struct {
 	// ReconnectMax caps the back-off between reconnection attempts
 	// (attempts start at 50ms and double). Default DefaultReconnectMax.
 	ReconnectMax time.Duration
+	// InOrder makes a NATS client try a cluster URL list in the order
+	// given instead of a random one (tests that must know which server a
+	// client is on). Ignored on MQTT.
+	InOrder bool
 	// Logger receives connection events. Default: slog.Default().
 	Logger *slog.Logger
 }

@@ -89,6 +89,9 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 			ep.Logger.Warn("nats async error", "subject", subj, "err", err)
 		}),
 	}
+	if ep.InOrder {
+		opts = append(opts, nats.DontRandomize())
+	}
 	if ep.Username != "" || ep.Password != "" {
 		opts = append(opts, nats.UserInfo(ep.Username, ep.Password))
 	}

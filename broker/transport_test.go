@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -61,7 +62,7 @@ func brokers() []testBroker {
 				return testutil.MachineMosquittoURL
 			},
 			restartable: func(t *testing.T) (string, func()) {
-				p := testutil.StartMosquitto(t, "")
+				p := stacktest.StartMosquitto(t, "")
 				return p.URL(), p.Restart
 			},
 		},
@@ -72,7 +73,7 @@ func brokers() []testBroker {
 				return testutil.MachineNATSURL
 			},
 			restartable: func(t *testing.T) (string, func()) {
-				p := testutil.StartNATSProcess(t)
+				p := stacktest.StartNATSProcess(t)
 				return p.URL(), p.Restart
 			},
 		},

@@ -3,15 +3,9 @@ package publisher
 import (
 	"context"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
-	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/internal/testutil"
 )
 
 func TestDeviceAuthenticator(t *testing.T) {
@@ -40,49 +34,5 @@ func TestDeviceAuthenticator(t *testing.T) {
 		if _, err := p.DeviceAuthenticator(nil).Authenticate(ctx, u, "x"); !errors.Is(err, broker.ErrNotAuthorized) {
 			t.Errorf("user %q without next: %v", u, err)
 		}
-	}
-}
-
-// The registry's hashes are mosquitto's: mosquitto_passwd's verify with
-// VerifySecret, and a mosquitto process accepts devices from a password
-// file made of MosquittoPasswordLines.
-func TestMosquittoReadsRegistryHashes(t *testing.T) {
-	dir := t.TempDir()
-	pw := filepath.Join(dir, "pw")
-	if out, err := exec.Command("mosquitto_passwd", "-b", "-c", pw, "u1", "pass-word-1").CombinedOutput(); err != nil {
-		t.Fatalf("mosquitto_passwd: %v %s", err, out)
-	}
-	b, _ := os.ReadFile(pw)
-	_, hash, _ := strings.Cut(strings.TrimSpace(string(b)), ":")
-	if !VerifySecret(hash, "pass-word-1") || VerifySecret(hash, "pass-word-2") {
-		t.Fatalf("VerifySecret disagrees with mosquitto_passwd on %q", hash)
-	}
-
-	e := newEnv(t)
-	p, _ := e.start(nil)
-	ctx := context.Background()
-	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "device-secret-1"}); err != nil {
-		t.Fatal(err)
-	}
-	lines, err := p.MosquittoPasswordLines(ctx)
-	if err != nil || len(lines) != 1 {
-		t.Fatalf("lines %v, %v", lines, err)
-	}
-	os.WriteFile(pw, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
-	mq := testutil.StartMosquitto(t, "allow_anonymous false\npassword_file "+pw+"\n")
-	dial := func(secret string) error {
-		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		defer cancel()
-		tr, err := broker.Dial(cctx, broker.Config{URL: mq.URL(), Username: "dev-1", Password: secret, ClientID: "dev-1"})
-		if err == nil {
-			tr.Close(ctx)
-		}
-		return err
-	}
-	if err := dial("device-secret-1"); err != nil {
-		t.Errorf("mosquitto refused the registered secret: %v", err)
-	}
-	if err := dial("wrong-secret"); err == nil {
-		t.Error("mosquitto accepted a wrong secret")
 	}
 }

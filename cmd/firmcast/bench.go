@@ -1,26 +1,17 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/pprof"
-	"strconv"
-	"strings"
-	"sync"
-	"syscall"
 	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/fleet"
-	"github.com/firmcast/firmcast/publisher"
 )
 
 type benchFlags struct {
@@ -35,6 +26,7 @@ type benchFlags struct {
 	seed      uint64
 	profile   string
 	flash     string
+	runs      int
 }
 
 func newBenchCmd() *cobra.Command {
@@ -60,7 +52,11 @@ for the embedded case, the broker.
 
 Cases: embedded (an in-process MQTT v5 broker, JetStream embedded),
 mosquitto (--mosquitto, JetStream embedded), nats (--nats: devices and
-backend on NATS). Topic roots are unique and cleaned up afterwards.`,
+backend on NATS). Topic roots are unique and cleaned up afterwards.
+
+With --runs R each (case, N) runs R times and a summary gives the median
+and range (min-max) of the times, the ratio and the egress. A run that
+fails is reported and the others still run; the exit code is then 1.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd, f) },
 	}
@@ -75,27 +71,10 @@ backend on NATS). Topic roots are unique and cleaned up afterwards.`,
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed afterwards)")
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
+	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
 	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns, from their start (not the raw runs, not the fleet setup), to this file")
 	c.AddCommand(newBenchIdleCmd())
 	return c
-}
-
-// benchRow is one (case, N) result.
-type benchRow struct {
-	Case      string          `json:"case"`
-	Devices   int             `json:"devices"`
-	ImageSize int             `json:"image_size"`
-	ChunkSize int             `json:"chunk_size"`
-	Raw       fleet.RawResult `json:"raw"`
-	RawCPU    float64         `json:"raw_cpu_seconds"`
-	RawPeak   int64           `json:"raw_peak_rss_growth"`
-	Firmcast  fleet.Summary   `json:"firmcast"`
-	// FcCPU is the process CPU from the campaign's start to its end;
-	// FcSetupCPU that of preparing and connecting the fleet before it.
-	FcCPU      float64 `json:"firmcast_cpu_seconds"`
-	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
-	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
-	Ratio      float64 `json:"staged_over_raw"`
 }
 
 func runBench(cmd *cobra.Command, f *benchFlags) error {
@@ -108,6 +87,12 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	if err != nil {
 		return fail(err)
 	}
+	if f.flash != "mem" && f.flash != "file" {
+		return fail(fmt.Errorf("--flash %q: want file or mem", f.flash))
+	}
+	if f.runs < 1 {
+		return fail(fmt.Errorf("--runs %d: want at least 1", f.runs))
+	}
 	dir, cleanup, err := workDir(f.dir, false, "firmcast-bench-")
 	if err != nil {
 		return fail(err)
@@ -118,128 +103,46 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 		return fail(err)
 	}
 	defer logf.Close()
-	log := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	ctx := cmd.Context()
-	errw := cmd.ErrOrStderr()
-	image := fleet.Image(f.seed, "v2", size)
-	var rows []benchRow
-	for _, cs := range f.cases {
-		for _, n := range f.devices {
-			fmt.Fprintf(errw, "bench %s, %d devices, %s image, %s chunks ...\n", cs, n, humanBytes(int64(size)), humanBytes(int64(chunk)))
-			row, err := benchCase(ctx, cs, f, n, image, chunk, filepath.Join(dir, fmt.Sprintf("%s-%d", cs, n)), log)
-			if err != nil {
-				return fail(fmt.Errorf("%s, %d devices: %w", cs, n, err))
-			}
-			fmt.Fprintf(errw, "  raw %.2fs (%d/%d complete), firmcast staged %.2fs, done %.2fs (%s)\n",
-				row.Raw.Seconds, row.Raw.Complete, n, row.Firmcast.StagedSeconds, row.Firmcast.DoneSeconds, row.Firmcast.Outcome)
-			rows = append(rows, row)
-		}
-	}
+	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
+		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
+		Runs: f.runs, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile,
+		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Progress: cmd.ErrOrStderr(),
+	})
 	if f.json {
 		enc := json.NewEncoder(cmd.OutOrStdout())
 		enc.SetIndent("", "  ")
-		return enc.Encode(rows)
+		if f.runs > 1 {
+			_ = enc.Encode(struct {
+				Runs    []fleet.BenchRow     `json:"runs"`
+				Summary []fleet.BenchSummary `json:"summary"`
+			}{rows, fleet.SummarizeBench(rows)})
+		} else {
+			_ = enc.Encode(rows)
+		}
+	} else {
+		printBench(cmd.OutOrStdout(), rows)
+		if f.runs > 1 {
+			printBenchSummary(cmd.OutOrStdout(), fleet.SummarizeBench(rows))
+		}
 	}
-	printBench(cmd.OutOrStdout(), rows)
+	if err != nil {
+		return fail(err)
+	}
 	return nil
 }
 
-func benchCase(ctx context.Context, cs string, f *benchFlags, n int, image []byte, chunk int, dir string, log *slog.Logger) (benchRow, error) {
-	row := benchRow{Case: cs, Devices: n, ImageSize: len(image), ChunkSize: chunk}
-	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o700); err != nil {
-		return row, err
-	}
-	cfg := fleet.Config{
-		Devices: n, ImageSize: len(image), ChunkSize: uint32(chunk), Seed: f.seed, Dir: filepath.Join(dir, "fleet"),
-		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: log,
-		Timeout: 30 * time.Minute,
-		// Delivery is measured from the campaign's start: no random start
-		// delay window, a fast leader tick.
-		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },
-		MemFlash:  f.flash == "mem",
-	}
-	if f.flash != "mem" && f.flash != "file" {
-		return row, fmt.Errorf("--flash %q: want file or mem", f.flash)
-	}
-	var url string
-	switch cs {
-	case "embedded":
-		srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{Logger: log, MaxQueued: 1000})
-		if err != nil {
-			return row, err
-		}
-		if err := srv.Start(); err != nil {
-			return row, err
-		}
-		defer srv.Shutdown()
-		if err := srv.Ready(ctx); err != nil {
-			return row, err
-		}
-		url = srv.URL()
-	case "mosquitto":
-		url = f.mosquitto
-	case "nats":
-		url = f.nats
-		cfg.NATSURL = f.nats
-	default:
-		return row, fmt.Errorf("--cases: %q (want embedded, mosquitto or nats)", cs)
-	}
-	cfg.MQTTURL = url
-	var err error
-	cpu0 := cpuSeconds()
-	peak := watchRSS()
-	row.Raw, err = fleet.RawFanout(ctx, fleet.RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: chunk, Dir: filepath.Join(dir, "raw")})
-	row.RawPeak = peak()
-	row.RawCPU = cpuSeconds() - cpu0
-	if err != nil {
-		return row, fmt.Errorf("raw fan-out: %w", err)
-	}
-	_ = os.RemoveAll(filepath.Join(dir, "raw"))
-	cpu0 = cpuSeconds()
-	peak = watchRSS()
-	var pf *os.File
-	if f.profile != "" {
-		if pf, err = os.Create(fmt.Sprintf("%s.%s-%d", f.profile, cs, n)); err != nil {
-			return row, err
-		}
-		defer pf.Close()
-	}
-	// CPU and the profile count from the campaign's start: the fleet's
-	// setup (factory images installed on every flash) is reported apart.
-	cpuStart, profiling := 0.0, false
-	cfg.OnReady = func(time.Duration) {
-		cpuStart = cpuSeconds()
-		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
-	}
-	row.Firmcast, err = fleet.Run(ctx, cfg)
-	if profiling {
-		pprof.StopCPUProfile()
-	}
-	row.FcPeak = peak()
-	if cpuStart == 0 {
-		cpuStart = cpu0
-	}
-	row.FcSetupCPU = cpuStart - cpu0
-	row.FcCPU = cpuSeconds() - cpuStart
-	if err != nil {
-		return row, fmt.Errorf("firmcast campaign: %w", err)
-	}
-	row.Firmcast.Problems = nil
-	row.Firmcast.Next = nil
-	if row.Raw.Seconds > 0 {
-		row.Ratio = row.Firmcast.StagedSeconds / row.Raw.Seconds
-	}
-	_ = os.RemoveAll(filepath.Join(dir, "fleet"))
-	return row, nil
-}
-
-func printBench(w io.Writer, rows []benchRow) {
+func printBench(w io.Writer, rows []fleet.BenchRow) {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "case\tN\timage\traw fan-out\tcomplete\tfirmcast staged\tratio\tend to end\tcampaign end\tconfirmed\tegress/image\tCPU ms/MB raw\tCPU ms/MB firmcast\tpeak RSS/dev raw\tpeak RSS/dev firmcast\t")
+	fmt.Fprintln(tw, "case\tN\trun\timage\traw fan-out\tcomplete\tfirmcast staged\tratio\tend to end\tcampaign end\tconfirmed\tegress/image\tCPU ms/MB raw\tCPU ms/MB firmcast\tpeak RSS/dev raw\tpeak RSS/dev firmcast\t")
 	for _, r := range rows {
+		if r.Error != "" {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\tfailed: %s\t\n", r.Case, r.Devices, r.Run, humanBytes(int64(r.ImageSize)), r.Error)
+			continue
+		}
 		mb := float64(r.Devices) * float64(r.ImageSize) / (1 << 20)
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%.2fs\t%d/%d\t%.2fs\t%.2fx\t%.2fs\t%.2fs\t%d/%d\t%.2f\t%.1f\t%.1f\t%s\t%s\t\n",
-			r.Case, r.Devices, humanBytes(int64(r.ImageSize)), r.Raw.Seconds, r.Raw.Complete, r.Devices,
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.2fs\t%d/%d\t%.2fs\t%.2fx\t%.2fs\t%.2fs\t%d/%d\t%.2f\t%.1f\t%.1f\t%s\t%s\t\n",
+			r.Case, r.Devices, r.Run, humanBytes(int64(r.ImageSize)), r.Raw.Seconds, r.Raw.Complete, r.Devices,
 			r.Firmcast.StagedSeconds, r.Ratio, r.Firmcast.DoneSeconds, r.Firmcast.CampaignSeconds,
 			r.Firmcast.ConfirmedV2, r.Devices, r.Firmcast.PublisherRatio,
 			1000*r.RawCPU/mb, 1000*r.FcCPU/mb,
@@ -248,59 +151,14 @@ func printBench(w io.Writer, rows []benchRow) {
 	_ = tw.Flush()
 }
 
-// cpuSeconds is this process's user+system CPU time.
-func cpuSeconds() float64 {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
+func printBenchSummary(w io.Writer, sums []fleet.BenchSummary) {
+	fmt.Fprintln(w, "\nmedian [min-max] over the runs that finished:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\tN\truns ok\traw fan-out\tfirmcast staged\tratio\tegress/image\t")
+	for _, s := range sums {
+		fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%.2fs [%.2f-%.2f]\t%.2fs [%.2f-%.2f]\t%.2fx [%.2f-%.2f]\t%.2f [%.2f-%.2f]\t\n",
+			s.Case, s.Devices, s.OK, s.Runs, s.Raw.Median, s.Raw.Min, s.Raw.Max, s.Staged.Median, s.Staged.Min, s.Staged.Max,
+			s.Ratio.Median, s.Ratio.Min, s.Ratio.Max, s.Egress.Median, s.Egress.Min, s.Egress.Max)
 	}
-	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
-}
-
-// rss is the resident set size in bytes (Linux), 0 if unknown.
-func rss() int64 {
-	b, err := os.ReadFile("/proc/self/statm")
-	if err != nil {
-		return 0
-	}
-	fs := strings.Fields(string(b))
-	if len(fs) < 2 {
-		return 0
-	}
-	pages, _ := strconv.ParseInt(fs[1], 10, 64)
-	return pages * int64(os.Getpagesize())
-}
-
-// watchRSS samples the RSS every 50ms; the returned function stops it and
-// returns the peak growth over the RSS at the start.
-func watchRSS() func() int64 {
-	base := rss()
-	var mu sync.Mutex
-	peak := base
-	stop := make(chan struct{})
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		tk := time.NewTicker(50 * time.Millisecond)
-		defer tk.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tk.C:
-				if r := rss(); r > 0 {
-					mu.Lock()
-					peak = max(peak, r)
-					mu.Unlock()
-				}
-			}
-		}
-	}()
-	return func() int64 {
-		close(stop)
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		return max(peak-base, 0)
-	}
+	_ = tw.Flush()
 }

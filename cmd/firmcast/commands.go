@@ -13,6 +13,6 @@ func commands() []*cobra.Command {
 		newDemoCmd(),
 		newSimCmd(),
 		newBenchCmd(),
-		withExternalBrokers(newServeCmd()), newBrokerCmd(),
+		newServeCmd(), newBrokerCmd(),
 	}
 }

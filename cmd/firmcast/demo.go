@@ -272,17 +272,7 @@ func printSummary(w io.Writer, asJSON bool, s fleet.Summary) error {
 	return nil
 }
 
-func humanBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
-}
+func humanBytes(n int64) string { return fleet.HumanBytes(n) }
 
 // progressView draws live bars on a terminal, or a status line every few
 // seconds otherwise.

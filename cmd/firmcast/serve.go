@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -10,9 +11,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 type serveOptions struct {
@@ -23,47 +28,34 @@ type serveOptions struct {
 	credentials string
 	tlsCert     string
 	tlsKey      string
-	pub         publisherOptions
-	// onReady, when set, is called once every component has started
-	// (tests use it to learn the bound URLs).
+	// mqttURL and natsURL name external brokers (--broker, --nats): then
+	// no embedded broker starts and serve runs only the publisher.
+	mqttURL, natsURL string
+	pub              publisherOptions
+	// onReady, when set, is called once everything has started (tests
+	// use it to learn the bound URLs).
 	onReady func(mqttURL, natsURL string)
 }
 
-// serveComponent is one part of `firmcast serve`. Components start in
-// list order (each Start returns once the component is ready) and stop in
-// reverse order. To run something beside the brokers (the publisher),
-// add it to serveComponents.
-type serveComponent interface {
-	Name() string
-	Start(ctx context.Context) error
-	Stop()
+// publisherOptions are the serve flags of the backend publisher.
+type publisherOptions struct {
+	httpListen string
+	apiKey     string
+	signKey    string
+	vendorID   string
+	classID    string
+	publicURL  string
+	replicas   int
 }
 
-// serveEnv is what components share: options, the topic root, the
-// credential store, and the URLs of the brokers started before them.
-type serveEnv struct {
-	opts    *serveOptions
-	topics  schemas.Topics
-	auth    broker.Authenticator // nil: open brokers
-	tls     *tls.Config          // nil: plain TCP
-	log     *slog.Logger
-	mqttURL string
-	natsURL string
-}
-
-// serveComponents lists what `firmcast serve` runs, in start order.
-func serveComponents(env *serveEnv) []serveComponent {
-	var cs []serveComponent
-	if env.opts.mqttListen != "" {
-		cs = append(cs, &mqttComponent{env: env})
-	}
-	if env.opts.natsListen != "" {
-		cs = append(cs, &natsComponent{env: env})
-		if env.opts.pub.httpListen != "" {
-			cs = append(cs, &publisherComponent{env: env})
-		}
-	}
-	return cs
+func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
+	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:8080", "HTTP API listen address (empty = no publisher)")
+	f.StringVar(&o.apiKey, "api-key", "", "bootstrap admin API key, registered if no key with its id exists (also FIRMCAST_API_KEY)")
+	f.StringVar(&o.signKey, "sign-key", "", "PEM private key the server signs manifests with (none: campaigns need a signed envelope)")
+	f.StringVar(&o.vendorID, "vendor-id", "", "vendor UUID of server-signed manifests")
+	f.StringVar(&o.classID, "class-id", "", "class UUID of server-signed manifests")
+	f.StringVar(&o.publicURL, "public-url", "", "base URL devices fetch images from over HTTP (GET <url>/images/<digest>)")
+	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
 func newServeCmd() *cobra.Command {
@@ -91,9 +83,14 @@ has one account per line:
 A secret may be given already hashed as sha256:<hex>. Without
 --credentials the brokers accept anyone: for development only.
 
-With --tls-cert and --tls-key both brokers speak TLS only.`,
+With --tls-cert and --tls-key both brokers speak TLS only.
+
+With --broker and --nats (a production topology, compose.yaml) no
+embedded broker starts: the publisher and its HTTP API run against the
+external brokers, with the backend account of --credentials.`,
 		Example: `  firmcast serve --credentials /etc/firmcast/credentials --data-dir /var/lib/firmcast
-  firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc`,
+  firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc
+  firmcast serve --broker mqtt://mosquitto:1883 --nats nats://nats:4222 --credentials /etc/firmcast/credentials`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runServe(cmd.Context(), o)
@@ -108,137 +105,131 @@ With --tls-cert and --tls-key both brokers speak TLS only.`,
 	o.pub.addFlags(f)
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain): both brokers then accept TLS only (mqtts://, tls://)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
+	f.StringVar(&o.mqttURL, "broker", "", "external MQTT v5 broker URL devices use; with --nats, no embedded broker starts")
+	f.StringVar(&o.natsURL, "nats", "", "external NATS URL with JetStream (one server of the cluster; the client learns the others); with --broker, no embedded broker starts")
 	return cmd
+}
+
+// stackConfig turns serve's options into the stack's configuration.
+func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
+	topics, err := schemas.NewTopics(o.root)
+	if err != nil {
+		return stack.Config{}, fmt.Errorf("--root: %w", err)
+	}
+	cfg := stack.Config{
+		Topics: topics, Logger: log, MQTTListen: o.mqttListen, NATSListen: o.natsListen,
+		DataDir: filepath.Join(o.dataDir, "nats"), DevicesOnNATS: true,
+		NoMQTT: o.mqttListen == "", NoPublisher: o.pub.httpListen == "", HTTPListen: o.pub.httpListen,
+		Open: o.credentials == "",
+	}
+	external := o.mqttURL != "" || o.natsURL != ""
+	if external {
+		if o.natsURL == "" {
+			return cfg, errors.New("--broker needs --nats (the backend keeps its state in JetStream)")
+		}
+		if o.pub.httpListen == "" {
+			return cfg, errors.New("--http-listen is empty: with external brokers serve runs only the publisher")
+		}
+		cfg.MQTTURL, cfg.NATSURL, cfg.NoMQTT, cfg.Open = o.mqttURL, o.natsURL, o.mqttURL == "", false
+	} else if o.natsListen == "" {
+		if o.mqttListen == "" {
+			return cfg, errors.New("nothing to serve: both --mqtt-listen and --nats-listen are empty")
+		}
+		// The publisher keeps its state in JetStream: MQTT broker only.
+		cfg.NoNATS, cfg.NoPublisher = true, true
+	}
+	if o.credentials != "" {
+		as, err := readAccountsFile(o.credentials)
+		if err != nil {
+			return cfg, err
+		}
+		if _, err := broker.NewCredentialStoreFrom(as); err != nil {
+			return cfg, fmt.Errorf("--credentials %s: %w", o.credentials, err)
+		}
+		cfg.Accounts = as
+		for _, a := range as {
+			if a.Role == broker.RoleBackend && a.Secret != "" {
+				cfg.Backend = a
+				break
+			}
+		}
+		if external && cfg.Backend.Username == "" {
+			return cfg, errors.New("--credentials has no backend account with a clear secret for the publisher")
+		}
+	}
+	if o.tlsCert != "" || o.tlsKey != "" {
+		if o.tlsCert == "" || o.tlsKey == "" {
+			return cfg, fmt.Errorf("--tls-cert and --tls-key go together")
+		}
+		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
+		if err != nil {
+			return cfg, fmt.Errorf("--tls-cert/--tls-key: %w", err)
+		}
+		cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if cfg.NoPublisher {
+		return cfg, nil
+	}
+	p := &o.pub
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas}
+	if p.signKey != "" {
+		pem, err := os.ReadFile(p.signKey)
+		if err != nil {
+			return cfg, fmt.Errorf("--sign-key: %w", err)
+		}
+		key, err := suit.ParsePrivateKeyPEM(pem)
+		if err != nil {
+			return cfg, fmt.Errorf("--sign-key %s: %w", p.signKey, err)
+		}
+		s, err := suit.NewKeySigner(key, 0)
+		if err != nil {
+			return cfg, fmt.Errorf("--sign-key %s: %w", p.signKey, err)
+		}
+		if cfg.Publisher.VendorID, err = parseUUID(p.vendorID); err != nil {
+			return cfg, fmt.Errorf("--vendor-id: %w", err)
+		}
+		if cfg.Publisher.ClassID, err = parseUUID(p.classID); err != nil {
+			return cfg, fmt.Errorf("--class-id: %w", err)
+		}
+		cfg.Publisher.Signer = publisher.SUITSigner(s)
+	}
+	return cfg, nil
 }
 
 func runServe(ctx context.Context, o *serveOptions) error {
 	log := slog.Default()
-	topics, err := schemas.NewTopics(o.root)
+	cfg, err := o.stackConfig(log)
 	if err != nil {
-		return fmt.Errorf("--root: %w", err)
+		return err
 	}
-	env := &serveEnv{opts: o, topics: topics, log: log}
-	if o.credentials != "" {
-		as, err := readAccountsFile(o.credentials)
-		if err != nil {
-			return err
-		}
-		store, err := broker.NewCredentialStoreFrom(as)
-		if err != nil {
-			return fmt.Errorf("--credentials %s: %w", o.credentials, err)
-		}
-		env.auth = &registryAuth{file: store}
-		log.Info("access policy enforced", "accounts", len(as))
-	} else {
+	if cfg.Open {
 		log.Warn("no --credentials: the brokers accept any client (development only)")
-	}
-	if o.tlsCert != "" || o.tlsKey != "" {
-		if o.tlsCert == "" || o.tlsKey == "" {
-			return fmt.Errorf("--tls-cert and --tls-key go together")
-		}
-		cert, err := tls.LoadX509KeyPair(o.tlsCert, o.tlsKey)
-		if err != nil {
-			return fmt.Errorf("--tls-cert/--tls-key: %w", err)
-		}
-		env.tls = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	} else if len(cfg.Accounts) > 0 {
+		log.Info("access policy enforced", "accounts", len(cfg.Accounts))
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)
 	}
-	comps := serveComponents(env)
-	if len(comps) == 0 {
-		return fmt.Errorf("nothing to serve: both --mqtt-listen and --nats-listen are empty")
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	st, err := stack.Start(sctx, cfg)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("start: %w", err)
 	}
-	var started []serveComponent
-	stopAll := func() {
-		for i := len(started) - 1; i >= 0; i-- {
-			started[i].Stop()
-			log.Info("stopped", "component", started[i].Name())
-		}
+	if st.HTTPURL != "" {
+		log.Info("publisher API listening", "url", st.HTTPURL+"/api/v1")
 	}
-	for _, c := range comps {
-		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := c.Start(sctx)
-		cancel()
-		if err != nil {
-			stopAll()
-			return fmt.Errorf("start %s: %w", c.Name(), err)
-		}
-		started = append(started, c)
-	}
-	log.Info("firmcast serving", "mqtt", env.mqttURL, "nats", env.natsURL, "root", topics.Root())
+	log.Info("firmcast serving", "mqtt", st.MQTTURL, "nats", st.NATSURL, "root", cfg.Topics.Root(),
+		"embedded_mqtt", st.EmbeddedMQTT, "embedded_nats", st.EmbeddedNATS)
 	if o.onReady != nil {
-		o.onReady(env.mqttURL, env.natsURL)
+		o.onReady(st.MQTTURL, st.NATSURL)
 	}
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-st.Done():
+		err = fmt.Errorf("publisher stopped: %w", st.Instance().Err())
+	}
 	log.Info("shutting down")
-	stopAll()
-	return nil
-}
-
-type mqttComponent struct {
-	env *serveEnv
-	srv *broker.MQTTServer
-}
-
-func (c *mqttComponent) Name() string { return "mqtt-broker" }
-
-func (c *mqttComponent) Start(ctx context.Context) error {
-	srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{
-		Listen: c.env.opts.mqttListen, Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log, TLS: c.env.tls,
-	})
-	if err != nil {
-		return err
-	}
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	c.srv = srv
-	if err := srv.Ready(ctx); err != nil {
-		return err
-	}
-	c.env.mqttURL = srv.URL()
-	return nil
-}
-
-func (c *mqttComponent) Stop() {
-	if c.srv != nil {
-		c.srv.Shutdown()
-	}
-}
-
-type natsComponent struct {
-	env *serveEnv
-	srv *broker.NATSServer
-}
-
-func (c *natsComponent) Name() string { return "nats-server" }
-
-func (c *natsComponent) Start(ctx context.Context) error {
-	srv, err := broker.NewNATSServer(broker.NATSServerConfig{
-		Listen: c.env.opts.natsListen, DataDir: filepath.Join(c.env.opts.dataDir, "nats"),
-		Auth: c.env.auth, Topics: c.env.topics, Logger: c.env.log, TLS: c.env.tls,
-	})
-	if err != nil {
-		return err
-	}
-	if err := srv.Start(); err != nil {
-		return err
-	}
-	c.srv = srv
-	if err := srv.Ready(ctx); err != nil {
-		return err
-	}
-	// Devices may not create streams: make the retained-notice stream now.
-	if err := srv.EnsureNoticeStream(ctx); err != nil {
-		return err
-	}
-	c.env.natsURL = srv.URL()
-	return nil
-}
-
-func (c *natsComponent) Stop() {
-	if c.srv != nil {
-		c.srv.Shutdown()
-	}
+	st.Close(context.Background())
+	return err
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/internal/fleet"
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -41,25 +43,21 @@ func TestSimAgainstServer(t *testing.T) {
 	vendor, _ := parseUUID(vendorUUID)
 	class, _ := parseUUID(classUUID)
 	topics := testutil.UniqueTopics(t)
-	stack, err := fleet.StartStack(ctx, fleet.StackConfig{
-		Dir: filepath.Join(dir, "nats"), Topics: topics, Namespace: topics.Root(),
+	st := stacktest.Start(t, stack.Config{
+		DataDir: filepath.Join(dir, "nats"), Topics: topics,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Publisher: publisher.Config{
 			Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: 4096,
 			TickInterval: 50 * time.Millisecond, StartWindow: -1, RepairWindow: 50 * time.Millisecond,
 		},
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stack.Close(ctx)
-	ts := httptest.NewServer(stack.Pub.Handler())
+	ts := httptest.NewServer(st.Pub.Handler())
 	defer ts.Close()
 	img := filepath.Join(dir, "v2.bin")
 	if err := os.WriteFile(img, fleet.Image(9, "v2", 40<<10), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := runFirmcast(t, "sim", "--server", ts.URL, "--api-key", stack.AdminKey, "--broker", stack.MQTTURL,
+	out, err := runFirmcast(t, "sim", "--server", ts.URL, "--api-key", st.AdminKey, "--broker", st.MQTTURL,
 		"--root", topics.Root(), "--trust", pubPath, "--vendor-id", vendorUUID, "--class-id", classUUID,
 		"--devices", "6", "--image", img, "--phases", "50,100", "--json", "--dir", filepath.Join(dir, "sim"))
 	if err != nil {
@@ -73,7 +71,7 @@ func TestSimAgainstServer(t *testing.T) {
 		t.Fatalf("outcome %s, %d/%d confirmed: %+v", sum.Outcome, sum.ConfirmedV2, sum.Targeted, sum.Problems)
 	}
 	t.Logf("setup %.1fs wall %.1fs", sum.SetupSeconds, sum.WallSeconds)
-	devs, err := stack.Pub.Devices(ctx)
+	devs, err := st.Pub.Devices(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -118,7 +118,7 @@ func TestOfflineDevicesBrokerStore(t *testing.T) {
 			case <-time.After(time.Second):
 			}
 		}
-		if err := r.publisher().p.Wave(ctx, digest); err != nil {
+		if err := r.publisher().Pub.Wave(ctx, digest); err != nil {
 			t.Fatalf("wave %d to the offline devices: %v", waves, err)
 		}
 	}

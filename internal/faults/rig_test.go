@@ -22,6 +22,8 @@ import (
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -62,8 +64,8 @@ type rig struct {
 	cfg     rigConfig
 	log     *slog.Logger
 	logPath string
-	mq      *testutil.Process
-	ns      *testutil.Process
+	mq      *stacktest.Process
+	ns      *stacktest.Process
 	topics  schemas.Topics
 	trust   suit.TrustAnchors
 	vendor  []byte
@@ -111,8 +113,8 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		t.Logf("log: %s", r.logPath)
 	}
 	r.log = slog.New(slog.NewTextHandler(&lockedWriter{w: lf}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r.mq = testutil.StartMosquitto(t, cfg.mosquitto)
-	r.ns = testutil.StartNATSProcess(t)
+	r.mq = stacktest.StartMosquitto(t, cfg.mosquitto)
+	r.ns = stacktest.StartNATSProcess(t)
 	r.topics = testutil.UniqueTopics(t)
 
 	key, err := suit.GenerateKey("es256", nil)
@@ -142,7 +144,7 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		cfg.publisher(&r.pcfg)
 	}
 	r.pub = r.startPublisher(ctx)
-	t.Cleanup(func() { r.publisher().stop() })
+	t.Cleanup(func() { r.publisher().Stop() })
 
 	for i := range cfg.devices {
 		d := r.prepare(ctx, i)
@@ -160,7 +162,7 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			if _, _, err := r.publisher().p.AddDevice(ctx, r.publisher().admin, publisher.NewDevice{ID: d.id, Class: class}); err != nil {
+			if _, _, err := r.publisher().Pub.AddDevice(ctx, r.publisher().Admin, publisher.NewDevice{ID: d.id, Class: class}); err != nil {
 				errs <- fmt.Errorf("register %s: %w", d.id, err)
 			}
 		}()
@@ -195,7 +197,7 @@ func bytesReader(b []byte) *bytes.Reader { return bytes.NewReader(b) }
 func (r *rig) waitRegistered(ctx context.Context) {
 	r.t.Helper()
 	for reads := 1; ; reads++ {
-		all, err := r.publisher().p.Devices(ctx)
+		all, err := r.publisher().Pub.Devices(ctx)
 		if err == nil && len(all) == len(r.devs) {
 			if reads > 1 {
 				r.t.Logf("the device listing held all %d devices after %d reads", len(r.devs), reads)
@@ -261,15 +263,7 @@ func (r *rig) dumpLog(n int) {
 }
 
 // pubInstance is one running publisher with its own broker connections.
-type pubInstance struct {
-	p      *publisher.Publisher
-	admin  publisher.Principal
-	mt     broker.Transport
-	nt     *broker.NATSTransport
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-}
+type pubInstance = stack.Instance
 
 func (r *rig) publisher() *pubInstance {
 	r.mu.Lock()
@@ -281,73 +275,25 @@ func (r *rig) publisher() *pubInstance {
 // device-side transport counted by r.src) and returns once it takes
 // device traffic.
 func (r *rig) startPublisher(ctx context.Context) *pubInstance {
-	t := r.t
-	t.Helper()
-	id := "fc-pub-" + randomHex(4)
-	bc := func(url string) broker.Config {
-		return broker.Config{URL: url, Topics: r.topics, ClientID: id, SharedMember: true, Logger: r.log, ReconnectMax: 500 * time.Millisecond}
-	}
-	nt, err := broker.DialNATS(ctx, bc(r.ns.URL()))
+	r.t.Helper()
+	pi, err := stack.StartInstance(ctx, stack.InstanceConfig{
+		NATSURL: r.ns.URL(), DeviceURLs: []string{r.mq.URL()}, Topics: r.topics, Publisher: r.pcfg,
+		ReconnectMax: 500 * time.Millisecond, Logger: r.log,
+		WrapTransport: func(t broker.Transport) broker.Transport { return counting{Transport: t, c: r.src} },
+	})
 	if err != nil {
-		t.Fatalf("publisher: nats: %v", err)
-	}
-	mt, err := broker.Dial(ctx, bc(r.mq.URL()))
-	if err != nil {
-		t.Fatalf("publisher: mqtt: %v", err)
-	}
-	pc := r.pcfg
-	pc.JetStream, pc.Transport, pc.Instance = nt.JetStream(), counting{Transport: mt, c: r.src}, id
-	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	pi := &pubInstance{mt: mt, nt: nt, cancel: cancel, done: make(chan error, 1)}
-	if pi.p, err = publisher.New(life, pc); err != nil {
-		cancel()
-		t.Fatalf("publisher: %v", err)
-	}
-	if pi.admin, err = pi.p.Authenticate(ctx, r.apiKey); err != nil {
-		t.Fatalf("publisher: admin key: %v", err)
-	}
-	go func() { pi.done <- pi.p.Run(life) }()
-	select {
-	case <-pi.p.Ready():
-	case err := <-pi.done:
-		t.Fatalf("publisher: %v", err)
-	case <-ctx.Done():
-		t.Fatalf("publisher not ready: %v", ctx.Err())
+		r.t.Fatalf("publisher: %v", err)
 	}
 	return pi
-}
-
-// stop stops the publisher (a clean stop: it releases its lease) and
-// closes its connections. Safe to call more than once.
-func (pi *pubInstance) stop() {
-	pi.once.Do(func() {
-		pi.cancel()
-		<-pi.done
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = pi.mt.Close(ctx)
-		_ = pi.nt.Close(ctx)
-	})
-}
-
-// crash drops the publisher's broker connections first, as if its
-// process died (it cannot release its leader lease, which expires after
-// LeaseTTL), then stops it.
-func (pi *pubInstance) crash() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	_ = pi.nt.Close(ctx)
-	_ = pi.mt.Close(ctx)
-	pi.stop()
 }
 
 // restartPublisher stops the running publisher (crashed, or a clean
 // stop) and starts a new one over the same NATS (its state) and brokers.
 func (r *rig) restartPublisher(ctx context.Context, crash bool) {
 	if crash {
-		r.publisher().crash()
+		r.publisher().Crash()
 	} else {
-		r.publisher().stop()
+		r.publisher().Stop()
 	}
 	pi := r.startPublisher(ctx)
 	r.mu.Lock()
@@ -546,7 +492,7 @@ func (r *rig) startCampaign(ctx context.Context) string {
 	t := r.t
 	t.Helper()
 	pi := r.publisher()
-	img, _, err := pi.p.UploadImage(ctx, pi.admin, "v2.bin", bytes.NewReader(r.v2))
+	img, _, err := pi.Pub.UploadImage(ctx, pi.Admin, "v2.bin", bytes.NewReader(r.v2))
 	if err != nil {
 		t.Fatalf("upload: %v", err)
 	}
@@ -571,7 +517,7 @@ func (r *rig) createCampaign(ctx context.Context, req publisher.CampaignRequest)
 	}
 	for try := 1; ; try++ {
 		pi := r.publisher()
-		c, err := pi.p.CreateCampaign(ctx, pi.admin, spec)
+		c, err := pi.Pub.CreateCampaign(ctx, pi.Admin, spec)
 		if err == nil {
 			if len(c.Targets) != len(r.devs) {
 				t.Fatalf("the campaign targets %d of %d devices", len(c.Targets), len(r.devs))
@@ -594,7 +540,7 @@ func (r *rig) createCampaign(ctx context.Context, req publisher.CampaignRequest)
 
 // status returns the campaign's status from the running publisher.
 func (r *rig) status(ctx context.Context, id string) (publisher.Status, error) {
-	return r.publisher().p.CampaignStatus(ctx, id)
+	return r.publisher().Pub.CampaignStatus(ctx, id)
 }
 
 // waitStatus polls the campaign until ok(status) or ctx ends.

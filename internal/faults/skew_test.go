@@ -44,7 +44,7 @@ func TestClockSkew(t *testing.T) {
 				},
 			})
 			pi := r.publisher()
-			img, _, err := pi.p.UploadImage(ctx, pi.admin, "v2.bin", bytesReader(r.v2))
+			img, _, err := pi.Pub.UploadImage(ctx, pi.Admin, "v2.bin", bytesReader(r.v2))
 			if err != nil {
 				t.Fatal(err)
 			}

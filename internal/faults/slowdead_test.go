@@ -57,7 +57,7 @@ func TestSlowAndDeadDevice(t *testing.T) {
 	if st.State != publisher.CampaignCompleted || st.Counts["confirmed"] != devices-1 || st.Counts["failed"] != 1 {
 		t.Errorf("campaign %s, counts %v; want completed with %d confirmed and 1 failed (the dead device)", st.State, st.Counts, devices-1)
 	}
-	dd, err := r.publisher().p.DeviceDetail(ctx, r.devs[dead].id)
+	dd, err := r.publisher().Pub.DeviceDetail(ctx, r.devs[dead].id)
 	if err != nil {
 		t.Fatal(err)
 	}

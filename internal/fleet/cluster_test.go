@@ -27,8 +27,9 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -80,7 +81,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	defer cancel()
 	log := testLogger(t)
 	srvs, urls := startNATSCluster(t)
-	mq := testutil.StartMosquitto(t, "")
+	mq := stacktest.StartMosquitto(t, "")
 	topics := testutil.UniqueTopics(t)
 
 	// Wait for the JetStream meta leader.
@@ -114,48 +115,21 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	}
 	startPub := func(name string, first int) pub {
 		order := append([]string{urls[first]}, append(append([]string{}, urls[:first]...), urls[first+1:]...)...)
-		nc, err := nats.Connect(strings.Join(order, ","), nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(100*time.Millisecond))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(nc.Close)
-		js, _ := jetstream.New(nc)
-		tr, err := broker.Dial(ctx, broker.Config{URL: mq.URL(), ClientID: name, Topics: topics, SharedMember: true, Logger: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { tr.Close(context.Background()) })
-		pctx, pcancel := context.WithCancel(ctx)
-		p, err := publisher.New(pctx, publisher.Config{
-			JetStream: js, Transport: tr, Topics: topics, Namespace: "fcl", Replicas: 3, Instance: name,
-			Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: 4096,
-			TickInterval: 50 * time.Millisecond, LeaseTTL: 2 * time.Second, StartWindow: -1,
-			RepairWindow: 50 * time.Millisecond, WaveInterval: time.Second, BootstrapKey: adminKey, Logger: log,
-			Reconcile: 2 * time.Second,
+		in := stacktest.StartInstance(t, stack.InstanceConfig{
+			NATSURL: strings.Join(order, ","), InOrder: true, ReconnectMax: 100 * time.Millisecond,
+			DeviceURLs: []string{mq.URL()}, ClientID: name, Topics: topics, Logger: log,
+			Publisher: publisher.Config{
+				Namespace: "fcl", Replicas: 3,
+				Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: 4096,
+				TickInterval: 50 * time.Millisecond, LeaseTTL: 2 * time.Second, StartWindow: -1,
+				RepairWindow: 50 * time.Millisecond, WaveInterval: time.Second, BootstrapKey: adminKey, Logger: log,
+				Reconcile: 2 * time.Second,
+			},
 		})
-		if err != nil {
-			pcancel()
-			t.Fatalf("%s: %v", name, err)
-		}
-		done := make(chan error, 1)
-		go func() { done <- p.Run(pctx) }()
-		select {
-		case <-p.Ready():
-		case err := <-done:
-			t.Fatalf("%s: %v", name, err)
-		}
-		var once sync.Once
-		stop := func() { once.Do(func() { pcancel(); <-done }) }
-		t.Cleanup(stop)
 		// kill is a crash, not a clean stop: the broker connections drop
 		// first, so the publisher can neither release its lease nor
 		// unsubscribe; the survivor takes over when the lease expires.
-		kill := func() {
-			nc.Close()
-			tr.Close(context.Background())
-			stop()
-		}
-		return pub{p, kill}
+		return pub{in.Pub, in.Crash}
 	}
 	pub1 := startPub("pub1", 0)
 	pub2 := startPub("pub2", 1)

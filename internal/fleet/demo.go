@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/internal/stack"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -183,28 +184,31 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if cfg.Publisher != nil {
 		cfg.Publisher(&pcfg)
 	}
-	stack, err := StartStack(ctx, StackConfig{
-		MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL, Dir: filepath.Join(cfg.Dir, "nats"), Topics: topics, Namespace: ns,
-		Publisher: pcfg, Logger: log,
+	st, err := stack.Start(ctx, stack.Config{
+		MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL, DataDir: filepath.Join(cfg.Dir, "nats"), Topics: topics, Namespace: ns,
+		Publisher: pcfg, Logger: log, Cleanup: true,
 	})
 	if err != nil {
 		return sum, err
 	}
 	var ids []string
-	defer func() { stack.Close(ctx, ids...) }()
-	sum.Broker, sum.NATS = stack.MQTTURL, stack.NATSURL
-	if stack.Embedded {
-		sum.Broker, sum.NATS = "embedded "+stack.MQTTURL, "embedded "+stack.NATSURL
+	defer func() { st.Close(ctx, ids...) }()
+	sum.Broker, sum.NATS = st.MQTTURL, st.NATSURL
+	if st.EmbeddedMQTT {
+		sum.Broker = "embedded " + st.MQTTURL
+	}
+	if st.EmbeddedNATS {
+		sum.NATS = "embedded " + st.NATSURL
 	}
 
 	// Fleet.
 	const devClass = "demo"
 	fl, err := NewFleet(ctx, FleetConfig{
-		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: stack.MQTTURL, Topics: topics,
+		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash,
 		Register: func(ctx context.Context, id, secret string) error {
-			return stack.RegisterDevice(ctx, id, devClass, secret)
+			return st.RegisterDevice(ctx, id, devClass, secret)
 		},
 	})
 	if err != nil {
@@ -219,7 +223,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return sum, err
 	}
 	sum.SetupSeconds = time.Since(t0).Seconds()
-	err = RunCampaign(ctx, fl, LocalBackend{stack}, v2, devClass, &cfg, &sum)
+	err = RunCampaign(ctx, fl, LocalBackend{st}, v2, devClass, &cfg, &sum)
 	return sum, err
 }
 
@@ -249,7 +253,7 @@ func (b LocalBackend) EgressSplit() (wave, repair, unicast int64) {
 }
 
 // LocalBackend is a Stack's publisher as a Backend.
-type LocalBackend struct{ S *Stack }
+type LocalBackend struct{ S *stack.Stack }
 
 func (b LocalBackend) Upload(ctx context.Context, name string, image []byte) (string, error) {
 	img, _, err := b.S.Pub.UploadImage(ctx, b.S.Admin, name, bytes.NewReader(image))

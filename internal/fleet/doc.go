@@ -6,12 +6,10 @@
 //
 // Who does what:
 //
-//   - Stack (stack.go) runs the backend: the brokers (embedded mochi MQTT
-//     v5 and nats-server with JetStream, or external ones given by URL) and
-//     an in-process publisher. It registers device credentials with the
-//     publisher's registry and, for embedded brokers, with the broker's
-//     credential store, so every device connects with its own secret under
-//     the broker's access policy.
+//   - The backend (brokers, publisher, device credentials) is built by
+//     internal/stack, as `firmcast serve` builds it; devices registered
+//     through it authenticate from the publisher's registry, each with its
+//     own secret under the broker's access policy.
 //   - Fleet (fleet.go) prepares N devices, each with its own directory: a
 //     sparse, file-backed simulated flash (bootctl.CreateFileFlash stores
 //     bytes inverted, so erased flash is a hole), a bootctl device with its
@@ -24,6 +22,13 @@
 //     the fleet, uploads v2 and runs a phased campaign, and returns a
 //     Summary read from the devices themselves (bootctl status and agent
 //     state), not only from the backend's view.
+//
+//   - RunBench (bench.go) and RunIdleBench (benchidle.go) are the
+//     harness of `firmcast bench` and `firmcast bench idle`: a campaign
+//     beside the raw broker fan-out of the same bytes (RawFanout, raw.go),
+//     repeated Runs times with median and range; and the broker memory of
+//     N idle agents (IdleFleet, idle.go), brokers run as processes through
+//     internal/stack.
 //
 // Nothing here is a fake: the agents, bootloader, publisher and brokers
 // are the production code; only the flash is simulated.

@@ -2,7 +2,9 @@ package fleet
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/sha256"
+	"encoding/hex"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -265,4 +267,10 @@ func rawMQTT(ctx context.Context, host, id string, h func(paho.PublishReceived) 
 		return nil, fmt.Errorf("fleet: raw mqtt connect refused: reason %d", ca.ReasonCode)
 	}
 	return c, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
 }

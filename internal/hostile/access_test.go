@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -98,7 +99,7 @@ func accBrokers() []accBroker {
 		{"nats", nats, false, true},
 		{"nats-tls", nats, true, true},
 		{"mosquitto-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
-			return testutil.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
+			return stacktest.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
 		}, false, false},
 	}
 }

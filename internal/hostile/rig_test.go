@@ -17,6 +17,8 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -33,7 +35,7 @@ type rig struct {
 	creds      *broker.CredentialStore
 	mqttURL    string
 	backend    broker.Transport
-	natsT      *broker.NATSTransport
+	inst       *stack.Instance
 	pub        *publisher.Publisher
 	adminKey   string
 	http       *httptest.Server
@@ -43,7 +45,6 @@ type rig struct {
 	stateDir   string
 	agent      *deviceagent.Agent
 	stop       context.CancelFunc
-	pubDone    chan error
 	runDone    chan error
 	factory    [32]byte
 	flashPath  string
@@ -102,30 +103,17 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 	bcfg := func(url, id string) broker.Config {
 		return broker.Config{URL: url, Topics: r.topics, ClientID: id, Username: backendUser, Password: backendSecret, Logger: log}
 	}
-	var err error
-	if r.natsT, err = broker.DialNATS(ctx, bcfg(ns.URL(), "hostile-js")); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.natsT.Close(context.Background()) })
-	pubT := testutil.Dial(t, func() broker.Config { c := bcfg(ms.URL(), "hostile-pub"); c.SharedMember = true; return c }())
 	r.backend = testutil.Dial(t, bcfg(ms.URL(), "hostile-watch"))
 
 	r.adminKey = "fk-hostile-admin-0123456789abcdef"
 	life, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	r.stop = cancel
-	if r.pub, err = publisher.New(life, publisher.Config{JetStream: r.natsT.JetStream(), Transport: pubT, Topics: r.topics,
-		Namespace: r.topics.Root(), Logger: log, BootstrapKey: r.adminKey}); err != nil {
-		t.Fatal(err)
-	}
-	r.pubDone = make(chan error, 1)
-	go func() { r.pubDone <- r.pub.Run(life) }()
-	select {
-	case <-r.pub.Ready():
-	case err := <-r.pubDone:
-		t.Fatalf("publisher stopped: %v", err)
-	case <-ctx.Done():
-		t.Fatal(ctx.Err())
-	}
+	r.inst = stacktest.StartInstance(t, stack.InstanceConfig{
+		NATSURL: ns.URL(), DeviceURLs: []string{ms.URL()}, Username: backendUser, Password: backendSecret,
+		ClientID: "hostile-pub", Topics: r.topics, Logger: log,
+		Publisher: publisher.Config{Namespace: r.topics.Root(), Logger: log, BootstrapKey: r.adminKey},
+	})
+	r.pub = r.inst.Pub
 	r.http = httptest.NewServer(r.pub.Handler())
 	t.Cleanup(r.http.Close)
 
@@ -173,7 +161,6 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 	go func() { r.runDone <- r.agent.Run(life) }()
 	t.Cleanup(func() {
 		cancel()
-		<-r.pubDone
 		<-r.runDone
 	})
 	r.waitReport(5*time.Second, 0, func(rep schemas.DeviceReport) bool { return rep.Device == deviceID && rep.Text == "connected" })
@@ -259,8 +246,8 @@ func (r *rig) checkDevice(name string) {
 	select {
 	case err := <-r.runDone:
 		t.Fatalf("%s: the agent stopped: %v", name, err)
-	case err := <-r.pubDone:
-		t.Fatalf("%s: the publisher stopped: %v", name, err)
+	case <-r.inst.Done():
+		t.Fatalf("%s: the publisher stopped: %v", name, r.inst.Err())
 	default:
 	}
 	if got := r.activeRegion(); !bytes.Equal(got, r.activeSnap) {

@@ -5,12 +5,11 @@
 //
 //	srv := testutil.StartMochi(t, broker.MQTTServerConfig{})   // embedded MQTT v5, free port
 //	ns  := testutil.StartNATS(t, broker.NATSServerConfig{})    // embedded NATS + JetStream in t.TempDir()
-//	mq  := testutil.StartMosquitto(t, "")                       // a mosquitto process on a free port
-//	np  := testutil.StartNATSProcess(t)                         // the machine's nats-server binary (2.9), free port
 //	root := testutil.UniqueRoot(t)                              // isolate topics on shared brokers
-//	mp  := testutil.StartMosquittoWithPolicy(t, topics, accounts) // mosquitto enforcing the generated ACL
 //	tr  := testutil.Dial(t, broker.Config{URL: srv.URL(), ...})  // closed at cleanup
 //
+// Broker processes (mosquitto, Debian's nats-server) and whole stacks
+// are started by internal/stacktest, which wraps internal/stack.
 // The machine's own brokers (MachineMosquittoURL, MachineNATSURL) are
 // shared by every test run: never stop or reconfigure them, always use a
 // UniqueRoot there, and clear retained messages you leave
@@ -23,14 +22,8 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -139,165 +132,6 @@ func StartNATS(t testing.TB, cfg broker.NATSServerConfig) *broker.NATSServer {
 		t.Fatalf("StartNATS: %v", err)
 	}
 	return srv
-}
-
-// Process is a broker process (mosquitto, nats-server) started by
-// StartMosquitto or StartNATSProcess.
-type Process struct {
-	t    testing.TB
-	Port int
-	// Dir holds mosquitto.conf and mosquitto.log.
-	Dir  string
-	conf string
-	name string
-	bin  string
-	args []string
-	cmd  *exec.Cmd
-	done chan struct{}
-}
-
-// StartMosquitto runs `mosquitto -c` on a config written to a temp
-// directory: a listener on a free 127.0.0.1 port, set_tcp_nodelay true,
-// then confExtra (for example the lines of a generated mosquitto.conf
-// with password_file and acl_file). Unless confExtra sets
-// allow_anonymous or password_file, anonymous access is allowed. It waits
-// until the port accepts connections and kills the process (by its PID) at
-// cleanup. It fails the test if mosquitto is not installed.
-func StartMosquitto(t testing.TB, confExtra string) *Process {
-	t.Helper()
-	bin := lookBin(t, "mosquitto")
-	m := &Process{t: t, Port: FreePort(t), Dir: t.TempDir(), name: "mosquitto", bin: bin}
-	var b strings.Builder
-	fmt.Fprintf(&b, "listener %d 127.0.0.1\n", m.Port)
-	if !strings.Contains(confExtra, "set_tcp_nodelay") {
-		b.WriteString("set_tcp_nodelay true\n")
-	}
-	b.WriteString("persistence false\n")
-	if os.Geteuid() == 0 && !strings.Contains(confExtra, "\nuser ") {
-		// Started as root, mosquitto switches to user "mosquitto", which
-		// cannot read files in t.TempDir(); stay root.
-		b.WriteString("user root\n")
-	}
-	if !strings.Contains(confExtra, "allow_anonymous") && !strings.Contains(confExtra, "password_file") {
-		b.WriteString("allow_anonymous true\n")
-	}
-	b.WriteString(confExtra)
-	b.WriteString("\n")
-	m.conf = filepath.Join(m.Dir, "mosquitto.conf")
-	if err := os.WriteFile(m.conf, []byte(b.String()), 0o600); err != nil {
-		t.Fatalf("StartMosquitto: %v", err)
-	}
-	m.args = []string{"-c", m.conf}
-	m.start()
-	t.Cleanup(m.Stop)
-	return m
-}
-
-// StartNATSProcess runs the machine's nats-server binary (NATS 2.9 on
-// this machine, unlike the embedded 2.15) with JetStream on a free
-// 127.0.0.1 port and a store in a temp directory, plus extraArgs. It
-// waits until the port accepts connections and kills the process (by
-// PID) at cleanup. It fails the test if nats-server is not installed.
-func StartNATSProcess(t testing.TB, extraArgs ...string) *Process {
-	t.Helper()
-	m := &Process{t: t, Port: FreePort(t), Dir: t.TempDir(), name: "nats-server", bin: lookBin(t, "nats-server")}
-	m.args = append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(m.Port), "-js", "-sd", filepath.Join(m.Dir, "js")}, extraArgs...)
-	m.start()
-	t.Cleanup(m.Stop)
-	return m
-}
-
-func lookBin(t testing.TB, name string) string {
-	t.Helper()
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	for _, d := range []string{"/usr/sbin/", "/usr/local/sbin/", "/usr/local/bin/"} {
-		if _, err := os.Stat(d + name); err == nil {
-			return d + name
-		}
-	}
-	t.Fatalf("%s is not installed (.ci/run installs it: apt-get install -y %s)", name, name)
-	return ""
-}
-
-func (m *Process) start() {
-	m.t.Helper()
-	logf, err := os.OpenFile(filepath.Join(m.Dir, m.name+".log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		m.t.Fatalf("StartMosquitto: %v", err)
-	}
-	cmd := exec.Command(m.bin, m.args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		m.t.Fatalf("start %s: %v", m.name, err)
-	}
-	m.cmd = cmd
-	m.done = make(chan struct{})
-	go func() {
-		_ = cmd.Wait()
-		logf.Close()
-		close(m.done)
-	}()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		c, err := net.DialTimeout("tcp", m.Addr(), 200*time.Millisecond)
-		if err == nil {
-			c.Close()
-			return
-		}
-		select {
-		case <-m.done:
-			m.t.Fatalf("%s exited at start; log:\n%s", m.name, m.Log())
-		case <-time.After(20 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			m.t.Fatalf("%s: port %d not accepting after 10s; log:\n%s", m.name, m.Port, m.Log())
-		}
-	}
-}
-
-// Addr is "127.0.0.1:<port>".
-func (m *Process) Addr() string { return "127.0.0.1:" + strconv.Itoa(m.Port) }
-
-// URL is "mqtt://127.0.0.1:<port>" for mosquitto, "nats://..." for
-// nats-server.
-func (m *Process) URL() string {
-	if m.name == "nats-server" {
-		return "nats://" + m.Addr()
-	}
-	return "mqtt://" + m.Addr()
-}
-
-// Log returns what the process wrote so far.
-func (m *Process) Log() string {
-	b, _ := os.ReadFile(filepath.Join(m.Dir, m.name+".log"))
-	return string(b)
-}
-
-// Stop kills the process (SIGKILL, by PID) and waits for it. Safe to call
-// more than once.
-func (m *Process) Stop() {
-	if m.cmd == nil || m.cmd.Process == nil {
-		return
-	}
-	select {
-	case <-m.done:
-		return
-	default:
-	}
-	_ = m.cmd.Process.Kill()
-	<-m.done
-}
-
-// Restart stops the process and starts a new one with the same arguments
-// and port (mosquitto loses retained messages and sessions: persistence is
-// off; nats-server keeps its JetStream store).
-func (m *Process) Restart() {
-	m.t.Helper()
-	m.Stop()
-	m.start()
 }
 
 // ClearNoticeStream deletes, at cleanup, the retained-notice stream of

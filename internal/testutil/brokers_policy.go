@@ -2,12 +2,10 @@ package testutil
 
 import (
 	"context"
-	"os"
 	"testing"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/schemas"
 )
 
 // Dial connects to a broker with cfg (broker.Dial) and closes the
@@ -27,23 +25,6 @@ func Dial(t testing.TB, cfg broker.Config) broker.Transport {
 		_ = tr.Close(ctx)
 	})
 	return tr
-}
-
-// StartMosquittoWithPolicy starts a mosquitto process (StartMosquitto)
-// enforcing the access policy for topics and accounts through the files
-// broker.MosquittoConfig generates, exactly as `firmcast broker
-// mosquitto-config` would write them. Accounts need clear secrets.
-func StartMosquittoWithPolicy(t testing.TB, topics schemas.Topics, accounts []broker.Account) *Process {
-	t.Helper()
-	files, err := broker.MosquittoConfig(t.TempDir(), broker.MosquittoSpec{Topics: topics, Accounts: accounts})
-	if err != nil {
-		t.Fatalf("StartMosquittoWithPolicy: %v", err)
-	}
-	conf, err := os.ReadFile(files.Conf)
-	if err != nil {
-		t.Fatalf("StartMosquittoWithPolicy: %v", err)
-	}
-	return StartMosquitto(t, string(conf))
 }
 
 // CredentialStore builds a broker.CredentialStore from accounts, failing

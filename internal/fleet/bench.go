@@ -1,0 +1,350 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// BenchConfig configures RunBench. It is taken by value.
+type BenchConfig struct {
+	// Cases are the brokers: "embedded" (an in-process MQTT v5 broker,
+	// JetStream embedded), "mosquitto" (MosquittoURL, JetStream
+	// embedded), "nats" (NATSURL: devices and backend on NATS).
+	Cases []string
+	// Devices are the fleet sizes, each run for every case.
+	Devices []int
+	// ImageSize and ChunkSize in bytes.
+	ImageSize, ChunkSize int
+	// MosquittoURL and NATSURL are the external brokers of those cases.
+	MosquittoURL, NATSURL string
+	// Runs repeats each (case, N) this many times. Default 1.
+	Runs int
+	// Dir is the work directory. Required.
+	Dir string
+	// Seed seeds the image bytes.
+	Seed uint64
+	// MemFlash gives the devices in-memory flash instead of sparse files.
+	MemFlash bool
+	// CPUProfile, when set, receives a CPU profile of each firmcast
+	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
+	CPUProfile string
+	// Timeout bounds each campaign. Default 30 minutes.
+	Timeout time.Duration
+	// Logger receives the components' logs.
+	Logger *slog.Logger
+	// Progress receives one line per run started and finished (nil:
+	// none).
+	Progress io.Writer
+}
+
+// BenchRow is one (case, N, run) result.
+type BenchRow struct {
+	Case      string    `json:"case"`
+	Devices   int       `json:"devices"`
+	Run       int       `json:"run"`
+	ImageSize int       `json:"image_size"`
+	ChunkSize int       `json:"chunk_size"`
+	Raw       RawResult `json:"raw"`
+	RawCPU    float64   `json:"raw_cpu_seconds"`
+	RawPeak   int64     `json:"raw_peak_rss_growth"`
+	Firmcast  Summary   `json:"firmcast"`
+	// FcCPU is the process CPU from the campaign's start to its end;
+	// FcSetupCPU that of preparing and connecting the fleet before it.
+	FcCPU      float64 `json:"firmcast_cpu_seconds"`
+	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
+	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
+	Ratio      float64 `json:"staged_over_raw"`
+	// Error is set when this run failed; the other runs still report.
+	Error string `json:"error,omitempty"`
+}
+
+// RunBench runs every (case, N) Runs times, each a raw broker fan-out of
+// the image next to a one-phase firmcast campaign on the same broker, and
+// returns one row per run. A run that fails is reported in its row's
+// Error and the bench goes on; the error returned joins every failure.
+func RunBench(ctx context.Context, cfg BenchConfig) ([]BenchRow, error) {
+	if cfg.Runs <= 0 {
+		cfg.Runs = 1
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.Progress == nil {
+		cfg.Progress = io.Discard
+	}
+	for _, cs := range cfg.Cases {
+		if cs != "embedded" && cs != "mosquitto" && cs != "nats" {
+			return nil, fmt.Errorf("--cases: %q (want embedded, mosquitto or nats)", cs)
+		}
+	}
+	image := Image(cfg.Seed, "v2", cfg.ImageSize)
+	var rows []BenchRow
+	var errs []error
+	for _, cs := range cfg.Cases {
+		for _, n := range cfg.Devices {
+			for run := 1; run <= cfg.Runs; run++ {
+				fmt.Fprintf(cfg.Progress, "bench %s, %d devices, %s image, %s chunks, run %d/%d ...\n", cs, n,
+					HumanBytes(int64(cfg.ImageSize)), HumanBytes(int64(cfg.ChunkSize)), run, cfg.Runs)
+				name := fmt.Sprintf("%s-%d", cs, n)
+				if cfg.Runs > 1 {
+					name += "-" + strconv.Itoa(run)
+				}
+				row, err := benchCase(ctx, cs, cfg, n, image, filepath.Join(cfg.Dir, name), name)
+				row.Run = run
+				if err != nil {
+					err = fmt.Errorf("%s, %d devices, run %d: %w", cs, n, run, err)
+					row.Error = err.Error()
+					errs = append(errs, err)
+					fmt.Fprintf(cfg.Progress, "  failed: %v\n", err)
+				} else {
+					fmt.Fprintf(cfg.Progress, "  raw %.2fs (%d/%d complete), firmcast staged %.2fs, done %.2fs (%s)\n",
+						row.Raw.Seconds, row.Raw.Complete, n, row.Firmcast.StagedSeconds, row.Firmcast.DoneSeconds, row.Firmcast.Outcome)
+				}
+				rows = append(rows, row)
+				if ctx.Err() != nil {
+					return rows, errors.Join(append(errs, ctx.Err())...)
+				}
+			}
+		}
+	}
+	return rows, errors.Join(errs...)
+}
+
+func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []byte, dir, name string) (BenchRow, error) {
+	row := BenchRow{Case: cs, Devices: n, ImageSize: len(image), ChunkSize: bc.ChunkSize}
+	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o700); err != nil {
+		return row, err
+	}
+	timeout := bc.Timeout
+	if timeout <= 0 {
+		timeout = 30 * time.Minute
+	}
+	cfg := Config{
+		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
+		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
+		Timeout: timeout,
+		// Delivery is measured from the campaign's start: no random start
+		// delay window, a fast leader tick.
+		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },
+		MemFlash:  bc.MemFlash,
+	}
+	var url string
+	switch cs {
+	case "embedded":
+		// The embedded MQTT broker alone, open: the raw side cannot
+		// authenticate, and the fleet brings its own JetStream.
+		st, err := stack.Start(ctx, stack.Config{Topics: schemas.MustTopics("fcbench" + randomHex(6)), NoNATS: true, Open: true, Logger: bc.Logger})
+		if err != nil {
+			return row, err
+		}
+		defer st.Close(context.WithoutCancel(ctx))
+		url = st.MQTTURL
+	case "mosquitto":
+		url = bc.MosquittoURL
+	case "nats":
+		url = bc.NATSURL
+		cfg.NATSURL = bc.NATSURL
+	}
+	cfg.MQTTURL = url
+	var err error
+	cpu0 := cpuSeconds()
+	peak := watchRSS()
+	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
+	row.RawPeak = peak()
+	row.RawCPU = cpuSeconds() - cpu0
+	if err != nil {
+		return row, fmt.Errorf("raw fan-out: %w", err)
+	}
+	_ = os.RemoveAll(filepath.Join(dir, "raw"))
+	cpu0 = cpuSeconds()
+	peak = watchRSS()
+	var pf *os.File
+	if bc.CPUProfile != "" {
+		if pf, err = os.Create(bc.CPUProfile + "." + name); err != nil {
+			return row, err
+		}
+		defer pf.Close()
+	}
+	// CPU and the profile count from the campaign's start: the fleet's
+	// setup (factory images installed on every flash) is reported apart.
+	cpuStart, profiling := 0.0, false
+	cfg.OnReady = func(time.Duration) {
+		cpuStart = cpuSeconds()
+		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
+	}
+	row.Firmcast, err = Run(ctx, cfg)
+	if profiling {
+		pprof.StopCPUProfile()
+	}
+	row.FcPeak = peak()
+	if cpuStart == 0 {
+		cpuStart = cpu0
+	}
+	row.FcSetupCPU = cpuStart - cpu0
+	row.FcCPU = cpuSeconds() - cpuStart
+	if err != nil {
+		return row, fmt.Errorf("firmcast campaign: %w", err)
+	}
+	row.Firmcast.Problems = nil
+	row.Firmcast.Next = nil
+	if row.Raw.Seconds > 0 {
+		row.Ratio = row.Firmcast.StagedSeconds / row.Raw.Seconds
+	}
+	_ = os.RemoveAll(filepath.Join(dir, "fleet"))
+	return row, nil
+}
+
+// BenchStat is the median and range of one figure over a (case, N)'s
+// successful runs.
+type BenchStat struct {
+	Median float64 `json:"median"`
+	Min    float64 `json:"min"`
+	Max    float64 `json:"max"`
+}
+
+// BenchSummary sums up the runs of one (case, N).
+type BenchSummary struct {
+	Case    string `json:"case"`
+	Devices int    `json:"devices"`
+	// Runs counts the runs, OK those that completed with every device
+	// confirmed.
+	Runs, OK int
+	Raw      BenchStat `json:"raw_seconds"`
+	Staged   BenchStat `json:"staged_seconds"`
+	Ratio    BenchStat `json:"staged_over_raw"`
+	Egress   BenchStat `json:"egress_over_image"`
+}
+
+// SummarizeBench groups rows by (case, N) in their order and gives the
+// median and range of each figure over the runs that did not fail.
+func SummarizeBench(rows []BenchRow) []BenchSummary {
+	var out []BenchSummary
+	idx := map[string]int{}
+	vals := map[string]*[4][]float64{}
+	for _, r := range rows {
+		k := r.Case + "/" + strconv.Itoa(r.Devices)
+		i, ok := idx[k]
+		if !ok {
+			i = len(out)
+			idx[k] = i
+			out = append(out, BenchSummary{Case: r.Case, Devices: r.Devices})
+			vals[k] = &[4][]float64{}
+		}
+		out[i].Runs++
+		if r.Error != "" {
+			continue
+		}
+		if r.Firmcast.ConfirmedV2 == r.Devices {
+			out[i].OK++
+		}
+		v := vals[k]
+		v[0] = append(v[0], r.Raw.Seconds)
+		v[1] = append(v[1], r.Firmcast.StagedSeconds)
+		v[2] = append(v[2], r.Ratio)
+		v[3] = append(v[3], r.Firmcast.PublisherRatio)
+	}
+	for k, i := range idx {
+		v := vals[k]
+		out[i].Raw, out[i].Staged, out[i].Ratio, out[i].Egress = stat(v[0]), stat(v[1]), stat(v[2]), stat(v[3])
+	}
+	return out
+}
+
+func stat(xs []float64) BenchStat {
+	if len(xs) == 0 {
+		return BenchStat{}
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return BenchStat{Median: m, Min: s[0], Max: s[len(s)-1]}
+}
+
+// HumanBytes formats n as B, KiB, MiB or GiB.
+func HumanBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}
+
+// cpuSeconds is this process's user+system CPU time.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
+}
+
+// rss is the resident set size in bytes (Linux), 0 if unknown.
+func rss() int64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	fs := strings.Fields(string(b))
+	if len(fs) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseInt(fs[1], 10, 64)
+	return pages * int64(os.Getpagesize())
+}
+
+// watchRSS samples the RSS every 50ms; the returned function stops it and
+// returns the peak growth over the RSS at the start.
+func watchRSS() func() int64 {
+	base := rss()
+	var mu sync.Mutex
+	peak := base
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		tk := time.NewTicker(50 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tk.C:
+				if r := rss(); r > 0 {
+					mu.Lock()
+					peak = max(peak, r)
+					mu.Unlock()
+				}
+			}
+		}
+	}()
+	return func() int64 {
+		close(stop)
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		return max(peak-base, 0)
+	}
+}

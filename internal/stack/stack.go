@@ -1,0 +1,377 @@
+package stack
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Config configures a Stack. It is taken by value.
+type Config struct {
+	// MQTTURL names an external device broker (mqtt://, mqtts://, or
+	// nats:// for devices on NATS). Empty starts the embedded MQTT v5
+	// broker (mochi) on MQTTListen, unless NoMQTT.
+	MQTTURL string
+	// MQTTListen is the embedded MQTT broker's address. Default
+	// "127.0.0.1:0" (a free port).
+	MQTTListen string
+	// NoMQTT leaves the MQTT broker out: devices use NATS only.
+	NoMQTT bool
+	// NATSURL names an external NATS server or cluster (comma-separated)
+	// with JetStream. Empty starts the embedded nats-server on NATSListen
+	// with its store under DataDir.
+	NATSURL string
+	// NATSListen is the embedded NATS server's address. Default
+	// "127.0.0.1:0".
+	NATSListen string
+	// NoNATS leaves the NATS server out (an MQTT broker alone); it
+	// implies NoPublisher, whose state lives in JetStream.
+	NoNATS bool
+	// DataDir holds the embedded NATS server's JetStream store. Required
+	// when NATSURL is empty.
+	DataDir string
+	// TLS makes the embedded brokers accept TLS only.
+	TLS *tls.Config
+	// ClientTLS configures the publisher's own tls:// and mqtts://
+	// connections. Default: system roots.
+	ClientTLS *tls.Config
+	// Topics is the topic root of everything the stack and its devices
+	// publish. Required (use a unique root on shared brokers).
+	Topics schemas.Topics
+	// Namespace prefixes the publisher's JetStream buckets. Default: the
+	// topic root. With the embedded NATS server, whose access policy
+	// confines the backend to the topic root, it must equal the root (the
+	// publisher's audit subject is "<namespace>.audit").
+	Namespace string
+
+	// Open makes the embedded brokers accept any client without
+	// credentials and without the access policy: development only.
+	Open bool
+	// Accounts are the broker accounts of the embedded brokers (from a
+	// credentials file). Devices registered with the publisher
+	// authenticate from its registry first, then these accounts (the
+	// order of publisher.DeviceAuthenticator). The publisher uses the
+	// first backend account with a clear secret; when there is none, the
+	// stack adds a backend account of its own with a random secret.
+	Accounts []broker.Account
+	// Backend is the publisher's account on external brokers (empty:
+	// anonymous).
+	Backend broker.Account
+
+	// NoPublisher runs the brokers only.
+	NoPublisher bool
+	// Publisher is the publisher configuration; JetStream, Transport,
+	// Topics and Namespace are filled in.
+	Publisher publisher.Config
+	// DevicesOnNATS makes the publisher serve devices on the NATS
+	// connection too (not only on the MQTT broker), as `firmcast serve`
+	// does for gateways. With NoMQTT, or an MQTTURL equal to NATSURL,
+	// devices are on NATS anyway.
+	DevicesOnNATS bool
+	// ClientID is the publisher's client id. Default "fc-pub-" and random
+	// hex.
+	ClientID string
+	// HTTPListen, when set, serves the publisher's HTTP API there.
+	HTTPListen string
+	// Cleanup, with external brokers, makes Close delete what the run left
+	// there: the namespace's buckets and streams and the retained notices
+	// of the devices given to Close. For runs on shared brokers (demo,
+	// bench), never for a production server.
+	Cleanup bool
+	// Logger receives the stack's logs. Default slog.Default().
+	Logger *slog.Logger
+}
+
+// Stack is a running backend: brokers (embedded, or external ones given
+// by URL), one in-process publisher and its HTTP API. Its methods are
+// safe for concurrent use.
+type Stack struct {
+	// MQTTURL and NATSURL are where devices and services connect (MQTTURL
+	// is empty with NoMQTT).
+	MQTTURL, NATSURL string
+	// HTTPURL is the HTTP API's base URL ("http://host:port"), when
+	// HTTPListen was set.
+	HTTPURL string
+	// Topics is the topic root.
+	Topics schemas.Topics
+	// Pub is the running publisher (nil with NoPublisher); Admin the
+	// principal of its bootstrap key.
+	Pub   *publisher.Publisher
+	Admin publisher.Principal
+	// AdminKey is the publisher's bootstrap admin API key.
+	AdminKey string
+	// EmbeddedMQTT and EmbeddedNATS report which brokers run in this
+	// process.
+	EmbeddedMQTT, EmbeddedNATS bool
+
+	cfg     Config
+	auth    *Auth
+	mqttSrv *broker.MQTTServer
+	natsSrv *broker.NATSServer
+	inst    *Instance
+	http    *http.Server
+}
+
+// Start starts the brokers (unless external), the publisher (unless
+// NoPublisher) and its HTTP API (when HTTPListen is set), and returns
+// once the publisher takes device traffic. On error everything started
+// is stopped again. Close stops it all.
+func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Topics.Root() == "" {
+		return nil, errors.New("stack: a topic root is required")
+	}
+	if cfg.Namespace == "" {
+		cfg.Namespace = cfg.Topics.Root()
+	}
+	if cfg.NATSURL == "" && cfg.Namespace != cfg.Topics.Root() {
+		return nil, fmt.Errorf("stack: with the embedded NATS server the namespace (%q) must be the topic root (%q)", cfg.Namespace, cfg.Topics.Root())
+	}
+	s = &Stack{cfg: cfg, Topics: cfg.Topics, MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL}
+	started := s
+	defer func() {
+		if err != nil {
+			started.Close(context.WithoutCancel(ctx))
+		}
+	}()
+	embedMQTT := cfg.MQTTURL == "" && !cfg.NoMQTT
+	embedNATS := cfg.NATSURL == "" && !cfg.NoNATS
+	if cfg.NoNATS {
+		cfg.NoPublisher = true
+	}
+	if cfg.NoMQTT && cfg.NoNATS {
+		return nil, errors.New("stack: nothing to run: no MQTT broker and no NATS server")
+	}
+	backend := cfg.Backend
+	if (embedMQTT || embedNATS) && !cfg.Open {
+		if s.auth, backend, err = newAuth(cfg.Accounts); err != nil {
+			return nil, err
+		}
+	}
+	var auth broker.Authenticator
+	if s.auth != nil {
+		auth = s.auth
+	}
+	if embedMQTT {
+		listen := cfg.MQTTListen
+		if listen == "" {
+			listen = "127.0.0.1:0"
+		}
+		srv, err := broker.NewMQTTServer(broker.MQTTServerConfig{Listen: listen, Auth: auth, Topics: cfg.Topics, Logger: cfg.Logger, TLS: cfg.TLS, MaxQueued: 1000})
+		if err != nil {
+			return nil, fmt.Errorf("stack: mqtt broker: %w", err)
+		}
+		s.mqttSrv, s.EmbeddedMQTT = srv, true
+		if err := srv.Start(); err != nil {
+			return nil, fmt.Errorf("stack: mqtt broker: %w", err)
+		}
+		if err := srv.Ready(ctx); err != nil {
+			return nil, fmt.Errorf("stack: mqtt broker: %w", err)
+		}
+		s.MQTTURL = srv.URL()
+	}
+	if embedNATS {
+		if cfg.DataDir == "" {
+			return nil, errors.New("stack: the embedded NATS server needs a data directory")
+		}
+		listen := cfg.NATSListen
+		if listen == "" {
+			listen = "127.0.0.1:0"
+		}
+		srv, err := broker.NewNATSServer(broker.NATSServerConfig{Listen: listen, DataDir: cfg.DataDir, Auth: auth, Topics: cfg.Topics, Logger: cfg.Logger, TLS: cfg.TLS})
+		if err != nil {
+			return nil, fmt.Errorf("stack: nats server: %w", err)
+		}
+		s.natsSrv, s.EmbeddedNATS = srv, true
+		if err := srv.Start(); err != nil {
+			return nil, fmt.Errorf("stack: nats server: %w", err)
+		}
+		if err := srv.Ready(ctx); err != nil {
+			return nil, fmt.Errorf("stack: nats server: %w", err)
+		}
+		// Devices may not create streams: make the retained-notice stream now.
+		if err := srv.EnsureNoticeStream(ctx); err != nil {
+			return nil, fmt.Errorf("stack: nats server: %w", err)
+		}
+		s.NATSURL = srv.URL()
+	}
+	if cfg.NoPublisher {
+		return s, nil
+	}
+	var devURLs []string
+	if s.MQTTURL != "" {
+		devURLs = append(devURLs, s.MQTTURL)
+	}
+	if cfg.DevicesOnNATS || s.MQTTURL == "" {
+		devURLs = append(devURLs, s.NATSURL)
+	}
+	pc := cfg.Publisher
+	pc.Namespace = cfg.Namespace
+	if pc.BootstrapKey == "" {
+		pc.BootstrapKey = "fk-" + randomHex(16)
+	}
+	s.AdminKey = pc.BootstrapKey
+	if s.inst, err = StartInstance(ctx, InstanceConfig{
+		NATSURL: s.NATSURL, DeviceURLs: devURLs, Username: backend.Username, Password: backend.Secret,
+		ClientID: cfg.ClientID, TLS: cfg.ClientTLS, Topics: cfg.Topics, Publisher: pc, Logger: cfg.Logger,
+	}); err != nil {
+		return nil, err
+	}
+	s.Pub, s.Admin = s.inst.Pub, s.inst.Admin
+	if s.auth != nil {
+		da := s.Pub.DeviceAuthenticator(s.auth.accounts)
+		s.auth.pub.Store(&da)
+	}
+	if cfg.HTTPListen != "" {
+		l, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return nil, fmt.Errorf("stack: http listen %s: %w", cfg.HTTPListen, err)
+		}
+		s.HTTPURL = "http://" + l.Addr().String()
+		s.http = &http.Server{Handler: s.Pub.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := s.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				cfg.Logger.Error("http API stopped", "err", err)
+			}
+		}()
+	}
+	return s, nil
+}
+
+// Instance is the stack's publisher instance (nil with NoPublisher).
+func (s *Stack) Instance() *Instance { return s.inst }
+
+// Done is closed when the stack's publisher has stopped on its own (an
+// error: see Instance().Err()); nil with NoPublisher.
+func (s *Stack) Done() <-chan struct{} {
+	if s.inst == nil {
+		return nil
+	}
+	return s.inst.Done()
+}
+
+// RegisterDevice adds a device to the publisher's registry, from which
+// the embedded brokers authenticate it.
+func (s *Stack) RegisterDevice(ctx context.Context, id, class, secret string) error {
+	if s.Pub == nil {
+		return errors.New("stack: no publisher")
+	}
+	_, _, err := s.Pub.AddDevice(ctx, s.Admin, publisher.NewDevice{ID: id, Class: class, Secret: secret})
+	return err
+}
+
+// JetStream returns the publisher's JetStream handle.
+func (s *Stack) JetStream() jetstream.JetStream { return s.inst.JetStream() }
+
+// MQTTServer and NATSServer are the embedded brokers (nil when external).
+func (s *Stack) MQTTServer() *broker.MQTTServer { return s.mqttSrv }
+
+// NATSServer is the embedded NATS server (nil when external).
+func (s *Stack) NATSServer() *broker.NATSServer { return s.natsSrv }
+
+// Close stops the HTTP API, the publisher and the embedded brokers. With
+// Cleanup and external brokers it first deletes what the run left there:
+// the namespace's buckets and streams, and the retained notices of
+// devices (given by id). Safe to call on a partly started stack.
+func (s *Stack) Close(ctx context.Context, devices ...string) {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if s.http != nil {
+		_ = s.http.Shutdown(cctx)
+	}
+	if s.inst != nil {
+		if s.cfg.Cleanup {
+			s.cleanup(cctx, devices)
+		}
+		s.inst.Stop()
+	}
+	if s.mqttSrv != nil {
+		s.mqttSrv.Shutdown()
+	}
+	if s.natsSrv != nil {
+		s.natsSrv.Shutdown()
+	}
+}
+
+// cleanup clears the retained notices of devices on an external MQTT
+// broker and removes the namespace's buckets and streams and the topic
+// root's retained-notice stream from an external NATS.
+func (s *Stack) cleanup(ctx context.Context, devices []string) {
+	if s.mqttSrv == nil && s.MQTTURL != "" && s.MQTTURL != s.NATSURL {
+		for _, d := range devices {
+			if t, err := s.Topics.Notice(d); err == nil {
+				_ = s.inst.Transport().Publish(ctx, t, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+			}
+		}
+	}
+	if s.natsSrv != nil {
+		return
+	}
+	js := s.inst.JetStream()
+	ns := s.cfg.Namespace
+	var names []string
+	l := js.StreamNames(ctx)
+	for n := range l.Name() {
+		if strings.HasPrefix(n, "KV_"+ns+"_") || strings.HasPrefix(n, "OBJ_"+ns+"_") || n == ns+"_audit" || n == broker.NoticeStreamName(s.Topics) {
+			names = append(names, n)
+		}
+	}
+	for _, n := range names {
+		if err := js.DeleteStream(ctx, n); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			s.cfg.Logger.Warn("deleting stream", "stream", n, "err", err)
+		}
+	}
+}
+
+// Auth authenticates the embedded brokers' clients: devices from the
+// publisher's registry once it runs (publisher.DeviceAuthenticator), and
+// every other user, and every user before the publisher runs, from the
+// stack's accounts.
+type Auth struct {
+	accounts *broker.CredentialStore
+	pub      atomic.Pointer[broker.Authenticator]
+}
+
+// backendUser is the account the stack adds for its publisher when the
+// accounts hold no backend account with a clear secret.
+const backendUser = "firmcast-backend"
+
+func newAuth(accounts []broker.Account) (*Auth, broker.Account, error) {
+	store, err := broker.NewCredentialStoreFrom(accounts)
+	if err != nil {
+		return nil, broker.Account{}, fmt.Errorf("stack: accounts: %w", err)
+	}
+	for _, a := range accounts {
+		if a.Role == broker.RoleBackend && a.Secret != "" {
+			return &Auth{accounts: store}, a, nil
+		}
+	}
+	b := broker.Account{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: randomHex(16)}
+	if err := store.Add(b.Identity, b.Secret); err != nil {
+		return nil, broker.Account{}, fmt.Errorf("stack: backend account: %w", err)
+	}
+	return &Auth{accounts: store}, b, nil
+}
+
+// Authenticate implements broker.Authenticator.
+func (a *Auth) Authenticate(ctx context.Context, user, secret string) (broker.Identity, error) {
+	if p := a.pub.Load(); p != nil {
+		return (*p).Authenticate(ctx, user, secret)
+	}
+	return a.accounts.Authenticate(ctx, user, secret)
+}
