@@ -10,6 +10,7 @@
 //     internal/stack, as `firmcast serve` builds it; devices registered
 //     through it authenticate from the publisher's registry, each with its
 //     own secret under the broker's access policy.
+//
 //   - Fleet (fleet.go) prepares N devices, each with its own directory: a
 //     sparse, file-backed simulated flash (bootctl.CreateFileFlash stores
 //     bytes inverted, so erased flash is a hole), a bootctl device with its
@@ -18,6 +19,7 @@
 //     credentials and runs a deviceagent.Agent until ctx ends. Devices
 //     chosen by Config.FailRate fail their post-boot self-test, so the
 //     bootloader rolls them back.
+//
 //   - Run (demo.go) ties both together: it builds the two images, prepares
 //     the fleet, uploads v2 and runs a phased campaign, and returns a
 //     Summary read from the devices themselves (bootctl status and agent
