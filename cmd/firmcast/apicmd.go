@@ -2,10 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
+	"os"
 	"strings"
 	"text/tabwriter"
 
@@ -19,19 +23,53 @@ type apiFlags struct {
 	server string
 	key    string
 	json   bool
+	// TLS: the CA bundle that verifies the server, and a client
+	// certificate for servers that ask for one.
+	ca, cert, certKey string
 }
 
 func (a *apiFlags) add(c *cobra.Command) {
 	c.PersistentFlags().StringVar(&a.server, "server", "http://127.0.0.1:8080", "firmcast server URL")
 	c.PersistentFlags().StringVar(&a.key, "api-key", "", "API key (also FIRMCAST_API_KEY)")
 	c.PersistentFlags().BoolVar(&a.json, "json", false, "print JSON")
+	c.PersistentFlags().StringVar(&a.ca, "ca", "", "PEM CA bundle that verifies an https:// server (default: the system roots)")
+	c.PersistentFlags().StringVar(&a.cert, "client-cert", "", "PEM client certificate, for servers that require one (serve --http-client-ca)")
+	c.PersistentFlags().StringVar(&a.certKey, "client-key", "", "PEM private key for --client-cert")
 }
 
 func (a *apiFlags) client() (*publisher.Client, error) {
 	if a.key == "" {
 		return nil, errors.New("no API key: pass --api-key or set FIRMCAST_API_KEY")
 	}
-	return &publisher.Client{BaseURL: a.server, Key: a.key}, nil
+	cl := &publisher.Client{BaseURL: a.server, Key: a.key}
+	if a.ca == "" && a.cert == "" && a.certKey == "" {
+		return cl, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if a.ca != "" {
+		pem, err := os.ReadFile(a.ca)
+		if err != nil {
+			return nil, fmt.Errorf("--ca: %w", err)
+		}
+		tc.RootCAs = x509.NewCertPool()
+		if !tc.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--ca %s: no PEM certificate", a.ca)
+		}
+	}
+	if a.cert != "" || a.certKey != "" {
+		if a.cert == "" || a.certKey == "" {
+			return nil, errors.New("--client-cert and --client-key go together")
+		}
+		c, err := tls.LoadX509KeyPair(a.cert, a.certKey)
+		if err != nil {
+			return nil, fmt.Errorf("--client-cert/--client-key: %w", err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.TLSClientConfig = tc
+	cl.HTTP = &http.Client{Transport: tr}
+	return cl, nil
 }
 
 func printAPIJSON(w io.Writer, v any) error {

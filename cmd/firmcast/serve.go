@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"time"
@@ -46,6 +48,9 @@ type publisherOptions struct {
 	classID    string
 	publicURL  string
 	replicas   int
+	// The HTTP API's TLS: certificate and key, and the CA that client
+	// certificates must chain to (optional).
+	httpCert, httpKey, httpClientCA string
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -55,6 +60,9 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.vendorID, "vendor-id", "", "vendor UUID of server-signed manifests")
 	f.StringVar(&o.classID, "class-id", "", "class UUID of server-signed manifests")
 	f.StringVar(&o.publicURL, "public-url", "", "base URL devices fetch images from over HTTP (GET <url>/images/<digest>)")
+	f.StringVar(&o.httpCert, "http-tls-cert", "", "PEM certificate (chain) of the HTTP API: it then speaks HTTPS only")
+	f.StringVar(&o.httpKey, "http-tls-key", "", "PEM private key for --http-tls-cert")
+	f.StringVar(&o.httpClientCA, "http-client-ca", "", "PEM CA bundle: HTTPS clients must present a certificate it signed (besides their API key)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
@@ -171,6 +179,9 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		return cfg, nil
 	}
 	p := &o.pub
+	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
+		return cfg, err
+	}
 	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas}
 	if p.signKey != "" {
 		pem, err := os.ReadFile(p.signKey)
@@ -196,6 +207,51 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	return cfg, nil
 }
 
+// httpTLS builds the HTTP API's TLS configuration from the serve flags;
+// nil when no certificate is given.
+func httpTLS(certFile, keyFile, clientCA string) (*tls.Config, error) {
+	if certFile == "" && keyFile == "" {
+		if clientCA != "" {
+			return nil, errors.New("--http-client-ca needs --http-tls-cert and --http-tls-key")
+		}
+		return nil, nil
+	}
+	if certFile == "" || keyFile == "" {
+		return nil, errors.New("--http-tls-cert and --http-tls-key go together")
+	}
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("--http-tls-cert/--http-tls-key: %w", err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if clientCA != "" {
+		pem, err := os.ReadFile(clientCA)
+		if err != nil {
+			return nil, fmt.Errorf("--http-client-ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("--http-client-ca %s: no PEM certificate", clientCA)
+		}
+		c.ClientCAs, c.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return c, nil
+}
+
+// loopback reports whether a listen address binds only the loopback
+// interface.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
 func runServe(ctx context.Context, o *serveOptions) error {
 	log := slog.Default()
 	cfg, err := o.stackConfig(log)
@@ -206,6 +262,10 @@ func runServe(ctx context.Context, o *serveOptions) error {
 		log.Warn("no --credentials: the brokers accept any client (development only)")
 	} else if len(cfg.Accounts) > 0 {
 		log.Info("access policy enforced", "accounts", len(cfg.Accounts))
+	}
+	if !cfg.NoPublisher && cfg.HTTPTLS == nil && !loopback(cfg.HTTPListen) {
+		log.Warn("the HTTP API is served in clear on a non-loopback address: API keys and new device secrets cross the network unencrypted; use --http-tls-cert and --http-tls-key",
+			"listen", cfg.HTTPListen)
 	}
 	if err := os.MkdirAll(o.dataDir, 0o750); err != nil {
 		return fmt.Errorf("--data-dir: %w", err)

@@ -86,6 +86,10 @@ type Config struct {
 	ClientID string
 	// HTTPListen, when set, serves the publisher's HTTP API there.
 	HTTPListen string
+	// HTTPTLS, when set, serves the HTTP API over TLS only (HTTPURL is
+	// then "https://..."); with ClientAuth set, clients need a
+	// certificate too (besides their API key).
+	HTTPTLS *tls.Config
 	// Cleanup, with external brokers, makes Close delete what the run left
 	// there: the namespace's buckets and streams and the retained notices
 	// of the devices given to Close. For runs on shared brokers (demo,
@@ -102,8 +106,8 @@ type Stack struct {
 	// MQTTURL and NATSURL are where devices and services connect (MQTTURL
 	// is empty with NoMQTT).
 	MQTTURL, NATSURL string
-	// HTTPURL is the HTTP API's base URL ("http://host:port"), when
-	// HTTPListen was set.
+	// HTTPURL is the HTTP API's base URL ("http://host:port", or
+	// "https://" with HTTPTLS), when HTTPListen was set.
 	HTTPURL string
 	// Topics is the topic root.
 	Topics schemas.Topics
@@ -243,6 +247,10 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 			return nil, fmt.Errorf("stack: http listen %s: %w", cfg.HTTPListen, err)
 		}
 		s.HTTPURL = "http://" + l.Addr().String()
+		if cfg.HTTPTLS != nil {
+			l = tls.NewListener(l, cfg.HTTPTLS)
+			s.HTTPURL = "https://" + l.Addr().String()
+		}
 		s.http = &http.Server{Handler: s.Pub.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := s.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
