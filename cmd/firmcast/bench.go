@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"text/tabwriter"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -27,6 +28,8 @@ type benchFlags struct {
 	profile   string
 	flash     string
 	runs      int
+	timeout   time.Duration
+	stall     time.Duration
 }
 
 func newBenchCmd() *cobra.Command {
@@ -71,6 +74,8 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.StringVar(&f.dir, "dir", "", "work directory (default: a temporary directory, removed afterwards)")
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
+	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
+	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
 	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns, from their start (not the raw runs, not the fleet setup), to this file")
 	c.AddCommand(newBenchIdleCmd())
@@ -105,7 +110,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile,
 		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Progress: cmd.ErrOrStderr(),
 	})

@@ -42,6 +42,7 @@ type demoFlags struct {
 	phases    []int
 	failAt    string
 	timeout   time.Duration
+	stall     time.Duration
 }
 
 func newDemoCmd() *cobra.Command {
@@ -79,6 +80,7 @@ aborted; 1 any other error.`,
 	fl.IntSliceVar(&f.phases, "phases", []int{10, 50, 100}, "cumulative rollout percentages")
 	fl.StringVar(&f.failAt, "fail-threshold", "10%", "failures (of the devices notified so far) that abort the campaign")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "campaign timeout")
+	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
 	return c
 }
 
@@ -114,7 +116,7 @@ func (f *demoFlags) config() (fleet.Config, error) {
 	}
 	cfg := fleet.Config{
 		Devices: f.devices, ImageSize: size, MQTTURL: f.mqtt, NATSURL: f.nats, FailRate: f.failRate, Seed: f.seed,
-		FailPermille: fail, Timeout: f.timeout,
+		FailPermille: fail, Timeout: f.timeout, Stall: f.stall,
 	}
 	for _, p := range f.phases {
 		if p < 1 || p > 100 {
@@ -163,6 +165,10 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 	sum, err := fleet.Run(cmd.Context(), cfg)
 	pv.stop()
 	if err != nil {
+		if sum.Campaign != "" {
+			// What the devices that did finish did, then why the run stopped.
+			_ = printSummary(cmd.OutOrStdout(), f.json, sum)
+		}
 		return &exitError{code: 1, err: fmt.Errorf("demo: %w", err)}
 	}
 	if !f.keep && f.dir == "" {

@@ -217,9 +217,13 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 		pv.start()
 	}
 	cfg.OnProgress = pv.update
+	cfg.Brokers = []string{f.mqtt}
 	err = fleet.RunCampaign(ctx, fl, remoteBackend{cl}, image, f.class, &cfg, &sum)
 	pv.stop()
 	if err != nil {
+		if sum.Campaign != "" {
+			_ = printSummary(cmd.OutOrStdout(), f.api.json, sum)
+		}
 		return fail(err)
 	}
 	if !f.keep && f.dir == "" {

@@ -46,6 +46,8 @@ type BenchConfig struct {
 	CPUProfile string
 	// Timeout bounds each campaign. Default 30 minutes.
 	Timeout time.Duration
+	// Stall ends a run when nothing moves for this long (Config.Stall).
+	Stall time.Duration
 	// Logger receives the components' logs.
 	Logger *slog.Logger
 	// Progress receives one line per run started and finished (nil:
@@ -138,7 +140,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 	cfg := Config{
 		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
 		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
-		Timeout: timeout,
+		Timeout: timeout, Stall: bc.Stall,
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.
 		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },

@@ -10,9 +10,12 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
@@ -65,7 +68,26 @@ type Config struct {
 	Agent func(*deviceagent.Config)
 	// MemFlash keeps the devices' flash in memory (FleetConfig.MemFlash).
 	MemFlash bool
+	// Stall ends a campaign with ErrStalled when nothing moved (device
+	// states, bytes received, the campaign's counters) for this long.
+	// Default 3 minutes.
+	Stall time.Duration
+	// BrokerDown ends a campaign with ErrBrokerDown when a broker of
+	// Brokers refuses TCP connections for this long. Default 15s.
+	BrokerDown time.Duration
+	// Brokers are the broker URLs watched while the campaign runs (Run
+	// adds the stack's own).
+	Brokers []string
+	// UpTimeout bounds how long the devices may take to come up. Default
+	// 5 minutes.
+	UpTimeout time.Duration
 }
+
+// ErrStalled: nothing moved in the campaign for Config.Stall.
+var ErrStalled = errors.New("fleet: nothing moved")
+
+// ErrBrokerDown: a broker stopped accepting connections mid-run.
+var ErrBrokerDown = errors.New("fleet: broker down")
 
 func (c *Config) defaults() error {
 	if c.Devices == 0 {
@@ -110,7 +132,17 @@ func (c *Config) defaults() error {
 	if c.ProgressEvery <= 0 {
 		c.ProgressEvery = 200 * time.Millisecond
 	}
+	c.watchDefaults()
 	return nil
+}
+
+func (c *Config) watchDefaults() {
+	if c.Stall <= 0 {
+		c.Stall = 3 * time.Minute
+	}
+	if c.BrokerDown <= 0 {
+		c.BrokerDown = 15 * time.Second
+	}
 }
 
 // Progress is a snapshot of a running demo.
@@ -194,6 +226,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	var ids []string
 	defer func() { st.Close(ctx, ids...) }()
 	sum.Broker, sum.NATS = st.MQTTURL, st.NATSURL
+	cfg.Brokers = append(cfg.Brokers, st.MQTTURL, st.NATSURL)
 	if st.EmbeddedMQTT {
 		sum.Broker = "embedded " + st.MQTTURL
 	}
@@ -206,7 +239,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	fl, err := NewFleet(ctx, FleetConfig{
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
-		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash,
+		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
 		Register: func(ctx context.Context, id, secret string) error {
 			return st.RegisterDevice(ctx, id, devClass, secret)
 		},
@@ -295,6 +328,7 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 	if cfg.ProgressEvery <= 0 {
 		cfg.ProgressEvery = 200 * time.Millisecond
 	}
+	cfg.watchDefaults()
 	digest, err := be.Upload(ctx, "v2.bin", image)
 	if err != nil {
 		return fmt.Errorf("fleet: upload: %w", err)
@@ -312,14 +346,13 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 		return fmt.Errorf("fleet: create campaign: %w", err)
 	}
 	sum.Campaign = id
-	st, err := watch(ctx, be, fl, id, cfg)
-	if err != nil {
-		return err
-	}
+	st, werr := watch(ctx, be, fl, id, cfg)
 	sum.CampaignState, sum.Reason, sum.Targeted = st.State, st.Reason, st.Targets
 	sum.CampaignSeconds = time.Since(t1).Seconds()
-	// Let devices caught mid-update finish (a rollback, a stalled fetch).
-	settle(ctx, fl, cfg.Settle)
+	if werr == nil {
+		// Let devices caught mid-update finish (a rollback, a stalled fetch).
+		settle(ctx, fl, cfg.Settle)
+	}
 	sum.WallSeconds = time.Since(t1).Seconds()
 	sum.PublisherBytes = be.Egress()
 	if es, ok := be.(egressSplitter); ok {
@@ -348,33 +381,171 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 		fmt.Sprintf("logs: %s", filepath.Join(cfg.Dir, "firmcast.log")),
 		"docs/BENCHMARKS.md (end to end) for larger fleets; firmcast bench to measure this machine",
 	}
-	return nil
+	return werr
 }
 
 // watch polls the campaign until it leaves created/running, feeding
-// OnProgress.
+// OnProgress. It never gives up on one failed status read: reads are
+// retried until the campaign ends, Timeout passes (ctx), nothing moves
+// for Stall (ErrStalled), or a broker refuses connections for BrokerDown
+// (ErrBrokerDown). Every error names the devices that did not finish.
 func watch(ctx context.Context, be Backend, fl *Fleet, id string, cfg *Config) (publisher.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	tk := time.NewTicker(cfg.ProgressEvery)
 	defer tk.Stop()
+	var (
+		st        publisher.Status
+		statusErr error
+		last      string
+		lastMove  = time.Now()
+		probes    = newBrokerProbes(cfg.Brokers)
+	)
 	for {
-		st, err := be.Status(ctx, id)
-		if err != nil {
-			return st, err
+		s, err := be.Status(ctx, id)
+		if err == nil {
+			st, statusErr = s, nil
+		} else if ctx.Err() == nil {
+			statusErr = err
+			cfg.Logger.Warn("campaign status (retrying)", "campaign", id, "err", err)
 		}
-		if cfg.OnProgress != nil {
-			cfg.OnProgress(snapshot(fl, *cfg, st))
+		p := snapshot(fl, *cfg, st)
+		if cfg.OnProgress != nil && err == nil {
+			cfg.OnProgress(p)
 		}
-		if st.State != publisher.CampaignRunning && st.State != publisher.CampaignCreated {
+		if err == nil && st.State != publisher.CampaignRunning && st.State != publisher.CampaignCreated {
 			return st, nil
+		}
+		if fp := fingerprint(p); fp != last {
+			last, lastMove = fp, time.Now()
+		}
+		if d := time.Since(lastMove); d >= cfg.Stall {
+			return st, fmt.Errorf("%w for %s: campaign %s %s%s; %s", ErrStalled, d.Round(time.Second), id, st.State,
+				errNote(statusErr), fl.unfinished())
+		}
+		if url, down, perr := probes.check(cfg.BrokerDown); url != "" {
+			return st, fmt.Errorf("%w: %s refused connections for %s (%v); campaign %s %s; %s", ErrBrokerDown, url,
+				down.Round(time.Second), perr, id, st.State, fl.unfinished())
 		}
 		select {
 		case <-ctx.Done():
-			return st, fmt.Errorf("fleet: campaign %s still %s: %w", id, st.State, ctx.Err())
+			return st, fmt.Errorf("fleet: campaign %s still %s after %s%s; %s: %w", id, st.State, cfg.Timeout, errNote(statusErr), fl.unfinished(), ctx.Err())
 		case <-tk.C:
 		}
 	}
+}
+
+func errNote(err error) string {
+	if err == nil {
+		return ""
+	}
+	return fmt.Sprintf(" (last status read: %v)", err)
+}
+
+// fingerprint is what watch compares to see whether anything moved.
+func fingerprint(p Progress) string {
+	keys := make([]string, 0, len(p.States))
+	for k := range p.States {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%d,", k, p.States[k])
+	}
+	c := p.Campaign
+	fmt.Fprintf(&b, "rx=%d,%s,%d,%+v", p.RxBytes, c.State, c.Phase, c.Counts)
+	return b.String()
+}
+
+// unfinished names the devices not in a final state (at most 10), with
+// their state and, for a device that is down, why.
+func (f *Fleet) unfinished() string {
+	var names []string
+	n := 0
+	for _, d := range f.Devices {
+		s := schemas.State(d.state.Load())
+		down := d.Down()
+		if final(s) && down == nil {
+			continue
+		}
+		n++
+		if len(names) < 10 {
+			if down != nil {
+				names = append(names, fmt.Sprintf("%s (%s: %v)", d.ID, s, down))
+			} else {
+				names = append(names, fmt.Sprintf("%s (%s)", d.ID, s))
+			}
+		}
+	}
+	if n == 0 {
+		return "every device finished"
+	}
+	more := ""
+	if n > len(names) {
+		more = fmt.Sprintf(", and %d more", n-len(names))
+	}
+	return fmt.Sprintf("%d devices not finished: %s%s", n, strings.Join(names, "; "), more)
+}
+
+// brokerProbes checks, at most once a second, that each broker accepts
+// TCP connections, and remembers since when one has not.
+type brokerProbes struct {
+	addrs map[string][]string // URL -> host:port of each server
+	down  map[string]time.Time
+	err   map[string]error
+	next  time.Time
+}
+
+func newBrokerProbes(urls []string) *brokerProbes {
+	p := &brokerProbes{addrs: map[string][]string{}, down: map[string]time.Time{}, err: map[string]error{}}
+	for _, raw := range urls {
+		for _, one := range strings.Split(raw, ",") {
+			u, err := url.Parse(strings.TrimSpace(one))
+			if err != nil || u.Host == "" {
+				continue
+			}
+			p.addrs[raw] = append(p.addrs[raw], u.Host)
+		}
+	}
+	return p
+}
+
+// check probes the brokers (once a second at most) and returns the first
+// one that has refused connections for at least grace, with how long and
+// the last error; url is "" when all are up.
+func (p *brokerProbes) check(grace time.Duration) (url string, down time.Duration, err error) {
+	now := time.Now()
+	if now.Before(p.next) {
+		return "", 0, nil
+	}
+	p.next = now.Add(time.Second)
+	for u, addrs := range p.addrs {
+		var last error
+		up := false
+		for _, a := range addrs {
+			c, err := net.DialTimeout("tcp", a, time.Second)
+			if err == nil {
+				c.Close()
+				up = true
+				break
+			}
+			last = err
+		}
+		if up {
+			delete(p.down, u)
+			continue
+		}
+		since, ok := p.down[u]
+		if !ok {
+			p.down[u] = now
+			continue
+		}
+		if d := now.Sub(since); d >= grace {
+			return u, d, last
+		}
+	}
+	return "", 0, nil
 }
 
 // settle waits until no device is mid-update, or d passes.
@@ -401,6 +572,15 @@ func settle(ctx context.Context, fl *Fleet, d time.Duration) {
 		case <-tk.C:
 		}
 	}
+}
+
+// final reports whether s ends a device's part in a campaign.
+func final(s schemas.State) bool {
+	switch s {
+	case schemas.StateConfirmed, schemas.StateRolledBack, schemas.StateFailed, schemas.StateSkipped:
+		return true
+	}
+	return false
 }
 
 func busyState(s schemas.State) bool {

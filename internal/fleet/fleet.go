@@ -83,6 +83,9 @@ type FleetConfig struct {
 	// Parallel bounds concurrent device preparation and connection.
 	// Default 16.
 	Parallel int
+	// UpTimeout bounds how long Run waits for the devices to come up
+	// (connected and subscribed). Default 5 minutes.
+	UpTimeout time.Duration
 }
 
 // Device is one simulated device.
@@ -107,6 +110,26 @@ type Device struct {
 	done   atomic.Int64  // unix ns when a terminal state was reached
 	subbed chan struct{} // closed once the notice subscription is up
 	once   sync.Once
+
+	mu      sync.Mutex
+	downErr error // why the device did not come up, or why its agent stopped
+}
+
+// setDown records why the device is not running.
+func (d *Device) setDown(err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.downErr == nil {
+		d.downErr = err
+	}
+}
+
+// Down returns why the device did not come up or why its agent stopped
+// (nil while it runs).
+func (d *Device) Down() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.downErr
 }
 
 // FlashPath is the device's flash file.
@@ -145,6 +168,9 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	cfg.MaxImage = max(cfg.MaxImage, len(cfg.Factory))
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.UpTimeout <= 0 {
+		cfg.UpTimeout = 5 * time.Minute
 	}
 	if cfg.Parallel <= 0 {
 		cfg.Parallel = 16
@@ -303,17 +329,52 @@ func (f *Fleet) Run(ctx context.Context) error {
 		case <-life.Done():
 		}
 	}()
-	return f.each(ctx, func(cctx context.Context, d *Device) error {
+	// Every device gets its chance: one that does not come up does not
+	// stop the others; the error names them all.
+	up, upCancel := context.WithTimeout(ctx, f.cfg.UpTimeout)
+	defer upCancel()
+	_ = f.each(up, func(cctx context.Context, d *Device) error {
 		if err := f.start(life, cctx, d, &f.wg); err != nil {
-			return fmt.Errorf("fleet: device %s: %w", d.ID, err)
+			d.setDown(fmt.Errorf("did not come up: %w", err))
+			return nil
 		}
 		select {
 		case <-d.subbed:
-			return nil
 		case <-cctx.Done():
-			return cctx.Err()
+			d.setDown(fmt.Errorf("not subscribed to its notices: %w", cctx.Err()))
 		}
+		return nil
 	})
+	if err := f.downError("did not come up"); err != nil {
+		return err
+	}
+	return ctx.Err()
+}
+
+// ErrDevicesDown: devices of the fleet did not come up, or their agents
+// stopped.
+var ErrDevicesDown = errors.New("fleet: devices down")
+
+// downError lists the devices that are down (at most 10 by name), or nil.
+func (f *Fleet) downError(what string) error {
+	var names []string
+	n := 0
+	for _, d := range f.Devices {
+		if err := d.Down(); err != nil {
+			n++
+			if len(names) < 10 {
+				names = append(names, fmt.Sprintf("%s (%v)", d.ID, err))
+			}
+		}
+	}
+	if n == 0 {
+		return nil
+	}
+	more := ""
+	if n > len(names) {
+		more = fmt.Sprintf(", and %d more", n-len(names))
+	}
+	return fmt.Errorf("%w: %d of %d devices %s: %s%s", ErrDevicesDown, n, len(f.Devices), what, strings.Join(names, "; "), more)
 }
 
 // Stop stops the agents and waits for them; the devices' bootctl state
@@ -369,6 +430,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 	go func() {
 		defer wg.Done()
 		if err := a.Run(life); err != nil && life.Err() == nil {
+			d.setDown(fmt.Errorf("agent stopped: %w", err))
 			f.cfg.Logger.Error("agent stopped", "device", d.ID, "err", err)
 		}
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(life), 5*time.Second)

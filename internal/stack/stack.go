@@ -321,11 +321,14 @@ func (s *Stack) Close(ctx context.Context, devices ...string) {
 // root's retained-notice stream from an external NATS.
 func (s *Stack) cleanup(ctx context.Context, devices []string) {
 	if s.mqttSrv == nil && s.MQTTURL != "" && s.MQTTURL != s.NATSURL {
+		// Bounded apart: a broker that died must not hold up the rest.
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		for _, d := range devices {
-			if t, err := s.Topics.Notice(d); err == nil {
-				_ = s.inst.Transport().Publish(ctx, t, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+			if t, err := s.Topics.Notice(d); err == nil && rctx.Err() == nil {
+				_ = s.inst.Transport().Publish(rctx, t, nil, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
 			}
 		}
+		cancel()
 	}
 	if s.natsSrv != nil {
 		return
