@@ -106,7 +106,7 @@ type Flash struct {
 	geom Geometry
 	ff   []byte // one sector of 0xFF
 
-	scratch []byte // Program's read-back buffer, guarded by mu
+	scratch []byte // Program's read-back buffer (at most maxScratch), guarded by mu
 	// erasedFrom[s] is the offset in sector s from which the sector is
 	// known to be erased: 0 after an Erase, moved past each Program into
 	// it, SectorSize when unknown. Program skips the read-back of bytes
@@ -280,10 +280,7 @@ func (f *Flash) Program(p []byte, off int64) error {
 	if off%a != 0 || int64(len(p))%a != 0 {
 		return fmt.Errorf("%w: %d bytes at %#x, alignment %d", ErrAlignment, len(p), off, a)
 	}
-	if cap(f.scratch) < len(p) {
-		f.scratch = make([]byte, len(p))
-	}
-	cur := f.scratch[:len(p)]
+	var cur []byte // what the flash holds at off, read only when needed
 	clean := false
 	if f.knownErased(off, int64(len(p))) {
 		clean = true // erased since the last Erase: nothing to merge
@@ -291,9 +288,11 @@ func (f *Flash) Program(p []byte, off int64) error {
 		// Check in place; copy out only when bits must be merged.
 		clean = f.erased(m[off : off+int64(len(p))])
 		if !clean {
+			cur = f.scratchBuf(len(p))
 			copy(cur, m[off:])
 		}
 	} else {
+		cur = f.scratchBuf(len(p))
 		if err := f.st.readAt(cur, off); err != nil {
 			return err
 		}
@@ -346,6 +345,23 @@ func (f *Flash) Program(p []byte, off int64) error {
 	f.stats.Programs++
 	f.stats.BytesProgrammed += uint64(len(p))
 	return nil
+}
+
+// maxScratch bounds the read-back buffer a Flash keeps between calls:
+// larger programs get a buffer of their own that is not retained, so a
+// device that once programmed a whole image (a factory install) does not
+// hold an image-sized buffer for the rest of its life.
+const maxScratch = 64 << 10
+
+// scratchBuf returns n bytes of read-back buffer. Call with mu held.
+func (f *Flash) scratchBuf(n int) []byte {
+	if n > maxScratch {
+		return make([]byte, n)
+	}
+	if cap(f.scratch) < n {
+		f.scratch = make([]byte, n)
+	}
+	return f.scratch[:n]
 }
 
 // Erase sets sector s to 0xFF. It is one operation for fault injection.

@@ -76,14 +76,20 @@ func (s *fileStore) readAt(p []byte, off int64) error {
 	return nil
 }
 
+// writeAt stores p inverted, through a buffer of at most maxScratch
+// bytes (large writes go in pieces).
 func (s *fileStore) writeAt(p []byte, off int64) error {
-	if cap(s.buf) < len(p) {
-		s.buf = make([]byte, len(p))
-	}
-	b := s.buf[:len(p)]
-	invert(b, p)
-	if _, err := s.f.WriteAt(b, off); err != nil {
-		return fmt.Errorf("bootctl: flash file: %w", err)
+	for len(p) > 0 {
+		n := min(len(p), maxScratch)
+		if cap(s.buf) < n {
+			s.buf = make([]byte, n)
+		}
+		b := s.buf[:n]
+		invert(b, p[:n])
+		if _, err := s.f.WriteAt(b, off); err != nil {
+			return fmt.Errorf("bootctl: flash file: %w", err)
+		}
+		p, off = p[n:], off+int64(n)
 	}
 	return nil
 }
@@ -92,13 +98,17 @@ func (s *fileStore) erase(off, n int64) error {
 	if punchHole(s.f, off, n) == nil {
 		return nil
 	}
-	if cap(s.buf) < int(n) {
-		s.buf = make([]byte, n)
-	}
-	b := s.buf[:n]
-	clear(b)
-	if _, err := s.f.WriteAt(b, off); err != nil {
-		return fmt.Errorf("bootctl: flash file: %w", err)
+	for n > 0 {
+		k := min(n, maxScratch)
+		if cap(s.buf) < int(k) {
+			s.buf = make([]byte, k)
+		}
+		b := s.buf[:k]
+		clear(b)
+		if _, err := s.f.WriteAt(b, off); err != nil {
+			return fmt.Errorf("bootctl: flash file: %w", err)
+		}
+		n, off = n-k, off+k
 	}
 	return nil
 }

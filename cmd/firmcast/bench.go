@@ -26,6 +26,7 @@ type benchFlags struct {
 	dir       string
 	seed      uint64
 	profile   string
+	memprof   string
 	flash     string
 	runs      int
 	timeout   time.Duration
@@ -77,6 +78,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
+	fl.StringVar(&f.memprof, "memprofile", "", "write a heap profile (in use) of each firmcast campaign, taken when the devices have received half the image bytes, to this file (.<case>-<N> appended)")
 	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns, from their start (not the raw runs, not the fleet setup), to this file")
 	c.AddCommand(newBenchIdleCmd())
 	return c
@@ -110,7 +112,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof,
 		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Progress: cmd.ErrOrStderr(),
 	})

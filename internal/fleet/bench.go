@@ -44,6 +44,11 @@ type BenchConfig struct {
 	// CPUProfile, when set, receives a CPU profile of each firmcast
 	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
 	CPUProfile string
+	// MemProfile, when set, receives a heap profile (in use) of each
+	// firmcast campaign taken when the devices have received half of the
+	// image bytes, as MemProfile.<case>-<N>[-<run>]: where the
+	// simulator's memory goes.
+	MemProfile string
 	// Timeout bounds each campaign. Default 30 minutes.
 	Timeout time.Duration
 	// Stall ends a run when nothing moves for this long (Config.Stall).
@@ -189,6 +194,24 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 	cfg.OnReady = func(time.Duration) {
 		cpuStart = cpuSeconds()
 		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
+	}
+	if bc.MemProfile != "" {
+		var once sync.Once
+		half := int64(n) * int64(len(image)) / 2
+		cfg.OnProgress = func(p Progress) {
+			if p.RxBytes < half {
+				return
+			}
+			once.Do(func() {
+				f, err := os.Create(bc.MemProfile + "." + name)
+				if err != nil {
+					bc.Logger.Warn("heap profile", "err", err)
+					return
+				}
+				defer f.Close()
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+			})
+		}
 	}
 	row.Firmcast, err = Run(ctx, cfg)
 	if profiling {
