@@ -20,7 +20,7 @@ type EnvelopeVerifier interface {
 // touch it.
 type RootOfTrust struct {
 	// DeviceKey is the per-device HMAC-SHA256 key that tags every header;
-	// at least 16 bytes.
+	// at least MinDeviceKeySize bytes.
 	DeviceKey []byte
 	// Verifier, when set, turns on secure-boot mode: every image must carry
 	// a signed envelope, verified on every boot, that agrees with the header.
@@ -30,6 +30,9 @@ type RootOfTrust struct {
 	// the status area cannot lower it. The floor is the larger of the two.
 	Counter MonotonicCounter
 }
+
+// MinDeviceKeySize is the shortest RootOfTrust.DeviceKey Open accepts.
+const MinDeviceKeySize = 16
 
 // MonotonicCounter is a counter that only goes up, outside the flash.
 type MonotonicCounter interface {
@@ -46,12 +49,20 @@ type config struct {
 	trialBoots int
 }
 
+// The number of trial boots (WithTrialBoots): the default, and the largest
+// accepted.
+const (
+	DefaultTrialBoots = 3
+	MaxTrialBoots     = 250
+)
+
 // WithTrialBoots sets K, the number of boots a newly installed image may
-// make without Confirm before the next start reverts it. Default 3.
+// make without Confirm before the next start reverts it: 1 to
+// MaxTrialBoots, default DefaultTrialBoots.
 func WithTrialBoots(k int) Option {
 	return func(c *config) error {
-		if k < 1 || k > 250 {
-			return fmt.Errorf("%w: trial boots %d, want 1..250", ErrInvalidOption, k)
+		if k < 1 || k > MaxTrialBoots {
+			return fmt.Errorf("%w: trial boots %d, want 1..%d", ErrInvalidOption, k, MaxTrialBoots)
 		}
 		c.trialBoots = k
 		return nil
@@ -84,10 +95,10 @@ func Open(f *Flash, l Layout, rot RootOfTrust, opts ...Option) (*Device, error) 
 	if err := l.Validate(g); err != nil {
 		return nil, err
 	}
-	if len(rot.DeviceKey) < 16 {
-		return nil, fmt.Errorf("%w: device key of %d bytes, need at least 16", ErrInvalidOption, len(rot.DeviceKey))
+	if len(rot.DeviceKey) < MinDeviceKeySize {
+		return nil, fmt.Errorf("%w: device key of %d bytes, need at least %d", ErrInvalidOption, len(rot.DeviceKey), MinDeviceKeySize)
 	}
-	cfg := config{trialBoots: 3}
+	cfg := config{trialBoots: DefaultTrialBoots}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
 			return nil, err

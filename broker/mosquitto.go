@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -148,8 +149,8 @@ retain_available true
 		{files.ACL, MosquittoACL(spec.Topics, backends), 0o644},
 		{files.Conf, conf, 0o644},
 	} {
-		if err := writeFileAtomic(f.path, []byte(f.data), f.mode); err != nil {
-			return MosquittoFiles{}, err
+		if err := atomicfile.WriteFile(f.path, []byte(f.data), f.mode); err != nil {
+			return MosquittoFiles{}, fmt.Errorf("broker: %w", err)
 		}
 	}
 	return files, nil
@@ -199,39 +200,4 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 		b.WriteString("pattern " + l + "\n")
 	}
 	return b.String()
-}
-
-// writeFileAtomic writes data to path through a temporary file: write,
-// fsync, rename, then fsync the directory.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("broker: write %s: %w", path, err)
-	}
-	if d, err := os.Open(dir); err == nil {
-		_ = d.Sync()
-		d.Close()
-	}
-	return nil
 }

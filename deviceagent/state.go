@@ -7,7 +7,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -113,7 +113,7 @@ func saveState(dir string, r *Record, durable bool) error {
 		return fmt.Errorf("%w: encode: %v", ErrState, err)
 	}
 	if !durable {
-		return fetcher.WriteFileRenamed(filepath.Join(dir, StateFile), b)
+		return atomicfile.WriteFileNoSync(filepath.Join(dir, StateFile), b, 0o600)
 	}
-	return fetcher.WriteFileAtomic(filepath.Join(dir, StateFile), b)
+	return atomicfile.WriteFile(filepath.Join(dir, StateFile), b, 0o600)
 }

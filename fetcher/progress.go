@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -132,49 +133,11 @@ func Discard(dir string) error {
 	return errors.Join(errs...)
 }
 
-// WriteFileAtomic replaces path with data: it writes a temporary file in
-// the same directory, fsyncs it, renames it over path and fsyncs the
-// directory, so that after a crash path holds either the old or the new
-// content, never a mix.
-func WriteFileAtomic(path string, data []byte) error { return writeFile(path, data, true) }
-
-// WriteFileRenamed is WriteFileAtomic without the fsyncs: the rename keeps
-// a reader from ever seeing a partial file, but a host crash may lose the
-// write. For simulators running thousands of devices on one disk, whose
-// "power cuts" are process kills, not host crashes.
-func WriteFileRenamed(path string, data []byte) error { return writeFile(path, data, false) }
-
+// writeFile persists progress with atomicfile, without the fsyncs when the
+// caller simulates devices (Config.NoSync).
 func writeFile(path string, data []byte, durable bool) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a successful rename
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if durable {
-		if err := f.Sync(); err != nil {
-			f.Close()
-			return err
-		}
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
 	if !durable {
-		return nil
+		return atomicfile.WriteFileNoSync(path, data, 0o600)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return atomicfile.WriteFile(path, data, 0o600)
 }

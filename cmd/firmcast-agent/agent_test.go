@@ -20,6 +20,7 @@ import (
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -63,8 +64,7 @@ type setup struct {
 }
 
 func newSetup(t testing.TB, slotSize int64) *setup {
-	s := &setup{dir: t.TempDir(), got: make(chan struct{}, 1)}
-	s.flash = filepath.Join(s.dir, "flash.bin")
+	s := newBrokerSetup(t)
 	const sector = 4096
 	l := bootctl.DefaultLayout(8, 2, int(slotSize/sector))
 	g := bootctl.Geometry{SectorSize: sector, Sectors: l.Sectors(), WriteAlign: 16}
@@ -91,10 +91,17 @@ func newSetup(t testing.TB, slotSize int64) *setup {
 	if err := f.Close(); err != nil {
 		t.Fatal(err)
 	}
-	side, _ := json.Marshal(deviceFile{Geometry: g, Layout: l, TrialBoots: 3, DeviceKey: hex.EncodeToString(devKey)})
-	if err := os.WriteFile(s.flash+".device.json", side, 0o600); err != nil {
+	if err := devicefile.Write(s.flash, devicefile.File{Geometry: g, Layout: l, TrialBoots: 3, DeviceKey: hex.EncodeToString(devKey)}); err != nil {
 		t.Fatal(err)
 	}
+	return s
+}
+
+// newBrokerSetup is a setup without the device: the flash path, the signing
+// key (trusted through pubPEM) and the broker.
+func newBrokerSetup(t testing.TB) *setup {
+	s := &setup{dir: t.TempDir(), got: make(chan struct{}, 1)}
+	s.flash = filepath.Join(s.dir, "flash.bin")
 	s.key = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{3}, 32))
 	pem, err := suit.MarshalPublicKeyPEM(s.key.Public())
 	if err != nil {
@@ -105,6 +112,7 @@ func newSetup(t testing.TB, slotSize int64) *setup {
 
 	s.url = testutil.StartMochi(t, broker.MQTTServerConfig{}).URL()
 	s.topics = testutil.UniqueTopics(t)
+	ctx := context.Background()
 	s.pub, err = broker.Dial(ctx, broker.Config{URL: s.url, Topics: s.topics})
 	if err != nil {
 		t.Fatal(err)

@@ -16,6 +16,7 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -62,7 +63,7 @@ http, objstore, file).`,
 	f.StringVar(&o.class, "class", "", "device class for class-wide announcements")
 	f.StringVar(&o.vendorID, "vendor-id", "", "SUIT vendor id (UUID) the manifest must name (required)")
 	f.StringVar(&o.classID, "class-id", "", "SUIT class id (UUID) the manifest must name (required)")
-	f.StringArrayVar(&o.trust, "trust", nil, "public key (PEM) trusted to sign manifests (repeatable, required)")
+	f.StringArrayVar(&o.trust, "trust", nil, "file of public keys (PEM) trusted to sign manifests (repeatable, required)")
 	f.StringArrayVar(&o.costs, "source-cost", nil, "price per byte of a source kind, KIND=PRICE (repeatable)")
 	f.StringArrayVar(&o.localSources, "source", nil, "local image file or directory (repeatable)")
 	f.Uint64Var(&o.maxMetered, "max-metered-bytes", 0, "defer images over this size until a free source can serve them (0 = no limit)")
@@ -97,11 +98,12 @@ func (o *runOptions) run(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("--trust: %w", err)
 		}
-		k, err := suit.ParsePublicKeyPEM(b)
+		// One or more keys per file, as in the device file's public_key.
+		keys, err := suit.ParseTrustPEM(b)
 		if err != nil {
 			return fmt.Errorf("--trust %s: %w", p, err)
 		}
-		anchors = append(anchors, k)
+		anchors = append(anchors, keys...)
 	}
 	prices := map[string]float64{}
 	for _, kv := range o.costs {
@@ -127,9 +129,9 @@ func (o *runOptions) run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("--root: %w", err)
 	}
-	dev, fl, err := openDevice(o.flash)
+	dev, fl, err := devicefile.Open(o.flash)
 	if err != nil {
-		return err
+		return fmt.Errorf("--flash: %w", err)
 	}
 	defer fl.Close()
 	log := slog.Default()

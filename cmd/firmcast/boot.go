@@ -9,46 +9,24 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/internal/atomicfile"
+	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/schemas/suit"
 	"github.com/spf13/cobra"
 )
 
 // The bootloader simulator keeps a device in two files: the flash (a
-// file-backed bootctl flash, bytes inverted so it is sparse) and
-// <flash>.device.json, which stands for what is not on the flash: the
-// geometry and layout the bootloader is built with, and the root-of-trust
-// store (device key, public key).
+// file-backed bootctl flash, bytes inverted so it is sparse) and its device
+// file (internal/devicefile), which stands for what is not on the flash:
+// the geometry and layout the bootloader is built with, and the
+// root-of-trust store (device key, public keys).
 const (
 	bootSectorSize  = 4096
 	bootWriteAlign  = 16
 	bootBootSectors = 8
-	bootTrialBoots  = 3
 )
-
-// bootDeviceFile is <flash>.device.json.
-type bootDeviceFile struct {
-	Geometry   bootctl.Geometry `json:"geometry"`
-	Layout     bootctl.Layout   `json:"layout"`
-	TrialBoots int              `json:"trial_boots"`
-	DeviceKey  string           `json:"device_key"`
-	PublicKey  []byte           `json:"public_key,omitempty"`
-}
-
-// bootEnvelopeVerifier builds the secure-boot verifier from the public
-// key(s) given to init --pubkey (one or more PEM "PUBLIC KEY" blocks): the
-// SUIT envelope verifier of schemas/suit.
-var bootEnvelopeVerifier = func(pub []byte) (bootctl.EnvelopeVerifier, error) {
-	trust, err := suit.ParseTrustPEM(pub)
-	if err != nil {
-		return nil, fmt.Errorf("device file public_key: %w", err)
-	}
-	return suit.BootVerifier{Trust: trust}, nil
-}
-
-func bootSidecar(flash string) string { return flash + ".device.json" }
 
 func newBootCmd() *cobra.Command {
 	c := &cobra.Command{
@@ -122,7 +100,7 @@ func newBootInitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			dev := bootDeviceFile{Geometry: g, Layout: l, TrialBoots: bootTrialBoots}
+			dev := devicefile.File{Geometry: g, Layout: l, TrialBoots: bootctl.DefaultTrialBoots}
 			var key []byte
 			if keyHex != "" {
 				if key, err = parseDeviceKey(keyHex); err != nil {
@@ -139,7 +117,7 @@ func newBootInitCmd() *cobra.Command {
 				if dev.PublicKey, err = os.ReadFile(pubFile); err != nil {
 					return fmt.Errorf("--pubkey: %w", err)
 				}
-				if _, err := bootEnvelopeVerifier(dev.PublicKey); err != nil {
+				if _, err := dev.RootOfTrust(); err != nil {
 					return fmt.Errorf("--pubkey %s: %w", pubFile, err)
 				}
 			}
@@ -153,11 +131,10 @@ func newBootInitCmd() *cobra.Command {
 			if err := f.Close(); err != nil {
 				return err
 			}
-			b, _ := json.MarshalIndent(dev, "", "  ")
-			if err := bootWriteAtomic(bootSidecar(flash), append(b, '\n')); err != nil {
+			if err := devicefile.Write(flash, dev); err != nil {
 				return err
 			}
-			res := map[string]any{"flash": flash, "device_file": bootSidecar(flash), "geometry": g, "layout": l,
+			res := map[string]any{"flash": flash, "device_file": devicefile.Path(flash), "geometry": g, "layout": l,
 				"image_capacity": l.ImageCapacity(g), "secure_boot": pubFile != ""}
 			return bootOut(cmd, asJSON, res, func(w io.Writer) {
 				fmt.Fprintf(w, "flash %s: %d bytes, %d slots of %d bytes (images up to %d bytes), secure boot %v\n",
@@ -175,41 +152,6 @@ func newBootInitCmd() *cobra.Command {
 	_ = c.MarkFlagRequired("flash")
 	_ = c.MarkFlagRequired("slot-size")
 	return c
-}
-
-// openBootDevice opens the flash and device file. The caller closes the flash.
-func openBootDevice(flash string) (*bootctl.Device, *bootctl.Flash, error) {
-	b, err := os.ReadFile(bootSidecar(flash))
-	if err != nil {
-		return nil, nil, fmt.Errorf("device file (run boot init first): %w", err)
-	}
-	var dev bootDeviceFile
-	if err := json.Unmarshal(b, &dev); err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", bootSidecar(flash), err)
-	}
-	key, err := hex.DecodeString(dev.DeviceKey)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%s: device_key: %w", bootSidecar(flash), err)
-	}
-	rot := bootctl.RootOfTrust{DeviceKey: key}
-	if len(dev.PublicKey) > 0 {
-		if bootEnvelopeVerifier == nil {
-			return nil, nil, errors.New("secure-boot mode (init --pubkey) needs the SUIT envelope verifier, which this build does not wire in yet")
-		}
-		if rot.Verifier, err = bootEnvelopeVerifier(dev.PublicKey); err != nil {
-			return nil, nil, err
-		}
-	}
-	f, err := bootctl.OpenFileFlash(flash, dev.Geometry)
-	if err != nil {
-		return nil, nil, err
-	}
-	d, err := bootctl.Open(f, dev.Layout, rot, bootctl.WithTrialBoots(dev.TrialBoots))
-	if err != nil {
-		f.Close()
-		return nil, nil, err
-	}
-	return d, f, nil
 }
 
 func newBootStageCmd() *cobra.Command {
@@ -250,7 +192,7 @@ func newBootStageCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			d, f, err := openBootDevice(flash)
+			d, f, err := devicefile.Open(flash)
 			if err != nil {
 				return err
 			}
@@ -327,7 +269,7 @@ see the next boot recover. Exit status 3 means no image may boot.`,
 			if (torn || interrupt) && cutAfter < 0 {
 				return errors.New("--torn and --interrupt-erase need --cut-after")
 			}
-			d, f, err := openBootDevice(flash)
+			d, f, err := devicefile.Open(flash)
 			if err != nil {
 				return err
 			}
@@ -397,7 +339,7 @@ func newBootConfirmCmd() *cobra.Command {
 		Short: "Confirm the image in trial state (raises the anti-rollback floor)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d, f, err := openBootDevice(flash)
+			d, f, err := devicefile.Open(flash)
 			if err != nil {
 				return err
 			}
@@ -428,7 +370,7 @@ func newBootInspectCmd() *cobra.Command {
 		Short: "Show headers, trial state, floor and last revert reason",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			d, f, err := openBootDevice(flash)
+			d, f, err := devicefile.Open(flash)
 			if err != nil {
 				return err
 			}
@@ -524,7 +466,7 @@ where the application would not start right after the bootloader
 			if err != nil {
 				return err
 			}
-			if err := bootWriteAtomic(out, img); err != nil {
+			if err := atomicfile.WriteFile(out, img, 0o600); err != nil {
 				return err
 			}
 			res := map[string]any{"out": out, "size": len(img), "geometry": g, "layout": l,
@@ -552,25 +494,4 @@ where the application would not start right after the bootloader
 		_ = c.MarkFlagRequired(n)
 	}
 	return c
-}
-
-// bootWriteAtomic writes a file with write, fsync, rename.
-func bootWriteAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

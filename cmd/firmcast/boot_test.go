@@ -9,6 +9,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/internal/devicefile"
 )
 
 // bootCLI runs `firmcast boot ...` in-process and returns stdout.
@@ -135,5 +138,59 @@ func TestBootCLI(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), "--") {
 			t.Errorf("%v: %v", args, err)
 		}
+	}
+}
+
+// TestBootTrialBoots: the device file's trial_boots sets the bootloader's
+// trial limit; 0, or the field left out, means bootctl.DefaultTrialBoots
+// (internal/devicefile), and a value out of range is refused naming the
+// field.
+func TestBootTrialBoots(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		edit      func(m map[string]any)
+		wantLimit int
+		wantErr   string
+	}{
+		{"as written by init", func(map[string]any) {}, bootctl.DefaultTrialBoots, ""},
+		{"zero", func(m map[string]any) { m["trial_boots"] = 0 }, bootctl.DefaultTrialBoots, ""},
+		{"absent", func(m map[string]any) { delete(m, "trial_boots") }, bootctl.DefaultTrialBoots, ""},
+		{"one", func(m map[string]any) { m["trial_boots"] = 1 }, 1, ""},
+		{"negative", func(m map[string]any) { m["trial_boots"] = -1 }, 0, "trial_boots -1"},
+		{"over the maximum", func(m map[string]any) { m["trial_boots"] = bootctl.MaxTrialBoots + 1 }, 0, "trial_boots 251"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			flash := filepath.Join(t.TempDir(), "dev.flash")
+			bootJSON(t, &struct{}{}, "init", "--flash", flash, "--slot-size", "65536")
+			side := devicefile.Path(flash)
+			b, err := os.ReadFile(side)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var m map[string]any
+			if err := json.Unmarshal(b, &m); err != nil {
+				t.Fatal(err)
+			}
+			tc.edit(m)
+			if b, err = json.Marshal(m); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(side, b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, err := bootCLI(t, "inspect", "--flash", flash, "--json")
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.Contains(err.Error(), side) {
+					t.Fatalf("inspect: %v, want an error naming %s and %q", err, side, tc.wantErr)
+				}
+				return
+			}
+			var st struct {
+				TrialLimit int `json:"trial_limit"`
+			}
+			if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.TrialLimit != tc.wantLimit {
+				t.Fatalf("inspect: %v %s, want trial limit %d", err, out, tc.wantLimit)
+			}
+		})
 	}
 }

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
+	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
 
@@ -57,10 +57,10 @@ that devices trust. Existing files are not overwritten unless --force.`,
 					}
 				}
 			}
-			if err := writeFileAtomic(privPath, priv, 0o600); err != nil {
+			if err := atomicfile.WriteFile(privPath, priv, 0o600); err != nil {
 				return fmt.Errorf("keys gen: %w", err)
 			}
-			if err := writeFileAtomic(pubPath, pub, 0o644); err != nil {
+			if err := atomicfile.WriteFile(pubPath, pub, 0o644); err != nil {
 				return fmt.Errorf("keys gen: %w", err)
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (private, keep offline) and %s (public)\n", privPath, pubPath)
@@ -71,31 +71,4 @@ that devices trust. Existing files are not overwritten unless --force.`,
 	c.Flags().StringVar(&out, "out", "", "output name: writes NAME.pem and NAME.pub.pem")
 	c.Flags().BoolVar(&force, "force", false, "overwrite existing files")
 	return c
-}
-
-// writeFileAtomic writes data to path through a temporary file: write,
-// fsync, rename, so a crash never leaves a half-written file.
-func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), ".firmcast-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer os.Remove(tmp)
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
 }

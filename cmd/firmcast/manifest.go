@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
 
@@ -127,7 +128,7 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(f.out, env, 0o644); err != nil {
+	if err := atomicfile.WriteFile(f.out, env, 0o644); err != nil {
 		return err
 	}
 	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes, sequence number %d, %d signature(s))\n", f.out, len(env), f.seq, len(signers))

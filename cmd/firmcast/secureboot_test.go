@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -142,5 +143,68 @@ func TestSecureBootCLI(t *testing.T) {
 	bootJSON(t, &r, "run", "--flash", flash)
 	if r.Action != "installed" || r.Version != 4 {
 		t.Fatalf("v4: %+v", r)
+	}
+}
+
+// TestSecureBootKeyRotationCLI: `boot init --pubkey` with a file holding two
+// keys (the current and the next signing key, during a key rotation) boots
+// images signed by either key, in any order; a third key is still refused.
+func TestSecureBootKeyRotationCLI(t *testing.T) {
+	dir := t.TempDir()
+	var bundle []byte
+	for _, k := range []string{"current", "next", "rogue"} {
+		if _, err := runFirmcast(t, "keys", "gen", "--alg", "ed25519", "--out", filepath.Join(dir, k)); err != nil {
+			t.Fatal(err)
+		}
+		if k != "rogue" {
+			pub, err := os.ReadFile(filepath.Join(dir, k+".pub.pem"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			bundle = append(bundle, pub...)
+		}
+	}
+	rotation := filepath.Join(dir, "rotation.pub.pem")
+	if err := os.WriteFile(rotation, bundle, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	flash := filepath.Join(dir, "dev.flash")
+	bootJSON(t, &struct{}{}, "init", "--flash", flash, "--slots", "2", "--slot-size", "65536", "--pubkey", rotation)
+	for _, tc := range []struct {
+		seq     int
+		signer  string
+		refused bool
+	}{
+		{1, "current", false},
+		{2, "next", false},
+		{3, "rogue", true},
+		{4, "current", false},
+		{5, "next", false},
+	} {
+		img := filepath.Join(dir, fmt.Sprintf("v%d.bin", tc.seq))
+		if err := os.WriteFile(img, bytes.Repeat([]byte{byte(tc.seq), 'f', 'w'}, 3000), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		env := img + ".suit"
+		if _, err := runFirmcast(t, "manifest", "create", "--image", img, "--vendor-id", vendorUUID, "--class-id", classUUID,
+			"--seq", fmt.Sprint(tc.seq), "--key", filepath.Join(dir, tc.signer+".pem"), "--out", env); err != nil {
+			t.Fatal(err)
+		}
+		_, err := bootCLI(t, "stage", "--flash", flash, "--image", img, "--envelope", env, "--json")
+		if tc.refused {
+			if err == nil || !strings.Contains(err.Error(), "envelope refused") {
+				t.Fatalf("v%d signed by %s: stage %v, want the envelope refused", tc.seq, tc.signer, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("v%d signed by %s: stage: %v", tc.seq, tc.signer, err)
+		}
+		var r runOut
+		bootJSON(t, &r, "run", "--flash", flash)
+		if !r.Booted || r.Version != uint64(tc.seq) {
+			t.Fatalf("v%d signed by %s: %+v, want it booted", tc.seq, tc.signer, r)
+		}
+		bootJSON(t, &r, "confirm", "--flash", flash)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -21,6 +20,8 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/internal/atomicfile"
+	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -259,25 +260,22 @@ func forEachLimit(ctx context.Context, n, limit int, fn func(context.Context, in
 	return ctx.Err()
 }
 
-type deviceFile struct {
-	Geometry   bootctl.Geometry `json:"geometry"`
-	Layout     bootctl.Layout   `json:"layout"`
-	TrialBoots int              `json:"trial_boots"`
-	DeviceKey  string           `json:"device_key"`
-}
-
 // prepare creates the device's flash and installs the factory image the
 // way a production line would: stage, boot (install), confirm.
 func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if err := os.MkdirAll(filepath.Join(d.Dir, "state"), 0o700); err != nil {
 		return err
 	}
-	df, _ := json.MarshalIndent(deviceFile{Geometry: f.geom, Layout: f.layout, TrialBoots: trialBoots, DeviceKey: hex.EncodeToString(d.key)}, "", "  ")
-	if err := os.WriteFile(d.FlashPath()+".device.json", append(df, '\n'), 0o600); err != nil {
+	// The device file `firmcast boot` and firmcast-agent open; without
+	// fsync, like the agents' state (a fleet is thousands of devices).
+	df, err := devicefile.Encode(devicefile.File{Geometry: f.geom, Layout: f.layout, TrialBoots: trialBoots, DeviceKey: hex.EncodeToString(d.key)})
+	if err != nil {
+		return err
+	}
+	if err := atomicfile.WriteFileNoSync(devicefile.Path(d.FlashPath()), df, 0o600); err != nil {
 		return err
 	}
 	var fl *bootctl.Flash
-	var err error
 	if f.cfg.MemFlash {
 		fl, err = bootctl.NewMemFlash(f.geom)
 	} else {
