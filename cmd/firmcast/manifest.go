@@ -212,17 +212,9 @@ func runManifestInspect(cmd *cobra.Command, path string, keys []string, asJSON b
 	if err != nil {
 		return err
 	}
-	var anchors suit.TrustAnchors
-	for _, k := range keys {
-		b, err := os.ReadFile(k)
-		if err != nil {
-			return fmt.Errorf("--key: %w", err)
-		}
-		pub, err := suit.ParsePublicKeyPEM(b)
-		if err != nil {
-			return fmt.Errorf("--key %s: %w", k, err)
-		}
-		anchors = append(anchors, pub)
+	anchors, err := readTrustFiles("key", keys)
+	if err != nil {
+		return err
 	}
 	var m *suit.Manifest
 	if len(keys) > 0 {

@@ -15,7 +15,6 @@ import (
 	"github.com/firmcast/firmcast/internal/fleet"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
-	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 type simFlags struct {
@@ -112,17 +111,9 @@ func runSim(cmd *cobra.Command, f *simFlags) error {
 	if len(f.trust) == 0 || f.vendorID == "" || f.classID == "" {
 		return fail(errors.New("--trust, --vendor-id and --class-id are required (what the server signs manifests with)"))
 	}
-	var anchors suit.TrustAnchors
-	for _, p := range f.trust {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fail(fmt.Errorf("--trust: %w", err))
-		}
-		k, err := suit.ParsePublicKeyPEM(b)
-		if err != nil {
-			return fail(fmt.Errorf("--trust %s: %w", p, err))
-		}
-		anchors = append(anchors, k)
+	anchors, err := readTrustFiles("trust", f.trust)
+	if err != nil {
+		return fail(err)
 	}
 	vendor, err := parseUUID(f.vendorID)
 	if err != nil {
