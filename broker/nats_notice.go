@@ -144,7 +144,7 @@ func (t *NATSTransport) subscribeNotice(ctx context.Context, s *natsSub, subj st
 		return err
 	default:
 		t.ep.Logger.Info("retained notice not readable yet (is the backend up?); retrying", "subject", subj, "err", err)
-		ln.start()
+		ln.start(false)
 	}
 	return nil
 }
@@ -182,9 +182,9 @@ type lastNotice struct {
 
 	mu      sync.Mutex
 	live    uint64 // live notices delivered
-	base    uint64 // live when the current read began
+	base    uint64 // live when the subscription began, or the last reconnection
 	running bool   // a retry goroutine runs
-	again   bool   // a reconnection asked for a new read meanwhile
+	again   bool   // a read is wanted (set again by a reconnection during one)
 }
 
 // onLive is the core subscription's callback.
@@ -210,19 +210,24 @@ func (l *lastNotice) read(ctx context.Context, base uint64) error {
 	return nil
 }
 
-// start reads again in the background (a reconnection, or a stream that
-// was not there): at once, then with back-off until a read succeeds.
-func (l *lastNotice) start() {
+// start reads again in the background: at once, then with back-off until
+// a read succeeds. After a reconnection (fresh), live notices count from
+// now; when the subscription's first read failed, they still count from
+// the subscription.
+func (l *lastNotice) start(fresh bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.ctx.Err() != nil {
 		return
 	}
+	if fresh {
+		l.base = l.live
+	}
+	l.again = true
 	if l.running {
-		l.again = true
 		return
 	}
-	l.running, l.again = true, true
+	l.running = true
 	go l.retry()
 }
 
@@ -234,24 +239,19 @@ func (l *lastNotice) retry() {
 			l.mu.Unlock()
 			return
 		}
-		l.again = false
-		l.base = l.live
 		l.mu.Unlock()
 		var b retry.Backoff = retry.NewExponential(noticeRetryBase)
 		b = retry.WithCappedDuration(noticeRetryCap, retry.WithJitterPercent(20, b))
 		failures := 0
 		err := retry.Do(l.ctx, b, func(ctx context.Context) error {
+			// A reconnection during this read asks for one more.
 			l.mu.Lock()
-			if l.again {
-				// Reconnected during the retries: count from now.
-				l.again = false
-				l.base = l.live
-			}
-			start := l.base
+			l.again = false
+			base := l.base
 			l.mu.Unlock()
 			gctx, cancel := context.WithTimeout(ctx, noticeGetTimeout)
 			defer cancel()
-			err := l.read(gctx, start)
+			err := l.read(gctx, base)
 			if err == nil || errors.Is(err, ErrNotAuthorized) {
 				return err
 			}
@@ -262,10 +262,22 @@ func (l *lastNotice) retry() {
 		})
 		if err != nil && l.ctx.Err() == nil {
 			l.t.ep.Logger.Warn("retained notice not read", "subject", l.subj, "err", err)
-		} else if err == nil && failures > 0 {
+			l.mu.Lock()
+			l.running = false
+			l.mu.Unlock()
+			return
+		}
+		if err == nil && failures > 0 {
 			l.t.ep.Logger.Info("retained notice read", "subject", l.subj, "after_failures", failures)
 		}
 	}
+}
+
+// idle reports whether no background read is running (tests).
+func (l *lastNotice) idle() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return !l.running
 }
 
 // close stops the retries.
@@ -352,7 +364,7 @@ func (t *NATSTransport) reconnected() {
 	}
 	t.mu.Unlock()
 	for _, l := range lasts {
-		l.start()
+		l.start(true)
 	}
 	for _, f := range fs {
 		f()

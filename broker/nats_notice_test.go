@@ -258,3 +258,65 @@ func TestNATSNoticeAgainOnReconnect(t *testing.T) {
 		}
 	}
 }
+
+// TestNATSNoticeWaitedForNotRepeated: a device subscribes before the
+// notice stream exists (nats-server 2.9.10 does not answer its read, which
+// waits and then retries in the background); the backend then makes the
+// stream and publishes the notice, which the device gets live. The read
+// that finally succeeds must not deliver that notice a second time.
+func TestNATSNoticeWaitedForNotRepeated(t *testing.T) {
+	url := testutil.StartNATSProcess(t).URL()
+	topics := testutil.UniqueTopics(t)
+	notice, _ := topics.Notice("dev1")
+	stream := broker.NoticeStreamName(topics)
+	// The device's first read is a request on this subject; seeing it
+	// means its core subscription (sent before) is in place.
+	watch, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close()
+	reads, err := watch.SubscribeSync("$JS.API.DIRECT.GET." + stream + ".>")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	dev := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "dev1"})
+	ch := make(chan broker.Message, 16)
+	subscribed := make(chan error, 1)
+	go func() {
+		_, err := dev.Subscribe(context.Background(), notice, func(_ context.Context, m broker.Message) { ch <- m }, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+		subscribed <- err
+	}()
+	if _, err := reads.NextMsg(10 * time.Second); err != nil {
+		t.Fatalf("the device's first read: %v", err)
+	}
+	backend := dial(t, url, topics, "backend")
+	publish(t, backend, notice, []byte("n1"), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+	if m := recv(t, ch, "live notice"); string(m.Payload) != "n1" || m.Retained {
+		t.Fatalf("got %q retained=%v, want n1 live", m.Payload, m.Retained)
+	}
+	select {
+	case err := <-subscribed:
+		if err != nil {
+			t.Fatalf("subscribe: %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("subscribe did not return")
+	}
+	// Wait until the background read has succeeded, then a live sentinel
+	// must be the next message (not n1 again).
+	deadline := time.Now().Add(20 * time.Second)
+	for !broker.NoticeReadsIdle(dev.(*broker.NATSTransport)) {
+		if time.Now().After(deadline) {
+			t.Fatal("background read still running after 20s")
+		}
+		time.Sleep(10 * time.Millisecond) // polling a condition; there is no event to wait on
+	}
+	publish(t, backend, notice, []byte("sentinel"), broker.PublishOptions{Family: broker.FamilyNotice})
+	if m := recv(t, ch, "sentinel"); string(m.Payload) != "sentinel" {
+		t.Fatalf("got %q retained=%v before the sentinel: the notice received live was delivered again", m.Payload, m.Retained)
+	}
+}
