@@ -162,17 +162,14 @@ const (
 	noticeRetryCap  = 15 * time.Second
 )
 
-// errNoticeStreamMissing: a direct get got no answer or "no responders":
-// the stream does not exist (yet), or does not allow direct gets.
-var errNoticeStreamMissing = errors.New("broker: notice stream not available")
-
 // lastNotice reads the retained notice of one subscription. Live
 // notices arrive on the core subscription; the read fills in the one
 // published before it (on subscribe) or while the connection was down (on
 // reconnect). A read's result is delivered only if no live notice arrived
-// since the read began: a live notice is newer than anything stored
-// before it, and the one stored after it arrives live as well. Retried
-// reads run on one goroutine at a time, for as long as the subscription.
+// since the subscription began (or, after a reconnection, since then): a
+// live notice is newer than anything stored before it, and one stored
+// after it arrives live as well. Retried reads run on one goroutine at a
+// time, for as long as the subscription.
 type lastNotice struct {
 	t      *NATSTransport
 	s      *natsSub
