@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -57,7 +56,7 @@ func aclBrokers() []aclBroker {
 			return srv.URL()
 		}, true},
 		{"mosquitto-generated", func(t *testing.T, topics schemas.Topics) string {
-			return stacktest.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
+			return testutil.StartMosquittoWithPolicy(t, topics, aclAccounts()).URL()
 		}, false},
 	}
 }

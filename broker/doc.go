@@ -17,9 +17,12 @@
 //     members), response topic + correlation data for request/reply,
 //     RequestProblemInfo on every CONNECT (mochi strips user properties
 //     otherwise), subscription identifiers to route deliveries.
-//   - nats.go: NATS core pub/sub, queue groups, request/reply; retained
-//     notices in a JetStream stream keeping the last message per notice
-//     subject (NoticeStream), using only features NATS 2.9 also has.
+//   - nats.go: NATS core pub/sub, queue groups, request/reply.
+//   - nats_notice.go: retained notices on NATS, in a JetStream stream
+//     keeping the last message per notice subject (NoticeStream, created
+//     by the backend only); a device reads its own by a core
+//     subscription plus a direct get named by its notice subject, with no
+//     consumer, using only features NATS 2.9.10 also has.
 //   - dispatch.go: each subscription's handler runs on its own goroutine,
 //     in order, so the network readers never wait for a handler.
 //   - server_mqtt.go, server_nats.go: embedded brokers with the
@@ -35,6 +38,7 @@
 //     acl (pattern lines on %u) and a conf snippet with the queue limits.
 //
 // Topic names always come from schemas.Topics. broker imports schemas for
-// topic names (and nothing else of ours); it never imports publisher,
-// deviceagent, fetcher or bootctl.
+// topic names and internal/jsensure to create the notice stream (and
+// nothing else of ours); it never imports publisher, deviceagent, fetcher
+// or bootctl.
 package broker

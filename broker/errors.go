@@ -10,4 +10,8 @@ var (
 	ErrServerClosed = errors.New("broker: server closed")
 	// ErrBadServerConfig: an embedded server configuration is unusable.
 	ErrBadServerConfig = errors.New("broker: bad server config")
+	// errNoticeStreamMissing: a direct get of a notice got no answer or
+	// "no responders": the notice stream does not exist (yet), or does not
+	// allow direct gets. The read is retried.
+	errNoticeStreamMissing = errors.New("broker: notice stream not available")
 )

@@ -18,19 +18,28 @@ import (
 // queue groups for shared subscriptions, and request/reply with the
 // inbox under the topic root. NATS has no retained messages, so retained
 // notices live in a JetStream stream (NoticeStream) that keeps the last
-// message per notice subject:
+// message per notice subject, created by the backend only:
 //
 //   - Publish with Retain writes to the stream (a JetStream publish,
 //     acknowledged); Retain with an empty payload purges that subject.
-//   - Subscribe with Retained reads the stream through an ordered consumer
-//     delivering the last message per subject, then live ones.
+//   - Subscribe with Retained to one notice subject (what a device does)
+//     makes a core subscription, then reads the subject's last message by
+//     a direct get that names the subject in the API subject
+//     ($JS.API.DIRECT.GET.<stream>.<subject>), and reads it again after
+//     every reconnection: no JetStream consumer, no stream info, nothing
+//     a device's permissions must open beyond its own notice. While the
+//     stream is missing (the backend has not created it yet), the read is
+//     retried with back-off for as long as the subscription lives.
+//   - Subscribe with Retained to the notice wildcard (backend tools) reads
+//     the stream through an ordered consumer delivering the last message
+//     per subject, then live ones.
 //
 // Retain is therefore accepted only on notice subjects (root.v1.dev.*.notice).
 // A plain publish to a notice subject is also captured by the stream.
 //
-// Only features present in both the machine's NATS 2.9 and the embedded
+// Only features present in both Debian's NATS 2.9.10 and the embedded
 // 2.15 are used: a single filter subject per consumer, MaxMsgsPerSubject,
-// subject purge.
+// subject purge, direct get with the subject in the API subject.
 //
 // While the connection is down, nats.go buffers publishes (up to 8 MiB)
 // and sends them on reconnection; Publish then returns nil without the
@@ -43,8 +52,15 @@ type NATSTransport struct {
 	cancel context.CancelFunc
 	stream string
 
+	// nsMu guards ns, the notice stream once this (backend) transport
+	// has made sure it exists (NoticeStream).
+	nsMu sync.Mutex
+	ns   jetstream.Stream
+
 	mu     sync.Mutex
 	subs   map[*natsSub]struct{}
+	onUp   map[int]func()
+	nextUp int
 	closed bool
 }
 
@@ -54,12 +70,9 @@ type natsSub struct {
 	cc   jetstream.ConsumeContext
 	d    *dispatcher
 	once sync.Once
-}
-
-// NoticeStreamName is the JetStream stream holding the retained notices of
-// a topic root: "FIRMCAST_NOTICES_" plus the root with "/" turned to "_".
-func NoticeStreamName(t schemas.Topics) string {
-	return "FIRMCAST_NOTICES_" + strings.ReplaceAll(t.Root(), "/", "_")
+	// last reads the retained notice of a one-subject retained
+	// subscription (nats_notice.go); nil otherwise.
+	last *lastNotice
 }
 
 func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
@@ -68,7 +81,7 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 		return nil, fmt.Errorf("%w: %v", ErrBadURL, err)
 	}
 	life, cancel := context.WithCancel(context.Background())
-	t := &NATSTransport{ep: ep, ctx: life, cancel: cancel, stream: NoticeStreamName(ep.Topics), subs: map[*natsSub]struct{}{}}
+	t := &NATSTransport{ep: ep, ctx: life, cancel: cancel, stream: NoticeStreamName(ep.Topics), subs: map[*natsSub]struct{}{}, onUp: map[int]func(){}}
 	opts := []nats.Option{
 		nats.Name(ep.ClientID),
 		nats.CustomInboxPrefix(inbox.NATS),
@@ -80,7 +93,10 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 				ep.Logger.Info("nats connection lost; reconnecting", "err", err)
 			}
 		}),
-		nats.ReconnectHandler(func(*nats.Conn) { ep.Logger.Debug("nats reconnected") }),
+		nats.ReconnectHandler(func(*nats.Conn) {
+			ep.Logger.Debug("nats reconnected")
+			t.reconnected()
+		}),
 		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
 			subj := ""
 			if s != nil {
@@ -149,26 +165,6 @@ func (t *NATSTransport) Conn() *nats.Conn { return t.nc }
 // backend's streams and key-value stores.
 func (t *NATSTransport) JetStream() jetstream.JetStream { return t.js }
 
-// NoticeStream returns the stream of retained notices, creating it when
-// it does not exist yet: subjects root.v1.dev.*.notice, file storage, one
-// message per subject. Devices may not create streams, so the backend
-// calls NoticeStream once at start.
-func (t *NATSTransport) NoticeStream(ctx context.Context) (jetstream.Stream, error) {
-	cfg := noticeStreamConfig(t.ep.Topics)
-	s, err := t.js.Stream(ctx, t.stream)
-	if err == nil {
-		return s, nil
-	}
-	if err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
-		return nil, fmt.Errorf("broker: notice stream %s: %w", t.stream, err)
-	}
-	s, err = t.js.CreateOrUpdateStream(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("broker: notice stream %s: %w", t.stream, err)
-	}
-	return s, nil
-}
-
 func (t *NATSTransport) isNotice(subject string) bool {
 	return natsMatch(t.ep.Topics.NoticesAll().NATS, subject)
 }
@@ -189,20 +185,7 @@ func (t *NATSTransport) Publish(ctx context.Context, topic schemas.Topic, payloa
 		if !t.isNotice(subj) {
 			return fmt.Errorf("broker: retain on %s: NATS keeps retained messages for notice subjects only", subj)
 		}
-		s, err := t.NoticeStream(ctx)
-		if err != nil {
-			return err
-		}
-		if len(payload) == 0 {
-			if err := s.Purge(ctx, jetstream.WithPurgeSubject(subj)); err != nil {
-				return fmt.Errorf("broker: clear retained %s: %w", subj, err)
-			}
-			return nil
-		}
-		if _, err := t.js.Publish(ctx, subj, payload); err != nil {
-			return fmt.Errorf("broker: retained publish %s: %w", subj, err)
-		}
-		return nil
+		return t.publishRetained(ctx, subj, payload)
 	}
 	if err := t.nc.Publish(subj, payload); err != nil {
 		return t.connErr("publish "+subj, err)
@@ -242,9 +225,10 @@ func (t *NATSTransport) isClosed() bool {
 
 // Subscribe implements Subscriber. Shared subscriptions join the queue
 // group schemas.SharedGroup. Retained subscriptions read the notice stream
-// (filter must be a notice subject or the notice wildcard). A permission
-// violation reported by the server while subscribing returns
-// ErrNotAuthorized.
+// (filter must be a notice subject, read by direct get, or the notice
+// wildcard, read by an ordered consumer; see NATSTransport). A permission
+// violation reported by the server while subscribing, or for the direct
+// get, returns ErrNotAuthorized.
 func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h Handler, opts SubscribeOptions) (Subscription, error) {
 	subj := filter.NATS
 	if subj == "" {
@@ -258,9 +242,12 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 	t.mu.Unlock()
 	s := &natsSub{t: t, d: newDispatcher(t.ctx, h)}
 	var err error
-	if opts.Retained {
-		err = t.subscribeRetained(ctx, s, subj)
-	} else {
+	switch {
+	case opts.Retained && subj == t.ep.Topics.NoticesAll().NATS:
+		err = t.subscribeAllNotices(ctx, s, subj)
+	case opts.Retained:
+		err = t.subscribeNotice(ctx, s, subj)
+	default:
 		cb := func(m *nats.Msg) { s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply}) }
 		if opts.Shared {
 			s.sub, err = t.nc.QueueSubscribe(subj, schemas.SharedGroup, cb)
@@ -300,19 +287,15 @@ func (t *NATSTransport) checkSub(ctx context.Context, sub *nats.Subscription) er
 	return nil
 }
 
-func (t *NATSTransport) subscribeRetained(ctx context.Context, s *natsSub, subj string) error {
-	if !t.isNotice(subj) && subj != t.ep.Topics.NoticesAll().NATS {
-		return fmt.Errorf("broker: retained subscribe %s: NATS keeps retained messages for notice subjects only", subj)
-	}
-	st, err := t.NoticeStream(ctx)
+// subscribeAllNotices reads every device's retained notice and then the
+// live ones through an ordered consumer (a backend's view; devices may
+// not create consumers). The stream must exist.
+func (t *NATSTransport) subscribeAllNotices(ctx context.Context, s *natsSub, subj string) error {
+	st, err := t.js.Stream(ctx, t.stream)
 	if err != nil {
-		return err
+		return fmt.Errorf("broker: notice stream %s: %w", t.stream, err)
 	}
-	info, err := st.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("broker: notice stream info: %w", err)
-	}
-	last := info.State.LastSeq
+	last := st.CachedInfo().State.LastSeq
 	cons, err := t.js.OrderedConsumer(ctx, t.stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{subj},
 		DeliverPolicy:  jetstream.DeliverLastPerSubjectPolicy,
@@ -334,6 +317,9 @@ func (t *NATSTransport) subscribeRetained(ctx context.Context, s *natsSub, subj 
 }
 
 func (s *natsSub) stop() {
+	if s.last != nil {
+		s.last.close()
+	}
 	if s.sub != nil {
 		_ = s.sub.Unsubscribe()
 	}
@@ -398,6 +384,7 @@ func (t *NATSTransport) Close(ctx context.Context) error {
 	t.closed = true
 	subs := t.subs
 	t.subs = nil
+	t.onUp = nil
 	t.mu.Unlock()
 	for s := range subs {
 		s.stop()
@@ -435,18 +422,4 @@ func withDefaultDeadline(ctx context.Context, d time.Duration) (context.Context,
 		return ctx, func() {}
 	}
 	return context.WithTimeout(ctx, d)
-}
-
-// noticeStreamConfig is the retained-notice stream of a topic root.
-func noticeStreamConfig(t schemas.Topics) jetstream.StreamConfig {
-	return jetstream.StreamConfig{
-		Name:              NoticeStreamName(t),
-		Description:       "firmcast retained update notices (last per device)",
-		Subjects:          []string{t.NoticesAll().NATS},
-		Storage:           jetstream.FileStorage,
-		Retention:         jetstream.LimitsPolicy,
-		Discard:           jetstream.DiscardOld,
-		MaxMsgsPerSubject: 1,
-		Replicas:          1,
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 )
 
@@ -16,7 +15,7 @@ import (
 // re-sends its state then; without it a report lost during an outage was
 // never re-sent: see internal/faults TestOfflineDevicesBrokerStore.)
 func TestMQTTOnConnect(t *testing.T) {
-	mq := stacktest.StartMosquitto(t, "")
+	mq := testutil.StartMosquitto(t, "")
 	tr := testutil.Dial(t, broker.Config{URL: mq.URL(), Topics: testutil.UniqueTopics(t), ReconnectMax: 200 * time.Millisecond})
 	rc, ok := tr.(interface{ OnConnect(func()) func() })
 	if !ok {

@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/firmcast/firmcast/internal/jsensure"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -222,10 +223,11 @@ func (s *NATSServer) Server() *server.Server { return s.srv }
 // identifier).
 const internalUser = "_firmcast.internal"
 
-// EnsureNoticeStream creates the retained-notice stream of the server's
-// topic root (see NATSTransport.NoticeStream) over an in-process
-// connection, so that devices, which may not create streams, can read
-// their notices before any backend has connected. Call it after Ready.
+// EnsureNoticeStream makes sure the retained-notice stream of the server's
+// topic root exists (as NATSTransport.NoticeStream does: create, update
+// only a differing configuration) over an in-process connection, so that
+// devices, which may not create streams, can read their notices before
+// any backend has connected. Call it after Ready.
 func (s *NATSServer) EnsureNoticeStream(ctx context.Context) error {
 	opts := []nats.Option{nats.InProcessServer(s.srv), nats.Name(internalUser)}
 	if s.cfg.Auth != nil {
@@ -247,7 +249,7 @@ func (s *NATSServer) EnsureNoticeStream(ctx context.Context) error {
 	}
 	ctx, cancel := withDefaultDeadline(ctx, 10*time.Second)
 	defer cancel()
-	if _, err := js.CreateOrUpdateStream(ctx, noticeStreamConfig(s.cfg.Topics)); err != nil {
+	if _, err := jsensure.Stream(ctx, js, noticeStreamConfig(s.cfg.Topics)); err != nil {
 		return fmt.Errorf("broker: notice stream: %w", err)
 	}
 	return nil
@@ -283,55 +285,69 @@ func (a *natsAuth) Check(c server.ClientAuthentication) bool {
 }
 
 // NATSPermissions is Policy expressed as nats-server permissions for one
-// identity. A device may also read its retained notice from the notice
-// stream (the JetStream API calls an ordered consumer filtered on its own
-// notice subject makes) and receive replies on its inbox
-// (root.v1.api.inbox.<device>.>, so it must dial with ClientID = its
-// device id). A backend may use everything under the root plus the
-// JetStream, KV and object-store APIs.
+// identity, by role (natsBackendPermissions, natsDevicePermissions); any
+// other role may do nothing.
 func NATSPermissions(p Policy, id Identity) *server.Permissions {
-	t := p.Topics
-	root := t.NoticesAll().NATS // root.v1.dev.*.notice
-	rootPrefix := root[:len(root)-len("v1.dev.*.notice")]
 	switch id.Role {
 	case RoleBackend:
-		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: []string{rootPrefix + ">", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"}},
-			Subscribe: &server.SubjectPermission{Allow: []string{rootPrefix + ">"}},
-		}
+		return natsBackendPermissions(p.Topics)
 	case RoleDevice:
-		stream := NoticeStreamName(t)
-		var pub, sub []string
-		if r, err := t.Report(id.Device); err == nil {
-			pub = append(pub, r.NATS)
-		}
-		pub = append(pub, rootPrefix+"v1.img.*.req")
-		if n, err := t.Notice(id.Device); err == nil {
-			sub = append(sub, n.NATS)
-			pub = append(pub,
-				"$JS.API.STREAM.INFO."+stream,
-				"$JS.API.CONSUMER.CREATE."+stream+".*."+n.NATS,
-				"$JS.API.CONSUMER.MSG.NEXT."+stream+".*",
-				"$JS.API.CONSUMER.INFO."+stream+".*",
-				"$JS.API.CONSUMER.DELETE."+stream+".*",
-			)
-		}
-		if c, err := t.ChunkReply(id.Device); err == nil {
-			sub = append(sub, c.NATS)
-		}
-		if id.Class != "" {
-			if a, err := t.Announce(id.Class); err == nil {
-				sub = append(sub, a.NATS)
-			}
-		}
-		sub = append(sub, rootPrefix+"v1.img.*.chunks")
-		if in, err := inboxTopic(t, id.Device); err == nil {
-			sub = append(sub, in.NATS+".>")
-		}
-		return &server.Permissions{
-			Publish:   &server.SubjectPermission{Allow: pub},
-			Subscribe: &server.SubjectPermission{Allow: sub},
-		}
+		return natsDevicePermissions(p.Topics, id)
 	}
 	return &server.Permissions{Publish: &server.SubjectPermission{Deny: []string{">"}}, Subscribe: &server.SubjectPermission{Deny: []string{">"}}}
+}
+
+// natsRootPrefix is the topic root as a NATS subject prefix, with its
+// trailing dot.
+func natsRootPrefix(t schemas.Topics) string {
+	all := t.NoticesAll().NATS // root.v1.dev.*.notice
+	return all[:len(all)-len("v1.dev.*.notice")]
+}
+
+// natsBackendPermissions: everything under the root, plus the JetStream,
+// KV and object-store APIs (the backend owns the JetStream state).
+func natsBackendPermissions(t schemas.Topics) *server.Permissions {
+	root := natsRootPrefix(t)
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{root + ">", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{root + ">"}},
+	}
+}
+
+// natsDevicePermissions is Policy for a device: publish its reports and
+// chunk requests; receive its notice, its chunk replies, its class's
+// announcements, image chunks and replies on its inbox
+// (root.v1.api.inbox.<device>.>, so it must dial with ClientID = its
+// device id). Of JetStream it may only read its own retained notice, by
+// the direct get that names its notice subject
+// ($JS.API.DIRECT.GET.<notice stream>.<its notice subject>): no stream
+// info, no consumers, no direct get of another subject, so nothing that
+// names another device.
+func natsDevicePermissions(t schemas.Topics, id Identity) *server.Permissions {
+	root := natsRootPrefix(t)
+	var pub, sub []string
+	if r, err := t.Report(id.Device); err == nil {
+		pub = append(pub, r.NATS)
+	}
+	pub = append(pub, root+"v1.img.*.req")
+	if n, err := t.Notice(id.Device); err == nil {
+		sub = append(sub, n.NATS)
+		pub = append(pub, directGetSubject(NoticeStreamName(t), n.NATS))
+	}
+	if c, err := t.ChunkReply(id.Device); err == nil {
+		sub = append(sub, c.NATS)
+	}
+	if id.Class != "" {
+		if a, err := t.Announce(id.Class); err == nil {
+			sub = append(sub, a.NATS)
+		}
+	}
+	sub = append(sub, root+"v1.img.*.chunks")
+	if in, err := inboxTopic(t, id.Device); err == nil {
+		sub = append(sub, in.NATS+".>")
+	}
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: pub},
+		Subscribe: &server.SubjectPermission{Allow: sub},
+	}
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -62,7 +61,7 @@ func brokers() []testBroker {
 				return testutil.MachineMosquittoURL
 			},
 			restartable: func(t *testing.T) (string, func()) {
-				p := stacktest.StartMosquitto(t, "")
+				p := testutil.StartMosquitto(t, "")
 				return p.URL(), p.Restart
 			},
 		},
@@ -73,7 +72,7 @@ func brokers() []testBroker {
 				return testutil.MachineNATSURL
 			},
 			restartable: func(t *testing.T) (string, func()) {
-				p := stacktest.StartNATSProcess(t)
+				p := testutil.StartNATSProcess(t)
 				return p.URL(), p.Restart
 			},
 		},

@@ -42,7 +42,7 @@ func TestMosquittoReadsRegistryHashes(t *testing.T) {
 		t.Fatalf("lines %v, %v", lines, err)
 	}
 	os.WriteFile(pw, []byte(strings.Join(lines, "\n")+"\n"), 0o600)
-	mq := stacktest.StartMosquitto(t, "allow_anonymous false\npassword_file "+pw+"\n")
+	mq := testutil.StartMosquitto(t, "allow_anonymous false\npassword_file "+pw+"\n")
 	dial := func(secret string) error {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		defer cancel()

@@ -7,11 +7,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/firmcast/firmcast/schemas"
 	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/internal/jsensure"
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // stores are the JetStream buckets and streams of one namespace.
@@ -27,14 +29,16 @@ type stores struct {
 	auditSubj string
 }
 
-// openStores opens or creates the namespace's buckets and streams. The
-// audit stream's subject lies under the topic root (root.audit.<ns>, beside
+// openStores opens or creates the namespace's buckets and streams, each
+// the way old servers survive (internal/jsensure: create; update only a
+// configuration that really differs), so that replicas starting together
+// never race an update against a create. The audit stream's subject lies under the topic root (root.audit.<ns>, beside
 // and never under root.v1), so the access policy that lets a backend
 // identity publish under its root covers it whatever the namespace.
 func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas int) (*stores, error) {
 	s := &stores{auditSubj: strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + ns}
 	var err error
-	s.images, err = js.CreateOrUpdateObjectStore(ctx, jetstream.ObjectStoreConfig{
+	s.images, err = jsensure.ObjectStore(ctx, js, jetstream.ObjectStoreConfig{
 		Bucket: ns + "_images", Description: "firmcast images and chunk tables", Storage: jetstream.FileStorage,
 		Replicas: replicas,
 	})
@@ -42,7 +46,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		return nil, fmt.Errorf("publisher: image store: %w", err)
 	}
 	kv := func(name, desc string, history uint8) (jetstream.KeyValue, error) {
-		b, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		b, err := jsensure.KeyValue(ctx, js, jetstream.KeyValueConfig{
 			Bucket: ns + "_" + name, Description: desc, History: history, Storage: jetstream.FileStorage,
 			Replicas: replicas,
 		})
@@ -72,7 +76,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 	if s.lease, err = kv("lease", "firmcast leader lease", 1); err != nil {
 		return nil, err
 	}
-	s.audit, err = js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{
 		Name:        ns + "_audit",
 		Description: "firmcast audit log (append-only)",
 		Subjects:    []string{s.auditSubj},

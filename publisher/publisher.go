@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/firmcast/firmcast/broker"
@@ -51,8 +52,15 @@ type Publisher struct {
 	onReport func(schemas.DeviceReport, string) // test hook
 }
 
+// noticeStreamer is a transport that keeps retained notices in a stream
+// the backend must create (broker.NATSTransport).
+type noticeStreamer interface {
+	NoticeStream(ctx context.Context) (jetstream.Stream, error)
+}
+
 // New opens (creating when missing) the JetStream buckets and streams of
-// cfg.Namespace, loads campaign state into memory and keeps it current
+// cfg.Namespace, and the retained-notice stream when cfg.Transport keeps
+// one (NATS; devices wait for it and never create it), loads campaign state into memory and keeps it current
 // with KV watches that live as long as ctx. It does not subscribe to
 // device traffic; call Run for that. Errors: ErrInvalid for a bad config,
 // or the JetStream error.
@@ -84,6 +92,11 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 	}
 	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas); err != nil {
 		return nil, err
+	}
+	if ns, ok := cfg.Transport.(noticeStreamer); ok {
+		if _, err := ns.NoticeStream(ctx); err != nil {
+			return nil, fmt.Errorf("publisher: %w", err)
+		}
 	}
 	if cfg.BootstrapKey != "" {
 		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {

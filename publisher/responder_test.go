@@ -45,16 +45,31 @@ func newFleet(e *testEnv) *fleet {
 
 func (f *fleet) add(id string, fail, hold bool) *responder {
 	f.t.Helper()
+	r := f.prepare(id, fail, hold)
+	if err := r.subscribe(context.Background()); err != nil {
+		f.t.Fatalf("subscribe: %v", err)
+	}
+	return r
+}
+
+// prepare connects a responder without subscribing it to its notice (see
+// subscribe).
+func (f *fleet) prepare(id string, fail, hold bool) *responder {
+	f.t.Helper()
 	r := &responder{f: f, id: id, tr: f.e.dial(id, false), repMu: new(sync.Mutex), fail: fail, hold: hold, version: 1, done: map[string]bool{}}
 	f.mu.Lock()
 	f.devs[id] = r
 	f.mu.Unlock()
-	nt, _ := f.topics.Notice(id)
-	if _, err := r.tr.Subscribe(context.Background(), nt, r.onNotice, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true}); err != nil {
-		f.t.Fatalf("subscribe: %v", err)
-	}
 	f.t.Cleanup(func() { r.tr.Close(context.Background()) })
 	return r
+}
+
+// subscribe subscribes r to its notice, retained included. Safe to call
+// from any goroutine.
+func (r *responder) subscribe(ctx context.Context) error {
+	nt, _ := r.f.topics.Notice(r.id)
+	_, err := r.tr.Subscribe(ctx, nt, r.onNotice, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+	return err
 }
 
 func (r *responder) report(c string, st schemas.State, code schemas.ErrCode) {

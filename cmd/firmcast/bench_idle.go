@@ -51,11 +51,12 @@ Cases:
   mosquitto  a mosquitto process on a free port, with the password file and
              ACL that 'firmcast broker mosquitto-config' generates
   nats       a nats-server process with JetStream; agents on NATS
-             (gateways' dialect: one ordered JetStream consumer on the
-             notice stream and one core subscription each), anonymous
+             (gateways' dialect: core subscriptions to the notice and the
+             class announcements, the retained notice read by a direct
+             get; no JetStream consumer), anonymous
   nats-core  the same nats-server, but lean nats.go connections with two
              core subscriptions each (notice, announcements) instead of
-             agents: the connection cost without the JetStream consumer
+             agents: the bare connection cost
   embedded   the embedded MQTT v5 broker (mochi) in a child process of this
              binary, with a credential store holding every device
 

@@ -23,7 +23,6 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/stack"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -64,8 +63,8 @@ type rig struct {
 	cfg     rigConfig
 	log     *slog.Logger
 	logPath string
-	mq      *stacktest.Process
-	ns      *stacktest.Process
+	mq      *testutil.Process
+	ns      *testutil.Process
 	topics  schemas.Topics
 	trust   suit.TrustAnchors
 	vendor  []byte
@@ -113,8 +112,8 @@ func newRig(t *testing.T, ctx context.Context, cfg rigConfig) *rig {
 		t.Logf("log: %s", r.logPath)
 	}
 	r.log = slog.New(slog.NewTextHandler(&lockedWriter{w: lf}, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	r.mq = stacktest.StartMosquitto(t, cfg.mosquitto)
-	r.ns = stacktest.StartNATSProcess(t)
+	r.mq = testutil.StartMosquitto(t, cfg.mosquitto)
+	r.ns = testutil.StartNATSProcess(t)
 	r.topics = testutil.UniqueTopics(t)
 
 	key, err := suit.GenerateKey("es256", nil)

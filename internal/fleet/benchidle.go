@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/brokerproc"
 	"github.com/firmcast/firmcast/internal/stack"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -224,13 +225,13 @@ func selfMem() memSample {
 	debug.FreeOSMemory()
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
-	r, _, _ := stack.ProcMem(os.Getpid())
+	r, _, _ := brokerproc.ProcMem(os.Getpid())
 	return memSample{rss: r, heap: int64(ms.HeapInuse), goroutines: runtime.NumGoroutine()}
 }
 
 // idleBroker is a broker process under measurement.
 type idleBroker struct {
-	*stack.Process
+	*brokerproc.Process
 	name string
 	url  string // when set, overrides Process.URL (the child reports it)
 	// gc, when set, asks the process to collect garbage and return freed
@@ -302,17 +303,17 @@ func startIdleMosquitto(ctx context.Context, dir string, topics schemas.Topics, 
 	all := append([]broker.Account{{
 		Identity: broker.Identity{Username: "firmcast-backend", Role: broker.RoleBackend}, Secret: randomHex(16),
 	}}, accounts...)
-	policy, err := stack.MosquittoPolicyConf(dir, topics, all)
+	policy, err := brokerproc.MosquittoPolicyConf(dir, topics, all)
 	if err != nil {
 		return nil, err
 	}
-	p, err := stack.StartMosquitto(ctx, stack.MosquittoSpec{Dir: dir,
+	p, err := brokerproc.StartMosquitto(ctx, brokerproc.MosquittoSpec{Dir: dir,
 		Conf: "max_connections -1\nconnection_messages false\nlog_type error\nlog_type warning\n" + policy})
 	if err != nil {
 		return nil, err
 	}
-	bin, _ := stack.LookBinary("mosquitto")
-	name := strings.TrimSpace("mosquitto " + strings.TrimPrefix(stack.BinaryVersion(bin, "-h"), "mosquitto "))
+	bin, _ := brokerproc.LookBinary("mosquitto")
+	name := strings.TrimSpace("mosquitto " + strings.TrimPrefix(brokerproc.BinaryVersion(bin, "-h"), "mosquitto "))
 	return &idleBroker{Process: p, name: name}, nil
 }
 
@@ -323,12 +324,12 @@ func startIdleNATS(ctx context.Context, dir string, topics schemas.Topics) (*idl
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	p, err := stack.StartNATSServer(ctx, stack.NATSServerSpec{Dir: dir})
+	p, err := brokerproc.StartNATSServer(ctx, brokerproc.NATSServerSpec{Dir: dir})
 	if err != nil {
 		return nil, err
 	}
-	bin, _ := stack.LookBinary("nats-server")
-	b := &idleBroker{Process: p, name: strings.TrimSpace(stack.BinaryVersion(bin, "--version") + " (JetStream, anonymous)")}
+	bin, _ := brokerproc.LookBinary("nats-server")
+	b := &idleBroker{Process: p, name: strings.TrimSpace(brokerproc.BinaryVersion(bin, "--version") + " (JetStream, anonymous)")}
 	nt, err := broker.DialNATS(ctx, broker.Config{URL: p.URL(), Topics: topics, ClientID: "firmcast-backend"})
 	if err == nil {
 		_, err = nt.NoticeStream(ctx)
@@ -365,7 +366,7 @@ func startIdleEmbedded(ctx context.Context, dir string, topics schemas.Topics, a
 	}
 	var stdin io.WriteCloser
 	var stdout io.ReadCloser
-	p, err := stack.StartProcess(ctx, stack.ProcessSpec{
+	p, err := brokerproc.Start(ctx, brokerproc.Spec{
 		Name: "embedded", Bin: cmd.Path, Args: cmd.Args[1:], LogPath: filepath.Join(dir, "embedded.log"),
 		Prepare: func(c *exec.Cmd) (err error) {
 			c.Env = cmd.Env
@@ -394,7 +395,7 @@ func startIdleEmbedded(ctx context.Context, dir string, topics schemas.Topics, a
 		select {
 		case l, ok := <-lines:
 			if !ok {
-				return "", fmt.Errorf("embedded broker: %w (log %s)", stack.ErrProcessExited, p.LogPath())
+				return "", fmt.Errorf("embedded broker: %w (log %s)", brokerproc.ErrExited, p.LogPath())
 			}
 			return l, nil
 		case <-t.C:

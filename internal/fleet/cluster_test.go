@@ -81,7 +81,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	defer cancel()
 	log := testLogger(t)
 	srvs, urls := startNATSCluster(t)
-	mq := stacktest.StartMosquitto(t, "")
+	mq := testutil.StartMosquitto(t, "")
 	topics := testutil.UniqueTopics(t)
 
 	// Wait for the JetStream meta leader.

@@ -169,9 +169,8 @@ func (c *idleCounting) Publish(ctx context.Context, t schemas.Topic, payload []b
 // IdleNATSConns are lean nats.go connections, one per device, each with
 // core subscriptions on the device's notice subject and its class's
 // announcement subject and nothing else: what an idle device on NATS
-// would cost without the JetStream consumer that gives a device agent its
-// retained notice (the baseline of `firmcast bench idle --cases
-// nats-core`).
+// costs as a bare connection, without the agent (the baseline of
+// `firmcast bench idle --cases nats-core`).
 type IdleNATSConns struct {
 	cfg   IdleConfig
 	mu    sync.Mutex

@@ -8,7 +8,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
-	"github.com/firmcast/firmcast/internal/stacktest"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 )
 
@@ -18,7 +18,7 @@ import (
 // with ErrBrokerDown naming that broker and the devices that did not
 // finish, instead of waiting for the campaign timeout.
 func TestRunStopsWhenBrokerDies(t *testing.T) {
-	mq := stacktest.StartMosquitto(t, "")
+	mq := testutil.StartMosquitto(t, "")
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	t0 := time.Now()

@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/big"
@@ -17,8 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -99,7 +101,7 @@ func accBrokers() []accBroker {
 		{"nats", nats, false, true},
 		{"nats-tls", nats, true, true},
 		{"mosquitto-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
-			return stacktest.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
+			return testutil.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
 		}, false, false},
 	}
 }
@@ -191,6 +193,9 @@ func TestAccessMatrix(t *testing.T) {
 				principals[p.name] = tr
 			}
 			total += checkMatrix(t, b, topics, principals)
+			if strings.HasPrefix(b.name, "nats") {
+				total += checkJetStreamMatrix(t, topics, dial) // JetStream API rows, below
+			}
 		})
 	}
 	t.Logf("access matrix: %d cells checked over %d brokers", total, len(accBrokers()))
@@ -372,4 +377,133 @@ func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string
 		}
 	}
 	return n
+}
+
+// ---- JetStream API rows (NATS): what each principal may ask JetStream.
+//
+// The topic cells above are publishes and subscriptions under the root;
+// these rows are JetStream API requests, which a device must not use to
+// list the fleet (STREAM.INFO with a subject filter), follow other
+// devices (consumers on the notice stream) or read another device's
+// notice (direct get, either form; message get). A device may make one
+// request only: the direct get named by its own notice subject.
+
+// jsCell is one JetStream API request: who besides the backend may send
+// it. An allowed request must be answered (with want in the reply, when
+// set); a denied one refused by the server's permissions.
+type jsCell struct {
+	name, subject string
+	body          []byte
+	by            string // principals allowed besides the backend, "," separated
+	want          string
+}
+
+func jetStreamCells(topics schemas.Topics) []jsCell {
+	stream := broker.NoticeStreamName(topics)
+	na, _ := topics.Notice(accDevA)
+	nb, _ := topics.Notice(accDevB)
+	nobody, _ := topics.Notice("nobody")
+	js := func(v any) []byte {
+		b, err := json.Marshal(v)
+		if err != nil {
+			panic(err)
+		}
+		return b
+	}
+	consumer := js(map[string]any{"stream_name": stream, "config": map[string]any{
+		"name": "acc-probe", "filter_subject": na.NATS, "deliver_policy": "last_per_subject", "ack_policy": "none", "inactive_threshold": int64(time.Second),
+	}})
+	return []jsCell{
+		{"STREAM.INFO with a subject filter", "$JS.API.STREAM.INFO." + stream, js(map[string]string{"subjects_filter": topics.NoticesAll().NATS}), "", ""},
+		{"STREAM.NAMES", "$JS.API.STREAM.NAMES", nil, "", ""},
+		{"account INFO", "$JS.API.INFO", nil, "", ""},
+		{"CONSUMER.CREATE on notice A", "$JS.API.CONSUMER.CREATE." + stream + ".acc-probe." + na.NATS, consumer, "", ""},
+		{"CONSUMER.LIST of the notice stream", "$JS.API.CONSUMER.LIST." + stream, nil, "", ""},
+		{"DIRECT.GET notice A (subject in the API subject)", "$JS.API.DIRECT.GET." + stream + "." + na.NATS, nil, "A", "jsm notice A"},
+		{"DIRECT.GET notice B (subject in the API subject)", "$JS.API.DIRECT.GET." + stream + "." + nb.NATS, nil, "B", "jsm notice B"},
+		{"DIRECT.GET notice A (subject in the body)", "$JS.API.DIRECT.GET." + stream, js(map[string]string{"last_by_subj": na.NATS}), "", ""},
+		{"STREAM.MSG.GET notice A", "$JS.API.STREAM.MSG.GET." + stream, js(map[string]string{"last_by_subj": na.NATS}), "", ""},
+		{"STREAM.PURGE of a notice subject", "$JS.API.STREAM.PURGE." + stream, js(map[string]string{"filter": nobody.NATS}), "", ""},
+		{"STREAM.CREATE", "$JS.API.STREAM.CREATE.ACC_PROBE", []byte("{}"), "", ""},
+		{"STREAM.DELETE", "$JS.API.STREAM.DELETE.ACC_PROBE", nil, "", ""},
+	}
+}
+
+// checkJetStreamMatrix sends every jsCell request as the backend, device A
+// and device B, each from a connection of its own (a refusal is reported
+// per connection), and returns how many it checked.
+func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, secret string) (broker.Transport, error)) int {
+	t.Helper()
+	secrets := map[string]string{}
+	for _, a := range accAccounts() {
+		secrets[a.Username] = a.Secret
+	}
+	users := map[string]string{"backend": backendUser, "A": accDevA, "B": accDevB}
+	conn := func(who string) (*nats.Conn, func()) {
+		tr, err := dial(users[who], secrets[users[who]])
+		if err != nil {
+			t.Fatalf("%s: %v", who, err)
+		}
+		return tr.(*broker.NATSTransport).Conn(), func() { tr.Close(context.Background()) }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	backend, err := dial(backendUser, backendSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close(ctx)
+	for dev, payload := range map[string]string{accDevA: "jsm notice A", accDevB: "jsm notice B"} {
+		n, _ := topics.Notice(dev)
+		if err := backend.Publish(ctx, n, []byte(payload), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	for _, c := range jetStreamCells(topics) {
+		for _, who := range []string{"backend", "A", "B"} {
+			n++
+			nc, done := conn(who)
+			refused, reply := jsRequest(t, nc, c.subject, c.body)
+			done()
+			switch ok := allowed(c.by, who); {
+			case ok && refused:
+				t.Errorf("%s: %s refused, want answered", who, c.name)
+			case ok && reply == nil:
+				t.Errorf("%s: %s not answered", who, c.name)
+			case ok && c.want != "" && string(reply.Data) != c.want:
+				t.Errorf("%s: %s answered %q, want %q", who, c.name, reply.Data, c.want)
+			case !ok && !refused:
+				t.Errorf("%s: %s not refused (reply %v)", who, c.name, reply != nil)
+			}
+		}
+	}
+	return n
+}
+
+// jsRequest sends a request on nc and reports whether the server refused
+// it (a permission violation naming subj) and, if not, its reply (nil
+// when none came within 5s).
+func jsRequest(t *testing.T, nc *nats.Conn, subj string, body []byte) (refused bool, reply *nats.Msg) {
+	t.Helper()
+	inbox := nc.NewInbox()
+	sub, err := nc.SubscribeSync(inbox)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	if err := nc.PublishRequest(subj, inbox, body); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Publish to "`+subj+`"`) {
+		return true, nil
+	}
+	m, err := sub.NextMsg(5 * time.Second)
+	if err != nil {
+		return false, nil
+	}
+	return false, m
 }

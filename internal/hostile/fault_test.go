@@ -18,7 +18,6 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/fetcher"
-	"github.com/firmcast/firmcast/internal/stacktest"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -119,11 +118,11 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 	log := quietLogger()
 	topics := testutil.UniqueTopics(t)
 	devSecret := "secret-a-0123456789"
-	mosq := stacktest.StartMosquittoWithPolicy(t, topics, []broker.Account{
+	mosq := testutil.StartMosquittoWithPolicy(t, topics, []broker.Account{
 		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
 		{Identity: broker.Identity{Username: deviceID, Role: broker.RoleDevice, Device: deviceID, Class: deviceClass}, Secret: devSecret},
 	})
-	ns := stacktest.StartNATSProcess(t)
+	ns := testutil.StartNATSProcess(t)
 	natsT, err := broker.DialNATS(ctx, broker.Config{URL: ns.URL(), Topics: topics, ClientID: "fault-js", Logger: log,
 		ReconnectMax: 200 * time.Millisecond})
 	if err != nil {

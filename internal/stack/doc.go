@@ -16,10 +16,10 @@
 //     or both through a fan-out transport), runs it, and stops it cleanly
 //     (Stop) or as a crash would (Crash). Tests and clustered set-ups run
 //     several instances over the same brokers.
-//   - StartProcess, StartMosquitto and StartNATSServer (process.go)
-//     supervise broker processes that this process owns: a free port, a
-//     readiness wait, the log, memory and CPU readings, restart, and a
-//     kill by PID. They never touch the machine's shared brokers.
+//
+// Broker processes (mosquitto, nats-server) that a run owns are started
+// and supervised by internal/brokerproc, one level below (the publisher's
+// own tests need them, and the stack imports the publisher).
 //
 // Errors are returned, never fatal: internal/stacktest wraps each entry
 // point with t.Fatal for tests.

@@ -2,7 +2,6 @@ package stack_test
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -69,31 +68,5 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		if _, err := stack.Start(context.Background(), c.cfg); err == nil {
 			t.Errorf("%s: started", c.name)
 		}
-	}
-}
-
-// TestProcessRestart starts a mosquitto process, restarts it on the same
-// port, and stops it: Done is closed and Mem then reports the exit.
-func TestProcessRestart(t *testing.T) {
-	p := stacktest.StartMosquitto(t, "")
-	port := p.Port()
-	if _, _, err := p.Mem(); err != nil {
-		t.Fatal(err)
-	}
-	p.Restart()
-	if p.Port() != port {
-		t.Fatalf("port %d after restart, want %d", p.Port(), port)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	tr, err := broker.Dial(ctx, broker.Config{URL: p.URL(), Topics: testutil.UniqueTopics(t), ClientID: "probe"})
-	if err != nil {
-		t.Fatalf("dial after restart: %v", err)
-	}
-	tr.Close(ctx)
-	p.Stop()
-	<-p.Done()
-	if _, _, err := p.Mem(); !errors.Is(err, stack.ErrProcessExited) {
-		t.Fatalf("Mem after Stop: %v", err)
 	}
 }

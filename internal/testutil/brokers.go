@@ -8,8 +8,15 @@
 //	root := testutil.UniqueRoot(t)                              // isolate topics on shared brokers
 //	tr  := testutil.Dial(t, broker.Config{URL: srv.URL(), ...})  // closed at cleanup
 //
-// Broker processes (mosquitto, Debian's nats-server) and whole stacks
-// are started by internal/stacktest, which wraps internal/stack.
+// brokerproc.go starts broker processes the test owns (over
+// internal/brokerproc), killed by PID at cleanup:
+//
+//	mq  := testutil.StartMosquitto(t, "")                         // a mosquitto process on a free port
+//	np  := testutil.StartNATSProcess(t)                           // the machine's nats-server binary (2.9), free port
+//	mp  := testutil.StartMosquittoWithPolicy(t, topics, accounts) // mosquitto enforcing the generated ACL
+//
+// Whole stacks (brokers, authentication, publisher) are started by
+// internal/stacktest, which wraps internal/stack.
 // The machine's own brokers (MachineMosquittoURL, MachineNATSURL) are
 // shared by every test run: never stop or reconfigure them, always use a
 // UniqueRoot there, and clear retained messages you leave

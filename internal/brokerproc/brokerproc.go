@@ -1,4 +1,4 @@
-package stack
+package brokerproc
 
 import (
 	"context"
@@ -17,12 +17,12 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// ErrProcessExited is returned when a broker process ended while it was
+// ErrExited is returned when a broker process ended while it was
 // needed (at start, or when its memory is read).
-var ErrProcessExited = errors.New("stack: broker process exited")
+var ErrExited = errors.New("brokerproc: broker process exited")
 
-// ProcessSpec describes a child process for StartProcess.
-type ProcessSpec struct {
+// Spec describes a child process for Start.
+type Spec struct {
 	// Name names the process in errors and logs ("mosquitto").
 	Name string
 	// Bin and Args are the command line. Required.
@@ -31,7 +31,7 @@ type ProcessSpec struct {
 	// LogPath receives the process's stderr, and its stdout unless
 	// Stdout is set. Required.
 	LogPath string
-	// Addr, when set, is the host:port StartProcess waits for (TCP
+	// Addr, when set, is the host:port Start waits for (TCP
 	// accept) before it returns.
 	Addr string
 	// URL is what Process.URL returns (e.g. "mqtt://" + Addr).
@@ -43,24 +43,24 @@ type ProcessSpec struct {
 }
 
 // Process is a broker running as a child process of this one, started by
-// StartProcess, StartMosquitto or StartNATSServer. Stop kills it by its
+// Start, StartMosquitto or StartNATSServer. Stop kills it by its
 // PID; nothing else (in particular no broker of the machine) is touched.
 // Its methods are safe for concurrent use.
 type Process struct {
-	spec ProcessSpec
+	spec Spec
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
 	done chan struct{}
 }
 
-// StartProcess starts spec's command with its output in spec.LogPath and,
+// Start starts spec's command with its output in spec.LogPath and,
 // when spec.Addr is set, returns once that address accepts TCP
 // connections. It returns an error naming the process and its log when
 // the process exits first or does not listen within StartTimeout.
-func StartProcess(ctx context.Context, spec ProcessSpec) (*Process, error) {
+func Start(ctx context.Context, spec Spec) (*Process, error) {
 	if spec.Bin == "" || spec.LogPath == "" {
-		return nil, errors.New("stack: a process needs a binary and a log path")
+		return nil, errors.New("brokerproc: a process needs a binary and a log path")
 	}
 	if spec.Name == "" {
 		spec.Name = filepath.Base(spec.Bin)
@@ -78,14 +78,14 @@ func StartProcess(ctx context.Context, spec ProcessSpec) (*Process, error) {
 func (p *Process) start(ctx context.Context) error {
 	logf, err := os.OpenFile(p.spec.LogPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
-		return fmt.Errorf("stack: %s log: %w", p.spec.Name, err)
+		return fmt.Errorf("brokerproc: %s log: %w", p.spec.Name, err)
 	}
 	cmd := exec.Command(p.spec.Bin, p.spec.Args...)
 	cmd.Stderr = logf
 	if p.spec.Prepare != nil {
 		if err := p.spec.Prepare(cmd); err != nil {
 			logf.Close()
-			return fmt.Errorf("stack: %s: %w", p.spec.Name, err)
+			return fmt.Errorf("brokerproc: %s: %w", p.spec.Name, err)
 		}
 	}
 	if cmd.Stdout == nil {
@@ -93,7 +93,7 @@ func (p *Process) start(ctx context.Context) error {
 	}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
-		return fmt.Errorf("stack: start %s: %w", p.spec.Name, err)
+		return fmt.Errorf("brokerproc: start %s: %w", p.spec.Name, err)
 	}
 	done := make(chan struct{})
 	go func() {
@@ -127,9 +127,9 @@ func (p *Process) waitListening(ctx context.Context) error {
 		}
 		select {
 		case <-p.Done():
-			return fmt.Errorf("%w: %s at start; log %s:\n%s", ErrProcessExited, p.spec.Name, p.spec.LogPath, p.Log())
+			return fmt.Errorf("%w: %s at start; log %s:\n%s", ErrExited, p.spec.Name, p.spec.LogPath, p.Log())
 		case <-ctx.Done():
-			return fmt.Errorf("stack: %s: %s not accepting connections (log %s): %w", p.spec.Name, p.spec.Addr, p.spec.LogPath, ctx.Err())
+			return fmt.Errorf("brokerproc: %s: %s not accepting connections (log %s): %w", p.spec.Name, p.spec.Addr, p.spec.LogPath, ctx.Err())
 		case <-tk.C:
 		}
 	}
@@ -211,7 +211,7 @@ func (p *Process) Restart(ctx context.Context) error {
 func (p *Process) Mem() (rss, hwm int64, err error) {
 	select {
 	case <-p.Done():
-		return 0, 0, fmt.Errorf("%w: %s (log %s)", ErrProcessExited, p.spec.Name, p.spec.LogPath)
+		return 0, 0, fmt.Errorf("%w: %s (log %s)", ErrExited, p.spec.Name, p.spec.LogPath)
 	default:
 	}
 	return ProcMem(p.PID())
@@ -264,10 +264,10 @@ func StartMosquitto(ctx context.Context, spec MosquittoSpec) (*Process, error) {
 	b.WriteString("\n")
 	conf := filepath.Join(spec.Dir, "mosquitto.conf")
 	if err := os.WriteFile(conf, []byte(b.String()), 0o600); err != nil {
-		return nil, fmt.Errorf("stack: mosquitto: %w", err)
+		return nil, fmt.Errorf("brokerproc: mosquitto: %w", err)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
-	return StartProcess(ctx, ProcessSpec{
+	return Start(ctx, Spec{
 		Name: "mosquitto", Bin: bin, Args: []string{"-c", conf},
 		LogPath: filepath.Join(spec.Dir, "mosquitto.log"), Addr: addr, URL: "mqtt://" + addr,
 	})
@@ -312,7 +312,7 @@ func StartNATSServer(ctx context.Context, spec NATSServerSpec) (*Process, error)
 	}
 	addr := "127.0.0.1:" + strconv.Itoa(port)
 	args := append([]string{"-a", "127.0.0.1", "-p", strconv.Itoa(port), "-js", "-sd", filepath.Join(spec.Dir, "js")}, spec.Args...)
-	return StartProcess(ctx, ProcessSpec{
+	return Start(ctx, Spec{
 		Name: "nats-server", Bin: bin, Args: args,
 		LogPath: filepath.Join(spec.Dir, "nats-server.log"), Addr: addr, URL: "nats://" + addr,
 	})
@@ -329,7 +329,7 @@ func LookBinary(name string) (string, error) {
 			return d + name, nil
 		}
 	}
-	return "", fmt.Errorf("stack: %s is not installed (.ci/run installs it: apt-get install -y %s)", name, name)
+	return "", fmt.Errorf("brokerproc: %s is not installed (.ci/run installs it: apt-get install -y %s)", name, name)
 }
 
 // BinaryVersion is the first line mentioning "version" that bin prints
@@ -350,7 +350,7 @@ func BinaryVersion(bin string, args ...string) string {
 func FreePort() (int, error) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return 0, fmt.Errorf("stack: free port: %w", err)
+		return 0, fmt.Errorf("brokerproc: free port: %w", err)
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port, nil
