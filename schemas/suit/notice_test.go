@@ -25,7 +25,7 @@ func testNotice(t testing.TB) *schemas.UpdateNotice {
 	d, _ := m.ImageDigest()
 	return &schemas.UpdateNotice{
 		V: schemas.Version, Campaign: "c-1", Target: "dev-1", Envelope: env, Image: d.Bytes, ChunkSize: DefaultChunkSize,
-		Sources: []schemas.SourceHint{{Kind: schemas.SourceBroker}, {Kind: schemas.SourceHTTP, URI: "https://cdn.example/fw", Cost: 3}},
+		Sources:  []schemas.SourceHint{{Kind: schemas.SourceBroker}, {Kind: schemas.SourceHTTP, URI: "https://cdn.example/fw", Cost: 3}},
 		Deadline: 2e9, StartWindowMS: 500,
 	}
 }
