@@ -367,3 +367,37 @@ func eventually(d time.Duration, cond func() bool) bool {
 	}
 	return true
 }
+
+// TestNoticeAndFirmwareKeysSeparate: a device whose firmware is signed
+// offline (Trust: the operator's key) trusts the publisher's key for
+// notices only (NoticeTrust). The operator's envelope in a notice signed
+// by the publisher installs; a notice signed by the operator's key is not
+// the campaign authority's and is refused as a security event; and the
+// publisher's key, which signs notices, cannot sign firmware: its envelope
+// fails as the campaign's outcome (untrusted-key), and nothing installs.
+func TestNoticeAndFirmwareKeysSeparate(t *testing.T) {
+	w := memWorld(t) // w.signer: the operator's firmware key
+	server := signerFor(t, testKey(7))
+	v2 := testImage(27, 6*testChunk)
+	v3 := testImage(28, 6*testChunk)
+	w.serve(v2, nil)
+	w.serve(v3, nil)
+	d := w.newDevice("dev-k", func(c *Config) { c.NoticeTrust = suit.TrustAnchors{testKey(7).Public()} })
+	d.start()
+	w.waitReport("dev-k", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" })
+	from := w.maxCounter("dev-k")
+	w.raw("dev-k", false, w.encodeNotice("c-op", "dev-k", v2, w.envelope(v2, 2, nil, nil))) // signed by the operator's key
+	r := w.waitReport("dev-k", 10*time.Second, func(r schemas.DeviceReport) bool { return r.Counter > from && r.Code != schemas.CodeNone })
+	if !r.Security || r.Code != schemas.CodeUntrustedKey {
+		t.Errorf("notice signed by the firmware key: %+v, want a security event (untrusted-key)", r)
+	}
+	w.raw("dev-k", false, w.signNotice(w.newNotice("c-rogue-fw", "dev-k", v3, w.envelope(v3, 3, nil, server)), server))
+	r = w.waitReport("dev-k", 20*time.Second, func(r schemas.DeviceReport) bool { return r.Campaign == "c-rogue-fw" && r.State == schemas.StateFailed })
+	if r.Code != schemas.CodeUntrustedKey || r.ActiveVersion != 1 {
+		t.Errorf("firmware signed by the notice key: %s %s (active %d), want failed untrusted-key on version 1", r.Code, r.Text, r.ActiveVersion)
+	}
+	w.raw("dev-k", false, w.signNotice(w.newNotice("c-good", "dev-k", v2, w.envelope(v2, 2, nil, nil)), server))
+	w.waitReport("dev-k", 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Campaign == "c-good" && r.State == schemas.StateConfirmed && r.ActiveVersion == 2
+	})
+}
