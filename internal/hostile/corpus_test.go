@@ -16,8 +16,8 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/bootctl"
-	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
