@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
+	"golang.org/x/time/rate"
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
@@ -44,11 +46,33 @@ type Config struct {
 	StateDir string
 	// Trust are the keys manifests must be signed with. Required.
 	Trust suit.TrustAnchors
+	// NoticeTrust are the keys notices must be signed with: the campaign
+	// authority's, whose signature binds a campaign id and a target (this
+	// device, or its class) to an envelope (docs/SECURITY.md, "Campaign
+	// binding"). Default: Trust, for a server that signs manifests and
+	// notices with one key. A device whose firmware is signed offline
+	// trusts the firmware key in Trust and the publisher's notice key here.
+	NoticeTrust suit.TrustAnchors
 	// Prices overrides the price per byte of a source kind ("broker",
 	// "http", "objstore", "file"); otherwise the notice's hint is used.
 	Prices map[string]float64
-	// HTTPClient is used by HTTP sources. Default http.DefaultClient.
+	// HTTPClient is used by HTTP sources. Default: fetcher.NewHTTPClient
+	// (connect, handshake and header timeouts). Whatever the client, an
+	// HTTP source gives up a request that goes fetcher.HTTPReadTimeout
+	// without a byte.
 	HTTPClient *http.Client
+	// URLPrefixes, when set, is an allow-list for the http(s) URIs of
+	// signed manifests: the agent fetches only from those that start with
+	// one of them ("https://cdn.example.com/fw/"). None: every http(s) URI
+	// a signed manifest names. Notices name no sources the agent follows:
+	// their hints only price a kind.
+	URLPrefixes []string
+	// FileDirs are the directories a signed manifest's file:// URIs may
+	// point into (a USB stick's mount point, a local cache). Files are
+	// opened through os.OpenInRoot, so neither "..", nor a path outside,
+	// nor a symbolic link leads out of them. None: file:// URIs are not
+	// followed. Sources below are the device's own and not limited.
+	FileDirs []string
 	// ObjectStore, when set, serves images from a NATS object store named
 	// ObjectBucket (for gateways with NATS access).
 	ObjectStore  jetstream.ObjectStore
@@ -88,8 +112,15 @@ type Config struct {
 	// its persisted progress, for as long as it takes.
 	MaxAttempts int
 	// RetryBase and RetryCap shape the exponential backoff between
-	// attempts. Defaults 2s and 5m.
+	// attempts, and between tries to subscribe to the notice topics (which
+	// never end the agent: Run tries until it is through). Defaults 2s and
+	// 5m.
 	RetryBase, RetryCap time.Duration
+	// SecurityInterval paces security reports (a notice refused before
+	// anything in it could be trusted): three may go out at once, then one
+	// per SecurityInterval; the refusals in between are counted in the
+	// next. Default 1m.
+	SecurityInterval time.Duration
 	// ChunkIdle is how long the broker source waits for chunks before
 	// asking again. Default 2s.
 	ChunkIdle time.Duration
@@ -131,6 +162,11 @@ type Agent struct {
 	st      Record
 	active  bootctl.ImageInfo
 	dropped string // what the last download ignored, for the report
+	// Security reports: their rate limit, and the refusals it held back.
+	secLimit  *rate.Limiter
+	secMissed int
+	secCode   schemas.ErrCode
+	secText   string
 }
 
 // New checks cfg and returns an agent. Errors wrap ErrConfig.
@@ -152,6 +188,18 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("%w: no state directory", ErrConfig)
 	case len(cfg.Trust) == 0:
 		return nil, fmt.Errorf("%w: no trust anchors", ErrConfig)
+	}
+	if len(cfg.NoticeTrust) == 0 {
+		cfg.NoticeTrust = cfg.Trust
+	}
+	cfg.Trust = append(suit.TrustAnchors(nil), cfg.Trust...)
+	cfg.NoticeTrust = append(suit.TrustAnchors(nil), cfg.NoticeTrust...)
+	cfg.URLPrefixes = append([]string(nil), cfg.URLPrefixes...)
+	cfg.FileDirs = append([]string(nil), cfg.FileDirs...)
+	for _, d := range cfg.FileDirs {
+		if !filepath.IsAbs(d) {
+			return nil, fmt.Errorf("%w: file source directory %q is not absolute", ErrConfig, d)
+		}
 	}
 	if _, err := cfg.Topics.Notice(cfg.DeviceID); err != nil {
 		return nil, fmt.Errorf("%w: topics: %v", ErrConfig, err)
@@ -181,7 +229,10 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Policy.Recheck = time.Minute
 	}
 	if cfg.HTTPClient == nil {
-		cfg.HTTPClient = http.DefaultClient
+		cfg.HTTPClient = fetcher.NewHTTPClient()
+	}
+	if cfg.SecurityInterval <= 0 {
+		cfg.SecurityInterval = time.Minute
 	}
 	cfg.Sources = append([]fetcher.Source(nil), cfg.Sources...)
 	fetchTo := filepath.Join(cfg.StateDir, "fetch")
@@ -198,6 +249,8 @@ func New(cfg Config) (*Agent, error) {
 		fetchTo: fetchTo,
 		notices: make(chan []byte, 16),
 		st:      st,
+		// Three at once, then one per interval.
+		secLimit: rate.NewLimiter(rate.Every(cfg.SecurityInterval), 3),
 	}, nil
 }
 
@@ -216,8 +269,11 @@ func (a *Agent) State() Record {
 
 // Run subscribes to the device's notice topic and its class's
 // announcements, reports the actual active version and state, resumes an
-// update in progress, and then handles notices until ctx ends. It returns
-// ctx's error, or an error when it cannot subscribe.
+// update in progress, and then handles notices until ctx ends. A broker
+// that does not answer (a subscription, the consumer behind it, a report)
+// never stops it: it tries again with backoff, and reports once it is
+// through. It returns ctx's error, or an error when its topics cannot be
+// named.
 func (a *Agent) Run(ctx context.Context) error {
 	nt, _ := a.cfg.Topics.Notice(a.cfg.DeviceID)
 	topics := []schemas.Topic{nt}
@@ -228,23 +284,18 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		topics = append(topics, at)
 	}
-	var subs []broker.Subscription
+	subs := make([]broker.Subscription, len(topics))
 	defer func() {
 		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		for _, s := range subs {
-			_ = s.Unsubscribe(uctx)
+			if s != nil {
+				_ = s.Unsubscribe(uctx)
+			}
 		}
 	}()
-	for i, t := range topics {
-		// NATS keeps retained messages for per-device notices only (a
-		// JetStream stream); class announcements are live there.
-		retained := i == 0 || a.cfg.Dialect == fetcher.MQTT
-		s, err := a.cfg.Transport.Subscribe(ctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: retained})
-		if err != nil {
-			return fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Dialect.Native(t), err)
-		}
-		subs = append(subs, s)
+	if err := a.subscribe(ctx, topics, subs); err != nil {
+		return err
 	}
 	reconnected := make(chan struct{}, 1)
 	if rc, ok := a.cfg.Transport.(Reconnector); ok {
@@ -270,6 +321,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return ctx.Err()
 		case b := <-a.notices:
 			a.onNotice(ctx, b)
+			a.flushSecurity(ctx)
 		case <-reconnected:
 			a.mu.Lock()
 			if a.st.busy() && a.st.Offline > 0 {
@@ -279,8 +331,47 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.mu.Unlock()
 			a.reportConnected(ctx)
 		case <-timer.C:
+			a.flushSecurity(ctx)
 		}
 	}
+}
+
+// subscribeTimeout bounds one try to subscribe to one topic.
+const subscribeTimeout = 10 * time.Second
+
+// subscribe fills subs with subscriptions to topics, trying again with
+// exponential backoff (RetryBase doubling up to RetryCap, with jitter)
+// after any failure, keeping those already in place, until all are or ctx
+// ends (its error is returned).
+func (a *Agent) subscribe(ctx context.Context, topics []schemas.Topic, subs []broker.Subscription) error {
+	backoff := retry.WithCappedDuration(a.cfg.RetryCap, retry.WithJitterPercent(20, retry.NewExponential(a.cfg.RetryBase)))
+	tries := 0
+	return retry.Do(ctx, backoff, func(ctx context.Context) error {
+		tries++
+		for i, t := range topics {
+			if subs[i] != nil {
+				continue
+			}
+			// NATS keeps retained messages for per-device notices only (a
+			// JetStream stream); class announcements are live there.
+			retained := i == 0 || a.cfg.Dialect == fetcher.MQTT
+			sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
+			s, err := a.cfg.Transport.Subscribe(sctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: retained})
+			cancel()
+			if err != nil {
+				if ctx.Err() != nil {
+					return ctx.Err()
+				}
+				a.log.Warn("subscribe failed; trying again", "topic", a.cfg.Dialect.Native(t), "try", tries, "err", err)
+				return retry.RetryableError(fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Dialect.Native(t), err))
+			}
+			subs[i] = s
+		}
+		if tries > 1 {
+			a.log.Info("subscribed after a broker failure", "tries", tries)
+		}
+		return nil
+	})
 }
 
 // Reconnector is implemented by transports that can tell when a
@@ -304,15 +395,19 @@ func (a *Agent) reportConnected(ctx context.Context) {
 	_ = a.report(ctx, state, schemas.CodeNone, "connected")
 }
 
-// untilNext returns how long to wait before advance has work again.
+// untilNext returns how long to wait before advance has work again, or
+// held-back security reports may go out.
 func (a *Agent) untilNext() time.Duration {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.st.busy() || a.st.NextAttempt == 0 {
-		return time.Hour
+	d := time.Hour
+	if a.secMissed > 0 {
+		d = a.cfg.SecurityInterval
 	}
-	d := time.UnixMilli(a.st.NextAttempt).Sub(a.cfg.Clock.Now())
-	return max(d, time.Millisecond)
+	if !a.st.busy() || a.st.NextAttempt == 0 {
+		return d
+	}
+	return max(min(d, time.UnixMilli(a.st.NextAttempt).Sub(a.cfg.Clock.Now())), time.Millisecond)
 }
 
 // onMessage is the transport handler of notice topics: it copies the
@@ -358,6 +453,12 @@ func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.Er
 
 // reportFor publishes a device report naming campaign.
 func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string) error {
+	return a.sendReport(ctx, campaign, state, code, text, false)
+}
+
+// sendReport publishes a device report; security marks a security event
+// (campaign is then empty). The counter is persisted first.
+func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool) error {
 	a.mu.Lock()
 	a.st.Counter++
 	if len(text) > schemas.MaxTextLen {
@@ -366,7 +467,7 @@ func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.St
 	r := schemas.DeviceReport{
 		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: campaign, State: state,
 		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
-		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class,
+		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class, Security: security,
 	}
 	if state == schemas.StateDownloading {
 		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size

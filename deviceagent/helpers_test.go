@@ -145,14 +145,31 @@ func (w *world) serve(img []byte, tune func(*testutil.ChunkServer)) *testutil.Ch
 // notice publishes a retained notice to a device (or a class announce).
 func (w *world) notice(campaign, target string, class bool, img, env []byte, hints ...schemas.SourceHint) {
 	w.t.Helper()
-	w.raw(target, class, w.encodeNotice(campaign, target, img, env, hints...))
+	n := w.newNotice(campaign, target, img, env, hints...)
+	n.ClassTarget = class
+	w.raw(target, class, w.signNotice(n, w.signer))
 }
 
+// encodeNotice returns a notice signed by the world's key (the campaign
+// authority the devices trust).
 func (w *world) encodeNotice(campaign, target string, img, env []byte, hints ...schemas.SourceHint) []byte {
 	w.t.Helper()
+	return w.signNotice(w.newNotice(campaign, target, img, env, hints...), w.signer)
+}
+
+// newNotice returns an unsigned notice.
+func (w *world) newNotice(campaign, target string, img, env []byte, hints ...schemas.SourceHint) *schemas.UpdateNotice {
 	d := sha256.Sum256(img)
-	n := schemas.UpdateNotice{V: schemas.Version, Campaign: campaign, Target: target, Envelope: env, Image: d[:], ChunkSize: testChunk, Sources: hints}
-	b, err := schemas.Encode(&n)
+	return &schemas.UpdateNotice{V: schemas.Version, Campaign: campaign, Target: target, Envelope: env, Image: d[:], ChunkSize: testChunk, Sources: hints}
+}
+
+// signNotice signs n with s and encodes it.
+func (w *world) signNotice(n *schemas.UpdateNotice, s suit.Signer) []byte {
+	w.t.Helper()
+	if err := suit.SignNotice(context.Background(), n, s); err != nil {
+		w.t.Fatal(err)
+	}
+	b, err := schemas.Encode(n)
 	if err != nil {
 		w.t.Fatal(err)
 	}

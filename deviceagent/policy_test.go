@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 type fakeClock struct {
@@ -136,7 +137,8 @@ func TestSourceFailover(t *testing.T) {
 	defer srv.Close()
 	d := w.newDevice("dev-f", func(c *Config) { c.Prices = map[string]float64{"broker": 1e-6, "http": 0} })
 	d.start()
-	w.notice("camp-f", "dev-f", false, v2, w.envelope(v2, 2, nil, nil), schemas.SourceHint{Kind: "http", URI: srv.URL + "/fw.bin"})
+	// The HTTP source comes from the signed manifest (notices name none).
+	w.notice("camp-f", "dev-f", false, v2, w.envelope(v2, 2, func(o *suit.CreateOptions) { o.URIs = []string{srv.URL + "/fw.bin"} }, nil))
 	w.waitReport("dev-f", 20*time.Second, func(r schemas.DeviceReport) bool {
 		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
 	})

@@ -58,6 +58,11 @@ func TestRejections(t *testing.T) {
 		{"rollback sequence", func(c string) { w.notice(c, "dev-x", false, other, w.envelope(other, 1, nil, nil)) }, true, schemas.CodeRollback},
 		{"oversize image", func(c string) { w.notice(c, "dev-x", false, bigImg, w.envelope(bigImg, 2, nil, nil)) }, true, schemas.CodeSize},
 		{"notice and manifest disagree", func(c string) { w.notice(c, "dev-x", false, v2, w.envelope(other, 2, nil, nil)) }, true, schemas.CodeDigest},
+		{"notice past its campaign deadline", func(c string) {
+			n := w.newNotice(c, "dev-x", v2, w.envelope(v2, 2, nil, nil))
+			n.Deadline = past.Unix()
+			w.raw("dev-x", false, w.signNotice(n, w.signer))
+		}, true, schemas.CodeExpired},
 		{"expired manifest", func(c string) {
 			w.notice(c, "dev-x", false, v2, w.envelope(v2, 2, func(o *suit.CreateOptions) { o.UseBefore = past }, nil))
 		}, true, schemas.CodeExpired},

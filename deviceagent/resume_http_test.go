@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // countingHTTP serves an image and its chunk table with range requests
@@ -91,7 +92,7 @@ func TestResumeHTTP(t *testing.T) {
 				}
 			}
 			d.start()
-			w.notice("camp-h", "dev-h", false, v2, w.envelope(v2, 2, nil, nil), schemas.SourceHint{Kind: schemas.SourceHTTP, URI: hs.URL + "/fw.bin"})
+			w.notice("camp-h", "dev-h", false, v2, w.envelope(v2, 2, func(o *suit.CreateOptions) { o.URIs = []string{hs.URL + "/fw.bin"} }, nil))
 			select {
 			case <-d.done:
 				d.done <- nil

@@ -55,6 +55,9 @@ type Record struct {
 	// no source could be reached (fetcher.ErrUnreachable); they do not
 	// count in Attempts, and shape the backoff until connectivity returns.
 	Offline uint32 `cbor:"20,keyasint,omitempty"`
+	// Deadline is the campaign's deadline from the signed notice, Unix
+	// seconds (0 = none): the update is not started or resumed after it.
+	Deadline int64 `cbor:"21,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/sethvargo/go-retry"
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/fetcher"
@@ -53,9 +57,14 @@ func (a *Agent) advance(ctx context.Context) {
 // when the device already runs this image.
 func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err error) {
 	a.mu.Lock()
-	env, img := a.st.Envelope, a.st.Image
+	env, img, deadline := a.st.Envelope, a.st.Image, a.st.Deadline
 	active := a.active
 	a.mu.Unlock()
+	if now := a.cfg.Clock.Now(); deadline != 0 && now.Unix() >= deadline {
+		// The signed notice's deadline bounds how long it can be replayed.
+		return nil, false, permanent(schemas.CodeExpired, fmt.Errorf("%w: the campaign's deadline %s has passed", suit.ErrExpired,
+			time.Unix(deadline, 0).UTC().Format(time.RFC3339)))
+	}
 	m, err = suit.Verify(env, a.cfg.Trust)
 	if err != nil {
 		return nil, false, err
@@ -259,9 +268,15 @@ type slotSink struct {
 
 func (s slotSink) Sync() error { return s.f.Sync() }
 
-// sources builds the fetch sources for m and the notice's hints, and the
-// plan: the manifest's URIs in order (SUIT try-each), then the broker;
-// without URIs, every source ranked by cost.
+// sources builds the fetch sources for m, and the plan: the manifest's
+// usable URIs in order (SUIT try-each), then the broker; without any,
+// every source ranked by cost.
+//
+// Where to fetch from comes only from what the device trusts: the signed
+// manifest's URIs, within Config.URLPrefixes (http, https) and
+// Config.FileDirs (file://), and the device's own configuration (the
+// broker, the object store, Config.Sources). The notice's source hints
+// give only the price of a kind.
 func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	a.mu.Lock()
 	hints, campaign := a.st.Sources, a.st.Campaign
@@ -278,11 +293,13 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	}
 	var out []fetcher.Source
 	seen := map[string]bool{}
-	add := func(s fetcher.Source) {
-		if !seen[s.Name()] {
-			seen[s.Name()] = true
-			out = append(out, s)
+	add := func(s fetcher.Source) bool {
+		if seen[s.Name()] {
+			return false
 		}
+		seen[s.Name()] = true
+		out = append(out, s)
+		return true
 	}
 	if bs, err := fetcher.NewBrokerSource(fetcher.BrokerConfig{
 		Transport: a.cfg.Transport, Dialect: a.cfg.Dialect, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
@@ -291,35 +308,21 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	}); err == nil {
 		add(bs)
 	}
-	uriSource := func(u string) fetcher.Source {
-		switch {
-		case strings.HasPrefix(u, "http://"), strings.HasPrefix(u, "https://"):
-			return fetcher.NewHTTPSource(u, price("http"), a.cfg.HTTPClient)
-		case strings.HasPrefix(u, "file://"):
-			return fetcher.NewFileSource(strings.TrimPrefix(u, "file://"), price("file"))
-		}
-		return nil
-	}
 	var plan fetcher.Plan
 	for _, u := range m.URIs() {
-		if s := uriSource(u); s != nil {
-			add(s)
-			plan.Names = append(plan.Names, s.Name())
+		srcs, why := a.uriSources(u, price)
+		if why != "" {
+			a.log.Warn("manifest URI not used", "uri", u, "why", why)
+		}
+		for _, s := range srcs {
+			if add(s) {
+				plan.Names = append(plan.Names, s.Name())
+			}
 		}
 	}
 	if len(plan.Names) > 0 {
 		plan.Mode = fetcher.PlanOrdered
 		plan.Names = append(plan.Names, "broker")
-	}
-	for _, h := range hints {
-		switch h.Kind {
-		case schemas.SourceHTTP:
-			if s := uriSource(h.URI); s != nil {
-				add(s)
-			}
-		case schemas.SourceFile:
-			add(fetcher.NewFileSource(strings.TrimPrefix(h.URI, "file://"), price("file")))
-		}
 	}
 	if a.cfg.ObjectStore != nil {
 		ob := fetcher.NewObjectStoreSource(a.cfg.ObjectStore, a.cfg.ObjectBucket, price("objstore"))
@@ -332,6 +335,41 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		add(s)
 	}
 	return out, plan
+}
+
+// uriSources returns the sources a signed manifest's URI u allows, or why
+// none: an http(s) URI outside Config.URLPrefixes, a file:// URI outside
+// Config.FileDirs, another scheme.
+func (a *Agent) uriSources(u string, price func(kind string) float64) ([]fetcher.Source, string) {
+	lower := strings.ToLower(u)
+	switch {
+	case strings.HasPrefix(lower, "http://"), strings.HasPrefix(lower, "https://"):
+		if len(a.cfg.URLPrefixes) > 0 && !slices.ContainsFunc(a.cfg.URLPrefixes, func(p string) bool { return strings.HasPrefix(u, p) }) {
+			return nil, "not under an allowed URL prefix"
+		}
+		return []fetcher.Source{fetcher.NewHTTPSource(u, price("http"), a.cfg.HTTPClient)}, ""
+	case strings.HasPrefix(lower, "file://"):
+		p := u[len("file://"):]
+		var out []fetcher.Source
+		for _, dir := range a.cfg.FileDirs {
+			rel := p
+			if filepath.IsAbs(p) {
+				r, err := filepath.Rel(dir, p)
+				if err != nil {
+					continue
+				}
+				rel = r
+			}
+			if s, err := fetcher.NewFileSourceIn(dir, rel, price("file")); err == nil {
+				out = append(out, s)
+			}
+		}
+		if len(out) == 0 {
+			return nil, "not inside a configured file source directory"
+		}
+		return out, ""
+	}
+	return nil, "unsupported scheme"
 }
 
 // downloadAllowed applies the download policy; it may narrow the sources
@@ -457,11 +495,22 @@ func (a *Agent) confirm(ctx context.Context) error {
 	return nil
 }
 
-// health checks that the broker is reachable (a report is accepted) and
-// runs the product's self-test.
+// healthTries bounds the tries to publish the health check's report.
+const healthTries = 5
+
+// health checks that the broker is reachable (a report is accepted, within
+// healthTries tries with backoff: one slow reply does not revert an image)
+// and runs the product's self-test.
 func (a *Agent) health(ctx context.Context) error {
-	if err := a.report(ctx, schemas.StateTrial, schemas.CodeNone, "health check"); err != nil {
-		return fmt.Errorf("%w: broker unreachable: %v", ErrHealth, err)
+	backoff := retry.WithMaxRetries(healthTries-1, retry.WithCappedDuration(a.cfg.RetryCap, retry.NewExponential(a.cfg.RetryBase)))
+	err := retry.Do(ctx, backoff, func(ctx context.Context) error {
+		if err := a.report(ctx, schemas.StateTrial, schemas.CodeNone, "health check"); err != nil {
+			return retry.RetryableError(err)
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w: broker unreachable after %d tries: %v", ErrHealth, healthTries, err)
 	}
 	if a.cfg.SelfTest != nil {
 		if err := a.cfg.SelfTest(ctx); err != nil {

@@ -22,26 +22,63 @@ var maxTableSize = (&schemas.ChunkTable{}).MaxSize()
 // FileSource serves an image from a local file, or from a directory that
 // holds images named by their lowercase hex digest (a USB stick, a local
 // cache, a peer's share). The chunk table is read from the file name plus
-// TableSuffix.
+// TableSuffix. A source made by NewFileSourceIn reads only inside its root
+// directory.
 type FileSource struct {
 	name  string
 	path  string
 	price float64
+	root  string // "": path is opened as given
 }
 
 // NewFileSource returns a source reading path, a file or a directory.
-// price is the price per byte (normally 0).
+// price is the price per byte (normally 0). It reads whatever path names:
+// use it for paths the device's own configuration gives, and
+// NewFileSourceIn for paths that come from elsewhere.
 func NewFileSource(path string, price float64) *FileSource {
 	return &FileSource{name: "file " + path, path: path, price: price}
+}
+
+// NewFileSourceIn returns a source reading path (a file or a directory)
+// inside the directory root only: path is relative to root, and every
+// open goes through os.OpenInRoot, so neither "..", an absolute path nor a
+// symbolic link leads out of root. It fails with ErrConfig when path is
+// absolute or climbs out of root.
+func NewFileSourceIn(root, path string, price float64) (*FileSource, error) {
+	if !filepath.IsLocal(path) && path != "." {
+		return nil, fmt.Errorf("%w: file source path %q is not inside %s", ErrConfig, path, root)
+	}
+	return &FileSource{name: "file " + filepath.Join(root, path), path: filepath.Clean(path), price: price, root: root}, nil
 }
 
 func (s *FileSource) Name() string   { return s.name }
 func (s *FileSource) Kind() string   { return "file" }
 func (s *FileSource) Price() float64 { return s.price }
 
+// open opens p, inside the root when the source has one.
+func (s *FileSource) open(p string) (*os.File, error) {
+	if s.root != "" {
+		return os.OpenInRoot(s.root, p)
+	}
+	return os.Open(p)
+}
+
+// stat stats p, inside the root when the source has one.
+func (s *FileSource) stat(p string) (fs.FileInfo, error) {
+	if s.root == "" {
+		return os.Stat(p)
+	}
+	f, err := s.open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return f.Stat()
+}
+
 // file returns the image file's path for im.
 func (s *FileSource) file(im Image) (string, error) {
-	st, err := os.Stat(s.path)
+	st, err := s.stat(s.path)
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrCannotServe, err)
 	}
@@ -57,7 +94,7 @@ func (s *FileSource) Probe(ctx context.Context, im Image) (Availability, error) 
 	if err != nil {
 		return CannotServe, nil
 	}
-	st, err := os.Stat(p)
+	st, err := s.stat(p)
 	if err != nil || st.IsDir() || uint64(st.Size()) != im.Size {
 		return CannotServe, nil
 	}
@@ -70,7 +107,7 @@ func (s *FileSource) Table(ctx context.Context, im Image) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	f, err := os.Open(p + TableSuffix)
+	f, err := s.open(p + TableSuffix)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%w: no chunk table %s", ErrCannotServe, p+TableSuffix)
 	}
@@ -87,7 +124,7 @@ func (s *FileSource) Fetch(ctx context.Context, im Image, want Chunks, deliver D
 	if err != nil {
 		return err
 	}
-	f, err := os.Open(p)
+	f, err := s.open(p)
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrCannotServe, err)
 	}

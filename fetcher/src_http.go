@@ -5,10 +5,39 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 )
+
+// Timeouts of HTTP sources.
+const (
+	// HTTPConnectTimeout bounds a TCP connect and a TLS handshake of the
+	// client NewHTTPClient makes.
+	HTTPConnectTimeout = 10 * time.Second
+	// HTTPHeaderTimeout bounds the wait for a response's headers (same
+	// client).
+	HTTPHeaderTimeout = 30 * time.Second
+	// HTTPReadTimeout is an HTTPSource's default read timeout: the longest
+	// a request may go without a byte, from the request to its headers and
+	// between reads of its body.
+	HTTPReadTimeout = 30 * time.Second
+)
+
+// NewHTTPClient returns a client for HTTP sources with connect, TLS
+// handshake and response-header timeouts. It has no overall timeout, as a
+// range read of many chunks may rightly take long; HTTPSource bounds the
+// time without a byte instead (its read timeout).
+func NewHTTPClient() *http.Client {
+	tr := http.DefaultTransport.(*http.Transport).Clone()
+	tr.DialContext = (&net.Dialer{Timeout: HTTPConnectTimeout, KeepAlive: 30 * time.Second}).DialContext
+	tr.TLSHandshakeTimeout = HTTPConnectTimeout
+	tr.ResponseHeaderTimeout = HTTPHeaderTimeout
+	return &http.Client{Transport: tr}
+}
 
 // HTTPSource serves an image by HTTP(S) range requests from a URL (any CDN,
 // or the firmcast server's /images/{digest}). The chunk table is fetched
@@ -19,15 +48,91 @@ type HTTPSource struct {
 	client *http.Client
 	// maxSpan bounds one range request, in chunks.
 	maxSpan int
+	// readTimeout bounds the time a request goes without a byte.
+	readTimeout time.Duration
 }
 
-// NewHTTPSource returns a source for url. client nil means
-// http.DefaultClient.
+// NewHTTPSource returns a source for url. client nil means a client made
+// by NewHTTPClient. Every request fails with ErrStalled when it goes
+// HTTPReadTimeout without a byte (see WithReadTimeout), whatever client.
 func NewHTTPSource(url string, price float64, client *http.Client) *HTTPSource {
 	if client == nil {
-		client = http.DefaultClient
+		client = NewHTTPClient()
 	}
-	return &HTTPSource{url: url, price: price, client: client, maxSpan: 256}
+	return &HTTPSource{url: url, price: price, client: client, maxSpan: 256, readTimeout: HTTPReadTimeout}
+}
+
+// WithReadTimeout sets the longest time a request may go without a byte
+// (d > 0) and returns s.
+func (s *HTTPSource) WithReadTimeout(d time.Duration) *HTTPSource {
+	if d > 0 {
+		s.readTimeout = d
+	}
+	return s
+}
+
+// do sends req with the read timeout armed: the request is cancelled when
+// no byte arrives for s.readTimeout, from now until the body is closed.
+// The returned body must be closed.
+func (s *HTTPSource) do(ctx context.Context, method, url string, header http.Header) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	st := &stallTimer{d: s.readTimeout, url: url}
+	st.t = time.AfterFunc(s.readTimeout, func() { st.fired.Store(true); cancel() })
+	req, err := http.NewRequestWithContext(ctx, method, url, nil)
+	if err != nil {
+		st.t.Stop()
+		cancel()
+		return nil, err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		st.t.Stop()
+		cancel()
+		return nil, st.wrap(err)
+	}
+	resp.Body = &stallBody{rc: resp.Body, st: st, cancel: cancel}
+	return resp, nil
+}
+
+// stallTimer cancels a request that goes too long without a byte.
+type stallTimer struct {
+	t     *time.Timer
+	d     time.Duration
+	url   string
+	fired atomic.Bool
+}
+
+// wrap turns the error of a request the timer cancelled into ErrStalled.
+func (st *stallTimer) wrap(err error) error {
+	if err != nil && st.fired.Load() {
+		return fmt.Errorf("%w: %s: no data for %v", ErrStalled, st.url, st.d)
+	}
+	return err
+}
+
+// stallBody re-arms the stall timer on every read that returns bytes.
+type stallBody struct {
+	rc     io.ReadCloser
+	st     *stallTimer
+	cancel context.CancelFunc
+}
+
+func (b *stallBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	if n > 0 {
+		b.st.t.Reset(b.st.d)
+	}
+	return n, b.st.wrap(err)
+}
+
+func (b *stallBody) Close() error {
+	b.st.t.Stop()
+	err := b.rc.Close()
+	b.cancel()
+	return err
 }
 
 func (s *HTTPSource) Name() string   { return "http " + s.url }
@@ -37,11 +142,7 @@ func (s *HTTPSource) Price() float64 { return s.price }
 // Probe sends a HEAD request: CanServe when it answers 200 with the
 // image's length (or no length).
 func (s *HTTPSource) Probe(ctx context.Context, im Image) (Availability, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodHead, s.url, nil)
-	if err != nil {
-		return CannotServe, err
-	}
-	resp, err := s.client.Do(req)
+	resp, err := s.do(ctx, http.MethodHead, s.url, nil)
 	if err != nil {
 		return CannotServe, err
 	}
@@ -57,11 +158,7 @@ func (s *HTTPSource) Probe(ctx context.Context, im Image) (Availability, error) 
 
 // Table GETs the chunk table, bounded by its size cap.
 func (s *HTTPSource) Table(ctx context.Context, im Image) ([]byte, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url+TableSuffix, nil)
-	if err != nil {
-		return nil, err
-	}
-	resp, err := s.client.Do(req)
+	resp, err := s.do(ctx, http.MethodGet, s.url+TableSuffix, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -100,12 +197,7 @@ func (s *HTTPSource) Fetch(ctx context.Context, im Image, want Chunks, deliver D
 func (s *HTTPSource) fetchRun(ctx context.Context, im Image, first, count int, buf []byte, deliver Deliver) (bad, err error) {
 	start := im.Offset(first)
 	end := im.Offset(first+count-1) + int64(im.ChunkLen(first+count-1)) // exclusive
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.url, nil)
-	if err != nil {
-		return nil, err
-	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", start, end-1))
-	resp, err := s.client.Do(req)
+	resp, err := s.do(ctx, http.MethodGet, s.url, http.Header{"Range": {fmt.Sprintf("bytes=%d-%d", start, end-1)}})
 	if err != nil {
 		return nil, err
 	}

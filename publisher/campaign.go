@@ -306,6 +306,9 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	if err != nil {
 		return Campaign{}, err
 	}
+	if len(p.cfg.NoticeSigners) == 0 {
+		return Campaign{}, fmt.Errorf("%w: notices must be signed: configure a notice signing key (Config.NoticeSigners, or a SUITSigner)", ErrNoSigner)
+	}
 	id := randomID("c")
 	env := spec.Envelope
 	if len(env) == 0 {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // Clock tells the time. Campaign deadlines, no-progress timeouts and leases
@@ -52,6 +53,14 @@ type Config struct {
 	// Signer signs manifests for campaigns created without an envelope.
 	// Nil: only campaigns with an already signed envelope can be created.
 	Signer ManifestSigner
+	// NoticeSigners sign every notice: the campaign authority's statement
+	// that this campaign sends this envelope to this device (or class),
+	// separate from the firmware signature inside the envelope (see
+	// docs/SECURITY.md, "Campaign binding"). Devices check it with their
+	// notice trust anchors before they act on anything in a notice.
+	// Default: the signers of Signer when it was made by SUITSigner. With
+	// neither, no campaign can be created (ErrNoSigner).
+	NoticeSigners []suit.Signer
 	// VendorID and ClassID (16-byte UUIDs) go into server-signed manifests.
 	VendorID, ClassID []byte
 	// Clock tells the time. Default: the system clock.
@@ -88,6 +97,13 @@ type Config struct {
 	// NoProgress is how long a notified device may go without a report
 	// before it is marked timed out. Default 30m.
 	NoProgress time.Duration
+	// DeviceDeadline is how long a notified device may take to reach an
+	// outcome (confirmed, failed, rolled back, skipped), however often it
+	// reports (a device deferring the install keeps reporting), before it
+	// is marked timed out; time the campaign spends paused does not count.
+	// A timed-out device that reports an outcome later is still counted
+	// with it. Default 24h (a day's maintenance window).
+	DeviceDeadline time.Duration
 	// Reconcile is how long a notified device may stay silent before the
 	// leader sends its notice again: a device that already finished
 	// answers with its outcome (a report lost in a failover is recovered),
@@ -179,6 +195,13 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Clock == nil {
 		c.Clock = systemClock{}
 	}
+	c.NoticeSigners = append([]suit.Signer(nil), c.NoticeSigners...)
+	if s, ok := c.Signer.(interface{ noticeSigners() []suit.Signer }); ok && len(c.NoticeSigners) == 0 {
+		c.NoticeSigners = append(c.NoticeSigners, s.noticeSigners()...)
+	}
+	if len(c.NoticeSigners) > suit.MaxAuthBlocks {
+		return c, fmt.Errorf("%w: config: %d notice signers, max %d", ErrInvalid, len(c.NoticeSigners), suit.MaxAuthBlocks)
+	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
@@ -207,6 +230,10 @@ func (c Config) withDefaults() (Config, error) {
 	defInt(&c.MaxDownloading, 500)
 	def(&c.StartWindow, 30*time.Second)
 	def(&c.NoProgress, 30*time.Minute)
+	def(&c.DeviceDeadline, 24*time.Hour)
+	if c.DeviceDeadline < 0 {
+		return c, fmt.Errorf("%w: config: negative device deadline %v", ErrInvalid, c.DeviceDeadline)
+	}
 	def(&c.Reconcile, time.Minute)
 	if c.DefaultSuccessPermille == 0 {
 		c.DefaultSuccessPermille = 900

@@ -13,6 +13,7 @@ import (
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 type lease struct {
@@ -115,27 +116,34 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		}
 		p.idx.putDev(st, rev)
 	}
-	// Time out devices that stopped making progress.
+	// Time out devices that stopped making progress, or that have not
+	// finished within DeviceDeadline of their notice: a campaign never
+	// waits for a device forever, however busy its reports are (a device
+	// deferring an update for ever keeps reporting). Paused time counts
+	// towards neither.
 	devs := p.idx.devs(c.ID)
 	for _, e := range devs {
-		last := e.st.Progress
-		if c.Resumed.After(last) {
-			last = c.Resumed
-		}
 		if e.st.State == StateQueued || terminal(e.st.State) {
 			continue
 		}
-		if now.Sub(last) < p.cfg.NoProgress {
+		last := latest(e.st.Progress, c.Resumed)
+		var why string
+		switch {
+		case now.Sub(latest(e.st.Notified, c.Resumed)) >= p.cfg.DeviceDeadline:
+			why = fmt.Sprintf("not finished %s after its notice", p.cfg.DeviceDeadline)
+		case now.Sub(last) >= p.cfg.NoProgress:
+			why = fmt.Sprintf("no progress for %s", p.cfg.NoProgress)
+		default:
 			p.reconcile(ctx, c, e, now)
 			continue
 		}
-		if err := p.timeOut(ctx, e); err != nil {
+		if err := p.timeOut(ctx, e, why); err != nil {
 			return err
 		}
 	}
 	// Failure threshold: failures among the devices of the open phases.
 	counts, _ := p.idx.counts(c.ID)
-	fails := counts["failed"] + counts[sRolled]
+	fails := counts["failed"] + counts[schemas.StateRolledBack.String()]
 	if fails > 0 && fails*1000 >= uint64(c.FailPermille)*uint64(opened) {
 		reason := fmt.Sprintf("failure threshold: %d of %d devices failed (threshold %d‰)", fails, opened, c.FailPermille)
 		to := CampaignAborted
@@ -152,7 +160,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		if !terminal(e.st.State) {
 			allTerminal = false
 		}
-		if e.st.Phase == c.Phase && (e.st.State == sConfirmed || e.st.State == sSkipped) {
+		if e.st.Phase == c.Phase && succeeded(e.st.State) {
 			done++
 		}
 		if active(e.st.State) {
@@ -174,8 +182,16 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		*c = nc
 		return p.step(ctx, c)
 	}
-	if c.Phase == len(c.PhaseEnds)-1 && allTerminal && len(devs) >= opened {
-		return p.end(ctx, c, []string{CampaignRunning}, CampaignCompleted, "")
+	if allTerminal && len(devs) >= opened {
+		// Every device of the open phases has ended, whatever the mix: the
+		// last phase completes the campaign; an earlier one that did not
+		// reach its success threshold can open nothing more, and ends it.
+		if c.Phase == len(c.PhaseEnds)-1 {
+			return p.end(ctx, c, []string{CampaignRunning}, CampaignCompleted, "")
+		}
+		reason := fmt.Sprintf("phase %d of %d ended below its success threshold: %d of %d devices confirmed or skipped, %d needed to open the next",
+			c.Phase+1, len(c.PhaseEnds), done, hi-lo, need)
+		return p.end(ctx, c, []string{CampaignRunning}, CampaignAborted, reason)
 	}
 	// Pacing: notify queued devices, in rollout order, while slots are free.
 	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
@@ -249,9 +265,18 @@ func (p *Publisher) end(ctx context.Context, c *Campaign, from []string, to, rea
 	return nil
 }
 
-func (p *Publisher) timeOut(ctx context.Context, e devEntry) error {
+// latest returns the later of a and b.
+func latest(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// timeOut marks a device timed out, saying why.
+func (p *Publisher) timeOut(ctx context.Context, e devEntry, why string) error {
 	next := e.st
-	next.State, next.Code, next.Text = StateTimedOut, schemas.CodeTimeout.String(), fmt.Sprintf("no progress for %s", p.cfg.NoProgress)
+	next.State, next.Code, next.Text = StateTimedOut, schemas.CodeTimeout.String(), why
 	next.Updated = p.cfg.Clock.Now().UTC()
 	rev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(e.st.Campaign, e.st.Device), next, e.rev)
 	if isConflict(err) {
@@ -271,7 +296,7 @@ func (p *Publisher) timeOut(ctx context.Context, e devEntry) error {
 func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev uint64) error {
 	now := p.cfg.Clock.Now().UTC()
 	next := st
-	next.State, next.Notified, next.Progress, next.Updated = sNotified, now, now, now
+	next.State, next.Notified, next.Progress, next.Updated = schemas.StateNotified.String(), now, now, now
 	nrev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(c.ID, st.Device), next, rev)
 	if isConflict(err) {
 		p.refreshDev(ctx, c.ID, st.Device) // another instance wrote it first
@@ -298,7 +323,8 @@ func (p *Publisher) refreshDev(ctx context.Context, campaign, device string) {
 	p.idx.putDev(cur, rev)
 }
 
-func (p *Publisher) notice(c *Campaign, device string) ([]byte, error) {
+// notice builds and signs device's notice of c.
+func (p *Publisher) notice(ctx context.Context, c *Campaign, device string) ([]byte, error) {
 	img, _ := hex.DecodeString(c.Image)
 	n := &schemas.UpdateNotice{
 		V: schemas.Version, Campaign: c.ID, Target: device, Envelope: c.Envelope,
@@ -311,11 +337,17 @@ func (p *Publisher) notice(c *Campaign, device string) ([]byte, error) {
 	if p.cfg.PublicURL != "" {
 		n.Sources = append(n.Sources, schemas.SourceHint{Kind: "http", URI: p.imageURL(c.Image), Cost: 1})
 	}
+	if len(p.cfg.NoticeSigners) == 0 {
+		return nil, fmt.Errorf("%w: no notice signing key", ErrNoSigner)
+	}
+	if err := suit.SignNotice(ctx, n, p.cfg.NoticeSigners...); err != nil {
+		return nil, fmt.Errorf("sign: %w", err)
+	}
 	return schemas.Encode(n)
 }
 
 func (p *Publisher) publishNotice(ctx context.Context, c *Campaign, device string) error {
-	b, err := p.notice(c, device)
+	b, err := p.notice(ctx, c, device)
 	if err != nil {
 		return fmt.Errorf("publisher: notice for %s: %w", device, err)
 	}

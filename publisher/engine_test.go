@@ -38,24 +38,50 @@ func TestPhaseEnds(t *testing.T) {
 }
 
 func TestJudge(t *testing.T) {
-	for _, c := range []struct{ cur, next, want string }{
-		{StateQueued, "downloading", "not-notified"},
-		{sNotified, "downloading", ""},
-		{sNotified, "confirmed", ""},
-		{"downloading", "downloading", ""},
-		{"downloading", "manifest-verified", "impossible"},
-		{"staged", "downloading", "impossible"},
-		{"downloading", sFailed, ""},
-		{"trial", sRolled, ""},
-		{sFailed, sRolled, ""},
-		{sConfirmed, sRolled, "impossible"},
-		{sConfirmed, "downloading", "impossible"},
-		{sFailed, "confirmed", "impossible"},
-		{"downloading", sDeferred, ""},
-		{"staged", sDeferred, "impossible"},
-		{sDeferred, "downloading", ""},
-		{StateTimedOut, "downloading", ""},
-		{sNotified, sIdle, "impossible"},
+	const (
+		notified    = schemas.StateNotified
+		verified    = schemas.StateManifestVerified
+		downloading = schemas.StateDownloading
+		staged      = schemas.StateStaged
+		trial       = schemas.StateTrial
+		confirmed   = schemas.StateConfirmed
+		failed      = schemas.StateFailed
+		rolled      = schemas.StateRolledBack
+		deferred    = schemas.StateDeferred
+		skipped     = schemas.StateSkipped
+		idle        = schemas.StateIdle
+	)
+	for _, c := range []struct {
+		cur  string
+		next schemas.State
+		want string
+	}{
+		{StateQueued, downloading, "not-notified"},
+		{notified.String(), downloading, ""},
+		{notified.String(), confirmed, ""},
+		{downloading.String(), downloading, ""},
+		{downloading.String(), verified, "impossible"},
+		{staged.String(), downloading, "impossible"},
+		{downloading.String(), failed, ""},
+		{trial.String(), rolled, ""},
+		{failed.String(), rolled, ""},
+		{confirmed.String(), rolled, "impossible"},
+		{confirmed.String(), downloading, "impossible"},
+		{confirmed.String(), failed, "impossible"},
+		{confirmed.String(), confirmed, "repeated"},
+		{skipped.String(), failed, "impossible"},
+		{failed.String(), confirmed, "impossible"},
+		{rolled.String(), failed, "impossible"},
+		{downloading.String(), deferred, ""},
+		{staged.String(), deferred, "impossible"},
+		{deferred.String(), downloading, ""},
+		// A timed-out device moves only on its outcome (changed on
+		// purpose: a progress report used to move it back).
+		{StateTimedOut, downloading, "final"},
+		{StateTimedOut, deferred, "final"},
+		{StateTimedOut, confirmed, ""},
+		{StateTimedOut, failed, ""},
+		{notified.String(), idle, "impossible"},
 	} {
 		if got := judge(c.cur, c.next); got != c.want {
 			t.Errorf("judge(%s -> %s) = %q, want %q", c.cur, c.next, got, c.want)
@@ -272,7 +298,7 @@ func TestPacingCapsDownloaders(t *testing.T) {
 	if s := statusOf_(t, p, c.ID); s.Counts["downloading"] != 5 || s.Counts["queued"] != 15 || counterValue(p.met.notices) != sent {
 		t.Fatalf("with a cap of 5: %v", s.Counts)
 	}
-	b, _ := p.notice(&c, devName(0))
+	b, _ := p.notice(ctx, &c, devName(0))
 	var n schemas.UpdateNotice
 	if err := schemas.Decode(b, &n); err != nil || n.StartWindowMS != 90000 {
 		t.Errorf("notice start window %d ms, %v; want 90000", n.StartWindowMS, err)

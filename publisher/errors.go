@@ -23,8 +23,9 @@ var (
 	// ErrTooLarge: an upload or request body exceeds its limit. HTTP 413.
 	ErrTooLarge = errors.New("publisher: too large")
 	// ErrNoSigner: a campaign without an envelope was created on a server
-	// that has no signing key. HTTP 400.
-	ErrNoSigner = errors.New("publisher: no manifest signer configured")
+	// that has no manifest signing key, or any campaign on a server that
+	// has no notice signing key. HTTP 400.
+	ErrNoSigner = errors.New("publisher: no signer configured")
 	// ErrConflict: a compare-and-set kept losing to concurrent writers.
 	ErrConflict = errors.New("publisher: concurrent update conflict")
 )

@@ -1,7 +1,9 @@
 package publisher
 
 import (
+	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/rand"
 	"fmt"
 	"io"
@@ -18,6 +20,7 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 type fakeClock struct {
@@ -98,9 +101,20 @@ func newEnv(t testing.TB) *testEnv {
 		JetStream: js, Topics: schemas.MustTopics("fct"), Clock: e.clock,
 		Logger:    testLogger(),
 		ChunkSize: 1024, TickInterval: 5 * time.Millisecond, StartWindow: -1,
-		BootstrapKey: testAdminKey,
+		BootstrapKey: testAdminKey, NoticeSigners: []suit.Signer{testNoticeSigner()},
 	}
 	return e
+}
+
+// testNoticeKey is the campaign authority's key of every test publisher.
+var testNoticeKey = ed25519.NewKeyFromSeed(bytes.Repeat([]byte{0x17}, 32))
+
+func testNoticeSigner() suit.Signer {
+	s, err := suit.NewKeySigner(testNoticeKey, suit.EdDSA)
+	if err != nil {
+		panic(err)
+	}
+	return s
 }
 
 // start creates a publisher with cfg edited by edit and runs it until the

@@ -12,6 +12,7 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // realEnv runs the publisher and the responders over a real broker at
@@ -46,6 +47,7 @@ func realEnv(t *testing.T, transportURL, stateURL string) *testEnv {
 	e.cfg = Config{
 		JetStream: js, Topics: topics, Namespace: ns, Clock: e.clock, Logger: testLogger(),
 		ChunkSize: 1024, TickInterval: 20 * time.Millisecond, StartWindow: -1, BootstrapKey: testAdminKey,
+		NoticeSigners: []suit.Signer{testNoticeSigner()},
 	}
 	e.dial = func(id string, shared bool) broker.Transport {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

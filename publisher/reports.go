@@ -96,8 +96,15 @@ func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
 // applyReport updates the device's campaign state from a report, with
 // compare-and-set on the stored revision. It returns how the report was
 // taken: "applied", or why it was ignored ("not-target", "stale",
-// "impossible", "not-notified", "campaign-ended").
+// "impossible", "not-notified", "final", "repeated", "campaign-ended"),
+// or "security-event" for a device's report of a message it refused
+// (logged, never applied to any campaign or to the registry).
 func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
+	if r.Security {
+		p.log.Warn("device refused a message it could not authenticate or that was not for it",
+			"device", r.Device, "code", r.Code, "text", r.Text)
+		return "security-event", nil
+	}
 	if r.Campaign == "" {
 		return p.applyIdleReport(ctx, r, recv)
 	}
@@ -113,7 +120,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 	// The index may lag writes by other instances: a verdict to ignore is
 	// only given on state read fresh from the KV.
 	st, rev, cached := p.idx.dev(r.Campaign, r.Device)
-	next := r.State.String()
+	next := r.State
 	for range maxCASAttempts {
 		if !cached {
 			st = DeviceState{}
@@ -143,7 +150,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			return why, nil
 		}
 		n := st
-		n.State, n.Counter, n.BytesDone, n.BytesTotal, n.ActiveVersion = next, r.Counter, r.BytesDone, r.BytesTotal, r.ActiveVersion
+		n.State, n.Counter, n.BytesDone, n.BytesTotal, n.ActiveVersion = next.String(), r.Counter, r.BytesDone, r.BytesTotal, r.ActiveVersion
 		n.Code, n.Text = "", ""
 		if r.Code != schemas.CodeNone {
 			n.Code, n.Text = r.Code.String(), r.Text
@@ -158,7 +165,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			return "", err
 		}
 		p.idx.putDev(n, nrev)
-		if terminal(next) && !terminal(st.State) {
+		if terminal(n.State) && !terminal(st.State) {
 			p.clearNotice(ctx, r.Device)
 			p.recordOutcome(ctx, r, recv)
 		}

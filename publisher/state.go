@@ -10,14 +10,16 @@ import (
 
 // Per-device states kept by the publisher beyond the device's own
 // (schemas.State names): queued (in an open phase, waiting for a download
-// slot, no notice yet) and timed-out (no progress for Config.NoProgress).
+// slot, no notice yet) and timed-out (no progress for Config.NoProgress,
+// or not finished within Config.DeviceDeadline of its notice).
 const (
 	StateQueued   = "queued"
 	StateTimedOut = "timed-out"
 )
 
 // DeviceState is one device's state in one campaign, stored under
-// "<campaign>.<device>".
+// "<campaign>.<device>". State is the name of a schemas.State, or
+// StateQueued or StateTimedOut.
 type DeviceState struct {
 	Campaign      string    `json:"campaign"`
 	Device        string    `json:"device"`
@@ -36,40 +38,51 @@ type DeviceState struct {
 
 func devKey(campaign, device string) string { return campaign + "." + device }
 
-var (
-	sNotified  = schemas.StateNotified.String()
-	sIdle      = schemas.StateIdle.String()
-	sConfirmed = schemas.StateConfirmed.String()
-	sFailed    = schemas.StateFailed.String()
-	sRolled    = schemas.StateRolledBack.String()
-	sSkipped   = schemas.StateSkipped.String()
-	sDeferred  = schemas.StateDeferred.String()
-)
+// agentState returns the device state named s; ok is false for the
+// publisher's own states (queued, timed-out) and unknown names.
+func agentState(s string) (st schemas.State, ok bool) { return schemas.ParseState(s) }
+
+// outcome reports whether s ends a device's part in a campaign on the
+// device's side: confirmed, failed, rolled back or skipped.
+func outcome(s schemas.State) bool {
+	switch s {
+	case schemas.StateConfirmed, schemas.StateFailed, schemas.StateRolledBack, schemas.StateSkipped:
+		return true
+	}
+	return false
+}
 
 // bucket is the counter a state is counted under.
 func bucket(state string) string {
 	switch state {
 	case StateQueued:
 		return "queued"
-	case sNotified, sIdle:
-		return "pending"
-	case "manifest-verified", "downloading":
-		return "downloading"
-	case "candidate-verified", "staged", "rebooting", "trial":
-		return "staged"
 	case StateTimedOut:
 		return "failed"
+	}
+	s, ok := agentState(state)
+	if !ok {
+		return state
+	}
+	switch s {
+	case schemas.StateNotified, schemas.StateIdle:
+		return "pending"
+	case schemas.StateManifestVerified, schemas.StateDownloading:
+		return "downloading"
+	case schemas.StateCandidateVerified, schemas.StateStaged, schemas.StateRebooting, schemas.StateTrial:
+		return "staged"
 	}
 	return state // confirmed, failed, rolled-back, deferred, skipped
 }
 
-// terminal states end a device's part in a campaign.
+// terminal states end a device's part in a campaign: an outcome, or timed
+// out.
 func terminal(state string) bool {
-	switch state {
-	case sConfirmed, sFailed, sRolled, sSkipped, StateTimedOut:
+	if state == StateTimedOut {
 		return true
 	}
-	return false
+	s, ok := agentState(state)
+	return ok && outcome(s)
 }
 
 // active states hold a download slot.
@@ -78,50 +91,84 @@ func active(state string) bool {
 	return b == "pending" || b == "downloading"
 }
 
+// succeeded states count towards a phase's success threshold.
+func succeeded(state string) bool {
+	s, ok := agentState(state)
+	return ok && (s == schemas.StateConfirmed || s == schemas.StateSkipped)
+}
+
 // failedState counts against the failure threshold.
 func failedState(state string) bool {
-	return state == sFailed || state == sRolled || state == StateTimedOut
+	if state == StateTimedOut {
+		return true
+	}
+	s, ok := agentState(state)
+	return ok && (s == schemas.StateFailed || s == schemas.StateRolledBack)
 }
 
 // mainRank orders the agent's main line; -1 for states off it.
-func mainRank(state string) int { return slices.Index(mainLine, state) }
+func mainRank(s schemas.State) int { return slices.Index(mainLine, s) }
 
-var mainLine = []string{sNotified, "manifest-verified", "downloading", "candidate-verified", "staged", "rebooting", "trial", sConfirmed}
+var mainLine = []schemas.State{
+	schemas.StateNotified, schemas.StateManifestVerified, schemas.StateDownloading, schemas.StateCandidateVerified,
+	schemas.StateStaged, schemas.StateRebooting, schemas.StateTrial, schemas.StateConfirmed,
+}
 
-// judge decides whether a device may move from cur to next. It returns ""
-// when allowed, or why not.
-func judge(cur, next string) string {
+// judge decides whether a device whose stored state is cur may take a
+// report of state next (with a newer counter). It returns "" when allowed,
+// or why not: "not-notified", "impossible" (no transition of the agent's
+// state machine leads there), "final" (the device is timed out: only an
+// outcome moves it), "repeated" (the same outcome again: nothing to
+// change).
+//
+// A terminal state moves only on a newer outcome: a timed-out device that
+// reports an outcome after all, or a failure the bootloader then reverted
+// (rolled back). Nothing else moves a device out of a terminal state.
+func judge(cur string, next schemas.State) string {
 	switch {
 	case cur == StateQueued:
 		return "not-notified"
-	case next == sIdle:
+	case next == schemas.StateIdle:
 		return "impossible"
-	case cur == next:
-		return "" // progress within a state
-	case cur == StateTimedOut:
-		return "" // the device came back; its report is the truth
-	case next == sRolled:
-		if cur == sConfirmed || cur == sSkipped {
-			return "impossible"
-		}
-		return ""
 	case terminal(cur):
+		return judgeTerminal(cur, next)
+	}
+	c, ok := agentState(cur)
+	switch {
+	case !ok:
 		return "impossible"
-	case next == sFailed || next == sSkipped:
+	case c == next:
+		return "" // progress within a state
+	case outcome(next):
 		return ""
-	case next == sDeferred:
-		if r := mainRank(cur); r >= 0 && r <= mainRank("downloading") {
+	case next == schemas.StateDeferred:
+		if r := mainRank(c); r >= 0 && r <= mainRank(schemas.StateDownloading) {
 			return ""
 		}
 		return "impossible"
-	case cur == sDeferred:
+	case c == schemas.StateDeferred:
 		if mainRank(next) >= 0 {
 			return ""
 		}
 		return "impossible"
 	}
-	if mainRank(next) >= mainRank(cur) && mainRank(cur) >= 0 {
+	if mainRank(next) >= mainRank(c) && mainRank(c) >= 0 {
 		return ""
+	}
+	return "impossible"
+}
+
+// judgeTerminal is judge for a device in a terminal state.
+func judgeTerminal(cur string, next schemas.State) string {
+	switch {
+	case cur == StateTimedOut && outcome(next):
+		return "" // late, but the device's own outcome
+	case cur == StateTimedOut:
+		return "final"
+	case cur == next.String():
+		return "repeated"
+	case cur == schemas.StateFailed.String() && next == schemas.StateRolledBack:
+		return "" // the failed update was reverted by the bootloader
 	}
 	return "impossible"
 }

@@ -7,7 +7,17 @@
 // Who does what: the publisher writes notices, chunk tables and chunks and
 // reads reports and chunk requests; the device agent does the reverse. The
 // signed SUIT manifest travels inside a notice as opaque bytes and is decoded
-// by the sub-package schemas/suit. A chunk table's digest (ChunkTable.Digest)
+// by the sub-package schemas/suit.
+//
+// Two signatures reach a device. The firmware signer (the operator's
+// offline key, or the server's) signs the SUIT manifest: what the image is.
+// The campaign authority (the publisher's notice key) signs every notice
+// (UpdateNotice.Auth over UpdateNotice.SignedBytes, made and checked by
+// schemas/suit): that this campaign sends this envelope to this device or
+// class. A device acts on nothing in a notice before that signature and
+// the target check pass, so a forged, replayed or misrouted notice cannot
+// name a campaign, and a refusal of one is reported as a security event
+// (DeviceReport.Security), never as the outcome of the campaign it names. A chunk table's digest (ChunkTable.Digest)
 // is what the manifest signs, so a device checks the table against the
 // manifest and every chunk against the table (ChunkTable.VerifyChunk) before
 // writing it.

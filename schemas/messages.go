@@ -1,5 +1,7 @@
 package schemas
 
+import "fmt"
+
 // Version is the format version written into every message's field 0.
 const Version = 1
 
@@ -14,6 +16,9 @@ const (
 	MaxChunks = 1 << 17
 	// MaxEnvelopeSize bounds the signed SUIT envelope carried in a notice.
 	MaxEnvelopeSize = 64 << 10
+	// MaxNoticeAuthSize bounds the authentication wrapper of a notice (a
+	// few COSE blocks).
+	MaxNoticeAuthSize = 2 << 10
 	// MaxSources bounds the source hints of a notice.
 	MaxSources = 16
 	// MaxURILen bounds the URI of a source hint.
@@ -69,21 +74,36 @@ type SourceHint struct {
 // It is published retained on the device's notice topic (Topics.Notice)
 // or on the class announcement topic (Topics.Announce).
 //
+// A notice is signed by the campaign authority (the publisher's notice
+// key): Auth authenticates every other field, so the campaign id, the
+// target, the envelope, the image and the source hints are what the
+// publisher sent to this target, and a notice for one device or campaign
+// cannot be replayed as one for another. The SUIT envelope inside is
+// signed separately, by the firmware signer. schemas/suit signs and
+// verifies Auth (suit.SignNotice, suit.VerifyNotice); SignedBytes gives
+// the bytes it covers.
+//
 //	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
-//	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size }
+//	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size,
+//	                  ? 9: true, 10: bstr }
 type UpdateNotice struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
 	// Campaign is the campaign id (an identifier, see CheckID).
 	Campaign string `cbor:"1,keyasint"`
-	// Target is the device id (per-device notice) or class id (announcement).
+	// Target is the device id (per-device notice) or, with ClassTarget,
+	// the class id (announcement).
 	Target string `cbor:"2,keyasint"`
 	// Envelope is the signed SUIT envelope (1..MaxEnvelopeSize bytes),
 	// opaque to this package; schemas/suit decodes and verifies it.
 	Envelope []byte `cbor:"3,keyasint"`
 	// Sources are where the image can be fetched, at most MaxSources.
+	// Devices take only their cost (price per kind) from them; where to
+	// fetch from comes from the signed manifest and the device's own
+	// configuration.
 	Sources []SourceHint `cbor:"4,keyasint,omitempty"`
-	// Deadline is the campaign deadline, Unix seconds; 0 = none.
+	// Deadline is the campaign deadline, Unix seconds; 0 = none. A device
+	// refuses the notice after it.
 	Deadline int64 `cbor:"5,keyasint,omitempty"`
 	// StartWindowMS is the random start delay window in milliseconds: the
 	// device waits a uniformly random time in [0, window) before it asks.
@@ -92,6 +112,26 @@ type UpdateNotice struct {
 	Image []byte `cbor:"7,keyasint"`
 	// ChunkSize is the chunk size in bytes used by the broker source.
 	ChunkSize uint32 `cbor:"8,keyasint"`
+	// ClassTarget says that Target names a device class, not a device.
+	ClassTarget bool `cbor:"9,keyasint,omitempty"`
+	// Auth is the notice's signature: a SUIT_Authentication array (the
+	// SHA-256 of SignedBytes and at least one COSE_Sign1 or COSE_Mac0
+	// block over it), 1..MaxNoticeAuthSize bytes.
+	Auth []byte `cbor:"10,keyasint"`
+}
+
+// SignedBytes returns the bytes Auth authenticates: the deterministic
+// encoding of n without Auth (key 10). Decode accepts only the
+// deterministic encoding, so for a decoded notice these are exactly the
+// received bytes minus that entry. It does not validate n.
+func (n *UpdateNotice) SignedBytes() ([]byte, error) {
+	c := *n
+	c.Auth = nil
+	b, err := encMode.Marshal(&c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrInvalid, nameNotice, err)
+	}
+	return b, nil
 }
 
 // Range is a run of chunk indexes [First, First+Count), Count >= 1.
@@ -277,7 +317,7 @@ func ParseErrCode(s string) (ErrCode, bool) {
 //
 //	device-report = { 0: 1, 1: id, ? 2: id, 3: state, ? 4: uint, ? 5: uint,
 //	                  6: uint, ? 7: err-code, ? 8: tstr, 9: uint, 10: int,
-//	                  ? 11: id, ? 12: id }
+//	                  ? 11: id, ? 12: id, ? 13: true }
 type DeviceReport struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -305,6 +345,12 @@ type DeviceReport struct {
 	Source string `cbor:"11,keyasint,omitempty"`
 	// Class is the device's class id, so the backend can reconcile.
 	Class string `cbor:"12,keyasint,omitempty"`
+	// Security marks a security event: a message the device refused
+	// because it could not authenticate it or it was not for this device
+	// (a forged, replayed or misrouted notice). It is not an update state
+	// change: it names no campaign, carries a Code, and State is the
+	// device's state, unchanged.
+	Security bool `cbor:"13,keyasint,omitempty"`
 }
 
 // CampaignSpec describes a campaign to create. It targets at least one of

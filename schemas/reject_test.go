@@ -301,6 +301,8 @@ func TestInvalidNotice(t *testing.T) {
 		{"long image digest", func(m *UpdateNotice) { m.Image = append(m.Image, 0) }, ErrInvalid, "image digest is 33 bytes"},
 		{"small chunk size", func(m *UpdateNotice) { m.ChunkSize = MinChunkSize - 1 }, ErrInvalid, "chunk size 255"},
 		{"big chunk size", func(m *UpdateNotice) { m.ChunkSize = MaxChunkSize + 1 }, ErrInvalid, "chunk size 1048577"},
+		{"unsigned", func(m *UpdateNotice) { m.Auth = nil }, ErrInvalid, "no authentication"},
+		{"oversize authentication", func(m *UpdateNotice) { m.Auth = make([]byte, MaxNoticeAuthSize+1) }, ErrTooLarge, "authentication is 2049 bytes, max 2048"},
 	})
 }
 
@@ -361,6 +363,8 @@ func TestInvalidReport(t *testing.T) {
 		{"oversize text", func(m *DeviceReport) { m.Text = strings.Repeat("t", MaxTextLen+1) }, ErrTooLarge, "error text is 513 bytes"},
 		{"bad source", func(m *DeviceReport) { m.Source = "a b" }, ErrInvalid, "source"},
 		{"bad class", func(m *DeviceReport) { m.Class = "x/y" }, ErrInvalid, "class id"},
+		{"security event naming a campaign", func(m *DeviceReport) { m.Security, m.Code = true, CodeSignature }, ErrInvalid, "security event names no campaign"},
+		{"security event without a code", func(m *DeviceReport) { m.Security, m.Campaign = true, "" }, ErrInvalid, "carries an error code"},
 	})
 }
 

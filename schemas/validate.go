@@ -121,7 +121,16 @@ func (n *UpdateNotice) Validate() error {
 	if err := checkDigest(m, "image digest", n.Image); err != nil {
 		return err
 	}
-	return checkChunkSize(m, n.ChunkSize)
+	if err := checkChunkSize(m, n.ChunkSize); err != nil {
+		return err
+	}
+	if len(n.Auth) == 0 {
+		return invalid(m, "no authentication (notices are signed)")
+	}
+	if len(n.Auth) > MaxNoticeAuthSize {
+		return tooLarge(m, "authentication", len(n.Auth), MaxNoticeAuthSize)
+	}
+	return nil
 }
 
 // MessageName implements Message.
@@ -264,6 +273,9 @@ func (r *DeviceReport) Validate() error {
 	}
 	if err := checkOptionalID(m, "source", r.Source); err != nil {
 		return err
+	}
+	if r.Security && (r.Campaign != "" || r.Code == CodeNone) {
+		return invalid(m, "a security event names no campaign and carries an error code")
 	}
 	return checkOptionalID(m, "class id", r.Class)
 }

@@ -61,10 +61,11 @@ func vectors(t testing.TB) []vector {
 			V: Version, Campaign: "camp-1", Target: "dev-42", Envelope: []byte{0xd8, 0x6b, 0xa2, 0x02, 0x40, 0x03, 0x40, 0x00},
 			Sources:  []SourceHint{{Kind: SourceBroker}, {Kind: SourceHTTP, URI: "https://cdn.example/fw.bin", Cost: 250}},
 			Deadline: 1767225600, Image: img, ChunkSize: 16384,
+			Auth: []byte{0x82, 0x40, 0x40}, // placeholder; schemas/suit signs and checks real ones
 		}},
 		{"notice-0002", "class announcement with a start window and no source hints", &UpdateNotice{
 			V: Version, Campaign: "camp-1", Target: "sensor-v2", Envelope: []byte{0x01},
-			StartWindowMS: 30000, Image: img, ChunkSize: 1024,
+			StartWindowMS: 30000, Image: img, ChunkSize: 1024, ClassTarget: true, Auth: []byte{0x82, 0x40, 0x40},
 		}},
 		{"request-0001", "chunk request as ranges", &ChunkRequest{
 			V: Version, Image: img, ChunkSize: 16384, Ranges: []Range{{First: 0, Count: 4}, {First: 10, Count: 1}},
@@ -85,6 +86,10 @@ func vectors(t testing.TB) []vector {
 		{"report-0002", "failure with an error code and text", &DeviceReport{
 			V: Version, Device: "dev-42", Campaign: "camp-1", State: StateFailed, ActiveVersion: 7,
 			Code: CodeSignature, Text: "manifest signature invalid", Counter: 13, Time: 1764072001000, Class: "sensor-v2",
+		}},
+		{"report-0003", "security event: a notice refused before anything in it was trusted", &DeviceReport{
+			V: Version, Device: "dev-42", State: StateConfirmed, ActiveVersion: 7, Code: CodeUntrustedKey,
+			Text: "notice refused: no signature by a trusted key", Counter: 14, Time: 1764072002000, Security: true,
 		}},
 		{"command-0001", "create a phased campaign", &CampaignCommand{
 			V: Version, Op: OpCreate, Key: "k-123", Spec: &CampaignSpec{

@@ -159,6 +159,9 @@ func (s *setup) offer(t testing.TB, dev string, img []byte, chunk uint32) {
 		t.Fatal(err)
 	}
 	n := schemas.UpdateNotice{V: 1, Campaign: "c1", Target: dev, Envelope: env, Image: tab.Image, ChunkSize: chunk}
+	if err := suit.SignNotice(ctx, &n, signer); err != nil { // the campaign authority: the same key here
+		t.Fatal(err)
+	}
 	b, err := schemas.Encode(&n)
 	if err != nil {
 		t.Fatal(err)

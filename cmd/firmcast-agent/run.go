@@ -25,7 +25,8 @@ type runOptions struct {
 	deviceID, secret, brokerURL, natsURL, bucket string
 	flash, state, root, class                    string
 	vendorID, classID                            string
-	trust, costs, localSources                   []string
+	trust, noticeTrust, costs, localSources      []string
+	fileDirs, urlPrefixes                        []string
 	maxMetered                                   uint64
 	freeOnly                                     bool
 	window                                       string
@@ -43,11 +44,16 @@ func newRunCmd() *cobra.Command {
 state, resumes an update in progress, and handles update notices until it
 is interrupted (SIGINT, SIGTERM).
 
-Sources: the broker (chunk broadcast and requests) always; HTTP(S) and
-file:// URIs from the manifest and the notice; the NATS object store when
---nats is given; local files or directories with --source. Their price per
-byte comes from the notice or --source-cost KIND=PRICE (kinds: broker,
-http, objstore, file).`,
+Notices are signed by the campaign authority (the server's notice key):
+the agent acts on a notice only when a key of --notice-trust (default: the
+--trust keys) signed it for this device or its class.
+
+Sources: the broker (chunk broadcast and requests) always; HTTP(S) URIs of
+the signed manifest (only under a --url-prefix when one is given); file://
+URIs of the signed manifest inside a --file-dir; the NATS object store when
+--nats is given; local files or directories with --source. Notices name no
+source the agent follows. A source kind's price per byte comes from the
+notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return o.run(cmd.Context()) },
 	}
@@ -63,7 +69,10 @@ http, objstore, file).`,
 	f.StringVar(&o.class, "class", "", "device class for class-wide announcements")
 	f.StringVar(&o.vendorID, "vendor-id", "", "SUIT vendor id (UUID) the manifest must name (required)")
 	f.StringVar(&o.classID, "class-id", "", "SUIT class id (UUID) the manifest must name (required)")
-	f.StringArrayVar(&o.trust, "trust", nil, "file of public keys (PEM) trusted to sign manifests (repeatable, required)")
+	f.StringArrayVar(&o.trust, "trust", nil, "PEM file of public keys trusted to sign manifests (repeatable, required)")
+	f.StringArrayVar(&o.noticeTrust, "notice-trust", nil, "PEM file of public keys trusted to sign notices (repeatable; default: the --trust keys)")
+	f.StringArrayVar(&o.fileDirs, "file-dir", nil, "absolute directory a signed manifest's file:// URIs may point into (repeatable; none: file URIs are not followed)")
+	f.StringArrayVar(&o.urlPrefixes, "url-prefix", nil, "only fetch from signed manifests' http(s) URIs under this prefix (repeatable; none: any)")
 	f.StringArrayVar(&o.costs, "source-cost", nil, "price per byte of a source kind, KIND=PRICE (repeatable)")
 	f.StringArrayVar(&o.localSources, "source", nil, "local image file or directory (repeatable)")
 	f.Uint64Var(&o.maxMetered, "max-metered-bytes", 0, "defer images over this size until a free source can serve them (0 = no limit)")
@@ -92,18 +101,13 @@ func (o *runOptions) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var anchors suit.TrustAnchors
-	for _, p := range o.trust {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return fmt.Errorf("--trust: %w", err)
-		}
-		// One or more keys per file, as in the device file's public_key.
-		keys, err := suit.ParseTrustPEM(b)
-		if err != nil {
-			return fmt.Errorf("--trust %s: %w", p, err)
-		}
-		anchors = append(anchors, keys...)
+	anchors, err := readTrust("--trust", o.trust)
+	if err != nil {
+		return err
+	}
+	noticeAnchors, err := readTrust("--notice-trust", o.noticeTrust)
+	if err != nil {
+		return err
 	}
 	prices := map[string]float64{}
 	for _, kv := range o.costs {
@@ -147,8 +151,8 @@ func (o *runOptions) run(ctx context.Context) error {
 	cfg := deviceagent.Config{
 		DeviceID: o.deviceID, Class: o.class,
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
-		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors,
-		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle,
+		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
+		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
 	}
 	if o.selfTest != "" {
 		cmdline := o.selfTest
@@ -186,6 +190,27 @@ func (o *runOptions) run(ctx context.Context) error {
 		return nil // interrupted: the state is persisted
 	}
 	return err
+}
+
+// readTrust reads every public key of every PEM file in paths (a file may
+// hold several, as when an anchor is rotated).
+func readTrust(flag string, paths []string) (suit.TrustAnchors, error) {
+	var anchors suit.TrustAnchors
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", flag, err)
+		}
+		ks, err := suit.ParseTrustPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", flag, p, err)
+		}
+		if len(ks) == 0 {
+			return nil, fmt.Errorf("%s %s: no PEM public key", flag, p)
+		}
+		anchors = append(anchors, ks...)
+	}
+	return anchors, nil
 }
 
 // parseWindow parses "HH:MM-HH:MM".

@@ -54,7 +54,16 @@ func apiStartServer(t *testing.T) string {
 	}
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithCancel(context.Background())
-	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin", ChunkSize: 1024})
+	nk, err := suit.GenerateKey("ed25519", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns1, err := suit.NewKeySigner(nk, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin", ChunkSize: 1024,
+		NoticeSigners: []suit.Signer{ns1}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,6 +51,8 @@ type publisherOptions struct {
 	// The HTTP API's TLS: certificate and key, and the CA that client
 	// certificates must chain to (optional).
 	httpCert, httpKey, httpClientCA string
+	noticeKey                       string
+	deviceDeadline                  time.Duration
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -63,6 +65,8 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.httpCert, "http-tls-cert", "", "PEM certificate (chain) of the HTTP API: it then speaks HTTPS only")
 	f.StringVar(&o.httpKey, "http-tls-key", "", "PEM private key for --http-tls-cert")
 	f.StringVar(&o.httpClientCA, "http-client-ca", "", "PEM CA bundle: HTTPS clients must present a certificate it signed (besides their API key)")
+	f.StringVar(&o.noticeKey, "notice-key", "", "PEM private key the server signs notices with (the campaign authority; default: --sign-key). Needed for campaigns of operator-signed envelopes when the server signs no manifests")
+	f.DurationVar(&o.deviceDeadline, "device-deadline", 0, "a targeted device that has not finished this long after its notice counts as timed out (0: the publisher's default, 24h)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
@@ -182,19 +186,18 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
 		return cfg, err
 	}
-	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas}
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline}
+	if p.noticeKey != "" {
+		s, err := readSigner("notice-key", p.noticeKey)
+		if err != nil {
+			return cfg, err
+		}
+		cfg.Publisher.NoticeSigners = []suit.Signer{s}
+	}
 	if p.signKey != "" {
-		pem, err := os.ReadFile(p.signKey)
+		s, err := readSigner("sign-key", p.signKey)
 		if err != nil {
-			return cfg, fmt.Errorf("--sign-key: %w", err)
-		}
-		key, err := suit.ParsePrivateKeyPEM(pem)
-		if err != nil {
-			return cfg, fmt.Errorf("--sign-key %s: %w", p.signKey, err)
-		}
-		s, err := suit.NewKeySigner(key, 0)
-		if err != nil {
-			return cfg, fmt.Errorf("--sign-key %s: %w", p.signKey, err)
+			return cfg, err
 		}
 		if cfg.Publisher.VendorID, err = parseUUID(p.vendorID); err != nil {
 			return cfg, fmt.Errorf("--vendor-id: %w", err)
@@ -205,6 +208,23 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		cfg.Publisher.Signer = publisher.SUITSigner(s)
 	}
 	return cfg, nil
+}
+
+// readSigner reads a PEM private key given to --flag as a SUIT signer.
+func readSigner(flag, path string) (suit.Signer, error) {
+	pem, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", flag, err)
+	}
+	key, err := suit.ParsePrivateKeyPEM(pem)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, path, err)
+	}
+	s, err := suit.NewKeySigner(key, 0)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %s: %w", flag, path, err)
+	}
+	return s, nil
 }
 
 // httpTLS builds the HTTP API's TLS configuration from the serve flags;

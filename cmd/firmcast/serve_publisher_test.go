@@ -15,6 +15,7 @@ import (
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // serve runs the publisher beside the brokers: a device registered with
@@ -28,9 +29,21 @@ func TestServeRunsPublisher(t *testing.T) {
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
 	type urls struct{ mqtt, nats string }
 	ready := make(chan urls, 1)
+	// The server's key signs the campaign's notices (the campaign
+	// authority); the firmware is signed by another key (the envelope).
+	key, err := suit.GenerateKey("ed25519", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM, err := suit.MarshalPrivateKeyPEM(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(dir, "server.pem"), keyPEM, 0o600)
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: filepath.Join(dir, "data"), root: root, credentials: creds,
-		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin"},
+		// --notice-key alone: the server signs notices, never firmware.
+		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin", noticeKey: filepath.Join(dir, "server.pem")},
 		onReady: func(m, n string) { ready <- urls{m, n} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -96,6 +109,9 @@ func TestServeRunsPublisher(t *testing.T) {
 	case n := <-notices:
 		if n.Campaign != id[1] || n.Target != "dev-9" || !bytes.Equal(n.Envelope, envBytes) {
 			t.Fatalf("notice %+v", n)
+		}
+		if _, err := suit.VerifyNotice(&n, suit.TrustAnchors{key.Public()}); err != nil {
+			t.Fatalf("notice not signed by the server's key: %v", err)
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("no notice reached the device over MQTT")

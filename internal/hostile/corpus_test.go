@@ -17,6 +17,7 @@ import (
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -39,7 +40,9 @@ func TestHostileCorpus(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cases := loadCases(t)
-	r := startRig(t, ctx)
+	// Security reports are rate-limited (three, then one a minute); the
+	// corpus sends dozens of refused notices in a row and waits for each.
+	r := startRig(t, ctx, func(c *deviceagent.Config) { c.SecurityInterval = time.Nanosecond })
 	passed, signed := 0, 0
 	byTarget := map[string][2]int{}
 	for _, c := range cases {
@@ -148,7 +151,8 @@ func (r *rig) agentCase(ctx context.Context, c Case) (code, stage string) {
 		t.Errorf("%s: report says active version %d", c.Name, rep.ActiveVersion)
 	}
 	// The stage is read from the states the agent went through before the
-	// refusal: none (refused as a message), notified (verify), manifest
+	// refusal: none (refused as a message, a security report: decoding,
+	// the notice's signature, its target), notified (verify), manifest
 	// verified (the SUIT processor), downloading (the fetch).
 	switch {
 	case seen[schemas.StateDownloading]:
@@ -157,10 +161,17 @@ func (r *rig) agentCase(ctx context.Context, c Case) (code, stage string) {
 		stage = "agent:process"
 	case seen[schemas.StateNotified]:
 		stage = "agent:verify"
-	case rep.Campaign == "" || rep.Code != schemas.CodeDeviceMismatch:
+	case !rep.Security:
+		stage = "agent:unmarked-refusal" // a refusal before notified is a security event
+	case rep.Code == schemas.CodeDeviceMismatch:
+		stage = "agent:target"
+	case rep.Code == schemas.CodeMalformed:
 		stage = "agent:decode-notice"
 	default:
-		stage = "agent:target"
+		stage = "agent:authenticate"
+	}
+	if rep.Security && rep.Campaign != "" {
+		t.Errorf("%s: security report names campaign %q", c.Name, rep.Campaign)
 	}
 	// Wait until the agent is idle again, so the next case starts clean.
 	if rep.State != schemas.StateIdle && rep.State != schemas.StateFailed {

@@ -144,7 +144,7 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 		np, err := publisher.New(plife, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
 			Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
 			TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, RepairWindow: 20 * time.Millisecond,
-			LeaseTTL: time.Second,
+			LeaseTTL: time.Second, NoticeSigners: []suit.Signer{trustedSigner(t)},
 			// Paced, so the restart falls while chunks are still on the wire.
 			MaxBytesPerSecond: 16 << 10})
 		if err != nil {

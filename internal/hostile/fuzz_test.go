@@ -29,10 +29,11 @@ func seedCases(f *testing.F, targets ...string) {
 }
 
 // FuzzNoticePipeline runs what an agent does with a notice before it
-// touches a slot (decode the notice, verify its envelope against the
-// corpus's trusted key, check the notice against the manifest), seeded
-// with the corpus's notice cases. It must never panic, and nothing but an
-// envelope signed by the trusted key may verify.
+// touches a slot (decode the notice, verify its signature and its
+// envelope's against the corpus's trusted key, check the notice against
+// the manifest), seeded with the corpus's notice cases. It must never
+// panic, and nothing but a notice and an envelope signed by the trusted
+// key may verify.
 func FuzzNoticePipeline(f *testing.F) {
 	seedCases(f, "notice", "announce")
 	trust, err := suit.ParseTrustPEM(readFile(f, "keys/trusted.pub.pem"))
@@ -42,6 +43,12 @@ func FuzzNoticePipeline(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var n schemas.UpdateNotice
 		if schemas.Decode(b, &n) != nil {
+			return
+		}
+		if _, err := suit.VerifyNotice(&n, trust); err != nil {
+			if suit.Code(err) == schemas.CodeNone {
+				t.Fatalf("notice verify error %v maps to code none", err)
+			}
 			return
 		}
 		m, err := suit.Verify(n.Envelope, trust)

@@ -154,12 +154,17 @@ func generate(t testing.TB) *corpus {
 	create := func(o suit.CreateOptions, s suit.Signer) []byte { return must[[]byte](t)(suit.Create(ctx, o, s)) }
 	good := create(opts(v2, 6), signer)
 	camp := 0
+	// notice makes a notice signed by the campaign authority (the trusted
+	// key: the device's notice trust defaults to its manifest trust).
 	notice := func(env, img []byte, mod func(*schemas.UpdateNotice)) []byte {
 		camp++
 		n := schemas.UpdateNotice{V: schemas.Version, Campaign: fmt.Sprintf("h-%03d", camp), Target: deviceID,
 			Envelope: env, Image: digest(img), ChunkSize: chunkSize}
 		if mod != nil {
 			mod(&n)
+		}
+		if err := suit.SignNotice(ctx, &n, signer); err != nil {
+			t.Fatal(err)
 		}
 		return must[[]byte](t)(schemas.Encode(&n))
 	}
@@ -196,13 +201,48 @@ func generate(t testing.TB) *corpus {
 	c.add(Case{Name: "announce-garbage", Target: "announce", Stage: "agent:decode-notice", Code: "malformed",
 		Why: "garbage on the class announcement topic"}, []byte("\xa1\x00\x00not cbor"))
 
+	// --- Stage authenticate: the notice is not the campaign authority's.
+	// Refused before anything in it is recorded, as a security event.
+	auth := func(name, code string, b []byte, why string) {
+		c.add(Case{Name: name, Target: "notice", Stage: "agent:authenticate", Code: code, Why: why}, b)
+	}
+	rogueNotice := func(env, img []byte, campaign string) []byte {
+		n := schemas.UpdateNotice{V: schemas.Version, Campaign: campaign, Target: deviceID, Envelope: env, Image: digest(img), ChunkSize: chunkSize}
+		if err := suit.SignNotice(ctx, &n, rogue); err != nil {
+			t.Fatal(err)
+		}
+		return must[[]byte](t)(schemas.Encode(&n))
+	}
+	auth("notice-untrusted-key", "untrusted-key", rogueNotice(good, v2, "h-auth-1"),
+		"a notice signed by a key the device does not trust, carrying a genuine envelope")
+	auth("notice-replayed-envelope", "untrusted-key", rogueNotice(create(opts(v3, 7), signer), v3, "h-auth-2"),
+		"a validly signed envelope replayed under a new campaign id, the notice re-signed by the attacker")
+	rewritten := func(mod func(n *schemas.UpdateNotice)) []byte {
+		var n schemas.UpdateNotice
+		if err := schemas.Decode(notice(good, v2, nil), &n); err != nil {
+			t.Fatal(err)
+		}
+		mod(&n)
+		return must[[]byte](t)(schemas.Encode(&n))
+	}
+	auth("notice-campaign-rewritten", "signature", rewritten(func(n *schemas.UpdateNotice) { n.Campaign = "h-other" }),
+		"a genuine notice whose campaign id was changed after signing")
+	auth("notice-hint-added", "signature", rewritten(func(n *schemas.UpdateNotice) {
+		n.Sources = []schemas.SourceHint{{Kind: schemas.SourceHTTP, URI: "http://127.0.0.1:9/steal"}}
+	}), "a genuine notice with a source hint added after signing")
+	auth("notice-manifest-signature", "signature", rewritten(func(n *schemas.UpdateNotice) { n.Auth = authOf(t, good) }),
+		"the envelope's own authentication wrapper (the trusted key's manifest signature) offered as the notice's")
+
 	// --- Stage target: a valid notice for someone else. ----------------
 	c.add(Case{Name: "other-device", Target: "notice", Stage: "agent:target", Code: "device-mismatch", Signed: true,
 		Why: "a validly signed notice naming another device, on this device's topic"},
 		notice(good, v2, func(n *schemas.UpdateNotice) { n.Target = otherDevice }))
 	c.add(Case{Name: "other-class-announce", Target: "announce", Stage: "agent:target", Code: "device-mismatch", Signed: true,
 		Why: "a validly signed announcement naming another class"},
-		notice(good, v2, func(n *schemas.UpdateNotice) { n.Target = "cls-b" }))
+		notice(good, v2, func(n *schemas.UpdateNotice) { n.Target, n.ClassTarget = "cls-b", true }))
+	c.add(Case{Name: "device-notice-as-announce", Target: "announce", Stage: "agent:target", Code: "device-mismatch", Signed: true,
+		Why: "a validly signed notice for a device named like this device's class, replayed on the class topic"},
+		notice(good, v2, func(n *schemas.UpdateNotice) { n.Target = deviceClass }))
 
 	// --- Stage verify: the envelope does not authenticate. -------------
 	ver := func(name, code string, env []byte, why string) {
@@ -395,6 +435,35 @@ func stripAuth(t testing.TB, env []byte) []byte {
 	digestItem := enc(t, enc(t, []any{m.Digest.Alg, m.Digest.Bytes}))
 	auth := enc(t, []any{cbor.RawMessage(digestItem)})
 	return enc(t, cbor.Tag{Number: 107, Content: map[int]any{2: auth, 3: cbor.RawMessage(m.Raw())}})
+}
+
+// authOf returns the content of an envelope's authentication wrapper
+// (its key 2 bstr).
+func authOf(t testing.TB, env []byte) []byte {
+	var tagged cbor.Tag
+	if err := cbor.Unmarshal(env, &tagged); err != nil {
+		t.Fatal(err)
+	}
+	var m map[int]cbor.RawMessage
+	if err := cbor.Unmarshal(must[[]byte](t)(cbor.Marshal(tagged.Content)), &m); err != nil {
+		t.Fatal(err)
+	}
+	var auth []byte
+	if err := cbor.Unmarshal(m[2], &auth); err != nil {
+		t.Fatal(err)
+	}
+	return auth
+}
+
+// trustedSigner is the corpus's trusted key as a signer: it signs the
+// envelopes and, as the campaign authority, the notices (a publisher of
+// these tests uses it as its notice signer).
+func trustedSigner(t testing.TB) suit.Signer {
+	k, err := suit.ParsePrivateKeyPEM(readFile(t, "keys/trusted.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return must[suit.Signer](t)(suit.NewKeySigner(k, suit.EdDSA))
 }
 
 // withDeviceID re-signs the envelope's manifest with a device-identifier

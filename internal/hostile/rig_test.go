@@ -111,7 +111,7 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 	r.inst = stacktest.StartInstance(t, stack.InstanceConfig{
 		NATSURL: ns.URL(), DeviceURLs: []string{ms.URL()}, Username: backendUser, Password: backendSecret,
 		ClientID: "hostile-pub", Topics: r.topics, Logger: log,
-		Publisher: publisher.Config{Namespace: r.topics.Root(), Logger: log, BootstrapKey: r.adminKey},
+		Publisher: publisher.Config{Namespace: r.topics.Root(), Logger: log, BootstrapKey: r.adminKey, NoticeSigners: []suit.Signer{trustedSigner(t)}},
 	})
 	r.pub = r.inst.Pub
 	r.http = httptest.NewServer(r.pub.Handler())

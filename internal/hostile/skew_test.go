@@ -62,6 +62,9 @@ func TestClockSkew(t *testing.T) {
 				from := r.mark()
 				n := schemas.UpdateNotice{V: schemas.Version, Campaign: campaign, Target: deviceID, Envelope: env,
 					Image: sha256Sum(img), ChunkSize: chunkSize}
+				if err := suit.SignNotice(ctx, &n, signer); err != nil {
+					t.Fatal(err)
+				}
 				b, err := schemas.Encode(&n)
 				if err != nil {
 					t.Fatal(err)

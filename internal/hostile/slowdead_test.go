@@ -64,7 +64,7 @@ func TestSlowAndDeadDevice(t *testing.T) {
 	// slow device waiting for it must not be timed out for it.
 	p, err := publisher.New(life, publisher.Config{JetStream: natsT.JetStream(), Transport: pubT, Topics: topics,
 		Namespace: topics.Root(), Logger: log, BootstrapKey: key, ChunkSize: chunkSize,
-		TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, NoProgress: 2 * time.Second})
+		TickInterval: 50 * time.Millisecond, StartWindow: 10 * time.Millisecond, NoProgress: 2 * time.Second, NoticeSigners: []suit.Signer{trustedSigner(t)}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -158,14 +158,17 @@ func decodeBlock(b []byte, what string) (*coseBlock, error) {
 	return blk, nil
 }
 
-// toBeSigned builds the Sig_structure / MAC_structure of RFC 9052 with an
-// empty external_aad over the detached payload.
-func toBeSigned(mac bool, protected, payload []byte) []byte {
+// toBeSigned builds the Sig_structure / MAC_structure of RFC 9052 over the
+// detached payload, with external_aad aad (nil: empty, as for manifests).
+func toBeSigned(mac bool, protected, aad, payload []byte) []byte {
 	ctx := "Signature1"
 	if mac {
 		ctx = "MAC0"
 	}
-	return marshal([]any{ctx, protected, []byte{}, payload})
+	if aad == nil {
+		aad = []byte{}
+	}
+	return marshal([]any{ctx, protected, aad, payload})
 }
 
 // verifyBlock checks blk over payload with key; false when the key does not

@@ -93,23 +93,12 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 // seal authenticates the bstr-wrapped manifest with each signer and returns
 // the tagged envelope.
 func seal(ctx context.Context, manifest []byte, signers []Signer, extra map[any]any) ([]byte, error) {
-	digestItem := Digest{Alg: AlgSHA256, Bytes: sha256Sum(manifest)}.encode()
-	auth := []any{digestItem}
-	for i, s := range signers {
-		alg := s.Algorithm()
-		protected := marshal(map[int64]any{1: int64(alg)})
-		sig, err := s.Sign(ctx, toBeSigned(alg.isMAC(), protected, digestItem))
-		if err != nil {
-			return nil, fmt.Errorf("suit: signer %d (%v): %w", i, alg, err)
-		}
-		var kid []byte
-		if k, ok := s.(KeyIDer); ok {
-			kid = k.KeyID()
-		}
-		auth = append(auth, encodeBlock(alg, kid, protected, sig))
+	auth, err := authenticate(ctx, manifest, nil, signers)
+	if err != nil {
+		return nil, err
 	}
 	content := map[any]any{
-		uint64(keyAuthentication): marshal(auth),
+		uint64(keyAuthentication): auth, // bstr .cbor SUIT_Authentication
 		uint64(keyManifest):       cbor.RawMessage(manifest),
 	}
 	for k, v := range extra {
@@ -119,6 +108,28 @@ func seal(ctx context.Context, manifest []byte, signers []Signer, extra map[any]
 		content[k] = v
 	}
 	return marshal(cbor.Tag{Number: EnvelopeTag, Content: content}), nil
+}
+
+// authenticate returns the encoded SUIT_Authentication array over payload:
+// its SHA-256 digest, then one COSE block per signer over that digest with
+// external_aad aad.
+func authenticate(ctx context.Context, payload, aad []byte, signers []Signer) ([]byte, error) {
+	digestItem := Digest{Alg: AlgSHA256, Bytes: sha256Sum(payload)}.encode()
+	auth := []any{digestItem}
+	for i, s := range signers {
+		alg := s.Algorithm()
+		protected := marshal(map[int64]any{1: int64(alg)})
+		sig, err := s.Sign(ctx, toBeSigned(alg.isMAC(), protected, aad, digestItem))
+		if err != nil {
+			return nil, fmt.Errorf("suit: signer %d (%v): %w", i, alg, err)
+		}
+		var kid []byte
+		if k, ok := s.(KeyIDer); ok {
+			kid = k.KeyID()
+		}
+		auth = append(auth, encodeBlock(alg, kid, protected, sig))
+	}
+	return marshal(auth), nil
 }
 
 func sha256Sum(b []byte) []byte { s := sha256.Sum256(b); return s[:] }

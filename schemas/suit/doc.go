@@ -12,7 +12,13 @@
 //     cloud KMS tomorrow. The envelope is then uploaded; no online key is
 //     needed. Seal does the same for any Manifest value (Encode gives the
 //     signed bytes; NewSeverable makes severed members).
-//   - The publisher ships the envelope inside an UpdateNotice as opaque bytes.
+//   - The publisher ships the envelope inside an UpdateNotice as opaque
+//     bytes, and signs the notice (SignNotice) with its notice key: the
+//     campaign id, the target and the envelope are bound by that signature.
+//     The device checks it (VerifyNotice) before anything else. Notice and
+//     manifest signatures use the same SUIT_Authentication structure over
+//     a detached SHA-256 digest; notice blocks carry the COSE external_aad
+//     NoticeAAD, so one never passes for the other.
 //   - The device agent calls Verify with its TrustAnchors (several, so an
 //     update can rotate them), checks the image's chunk table with
 //     Manifest.CheckChunkTable before trusting any chunk, then runs the

@@ -111,6 +111,26 @@ func parseEnvelope(b []byte) (*parsedEnvelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	aw, err := parseAuthentication(c)
+	if err != nil {
+		return nil, err
+	}
+	env.Digest, env.digestItem, env.Blocks = aw.digest, aw.digestItem, aw.blocks
+	return env, nil
+}
+
+// authWrapper is a decoded SUIT_Authentication: the digest of the payload
+// and the COSE blocks over it.
+type authWrapper struct {
+	digest     Digest
+	digestItem []byte // the encoded SUIT_Digest (the detached COSE payload)
+	blocks     []*coseBlock
+}
+
+// parseAuthentication decodes a SUIT_Authentication array (the content of
+// the bstr that wraps it): [bstr .cbor SUIT_Digest, 1*MaxAuthBlocks bstr
+// .cbor COSE_Sign1_Tagged / COSE_Mac0_Tagged].
+func parseAuthentication(c []byte) (*authWrapper, error) {
 	it, err := items(c, "authentication-wrapper")
 	if err != nil {
 		return nil, err
@@ -121,11 +141,12 @@ func parseEnvelope(b []byte) (*parsedEnvelope, error) {
 	if len(it)-1 > MaxAuthBlocks {
 		return nil, fmt.Errorf("%w: authentication-wrapper: %d blocks (max %d)", ErrTooLarge, len(it)-1, MaxAuthBlocks)
 	}
-	env.digestItem, err = unwrap(it[0], "authentication-wrapper digest")
+	aw := &authWrapper{}
+	aw.digestItem, err = unwrap(it[0], "authentication-wrapper digest")
 	if err != nil {
 		return nil, err
 	}
-	if env.Digest, err = decodeDigest(env.digestItem, "authentication-wrapper digest"); err != nil {
+	if aw.digest, err = decodeDigest(aw.digestItem, "authentication-wrapper digest"); err != nil {
 		return nil, err
 	}
 	for i, bi := range it[1:] {
@@ -133,9 +154,9 @@ func parseEnvelope(b []byte) (*parsedEnvelope, error) {
 		if err != nil {
 			return nil, err
 		}
-		env.Blocks = append(env.Blocks, blk)
+		aw.blocks = append(aw.blocks, blk)
 	}
-	return env, nil
+	return aw, nil
 }
 
 // newHash returns the hash of a SUIT digest algorithm.
@@ -194,7 +215,8 @@ func Verify(envelope []byte, anchors TrustAnchors) (*Manifest, error) {
 	if !ok {
 		return nil, fmt.Errorf("%w: authentication-wrapper digest does not match the manifest", ErrDigestMismatch)
 	}
-	sigs, trusted := env.authenticate(anchors)
+	aw := authWrapper{digest: env.Digest, digestItem: env.digestItem, blocks: env.Blocks}
+	sigs, trusted := aw.authenticate(nil, anchors)
 	if !trusted {
 		return nil, fmt.Errorf("%w: %d block(s), %d anchor(s)", ErrUntrusted, len(env.Blocks), len(anchors))
 	}
@@ -207,13 +229,14 @@ func Verify(envelope []byte, anchors TrustAnchors) (*Manifest, error) {
 	return m, nil
 }
 
-// authenticate checks every block against every anchor.
-func (env *parsedEnvelope) authenticate(anchors TrustAnchors) ([]SignatureInfo, bool) {
-	sigs := make([]SignatureInfo, len(env.Blocks))
+// authenticate checks every block against every anchor, over the
+// Sig_structure with external_aad aad.
+func (aw *authWrapper) authenticate(aad []byte, anchors TrustAnchors) ([]SignatureInfo, bool) {
+	sigs := make([]SignatureInfo, len(aw.blocks))
 	trusted := false
-	for i, blk := range env.Blocks {
+	for i, blk := range aw.blocks {
 		sigs[i] = SignatureInfo{Alg: blk.alg, KeyID: blk.kid, Anchor: -1}
-		tbs := toBeSigned(blk.mac, blk.protected, env.digestItem)
+		tbs := toBeSigned(blk.mac, blk.protected, aad, aw.digestItem)
 		for j, a := range anchors {
 			if verifyBlock(blk, tbs, a) {
 				sigs[i].Verified, sigs[i].Anchor = true, j
