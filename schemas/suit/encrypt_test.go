@@ -23,7 +23,9 @@ func encInfoWith(prot, unprot, ct, recipients string) string {
 	return fmt.Sprintf("96([%s, %s, %s, [%s]])", prot, unprot, ct, recipients)
 }
 
-func recipientWith(prot, unprot, ct string) string { return fmt.Sprintf("[%s, %s, %s]", prot, unprot, ct) }
+func recipientWith(prot, unprot, ct string) string {
+	return fmt.Sprintf("[%s, %s, %s]", prot, unprot, ct)
+}
 
 var encInfoDecodeCases = []struct {
 	name string
