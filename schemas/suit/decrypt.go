@@ -77,7 +77,7 @@ func (r *run) decryptTo(w io.Writer, src io.Reader, c *ContentCipher, p *Params,
 			return err
 		}
 	} else if !c.Authenticated() {
-		return fmt.Errorf("%w: %s payload without image-digest (nothing decrypted counts until a signed digest checks)", ErrParameter, encAlgName(c.alg))
+		return fmt.Errorf("%w: %s payload without image-digest", ErrParameter, encAlgName(c.alg)) // write checks it first
 	}
 	var n uint64
 	if c.Authenticated() {

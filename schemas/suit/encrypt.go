@@ -122,7 +122,8 @@ type EncryptionInfo struct {
 	// 16-byte initial counter block for CTR.
 	IV []byte
 	// Protected is the content layer's protected header as encoded (the
-	// bstr's content, maybe empty): the AAD of GCM covers it.
+	// bstr's content, maybe empty): the AAD of GCM covers it. When it holds
+	// alg, that alg is Alg.
 	Protected []byte
 	// Recipients carry the content key wrapped for each key.
 	Recipients []Recipient

@@ -494,8 +494,11 @@ func (r *run) fetchSource(ctx context.Context, i int, p *Params) (io.ReadCloser,
 func (r *run) write(ctx context.Context, i int, p *Params, src io.ReadCloser, fromComponent bool) (err error) {
 	defer src.Close()
 	var dec *ContentCipher
-	if p.EncryptionInfo != nil {
-		if dec, err = r.contentCipher(ctx, p.EncryptionInfo); err != nil {
+	if info := p.EncryptionInfo; info != nil {
+		if contentKeySize(info.Alg) != 0 && !isGCM(info.Alg) && p.ImageDigest == nil {
+			return fmt.Errorf("%w: %s payload without image-digest (nothing decrypted counts until a signed digest checks)", ErrParameter, encAlgName(info.Alg))
+		}
+		if dec, err = r.contentCipher(ctx, info); err != nil {
 			return err
 		}
 	}
@@ -511,7 +514,7 @@ func (r *run) write(ctx context.Context, i int, p *Params, src io.ReadCloser, fr
 	max := r.limit(p)
 	if dec != nil {
 		if err := r.decryptTo(w, src, dec, p, max, fromComponent); err != nil {
-			return fmt.Errorf("suit: component %d: %w", i, err)
+			return err
 		}
 		return w.Commit()
 	}
