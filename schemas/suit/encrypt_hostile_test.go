@@ -110,33 +110,35 @@ func newEncScenario(t testing.TB, flow string, devA, devB encDevice) *encScenari
 
 func (s *encScenario) manifest(t testing.TB, flow string) *Manifest {
 	t.Helper()
+	install, ncomp := s.install(t, flow)
+	return signedManifest(t, 1, ncomp, nil, map[int64]Sequence{keyInstall: install}, nil)
+}
+
+// install returns the flow's install sequence and component count.
+func (s *encScenario) install(t testing.TB, flow string) (Sequence, int) {
 	ptDigest := &Digest{Alg: AlgSHA256, Bytes: s.digest}
 	size := u64(uint64(len(s.pt)))
-	var install Sequence
-	ncomp := 1
 	switch flow {
 	case "write":
-		install = Sequence{override(&Params{Content: s.ct, EncryptionInfo: s.info}), cmd(DirWrite)}
+		return Sequence{override(&Params{Content: s.ct, EncryptionInfo: s.info}), cmd(DirWrite)}, 1
 	case "fetch":
-		install = Sequence{
+		return Sequence{
 			override(&Params{URI: str("ct"), ImageDigest: ptDigest, ImageSize: size, EncryptionInfo: s.info}),
 			cmd(DirFetch), cmd(CondImageMatch),
-		}
+		}, 1
 	case "fetch-copy":
-		ncomp = 2
 		ctSum := sha256.Sum256(s.ct)
-		install = Sequence{
+		return Sequence{
 			setIndex(1),
 			override(&Params{URI: str("ct"), ImageDigest: &Digest{Alg: AlgSHA256, Bytes: ctSum[:]}, ImageSize: u64(uint64(len(s.ct)))}),
 			cmd(DirFetch), cmd(CondImageMatch),
 			setIndex(0),
 			override(&Params{SourceComponent: u64(1), ImageDigest: ptDigest, ImageSize: size, EncryptionInfo: s.info}),
 			cmd(DirCopy), cmd(CondImageMatch),
-		}
-	default:
-		t.Fatalf("flow %q", flow)
+		}, 2
 	}
-	return signedManifest(t, 1, ncomp, nil, map[int64]Sequence{keyInstall: install}, nil)
+	t.Fatalf("flow %q", flow)
+	return nil, 0
 }
 
 var activeImage = []byte("the active image")
