@@ -80,6 +80,9 @@ func (r *run) decryptTo(w io.Writer, src io.Reader, c *ContentCipher, p *Params,
 		return fmt.Errorf("%w: %s payload without image-digest", ErrParameter, encAlgName(c.alg)) // write checks it first
 	}
 	var n uint64
+	if c.Authenticated() && p.ImageSize != nil && *p.ImageSize > MaxAEADPayload {
+		return fmt.Errorf("%w: %s payload of %d bytes (max %d; images use AES-CTR)", ErrTooLarge, encAlgName(c.alg), *p.ImageSize, MaxAEADPayload)
+	}
 	if c.Authenticated() {
 		bound := min(max, MaxAEADPayload) + uint64(c.Overhead())
 		read := bound + 1

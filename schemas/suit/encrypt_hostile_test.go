@@ -349,6 +349,13 @@ var encHostileCases = []struct {
 			s.info = c.Info(wrapFor(t, c, devA.kek)...)
 			s.digest = make([]byte, 32)
 		}},
+	{name: "GCM image over MaxAEADPayload", flow: "fetch", want: ErrTooLarge, unwraps: true, written: true,
+		setup: func(t testing.TB, s *encScenario, devA, _ encDevice) {
+			c, _ := NewContentCipher(A128GCM, newDetRand("big"))
+			s.c, s.pt = c, make([]byte, MaxAEADPayload+1)
+			s.ct = make([]byte, len(s.pt)+gcmTagSize)
+			s.info = c.Info(wrapFor(t, c, devA.kek)...)
+		}},
 	{name: "oversize ciphertext", flow: "fetch", want: ErrTooLarge, unwraps: true, written: true,
 		setup: func(t testing.TB, s *encScenario, _, _ encDevice) { s.served = append(bytes.Clone(s.ct), 0) }},
 }
