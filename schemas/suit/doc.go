@@ -46,5 +46,15 @@
 // of the sentinels in errors.go. Encoding uses schemas' one deterministic
 // encoder; a decoded canonical manifest re-encodes to the signed bytes.
 //
+// Encrypted payloads (draft-ietf-suit-firmware-encryption, encrypt.go):
+// the sender encrypts each payload once with a fresh content key
+// (NewContentCipher: AES-GCM for small content, AES-CTR for images) and
+// wraps that key for each recipient device (KeyWrapper: its AES
+// key-encryption key, or ECDH-ES to its public key); the manifest's
+// parameter-encryption-info carries the algorithm, IV and recipients. The
+// device's keys stay in its root of trust behind a KeyUnwrapper given to
+// the Processor, which decrypts on fetch, copy and write and commits
+// plaintext only once it authenticates (GCM tag, signed image digest).
+//
 // suit imports schemas and nothing else of firmcast's.
 package suit

@@ -53,6 +53,10 @@ func Code(err error) schemas.ErrCode {
 		return schemas.CodeExpired
 	case errors.Is(err, ErrChunkTable):
 		return schemas.CodeChunkTable
+	case errors.Is(err, ErrDecrypt), errors.Is(err, ErrPlaintextDigest):
+		return schemas.CodeDigest
+	case errors.Is(err, ErrNoRecipient), errors.Is(err, ErrKeyUnwrap):
+		return schemas.CodeUnauthorized
 	case errors.Is(err, ErrTooLarge):
 		return schemas.CodeSize
 	case errors.Is(err, ErrUnsupported), errors.Is(err, ErrUnknownCommand):
