@@ -186,7 +186,7 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 	}
 	b.WriteString("# Devices (user name = device id): own notices, own chunk replies,\n")
 	b.WriteString("# class announcements, image chunk broadcasts; publish own reports and\n")
-	b.WriteString("# chunk requests. Patterns apply to every user, so the file does not grow\n")
+	b.WriteString("# own chunk requests. Patterns apply to every user, so the file does not grow\n")
 	b.WriteString("# with the fleet.\n")
 	for _, l := range []string{
 		"read " + root + "/v1/dev/%u/notice",
@@ -194,7 +194,7 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 		"read " + root + "/v1/class/+/announce",
 		"read " + root + "/v1/img/+/chunks",
 		"write " + root + "/v1/dev/%u/report",
-		"write " + root + "/v1/img/+/req",
+		"write " + root + "/v1/dev/%u/req",
 	} {
 		b.WriteString("pattern " + l + "\n")
 	}

@@ -302,10 +302,11 @@ func NATSPermissions(p Policy, id Identity) *server.Permissions {
 	case RoleDevice:
 		stream := NoticeStreamName(t)
 		var pub, sub []string
-		if r, err := t.Report(id.Device); err == nil {
-			pub = append(pub, r.NATS)
+		for _, f := range []func(string) (schemas.Topic, error){t.Report, t.ChunkRequestsFrom} {
+			if r, err := f(id.Device); err == nil {
+				pub = append(pub, r.NATS)
+			}
 		}
-		pub = append(pub, rootPrefix+"v1.img.*.req")
 		if n, err := t.Notice(id.Device); err == nil {
 			sub = append(sub, n.NATS)
 			pub = append(pub,

@@ -148,6 +148,20 @@ type Config struct {
 	// MaxInFlightBytes caps chunk bytes handed to the transport and not yet
 	// acknowledged by it. Default 4 MiB.
 	MaxInFlightBytes int64
+	// DeviceRequestRate is how many chunk requests per second one device
+	// may make (a token bucket of DeviceRequestBurst); the rest are
+	// refused ("rate-limited") and the device asks again after its idle
+	// period. Default 20.
+	DeviceRequestRate float64
+	// DeviceRequestBurst is the token bucket's size. Default
+	// 2*DeviceRequestRate, at least 1.
+	DeviceRequestBurst int
+	// DeviceImageBudget caps what one device can make this instance send
+	// by request in one campaign, as a multiple of the image (chunk table
+	// included): chunks and tables sent to it, and re-broadcast chunks it
+	// asked for. Past it, its requests are refused ("over-budget") for the
+	// rest of the campaign; broadcast waves still reach it. Default 4.
+	DeviceImageBudget float64
 
 	// BootstrapKey, when set and no admin key exists yet, is registered as
 	// the first admin API key.
@@ -231,6 +245,15 @@ func (c Config) withDefaults() (Config, error) {
 	c.WaveEcho = max(c.WaveEcho, 0)
 	if c.MaxInFlightBytes <= 0 {
 		c.MaxInFlightBytes = 4 << 20
+	}
+	if c.DeviceRequestRate <= 0 {
+		c.DeviceRequestRate = 20
+	}
+	if c.DeviceRequestBurst <= 0 {
+		c.DeviceRequestBurst = max(1, int(2*c.DeviceRequestRate))
+	}
+	if c.DeviceImageBudget <= 0 {
+		c.DeviceImageBudget = 4
 	}
 	return c, nil
 }
