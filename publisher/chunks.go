@@ -3,8 +3,8 @@ package publisher
 import (
 	"bytes"
 	"context"
-	"errors"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
