@@ -45,7 +45,7 @@ func (a *deviceAuth) Authenticate(ctx context.Context, username, secret string) 
 // stores secrets in mosquitto's PBKDF2-SHA512 format, so no clear secret
 // is needed. Backend accounts are added by the caller.
 func (p *Publisher) MosquittoPasswordLines(ctx context.Context) ([]string, error) {
-	devs, err := p.Devices(ctx)
+	devs, err := p.deviceRecords(ctx)
 	if err != nil {
 		return nil, err
 	}

@@ -18,7 +18,7 @@ func TestDeviceAuthenticator(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(nil)
 	ctx := context.Background()
-	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "s3cret-s3cret"}); err != nil {
+	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "s3cret-s3cret-0123456789abcdef"}); err != nil {
 		t.Fatal(err)
 	}
 	backends := broker.NewCredentialStore()
@@ -26,7 +26,7 @@ func TestDeviceAuthenticator(t *testing.T) {
 		t.Fatal(err)
 	}
 	auth := p.DeviceAuthenticator(backends)
-	id, err := auth.Authenticate(ctx, "dev-1", "s3cret-s3cret")
+	id, err := auth.Authenticate(ctx, "dev-1", "s3cret-s3cret-0123456789abcdef")
 	if err != nil || id.Role != broker.RoleDevice || id.Device != "dev-1" || id.Class != "sensor" {
 		t.Errorf("device: %+v, %v", id, err)
 	}
@@ -61,7 +61,7 @@ func TestMosquittoReadsRegistryHashes(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(nil)
 	ctx := context.Background()
-	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "device-secret-1"}); err != nil {
+	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "device-secret-1-0123456789abcdef"}); err != nil {
 		t.Fatal(err)
 	}
 	lines, err := p.MosquittoPasswordLines(ctx)
@@ -79,7 +79,7 @@ func TestMosquittoReadsRegistryHashes(t *testing.T) {
 		}
 		return err
 	}
-	if err := dial("device-secret-1"); err != nil {
+	if err := dial("device-secret-1-0123456789abcdef"); err != nil {
 		t.Errorf("mosquitto refused the registered secret: %v", err)
 	}
 	if err := dial("wrong-secret"); err == nil {

@@ -163,8 +163,11 @@ type Config struct {
 	// rest of the campaign; broadcast waves still reach it. Default 4.
 	DeviceImageBudget float64
 
-	// BootstrapKey, when set and no admin key exists yet, is registered as
-	// the first admin API key.
+	// BootstrapKey, when set, is registered as an admin API key when no
+	// key with its id exists (the id a fck_<id>_<secret> token names, or
+	// "bootstrap"); an existing one, revoked or not, is left as it is.
+	// It must hold at least 128 random bits (CheckBootstrapKey); it is
+	// stored salted, like every key.
 	BootstrapKey string
 }
 

@@ -22,18 +22,26 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Device is a registered device.
+// Device is a registered device, as the APIs show it. It has no secret
+// or hash of one: those stay in the registry (deviceRecord).
 type Device struct {
-	ID     string   `json:"id"`
-	Class  string   `json:"class"`
-	Groups []string `json:"groups,omitempty"`
-	Tags   []string `json:"tags,omitempty"`
-	// SecretHash is the device's broker secret in mosquitto's PBKDF2-SHA512
-	// "$7$" format, so a mosquitto password file can carry it unchanged.
-	SecretHash    string    `json:"secret_hash"`
+	ID            string    `json:"id"`
+	Class         string    `json:"class"`
+	Groups        []string  `json:"groups,omitempty"`
+	Tags          []string  `json:"tags,omitempty"`
 	ActiveVersion uint64    `json:"active_version"`
 	LastReport    *Report   `json:"last_report,omitempty"`
 	Created       time.Time `json:"created"`
+}
+
+// deviceRecord is a device as the registry stores it: the Device and the
+// hash of its broker secret, which never leaves the publisher (the broker
+// auth hook and the mosquitto password export read it here).
+type deviceRecord struct {
+	Device
+	// SecretHash is the device's broker secret in mosquitto's PBKDF2-SHA512
+	// "$7$" format, so a mosquitto password file can carry it unchanged.
+	SecretHash string `json:"secret_hash"`
 }
 
 // Report is a device report as kept in state (a JSON view of
@@ -63,8 +71,57 @@ type NewDevice struct {
 	Class  string   `json:"class"`
 	Groups []string `json:"groups,omitempty"`
 	Tags   []string `json:"tags,omitempty"`
-	// Secret is the device's broker secret; empty = generate one.
+	// Secret is the device's broker secret; empty = generate one (192
+	// random bits). A given secret must hold at least MinSecretBits (see
+	// CheckSecretStrength).
 	Secret string `json:"secret,omitempty"`
+}
+
+// MinSecretBits is the least strength of a device secret, in bits.
+const MinSecretBits = 128
+
+// CheckSecretStrength refuses a device secret that cannot hold
+// MinSecretBits even if its characters were drawn at random: its length
+// times the bits per character of the smallest alphabet it is written in
+// (decimal digits 3.3, hex 4, base64 6, any printable ASCII 6.5), so at
+// least 32 hex or 22 base64 characters. It also refuses secrets over 256
+// bytes or with spaces or control characters. Errors wrap ErrInvalid.
+func CheckSecretStrength(secret string) error {
+	return checkStrength("device secret", secret, "omit the secret to have one generated")
+}
+
+// checkStrength is CheckSecretStrength for any secret, named what in
+// errors, with hint saying how to get a good one.
+func checkStrength(what, secret, hint string) error {
+	if len(secret) > 256 {
+		return fmt.Errorf("%w: %s is %d bytes, max 256", ErrInvalid, what, len(secret))
+	}
+	digits, hexa, b64 := true, true, true
+	for i := 0; i < len(secret); i++ {
+		c := secret[i]
+		if c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("%w: %s contains a space, control or non-ASCII byte at %d", ErrInvalid, what, i)
+		}
+		isDigit := c >= '0' && c <= '9'
+		isHex := isDigit || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+		digits = digits && isDigit
+		hexa = hexa && isHex
+		b64 = b64 && (isDigit || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("-_+/=", c) >= 0)
+	}
+	per := 6.55 // log2(94)
+	switch {
+	case digits:
+		per = 3.32
+	case hexa:
+		per = 4
+	case b64:
+		per = 6
+	}
+	if bits := float64(len(secret)) * per; bits < MinSecretBits {
+		return fmt.Errorf("%w: %s of %d characters holds at most %.0f bits, need %d (at least 32 hex or 22 base64 characters of random data; %s)",
+			ErrInvalid, what, len(secret), bits, MinSecretBits, hint)
+	}
+	return nil
 }
 
 // checkName checks an id, class, group or tag: letters, digits, '-', '_',
@@ -85,13 +142,17 @@ const (
 // HashSecret hashes a device secret in mosquitto's "$7$" format
 // (PBKDF2-SHA512, broker.MosquittoIterations iterations, 12-byte salt).
 func HashSecret(secret string) (string, error) {
+	return hashSecretIter(secret, pbkdf2Iter)
+}
+
+func hashSecretIter(secret string, iter int) (string, error) {
 	salt := make([]byte, pbkdf2SaltLen)
 	rand.Read(salt)
-	dk, err := pbkdf2.Key(sha512.New, secret, salt, pbkdf2Iter, pbkdf2KeyLen)
+	dk, err := pbkdf2.Key(sha512.New, secret, salt, iter, pbkdf2KeyLen)
 	if err != nil {
 		return "", err
 	}
-	return "$7$" + strconv.Itoa(pbkdf2Iter) + "$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(dk), nil
+	return "$7$" + strconv.Itoa(iter) + "$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(dk), nil
 }
 
 // VerifySecret reports whether secret matches a hash made by HashSecret
@@ -138,19 +199,19 @@ func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) 
 		var b [24]byte
 		rand.Read(b[:])
 		secret = base64.RawURLEncoding.EncodeToString(b[:])
-	} else if len(secret) < 8 || len(secret) > 256 {
-		return Device{}, "", fmt.Errorf("%w: device secret must be 8..256 bytes", ErrInvalid)
+	} else if err := CheckSecretStrength(secret); err != nil {
+		return Device{}, "", err
 	}
 	h, err := HashSecret(secret)
 	if err != nil {
 		return Device{}, "", fmt.Errorf("publisher: hash secret: %w", err)
 	}
-	d := Device{ID: nd.ID, Class: nd.Class, Groups: dedup(nd.Groups), Tags: dedup(nd.Tags), SecretHash: h, Created: p.cfg.Clock.Now().UTC()}
+	d := deviceRecord{Device: Device{ID: nd.ID, Class: nd.Class, Groups: dedup(nd.Groups), Tags: dedup(nd.Tags), Created: p.cfg.Clock.Now().UTC()}, SecretHash: h}
 	if _, err := createJSON(ctx, p.st.devices, "device", d.ID, d); err != nil {
 		return Device{}, "", err
 	}
 	p.audit(ctx, who, "device.add", d.ID, "class="+d.Class)
-	return d, secret, nil
+	return d.Device, secret, nil
 }
 
 func dedup(s []string) []string {
@@ -164,10 +225,17 @@ func dedup(s []string) []string {
 
 // Device returns a registered device (ErrNotFound).
 func (p *Publisher) Device(ctx context.Context, id string) (Device, error) {
+	d, err := p.deviceRecord(ctx, id)
+	return d.Device, err
+}
+
+// deviceRecord returns a device as stored, its secret's hash included
+// (ErrNotFound).
+func (p *Publisher) deviceRecord(ctx context.Context, id string) (deviceRecord, error) {
 	if err := checkName("device id", id); err != nil {
-		return Device{}, err
+		return deviceRecord{}, err
 	}
-	var d Device
+	var d deviceRecord
 	_, err := getJSON(ctx, p.st.devices, "device", id, &d)
 	return d, err
 }
@@ -192,7 +260,17 @@ func (p *Publisher) DeviceDetail(ctx context.Context, id string) (DeviceDetail, 
 
 // Devices lists the registered devices, by id.
 func (p *Publisher) Devices(ctx context.Context) ([]Device, error) {
-	out, err := allValues[Device](ctx, p.st.devices)
+	recs, err := p.deviceRecords(ctx)
+	out := make([]Device, len(recs))
+	for i := range recs {
+		out[i] = recs[i].Device
+	}
+	return out, err
+}
+
+// deviceRecords lists the registry as stored, by id.
+func (p *Publisher) deviceRecords(ctx context.Context) ([]deviceRecord, error) {
+	out, err := allValues[deviceRecord](ctx, p.st.devices)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, err
 }
@@ -302,7 +380,7 @@ func (p *Publisher) groupEdit(ctx context.Context, who Principal, g string, devi
 		if err := checkName("device id", id); err != nil {
 			return err
 		}
-		_, _, err := mutateJSON(ctx, p.st.devices, "device", id, func(d *Device) error {
+		_, _, err := mutateJSON(ctx, p.st.devices, "device", id, func(d *deviceRecord) error {
 			has := slices.Contains(d.Groups, g)
 			switch {
 			case add && !has:
@@ -332,12 +410,12 @@ func (p *Publisher) CheckDeviceSecret(ctx context.Context, id, secret string) (D
 	if schemas.CheckID("device id", id) != nil || !kvSafe(id) {
 		return Device{}, false, nil
 	}
-	d, err := p.Device(ctx, id)
+	d, err := p.deviceRecord(ctx, id)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return Device{}, false, nil
 		}
 		return Device{}, false, err
 	}
-	return d, VerifySecret(d.SecretHash, secret), nil
+	return d.Device, VerifySecret(d.SecretHash, secret), nil
 }

@@ -181,7 +181,7 @@ func reportView(r *schemas.DeviceReport, recv time.Time) *Report {
 // recordOutcome writes a device's final report of a campaign and its
 // active version into the registry.
 func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, recv time.Time) {
-	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *deviceRecord) error {
 		if d.LastReport != nil && d.LastReport.Campaign == r.Campaign && d.LastReport.Counter >= r.Counter {
 			return errNoChange
 		}
@@ -198,7 +198,7 @@ func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, 
 // what it runs) in the registry.
 func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
 	res := "applied"
-	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *deviceRecord) error {
 		if d.LastReport != nil && d.LastReport.Campaign == "" && d.LastReport.Counter >= r.Counter {
 			res = "stale"
 			return errNoChange

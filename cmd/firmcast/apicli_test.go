@@ -54,7 +54,7 @@ func apiStartServer(t *testing.T) string {
 	}
 	js, _ := jetstream.New(nc)
 	ctx, cancel := context.WithCancel(context.Background())
-	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin", ChunkSize: 1024})
+	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin-0123456789abcdef01", ChunkSize: 1024})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func apiRun(t *testing.T, args ...string) (string, error) {
 func TestAPICommands(t *testing.T) {
 	url := apiStartServer(t)
 	t.Setenv("FIRMCAST_SERVER", url)
-	t.Setenv("FIRMCAST_API_KEY", "cli-admin")
+	t.Setenv("FIRMCAST_API_KEY", "cli-admin-0123456789abcdef01")
 	img := filepath.Join(t.TempDir(), "fw.bin")
 	data := make([]byte, 4000)
 	rand.Read(data)

@@ -30,7 +30,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	ready := make(chan urls, 1)
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: filepath.Join(dir, "data"), root: root, credentials: creds,
-		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin"},
+		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin-0123456789abcdef"},
 		onReady: func(m, n string) { ready <- urls{m, n} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -46,7 +46,7 @@ func TestServeRunsPublisher(t *testing.T) {
 		t.Fatal("serve not ready")
 	}
 	t.Setenv("FIRMCAST_SERVER", "http://"+httpAddr)
-	t.Setenv("FIRMCAST_API_KEY", "serve-admin")
+	t.Setenv("FIRMCAST_API_KEY", "serve-admin-0123456789abcdef")
 	must := func(args ...string) string {
 		t.Helper()
 		out, err := apiRun(t, args...)
