@@ -163,6 +163,20 @@ type Config struct {
 	// rest of the campaign; broadcast waves still reach it. Default 4.
 	DeviceImageBudget float64
 
+	// ReservedNames are user names of the deployment's backend broker
+	// identities (the credentials file's backend accounts): no device may
+	// be registered under one, nor under a built-in reserved name (see
+	// CheckDeviceID). Default none.
+	ReservedNames []string
+	// OnDeviceRemoved, when set, is called with a device's id once its
+	// removal from the registry is persisted (on the instance that removed
+	// it), so that the stack ends the device's live broker sessions:
+	// broker.MQTTServer.Disconnect and broker.NATSServer.Disconnect for the
+	// embedded brokers; for a mosquitto fed from the registry, rewrite its
+	// password file (MosquittoPasswordLines) and send it SIGHUP. It must
+	// not block for long. Default nil.
+	OnDeviceRemoved func(id string)
+
 	// BootstrapKey, when set, is registered as an admin API key when no
 	// key with its id exists (the id a fck_<id>_<secret> token names, or
 	// "bootstrap"); an existing one, revoked or not, is left as it is.

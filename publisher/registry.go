@@ -175,10 +175,47 @@ func VerifySecret(hash, secret string) bool {
 	return err == nil && subtle.ConstantTimeCompare(got, want) == 1
 }
 
+// reservedIDs are names backend identities use as broker user names or
+// client ids; reservedPrefixes start the client ids the backend generates
+// (broker.Dial's "fc-"). A device may take none of them, matched without
+// regard to case: on a broker that binds client ids to user names, a
+// device named like the backend would knock it off (and be taken for it
+// in logs and audits).
+var (
+	reservedIDs      = []string{"publisher", "backend", "firmcast", "system", "bootstrap", "admin", "server"}
+	reservedPrefixes = []string{"fc-", "firmcast-", "publisher-", "backend-"}
+)
+
+// CheckDeviceID returns nil when id may name a new device: a valid name
+// (letters, digits, '-', '_', 1..64 bytes) that is not a reserved backend
+// name (publisher, backend, firmcast, system, bootstrap, admin, server),
+// does not start with a reserved prefix (fc-, firmcast-, publisher-,
+// backend-), and is none of reserved (the deployment's backend user
+// names, Config.ReservedNames); all matched without regard to case.
+// Errors wrap ErrInvalid.
+func CheckDeviceID(id string, reserved []string) error {
+	if err := checkName("device id", id); err != nil {
+		return err
+	}
+	low := strings.ToLower(id)
+	for _, r := range append(slices.Clone(reservedIDs), reserved...) {
+		if low == strings.ToLower(r) {
+			return fmt.Errorf("%w: device id %q is reserved for a backend identity", ErrInvalid, id)
+		}
+	}
+	for _, pre := range reservedPrefixes {
+		if strings.HasPrefix(low, pre) {
+			return fmt.Errorf("%w: device id %q starts with %q, reserved for backend client ids", ErrInvalid, id, pre)
+		}
+	}
+	return nil
+}
+
 // AddDevice registers a device and returns it with the secret (generated
-// when nd.Secret is empty; shown only now). Errors: ErrInvalid, ErrExists.
+// when nd.Secret is empty; shown only now). The id must pass
+// CheckDeviceID. Errors: ErrInvalid, ErrExists.
 func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) (Device, string, error) {
-	if err := checkName("device id", nd.ID); err != nil {
+	if err := CheckDeviceID(nd.ID, p.cfg.ReservedNames); err != nil {
 		return Device{}, "", err
 	}
 	if err := checkName("class", nd.Class); err != nil {
@@ -345,15 +382,23 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 	return out, nil
 }
 
-// RemoveDevice deletes a device from the registry (ErrNotFound).
+// RemoveDevice deletes a device from the registry (ErrNotFound). From
+// then on the registry's broker authenticator refuses it; once the delete
+// is persisted, Config.OnDeviceRemoved is called so the stack can end its
+// live sessions.
 func (p *Publisher) RemoveDevice(ctx context.Context, who Principal, id string) error {
 	if _, err := p.Device(ctx, id); err != nil {
 		return err
 	}
-	if err := p.st.devices.Delete(ctx, id); err != nil {
+	dctx, cancel := opCtx(ctx)
+	defer cancel()
+	if err := p.st.devices.Delete(dctx, id); err != nil {
 		return fmt.Errorf("publisher: remove device %q: %w", id, err)
 	}
 	p.audit(ctx, who, "device.remove", id, "")
+	if p.cfg.OnDeviceRemoved != nil {
+		p.cfg.OnDeviceRemoved(id)
+	}
 	return nil
 }
 
