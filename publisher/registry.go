@@ -25,13 +25,18 @@ import (
 // Device is a registered device, as the APIs show it. It has no secret
 // or hash of one: those stay in the registry (deviceRecord).
 type Device struct {
-	ID            string    `json:"id"`
-	Class         string    `json:"class"`
-	Groups        []string  `json:"groups,omitempty"`
-	Tags          []string  `json:"tags,omitempty"`
-	ActiveVersion uint64    `json:"active_version"`
-	LastReport    *Report   `json:"last_report,omitempty"`
-	Created       time.Time `json:"created"`
+	ID            string   `json:"id"`
+	Class         string   `json:"class"`
+	Groups        []string `json:"groups,omitempty"`
+	Tags          []string `json:"tags,omitempty"`
+	ActiveVersion uint64   `json:"active_version"`
+	// Image is the hex digest of the image the device runs, as firmcast
+	// last saw it confirm (or skip, already running it) in a campaign;
+	// empty when unknown. Campaigns compare it with their image
+	// (AllowDowngrade).
+	Image      string    `json:"image,omitempty"`
+	LastReport *Report   `json:"last_report,omitempty"`
+	Created    time.Time `json:"created"`
 }
 
 // deviceRecord is a device as the registry stores it: the Device and the

@@ -20,6 +20,7 @@ func SUITSigner(signers ...suit.Signer) ManifestSigner {
 		opts := suit.CreateOptions{
 			ImageDigest: req.ImageDigest, ImageSize: req.ImageSize, VendorID: req.VendorID, ClassID: req.ClassID,
 			Seq: req.Sequence, URIs: req.URIs, ChunkSize: req.ChunkSize, ChunkTableDigest: req.ChunkTableDigest,
+			SecurityVersion: req.SecurityVersion,
 		}
 		if req.Deadline != 0 {
 			opts.UseBefore = time.Unix(req.Deadline, 0)

@@ -315,7 +315,8 @@ type DeviceReport struct {
 //
 //	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
 //	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
-//	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr }
+//	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr,
+//	                  ? 13: true }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
@@ -344,6 +345,10 @@ type CampaignSpec struct {
 	Start bool `cbor:"11,keyasint,omitempty"`
 	// Name is a display name, at most MaxNameLen bytes.
 	Name string `cbor:"12,keyasint,omitempty"`
+	// AllowDowngrade lets the campaign install an image older (by its
+	// version or security version) than what some targets run; without
+	// it such a campaign is refused. Audited.
+	AllowDowngrade bool `cbor:"13,keyasint,omitempty"`
 }
 
 // CampaignCommand is a request on the campaign API (Topics.API).

@@ -110,6 +110,11 @@ func TestAPICommands(t *testing.T) {
 	if out := must("image", "list"); !strings.Contains(out, digest) {
 		t.Errorf("image list:\n%s", out)
 	}
+	img2 := filepath.Join(t.TempDir(), "fw2.bin")
+	os.WriteFile(img2, append([]byte("v2"), data...), 0o600)
+	if out := must("image", "upload", img2, "--version", "1.4.2", "--security-version", "3"); !strings.Contains(out, "version v1.4.2, security version 3") {
+		t.Errorf("image upload with versions:\n%s", out)
+	}
 	env := filepath.Join(t.TempDir(), "fw.suit")
 	os.WriteFile(env, apiTestEnvelope(t, data), 0o600)
 	out = must("campaign", "create", "--image", digest, "--group", "lab", "--phases", "50,100", "--fail-threshold", "5%", "--envelope", env, "--start")
@@ -125,7 +130,7 @@ func TestAPICommands(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 	must("campaign", "abort", id[1])
-	if out := must("campaign", "create", "--image", digest, "--envelope", env, "--phase-devices", "d1", "--phase-devices", "d2"); !strings.Contains(out, "phases   [50 100]") {
+	if out := must("campaign", "create", "--image", digest, "--envelope", env, "--phase-devices", "d1", "--phase-devices", "d2", "--allow-downgrade"); !strings.Contains(out, "phases   [50 100]") {
 		t.Errorf("explicit phases:\n%s", out)
 	}
 	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {

@@ -55,7 +55,7 @@ func TestServeRunsPublisher(t *testing.T) {
 		}
 		return out
 	}
-	must("device", "add", "dev-9", "--class", "sensor", "--secret", "devsecret9")
+	must("device", "add", "dev-9", "--class", "sensor", "--secret", "devsecret9-0123456789abcdef0123")
 	topics := schemas.MustTopics(root)
 	dial := func(secret string) (broker.Transport, error) {
 		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -65,7 +65,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	if _, err := dial("wrong-secret"); !errors.Is(err, broker.ErrNotAuthorized) {
 		t.Fatalf("wrong secret: %v, want ErrNotAuthorized", err)
 	}
-	dev, err := dial("devsecret9")
+	dev, err := dial("devsecret9-0123456789abcdef0123")
 	if err != nil {
 		t.Fatalf("registered device refused: %v", err)
 	}
