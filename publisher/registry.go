@@ -395,9 +395,8 @@ func (p *Publisher) RemoveDevice(ctx context.Context, who Principal, id string) 
 	if _, err := p.Device(ctx, id); err != nil {
 		return err
 	}
-	dctx, cancel := opCtx(ctx)
-	defer cancel()
-	if err := p.st.devices.Delete(dctx, id); err != nil {
+	// A delete that times out is sent again: deleting twice is deleting.
+	if err := withRetry(ctx, func(ctx context.Context, _ bool) error { return p.st.devices.Delete(ctx, id) }); err != nil {
 		return fmt.Errorf("publisher: remove device %q: %w", id, err)
 	}
 	p.audit(ctx, who, "device.remove", id, "")
