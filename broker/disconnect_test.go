@@ -16,18 +16,26 @@ import (
 	"github.com/firmcast/firmcast/internal/testutil"
 )
 
-// revocable authenticates from a store until its user is revoked, as the
-// registry does once a device is removed.
+// revocable is a credential store whose dev1 is removed by revoke, as a
+// stack does once the registry removed the device.
 type revocable struct {
 	*broker.CredentialStore
 	revoked atomic.Bool
 }
 
-func (r *revocable) Authenticate(ctx context.Context, user, secret string) (broker.Identity, error) {
-	if r.revoked.Load() && user == "dev1" {
-		return broker.Identity{}, fmt.Errorf("%w: %s was removed", broker.ErrNotAuthorized, user)
+func (r *revocable) revoke(t *testing.T) {
+	r.revoked.Store(true)
+	if !r.Remove("dev1") || r.Remove("dev1") {
+		t.Error("Remove: dev1 was not there exactly once")
 	}
-	return r.CredentialStore.Authenticate(ctx, user, secret)
+}
+
+func (r *revocable) Authenticate(ctx context.Context, user, secret string) (broker.Identity, error) {
+	id, err := r.CredentialStore.Authenticate(ctx, user, secret)
+	if err == nil && r.revoked.Load() && user == "dev1" {
+		return broker.Identity{}, fmt.Errorf("test: %s authenticated after its removal", user)
+	}
+	return id, err
 }
 
 // A device removed from the registry loses its live sessions on the
@@ -86,7 +94,7 @@ func TestDisconnectRemovedDevice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		auth.revoked.Store(true)
+		auth.revoke(t)
 		if n := srv.Disconnect("dev1"); n != 1 {
 			t.Errorf("Disconnect closed %d sessions, want 1", n)
 		}
@@ -129,7 +137,7 @@ func TestDisconnectRemovedDevice(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		auth.revoked.Store(true)
+		auth.revoke(t)
 		if n := srv.Disconnect("dev1"); n != 1 {
 			t.Errorf("Disconnect closed %d connections, want 1", n)
 		}
