@@ -333,7 +333,7 @@ func testShared(t *testing.T, b testBroker) {
 			t.Fatal(err)
 		}
 	}
-	req, _ := topics.ChunkRequests(imageDigest)
+	req, _ := topics.ChunkRequestsFrom("dev1")
 	const n = 20
 	for i := range n {
 		publish(t, pub, req, fmt.Appendf(nil, "req-%d", i), broker.PublishOptions{Family: broker.FamilyChunkRequest})

@@ -86,10 +86,16 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if active.Valid && m.Seq <= active.Version {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
 	}
-	// The candidate's security counter is its sequence number; bootctl
-	// never boots one below the anti-rollback floor.
-	if st, err := a.cfg.Boot.Status(); err == nil && m.Seq < st.Floor {
-		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d below the anti-rollback floor %d", suit.ErrRollback, m.Seq, st.Floor))
+	// The candidate's security counter is the manifest's security version
+	// (not its sequence number, which is a signing time); bootctl never
+	// boots one below the anti-rollback floor. Without one, the floor is
+	// kept (securityCounter).
+	sv, svSet, err := m.SecurityVersion()
+	if err != nil {
+		return nil, false, permanent(schemas.CodeMalformed, err)
+	}
+	if st, err := a.cfg.Boot.Status(); err == nil && svSet && sv < st.Floor {
+		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: security version %d below the anti-rollback floor %d", suit.ErrRollback, sv, st.Floor))
 	}
 	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); size > capacity {
 		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", size, capacity))
@@ -413,7 +419,11 @@ func (a *Agent) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: st.Seq, Campaign: st.Campaign, Envelope: st.Envelope}
+	counter, err := a.securityCounter(st.Envelope)
+	if err != nil {
+		return err
+	}
+	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], st.Image)
 	if err := cand.Commit(ctx, info); err != nil {
 		return err
@@ -422,6 +432,35 @@ func (a *Agent) commit(ctx context.Context) error {
 		a.log.Warn("discarding fetch progress", "err", err)
 	}
 	return a.setState(ctx, schemas.StateStaged, schemas.CodeNone, fmt.Sprintf("slot %d", st.Slot))
+}
+
+// securityCounter is the anti-rollback counter of the candidate whose
+// (verified, persisted) envelope is env: the manifest's security version,
+// or, when it sets none, the current floor, so that confirming it leaves
+// the floor where it is.
+func (a *Agent) securityCounter(env []byte) (uint64, error) {
+	var m *suit.Manifest
+	var err error
+	if len(env) > 0 {
+		m, err = suit.Decode(env)
+	}
+	if err != nil {
+		return 0, permanent(schemas.CodeMalformed, err)
+	}
+	if m != nil {
+		sv, set, err := m.SecurityVersion()
+		if err != nil {
+			return 0, permanent(schemas.CodeMalformed, err)
+		}
+		if set {
+			return sv, nil
+		}
+	}
+	st, err := a.cfg.Boot.Status()
+	if err != nil {
+		return 0, err
+	}
+	return st.Floor, nil
 }
 
 // reboot checks the install policy and hands over to the bootloader.

@@ -50,6 +50,8 @@ type Publisher struct {
 	repairMu sync.Mutex
 	repairs  map[string]*repairBatch
 
+	reqs requesters // per-device chunk request accounts (requests.go)
+
 	wg       sync.WaitGroup
 	onReport func(schemas.DeviceReport, string) // test hook
 }
@@ -187,6 +189,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.releaseLease(rctx)
 	}()
 	for {
+		p.pruneRequesters()
 		p.tick(ctx)
 		select {
 		case <-ctx.Done():

@@ -35,10 +35,12 @@
 // manifest itself, then the digests of the severable members present in the
 // envelope. Nothing inside the manifest is decoded before it is authenticated.
 //
-// Firmcast adds one custom parameter (ParamFirmcast, in SUIT's negative
-// custom range) carrying the chunk size and the SHA-256 of the image's
+// Firmcast adds custom parameters (in SUIT's negative custom range):
+// ParamFirmcast carries the chunk size and the SHA-256 of the image's
 // schemas.ChunkTable, so a device authenticates the chunk table, and through
-// it every chunk, against the signed manifest before trusting a chunk.
+// it every chunk, against the signed manifest before trusting a chunk;
+// ParamSecurityVersion, optional, is the image's anti-rollback security
+// version, the bootloader's counter (never the sequence number).
 //
 // Decoding is strict and bounded like the rest of schemas/: duplicate map
 // keys, indefinite lengths, trailing bytes, unknown critical elements and
