@@ -69,18 +69,14 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, err
 	}
-	d, ok := m.ImageDigest()
-	size, ok2 := m.ImageSize()
-	if !ok || !ok2 || d.Alg != suit.AlgSHA256 {
-		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest sets no SHA-256 image digest and size"))
+	im, err := fetchImage(m)
+	if err != nil {
+		return nil, false, err
 	}
-	if _, ok := m.ChunkInfo(); !ok {
-		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest has no firmcast chunk parameter"))
+	if !bytes.Equal(im.Digest, img) {
+		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], im.Digest[:8]))
 	}
-	if !bytes.Equal(d.Bytes, img) {
-		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], d.Bytes[:8]))
-	}
-	if active.Valid && bytes.Equal(active.Digest[:], d.Bytes) {
+	if active.Valid && bytes.Equal(active.Digest[:], im.Digest) {
 		return m, true, nil
 	}
 	if active.Valid && m.Seq <= active.Version {
@@ -97,11 +93,11 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if st, err := a.cfg.Boot.Status(); err == nil && svSet && sv < st.Floor {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: security version %d below the anti-rollback floor %d", suit.ErrRollback, sv, st.Floor))
 	}
-	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); size > capacity {
-		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", size, capacity))
+	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); im.Size > capacity {
+		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", im.Size, capacity))
 	}
 	a.mu.Lock()
-	a.st.Seq, a.st.Size = m.Seq, size
+	a.st.Seq, a.st.Size = m.Seq, im.Size
 	a.mu.Unlock()
 	return m, false, nil
 }
@@ -145,18 +141,39 @@ func (a *Agent) install(ctx context.Context) error {
 	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, note)
 }
 
+// fetchImage is what the fetcher needs of a verified manifest: the signed
+// image digest and size, chunk size and chunk-table digest, each present
+// and SHA-256, or a permanent CodeUnsupported error naming what is
+// missing. It is the one place the agent reads them.
+func fetchImage(m *suit.Manifest) (fetcher.Image, error) {
+	d, ok := m.ImageDigest()
+	size, ok2 := m.ImageSize()
+	if !ok || !ok2 || d.Alg != suit.AlgSHA256 {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, errors.New("manifest sets no SHA-256 image digest and size"))
+	}
+	ci, ok := m.ChunkInfo()
+	if !ok {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, errors.New("manifest has no firmcast chunk parameter"))
+	}
+	if ci.TableDigest.Alg != suit.AlgSHA256 {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, fmt.Errorf("chunk-table digest algorithm %d, want SHA-256", ci.TableDigest.Alg))
+	}
+	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
+	if err := im.Validate(); err != nil {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, err)
+	}
+	return im, nil
+}
+
 // download fetches the image into the candidate slot (called by the
 // processor through target.Fetch).
 func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
-	d, _ := m.ImageDigest()
-	size, _ := m.ImageSize()
-	ci, _ := m.ChunkInfo()
-	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
-	if err := im.Validate(); err != nil {
-		return permanent(schemas.CodeUnsupported, err)
+	im, err := fetchImage(m)
+	if err != nil {
+		return err
 	}
 	srcs, plan := a.sources(m)
-	srcs, err := a.downloadAllowed(ctx, m, srcs)
+	srcs, err = a.downloadAllowed(ctx, m, srcs)
 	if err != nil {
 		return err
 	}
@@ -165,7 +182,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	a.mu.Unlock()
 	var cand *bootctl.Candidate
 	if open {
-		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, size)
+		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, im.Size)
 		if err != nil {
 			return err
 		}
@@ -186,7 +203,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		if err := fetcher.Discard(a.fetchTo); err != nil {
 			return transient(schemas.CodeInternal, err)
 		}
-		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, size); err != nil {
+		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, im.Size); err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -250,7 +267,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return err
 	}
 	a.mu.Lock()
-	a.st.Bytes = size
+	a.st.Bytes = im.Size
 	a.dropped = ""
 	for _, s := range srcs {
 		if bs, ok := s.(*fetcher.BrokerSource); ok && bs.Dropped > 0 {

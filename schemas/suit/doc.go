@@ -20,8 +20,10 @@
 //     a detached SHA-256 digest; notice blocks carry the COSE external_aad
 //     NoticeAAD, so one never passes for the other.
 //   - The device agent calls Verify with its TrustAnchors (several, so an
-//     update can rotate them), checks the image's chunk table with
-//     Manifest.CheckChunkTable before trusting any chunk, then runs the
+//     update can rotate them), hands the signed image digest, size, chunk
+//     size and chunk-table digest (Manifest.ChunkInfo) to the fetcher, which
+//     authenticates the chunk table's bytes against that digest before it
+//     trusts any chunk (fetcher.DecodeTable), then runs the
 //     manifest's command sequences with a Processor against its own Target
 //     (slots, sources, boot hand-off): Update (payload-fetch, install) and
 //     Boot (validate, load, invoke). Anti-rollback (InstalledSeq) and expiry

@@ -50,9 +50,6 @@ var (
 	ErrParameter = errors.New("suit: missing or bad parameter")
 	// ErrTooLarge: content exceeds the image size or a package limit.
 	ErrTooLarge = errors.New("suit: too large")
-	// ErrChunkTable: a chunk table does not match the manifest's firmcast
-	// parameter (digest, chunk size) or image (digest, size).
-	ErrChunkTable = errors.New("suit: chunk table does not match the manifest")
 	// ErrKey: a key file or key type is unusable.
 	ErrKey = errors.New("suit: bad key")
 )
