@@ -242,14 +242,7 @@ func (r *rig) waitRegistered(ctx context.Context) {
 }
 
 // image returns n pseudo-random bytes for seed.
-func image(seed uint64, n int) []byte {
-	rng := rand.New(rand.NewPCG(seed, 0x1f))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(rng.Uint32())
-	}
-	return b
-}
+func image(seed uint64, n int) []byte { return testutil.PseudoRandom(seed, 0x1f, n) }
 
 func randomHex(n int) string {
 	b := make([]byte, n)

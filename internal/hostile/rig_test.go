@@ -41,7 +41,6 @@ type rig struct {
 	http       *httptest.Server
 	devT       broker.Transport // device A's own connection
 	boot       *bootctl.Device
-	flash      *bootctl.Flash
 	stateDir   string
 	agent      *deviceagent.Agent
 	stop       context.CancelFunc
@@ -81,7 +80,7 @@ func readFile(t testing.TB, p string) []byte {
 	return b
 }
 
-func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Config)) *rig {
+func startRig(t *testing.T, ctx context.Context) *rig {
 	log := quietLogger()
 	r := &rig{t: t, topics: testutil.UniqueTopics(t), changed: make(chan struct{}, 1)}
 	r.creds = testutil.CredentialStore(t, nil)
@@ -150,9 +149,6 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 		MaxAttempts: 1, ChunkIdle: 150 * time.Millisecond, RetryBase: 50 * time.Millisecond,
 		Fetch: fetcher.RetryPolicy{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond, MaxRetries: -1},
 	}
-	for _, m := range mods {
-		m(&acfg)
-	}
 	r.agent, err = deviceagent.New(acfg)
 	if err != nil {
 		t.Fatal(err)
@@ -179,7 +175,6 @@ func (r *rig) installFactory(ctx context.Context) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fl.Close() })
-	r.flash = fl
 	if r.boot, err = bootctl.Open(fl, layout, bootctl.RootOfTrust{DeviceKey: devKey}); err != nil {
 		t.Fatal(err)
 	}
