@@ -1,0 +1,8 @@
+package broker
+
+import mqtt "github.com/mochi-mqtt/server/v2"
+
+// AddMochiHook adds h to the embedded MQTT server's mochi hooks, for
+// tests that observe the broker from inside (the inflight probe of
+// deadlock_test.go). Call it before Start.
+func (s *MQTTServer) AddMochiHook(h mqtt.Hook) error { return s.srv.AddHook(h, nil) }
