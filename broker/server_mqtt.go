@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -68,6 +69,7 @@ type MQTTServerConfig struct {
 type MQTTServer struct {
 	cfg  MQTTServerConfig
 	srv  *mqtt.Server
+	drop *dropHook
 	ln   *listeners.TCP
 	mu   sync.Mutex
 	up   chan struct{}
@@ -110,12 +112,13 @@ func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
 	} else {
 		hook = &authHook{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
 	}
-	for _, h := range []mqtt.Hook{hook, &qosHook{srv: srv}} {
+	drop := &dropHook{log: cfg.Logger}
+	for _, h := range []mqtt.Hook{hook, &qosHook{srv: srv}, drop} {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("broker: mqtt hook %s: %w", h.ID(), err)
 		}
 	}
-	return &MQTTServer{cfg: cfg, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
+	return &MQTTServer{cfg: cfg, srv: srv, drop: drop, up: make(chan struct{}), down: make(chan struct{})}, nil
 }
 
 // Start binds the listener and starts serving in the background. It
@@ -213,6 +216,13 @@ const mqttCloseTimeout = 10 * time.Second
 
 // Done is closed when Shutdown has been called.
 func (s *MQTTServer) Done() <-chan struct{} { return s.down }
+
+// Dropped returns how many messages the broker dropped instead of
+// delivering, since it started: mochi drops a message for a client whose
+// queue of pending writes (1024) is full, a client that reads slower than
+// it is sent to. Every drop is also logged (at warn, the 1st, 2nd, 4th,
+// 8th... of the server).
+func (s *MQTTServer) Dropped() int64 { return s.drop.n.Load() }
 
 // authHook enforces the access policy in mochi: every client
 // authenticates through the Authenticator; each publish, subscribe and
@@ -330,6 +340,25 @@ func (h *qosHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet 
 func (h *qosHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 	if old, ok := h.srv.Clients.Get(cl.ID); ok && old != cl {
 		h.srv.UnsubscribeClient(old)
+	}
+}
+
+// dropHook counts and logs the messages mochi drops for clients whose
+// queue of pending writes is full (with QoS 0 deliveries, as before with
+// QoS 1 ones: mochi rolled a QoS 1 delivery back when the queue was full).
+type dropHook struct {
+	mqtt.HookBase
+	log *slog.Logger
+	n   atomic.Int64
+}
+
+func (h *dropHook) ID() string { return "firmcast-drops" }
+
+func (h *dropHook) Provides(b byte) bool { return b == mqtt.OnPublishDropped }
+
+func (h *dropHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if n := h.n.Add(1); n&(n-1) == 0 {
+		h.log.Warn("mqtt broker dropped a message: the client's queue of pending writes is full", "client", cl.ID, "topic", pk.TopicName, "dropped_total", n)
 	}
 }
 
