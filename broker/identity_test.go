@@ -2,11 +2,7 @@ package broker_test
 
 import (
 	"context"
-	"fmt"
-	"net"
-	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,9 +14,11 @@ import (
 )
 
 // Attacks on identity that broker.Transport cannot express (it sets no
-// will and always asks for its own client id), made with a raw paho
-// client on the embedded broker and on a mosquitto process configured
-// from the files `firmcast broker mosquitto-config` writes.
+// will and always asks for its own client id), made with raw paho
+// clients (testutil.ConnectRawMQTT) on the embedded broker and on a
+// mosquitto process configured from the files `firmcast broker
+// mosquitto-config` writes. internal/hostile's access matrix has the same
+// attacks as rows.
 
 const (
 	ctlUser, ctlSecret = "backend-ctl", "backend-ctl-secret-0123456789"
@@ -45,93 +43,6 @@ func identityBrokers() []aclBroker {
 		{"mosquitto-generated", func(t *testing.T, topics schemas.Topics) string {
 			return testutil.StartMosquittoWithPolicy(t, topics, identityAccounts()).URL()
 		}, false},
-	}
-}
-
-// rawClient is one MQTT v5 connection with no reconnection, so that a
-// broker dropping it shows.
-type rawClient struct {
-	c    *paho.Client
-	conn net.Conn
-	// lost is closed when the broker disconnects the client or the
-	// connection fails.
-	lost     chan struct{}
-	lostOnce sync.Once
-	why      string
-}
-
-// connectRaw connects to brokerURL with cp. It returns the broker's
-// refusal as an error (the CONNACK reason code in it).
-func connectRaw(t *testing.T, brokerURL string, cp *paho.Connect) (*rawClient, error) {
-	t.Helper()
-	u, err := url.Parse(brokerURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	conn, err := net.DialTimeout("tcp", u.Host, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &rawClient{conn: conn, lost: make(chan struct{})}
-	rc.c = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
-		OnServerDisconnect: func(d *paho.Disconnect) {
-			rc.drop(fmt.Sprintf("server sent DISCONNECT 0x%02x", d.ReasonCode))
-		},
-		OnClientError: func(err error) { rc.drop(err.Error()) },
-	})
-	if cp.Username != "" {
-		cp.UsernameFlag, cp.PasswordFlag = true, true
-	}
-	cp.KeepAlive, cp.CleanStart = 30, true
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ca, err := rc.c.Connect(ctx, cp)
-	if err != nil {
-		conn.Close()
-		if ca != nil {
-			return nil, fmt.Errorf("refused: CONNACK 0x%02x: %w", ca.ReasonCode, err)
-		}
-		return nil, err
-	}
-	t.Cleanup(func() { conn.Close() })
-	return rc, nil
-}
-
-func (rc *rawClient) drop(why string) {
-	rc.lostOnce.Do(func() {
-		rc.why = why
-		close(rc.lost)
-	})
-}
-
-// abort closes the TCP connection without DISCONNECT: the broker then
-// publishes the will, if it kept one.
-func (rc *rawClient) abort() { rc.conn.Close() }
-
-// alive reports whether the connection still works: a QoS 1 publish to
-// topic is acknowledged and the broker has not dropped the client.
-func (rc *rawClient) alive(topic string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	acked := make(chan error, 1)
-	go func() {
-		_, err := rc.c.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("alive?")})
-		acked <- err
-	}()
-	select {
-	case err := <-acked:
-		if err != nil {
-			return fmt.Errorf("publish: %w", err)
-		}
-	case <-rc.lost:
-		return fmt.Errorf("dropped: %s", rc.why)
-	}
-	select {
-	case <-rc.lost:
-		return fmt.Errorf("dropped: %s", rc.why)
-	default:
-		return nil
 	}
 }
 
@@ -173,24 +84,24 @@ func TestWillAttack(t *testing.T) {
 			} {
 				payload := "forged will: " + a.name
 				forged = append(forged, payload)
-				rc, err := connectRaw(t, brokerURL, &paho.Connect{ClientID: "dev1", Username: "dev1", Password: []byte(dev1Secret),
+				rc, err := testutil.ConnectRawMQTT(t, brokerURL, nil, &paho.Connect{ClientID: "dev1", Username: "dev1", Password: []byte(dev1Secret),
 					WillMessage: &paho.WillMessage{Topic: a.topic.MQTT, Payload: []byte(payload), QoS: 1, Retain: a.retain}})
 				switch {
 				case err == nil:
 					if b.name == "mochi" {
 						t.Errorf("%s: the embedded broker accepted a device's CONNECT with a will", a.name)
 					}
-					rc.abort()
+					rc.Abort()
 				case !strings.Contains(err.Error(), "refused"):
 					t.Fatalf("%s: connect: %v", a.name, err)
 				}
 				control := "control will: " + a.name
-				ctl, err := connectRaw(t, brokerURL, &paho.Connect{ClientID: "ctl", Username: ctlUser, Password: []byte(ctlSecret),
+				ctl, err := testutil.ConnectRawMQTT(t, brokerURL, nil, &paho.Connect{ClientID: "ctl", Username: ctlUser, Password: []byte(ctlSecret),
 					WillMessage: &paho.WillMessage{Topic: a.topic.MQTT, Payload: []byte(control), QoS: 1, Retain: a.retain}})
 				if err != nil {
 					t.Fatalf("%s: control connection: %v", a.name, err)
 				}
-				ctl.abort()
+				ctl.Abort()
 				if !watch.await(control, 10*time.Second) {
 					t.Fatalf("%s: the control will of a backend identity did not arrive", a.name)
 				}
@@ -256,14 +167,14 @@ func TestClientIDTakeover(t *testing.T) {
 			} {
 				t.Run(a.name, func(t *testing.T) {
 					victim, topic := connectVictim(t, brokerURL, a.victim, probe.MQTT, dev2Report.MQTT)
-					if err := victim.alive(topic); err != nil {
+					if err := victim.Alive(topic); err != nil {
 						t.Fatalf("victim before the attack: %v", err)
 					}
-					attacker, cerr := connectRaw(t, brokerURL, &paho.Connect{ClientID: a.asks, Username: a.attackerUser, Password: []byte(a.attackerSecret)})
+					attacker, cerr := testutil.ConnectRawMQTT(t, brokerURL, nil, &paho.Connect{ClientID: a.asks, Username: a.attackerUser, Password: []byte(a.attackerSecret)})
 					if cerr == nil {
-						defer attacker.abort()
+						defer attacker.Abort()
 					}
-					if err := victim.alive(topic); err != nil {
+					if err := victim.Alive(topic); err != nil {
 						t.Errorf("%s connecting as client %q (connect: %v) dropped %s: %v", a.attackerUser, a.asks, cerr, a.victim, err)
 					}
 				})
@@ -274,7 +185,7 @@ func TestClientIDTakeover(t *testing.T) {
 
 // connectVictim connects the backend (client id "publisher") or dev2
 // (its own id) and returns it with a topic it may publish to.
-func connectVictim(t *testing.T, brokerURL, who, backendTopic, dev2Topic string) (*rawClient, string) {
+func connectVictim(t *testing.T, brokerURL, who, backendTopic, dev2Topic string) (*testutil.RawMQTT, string) {
 	t.Helper()
 	cp := &paho.Connect{ClientID: "publisher", Username: backendUser, Password: []byte(backendSecret)}
 	topic := backendTopic
@@ -282,7 +193,7 @@ func connectVictim(t *testing.T, brokerURL, who, backendTopic, dev2Topic string)
 		cp = &paho.Connect{ClientID: "dev2", Username: "dev2", Password: []byte(dev2Secret)}
 		topic = dev2Topic
 	}
-	rc, err := connectRaw(t, brokerURL, cp)
+	rc, err := testutil.ConnectRawMQTT(t, brokerURL, nil, cp)
 	if err != nil {
 		t.Fatalf("victim %s: %v", who, err)
 	}
