@@ -55,6 +55,7 @@ type loadStats struct {
 	reports  atomic.Int64 // reports acknowledged by the broker
 	received atomic.Int64 // reports the backend received
 	notices  atomic.Int64 // notices the devices received
+	dropped  atomic.Int64 // reports the broker dropped (counted by inflightProbe)
 	// more is signalled (never blocking) after each received report.
 	more chan struct{}
 }
@@ -74,15 +75,15 @@ func (st *loadStats) signal() {
 }
 
 // awaitReports waits until every acknowledged report has been received
-// by the backend or counted in dropped, or d passes.
-func (st *loadStats) awaitReports(dropped *atomic.Int64, d time.Duration) error {
+// by the backend or dropped by the broker, or d passes.
+func (st *loadStats) awaitReports(d time.Duration) error {
 	deadline := time.NewTimer(d)
 	defer deadline.Stop()
-	for st.received.Load()+dropped.Load() < st.reports.Load() {
+	for st.received.Load()+st.dropped.Load() < st.reports.Load() {
 		select {
 		case <-st.more:
 		case <-deadline.C:
-			return fmt.Errorf("%d reports received and %d dropped within %v, of %d acknowledged", st.received.Load(), dropped.Load(), d, st.reports.Load())
+			return fmt.Errorf("%d reports received and %d dropped within %v, of %d acknowledged", st.received.Load(), st.dropped.Load(), d, st.reports.Load())
 		}
 	}
 	return nil
@@ -93,8 +94,10 @@ const loadBackend = "backend"
 func loadDevice(i int) string { return fmt.Sprintf("dev-%03d", i) }
 
 // run connects the backend and the devices and drives the load until
-// every device has published its reports (nil) or ctx ends (ctx's
-// error). Connection errors are returned; clients are closed on return.
+// every device has published its reports and the backend has received
+// them (or the broker counted them dropped, within 10 seconds), or until
+// ctx ends (ctx's error). Connection errors are returned; clients are
+// closed on return.
 func (l inflightLoad) run(ctx context.Context, st *loadStats) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	dial := func(id string) (broker.Transport, error) {
@@ -178,6 +181,9 @@ func (l inflightLoad) run(ctx context.Context, st *loadStats) error {
 	for err := range errs {
 		return err
 	}
+	if err := st.awaitReports(10 * time.Second); err != nil {
+		return fmt.Errorf("backend: %w", err)
+	}
 	return nil
 }
 
@@ -225,10 +231,9 @@ type inflightProbe struct {
 	mqtt.HookBase
 	nextImmediate atomic.Int64
 	qosOut        atomic.Int64
-	// droppedReports counts the reports mochi dropped (a full queue of
-	// pending writes towards the backend); st, when set, is told.
-	droppedReports atomic.Int64
-	st             *loadStats
+	// st, when set, counts the reports mochi dropped (a full queue of
+	// pending writes towards the backend).
+	st *loadStats
 }
 
 func (p *inflightProbe) ID() string { return "inflight-probe" }
@@ -238,11 +243,9 @@ func (p *inflightProbe) Provides(b byte) bool {
 }
 
 func (p *inflightProbe) OnPublishDropped(_ *mqtt.Client, pk packets.Packet) {
-	if strings.HasSuffix(pk.TopicName, "/report") {
-		p.droppedReports.Add(1)
-		if p.st != nil {
-			p.st.signal()
-		}
+	if p.st != nil && strings.HasSuffix(pk.TopicName, "/report") {
+		p.st.dropped.Add(1)
+		p.st.signal()
 	}
 }
 
@@ -368,15 +371,14 @@ func rawDeadlockAttempt(t *testing.T, attempt int, budget time.Duration) bool {
 
 // TestEmbeddedMQTTNoInflightDeadlock runs the load that deadlocks raw
 // mochi (TestMochiInflightDeadlock) on broker.NewMQTTServer, with
-// authentication as firmcast runs it, to the end: 30 devices, 300 reports
-// each, while the backend publishes notices. It checks from inside mochi
-// that the deadlocking path is never taken (no client ends a packet with
-// messages in flight towards it, so processPacket never calls
-// NextImmediate; no delivery is put in flight at QoS > 0), and that every
-// report reached the backend or was counted as dropped by the broker
-// (devices publish far faster here than the backend reads: mochi drops
+// authentication as firmcast runs it, to the end: 30 devices publish 300
+// reports each while the backend publishes notices, until the backend has
+// every report (or the broker counted it dropped: mochi drops a message
 // for a client whose 1024 pending writes are full, at QoS 0 as it did at
-// QoS 1; MQTTServer.Dropped reports it).
+// QoS 1; MQTTServer.Dropped reports it). It checks from inside mochi that
+// the deadlocking path is never taken: no client ends a packet with
+// messages in flight towards it (so processPacket never calls
+// NextImmediate), and no delivery is put in flight at QoS > 0.
 func TestEmbeddedMQTTNoInflightDeadlock(t *testing.T) {
 	const devices, reports = 30, 300
 	before := map[string]bool{}
@@ -427,10 +429,7 @@ func TestEmbeddedMQTTNoInflightDeadlock(t *testing.T) {
 	if got := st.reports.Load(); got != devices*reports {
 		t.Errorf("%d reports acknowledged, want %d", got, devices*reports)
 	}
-	if err := st.awaitReports(&probe.droppedReports, 10*time.Second); err != nil {
-		t.Errorf("backend: %v", err)
-	}
-	dropped := probe.droppedReports.Load()
+	dropped := st.dropped.Load()
 	if got := srv.Dropped(); got < dropped {
 		t.Errorf("MQTTServer.Dropped() = %d, below the %d reports dropped", got, dropped)
 	}
