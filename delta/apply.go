@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding"
+	"encoding/binary"
 	"fmt"
 	"hash"
 	"io"
@@ -177,6 +178,7 @@ type applier struct {
 	off    int64  // target offset of buf[0]
 	stored []byte
 	raw    []byte
+	entry  [entrySize]byte
 }
 
 // checkSource hashes the source and compares it with the header.
@@ -207,7 +209,7 @@ func (a *applier) checkSource(ctx context.Context) error {
 
 // frame checks and applies frame i.
 func (a *applier) frame(i int) error {
-	e, err := a.p.entry(i)
+	e, err := a.p.entry(i, a.entry[:])
 	if err != nil {
 		return err
 	}
@@ -215,8 +217,8 @@ func (a *applier) frame(i int) error {
 	if err := readFull(a.p.r, stored, e.off); err != nil {
 		return err
 	}
-	if d := sha256.Sum256(stored); d != e.digest {
-		return fmt.Errorf("%w: frame %d hashes to %x, the table says %x", ErrFrameDigest, i, d[:8], e.digest[:8])
+	if sha256.Sum256(stored) != e.digest {
+		return fmt.Errorf("%w: frame %d of %d bytes at %d does not hash to %s", ErrFrameDigest, i, e.stored, e.off, Digest(e.digest))
 	}
 	raw, err := a.dec.DecodeAll(stored, a.raw[:0:e.raw])
 	if err != nil {
@@ -264,9 +266,7 @@ func (a *applier) run(o op, d []byte) error {
 			if err := readFull(a.src, w, o.src); err != nil {
 				return fmt.Errorf("delta: read source: %w", err)
 			}
-			for k := range w {
-				w[k] += d[k]
-			}
+			addBytes(w, d[:len(w)])
 			o.src += int64(len(w))
 		} else {
 			copy(w, d)
@@ -295,4 +295,22 @@ func (a *applier) flush() error {
 	a.off += int64(a.n)
 	a.n = 0
 	return nil
+}
+
+// addBytes sets w[i] += d[i] (mod 256), eight bytes at a time: the sums
+// of the low seven bits of each byte cannot carry into the next byte,
+// and the top bits are added without carry by XOR.
+func addBytes(w, d []byte) {
+	const hi = 0x8080808080808080
+	for len(w) >= 8 && len(d) >= 8 {
+		b := binary.LittleEndian.Uint64(d)
+		if b != 0 { // most differences are zero: the source byte is kept
+			a := binary.LittleEndian.Uint64(w)
+			binary.LittleEndian.PutUint64(w, ((a&^hi)+(b&^hi))^((a^b)&hi))
+		}
+		w, d = w[8:], d[8:]
+	}
+	for i := range w {
+		w[i] += d[i]
+	}
 }

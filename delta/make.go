@@ -89,8 +89,10 @@ func encode(ctx context.Context, w io.Writer, source, target []byte, ctrls []con
 		TargetDigest: sha256.Sum256(target),
 		Frames:       (len(target) + frameSize - 1) / frameSize,
 	}
+	// A frame is compressed alone: the window need not exceed a raw frame
+	// (MaxRawLen is a power of two), which also keeps the encoder small.
 	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedBestCompression), zstd.WithEncoderConcurrency(1),
-		zstd.WithEncoderCRC(false), zstd.WithSingleSegment(true))
+		zstd.WithEncoderCRC(false), zstd.WithSingleSegment(true), zstd.WithWindowSize(max(MaxRawLen(frameSize), zstd.MinWindowSize)))
 	if err != nil {
 		return Info{}, fmt.Errorf("delta: zstd: %w", err)
 	}

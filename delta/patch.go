@@ -83,13 +83,13 @@ func (p *Patch) ID() Digest { return p.id }
 // Size returns the delta's size in bytes.
 func (p *Patch) Size() int64 { return p.size }
 
-// entry reads and checks frame table entry i.
-func (p *Patch) entry(i int) (entry, error) {
-	var eb [entrySize]byte
-	if err := readFull(p.r, eb[:], HeaderSize+int64(i)*entrySize); err != nil {
+// entry reads and checks frame table entry i, through buf (entrySize
+// bytes, so that reading an entry does not allocate).
+func (p *Patch) entry(i int, buf []byte) (entry, error) {
+	if err := readFull(p.r, buf, HeaderSize+int64(i)*entrySize); err != nil {
 		return entry{}, err
 	}
-	return parseEntry(p.h, i, eb[:], p.size)
+	return parseEntry(p.h, i, buf, p.size)
 }
 
 // readFull reads len(b) bytes at off; a short read is ErrTruncated.
