@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/gabstv/go-bsdiff/pkg/bsdiff"
 )
 
 // copyImage is the peer of Apply: a full image already on the device
@@ -81,8 +83,9 @@ func BenchmarkApplySynthetic(b *testing.B) {
 // (commit-old/commit-new: firmcast-agent at two consecutive commits;
 // edit-old/edit-new: firmcast-agent with and without one small source
 // change). "make" reports the delta's size against the full image; its
-// time is the publisher's (bsdiff plus framing). Skipped when the
-// variable is not set.
+// time is the publisher's (bsdiff plus framing); "bsdiff40" is the size
+// of go-bsdiff's own patch, for reference. Skipped when the variable is
+// not set.
 func BenchmarkRealPairs(b *testing.B) {
 	dir := os.Getenv("FIRMCAST_DELTA_PAIRS")
 	if dir == "" {
@@ -110,6 +113,19 @@ func BenchmarkRealPairs(b *testing.B) {
 			b.ReportMetric(float64(len(tgt)), "image-B")
 			b.ReportMetric(float64(len(d)), "delta-B")
 			b.ReportMetric(100*float64(len(d))/float64(len(tgt)), "delta-%")
+		})
+		b.Run(pair+"/bsdiff40", func(b *testing.B) {
+			// The reference: go-bsdiff's own BSDIFF40 patch (three bzip2
+			// streams, not appliable in bounded memory) for the same pair.
+			var p []byte
+			for b.Loop() {
+				if p, err = bsdiff.Bytes(src, tgt); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(len(tgt)), "image-B")
+			b.ReportMetric(float64(len(p)), "delta-B")
+			b.ReportMetric(100*float64(len(p))/float64(len(tgt)), "delta-%")
 		})
 		if d == nil {
 			var buf bytes.Buffer
