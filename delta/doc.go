@@ -20,7 +20,8 @@
 //     makes a fixed span of the target (64 KiB by default) from a list of
 //     operations ("add these differences to the source at offset o",
 //     "insert these bytes"), zstd-compressed on its own, so any frame
-//     decodes without the others. The same inputs give the same bytes.
+//     decodes without the others. The same inputs give the same bytes
+//     (with the same versions of this package, go-bsdiff and zstd).
 //     The delta is then published like any image: its own signed digest
 //     and chunk table.
 //   - The device checks the precursor before it downloads: the header

@@ -23,8 +23,10 @@ type makeConfig struct {
 
 // WithFrameSize sets the output bytes per frame: a power of two from
 // MinFrameSize to MaxFrameSize (default DefaultFrameSize). Larger frames
-// compress a little better; the device's apply buffers grow with it
-// (about 4 frame sizes). Errors wrap ErrInvalidOption.
+// compress better and cost fewer table entries (48 bytes each); the
+// device's apply buffers grow with them (Apply allocates about 64 KiB at
+// 4 KiB frames, 0.6 MiB at 64 KiB, 0.7 MiB at 128 KiB). Errors wrap
+// ErrInvalidOption.
 func WithFrameSize(n int) MakeOption {
 	return func(c *makeConfig) error {
 		if n < MinFrameSize || n > MaxFrameSize || n&(n-1) != 0 {
@@ -49,13 +51,16 @@ type Info struct {
 // publisher: bsdiff (github.com/gabstv/go-bsdiff) computes which target
 // ranges come from where in the source, and Make ships that plan in this
 // package's framed format (format.go), each frame zstd-compressed on its
-// own. The output is a function of source, target and the options only.
+// own. The output is a function of source, target and the options only
+// (for given versions of this package, go-bsdiff and zstd: a publisher
+// keeps the delta it signed rather than making it again).
 //
 // Make holds both images and about 17 bytes per source byte of bsdiff
-// state in memory. bsdiff's suffix sort cannot be interrupted: ctx is
-// checked before and after it and between frames. Errors: ErrInvalidOption
-// (an option, or a target of 0 bytes or over MaxImageSize), ErrDiff, or
-// w's error.
+// state in memory (and go-bsdiff's patch buffer, which it discards, grows
+// by copying: gigabytes of short-lived garbage for a 15 MB image).
+// bsdiff cannot be interrupted: ctx is checked before and after it and
+// between frames. Errors: ErrInvalidOption (an option, or a target of 0
+// bytes or over MaxImageSize), ErrDiff, ctx's error, or w's error.
 func Make(ctx context.Context, w io.Writer, source, target []byte, opts ...MakeOption) (Info, error) {
 	cfg := makeConfig{frameSize: DefaultFrameSize}
 	for _, o := range opts {
