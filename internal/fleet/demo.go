@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
@@ -512,7 +513,8 @@ func newBrokerProbes(urls []string) *brokerProbes {
 }
 
 // check probes the brokers (once a second at most) and returns the first
-// one that has refused connections for at least grace, with how long and
+// one whose port has refused connections (ECONNREFUSED: no process
+// listens) for at least grace, with how long and
 // the last error; url is "" when all are up.
 func (p *brokerProbes) check(grace time.Duration) (url string, down time.Duration, err error) {
 	now := time.Now()
@@ -527,6 +529,13 @@ func (p *brokerProbes) check(grace time.Duration) (url string, down time.Duratio
 			c, err := net.DialTimeout("tcp", a, time.Second)
 			if err == nil {
 				c.Close()
+				up = true
+				break
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				// A timeout is a busy broker or machine, not a dead one
+				// (a dead broker's port refuses at once); a stuck one is
+				// Stall's to catch.
 				up = true
 				break
 			}
