@@ -77,17 +77,6 @@ func apiStartServer(t *testing.T) string {
 	return srv.URL
 }
 
-func apiRun(t *testing.T, args ...string) (string, error) {
-	t.Helper()
-	root := newRootCmd()
-	var out, errb bytes.Buffer
-	root.SetOut(&out)
-	root.SetErr(&errb)
-	root.SetArgs(args)
-	err := root.ExecuteContext(context.Background())
-	return out.String(), err
-}
-
 func TestAPICommands(t *testing.T) {
 	url := apiStartServer(t)
 	t.Setenv("FIRMCAST_SERVER", url)
@@ -99,7 +88,7 @@ func TestAPICommands(t *testing.T) {
 
 	must := func(args ...string) string {
 		t.Helper()
-		out, err := apiRun(t, args...)
+		out, err := runFirmcast(t, args...)
 		if err != nil {
 			t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
@@ -145,7 +134,7 @@ func TestAPICommands(t *testing.T) {
 	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {
 		t.Errorf("watch of an ended campaign:\n%s", out)
 	}
-	if _, err := apiRun(t, "campaign", "resume", id[1]); err == nil || !strings.Contains(err.Error(), "aborted") {
+	if _, err := runFirmcast(t, "campaign", "resume", id[1]); err == nil || !strings.Contains(err.Error(), "aborted") {
 		t.Errorf("resume of aborted: %v", err)
 	}
 	out = must("apikey", "create", "--name", "ci", "--scope", "read")
@@ -154,11 +143,11 @@ func TestAPICommands(t *testing.T) {
 	if tok == nil || kid == nil {
 		t.Fatalf("apikey create:\n%s", out)
 	}
-	if _, err := apiRun(t, "device", "add", "d3", "--class", "x", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "403") {
+	if _, err := runFirmcast(t, "device", "add", "d3", "--class", "x", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("read key adding a device: %v", err)
 	}
 	must("apikey", "revoke", kid[1])
-	if _, err := apiRun(t, "device", "list", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "revoked") {
+	if _, err := runFirmcast(t, "device", "list", "--api-key", tok[1]); err == nil || !strings.Contains(err.Error(), "revoked") {
 		t.Errorf("revoked key: %v", err)
 	}
 	if out := must("device", "show", "d1"); !strings.Contains(out, "sensor") {
@@ -168,7 +157,7 @@ func TestAPICommands(t *testing.T) {
 	if out := must("audit"); !strings.Contains(out, "campaign.abort") || !strings.Contains(out, "apikey.revoke") {
 		t.Errorf("audit:\n%s", out)
 	}
-	if _, err := apiRun(t, "campaign", "create", "--image", digest, "--group", "lab", "--fail-threshold", "five"); err == nil {
+	if _, err := runFirmcast(t, "campaign", "create", "--image", digest, "--group", "lab", "--fail-threshold", "five"); err == nil {
 		t.Error("bad --fail-threshold accepted")
 	}
 }

@@ -62,7 +62,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	t.Setenv("FIRMCAST_API_KEY", "serve-admin-0123456789abcdef")
 	must := func(args ...string) string {
 		t.Helper()
-		out, err := apiRun(t, args...)
+		out, err := runFirmcast(t, args...)
 		if err != nil {
 			t.Fatalf("firmcast %v: %v\n%s", args, err, out)
 		}

@@ -190,7 +190,7 @@ func TestHTTPAPIOverTLS(t *testing.T) {
 	// Plain HTTP: the key crosses the wire in clear.
 	plain := startServeHTTP(t, publisherOptions{apiKey: key})
 	spy := startRecordingProxy(t, plain)
-	if out, err := apiRun(t, "device", "list", "--server", "http://"+spy.ln.Addr().String(), "--api-key", key); err != nil {
+	if out, err := runFirmcast(t, "device", "list", "--server", "http://"+spy.ln.Addr().String(), "--api-key", key); err != nil {
 		t.Fatalf("device list over plain HTTP: %v %s", err, out)
 	}
 	if !strings.Contains(spy.seen(), key) {
@@ -202,25 +202,25 @@ func TestHTTPAPIOverTLS(t *testing.T) {
 	addr := startServeHTTP(t, publisherOptions{apiKey: key, httpCert: cert, httpKey: ckey})
 	spy = startRecordingProxy(t, addr)
 	url := "https://" + spy.ln.Addr().String()
-	if out, err := apiRun(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert); err != nil {
+	if out, err := runFirmcast(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert); err != nil {
 		t.Fatalf("device list over TLS with --ca: %v %s", err, out)
 	}
 	if strings.Contains(spy.seen(), key) {
 		t.Fatal("the API key crossed the network in clear over TLS")
 	}
 	// Without --ca the server's certificate does not verify.
-	if _, err := apiRun(t, "device", "list", "--server", url, "--api-key", key); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := runFirmcast(t, "device", "list", "--server", url, "--api-key", key); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("device list without --ca: %v, want a certificate error", err)
 	}
 	// A server with a certificate of another CA (a man in the middle).
 	evil := newTestPKI(t, "evil")
 	ecert, ekey := evil.issue(t, "evil-server", true)
 	mitm := startServeHTTP(t, publisherOptions{apiKey: key, httpCert: ecert, httpKey: ekey})
-	if _, err := apiRun(t, "device", "list", "--server", "https://"+mitm, "--api-key", key, "--ca", pki.caCert); err == nil || !strings.Contains(err.Error(), "certificate") {
+	if _, err := runFirmcast(t, "device", "list", "--server", "https://"+mitm, "--api-key", key, "--ca", pki.caCert); err == nil || !strings.Contains(err.Error(), "certificate") {
 		t.Fatalf("device list against another CA's server: %v, want a certificate error", err)
 	}
 	// Plain HTTP to the TLS port.
-	if _, err := apiRun(t, "device", "list", "--server", "http://"+addr, "--api-key", key); err == nil {
+	if _, err := runFirmcast(t, "device", "list", "--server", "http://"+addr, "--api-key", key); err == nil {
 		t.Fatal("a plain-HTTP request to the HTTPS API succeeded")
 	}
 }
@@ -234,16 +234,16 @@ func TestHTTPAPIClientCertificates(t *testing.T) {
 	cert, ckey := pki.issue(t, "server", true)
 	addr := startServeHTTP(t, publisherOptions{apiKey: key, httpCert: cert, httpKey: ckey, httpClientCA: pki.caCert})
 	url := "https://" + addr
-	if _, err := apiRun(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert); err == nil {
+	if _, err := runFirmcast(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert); err == nil {
 		t.Fatal("a client without a certificate was served")
 	}
 	other := newTestPKI(t, "other")
 	ocert, okey := other.issue(t, "stranger", false)
-	if _, err := apiRun(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert, "--client-cert", ocert, "--client-key", okey); err == nil {
+	if _, err := runFirmcast(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert, "--client-cert", ocert, "--client-key", okey); err == nil {
 		t.Fatal("a client with another CA's certificate was served")
 	}
 	ccert, cckey := pki.issue(t, "operator", false)
-	if out, err := apiRun(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert, "--client-cert", ccert, "--client-key", cckey); err != nil {
+	if out, err := runFirmcast(t, "device", "list", "--server", url, "--api-key", key, "--ca", pki.caCert, "--client-cert", ccert, "--client-key", cckey); err != nil {
 		t.Fatalf("client with a certificate of the CA: %v %s", err, out)
 	}
 }
