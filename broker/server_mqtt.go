@@ -228,9 +228,10 @@ func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect}, []byte{b})
 }
 
-// OnConnectAuthenticate: user name + secret must authenticate, and a
-// device must use its device id as client id (so no client can take over
-// another device's session).
+// OnConnectAuthenticate: user name + secret must authenticate, a device
+// must use its device id as client id (so no client can take over
+// another device's session), and a service may not connect at all (it
+// calls the campaign API over NATS only).
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -241,6 +242,10 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 	}
 	if id.Role == RoleDevice && cl.ID != id.Device {
 		h.log.Info("mqtt client refused: device client id must be its device id", "client", cl.ID, "user", id.Username)
+		return false
+	}
+	if id.Role == RoleService {
+		h.log.Info("mqtt client refused: service identities use NATS only", "client", cl.ID, "user", id.Username)
 		return false
 	}
 	h.ids.Store(cl, id)
