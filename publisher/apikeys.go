@@ -101,8 +101,19 @@ func tokenID(tok string) string {
 	return bootstrapKeyID
 }
 
+// API keys change only through the methods below (CreateAPIKey,
+// ensureBootstrapKey, RevokeAPIKey), each of which appends an audit entry:
+// a key is never created before its entry is in the audit log (if the
+// entry cannot be appended, the key is not created), and a revocation,
+// which must never wait, is audited right after it takes effect (a
+// failure to audit it is returned). On the broker, only the publisher's
+// own (backend) identity may write the key bucket or the audit stream
+// (broker.NATSPermissions).
+
 // CreateAPIKey makes a new key with the given scopes and returns its token,
-// which is shown only now. Errors: ErrInvalid.
+// which is shown only now. The audit entry is appended first; without it
+// no key is created (the audit log's error is returned). Errors:
+// ErrInvalid.
 func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string, scopes []Scope) (string, APIKey, error) {
 	if name == "" || len(name) > 128 {
 		return "", APIKey{}, fmt.Errorf("%w: key name must be 1..128 bytes", ErrInvalid)
@@ -125,23 +136,37 @@ func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string
 	}
 	tok := tokenPrefix + "_" + k.ID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
 	k.Hash = hashToken(tok)
+	if err := p.appendAudit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes)); err != nil {
+		return "", APIKey{}, fmt.Errorf("publisher: API key not created: %w", err)
+	}
 	if _, err := createJSON(ctx, p.st.keys, "api key", k.ID, k); err != nil {
+		p.audit(ctx, who, "apikey.create-failed", k.ID, err.Error())
 		return "", APIKey{}, err
 	}
-	p.audit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes))
 	return tok, k, nil
 }
 
 // ensureBootstrapKey registers tok as an admin key unless one with its id
-// already exists.
+// already exists. Like CreateAPIKey, it appends the audit entry
+// (apikey.bootstrap) before the key exists, and registers nothing when
+// it cannot.
 func (p *Publisher) ensureBootstrapKey(ctx context.Context, tok string) error {
 	k := APIKey{ID: tokenID(tok), Name: "bootstrap", Scopes: []Scope{ScopeAdmin}, Hash: hashToken(tok), Created: p.cfg.Clock.Now().UTC(), CreatedBy: "config"}
+	var old APIKey
+	if _, err := getJSON(ctx, p.st.keys, "api key", k.ID, &old); err == nil {
+		return nil
+	} else if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if err := p.appendAudit(ctx, System, "apikey.bootstrap", k.ID, "registering the configured bootstrap key"); err != nil {
+		return fmt.Errorf("publisher: bootstrap key not registered: %w", err)
+	}
 	_, err := createJSON(ctx, p.st.keys, "api key", k.ID, k)
 	if errors.Is(err, ErrExists) {
-		return nil
+		return nil // another instance registered it, with its own entry
 	}
-	if err == nil {
-		p.audit(ctx, System, "apikey.bootstrap", k.ID, "")
+	if err != nil {
+		p.audit(ctx, System, "apikey.bootstrap-failed", k.ID, err.Error())
 	}
 	return err
 }
@@ -186,7 +211,10 @@ func (p *Publisher) APIKeys(ctx context.Context) ([]APIKey, error) {
 }
 
 // RevokeAPIKey revokes key id; it is kept, marked revoked, for the audit
-// trail. Errors: ErrNotFound, ErrState when already revoked.
+// trail. The revocation takes effect first and is then audited; when the
+// audit entry cannot be appended the key stays revoked and the audit
+// log's error is returned. Errors: ErrNotFound, ErrState when already
+// revoked.
 func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) error {
 	if !kvSafe(id) {
 		return fmt.Errorf("%w: key id %q", ErrInvalid, id)
@@ -199,8 +227,11 @@ func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) 
 		k.Revoked = &now
 		return nil
 	})
-	if err == nil {
-		p.audit(ctx, who, "apikey.revoke", id, "")
+	if err != nil {
+		return err
 	}
-	return err
+	if err := p.appendAudit(ctx, who, "apikey.revoke", id, ""); err != nil {
+		return fmt.Errorf("publisher: API key %s revoked, but not audited: %w", id, err)
+	}
+	return nil
 }

@@ -24,6 +24,13 @@ type AuditEntry struct {
 // audit appends an entry. A failure to audit is logged and counted, not
 // returned: the operation it records has already taken effect.
 func (p *Publisher) audit(ctx context.Context, who Principal, action, target, detail string) {
+	_ = p.appendAudit(ctx, who, action, target, detail)
+}
+
+// appendAudit appends an entry and waits for the stream's
+// acknowledgement; a failure is logged, counted and returned (key changes
+// are refused without their entry: apikeys.go).
+func (p *Publisher) appendAudit(ctx context.Context, who Principal, action, target, detail string) error {
 	e := AuditEntry{Time: p.cfg.Clock.Now().UTC(), Actor: who.Name, KeyID: who.KeyID, Action: action, Target: target, Detail: detail}
 	b, _ := json.Marshal(e)
 	pctx, cancel := opCtx(ctx)
@@ -31,7 +38,9 @@ func (p *Publisher) audit(ctx context.Context, who Principal, action, target, de
 	if _, err := p.cfg.JetStream.Publish(pctx, p.st.auditSubj, b); err != nil {
 		p.met.auditErrors.Inc()
 		p.log.Error("audit log append failed", "action", action, "target", target, "err", err)
+		return fmt.Errorf("publisher: audit log append (%s %s): %w", action, target, err)
 	}
+	return nil
 }
 
 // Audit returns up to limit of the most recent audit entries, oldest first.
