@@ -14,8 +14,9 @@ import (
 //   - a device may subscribe only to its own notice topic, its own chunk
 //     reply topic, its class's announce topic, and image chunk broadcasts
 //     (root/v1/img/<digest or +>/chunks);
-//   - a device may publish only its own reports and chunk requests
-//     (root/v1/img/<digest>/req);
+//   - a device may publish only its own reports and its own chunk
+//     requests (root/v1/dev/<device>/req), so the topic of a request
+//     names its requester;
 //   - a service identity may do nothing on MQTT (the embedded broker
 //     refuses its CONNECT, the mosquitto export leaves it out): it calls
 //     the campaign API over NATS only (NATSPermissions), where it may
@@ -49,11 +50,12 @@ func (p Policy) Allow(id Identity, topic string, write bool) bool {
 			return false
 		}
 		if write {
-			if rep, err := p.Topics.Report(id.Device); err == nil && topic == rep.MQTT {
-				return true
+			for _, f := range []func(string) (schemas.Topic, error){p.Topics.Report, p.Topics.ChunkRequestsFrom} {
+				if t, err := f(id.Device); err == nil && topic == t.MQTT {
+					return true
+				}
 			}
-			d, ok := imageSegment(root, topic, "req")
-			return ok && d != "+"
+			return false
 		}
 		for _, f := range []func(string) (schemas.Topic, error){p.Topics.Notice, p.Topics.ChunkReply} {
 			if t, err := f(id.Device); err == nil && topic == t.MQTT {

@@ -120,6 +120,13 @@ func TestACL(t *testing.T) {
 	}
 }
 
+// imageRequestTopic is the per-image chunk request topic devices used
+// before requests moved to per-device topics (root/v1/img/<digest>/req):
+// nothing may publish there any more.
+func imageRequestTopic(topics schemas.Topics, digest string) schemas.Topic {
+	return schemas.Topic{MQTT: topics.Root() + "/v1/img/" + digest + "/req", NATS: strings.ReplaceAll(topics.Root(), "/", ".") + ".v1.img." + digest + ".req"}
+}
+
 // everything is the backend's view of the whole root.
 func everything(topics schemas.Topics) schemas.Topic {
 	return schemas.Topic{MQTT: topics.Root() + "/#", NATS: strings.ReplaceAll(topics.Root(), "/", ".") + ".>"}
@@ -150,6 +157,8 @@ func testDeniedPublishes(t *testing.T, topics schemas.Topics, backend, dev1 brok
 		{"other device's chunk reply", must(topics.ChunkReply("dev2")), broker.FamilyChunk},
 		{"other device's report", must(topics.Report("dev2")), broker.FamilyReport},
 		{"class announcement", must(topics.Announce("sensor")), broker.FamilyNotice},
+		{"other device's chunk requests", must(topics.ChunkRequestsFrom("dev2")), broker.FamilyChunkRequest},
+		{"image chunk request topic", imageRequestTopic(topics, imageDigest), broker.FamilyChunkRequest},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -184,7 +193,7 @@ func testDeniedPublishes(t *testing.T, topics schemas.Topics, backend, dev1 brok
 	t.Run("chunk request allowed", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		req := must(topics.ChunkRequests(imageDigest))
+		req := must(topics.ChunkRequestsFrom("dev1"))
 		if err := dev1.Publish(ctx, req, []byte("want-chunks"), broker.PublishOptions{Family: broker.FamilyChunkRequest}); err != nil {
 			t.Fatal(err)
 		}

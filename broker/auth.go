@@ -163,6 +163,17 @@ func (s *CredentialStore) AddHashed(c Credential) error {
 	return nil
 }
 
+// Remove deletes the credential of username and reports whether there
+// was one. Live sessions are not affected: the embedded servers'
+// Disconnect ends them.
+func (s *CredentialStore) Remove(username string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.creds[username]
+	delete(s.creds, username)
+	return ok
+}
+
 // Authenticate implements Authenticator.
 func (s *CredentialStore) Authenticate(_ context.Context, username, secret string) (Identity, error) {
 	s.mu.RLock()

@@ -16,8 +16,13 @@ import (
 )
 
 // MosquittoIterations is the PBKDF2 iteration count of the password
-// hashes MosquittoConfig writes (mosquitto_passwd's own default is 101).
-const MosquittoIterations = 1000
+// hashes MosquittoConfig writes and the device registry stores: 101,
+// mosquitto_passwd's own default. It is low on purpose: device and
+// backend secrets hold at least 128 random bits, so a slow hash adds no
+// protection against guessing, while every CONNECT, a garbage one
+// included, costs the broker one PBKDF2 (mosquitto on its one thread).
+// docs/SECURITY.md and docs/RELIABILITY.md give the figures.
+const MosquittoIterations = 101
 
 // MosquittoSpec is what MosquittoConfig exports. It is taken by value.
 type MosquittoSpec struct {
@@ -195,7 +200,7 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 	}
 	b.WriteString("# Devices (user name = device id): own notices, own chunk replies,\n")
 	b.WriteString("# class announcements, image chunk broadcasts; publish own reports and\n")
-	b.WriteString("# chunk requests. Patterns apply to every user, so the file does not grow\n")
+	b.WriteString("# own chunk requests. Patterns apply to every user, so the file does not grow\n")
 	b.WriteString("# with the fleet.\n")
 	for _, l := range []string{
 		"read " + root + "/v1/dev/%u/notice",
@@ -203,7 +208,7 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 		"read " + root + "/v1/class/+/announce",
 		"read " + root + "/v1/img/+/chunks",
 		"write " + root + "/v1/dev/%u/report",
-		"write " + root + "/v1/img/+/req",
+		"write " + root + "/v1/dev/%u/req",
 	} {
 		b.WriteString("pattern " + l + "\n")
 	}

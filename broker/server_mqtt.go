@@ -296,3 +296,30 @@ func (h minLevel) WithAttrs(as []slog.Attr) slog.Handler {
 }
 
 func (h minLevel) WithGroup(g string) slog.Handler { return minLevel{h.min, h.Handler.WithGroup(g)} }
+
+// Disconnect closes every live session of the client whose user name or
+// client id is user (a device: its device id), with reason "not
+// authorized", and returns how many it closed. It is how a device removed
+// from the registry loses its live connections: Authenticate refuses it
+// from then on, so it cannot come back. Safe for concurrent use; a server
+// not started or shut down has none (0).
+func (s *MQTTServer) Disconnect(user string) int {
+	s.mu.Lock()
+	started := s.st == 1
+	s.mu.Unlock()
+	if !started || user == "" {
+		return 0
+	}
+	n := 0
+	for id, cl := range s.srv.Clients.GetAll() {
+		if cl.Net.Inline || (id != user && string(cl.Properties.Username) != user) || cl.Closed() {
+			continue
+		}
+		_ = s.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		n++
+	}
+	if n > 0 {
+		s.cfg.Logger.Info("mqtt sessions closed", "user", user, "sessions", n)
+	}
+	return n
+}

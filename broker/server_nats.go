@@ -356,7 +356,9 @@ func natsDevicePermissions(t schemas.Topics, id Identity) *server.Permissions {
 	if r, err := t.Report(id.Device); err == nil {
 		pub = append(pub, r.NATS)
 	}
-	pub = append(pub, root+"v1.img.*.req")
+	if r, err := t.ChunkRequestsFrom(id.Device); err == nil {
+		pub = append(pub, r.NATS)
+	}
 	if n, err := t.Notice(id.Device); err == nil {
 		sub = append(sub, n.NATS)
 		pub = append(pub, directGetSubject(NoticeStreamName(t), n.NATS))
@@ -377,4 +379,42 @@ func natsDevicePermissions(t schemas.Topics, id Identity) *server.Permissions {
 		Publish:   &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: sub},
 	}
+}
+
+// Disconnect closes every live client connection authenticated as user
+// (a device: its device id) and returns how many it closed. It is how a
+// device removed from the registry loses its live connections: the
+// Authenticator refuses it from then on, so it cannot come back. Safe for
+// concurrent use; a server not started or shut down has none (0).
+func (s *NATSServer) Disconnect(user string) int {
+	s.mu.Lock()
+	started := s.st == 1
+	s.mu.Unlock()
+	if !started || user == "" {
+		return 0
+	}
+	var cids []uint64
+	for off := 0; ; {
+		cz, err := s.srv.Connz(&server.ConnzOptions{User: user, Username: true, Offset: off, Limit: 1024})
+		if err != nil {
+			break
+		}
+		for _, c := range cz.Conns {
+			cids = append(cids, c.Cid)
+		}
+		if len(cz.Conns) < 1024 {
+			break
+		}
+		off += len(cz.Conns)
+	}
+	n := 0
+	for _, cid := range cids {
+		if s.srv.DisconnectClientByID(cid) == nil {
+			n++
+		}
+	}
+	if n > 0 {
+		s.cfg.Logger.Info("nats connections closed", "user", user, "connections", n)
+	}
+	return n
 }

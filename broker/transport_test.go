@@ -333,7 +333,7 @@ func testShared(t *testing.T, b testBroker) {
 			t.Fatal(err)
 		}
 	}
-	req, _ := topics.ChunkRequests(imageDigest)
+	req, _ := topics.ChunkRequestsFrom("dev1")
 	const n = 20
 	for i := range n {
 		publish(t, pub, req, fmt.Appendf(nil, "req-%d", i), broker.PublishOptions{Family: broker.FamilyChunkRequest})
@@ -391,7 +391,18 @@ func testRetainedAfterRestart(t *testing.T, b testBroker) {
 	deadline := time.Now().Add(20 * time.Second)
 	for i := 0; ; i++ {
 		want := fmt.Sprintf("n-after-%d", i)
-		publish(t, backend, notice, []byte(want), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+		// Right after the restart a publish may wait for the connection
+		// (and JetStream) to come back: retry within the deadline.
+		pctx, pcancel := context.WithDeadline(context.Background(), deadline)
+		err := backend.Publish(pctx, notice, []byte(want), broker.PublishOptions{Family: broker.FamilyNotice, Retain: true})
+		pcancel()
+		if err != nil {
+			if time.Now().After(deadline) {
+				t.Fatalf("no retained publish accepted within 20s of the broker restart: %v", err)
+			}
+			<-time.After(100 * time.Millisecond) // back off before the next try
+			continue
+		}
 		select {
 		case m := <-ch:
 			if !bytes.HasPrefix(m.Payload, []byte("n-after-")) && string(m.Payload) != "n-before" {

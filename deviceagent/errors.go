@@ -2,7 +2,6 @@ package deviceagent
 
 import (
 	"errors"
-	"strings"
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/fetcher"
@@ -41,42 +40,23 @@ func transient(code schemas.ErrCode, err error) error {
 	return &updateError{code: code, transient: true, err: err}
 }
 
-// classify maps an error from suit, fetcher or bootctl to a report code
-// and whether a retry can help.
+// classify maps an error of the agent, fetcher or bootctl, or of the SUIT
+// processor, to a report code and whether a retry can help. It matches
+// sentinels only (errors.Is/As, never message text): the agent's own and
+// those of fetcher and bootctl first (a SUIT command error may wrap a
+// fetch error), then suit.Code, the one map of SUIT errors.
 func classify(err error) (schemas.ErrCode, bool) {
 	var ue *updateError
 	if errors.As(err, &ue) {
 		return ue.code, ue.transient
 	}
-	msg := err.Error()
 	switch {
-	case errors.Is(err, suit.ErrUntrusted):
-		return schemas.CodeUntrustedKey, false
-	case errors.Is(err, suit.ErrDigestMismatch), errors.Is(err, suit.ErrSeveredDigest):
-		return schemas.CodeSignature, false
-	case errors.Is(err, suit.ErrMalformed), errors.Is(err, suit.ErrTruncated), errors.Is(err, suit.ErrDuplicateKey):
-		return schemas.CodeMalformed, false
-	case errors.Is(err, suit.ErrRollback):
-		return schemas.CodeRollback, false
-	case errors.Is(err, suit.ErrExpired):
-		return schemas.CodeExpired, false
-	case errors.Is(err, suit.ErrConditionFailed):
-		switch {
-		case strings.Contains(msg, "vendor-identifier"):
-			return schemas.CodeVendorMismatch, false
-		case strings.Contains(msg, "class-identifier"):
-			return schemas.CodeClassMismatch, false
-		case strings.Contains(msg, "device-identifier"):
-			return schemas.CodeDeviceMismatch, false
-		case strings.Contains(msg, "image-match"):
-			return schemas.CodeDigest, false
-		}
-		return schemas.CodeUnsupported, false
-	case errors.Is(err, suit.ErrTooLarge), errors.Is(err, bootctl.ErrTooLarge):
+	case errors.Is(err, ErrHealth):
+		return schemas.CodeBootFailed, false
+	case errors.Is(err, bootctl.ErrTooLarge):
 		return schemas.CodeSize, false
-	case errors.Is(err, suit.ErrUnsupported), errors.Is(err, suit.ErrUnknownCommand), errors.Is(err, suit.ErrParameter),
-		errors.Is(err, suit.ErrAborted):
-		return schemas.CodeUnsupported, false
+	case errors.Is(err, bootctl.ErrBelowFloor):
+		return schemas.CodeRollback, false
 	case errors.Is(err, fetcher.ErrDigest), errors.Is(err, bootctl.ErrDigestMismatch):
 		return schemas.CodeDigest, false
 	case errors.Is(err, fetcher.ErrNoSource) && errors.Is(err, fetcher.ErrBadChunk):
@@ -89,8 +69,9 @@ func classify(err error) (schemas.ErrCode, bool) {
 		return schemas.CodeSlotFull, true
 	case errors.Is(err, fetcher.ErrSink):
 		return schemas.CodeInternal, true
-	case errors.Is(err, ErrHealth):
-		return schemas.CodeBootFailed, false
+	}
+	if c := suit.Code(err); c != schemas.CodeInternal {
+		return c, c == schemas.CodeTimeout
 	}
 	return schemas.CodeInternal, true
 }

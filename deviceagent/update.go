@@ -69,33 +69,35 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, err
 	}
-	d, ok := m.ImageDigest()
-	size, ok2 := m.ImageSize()
-	if !ok || !ok2 || d.Alg != suit.AlgSHA256 {
-		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest sets no SHA-256 image digest and size"))
+	im, err := fetchImage(m)
+	if err != nil {
+		return nil, false, err
 	}
-	if _, ok := m.ChunkInfo(); !ok {
-		return nil, false, permanent(schemas.CodeUnsupported, errors.New("manifest has no firmcast chunk parameter"))
+	if !bytes.Equal(im.Digest, img) {
+		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], im.Digest[:8]))
 	}
-	if !bytes.Equal(d.Bytes, img) {
-		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], d.Bytes[:8]))
-	}
-	if active.Valid && bytes.Equal(active.Digest[:], d.Bytes) {
+	if active.Valid && bytes.Equal(active.Digest[:], im.Digest) {
 		return m, true, nil
 	}
 	if active.Valid && m.Seq <= active.Version {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
 	}
-	// The candidate's security counter is its sequence number; bootctl
-	// never boots one below the anti-rollback floor.
-	if st, err := a.cfg.Boot.Status(); err == nil && m.Seq < st.Floor {
-		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d below the anti-rollback floor %d", suit.ErrRollback, m.Seq, st.Floor))
+	// The candidate's security counter is the manifest's security version
+	// (not its sequence number, which is a signing time); bootctl never
+	// boots one below the anti-rollback floor. Without one, the floor is
+	// kept (securityCounter).
+	sv, svSet, err := m.SecurityVersion()
+	if err != nil {
+		return nil, false, permanent(schemas.CodeMalformed, err)
 	}
-	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); size > capacity {
-		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", size, capacity))
+	if st, err := a.cfg.Boot.Status(); err == nil && svSet && sv < st.Floor {
+		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: security version %d below the anti-rollback floor %d", suit.ErrRollback, sv, st.Floor))
+	}
+	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); im.Size > capacity {
+		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", im.Size, capacity))
 	}
 	a.mu.Lock()
-	a.st.Seq, a.st.Size = m.Seq, size
+	a.st.Seq, a.st.Size = m.Seq, im.Size
 	a.mu.Unlock()
 	return m, false, nil
 }
@@ -139,18 +141,39 @@ func (a *Agent) install(ctx context.Context) error {
 	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, note)
 }
 
+// fetchImage is what the fetcher needs of a verified manifest: the signed
+// image digest and size, chunk size and chunk-table digest, each present
+// and SHA-256, or a permanent CodeUnsupported error naming what is
+// missing. It is the one place the agent reads them.
+func fetchImage(m *suit.Manifest) (fetcher.Image, error) {
+	d, ok := m.ImageDigest()
+	size, ok2 := m.ImageSize()
+	if !ok || !ok2 || d.Alg != suit.AlgSHA256 {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, errors.New("manifest sets no SHA-256 image digest and size"))
+	}
+	ci, ok := m.ChunkInfo()
+	if !ok {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, errors.New("manifest has no firmcast chunk parameter"))
+	}
+	if ci.TableDigest.Alg != suit.AlgSHA256 {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, fmt.Errorf("chunk-table digest algorithm %d, want SHA-256", ci.TableDigest.Alg))
+	}
+	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
+	if err := im.Validate(); err != nil {
+		return fetcher.Image{}, permanent(schemas.CodeUnsupported, err)
+	}
+	return im, nil
+}
+
 // download fetches the image into the candidate slot (called by the
 // processor through target.Fetch).
 func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
-	d, _ := m.ImageDigest()
-	size, _ := m.ImageSize()
-	ci, _ := m.ChunkInfo()
-	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
-	if err := im.Validate(); err != nil {
-		return permanent(schemas.CodeUnsupported, err)
+	im, err := fetchImage(m)
+	if err != nil {
+		return err
 	}
 	srcs, plan := a.sources(m)
-	srcs, err := a.downloadAllowed(ctx, m, srcs)
+	srcs, err = a.downloadAllowed(ctx, m, srcs)
 	if err != nil {
 		return err
 	}
@@ -159,7 +182,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	a.mu.Unlock()
 	var cand *bootctl.Candidate
 	if open {
-		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, size)
+		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, im.Size)
 		if err != nil {
 			return err
 		}
@@ -180,7 +203,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		if err := fetcher.Discard(a.fetchTo); err != nil {
 			return transient(schemas.CodeInternal, err)
 		}
-		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, size); err != nil {
+		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, im.Size); err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -244,7 +267,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return err
 	}
 	a.mu.Lock()
-	a.st.Bytes = size
+	a.st.Bytes = im.Size
 	a.dropped = ""
 	for _, s := range srcs {
 		if bs, ok := s.(*fetcher.BrokerSource); ok && bs.Dropped > 0 {
@@ -413,7 +436,11 @@ func (a *Agent) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: st.Seq, Campaign: st.Campaign, Envelope: st.Envelope}
+	counter, err := a.securityCounter(st.Envelope)
+	if err != nil {
+		return err
+	}
+	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], st.Image)
 	if err := cand.Commit(ctx, info); err != nil {
 		return err
@@ -422,6 +449,35 @@ func (a *Agent) commit(ctx context.Context) error {
 		a.log.Warn("discarding fetch progress", "err", err)
 	}
 	return a.setState(ctx, schemas.StateStaged, schemas.CodeNone, fmt.Sprintf("slot %d", st.Slot))
+}
+
+// securityCounter is the anti-rollback counter of the candidate whose
+// (verified, persisted) envelope is env: the manifest's security version,
+// or, when it sets none, the current floor, so that confirming it leaves
+// the floor where it is.
+func (a *Agent) securityCounter(env []byte) (uint64, error) {
+	var m *suit.Manifest
+	var err error
+	if len(env) > 0 {
+		m, err = suit.Decode(env)
+	}
+	if err != nil {
+		return 0, permanent(schemas.CodeMalformed, err)
+	}
+	if m != nil {
+		sv, set, err := m.SecurityVersion()
+		if err != nil {
+			return 0, permanent(schemas.CodeMalformed, err)
+		}
+		if set {
+			return sv, nil
+		}
+	}
+	st, err := a.cfg.Boot.Status()
+	if err != nil {
+		return 0, err
+	}
+	return st.Floor, nil
 }
 
 // reboot checks the install policy and hands over to the bootloader.

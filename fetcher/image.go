@@ -3,6 +3,7 @@ package fetcher
 import (
 	"bytes"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
 
@@ -89,7 +90,7 @@ func BuildTable(img []byte, chunkSize uint32) (*schemas.ChunkTable, error) {
 // must describe im. Errors wrap ErrChunkTable.
 func DecodeTable(im Image, b []byte) (*schemas.ChunkTable, error) {
 	d := sha256.Sum256(b)
-	if !bytes.Equal(d[:], im.TableDigest) {
+	if subtle.ConstantTimeCompare(d[:], im.TableDigest) != 1 {
 		return nil, fmt.Errorf("%w: digest %x does not match the manifest's %x", ErrChunkTable, d[:8], im.TableDigest[:8])
 	}
 	var t schemas.ChunkTable

@@ -77,7 +77,8 @@ type BrokerConfig struct {
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
 // broadcast chunk topic and on the device's chunk reply topic, and asks for
-// what it still lacks with chunk requests carrying its bitmap. Received
+// what it still lacks with chunk requests carrying its bitmap, on the
+// device's own request topic (schemas.Topics.ChunkRequestsFrom). Received
 // messages that are not a chunk of the image (garbage, another image, an
 // index out of range) are counted in Dropped and ignored.
 type BrokerSource struct {
@@ -218,7 +219,9 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 
 func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
 	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
-	rt, err := s.cfg.Topics.ChunkRequests(im.Hex())
+	// The device's own request topic: the only one the broker lets it
+	// publish requests on, and the one that tells the publisher who asks.
+	rt, err := s.cfg.Topics.ChunkRequestsFrom(s.cfg.Device)
 	if err != nil {
 		return err
 	}

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -69,16 +70,22 @@ func (p Principal) Can(s Scope) bool {
 // System is the principal of the publisher's own actions in the audit log.
 var System = Principal{KeyID: "system", Name: "system", Scopes: []Scope{ScopeAdmin}}
 
-// APIKey is a stored API key. The token itself is never stored, only its
-// SHA-256 (tokens are 256-bit random, so a fast hash is enough).
+// APIKey is an API key as the APIs show it: never the token, nor its
+// hash (apiKeyRecord).
 type APIKey struct {
 	ID        string     `json:"id"`
 	Name      string     `json:"name"`
 	Scopes    []Scope    `json:"scopes"`
-	Hash      string     `json:"hash"`
 	Created   time.Time  `json:"created"`
 	CreatedBy string     `json:"created_by,omitempty"`
 	Revoked   *time.Time `json:"revoked,omitempty"`
+}
+
+// apiKeyRecord is an API key as stored: the token itself never is, only
+// its salted hash (hashToken), which never leaves the publisher.
+type apiKeyRecord struct {
+	APIKey
+	Hash string `json:"hash"`
 }
 
 const tokenPrefix = "fck"
@@ -87,9 +94,39 @@ const tokenPrefix = "fck"
 // when that is not a token of the fck_<id>_<secret> form.
 const bootstrapKeyID = "bootstrap"
 
+// hashToken returns the stored form of a token: "hmac-sha256$<salt>$<mac>",
+// an HMAC-SHA256 of the token keyed with a 16-byte random salt (both
+// standard base64). Tokens hold at least 128 random bits (generated keys
+// 256, the bootstrap key is checked), so one keyed hash is enough: the
+// salt keeps equal tokens from having equal hashes and precomputed
+// tables from applying.
 func hashToken(tok string) string {
-	s := sha256.Sum256([]byte(tok))
-	return hex.EncodeToString(s[:])
+	salt := make([]byte, 16)
+	rand.Read(salt)
+	return "hmac-sha256$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(tokenMAC(salt, tok))
+}
+
+func tokenMAC(salt []byte, tok string) []byte {
+	m := hmac.New(sha256.New, salt)
+	m.Write([]byte(tok))
+	return m.Sum(nil)
+}
+
+// verifyToken reports, in constant time, whether tok matches stored: a
+// hashToken form, or the unsalted hex SHA-256 keys were stored as before
+// (still read, never written).
+func verifyToken(stored, tok string) bool {
+	if rest, ok := strings.CutPrefix(stored, "hmac-sha256$"); ok {
+		saltB64, macB64, ok := strings.Cut(rest, "$")
+		salt, err1 := base64.StdEncoding.DecodeString(saltB64)
+		want, err2 := base64.StdEncoding.DecodeString(macB64)
+		if !ok || err1 != nil || err2 != nil || len(salt) == 0 {
+			return false
+		}
+		return hmac.Equal(tokenMAC(salt, tok), want)
+	}
+	sum := sha256.Sum256([]byte(tok))
+	return subtle.ConstantTimeCompare([]byte(stored), []byte(hex.EncodeToString(sum[:]))) == 1
 }
 
 // tokenID returns the key id a token names.
@@ -135,33 +172,54 @@ func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string
 		Created: p.cfg.Clock.Now().UTC(), CreatedBy: who.Name,
 	}
 	tok := tokenPrefix + "_" + k.ID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
-	k.Hash = hashToken(tok)
 	if err := p.appendAudit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes)); err != nil {
 		return "", APIKey{}, fmt.Errorf("publisher: API key not created: %w", err)
 	}
-	if _, err := createJSON(ctx, p.st.keys, "api key", k.ID, k); err != nil {
+	if _, err := createJSON(ctx, p.st.keys, "api key", k.ID, apiKeyRecord{APIKey: k, Hash: hashToken(tok)}); err != nil {
 		p.audit(ctx, who, "apikey.create-failed", k.ID, err.Error())
 		return "", APIKey{}, err
 	}
 	return tok, k, nil
 }
 
-// ensureBootstrapKey registers tok as an admin key unless one with its id
-// already exists. Like CreateAPIKey, it appends the audit entry
-// (apikey.bootstrap) before the key exists, and registers nothing when
-// it cannot.
+// CheckBootstrapKey refuses a bootstrap key that cannot hold 128 random
+// bits (the rule of CheckSecretStrength). Errors wrap ErrInvalid.
+func CheckBootstrapKey(tok string) error {
+	return checkStrength("bootstrap API key", tok, "for example `openssl rand -hex 32`")
+}
+
+// ensureBootstrapKey registers tok (Config.BootstrapKey) as an admin key
+// when no key with its id exists: the id named by a fck_<id>_<secret>
+// token, or "bootstrap" for any other token. A key with that id that
+// exists already is left as it is, revoked or not, so a revoked bootstrap
+// key stays revoked across restarts; when its hash is not tok's, the
+// configured key is not the one registered and a warning says so. Like
+// CreateAPIKey, it appends the audit entry (apikey.bootstrap) before the
+// key exists, and registers nothing when it cannot. tok must pass
+// CheckBootstrapKey (ErrInvalid).
 func (p *Publisher) ensureBootstrapKey(ctx context.Context, tok string) error {
-	k := APIKey{ID: tokenID(tok), Name: "bootstrap", Scopes: []Scope{ScopeAdmin}, Hash: hashToken(tok), Created: p.cfg.Clock.Now().UTC(), CreatedBy: "config"}
-	var old APIKey
-	if _, err := getJSON(ctx, p.st.keys, "api key", k.ID, &old); err == nil {
+	if err := CheckBootstrapKey(tok); err != nil {
+		return err
+	}
+	k := apiKeyRecord{
+		APIKey: APIKey{ID: tokenID(tok), Name: "bootstrap", Scopes: []Scope{ScopeAdmin}, Created: p.cfg.Clock.Now().UTC(), CreatedBy: "config"},
+		Hash:   hashToken(tok),
+	}
+	var cur apiKeyRecord
+	_, err := getJSON(ctx, p.st.keys, "api key", k.ID, &cur)
+	if err == nil {
+		if !verifyToken(cur.Hash, tok) {
+			p.log.Warn("the configured bootstrap API key is not the one registered under its id; it was not registered", "key_id", k.ID)
+		}
 		return nil
-	} else if !errors.Is(err, ErrNotFound) {
+	}
+	if !errors.Is(err, ErrNotFound) {
 		return err
 	}
 	if err := p.appendAudit(ctx, System, "apikey.bootstrap", k.ID, "registering the configured bootstrap key"); err != nil {
 		return fmt.Errorf("publisher: bootstrap key not registered: %w", err)
 	}
-	_, err := createJSON(ctx, p.st.keys, "api key", k.ID, k)
+	_, err = createJSON(ctx, p.st.keys, "api key", k.ID, k)
 	if errors.Is(err, ErrExists) {
 		return nil // another instance registered it, with its own entry
 	}
@@ -177,14 +235,14 @@ func (p *Publisher) Authenticate(ctx context.Context, tok string) (Principal, er
 	if tok == "" {
 		return Principal{}, fmt.Errorf("%w: no API key given", ErrUnauthorized)
 	}
-	var k APIKey
+	var k apiKeyRecord
 	if _, err := getJSON(ctx, p.st.keys, "api key", tokenID(tok), &k); err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return Principal{}, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
 		}
 		return Principal{}, err
 	}
-	if subtle.ConstantTimeCompare([]byte(k.Hash), []byte(hashToken(tok))) != 1 {
+	if !verifyToken(k.Hash, tok) {
 		return Principal{}, fmt.Errorf("%w: unknown API key", ErrUnauthorized)
 	}
 	if k.Revoked != nil {
@@ -193,7 +251,7 @@ func (p *Publisher) Authenticate(ctx context.Context, tok string) (Principal, er
 	return Principal{KeyID: k.ID, Name: k.Name, Scopes: k.Scopes}, nil
 }
 
-// APIKeys lists the keys (hashes included, tokens never), oldest first.
+// APIKeys lists the keys (neither tokens nor their hashes), oldest first.
 func (p *Publisher) APIKeys(ctx context.Context) ([]APIKey, error) {
 	ids, err := listKeys(ctx, p.st.keys)
 	if err != nil {
@@ -201,9 +259,9 @@ func (p *Publisher) APIKeys(ctx context.Context) ([]APIKey, error) {
 	}
 	out := make([]APIKey, 0, len(ids))
 	for _, id := range ids {
-		var k APIKey
+		var k apiKeyRecord
 		if _, err := getJSON(ctx, p.st.keys, "api key", id, &k); err == nil {
-			out = append(out, k)
+			out = append(out, k.APIKey)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Created.Before(out[j].Created) })
@@ -220,7 +278,7 @@ func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) 
 		return fmt.Errorf("%w: key id %q", ErrInvalid, id)
 	}
 	now := p.cfg.Clock.Now().UTC()
-	_, _, err := mutateJSON(ctx, p.st.keys, "api key", id, func(k *APIKey) error {
+	_, _, err := mutateJSON(ctx, p.st.keys, "api key", id, func(k *apiKeyRecord) error {
 		if k.Revoked != nil {
 			return fmt.Errorf("%w: API key %s already revoked", ErrState, id)
 		}

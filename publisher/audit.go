@@ -22,7 +22,10 @@ type AuditEntry struct {
 }
 
 // audit appends an entry. A failure to audit is logged and counted, not
-// returned: the operation it records has already taken effect.
+// returned: the operation it records has already taken effect. The
+// append carries a Nats-Msg-Id unique to the entry, so that when it times
+// out and is sent again (withRetry) the server drops the copy of one that
+// did arrive: an entry is recorded once.
 func (p *Publisher) audit(ctx context.Context, who Principal, action, target, detail string) {
 	_ = p.appendAudit(ctx, who, action, target, detail)
 }
@@ -33,9 +36,12 @@ func (p *Publisher) audit(ctx context.Context, who Principal, action, target, de
 func (p *Publisher) appendAudit(ctx context.Context, who Principal, action, target, detail string) error {
 	e := AuditEntry{Time: p.cfg.Clock.Now().UTC(), Actor: who.Name, KeyID: who.KeyID, Action: action, Target: target, Detail: detail}
 	b, _ := json.Marshal(e)
-	pctx, cancel := opCtx(ctx)
-	defer cancel()
-	if _, err := p.cfg.JetStream.Publish(pctx, p.st.auditSubj, b); err != nil {
+	id := randomID("audit")
+	err := withRetry(ctx, func(ctx context.Context, _ bool) error {
+		_, err := p.cfg.JetStream.Publish(ctx, p.st.auditSubj, b, jetstream.WithMsgID(id))
+		return err
+	})
+	if err != nil {
 		p.met.auditErrors.Inc()
 		p.log.Error("audit log append failed", "action", action, "target", target, "err", err)
 		return fmt.Errorf("publisher: audit log append (%s %s): %w", action, target, err)

@@ -32,7 +32,10 @@ func BenchmarkWaveEgress(b *testing.B) {
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newEnv(b)
-			p, _ := e.start(func(cfg *Config) { cfg.ChunkSize = 16 << 10; cfg.RepairBroadcastMin = 2 })
+			// Every round asks again: no byte budget applies here.
+			p, _ := e.start(func(cfg *Config) {
+				cfg.ChunkSize, cfg.RepairBroadcastMin, cfg.WaveHold, cfg.DeviceImageBudget = 16<<10, 2, -1, 1e9
+			})
 			data := randomImage(b, 1<<20)
 			img, _, err := p.UploadImage(context.Background(), e.who(p), "bench", bytes.NewReader(data))
 			if err != nil {
@@ -42,6 +45,11 @@ func BenchmarkWaveEgress(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			var ids []string
+			for i := range 100 {
+				ids = append(ids, fmt.Sprintf("d%03d", i))
+			}
+			camp := enrol(b, e, p, d.table, ids...)
 			loss := &lossModel{rate: c.rate, correlated: c.correlated}
 			loss.install(e.hub)
 			var waveX, totalX, rounds float64
@@ -61,10 +69,13 @@ func BenchmarkWaveEgress(b *testing.B) {
 				waitFor(b, time.Minute, func() string { return "wave" }, e.hub.Idle)
 				n := 0
 				for ; n < 50; n++ {
-					batch := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
+					batch := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, start: time.Now()}
 					for _, dv := range devs {
 						if !dv.complete() {
-							batch.reqs[dv.id] = dv.requestMsg()
+							r := dv.requestMsg()
+							r.Campaign = camp.ID
+							p.admit(camp.ID, dv.id) // as handleChunkRequest does
+							batch.reqs[dv.id] = r
 						}
 					}
 					if len(batch.reqs) == 0 {

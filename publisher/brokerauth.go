@@ -12,7 +12,10 @@ import (
 // registry: a registered device authenticates with its id as user name and
 // its secret, and gets the device role with its class. Any other user name
 // is passed to next (typically the backend accounts); with next nil it is
-// refused. Errors wrap broker.ErrNotAuthorized. Safe for concurrent use;
+// refused. A reserved name (CheckDeviceID: the built-in backend names and
+// Config.ReservedNames) always goes to next, so that no device record,
+// not even one registered before the names were reserved, can stand in
+// for a backend identity or lock it out. Errors wrap broker.ErrNotAuthorized. Safe for concurrent use;
 // each call reads the registry (one KV get, one PBKDF2).
 func (p *Publisher) DeviceAuthenticator(next broker.Authenticator) broker.Authenticator {
 	return &deviceAuth{p: p, next: next}
@@ -24,6 +27,9 @@ type deviceAuth struct {
 }
 
 func (a *deviceAuth) Authenticate(ctx context.Context, username, secret string) (broker.Identity, error) {
+	if CheckDeviceID(username, a.p.cfg.ReservedNames) != nil && checkName("device id", username) == nil {
+		return a.backend(ctx, username, secret)
+	}
 	d, ok, err := a.p.CheckDeviceSecret(ctx, username, secret)
 	if err != nil {
 		return broker.Identity{}, fmt.Errorf("%w: registry: %v", broker.ErrNotAuthorized, err)
@@ -34,6 +40,11 @@ func (a *deviceAuth) Authenticate(ctx context.Context, username, secret string) 
 		}
 		return broker.Identity{Username: d.ID, Role: broker.RoleDevice, Device: d.ID, Class: d.Class}, nil
 	}
+	return a.backend(ctx, username, secret)
+}
+
+// backend passes a user the registry does not hold to next.
+func (a *deviceAuth) backend(ctx context.Context, username, secret string) (broker.Identity, error) {
 	if a.next != nil {
 		return a.next.Authenticate(ctx, username, secret)
 	}
@@ -45,7 +56,7 @@ func (a *deviceAuth) Authenticate(ctx context.Context, username, secret string) 
 // stores secrets in mosquitto's PBKDF2-SHA512 format, so no clear secret
 // is needed. Backend accounts are added by the caller.
 func (p *Publisher) MosquittoPasswordLines(ctx context.Context) ([]string, error) {
-	devs, err := p.Devices(ctx)
+	devs, err := p.deviceRecords(ctx)
 	if err != nil {
 		return nil, err
 	}

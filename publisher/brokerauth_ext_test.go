@@ -34,7 +34,7 @@ func TestMosquittoReadsRegistryHashes(t *testing.T) {
 	st := stacktest.Start(t, stack.Config{Topics: testutil.UniqueTopics(t), NoMQTT: true})
 	p := st.Pub
 	ctx := context.Background()
-	if _, _, err := p.AddDevice(ctx, st.Admin, publisher.NewDevice{ID: "dev-1", Class: "sensor", Secret: "device-secret-1"}); err != nil {
+	if _, _, err := p.AddDevice(ctx, st.Admin, publisher.NewDevice{ID: "dev-1", Class: "sensor", Secret: "device-secret-1-0123456789abcdef"}); err != nil {
 		t.Fatal(err)
 	}
 	lines, err := p.MosquittoPasswordLines(ctx)
@@ -52,7 +52,7 @@ func TestMosquittoReadsRegistryHashes(t *testing.T) {
 		}
 		return err
 	}
-	if err := dial("device-secret-1"); err != nil {
+	if err := dial("device-secret-1-0123456789abcdef"); err != nil {
 		t.Errorf("mosquitto refused the registered secret: %v", err)
 	}
 	if err := dial("wrong-secret"); err == nil {

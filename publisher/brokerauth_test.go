@@ -12,7 +12,7 @@ func TestDeviceAuthenticator(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(nil)
 	ctx := context.Background()
-	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "s3cret-s3cret"}); err != nil {
+	if _, _, err := p.AddDevice(ctx, e.who(p), NewDevice{ID: "dev-1", Class: "sensor", Secret: "s3cret-s3cret-0123456789abcdef"}); err != nil {
 		t.Fatal(err)
 	}
 	backends := broker.NewCredentialStore()
@@ -20,7 +20,7 @@ func TestDeviceAuthenticator(t *testing.T) {
 		t.Fatal(err)
 	}
 	auth := p.DeviceAuthenticator(backends)
-	id, err := auth.Authenticate(ctx, "dev-1", "s3cret-s3cret")
+	id, err := auth.Authenticate(ctx, "dev-1", "s3cret-s3cret-0123456789abcdef")
 	if err != nil || id.Role != broker.RoleDevice || id.Device != "dev-1" || id.Class != "sensor" {
 		t.Errorf("device: %+v, %v", id, err)
 	}

@@ -319,6 +319,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		req := ManifestRequest{
 			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig,
 			Sequence: uint64(now.UnixMilli()), VendorID: p.cfg.VendorID, ClassID: p.cfg.ClassID, Deadline: spec.Deadline,
+			SecurityVersion: img.SecurityVersion,
 		}
 		if p.cfg.PublicURL != "" {
 			req.URIs = []string{p.imageURL(img.Digest)}
@@ -333,6 +334,14 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	if err := checkEnvelope(env, spec.Image); err != nil {
 		return Campaign{}, err
+	}
+	down, err := p.downgrades(ctx, targets, img, env)
+	if err != nil {
+		return Campaign{}, err
+	}
+	if len(down) > 0 && !spec.AllowDowngrade {
+		return Campaign{}, fmt.Errorf("%w: the campaign would downgrade %d target(s): %s; allow it on purpose (--allow-downgrade, allow_downgrade)",
+			ErrInvalid, len(down), summarize(down, 3))
 	}
 	// Rollout order: a shuffle seeded by the campaign id, so phases sample
 	// the fleet rather than its alphabetical head.
@@ -356,6 +365,9 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	p.idx.putCampaign(c, rev)
 	p.audit(ctx, who, "campaign.create", c.ID, fmt.Sprintf("image=%s targets=%d phases=%v", c.Image, len(targets), phases))
+	if len(down) > 0 {
+		p.audit(ctx, who, "campaign.downgrade", c.ID, fmt.Sprintf("allowed for %d target(s): %s", len(down), summarize(down, 20)))
+	}
 	if spec.Start {
 		// Start from the revision just written rather than reading it back:
 		// on a replicated bucket a read may be answered by a replica that

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math"
 	"slices"
@@ -160,8 +161,10 @@ type waveState struct {
 	// hold already.
 	due  time.Time
 	held bool
-	// tables holds when the chunk table was last sent to each requester,
-	// and lastTable the latest of them (Config.Clock).
+	// tables holds when the chunk table was first sent to each requester
+	// (a device notified in a campaign of the image, see
+	// handleChunkRequest, so it holds at most the campaigns' targets),
+	// and lastTable when one was last sent (Config.Clock).
 	tables    map[string]time.Time
 	lastTable time.Time
 	// sent holds, per chunk index, when it was last broadcast (wave or
@@ -398,34 +401,6 @@ func (ec *echo) wait(ctx context.Context, k int64) error {
 	return nil
 }
 
-// handleChunkRequest is the handler of the shared chunk request
-// subscription: it checks the request and queues it for a server.
-func (p *Publisher) handleChunkRequest(ctx context.Context, m broker.Message) {
-	var r schemas.ChunkRequest
-	if err := schemas.Decode(m.Payload, &r); err != nil {
-		p.met.chunkRequests.WithLabelValues("malformed").Inc()
-		return
-	}
-	digest := hex.EncodeToString(r.Image)
-	t, err := p.cfg.Topics.ChunkRequests(digest)
-	if err != nil || (m.Topic != t.MQTT && m.Topic != t.NATS) {
-		p.met.chunkRequests.WithLabelValues("wrong-topic").Inc()
-		return
-	}
-	// Chunks go only to the requester's own reply topic, so a request
-	// cannot aim chunk traffic at someone else.
-	rt, err := p.cfg.Topics.ChunkReply(r.Requester)
-	if err != nil || (r.ReplyTo != rt.MQTT && r.ReplyTo != rt.NATS) {
-		p.met.chunkRequests.WithLabelValues("bad-reply-to").Inc()
-		return
-	}
-	select {
-	case p.chunkQ <- r:
-	default:
-		p.met.chunkRequests.WithLabelValues("dropped").Inc()
-	}
-}
-
 // wanted returns the chunk indexes a request asks for, bounded by n.
 func wanted(r *schemas.ChunkRequest, n int) []int {
 	var out []int
@@ -474,6 +449,12 @@ func (p *Publisher) chunkServer(ctx context.Context) {
 	}
 }
 
+// replyTopic is the chunk reply topic of r's requester: the device the
+// request's topic named (handleChunkRequest), never r.ReplyTo.
+func (p *Publisher) replyTopic(r *schemas.ChunkRequest) (schemas.Topic, error) {
+	return p.cfg.Topics.ChunkReply(r.Requester)
+}
+
 func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	digest := hex.EncodeToString(r.Image)
 	d, err := p.loadImage(ctx, digest)
@@ -485,16 +466,19 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
 		return
 	}
+	rt, err := p.replyTopic(r)
+	if err != nil {
+		return
+	}
 	p.met.chunkRequests.WithLabelValues("served").Inc()
-	rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
 	if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
 		return
 	}
 	ahead := p.waveAhead(digest)
-	for _, i := range wanted(r, len(d.table.Hashes)) {
-		if int64(i) >= ahead {
-			continue // the wave in flight still sends it
-		}
+	wl := slices.DeleteFunc(wanted(r, len(d.table.Hashes)), func(i int) bool {
+		return int64(i) >= ahead // the wave in flight still sends it
+	})
+	for _, i := range p.affordable(r, d, wl) {
 		b, err := encodeChunk(d, i)
 		if err != nil {
 			return
@@ -505,10 +489,18 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 }
 
-// sendTable sends the chunk table to r's requester and records it: a
-// device subscribes to the broadcast chunk topic right after.
+// sendTable sends the chunk table to r's requester, within its budget,
+// and records it: a device subscribes to the broadcast chunk topic right
+// after. Only the first table a device is sent counts it as joined (see
+// waveState.tables), so asking again cannot bring another wave about.
 func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
-	rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
+	rt, err := p.replyTopic(r)
+	if err != nil {
+		return err
+	}
+	if !p.charge(r, d, len(d.tableBytes)) {
+		return errOverBudget
+	}
 	if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
 		return err
 	}
@@ -518,10 +510,16 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	if w.tables == nil {
 		w.tables = map[string]time.Time{}
 	}
-	w.tables[r.Requester], w.lastTable = now, now
+	if _, ok := w.tables[r.Requester]; !ok {
+		w.tables[r.Requester] = now
+	}
+	w.lastTable = now
 	p.waveMu.Unlock()
 	return nil
 }
+
+// errOverBudget: the requester used up its byte budget (see charge).
+var errOverBudget = errors.New("publisher: device over its chunk request budget")
 
 // batch answers a table request at once (the device waits for it before
 // it listens) and adds the chunks asked for to the image's repair batch,
@@ -601,13 +599,17 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		wl := slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead || crossed(i) })
-		per[who] = wl
-		for _, i := range wl {
+		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead || crossed(i) })
+	}
+	p.waveMu.Unlock()
+	// What each requester is sent, by unicast or in a re-broadcast it
+	// asked for, is taken from its budget; what does not fit is left out.
+	for who, wl := range per {
+		per[who] = p.affordable(b.reqs[who], d, wl)
+		for _, i := range per[who] {
 			askers[i]++
 		}
 	}
-	p.waveMu.Unlock()
 	bt, _ := p.cfg.Topics.Chunks(digest)
 	for i := 0; i < n; i++ {
 		if askers[i] < p.cfg.RepairBroadcastMin {
@@ -634,9 +636,9 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 	}
 	for who, wl := range per {
 		r := b.reqs[who]
-		rt := schemas.Topic{MQTT: r.ReplyTo, NATS: r.ReplyTo}
-		if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
-			return
+		rt, err := p.replyTopic(r)
+		if err != nil {
+			continue
 		}
 		for _, i := range wl {
 			if askers[i] >= p.cfg.RepairBroadcastMin {

@@ -25,10 +25,45 @@ func uploadTable(t testing.TB, e *testEnv, p *Publisher, n int) ([]byte, *schema
 	return data, d.table
 }
 
+// enrol registers the devices ids and notifies them in a running campaign
+// of table's image (the publisher serves chunk requests only to such
+// devices), and waits until every one is notified. Nothing answers the
+// notices: the devices stay pending.
+func enrol(t testing.TB, e *testEnv, p *Publisher, table *schemas.ChunkTable, ids ...string) Campaign {
+	t.Helper()
+	ctx := context.Background()
+	who := e.who(p)
+	for _, id := range ids {
+		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: id, Class: "sensor"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Devices: ids, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() string { return "devices notified" }, func() bool {
+		n, _ := p.idx.counts(c.ID)
+		return n["pending"] == uint64(len(ids))
+	})
+	return c
+}
+
+func devNames(n int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, devName(i))
+	}
+	return out
+}
+
 func TestBroadcastWaveWithRepair(t *testing.T) {
 	e := newEnv(t)
-	p, _ := e.start(func(c *Config) { c.RepairWindow = 20 * time.Millisecond })
+	// No wave hold: the test sends its wave by hand, and the fake clock
+	// never ends a hold.
+	p, _ := e.start(func(c *Config) { c.RepairWindow, c.WaveHold = 20*time.Millisecond, -1 })
 	data, table := uploadTable(t, e, p, 40*1024+100)
+	enrol(t, e, p, table, devNames(20)...)
 	loss := &lossModel{rate: 0.1}
 	var devs []*downloader
 	for i := range 20 {
@@ -76,14 +111,15 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 
 func TestRequestMode(t *testing.T) {
 	e := newEnv(t)
-	p, _ := e.start(nil) // RepairWindow 0: each request answered at once
+	p, _ := e.start(func(c *Config) { c.WaveHold = -1 }) // RepairWindow 0: each request answered at once
 	data, table := uploadTable(t, e, p, 10*1024)
+	enrol(t, e, p, table, devName(1), devName(2))
 	d := newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil)
 	// A request whose reply address is another device's is refused.
 	evil := newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)
 	rt, _ := e.cfg.Topics.ChunkReply(devName(1))
 	b, _ := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: table.Image, ChunkSize: table.ChunkSize, Ranges: []schemas.Range{{First: 0, Count: 10}}, ReplyTo: rt.NATS, Requester: devName(2)})
-	qt, _ := e.cfg.Topics.ChunkRequests(hex.EncodeToString(table.Image))
+	qt, _ := e.cfg.Topics.ChunkRequestsFrom(devName(2))
 	evil.tr.Publish(context.Background(), qt, b, brokerChunkReq)
 	d.request(t)
 	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("got %d", d.got) }, d.complete)

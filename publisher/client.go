@@ -104,8 +104,21 @@ func (c *Client) doJSON(ctx context.Context, method, path string, in, out any) e
 
 // UploadImage uploads an image; the server answers with its metadata.
 func (c *Client) UploadImage(ctx context.Context, name string, r io.Reader) (Image, error) {
+	return c.UploadImageWith(ctx, ImageUpload{Name: name}, r)
+}
+
+// UploadImageWith uploads an image with its name, version and security
+// version (see Publisher.UploadImageWith).
+func (c *Client) UploadImageWith(ctx context.Context, up ImageUpload, r io.Reader) (Image, error) {
+	q := url.Values{"name": {up.Name}}
+	if up.Version != "" {
+		q.Set("version", up.Version)
+	}
+	if up.SecurityVersion != 0 {
+		q.Set("security_version", strconv.FormatUint(up.SecurityVersion, 10))
+	}
 	var img Image
-	err := c.do(ctx, "POST", "/api/v1/images?name="+url.QueryEscape(name), r, "application/octet-stream", &img)
+	err := c.do(ctx, "POST", "/api/v1/images?"+q.Encode(), r, "application/octet-stream", &img)
 	return img, err
 }
 

@@ -164,9 +164,40 @@ type Config struct {
 	// MaxInFlightBytes caps chunk bytes handed to the transport and not yet
 	// acknowledged by it. Default 4 MiB.
 	MaxInFlightBytes int64
+	// DeviceRequestRate is how many chunk requests per second one device
+	// may make (a token bucket of DeviceRequestBurst); the rest are
+	// refused ("rate-limited") and the device asks again after its idle
+	// period. Default 20.
+	DeviceRequestRate float64
+	// DeviceRequestBurst is the token bucket's size. Default
+	// 2*DeviceRequestRate, at least 1.
+	DeviceRequestBurst int
+	// DeviceImageBudget caps what one device can make this instance send
+	// by request in one campaign, as a multiple of the image (chunk table
+	// included): chunks and tables sent to it, and re-broadcast chunks it
+	// asked for. Past it, its requests are refused ("over-budget") for the
+	// rest of the campaign; broadcast waves still reach it. Default 4.
+	DeviceImageBudget float64
 
-	// BootstrapKey, when set and no admin key exists yet, is registered as
-	// the first admin API key.
+	// ReservedNames are user names of the deployment's backend broker
+	// identities (the credentials file's backend accounts): no device may
+	// be registered under one, nor under a built-in reserved name (see
+	// CheckDeviceID). Default none.
+	ReservedNames []string
+	// OnDeviceRemoved, when set, is called with a device's id once its
+	// removal from the registry is persisted (on the instance that removed
+	// it), so that the stack ends the device's live broker sessions:
+	// broker.MQTTServer.Disconnect and broker.NATSServer.Disconnect for the
+	// embedded brokers; for a mosquitto fed from the registry, rewrite its
+	// password file (MosquittoPasswordLines) and send it SIGHUP. It must
+	// not block for long. Default nil.
+	OnDeviceRemoved func(id string)
+
+	// BootstrapKey, when set, is registered as an admin API key when no
+	// key with its id exists (the id a fck_<id>_<secret> token names, or
+	// "bootstrap"); an existing one, revoked or not, is left as it is.
+	// It must hold at least 128 random bits (CheckBootstrapKey); it is
+	// stored salted, like every key.
 	BootstrapKey string
 }
 
@@ -258,6 +289,15 @@ func (c Config) withDefaults() (Config, error) {
 	c.WaveEcho = max(c.WaveEcho, 0)
 	if c.MaxInFlightBytes <= 0 {
 		c.MaxInFlightBytes = 4 << 20
+	}
+	if c.DeviceRequestRate <= 0 {
+		c.DeviceRequestRate = 20
+	}
+	if c.DeviceRequestBurst <= 0 {
+		c.DeviceRequestBurst = max(1, int(2*c.DeviceRequestRate))
+	}
+	if c.DeviceImageBudget <= 0 {
+		c.DeviceImageBudget = 4
 	}
 	return c, nil
 }

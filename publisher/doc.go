@@ -10,9 +10,11 @@
 //   - Devices (registry.go) live in a KV bucket: id, class, groups, tags and
 //     the secret hashed (PBKDF2-SHA512, mosquitto's "$7$" format), so the
 //     broker's auth hook and the mosquitto password file read the same hash.
-//   - API keys (apikeys.go) are random tokens stored as SHA-256 with scopes
-//     read, campaign and admin; every campaign, device and key operation is
-//     appended to a JetStream audit stream (audit.go).
+//   - API keys (apikeys.go) are random tokens stored as a salted
+//     HMAC-SHA256, with scopes read, campaign and admin; every campaign,
+//     device and key operation is appended to a JetStream audit stream
+//     (audit.go). Neither device secret hashes nor key hashes leave the
+//     publisher (Device and APIKey carry none).
 //   - Campaigns (campaign.go, engine.go, reports.go): the campaign record and
 //     one record per (campaign, device) live in KV; all writes are
 //     compare-and-set on the KV revision, so two publishers against the same
@@ -24,7 +26,10 @@
 //     by a KV watch, so counters survive restarts and failover.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
-//     are broadcast again rather than sent to each.
+//     are broadcast again rather than sent to each. A request is answered
+//     only to the device whose own request topic it came on, if that device
+//     is notified in a campaign of the image, within a rate and a byte
+//     budget per campaign (requests.go).
 //   - The same operations are served as HTTP JSON under /api/v1 (http.go)
 //     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go);
 //     Client (client.go) is the Go client of the HTTP API the CLI uses.

@@ -135,6 +135,6 @@ func (d *downloader) request(t testing.TB) {
 	if err != nil {
 		t.Fatalf("encode request: %v", err)
 	}
-	qt, _ := d.topics.ChunkRequests(hex.EncodeToString(d.table.Image))
+	qt, _ := d.topics.ChunkRequestsFrom(d.id)
 	d.tr.Publish(context.Background(), qt, b, broker.PublishOptions{Family: broker.FamilyChunkRequest})
 }

@@ -28,4 +28,6 @@ var (
 	ErrNoSigner = errors.New("publisher: no signer configured")
 	// ErrConflict: a compare-and-set kept losing to concurrent writers.
 	ErrConflict = errors.New("publisher: concurrent update conflict")
+	// ErrRunning: Run was called on a Publisher that already ran.
+	ErrRunning = errors.New("publisher: Run called twice")
 )

@@ -76,8 +76,16 @@ func TestFinalStateHolds(t *testing.T) {
 	if res, err := p.applyReport(ctx, &sec, e.clock.Now()); err != nil || res != "security-event" {
 		t.Errorf("security event: %s %v", res, err)
 	}
-	// A timed-out device moves on its outcome only.
-	e.clock.Advance(2 * time.Minute)
+	// A timed-out device moves on its outcome only. Device 2 reports
+	// progress half-way, so that it is still downloading when device 1
+	// times out: the campaign (whose devices would otherwise all be final)
+	// keeps running.
+	e.clock.Advance(30 * time.Second)
+	d2 := devName(2)
+	if got := apply(schemas.DeviceReport{Device: d2, State: schemas.StateDownloading, ActiveVersion: 1, Counter: 3, BytesDone: 1, BytesTotal: 5000}); got != "applied" {
+		t.Fatalf("progress of %s: %s, want applied", d2, got)
+	}
+	e.clock.Advance(45 * time.Second)
 	d1 := devName(1)
 	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
 		s, _, _ := p.idx.dev(c.ID, d1)
@@ -89,8 +97,15 @@ func TestFinalStateHolds(t *testing.T) {
 	if got := apply(schemas.DeviceReport{Device: d1, State: schemas.StateConfirmed, ActiveVersion: 2, Counter: 4}); got != "applied" {
 		t.Errorf("timed-out device reporting its outcome: %s, want applied", got)
 	}
-	s := statusOf_(t, p, c.ID)
-	if s.Counts["confirmed"] != 2 || s.Counts["failed"] != 1 {
+	if s := statusOf_(t, p, c.ID); s.Counts["confirmed"] != 2 || s.State != CampaignRunning {
+		t.Errorf("%s, counts %v; want running with 2 confirmed (one late)", s.State, s.Counts)
+	}
+	// Device 2 times out too: every device is final, the campaign ends.
+	e.clock.Advance(time.Minute)
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State != CampaignRunning
+	})
+	if s := statusOf_(t, p, c.ID); s.Counts["confirmed"] != 2 || s.Counts["failed"] != 1 {
 		t.Errorf("counts %v, want 2 confirmed (one late) and 1 timed out", s.Counts)
 	}
 }

@@ -91,7 +91,7 @@ func newHub() *testutil.MemHub {
 	return h
 }
 
-const testAdminKey = "test-admin-key"
+const testAdminKey = "test-admin-key-0123456789abcdef"
 
 func newEnv(t testing.TB) *testEnv {
 	js, _ := startJetStream(t)

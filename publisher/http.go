@@ -43,6 +43,9 @@ type CampaignRequest struct {
 	// Deadline, Unix seconds; 0 = none.
 	Deadline int64 `json:"deadline,omitempty"`
 	Start    bool  `json:"start,omitempty"`
+	// AllowDowngrade lets the campaign install an image older than what
+	// some targets run (audited); without it such a campaign is refused.
+	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
 }
 
 // Spec converts the request to the wire spec. Errors: ErrInvalid.
@@ -54,7 +57,7 @@ func (r CampaignRequest) Spec() (schemas.CampaignSpec, error) {
 	s := schemas.CampaignSpec{
 		Image: img, Envelope: r.Envelope, Devices: r.Devices, Groups: r.Groups, Class: r.Class, Tags: r.Tags,
 		OnVersion: r.OnVersion, SuccessPermille: r.SuccessPermille, FailPermille: r.FailPermille,
-		Deadline: r.Deadline, Start: r.Start, Name: r.Name,
+		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade,
 	}
 	for _, v := range r.Phases {
 		if v < 1 || v > 100 {
@@ -335,7 +338,16 @@ func decodeEmpty(r *http.Request) error {
 }
 
 func (p *Publisher) apiUpload(_ http.ResponseWriter, r *http.Request, who Principal) (int, any, error) {
-	img, created, err := p.UploadImage(r.Context(), who, r.URL.Query().Get("name"), r.Body)
+	q := r.URL.Query()
+	up := ImageUpload{Name: q.Get("name"), Version: q.Get("version")}
+	if s := q.Get("security_version"); s != "" {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			return 0, nil, fmt.Errorf("%w: security_version %q is not an unsigned integer", ErrInvalid, s)
+		}
+		up.SecurityVersion = v
+	}
+	img, created, err := p.UploadImageWith(r.Context(), who, up, r.Body)
 	if err != nil {
 		return 0, nil, err
 	}

@@ -10,12 +10,15 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/mod/semver"
 
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // Image is the metadata of a stored image.
@@ -27,10 +30,53 @@ type Image struct {
 	Chunks    int    `json:"chunks"`
 	// TableDigest is the hex SHA-256 of the chunk table's deterministic
 	// encoding, as signed into manifests.
-	TableDigest string    `json:"table_digest"`
-	Name        string    `json:"name,omitempty"`
-	Uploaded    time.Time `json:"uploaded"`
-	UploadedBy  string    `json:"uploaded_by,omitempty"`
+	TableDigest string `json:"table_digest"`
+	Name        string `json:"name,omitempty"`
+	// Version is the image's own version (semantic versioning, "v"
+	// optional), given by the operator at upload; empty when unknown. A
+	// campaign to an image older than what a target runs needs
+	// AllowDowngrade.
+	Version string `json:"version,omitempty"`
+	// SecurityVersion is the anti-rollback security version the server
+	// signs into the image's manifests (0: none, the devices keep their
+	// floor). Raise it on purpose, when the versions before must never run
+	// again.
+	SecurityVersion uint64    `json:"security_version,omitempty"`
+	Uploaded        time.Time `json:"uploaded"`
+	UploadedBy      string    `json:"uploaded_by,omitempty"`
+}
+
+// ImageUpload is what an upload says about the image besides its bytes.
+type ImageUpload struct {
+	// Name is a display name, at most 256 bytes.
+	Name string
+	// Version is the image's semantic version ("1.4.2" or "v1.4.2"); empty
+	// for none.
+	Version string
+	// SecurityVersion, at most suit.MaxSecurityVersion; 0 for none.
+	SecurityVersion uint64
+}
+
+// check validates u and returns the version with its "v" prefix, as
+// golang.org/x/mod/semver compares them.
+func (u ImageUpload) check() (string, error) {
+	if len(u.Name) > 256 {
+		return "", fmt.Errorf("%w: image name is %d bytes, max 256", ErrInvalid, len(u.Name))
+	}
+	if u.SecurityVersion > suit.MaxSecurityVersion {
+		return "", fmt.Errorf("%w: security version %d over %d", ErrInvalid, u.SecurityVersion, suit.MaxSecurityVersion)
+	}
+	if u.Version == "" {
+		return "", nil
+	}
+	v := u.Version
+	if !strings.HasPrefix(v, "v") {
+		v = "v" + v
+	}
+	if !semver.IsValid(v) || len(v) > 64 {
+		return "", fmt.Errorf("%w: image version %q is not a semantic version (such as 1.4.2)", ErrInvalid, u.Version)
+	}
+	return v, nil
 }
 
 func tableObject(digest string) string { return digest + ".table" }
@@ -44,16 +90,26 @@ func parseDigest(s string) ([]byte, error) {
 	return b, nil
 }
 
-// UploadImage stores the image read from r (at most Config.MaxImageSize
-// bytes) under its SHA-256, with its chunk table and metadata. The bytes are
-// spooled to a temporary file while being hashed, then stored; the metadata
-// is written last, so an image is visible only once complete. Uploading an
-// image already stored returns the stored metadata and created=false.
-// Errors: ErrTooLarge, ErrInvalid (empty image).
+// UploadImage is UploadImageWith with only a name.
 func (p *Publisher) UploadImage(ctx context.Context, who Principal, name string, r io.Reader) (img Image, created bool, err error) {
-	if len(name) > 256 {
-		return Image{}, false, fmt.Errorf("%w: image name is %d bytes, max 256", ErrInvalid, len(name))
+	return p.UploadImageWith(ctx, who, ImageUpload{Name: name}, r)
+}
+
+// UploadImageWith stores the image read from r (at most
+// Config.MaxImageSize bytes) under its SHA-256, with its chunk table and
+// metadata (up). The bytes are spooled to a temporary file while being
+// hashed, then stored; the metadata is written last, so an image is
+// visible only once complete. Uploading an image already stored returns
+// the stored metadata and created=false; the metadata of a stored image
+// never changes, so an upload that gives another version or security
+// version is refused (ErrState). Errors: ErrTooLarge, ErrInvalid (empty
+// image, bad version), ErrState.
+func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up ImageUpload, r io.Reader) (img Image, created bool, err error) {
+	version, err := up.check()
+	if err != nil {
+		return Image{}, false, err
 	}
+	name := up.Name
 	tmp, err := os.CreateTemp("", "firmcast-upload-*")
 	if err != nil {
 		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
@@ -74,7 +130,7 @@ func (p *Publisher) UploadImage(ctx context.Context, who Principal, name string,
 	sum := whole.Sum(nil)
 	digest := hex.EncodeToString(sum)
 	if old, err := p.Image(ctx, digest); err == nil {
-		return old, false, nil
+		return old, false, sameMeta(old, version, up.SecurityVersion)
 	}
 	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
@@ -102,18 +158,32 @@ func (p *Publisher) UploadImage(ctx context.Context, who Principal, name string,
 	}
 	img = Image{
 		Digest: digest, Size: n, ChunkSize: p.cfg.ChunkSize, Chunks: len(table.Hashes),
-		TableDigest: hex.EncodeToString(tsum[:]), Name: name, Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name,
+		TableDigest: hex.EncodeToString(tsum[:]), Name: name, Version: version, SecurityVersion: up.SecurityVersion,
+		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name,
 	}
 	// Commit point: the metadata makes the image visible.
 	if _, err := createJSON(ctx, p.st.imageMeta, "image", digest, img); err != nil {
 		if errors.Is(err, ErrExists) {
 			old, gerr := p.Image(ctx, digest)
-			return old, false, gerr
+			if gerr != nil {
+				return Image{}, false, gerr
+			}
+			return old, false, sameMeta(old, version, up.SecurityVersion)
 		}
 		return Image{}, false, err
 	}
-	p.audit(ctx, who, "image.upload", digest, name)
+	p.audit(ctx, who, "image.upload", digest, fmt.Sprintf("name=%s version=%s security_version=%d", name, version, up.SecurityVersion))
 	return img, true, nil
+}
+
+// sameMeta refuses (ErrState) an upload of a stored image that gives it
+// another version or security version than it has.
+func sameMeta(old Image, version string, sv uint64) error {
+	if (version != "" && version != old.Version) || (sv != 0 && sv != old.SecurityVersion) {
+		return fmt.Errorf("%w: image %s is stored with version %q and security version %d; a stored image's metadata does not change",
+			ErrState, old.Digest, old.Version, old.SecurityVersion)
+	}
+	return nil
 }
 
 // Image returns the metadata of the image with hex digest d (ErrNotFound).

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -10,7 +11,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sethvargo/go-retry"
 
 	"github.com/firmcast/firmcast/internal/jsensure"
 	"github.com/firmcast/firmcast/schemas"
@@ -129,24 +132,78 @@ func isWrongLastSequence(err error) bool {
 }
 
 // kvOpTimeout bounds one KV or stream request. A JetStream request whose
-// reply is lost (the server that took it dies, a leader election) would
-// otherwise wait for the caller's whole deadline; with a long-lived
-// caller context that stalls a report worker or the leader's tick for
-// that long. The callers retry (the next tick, the device's next report,
-// reconcile), so an operation that times out costs at most this.
+// reply is lost (the server that took it dies, a leader election, a
+// server too loaded to answer in time) would otherwise wait for the
+// caller's whole deadline; with a long-lived caller context that stalls a
+// report worker or the leader's tick for that long.
 const kvOpTimeout = 5 * time.Second
+
+// kvAttempts bounds the attempts of one KV or stream operation whose
+// requests time out (see withRetry); kvBudget bounds their total time
+// when the caller's context sets no deadline.
+const (
+	kvAttempts = 3
+	kvBudget   = kvAttempts * kvOpTimeout
+)
 
 // opCtx returns ctx bounded by kvOpTimeout.
 func opCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(ctx, kvOpTimeout)
 }
 
+// timedOut reports whether err says a request got no answer in time, or
+// reached no stream (a leader election): the request may or may not have
+// taken effect, and the operation may be tried again, in a form safe to
+// repeat. An error of ctx itself (the caller gave up) is not one.
+func timedOut(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	return errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
+// withRetry runs attempt, each call bounded by kvOpTimeout, and calls it
+// again while it times out (timedOut), at most kvAttempts times in all,
+// within ctx's deadline or kvBudget when ctx has none, with a short
+// backoff. attempt is told whether an earlier call timed out (so a write
+// can first find out whether it took effect). It returns attempt's last
+// error.
+func withRetry(ctx context.Context, attempt func(ctx context.Context, again bool) error) error {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, kvBudget)
+		defer cancel()
+	}
+	b := retry.WithMaxRetries(kvAttempts-1, retry.NewExponential(50*time.Millisecond))
+	again := false
+	var last error
+	err := retry.Do(ctx, b, func(ctx context.Context) error {
+		actx, cancel := opCtx(ctx)
+		defer cancel()
+		last = attempt(actx, again)
+		if timedOut(ctx, last) {
+			again = true
+			return retry.RetryableError(last)
+		}
+		return last
+	})
+	if last != nil {
+		return last
+	}
+	return err
+}
+
 // getJSON reads key into v and returns its revision; ErrNotFound (wrapped,
-// naming what) when absent.
+// naming what) when absent. A read that times out is read again
+// (withRetry).
 func getJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any) (uint64, error) {
-	ctx, cancel := opCtx(ctx)
-	defer cancel()
-	e, err := kv.Get(ctx, key)
+	var e jetstream.KeyValueEntry
+	err := withRetry(ctx, func(ctx context.Context, _ bool) error {
+		var err error
+		e, err = kv.Get(ctx, key)
+		return err
+	})
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return 0, fmt.Errorf("%w: %s %q", ErrNotFound, what, key)
 	}
@@ -159,16 +216,55 @@ func getJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any
 	return e.Revision(), nil
 }
 
-// createJSON stores v under key only if key is absent (ErrExists otherwise).
+// written reads key after a write of b to it timed out, to find out
+// whether the write took effect: applied when key holds exactly b at a
+// revision after rev (0 for a create), absent when key is absent or still
+// at rev; otherwise another writer came after (either way the write
+// cannot be repeated).
+func written(ctx context.Context, kv jetstream.KeyValue, key string, b []byte, rev uint64) (applied, absent bool, cur uint64, err error) {
+	e, err := kv.Get(ctx, key)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, rev == 0, 0, nil
+	}
+	if err != nil {
+		return false, false, 0, err
+	}
+	if e.Revision() == rev {
+		return false, true, rev, nil
+	}
+	return bytes.Equal(e.Value(), b), false, e.Revision(), nil
+}
+
+// createJSON stores v under key only if key is absent (ErrExists
+// otherwise). A create that times out is not simply sent again (it may
+// have taken effect, and would then fail as "exists"): key is read first,
+// and the create counts as done when key holds exactly what it wrote.
 func createJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any) (uint64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("publisher: encode %s: %w", what, err)
 	}
-	ctx, cancel := opCtx(ctx)
-	defer cancel()
-	rev, err := kv.Create(ctx, key, b)
-	if isConflict(err) {
+	var rev uint64
+	exists := false
+	err = withRetry(ctx, func(ctx context.Context, again bool) error {
+		if again {
+			applied, absent, cur, err := written(ctx, kv, key, b, 0)
+			switch {
+			case err != nil:
+				return err
+			case applied:
+				rev = cur
+				return nil
+			case !absent:
+				exists = true
+				return nil
+			}
+		}
+		var err error
+		rev, err = kv.Create(ctx, key, b)
+		return err
+	})
+	if exists || isConflict(err) {
 		return 0, fmt.Errorf("%w: %s %q", ErrExists, what, key)
 	}
 	if err != nil {
@@ -178,15 +274,35 @@ func createJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v 
 }
 
 // updateJSON replaces key at revision rev; it returns a wrapped
-// jetstream.ErrKeyRevisionMismatch when another writer came first.
+// jetstream.ErrKeyRevisionMismatch when another writer came first. An
+// update that times out is not simply sent again: key is read first; the
+// update counts as done when key holds exactly what it wrote at a later
+// revision, is sent again when key is still at rev, and is a conflict
+// when another writer changed key meanwhile (the caller then reads again
+// and judges afresh, so a transition is never applied twice).
 func updateJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any, rev uint64) (uint64, error) {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return 0, fmt.Errorf("publisher: encode %s: %w", what, err)
 	}
-	ctx, cancel := opCtx(ctx)
-	defer cancel()
-	nrev, err := kv.Update(ctx, key, b, rev)
+	var nrev uint64
+	err = withRetry(ctx, func(ctx context.Context, again bool) error {
+		if again {
+			applied, absent, cur, err := written(ctx, kv, key, b, rev)
+			switch {
+			case err != nil:
+				return err
+			case applied:
+				nrev = cur
+				return nil
+			case !absent || cur != rev:
+				return fmt.Errorf("%w: %s changed while an update timed out", jetstream.ErrKeyRevisionMismatch, key)
+			}
+		}
+		var err error
+		nrev, err = kv.Update(ctx, key, b, rev)
+		return err
+	})
 	if err != nil {
 		return 0, fmt.Errorf("publisher: update %s %q: %w", what, key, err)
 	}

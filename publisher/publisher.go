@@ -35,6 +35,8 @@ type Publisher struct {
 	kickC   chan struct{}
 	ready   chan struct{}
 	stopped chan struct{} // closed when Run's context ends
+	done    chan struct{} // closed when Run has returned
+	running atomic.Bool   // Run was called
 
 	leader bool // owned by the tick loop
 	// resent holds when the leader last re-sent each device's notice
@@ -47,6 +49,8 @@ type Publisher struct {
 
 	repairMu sync.Mutex
 	repairs  map[string]*repairBatch
+
+	reqs requesters // per-device chunk request accounts (requests.go)
 
 	wg       sync.WaitGroup
 	onReport func(schemas.DeviceReport, string) // test hook
@@ -78,6 +82,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 		kickC:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
+		done:    make(chan struct{}),
 		waves:   map[string]*waveState{},
 		repairs: map[string]*repairBatch{},
 	}
@@ -112,13 +117,19 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 // Run subscribes to reports, chunk requests and the NATS API (all shared
 // between instances), and runs the leader's campaign loop every
 // Config.TickInterval, until ctx ends. It returns ctx's error, or the
-// error of a failed subscription. Call it once per Publisher. On a clean
-// stop it releases the leader lease so another instance takes over at once.
+// error of a failed subscription. It runs once per Publisher: a second
+// call returns ErrRunning at once. On a clean stop it releases the leader
+// lease so another instance takes over at once; Done is closed when it
+// has returned and every goroutine it started has ended.
 func (p *Publisher) Run(ctx context.Context) error {
+	if !p.running.CompareAndSwap(false, true) {
+		return ErrRunning
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer func() {
 		cancel()
 		p.wg.Wait()
+		close(p.done)
 	}()
 	context.AfterFunc(ctx, func() { close(p.stopped) })
 	p.reportQ = make([]chan inReport, reportWorkers)
@@ -178,6 +189,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.releaseLease(rctx)
 	}()
 	for {
+		p.pruneRequesters()
 		p.tick(ctx)
 		select {
 		case <-ctx.Done():
@@ -187,6 +199,10 @@ func (p *Publisher) Run(ctx context.Context) error {
 		}
 	}
 }
+
+// Done is closed once Run has returned and every goroutine it started
+// has ended.
+func (p *Publisher) Done() <-chan struct{} { return p.done }
 
 // Ready is closed once Run has subscribed to reports, chunk requests and
 // the API, so that device traffic is being taken.

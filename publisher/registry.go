@@ -22,18 +22,31 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Device is a registered device.
+// Device is a registered device, as the APIs show it. It has no secret
+// or hash of one: those stay in the registry (deviceRecord).
 type Device struct {
-	ID     string   `json:"id"`
-	Class  string   `json:"class"`
-	Groups []string `json:"groups,omitempty"`
-	Tags   []string `json:"tags,omitempty"`
+	ID            string   `json:"id"`
+	Class         string   `json:"class"`
+	Groups        []string `json:"groups,omitempty"`
+	Tags          []string `json:"tags,omitempty"`
+	ActiveVersion uint64   `json:"active_version"`
+	// Image is the hex digest of the image the device runs, as firmcast
+	// last saw it confirm (or skip, already running it) in a campaign;
+	// empty when unknown. Campaigns compare it with their image
+	// (AllowDowngrade).
+	Image      string    `json:"image,omitempty"`
+	LastReport *Report   `json:"last_report,omitempty"`
+	Created    time.Time `json:"created"`
+}
+
+// deviceRecord is a device as the registry stores it: the Device and the
+// hash of its broker secret, which never leaves the publisher (the broker
+// auth hook and the mosquitto password export read it here).
+type deviceRecord struct {
+	Device
 	// SecretHash is the device's broker secret in mosquitto's PBKDF2-SHA512
 	// "$7$" format, so a mosquitto password file can carry it unchanged.
-	SecretHash    string    `json:"secret_hash"`
-	ActiveVersion uint64    `json:"active_version"`
-	LastReport    *Report   `json:"last_report,omitempty"`
-	Created       time.Time `json:"created"`
+	SecretHash string `json:"secret_hash"`
 }
 
 // Report is a device report as kept in state (a JSON view of
@@ -63,8 +76,57 @@ type NewDevice struct {
 	Class  string   `json:"class"`
 	Groups []string `json:"groups,omitempty"`
 	Tags   []string `json:"tags,omitempty"`
-	// Secret is the device's broker secret; empty = generate one.
+	// Secret is the device's broker secret; empty = generate one (192
+	// random bits). A given secret must hold at least MinSecretBits (see
+	// CheckSecretStrength).
 	Secret string `json:"secret,omitempty"`
+}
+
+// MinSecretBits is the least strength of a device secret, in bits.
+const MinSecretBits = 128
+
+// CheckSecretStrength refuses a device secret that cannot hold
+// MinSecretBits even if its characters were drawn at random: its length
+// times the bits per character of the smallest alphabet it is written in
+// (decimal digits 3.3, hex 4, base64 6, any printable ASCII 6.5), so at
+// least 32 hex or 22 base64 characters. It also refuses secrets over 256
+// bytes or with spaces or control characters. Errors wrap ErrInvalid.
+func CheckSecretStrength(secret string) error {
+	return checkStrength("device secret", secret, "omit the secret to have one generated")
+}
+
+// checkStrength is CheckSecretStrength for any secret, named what in
+// errors, with hint saying how to get a good one.
+func checkStrength(what, secret, hint string) error {
+	if len(secret) > 256 {
+		return fmt.Errorf("%w: %s is %d bytes, max 256", ErrInvalid, what, len(secret))
+	}
+	digits, hexa, b64 := true, true, true
+	for i := 0; i < len(secret); i++ {
+		c := secret[i]
+		if c <= ' ' || c >= 0x7f {
+			return fmt.Errorf("%w: %s contains a space, control or non-ASCII byte at %d", ErrInvalid, what, i)
+		}
+		isDigit := c >= '0' && c <= '9'
+		isHex := isDigit || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
+		digits = digits && isDigit
+		hexa = hexa && isHex
+		b64 = b64 && (isDigit || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || strings.IndexByte("-_+/=", c) >= 0)
+	}
+	per := 6.55 // log2(94)
+	switch {
+	case digits:
+		per = 3.32
+	case hexa:
+		per = 4
+	case b64:
+		per = 6
+	}
+	if bits := float64(len(secret)) * per; bits < MinSecretBits {
+		return fmt.Errorf("%w: %s of %d characters holds at most %.0f bits, need %d (at least 32 hex or 22 base64 characters of random data; %s)",
+			ErrInvalid, what, len(secret), bits, MinSecretBits, hint)
+	}
+	return nil
 }
 
 // checkName checks an id, class, group or tag: letters, digits, '-', '_',
@@ -85,13 +147,17 @@ const (
 // HashSecret hashes a device secret in mosquitto's "$7$" format
 // (PBKDF2-SHA512, broker.MosquittoIterations iterations, 12-byte salt).
 func HashSecret(secret string) (string, error) {
+	return hashSecretIter(secret, pbkdf2Iter)
+}
+
+func hashSecretIter(secret string, iter int) (string, error) {
 	salt := make([]byte, pbkdf2SaltLen)
 	rand.Read(salt)
-	dk, err := pbkdf2.Key(sha512.New, secret, salt, pbkdf2Iter, pbkdf2KeyLen)
+	dk, err := pbkdf2.Key(sha512.New, secret, salt, iter, pbkdf2KeyLen)
 	if err != nil {
 		return "", err
 	}
-	return "$7$" + strconv.Itoa(pbkdf2Iter) + "$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(dk), nil
+	return "$7$" + strconv.Itoa(iter) + "$" + base64.StdEncoding.EncodeToString(salt) + "$" + base64.StdEncoding.EncodeToString(dk), nil
 }
 
 // VerifySecret reports whether secret matches a hash made by HashSecret
@@ -114,10 +180,47 @@ func VerifySecret(hash, secret string) bool {
 	return err == nil && subtle.ConstantTimeCompare(got, want) == 1
 }
 
+// reservedIDs are names backend identities use as broker user names or
+// client ids; reservedPrefixes start the client ids the backend generates
+// (broker.Dial's "fc-"). A device may take none of them, matched without
+// regard to case: on a broker that binds client ids to user names, a
+// device named like the backend would knock it off (and be taken for it
+// in logs and audits).
+var (
+	reservedIDs      = []string{"publisher", "backend", "firmcast", "system", "bootstrap", "admin", "server"}
+	reservedPrefixes = []string{"fc-", "firmcast-", "publisher-", "backend-"}
+)
+
+// CheckDeviceID returns nil when id may name a new device: a valid name
+// (letters, digits, '-', '_', 1..64 bytes) that is not a reserved backend
+// name (publisher, backend, firmcast, system, bootstrap, admin, server),
+// does not start with a reserved prefix (fc-, firmcast-, publisher-,
+// backend-), and is none of reserved (the deployment's backend user
+// names, Config.ReservedNames); all matched without regard to case.
+// Errors wrap ErrInvalid.
+func CheckDeviceID(id string, reserved []string) error {
+	if err := checkName("device id", id); err != nil {
+		return err
+	}
+	low := strings.ToLower(id)
+	for _, r := range append(slices.Clone(reservedIDs), reserved...) {
+		if low == strings.ToLower(r) {
+			return fmt.Errorf("%w: device id %q is reserved for a backend identity", ErrInvalid, id)
+		}
+	}
+	for _, pre := range reservedPrefixes {
+		if strings.HasPrefix(low, pre) {
+			return fmt.Errorf("%w: device id %q starts with %q, reserved for backend client ids", ErrInvalid, id, pre)
+		}
+	}
+	return nil
+}
+
 // AddDevice registers a device and returns it with the secret (generated
-// when nd.Secret is empty; shown only now). Errors: ErrInvalid, ErrExists.
+// when nd.Secret is empty; shown only now). The id must pass
+// CheckDeviceID. Errors: ErrInvalid, ErrExists.
 func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) (Device, string, error) {
-	if err := checkName("device id", nd.ID); err != nil {
+	if err := CheckDeviceID(nd.ID, p.cfg.ReservedNames); err != nil {
 		return Device{}, "", err
 	}
 	if err := checkName("class", nd.Class); err != nil {
@@ -138,19 +241,19 @@ func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) 
 		var b [24]byte
 		rand.Read(b[:])
 		secret = base64.RawURLEncoding.EncodeToString(b[:])
-	} else if len(secret) < 8 || len(secret) > 256 {
-		return Device{}, "", fmt.Errorf("%w: device secret must be 8..256 bytes", ErrInvalid)
+	} else if err := CheckSecretStrength(secret); err != nil {
+		return Device{}, "", err
 	}
 	h, err := HashSecret(secret)
 	if err != nil {
 		return Device{}, "", fmt.Errorf("publisher: hash secret: %w", err)
 	}
-	d := Device{ID: nd.ID, Class: nd.Class, Groups: dedup(nd.Groups), Tags: dedup(nd.Tags), SecretHash: h, Created: p.cfg.Clock.Now().UTC()}
+	d := deviceRecord{Device: Device{ID: nd.ID, Class: nd.Class, Groups: dedup(nd.Groups), Tags: dedup(nd.Tags), Created: p.cfg.Clock.Now().UTC()}, SecretHash: h}
 	if _, err := createJSON(ctx, p.st.devices, "device", d.ID, d); err != nil {
 		return Device{}, "", err
 	}
 	p.audit(ctx, who, "device.add", d.ID, "class="+d.Class)
-	return d, secret, nil
+	return d.Device, secret, nil
 }
 
 func dedup(s []string) []string {
@@ -164,10 +267,17 @@ func dedup(s []string) []string {
 
 // Device returns a registered device (ErrNotFound).
 func (p *Publisher) Device(ctx context.Context, id string) (Device, error) {
+	d, err := p.deviceRecord(ctx, id)
+	return d.Device, err
+}
+
+// deviceRecord returns a device as stored, its secret's hash included
+// (ErrNotFound).
+func (p *Publisher) deviceRecord(ctx context.Context, id string) (deviceRecord, error) {
 	if err := checkName("device id", id); err != nil {
-		return Device{}, err
+		return deviceRecord{}, err
 	}
-	var d Device
+	var d deviceRecord
 	_, err := getJSON(ctx, p.st.devices, "device", id, &d)
 	return d, err
 }
@@ -192,7 +302,17 @@ func (p *Publisher) DeviceDetail(ctx context.Context, id string) (DeviceDetail, 
 
 // Devices lists the registered devices, by id.
 func (p *Publisher) Devices(ctx context.Context) ([]Device, error) {
-	out, err := allValues[Device](ctx, p.st.devices)
+	recs, err := p.deviceRecords(ctx)
+	out := make([]Device, len(recs))
+	for i := range recs {
+		out[i] = recs[i].Device
+	}
+	return out, err
+}
+
+// deviceRecords lists the registry as stored, by id.
+func (p *Publisher) deviceRecords(ctx context.Context) ([]deviceRecord, error) {
+	out, err := allValues[deviceRecord](ctx, p.st.devices)
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, err
 }
@@ -267,15 +387,22 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 	return out, nil
 }
 
-// RemoveDevice deletes a device from the registry (ErrNotFound).
+// RemoveDevice deletes a device from the registry (ErrNotFound). From
+// then on the registry's broker authenticator refuses it; once the delete
+// is persisted, Config.OnDeviceRemoved is called so the stack can end its
+// live sessions.
 func (p *Publisher) RemoveDevice(ctx context.Context, who Principal, id string) error {
 	if _, err := p.Device(ctx, id); err != nil {
 		return err
 	}
-	if err := p.st.devices.Delete(ctx, id); err != nil {
+	// A delete that times out is sent again: deleting twice is deleting.
+	if err := withRetry(ctx, func(ctx context.Context, _ bool) error { return p.st.devices.Delete(ctx, id) }); err != nil {
 		return fmt.Errorf("publisher: remove device %q: %w", id, err)
 	}
 	p.audit(ctx, who, "device.remove", id, "")
+	if p.cfg.OnDeviceRemoved != nil {
+		p.cfg.OnDeviceRemoved(id)
+	}
 	return nil
 }
 
@@ -302,7 +429,7 @@ func (p *Publisher) groupEdit(ctx context.Context, who Principal, g string, devi
 		if err := checkName("device id", id); err != nil {
 			return err
 		}
-		_, _, err := mutateJSON(ctx, p.st.devices, "device", id, func(d *Device) error {
+		_, _, err := mutateJSON(ctx, p.st.devices, "device", id, func(d *deviceRecord) error {
 			has := slices.Contains(d.Groups, g)
 			switch {
 			case add && !has:
@@ -332,12 +459,12 @@ func (p *Publisher) CheckDeviceSecret(ctx context.Context, id, secret string) (D
 	if schemas.CheckID("device id", id) != nil || !kvSafe(id) {
 		return Device{}, false, nil
 	}
-	d, err := p.Device(ctx, id)
+	d, err := p.deviceRecord(ctx, id)
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
 			return Device{}, false, nil
 		}
 		return Device{}, false, err
 	}
-	return d, VerifySecret(d.SecretHash, secret), nil
+	return d.Device, VerifySecret(d.SecretHash, secret), nil
 }

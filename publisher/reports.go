@@ -185,15 +185,23 @@ func reportView(r *schemas.DeviceReport, recv time.Time) *Report {
 	return v
 }
 
-// recordOutcome writes a device's final report of a campaign and its
-// active version into the registry.
+// recordOutcome writes a device's final report of a campaign, its active
+// version and, when it confirmed the campaign's image (or skipped it,
+// already running it), that image into the registry.
 func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, recv time.Time) {
-	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+	image := ""
+	if c, ok := p.idx.campaign(r.Campaign); ok && (r.State == schemas.StateConfirmed || r.State == schemas.StateSkipped) {
+		image = c.Image
+	}
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *deviceRecord) error {
 		if d.LastReport != nil && d.LastReport.Campaign == r.Campaign && d.LastReport.Counter >= r.Counter {
 			return errNoChange
 		}
 		d.LastReport = reportView(r, recv)
 		d.ActiveVersion = r.ActiveVersion
+		if image != "" {
+			d.Image = image
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -205,7 +213,7 @@ func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, 
 // what it runs) in the registry.
 func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
 	res := "applied"
-	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *Device) error {
+	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *deviceRecord) error {
 		if d.LastReport != nil && d.LastReport.Campaign == "" && d.LastReport.Counter >= r.Counter {
 			res = "stale"
 			return errNoChange

@@ -26,6 +26,9 @@ type ManifestRequest struct {
 	URIs []string
 	// Deadline, Unix seconds, becomes the manifest's use-before; 0 = none.
 	Deadline int64
+	// SecurityVersion is the image's anti-rollback security version
+	// (Image.SecurityVersion); 0 = none (devices keep their floor).
+	SecurityVersion uint64
 }
 
 // ManifestSigner makes a signed SUIT envelope. Implementations may keep the

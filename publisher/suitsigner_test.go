@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -59,7 +60,14 @@ func TestServerSignedManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := m.CheckChunkTable(data.table); err != nil {
+	tb, err := schemas.Encode(data.table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	md, _ := m.ImageDigest()
+	msize, _ := m.ImageSize()
+	mci, _ := m.ChunkInfo()
+	if _, err := fetcher.DecodeTable(fetcher.Image{Digest: md.Bytes, Size: msize, ChunkSize: mci.ChunkSize, TableDigest: mci.TableDigest.Bytes}, tb); err != nil {
 		t.Errorf("stored chunk table vs manifest: %v", err)
 	}
 	// Without vendor and class ids the server refuses to sign.

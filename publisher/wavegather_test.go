@@ -20,7 +20,7 @@ func (d *downloader) askTable(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	qt, _ := d.topics.ChunkRequests(hex.EncodeToString(d.table.Image))
+	qt, _ := d.topics.ChunkRequestsFrom(d.id)
 	d.tr.Publish(context.Background(), qt, b, broker.PublishOptions{Family: broker.FamilyChunkRequest})
 }
 
@@ -63,15 +63,23 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 					t.Fatal(err)
 				}
 				devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
-				f.add(devName(i), false, true)
+				if i > 0 {
+					f.add(devName(i), false, true)
+				}
 			}
-			// The first device has its table before the campaign starts.
-			devs[0].askTable(t)
-			waitFor(t, 5*time.Second, func() string { return "table" }, func() bool { return tableSent(p, digest, devName(0)) })
 			c, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true})
 			if err != nil {
 				t.Fatal(err)
 			}
+			// The first device has its table before it reports downloading
+			// (tables go only to devices notified in the campaign).
+			waitFor(t, 10*time.Second, func() string { return "notified" }, func() bool {
+				st, _, ok := p.idx.dev(c.ID, devName(0))
+				return ok && st.State != StateQueued
+			})
+			devs[0].askTable(t)
+			waitFor(t, 5*time.Second, func() string { return "table" }, func() bool { return tableSent(p, digest, devName(0)) })
+			f.add(devName(0), false, true)
 			waitFor(t, 10*time.Second, func() string { return "downloading" }, func() bool {
 				n, _ := p.idx.counts(c.ID)
 				return n["downloading"] == 3
@@ -107,8 +115,9 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 // its first request: they are still on their way through the broker.
 func TestRepairLeavesOutChunksInTransit(t *testing.T) {
 	e := newEnv(t)
-	p, _ := e.start(func(c *Config) { c.RepairWindow, c.InTransit = 20*time.Millisecond, time.Hour })
+	p, _ := e.start(func(c *Config) { c.RepairWindow, c.InTransit, c.WaveHold = 20*time.Millisecond, time.Hour, -1 })
 	_, table := uploadTable(t, e, p, 10*1024)
+	enrol(t, e, p, table, devName(1), devName(2))
 	d := newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil)
 	late := newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)
 	late.tr.SetDrop(func(string, []byte) bool { return true }) // misses the wave

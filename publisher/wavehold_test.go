@@ -16,8 +16,9 @@ func TestRequestsLeftToWaveInFlight(t *testing.T) {
 	for _, window := range []time.Duration{0, 20 * time.Millisecond} {
 		t.Run(fmt.Sprintf("repair-window-%v", window), func(t *testing.T) {
 			e := newEnv(t)
-			p, _ := e.start(func(c *Config) { c.RepairWindow = window })
+			p, _ := e.start(func(c *Config) { c.RepairWindow, c.WaveHold = window, -1 })
 			data, table := uploadTable(t, e, p, 10*1024)
+			enrol(t, e, p, table, devName(1), devName(2))
 			n := table.NumChunks()
 			half := n / 2
 			// A wave in flight, about to send chunk half (white box: the

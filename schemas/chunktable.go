@@ -105,7 +105,7 @@ func (t *ChunkTable) VerifyChunk(index uint32, data []byte) error {
 }
 
 // DigestHex returns the lowercase hex form of a digest, as used in topic
-// names (Topics.Chunks, Topics.ChunkRequests).
+// names (Topics.Chunks).
 func DigestHex(d []byte) string { return hex.EncodeToString(d) }
 
 // ParseDigestHex parses the lowercase hex form of a SHA-256 digest. It

@@ -146,9 +146,11 @@ type Range struct {
 // ChunkRequest asks the publisher for chunks of an image. Wanted chunks are
 // given either as Ranges or as a Bitmap (bit i is bit i%8, counted from the
 // least significant bit, of byte i/8; set = chunk i wanted; see Bitmap),
-// not both. A request wants at least one chunk or the table. Publishers
-// receive requests through a shared subscription (Topics.ChunkRequests)
-// and answer on ReplyTo.
+// not both. A request wants at least one chunk or the table. A device
+// publishes it on its own request topic (Topics.ChunkRequestsFrom);
+// publishers receive every device's through a shared subscription and
+// answer the device that topic names, on its Topics.ChunkReply, never
+// anywhere the request's fields point to.
 //
 //	chunk-request = { 0: 1, 1: digest, 2: chunk-size, ? 3: [+ range],
 //	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true }
@@ -164,11 +166,12 @@ type ChunkRequest struct {
 	Ranges []Range `cbor:"3,keyasint,omitempty"`
 	// Bitmap marks wanted chunks, at most MaxBitmapSize bytes.
 	Bitmap []byte `cbor:"4,keyasint,omitempty"`
-	// ReplyTo is the topic or subject to send the chunks to (normally
-	// Topics.ChunkReply of the requester), 1..MaxReplyToLen bytes, no
-	// wildcards or whitespace.
+	// ReplyTo is the requester's Topics.ChunkReply (in its transport's
+	// form), 1..MaxReplyToLen bytes, no wildcards or whitespace. The
+	// publisher refuses a request whose ReplyTo is anything else.
 	ReplyTo string `cbor:"5,keyasint"`
-	// Requester is the device id of the requester.
+	// Requester is the device id of the requester; the publisher refuses
+	// a request whose Requester is not the device its topic names.
 	Requester string `cbor:"6,keyasint"`
 	// Campaign is the campaign the request belongs to, if known.
 	Campaign string `cbor:"7,keyasint,omitempty"`
@@ -358,7 +361,8 @@ type DeviceReport struct {
 //
 //	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
 //	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
-//	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr }
+//	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr,
+//	                  ? 13: true }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
@@ -387,6 +391,10 @@ type CampaignSpec struct {
 	Start bool `cbor:"11,keyasint,omitempty"`
 	// Name is a display name, at most MaxNameLen bytes.
 	Name string `cbor:"12,keyasint,omitempty"`
+	// AllowDowngrade lets the campaign install an image older (by its
+	// version or security version) than what some targets run; without
+	// it such a campaign is refused. Audited.
+	AllowDowngrade bool `cbor:"13,keyasint,omitempty"`
 }
 
 // CampaignCommand is a request on the campaign API (Topics.API).

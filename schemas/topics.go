@@ -33,9 +33,9 @@ type Topic struct {
 //	<root>/v1/dev/<device>/notice      per-device notice (retained)
 //	<root>/v1/dev/<device>/report      device reports
 //	<root>/v1/dev/<device>/chunks      chunks requested by one device
+//	<root>/v1/dev/<device>/req         chunk requests of one device
 //	<root>/v1/class/<class>/announce   class-wide announcement
 //	<root>/v1/img/<digest-hex>/chunks  chunk broadcast of one image (QoS 0)
-//	<root>/v1/img/<digest-hex>/req     chunk requests (shared subscription)
 //	<root>/v1/api/<op>...              campaign API (request/reply)
 //
 // The NATS subject is the same with "." for "/". The zero value is not
@@ -145,19 +145,40 @@ func (t Topics) Chunks(digestHex string) (Topic, error) {
 	return t.checked("image digest", digestHex, "img", digestHex, "chunks")
 }
 
-// ChunkRequests is the topic on which devices ask for chunks of one image.
-// Publishers consume it through a shared subscription (MQTT v5) or a queue
-// group (NATS); see ChunkRequestsAll. digestHex is as for Chunks.
-func (t Topics) ChunkRequests(digestHex string) (Topic, error) {
-	return t.checked("image digest", digestHex, "img", digestHex, "req")
+// ChunkRequestsFrom is the topic on which one device asks for chunks (of
+// any image; the request names it). Each device has its own, and the
+// access policy lets a device publish only on its own, so the topic a
+// request arrives on names its requester: the publisher answers that
+// device alone, whatever the request's own fields say. Publishers consume
+// every device's through a shared subscription (MQTT v5) or a queue group
+// (NATS); see ChunkRequestsAll.
+func (t Topics) ChunkRequestsFrom(device string) (Topic, error) {
+	return t.checked("device id", device, "dev", device, "req")
 }
 
-// ChunkRequestsAll is the wildcard over every image's chunk request topic,
-// for publishers.
+// ChunkRequestsAll is the wildcard over every device's chunk request
+// topic, for publishers.
 func (t Topics) ChunkRequestsAll() Topic {
-	tp := t.build("img", "+", "req")
+	tp := t.build("dev", "+", "req")
 	tp.NATS = strings.Replace(tp.NATS, "+", "*", 1)
 	return tp
+}
+
+// ChunkRequester returns the device whose chunk request topic (either
+// form, see ChunkRequestsFrom) topic is, and false when topic is none.
+func (t Topics) ChunkRequester(topic string) (string, bool) {
+	for _, sep := range []string{"/", "."} {
+		prefix := strings.Join(append(append([]string{}, t.root...), "v1", "dev"), sep) + sep
+		rest, ok := strings.CutPrefix(topic, prefix)
+		if !ok || len(t.root) == 0 {
+			continue
+		}
+		dev, ok := strings.CutSuffix(rest, sep+"req")
+		if ok && CheckID("device id", dev) == nil {
+			return dev, true
+		}
+	}
+	return "", false
 }
 
 // ReportsAll is the wildcard over every device's report topic, for the

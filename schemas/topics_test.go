@@ -30,9 +30,9 @@ func TestTopics(t *testing.T) {
 		{build(tp.ChunkReply, "dev-42"), "t-1/firmcast/v1/dev/dev-42/chunks"},
 		{build(tp.Announce, "sensor-v2"), "t-1/firmcast/v1/class/sensor-v2/announce"},
 		{build(tp.Chunks, d), "t-1/firmcast/v1/img/" + d + "/chunks"},
-		{build(tp.ChunkRequests, d), "t-1/firmcast/v1/img/" + d + "/req"},
+		{build(tp.ChunkRequestsFrom, "dev-42"), "t-1/firmcast/v1/dev/dev-42/req"},
 		{api, "t-1/firmcast/v1/api/campaign/create"},
-		{tp.ChunkRequestsAll(), "t-1/firmcast/v1/img/+/req"},
+		{tp.ChunkRequestsAll(), "t-1/firmcast/v1/dev/+/req"},
 		{tp.ReportsAll(), "t-1/firmcast/v1/dev/+/report"},
 		{tp.NoticesAll(), "t-1/firmcast/v1/dev/+/notice"},
 	}
@@ -48,7 +48,7 @@ func TestTopics(t *testing.T) {
 	if got := MustTopics("").Root(); got != DefaultRoot {
 		t.Errorf("default root %q", got)
 	}
-	if got := Shared(tp.ChunkRequestsAll().MQTT); got != "$share/firmcast-publishers/t-1/firmcast/v1/img/+/req" {
+	if got := Shared(tp.ChunkRequestsAll().MQTT); got != "$share/firmcast-publishers/t-1/firmcast/v1/dev/+/req" {
 		t.Errorf("Shared: %q", got)
 	}
 }
@@ -74,7 +74,8 @@ func TestTopicsRejectBadIdentifiers(t *testing.T) {
 	}
 	for _, b := range bad {
 		for name, f := range map[string]func(string) (Topic, error){
-			"Notice": tp.Notice, "Report": tp.Report, "ChunkReply": tp.ChunkReply, "Announce": tp.Announce, "API": tp.API,
+			"Notice": tp.Notice, "Report": tp.Report, "ChunkReply": tp.ChunkReply, "ChunkRequestsFrom": tp.ChunkRequestsFrom,
+			"Announce": tp.Announce, "API": tp.API,
 		} {
 			if name == "API" && b.id == "a.b" {
 				continue // API ops are dot-separated segments
@@ -105,11 +106,42 @@ func TestTopicsRejectBadIdentifiers(t *testing.T) {
 	}
 }
 
+// ChunkRequester names the device of a chunk request topic in either
+// form, and nothing else.
+func TestChunkRequester(t *testing.T) {
+	tp := MustTopics("t-1/firmcast")
+	for _, tc := range []struct {
+		topic, dev string
+		ok         bool
+	}{
+		{"t-1/firmcast/v1/dev/dev-42/req", "dev-42", true},
+		{"t-1.firmcast.v1.dev.dev-42.req", "dev-42", true},
+		{"t-1/firmcast/v1/dev/+/req", "", false},
+		{"t-1.firmcast.v1.dev.*.req", "", false},
+		{"t-1/firmcast/v1/dev/a/b/req", "", false},
+		{"t-1.firmcast.v1.dev.a.b.req", "", false},
+		{"t-1/firmcast/v1/dev//req", "", false},
+		{"t-1/firmcast/v1/dev/dev-42/report", "", false},
+		{"t-2/firmcast/v1/dev/dev-42/req", "", false},
+		{"t-1/firmcast/v1/img/" + DigestHex(rep(1, 32)) + "/req", "", false},
+		{"t-1/firmcast/v1/dev/dev-42/req/x", "", false},
+		{"t-1/firmcast.v1.dev.dev-42.req", "", false},
+	} {
+		dev, ok := tp.ChunkRequester(tc.topic)
+		if dev != tc.dev || ok != tc.ok {
+			t.Errorf("ChunkRequester(%q) = %q, %v; want %q, %v", tc.topic, dev, ok, tc.dev, tc.ok)
+		}
+	}
+	if _, ok := (Topics{}).ChunkRequester("v1/dev/x/req"); ok {
+		t.Error("zero Topics named a requester")
+	}
+}
+
 func TestTopicsDigest(t *testing.T) {
 	tp := MustTopics("firmcast")
 	good := DigestHex(rep(0x0f, 32))
 	for _, d := range []string{"", "abc", good[:63], good + "0", strings.ToUpper(good), good[:63] + "g", good[:62] + "/+"} {
-		for _, f := range []func(string) (Topic, error){tp.Chunks, tp.ChunkRequests} {
+		for _, f := range []func(string) (Topic, error){tp.Chunks} {
 			if _, err := f(d); !errors.Is(err, ErrBadIdentifier) || !strings.Contains(err.Error(), "image digest") {
 				t.Errorf("digest %q: %v", d, err)
 			}

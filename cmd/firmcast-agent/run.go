@@ -195,20 +195,9 @@ func (o *runOptions) run(ctx context.Context) error {
 // readTrust reads every public key of every PEM file in paths (a file may
 // hold several, as when an anchor is rotated).
 func readTrust(flag string, paths []string) (suit.TrustAnchors, error) {
-	var anchors suit.TrustAnchors
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", flag, err)
-		}
-		ks, err := suit.ParseTrustPEM(b)
-		if err != nil {
-			return nil, fmt.Errorf("%s %s: %w", flag, p, err)
-		}
-		if len(ks) == 0 {
-			return nil, fmt.Errorf("%s %s: no PEM public key", flag, p)
-		}
-		anchors = append(anchors, ks...)
+	anchors, err := suit.ReadTrustFiles(paths...)
+	if err != nil {
+		return nil, fmt.Errorf("%s %w", flag, err)
 	}
 	return anchors, nil
 }

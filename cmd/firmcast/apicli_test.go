@@ -62,7 +62,7 @@ func apiStartServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin", ChunkSize: 1024,
+	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin-0123456789abcdef01", ChunkSize: 1024,
 		NoticeSigners: []suit.Signer{ns1}})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func apiRun(t *testing.T, args ...string) (string, error) {
 func TestAPICommands(t *testing.T) {
 	url := apiStartServer(t)
 	t.Setenv("FIRMCAST_SERVER", url)
-	t.Setenv("FIRMCAST_API_KEY", "cli-admin")
+	t.Setenv("FIRMCAST_API_KEY", "cli-admin-0123456789abcdef01")
 	img := filepath.Join(t.TempDir(), "fw.bin")
 	data := make([]byte, 4000)
 	rand.Read(data)
@@ -119,6 +119,11 @@ func TestAPICommands(t *testing.T) {
 	if out := must("image", "list"); !strings.Contains(out, digest) {
 		t.Errorf("image list:\n%s", out)
 	}
+	img2 := filepath.Join(t.TempDir(), "fw2.bin")
+	os.WriteFile(img2, append([]byte("v2"), data...), 0o600)
+	if out := must("image", "upload", img2, "--version", "1.4.2", "--security-version", "3"); !strings.Contains(out, "version v1.4.2, security version 3") {
+		t.Errorf("image upload with versions:\n%s", out)
+	}
 	env := filepath.Join(t.TempDir(), "fw.suit")
 	os.WriteFile(env, apiTestEnvelope(t, data), 0o600)
 	out = must("campaign", "create", "--image", digest, "--group", "lab", "--phases", "50,100", "--fail-threshold", "5%", "--envelope", env, "--start")
@@ -134,7 +139,7 @@ func TestAPICommands(t *testing.T) {
 		t.Errorf("list:\n%s", out)
 	}
 	must("campaign", "abort", id[1])
-	if out := must("campaign", "create", "--image", digest, "--envelope", env, "--phase-devices", "d1", "--phase-devices", "d2"); !strings.Contains(out, "phases   [50 100]") {
+	if out := must("campaign", "create", "--image", digest, "--envelope", env, "--phase-devices", "d1", "--phase-devices", "d2", "--allow-downgrade"); !strings.Contains(out, "phases   [50 100]") {
 		t.Errorf("explicit phases:\n%s", out)
 	}
 	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {

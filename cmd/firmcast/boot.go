@@ -166,22 +166,24 @@ func newBootStageCmd() *cobra.Command {
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var envelope []byte
+			var m *suit.Manifest
 			if envPath != "" {
 				var err error
 				if envelope, err = os.ReadFile(envPath); err != nil {
 					return fmt.Errorf("--envelope: %w", err)
 				}
+				// Decode only: the bootloader verifies the envelope
+				// (Commit, and every boot) before trusting it.
+				if m, err = suit.Decode(envelope); err != nil {
+					return fmt.Errorf("--envelope %s: envelope refused: %w", envPath, err)
+				}
 				if !cmd.Flags().Changed("version") {
-					// Display decode only: the bootloader verifies the
-					// envelope (Commit, and every boot) before trusting it.
-					m, err := suit.Decode(envelope)
-					if err != nil {
-						return fmt.Errorf("--envelope %s: %w", envPath, err)
-					}
 					version = m.Seq
 				}
 			} else if !cmd.Flags().Changed("version") {
 				return errors.New("--version is required (or --envelope, whose sequence number is the version)")
+			} else if !cmd.Flags().Changed("security-counter") {
+				return errors.New("no envelope: --security-counter is required (with --envelope it is the manifest's security version)")
 			}
 			img, err := os.Open(imagePath)
 			if err != nil {
@@ -200,6 +202,11 @@ func newBootStageCmd() *cobra.Command {
 			slot, err := d.FreeSlot()
 			if err != nil {
 				return err
+			}
+			if m != nil {
+				if counter, err = stageCounter(m, d, counter, cmd.Flags().Changed("security-counter")); err != nil {
+					return err
+				}
 			}
 			ctx := cmd.Context()
 			cand, err := d.OpenCandidate(ctx, slot, uint64(fi.Size()))
@@ -240,13 +247,36 @@ func newBootStageCmd() *cobra.Command {
 	c.Flags().StringVar(&imagePath, "image", "", "image file (required)")
 	c.Flags().Uint64Var(&version, "version", 0, "firmware version: the manifest's sequence number (required without --envelope)")
 	c.Flags().StringVar(&envPath, "envelope", "", "signed SUIT envelope of the image, kept for secure-boot mode (default --version: its sequence number)")
-	c.Flags().Uint64Var(&counter, "security-counter", 0, "anti-rollback security counter")
+	c.Flags().Uint64Var(&counter, "security-counter", 0, "anti-rollback security counter (required without --envelope; with one, taken from the manifest's security version, or the current floor when it sets none)")
 	c.Flags().StringVar(&campaign, "campaign", "", "campaign id")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	for _, n := range []string{"flash", "image"} {
 		_ = c.MarkFlagRequired(n)
 	}
 	return c
+}
+
+// stageCounter is the security counter of an image staged with the
+// manifest m: the manifest's security version, or, when it sets none, the
+// device's current floor (confirming it keeps the floor), as the device
+// agent does. A --security-counter given too (flag, set) must agree.
+func stageCounter(m *suit.Manifest, d *bootctl.Device, flag uint64, set bool) (uint64, error) {
+	sv, ok, err := m.SecurityVersion()
+	if err != nil {
+		return 0, fmt.Errorf("--envelope: %w", err)
+	}
+	if !ok {
+		st, err := d.Status()
+		if err != nil {
+			return 0, err
+		}
+		sv = st.Floor
+	}
+	if set && flag != sv {
+		return 0, fmt.Errorf("--security-counter %d disagrees with the envelope (security version %d%s)", flag, sv,
+			map[bool]string{true: "", false: ", none set: the current floor"}[ok])
+	}
+	return sv, nil
 }
 
 func newBootRunCmd() *cobra.Command {

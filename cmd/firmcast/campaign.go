@@ -42,7 +42,7 @@ type campaignFlags struct {
 	groups, devices, tags, phaseDevices                   []string
 	phases                                                []int
 	onVersion                                             int64
-	start                                                 bool
+	start, allowDowngrade                                 bool
 }
 
 func (f *campaignFlags) add(c *cobra.Command) {
@@ -59,6 +59,7 @@ func (f *campaignFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.deadline, "deadline", "", "campaign deadline: a duration from now (72h) or RFC 3339 time")
 	fl.StringVar(&f.envelope, "envelope", "", "already signed SUIT envelope file (default: the server signs)")
 	fl.StringVar(&f.name, "name", "", "campaign name")
+	fl.BoolVar(&f.allowDowngrade, "allow-downgrade", false, "allow an image older (by version or security version) than what some targets run; audited")
 }
 
 var percentRE = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?)%$`)
@@ -96,7 +97,7 @@ func parseDeadline(s string, now time.Time) (int64, error) {
 func (f *campaignFlags) request(image string) (publisher.CampaignRequest, error) {
 	r := publisher.CampaignRequest{
 		Name: f.name, Image: image, Devices: f.devices, Groups: f.groups, Class: f.class, Tags: f.tags,
-		Phases: f.phases, Start: f.start,
+		Phases: f.phases, Start: f.start, AllowDowngrade: f.allowDowngrade,
 	}
 	if f.onVersion >= 0 {
 		v := uint64(f.onVersion)

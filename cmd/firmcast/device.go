@@ -40,7 +40,7 @@ read it from the registry.`,
 	add.Flags().StringVar(&nd.Class, "class", "", "device class (required)")
 	add.Flags().StringSliceVar(&nd.Groups, "group", nil, "groups (repeatable)")
 	add.Flags().StringSliceVar(&nd.Tags, "tag", nil, "tags (repeatable)")
-	add.Flags().StringVar(&nd.Secret, "secret", "", "broker secret (default: generated)")
+	add.Flags().StringVar(&nd.Secret, "secret", "", "broker secret, at least 128 bits (32 hex or 22 base64 characters; default: 192 random bits generated)")
 	list := apiListCmd(a, "device list", "list", "List devices",
 		func(ctx context.Context, cl *publisher.Client) ([]publisher.Device, error) { return cl.Devices(ctx) },
 		[]string{"ID", "CLASS", "GROUPS", "TAGS", "VERSION", "LAST STATE"},

@@ -24,8 +24,8 @@ func newImageCmd() *cobra.Command {
 on the server's JetStream object store.`,
 	}
 	a.add(c)
-	var name string
-	up := &cobra.Command{
+	var up publisher.ImageUpload
+	upload := &cobra.Command{
 		Use:   "upload FILE",
 		Short: "Upload an image (shows a progress bar)",
 		Args:  cobra.ExactArgs(1),
@@ -34,34 +34,44 @@ on the server's JetStream object store.`,
 			if err != nil {
 				return err
 			}
-			img, err := uploadFileNamed(cmd.Context(), cl, args[0], name, cmd.ErrOrStderr())
+			img, err := uploadFileWith(cmd.Context(), cl, args[0], up, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
 			if a.json {
 				return printAPIJSON(cmd.OutOrStdout(), img)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s  %d bytes, %d chunks of %d\n", img.Digest, img.Size, img.Chunks, img.ChunkSize)
+			fmt.Fprintf(cmd.OutOrStdout(), "%s  %d bytes, %d chunks of %d", img.Digest, img.Size, img.Chunks, img.ChunkSize)
+			if img.Version != "" {
+				fmt.Fprintf(cmd.OutOrStdout(), ", version %s", img.Version)
+			}
+			if img.SecurityVersion != 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), ", security version %d", img.SecurityVersion)
+			}
+			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
 	}
-	up.Flags().StringVar(&name, "name", "", "image name (default: the file name)")
+	upload.Flags().StringVar(&up.Name, "name", "", "image name (default: the file name)")
+	upload.Flags().StringVar(&up.Version, "version", "", "the image's own version, semantic (1.4.2): campaigns to an older image than a target runs need --allow-downgrade")
+	upload.Flags().Uint64Var(&up.SecurityVersion, "security-version", 0, "anti-rollback security version signed into its manifests; raise it on purpose when older versions must never run again (default: none, devices keep their floor)")
 	list := apiListCmd(a, "image list", "list", "List stored images",
 		func(ctx context.Context, cl *publisher.Client) ([]publisher.Image, error) { return cl.Images(ctx) },
 		[]string{"DIGEST", "NAME", "SIZE", "CHUNKS", "UPLOADED"},
 		func(i publisher.Image) []string {
 			return []string{i.Digest, i.Name, fmt.Sprint(i.Size), fmt.Sprint(i.Chunks), i.Uploaded.Format(time.RFC3339)}
 		})
-	c.AddCommand(up, list)
+	c.AddCommand(upload, list)
 	return c
 }
 
 func uploadFile(ctx context.Context, cl *publisher.Client, path string, progress io.Writer) (publisher.Image, error) {
-	return uploadFileNamed(ctx, cl, path, "", progress)
+	return uploadFileWith(ctx, cl, path, publisher.ImageUpload{}, progress)
 }
 
-// uploadFileNamed uploads a file with a progress bar on progress.
-func uploadFileNamed(ctx context.Context, cl *publisher.Client, path, name string, progress io.Writer) (publisher.Image, error) {
+// uploadFileWith uploads a file with a progress bar on progress.
+func uploadFileWith(ctx context.Context, cl *publisher.Client, path string, up publisher.ImageUpload, progress io.Writer) (publisher.Image, error) {
+	name := up.Name
 	f, err := os.Open(path)
 	if err != nil {
 		return publisher.Image{}, fmt.Errorf("image upload: %w", err)
@@ -82,7 +92,8 @@ func uploadFileNamed(ctx context.Context, cl *publisher.Client, path, name strin
 	if err != nil {
 		return publisher.Image{}, fmt.Errorf("image upload: %w", err)
 	}
-	img, err := cl.UploadImage(ctx, name, body)
+	up.Name = name
+	img, err := cl.UploadImageWith(ctx, up, body)
 	if err != nil {
 		bar.Abort(false)
 		pr.Wait()

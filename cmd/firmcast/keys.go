@@ -73,20 +73,11 @@ that devices trust. Existing files are not overwritten unless --force.`,
 	return c
 }
 
-// readTrustFiles reads every public key of every PEM file given to --flag
-// (a file may hold several, as after a key rotation).
+// readTrustFiles reads every public key of every PEM file given to --flag.
 func readTrustFiles(flag string, paths []string) (suit.TrustAnchors, error) {
-	var anchors suit.TrustAnchors
-	for _, p := range paths {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			return nil, fmt.Errorf("--%s: %w", flag, err)
-		}
-		ks, err := suit.ParseTrustPEM(b)
-		if err != nil {
-			return nil, fmt.Errorf("--%s %s: %w", flag, p, err)
-		}
-		anchors = append(anchors, ks...)
+	anchors, err := suit.ReadTrustFiles(paths...)
+	if err != nil {
+		return nil, fmt.Errorf("--%s %w", flag, err)
 	}
 	return anchors, nil
 }

@@ -27,7 +27,7 @@ func newManifestCmd() *cobra.Command {
 
 type createFlags struct {
 	image, vendor, class, component, out, useBefore, coseAlg string
-	seq                                                      uint64
+	seq, securityVersion                                     uint64
 	uris, keys                                               []string
 	chunkSize                                                uint32
 }
@@ -66,6 +66,7 @@ or the fully specified ESP256 / Ed25519 with --cose-alg).`,
 	fl.Uint32Var(&f.chunkSize, "chunk-size", suit.DefaultChunkSize, "chunk size of the image's chunk table, bytes")
 	fl.StringVar(&f.coseAlg, "cose-alg", "", "COSE algorithm: es256 or esp256 for P-256 keys, eddsa or ed25519 for Ed25519 keys (default es256 / eddsa)")
 	fl.StringVar(&f.useBefore, "use-before", "", "refuse installation after this time (RFC 3339, or a duration from now such as 720h)")
+	fl.Uint64Var(&f.securityVersion, "security-version", 0, fmt.Sprintf("anti-rollback security version (1..%d), the bootloader's counter: raise it on purpose when older versions must never run again (default: none, devices keep their floor)", suit.MaxSecurityVersion))
 	return c
 }
 
@@ -123,7 +124,7 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 	defer img.Close()
 	env, err := suit.Create(cmd.Context(), suit.CreateOptions{
 		Image: img, VendorID: vendor, ClassID: class, Seq: f.seq, URIs: f.uris,
-		Component: f.component, ChunkSize: f.chunkSize, UseBefore: useBefore,
+		Component: f.component, ChunkSize: f.chunkSize, UseBefore: useBefore, SecurityVersion: f.securityVersion,
 	}, signers...)
 	if err != nil {
 		return err
@@ -131,7 +132,11 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 	if err := atomicfile.WriteFile(f.out, env, 0o644); err != nil {
 		return err
 	}
-	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes, sequence number %d, %d signature(s))\n", f.out, len(env), f.seq, len(signers))
+	sv := ""
+	if f.securityVersion != 0 {
+		sv = fmt.Sprintf(", security version %d", f.securityVersion)
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "wrote %s (%d bytes, sequence number %d%s, %d signature(s))\n", f.out, len(env), f.seq, sv, len(signers))
 	return nil
 }
 
@@ -159,6 +164,7 @@ func formatUUID(b []byte) string {
 // inspectJSON is the --json output of manifest inspect.
 type inspectJSON struct {
 	SequenceNumber   uint64          `json:"sequence_number"`
+	SecurityVersion  *uint64         `json:"security_version,omitempty"`
 	Components       []string        `json:"components"`
 	VendorID         string          `json:"vendor_id,omitempty"`
 	ClassID          string          `json:"class_id,omitempty"`
@@ -262,6 +268,9 @@ func describe(m *suit.Manifest, keys []string) inspectJSON {
 	if s, ok := m.ImageSize(); ok {
 		out.ImageSize = &s
 	}
+	if sv, ok, err := m.SecurityVersion(); err == nil && ok {
+		out.SecurityVersion = &sv
+	}
 	if ci, ok := m.ChunkInfo(); ok {
 		out.ChunkSize, out.ChunkTableDigest = ci.ChunkSize, hex.EncodeToString(ci.TableDigest.Bytes)
 	}
@@ -311,6 +320,9 @@ func printInspect(w io.Writer, path string, o inspectJSON) {
 		}
 	}
 	line("sequence number", fmt.Sprint(o.SequenceNumber))
+	if o.SecurityVersion != nil {
+		line("security version", fmt.Sprint(*o.SecurityVersion))
+	}
 	line("components", strings.Join(o.Components, ", "))
 	line("vendor id", o.VendorID)
 	line("class id", o.ClassID)

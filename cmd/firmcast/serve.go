@@ -60,7 +60,7 @@ type publisherOptions struct {
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.httpListen, "http-listen", "127.0.0.1:8080", "HTTP API listen address (empty = no publisher)")
-	f.StringVar(&o.apiKey, "api-key", "", "bootstrap admin API key, registered if no key with its id exists (also FIRMCAST_API_KEY)")
+	f.StringVar(&o.apiKey, "api-key", "", "bootstrap admin API key (at least 128 bits: 32 hex or 22 base64 characters), registered if no key with its id exists (also FIRMCAST_API_KEY)")
 	f.StringVar(&o.signKey, "sign-key", "", "PEM private key the server signs manifests with (none: campaigns need a signed envelope)")
 	f.StringVar(&o.vendorID, "vendor-id", "", "vendor UUID of server-signed manifests")
 	f.StringVar(&o.classID, "class-id", "", "class UUID of server-signed manifests")

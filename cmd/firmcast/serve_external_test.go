@@ -23,9 +23,9 @@ func TestServeExternalBrokers(t *testing.T) {
 	done := make(chan error, 1)
 	root := newRootCmd()
 	root.SetArgs([]string{"serve", "--broker", mq.URL(), "--nats", ns.URL(), "--http-listen", "127.0.0.1:" + strconv.Itoa(port),
-		"--api-key", "fk-external-test-key", "--data-dir", t.TempDir(), "--log-level", "error"})
+		"--api-key", "fk-external-test-key-0123456789ab", "--data-dir", t.TempDir(), "--log-level", "error"})
 	go func() { done <- root.ExecuteContext(ctx) }()
-	cl := &publisher.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", port), Key: "fk-external-test-key"}
+	cl := &publisher.Client{BaseURL: fmt.Sprintf("http://127.0.0.1:%d", port), Key: "fk-external-test-key-0123456789ab"}
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		resp, err := http.Get(cl.BaseURL + "/healthz")

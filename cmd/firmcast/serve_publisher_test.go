@@ -43,7 +43,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: filepath.Join(dir, "data"), root: root, credentials: creds,
 		// --notice-key alone: the server signs notices, never firmware.
-		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin", noticeKey: filepath.Join(dir, "server.pem")},
+		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin-0123456789abcdef", noticeKey: filepath.Join(dir, "server.pem")},
 		onReady: func(m, n string) { ready <- urls{m, n} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -59,7 +59,7 @@ func TestServeRunsPublisher(t *testing.T) {
 		t.Fatal("serve not ready")
 	}
 	t.Setenv("FIRMCAST_SERVER", "http://"+httpAddr)
-	t.Setenv("FIRMCAST_API_KEY", "serve-admin")
+	t.Setenv("FIRMCAST_API_KEY", "serve-admin-0123456789abcdef")
 	must := func(args ...string) string {
 		t.Helper()
 		out, err := apiRun(t, args...)
@@ -68,7 +68,7 @@ func TestServeRunsPublisher(t *testing.T) {
 		}
 		return out
 	}
-	must("device", "add", "dev-9", "--class", "sensor", "--secret", "devsecret9")
+	must("device", "add", "dev-9", "--class", "sensor", "--secret", "devsecret9-0123456789abcdef0123")
 	topics := schemas.MustTopics(root)
 	dial := func(secret string) (broker.Transport, error) {
 		dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -78,7 +78,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	if _, err := dial("wrong-secret"); !errors.Is(err, broker.ErrNotAuthorized) {
 		t.Fatalf("wrong secret: %v, want ErrNotAuthorized", err)
 	}
-	dev, err := dial("devsecret9")
+	dev, err := dial("devsecret9-0123456789abcdef0123")
 	if err != nil {
 		t.Fatalf("registered device refused: %v", err)
 	}

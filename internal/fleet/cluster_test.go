@@ -108,7 +108,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	key, _ := suit.GenerateKey("es256", nil)
 	signer, _ := suit.NewKeySigner(key, 0)
 	vendor, class := uuidFor("vendor"), uuidFor("class")
-	const adminKey = "fk-cluster-test-admin"
+	const adminKey = "fk-cluster-test-admin-0123456789"
 	type pub struct {
 		p    *publisher.Publisher
 		kill func()

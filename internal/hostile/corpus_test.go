@@ -340,7 +340,7 @@ func (r *rig) liveCampaign(ctx context.Context) broker.Transport {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := r.pub.AddDevice(ctx, admin, publisher.NewDevice{ID: otherDevice, Class: deviceClass, Secret: "secret-b-0123456789"}); err != nil {
+	if _, _, err := r.pub.AddDevice(ctx, admin, publisher.NewDevice{ID: otherDevice, Class: deviceClass, Secret: "secret-b-0123456789abcdef0123"}); err != nil {
 		t.Fatal(err)
 	}
 	img, _, err := r.pub.UploadImage(ctx, admin, "v2", bytes.NewReader(readFile(t, "images/v2.bin")))

@@ -117,7 +117,7 @@ func faultCampaign(t *testing.T, kind string, dropRate float64) float64 {
 	defer cancel()
 	log := quietLogger()
 	topics := testutil.UniqueTopics(t)
-	devSecret := "secret-a-0123456789"
+	devSecret := "secret-a-0123456789abcdef0123"
 	mosq := testutil.StartMosquittoWithPolicy(t, topics, []broker.Account{
 		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
 		{Identity: broker.Identity{Username: deviceID, Role: broker.RoleDevice, Device: deviceID, Class: deviceClass}, Secret: devSecret},

@@ -161,8 +161,10 @@ func TestServiceCannotWriteAPIKey(t *testing.T) {
 	forEachRoleServer(t, func(t *testing.T, r *roleRig) {
 		const tok = "fck_f0f0f0f0f0f0_forged-admin-token-by-a-service"
 		sum := sha256.Sum256([]byte(tok))
-		k, _ := json.Marshal(publisher.APIKey{ID: "f0f0f0f0f0f0", Name: "forged", Scopes: []publisher.Scope{publisher.ScopeAdmin},
-			Hash: hex.EncodeToString(sum[:]), Created: time.Now().UTC()})
+		// A stored key record: the publisher still reads keys stored
+		// with an unsalted SHA-256.
+		k, _ := json.Marshal(map[string]any{"id": "f0f0f0f0f0f0", "name": "forged", "scopes": []string{"admin"},
+			"hash": hex.EncodeToString(sum[:]), "created": time.Now().UTC()})
 		subj := "$KV." + r.ns + "_apikeys.f0f0f0f0f0f0"
 		if refused, ack := r.try(t, subj, k); !refused {
 			t.Errorf("the server did not refuse the service's put into the key bucket (ack %q)", replyData(ack))

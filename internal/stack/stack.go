@@ -229,6 +229,33 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	}
 	pc := cfg.Publisher
 	pc.Namespace = cfg.Namespace
+	// A removed device loses its live sessions on the embedded brokers at
+	// once (the registry refuses it from then on), and any account of its
+	// in the credentials.
+	userRemoved := pc.OnDeviceRemoved
+	pc.OnDeviceRemoved = func(id string) {
+		if s.auth != nil {
+			s.auth.accounts.Remove(id)
+		}
+		if s.mqttSrv != nil {
+			s.mqttSrv.Disconnect(id)
+		}
+		if s.natsSrv != nil {
+			s.natsSrv.Disconnect(id)
+		}
+		if userRemoved != nil {
+			userRemoved(id)
+		}
+	}
+	// Devices may not take the name of a backend or service account.
+	if backend.Username != "" {
+		pc.ReservedNames = append(pc.ReservedNames, backend.Username)
+	}
+	for _, a := range cfg.Accounts {
+		if a.Role != broker.RoleDevice {
+			pc.ReservedNames = append(pc.ReservedNames, a.Username)
+		}
+	}
 	if pc.BootstrapKey == "" {
 		pc.BootstrapKey = "fk-" + randomHex(16)
 	}

@@ -41,8 +41,9 @@ type ChunkServer struct {
 	sub      broker.Subscription
 }
 
-// Start subscribes to the image's chunk request topic (shared, as a
-// publisher does).
+// Start subscribes to every device's chunk request topic (as a publisher
+// does) and answers the requests for its image; requests for other images
+// are left alone.
 func (s *ChunkServer) Start(ctx context.Context) error {
 	if s.TableBytes == nil {
 		b, err := schemas.Encode(s.Table)
@@ -52,10 +53,7 @@ func (s *ChunkServer) Start(ctx context.Context) error {
 		s.TableBytes = b
 	}
 	s.served = map[uint32]int{}
-	rt, err := s.Topics.ChunkRequests(schemas.DigestHex(s.Table.Image))
-	if err != nil {
-		return err
-	}
+	rt := s.Topics.ChunkRequestsAll()
 	sub, err := s.Transport.Subscribe(ctx, rt, s.handle, broker.SubscribeOptions{Family: broker.FamilyChunkRequest})
 	if err != nil {
 		return err
@@ -74,11 +72,14 @@ func (s *ChunkServer) Stop(ctx context.Context) error {
 
 func (s *ChunkServer) handle(ctx context.Context, m broker.Message) {
 	var req schemas.ChunkRequest
-	if err := schemas.Decode(m.Payload, &req); err != nil || !bytes.Equal(req.Image, s.Table.Image) {
+	if err := schemas.Decode(m.Payload, &req); err != nil {
 		s.mu.Lock()
 		s.bad++
 		s.mu.Unlock()
 		return
+	}
+	if !bytes.Equal(req.Image, s.Table.Image) {
+		return // another image's (another server's)
 	}
 	reply := schemas.Topic{MQTT: req.ReplyTo, NATS: req.ReplyTo}
 	pub := func(b []byte) error {
@@ -138,7 +139,8 @@ func (s *ChunkServer) Served() map[uint32]int {
 }
 
 // Counts returns the number of valid chunk requests, table requests and
-// undecodable or foreign requests received.
+// undecodable requests received (requests for other images are not
+// counted).
 func (s *ChunkServer) Counts() (requests, tables, bad int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

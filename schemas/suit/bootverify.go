@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/pem"
 	"fmt"
+	"os"
 )
 
 // BootVerifier is the secure-boot verifier of a bootloader: it
@@ -52,6 +53,25 @@ func (v BootVerifier) VerifyEnvelope(envelope []byte) (seq uint64, digest [32]by
 	}
 	copy(digest[:], d.Bytes)
 	return m.Seq, digest, size, nil
+}
+
+// ReadTrustFiles reads every public key of every PEM file in paths (a file
+// may hold several, as after a key rotation) with ParseTrustPEM. Errors
+// name the file; a bad file's error wraps ErrKey.
+func ReadTrustFiles(paths ...string) (TrustAnchors, error) {
+	var anchors TrustAnchors
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, err
+		}
+		ks, err := ParseTrustPEM(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p, err)
+		}
+		anchors = append(anchors, ks...)
+	}
+	return anchors, nil
 }
 
 // maxBootKeys bounds the number of PEM blocks ParseTrustPEM reads.

@@ -69,6 +69,11 @@ type Params struct {
 	InvokeArgs      []byte
 	// Firmcast is firmcast's custom parameter (ParamFirmcast).
 	Firmcast *ChunkInfo
+
+	// EncryptionInfo is parameter-encryption-info: fetch, copy and write
+	// decrypt what they write with it (see Processor).
+	EncryptionInfo *EncryptionInfo
+
 	// Other holds every other parameter, raw, by label: custom (negative)
 	// ones and standard ones this package does not interpret. A processor
 	// refuses to set a non-negative one it does not know.
@@ -115,6 +120,9 @@ func (p *Params) merge(src *Params, keep bool) {
 	}
 	if src.URI != nil && (!keep || p.URI == nil) {
 		p.URI = src.URI
+	}
+	if src.EncryptionInfo != nil && (!keep || p.EncryptionInfo == nil) {
+		p.EncryptionInfo = src.EncryptionInfo
 	}
 	if src.Firmcast != nil && (!keep || p.Firmcast == nil) {
 		p.Firmcast = src.Firmcast
@@ -374,6 +382,16 @@ func decodeParams(b []byte, what string) (*Params, error) {
 			} else {
 				p.InvokeArgs = v
 			}
+		case ParamEncryptionInfo:
+			c, err := unwrap(e.v, what+": encryption-info")
+			if err != nil {
+				return nil, err
+			}
+			info, err := DecodeEncryptionInfo(c)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", what, err)
+			}
+			p.EncryptionInfo = info
 		case ParamURI:
 			s, ok := asText(e.v)
 			if !ok {
@@ -471,6 +489,9 @@ func (p *Params) encode() []byte {
 	}
 	if p.URI != nil {
 		put(ParamURI, *p.URI)
+	}
+	if p.EncryptionInfo != nil {
+		put(ParamEncryptionInfo, p.EncryptionInfo.Encode())
 	}
 	if p.Firmcast != nil {
 		put(ParamFirmcast, marshal(map[int64]any{

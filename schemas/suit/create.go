@@ -40,6 +40,10 @@ type CreateOptions struct {
 	// UseBefore, when non-zero, adds the use-before condition: the
 	// manifest is refused after this time.
 	UseBefore time.Time
+	// SecurityVersion, when non-zero, sets ParamSecurityVersion (at most
+	// MaxSecurityVersion): the image's anti-rollback counter. Zero leaves
+	// it out, and a device then keeps its anti-rollback floor as it is.
+	SecurityVersion uint64
 }
 
 // DefaultChunkSize is the chunk size Create uses when none is given.
@@ -86,6 +90,9 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 		if u == "" {
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
 		}
+	}
+	if opts.SecurityVersion > MaxSecurityVersion {
+		return nil, fmt.Errorf("%w: security version %d over %d", ErrParameter, opts.SecurityVersion, MaxSecurityVersion)
 	}
 	return seal(ctx, buildManifest(opts), signers, nil)
 }
@@ -157,6 +164,9 @@ func buildManifest(o CreateOptions) []byte {
 	if !o.UseBefore.IsZero() {
 		ub := uint64(o.UseBefore.Unix())
 		shared.UseBefore = &ub
+	}
+	if o.SecurityVersion != 0 {
+		shared.Other = map[int64][]byte{ParamSecurityVersion: marshal(o.SecurityVersion)}
 	}
 	fetchFrom := func(uri string) Sequence {
 		u := uri

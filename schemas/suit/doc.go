@@ -20,8 +20,10 @@
 //     a detached SHA-256 digest; notice blocks carry the COSE external_aad
 //     NoticeAAD, so one never passes for the other.
 //   - The device agent calls Verify with its TrustAnchors (several, so an
-//     update can rotate them), checks the image's chunk table with
-//     Manifest.CheckChunkTable before trusting any chunk, then runs the
+//     update can rotate them), hands the signed image digest, size, chunk
+//     size and chunk-table digest (Manifest.ChunkInfo) to the fetcher, which
+//     authenticates the chunk table's bytes against that digest before it
+//     trusts any chunk (fetcher.DecodeTable), then runs the
 //     manifest's command sequences with a Processor against its own Target
 //     (slots, sources, boot hand-off): Update (payload-fetch, install) and
 //     Boot (validate, load, invoke). Anti-rollback (InstalledSeq) and expiry
@@ -35,16 +37,28 @@
 // manifest itself, then the digests of the severable members present in the
 // envelope. Nothing inside the manifest is decoded before it is authenticated.
 //
-// Firmcast adds one custom parameter (ParamFirmcast, in SUIT's negative
-// custom range) carrying the chunk size and the SHA-256 of the image's
+// Firmcast adds custom parameters (in SUIT's negative custom range):
+// ParamFirmcast carries the chunk size and the SHA-256 of the image's
 // schemas.ChunkTable, so a device authenticates the chunk table, and through
-// it every chunk, against the signed manifest before trusting a chunk.
+// it every chunk, against the signed manifest before trusting a chunk;
+// ParamSecurityVersion, optional, is the image's anti-rollback security
+// version, the bootloader's counter (never the sequence number).
 //
 // Decoding is strict and bounded like the rest of schemas/: duplicate map
 // keys, indefinite lengths, trailing bytes, unknown critical elements and
 // oversize inputs are refused with an error naming the element, wrapping one
 // of the sentinels in errors.go. Encoding uses schemas' one deterministic
 // encoder; a decoded canonical manifest re-encodes to the signed bytes.
+//
+// Encrypted payloads (draft-ietf-suit-firmware-encryption, encrypt.go):
+// the sender encrypts each payload once with a fresh content key
+// (NewContentCipher: AES-GCM for small content, AES-CTR for images) and
+// wraps that key for each recipient device (KeyWrapper: its AES
+// key-encryption key, or ECDH-ES to its public key); the manifest's
+// parameter-encryption-info carries the algorithm, IV and recipients. The
+// device's keys stay in its root of trust behind a KeyUnwrapper given to
+// the Processor, which decrypts on fetch, copy and write and commits
+// plaintext only once it authenticates (GCM tag, signed image digest).
 //
 // suit imports schemas and nothing else of firmcast's.
 package suit

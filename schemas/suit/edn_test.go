@@ -9,7 +9,7 @@ import (
 )
 
 // A small reader of CBOR extended diagnostic notation (RFC 8610 appendix G)
-// as used by the draft's examples: comments /.../, ints, h'..', "..",
+// as used by the draft's examples: comments /.../, ints, h'..', '..', "..",
 // [..], {..}, <<..>>, N(..), null/true/false. It encodes the items it
 // reads in the order written, so the result can be compared byte for byte
 // with the signed envelope.
@@ -117,6 +117,12 @@ func (p *ednParser) item() []byte {
 		if err != nil {
 			panic(err)
 		}
+		return append(cborHead(majBstr, uint64(len(b))), b...)
+	case p.peek("'"): // 'text' is a bstr of its UTF-8 bytes
+		p.expect("'")
+		end := strings.IndexByte(p.s[p.pos:], '\'')
+		b := p.s[p.pos : p.pos+end]
+		p.pos += end + 1
 		return append(cborHead(majBstr, uint64(len(b))), b...)
 	case p.peek(`"`):
 		start := p.pos

@@ -5,9 +5,6 @@ import (
 	"context"
 	"errors"
 	"testing"
-	"time"
-
-	"github.com/firmcast/firmcast/schemas"
 
 	"github.com/google/go-cmp/cmp"
 )
@@ -233,30 +230,5 @@ func TestTexts(t *testing.T) {
 	a, _ := Verify(readVector(t, "suit_manifest_exp2A.suit"), vectorAnchors(t))
 	if tx, err := a.Texts(); tx != nil || err != nil {
 		t.Fatalf("severed absent text: %v %v", tx, err)
-	}
-}
-
-func TestCheckChunkTable(t *testing.T) {
-	img := testImage(10000)
-	m, _ := createEnvelope(t, img, 1, nil, time.Time{})
-	good, err := schemas.BuildChunkTable(bytes.NewReader(img), 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := m.CheckChunkTable(good); err != nil {
-		t.Fatal(err)
-	}
-	other, _ := schemas.BuildChunkTable(bytes.NewReader(img), 2048)
-	bad := *good
-	bad.Hashes = append([][]byte(nil), good.Hashes...)
-	bad.Hashes[3] = bytes.Repeat([]byte{1}, 32)
-	for name, tb := range map[string]*schemas.ChunkTable{"chunk hash": &bad, "chunk size": other} {
-		if err := m.CheckChunkTable(tb); !errors.Is(err, ErrChunkTable) {
-			t.Errorf("%s: %v, want ErrChunkTable", name, err)
-		}
-	}
-	v, _ := Verify(readVector(t, "suit_manifest_exp0.suit"), vectorAnchors(t))
-	if err := v.CheckChunkTable(good); !errors.Is(err, ErrParameter) {
-		t.Errorf("vector without firmcast parameter: %v", err)
 	}
 }

@@ -1,6 +1,9 @@
 package suit
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+)
 
 // Sentinel errors. Every error returned by this package wraps one of them
 // (with the element, command or key named) and is matched with errors.Is.
@@ -47,9 +50,33 @@ var (
 	ErrParameter = errors.New("suit: missing or bad parameter")
 	// ErrTooLarge: content exceeds the image size or a package limit.
 	ErrTooLarge = errors.New("suit: too large")
-	// ErrChunkTable: a chunk table does not match the manifest's firmcast
-	// parameter (digest, chunk size) or image (digest, size).
-	ErrChunkTable = errors.New("suit: chunk table does not match the manifest")
 	// ErrKey: a key file or key type is unusable.
 	ErrKey = errors.New("suit: bad key")
+)
+
+// Firmware encryption errors (draft-ietf-suit-firmware-encryption). Each
+// names the stage that refused an encrypted payload; nothing decrypted is
+// committed to a component when any of them is returned.
+var (
+	// ErrUnknownAlgorithm: a content-encryption or key-distribution
+	// algorithm this implementation does not support. It wraps
+	// ErrUnsupported, so processing ends (no try-each fallback).
+	ErrUnknownAlgorithm = fmt.Errorf("%w: encryption algorithm", ErrUnsupported)
+	// ErrNoRecipient: no recipient of an encrypted payload is for this
+	// device (every one names another key, or the device has no
+	// decryption keys).
+	ErrNoRecipient = errors.New("suit: no recipient for this device's keys")
+	// ErrKeyUnwrap: a recipient names one of the device's keys but the
+	// wrapped content key does not unwrap with it (wrong key-encryption
+	// key, wrong device private key, a tampered or swapped wrapped key or
+	// ephemeral key), or unwraps to a key of the wrong size.
+	ErrKeyUnwrap = errors.New("suit: content key does not unwrap")
+	// ErrDecrypt: an authenticated ciphertext (AES-GCM) does not verify
+	// under the content key: tampered ciphertext, tag, IV or protected
+	// header.
+	ErrDecrypt = errors.New("suit: ciphertext does not authenticate")
+	// ErrPlaintextDigest: decrypted content does not match the signed
+	// image digest of its component (AES-CTR has no tag of its own: this
+	// is its authentication).
+	ErrPlaintextDigest = errors.New("suit: decrypted content does not match the signed image digest")
 )

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
 
@@ -67,8 +66,8 @@ func Example() {
 	if err != nil {
 		panic(err)
 	}
-	table, _ := schemas.BuildChunkTable(bytes.NewReader(image), 4096) // as received
-	fmt.Println("chunk table:", m.CheckChunkTable(table))
+	ci, _ := m.ChunkInfo() // the fetcher checks each chunk against the table this digest signs
+	fmt.Println("chunk size:", ci.ChunkSize)
 
 	// Device: install (anti-rollback against the installed sequence number).
 	tgt := &memTarget{id: suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}}, source: image}
@@ -80,7 +79,7 @@ func Example() {
 	_, err = suit.Processor{Target: tgt, InstalledSeq: 8}.Update(ctx, m)
 	fmt.Println("older manifest:", suit.Code(err))
 	// Output:
-	// chunk table: <nil>
+	// chunk size: 4096
 	// update: <nil> true
 	// install condition-vendor-identifier true
 	// install condition-class-identifier true

@@ -14,6 +14,9 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		b := readVector(f, "suit_manifest_"+v+".suit")
 		seeds = append(seeds, b)
 	}
+	for _, v := range []string{"expAW", "expEW"} {
+		seeds = append(seeds, readVector(f, "encryption/suit_manifest_"+v+".suit"))
+	}
 	k, _ := GenerateKey("es256", rand.Reader)
 	s, _ := NewKeySigner(k, 0)
 	env, err := Create(context.Background(), CreateOptions{

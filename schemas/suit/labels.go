@@ -96,7 +96,16 @@ const (
 	// are negative integers): bstr .cbor FirmcastInfo, i.e.
 	// {1: chunk-size uint, 2: SUIT_Digest of the image's chunk table}.
 	ParamFirmcast int64 = -257
+	// ParamSecurityVersion is firmcast's security version (a custom
+	// parameter): uint, at most MaxSecurityVersion. It is the image's
+	// anti-rollback counter in the bootloader, raised on purpose by the
+	// operator when a vulnerable version must never run again.
+	ParamSecurityVersion int64 = -260
 )
+
+// MaxSecurityVersion bounds ParamSecurityVersion: hardware monotonic
+// counters are small (TPM counters step by one, eFuse counters are unary).
+const MaxSecurityVersion = 1 << 16
 
 // Reporting policy bits (SUIT_Rep_Policy).
 const (
@@ -129,7 +138,7 @@ var paramNames = map[int64]string{
 	ParamSourceComponent: "source-component", ParamInvokeArgs: "invoke-args",
 	ParamDeviceID: "device-id", ParamMinBattery: "minimum-battery",
 	ParamUpdatePriority: "update-priority", ParamVersion: "version", ParamWaitInfo: "wait-info",
-	ParamFirmcast: "firmcast-chunks",
+	ParamFirmcast: "firmcast-chunks", ParamSecurityVersion: "firmcast-security-version",
 }
 
 // CommandName returns the draft's name of a command label, or "command N".

@@ -369,6 +369,21 @@ func (m *Manifest) ChunkInfo() (ChunkInfo, bool) {
 	return *c, true
 }
 
+// SecurityVersion returns firmcast's security version
+// (ParamSecurityVersion) and whether the manifest sets one; a value that
+// is not a uint up to MaxSecurityVersion is ErrMalformed.
+func (m *Manifest) SecurityVersion() (uint64, bool, error) {
+	raw, ok := m.ParamsFor(0).Other[ParamSecurityVersion]
+	if !ok {
+		return 0, false, nil
+	}
+	v, ok := asUint(raw)
+	if !ok || v > MaxSecurityVersion {
+		return 0, false, fmt.Errorf("%w: %s must be a uint up to %d", ErrMalformed, ParamName(ParamSecurityVersion), MaxSecurityVersion)
+	}
+	return v, true, nil
+}
+
 // URIs returns every URI the manifest's sequences set, in order, without
 // duplicates (payload-fetch and install first, then the others).
 func (m *Manifest) URIs() []string {

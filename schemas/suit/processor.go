@@ -33,6 +33,16 @@ const DefaultMaxImageSize = 64 << 20
 // Fetched, copied and written content is streamed into the Target bounded by
 // image-size (or MaxImageSize) and committed only when complete; the
 // following image-match condition is what accepts it.
+//
+// Encrypted payloads (draft-ietf-suit-firmware-encryption): when a
+// component's parameter-encryption-info is set, fetch, copy and write
+// decrypt what they write, with a content key one of the info's
+// recipients (or Recipients) carries for Keys. A payload whose key does
+// not unwrap is refused before the Target is asked to write. Nothing
+// decrypted is committed unless it authenticates: an AES-GCM payload by
+// its tag, and any payload against the component's signed image-digest
+// (and image-size) when set; an AES-CTR payload must have one. The
+// encryption info is taken only from the verified manifest's parameters.
 type Processor struct {
 	// Target is the device acted on. Required.
 	Target Target
@@ -46,6 +56,18 @@ type Processor struct {
 	// MaxImageSize bounds fetched, copied and written content when the
 	// image-size parameter is unset. Zero means DefaultMaxImageSize.
 	MaxImageSize uint64
+	// Keys unwraps content keys for encrypted payloads: the device's root
+	// of trust (KEK, ECDHKey, Keyring, or a secure element). Nil: every
+	// encrypted payload is refused with ErrNoRecipient.
+	Keys KeyUnwrapper
+	// Recipients are wrapped content keys delivered apart from the manifest
+	// (firmcast's per-device recipient, in the device's own notice), tried
+	// after the manifest's own recipients of the same payload. They can
+	// only supply a content key: the algorithm, the IV and what
+	// authenticates the plaintext (the GCM tag, the signed image digest)
+	// always come from the signed manifest, so a recipient from anywhere
+	// cannot change what is installed.
+	Recipients []Recipient
 }
 
 // Report is what ran: one Record per command whose reporting policy asked
@@ -466,9 +488,20 @@ func (r *run) fetchSource(ctx context.Context, i int, p *Params) (io.ReadCloser,
 // write streams src into component i, bounded by the image size, and
 // commits only when the content arrived within bounds. A fetched payload
 // must fit; a copy source (a slot, maybe larger than the image) is read up
-// to the bound only.
+// to the bound only. With encryption info, the content key is unwrapped
+// before the Target is asked to write, and the plaintext is committed only
+// once it authenticates (decryptTo).
 func (r *run) write(ctx context.Context, i int, p *Params, src io.ReadCloser, fromComponent bool) (err error) {
 	defer src.Close()
+	var dec *ContentCipher
+	if info := p.EncryptionInfo; info != nil {
+		if contentKeySize(info.Alg) != 0 && !isGCM(info.Alg) && p.ImageDigest == nil {
+			return fmt.Errorf("%w: %s payload without image-digest (nothing decrypted counts until a signed digest checks)", ErrParameter, encAlgName(info.Alg))
+		}
+		if dec, err = r.contentCipher(ctx, info); err != nil {
+			return err
+		}
+	}
 	w, err := r.p.Target.Write(ctx, i, p)
 	if err != nil {
 		return err
@@ -479,6 +512,12 @@ func (r *run) write(ctx context.Context, i int, p *Params, src io.ReadCloser, fr
 		}
 	}()
 	max := r.limit(p)
+	if dec != nil {
+		if err := r.decryptTo(w, src, dec, p, max, fromComponent); err != nil {
+			return err
+		}
+		return w.Commit()
+	}
 	read := max + 1
 	if fromComponent {
 		read = max

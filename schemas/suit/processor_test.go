@@ -270,7 +270,7 @@ func TestProcessorCommands(t *testing.T) {
 	}, {
 		name:    "unknown standard parameter",
 		ncomp:   1,
-		install: Sequence{override(&Params{Other: map[int64][]byte{ParamEncryptionInfo: {0x40}}})},
+		install: Sequence{override(&Params{Other: map[int64][]byte{ParamWaitInfo: {0x40}}})},
 		want:    ErrUnsupported,
 	}, {
 		name:    "custom command handled by the target",

@@ -23,7 +23,7 @@ func (e *CommandError) Error() string {
 
 func (e *CommandError) Unwrap() error { return e.Err }
 
-// Code maps an error of Verify, CheckChunkTable or a Processor to the
+// Code maps an error of Verify or a Processor to the
 // error code a device report carries. Nil maps to CodeNone; errors this
 // package does not know map to CodeInternal.
 func Code(err error) schemas.ErrCode {
@@ -51,8 +51,10 @@ func Code(err error) schemas.ErrCode {
 		return schemas.CodeRollback
 	case errors.Is(err, ErrExpired):
 		return schemas.CodeExpired
-	case errors.Is(err, ErrChunkTable):
-		return schemas.CodeChunkTable
+	case errors.Is(err, ErrDecrypt), errors.Is(err, ErrPlaintextDigest):
+		return schemas.CodeDigest
+	case errors.Is(err, ErrNoRecipient), errors.Is(err, ErrKeyUnwrap):
+		return schemas.CodeUnauthorized
 	case errors.Is(err, ErrTooLarge):
 		return schemas.CodeSize
 	case errors.Is(err, ErrUnsupported), errors.Is(err, ErrUnknownCommand):
