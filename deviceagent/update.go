@@ -144,7 +144,8 @@ func (a *Agent) install(ctx context.Context) error {
 // fetchImage is what the fetcher needs of a verified manifest: the signed
 // image digest and size, chunk size and chunk-table digest, each present
 // and SHA-256, or a permanent CodeUnsupported error naming what is
-// missing. It is the one place the agent reads them.
+// missing. It is the one place the agent reads them (their bounds are the
+// fetcher's: Image.Validate, at download).
 func fetchImage(m *suit.Manifest) (fetcher.Image, error) {
 	d, ok := m.ImageDigest()
 	size, ok2 := m.ImageSize()
@@ -158,11 +159,7 @@ func fetchImage(m *suit.Manifest) (fetcher.Image, error) {
 	if ci.TableDigest.Alg != suit.AlgSHA256 {
 		return fetcher.Image{}, permanent(schemas.CodeUnsupported, fmt.Errorf("chunk-table digest algorithm %d, want SHA-256", ci.TableDigest.Alg))
 	}
-	im := fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}
-	if err := im.Validate(); err != nil {
-		return fetcher.Image{}, permanent(schemas.CodeUnsupported, err)
-	}
-	return im, nil
+	return fetcher.Image{Digest: d.Bytes, Size: size, ChunkSize: ci.ChunkSize, TableDigest: ci.TableDigest.Bytes}, nil
 }
 
 // download fetches the image into the candidate slot (called by the
@@ -171,6 +168,9 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	im, err := fetchImage(m)
 	if err != nil {
 		return err
+	}
+	if err := im.Validate(); err != nil {
+		return permanent(schemas.CodeUnsupported, err)
 	}
 	srcs, plan := a.sources(m)
 	srcs, err = a.downloadAllowed(ctx, m, srcs)

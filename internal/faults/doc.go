@@ -7,16 +7,28 @@
 //
 // Who does what (all in the _test files):
 //
-//   - rig_test.go: the rig: the brokers, a publisher that can be stopped
-//     and replaced by a new one over the same NATS, and devices with
-//     simulated flash whose agents can be killed and restarted one by one.
+//   - rig_test.go: the rig (the only one: every scenario shapes it with
+//     a rigConfig): the brokers, a publisher (started through
+//     internal/stack) that can be stopped and replaced by a new one over
+//     the same NATS, and devices with simulated flash whose agents can be
+//     killed and restarted one by one. Options: from one device (served
+//     by answers to its own chunk requests) to a hundred (served by
+//     broadcast waves), image and chunk size, a mosquitto that enforces
+//     the generated access policy (every device logs in with its own
+//     account), extra publisher and agent settings, dead devices, and
+//     devices behind a cuttable link. Its checks read the end state from
+//     the devices (bootloader, agent state file) and the publisher
+//     (campaign counts, device reports, chunk egress metrics).
 //   - transport_test.go: the fault hooks: a device-side wrapper around
-//     broker.Transport that drops whole chunk messages, throttles, or cuts
-//     the device off; a publisher-side wrapper that counts at the source
+//     broker.Transport that drops whole chunk messages or throttles their
+//     delivery; a publisher-side wrapper that counts at the source
 //     every chunk requested and sent, and flags chunks a device asked for
 //     again after it had received them intact.
+//   - proxy_test.go: a device's network link, a TCP proxy that can be
+//     cut (connections closed, new ones refused) and restored.
 //   - one file per scenario (restart, loss, slow and dead devices, cut
-//     off, clock skew, offline devices and broker storage).
+//     off, clock skew and replayed manifests, offline devices and broker
+//     storage, power cuts).
 //
 // Faults are injected only through these wrappers, the brokers' processes
 // and the agents' injected clocks; nothing else is faked. Every wait is

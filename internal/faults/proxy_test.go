@@ -1,20 +1,27 @@
 package faults
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"golang.org/x/time/rate"
 )
 
 // linkProxy is a device's network link to the broker: a TCP proxy on a
 // loopback port. cut closes every connection through it and refuses new
 // ones (accepted, then closed at once: the device's reconnection attempts
 // fail) until restore. It never alters bytes, so MQTT framing is intact.
+// A throttled link forwards toward the device at a limited rate: what the
+// broker sent beyond it waits upstream (in the broker and the proxy's
+// socket buffers) and is lost with a cut, as on a slow radio link.
 type linkProxy struct {
 	ln       net.Listener
 	upstream string
+	down     *rate.Limiter // toward the device; nil: unthrottled
 	cutOff   atomic.Bool
 	refused  atomic.Int64 // connections refused while cut
 	accepted atomic.Int64 // connections forwarded
@@ -25,14 +32,18 @@ type linkProxy struct {
 }
 
 // startProxy listens on a free loopback port and forwards to upstream
-// (host:port) until the test ends.
-func startProxy(t *testing.T, upstream string) *linkProxy {
+// (host:port) until the test ends, toward the device at down bytes per
+// second (0: unthrottled).
+func startProxy(t *testing.T, upstream string, down int) *linkProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	p := &linkProxy{ln: ln, upstream: upstream, conns: map[net.Conn]bool{}}
+	if down > 0 {
+		p.down = rate.NewLimiter(rate.Limit(down), 8<<10)
+	}
 	p.wg.Add(1)
 	go p.accept()
 	t.Cleanup(p.close)
@@ -62,8 +73,8 @@ func (p *linkProxy) accept() {
 		p.accepted.Add(1)
 		p.track(c, u)
 		p.wg.Add(2)
-		go p.pipe(c, u)
-		go p.pipe(u, c)
+		go p.pipe(c, u, p.down)
+		go p.pipe(u, c, nil)
 	}
 }
 
@@ -75,9 +86,26 @@ func (p *linkProxy) track(cs ...net.Conn) {
 	}
 }
 
-func (p *linkProxy) pipe(dst, src net.Conn) {
+// pipe copies src to dst, at most at lim's rate when lim is not nil,
+// until either side closes.
+func (p *linkProxy) pipe(dst, src net.Conn, lim *rate.Limiter) {
 	defer p.wg.Done()
-	_, _ = io.Copy(dst, src)
+	if lim == nil {
+		_, _ = io.Copy(dst, src)
+	} else {
+		buf := make([]byte, lim.Burst())
+		for {
+			n, err := src.Read(buf)
+			// A wait is at most one burst long: a cut ends the copy soon
+			// after, at the write.
+			if n > 0 && (lim.WaitN(context.Background(), n) != nil || writeAll(dst, buf[:n]) != nil) {
+				break
+			}
+			if err != nil {
+				break
+			}
+		}
+	}
 	dst.Close()
 	src.Close()
 	p.mu.Lock()
@@ -98,8 +126,20 @@ func (p *linkProxy) cut() {
 
 func (p *linkProxy) restore() { p.cutOff.Store(false) }
 
+// unthrottle lifts the link's throttle.
+func (p *linkProxy) unthrottle() {
+	if p.down != nil {
+		p.down.SetLimit(rate.Inf)
+	}
+}
+
 func (p *linkProxy) close() {
 	p.ln.Close()
 	p.cut()
 	p.wg.Wait()
+}
+
+func writeAll(w io.Writer, b []byte) error {
+	_, err := w.Write(b) // net.Conn writes all of b or fails
+	return err
 }

@@ -13,6 +13,13 @@
 // -run TestGenerate -update` rewrites testdata/; without -update the test
 // checks that the committed files are exactly what the generator makes.
 //
+// Beside the corpus: the access matrix (access_test.go: who may publish
+// and subscribe where, on every broker firmcast supports) and the fuzz
+// targets seeded from the corpus (fuzz_test.go). Fault scenarios (broker
+// and publisher restarts, chunk loss, slow, dead and cut-off devices,
+// clock skew) are in internal/faults.
+//
 // The package has no code outside its tests; it imports deviceagent,
-// publisher and internal/fleet (the backend stack) and nothing imports it.
+// publisher and internal/stack (the backend stack) and nothing imports
+// it.
 package hostile

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/fxamacker/cbor/v2"
 
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -81,14 +81,7 @@ func keyFrom(label string) ed25519.PrivateKey {
 	return ed25519.NewKeyFromSeed(s[:])
 }
 
-func image(seed uint64, n int) []byte {
-	r := rand.New(rand.NewPCG(seed, 0x6f7461))
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+func image(seed uint64, n int) []byte { return testutil.PseudoRandom(seed, 0x6f7461, n) }
 
 // corpus is the generator's output: file contents by path under testdata/.
 type corpus struct {

@@ -41,7 +41,6 @@ type rig struct {
 	http       *httptest.Server
 	devT       broker.Transport // device A's own connection
 	boot       *bootctl.Device
-	flash      *bootctl.Flash
 	stateDir   string
 	agent      *deviceagent.Agent
 	stop       context.CancelFunc
@@ -179,7 +178,6 @@ func (r *rig) installFactory(ctx context.Context) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { fl.Close() })
-	r.flash = fl
 	if r.boot, err = bootctl.Open(fl, layout, bootctl.RootOfTrust{DeviceKey: devKey}); err != nil {
 		t.Fatal(err)
 	}
