@@ -28,7 +28,11 @@
 //   - server_mqtt.go, server_nats.go: embedded brokers with the
 //     nats-server embedding shape: NewXServer(cfg) → Start (non-blocking)
 //     → Ready(ctx) → Shutdown (idempotent); port 0 picks a free port and
-//     URL reports it; no signal handling.
+//     URL reports it; no signal handling. The embedded MQTT broker
+//     delivers at QoS 0 only and keeps no session past a disconnect (mochi
+//     v2.7.9 deadlocks on a client with QoS 1 messages in flight towards
+//     it; deadlock_test.go), binds client ids to identities and refuses
+//     device wills.
 //   - auth.go: Identity, Role, the Authenticator interface (the backend's
 //     device registry implements it too) and an in-memory CredentialStore
 //     with hashed secrets; the credentials file format.

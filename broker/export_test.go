@@ -1,5 +1,12 @@
 package broker
 
+import mqtt "github.com/mochi-mqtt/server/v2"
+
+// AddMochiHook adds h to the embedded MQTT server's mochi hooks, for
+// tests that observe the broker from inside (the inflight probe of
+// deadlock_test.go). Call it before Start.
+func (s *MQTTServer) AddMochiHook(h mqtt.Hook) error { return s.srv.AddHook(h, nil) }
+
 // NoticeReadsIdle reports whether no background read of a retained
 // notice is running on t (tests wait on it before checking that nothing
 // more arrives).

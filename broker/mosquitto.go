@@ -61,10 +61,13 @@ type MosquittoFiles struct {
 //   - acl: the backend users get readwrite on root/#; every other user
 //     gets only the device patterns, on their own user name (%u), so the
 //     file does not grow with the fleet;
-//   - firmcast.conf: password_file, acl_file, no anonymous access, and the
-//     queue limits the design relies on (a small max_queued_messages so a
-//     broker never holds an image per offline device, set_tcp_nodelay for
-//     quick request/response).
+//   - firmcast.conf: password_file, acl_file, no anonymous access,
+//     use_username_as_clientid (every connection's client id is its user
+//     name: no client can take over another identity's session, so each
+//     backend instance needs an account of its own), and the queue limits
+//     the design relies on (a small max_queued_messages so a broker never
+//     holds an image per offline device, set_tcp_nodelay for quick
+//     request/response).
 //
 // Service accounts are left out of the password file: a service calls
 // the campaign API over NATS and may do nothing on MQTT, so it cannot
@@ -140,6 +143,11 @@ per_listener_settings false
 allow_anonymous false
 password_file %s
 acl_file %s
+# A client's id is its user name, whatever it asks for: mosquitto drops
+# the older of two connections with one client id, so a device asking for
+# the backend's id (or another device's) would drop it. Each backend
+# instance (publisher replica) therefore needs an account of its own.
+use_username_as_clientid true
 # Fast request/response (campaign API, chunk requests).
 set_tcp_nodelay true
 # A broker keeps a bounded window per client, of QoS 1 messages only
@@ -201,7 +209,10 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 	b.WriteString("# Devices (user name = device id): own notices, own chunk replies,\n")
 	b.WriteString("# class announcements, image chunk broadcasts; publish own reports and\n")
 	b.WriteString("# own chunk requests. Patterns apply to every user, so the file does not grow\n")
-	b.WriteString("# with the fleet.\n")
+	b.WriteString("# with the fleet. Mosquitto checks a will against these lines when it\n")
+	b.WriteString("# sends it: a device's will can only go where the device may publish\n")
+	b.WriteString("# itself (its own report, its own chunk requests), never onto another\n")
+	b.WriteString("# device's topics.\n")
 	for _, l := range []string{
 		"read " + root + "/v1/dev/%u/notice",
 		"read " + root + "/v1/dev/%u/chunks",

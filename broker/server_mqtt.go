@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -22,14 +23,10 @@ const (
 	// DefaultMQTTListen is where the embedded MQTT broker listens by
 	// default: loopback, a free port.
 	DefaultMQTTListen = "127.0.0.1:0"
-	// DefaultMaxSessionExpiry caps the session expiry a client may ask for.
-	DefaultMaxSessionExpiry = 10 * time.Minute
-	// DefaultMaxQueued caps the QoS 1 messages held per client (in flight
-	// plus queued while offline). Devices receive few QoS 1 messages (their
-	// notices; chunks are QoS 0 and never queued), so for them it is a
-	// small window; the backend, which takes every device's reports, needs
-	// the headroom (mochi also caps a client's receive window with it, and
-	// re-orders deliveries once that window is full).
+	// DefaultMaxQueued is the receive window of the embedded broker (and
+	// mosquitto's max_queued_messages in MosquittoSpec): the QoS 1
+	// messages a client may have unacknowledged towards the broker. The
+	// backend, which publishes every device's notices, needs the headroom.
 	DefaultMaxQueued = 1000
 )
 
@@ -48,11 +45,10 @@ type MQTTServerConfig struct {
 	// Topics is the root the access policy protects. Default root
 	// "firmcast".
 	Topics schemas.Topics
-	// MaxSessionExpiry caps the session expiry clients ask for. Default
-	// DefaultMaxSessionExpiry.
-	MaxSessionExpiry time.Duration
-	// MaxQueued caps the QoS 1 messages in flight or queued per client.
-	// Default DefaultMaxQueued.
+	// MaxQueued is the receive window: the QoS 1 messages a client may
+	// have unacknowledged towards the broker. Default DefaultMaxQueued.
+	// (The broker itself delivers at QoS 0 only, see qosHook: it holds
+	// nothing in flight towards a client.)
 	MaxQueued int
 	// Logger receives broker events. Default: slog.Default() at warn and
 	// above for mochi's own chatter.
@@ -62,9 +58,18 @@ type MQTTServerConfig struct {
 // MQTTServer is an embedded mochi-mqtt v2 broker speaking MQTT v5 (and
 // 3.1.1). Lifecycle: NewMQTTServer, Start (non-blocking), Ready, Shutdown.
 // It installs no signal handlers. Its methods are safe for concurrent use.
+//
+// It delivers every message to its clients at QoS 0, keeps no session past
+// a disconnect, and takes QoS 0 and 1 from clients (see qosHook): mochi
+// v2.7.9, the newest served, deadlocks on a client that has QoS 1
+// messages in flight towards it (broker/deadlock_test.go). Notices are
+// retained, so a device that (re)subscribes gets its notice from the
+// retained copy, and the publisher sends a notice again to a device that
+// stays silent.
 type MQTTServer struct {
 	cfg  MQTTServerConfig
 	srv  *mqtt.Server
+	drop *dropHook
 	ln   *listeners.TCP
 	mu   sync.Mutex
 	up   chan struct{}
@@ -84,9 +89,6 @@ func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
 	if cfg.Topics.Root() == "" {
 		cfg.Topics = schemas.MustTopics("")
 	}
-	if cfg.MaxSessionExpiry <= 0 {
-		cfg.MaxSessionExpiry = DefaultMaxSessionExpiry
-	}
 	if cfg.MaxQueued <= 0 {
 		cfg.MaxQueued = DefaultMaxQueued
 	}
@@ -94,7 +96,8 @@ func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
 		cfg.Logger = slog.Default()
 	}
 	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumSessionExpiryInterval = uint32(cfg.MaxSessionExpiry / time.Second)
+	caps.MaximumQos = 1                   // no QoS 2: its PUBREC waits in the inflight map
+	caps.MaximumSessionExpiryInterval = 0 // nothing to keep: deliveries are QoS 0
 	caps.MaximumInflight = uint16(min(cfg.MaxQueued, 65535))
 	caps.ReceiveMaximum = uint16(min(cfg.MaxQueued, 65535))
 	caps.MaximumClientWritesPending = 1024
@@ -109,10 +112,13 @@ func NewMQTTServer(cfg MQTTServerConfig) (*MQTTServer, error) {
 	} else {
 		hook = &authHook{auth: cfg.Auth, policy: Policy{Topics: cfg.Topics}, log: cfg.Logger}
 	}
-	if err := srv.AddHook(hook, nil); err != nil {
-		return nil, fmt.Errorf("broker: mqtt auth hook: %w", err)
+	drop := &dropHook{log: cfg.Logger}
+	for _, h := range []mqtt.Hook{hook, &qosHook{srv: srv}, drop} {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("broker: mqtt hook %s: %w", h.ID(), err)
+		}
 	}
-	return &MQTTServer{cfg: cfg, srv: srv, up: make(chan struct{}), down: make(chan struct{})}, nil
+	return &MQTTServer{cfg: cfg, srv: srv, drop: drop, up: make(chan struct{}), down: make(chan struct{})}, nil
 }
 
 // Start binds the listener and starts serving in the background. It
@@ -211,9 +217,17 @@ const mqttCloseTimeout = 10 * time.Second
 // Done is closed when Shutdown has been called.
 func (s *MQTTServer) Done() <-chan struct{} { return s.down }
 
+// Dropped returns how many messages the broker dropped instead of
+// delivering, since it started: mochi drops a message for a client whose
+// queue of pending writes (1024) is full, a client that reads slower than
+// it is sent to. Every drop is also logged (at warn, the 1st, 2nd, 4th,
+// 8th... of the server).
+func (s *MQTTServer) Dropped() int64 { return s.drop.n.Load() }
+
 // authHook enforces the access policy in mochi: every client
 // authenticates through the Authenticator; each publish, subscribe and
-// delivery is checked against Policy.
+// delivery is checked against Policy; wills and client ids are bound to
+// the identity (OnConnectAuthenticate).
 type authHook struct {
 	mqtt.HookBase
 	auth   Authenticator
@@ -228,10 +242,22 @@ func (h *authHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect}, []byte{b})
 }
 
-// OnConnectAuthenticate: user name + secret must authenticate, a device
-// must use its device id as client id (so no client can take over
-// another device's session), and a service may not connect at all (it
-// calls the campaign API over NATS only).
+// OnConnectAuthenticate admits a client whose user name and secret
+// authenticate, with two bindings to the identity:
+//
+//   - client ids: a device must use its device id as client id; a backend
+//     identity's client id is rewritten to "<user>:<client id>". No
+//     identifier contains ':' (schemas.CheckID), so no client can take
+//     over the session of another identity (mochi drops the older of two
+//     connections with one client id);
+//   - wills: mochi publishes a will with no ACL check (OnWill cannot stop
+//     it), so it is checked here, where the CONNECT can still be refused.
+//     A device may not set a will at all (firmcast uses none; one on
+//     another device's report topic would be a forged report); a backend
+//     identity's will must be a publish the policy allows it.
+//
+// A service identity may not connect at all: it calls the campaign API
+// over NATS only.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -240,17 +266,33 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		h.log.Info("mqtt client refused", "client", cl.ID, "user", string(pk.Connect.Username), "err", err)
 		return false
 	}
-	if id.Role == RoleDevice && cl.ID != id.Device {
-		h.log.Info("mqtt client refused: device client id must be its device id", "client", cl.ID, "user", id.Username)
-		return false
-	}
-	if id.Role == RoleService {
+	switch id.Role {
+	case RoleService:
 		h.log.Info("mqtt client refused: service identities use NATS only", "client", cl.ID, "user", id.Username)
 		return false
+	case RoleDevice:
+		if cl.ID != id.Device {
+			h.log.Info("mqtt client refused: device client id must be its device id", "client", cl.ID, "user", id.Username)
+			return false
+		}
+		if pk.Connect.WillFlag {
+			h.log.Warn("mqtt client refused: a device may not set a will", "client", cl.ID, "will_topic", pk.Connect.WillTopic)
+			return false
+		}
+	default:
+		if pk.Connect.WillFlag && !h.policy.Allow(id, pk.Connect.WillTopic, true) {
+			h.log.Warn("mqtt client refused: will on a topic it may not publish to", "client", cl.ID, "user", id.Username, "will_topic", pk.Connect.WillTopic)
+			return false
+		}
+		cl.ID = backendClientID(id.Username, cl.ID)
 	}
 	h.ids.Store(cl, id)
 	return true
 }
+
+// backendClientID is the broker-side client id of a backend identity's
+// connection: its user name, ':', and the client id it asked for.
+func backendClientID(user, asked string) string { return user + ":" + asked }
 
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	v, ok := h.ids.Load(cl)
@@ -266,6 +308,64 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 
 func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, _ bool) {
 	h.ids.Delete(cl)
+}
+
+// qosHook keeps mochi off the path that deadlocks v2.7.9 (Inflight.
+// NextImmediate re-taking a read lock it holds while a writer waits,
+// reached after every packet of a client with QoS 1 messages in flight
+// towards it; broker/deadlock_test.go): no client ever has a message in
+// flight towards it.
+//
+//   - OnSubscribe grants every subscription QoS 0, so every delivery is QoS
+//     0 (mochi sends at the lower of the publish's and the subscription's
+//     QoS). Inbound QoS 1 still gets its PUBACK: a publish is acknowledged
+//     once the broker has it (the server's MaximumQos 1 refuses QoS 2,
+//     whose PUBREC would wait in the map).
+//   - OnSessionEstablish drops the subscriptions of the session a
+//     reconnecting client takes over (its old connection not yet seen
+//     closed), so the client's subscribe is new and brings the retained
+//     notice again: at QoS 0 nothing the old connection was sent is
+//     re-sent. (Disconnected sessions are not kept at all: the server's
+//     session expiry is 0.)
+type qosHook struct {
+	mqtt.HookBase
+	srv *mqtt.Server
+}
+
+func (h *qosHook) ID() string { return "firmcast-qos0" }
+
+func (h *qosHook) Provides(b byte) bool { return b == mqtt.OnSubscribe || b == mqtt.OnSessionEstablish }
+
+func (h *qosHook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
+	for i := range pk.Filters {
+		pk.Filters[i].Qos = 0
+	}
+	return pk
+}
+
+func (h *qosHook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
+	if old, ok := h.srv.Clients.Get(cl.ID); ok && old != cl {
+		h.srv.UnsubscribeClient(old)
+	}
+}
+
+// dropHook counts and logs the messages mochi drops for clients whose
+// queue of pending writes is full (with QoS 0 deliveries, as before with
+// QoS 1 ones: mochi rolled a QoS 1 delivery back when the queue was full).
+type dropHook struct {
+	mqtt.HookBase
+	log *slog.Logger
+	n   atomic.Int64
+}
+
+func (h *dropHook) ID() string { return "firmcast-drops" }
+
+func (h *dropHook) Provides(b byte) bool { return b == mqtt.OnPublishDropped }
+
+func (h *dropHook) OnPublishDropped(cl *mqtt.Client, pk packets.Packet) {
+	if n := h.n.Add(1); n&(n-1) == 0 {
+		h.log.Warn("mqtt broker dropped a message: the client's queue of pending writes is full", "client", cl.ID, "topic", pk.TopicName, "dropped_total", n)
+	}
 }
 
 // openHook lets every client in and allows everything (no Authenticator).

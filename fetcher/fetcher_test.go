@@ -36,6 +36,7 @@ func newFetcher(t *testing.T, dir string, srcs ...Source) *Fetcher {
 func brokerSetup(t *testing.T, fx fixture, tune func(*testutil.ChunkServer)) (*BrokerSource, *testutil.ChunkServer) {
 	t.Helper()
 	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
 	topics := schemas.MustTopics("fetchtest")
 	cs := &testutil.ChunkServer{Transport: hub.Conn(), Topics: topics, Image: fx.img, Table: fx.table}
 	if tune != nil {

@@ -40,6 +40,7 @@ func TestBrokerListensFirst(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			hub := testutil.NewMemHub()
+			t.Cleanup(hub.Close)
 			topics := schemas.MustTopics("listentest")
 			bt, err := topics.Chunks(fx.im.Hex())
 			if err != nil {

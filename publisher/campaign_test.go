@@ -271,7 +271,7 @@ func TestExplicitPhaseLists(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fmt.Sprint(c.Targets, c.PhaseEnds, c.Phases) != "[dev-004 dev-000 dev-002] [1 3] [33 100]" {
+	if want := fmt.Sprintf("[%s %s %s] [1 3] [33 100]", devName(4), devName(0), devName(2)); fmt.Sprint(c.Targets, c.PhaseEnds, c.Phases) != want {
 		t.Fatalf("targets %v ends %v phases %v", c.Targets, c.PhaseEnds, c.Phases)
 	}
 	waitFor(t, 20*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {

@@ -181,7 +181,12 @@ func waitFor(t testing.TB, timeout time.Duration, msg func() string, cond func()
 	}
 }
 
-func devName(i int) string { return fmt.Sprintf("dev-%03d", i) }
+// devPrefix makes this test process's device ids (which are also their
+// MQTT client ids) its own: on the machine's shared brokers another test
+// process using the same ids would take their sessions over.
+var devPrefix = "dev" + randomID("")[1:7]
+
+func devName(i int) string { return fmt.Sprintf("%s-%03d", devPrefix, i) }
 
 func jetstreamKV(name string) jetstream.KeyValueConfig {
 	return jetstream.KeyValueConfig{Bucket: name, History: 1, Storage: jetstream.FileStorage}

@@ -46,10 +46,13 @@ func newMosquittoConfigCmd() *cobra.Command {
   acl            acl_file: the backend users may do anything under the topic
                  root; devices get pattern lines on their own user name (%u),
                  so the file does not grow with the fleet
-  firmcast.conf  password_file, acl_file, no anonymous access, and the queue
-                 limits firmcast relies on (small max_queued_messages so a
-                 broker never holds an image per offline device,
-                 set_tcp_nodelay true)
+  firmcast.conf  password_file, acl_file, no anonymous access,
+                 use_username_as_clientid true (a client's id is its user
+                 name, so no client can drop another identity's connection;
+                 give every backend instance an account of its own), and
+                 the queue limits firmcast relies on (small
+                 max_queued_messages so a broker never holds an image per
+                 offline device, set_tcp_nodelay true)
 
 Include firmcast.conf from mosquitto.conf (include_dir) or copy its lines.
 

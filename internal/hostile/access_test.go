@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/paho"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -42,6 +43,15 @@ import (
 // broker/acl_test.go (TestACL) checks the device-side denials in depth;
 // this test states the whole matrix, allowed cells included, so a policy
 // that let too little through fails as well as one that let too much.
+//
+// On the MQTT brokers two more kinds of rows are checked, with raw paho
+// clients on a fresh broker (checkIdentity): wills (a will on each topic
+// of the matrix, from the backend and from a device: delivered only
+// where that identity may publish, and never from a device on the
+// embedded broker, which refuses a device's CONNECT with a will) and
+// client ids (no identity may drop another by asking for its client id;
+// broker/identity_test.go has the same attacks one by one). NATS has no
+// wills, and a NATS client name is no identity.
 
 const (
 	accDevA, accDevB, accClass = "dev-a", "dev-b", "cls-a"
@@ -51,6 +61,10 @@ const (
 	// JetStream rows probe (made by the backend as the publisher makes
 	// them).
 	accNS = "accns"
+	// accBackend2 is a second backend identity; accImpostor a device
+	// whose id is the client id `firmcast serve` asks for.
+	accBackend2, accBackend2Secret = "backend-2", "secret-backend-2-0123456789"
+	accImpostor, accImpostorSecret = "publisher", "secret-publisher-0123456789"
 )
 
 func accAccounts() []broker.Account {
@@ -59,6 +73,8 @@ func accAccounts() []broker.Account {
 		{Identity: broker.Identity{Username: accDevA, Role: broker.RoleDevice, Device: accDevA, Class: accClass}, Secret: "secret-a-0123456789"},
 		{Identity: broker.Identity{Username: accDevB, Role: broker.RoleDevice, Device: accDevB, Class: accClass}, Secret: "secret-b-0123456789"},
 		{Identity: broker.Identity{Username: accSvc, Role: broker.RoleService}, Secret: accSvcSecret},
+		{Identity: broker.Identity{Username: accBackend2, Role: broker.RoleBackend}, Secret: accBackend2Secret},
+		{Identity: broker.Identity{Username: accImpostor, Role: broker.RoleDevice}, Secret: accImpostorSecret},
 	}
 }
 
@@ -94,6 +110,10 @@ type accBroker struct {
 	tls       bool
 	refusesOn bool // denied subscribes and QoS 1 publishes get an error (mosquitto 2.0.11 drops them silently)
 	nats      bool // a NATS server: the service principal and the JetStream rows apply
+	// mqtt: the wills and client-id rows apply. refusesWills: a device's
+	// CONNECT with a will is refused (mochi); otherwise the broker checks
+	// the will against the ACL when it sends it (mosquitto).
+	mqtt, refusesWills bool
 }
 
 func accBrokers() []accBroker {
@@ -110,13 +130,13 @@ func accBrokers() []accBroker {
 		return srv.URL()
 	}
 	return []accBroker{
-		{"mochi", mochi, false, true, false},
-		{"mochi-mqtts", mochi, true, true, false},
-		{"nats", nats, false, true, true},
-		{"nats-tls", nats, true, true, true},
+		{"mochi", mochi, false, true, false, true, true},
+		{"mochi-mqtts", mochi, true, true, false, true, true},
+		{"nats", nats, false, true, true, false, false},
+		{"nats-tls", nats, true, true, true, false, false},
 		{"mosquitto-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
 			return testutil.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
-		}, false, false, false},
+		}, false, false, false, true, false},
 		{"nats-server-2.9-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
 			url := testutil.StartNATSProcessWithPolicy(t, topics, accAccounts()).URL()
 			// Devices cannot create the notice stream; the backend does.
@@ -127,7 +147,7 @@ func accBrokers() []accBroker {
 				t.Fatal(err)
 			}
 			return url
-		}, false, true, true},
+		}, false, true, true, false, false},
 	}
 }
 
@@ -243,6 +263,9 @@ func TestAccessMatrix(t *testing.T) {
 			total += checkMatrix(t, b, topics, principals)
 			if b.nats {
 				total += checkJetStreamMatrix(t, topics, dial) // JetStream API rows, below
+			}
+			if b.mqtt {
+				total += checkIdentity(t, b, st, ct)
 			}
 		})
 	}
@@ -561,6 +584,122 @@ func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, s
 			case !ok && !refused:
 				t.Errorf("%s: %s not refused (reply %v)", who, c.name, reply != nil)
 			}
+		}
+	}
+	return n
+}
+
+// checkIdentity checks the wills and client-id rows on a fresh broker of
+// kind b, with raw paho clients, and returns how many it checked.
+//
+// Wills: the backend (as accBackend2) and device A each connect with a
+// will on every topic of the matrix (retained on notice topics) and drop
+// the connection. A will is delivered only where its identity may
+// publish; a device's is refused at CONNECT on the embedded broker. A
+// last backend will on an allowed topic is the sentinel after which no
+// denied will may arrive.
+//
+// Client ids: a victim connects, an attacker connects asking for the
+// victim's client id, and the victim must still be connected (MQTT
+// brokers drop the older of two connections with one client id).
+func checkIdentity(t *testing.T, b accBroker, srvTLS, cliTLS *tls.Config) int {
+	topics := testutil.UniqueTopics(t)
+	url := b.start(t, topics, srvTLS)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	n := 0
+	connect := func(user, secret, clientID string, will *paho.WillMessage) (*testutil.RawMQTT, error) {
+		return testutil.ConnectRawMQTT(t, url, cliTLS, &paho.Connect{ClientID: clientID, Username: user, Password: []byte(secret), WillMessage: will})
+	}
+	secrets := map[string]string{backendUser: backendSecret, accBackend2: accBackend2Secret, accDevA: "secret-a-0123456789",
+		accDevB: "secret-b-0123456789", accImpostor: accImpostorSecret}
+
+	// Wills, watched by the backend over the whole root.
+	dctx, dcancel := context.WithTimeout(ctx, 5*time.Second)
+	watcher, err := broker.Dial(dctx, broker.Config{URL: url, Topics: topics, ClientID: backendUser, Username: backendUser,
+		Password: backendSecret, TLS: cliTLS, Logger: quietLogger()})
+	dcancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	watch := newRecorder()
+	all := schemas.Topic{MQTT: topics.Root() + "/#"}
+	if _, err := watcher.Subscribe(ctx, all, watch.handler, broker.SubscribeOptions{Family: broker.FamilyReport}); err != nil {
+		t.Fatal(err)
+	}
+	var denied []string
+	for _, who := range []struct{ name, user string }{{"backend", accBackend2}, {"A", accDevA}} {
+		for _, c := range matrix(topics, false) {
+			n++
+			payload := fmt.Sprintf("will %s -> %s", who.name, c.name)
+			will := &paho.WillMessage{Topic: c.topic.MQTT, Payload: []byte(payload), QoS: 1, Retain: c.family == broker.FamilyNotice}
+			refused := who.name != "backend" && b.refusesWills
+			rc, err := connect(who.user, secrets[who.user], who.user, will)
+			switch {
+			case err != nil && !refused:
+				t.Errorf("%s with a will on %s: %v", who.name, c.name, err)
+				continue
+			case err != nil:
+				continue // refused at CONNECT, as it must be
+			case refused:
+				t.Errorf("%s with a will on %s: connected, want refused", who.name, c.name)
+			}
+			rc.Abort()
+			if allowed(c.pubBy, who.name) && !refused {
+				if !watch.wait(payload, 5*time.Second) {
+					t.Errorf("%s's will on %s: not delivered, want delivered", who.name, c.name)
+				}
+				continue
+			}
+			denied = append(denied, payload)
+		}
+	}
+	probe, _ := topics.Report("probe")
+	sentinel, err := connect(accBackend2, accBackend2Secret, accBackend2,
+		&paho.WillMessage{Topic: probe.MQTT, Payload: []byte("will sentinel"), QoS: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sentinel.Abort()
+	if !watch.wait("will sentinel", 5*time.Second) {
+		t.Fatal("the backend's sentinel will was not delivered")
+	}
+	for _, p := range denied {
+		if watch.has(p) {
+			t.Errorf("%s: delivered, want refused", p)
+		}
+	}
+	if err := watcher.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	// Client ids. The victims ask for the client id `firmcast serve`
+	// uses, or their device id.
+	own := func(dev string) string { tp, _ := topics.Report(dev); return tp.MQTT }
+	for _, r := range []struct {
+		name, victim, victimID, victimTopic, attacker, asks string
+	}{
+		{"A asks for the backend's client id", backendUser, "publisher", probe.MQTT, accDevA, "publisher"},
+		{"a device whose id is the backend's client id", backendUser, "publisher", probe.MQTT, accImpostor, "publisher"},
+		{"another backend identity asks for the backend's client id", backendUser, "publisher", probe.MQTT, accBackend2, "publisher"},
+		{"A asks for B's client id", accDevB, accDevB, own(accDevB), accDevA, accDevB},
+		{"the backend asks for A's client id", accDevA, accDevA, own(accDevA), accBackend2, accDevA},
+	} {
+		n++
+		victim, err := connect(r.victim, secrets[r.victim], r.victimID, nil)
+		if err != nil {
+			t.Fatalf("%s: victim %s: %v", r.name, r.victim, err)
+		}
+		if err := victim.Alive(r.victimTopic); err != nil {
+			t.Fatalf("%s: victim %s before the attack: %v", r.name, r.victim, err)
+		}
+		attacker, cerr := connect(r.attacker, secrets[r.attacker], r.asks, nil)
+		if err := victim.Alive(r.victimTopic); err != nil {
+			t.Errorf("%s: %s connecting as client %q (connect: %v) dropped %s: %v", r.name, r.attacker, r.asks, cerr, r.victim, err)
+		}
+		victim.Abort()
+		if cerr == nil {
+			attacker.Abort()
 		}
 	}
 	return n

@@ -350,4 +350,16 @@ func (c *MemConn) Close(ctx context.Context) error {
 	return nil
 }
 
+// Close ends every subscription of every connection of the hub (their
+// delivery goroutines return). Tests call it at cleanup, so that a
+// goroutine-leak check sees none left.
+func (h *MemHub) Close() {
+	h.mu.Lock()
+	subs := append([]*memSub(nil), h.subs...)
+	h.mu.Unlock()
+	for _, s := range subs {
+		_ = s.Unsubscribe(context.Background())
+	}
+}
+
 var _ broker.Transport = (*MemConn)(nil)
