@@ -17,6 +17,10 @@ import (
 //   - a device may publish only its own reports and its own chunk
 //     requests (root/v1/dev/<device>/req), so the topic of a request
 //     names its requester;
+//   - a service identity may do nothing on MQTT (the embedded broker
+//     refuses its CONNECT, the mosquitto export leaves it out): it calls
+//     the campaign API over NATS only (NATSPermissions), where it may
+//     publish campaign API requests and read its own inbox;
 //   - nothing else, for anybody: no wildcard or $SYS reads for devices.
 //
 // The embedded MQTT broker enforces it through its auth hook, the embedded
@@ -66,6 +70,7 @@ func (p Policy) Allow(id Identity, topic string, write bool) bool {
 		_, ok := imageSegment(root, topic, "chunks")
 		return ok
 	}
+	// RoleService: nothing on MQTT (see NATSPermissions for NATS).
 	return false
 }
 

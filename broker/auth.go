@@ -25,9 +25,20 @@ const (
 	// replies, its class's announcements and image chunk broadcasts; it
 	// writes its own reports and chunk requests. Nothing else.
 	RoleDevice Role = iota + 1
-	// RoleBackend: the firmcast backend (publishers, API clients). It may
-	// publish and subscribe to anything under the topic root.
+	// RoleBackend: the publisher itself, each instance with an account of
+	// its own. It may publish and subscribe to anything under the topic
+	// root and, on NATS, owns the JetStream state (the JetStream, KV and
+	// object-store APIs): campaigns, the registry, API keys, the audit
+	// log. Give it to nothing but a publisher.
 	RoleBackend
+	// RoleService: a program that calls the campaign API over NATS
+	// request/reply (schemas.Topics.API("campaign.<op>")). It may publish
+	// campaign API requests and read the replies on its own inbox
+	// (root.v1.api.inbox.<user>.>, so it dials with its user name as
+	// client id), nothing else: no JetStream, no device topics, no other
+	// inbox, and nothing at all on MQTT. What a request may do is decided
+	// by the API key it carries, exactly as over HTTP.
+	RoleService
 )
 
 func (r Role) String() string {
@@ -36,19 +47,23 @@ func (r Role) String() string {
 		return "device"
 	case RoleBackend:
 		return "backend"
+	case RoleService:
+		return "service"
 	}
 	return fmt.Sprintf("role(%d)", uint8(r))
 }
 
-// ParseRole parses "device" or "backend".
+// ParseRole parses "device", "backend" or "service".
 func ParseRole(s string) (Role, error) {
 	switch s {
 	case "device":
 		return RoleDevice, nil
 	case "backend":
 		return RoleBackend, nil
+	case "service":
+		return RoleService, nil
 	}
-	return 0, fmt.Errorf("%w: role %q (want device or backend)", ErrBadCredentials, s)
+	return 0, fmt.Errorf("%w: role %q (want device, backend or service)", ErrBadCredentials, s)
 }
 
 // Identity is who a broker client is, once authenticated.
@@ -128,7 +143,7 @@ func (s *CredentialStore) AddHashed(c Credential) error {
 				return fmt.Errorf("%w: %v", ErrBadCredentials, err)
 			}
 		}
-	case RoleBackend:
+	case RoleBackend, RoleService:
 		c.Device, c.Class = "", ""
 	default:
 		return fmt.Errorf("%w: user %q has no role", ErrBadCredentials, c.Username)
@@ -201,9 +216,10 @@ type Account struct {
 // separated by whitespace, "#" starts a comment:
 //
 //	backend <user> <secret>
+//	service <user> <secret>
 //	device  <device-id> <secret> [<class>]
 //
-// A secret written as "sha256:<hex>" is taken as already hashed (such an
+// (roles: RoleBackend, RoleService, RoleDevice). A secret written as "sha256:<hex>" is taken as already hashed (such an
 // entry can serve the embedded brokers but not the mosquitto export, which
 // needs the clear secret to derive its own hash). Errors wrap
 // ErrBadCredentials and name the line.
@@ -226,8 +242,8 @@ func ReadAccounts(r io.Reader) ([]Account, error) {
 		if err != nil {
 			return nil, fmt.Errorf("line %d: %w", n, err)
 		}
-		if len(f) < 3 || (role == RoleBackend && len(f) != 3) || len(f) > 4 {
-			return nil, fmt.Errorf("%w: line %d: want \"backend USER SECRET\" or \"device ID SECRET [CLASS]\"", ErrBadCredentials, n)
+		if len(f) < 3 || (role != RoleDevice && len(f) != 3) || len(f) > 4 {
+			return nil, fmt.Errorf("%w: line %d: want \"backend USER SECRET\", \"service USER SECRET\" or \"device ID SECRET [CLASS]\"", ErrBadCredentials, n)
 		}
 		a := Account{Identity: Identity{Username: f[1], Role: role}}
 		if role == RoleDevice {

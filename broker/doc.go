@@ -40,6 +40,13 @@
 //     auth hook, NATSPermissions and the mosquitto export.
 //   - mosquitto.go: MosquittoConfig writes passwd ($7$ PBKDF2-SHA512),
 //     acl (pattern lines on %u) and a conf snippet with the queue limits.
+//   - natsconfig.go: NATSConfig writes the accounts, users (bcrypt) and
+//     role permissions (NATSPermissions) for an external nats-server.
+//
+// Roles (auth.go): backend, the publisher's own identity (everything
+// under the root; on NATS the JetStream state); service, a campaign API
+// caller (on NATS its API requests and own inbox only; nothing on MQTT);
+// device, one device (its own topics).
 //
 // Topic names always come from schemas.Topics. broker imports schemas for
 // topic names and internal/jsensure to create the notice stream (and

@@ -29,8 +29,8 @@ type MosquittoSpec struct {
 	// Topics is the root the policy protects. Default root "firmcast".
 	Topics schemas.Topics
 	// Accounts are the backend identities and devices, each with its
-	// clear Secret (mosquitto derives its own hash). At least one backend
-	// account is required.
+	// clear Secret (mosquitto derives its own hash); service accounts are
+	// skipped. At least one backend account is required.
 	Accounts []Account
 	// MaxQueued is mosquitto's max_queued_messages: QoS 1 messages held
 	// per client while offline or in flight. Default DefaultMaxQueued.
@@ -69,6 +69,11 @@ type MosquittoFiles struct {
 //     holds an image per offline device, set_tcp_nodelay for quick
 //     request/response).
 //
+// Service accounts are left out of the password file: a service calls
+// the campaign API over NATS and may do nothing on MQTT, so it cannot
+// connect to mosquitto at all (the ACL's device patterns apply to every
+// user and would otherwise give it the topics of a device named like it).
+//
 // One deviation from the embedded brokers' policy: class announcements
 // are matched as root/v1/class/+/announce for every device, because a
 // mosquitto pattern cannot name a device's class without one line per
@@ -92,6 +97,9 @@ func MosquittoConfig(dir string, spec MosquittoSpec) (MosquittoFiles, error) {
 	var backends []string
 	seen := map[string]bool{}
 	for _, a := range spec.Accounts {
+		if a.Role == RoleService {
+			continue // services call the API over NATS: nothing on MQTT
+		}
 		if a.Secret == "" {
 			return MosquittoFiles{}, fmt.Errorf("%w: user %q: the mosquitto export needs the clear secret, not only its hash", ErrBadCredentials, a.Username)
 		}

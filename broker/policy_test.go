@@ -15,6 +15,7 @@ func TestPolicyAllow(t *testing.T) {
 	dev := Identity{Username: "dev1", Role: RoleDevice, Device: "dev1", Class: "sensor"}
 	noClass := Identity{Username: "dev3", Role: RoleDevice, Device: "dev3"}
 	be := Identity{Username: "backend", Role: RoleBackend}
+	svc := Identity{Username: "svc", Role: RoleService}
 	const img = "acme/fc/v1/img/abc123"
 	for _, c := range []struct {
 		id    Identity
@@ -65,6 +66,11 @@ func TestPolicyAllow(t *testing.T) {
 		{be, "other/v1/dev/dev1/notice", true, false},
 		{be, "acme/fcx/v1/dev/dev1/notice", false, false},
 		{be, "$SYS/#", false, false},
+		// A service: nothing on MQTT (it calls the API over NATS).
+		{svc, "acme/fc/v1/api/campaign/create", true, false},
+		{svc, "acme/fc/v1/api/inbox/svc/x", false, false},
+		{svc, "acme/fc/v1/dev/dev1/notice", true, false},
+		{svc, "acme/fc/#", false, false},
 		// Nobody.
 		{Identity{Username: "x"}, "acme/fc/v1/dev/x/report", true, false},
 		{Identity{Username: "x", Role: RoleDevice}, "acme/fc/v1/dev/x/report", true, false},
@@ -159,6 +165,7 @@ func TestCredentialStore(t *testing.T) {
 	s, err := LoadCredentials(strings.NewReader(`
 # comment
 backend  api   apisecret
+service  svc   svcsecret
 device   dev1  s1  sensor   # trailing comment
 device   dev2  ` + HashSecret("s2") + `
 `))
@@ -176,6 +183,9 @@ device   dev2  ` + HashSecret("s2") + `
 	if id, err := s.Authenticate(ctx, "api", "apisecret"); err != nil || id.Role != RoleBackend {
 		t.Fatalf("backend: %+v %v", id, err)
 	}
+	if id, err := s.Authenticate(ctx, "svc", "svcsecret"); err != nil || id != (Identity{Username: "svc", Role: RoleService}) {
+		t.Fatalf("service: %+v %v", id, err)
+	}
 	for _, c := range [][2]string{{"dev1", "s2"}, {"dev1", ""}, {"nobody", "s1"}, {"", ""}, {"api", "APISECRET"}} {
 		if _, err := s.Authenticate(ctx, c[0], c[1]); !errors.Is(err, ErrNotAuthorized) {
 			t.Errorf("%q/%q: %v, want ErrNotAuthorized", c[0], c[1], err)
@@ -185,6 +195,9 @@ device   dev2  ` + HashSecret("s2") + `
 		"admin root pw",
 		"backend api",
 		"backend api s extra",
+		"service svc",
+		"service svc s cls",
+		"service s/vc s",
 		"device dev1 s1 cls extra",
 		"device dev/1 s1",
 		"device dev1 s1 cl+ass",
@@ -198,7 +211,7 @@ device   dev2  ` + HashSecret("s2") + `
 }
 
 func FuzzReadAccounts(f *testing.F) {
-	for _, s := range []string{"backend api s\ndevice d s c\n", "# x\n\n", "device dev1 " + HashSecret("x"), "device d\x00 s", "backend a b c"} {
+	for _, s := range []string{"backend api s\ndevice d s c\n", "service svc s\n", "# x\n\n", "device dev1 " + HashSecret("x"), "device d\x00 s", "backend a b c"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, in string) {

@@ -255,6 +255,9 @@ func (h *authHook) Provides(b byte) bool {
 //     A device may not set a will at all (firmcast uses none; one on
 //     another device's report topic would be a forged report); a backend
 //     identity's will must be a publish the policy allows it.
+//
+// A service identity may not connect at all: it calls the campaign API
+// over NATS only.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -264,6 +267,9 @@ func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) boo
 		return false
 	}
 	switch id.Role {
+	case RoleService:
+		h.log.Info("mqtt client refused: service identities use NATS only", "client", cl.ID, "user", id.Username)
+		return false
 	case RoleDevice:
 		if cl.ID != id.Device {
 			h.log.Info("mqtt client refused: device client id must be its device id", "client", cl.ID, "user", id.Username)

@@ -285,12 +285,16 @@ func (a *natsAuth) Check(c server.ClientAuthentication) bool {
 }
 
 // NATSPermissions is Policy expressed as nats-server permissions for one
-// identity, by role (natsBackendPermissions, natsDevicePermissions); any
-// other role may do nothing.
+// identity, by role (natsBackendPermissions, natsServicePermissions,
+// natsDevicePermissions); any other role may do nothing. The embedded
+// server applies them per connection; NATSConfig writes the same ones for
+// an external nats-server.
 func NATSPermissions(p Policy, id Identity) *server.Permissions {
 	switch id.Role {
 	case RoleBackend:
 		return natsBackendPermissions(p.Topics)
+	case RoleService:
+		return natsServicePermissions(p.Topics, id)
 	case RoleDevice:
 		return natsDevicePermissions(p.Topics, id)
 	}
@@ -305,12 +309,35 @@ func natsRootPrefix(t schemas.Topics) string {
 }
 
 // natsBackendPermissions: everything under the root, plus the JetStream,
-// KV and object-store APIs (the backend owns the JetStream state).
+// KV and object-store APIs: the backend (the publisher's own identity)
+// owns the JetStream state, API keys and audit log included. No other
+// role has any of these.
 func natsBackendPermissions(t schemas.Topics) *server.Permissions {
 	root := natsRootPrefix(t)
 	return &server.Permissions{
 		Publish:   &server.SubjectPermission{Allow: []string{root + ">", "$JS.API.>", "$JS.ACK.>", "$JS.FC.>", "$KV.>", "$O.>"}},
 		Subscribe: &server.SubjectPermission{Allow: []string{root + ">"}},
+	}
+}
+
+// natsServicePermissions is what a service (a campaign API caller) may
+// do: publish campaign API requests (root.v1.api.campaign.<op>) and
+// receive the replies on its own inbox (root.v1.api.inbox.<user>.>, so it
+// must dial with ClientID = its user name). Nothing else: no JetStream,
+// KV or object-store API (the key bucket, the audit stream and every
+// other piece of state stay the backend's), no device topic, no other
+// inbox, and no subscription to the API subjects (it can neither read
+// other callers' API keys nor answer in the publisher's place). What a
+// request may do is decided by its API key's scope, as over HTTP.
+func natsServicePermissions(t schemas.Topics, id Identity) *server.Permissions {
+	in, err := inboxTopic(t, id.Username)
+	if err != nil {
+		deny := &server.SubjectPermission{Deny: []string{">"}}
+		return &server.Permissions{Publish: deny, Subscribe: deny}
+	}
+	return &server.Permissions{
+		Publish:   &server.SubjectPermission{Allow: []string{natsRootPrefix(t) + "v1.api.campaign.*"}},
+		Subscribe: &server.SubjectPermission{Allow: []string{in.NATS + ".>"}},
 	}
 }
 

@@ -138,8 +138,19 @@ func tokenID(tok string) string {
 	return bootstrapKeyID
 }
 
+// API keys change only through the methods below (CreateAPIKey,
+// ensureBootstrapKey, RevokeAPIKey), each of which appends an audit entry:
+// a key is never created before its entry is in the audit log (if the
+// entry cannot be appended, the key is not created), and a revocation,
+// which must never wait, is audited right after it takes effect (a
+// failure to audit it is returned). On the broker, only the publisher's
+// own (backend) identity may write the key bucket or the audit stream
+// (broker.NATSPermissions).
+
 // CreateAPIKey makes a new key with the given scopes and returns its token,
-// which is shown only now. Errors: ErrInvalid.
+// which is shown only now. The audit entry is appended first; without it
+// no key is created (the audit log's error is returned). Errors:
+// ErrInvalid.
 func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string, scopes []Scope) (string, APIKey, error) {
 	if name == "" || len(name) > 128 {
 		return "", APIKey{}, fmt.Errorf("%w: key name must be 1..128 bytes", ErrInvalid)
@@ -161,10 +172,13 @@ func (p *Publisher) CreateAPIKey(ctx context.Context, who Principal, name string
 		Created: p.cfg.Clock.Now().UTC(), CreatedBy: who.Name,
 	}
 	tok := tokenPrefix + "_" + k.ID + "_" + base64.RawURLEncoding.EncodeToString(secret[:])
+	if err := p.appendAudit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes)); err != nil {
+		return "", APIKey{}, fmt.Errorf("publisher: API key not created: %w", err)
+	}
 	if _, err := createJSON(ctx, p.st.keys, "api key", k.ID, apiKeyRecord{APIKey: k, Hash: hashToken(tok)}); err != nil {
+		p.audit(ctx, who, "apikey.create-failed", k.ID, err.Error())
 		return "", APIKey{}, err
 	}
-	p.audit(ctx, who, "apikey.create", k.ID, fmt.Sprintf("name=%s scopes=%v", name, scopes))
 	return tok, k, nil
 }
 
@@ -179,8 +193,10 @@ func CheckBootstrapKey(tok string) error {
 // token, or "bootstrap" for any other token. A key with that id that
 // exists already is left as it is, revoked or not, so a revoked bootstrap
 // key stays revoked across restarts; when its hash is not tok's, the
-// configured key is not the one registered and a warning says so. tok must
-// pass CheckBootstrapKey (ErrInvalid).
+// configured key is not the one registered and a warning says so. Like
+// CreateAPIKey, it appends the audit entry (apikey.bootstrap) before the
+// key exists, and registers nothing when it cannot. tok must pass
+// CheckBootstrapKey (ErrInvalid).
 func (p *Publisher) ensureBootstrapKey(ctx context.Context, tok string) error {
 	if err := CheckBootstrapKey(tok); err != nil {
 		return err
@@ -189,16 +205,26 @@ func (p *Publisher) ensureBootstrapKey(ctx context.Context, tok string) error {
 		APIKey: APIKey{ID: tokenID(tok), Name: "bootstrap", Scopes: []Scope{ScopeAdmin}, Created: p.cfg.Clock.Now().UTC(), CreatedBy: "config"},
 		Hash:   hashToken(tok),
 	}
-	_, err := createJSON(ctx, p.st.keys, "api key", k.ID, k)
-	if errors.Is(err, ErrExists) {
-		var cur apiKeyRecord
-		if _, gerr := getJSON(ctx, p.st.keys, "api key", k.ID, &cur); gerr == nil && !verifyToken(cur.Hash, tok) {
+	var cur apiKeyRecord
+	_, err := getJSON(ctx, p.st.keys, "api key", k.ID, &cur)
+	if err == nil {
+		if !verifyToken(cur.Hash, tok) {
 			p.log.Warn("the configured bootstrap API key is not the one registered under its id; it was not registered", "key_id", k.ID)
 		}
 		return nil
 	}
-	if err == nil {
-		p.audit(ctx, System, "apikey.bootstrap", k.ID, "")
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if err := p.appendAudit(ctx, System, "apikey.bootstrap", k.ID, "registering the configured bootstrap key"); err != nil {
+		return fmt.Errorf("publisher: bootstrap key not registered: %w", err)
+	}
+	_, err = createJSON(ctx, p.st.keys, "api key", k.ID, k)
+	if errors.Is(err, ErrExists) {
+		return nil // another instance registered it, with its own entry
+	}
+	if err != nil {
+		p.audit(ctx, System, "apikey.bootstrap-failed", k.ID, err.Error())
 	}
 	return err
 }
@@ -243,7 +269,10 @@ func (p *Publisher) APIKeys(ctx context.Context) ([]APIKey, error) {
 }
 
 // RevokeAPIKey revokes key id; it is kept, marked revoked, for the audit
-// trail. Errors: ErrNotFound, ErrState when already revoked.
+// trail. The revocation takes effect first and is then audited; when the
+// audit entry cannot be appended the key stays revoked and the audit
+// log's error is returned. Errors: ErrNotFound, ErrState when already
+// revoked.
 func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) error {
 	if !kvSafe(id) {
 		return fmt.Errorf("%w: key id %q", ErrInvalid, id)
@@ -256,8 +285,11 @@ func (p *Publisher) RevokeAPIKey(ctx context.Context, who Principal, id string) 
 		k.Revoked = &now
 		return nil
 	})
-	if err == nil {
-		p.audit(ctx, who, "apikey.revoke", id, "")
+	if err != nil {
+		return err
 	}
-	return err
+	if err := p.appendAudit(ctx, who, "apikey.revoke", id, ""); err != nil {
+		return fmt.Errorf("publisher: API key %s revoked, but not audited: %w", id, err)
+	}
+	return nil
 }

@@ -27,6 +27,13 @@ type AuditEntry struct {
 // out and is sent again (withRetry) the server drops the copy of one that
 // did arrive: an entry is recorded once.
 func (p *Publisher) audit(ctx context.Context, who Principal, action, target, detail string) {
+	_ = p.appendAudit(ctx, who, action, target, detail)
+}
+
+// appendAudit appends an entry and waits for the stream's
+// acknowledgement; a failure is logged, counted and returned (key changes
+// are refused without their entry: apikeys.go).
+func (p *Publisher) appendAudit(ctx context.Context, who Principal, action, target, detail string) error {
 	e := AuditEntry{Time: p.cfg.Clock.Now().UTC(), Actor: who.Name, KeyID: who.KeyID, Action: action, Target: target, Detail: detail}
 	b, _ := json.Marshal(e)
 	id := randomID("audit")
@@ -37,7 +44,9 @@ func (p *Publisher) audit(ctx context.Context, who Principal, action, target, de
 	if err != nil {
 		p.met.auditErrors.Inc()
 		p.log.Error("audit log append failed", "action", action, "target", target, "err", err)
+		return fmt.Errorf("publisher: audit log append (%s %s): %w", action, target, err)
 	}
+	return nil
 }
 
 // Audit returns up to limit of the most recent audit entries, oldest first.

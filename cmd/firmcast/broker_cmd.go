@@ -14,13 +14,13 @@ import (
 func newBrokerCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "broker",
-		Short: "Broker tools (access policy export for an external broker)",
+		Short: "Broker tools (access policy export for an external mosquitto or nats-server)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return cmd.Help()
 		},
 	}
-	cmd.AddCommand(newMosquittoConfigCmd())
+	cmd.AddCommand(newMosquittoConfigCmd(), newNATSConfigCmd())
 	return cmd
 }
 
@@ -59,6 +59,7 @@ Include firmcast.conf from mosquitto.conf (include_dir) or copy its lines.
 Accounts come from a credentials file (--credentials), one per line:
 
   backend <user> <secret>
+  service <user> <secret>
   device  <device-id> <secret> [<class>]
 
 or from flags (--backend-user/--backend-secret, --device ID:SECRET[:CLASS]
@@ -70,7 +71,9 @@ The policy: devices may read only their own notices and chunk replies,
 class announcements and image chunk broadcasts, and publish only their own
 reports and chunk requests; only backend users publish notices and chunks.
 (Unlike the embedded brokers, mosquitto lets a device read every class's
-announcements: a per-class rule would need one line per device.)`,
+announcements: a per-class rule would need one line per device.) Service
+accounts (campaign API callers) are left out: they use NATS only
+(firmcast broker nats-config).`,
 		Example: `  firmcast broker mosquitto-config --out /etc/mosquitto/conf.d/firmcast \
       --credentials /etc/firmcast/credentials
   firmcast broker mosquitto-config --out ./mq --root acme/firmcast \
@@ -99,26 +102,9 @@ func runMosquittoConfig(cmd *cobra.Command, o *mosquittoConfigOptions) error {
 	if err != nil {
 		return fmt.Errorf("--root: %w", err)
 	}
-	var accounts []broker.Account
-	if o.credentials != "" {
-		as, err := readAccountsFile(o.credentials)
-		if err != nil {
-			return err
-		}
-		accounts = append(accounts, as...)
-	}
-	if o.backendSecret != "" {
-		accounts = append(accounts, broker.Account{Identity: broker.Identity{Username: o.backendUser, Role: broker.RoleBackend}, Secret: o.backendSecret})
-	}
-	for _, d := range o.devices {
-		a, err := parseDeviceFlag(d)
-		if err != nil {
-			return err
-		}
-		accounts = append(accounts, a)
-	}
-	if len(accounts) == 0 {
-		return fmt.Errorf("no accounts: give --credentials FILE, or --backend-secret and --device ID:SECRET[:CLASS]")
+	accounts, err := o.accounts(nil)
+	if err != nil {
+		return err
 	}
 	files, err := broker.MosquittoConfig(o.out, broker.MosquittoSpec{Topics: topics, Accounts: accounts, MaxQueued: o.maxQueued})
 	if err != nil {
@@ -127,6 +113,136 @@ func runMosquittoConfig(cmd *cobra.Command, o *mosquittoConfigOptions) error {
 	w := cmd.OutOrStdout()
 	fmt.Fprintf(w, "wrote %s\nwrote %s\nwrote %s\n", files.Passwd, files.ACL, files.Conf)
 	fmt.Fprintf(w, "%d accounts under topic root %q; include %s from mosquitto.conf\n", len(accounts), topics.Root(), files.Conf)
+	return nil
+}
+
+// accounts gathers the accounts of --credentials, --backend-secret,
+// services (USER:SECRET) and --device.
+func (o *mosquittoConfigOptions) accounts(services []string) ([]broker.Account, error) {
+	var accounts []broker.Account
+	if o.credentials != "" {
+		as, err := readAccountsFile(o.credentials)
+		if err != nil {
+			return nil, err
+		}
+		accounts = append(accounts, as...)
+	}
+	if o.backendSecret != "" {
+		accounts = append(accounts, broker.Account{Identity: broker.Identity{Username: o.backendUser, Role: broker.RoleBackend}, Secret: o.backendSecret})
+	}
+	for _, sv := range services {
+		user, secret, ok := strings.Cut(sv, ":")
+		a := broker.Account{Identity: broker.Identity{Username: user, Role: broker.RoleService}, Secret: secret}
+		if !ok || user == "" || secret == "" || strings.Contains(secret, ":") {
+			return nil, fmt.Errorf("--service %q: want USER:SECRET", redactDevice(sv))
+		}
+		if _, err := broker.NewCredentialStoreFrom([]broker.Account{a}); err != nil {
+			return nil, fmt.Errorf("--service %q: %w", redactDevice(sv), err)
+		}
+		accounts = append(accounts, a)
+	}
+	for _, d := range o.devices {
+		a, err := parseDeviceFlag(d)
+		if err != nil {
+			return nil, err
+		}
+		accounts = append(accounts, a)
+	}
+	if len(accounts) == 0 {
+		return nil, fmt.Errorf("no accounts: give --credentials FILE, or --backend-secret and --device ID:SECRET[:CLASS]")
+	}
+	return accounts, nil
+}
+
+type natsConfigOptions struct {
+	mosquittoConfigOptions
+	account  string
+	services []string
+}
+
+func newNATSConfigCmd() *cobra.Command {
+	o := &natsConfigOptions{}
+	cmd := &cobra.Command{
+		Use:   "nats-config --out DIR [--credentials FILE | --backend-secret S --service USER:SECRET... --device ID:SECRET[:CLASS]...]",
+		Short: "Write a nats-server configuration (accounts, users, role permissions) enforcing firmcast's access policy",
+		Long: `Write firmcast's broker access policy for an external nats-server (2.9.10
+and later) into DIR/firmcast.conf (mode 0600): one NATS account with
+JetStream enabled, whose users are the given accounts, each with a bcrypt
+hash of its secret and the permissions of its role, the same the embedded
+NATS server enforces:
+
+  backend  the publisher (one account per publisher instance): anything
+           under the topic root, and the JetStream, KV and object-store
+           APIs (it owns campaigns, the registry, API keys, the audit log)
+  service  a program calling the campaign API over NATS: publish campaign
+           API requests (<root>.v1.api.campaign.<op>) and read replies on
+           its own inbox (<root>.v1.api.inbox.<user>.>, so it connects
+           with its user name as client id); no JetStream at all. What a
+           request may do is decided by the API key it carries.
+  device   its own report, notice, chunk-reply and inbox subjects, its
+           class's announcements, image chunks and chunk requests, and
+           the direct get of its own retained notice
+
+No anonymous access. Run nats-server with -c DIR/firmcast.conf and the
+listen, JetStream and cluster settings as flags (compose.yaml does), or
+include the file from your nats-server.conf; every node of a cluster needs
+the same file.
+
+Accounts come from a credentials file (--credentials), one per line:
+
+  backend <user> <secret>
+  service <user> <secret>
+  device  <device-id> <secret> [<class>]
+
+or from flags (--backend-user/--backend-secret, --service USER:SECRET and
+--device ID:SECRET[:CLASS], repeated). Both may be combined. Every account
+needs its clear secret (at most 72 bytes, bcrypt's limit). Device
+permissions name the device, so devices registered later through the API
+are not in the file: re-run nats-config with their credentials and reload
+nats-server (nats-server --signal reload).`,
+		Example: `  firmcast broker nats-config --out /etc/nats/firmcast --credentials /etc/firmcast/credentials
+  nats-server -c /etc/nats/firmcast/firmcast.conf -js -sd /var/lib/nats`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runNATSConfig(cmd, o)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.out, "out", "", "directory to write firmcast.conf into (created if missing; required)")
+	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root the policy protects (segments separated by /)")
+	f.StringVar(&o.credentials, "credentials", "", "credentials file (lines: backend USER SECRET | service USER SECRET | device ID SECRET [CLASS])")
+	f.StringVar(&o.backendUser, "backend-user", "backend", "backend user name (used with --backend-secret)")
+	f.StringVar(&o.backendSecret, "backend-secret", "", "backend secret (adds the backend account)")
+	f.StringArrayVar(&o.services, "service", nil, "service account as USER:SECRET (repeatable)")
+	f.StringArrayVar(&o.devices, "device", nil, "device account as ID:SECRET[:CLASS] (repeatable)")
+	f.StringVar(&o.account, "account", broker.DefaultNATSAccount, "name of the NATS account the users share")
+	return cmd
+}
+
+func runNATSConfig(cmd *cobra.Command, o *natsConfigOptions) error {
+	if o.out == "" {
+		return fmt.Errorf("--out is required")
+	}
+	topics, err := schemas.NewTopics(o.root)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	accounts, err := o.accounts(o.services)
+	if err != nil {
+		return err
+	}
+	files, err := broker.NATSConfig(o.out, broker.NATSSpec{Topics: topics, Accounts: accounts, Account: o.account})
+	if err != nil {
+		return err
+	}
+	roles := map[broker.Role]int{}
+	for _, a := range accounts {
+		roles[a.Role]++
+	}
+	w := cmd.OutOrStdout()
+	fmt.Fprintf(w, "wrote %s\n", files.Conf)
+	fmt.Fprintf(w, "account %s: %d backend, %d service, %d device users under topic root %q; run nats-server -c %s\n",
+		o.account, roles[broker.RoleBackend], roles[broker.RoleService], roles[broker.RoleDevice], topics.Root(), files.Conf)
 	return nil
 }
 

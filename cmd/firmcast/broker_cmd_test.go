@@ -26,7 +26,7 @@ func runBrokerCmd(t *testing.T, args ...string) (string, error) {
 func TestMosquittoConfigCmd(t *testing.T) {
 	dir := t.TempDir()
 	creds := filepath.Join(dir, "credentials")
-	if err := os.WriteFile(creds, []byte("# fleet\nbackend backend bsecret\ndevice dev1 s1 sensor\n"), 0o600); err != nil {
+	if err := os.WriteFile(creds, []byte("# fleet\nbackend backend bsecret\nservice ci-bot csecret\ndevice dev1 s1 sensor\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	out := filepath.Join(dir, "mq")
@@ -40,7 +40,7 @@ func TestMosquittoConfigCmd(t *testing.T) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(passwd)), "\n")
 	if len(lines) != 3 {
-		t.Fatalf("passwd has %d lines, want 3:\n%s", len(lines), passwd)
+		t.Fatalf("passwd has %d lines, want 3 (the service account left out: nothing on MQTT):\n%s", len(lines), passwd)
 	}
 	// Each line verifies as mosquitto would: PBKDF2-SHA512 of the secret.
 	secrets := map[string]string{"backend": "bsecret", "dev1": "s1", "dev2": "s2"}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -11,6 +12,10 @@ import (
 	"github.com/compose-spec/compose-go/v2/loader"
 	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/spf13/pflag"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/brokerproc"
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // loadCompose loads ../../compose.yaml with the compose-spec loader (schema
@@ -29,7 +34,7 @@ func loadCompose(t *testing.T) *types.Project {
 	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
 		WorkingDir:  repo,
 		ConfigFiles: []types.ConfigFile{{Filename: file, Content: b}},
-		Environment: types.Mapping{"FIRMCAST_BACKEND_SECRET": "test-secret", "FIRMCAST_API_KEY": "test-key"},
+		Environment: types.Mapping{"FIRMCAST_BACKEND_SECRET_1": "test-secret-1", "FIRMCAST_BACKEND_SECRET_2": "test-secret-2", "FIRMCAST_API_KEY": "test-key"},
 	}, func(o *loader.Options) { o.SetProjectName("firmcast", true) })
 	if err != nil {
 		t.Fatalf("compose.yaml does not load: %v", err)
@@ -95,6 +100,7 @@ func TestCheckCLIRejects(t *testing.T) {
 func TestComposeFile(t *testing.T) {
 	p := loadCompose(t)
 	var serve, sim, natsNodes []string
+	backendUsers := map[string]string{}
 	mosquitto := false
 	for name, s := range p.Services {
 		fromRepo := s.Build != nil && (s.Build.Context == p.WorkingDir || s.Build.Context == ".")
@@ -119,6 +125,11 @@ func TestComposeFile(t *testing.T) {
 			switch s.Command[0] {
 			case "serve":
 				serve = append(serve, name)
+				if i := slices.Index(s.Command, "--backend-user"); i < 0 || i+1 >= len(s.Command) {
+					t.Errorf("%s: serve without --backend-user: replicas would share the first backend account", name)
+				} else {
+					backendUsers[name] = s.Command[i+1]
+				}
 				if !slices.Contains(s.Command, "--broker") || !slices.Contains(s.Command, "--nats") {
 					t.Errorf("%s: serve without --broker and --nats would start embedded brokers", name)
 				}
@@ -129,6 +140,12 @@ func TestComposeFile(t *testing.T) {
 			natsNodes = append(natsNodes, name)
 			if !slices.Contains(s.Command, "-js") || !slices.Contains(s.Command, "--routes") {
 				t.Errorf("%s: a NATS node without JetStream or cluster routes: %v", name, s.Command)
+			}
+			if i := slices.Index(s.Command, "-c"); i < 0 || i+1 >= len(s.Command) || !strings.HasSuffix(s.Command[i+1], "/firmcast.conf") {
+				t.Errorf("%s: a NATS node without the configuration `firmcast broker nats-config` writes (no authentication): %v", name, s.Command)
+			}
+			if _, ok := s.DependsOn["nats-config"]; !ok {
+				t.Errorf("%s: does not wait for its generated config", name)
 			}
 		case strings.HasPrefix(s.Image, "eclipse-mosquitto:"):
 			mosquitto = true
@@ -153,6 +170,33 @@ func TestComposeFile(t *testing.T) {
 	}
 	if len(serve) < 2 {
 		t.Errorf("serve replicas %v, want two", serve)
+	}
+	// Each replica has its own backend account, present in the
+	// credentials both brokers' configs are generated from.
+	creds, err := broker.ReadAccounts(strings.NewReader(p.Configs["credentials"].Content))
+	if err != nil {
+		t.Fatalf("compose credentials: %v", err)
+	}
+	seen := map[string]string{}
+	for replica, user := range backendUsers {
+		if other, dup := seen[user]; dup {
+			t.Errorf("%s and %s share the backend account %s", replica, other, user)
+		}
+		seen[user] = replica
+		if !slices.ContainsFunc(creds, func(a broker.Account) bool { return a.Username == user && a.Role == broker.RoleBackend }) {
+			t.Errorf("%s: --backend-user %s is not a backend account of the credentials config", replica, user)
+		}
+	}
+	// The generated NATS configuration is one nats-server accepts.
+	dir := t.TempDir()
+	files, err := broker.NATSConfig(dir, broker.NATSSpec{Topics: schemas.MustTopics(schemas.DefaultRoot), Accounts: creds})
+	if err != nil {
+		t.Fatalf("nats-config from the compose credentials: %v", err)
+	}
+	if bin, err := brokerproc.LookBinary("nats-server"); err == nil {
+		if out, err := exec.Command(bin, "-c", files.Conf, "-t").CombinedOutput(); err != nil {
+			t.Errorf("nats-server refuses the generated config: %v\n%s", err, out)
+		}
 	}
 	if len(sim) == 0 {
 		t.Error("no simulated fleet (firmcast sim)")

@@ -28,6 +28,9 @@ type serveOptions struct {
 	dataDir     string
 	root        string
 	credentials string
+	// backendUser names the publisher's own backend account in
+	// credentials (empty: the first backend account with a clear secret).
+	backendUser string
 	tlsCert     string
 	tlsKey      string
 	// mqttURL and natsURL name external brokers (--broker, --nats): then
@@ -90,16 +93,25 @@ chunk requests; only backend users publish notices and chunks). The file
 has one account per line:
 
   backend <user> <secret>
+  service <user> <secret>
   device  <device-id> <secret> [<class>]
 
-A secret may be given already hashed as sha256:<hex>. Without
---credentials the brokers accept anyone: for development only.
+Each role is confined (docs/SECURITY.md): a backend account is a
+publisher's own (each replica its own, chosen with --backend-user); a
+service account may only call the campaign API over NATS (requests and
+its own inbox; what it may do is decided by the API key it sends); a
+device only its own topics. A secret may be given already hashed as
+sha256:<hex>. Without --credentials the brokers accept anyone: for
+development only.
 
 With --tls-cert and --tls-key both brokers speak TLS only.
 
 With --broker and --nats (a production topology, compose.yaml) no
 embedded broker starts: the publisher and its HTTP API run against the
-external brokers, with the backend account of --credentials.`,
+external brokers, with the backend account of --credentials
+(--backend-user). Give the external NATS the same accounts with
+firmcast broker nats-config, and mosquitto with firmcast broker
+mosquitto-config.`,
 		Example: `  firmcast serve --credentials /etc/firmcast/credentials --data-dir /var/lib/firmcast
   firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc
   firmcast serve --broker mqtt://mosquitto:1883 --nats nats://nats:4222 --credentials /etc/firmcast/credentials`,
@@ -114,6 +126,7 @@ external brokers, with the backend account of --credentials.`,
 	f.StringVar(&o.dataDir, "data-dir", "firmcast-data", "directory for persistent data (JetStream under nats/)")
 	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root (segments separated by /)")
 	f.StringVar(&o.credentials, "credentials", "", "credentials file enabling authentication and the access policy")
+	f.StringVar(&o.backendUser, "backend-user", "", "the publisher's own backend account in --credentials (default: the first backend account with a clear secret); each replica needs its own")
 	o.pub.addFlags(f)
 	f.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate (chain): both brokers then accept TLS only (mqtts://, tls://)")
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
@@ -160,14 +173,19 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		}
 		cfg.Accounts = as
 		for _, a := range as {
-			if a.Role == broker.RoleBackend && a.Secret != "" {
+			if a.Role == broker.RoleBackend && a.Secret != "" && (o.backendUser == "" || a.Username == o.backendUser) {
 				cfg.Backend = a
 				break
 			}
 		}
-		if external && cfg.Backend.Username == "" {
+		switch {
+		case o.backendUser != "" && cfg.Backend.Username == "":
+			return cfg, fmt.Errorf("--backend-user %q: no backend account of that name with a clear secret in --credentials %s", o.backendUser, o.credentials)
+		case external && cfg.Backend.Username == "":
 			return cfg, errors.New("--credentials has no backend account with a clear secret for the publisher")
 		}
+	} else if o.backendUser != "" {
+		return cfg, errors.New("--backend-user needs --credentials")
 	}
 	if o.tlsCert != "" || o.tlsKey != "" {
 		if o.tlsCert == "" || o.tlsKey == "" {

@@ -92,6 +92,7 @@ func TestServeRejectsBadOptions(t *testing.T) {
 		{"missing credentials", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", credentials: filepath.Join(dir, "none")}},
 		{"bad credentials", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", credentials: bad}},
 		{"bad listen address", serveOptions{mqttListen: "nonsense", dataDir: dir, root: "x"}},
+		{"backend user without credentials", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", backendUser: "pub-1"}},
 		{"tls key without cert", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad}},
 		{"tls files unreadable", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad, tlsCert: bad}},
 	} {

@@ -289,6 +289,18 @@ func MosquittoPolicyConf(dir string, topics schemas.Topics, accounts []broker.Ac
 	return string(conf), nil
 }
 
+// NATSPolicyConf writes into dir the nats-server configuration that
+// enforces the access policy for topics and accounts, exactly as
+// `firmcast broker nats-config` writes it (broker.NATSConfig), and
+// returns its path: pass "-c", path as NATSServerSpec.Args.
+func NATSPolicyConf(dir string, topics schemas.Topics, accounts []broker.Account) (string, error) {
+	files, err := broker.NATSConfig(dir, broker.NATSSpec{Topics: topics, Accounts: accounts})
+	if err != nil {
+		return "", err
+	}
+	return files.Conf, nil
+}
+
 // NATSServerSpec configures StartNATSServer.
 type NATSServerSpec struct {
 	// Dir holds the JetStream store (js/) and nats-server.log. Required.

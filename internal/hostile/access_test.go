@@ -20,6 +20,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/testutil"
@@ -27,11 +28,17 @@ import (
 )
 
 // The access-control matrix: who may publish and subscribe where, for
-// the backend, device A, device B, an anonymous client and a client with
-// a wrong secret, on every broker firmcast supports: the embedded MQTT v5
-// (mochi) and NATS servers, each also behind a TLS listener with a CA
-// generated here, and a mosquitto process configured from the files
-// `firmcast broker mosquitto-config` writes (broker.MosquittoConfig).
+// the backend, device A, device B, a service S (a campaign API caller), an
+// anonymous client and a client with a wrong secret, on every broker
+// firmcast supports: the embedded MQTT v5 (mochi) and NATS servers, each
+// also behind a TLS listener with a CA generated here, a mosquitto
+// process configured from the files `firmcast broker mosquitto-config`
+// writes (broker.MosquittoConfig), and a nats-server 2.9.10 process
+// configured from the file `firmcast broker nats-config` writes
+// (broker.NATSConfig). A service may not connect to MQTT at all; on NATS
+// it may publish campaign API requests and read its own inbox, nothing
+// else (no JetStream: it can neither write an API key into the key bucket
+// nor append to, purge or delete the audit stream).
 //
 // broker/acl_test.go (TestACL) checks the device-side denials in depth;
 // this test states the whole matrix, allowed cells included, so a policy
@@ -48,7 +55,12 @@ import (
 
 const (
 	accDevA, accDevB, accClass = "dev-a", "dev-b", "cls-a"
+	accSvc, accSvcSecret       = "svc-s", "secret-s-0123456789"
 	accImage                   = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+	// accNS is the namespace of the key bucket and audit stream the
+	// JetStream rows probe (made by the backend as the publisher makes
+	// them).
+	accNS = "accns"
 	// accBackend2 is a second backend identity; accImpostor a device
 	// whose id is the client id `firmcast serve` asks for.
 	accBackend2, accBackend2Secret = "backend-2", "secret-backend-2-0123456789"
@@ -60,6 +72,7 @@ func accAccounts() []broker.Account {
 		{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: backendSecret},
 		{Identity: broker.Identity{Username: accDevA, Role: broker.RoleDevice, Device: accDevA, Class: accClass}, Secret: "secret-a-0123456789"},
 		{Identity: broker.Identity{Username: accDevB, Role: broker.RoleDevice, Device: accDevB, Class: accClass}, Secret: "secret-b-0123456789"},
+		{Identity: broker.Identity{Username: accSvc, Role: broker.RoleService}, Secret: accSvcSecret},
 		{Identity: broker.Identity{Username: accBackend2, Role: broker.RoleBackend}, Secret: accBackend2Secret},
 		{Identity: broker.Identity{Username: accImpostor, Role: broker.RoleDevice}, Secret: accImpostorSecret},
 	}
@@ -96,6 +109,7 @@ type accBroker struct {
 	start     func(t *testing.T, topics schemas.Topics, srvTLS *tls.Config) string
 	tls       bool
 	refusesOn bool // denied subscribes and QoS 1 publishes get an error (mosquitto 2.0.11 drops them silently)
+	nats      bool // a NATS server: the service principal and the JetStream rows apply
 	// mqtt: the wills and client-id rows apply. refusesWills: a device's
 	// CONNECT with a will is refused (mochi); otherwise the broker checks
 	// the will against the ACL when it sends it (mosquitto).
@@ -116,13 +130,24 @@ func accBrokers() []accBroker {
 		return srv.URL()
 	}
 	return []accBroker{
-		{"mochi", mochi, false, true, true, true},
-		{"mochi-mqtts", mochi, true, true, true, true},
-		{"nats", nats, false, true, false, false},
-		{"nats-tls", nats, true, true, false, false},
+		{"mochi", mochi, false, true, false, true, true},
+		{"mochi-mqtts", mochi, true, true, false, true, true},
+		{"nats", nats, false, true, true, false, false},
+		{"nats-tls", nats, true, true, true, false, false},
 		{"mosquitto-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
 			return testutil.StartMosquittoWithPolicy(t, topics, accAccounts()).URL()
-		}, false, false, true, false},
+		}, false, false, false, true, false},
+		{"nats-server-2.9-config", func(t *testing.T, topics schemas.Topics, _ *tls.Config) string {
+			url := testutil.StartNATSProcessWithPolicy(t, topics, accAccounts()).URL()
+			// Devices cannot create the notice stream; the backend does.
+			tr := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: backendUser, Username: backendUser, Password: backendSecret, Logger: quietLogger()})
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := tr.(*broker.NATSTransport).NoticeStream(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return url
+		}, false, true, true, false, false},
 	}
 }
 
@@ -135,14 +160,20 @@ type cell struct {
 	pubBy, subBy string // principals allowed, "," separated; the backend always is
 }
 
-func matrix(topics schemas.Topics) []cell {
+// matrix is the topic cells; on NATS (nats) the service S may publish
+// campaign API requests, and each principal has an inbox only it reads.
+func matrix(topics schemas.Topics, nats bool) []cell {
 	must := func(tp schemas.Topic, err error) schemas.Topic {
 		if err != nil {
 			panic(err)
 		}
 		return tp
 	}
-	return []cell{
+	api := ""
+	if nats {
+		api = "S"
+	}
+	cells := []cell{
 		{"notice A", must(topics.Notice(accDevA)), broker.FamilyNotice, "", "A"},
 		{"notice B", must(topics.Notice(accDevB)), broker.FamilyNotice, "", "B"},
 		{"announce class", must(topics.Announce(accClass)), broker.FamilyNotice, "", "A,B"},
@@ -153,8 +184,15 @@ func matrix(topics schemas.Topics) []cell {
 		{"chunk reply B", must(topics.ChunkReply(accDevB)), broker.FamilyChunk, "", "B"},
 		{"report A", must(topics.Report(accDevA)), broker.FamilyReport, "A", ""},
 		{"report B", must(topics.Report(accDevB)), broker.FamilyReport, "B", ""},
-		{"campaign API", must(topics.API("campaign.create")), broker.FamilyControl, "", ""},
+		{"campaign API", must(topics.API("campaign.create")), broker.FamilyControl, api, ""},
 	}
+	if nats {
+		cells = append(cells,
+			cell{"inbox S", must(topics.API("inbox." + accSvc + ".cell")), broker.FamilyControl, "", "S"},
+			cell{"inbox A", must(topics.API("inbox." + accDevA + ".cell")), broker.FamilyControl, "", "A"},
+		)
+	}
+	return cells
 }
 
 // TestAccessMatrix runs the matrix on every broker; it logs the count of
@@ -176,12 +214,17 @@ func TestAccessMatrix(t *testing.T) {
 				return broker.Dial(ctx, broker.Config{URL: url, Topics: topics, ClientID: user, Username: user, Password: secret, TLS: ct, Logger: quietLogger()})
 			}
 			// Who may connect at all.
-			for _, c := range []struct{ name, user, secret string }{
+			refused := []struct{ name, user, secret string }{
 				{"anonymous", "", ""},
 				{"wrong secret", accDevA, "not-the-secret-0123"},
 				{"unknown user", "mallory", "secret-a-0123456789"},
 				{"device secret for the backend", backendUser, "secret-a-0123456789"},
-			} {
+				{"service secret for the backend", backendUser, accSvcSecret},
+			}
+			if !b.nats {
+				refused = append(refused, struct{ name, user, secret string }{"service on MQTT", accSvc, accSvcSecret})
+			}
+			for _, c := range refused {
 				tr, err := dial(c.user, c.secret)
 				total++
 				if err == nil {
@@ -203,9 +246,13 @@ func TestAccessMatrix(t *testing.T) {
 				}
 			}
 			principals := map[string]broker.Transport{}
-			for _, p := range []struct{ name, user, secret string }{
+			who := []struct{ name, user, secret string }{
 				{"backend", backendUser, backendSecret}, {"A", accDevA, "secret-a-0123456789"}, {"B", accDevB, "secret-b-0123456789"},
-			} {
+			}
+			if b.nats {
+				who = append(who, struct{ name, user, secret string }{"S", accSvc, accSvcSecret})
+			}
+			for _, p := range who {
 				tr, err := dial(p.user, p.secret)
 				if err != nil {
 					t.Fatalf("%s: %v", p.name, err)
@@ -214,7 +261,7 @@ func TestAccessMatrix(t *testing.T) {
 				principals[p.name] = tr
 			}
 			total += checkMatrix(t, b, topics, principals)
-			if strings.HasPrefix(b.name, "nats") {
+			if b.nats {
 				total += checkJetStreamMatrix(t, topics, dial) // JetStream API rows, below
 			}
 			if b.mqtt {
@@ -270,8 +317,9 @@ func (r *recorder) wait(p string, d time.Duration) bool {
 	return true
 }
 
-// checkMatrix checks every publish and subscribe cell for the backend and
-// both devices and returns how many it checked. An allowed cell must
+// checkMatrix checks every publish and subscribe cell for the backend,
+// both devices and (on NATS) the service, and returns how many it
+// checked. An allowed cell must
 // deliver its message; a denied one must not, checked after a sentinel
 // sent on an allowed topic has arrived, and again at the end.
 func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string]broker.Transport) int {
@@ -292,8 +340,13 @@ func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string
 	own["A"], _ = topics.Report(accDevA)
 	own["B"], _ = topics.Report(accDevB)
 	own["backend"], _ = topics.Report("probe")
-	for _, who := range []string{"backend", "A", "B"} {
-		for _, c := range matrix(topics) {
+	own["S"], _ = topics.API("campaign.list") // a service's one allowed publish
+	principals := []string{"backend", "A", "B"}
+	if b.nats {
+		principals = append(principals, "S")
+	}
+	for _, who := range principals {
+		for _, c := range matrix(topics, b.nats) {
 			n++
 			payload := fmt.Sprintf("pub %s -> %s", who, c.name)
 			err := ps[who].Publish(ctx, c.topic, []byte(payload), broker.PublishOptions{Family: c.family})
@@ -326,13 +379,16 @@ func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string
 	}
 	// Subscribes: each principal subscribes to every cell, and the backend
 	// publishes to it; the principal's own notice topic carries the sentinel.
-	for _, who := range []string{"backend", "A", "B"} {
+	for _, who := range principals {
 		control, _ := topics.Notice(map[string]string{"A": accDevA, "B": accDevB, "backend": "probe"}[who])
+		if who == "S" {
+			control, _ = topics.API("inbox." + accSvc + ".control") // the service reads only its inbox
+		}
 		ctl := newRecorder()
 		if _, err := ps[who].Subscribe(ctx, control, ctl.handler, broker.SubscribeOptions{Family: broker.FamilyNotice}); err != nil {
 			t.Fatalf("%s subscribing to its own notice: %v", who, err)
 		}
-		for _, c := range append(matrix(topics), cell{name: "all notices (wildcard)", topic: topics.NoticesAll(), family: broker.FamilyNotice}) {
+		for _, c := range append(matrix(topics, b.nats), cell{name: "all notices (wildcard)", topic: topics.NoticesAll(), family: broker.FamilyNotice}) {
 			n++
 			ok := allowed(c.subBy, who)
 			if c.topic == control {
@@ -360,7 +416,7 @@ func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string
 			}
 			target := c.topic
 			if strings.ContainsAny(target.MQTT, "+#") {
-				target, _ = topics.Notice(map[string]string{"A": accDevB, "B": accDevA, "backend": accDevA}[who])
+				target, _ = topics.Notice(map[string]string{"A": accDevB, "B": accDevA, "backend": accDevA, "S": accDevA}[who])
 			}
 			payload := fmt.Sprintf("sub %s <- %s", who, c.name)
 			if err := ps["backend"].Publish(ctx, target, []byte(payload), broker.PublishOptions{Family: c.family}); err != nil {
@@ -410,7 +466,10 @@ func checkMatrix(t *testing.T, b accBroker, topics schemas.Topics, ps map[string
 // list the fleet (STREAM.INFO with a subject filter), follow other
 // devices (consumers on the notice stream) or read another device's
 // notice (direct get, either form; message get). A device may make one
-// request only: the direct get named by its own notice subject.
+// request only: the direct get named by its own notice subject. A
+// service may make none: it must not write an API key into the key
+// bucket, append a forged entry to the audit stream, or purge or delete
+// it (the publisher's own identity, the backend, owns that state).
 
 // jsCell is one JetStream API request: who besides the backend may send
 // it. An allowed request must be answered (with want in the reply, when
@@ -450,19 +509,33 @@ func jetStreamCells(topics schemas.Topics) []jsCell {
 		{"STREAM.PURGE of a notice subject", "$JS.API.STREAM.PURGE." + stream, js(map[string]string{"filter": nobody.NATS}), "", ""},
 		{"STREAM.CREATE", "$JS.API.STREAM.CREATE.ACC_PROBE", []byte("{}"), "", ""},
 		{"STREAM.DELETE", "$JS.API.STREAM.DELETE.ACC_PROBE", nil, "", ""},
+		// The publisher's state: an admin key written into the key bucket,
+		// a forged audit entry, the audit stream purged, an entry deleted,
+		// the stream deleted (last: the backend's request does delete it).
+		{"KV put of an admin API key", "$KV." + accNS + "_apikeys.forged", js(map[string]any{"id": "forged", "scopes": []string{"admin"}}), "", ""},
+		{"audit entry", accAuditSubject(topics), js(map[string]string{"action": "apikey.create", "actor": "forged"}), "", ""},
+		{"STREAM.PURGE of the audit stream", "$JS.API.STREAM.PURGE." + accNS + "_audit", nil, "", ""},
+		{"STREAM.MSG.DELETE of an audit entry", "$JS.API.STREAM.MSG.DELETE." + accNS + "_audit", js(map[string]int{"seq": 1}), "", ""},
+		{"STREAM.DELETE of the audit stream", "$JS.API.STREAM.DELETE." + accNS + "_audit", nil, "", ""},
 	}
 }
 
-// checkJetStreamMatrix sends every jsCell request as the backend, device A
-// and device B, each from a connection of its own (a refusal is reported
-// per connection), and returns how many it checked.
+// accAuditSubject is the audit stream's subject for accNS, where the
+// publisher puts it (under the topic root: root.audit.<namespace>).
+func accAuditSubject(topics schemas.Topics) string {
+	return strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + accNS
+}
+
+// checkJetStreamMatrix sends every jsCell request as the backend, device A,
+// device B and the service, each from a connection of its own (a refusal
+// is reported per connection), and returns how many it checked.
 func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, secret string) (broker.Transport, error)) int {
 	t.Helper()
 	secrets := map[string]string{}
 	for _, a := range accAccounts() {
 		secrets[a.Username] = a.Secret
 	}
-	users := map[string]string{"backend": backendUser, "A": accDevA, "B": accDevB}
+	users := map[string]string{"backend": backendUser, "A": accDevA, "B": accDevB, "S": accSvc}
 	conn := func(who string) (*nats.Conn, func()) {
 		tr, err := dial(users[who], secrets[users[who]])
 		if err != nil {
@@ -483,9 +556,20 @@ func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, s
 			t.Fatal(err)
 		}
 	}
+	// The key bucket and the audit stream, as the publisher makes them.
+	bjs := backend.(*broker.NATSTransport).JetStream()
+	if _, err := bjs.CreateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: accNS + "_apikeys"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bjs.CreateStream(ctx, jetstream.StreamConfig{Name: accNS + "_audit", Subjects: []string{accAuditSubject(topics)}, DenyDelete: true, DenyPurge: true}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := bjs.Publish(ctx, accAuditSubject(topics), []byte(`{"action":"genuine"}`)); err != nil {
+		t.Fatal(err)
+	}
 	n := 0
 	for _, c := range jetStreamCells(topics) {
-		for _, who := range []string{"backend", "A", "B"} {
+		for _, who := range []string{"backend", "A", "B", "S"} {
 			n++
 			nc, done := conn(who)
 			refused, reply := jsRequest(t, nc, c.subject, c.body)
@@ -545,7 +629,7 @@ func checkIdentity(t *testing.T, b accBroker, srvTLS, cliTLS *tls.Config) int {
 	}
 	var denied []string
 	for _, who := range []struct{ name, user string }{{"backend", accBackend2}, {"A", accDevA}} {
-		for _, c := range matrix(topics) {
+		for _, c := range matrix(topics, false) {
 			n++
 			payload := fmt.Sprintf("will %s -> %s", who.name, c.name)
 			will := &paho.WillMessage{Topic: c.topic.MQTT, Payload: []byte(payload), QoS: 1, Retain: c.family == broker.FamilyNotice}

@@ -61,14 +61,17 @@ type Config struct {
 	// credentials and without the access policy: development only.
 	Open bool
 	// Accounts are the broker accounts of the embedded brokers (from a
-	// credentials file). Devices registered with the publisher
-	// authenticate from its registry first, then these accounts (the
-	// order of publisher.DeviceAuthenticator). The publisher uses the
-	// first backend account with a clear secret; when there is none, the
-	// stack adds a backend account of its own with a random secret.
+	// credentials file: backend, service and device accounts, each role
+	// confined by the access policy). Devices registered with the
+	// publisher authenticate from its registry first, then these accounts
+	// (the order of publisher.DeviceAuthenticator). The publisher uses
+	// the backend account named by Backend.Username, or else the first
+	// backend account with a clear secret; when there is none, the stack
+	// adds a backend account of its own with a random secret.
 	Accounts []broker.Account
-	// Backend is the publisher's account on external brokers (empty:
-	// anonymous).
+	// Backend is the publisher's own account: on external brokers the one
+	// it connects with (empty: anonymous); with the embedded brokers its
+	// Username picks the publisher's account among Accounts.
 	Backend broker.Account
 
 	// NoPublisher runs the brokers only.
@@ -163,7 +166,7 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	}
 	backend := cfg.Backend
 	if (embedMQTT || embedNATS) && !cfg.Open {
-		if s.auth, backend, err = newAuth(cfg.Accounts); err != nil {
+		if s.auth, backend, err = newAuth(cfg.Accounts, cfg.Backend.Username); err != nil {
 			return nil, err
 		}
 	}
@@ -389,15 +392,21 @@ type Auth struct {
 // accounts hold no backend account with a clear secret.
 const backendUser = "firmcast-backend"
 
-func newAuth(accounts []broker.Account) (*Auth, broker.Account, error) {
+// newAuth builds the embedded brokers' authenticator from accounts and
+// picks the publisher's own backend account: the one named user, or the
+// first backend account with a clear secret, or (none) one it adds.
+func newAuth(accounts []broker.Account, user string) (*Auth, broker.Account, error) {
 	store, err := broker.NewCredentialStoreFrom(accounts)
 	if err != nil {
 		return nil, broker.Account{}, fmt.Errorf("stack: accounts: %w", err)
 	}
 	for _, a := range accounts {
-		if a.Role == broker.RoleBackend && a.Secret != "" {
+		if a.Role == broker.RoleBackend && a.Secret != "" && (user == "" || a.Username == user) {
 			return &Auth{accounts: store}, a, nil
 		}
+	}
+	if user != "" {
+		return nil, broker.Account{}, fmt.Errorf("stack: no backend account %q with a clear secret among the accounts", user)
 	}
 	b := broker.Account{Identity: broker.Identity{Username: backendUser, Role: broker.RoleBackend}, Secret: randomHex(16)}
 	if err := store.Add(b.Identity, b.Secret); err != nil {

@@ -19,6 +19,7 @@ func TestStackAuthenticates(t *testing.T) {
 	topics := testutil.UniqueTopics(t)
 	st := stacktest.Start(t, stack.Config{Topics: topics, Accounts: []broker.Account{
 		{Identity: broker.Identity{Username: "gw-1", Role: broker.RoleDevice, Device: "gw-1", Class: "gw"}, Secret: "gateway-secret-0123456789"},
+		{Identity: broker.Identity{Username: "ci-bot", Role: broker.RoleService}, Secret: "service-secret-0123456789"},
 	}})
 	if !st.EmbeddedMQTT || !st.EmbeddedNATS || st.Pub == nil {
 		t.Fatalf("embedded %v/%v, publisher %v", st.EmbeddedMQTT, st.EmbeddedNATS, st.Pub)
@@ -49,6 +50,19 @@ func TestStackAuthenticates(t *testing.T) {
 			}
 		}
 	}
+	// A service account connects to NATS only (it calls the campaign API
+	// there); the MQTT broker refuses it.
+	for url, ok := range map[string]bool{st.NATSURL: true, st.MQTTURL: false} {
+		cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+		tr, err := broker.Dial(cctx, broker.Config{URL: url, Topics: topics, ClientID: "ci-bot", Username: "ci-bot", Password: "service-secret-0123456789"})
+		ccancel()
+		if err == nil {
+			tr.Close(ctx)
+		}
+		if (err == nil) != ok {
+			t.Errorf("%s as the service: err %v, want ok=%v", url, err, ok)
+		}
+	}
 }
 
 // TestStartRejectsBadConfig: errors name what is wrong, and nothing is
@@ -64,6 +78,8 @@ func TestStartRejectsBadConfig(t *testing.T) {
 		{"namespace off root", stack.Config{Topics: topics, DataDir: t.TempDir(), Namespace: "other"}},
 		{"nothing to run", stack.Config{Topics: topics, NoMQTT: true, NoNATS: true}},
 		{"bad listen", stack.Config{Topics: topics, DataDir: t.TempDir(), MQTTListen: "nonsense"}},
+		{"no such backend account", stack.Config{Topics: topics, DataDir: t.TempDir(), Backend: broker.Account{Identity: broker.Identity{Username: "pub-2"}},
+			Accounts: []broker.Account{{Identity: broker.Identity{Username: "pub-1", Role: broker.RoleBackend}, Secret: "backend-secret-0123456789"}}}},
 	} {
 		if _, err := stack.Start(context.Background(), c.cfg); err == nil {
 			t.Errorf("%s: started", c.name)

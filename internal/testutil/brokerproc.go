@@ -1,15 +1,9 @@
 package testutil
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/internal/brokerproc"
@@ -81,36 +75,15 @@ func StartNATSProcess(t testing.TB, args ...string) *Process {
 }
 
 // StartNATSProcessWithPolicy starts a nats-server process
-// (StartNATSProcess: Debian's 2.9.10 on this machine) whose users are
-// accounts, each with the permissions broker.NATSPermissions gives its
-// identity, written to a configuration file. Accounts need clear secrets.
-// (Until `firmcast broker nats-config` exists, this is the external
-// server's configuration the tests check.)
+// (StartNATSProcess: Debian's 2.9.10 on this machine) enforcing the access
+// policy for topics and accounts through the file `firmcast broker
+// nats-config` writes (brokerproc.NATSPolicyConf): one account, each user
+// with the permissions broker.NATSPermissions gives its role. Accounts
+// need clear secrets.
 func StartNATSProcessWithPolicy(t testing.TB, topics schemas.Topics, accounts []broker.Account) *Process {
 	t.Helper()
-	type user struct {
-		User        string              `json:"user"`
-		Password    string              `json:"password"`
-		Permissions *server.Permissions `json:"permissions"`
-	}
-	var users []user
-	for _, a := range accounts {
-		if a.Secret == "" {
-			t.Fatalf("StartNATSProcessWithPolicy: account %s has no clear secret", a.Username)
-		}
-		users = append(users, user{a.Username, a.Secret, broker.NATSPermissions(broker.Policy{Topics: topics}, a.Identity)})
-	}
-	// The configuration format takes JSON values, but none of its \u
-	// escapes: keep ">" as it is.
-	var b bytes.Buffer
-	b.WriteString("authorization: ")
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(map[string]any{"users": users}); err != nil {
-		t.Fatalf("StartNATSProcessWithPolicy: %v", err)
-	}
-	conf := filepath.Join(t.TempDir(), "nats-server.conf")
-	if err := os.WriteFile(conf, b.Bytes(), 0o600); err != nil {
+	conf, err := brokerproc.NATSPolicyConf(t.TempDir(), topics, accounts)
+	if err != nil {
 		t.Fatalf("StartNATSProcessWithPolicy: %v", err)
 	}
 	return StartNATSProcess(t, "-c", conf)
