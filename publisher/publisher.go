@@ -76,7 +76,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 	p := &Publisher{
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
 		idx:     index{camps: map[string]*campIndex{}},
-		cache:   imageCache{max: 4 * cfg.MaxImageSize, byKey: map[string]*imageData{}},
+		cache:   imageCache{byKey: map[string]*imageData{}},
 		pace:    newPacer(cfg),
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),
@@ -102,6 +102,9 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 		if _, err := ns.NoticeStream(ctx); err != nil {
 			return nil, fmt.Errorf("publisher: %w", err)
 		}
+	}
+	if err := p.st.images.register(reg); err != nil {
+		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
 	if cfg.BootstrapKey != "" {
 		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {
