@@ -112,42 +112,22 @@ func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up Image
 		return Image{}, false, err
 	}
 	name := up.Name
-	tmp, err := os.CreateTemp("", "firmcast-upload-*")
+	sp, err := p.spool(r, p.cfg.ChunkSize)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
+		return Image{}, false, err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	lr := &io.LimitedReader{R: r, N: p.cfg.MaxImageSize + 1}
-	table, err := schemas.BuildChunkTable(io.TeeReader(lr, tmp), p.cfg.ChunkSize)
-	switch {
-	case lr.N == 0:
-		return Image{}, false, fmt.Errorf("%w: image exceeds %d bytes", ErrTooLarge, p.cfg.MaxImageSize)
-	case errors.Is(err, schemas.ErrTooLarge):
-		return Image{}, false, fmt.Errorf("%w: %v", ErrTooLarge, err)
-	case errors.Is(err, schemas.ErrInvalid):
-		return Image{}, false, fmt.Errorf("%w: %v", ErrInvalid, err)
-	case err != nil:
-		return Image{}, false, fmt.Errorf("publisher: read upload: %w", err)
-	}
-	digest := hex.EncodeToString(table.Image)
+	defer sp.close()
+	digest := hex.EncodeToString(sp.table.Image)
 	if old, err := p.Image(ctx, digest); err == nil {
 		return old, false, sameMeta(old, version, up.SecurityVersion)
 	}
-	tb, err := schemas.Encode(table)
+	tsum, err := p.storeSpooled(ctx, sp)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("publisher: chunk table: %w", err)
-	}
-	tsum := sha256.Sum256(tb)
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
-	}
-	if err := p.st.images.put(ctx, digest, table, tb, bufio.NewReaderSize(tmp, 64<<10)); err != nil {
 		return Image{}, false, err
 	}
 	img = Image{
-		Digest: digest, Size: int64(table.ImageSize), ChunkSize: p.cfg.ChunkSize, Chunks: len(table.Hashes),
-		TableDigest: hex.EncodeToString(tsum[:]), Name: name, Version: version, SecurityVersion: up.SecurityVersion,
+		Digest: digest, Size: int64(sp.table.ImageSize), ChunkSize: p.cfg.ChunkSize, Chunks: len(sp.table.Hashes),
+		TableDigest: tsum, Name: name, Version: version, SecurityVersion: up.SecurityVersion,
 		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name,
 	}
 	// Commit point: the metadata makes the image visible.
@@ -173,6 +153,65 @@ func sameMeta(old Image, version string, sv uint64) error {
 			ErrState, old.Digest, old.Version, old.SecurityVersion)
 	}
 	return nil
+}
+
+// spooled is an image read into a temporary file, with its chunk table.
+type spooled struct {
+	tmp   *os.File
+	table *schemas.ChunkTable
+}
+
+func (sp *spooled) close() {
+	sp.tmp.Close()
+	os.Remove(sp.tmp.Name())
+}
+
+// spool reads r (at most Config.MaxImageSize bytes) into a temporary file
+// while it builds the chunk table of chunkSize chunks (and so the image's
+// SHA-256). The caller closes the result. Errors: ErrTooLarge, ErrInvalid
+// (an empty image).
+func (p *Publisher) spool(r io.Reader, chunkSize uint32) (*spooled, error) {
+	tmp, err := os.CreateTemp("", "firmcast-upload-*")
+	if err != nil {
+		return nil, fmt.Errorf("publisher: spool upload: %w", err)
+	}
+	sp := &spooled{tmp: tmp}
+	lr := &io.LimitedReader{R: r, N: p.cfg.MaxImageSize + 1}
+	sp.table, err = schemas.BuildChunkTable(io.TeeReader(lr, tmp), chunkSize)
+	switch {
+	case lr.N == 0:
+		err = fmt.Errorf("%w: image exceeds %d bytes", ErrTooLarge, p.cfg.MaxImageSize)
+	case errors.Is(err, schemas.ErrTooLarge):
+		err = fmt.Errorf("%w: %v", ErrTooLarge, err)
+	case errors.Is(err, schemas.ErrInvalid):
+		err = fmt.Errorf("%w: %v", ErrInvalid, err)
+	case err != nil:
+		err = fmt.Errorf("publisher: read upload: %w", err)
+	}
+	if err != nil {
+		sp.close()
+		return nil, err
+	}
+	return sp, nil
+}
+
+// storeSpooled writes a spooled image's chunks and chunk table to the
+// image stream (not its record) and returns the hex SHA-256 of the
+// table's encoding.
+func (p *Publisher) storeSpooled(ctx context.Context, sp *spooled) (string, error) {
+	tb, err := schemas.Encode(sp.table)
+	if err != nil {
+		return "", fmt.Errorf("publisher: chunk table: %w", err)
+	}
+	if _, err := sp.tmp.Seek(0, io.SeekStart); err != nil {
+		return "", fmt.Errorf("publisher: spool upload: %w", err)
+	}
+	digest := hex.EncodeToString(sp.table.Image)
+	if err := p.st.images.put(ctx, digest, sp.table, tb, bufio.NewReaderSize(sp.tmp, 64<<10)); err != nil {
+		return "", err
+	}
+	tsum := sha256.Sum256(tb)
+	return hex.EncodeToString(tsum[:]), nil
 }
 
 // Image returns the metadata of the image with hex digest d (ErrNotFound).

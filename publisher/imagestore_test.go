@@ -8,11 +8,14 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // TestImageHTTPRanges checks the range contract of GET /images/{digest}
@@ -283,4 +286,65 @@ func TestImageTableParts(t *testing.T) {
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)
 	return hex.EncodeToString(sum[:])
+}
+
+// TestImageMigration starts a publisher on a namespace where an earlier
+// version left an image in the object store (bytes under the digest, the
+// chunk table beside it, the record in the metadata bucket): the image is
+// copied into the image stream and served; an image whose object is
+// missing is logged and skipped, not fatal.
+func TestImageMigration(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	p := e.open(nil)
+	data := randomImage(t, 5000)
+	sp, err := p.spool(bytes.NewReader(data), e.cfg.ChunkSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sp.close()
+	tb, err := schemas.Encode(sp.table)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tsum := sha256.Sum256(tb)
+	digest := sha256Hex(data)
+	obs, err := e.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: legacyImageBucket("firmcast")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.PutBytes(ctx, digest, data); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := obs.PutBytes(ctx, digest+".table", tb); err != nil {
+		t.Fatal(err)
+	}
+	old := Image{Digest: digest, Size: int64(len(data)), ChunkSize: e.cfg.ChunkSize, Chunks: len(sp.table.Hashes), TableDigest: hex.EncodeToString(tsum[:]), Name: "old"}
+	lost := old
+	lost.Digest = strings.Repeat("cd", 32)
+	for _, img := range []Image{old, lost} {
+		if _, err := createJSON(ctx, p.st.imageMeta, "image", img.Digest, img); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	p2 := e.open(nil)
+	d, err := p2.loadImage(ctx, digest)
+	if err != nil {
+		t.Fatalf("migrated image: %v", err)
+	}
+	var got []byte
+	for i := range d.chunks() {
+		b, err := p2.readChunk(ctx, d, i)
+		if err != nil {
+			t.Fatalf("migrated chunk %d: %v", i, err)
+		}
+		got = append(got, b...)
+	}
+	if !bytes.Equal(got, data) {
+		t.Fatal("migrated image differs")
+	}
+	if _, err := p2.loadImage(ctx, lost.Digest); err == nil {
+		t.Fatal("an image without bytes loads")
+	}
 }

@@ -64,7 +64,9 @@ type noticeStreamer interface {
 
 // New opens (creating when missing) the JetStream buckets and streams of
 // cfg.Namespace, and the retained-notice stream when cfg.Transport keeps
-// one (NATS; devices wait for it and never create it), loads campaign state into memory and keeps it current
+// one (NATS; devices wait for it and never create it), copies images
+// stored by earlier versions into the image stream (migrateImages), loads
+// campaign state into memory and keeps it current
 // with KV watches that live as long as ctx. It does not subscribe to
 // device traffic; call Run for that. Errors: ErrInvalid for a bad config,
 // or the JetStream error.
@@ -105,6 +107,9 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 	}
 	if err := p.st.images.register(reg); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
+	}
+	if err := p.migrateImages(ctx); err != nil {
+		return nil, err
 	}
 	if cfg.BootstrapKey != "" {
 		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {
