@@ -7,12 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"sync/atomic"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/firmcast/firmcast/internal/jsensure"
 
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -74,11 +75,12 @@ func imageStreamConfig(ns, prefix string, replicas int) jetstream.StreamConfig {
 }
 
 // openImageStore opens the namespace's image stream, creating it when
-// missing. subjRoot is the topic root in NATS form.
+// missing (once: jsensure.Stream). subjRoot is the topic root in NATS
+// form.
 func openImageStore(ctx context.Context, js jetstream.JetStream, subjRoot, ns string, replicas int) (*imageStore, error) {
 	prefix := subjRoot + ".images." + ns
 	cfg := imageStreamConfig(ns, prefix, replicas)
-	st, err := createStream(ctx, js, cfg)
+	st, err := jsensure.Stream(ctx, js, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: image stream: %w", err)
 	}
@@ -89,37 +91,6 @@ func openImageStore(ctx context.Context, js jetstream.JetStream, subjRoot, ns st
 	return s, nil
 }
 
-// createStream makes sure the stream cfg describes exists and returns it:
-// a create first (which succeeds on a stream with the same configuration),
-// and an update only when the existing stream's settings that cfg makes
-// differ. It never starts with an update: Debian's nats-server 2.9.10
-// panics on a STREAM.UPDATE that races another client's create of the
-// same stream, which is what nats.go's CreateOrUpdateStream sends first.
-// (internal/jsensure.Stream does the same for every stream; this one
-// stands in for it until both meet.)
-func createStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) (jetstream.Stream, error) {
-	st, err := js.CreateStream(ctx, cfg)
-	if err == nil {
-		return st, nil
-	}
-	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
-		return nil, fmt.Errorf("create stream %s: %w", cfg.Name, err)
-	}
-	if st, err = js.Stream(ctx, cfg.Name); err != nil {
-		return nil, fmt.Errorf("stream %s: %w", cfg.Name, err)
-	}
-	have := st.CachedInfo().Config
-	if have.Description == cfg.Description && slices.Equal(have.Subjects, cfg.Subjects) && have.Storage == cfg.Storage &&
-		have.Replicas == cfg.Replicas && have.MaxMsgsPerSubject == cfg.MaxMsgsPerSubject && have.AllowDirect == cfg.AllowDirect {
-		return st, nil
-	}
-	if st, err = js.UpdateStream(ctx, cfg); err != nil {
-		return nil, fmt.Errorf("update stream %s: %w", cfg.Name, err)
-	}
-	return st, nil
-}
-
-// register exports the read counters as metrics.
 func (s *imageStore) register(reg prometheus.Registerer) error {
 	for _, c := range []prometheus.Collector{
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
