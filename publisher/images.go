@@ -301,14 +301,21 @@ func (p *Publisher) loadImage(ctx context.Context, digest string) (*imageData, e
 	if _, err := parseDigest(digest); err != nil {
 		return nil, err
 	}
-	// The load outlives a caller that leaves: the others wait for it.
-	v, err, _ := c.loads.Do(digest, func() (any, error) {
+	// One load per image at a time, shared by its callers; it outlives a
+	// caller that leaves (each of its reads is bounded by kvOpTimeout).
+	ch := c.loads.DoChan(digest, func() (any, error) {
 		return p.readImageData(context.WithoutCancel(ctx), digest)
 	})
-	if err != nil {
-		return nil, err
+	var res singleflight.Result
+	select {
+	case res = <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	d = v.(*imageData)
+	if res.Err != nil {
+		return nil, res.Err
+	}
+	d = res.Val.(*imageData)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.byKey[digest]; ok {
