@@ -11,14 +11,16 @@ import (
 
 	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // TestHTTPSourceSendsDeviceCredentials: the image server demands the
 // device's id and secret (as the publisher's GET /images/{digest} does by
 // default); the agent, configured with them for the server's image URL
-// prefix, downloads and installs the image from it. A URL outside the
-// prefix (another host, or a host whose name only starts like it) is sent
-// no credentials.
+// prefix, downloads and installs the image from the URL the signed
+// manifest names (without them it cannot: no other source serves the
+// image). A URL outside the prefix (another host, or another path of the
+// host) is sent no credentials.
 func TestHTTPSourceSendsDeviceCredentials(t *testing.T) {
 	v2 := testImage(17, 10*testChunk+5)
 	w := memWorld(t)
@@ -54,7 +56,7 @@ func TestHTTPSourceSendsDeviceCredentials(t *testing.T) {
 	})
 	d.start()
 	defer d.stop()
-	w.notice("camp-a", "dev-a", false, v2, w.envelope(v2, 2, nil, nil), schemas.SourceHint{Kind: schemas.SourceHTTP, URI: guarded.URL + "/images/fw.bin"})
+	w.notice("camp-a", "dev-a", false, v2, w.envelope(v2, 2, func(o *suit.CreateOptions) { o.URIs = []string{guarded.URL + "/images/fw.bin"} }, nil))
 	w.waitReport("dev-a", 20*time.Second, func(r schemas.DeviceReport) bool {
 		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
 	})
