@@ -73,6 +73,9 @@ type Config struct {
 	// nor a symbolic link leads out of them. None: file:// URIs are not
 	// followed. Sources below are the device's own and not limited.
 	FileDirs []string
+	// HTTPAuth, when set, are the device's credentials for the HTTP
+	// sources under HTTPAuth.URLPrefix (see HTTPAuth). Nil: none.
+	HTTPAuth *HTTPAuth
 	// ObjectStore, when set, serves images from a NATS object store named
 	// ObjectBucket (for gateways with NATS access).
 	ObjectStore  jetstream.ObjectStore
@@ -233,6 +236,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.SecurityInterval <= 0 {
 		cfg.SecurityInterval = time.Minute
+	}
+	if err := cfg.HTTPAuth.check(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	cfg.Sources = append([]fetcher.Source(nil), cfg.Sources...)
 	fetchTo := filepath.Join(cfg.StateDir, "fetch")

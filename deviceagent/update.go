@@ -370,7 +370,7 @@ func (a *Agent) uriSources(u string, price func(kind string) float64) ([]fetcher
 		if len(a.cfg.URLPrefixes) > 0 && !slices.ContainsFunc(a.cfg.URLPrefixes, func(p string) bool { return strings.HasPrefix(u, p) }) {
 			return nil, "not under an allowed URL prefix"
 		}
-		return []fetcher.Source{fetcher.NewHTTPSource(u, price("http"), a.cfg.HTTPClient)}, ""
+		return []fetcher.Source{a.httpSource(u, price("http"))}, ""
 	case strings.HasPrefix(lower, "file://"):
 		p := u[len("file://"):]
 		var out []fetcher.Source

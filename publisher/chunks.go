@@ -62,9 +62,25 @@ func (p *Publisher) send(ctx context.Context, t schemas.Topic, b []byte, ctr *at
 	return nil
 }
 
-func encodeChunk(d *imageData, i int) ([]byte, error) {
-	return schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: d.digest, Index: uint32(i), Data: d.chunk(i)})
+// encodeChunk reads chunk i of d from the store and encodes it as a
+// chunk message.
+func (p *Publisher) encodeChunk(ctx context.Context, d *imageData, i int) ([]byte, error) {
+	b, err := p.readChunk(ctx, d, i)
+	if err != nil {
+		if ctx.Err() == nil {
+			p.log.Warn("chunk not sent", "image", d.info.Digest, "chunk", i, "err", err)
+		}
+		return nil, err
+	}
+	return encodeChunkData(d, i, b)
 }
+
+func encodeChunkData(d *imageData, i int, b []byte) ([]byte, error) {
+	return schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: d.digest, Index: uint32(i), Data: b})
+}
+
+// waveReadAhead is a wave's read-ahead from the store, in bytes.
+const waveReadAhead = 1 << 20
 
 // maybeWave starts a broadcast wave of c's image when one is due and the
 // devices it is for listen. Called by the leader's tick.
@@ -303,6 +319,8 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		}
 	}
 	n := len(d.table.Hashes)
+	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
+	defer cr.close()
 	for i := range n {
 		if ec != nil {
 			if err := ec.wait(ctx, int64(i-p.cfg.WaveEcho)); err != nil {
@@ -310,7 +328,11 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 			}
 		}
 		w.next.Store(int64(i))
-		b, err := encodeChunk(d, i)
+		data, err := cr.get(i)
+		if err != nil {
+			return fmt.Errorf("publisher: wave %s: %w", digest, err)
+		}
+		b, err := encodeChunkData(d, i, data)
 		if err != nil {
 			return err
 		}
@@ -479,7 +501,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		return int64(i) >= ahead // the wave in flight still sends it
 	})
 	for _, i := range p.affordable(r, d, wl) {
-		b, err := encodeChunk(d, i)
+		b, err := p.encodeChunk(ctx, d, i)
 		if err != nil {
 			return
 		}
@@ -615,7 +637,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if askers[i] < p.cfg.RepairBroadcastMin {
 			continue
 		}
-		cb, err := encodeChunk(d, i)
+		cb, err := p.encodeChunk(ctx, d, i)
 		if err != nil || p.send(ctx, bt, cb, &p.Egress.Repair, "repair") != nil {
 			return
 		}
@@ -644,7 +666,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 			if askers[i] >= p.cfg.RepairBroadcastMin {
 				continue
 			}
-			cb, err := encodeChunk(d, i)
+			cb, err := p.encodeChunk(ctx, d, i)
 			if err != nil || p.send(ctx, rt, cb, &p.Egress.Unicast, "unicast") != nil {
 				return
 			}

@@ -80,6 +80,10 @@ type Config struct {
 	// PublicURL, when set, is the base URL devices can fetch images from
 	// (GET PublicURL/images/{digest}); notices carry it as an "http" source.
 	PublicURL string
+	// ImageAccess is who may download images over HTTP (GET
+	// /images/{digest} and its chunk table). Default ImageAccessKey: an
+	// API key, or a registered device's id and secret.
+	ImageAccess ImageAccess
 
 	// TickInterval is how often the leader runs campaign work. Default 1s.
 	TickInterval time.Duration
@@ -201,6 +205,33 @@ type Config struct {
 	BootstrapKey string
 }
 
+// ImageAccess is the policy of HTTP image downloads: who may read an
+// image's bytes and chunk table from GET /images/{digest}.
+type ImageAccess string
+
+// Image access policies.
+const (
+	// ImageAccessKey lets a request through when it carries an API key
+	// of any scope ("Authorization: Bearer <key>"; read is the least), or
+	// the credentials of a registered device as HTTP basic auth: its id as
+	// the user name and its broker secret as the password (what the
+	// device's HTTP fetch source sends). Anyone else gets 401.
+	ImageAccessKey ImageAccess = "key"
+	// ImageAccessPublic serves images to anyone who reaches the HTTP API,
+	// as a CDN would: for firmware that is not secret (firmcast does not
+	// encrypt images) behind a network the operator trusts with it.
+	ImageAccessPublic ImageAccess = "public"
+)
+
+// ParseImageAccess parses "key" or "public". Errors: ErrInvalid.
+func ParseImageAccess(s string) (ImageAccess, error) {
+	switch a := ImageAccess(s); a {
+	case ImageAccessKey, ImageAccessPublic:
+		return a, nil
+	}
+	return "", fmt.Errorf("%w: image access %q, want key or public", ErrInvalid, s)
+}
+
 func (c Config) withDefaults() (Config, error) {
 	if c.JetStream == nil {
 		return c, fmt.Errorf("%w: config: JetStream is required", ErrInvalid)
@@ -251,6 +282,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ChunkSize < schemas.MinChunkSize || c.ChunkSize > schemas.MaxChunkSize {
 		return c, fmt.Errorf("%w: config: chunk size %d outside [%d, %d]", ErrInvalid, c.ChunkSize, schemas.MinChunkSize, schemas.MaxChunkSize)
+	}
+	if c.ImageAccess == "" {
+		c.ImageAccess = ImageAccessKey
+	}
+	if _, err := ParseImageAccess(string(c.ImageAccess)); err != nil {
+		return c, fmt.Errorf("%w: config: image access %q, want key or public", ErrInvalid, c.ImageAccess)
 	}
 	if c.MaxImageSize <= 0 {
 		c.MaxImageSize = 64 << 20

@@ -4,9 +4,13 @@
 //
 // Who does what:
 //
-//   - Images (images.go) are content-addressed by SHA-256 in a JetStream
-//     object store: the image under its hex digest, its chunk table under
-//     "<hex>.table", and its metadata in a KV bucket.
+//   - Images (images.go, imagestore.go) are content-addressed by SHA-256
+//     in a JetStream stream, one message per chunk (and the chunk table in
+//     parts), so that any chunk is one direct get; the metadata record in
+//     a KV bucket, written last, makes an image visible. GET
+//     /images/{digest} (imagehttp.go) streams an image from there chunk by
+//     chunk, with ranges, under Config.ImageAccess (an API key or a
+//     device's credentials by default).
 //   - Devices (registry.go) live in a KV bucket: id, class, groups, tags and
 //     the secret hashed (PBKDF2-SHA512, mosquitto's "$7$" format), so the
 //     broker's auth hook and the mosquitto password file read the same hash.

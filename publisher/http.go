@@ -2,7 +2,6 @@ package publisher
 
 import (
 	"bytes"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -117,8 +115,10 @@ func statusOf(err error) int {
 type apiFunc func(w http.ResponseWriter, r *http.Request, who Principal) (int, any, error)
 
 // Handler returns the HTTP handler: /healthz, /metrics, GET /images/{digest}
-// (public, with Range support, for the HTTP fetch source) and the JSON API
-// under /api/v1, where every call needs "Authorization: Bearer <key>".
+// and /images/{digest}.table (image bytes with Range support and the chunk
+// table, for the HTTP fetch source, under Config.ImageAccess; see
+// serveImage) and the JSON API under /api/v1, where every call needs
+// "Authorization: Bearer <key>".
 func (p *Publisher) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
@@ -268,16 +268,9 @@ func nonNil[T any](v []T) []T {
 // serveAPI authenticates, checks the scope, runs f and writes its answer.
 func (p *Publisher) serveAPI(w http.ResponseWriter, r *http.Request, scope Scope, f apiFunc) {
 	status, body, err := func() (int, any, error) {
-		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok {
-			return 0, nil, fmt.Errorf("%w: missing \"Authorization: Bearer <key>\" header", ErrUnauthorized)
-		}
-		who, err := p.Authenticate(r.Context(), strings.TrimSpace(tok))
+		who, err := p.bearer(r, scope)
 		if err != nil {
 			return 0, nil, err
-		}
-		if !who.Can(scope) {
-			return 0, nil, fmt.Errorf("%w: key %s lacks scope %s", ErrForbidden, who.KeyID, scope)
 		}
 		return f(w, r, who)
 	}()
@@ -290,6 +283,23 @@ func (p *Publisher) serveAPI(w http.ResponseWriter, r *http.Request, scope Scope
 	}
 	p.met.apiRequests.WithLabelValues("http", strconv.Itoa(status)).Inc()
 	writeJSON(w, status, body)
+}
+
+// bearer authenticates r's "Authorization: Bearer <key>" and checks that
+// the key has scope. Errors: ErrUnauthorized, ErrForbidden.
+func (p *Publisher) bearer(r *http.Request, scope Scope) (Principal, error) {
+	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok {
+		return Principal{}, fmt.Errorf("%w: missing \"Authorization: Bearer <key>\" header", ErrUnauthorized)
+	}
+	who, err := p.Authenticate(r.Context(), strings.TrimSpace(tok))
+	if err != nil {
+		return Principal{}, err
+	}
+	if !who.Can(scope) {
+		return Principal{}, fmt.Errorf("%w: key %s lacks scope %s", ErrForbidden, who.KeyID, scope)
+	}
+	return who, nil
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any) {
@@ -355,17 +365,4 @@ func (p *Publisher) apiUpload(_ http.ResponseWriter, r *http.Request, who Princi
 		return 201, img, nil
 	}
 	return 200, img, nil
-}
-
-// serveImage serves an image's bytes with Range support.
-func (p *Publisher) serveImage(w http.ResponseWriter, r *http.Request) {
-	d, err := p.loadImage(r.Context(), r.PathValue("digest"))
-	if err != nil {
-		writeJSON(w, statusOf(err), ErrorReply{Error: err.Error()})
-		return
-	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.Header().Set("ETag", `"`+hex.EncodeToString(d.digest)+`"`)
-	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
-	http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(d.data))
 }

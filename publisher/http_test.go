@@ -200,6 +200,7 @@ func TestImageDownloadRange(t *testing.T) {
 	}
 	req, _ := http.NewRequest("GET", f.srv.URL+"/images/"+img.Digest, nil)
 	req.Header.Set("Range", "bytes=1000-1499")
+	req.Header.Set("Authorization", "Bearer "+f.read)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
@@ -209,7 +210,7 @@ func TestImageDownloadRange(t *testing.T) {
 	if res.StatusCode != http.StatusPartialContent || !bytes.Equal(got, data[1000:1500]) {
 		t.Fatalf("range: %d, %d bytes, want 206 with bytes 1000..1499", res.StatusCode, len(got))
 	}
-	code, _ = f.do(t, "GET", "/images/"+strings.Repeat("ab", 32), "", "")
+	code, _ = f.do(t, "GET", "/images/"+strings.Repeat("ab", 32), f.read, "")
 	if code != http.StatusNotFound {
 		t.Errorf("unknown image: %d, want 404", code)
 	}

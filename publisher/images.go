@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/mod/semver"
+	"golang.org/x/sync/singleflight"
 
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -79,8 +81,6 @@ func (u ImageUpload) check() (string, error) {
 	return v, nil
 }
 
-func tableObject(digest string) string { return digest + ".table" }
-
 // parseDigest checks that s is a lowercase hex SHA-256.
 func parseDigest(s string) ([]byte, error) {
 	b, err := hex.DecodeString(s)
@@ -97,9 +97,11 @@ func (p *Publisher) UploadImage(ctx context.Context, who Principal, name string,
 
 // UploadImageWith stores the image read from r (at most
 // Config.MaxImageSize bytes) under its SHA-256, with its chunk table and
-// metadata (up). The bytes are spooled to a temporary file while being
-// hashed, then stored; the metadata is written last, so an image is
-// visible only once complete. Uploading an image already stored returns
+// metadata (up). The bytes are spooled to a temporary file while the
+// chunk table and the image's SHA-256 are computed, then stored chunk by
+// chunk (imageStore), each chunk checked against the table again on the
+// way; the metadata is written last, so an image is visible only once
+// complete. Uploading an image already stored returns
 // the stored metadata and created=false; the metadata of a stored image
 // never changes, so an upload that gives another version or security
 // version is refused (ErrState). Errors: ErrTooLarge, ErrInvalid (empty
@@ -110,55 +112,22 @@ func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up Image
 		return Image{}, false, err
 	}
 	name := up.Name
-	tmp, err := os.CreateTemp("", "firmcast-upload-*")
+	sp, err := p.spool(r, p.cfg.ChunkSize)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
+		return Image{}, false, err
 	}
-	defer os.Remove(tmp.Name())
-	defer tmp.Close()
-	whole := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, whole), io.LimitReader(r, p.cfg.MaxImageSize+1))
-	if err != nil {
-		return Image{}, false, fmt.Errorf("publisher: read upload: %w", err)
-	}
-	if n > p.cfg.MaxImageSize {
-		return Image{}, false, fmt.Errorf("%w: image exceeds %d bytes", ErrTooLarge, p.cfg.MaxImageSize)
-	}
-	if n == 0 {
-		return Image{}, false, fmt.Errorf("%w: image is empty", ErrInvalid)
-	}
-	sum := whole.Sum(nil)
-	digest := hex.EncodeToString(sum)
+	defer sp.close()
+	digest := hex.EncodeToString(sp.table.Image)
 	if old, err := p.Image(ctx, digest); err == nil {
 		return old, false, sameMeta(old, version, up.SecurityVersion)
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
-	}
-	table, err := schemas.BuildChunkTable(tmp, p.cfg.ChunkSize)
+	tsum, err := p.storeSpooled(ctx, sp)
 	if err != nil {
-		return Image{}, false, fmt.Errorf("%w: chunk table: %v", ErrInvalid, err)
-	}
-	if !bytes.Equal(table.Image, sum) {
-		return Image{}, false, fmt.Errorf("publisher: spooled upload changed while being read")
-	}
-	tb, err := schemas.Encode(table)
-	if err != nil {
-		return Image{}, false, fmt.Errorf("publisher: chunk table: %w", err)
-	}
-	tsum := sha256.Sum256(tb)
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-		return Image{}, false, fmt.Errorf("publisher: spool upload: %w", err)
-	}
-	if _, err := p.st.images.Put(ctx, jetstream.ObjectMeta{Name: digest, Description: name}, tmp); err != nil {
-		return Image{}, false, fmt.Errorf("publisher: store image: %w", err)
-	}
-	if _, err := p.st.images.PutBytes(ctx, tableObject(digest), tb); err != nil {
-		return Image{}, false, fmt.Errorf("publisher: store chunk table: %w", err)
+		return Image{}, false, err
 	}
 	img = Image{
-		Digest: digest, Size: n, ChunkSize: p.cfg.ChunkSize, Chunks: len(table.Hashes),
-		TableDigest: hex.EncodeToString(tsum[:]), Name: name, Version: version, SecurityVersion: up.SecurityVersion,
+		Digest: digest, Size: int64(sp.table.ImageSize), ChunkSize: p.cfg.ChunkSize, Chunks: len(sp.table.Hashes),
+		TableDigest: tsum, Name: name, Version: version, SecurityVersion: up.SecurityVersion,
 		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name,
 	}
 	// Commit point: the metadata makes the image visible.
@@ -184,6 +153,65 @@ func sameMeta(old Image, version string, sv uint64) error {
 			ErrState, old.Digest, old.Version, old.SecurityVersion)
 	}
 	return nil
+}
+
+// spooled is an image read into a temporary file, with its chunk table.
+type spooled struct {
+	tmp   *os.File
+	table *schemas.ChunkTable
+}
+
+func (sp *spooled) close() {
+	sp.tmp.Close()
+	os.Remove(sp.tmp.Name())
+}
+
+// spool reads r (at most Config.MaxImageSize bytes) into a temporary file
+// while it builds the chunk table of chunkSize chunks (and so the image's
+// SHA-256). The caller closes the result. Errors: ErrTooLarge, ErrInvalid
+// (an empty image).
+func (p *Publisher) spool(r io.Reader, chunkSize uint32) (*spooled, error) {
+	tmp, err := os.CreateTemp("", "firmcast-upload-*")
+	if err != nil {
+		return nil, fmt.Errorf("publisher: spool upload: %w", err)
+	}
+	sp := &spooled{tmp: tmp}
+	lr := &io.LimitedReader{R: r, N: p.cfg.MaxImageSize + 1}
+	sp.table, err = schemas.BuildChunkTable(io.TeeReader(lr, tmp), chunkSize)
+	switch {
+	case lr.N == 0:
+		err = fmt.Errorf("%w: image exceeds %d bytes", ErrTooLarge, p.cfg.MaxImageSize)
+	case errors.Is(err, schemas.ErrTooLarge):
+		err = fmt.Errorf("%w: %v", ErrTooLarge, err)
+	case errors.Is(err, schemas.ErrInvalid):
+		err = fmt.Errorf("%w: %v", ErrInvalid, err)
+	case err != nil:
+		err = fmt.Errorf("publisher: read upload: %w", err)
+	}
+	if err != nil {
+		sp.close()
+		return nil, err
+	}
+	return sp, nil
+}
+
+// storeSpooled writes a spooled image's chunks and chunk table to the
+// image stream (not its record) and returns the hex SHA-256 of the
+// table's encoding.
+func (p *Publisher) storeSpooled(ctx context.Context, sp *spooled) (string, error) {
+	tb, err := schemas.Encode(sp.table)
+	if err != nil {
+		return "", fmt.Errorf("publisher: chunk table: %w", err)
+	}
+	if _, err := sp.tmp.Seek(0, io.SeekStart); err != nil {
+		return "", fmt.Errorf("publisher: spool upload: %w", err)
+	}
+	digest := hex.EncodeToString(sp.table.Image)
+	if err := p.st.images.put(ctx, digest, sp.table, tb, bufio.NewReaderSize(sp.tmp, 64<<10)); err != nil {
+		return "", err
+	}
+	tsum := sha256.Sum256(tb)
+	return hex.EncodeToString(tsum[:]), nil
 }
 
 // Image returns the metadata of the image with hex digest d (ErrNotFound).
@@ -228,77 +256,120 @@ func listKeys(ctx context.Context, kv jetstream.KeyValue) ([]string, error) {
 	return keys, nil
 }
 
-// imageData is an image loaded for serving.
+// imageData is what serving an image needs besides its bytes: its
+// record and its verified chunk table. The bytes stay in the store and
+// are read chunk by chunk (readChunk, chunkReader).
 type imageData struct {
 	info       Image
 	digest     []byte
-	data       []byte
 	table      *schemas.ChunkTable
 	tableBytes []byte
 }
 
-// chunk returns chunk i's bytes.
-func (d *imageData) chunk(i int) []byte {
-	cs := int(d.info.ChunkSize)
-	return d.data[i*cs : min((i+1)*cs, len(d.data))]
-}
+// chunks is the number of chunks of the image.
+func (d *imageData) chunks() int { return len(d.table.Hashes) }
 
-// imageCache keeps recently served images in memory, bounded in bytes.
+// imageCache keeps the imageData of recently served images, bounded in
+// entries and in chunk table bytes (a table is at most about 4.5 MiB).
+// Concurrent loads of one image are merged into one.
 type imageCache struct {
+	loads singleflight.Group
 	mu    sync.Mutex
-	max   int64
 	used  int64
-	order []string
+	order []string // oldest first
 	byKey map[string]*imageData
 }
 
-// loadImage returns the image for serving, from the cache or the store,
-// checking its SHA-256 and its chunk table's on the way in.
+// Bounds of imageCache.
+const (
+	imageCacheEntries = 64
+	imageCacheBytes   = 32 << 20
+)
+
+// loadImage returns what serving the image needs, from the cache or the
+// store: its record (ErrNotFound when no image of that digest is
+// stored), and its chunk table, checked against the record's table digest
+// and the image digest. It reads no image bytes.
 func (p *Publisher) loadImage(ctx context.Context, digest string) (*imageData, error) {
 	c := &p.cache
 	c.mu.Lock()
-	if d, ok := c.byKey[digest]; ok {
-		c.mu.Unlock()
+	d, ok := c.byKey[digest]
+	c.mu.Unlock()
+	if ok {
 		return d, nil
 	}
-	c.mu.Unlock()
-	info, err := p.Image(ctx, digest)
-	if err != nil {
+	if _, err := parseDigest(digest); err != nil {
 		return nil, err
 	}
-	data, err := p.st.images.GetBytes(ctx, digest)
-	if err != nil {
-		return nil, fmt.Errorf("publisher: read image %s: %w", digest, err)
+	// One load per image at a time, shared by its callers; it outlives a
+	// caller that leaves (each of its reads is bounded by kvOpTimeout).
+	ch := c.loads.DoChan(digest, func() (any, error) {
+		return p.readImageData(context.WithoutCancel(ctx), digest)
+	})
+	var res singleflight.Result
+	select {
+	case res = <-ch:
+	case <-ctx.Done():
+		return nil, ctx.Err()
 	}
-	sum := sha256.Sum256(data)
-	if hex.EncodeToString(sum[:]) != digest {
-		return nil, fmt.Errorf("publisher: stored image %s is corrupt (digest mismatch)", digest)
+	if res.Err != nil {
+		return nil, res.Err
 	}
-	tb, err := p.st.images.GetBytes(ctx, tableObject(digest))
-	if err != nil {
-		return nil, fmt.Errorf("publisher: read chunk table %s: %w", digest, err)
-	}
-	table := new(schemas.ChunkTable)
-	if err := schemas.Decode(tb, table); err != nil {
-		return nil, fmt.Errorf("publisher: stored chunk table %s: %w", digest, err)
-	}
-	if !bytes.Equal(table.Image, sum[:]) {
-		return nil, fmt.Errorf("publisher: stored chunk table %s names another image", digest)
-	}
-	d := &imageData{info: info, digest: sum[:], data: data, table: table, tableBytes: tb}
+	d = res.Val.(*imageData)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if old, ok := c.byKey[digest]; ok {
 		return old, nil
 	}
-	for c.used+int64(len(data)) > c.max && len(c.order) > 0 {
+	for len(c.order) > 0 && (len(c.order) >= imageCacheEntries || c.used+int64(len(d.tableBytes)) > imageCacheBytes) {
 		ev := c.order[0]
 		c.order = c.order[1:]
-		c.used -= int64(len(c.byKey[ev].data))
+		c.used -= int64(len(c.byKey[ev].tableBytes))
 		delete(c.byKey, ev)
 	}
 	c.byKey[digest] = d
 	c.order = append(c.order, digest)
-	c.used += int64(len(data))
+	c.used += int64(len(d.tableBytes))
 	return d, nil
+}
+
+// readImageData reads an image's record and chunk table from the store.
+func (p *Publisher) readImageData(ctx context.Context, digest string) (*imageData, error) {
+	info, err := p.Image(ctx, digest)
+	if err != nil {
+		return nil, err
+	}
+	sum, _ := hex.DecodeString(digest)
+	tb, err := p.st.images.table(ctx, digest)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: read chunk table %s: %w", digest, err)
+	}
+	if tsum := sha256.Sum256(tb); hex.EncodeToString(tsum[:]) != info.TableDigest {
+		return nil, fmt.Errorf("publisher: stored chunk table %s is corrupt (digest mismatch)", digest)
+	}
+	table := new(schemas.ChunkTable)
+	if err := schemas.Decode(tb, table); err != nil {
+		return nil, fmt.Errorf("publisher: stored chunk table %s: %w", digest, err)
+	}
+	if !bytes.Equal(table.Image, sum) || table.ImageSize != uint64(info.Size) || table.ChunkSize != info.ChunkSize {
+		return nil, fmt.Errorf("publisher: stored chunk table %s does not describe the image", digest)
+	}
+	return &imageData{info: info, digest: sum, table: table, tableBytes: tb}, nil
+}
+
+// readChunk reads chunk i of d from the store and checks it against the
+// chunk table: a stored chunk that does not hash to its entry is never
+// served.
+func (p *Publisher) readChunk(ctx context.Context, d *imageData, i int) ([]byte, error) {
+	if i < 0 || i >= d.chunks() {
+		return nil, fmt.Errorf("%w: chunk %d of %d", ErrInvalid, i, d.chunks())
+	}
+	b, err := p.st.images.chunk(ctx, d.info.Digest, i)
+	if err != nil {
+		return nil, fmt.Errorf("publisher: image %s chunk %d: %w", d.info.Digest, i, err)
+	}
+	if sum := sha256.Sum256(b); len(b) != chunkLen(d.table, i) || !bytes.Equal(sum[:], d.table.Hashes[i]) {
+		return nil, fmt.Errorf("publisher: stored chunk %d of image %s is corrupt", i, d.info.Digest)
+	}
+	return b, nil
 }

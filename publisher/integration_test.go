@@ -36,7 +36,7 @@ func realEnv(t *testing.T, transportURL, stateURL string) *testEnv {
 		for _, b := range []string{"imagemeta", "devices", "apikeys", "campaigns", "campdev", "lease"} {
 			js.DeleteKeyValue(ctx, ns+"_"+b)
 		}
-		js.DeleteObjectStore(ctx, ns+"_images")
+		js.DeleteStream(ctx, ns+"_images")
 		js.DeleteStream(ctx, ns+"_audit")
 		nc.Close()
 	})

@@ -21,32 +21,30 @@ import (
 
 // stores are the JetStream buckets and streams of one namespace.
 type stores struct {
-	images    jetstream.ObjectStore // image bytes and chunk tables
-	imageMeta jetstream.KeyValue    // hex digest -> Image (JSON)
-	devices   jetstream.KeyValue    // device id -> Device (JSON)
-	keys      jetstream.KeyValue    // key id -> APIKey (JSON)
-	campaigns jetstream.KeyValue    // campaign id -> Campaign (JSON)
-	campdev   jetstream.KeyValue    // "<campaign>.<device>" -> DeviceState (JSON)
-	lease     jetstream.KeyValue    // "leader" -> lease (JSON)
-	audit     jetstream.Stream      // append-only audit log
+	images    *imageStore        // image bytes (one message per chunk) and chunk tables
+	imageMeta jetstream.KeyValue // hex digest -> Image (JSON)
+	devices   jetstream.KeyValue // device id -> Device (JSON)
+	keys      jetstream.KeyValue // key id -> APIKey (JSON)
+	campaigns jetstream.KeyValue // campaign id -> Campaign (JSON)
+	campdev   jetstream.KeyValue // "<campaign>.<device>" -> DeviceState (JSON)
+	lease     jetstream.KeyValue // "leader" -> lease (JSON)
+	audit     jetstream.Stream   // append-only audit log
 	auditSubj string
 }
 
 // openStores opens or creates the namespace's buckets and streams, each
 // the way old servers survive (internal/jsensure: create; update only a
 // configuration that really differs), so that replicas starting together
-// never race an update against a create. The audit stream's subject lies under the topic root (root.audit.<ns>, beside
-// and never under root.v1), so the access policy that lets a backend
-// identity publish under its root covers it whatever the namespace.
+// never race an update against a create. The audit stream's subject lies
+// under the topic root (root.audit.<ns>, beside and never under root.v1),
+// so the access policy that lets a backend identity publish under its root
+// covers it whatever the namespace; so does the image stream's
+// (root.images.<ns>, see imageStore).
 func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas int) (*stores, error) {
 	s := &stores{auditSubj: strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + ns}
 	var err error
-	s.images, err = jsensure.ObjectStore(ctx, js, jetstream.ObjectStoreConfig{
-		Bucket: ns + "_images", Description: "firmcast images and chunk tables", Storage: jetstream.FileStorage,
-		Replicas: replicas,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("publisher: image store: %w", err)
+	if s.images, err = openImageStore(ctx, js, strings.ReplaceAll(topics.Root(), "/", "."), ns, replicas); err != nil {
+		return nil, err
 	}
 	kv := func(name, desc string, history uint8) (jetstream.KeyValue, error) {
 		b, err := jsensure.KeyValue(ctx, js, jetstream.KeyValueConfig{
@@ -92,6 +90,16 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		return nil, fmt.Errorf("publisher: audit stream: %w", err)
 	}
 	return s, nil
+}
+
+// StoreStream reports whether the JetStream stream called name is one of
+// the stores of namespace ns: its key-value buckets (KV_<ns>_*), object
+// stores (OBJ_<ns>_*, images of earlier versions), the image stream
+// (<ns>_images) and the audit stream (<ns>_audit). It is what removing an
+// installation (a demo on a shared NATS) has to delete.
+func StoreStream(ns, name string) bool {
+	return strings.HasPrefix(name, "KV_"+ns+"_") || strings.HasPrefix(name, "OBJ_"+ns+"_") ||
+		name == ns+"_images" || name == ns+"_audit"
 }
 
 // kvSafe reports whether s is a non-empty run of letters, digits, '-' and

@@ -27,13 +27,24 @@ import (
 // compare-and-set that fails on it and reads again.
 type leaderReadKV struct {
 	jetstream.KeyValue
-	nc     *nats.Conn
-	api    string // JetStream API prefix, with its trailing dot
+	leader *leaderReader
 	stream string // "KV_<bucket>"
 	subj   string // "$KV.<bucket>."
 }
 
 func newLeaderReadKV(js jetstream.JetStream, kv jetstream.KeyValue) jetstream.KeyValue {
+	return &leaderReadKV{KeyValue: kv, leader: newLeaderReader(js), stream: "KV_" + kv.Bucket(), subj: "$KV." + kv.Bucket() + "."}
+}
+
+// leaderReader reads messages from a stream's leader
+// ($JS.API.STREAM.MSG.GET), for reads that must see every acknowledged
+// write; see leaderReadKV.
+type leaderReader struct {
+	nc  *nats.Conn
+	api string // JetStream API prefix, with its trailing dot
+}
+
+func newLeaderReader(js jetstream.JetStream) *leaderReader {
 	o := js.Options()
 	api := jetstream.DefaultAPIPrefix
 	switch {
@@ -42,10 +53,7 @@ func newLeaderReadKV(js jetstream.JetStream, kv jetstream.KeyValue) jetstream.Ke
 	case o.APIPrefix != "":
 		api = strings.TrimSuffix(o.APIPrefix, ".") + "."
 	}
-	return &leaderReadKV{
-		KeyValue: kv, nc: js.Conn(), api: api,
-		stream: "KV_" + kv.Bucket(), subj: "$KV." + kv.Bucket() + ".",
-	}
+	return &leaderReader{nc: js.Conn(), api: api}
 }
 
 func (b *leaderReadKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
@@ -62,44 +70,60 @@ type msgGetResponse struct {
 		ErrCode     int    `json:"err_code"`
 		Description string `json:"description"`
 	} `json:"error"`
-	Message *struct {
-		Subject  string    `json:"subject"`
-		Sequence uint64    `json:"seq"`
-		Header   []byte    `json:"hdrs"`
-		Data     []byte    `json:"data"`
-		Time     time.Time `json:"time"`
-	} `json:"message"`
+	Message *leaderMsg `json:"message"`
 }
 
 // jsErrNoMessage is JetStream's "no message found" error code.
 const jsErrNoMessage = 10037
 
-func (b *leaderReadKV) leaderGet(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
-	req, _ := json.Marshal(map[string]string{"last_by_subj": b.subj + key})
-	m, err := b.nc.RequestWithContext(ctx, b.api+"STREAM.MSG.GET."+b.stream, req)
+// leaderMsg is a message read from a stream's leader.
+type leaderMsg struct {
+	Subject  string    `json:"subject"`
+	Sequence uint64    `json:"seq"`
+	Header   []byte    `json:"hdrs"`
+	Data     []byte    `json:"data"`
+	Time     time.Time `json:"time"`
+}
+
+// lastBySubject returns the last message of stream on subj, read from the
+// stream's leader; a wrapped errNoMessage when there is none.
+func (l *leaderReader) lastBySubject(ctx context.Context, stream, subj string) (*leaderMsg, error) {
+	req, _ := json.Marshal(map[string]string{"last_by_subj": subj})
+	m, err := l.nc.RequestWithContext(ctx, l.api+"STREAM.MSG.GET."+stream, req)
 	if err != nil {
-		return nil, fmt.Errorf("publisher: leader read of %s %q: %w", b.Bucket(), key, err)
+		return nil, fmt.Errorf("publisher: leader read of %s: %w", subj, err)
 	}
 	var r msgGetResponse
 	if err := json.Unmarshal(m.Data, &r); err != nil {
-		return nil, fmt.Errorf("publisher: leader read of %s %q: bad response: %w", b.Bucket(), key, err)
+		return nil, fmt.Errorf("publisher: leader read of %s: bad response: %w", subj, err)
 	}
 	if r.Error != nil {
 		if r.Error.ErrCode == jsErrNoMessage || r.Error.Code == 404 {
-			return nil, jetstream.ErrKeyNotFound
+			return nil, fmt.Errorf("%w: %s", errNoMessage, subj)
 		}
-		return nil, fmt.Errorf("publisher: leader read of %s %q: %s (code %d)", b.Bucket(), key, r.Error.Description, r.Error.ErrCode)
+		return nil, fmt.Errorf("publisher: leader read of %s: %s (code %d)", subj, r.Error.Description, r.Error.ErrCode)
 	}
 	if r.Message == nil {
-		return nil, fmt.Errorf("publisher: leader read of %s %q: empty response", b.Bucket(), key)
+		return nil, fmt.Errorf("publisher: leader read of %s: empty response", subj)
 	}
-	if len(r.Message.Header) > 0 {
-		h, err := nats.DecodeHeadersMsg(r.Message.Header)
+	return r.Message, nil
+}
+
+func (b *leaderReadKV) leaderGet(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	m, err := b.leader.lastBySubject(ctx, b.stream, b.subj+key)
+	if errors.Is(err, errNoMessage) {
+		return nil, jetstream.ErrKeyNotFound
+	}
+	if err != nil {
+		return nil, fmt.Errorf("publisher: %s %q: %w", b.Bucket(), key, err)
+	}
+	if len(m.Header) > 0 {
+		h, err := nats.DecodeHeadersMsg(m.Header)
 		if err == nil && h.Get("KV-Operation") != "" {
 			return nil, jetstream.ErrKeyNotFound // deleted or purged
 		}
 	}
-	return &leaderEntry{bucket: b.Bucket(), key: key, value: r.Message.Data, rev: r.Message.Sequence, created: r.Message.Time}, nil
+	return &leaderEntry{bucket: b.Bucket(), key: key, value: m.Data, rev: m.Sequence, created: m.Time}, nil
 }
 
 // leaderEntry is a KV entry read from the stream leader.

@@ -36,8 +36,8 @@ func TestLeaderReadKV(t *testing.T) {
 		t.Fatal(err)
 	}
 	lk := newLeaderReadKV(js, kv).(*leaderReadKV)
-	if lk.api != "$JS.API." || lk.stream != "KV_leaderread" || lk.subj != "$KV.leaderread." {
-		t.Fatalf("names: %q %q %q", lk.api, lk.stream, lk.subj)
+	if lk.leader.api != "$JS.API." || lk.stream != "KV_leaderread" || lk.subj != "$KV.leaderread." {
+		t.Fatalf("names: %q %q %q", lk.leader.api, lk.stream, lk.subj)
 	}
 	if _, err := kv.Put(ctx, "a", []byte("one")); err != nil {
 		t.Fatal(err)
@@ -77,7 +77,7 @@ func TestLeaderReadKV(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := newLeaderReadKV(jd, kv).(*leaderReadKV).api; got != "$JS.hub.API." {
+	if got := newLeaderReadKV(jd, kv).(*leaderReadKV).leader.api; got != "$JS.hub.API." {
 		t.Errorf("domain prefix %q", got)
 	}
 }

@@ -64,7 +64,9 @@ type noticeStreamer interface {
 
 // New opens (creating when missing) the JetStream buckets and streams of
 // cfg.Namespace, and the retained-notice stream when cfg.Transport keeps
-// one (NATS; devices wait for it and never create it), loads campaign state into memory and keeps it current
+// one (NATS; devices wait for it and never create it), copies images
+// stored by earlier versions into the image stream (migrateImages), loads
+// campaign state into memory and keeps it current
 // with KV watches that live as long as ctx. It does not subscribe to
 // device traffic; call Run for that. Errors: ErrInvalid for a bad config,
 // or the JetStream error.
@@ -76,7 +78,7 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 	p := &Publisher{
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
 		idx:     index{camps: map[string]*campIndex{}},
-		cache:   imageCache{max: 4 * cfg.MaxImageSize, byKey: map[string]*imageData{}},
+		cache:   imageCache{byKey: map[string]*imageData{}},
 		pace:    newPacer(cfg),
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),
@@ -102,6 +104,12 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 		if _, err := ns.NoticeStream(ctx); err != nil {
 			return nil, fmt.Errorf("publisher: %w", err)
 		}
+	}
+	if err := p.st.images.register(reg); err != nil {
+		return nil, fmt.Errorf("publisher: metrics: %w", err)
+	}
+	if err := p.migrateImages(ctx); err != nil {
+		return nil, err
 	}
 	if cfg.BootstrapKey != "" {
 		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {

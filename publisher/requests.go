@@ -190,7 +190,7 @@ func (p *Publisher) affordable(r *schemas.ChunkRequest, d *imageData, wl []int) 
 		a.budget = p.budgetFor(d)
 	}
 	for k, i := range wl {
-		n := int64(len(d.chunk(i))) + chunkOverhead
+		n := int64(chunkLen(d.table, i)) + chunkOverhead
 		if a.sent+n > a.budget {
 			p.overBudget(a, r.Requester)
 			return wl[:k]

@@ -33,6 +33,7 @@ type runOptions struct {
 	chunkIdle                                    time.Duration
 	memLimit                                     int64
 	selfTest                                     string
+	imageURL                                     string
 }
 
 func newRunCmd() *cobra.Command {
@@ -63,6 +64,7 @@ notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 	f.StringVar(&o.brokerURL, "broker", "", "broker URL: mqtt://, mqtts://, nats:// or tls:// (required)")
 	f.StringVar(&o.natsURL, "nats", "", "NATS URL for the image object store (optional)")
 	f.StringVar(&o.bucket, "bucket", "firmcast_images", "object store bucket holding images")
+	f.StringVar(&o.imageURL, "image-url", "", "the firmcast server's image URL prefix, e.g. https://fw.example.com/images/: HTTP sources under it send --device-id and --secret as basic auth (the server's default --image-access key policy asks for them)")
 	f.StringVar(&o.flash, "flash", "", "flash file made by 'firmcast boot init' (required)")
 	f.StringVar(&o.state, "state", "", "state directory (required)")
 	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root")
@@ -153,6 +155,9 @@ func (o *runOptions) run(ctx context.Context) error {
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
 		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
+	}
+	if o.imageURL != "" {
+		cfg.HTTPAuth = &deviceagent.HTTPAuth{URLPrefix: o.imageURL, Username: o.deviceID, Password: o.secret}
 	}
 	if o.selfTest != "" {
 		cmdline := o.selfTest

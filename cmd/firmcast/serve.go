@@ -56,6 +56,7 @@ type publisherOptions struct {
 	httpCert, httpKey, httpClientCA string
 	noticeKey                       string
 	deviceDeadline                  time.Duration
+	imageAccess                     string
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -70,6 +71,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.httpClientCA, "http-client-ca", "", "PEM CA bundle: HTTPS clients must present a certificate it signed (besides their API key)")
 	f.StringVar(&o.noticeKey, "notice-key", "", "PEM private key the server signs notices with (the campaign authority; default: --sign-key). Needed for campaigns of operator-signed envelopes when the server signs no manifests")
 	f.DurationVar(&o.deviceDeadline, "device-deadline", 0, "a targeted device that has not finished this long after its notice counts as timed out (0: the publisher's default, 24h)")
+	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
@@ -205,6 +207,9 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		return cfg, err
 	}
 	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline}
+	if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
+		return cfg, fmt.Errorf("--image-access: %w", err)
+	}
 	if p.noticeKey != "" {
 		s, err := readSigner("notice-key", p.noticeKey)
 		if err != nil {

@@ -95,6 +95,7 @@ func TestServeRejectsBadOptions(t *testing.T) {
 		{"backend user without credentials", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", backendUser: "pub-1"}},
 		{"tls key without cert", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad}},
 		{"tls files unreadable", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad, tlsCert: bad}},
+		{"bad image access", serveOptions{mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: dir, root: "x", pub: publisherOptions{httpListen: "127.0.0.1:0", imageAccess: "everyone"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if err := runServe(context.Background(), &c.o); err == nil {

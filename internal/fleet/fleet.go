@@ -75,6 +75,11 @@ type FleetConfig struct {
 	Register func(ctx context.Context, id, secret string) error
 	// Logger receives the agents' logs. Default slog.Default().
 	Logger *slog.Logger
+	// ImageURL, when set, is the publisher's image URL prefix
+	// ("https://host:port/images/"): each device sends its id and secret
+	// as HTTP basic auth to the HTTP sources under it, as the
+	// publisher's default image access policy asks (deviceagent.HTTPAuth).
+	ImageURL string
 	// Agent edits each agent's configuration before New (tuning, hooks).
 	Agent func(*deviceagent.Config)
 	// MemFlash keeps each device's flash in memory instead of a sparse
@@ -412,6 +417,9 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 				d.done.CompareAndSwap(0, now)
 			}
 		},
+	}
+	if f.cfg.ImageURL != "" {
+		ac.HTTPAuth = &deviceagent.HTTPAuth{URLPrefix: f.cfg.ImageURL, Username: d.ID, Password: d.secret}
 	}
 	if d.FailHealth {
 		ac.SelfTest = func(context.Context) error { return ErrSelfTest }

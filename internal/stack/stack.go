@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -368,7 +367,7 @@ func (s *Stack) cleanup(ctx context.Context, devices []string) {
 	var names []string
 	l := js.StreamNames(ctx)
 	for n := range l.Name() {
-		if strings.HasPrefix(n, "KV_"+ns+"_") || strings.HasPrefix(n, "OBJ_"+ns+"_") || n == ns+"_audit" || n == broker.NoticeStreamName(s.Topics) {
+		if publisher.StoreStream(ns, n) || n == broker.NoticeStreamName(s.Topics) {
 			names = append(names, n)
 		}
 	}
