@@ -39,7 +39,7 @@ type serveOptions struct {
 	pub              publisherOptions
 	// onReady, when set, is called once everything has started (tests
 	// use it to learn the bound URLs).
-	onReady func(mqttURL, natsURL string)
+	onReady func(mqttURL, natsURL, httpURL string)
 }
 
 // publisherOptions are the serve flags of the backend publisher.
@@ -207,8 +207,10 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		return cfg, err
 	}
 	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline}
-	if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
-		return cfg, fmt.Errorf("--image-access: %w", err)
+	if p.imageAccess != "" { // empty: the publisher's default (key)
+		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
+			return cfg, fmt.Errorf("--image-access: %w", err)
+		}
 	}
 	if p.noticeKey != "" {
 		s, err := readSigner("notice-key", p.noticeKey)
@@ -325,7 +327,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	log.Info("firmcast serving", "mqtt", st.MQTTURL, "nats", st.NATSURL, "root", cfg.Topics.Root(),
 		"embedded_mqtt", st.EmbeddedMQTT, "embedded_nats", st.EmbeddedNATS)
 	if o.onReady != nil {
-		o.onReady(st.MQTTURL, st.NATSURL)
+		o.onReady(st.MQTTURL, st.NATSURL, st.HTTPURL)
 	}
 	select {
 	case <-ctx.Done():

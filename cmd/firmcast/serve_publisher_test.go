@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -26,8 +25,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	creds := filepath.Join(dir, "credentials")
 	os.WriteFile(creds, []byte("backend backend bsecret\n"), 0o600)
 	root := testutil.UniqueRoot(t)
-	httpAddr := fmt.Sprintf("127.0.0.1:%d", testutil.FreePort(t))
-	type urls struct{ mqtt, nats string }
+	type urls struct{ mqtt, nats, http string }
 	ready := make(chan urls, 1)
 	// The server's key signs the campaign's notices (the campaign
 	// authority); the firmware is signed by another key (the envelope).
@@ -43,8 +41,8 @@ func TestServeRunsPublisher(t *testing.T) {
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: filepath.Join(dir, "data"), root: root, credentials: creds,
 		// --notice-key alone: the server signs notices, never firmware.
-		pub:     publisherOptions{httpListen: httpAddr, apiKey: "serve-admin-0123456789abcdef", noticeKey: filepath.Join(dir, "server.pem")},
-		onReady: func(m, n string) { ready <- urls{m, n} },
+		pub:     publisherOptions{httpListen: "127.0.0.1:0", apiKey: "serve-admin-0123456789abcdef", noticeKey: filepath.Join(dir, "server.pem")},
+		onReady: func(m, n, h string) { ready <- urls{m, n, h} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -54,11 +52,12 @@ func TestServeRunsPublisher(t *testing.T) {
 	select {
 	case u = <-ready:
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("serve exited: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve not ready")
 	}
-	t.Setenv("FIRMCAST_SERVER", "http://"+httpAddr)
+	t.Setenv("FIRMCAST_SERVER", u.http)
 	t.Setenv("FIRMCAST_API_KEY", "serve-admin-0123456789abcdef")
 	must := func(args ...string) string {
 		t.Helper()

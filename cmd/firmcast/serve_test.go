@@ -25,7 +25,7 @@ func TestServeStartsAuthenticatedBrokers(t *testing.T) {
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0",
 		dataDir: filepath.Join(dir, "data"), root: root, credentials: creds,
-		onReady: func(m, n string) { ready <- urls{m, n} },
+		onReady: func(m, n, _ string) { ready <- urls{m, n} },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

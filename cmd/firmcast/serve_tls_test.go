@@ -142,33 +142,30 @@ func (p *recordingProxy) seen() string {
 }
 
 // startServeHTTP runs `serve` (embedded brokers, publisher) with the
-// given extra publisher options and returns the HTTP API's address.
+// given extra publisher options, its HTTP API on a free port, and returns
+// the API's host:port.
 func startServeHTTP(t *testing.T, po publisherOptions) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	po.httpListen = addr
-	ready := make(chan struct{}, 1)
+	po.httpListen = "127.0.0.1:0"
+	ready := make(chan string, 1)
 	o := &serveOptions{
 		mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: t.TempDir(), root: "fctls" + randomSuffix(t),
-		pub: po, onReady: func(string, string) { ready <- struct{}{} },
+		pub: po, onReady: func(_, _, h string) { ready <- h },
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- runServe(ctx, o) }()
 	t.Cleanup(func() { cancel(); <-done })
 	select {
-	case <-ready:
+	case h := <-ready:
+		return strings.TrimPrefix(strings.TrimPrefix(h, "https://"), "http://")
 	case err := <-done:
+		done <- err // for the cleanup
 		t.Fatalf("serve exited: %v", err)
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve not ready")
 	}
-	return addr
+	return ""
 }
 
 func randomSuffix(t *testing.T) string {
