@@ -91,6 +91,20 @@ type BrokerSource struct {
 	Dropped, Garbage, Foreign, OutOfRange int
 	// Requests counts chunk requests sent.
 	Requests int
+
+	// held is the subscription Table leaves open for the Fetch of the
+	// same image that follows (the table may come at a wave's start, with
+	// its chunks right behind it); released unclaimed after heldFor.
+	heldMu sync.Mutex
+	held   *heldSub
+}
+
+// heldSub is an open subscription of one image, between Table and Fetch.
+type heldSub struct {
+	digest []byte
+	in     *inbox
+	unsub  func()
+	timer  *time.Timer
 }
 
 // NewBrokerSource returns a broker source; errors wrap ErrConfig.
@@ -217,6 +231,48 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 	return in, unsub, nil
 }
 
+// hold keeps in (subscribed to im's broadcast and reply topics) for the
+// Fetch that follows, replacing and closing any held before; it is closed
+// if no Fetch of im claims it within Idle x MaxIdle.
+func (s *BrokerSource) hold(im Image, in *inbox, unsub func()) {
+	h := &heldSub{digest: im.Digest, in: in, unsub: unsub}
+	s.heldMu.Lock()
+	old := s.held
+	s.held = h
+	h.timer = time.AfterFunc(s.cfg.Idle*time.Duration(s.cfg.MaxIdle), func() {
+		s.heldMu.Lock()
+		mine := s.held == h
+		if mine {
+			s.held = nil
+		}
+		s.heldMu.Unlock()
+		if mine {
+			unsub()
+		}
+	})
+	s.heldMu.Unlock()
+	if old != nil && old.timer.Stop() {
+		old.unsub()
+	}
+}
+
+// claim returns the held subscription of im, if any, and closes one of
+// another image.
+func (s *BrokerSource) claim(im Image) (*inbox, func()) {
+	s.heldMu.Lock()
+	h := s.held
+	s.held = nil
+	s.heldMu.Unlock()
+	if h == nil || !h.timer.Stop() {
+		return nil, nil // none, or released meanwhile
+	}
+	if !bytes.Equal(h.digest, im.Digest) {
+		h.unsub()
+		return nil, nil
+	}
+	return h.in, h.unsub
+}
+
 func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
 	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
 	// The device's own request topic: the only one the broker lets it
@@ -228,6 +284,7 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 	req := schemas.ChunkRequest{
 		V: schemas.Version, Image: im.Digest, ChunkSize: im.ChunkSize, Bitmap: want,
 		ReplyTo: s.cfg.Dialect.Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
+		Listening: table, // Table listens on the broadcast topic too
 	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
@@ -238,13 +295,23 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 }
 
 // Table asks the publisher for the chunk table (a chunk request with
-// WantTable and no chunks) and waits for it on the reply topic.
+// WantTable and Listening, no chunks) and waits for it on the reply topic
+// and on the image's broadcast topic, where a wave brings copies of it:
+// the publisher sends it by unicast only when no wave is coming or the
+// device asks again after a copy went out. It asks again after each Idle
+// period. The subscriptions stay open for the Fetch of the image that
+// follows, so that the wave's chunks behind the table are not missed.
 func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
-	in, unsub, err := s.subscribe(ctx, im, false)
+	in, unsub, err := s.subscribe(ctx, im, true)
 	if err != nil {
 		return nil, err
 	}
-	defer unsub()
+	kept := false
+	defer func() {
+		if !kept {
+			unsub()
+		}
+	}()
 	for try := 0; try < s.cfg.MaxIdle; try++ {
 		if err := s.request(ctx, im, nil, true); err != nil {
 			return nil, err
@@ -260,14 +327,21 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				break wait
 			case m := <-in.ch:
 				b := m.b
+				if m.bcast && schemas.IsChunk(b) {
+					putBuf(b) // the wave's chunks before the table: repaired later
+					continue
+				}
 				// Any decodable table is the answer (the reply topic is this
-				// device's); the fetcher authenticates it.
+				// device's, the broadcast topic the image's); the fetcher
+				// authenticates it.
 				var t schemas.ChunkTable
 				if err := schemas.Decode(b, &t); err != nil {
 					s.Dropped++
 					continue
 				}
 				timer.Stop()
+				kept = true
+				s.hold(im, in, unsub)
 				return b, nil
 			}
 		}
@@ -284,9 +358,12 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 // period. Broadcast chunks that happen to be wanted are taken too. It gives
 // up with ErrStalled after MaxIdle idle periods in a row.
 func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
-	in, unsub, err := s.subscribe(ctx, im, true)
-	if err != nil {
-		return err
+	in, unsub := s.claim(im)
+	if in == nil {
+		var err error
+		if in, unsub, err = s.subscribe(ctx, im, true); err != nil {
+			return err
+		}
 	}
 	defer unsub()
 	n := want.b.n
@@ -418,6 +495,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 // accept decodes a received message as a chunk of im and counts what it
 // drops.
 func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool {
+	if !schemas.IsChunk(b) && isTable(b) {
+		return false // a copy of the table a wave carries: not a drop
+	}
 	switch {
 	case schemas.Decode(b, c) != nil:
 		s.Garbage++
@@ -430,4 +510,10 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// isTable reports whether b is a chunk table message.
+func isTable(b []byte) bool {
+	var t schemas.ChunkTable
+	return schemas.Decode(b, &t) == nil
 }

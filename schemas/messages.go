@@ -177,6 +177,13 @@ type ChunkRequest struct {
 	Campaign string `cbor:"7,keyasint,omitempty"`
 	// WantTable asks for the chunk table as well.
 	WantTable bool `cbor:"8,keyasint,omitempty"`
+	// Listening says the requester listens on the image's broadcast chunk
+	// topic already: a table it asks for may come there, in a wave (once
+	// per wave, at its start and repeated within it), instead of by
+	// unicast. A device asks again only if it missed every copy, and is
+	// then answered by unicast. Agents that do not set it get the table
+	// by unicast, as before.
+	Listening bool `cbor:"9,keyasint,omitempty"`
 }
 
 // Chunk carries one chunk of an image: Data is bytes

@@ -75,6 +75,10 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 256, Bitmap: []byte{0x0f, 0x01},
 			ReplyTo: "firmcast.v1.dev.dev-42.chunks", Requester: "dev-42", WantTable: true,
 		}},
+		{"request-0003", "chunk table request of a device listening on the broadcast topic", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384,
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
