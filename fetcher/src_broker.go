@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -73,6 +74,15 @@ type BrokerConfig struct {
 	// chunks come closer together than Quiet, no new chunk is asked for.
 	// Default 500ms, but at most Idle.
 	Quiet time.Duration
+	// SummaryBackoff bounds the random delay after a wave's end marker
+	// (schemas.WaveEnd) before the device sends its loss summary, so
+	// that a fleet's summaries spread out; the delay is shorter for a
+	// device that lacks more (the neediest speak first). Default Quiet.
+	SummaryBackoff time.Duration
+	// SummaryMax is the most chunks the loss summary after a wave's end
+	// marker asks for in one request (later requests keep to Window).
+	// Default max(Window, 256).
+	SummaryMax int
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -135,6 +145,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = min(500*time.Millisecond, cfg.Idle)
+	}
+	if cfg.SummaryBackoff <= 0 {
+		cfg.SummaryBackoff = cfg.Quiet
+	}
+	if cfg.SummaryMax <= 0 {
+		cfg.SummaryMax = max(cfg.Window, 256)
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
@@ -327,7 +343,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				break wait
 			case m := <-in.ch:
 				b := m.b
-				if m.bcast && schemas.IsChunk(b) {
+				if m.bcast && (schemas.IsChunk(b) || isWaveEnd(b, im)) {
 					putBuf(b) // the wave's chunks before the table: repaired later
 					continue
 				}
@@ -378,8 +394,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	// batched together (a chunk many lack is then re-broadcast once).
 	lastBcast := time.Time{}
 	// ask requests the outstanding chunks again (resend) and tops the
-	// window up with chunks not asked for yet.
-	ask := func(resend bool) error {
+	// window (at most window chunks asked for and not received) up with
+	// chunks not asked for yet.
+	ask := func(resend bool, window int) error {
 		req := newBitmap(n)
 		if resend {
 			copy(req.bits, inflight.bits)
@@ -389,7 +406,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < s.cfg.Quiet {
 			limit = 0
 		}
-		for nIn < s.cfg.Window {
+		for nIn < window {
 			i := missing.next(cur)
 			if i < 0 || i >= limit {
 				break
@@ -413,21 +430,34 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	first := s.cfg.Idle
 	if listening {
 		first = s.cfg.ListenFirst
-	} else if err := ask(false); err != nil {
+	} else if err := ask(false, s.cfg.Window); err != nil {
 		return err
 	}
 	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
+	// summary: a wave's end marker came; when the timer fires (after a
+	// random back-off) the device sends its loss summary.
+	summary := false
 	for left > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			if summary {
+				// One request for what the wave left missing (up to
+				// SummaryMax chunks); then as after any request.
+				summary, listening, progressed, idle = false, false, false, 0
+				if err := ask(false, s.cfg.SummaryMax); err != nil {
+					return err
+				}
+				timer.Reset(s.cfg.Idle)
+				continue
+			}
 			if listening {
 				// Quiet (or nothing broadcast): ask for what is missing.
 				listening, progressed, idle = false, false, 0
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
@@ -439,11 +469,24 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
 			}
 			progressed = false
-			if err := ask(true); err != nil {
+			if err := ask(true, s.cfg.Window); err != nil {
 				return err
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
+			if m.bcast && isWaveEnd(m.b, im) {
+				putBuf(m.b)
+				// The wave is over: nothing more is coming by broadcast.
+				// Send the loss summary after a back-off, shorter for a
+				// device that lacks more.
+				lastBcast = time.Time{}
+				if !summary && nIn == 0 {
+					summary = true
+					need := float64(left) / float64(n)
+					timer.Reset(time.Duration(rand.Float64() * (1 - need) * float64(s.cfg.SummaryBackoff)))
+				}
+				continue
+			}
 			chunk = schemas.Chunk{}
 			ok := s.accept(m.b, &chunk, im, n)
 			putBuf(m.b) // decoding copied what it keeps
@@ -483,7 +526,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				timer.Reset(s.cfg.Idle)
 			}
 			if nIn <= s.cfg.Window/2 && left > 0 {
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 			}
@@ -510,6 +553,15 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// isWaveEnd reports whether b is a wave end marker of im.
+func isWaveEnd(b []byte, im Image) bool {
+	if schemas.IsChunk(b) {
+		return false
+	}
+	var w schemas.WaveEnd
+	return schemas.Decode(b, &w) == nil && bytes.Equal(w.Image, im.Digest)
 }
 
 // isTable reports whether b is a chunk table message.

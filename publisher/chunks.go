@@ -181,6 +181,9 @@ type waveState struct {
 	// unicast.
 	casts      int
 	castAtJoin map[string]int
+	// ended counts the waves of the image this instance sent to the end
+	// (the number in their WaveEnd markers).
+	ended uint32
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
@@ -347,8 +350,26 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		w.broadcastAll(time.Now())
 		p.waveMu.Unlock()
 	}
+	if err := p.endWave(ctx, t, d, w, []schemas.Range{{First: 0, Count: uint32(n)}}); err != nil {
+		return fmt.Errorf("publisher: wave %s end marker: %w", digest, err)
+	}
 	p.met.waves.Inc()
 	return nil
+}
+
+// endWave broadcasts the marker that ends a wave of d on t, naming the
+// chunks it carried: devices, quiet while the wave flows, send their loss
+// summaries after it.
+func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, sent []schemas.Range) error {
+	p.waveMu.Lock()
+	w.ended++
+	seq := w.ended
+	p.waveMu.Unlock()
+	b, err := schemas.Encode(&schemas.WaveEnd{V: schemas.Version, Image: d.digest, Wave: seq, Sent: sent})
+	if err != nil {
+		return err
+	}
+	return p.send(ctx, t, b, &p.Egress.Wave, "wave-end")
 }
 
 // castTable broadcasts a copy of d's chunk table on the wave's topic t.

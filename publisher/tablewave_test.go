@@ -134,3 +134,49 @@ func mustEncode(t testing.TB, m schemas.Message) []byte {
 	}
 	return b
 }
+
+// A wave ends with a WaveEnd marker on the broadcast topic, after its
+// last chunk, naming the chunks it carried and numbering the waves.
+func TestWaveEndsWithMarker(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	_, table := uploadTable(t, e, p, 40*1024)
+	digest := hex.EncodeToString(table.Image)
+	ct, _ := e.cfg.Topics.Chunks(digest)
+	type seen struct {
+		marker *schemas.WaveEnd
+		after  int // chunks before it
+	}
+	got := make(chan seen, 4)
+	chunks := 0
+	conn := e.hub.Conn()
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := conn.Subscribe(context.Background(), ct, func(_ context.Context, m broker.Message) {
+		if schemas.IsChunk(m.Payload) {
+			chunks++
+			return
+		}
+		var we schemas.WaveEnd
+		if schemas.Decode(m.Payload, &we) == nil {
+			got <- seen{&we, chunks}
+		}
+	}, broker.SubscribeOptions{Family: broker.FamilyChunk}); err != nil {
+		t.Fatal(err)
+	}
+	for wave := uint32(1); wave <= 2; wave++ {
+		if err := p.Wave(context.Background(), digest); err != nil {
+			t.Fatal(err)
+		}
+		var s seen
+		select {
+		case s = <-got:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("wave %d: no end marker", wave)
+		}
+		n := int(table.NumChunks())
+		if s.after != int(wave)*n || s.marker.Wave != wave || !bytes.Equal(s.marker.Image, table.Image) ||
+			len(s.marker.Sent) != 1 || s.marker.Sent[0] != (schemas.Range{First: 0, Count: uint32(n)}) {
+			t.Errorf("wave %d: marker %+v after %d chunks; want wave %d, chunks [0,%d) after %d", wave, s.marker, s.after, wave, n, int(wave)*n)
+		}
+	}
+}

@@ -179,6 +179,8 @@ func version(m Message) uint {
 		return x.V
 	case *ChunkTable:
 		return x.V
+	case *WaveEnd:
+		return x.V
 	case *DeviceReport:
 		return x.V
 	case *CampaignCommand:
@@ -193,7 +195,7 @@ func version(m Message) uint {
 // readable ones ("key 1 (Chunk.Image)").
 var fieldNames = func() map[string]string {
 	out := map[string]string{}
-	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{},
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{},
 		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
 		t := reflect.TypeOf(v)
 		for i := range t.NumField() {

@@ -82,6 +82,9 @@ func vectors(t testing.TB) []vector {
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
+		{"waveend-0001", "end of wave 2, which carried chunks 0-511", &WaveEnd{
+			V: Version, Image: img, Wave: 2, Sent: []Range{{First: 0, Count: 512}},
+		}},
 		{"table-0001", "chunk table of a 600-byte image in 256-byte chunks", testTable(t)},
 		{"report-0001", "download progress over the broker", &DeviceReport{
 			V: Version, Device: "dev-42", Campaign: "camp-1", State: StateDownloading, BytesDone: 4096, BytesTotal: 600000,
