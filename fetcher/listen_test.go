@@ -135,7 +135,7 @@ func TestBrokerSummaryAfterWaveEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: make(chan struct{})}
-	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1", Window: 4,
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1", Window: 4, SummaryMax: 64,
 		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour, SummaryBackoff: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

@@ -81,7 +81,8 @@ type BrokerConfig struct {
 	SummaryBackoff time.Duration
 	// SummaryMax is the most chunks the loss summary after a wave's end
 	// marker asks for in one request (later requests keep to Window).
-	// Default max(Window, 256).
+	// Default Window: a larger summary arrives as a burst of unicast
+	// chunks that a slow device's bounded receive queue may shed.
 	SummaryMax int
 }
 
@@ -150,7 +151,7 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 		cfg.SummaryBackoff = cfg.Quiet
 	}
 	if cfg.SummaryMax <= 0 {
-		cfg.SummaryMax = max(cfg.Window, 256)
+		cfg.SummaryMax = cfg.Window
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
