@@ -240,7 +240,7 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 		return nil, ErrClosed
 	}
 	t.mu.Unlock()
-	s := &natsSub{t: t, d: newDispatcher(t.ctx, h, opts.Family)}
+	s := &natsSub{t: t, d: newDispatcher(t.ctx, h)}
 	var err error
 	switch {
 	case opts.Retained && subj == t.ep.Topics.NoticesAll().NATS:
@@ -255,7 +255,7 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 			s.sub, err = t.nc.Subscribe(subj, cb)
 		}
 		if err == nil {
-			setPendingLimits(s.sub, opts.Family)
+			s.sub.SetPendingLimits(-1, -1)
 			err = t.checkSub(ctx, s.sub)
 		}
 		if err != nil {
@@ -270,20 +270,6 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 	t.subs[s] = struct{}{}
 	t.mu.Unlock()
 	return s, nil
-}
-
-// setPendingLimits bounds what nats.go holds for sub between its reader
-// and the callback (which only enqueues on the dispatcher, so little
-// waits there): for chunk subscriptions the dispatcher's chunk bound (a
-// chunk beyond it is dropped and reported as a slow consumer, repaired
-// like any lost chunk), for the other families nats.go's defaults, far
-// above what they carry.
-func setPendingLimits(sub *nats.Subscription, f Family) {
-	if f == FamilyChunk {
-		_ = sub.SetPendingLimits(maxQueuedChunks, maxQueuedChunkBytes)
-		return
-	}
-	_ = sub.SetPendingLimits(nats.DefaultSubPendingMsgsLimit, nats.DefaultSubPendingBytesLimit)
 }
 
 // checkSub flushes so the server has processed the SUB, then looks for a

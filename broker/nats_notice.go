@@ -129,7 +129,7 @@ func (t *NATSTransport) subscribeNotice(ctx context.Context, s *natsSub, subj st
 	var err error
 	s.sub, err = t.nc.Subscribe(subj, ln.onLive)
 	if err == nil {
-		setPendingLimits(s.sub, FamilyNotice)
+		s.sub.SetPendingLimits(-1, -1)
 		err = t.checkSub(ctx, s.sub)
 	}
 	if err != nil {
