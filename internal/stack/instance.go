@@ -91,9 +91,10 @@ func StartInstance(ctx context.Context, cfg InstanceConfig) (in *Instance, err e
 		cfg.ClientID = "fc-pub-" + randomHex(4)
 	}
 	in = &Instance{ClientID: cfg.ClientID, done: make(chan struct{})}
+	started := in // in is nil in the deferred call of an error return
 	defer func() {
 		if err != nil {
-			in.closeConns()
+			started.closeConns()
 		}
 	}()
 	bc := func(url string) broker.Config {
