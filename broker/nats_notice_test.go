@@ -3,7 +3,6 @@ package broker_test
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -51,26 +50,7 @@ func tryRequest(t *testing.T, url string, topics schemas.Topics, subj string, bo
 	t.Helper()
 	nc := rawDevice(t, url, topics)
 	defer nc.Close()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(subj, inbox, body); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Publish to "`+subj+`"`) {
-		return true, nil
-	}
-	m, err := sub.NextMsg(5 * time.Second)
-	if err != nil {
-		return false, nil
-	}
-	return false, m
+	return testutil.NATSRequest(t, nc, subj, body)
 }
 
 // TestNATSDeviceReadsOnlyItsOwnNotice is the attack of a device identity

@@ -572,7 +572,7 @@ func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, s
 		for _, who := range []string{"backend", "A", "B", "S"} {
 			n++
 			nc, done := conn(who)
-			refused, reply := jsRequest(t, nc, c.subject, c.body)
+			refused, reply := testutil.NATSRequest(t, nc, c.subject, c.body)
 			done()
 			switch ok := allowed(c.by, who); {
 			case ok && refused:
@@ -703,31 +703,4 @@ func checkIdentity(t *testing.T, b accBroker, srvTLS, cliTLS *tls.Config) int {
 		}
 	}
 	return n
-}
-
-// jsRequest sends a request on nc and reports whether the server refused
-// it (a permission violation naming subj) and, if not, its reply (nil
-// when none came within 5s).
-func jsRequest(t *testing.T, nc *nats.Conn, subj string, body []byte) (refused bool, reply *nats.Msg) {
-	t.Helper()
-	inbox := nc.NewInbox()
-	sub, err := nc.SubscribeSync(inbox)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Unsubscribe()
-	if err := nc.PublishRequest(subj, inbox, body); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.LastError(); err != nil && errors.Is(err, nats.ErrPermissionViolation) && strings.Contains(err.Error(), `Publish to "`+subj+`"`) {
-		return true, nil
-	}
-	m, err := sub.NextMsg(5 * time.Second)
-	if err != nil {
-		return false, nil
-	}
-	return false, m
 }
