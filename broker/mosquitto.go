@@ -9,7 +9,9 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 
 	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/schemas"
@@ -224,4 +226,60 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 		b.WriteString("pattern " + l + "\n")
 	}
 	return b.String()
+}
+
+// WriteMosquittoPasswd replaces the password file at path with lines (one
+// "user:$7$..." entry each, as MosquittoPasswordLine writes them), mode
+// 0600, atomically: written to a temporary file, fsynced and renamed, so
+// a mosquitto reloading at any moment reads either the old file or the
+// new one, never a part. A line that is not "user:$7$..." or holds a
+// line break returns ErrBadCredentials and leaves the file as it was.
+func WriteMosquittoPasswd(path string, lines []string) error {
+	var b strings.Builder
+	for _, l := range lines {
+		user, hash, ok := strings.Cut(l, ":")
+		if !ok || user == "" || !strings.HasPrefix(hash, "$7$") || strings.ContainsAny(l, "\r\n") {
+			return fmt.Errorf("%w: mosquitto password line for user %q is not user:$7$...", ErrBadCredentials, user)
+		}
+		b.WriteString(l)
+		b.WriteString("\n")
+	}
+	if err := atomicfile.WriteFile(path, []byte(b.String()), 0o600); err != nil {
+		return fmt.Errorf("broker: mosquitto password file: %w", err)
+	}
+	return nil
+}
+
+// ReloadMosquitto sends SIGHUP to the mosquitto process pid: mosquitto
+// 2.0 then reads its configuration, password file and ACL again and
+// checks every connected client against them, disconnecting a client
+// whose user is no longer in the password file. It does not wait for the
+// reload. pid must be positive.
+func ReloadMosquitto(pid int) error {
+	if pid <= 0 {
+		return fmt.Errorf("broker: mosquitto pid %d", pid)
+	}
+	p, err := os.FindProcess(pid)
+	if err != nil {
+		return fmt.Errorf("broker: mosquitto pid %d: %w", pid, err)
+	}
+	if err := p.Signal(syscall.SIGHUP); err != nil {
+		return fmt.Errorf("broker: SIGHUP to mosquitto pid %d: %w", pid, err)
+	}
+	return nil
+}
+
+// ReadPIDFile reads a process id from a pid file (decimal, surrounding
+// white space ignored), as mosquitto's pid_file or a service manager
+// writes it.
+func ReadPIDFile(path string) (int, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, fmt.Errorf("broker: pid file: %w", err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, fmt.Errorf("broker: pid file %s: %q is not a process id", path, strings.TrimSpace(string(b)))
+	}
+	return pid, nil
 }

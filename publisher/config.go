@@ -196,6 +196,12 @@ type Config struct {
 	// password file (MosquittoPasswordLines) and send it SIGHUP. It must
 	// not block for long. Default nil.
 	OnDeviceRemoved func(id string)
+	// OnDeviceAdded, when set, is called with a device's id once its
+	// registration is persisted (on the instance that added it), so that
+	// a broker fed from the registry learns it: for a mosquitto password
+	// file, rewrite it and send mosquitto SIGHUP. It must not block for
+	// long. Default nil.
+	OnDeviceAdded func(id string)
 
 	// BootstrapKey, when set, is registered as an admin API key when no
 	// key with its id exists (the id a fck_<id>_<secret> token names, or

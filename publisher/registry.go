@@ -218,7 +218,8 @@ func CheckDeviceID(id string, reserved []string) error {
 
 // AddDevice registers a device and returns it with the secret (generated
 // when nd.Secret is empty; shown only now). The id must pass
-// CheckDeviceID. Errors: ErrInvalid, ErrExists.
+// CheckDeviceID. Once the record is persisted, Config.OnDeviceAdded is
+// called. Errors: ErrInvalid, ErrExists.
 func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) (Device, string, error) {
 	if err := CheckDeviceID(nd.ID, p.cfg.ReservedNames); err != nil {
 		return Device{}, "", err
@@ -253,6 +254,9 @@ func (p *Publisher) AddDevice(ctx context.Context, who Principal, nd NewDevice) 
 		return Device{}, "", err
 	}
 	p.audit(ctx, who, "device.add", d.ID, "class="+d.Class)
+	if p.cfg.OnDeviceAdded != nil {
+		p.cfg.OnDeviceAdded(d.ID)
+	}
 	return d.Device, secret, nil
 }
 

@@ -36,7 +36,12 @@ type serveOptions struct {
 	// mqttURL and natsURL name external brokers (--broker, --nats): then
 	// no embedded broker starts and serve runs only the publisher.
 	mqttURL, natsURL string
-	pub              publisherOptions
+	// mosquittoPasswd is the external mosquitto's password file, kept
+	// from the registry; mosquittoPID or mosquittoPIDFile name the process
+	// to send SIGHUP.
+	mosquittoPasswd, mosquittoPIDFile string
+	mosquittoPID                      int
+	pub                               publisherOptions
 	// onReady, when set, is called once everything has started (tests
 	// use it to learn the bound URLs).
 	onReady func(mqttURL, natsURL, httpURL string)
@@ -113,7 +118,13 @@ embedded broker starts: the publisher and its HTTP API run against the
 external brokers, with the backend account of --credentials
 (--backend-user). Give the external NATS the same accounts with
 firmcast broker nats-config, and mosquitto with firmcast broker
-mosquitto-config.`,
+mosquitto-config. With --mosquitto-passwd (that password file) and
+--mosquitto-pid or --mosquitto-pid-file, serve keeps mosquitto's password
+file in step with the device registry: at start and whenever it adds or
+removes a device it writes the file again (the backend and device
+accounts of --credentials, then every registered device) and sends
+mosquitto SIGHUP, so a removed device's session is dropped at once and a
+new device can connect.`,
 		Example: `  firmcast serve --credentials /etc/firmcast/credentials --data-dir /var/lib/firmcast
   firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc
   firmcast serve --broker mqtt://mosquitto:1883 --nats nats://nats:4222 --credentials /etc/firmcast/credentials`,
@@ -134,6 +145,9 @@ mosquitto-config.`,
 	f.StringVar(&o.tlsKey, "tls-key", "", "PEM private key for --tls-cert")
 	f.StringVar(&o.mqttURL, "broker", "", "external MQTT v5 broker URL devices use; with --nats, no embedded broker starts")
 	f.StringVar(&o.natsURL, "nats", "", "external NATS URL with JetStream (one server of the cluster; the client learns the others); with --broker, no embedded broker starts")
+	f.StringVar(&o.mosquittoPasswd, "mosquitto-passwd", "", "password_file of the external mosquitto (--broker), kept in step with the device registry (written by firmcast broker mosquitto-config first)")
+	f.IntVar(&o.mosquittoPID, "mosquitto-pid", 0, "process id of that mosquitto, sent SIGHUP after each rewrite of --mosquitto-passwd")
+	f.StringVar(&o.mosquittoPIDFile, "mosquitto-pid-file", "", "file holding that mosquitto's process id (read at each reload), instead of --mosquitto-pid")
 	return cmd
 }
 
@@ -188,6 +202,17 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		}
 	} else if o.backendUser != "" {
 		return cfg, errors.New("--backend-user needs --credentials")
+	}
+	if o.mosquittoPasswd != "" {
+		if o.mqttURL == "" {
+			return cfg, errors.New("--mosquitto-passwd needs --broker (an external mosquitto)")
+		}
+		if o.credentials == "" {
+			return cfg, errors.New("--mosquitto-passwd needs --credentials (the backend accounts mosquitto must keep)")
+		}
+		cfg.MosquittoPasswd, cfg.MosquittoPID, cfg.MosquittoPIDFile = o.mosquittoPasswd, o.mosquittoPID, o.mosquittoPIDFile
+	} else if o.mosquittoPID != 0 || o.mosquittoPIDFile != "" {
+		return cfg, errors.New("--mosquitto-pid and --mosquitto-pid-file go with --mosquitto-passwd")
 	}
 	if o.tlsCert != "" || o.tlsKey != "" {
 		if o.tlsCert == "" || o.tlsKey == "" {

@@ -92,6 +92,23 @@ type Config struct {
 	// then "https://..."); with ClientAuth set, clients need a
 	// certificate too (besides their API key).
 	HTTPTLS *tls.Config
+	// MosquittoPasswd, with an external mosquitto as the device broker
+	// (MQTTURL), is the password_file that mosquitto reads (as `firmcast
+	// broker mosquitto-config` writes it). The stack then owns that file:
+	// at start and whenever this instance adds or removes a device it
+	// writes it again (atomically) from Accounts (backends and devices,
+	// each with its clear secret) and the device registry, and sends
+	// mosquitto SIGHUP (MosquittoPID or MosquittoPIDFile), so that a
+	// removed device's live session is dropped and cannot come back, and
+	// a new device can connect. Empty: the file is not touched.
+	MosquittoPasswd string
+	// MosquittoPID is the process id of that mosquitto (0: see
+	// MosquittoPIDFile).
+	MosquittoPID int
+	// MosquittoPIDFile names a file holding mosquitto's process id, read
+	// at every reload. With neither, the file is written but mosquitto
+	// reads it only at its next reload.
+	MosquittoPIDFile string
 	// Cleanup, with external brokers, makes Close delete what the run left
 	// there: the namespace's buckets and streams and the retained notices
 	// of the devices given to Close. For runs on shared brokers (demo,
@@ -129,6 +146,7 @@ type Stack struct {
 	natsSrv *broker.NATSServer
 	inst    *Instance
 	http    *http.Server
+	mosq    *mosquittoSync
 }
 
 // Start starts the brokers (unless external), the publisher (unless
@@ -231,8 +249,30 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	// A removed device loses its live sessions on the embedded brokers at
 	// once (the registry refuses it from then on), and any account of its
 	// in the credentials.
+	if cfg.MosquittoPasswd != "" {
+		if embedMQTT || cfg.MQTTURL == "" {
+			return nil, errors.New("stack: a mosquitto password file needs an external mosquitto (MQTTURL)")
+		}
+		accts := append([]broker.Account{backend}, cfg.Accounts...)
+		if backend.Username == "" {
+			accts = cfg.Accounts
+		}
+		if s.mosq, err = newMosquittoSync(cfg.MosquittoPasswd, cfg.MosquittoPID, cfg.MosquittoPIDFile, accts, cfg.Logger); err != nil {
+			return nil, err
+		}
+		userAdded := pc.OnDeviceAdded
+		pc.OnDeviceAdded = func(id string) {
+			s.mosq.changed(id)
+			if userAdded != nil {
+				userAdded(id)
+			}
+		}
+	}
 	userRemoved := pc.OnDeviceRemoved
 	pc.OnDeviceRemoved = func(id string) {
+		if s.mosq != nil {
+			s.mosq.changed(id)
+		}
 		if s.auth != nil {
 			s.auth.accounts.Remove(id)
 		}
@@ -266,6 +306,11 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 		return nil, err
 	}
 	s.Pub, s.Admin = s.inst.Pub, s.inst.Admin
+	if s.mosq != nil {
+		if err := s.mosq.start(ctx, s.Pub.MosquittoPasswordLines); err != nil {
+			return nil, err
+		}
+	}
 	if s.auth != nil {
 		da := s.Pub.DeviceAuthenticator(s.auth.accounts)
 		s.auth.pub.Store(&da)
@@ -330,6 +375,9 @@ func (s *Stack) Close(ctx context.Context, devices ...string) {
 	defer cancel()
 	if s.http != nil {
 		_ = s.http.Shutdown(cctx)
+	}
+	if s.mosq != nil {
+		s.mosq.stop()
 	}
 	if s.inst != nil {
 		if s.cfg.Cleanup {

@@ -80,6 +80,10 @@ func (r *RawMQTT) drop(why string) {
 	})
 }
 
+// Lost is closed when the broker disconnects the client or the
+// connection fails.
+func (r *RawMQTT) Lost() <-chan struct{} { return r.lost }
+
 // Abort closes the TCP connection without DISCONNECT: the broker then
 // publishes the client's will, if it kept one.
 func (r *RawMQTT) Abort() { r.conn.Close() }
