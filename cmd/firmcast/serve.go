@@ -41,6 +41,7 @@ type serveOptions struct {
 	// to send SIGHUP.
 	mosquittoPasswd, mosquittoPIDFile string
 	mosquittoPID                      int
+	mosquittoGap                      time.Duration
 	pub                               publisherOptions
 	// onReady, when set, is called once everything has started (tests
 	// use it to learn the bound URLs).
@@ -148,6 +149,7 @@ new device can connect.`,
 	f.StringVar(&o.mosquittoPasswd, "mosquitto-passwd", "", "password_file of the external mosquitto (--broker), kept in step with the device registry (written by firmcast broker mosquitto-config first)")
 	f.IntVar(&o.mosquittoPID, "mosquitto-pid", 0, "process id of that mosquitto, sent SIGHUP after each rewrite of --mosquitto-passwd")
 	f.StringVar(&o.mosquittoPIDFile, "mosquitto-pid-file", "", "file holding that mosquitto's process id (read at each reload), instead of --mosquitto-pid")
+	f.DurationVar(&o.mosquittoGap, "mosquitto-reload-gap", stack.DefaultMosquittoReloadGap, "least time between two rewrites and reloads of --mosquitto-passwd (a reload costs mosquitto a password check per connected client)")
 	return cmd
 }
 
@@ -210,7 +212,10 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		if o.credentials == "" {
 			return cfg, errors.New("--mosquitto-passwd needs --credentials (the backend accounts mosquitto must keep)")
 		}
-		cfg.MosquittoPasswd, cfg.MosquittoPID, cfg.MosquittoPIDFile = o.mosquittoPasswd, o.mosquittoPID, o.mosquittoPIDFile
+		if o.mosquittoGap <= 0 {
+			return cfg, errors.New("--mosquitto-reload-gap must be positive")
+		}
+		cfg.MosquittoPasswd, cfg.MosquittoPID, cfg.MosquittoPIDFile, cfg.MosquittoReloadGap = o.mosquittoPasswd, o.mosquittoPID, o.mosquittoPIDFile, o.mosquittoGap
 	} else if o.mosquittoPID != 0 || o.mosquittoPIDFile != "" {
 		return cfg, errors.New("--mosquitto-pid and --mosquitto-pid-file go with --mosquitto-passwd")
 	}

@@ -103,7 +103,7 @@ func TestServeKeepsMosquittoPasswd(t *testing.T) {
 	const key = "fk-mosquitto-test-key-0123456789ab"
 	cl, stop := startServe(t, port, key, "--broker", mq.URL(), "--nats", ns.URL(), "--http-listen", "127.0.0.1:"+strconv.Itoa(port),
 		"--root", topics.Root(), "--credentials", creds, "--mosquitto-passwd", filepath.Join(mqDir, "passwd"),
-		"--mosquitto-pid", strconv.Itoa(mq.PID()), "--api-key", key, "--data-dir", t.TempDir(), "--log-level", "error")
+		"--mosquitto-pid", strconv.Itoa(mq.PID()), "--mosquitto-reload-gap", "100ms", "--api-key", key, "--data-dir", t.TempDir(), "--log-level", "error")
 	defer func() {
 		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)

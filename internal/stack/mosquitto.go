@@ -12,6 +12,9 @@ import (
 	"github.com/firmcast/firmcast/broker"
 )
 
+// DefaultMosquittoReloadGap is Config.MosquittoReloadGap's default.
+const DefaultMosquittoReloadGap = 5 * time.Second
+
 // mosquittoRetry is how long the password file sync waits before it tries
 // again after a failure (a removed device stays connected until a sync
 // succeeds, so it is retried rather than given up).
@@ -22,9 +25,13 @@ const mosquittoRetry = 5 * time.Second
 // or removes, it writes the file again (the configured accounts, then
 // every registered device) and sends mosquitto SIGHUP, which makes it
 // read the file again and drop the clients whose user is gone. Changes
-// that come while a sync runs are folded into the next one.
+// that come while a sync runs, or within gap of the last one, are folded
+// into the next one: a reload costs mosquitto a password check per
+// connected client (60 to 70 µs each with 101 PBKDF2 rounds on this
+// machine, so 6 to 7 s for 100,000 devices), during which it serves no one.
 type mosquittoSync struct {
 	path string
+	gap  time.Duration
 	// pid returns mosquitto's process id (a fixed one or a pid file read
 	// at each reload, since mosquitto may have been restarted); nil when
 	// neither is configured: the file is written but not reloaded.
@@ -47,8 +54,11 @@ type mosquittoSync struct {
 // accounts (backends and devices; services cannot use MQTT and are left
 // out, as by broker.MosquittoConfig). Every account needs its clear
 // secret: mosquitto cannot read the credentials file's sha256 hashes.
-func newMosquittoSync(path string, pid int, pidFile string, accounts []broker.Account, log *slog.Logger) (*mosquittoSync, error) {
-	m := &mosquittoSync{path: path, reserved: map[string]bool{}, devStatic: map[string]string{}, log: log,
+func newMosquittoSync(path string, pid int, pidFile string, gap time.Duration, accounts []broker.Account, log *slog.Logger) (*mosquittoSync, error) {
+	if gap < 0 {
+		return nil, fmt.Errorf("stack: mosquitto: negative reload gap %v", gap)
+	}
+	m := &mosquittoSync{path: path, gap: gap, reserved: map[string]bool{}, devStatic: map[string]string{}, log: log,
 		kick: make(chan struct{}, 1), done: make(chan struct{})}
 	switch {
 	case pid != 0 && pidFile != "":
@@ -108,6 +118,7 @@ func (m *mosquittoSync) start(ctx context.Context, devices func(ctx context.Cont
 func (m *mosquittoSync) run(ctx context.Context) {
 	defer close(m.done)
 	var retry <-chan time.Time
+	last := time.Now() // start ran the first sync
 	for {
 		select {
 		case <-ctx.Done():
@@ -116,6 +127,20 @@ func (m *mosquittoSync) run(ctx context.Context) {
 		case <-retry:
 		}
 		retry = nil
+		if wait := m.gap - time.Since(last); wait > 0 {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-t.C:
+			}
+		}
+		select { // a change that came while waiting is in this sync
+		case <-m.kick:
+		default:
+		}
+		last = time.Now()
 		if err := m.sync(ctx); err != nil {
 			if ctx.Err() != nil {
 				return

@@ -41,7 +41,7 @@ func TestMosquittoPasswdFollowsRegistry(t *testing.T) {
 	}
 	passwd := filepath.Join(dir, "passwd")
 	st := stacktest.Start(t, stack.Config{Topics: topics, MQTTURL: mq.URL(), Accounts: []broker.Account{backend},
-		MosquittoPasswd: passwd, MosquittoPIDFile: pidFile})
+		MosquittoPasswd: passwd, MosquittoPIDFile: pidFile, MosquittoReloadGap: 100 * time.Millisecond})
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 
