@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -171,9 +173,9 @@ func (m *mosquittoSync) sync(ctx context.Context) error {
 		inRegistry[user] = true
 		lines = append(lines, l)
 	}
-	for user, l := range m.devStatic {
+	for _, user := range slices.Sorted(maps.Keys(m.devStatic)) {
 		if !inRegistry[user] {
-			lines = append(lines, l)
+			lines = append(lines, m.devStatic[user])
 		}
 	}
 	if err := broker.WriteMosquittoPasswd(m.path, lines); err != nil {
