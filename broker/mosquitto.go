@@ -232,8 +232,14 @@ func MosquittoACL(topics schemas.Topics, backends []string) string {
 // "user:$7$..." entry each, as MosquittoPasswordLine writes them), mode
 // 0600, atomically: written to a temporary file, fsynced and renamed, so
 // a mosquitto reloading at any moment reads either the old file or the
-// new one, never a part. A line that is not "user:$7$..." or holds a
-// line break returns ErrBadCredentials and leaves the file as it was.
+// new one, never a part. The new file keeps the old one's owner and
+// group: mosquitto reads it after dropping its privileges (the
+// eclipse-mosquitto image gives its files to user mosquitto), so a file
+// owned by the writer alone would be unreadable at the next reload; a
+// writer that may not give it away gets an error (the file is then
+// written, but owned by the writer). A line that is not "user:$7$..." or
+// holds a line break returns ErrBadCredentials and leaves the file as it
+// was.
 func WriteMosquittoPasswd(path string, lines []string) error {
 	var b strings.Builder
 	for _, l := range lines {
@@ -244,8 +250,26 @@ func WriteMosquittoPasswd(path string, lines []string) error {
 		b.WriteString(l)
 		b.WriteString("\n")
 	}
+	old, statErr := os.Stat(path)
 	if err := atomicfile.WriteFile(path, []byte(b.String()), 0o600); err != nil {
 		return fmt.Errorf("broker: mosquitto password file: %w", err)
+	}
+	if statErr != nil {
+		return nil // a new file: the writer's
+	}
+	uid, gid, ok := fileOwner(old)
+	if !ok {
+		return nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("broker: mosquitto password file: %w", err)
+	}
+	if nu, ng, _ := fileOwner(fi); nu == uid && ng == gid {
+		return nil
+	}
+	if err := os.Chown(path, uid, gid); err != nil {
+		return fmt.Errorf("broker: mosquitto password file: keep its owner %d:%d: %w", uid, gid, err)
 	}
 	return nil
 }
