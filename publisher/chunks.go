@@ -17,8 +17,9 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Egress counts chunk bytes (encoded messages) handed to the transport.
-type Egress struct {
+// egressCounters counts chunk bytes (encoded messages) handed to the
+// transport; Publisher.Egress reads them.
+type egressCounters struct {
 	// Wave: broadcast waves. Repair: chunks broadcast again because many
 	// devices asked. Unicast: chunks and tables sent to one requester.
 	Wave, Repair, Unicast atomic.Int64
@@ -336,7 +337,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		if err != nil {
 			return err
 		}
-		if err := p.send(ctx, t, b, &p.Egress.Wave, "wave"); err != nil {
+		if err := p.send(ctx, t, b, &p.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
 		p.waveMu.Lock()
@@ -505,7 +506,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		if err != nil {
 			return
 		}
-		if err := p.send(ctx, rt, b, &p.Egress.Unicast, "unicast"); err != nil {
+		if err := p.send(ctx, rt, b, &p.egress.Unicast, "unicast"); err != nil {
 			return
 		}
 	}
@@ -523,7 +524,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	if !p.charge(r, d, len(d.tableBytes)) {
 		return errOverBudget
 	}
-	if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
+	if err := p.send(ctx, rt, d.tableBytes, &p.egress.Unicast, "table"); err != nil {
 		return err
 	}
 	w := p.waveFor(digest)
@@ -638,7 +639,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 			continue
 		}
 		cb, err := p.encodeChunk(ctx, d, i)
-		if err != nil || p.send(ctx, bt, cb, &p.Egress.Repair, "repair") != nil {
+		if err != nil || p.send(ctx, bt, cb, &p.egress.Repair, "repair") != nil {
 			return
 		}
 		p.waveMu.Lock()
@@ -667,7 +668,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 				continue
 			}
 			cb, err := p.encodeChunk(ctx, d, i)
-			if err != nil || p.send(ctx, rt, cb, &p.Egress.Unicast, "unicast") != nil {
+			if err != nil || p.send(ctx, rt, cb, &p.egress.Unicast, "unicast") != nil {
 				return
 			}
 		}

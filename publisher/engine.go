@@ -68,7 +68,7 @@ func (p *Publisher) releaseLease(ctx context.Context) {
 // tick runs one round of campaign work if this instance is leader. It is
 // called from Run's loop only (never concurrently with itself).
 func (p *Publisher) tick(ctx context.Context) {
-	defer p.ticks.Add(1)
+	defer p.met.ticks.Inc()
 	leader, fresh := p.acquireLease(ctx)
 	if !leader {
 		return

@@ -27,8 +27,8 @@ type Publisher struct {
 
 	cache imageCache
 	pace  *pacer
-	// Egress counts chunk bytes sent by this instance.
-	Egress Egress
+	// egress counts chunk bytes sent by this instance (read by Egress).
+	egress egressCounters
 
 	reportQ []chan inReport
 	chunkQ  chan schemas.ChunkRequest
@@ -42,7 +42,6 @@ type Publisher struct {
 	// resent holds when the leader last re-sent each device's notice
 	// (key devKey); owned by the tick loop.
 	resent map[string]time.Time
-	ticks  atomic.Int64 // ticks completed, for tests
 
 	waveMu sync.Mutex
 	waves  map[string]*waveState
@@ -52,8 +51,7 @@ type Publisher struct {
 
 	reqs requesters // per-device chunk request accounts (requests.go)
 
-	wg       sync.WaitGroup
-	onReport func(schemas.DeviceReport, string) // test hook
+	wg sync.WaitGroup
 }
 
 // noticeStreamer is a transport that keeps retained notices in a stream
@@ -211,6 +209,14 @@ func (p *Publisher) Run(ctx context.Context) error {
 // Done is closed once Run has returned and every goroutine it started
 // has ended.
 func (p *Publisher) Done() <-chan struct{} { return p.done }
+
+// Egress returns the chunk bytes (encoded messages) this instance has
+// handed to the transport since New: broadcast waves, chunks broadcast
+// again because many devices asked (repair), and chunks and tables sent
+// to one requester (unicast). Safe for concurrent use.
+func (p *Publisher) Egress() (wave, repair, unicast int64) {
+	return p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
+}
 
 // Ready is closed once Run has subscribed to reports, chunk requests and
 // the API, so that device traffic is being taken.

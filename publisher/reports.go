@@ -86,9 +86,6 @@ func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
 				}
 			}
 			p.met.reports.WithLabelValues(res).Inc()
-			if p.onReport != nil {
-				p.onReport(in.r, res)
-			}
 		}
 	}
 }
