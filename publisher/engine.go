@@ -405,7 +405,9 @@ func (p *Publisher) watch(ctx context.Context, kv jetstream.KeyValue, apply func
 	if err != nil {
 		return fmt.Errorf("publisher: watch %s: %w", kv.Bucket(), err)
 	}
+	p.bg.Add(1)
 	go func() {
+		defer p.bg.Done()
 		for {
 			p.follow(ctx, w, apply, &ready)
 			w.Stop()

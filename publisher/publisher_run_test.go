@@ -27,3 +27,58 @@ func TestRunOnce(t *testing.T) {
 		t.Fatal("Done not closed after Run returned")
 	}
 }
+
+// TestClose: Close stops Run and waits for it (Run returns
+// context.Canceled, Done is closed); Run after Close returns ErrRunning;
+// Close of a publisher that never ran closes Done; Close twice is fine.
+func TestClose(t *testing.T) {
+	e := newEnv(t)
+	cfg := e.cfg
+	cfg.Transport = e.dial("pub-close"+randomID("t")[2:10], true)
+	p, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(context.Background()) }()
+	select {
+	case <-p.Ready():
+	case err := <-ran:
+		t.Fatalf("Run: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	select {
+	case <-p.Done():
+	default:
+		t.Fatal("Done open after Close returned")
+	}
+	if err := <-ran; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run after Close: %v, want context.Canceled", err)
+	}
+	if err := p.Run(context.Background()); !errors.Is(err, ErrRunning) {
+		t.Fatalf("Run after Close: %v, want ErrRunning", err)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+
+	idle, err := New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := idle.Close(ctx); err != nil {
+		t.Fatalf("Close before Run: %v", err)
+	}
+	select {
+	case <-idle.Done():
+	default:
+		t.Fatal("Done open after Close of a publisher that never ran")
+	}
+	if err := idle.Run(context.Background()); !errors.Is(err, ErrRunning) {
+		t.Fatalf("Run after Close: %v, want ErrRunning", err)
+	}
+}
