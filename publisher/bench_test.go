@@ -154,7 +154,7 @@ func BenchmarkReportIngest(b *testing.B) {
 	taken0, superseded0 := reportsTaken(p)
 	// Same-size values for the raw put baseline.
 	st, _, _ := p.idx.dev(c.ID, devName(0))
-	st.State, st.Counter, st.BytesDone, st.BytesTotal = "downloading", 1<<40, 1<<20, 1<<21
+	st.State, st.Counter, st.BytesDone, st.BytesTotal = DevState(schemas.StateDownloading), 1<<40, 1<<20, 1<<21
 	val, _ := json.Marshal(st)
 	raw, err := e.js.CreateOrUpdateKeyValue(ctx, jetstreamKV("bench_raw"))
 	if err != nil {

@@ -101,8 +101,8 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
 	w := p.waves[c.Image]
-	if int(counts["downloading"]) < p.cfg.BroadcastMin {
-		if w != nil && int(counts["pending"]+counts["downloading"]) < p.cfg.BroadcastMin {
+	if int(counts[countDownloading]) < p.cfg.BroadcastMin {
+		if w != nil && int(counts[countPending]+counts[countDownloading]) < p.cfg.BroadcastMin {
 			w.due = time.Time{} // no wave is coming
 		}
 		p.waveMu.Unlock()
@@ -128,7 +128,7 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		w.due = now
 	}
 	held := now.Sub(w.due) < p.cfg.WaveHold
-	if held && (counts["pending"] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
+	if held && (counts[countPending] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
 		p.waveMu.Unlock()
 		return
 	}
@@ -158,7 +158,7 @@ func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
 		return true
 	}
 	for _, e := range p.idx.devs(c.ID) {
-		if bucket(e.st.State) != "downloading" {
+		if bucket(e.st.State) != countDownloading {
 			continue
 		}
 		if _, ok := w.tables[e.st.Device]; !ok {
@@ -283,7 +283,7 @@ func (p *Publisher) waveComing(digest string) bool {
 			continue
 		}
 		n, _ := p.idx.counts(id)
-		if int(n["pending"]+n["downloading"]) >= p.cfg.BroadcastMin {
+		if int(n[countPending]+n[countDownloading]) >= p.cfg.BroadcastMin {
 			return true
 		}
 	}
