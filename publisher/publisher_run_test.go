@@ -48,37 +48,30 @@ func TestClose(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := p.Close(ctx); err != nil {
-		t.Fatalf("Close: %v", err)
+	// closed closes p and checks that it is done for good.
+	closed := func(p *Publisher, what string) {
+		t.Helper()
+		if err := p.Close(ctx); err != nil {
+			t.Fatalf("Close %s: %v", what, err)
+		}
+		select {
+		case <-p.Done():
+		default:
+			t.Fatalf("Done open after Close %s returned", what)
+		}
+		if err := p.Run(context.Background()); !errors.Is(err, ErrRunning) {
+			t.Fatalf("Run after Close %s: %v, want ErrRunning", what, err)
+		}
 	}
-	select {
-	case <-p.Done():
-	default:
-		t.Fatal("Done open after Close returned")
-	}
+	closed(p, "of a running publisher")
 	if err := <-ran; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Run after Close: %v, want context.Canceled", err)
+		t.Fatalf("Run stopped by Close: %v, want context.Canceled", err)
 	}
-	if err := p.Run(context.Background()); !errors.Is(err, ErrRunning) {
-		t.Fatalf("Run after Close: %v, want ErrRunning", err)
-	}
-	if err := p.Close(ctx); err != nil {
-		t.Fatalf("second Close: %v", err)
-	}
+	closed(p, "again")
 
 	idle, err := New(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := idle.Close(ctx); err != nil {
-		t.Fatalf("Close before Run: %v", err)
-	}
-	select {
-	case <-idle.Done():
-	default:
-		t.Fatal("Done open after Close of a publisher that never ran")
-	}
-	if err := idle.Run(context.Background()); !errors.Is(err, ErrRunning) {
-		t.Fatalf("Run after Close: %v, want ErrRunning", err)
-	}
+	closed(idle, "before Run")
 }
