@@ -331,11 +331,12 @@ func (d *Device) Confirm() error {
 	return d.log.append(st)
 }
 
-// Abandon gives up on the trial image now, instead of after K boots: the
-// next Boot reverts it (reason: trial not confirmed). The agent calls it
-// when its health check fails for good; a Chain calls it on a stage whose
-// next stage has nothing to boot. It returns ErrNotInTrial if no trial is
-// running, or a flash error.
+// Abandon gives up on the trial image now, instead of after K boots: it
+// persists the trial as out of boots, so the next Boot reverts it
+// (ReasonTrialExpired). A Chain calls it on a stage whose next stage has
+// nothing to boot. (The device agent does not: after a failed health
+// check it runs Boot until the bootloader reverts.) It returns
+// ErrNotInTrial if no trial is running, or a flash error.
 func (d *Device) Abandon() error {
 	if err := d.load(); err != nil {
 		return err

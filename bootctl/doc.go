@@ -18,8 +18,9 @@
 //     counter, digest (and envelope). Commit checks the SHA-256 and writes
 //     the header with the device's HMAC tag: the MAC replaces the
 //     signature, as in the Mbed design. The agent then reboots, and after
-//     its health check calls Confirm (or Abandon, to have the next start
-//     revert at once instead of after K boots). Status tells it the
+//     its health check calls Confirm; when the check fails it boots again
+//     until the bootloader reverts (Abandon makes the next start revert at
+//     once instead of after K boots; a Chain uses it). Status tells it the
 //     active version, trial state, floor and the last revert reason.
 //   - Tools (firmcast boot ...) use Combine to merge a bootloader and an
 //     application into one flash image.

@@ -89,23 +89,11 @@ func Dial(ctx context.Context, cfg Config) (Transport, error) {
 		return nil, err
 	}
 	switch ep.kind {
-	case kindMQTT:
+	case DialectMQTT:
 		return dialMQTT(ctx, ep)
 	default:
 		return dialNATS(ctx, ep)
 	}
-}
-
-// DialMQTT is Dial for mqtt:// and mqtts:// URLs, returning the concrete type.
-func DialMQTT(ctx context.Context, cfg Config) (*MQTTTransport, error) {
-	ep, err := parseEndpoint(cfg)
-	if err != nil {
-		return nil, err
-	}
-	if ep.kind != kindMQTT {
-		return nil, fmt.Errorf("%w: %q is not an mqtt:// or mqtts:// url", ErrBadURL, redact(cfg.URL))
-	}
-	return dialMQTT(ctx, ep)
 }
 
 // DialNATS is Dial for nats:// and tls:// URLs, returning the concrete type
@@ -115,23 +103,16 @@ func DialNATS(ctx context.Context, cfg Config) (*NATSTransport, error) {
 	if err != nil {
 		return nil, err
 	}
-	if ep.kind != kindNATS {
+	if ep.kind != DialectNATS {
 		return nil, fmt.Errorf("%w: %q is not a nats:// or tls:// url", ErrBadURL, redact(cfg.URL))
 	}
 	return dialNATS(ctx, ep)
 }
 
-type transportKind uint8
-
-const (
-	kindMQTT transportKind = iota
-	kindNATS
-)
-
 // endpoint is a validated Config with defaults applied.
 type endpoint struct {
 	Config
-	kind transportKind
+	kind Dialect
 	url  *url.URL // without userinfo
 	tls  bool
 	// servers lists every server of a comma-separated NATS URL (the
@@ -153,7 +134,7 @@ func parseEndpoint(cfg Config) (endpoint, error) {
 	if err != nil {
 		return ep, err
 	}
-	if ep.kind != kindNATS {
+	if ep.kind != DialectNATS {
 		return ep, fmt.Errorf("%w: only nats:// and tls:// urls may list several servers", ErrBadURL)
 	}
 	ep.servers = []string{ep.url.String()}
@@ -164,7 +145,7 @@ func parseEndpoint(cfg Config) (endpoint, error) {
 		if err != nil {
 			return ep, err
 		}
-		if o.kind != kindNATS || o.tls != ep.tls {
+		if o.kind != DialectNATS || o.tls != ep.tls {
 			return ep, fmt.Errorf("%w: %q: every server of a list needs the scheme of the first", ErrBadURL, redact(other.URL))
 		}
 		ep.servers = append(ep.servers, o.url.String())
@@ -192,13 +173,13 @@ func parseOneEndpoint(cfg Config) (endpoint, error) {
 	var defPort string
 	switch strings.ToLower(u.Scheme) {
 	case "mqtt":
-		ep.kind, defPort = kindMQTT, "1883"
+		ep.kind, defPort = DialectMQTT, "1883"
 	case "mqtts":
-		ep.kind, ep.tls, defPort = kindMQTT, true, "8883"
+		ep.kind, ep.tls, defPort = DialectMQTT, true, "8883"
 	case "nats":
-		ep.kind, defPort = kindNATS, "4222"
+		ep.kind, defPort = DialectNATS, "4222"
 	case "tls":
-		ep.kind, ep.tls, defPort = kindNATS, true, "4222"
+		ep.kind, ep.tls, defPort = DialectNATS, true, "4222"
 	default:
 		return ep, fmt.Errorf("%w: scheme %q (want mqtt, mqtts, nats or tls)", ErrBadURL, u.Scheme)
 	}
@@ -222,11 +203,11 @@ func parseOneEndpoint(cfg Config) (endpoint, error) {
 	}
 	scheme := "mqtt"
 	switch {
-	case ep.kind == kindMQTT && ep.tls:
+	case ep.kind == DialectMQTT && ep.tls:
 		scheme = "mqtts"
-	case ep.kind == kindNATS && ep.tls:
+	case ep.kind == DialectNATS && ep.tls:
 		scheme = "tls"
-	case ep.kind == kindNATS:
+	case ep.kind == DialectNATS:
 		scheme = "nats"
 	}
 	ep.url = &url.URL{Scheme: scheme, Host: host}

@@ -7,7 +7,9 @@
 //
 // Who does what:
 //
-//   - transport.go: the Transport interface, message families, sentinels.
+//   - transport.go: the Transport interface, message families, the topic
+//     Dialect each transport speaks (Transport.Dialect: the form a reply
+//     address is given in), sentinels.
 //   - dial.go: Dial(ctx, Config) picks the transport from the URL scheme
 //     (mqtt://, mqtts:// → MQTTTransport; nats://, tls:// → NATSTransport),
 //     takes user/password from the URL or Config, and waits for the first

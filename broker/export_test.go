@@ -1,6 +1,9 @@
 package broker
 
-import mqtt "github.com/mochi-mqtt/server/v2"
+import (
+	"github.com/eclipse/paho.golang/autopaho"
+	mqtt "github.com/mochi-mqtt/server/v2"
+)
 
 // AddMochiHook adds h to the embedded MQTT server's mochi hooks, for
 // tests that observe the broker from inside (the inflight probe of
@@ -20,3 +23,8 @@ func NoticeReadsIdle(t *NATSTransport) bool {
 	}
 	return true
 }
+
+// MQTTConnectionManager is the autopaho connection of t, an
+// *MQTTTransport, for tests of MQTT features Transport does not cover. Do
+// not call Disconnect on it.
+func MQTTConnectionManager(t Transport) *autopaho.ConnectionManager { return t.(*MQTTTransport).cm }

@@ -561,7 +561,5 @@ func (t *MQTTTransport) Close(ctx context.Context) error {
 	return nil
 }
 
-// ConnectionManager exposes the underlying autopaho connection for callers
-// that need MQTT features Transport does not cover. Do not call Disconnect
-// on it; use Close.
-func (t *MQTTTransport) ConnectionManager() *autopaho.ConnectionManager { return t.cm }
+// Dialect returns DialectMQTT.
+func (t *MQTTTransport) Dialect() Dialect { return DialectMQTT }

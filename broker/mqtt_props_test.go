@@ -20,19 +20,19 @@ func TestMQTTUserPropertiesSurviveMochi(t *testing.T) {
 	topics := testutil.UniqueTopics(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	pub, err := broker.DialMQTT(ctx, broker.Config{URL: srv.URL(), Topics: topics})
+	pub, err := broker.Dial(ctx, broker.Config{URL: srv.URL(), Topics: topics})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer pub.Close(ctx)
-	sub, err := broker.DialMQTT(ctx, broker.Config{URL: srv.URL(), Topics: topics})
+	sub, err := broker.Dial(ctx, broker.Config{URL: srv.URL(), Topics: topics})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close(ctx)
 	rep, _ := topics.Report("dev1")
 	got := make(chan paho.UserProperties, 1)
-	sub.ConnectionManager().AddOnPublishReceived(func(pr autopaho.PublishReceived) (bool, error) {
+	broker.MQTTConnectionManager(sub).AddOnPublishReceived(func(pr autopaho.PublishReceived) (bool, error) {
 		if pr.Packet.Topic == rep.MQTT && pr.Packet.Properties != nil {
 			got <- pr.Packet.Properties.User
 		}
@@ -41,7 +41,7 @@ func TestMQTTUserPropertiesSurviveMochi(t *testing.T) {
 	if _, err := sub.Subscribe(ctx, rep, func(context.Context, broker.Message) {}, broker.SubscribeOptions{Family: broker.FamilyReport}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pub.ConnectionManager().Publish(ctx, &paho.Publish{Topic: rep.MQTT, QoS: 1, Payload: []byte("x"),
+	if _, err := broker.MQTTConnectionManager(pub).Publish(ctx, &paho.Publish{Topic: rep.MQTT, QoS: 1, Payload: []byte("x"),
 		Properties: &paho.PublishProperties{User: paho.UserProperties{{Key: "trace", Value: "abc"}}}}); err != nil {
 		t.Fatal(err)
 	}

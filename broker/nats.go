@@ -157,9 +157,8 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 	return t, nil
 }
 
-// Conn returns the underlying nats.go connection. Do not Close it; use
-// Close.
-func (t *NATSTransport) Conn() *nats.Conn { return t.nc }
+// Dialect returns DialectNATS.
+func (t *NATSTransport) Dialect() Dialect { return DialectNATS }
 
 // JetStream returns the JetStream handle of the connection, for the
 // backend's streams and key-value stores.

@@ -84,14 +84,14 @@ func TestPolicyAllow(t *testing.T) {
 func TestParseEndpoint(t *testing.T) {
 	for _, c := range []struct {
 		url, user, pass, wantURL, wantUser, wantPass string
-		kind                                         transportKind
+		kind                                         Dialect
 		tls                                          bool
 	}{
-		{url: "mqtt://localhost", wantURL: "mqtt://localhost:1883", kind: kindMQTT},
-		{url: "mqtts://b.example:8884", wantURL: "mqtts://b.example:8884", kind: kindMQTT, tls: true},
-		{url: "nats://dev1:s3cret@127.0.0.1:4222", wantURL: "nats://127.0.0.1:4222", wantUser: "dev1", wantPass: "s3cret", kind: kindNATS},
-		{url: "tls://n.example", wantURL: "tls://n.example:4222", kind: kindNATS, tls: true},
-		{url: "MQTT://u:p@h:1", user: "v", pass: "q", wantURL: "mqtt://h:1", wantUser: "v", wantPass: "q", kind: kindMQTT},
+		{url: "mqtt://localhost", wantURL: "mqtt://localhost:1883", kind: DialectMQTT},
+		{url: "mqtts://b.example:8884", wantURL: "mqtts://b.example:8884", kind: DialectMQTT, tls: true},
+		{url: "nats://dev1:s3cret@127.0.0.1:4222", wantURL: "nats://127.0.0.1:4222", wantUser: "dev1", wantPass: "s3cret", kind: DialectNATS},
+		{url: "tls://n.example", wantURL: "tls://n.example:4222", kind: DialectNATS, tls: true},
+		{url: "MQTT://u:p@h:1", user: "v", pass: "q", wantURL: "mqtt://h:1", wantUser: "v", wantPass: "q", kind: DialectMQTT},
 	} {
 		ep, err := parseEndpoint(Config{URL: c.url, Username: c.user, Password: c.pass})
 		if err != nil {

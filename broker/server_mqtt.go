@@ -181,8 +181,10 @@ func (s *MQTTServer) scheme() string {
 	return "mqtt://"
 }
 
-// Shutdown disconnects every client and stops the listener. It is safe to
-// call more than once, and before Start.
+// Shutdown disconnects every client, stops the listener and returns when
+// the broker's goroutines have ended (a client that reads nothing has its
+// connection closed after a second). It is safe to call more than once,
+// and before Start.
 func (s *MQTTServer) Shutdown() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -195,24 +197,50 @@ func (s *MQTTServer) Shutdown() {
 	if !started {
 		return
 	}
-	// mochi's Close stops every client under locks its connection
-	// goroutines also take; once (a test run at 20:32 UTC, 2026-11-25) it
-	// never returned. Shutdown waits for it a bounded time, then says so
-	// and returns, leaving what is stuck behind rather than its caller.
+	// mochi's Close writes a DISCONNECT to every client under the
+	// client's lock. A client that reads nothing (its socket full, a
+	// write of mochi's blocked on it holding that lock) holds Close for
+	// ever (Close once never returned, in a test run at 20:32 UTC,
+	// 2026-11-25; this is the way that TestShutdownStuckClient
+	// reproduces). So Shutdown gives Close mqttCloseGrace, then
+	// closes the connection of every client still there, which ends such
+	// writes, and waits for Close to return; it logs while it waits
+	// longer than mqttCloseTimeout (only a lock mochi never releases
+	// could hold it then; qosHook keeps clear of the one known).
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
 		_ = s.srv.Close()
 	}()
-	select {
-	case <-closed:
-	case <-time.After(mqttCloseTimeout):
-		s.cfg.Logger.Error("embedded MQTT broker did not close in time; leaving its remaining connections", "timeout", mqttCloseTimeout)
+	grace := time.NewTicker(mqttCloseGrace)
+	defer grace.Stop()
+	start := time.Now()
+	logged := false
+	for {
+		select {
+		case <-closed:
+			return
+		case <-grace.C:
+		}
+		for _, cl := range s.srv.Clients.GetAll() {
+			if !cl.Net.Inline {
+				cl.Stop(packets.ErrServerShuttingDown)
+			}
+		}
+		if !logged && time.Since(start) >= mqttCloseTimeout {
+			logged = true
+			s.cfg.Logger.Error("embedded MQTT broker still closing; waiting", "after", time.Since(start).Round(time.Second))
+		}
 	}
 }
 
-// mqttCloseTimeout bounds how long Shutdown waits for the broker to close.
-const mqttCloseTimeout = 10 * time.Second
+// mqttCloseGrace is how long Shutdown lets mochi close its clients before
+// it closes their connections; mqttCloseTimeout is when it says it is
+// still waiting.
+const (
+	mqttCloseGrace   = time.Second
+	mqttCloseTimeout = 10 * time.Second
+)
 
 // Done is closed when Shutdown has been called.
 func (s *MQTTServer) Done() <-chan struct{} { return s.down }

@@ -104,9 +104,30 @@ type Transport interface {
 	Publisher
 	Subscriber
 	Requester
+	// Dialect is the form of a schemas.Topic this transport speaks (the
+	// form a reply address it receives on must be given in).
+	Dialect() Dialect
 	// Close disconnects and stops the transport's goroutines. It is safe to
 	// call more than once.
 	Close(ctx context.Context) error
+}
+
+// Dialect is which form of a schemas.Topic a transport speaks.
+type Dialect uint8
+
+const (
+	// DialectMQTT: slash-separated MQTT topics (mqtt://, mqtts://).
+	DialectMQTT Dialect = iota
+	// DialectNATS: dot-separated NATS subjects (nats://, tls://).
+	DialectNATS
+)
+
+// Native returns the form of t this dialect speaks.
+func (d Dialect) Native(t schemas.Topic) string {
+	if d == DialectNATS {
+		return t.NATS
+	}
+	return t.MQTT
 }
 
 // Sentinel errors.

@@ -36,8 +36,6 @@ type Config struct {
 	// Transport is the device's broker connection. Required. The caller
 	// closes it after Run returns.
 	Transport broker.Transport
-	// Dialect is the transport's topic form. Default MQTT.
-	Dialect fetcher.Dialect
 	// Topics is the topic builder (root). Required.
 	Topics schemas.Topics
 	// Boot is the device's bootloader view (slots, boot, confirm). Required.
@@ -360,7 +358,7 @@ func (a *Agent) subscribe(ctx context.Context, topics []schemas.Topic, subs []br
 			}
 			// NATS keeps retained messages for per-device notices only (a
 			// JetStream stream); class announcements are live there.
-			retained := i == 0 || a.cfg.Dialect == fetcher.MQTT
+			retained := i == 0 || a.cfg.Transport.Dialect() == broker.DialectMQTT
 			sctx, cancel := context.WithTimeout(ctx, subscribeTimeout)
 			s, err := a.cfg.Transport.Subscribe(sctx, t, a.onMessage, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: retained})
 			cancel()
@@ -368,8 +366,8 @@ func (a *Agent) subscribe(ctx context.Context, topics []schemas.Topic, subs []br
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				a.log.Warn("subscribe failed; trying again", "topic", a.cfg.Dialect.Native(t), "try", tries, "err", err)
-				return retry.RetryableError(fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Dialect.Native(t), err))
+				a.log.Warn("subscribe failed; trying again", "topic", a.cfg.Transport.Dialect().Native(t), "try", tries, "err", err)
+				return retry.RetryableError(fmt.Errorf("deviceagent: subscribe %s: %w", a.cfg.Transport.Dialect().Native(t), err))
 			}
 			subs[i] = s
 		}

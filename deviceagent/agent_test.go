@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -66,7 +65,7 @@ func TestNoticeToConfirmed(t *testing.T) {
 // active version and state.
 func TestReconnectReports(t *testing.T) {
 	hub := testutil.NewMemHub()
-	w := newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport { return hub.Conn() })
+	w := newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), func(*testing.T, string) broker.Transport { return hub.Conn() })
 	d := w.newDevice("dev-rc", nil)
 	d.start()
 	first := w.waitReport("dev-rc", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" })

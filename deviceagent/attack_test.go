@@ -245,11 +245,11 @@ func decisions(w *world, dev string) []string {
 // writeImageFiles writes img and its chunk table into dir, named by digest.
 func writeImageFiles(t *testing.T, dir string, img []byte) {
 	t.Helper()
-	tab, err := fetcher.BuildTable(img, testChunk)
+	tab, err := schemas.BuildChunkTable(bytes.NewReader(img), testChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := fetcher.EncodeTable(tab)
+	tb, err := schemas.Encode(tab)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -307,7 +307,7 @@ func (f *flakyBroker) Publish(ctx context.Context, t schemas.Topic, b []byte, o 
 func TestAgentSurvivesBrokerTimeouts(t *testing.T) {
 	hub := testutil.NewMemHub()
 	var fb *flakyBroker
-	w := newWorld(t, schemas.MustTopics("agentflaky"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport {
+	w := newWorld(t, schemas.MustTopics("agentflaky"), hub.Conn(), func(*testing.T, string) broker.Transport {
 		fb = &flakyBroker{Transport: hub.Conn(), subscribeFails: 3}
 		return fb
 	})

@@ -43,7 +43,6 @@ type world struct {
 	topics schemas.Topics
 	pub    broker.Transport
 	dial   func(t *testing.T, id string) broker.Transport
-	dialct fetcher.Dialect
 	key    crypto.Signer
 	signer suit.Signer
 	trust  suit.TrustAnchors
@@ -77,9 +76,9 @@ func signerFor(t testing.TB, k crypto.Signer) suit.Signer {
 }
 
 // newWorld wires a publisher stand-in on pub; dial makes device transports.
-func newWorld(t *testing.T, topics schemas.Topics, pub broker.Transport, dialect fetcher.Dialect, dial func(t *testing.T, id string) broker.Transport) *world {
+func newWorld(t *testing.T, topics schemas.Topics, pub broker.Transport, dial func(t *testing.T, id string) broker.Transport) *world {
 	k := testKey(1)
-	w := &world{t: t, topics: topics, pub: pub, dial: dial, dialct: dialect, key: k, signer: signerFor(t, k),
+	w := &world{t: t, topics: topics, pub: pub, dial: dial, key: k, signer: signerFor(t, k),
 		trust: suit.TrustAnchors{k.Public()}, v1: testImage(1, 30000), changed: make(chan struct{}, 1)}
 	sub, err := pub.Subscribe(context.Background(), topics.ReportsAll(), func(ctx context.Context, m broker.Message) {
 		var r schemas.DeviceReport
@@ -104,7 +103,7 @@ func newWorld(t *testing.T, topics schemas.Topics, pub broker.Transport, dialect
 
 func memWorld(t *testing.T) *world {
 	hub := testutil.NewMemHub()
-	return newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport { return hub.Conn() })
+	return newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), func(*testing.T, string) broker.Transport { return hub.Conn() })
 }
 
 // envelope signs a manifest for img.
@@ -127,7 +126,7 @@ func (w *world) envelope(img []byte, seq uint64, mod func(*suit.CreateOptions), 
 // serve starts a chunk server for img.
 func (w *world) serve(img []byte, tune func(*testutil.ChunkServer)) *testutil.ChunkServer {
 	w.t.Helper()
-	tab, err := fetcher.BuildTable(img, testChunk)
+	tab, err := schemas.BuildChunkTable(bytes.NewReader(img), testChunk)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -187,7 +186,7 @@ func (w *world) raw(target string, class bool, b []byte) {
 	if err != nil {
 		w.t.Fatal(err)
 	}
-	retain := !class || w.dialct == fetcher.MQTT // NATS retains per-device notices only
+	retain := !class || w.pub.Dialect() == broker.DialectMQTT // NATS retains per-device notices only
 	if err := w.pub.Publish(context.Background(), tp, b, broker.PublishOptions{Family: broker.FamilyNotice, Retain: retain}); err != nil {
 		w.t.Fatal(err)
 	}
@@ -311,7 +310,7 @@ func (d *device) start() {
 	d.tr = d.w.dial(t, d.id)
 	cfg := Config{
 		DeviceID: d.id, Class: "cls", Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: []byte(d.id)},
-		Transport: d.tr, Dialect: d.w.dialct, Topics: d.w.topics, Boot: bd, StateDir: d.dir, Trust: d.w.trust,
+		Transport: d.tr, Topics: d.w.topics, Boot: bd, StateDir: d.dir, Trust: d.w.trust,
 		Logger: testLogger(t), ChunkIdle: 150 * time.Millisecond, RetryBase: 20 * time.Millisecond, PersistEvery: 4,
 		Fetch: fetcher.RetryPolicy{Base: time.Millisecond, Cap: 5 * time.Millisecond, MaxRetries: 1},
 	}

@@ -2,12 +2,10 @@ package deviceagent
 
 import (
 	"context"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -37,12 +35,8 @@ func TestBrokers(t *testing.T) {
 			url := tc.url(t)
 			root := testutil.UniqueRoot(t)
 			topics := schemas.MustTopics(root)
-			dialect := fetcher.MQTT
-			if strings.HasPrefix(url, "nats") {
-				dialect = fetcher.NATS
-				if url == testutil.MachineNATSURL {
-					testutil.ClearNoticeStream(t, url, topics)
-				}
+			if url == testutil.MachineNATSURL {
+				testutil.ClearNoticeStream(t, url, topics)
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 			defer cancel()
@@ -60,7 +54,7 @@ func TestBrokers(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
-			w := newWorld(t, topics, pub, dialect, dial)
+			w := newWorld(t, topics, pub, dial)
 			v2 := testImage(4, 30*testChunk+333)
 			w.serve(v2, nil)
 			ids := []string{"d1-" + root[3:15], "d2-" + root[3:15], "d3-" + root[3:15]}
@@ -86,9 +80,8 @@ func TestBrokers(t *testing.T) {
 // world whose publisher and devices dial it.
 func brokerWorld(t *testing.T, kind string) *world {
 	var url string
-	dialect := fetcher.MQTT
 	if kind == "nats" {
-		url, dialect = testutil.StartNATS(t, broker.NATSServerConfig{}).URL(), fetcher.NATS
+		url = testutil.StartNATS(t, broker.NATSServerConfig{}).URL()
 	} else {
 		url = testutil.StartMochi(t, broker.MQTTServerConfig{}).URL()
 	}
@@ -109,5 +102,5 @@ func brokerWorld(t *testing.T, kind string) *world {
 			t.Fatal(err)
 		}
 	}
-	return newWorld(t, topics, pub, dialect, dial)
+	return newWorld(t, topics, pub, dial)
 }

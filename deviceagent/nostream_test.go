@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -52,7 +51,7 @@ func TestAgentWaitsForNoticeStream(t *testing.T) {
 			}
 			pub := dial(t, "backend-1")
 			t.Cleanup(func() { pub.Close(context.Background()) })
-			w := newWorld(t, topics, pub, fetcher.NATS, dial)
+			w := newWorld(t, topics, pub, dial)
 			d := w.newDevice(dev, nil)
 			d.start()
 			w.waitReport(dev, 30*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" })

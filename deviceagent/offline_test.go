@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -100,7 +99,7 @@ func (l *failFastLink) waitUntil(t *testing.T, ok func() bool, d time.Duration, 
 func TestOfflineDoesNotCountAsAttempt(t *testing.T) {
 	hub := testutil.NewMemHub()
 	var link *failFastLink
-	w := newWorld(t, schemas.MustTopics("agentoff"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport {
+	w := newWorld(t, schemas.MustTopics("agentoff"), hub.Conn(), func(*testing.T, string) broker.Transport {
 		link = newFailFastLink(hub.Conn())
 		return link
 	})
@@ -177,7 +176,7 @@ func TestOfflineDoesNotCountAsAttempt(t *testing.T) {
 func TestOfflineResumesOnReconnect(t *testing.T) {
 	hub := testutil.NewMemHub()
 	var link *failFastLink
-	w := newWorld(t, schemas.MustTopics("agentrec"), hub.Conn(), fetcher.MQTT, func(*testing.T, string) broker.Transport {
+	w := newWorld(t, schemas.MustTopics("agentrec"), hub.Conn(), func(*testing.T, string) broker.Transport {
 		link = newFailFastLink(hub.Conn())
 		return link
 	})

@@ -1,6 +1,7 @@
 package deviceagent
 
 import (
+	"bytes"
 	"context"
 	"os"
 	"path/filepath"
@@ -34,11 +35,11 @@ func TestProgressOnTime(t *testing.T) {
 	const step, interval = 10 * time.Second, time.Minute
 	w := memWorld(t)
 	v2 := testImage(12, 60*testChunk)
-	tab, err := fetcher.BuildTable(v2, testChunk)
+	tab, err := schemas.BuildChunkTable(bytes.NewReader(v2), testChunk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := fetcher.EncodeTable(tab)
+	tb, err := schemas.Encode(tab)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -325,7 +325,7 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		return true
 	}
 	if bs, err := fetcher.NewBrokerSource(fetcher.BrokerConfig{
-		Transport: a.cfg.Transport, Dialect: a.cfg.Dialect, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
+		Transport: a.cfg.Transport, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
 		Campaign: campaign, Price: price("broker"), Idle: a.cfg.ChunkIdle,
 		ListenFirst: a.cfg.ChunkListen, Quiet: a.cfg.ChunkQuiet,
 	}); err == nil {

@@ -50,7 +50,7 @@ func TestHTTPSourceReadTimeout(t *testing.T) {
 			srv := httptest.NewServer(c.handler)
 			url := srv.URL + "/fw.bin"
 			defer srv.Close()
-			src := NewHTTPSource(url, 0, nil).WithReadTimeout(100 * time.Millisecond)
+			src := NewHTTPSource(url, 0, nil).withReadTimeout(100 * time.Millisecond)
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			err := src.Fetch(ctx, fx.im, allChunks(fx.im), func(int, []byte) error { return nil })

@@ -266,7 +266,7 @@ func TestChunkTableRejected(t *testing.T) {
 	forged := *fx.table
 	forged.Hashes = slices.Clone(fx.table.Hashes)
 	forged.Hashes[0] = make([]byte, 32)
-	forgedB, _ := EncodeTable(&forged)
+	forgedB, _ := schemas.Encode(&forged)
 	for _, tc := range []struct {
 		name string
 		bad  []byte
@@ -411,7 +411,7 @@ func TestDigestMismatch(t *testing.T) {
 	lie := *fx.table
 	d := sha256.Sum256([]byte("not the image"))
 	lie.Image = d[:]
-	tb, _ := EncodeTable(&lie)
+	tb, _ := schemas.Encode(&lie)
 	td := sha256.Sum256(tb)
 	im := Image{Digest: d[:], Size: fx.im.Size, ChunkSize: testChunk, TableDigest: td[:]}
 	dir := t.TempDir()

@@ -37,11 +37,11 @@ func newFixture(t testing.TB, size int, chunk uint32, seed uint64) fixture {
 	for i := range img {
 		img[i] = byte(r.Uint32())
 	}
-	tab, err := BuildTable(img, chunk)
+	tab, err := schemas.BuildChunkTable(bytes.NewReader(img), chunk)
 	if err != nil {
 		t.Fatal(err)
 	}
-	tb, err := EncodeTable(tab)
+	tb, err := schemas.Encode(tab)
 	if err != nil {
 		t.Fatal(err)
 	}

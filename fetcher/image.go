@@ -68,23 +68,6 @@ func (im Image) Validate() error {
 	return nil
 }
 
-// TableDigest returns the SHA-256 of the deterministic encoding of t, the
-// value a manifest signs (schemas.ChunkTable.Digest).
-func TableDigest(t *schemas.ChunkTable) ([]byte, error) {
-	d, err := t.Digest()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrChunkTable, err)
-	}
-	return d[:], nil
-}
-
-// BuildTable returns the chunk table of img cut in chunkSize chunks, as
-// schemas.BuildChunkTable does. It is what a publisher (and tests) serve
-// next to an image.
-func BuildTable(img []byte, chunkSize uint32) (*schemas.ChunkTable, error) {
-	return schemas.BuildChunkTable(bytes.NewReader(img), chunkSize)
-}
-
 // DecodeTable decodes and authenticates an encoded chunk table against im:
 // its SHA-256 must equal im.TableDigest (checked before decoding), and it
 // must describe im. Errors wrap ErrChunkTable.
@@ -107,6 +90,3 @@ func DecodeTable(im Image, b []byte) (*schemas.ChunkTable, error) {
 	}
 	return &t, nil
 }
-
-// EncodeTable returns the deterministic encoding of t (what sources serve).
-func EncodeTable(t *schemas.ChunkTable) ([]byte, error) { return schemas.Encode(t) }

@@ -12,31 +12,11 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Dialect says which form of a schemas.Topic a transport speaks, so a
-// chunk request names a reply address the publisher can publish to.
-type Dialect uint8
-
-const (
-	// MQTT: slash-separated topics.
-	MQTT Dialect = iota
-	// NATS: dot-separated subjects.
-	NATS
-)
-
-// Native returns the form of t this dialect speaks.
-func (d Dialect) Native(t schemas.Topic) string {
-	if d == NATS {
-		return t.NATS
-	}
-	return t.MQTT
-}
-
 // BrokerConfig configures a BrokerSource.
 type BrokerConfig struct {
-	// Transport is the device's broker connection. Required.
+	// Transport is the device's broker connection. Required. A chunk
+	// request names its reply address in the transport's Dialect.
 	Transport broker.Transport
-	// Dialect of the transport. Default MQTT.
-	Dialect Dialect
 	// Topics is the topic builder (root). Required.
 	Topics schemas.Topics
 	// Device is the device id (requester, reply topic). Required.
@@ -227,7 +207,7 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 	}
 	req := schemas.ChunkRequest{
 		V: schemas.Version, Image: im.Digest, ChunkSize: im.ChunkSize, Bitmap: want,
-		ReplyTo: s.cfg.Dialect.Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
+		ReplyTo: s.cfg.Transport.Dialect().Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
 	}
 	b, err := schemas.Encode(&req)
 	if err != nil {

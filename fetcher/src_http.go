@@ -21,7 +21,7 @@ const (
 	// HTTPHeaderTimeout bounds the wait for a response's headers (same
 	// client).
 	HTTPHeaderTimeout = 30 * time.Second
-	// HTTPReadTimeout is an HTTPSource's default read timeout: the longest
+	// HTTPReadTimeout is an HTTPSource's read timeout: the longest
 	// a request may go without a byte, from the request to its headers and
 	// between reads of its body.
 	HTTPReadTimeout = 30 * time.Second
@@ -54,7 +54,7 @@ type HTTPSource struct {
 
 // NewHTTPSource returns a source for url. client nil means a client made
 // by NewHTTPClient. Every request fails with ErrStalled when it goes
-// HTTPReadTimeout without a byte (see WithReadTimeout), whatever client.
+// HTTPReadTimeout without a byte, whatever client.
 func NewHTTPSource(url string, price float64, client *http.Client) *HTTPSource {
 	if client == nil {
 		client = NewHTTPClient()
@@ -62,9 +62,9 @@ func NewHTTPSource(url string, price float64, client *http.Client) *HTTPSource {
 	return &HTTPSource{url: url, price: price, client: client, maxSpan: 256, readTimeout: HTTPReadTimeout}
 }
 
-// WithReadTimeout sets the longest time a request may go without a byte
+// withReadTimeout sets the longest time a request may go without a byte
 // (d > 0) and returns s.
-func (s *HTTPSource) WithReadTimeout(d time.Duration) *HTTPSource {
+func (s *HTTPSource) withReadTimeout(d time.Duration) *HTTPSource {
 	if d > 0 {
 		s.readTimeout = d
 	}

@@ -7,9 +7,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -60,7 +62,7 @@ func BenchmarkWaveEgress(b *testing.B) {
 				for i := range 100 {
 					devs = append(devs, newDownloader(b, e.hub, e.cfg.Topics, fmt.Sprintf("d%03d", i), d.table, loss))
 				}
-				w0, r0, u0 := p.Egress.Wave.Load(), p.Egress.Repair.Load(), p.Egress.Unicast.Load()
+				w0, r0, u0 := p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
 				b.StartTimer()
 				loss.active.Store(true)
 				if err := p.Wave(context.Background(), img.Digest); err != nil {
@@ -92,8 +94,8 @@ func BenchmarkWaveEgress(b *testing.B) {
 					}
 					dv.tr.Close(context.Background())
 				}
-				w := p.Egress.Wave.Load() - w0
-				all := w + p.Egress.Repair.Load() - r0 + p.Egress.Unicast.Load() - u0
+				w := p.egress.Wave.Load() - w0
+				all := w + p.egress.Repair.Load() - r0 + p.egress.Unicast.Load() - u0
 				waveX += float64(w) / float64(len(data))
 				totalX += float64(all) / float64(len(data))
 				rounds += float64(n)
@@ -148,20 +150,11 @@ func BenchmarkReportIngest(b *testing.B) {
 		s := statusOf_(nil, p, c.ID)
 		return s.Counts["pending"] == devices
 	})
-	var applied, superseded atomic.Int64
-	doneC := make(chan struct{}, 1)
-	var want atomic.Int64
-	p.onReport = func(_ schemas.DeviceReport, res string) {
-		if res == "superseded" {
-			superseded.Add(1)
-		}
-		if applied.Add(1) == want.Load() {
-			doneC <- struct{}{}
-		}
-	}
+	// Reports taken are counted by the publisher's reports metric.
+	taken0, superseded0 := reportsTaken(p)
 	// Same-size values for the raw put baseline.
 	st, _, _ := p.idx.dev(c.ID, devName(0))
-	st.State, st.Counter, st.BytesDone, st.BytesTotal = "downloading", 1<<40, 1<<20, 1<<21
+	st.State, st.Counter, st.BytesDone, st.BytesTotal = DevState(schemas.StateDownloading), 1<<40, 1<<20, 1<<21
 	val, _ := json.Marshal(st)
 	raw, err := e.js.CreateOrUpdateKeyValue(ctx, jetstreamKV("bench_raw"))
 	if err != nil {
@@ -191,7 +184,6 @@ func BenchmarkReportIngest(b *testing.B) {
 		}
 		wg.Wait()
 		rawTime += time.Since(t0)
-		want.Store(int64(done + n))
 		t1 := time.Now()
 		for range n {
 			dev := next % devices
@@ -203,10 +195,17 @@ func BenchmarkReportIngest(b *testing.B) {
 			t, _ := e.cfg.Topics.Report(r.Device)
 			p.handleReport(ctx, brokerMsg(t.NATS, payload))
 		}
-		select {
-		case <-doneC:
-		case <-time.After(5 * time.Minute):
-			b.Fatalf("only %d of %d reports taken", applied.Load(), done+n)
+		want := float64(done + n)
+		deadline := time.Now().Add(5 * time.Minute)
+		for {
+			if taken, _ := reportsTaken(p); taken-taken0 >= want {
+				break
+			}
+			if time.Now().After(deadline) {
+				taken, _ := reportsTaken(p)
+				b.Fatalf("only %v of %v reports taken", taken-taken0, want)
+			}
+			time.Sleep(100 * time.Microsecond) // poll: the metric has no notification
 		}
 		ingestTime += time.Since(t1)
 	}
@@ -216,6 +215,31 @@ func BenchmarkReportIngest(b *testing.B) {
 	b.ReportMetric(rate, "reports/s")
 	b.ReportMetric(rawRate, "raw-puts/s")
 	b.ReportMetric(rate/rawRate, "x-raw")
-	b.ReportMetric(float64(superseded.Load())/float64(b.N), "superseded-frac")
+	_, superseded := reportsTaken(p)
+	b.ReportMetric((superseded-superseded0)/float64(b.N), "superseded-frac")
 	b.ReportMetric(float64(len(val)), "value-bytes")
+}
+
+// reportsTaken returns how many reports p has taken (any result) and how
+// many of those were superseded, from its reports metric.
+func reportsTaken(p *Publisher) (all, superseded float64) {
+	ch := make(chan prometheus.Metric, 16)
+	go func() {
+		p.met.reports.Collect(ch)
+		close(ch)
+	}()
+	for m := range ch {
+		var d dto.Metric
+		if err := m.Write(&d); err != nil {
+			panic(err)
+		}
+		v := d.GetCounter().GetValue()
+		all += v
+		for _, l := range d.GetLabel() {
+			if l.GetName() == "result" && l.GetValue() == "superseded" {
+				superseded += v
+			}
+		}
+	}
+	return all, superseded
 }

@@ -113,7 +113,7 @@ func scenarioPhases(t *testing.T, e *testEnv) {
 		return len(e.retainedNotices()) == 0 // the leader clears them after it wrote the end
 	})
 	d, err := p.DeviceDetail(ctx, devName(7))
-	if err != nil || d.ActiveVersion != 2 || len(d.Campaigns) != 1 || d.Campaigns[0].State != "confirmed" {
+	if err != nil || d.ActiveVersion != 2 || len(d.Campaigns) != 1 || d.Campaigns[0].State != DevState(schemas.StateConfirmed) {
 		t.Errorf("device detail %+v, %v: want version 2 and one confirmed campaign", d, err)
 	}
 	audit, err := p.Audit(ctx, 1000)

@@ -184,9 +184,9 @@ func TestChunkRequestAttacks(t *testing.T) {
 			}
 			budget := p.budgetFor(img)
 			waitFor(t, 20*time.Second, func() string {
-				return fmt.Sprintf("judged %v of 60; attacker received %d bytes, publisher sent %d", served()-before, attackerRx.bytes(), p.Egress.Unicast.Load())
+				return fmt.Sprintf("judged %v of 60; attacker received %d bytes, publisher sent %d", served()-before, attackerRx.bytes(), p.egress.Unicast.Load())
 			}, func() bool {
-				return attackerRx.bytes() > budget || (served()-before >= 60 && attackerRx.bytes()+victimRx.bytes() >= p.Egress.Unicast.Load())
+				return attackerRx.bytes() > budget || (served()-before >= 60 && attackerRx.bytes()+victimRx.bytes() >= p.egress.Unicast.Load())
 			})
 			if got := attackerRx.bytes(); got > budget {
 				t.Errorf("60 requests for a %d-byte image made the publisher send %d bytes to one device (budget %d)", len(data), got, budget)

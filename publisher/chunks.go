@@ -17,8 +17,9 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Egress counts chunk bytes (encoded messages) handed to the transport.
-type Egress struct {
+// egressCounters counts chunk bytes (encoded messages) handed to the
+// transport; Publisher.Egress reads them.
+type egressCounters struct {
 	// Wave: broadcast waves. Repair: chunks broadcast again because many
 	// devices asked. Unicast: chunks and tables sent to one requester.
 	Wave, Repair, Unicast atomic.Int64
@@ -100,8 +101,8 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
 	w := p.waves[c.Image]
-	if int(counts["downloading"]) < p.cfg.BroadcastMin {
-		if w != nil && int(counts["pending"]+counts["downloading"]) < p.cfg.BroadcastMin {
+	if int(counts[countDownloading]) < p.cfg.BroadcastMin {
+		if w != nil && int(counts[countPending]+counts[countDownloading]) < p.cfg.BroadcastMin {
 			w.due = time.Time{} // no wave is coming
 		}
 		p.waveMu.Unlock()
@@ -127,7 +128,7 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		w.due = now
 	}
 	held := now.Sub(w.due) < p.cfg.WaveHold
-	if held && (counts["pending"] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
+	if held && (counts[countPending] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
 		p.waveMu.Unlock()
 		return
 	}
@@ -157,7 +158,7 @@ func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
 		return true
 	}
 	for _, e := range p.idx.devs(c.ID) {
-		if bucket(e.st.State) != "downloading" {
+		if bucket(e.st.State) != countDownloading {
 			continue
 		}
 		if _, ok := w.tables[e.st.Device]; !ok {
@@ -282,7 +283,7 @@ func (p *Publisher) waveComing(digest string) bool {
 			continue
 		}
 		n, _ := p.idx.counts(id)
-		if int(n["pending"]+n["downloading"]) >= p.cfg.BroadcastMin {
+		if int(n[countPending]+n[countDownloading]) >= p.cfg.BroadcastMin {
 			return true
 		}
 	}
@@ -336,7 +337,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		if err != nil {
 			return err
 		}
-		if err := p.send(ctx, t, b, &p.Egress.Wave, "wave"); err != nil {
+		if err := p.send(ctx, t, b, &p.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
 		p.waveMu.Lock()
@@ -505,7 +506,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		if err != nil {
 			return
 		}
-		if err := p.send(ctx, rt, b, &p.Egress.Unicast, "unicast"); err != nil {
+		if err := p.send(ctx, rt, b, &p.egress.Unicast, "unicast"); err != nil {
 			return
 		}
 	}
@@ -523,7 +524,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	if !p.charge(r, d, len(d.tableBytes)) {
 		return errOverBudget
 	}
-	if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
+	if err := p.send(ctx, rt, d.tableBytes, &p.egress.Unicast, "table"); err != nil {
 		return err
 	}
 	w := p.waveFor(digest)
@@ -638,7 +639,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 			continue
 		}
 		cb, err := p.encodeChunk(ctx, d, i)
-		if err != nil || p.send(ctx, bt, cb, &p.Egress.Repair, "repair") != nil {
+		if err != nil || p.send(ctx, bt, cb, &p.egress.Repair, "repair") != nil {
 			return
 		}
 		p.waveMu.Lock()
@@ -667,7 +668,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 				continue
 			}
 			cb, err := p.encodeChunk(ctx, d, i)
-			if err != nil || p.send(ctx, rt, cb, &p.Egress.Unicast, "unicast") != nil {
+			if err != nil || p.send(ctx, rt, cb, &p.egress.Unicast, "unicast") != nil {
 				return
 			}
 		}

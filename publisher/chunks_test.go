@@ -100,12 +100,12 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 			t.Fatalf("%s assembled a wrong image (%d bad chunks)", d.id, d.bad)
 		}
 	}
-	wave, repair := p.Egress.Wave.Load(), p.Egress.Repair.Load()
+	wave, repair := p.egress.Wave.Load(), p.egress.Repair.Load()
 	if wave < int64(len(data)) || wave > int64(len(data))*11/10 {
 		t.Errorf("wave egress %d for a %d-byte image", wave, len(data))
 	}
 	if repair == 0 {
-		t.Errorf("chunks missed by several devices were not broadcast again (repair %d, unicast %d)", repair, p.Egress.Unicast.Load())
+		t.Errorf("chunks missed by several devices were not broadcast again (repair %d, unicast %d)", repair, p.egress.Unicast.Load())
 	}
 }
 
@@ -130,7 +130,7 @@ func TestRequestMode(t *testing.T) {
 	if got := p.met.chunkRequests.WithLabelValues("bad-reply-to"); got == nil {
 		t.Fatal("no metric")
 	}
-	if n := p.Egress.Unicast.Load(); n > int64(len(data))*11/10 {
+	if n := p.egress.Unicast.Load(); n > int64(len(data))*11/10 {
 		t.Errorf("unicast egress %d for one device and a %d-byte image: the spoofed request was served", n, len(data))
 	}
 }
@@ -157,7 +157,7 @@ func TestLeaderStartsWave(t *testing.T) {
 	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.Egress.Wave.Load()) }, allComplete(devs))
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
 	for _, d := range devs {
 		if !bytes.Equal(d.data, data) {
 			t.Fatalf("%s: wrong image", d.id)

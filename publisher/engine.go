@@ -68,7 +68,7 @@ func (p *Publisher) releaseLease(ctx context.Context) {
 // tick runs one round of campaign work if this instance is leader. It is
 // called from Run's loop only (never concurrently with itself).
 func (p *Publisher) tick(ctx context.Context) {
-	defer p.ticks.Add(1)
+	defer p.met.ticks.Inc()
 	leader, fresh := p.acquireLease(ctx)
 	if !leader {
 		return
@@ -143,7 +143,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	}
 	// Failure threshold: failures among the devices of the open phases.
 	counts, _ := p.idx.counts(c.ID)
-	fails := counts["failed"] + counts[schemas.StateRolledBack.String()]
+	fails := counts[countFailed] + counts[schemas.StateRolledBack.String()]
 	if fails > 0 && fails*1000 >= uint64(c.FailPermille)*uint64(opened) {
 		reason := fmt.Sprintf("failure threshold: %d of %d devices failed (threshold %d‰)", fails, opened, c.FailPermille)
 		to := CampaignAborted
@@ -296,7 +296,7 @@ func (p *Publisher) timeOut(ctx context.Context, e devEntry, why string) error {
 func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev uint64) error {
 	now := p.cfg.Clock.Now().UTC()
 	next := st
-	next.State, next.Notified, next.Progress, next.Updated = schemas.StateNotified.String(), now, now, now
+	next.State, next.Notified, next.Progress, next.Updated = DevState(schemas.StateNotified), now, now, now
 	nrev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(c.ID, st.Device), next, rev)
 	if isConflict(err) {
 		p.refreshDev(ctx, c.ID, st.Device) // another instance wrote it first
@@ -405,7 +405,9 @@ func (p *Publisher) watch(ctx context.Context, kv jetstream.KeyValue, apply func
 	if err != nil {
 		return fmt.Errorf("publisher: watch %s: %w", kv.Bucket(), err)
 	}
+	p.bg.Add(1)
 	go func() {
+		defer p.bg.Done()
 		for {
 			p.follow(ctx, w, apply, &ready)
 			w.Stop()

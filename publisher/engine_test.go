@@ -52,36 +52,36 @@ func TestJudge(t *testing.T) {
 		idle        = schemas.StateIdle
 	)
 	for _, c := range []struct {
-		cur  string
+		cur  DevState
 		next schemas.State
-		want string
+		want reportResult
 	}{
 		{StateQueued, downloading, "not-notified"},
-		{notified.String(), downloading, ""},
-		{notified.String(), confirmed, ""},
-		{downloading.String(), downloading, ""},
-		{downloading.String(), verified, "impossible"},
-		{staged.String(), downloading, "impossible"},
-		{downloading.String(), failed, ""},
-		{trial.String(), rolled, ""},
-		{failed.String(), rolled, ""},
-		{confirmed.String(), rolled, "impossible"},
-		{confirmed.String(), downloading, "impossible"},
-		{confirmed.String(), failed, "impossible"},
-		{confirmed.String(), confirmed, "repeated"},
-		{skipped.String(), failed, "impossible"},
-		{failed.String(), confirmed, "impossible"},
-		{rolled.String(), failed, "impossible"},
-		{downloading.String(), deferred, ""},
-		{staged.String(), deferred, "impossible"},
-		{deferred.String(), downloading, ""},
+		{DevState(notified), downloading, resApplied},
+		{DevState(notified), confirmed, resApplied},
+		{DevState(downloading), downloading, resApplied},
+		{DevState(downloading), verified, "impossible"},
+		{DevState(staged), downloading, "impossible"},
+		{DevState(downloading), failed, resApplied},
+		{DevState(trial), rolled, resApplied},
+		{DevState(failed), rolled, resApplied},
+		{DevState(confirmed), rolled, "impossible"},
+		{DevState(confirmed), downloading, "impossible"},
+		{DevState(confirmed), failed, "impossible"},
+		{DevState(confirmed), confirmed, "repeated"},
+		{DevState(skipped), failed, "impossible"},
+		{DevState(failed), confirmed, "impossible"},
+		{DevState(rolled), failed, "impossible"},
+		{DevState(downloading), deferred, resApplied},
+		{DevState(staged), deferred, "impossible"},
+		{DevState(deferred), downloading, resApplied},
 		// A timed-out device moves only on its outcome (changed on
 		// purpose: a progress report used to move it back).
 		{StateTimedOut, downloading, "final"},
 		{StateTimedOut, deferred, "final"},
-		{StateTimedOut, confirmed, ""},
-		{StateTimedOut, failed, ""},
-		{notified.String(), idle, "impossible"},
+		{StateTimedOut, confirmed, resApplied},
+		{StateTimedOut, failed, resApplied},
+		{DevState(notified), idle, "impossible"},
 	} {
 		if got := judge(c.cur, c.next); got != c.want {
 			t.Errorf("judge(%s -> %s) = %q, want %q", c.cur, c.next, got, c.want)
@@ -102,7 +102,7 @@ func TestReportsIgnored(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return statusOf_(t, p, c.ID).Counts["pending"] == 2 })
 	now := e.clock.Now()
-	rep := func(dev string, st schemas.State, counter uint64) string {
+	rep := func(dev string, st schemas.State, counter uint64) reportResult {
 		r := &schemas.DeviceReport{V: 1, Device: dev, Campaign: c.ID, State: st, Counter: counter, ActiveVersion: 1}
 		res, err := p.applyReport(ctx, r, now)
 		if err != nil {
@@ -114,7 +114,7 @@ func TestReportsIgnored(t *testing.T) {
 		dev     string
 		st      schemas.State
 		counter uint64
-		want    string
+		want    reportResult
 	}{
 		{devName(5), schemas.StateDownloading, 1, "not-target"},
 		{devName(0), schemas.StateDownloading, 5, "applied"},

@@ -28,6 +28,7 @@ var (
 	ErrNoSigner = errors.New("publisher: no signer configured")
 	// ErrConflict: a compare-and-set kept losing to concurrent writers.
 	ErrConflict = errors.New("publisher: concurrent update conflict")
-	// ErrRunning: Run was called on a Publisher that already ran.
+	// ErrRunning: Run was called on a Publisher that already ran, or
+	// was closed.
 	ErrRunning = errors.New("publisher: Run called twice")
 )

@@ -41,7 +41,7 @@ func TestFinalStateHolds(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, 5*time.Second, func() string { return "notify" }, func() bool { return statusOf_(t, p, c.ID).Counts["pending"] == 3 })
-	apply := func(r schemas.DeviceReport) string {
+	apply := func(r schemas.DeviceReport) reportResult {
 		t.Helper()
 		r.V, r.Campaign = schemas.Version, c.ID
 		res, err := p.applyReport(ctx, &r, e.clock.Now())
@@ -53,7 +53,7 @@ func TestFinalStateHolds(t *testing.T) {
 	d0 := devName(0)
 	for _, x := range []struct {
 		r    schemas.DeviceReport
-		want string
+		want reportResult
 	}{
 		{schemas.DeviceReport{Device: d0, State: schemas.StateConfirmed, ActiveVersion: 2, Counter: 10}, "applied"},
 		{schemas.DeviceReport{Device: d0, State: schemas.StateConfirmed, ActiveVersion: 2, Counter: 11,
@@ -67,7 +67,7 @@ func TestFinalStateHolds(t *testing.T) {
 		}
 	}
 	st, _, _ := p.idx.dev(c.ID, d0)
-	if st.State != schemas.StateConfirmed.String() || st.Code != "" || st.Counter != 10 {
+	if st.State != DevState(schemas.StateConfirmed) || st.Code != "" || st.Counter != 10 {
 		t.Errorf("confirmed device now %+v", st)
 	}
 	// A security event names no campaign and changes nothing.

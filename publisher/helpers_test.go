@@ -234,10 +234,10 @@ func (e *testEnv) open(edit func(*Config)) *Publisher {
 // awaitTicks waits until p has completed n more ticks of its loop.
 func awaitTicks(t testing.TB, p *Publisher, n int64) {
 	t.Helper()
-	want := p.ticks.Load() + n
+	want := counterValue(p.met.ticks) + float64(n)
 	p.kick()
 	waitFor(t, 10*time.Second, func() string { return "ticks" }, func() bool {
 		p.kick()
-		return p.ticks.Load() >= want
+		return counterValue(p.met.ticks) >= want
 	})
 }

@@ -81,11 +81,12 @@ func (u ImageUpload) check() (string, error) {
 	return v, nil
 }
 
-// parseDigest checks that s is a lowercase hex SHA-256.
+// parseDigest checks that s is a lowercase hex SHA-256
+// (schemas.ParseDigestHex); errors wrap ErrInvalid.
 func parseDigest(s string) ([]byte, error) {
-	b, err := hex.DecodeString(s)
-	if err != nil || len(b) != sha256.Size || hex.EncodeToString(b) != s {
-		return nil, fmt.Errorf("%w: image digest %q is not 64 lowercase hex digits", ErrInvalid, s)
+	b, err := schemas.ParseDigestHex(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalid, err)
 	}
 	return b, nil
 }

@@ -27,22 +27,24 @@ type Publisher struct {
 
 	cache imageCache
 	pace  *pacer
-	// Egress counts chunk bytes sent by this instance.
-	Egress Egress
+	// egress counts chunk bytes sent by this instance (read by Egress).
+	egress egressCounters
 
 	reportQ []chan inReport
 	chunkQ  chan schemas.ChunkRequest
 	kickC   chan struct{}
 	ready   chan struct{}
-	stopped chan struct{} // closed when Run's context ends
-	done    chan struct{} // closed when Run has returned
-	running atomic.Bool   // Run was called
+	stopped chan struct{}      // closed when Run's context ends
+	done    chan struct{}      // closed when Run has returned
+	running atomic.Bool        // Run (or Close) was called
+	closing context.Context    // ended by Close
+	shut    context.CancelFunc // ends closing
+	bg      sync.WaitGroup     // the KV watches started by New
 
 	leader bool // owned by the tick loop
 	// resent holds when the leader last re-sent each device's notice
 	// (key devKey); owned by the tick loop.
 	resent map[string]time.Time
-	ticks  atomic.Int64 // ticks completed, for tests
 
 	waveMu sync.Mutex
 	waves  map[string]*waveState
@@ -52,8 +54,7 @@ type Publisher struct {
 
 	reqs requesters // per-device chunk request accounts (requests.go)
 
-	wg       sync.WaitGroup
-	onReport func(schemas.DeviceReport, string) // test hook
+	wg sync.WaitGroup
 }
 
 // noticeStreamer is a transport that keeps retained notices in a stream
@@ -67,15 +68,24 @@ type noticeStreamer interface {
 // one (NATS; devices wait for it and never create it), copies images
 // stored by earlier versions into the image stream (migrateImages), loads
 // campaign state into memory and keeps it current
-// with KV watches that live as long as ctx. It does not subscribe to
-// device traffic; call Run for that. Errors: ErrInvalid for a bad config,
-// or the JetStream error.
-func New(ctx context.Context, cfg Config) (*Publisher, error) {
-	cfg, err := cfg.withDefaults()
+// with KV watches that live as long as ctx or until Close. It does not
+// subscribe to device traffic; call Run for that. Errors: ErrInvalid for a
+// bad config, or the JetStream error.
+func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
+	cfg, err = cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
+	closing, stop := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancel(ctx) // the watches' life: New's ctx until Close
+	context.AfterFunc(closing, cancel)
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
 	p := &Publisher{
+		closing: closing, shut: stop,
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
 		idx:     index{camps: map[string]*campIndex{}},
 		cache:   imageCache{byKey: map[string]*imageData{}},
@@ -124,8 +134,9 @@ func New(ctx context.Context, cfg Config) (*Publisher, error) {
 
 // Run subscribes to reports, chunk requests and the NATS API (all shared
 // between instances), and runs the leader's campaign loop every
-// Config.TickInterval, until ctx ends. It returns ctx's error, or the
-// error of a failed subscription. It runs once per Publisher: a second
+// Config.TickInterval, until ctx ends or Close is called. It returns
+// ctx's error (context.Canceled after Close), or the error of a failed
+// subscription. It runs once per Publisher: a second
 // call returns ErrRunning at once. On a clean stop it releases the leader
 // lease so another instance takes over at once; Done is closed when it
 // has returned and every goroutine it started has ended.
@@ -134,7 +145,9 @@ func (p *Publisher) Run(ctx context.Context) error {
 		return ErrRunning
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	stopOnClose := context.AfterFunc(p.closing, cancel)
 	defer func() {
+		stopOnClose()
 		cancel()
 		p.wg.Wait()
 		close(p.done)
@@ -209,8 +222,41 @@ func (p *Publisher) Run(ctx context.Context) error {
 }
 
 // Done is closed once Run has returned and every goroutine it started
-// has ended.
+// has ended, or by Close when Run was never called.
 func (p *Publisher) Done() <-chan struct{} { return p.done }
+
+// Close stops Run as if its context had ended (it releases the leader
+// lease and unsubscribes), ends the KV watches New started, and waits for
+// all of that to finish, or for ctx to end (it then returns ctx's error;
+// the goroutines still end on their own). A later Run returns ErrRunning.
+// It does not close the Config's connections, which the caller owns. Safe
+// to call more than once and concurrently with Run.
+func (p *Publisher) Close(ctx context.Context) error {
+	p.shut()
+	if p.running.CompareAndSwap(false, true) {
+		close(p.done) // Run never ran and now never will
+	}
+	stopped := make(chan struct{})
+	go func() {
+		<-p.done
+		p.bg.Wait()
+		close(stopped)
+	}()
+	select {
+	case <-stopped:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Egress returns the chunk bytes (encoded messages) this instance has
+// handed to the transport since New: broadcast waves, chunks broadcast
+// again because many devices asked (repair), and chunks and tables sent
+// to one requester (unicast). Safe for concurrent use.
+func (p *Publisher) Egress() (wave, repair, unicast int64) {
+	return p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
+}
 
 // Ready is closed once Run has subscribed to reports, chunk requests and
 // the API, so that device traffic is being taken.

@@ -73,7 +73,7 @@ func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
 		}
 		for i := range batch {
 			in := &batch[i]
-			res := "superseded"
+			res := resSuperseded
 			if newest[key{in.r.Device, in.r.Campaign}] == i {
 				var err error
 				res, err = p.applyReport(ctx, &in.r, in.recv)
@@ -82,39 +82,56 @@ func (p *Publisher) reportWorker(ctx context.Context, q <-chan inReport) {
 						return
 					}
 					p.log.Warn("apply report", "device", in.r.Device, "campaign", in.r.Campaign, "err", err)
-					res = "error"
+					res = resError
 				}
 			}
-			p.met.reports.WithLabelValues(res).Inc()
-			if p.onReport != nil {
-				p.onReport(in.r, res)
-			}
+			p.met.reports.WithLabelValues(string(res)).Inc()
 		}
 	}
 }
 
+// reportResult is how a report was taken: the result label of
+// firmcast_publisher_reports_total.
+type reportResult string
+
+const (
+	resApplied reportResult = "applied"
+	// Ignored reports.
+	resNotTarget     reportResult = "not-target"
+	resStale         reportResult = "stale"
+	resImpossible    reportResult = "impossible"
+	resNotNotified   reportResult = "not-notified"
+	resFinal         reportResult = "final"
+	resRepeated      reportResult = "repeated"
+	resCampaignEnded reportResult = "campaign-ended"
+	// resSecurityEvent: a device's report of a message it refused (logged,
+	// never applied to any campaign or to the registry).
+	resSecurityEvent reportResult = "security-event"
+	// resSuperseded: a newer report of the device came in the same batch.
+	resSuperseded reportResult = "superseded"
+	// resError: applying failed (logged).
+	resError reportResult = "error"
+)
+
 // applyReport updates the device's campaign state from a report, with
 // compare-and-set on the stored revision. It returns how the report was
-// taken: "applied", or why it was ignored ("not-target", "stale",
-// "impossible", "not-notified", "final", "repeated", "campaign-ended"),
-// or "security-event" for a device's report of a message it refused
-// (logged, never applied to any campaign or to the registry).
-func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
+// taken: resApplied, or why it was ignored, or resSecurityEvent.
+func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (reportResult, error) {
 	if r.Security {
 		p.log.Warn("device refused a message it could not authenticate or that was not for it",
 			"device", r.Device, "code", r.Code, "text", r.Text)
-		return "security-event", nil
+		return resSecurityEvent, nil
 	}
 	if r.Campaign == "" {
 		return p.applyIdleReport(ctx, r, recv)
 	}
 	c, ok := p.idx.campaign(r.Campaign)
 	if !ok {
-		return "not-target", nil
+		return resNotTarget, nil
 	}
 	if c.ended() || c.State == CampaignCreated {
 		p.idx.addIgnored(r.Campaign)
-		return "campaign-ended", nil
+		return resCampaignEnded, nil
 	}
 	key := devKey(r.Campaign, r.Device)
 	// The index may lag writes by other instances: a verdict to ignore is
@@ -128,7 +145,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			rev, err = getJSON(ctx, p.st.campdev, "device state", key, &st)
 			if errors.Is(err, ErrNotFound) {
 				p.idx.addIgnored(r.Campaign)
-				return "not-target", nil
+				return resNotTarget, nil
 			}
 			if err != nil {
 				return "", err
@@ -137,11 +154,11 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			// write, a failover): what was read fresh is the truth.
 			p.idx.putDev(st, rev)
 		}
-		why := "stale" // order is judged by the device's counter first
+		why := resStale // order is judged by the device's counter first
 		if r.Counter > st.Counter {
 			why = judge(st.State, next)
 		}
-		if why != "" {
+		if why != resApplied {
 			if cached {
 				cached = false
 				continue
@@ -150,7 +167,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			return why, nil
 		}
 		n := st
-		n.State, n.Counter, n.BytesDone, n.BytesTotal, n.ActiveVersion = next.String(), r.Counter, r.BytesDone, r.BytesTotal, r.ActiveVersion
+		n.State, n.Counter, n.BytesDone, n.BytesTotal, n.ActiveVersion = DevState(next), r.Counter, r.BytesDone, r.BytesTotal, r.ActiveVersion
 		n.Code, n.Text = "", ""
 		if r.Code != schemas.CodeNone {
 			n.Code, n.Text = r.Code.String(), r.Text
@@ -169,7 +186,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			p.clearNotice(ctx, r.Device)
 			p.recordOutcome(ctx, r, recv)
 		}
-		return "applied", nil
+		return resApplied, nil
 	}
 	return "", ErrConflict
 }
@@ -211,11 +228,11 @@ func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, 
 
 // applyIdleReport records a report outside any campaign (a device saying
 // what it runs) in the registry.
-func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (string, error) {
-	res := "applied"
+func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport, recv time.Time) (reportResult, error) {
+	res := resApplied
 	_, _, err := mutateJSON(ctx, p.st.devices, "device", r.Device, func(d *deviceRecord) error {
 		if d.LastReport != nil && d.LastReport.Campaign == "" && d.LastReport.Counter >= r.Counter {
-			res = "stale"
+			res = resStale
 			return errNoChange
 		}
 		d.LastReport = reportView(r, recv)
@@ -223,7 +240,7 @@ func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport
 		return nil
 	})
 	if errors.Is(err, ErrNotFound) {
-		return "not-target", nil
+		return resNotTarget, nil
 	}
 	return res, err
 }

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"fmt"
 	"slices"
 	"sync"
 	"time"
@@ -8,23 +9,72 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Per-device states kept by the publisher beyond the device's own
-// (schemas.State names): queued (in an open phase, waiting for a download
-// slot, no notice yet) and timed-out (no progress for Config.NoProgress,
-// or not finished within Config.DeviceDeadline of its notice).
+// DevState is a device's state in a campaign as the publisher keeps it:
+// one of the agent's states (DevState(s) for a schemas.State s) or one of
+// the publisher's own, StateQueued and StateTimedOut. It is stored and
+// shown by name (the schemas.State names, "queued", "timed-out").
+type DevState uint8
+
+// The publisher's own device states, beyond the agent's.
 const (
-	StateQueued   = "queued"
-	StateTimedOut = "timed-out"
+	// StateQueued: in an open phase, waiting for a download slot; no
+	// notice yet.
+	StateQueued DevState = 0x80 + iota
+	// StateTimedOut: no progress for Config.NoProgress, or not finished
+	// within Config.DeviceDeadline of its notice.
+	StateTimedOut
 )
 
+var ownStateNames = [...]string{StateQueued - 0x80: "queued", StateTimedOut - 0x80: "timed-out"}
+
+// agent returns the agent state d is; ok is false for the publisher's own
+// states.
+func (d DevState) agent() (s schemas.State, ok bool) { return schemas.State(d), d < StateQueued }
+
+func (d DevState) String() string {
+	if s, ok := d.agent(); ok {
+		return s.String()
+	}
+	if i := int(d - StateQueued); i < len(ownStateNames) {
+		return ownStateNames[i]
+	}
+	return fmt.Sprintf("devstate(%d)", uint8(d))
+}
+
+// ParseDevState returns the device state named name.
+func ParseDevState(name string) (DevState, bool) {
+	if i := slices.Index(ownStateNames[:], name); i >= 0 {
+		return StateQueued + DevState(i), true
+	}
+	s, ok := schemas.ParseState(name)
+	return DevState(s), ok
+}
+
+// MarshalText encodes d by name.
+func (d DevState) MarshalText() ([]byte, error) {
+	if _, ok := ParseDevState(d.String()); !ok {
+		return nil, fmt.Errorf("publisher: unknown device state %d", uint8(d))
+	}
+	return []byte(d.String()), nil
+}
+
+// UnmarshalText decodes a state name.
+func (d *DevState) UnmarshalText(b []byte) error {
+	v, ok := ParseDevState(string(b))
+	if !ok {
+		return fmt.Errorf("publisher: unknown device state %q", b)
+	}
+	*d = v
+	return nil
+}
+
 // DeviceState is one device's state in one campaign, stored under
-// "<campaign>.<device>". State is the name of a schemas.State, or
-// StateQueued or StateTimedOut.
+// "<campaign>.<device>".
 type DeviceState struct {
 	Campaign      string    `json:"campaign"`
 	Device        string    `json:"device"`
 	Phase         int       `json:"phase"`
-	State         string    `json:"state"`
+	State         DevState  `json:"state"`
 	Counter       uint64    `json:"counter"`
 	BytesDone     uint64    `json:"bytes_done,omitempty"`
 	BytesTotal    uint64    `json:"bytes_total,omitempty"`
@@ -38,10 +88,6 @@ type DeviceState struct {
 
 func devKey(campaign, device string) string { return campaign + "." + device }
 
-// agentState returns the device state named s; ok is false for the
-// publisher's own states (queued, timed-out) and unknown names.
-func agentState(s string) (st schemas.State, ok bool) { return schemas.ParseState(s) }
-
 // outcome reports whether s ends a device's part in a campaign on the
 // device's side: confirmed, failed, rolled back or skipped.
 func outcome(s schemas.State) bool {
@@ -52,58 +98,56 @@ func outcome(s schemas.State) bool {
 	return false
 }
 
+// The counters of Status.Counts a device is counted under (bucket) that
+// are not the name of its state.
+const (
+	countPending     = "pending"
+	countDownloading = "downloading"
+	countStaged      = "staged"
+	countFailed      = "failed"
+)
+
 // bucket is the counter a state is counted under.
-func bucket(state string) string {
-	switch state {
-	case StateQueued:
-		return "queued"
-	case StateTimedOut:
-		return "failed"
+func bucket(d DevState) string {
+	if d == StateTimedOut {
+		return countFailed
 	}
-	s, ok := agentState(state)
+	s, ok := d.agent()
 	if !ok {
-		return state
+		return d.String() // queued
 	}
 	switch s {
 	case schemas.StateNotified, schemas.StateIdle:
-		return "pending"
+		return countPending
 	case schemas.StateManifestVerified, schemas.StateDownloading:
-		return "downloading"
+		return countDownloading
 	case schemas.StateCandidateVerified, schemas.StateStaged, schemas.StateRebooting, schemas.StateTrial:
-		return "staged"
+		return countStaged
 	}
-	return state // confirmed, failed, rolled-back, deferred, skipped
+	return s.String() // confirmed, failed, rolled-back, deferred, skipped
 }
 
 // terminal states end a device's part in a campaign: an outcome, or timed
 // out.
-func terminal(state string) bool {
-	if state == StateTimedOut {
-		return true
-	}
-	s, ok := agentState(state)
-	return ok && outcome(s)
+func terminal(d DevState) bool {
+	s, ok := d.agent()
+	return d == StateTimedOut || ok && outcome(s)
 }
 
 // active states hold a download slot.
-func active(state string) bool {
-	b := bucket(state)
-	return b == "pending" || b == "downloading"
+func active(d DevState) bool {
+	b := bucket(d)
+	return b == countPending || b == countDownloading
 }
 
 // succeeded states count towards a phase's success threshold.
-func succeeded(state string) bool {
-	s, ok := agentState(state)
-	return ok && (s == schemas.StateConfirmed || s == schemas.StateSkipped)
+func succeeded(d DevState) bool {
+	return d == DevState(schemas.StateConfirmed) || d == DevState(schemas.StateSkipped)
 }
 
 // failedState counts against the failure threshold.
-func failedState(state string) bool {
-	if state == StateTimedOut {
-		return true
-	}
-	s, ok := agentState(state)
-	return ok && (s == schemas.StateFailed || s == schemas.StateRolledBack)
+func failedState(d DevState) bool {
+	return d == StateTimedOut || d == DevState(schemas.StateFailed) || d == DevState(schemas.StateRolledBack)
 }
 
 // mainRank orders the agent's main line; -1 for states off it.
@@ -115,62 +159,62 @@ var mainLine = []schemas.State{
 }
 
 // judge decides whether a device whose stored state is cur may take a
-// report of state next (with a newer counter). It returns "" when allowed,
-// or why not: "not-notified", "impossible" (no transition of the agent's
-// state machine leads there), "final" (the device is timed out: only an
-// outcome moves it), "repeated" (the same outcome again: nothing to
-// change).
+// report of state next (with a newer counter). It returns resApplied when
+// allowed, or why not: resNotNotified, resImpossible (no transition of the
+// agent's state machine leads there), resFinal (the device is timed out:
+// only an outcome moves it), resRepeated (the same outcome again: nothing
+// to change).
 //
 // A terminal state moves only on a newer outcome: a timed-out device that
 // reports an outcome after all, or a failure the bootloader then reverted
 // (rolled back). Nothing else moves a device out of a terminal state.
-func judge(cur string, next schemas.State) string {
+func judge(cur DevState, next schemas.State) reportResult {
 	switch {
 	case cur == StateQueued:
-		return "not-notified"
+		return resNotNotified
 	case next == schemas.StateIdle:
-		return "impossible"
+		return resImpossible
 	case terminal(cur):
 		return judgeTerminal(cur, next)
 	}
-	c, ok := agentState(cur)
+	c, ok := cur.agent()
 	switch {
 	case !ok:
-		return "impossible"
+		return resImpossible
 	case c == next:
-		return "" // progress within a state
+		return resApplied // progress within a state
 	case outcome(next):
-		return ""
+		return resApplied
 	case next == schemas.StateDeferred:
 		if r := mainRank(c); r >= 0 && r <= mainRank(schemas.StateDownloading) {
-			return ""
+			return resApplied
 		}
-		return "impossible"
+		return resImpossible
 	case c == schemas.StateDeferred:
 		if mainRank(next) >= 0 {
-			return ""
+			return resApplied
 		}
-		return "impossible"
+		return resImpossible
 	}
 	if mainRank(next) >= mainRank(c) && mainRank(c) >= 0 {
-		return ""
+		return resApplied
 	}
-	return "impossible"
+	return resImpossible
 }
 
 // judgeTerminal is judge for a device in a terminal state.
-func judgeTerminal(cur string, next schemas.State) string {
+func judgeTerminal(cur DevState, next schemas.State) reportResult {
 	switch {
 	case cur == StateTimedOut && outcome(next):
-		return "" // late, but the device's own outcome
+		return resApplied // late, but the device's own outcome
 	case cur == StateTimedOut:
-		return "final"
-	case cur == next.String():
-		return "repeated"
-	case cur == schemas.StateFailed.String() && next == schemas.StateRolledBack:
-		return "" // the failed update was reverted by the bootloader
+		return resFinal
+	case cur == DevState(next):
+		return resRepeated
+	case cur == DevState(schemas.StateFailed) && next == schemas.StateRolledBack:
+		return resApplied // the failed update was reverted by the bootloader
 	}
-	return "impossible"
+	return resImpossible
 }
 
 type devEntry struct {
@@ -238,7 +282,7 @@ func (x *index) campaignIDs() []string {
 func countKeys(st DeviceState) []string {
 	k := []string{bucket(st.State)}
 	if failedState(st.State) && st.Code != "" {
-		k = append(k, "failed."+st.Code)
+		k = append(k, countFailed+"."+st.Code)
 	}
 	return k
 }

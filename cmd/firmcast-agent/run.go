@@ -146,14 +146,10 @@ func (o *runOptions) run(ctx context.Context) error {
 		return fmt.Errorf("--broker: %w", err)
 	}
 	defer tr.Close(context.WithoutCancel(ctx))
-	dialect := fetcher.MQTT
-	if _, ok := tr.(*broker.NATSTransport); ok {
-		dialect = fetcher.NATS
-	}
 	cfg := deviceagent.Config{
 		DeviceID: o.deviceID, Class: o.class,
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
-		Transport: tr, Dialect: dialect, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
+		Transport: tr, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
 	}
 	if o.imageURL != "" {

@@ -36,6 +36,7 @@ func (apiNopTransport) Request(context.Context, schemas.Topic, []byte) ([]byte, 
 	return nil, broker.ErrClosed
 }
 func (apiNopTransport) Reply(context.Context, broker.Message, []byte) error { return nil }
+func (apiNopTransport) Dialect() broker.Dialect                             { return broker.DialectMQTT }
 func (apiNopTransport) Close(context.Context) error                         { return nil }
 
 func apiStartServer(t *testing.T) string {

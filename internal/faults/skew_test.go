@@ -139,7 +139,7 @@ func (r *rig) checkSequence(ctx context.Context, id string, want int) uint64 {
 			r.t.Fatal(err)
 		}
 		for _, s := range dd.Campaigns {
-			if s.Campaign == id && s.State == schemas.StateConfirmed.String() {
+			if s.Campaign == id && s.State == publisher.DevState(schemas.StateConfirmed) {
 				reported++
 				if s.ActiveVersion != m.Seq {
 					r.t.Errorf("%s reported active version %d, want the manifest's sequence number %d", d.id, s.ActiveVersion, m.Seq)

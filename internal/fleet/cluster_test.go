@@ -218,7 +218,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 					continue
 				}
 				for _, cs := range dd.Campaigns {
-					if cs.Campaign == c.ID && cs.State != "confirmed" {
+					if cs.Campaign == c.ID && cs.State != publisher.DevState(schemas.StateConfirmed) {
 						t.Logf("device %s: publisher 2 holds %s (updated %s, progress %s, counter %d); last report %+v", id, cs.State, cs.Updated.Format("15:04:05.000"), cs.Progress.Format("15:04:05.000"), cs.Counter, dd.LastReport)
 					}
 				}

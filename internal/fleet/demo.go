@@ -282,8 +282,7 @@ type egressSplitter interface {
 
 // EgressSplit splits the publisher's chunk egress.
 func (b LocalBackend) EgressSplit() (wave, repair, unicast int64) {
-	e := &b.S.Pub.Egress
-	return e.Wave.Load(), e.Repair.Load(), e.Unicast.Load()
+	return b.S.Pub.Egress()
 }
 
 // LocalBackend is a Stack's publisher as a Backend.
@@ -308,8 +307,8 @@ func (b LocalBackend) Status(ctx context.Context, id string) (publisher.Status, 
 }
 
 func (b LocalBackend) Egress() int64 {
-	e := &b.S.Pub.Egress
-	return e.Wave.Load() + e.Repair.Load() + e.Unicast.Load()
+	w, r, u := b.S.Pub.Egress()
+	return w + r + u
 }
 
 // RunCampaign uploads image through be, rolls it out to every device of

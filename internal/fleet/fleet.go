@@ -19,7 +19,6 @@ import (
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/schemas"
@@ -397,12 +396,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 		return err
 	}
 	d.tr = tr
-	dialect := fetcher.MQTT
-	if strings.HasPrefix(f.cfg.MQTTURL, "nats://") || strings.HasPrefix(f.cfg.MQTTURL, "tls://") {
-		dialect = fetcher.NATS
-	}
 	ac := deviceagent.Config{
-		Dialect:  dialect,
 		DeviceID: d.ID, Class: f.cfg.Class, Transport: &counting{Transport: tr, d: d}, Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,

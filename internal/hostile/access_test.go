@@ -541,7 +541,7 @@ func checkJetStreamMatrix(t *testing.T, topics schemas.Topics, dial func(user, s
 		if err != nil {
 			t.Fatalf("%s: %v", who, err)
 		}
-		return tr.(*broker.NATSTransport).Conn(), func() { tr.Close(context.Background()) }
+		return tr.(*broker.NATSTransport).JetStream().Conn(), func() { tr.Close(context.Background()) }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -361,7 +361,7 @@ func (r *rig) liveCampaign(ctx context.Context) broker.Transport {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Opened == 1 && st.Counts[publisher.StateQueued] == 0 {
+		if st.Opened == 1 && st.Counts[publisher.StateQueued.String()] == 0 {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -136,7 +135,7 @@ func TestManglerCannotFailOrStallCampaign(t *testing.T) {
 		r.installFactory(ctx)
 		boots[id] = r
 		a, err := deviceagent.New(deviceagent.Config{
-			DeviceID: id, Class: deviceClass, Transport: hub.Conn(), Topics: topics, Dialect: fetcher.MQTT,
+			DeviceID: id, Class: deviceClass, Transport: hub.Conn(), Topics: topics,
 			Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
 			Boot:     r.boot, StateDir: filepath.Join(t.TempDir(), "state"), Trust: trust, Logger: log,
 			ChunkIdle: 300 * time.Millisecond, RetryBase: 50 * time.Millisecond,

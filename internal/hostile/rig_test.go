@@ -143,7 +143,7 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 	}
 	r.stateDir = filepath.Join(t.TempDir(), "state")
 	acfg := deviceagent.Config{
-		DeviceID: deviceID, Class: deviceClass, Transport: r.devT, Topics: r.topics, Dialect: fetcher.MQTT,
+		DeviceID: deviceID, Class: deviceClass, Transport: r.devT, Topics: r.topics,
 		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
 		Boot:     r.boot, StateDir: r.stateDir, Trust: trust, Logger: log,
 		MaxAttempts: 1, ChunkIdle: 150 * time.Millisecond, RetryBase: 50 * time.Millisecond,

@@ -68,6 +68,9 @@ func (f fanOutTransport) Reply(ctx context.Context, req broker.Message, b []byte
 	return errors.Join(errs...)
 }
 
+// Dialect is the first transport's, the one requests go to.
+func (f fanOutTransport) Dialect() broker.Dialect { return f[0].Dialect() }
+
 func (f fanOutTransport) Close(ctx context.Context) error {
 	var errs []error
 	for _, tr := range f {

@@ -81,11 +81,14 @@ func (h *MemHub) Retained() []string {
 }
 
 // name is the form of t the hub routes on.
-func (h *MemHub) name(t schemas.Topic) string {
+func (h *MemHub) name(t schemas.Topic) string { return h.dialect().Native(t) }
+
+// dialect is the topic form of the hub: NATS subjects when h.NATS.
+func (h *MemHub) dialect() broker.Dialect {
 	if h.NATS {
-		return t.NATS
+		return broker.DialectNATS
 	}
-	return t.MQTT
+	return broker.DialectMQTT
 }
 
 func (h *MemHub) match(filter, topic string) bool {
@@ -321,6 +324,9 @@ func (c *MemConn) Reply(ctx context.Context, req broker.Message, p []byte) error
 	}
 	return c.Publish(ctx, schemas.Topic{MQTT: req.ReplyTo, NATS: req.ReplyTo}, p, broker.PublishOptions{Family: broker.FamilyControl})
 }
+
+// Dialect implements broker.Transport: the hub's topic form.
+func (c *MemConn) Dialect() broker.Dialect { return c.hub.dialect() }
 
 // OnConnect registers f to be called by MemHub.Reconnect.
 func (c *MemConn) OnConnect(f func()) (stop func()) {

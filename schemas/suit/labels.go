@@ -93,7 +93,7 @@ const (
 	ParamWaitInfo        int64 = 29
 
 	// ParamFirmcast is firmcast's custom parameter (SUIT custom parameters
-	// are negative integers): bstr .cbor FirmcastInfo, i.e.
+	// are negative integers): bstr .cbor ChunkInfo, i.e.
 	// {1: chunk-size uint, 2: SUIT_Digest of the image's chunk table}.
 	ParamFirmcast int64 = -257
 	// ParamSecurityVersion is firmcast's security version (a custom
