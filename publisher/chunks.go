@@ -120,7 +120,9 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	// devices that joined since the last one (the others, who heard it,
 	// finish by repair); without it, waves repeat every WaveInterval while
 	// devices download.
-	if p.cfg.WaveHold > 0 && !w.started.IsZero() && w.joinedSince(w.started) < p.cfg.BroadcastMin {
+	// A wave that failed (a store read or a publish that kept timing out
+	// under load) is sent again, for everyone, once WaveInterval passed.
+	if p.cfg.WaveHold > 0 && !w.started.IsZero() && !w.failed && w.joinedSince(w.started) < p.cfg.BroadcastMin {
 		p.waveMu.Unlock()
 		return
 	}
@@ -132,7 +134,7 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		p.waveMu.Unlock()
 		return
 	}
-	w.running, w.started, w.due = true, now, time.Time{}
+	w.running, w.started, w.due, w.failed = true, now, time.Time{}, false
 	w.next.Store(0) // requests from here on are left to the wave
 	p.waveMu.Unlock()
 	p.wg.Add(1)
@@ -140,11 +142,14 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 		defer p.wg.Done()
 		err := p.Wave(ctx, c.Image)
 		w.next.Store(math.MaxInt64)
+		failed := err != nil && ctx.Err() == nil
 		p.waveMu.Lock()
 		w.running = false
+		w.failed = failed
 		p.waveMu.Unlock()
-		if err != nil && ctx.Err() == nil {
-			p.log.Warn("broadcast wave", "image", c.Image, "err", err)
+		if failed {
+			p.met.wavesFailed.Inc()
+			p.log.Warn("broadcast wave failed; it is sent again after the wave interval", "image", c.Image, "err", err, "interval", p.cfg.WaveInterval)
 		}
 	}()
 }
@@ -172,6 +177,7 @@ func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
 // by Publisher.waveMu, except next.
 type waveState struct {
 	running bool
+	failed  bool      // the last wave ended with an error: send it again
 	started time.Time // the last wave's start, by Config.Clock
 	// due is when a wave was found due and held to gather devices; zero
 	// when none is held. held: the first request of the image started a

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -167,5 +169,64 @@ func TestLeaderStartsWave(t *testing.T) {
 	awaitTicks(t, p, 3)
 	if w := counterValue(p.met.waves); w != 1 {
 		t.Errorf("%v waves within the wave interval, want 1", w)
+	}
+}
+
+// failFirstChunk is the publisher's transport with its first chunk-family
+// publish failing (a broker that timed out under load).
+type failFirstChunk struct {
+	broker.Transport
+	failed atomic.Bool
+}
+
+func (f *failFirstChunk) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
+	if o.Family == broker.FamilyChunk && f.failed.CompareAndSwap(false, true) {
+		return fmt.Errorf("publish %s: %w", t.NATS, context.DeadlineExceeded)
+	}
+	return f.Transport.Publish(ctx, t, b, o)
+}
+
+// A wave that fails (here its first publish) is sent again once the wave
+// interval passed: under load one failed publish or store read used to
+// end the only wave of a campaign, and every device then took the whole
+// image by repair and unicast.
+func TestWaveAgainAfterFailedWave(t *testing.T) {
+	e := newEnv(t)
+	dial := e.dial
+	e.dial = func(id string, shared bool) broker.Transport {
+		return &failFirstChunk{Transport: dial(id, shared)}
+	}
+	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3; c.WaveInterval = 100 * time.Millisecond })
+	ctx := context.Background()
+	who := e.who(p)
+	for i := range 3 {
+		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	data, table := uploadTable(t, e, p, 20*1024)
+	var devs []*downloader
+	f := newFleet(e)
+	for i := range 3 {
+		devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
+		f.add(devName(i), false, true)
+	}
+	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, func() string {
+		return fmt.Sprintf("waves %v, failed %v", counterValue(p.met.waves), counterValue(p.met.wavesFailed))
+	}, func() bool {
+		e.clock.Advance(50 * time.Millisecond) // the publisher's clock: the wave interval passes
+		return counterValue(p.met.waves) >= 1
+	})
+	if n := counterValue(p.met.wavesFailed); n != 1 {
+		t.Errorf("%v failed waves, want 1", n)
+	}
+	waitFor(t, 10*time.Second, func() string { return "devices complete" }, allComplete(devs))
+	for _, d := range devs {
+		if !bytes.Equal(d.data, data) {
+			t.Fatalf("%s: wrong image", d.id)
+		}
 	}
 }

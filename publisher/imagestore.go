@@ -190,15 +190,22 @@ func chunkLen(t *schemas.ChunkTable, i int) int {
 // errNoMessage. On a replicated stream, a direct get that finds nothing
 // (a replica that has not caught up yet) asks the stream leader.
 func (s *imageStore) get(ctx context.Context, subj string) ([]byte, error) {
-	ctx, cancel := opCtx(ctx)
-	defer cancel()
-	m, err := s.stream.GetLastMsgForSubject(ctx, subj)
+	// A read is safe to repeat: one that times out (a loaded server) is
+	// read again (withRetry), so one slow reply does not end a wave.
+	var m *jetstream.RawStreamMsg
+	err := withRetry(ctx, func(ctx context.Context, _ bool) error {
+		var err error
+		m, err = s.stream.GetLastMsgForSubject(ctx, subj)
+		return err
+	})
 	var data []byte
 	switch {
 	case err == nil:
 		data = m.Data
 	case errors.Is(err, jetstream.ErrMsgNotFound) && s.leader != nil:
-		lm, lerr := s.leader.lastBySubject(ctx, s.name, subj)
+		lctx, cancel := opCtx(ctx)
+		defer cancel()
+		lm, lerr := s.leader.lastBySubject(lctx, s.name, subj)
 		if lerr != nil {
 			return nil, lerr
 		}

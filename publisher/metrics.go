@@ -9,6 +9,7 @@ type metrics struct {
 	notices        prometheus.Counter
 	noticesCleared prometheus.Counter
 	waves          prometheus.Counter
+	wavesFailed    prometheus.Counter
 	ticks          prometheus.Counter
 	phases         prometheus.Counter
 	thresholdTrips prometheus.Counter
@@ -30,6 +31,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		notices:        prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_notices_total", Help: "Update notices published."}),
 		noticesCleared: prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_notices_cleared_total", Help: "Retained notices cleared."}),
 		waves:          prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_waves_total", Help: "Broadcast waves completed."}),
+		wavesFailed:    prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_waves_failed_total", Help: "Broadcast waves ended by an error (sent again after the wave interval)."}),
 		ticks:          prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_ticks_total", Help: "Rounds of the campaign loop completed (leader or not)."}),
 		phases:         prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_phases_opened_total", Help: "Campaign phases opened after the first."}),
 		thresholdTrips: prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_failure_threshold_trips_total", Help: "Campaigns paused or aborted by their failure threshold."}),
@@ -38,7 +40,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "firmcast_publisher_api_requests_total", Help: "API requests, by interface and status.",
 		}, []string{"api", "status"}),
 	}
-	for _, c := range []prometheus.Collector{m.reports, m.chunkRequests, m.chunkBytes, m.notices, m.noticesCleared, m.waves, m.ticks, m.phases, m.thresholdTrips, m.auditErrors, m.apiRequests} {
+	for _, c := range []prometheus.Collector{m.reports, m.chunkRequests, m.chunkBytes, m.notices, m.noticesCleared, m.waves, m.wavesFailed, m.ticks, m.phases, m.thresholdTrips, m.auditErrors, m.apiRequests} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
