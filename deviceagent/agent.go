@@ -46,6 +46,12 @@ type Config struct {
 	StateDir string
 	// Trust are the keys manifests must be signed with. Required.
 	Trust suit.TrustAnchors
+	// Keys unwraps the content keys of encrypted images: the device's
+	// key-encryption key or ECDH private key (suit.KEK, suit.ECDHKey, a
+	// suit.Keyring across a rotation, or a secure element), held in its
+	// root of trust, never in StateDir. Nil: encrypted images are refused
+	// (CodeUnauthorized) before anything is downloaded.
+	Keys suit.KeyUnwrapper
 	// NoticeTrust are the keys notices must be signed with: the campaign
 	// authority's, whose signature binds a campaign id and a target (this
 	// device, or its class) to an envelope (docs/SECURITY.md, "Campaign
@@ -165,6 +171,7 @@ type Agent struct {
 	st      Record
 	active  bootctl.ImageInfo
 	dropped string // what the last download ignored, for the report
+	enc     *encUpdate // the encrypted update's content key (memory only)
 	// Security reports: their rate limit, and the refusals it held back.
 	secLimit  *rate.Limiter
 	secMissed int

@@ -117,12 +117,20 @@ func (m *Manifest) ImageEncryption() (*ImageEncryption, bool, error) {
 // ContentCipher finds the content key among the manifest's recipients
 // and extra (the device's own, from its notice), with keys (the device's
 // root of trust). Images are AES-CTR: another content algorithm is
-// refused with ErrUnknownAlgorithm before any key is tried. Other errors
+// refused with ErrUnknownAlgorithm before any key is tried, as is an
+// extra recipient of an unknown key-distribution algorithm. Other errors
 // are those of the Processor's key search: ErrNoRecipient, ErrKeyUnwrap,
 // ErrUnknownAlgorithm, or the KeyUnwrapper's.
 func (e *ImageEncryption) ContentCipher(ctx context.Context, keys KeyUnwrapper, extra ...Recipient) (*ContentCipher, error) {
 	if e.Info.Alg != A128CTR && e.Info.Alg != A256CTR {
 		return nil, fmt.Errorf("%w: image content algorithm %s (want A128CTR or A256CTR)", ErrUnknownAlgorithm, encAlgName(e.Info.Alg))
+	}
+	for i := range extra {
+		// The device's own recipient: an algorithm it cannot use is
+		// unsupported, not merely someone else's.
+		if r := &extra[i]; kekSize(r.Alg) == 0 || r.ephErr != nil {
+			return nil, fmt.Errorf("%w: recipient %q: key distribution %s", ErrUnknownAlgorithm, r.KeyID, encAlgName(r.Alg))
+		}
 	}
 	return findContentKey(ctx, keys, e.Info, extra)
 }

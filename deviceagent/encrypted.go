@@ -1,0 +1,211 @@
+package deviceagent
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"fmt"
+	"io"
+	"sync"
+
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/fetcher"
+	"github.com/firmcast/firmcast/schemas"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// Encrypted images (issue 17; schemas/suit ImageEncryption). The signed
+// manifest names the image by its ciphertext: digest, size and chunk
+// table are the ciphertext's, so the fetcher checks every chunk before
+// anything is decrypted, and the notice, the topics and the fetch
+// progress know only the ciphertext. The content key is unwrapped before
+// the download starts, with Config.Keys (the device's root of trust) and
+// the wrapped key of the device's own signed notice (Record.Key): a
+// device that holds no key for the image refuses it before it erases a
+// slot. Chunks are decrypted where they land (AES-CTR at their offset,
+// decryptSink), so the candidate slot holds plaintext, as the bootloader
+// expects; the slot is then read back once to check the signed keyed
+// plaintext digest and to compute the plaintext's SHA-256, which the
+// candidate's header carries. Nothing decrypted is committed before that
+// check. The content key and the plaintext digest live in memory only:
+// after a restart they are derived again from the persisted envelope and
+// wrapped key.
+
+// encUpdate is the in-memory state of the encrypted update in progress.
+type encUpdate struct {
+	env   []byte // the envelope it was derived from
+	cc    *suit.ContentCipher
+	enc   *suit.ImageEncryption
+	plain []byte // the plaintext's SHA-256, once checked
+}
+
+// contentKey returns the content cipher of the update in progress whose
+// verified manifest is m, or nil for a plain image. It unwraps the key
+// once per envelope. Errors are permanent: a malformed encryption
+// parameter or wrapped key (CodeMalformed), no key of this device for it
+// or a key that does not unwrap (CodeUnauthorized), an unknown
+// algorithm (CodeUnsupported).
+func (a *Agent) contentKey(ctx context.Context, m *suit.Manifest) (*encUpdate, error) {
+	enc, ok, err := m.ImageEncryption()
+	if !ok {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, permanent(schemas.CodeMalformed, err)
+	}
+	a.mu.Lock()
+	env, wrapped, cur := a.st.Envelope, a.st.Key, a.enc
+	a.mu.Unlock()
+	if cur != nil && string(cur.env) == string(env) {
+		return cur, nil
+	}
+	var extra []suit.Recipient
+	if len(wrapped) > 0 {
+		r, err := suit.DecodeRecipient(wrapped)
+		if err != nil {
+			return nil, permanent(schemas.CodeMalformed, fmt.Errorf("the notice's wrapped content key: %w", err))
+		}
+		extra = append(extra, *r)
+	}
+	cc, err := enc.ContentCipher(ctx, a.cfg.Keys, extra...)
+	if err != nil {
+		code, _ := classify(err)
+		return nil, permanent(code, fmt.Errorf("encrypted image: %w", err))
+	}
+	u := &encUpdate{env: env, cc: cc, enc: enc}
+	a.mu.Lock()
+	a.enc = u
+	a.mu.Unlock()
+	return u, nil
+}
+
+// encrypted reports whether the persisted update is of an encrypted
+// image, and its content key state (derived again after a restart).
+func (a *Agent) encrypted(ctx context.Context) (*encUpdate, error) {
+	a.mu.Lock()
+	env, cur := a.st.Envelope, a.enc
+	a.mu.Unlock()
+	if cur != nil && string(cur.env) == string(env) {
+		return cur, nil
+	}
+	if len(env) == 0 {
+		return nil, nil
+	}
+	m, err := suit.Verify(env, a.cfg.Trust)
+	if err != nil {
+		return nil, err
+	}
+	return a.contentKey(ctx, m)
+}
+
+// checkPlaintext reads the candidate's plaintext back from the slot and
+// checks it against the signed keyed plaintext digest, returning the
+// plaintext's SHA-256 (for the candidate's header). A mismatch (a wrong
+// content key, a slot that changed) is suit.ErrPlaintextDigest,
+// permanent: the candidate is not committed.
+func (a *Agent) checkPlaintext(ctx context.Context, u *encUpdate, r io.ReaderAt, size uint64) ([]byte, error) {
+	if u.plain != nil {
+		return u.plain, nil
+	}
+	h, mac := sha256.New(), u.cc.PlaintextMAC()
+	buf := make([]byte, 64<<10)
+	for off := uint64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		n := min(uint64(len(buf)), size-off)
+		if _, err := r.ReadAt(buf[:n], int64(off)); err != nil {
+			return nil, transient(schemas.CodeInternal, fmt.Errorf("reading the candidate back: %w", err))
+		}
+		h.Write(buf[:n])
+		mac.Write(buf[:n])
+		off += n
+	}
+	clear(buf)
+	if subtle.ConstantTimeCompare(mac.Sum(nil), u.enc.PlaintextMAC) != 1 {
+		return nil, permanent(schemas.CodeDigest, fmt.Errorf("%w: the keyed plaintext digest does not match the signed one", suit.ErrPlaintextDigest))
+	}
+	a.mu.Lock()
+	u.plain = h.Sum(nil)
+	a.mu.Unlock()
+	return u.plain, nil
+}
+
+// candidateDigest is the digest the candidate's header carries: the
+// notice's image digest for a plain image, the checked plaintext's
+// SHA-256 for an encrypted one.
+func (a *Agent) candidateDigest(ctx context.Context, cand *bootctl.Candidate, st Record) ([]byte, error) {
+	if !st.Encrypted {
+		return st.Image, nil
+	}
+	u, err := a.encrypted(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if u == nil {
+		return nil, permanent(schemas.CodeMalformed, fmt.Errorf("the update's manifest lost its encryption parameter"))
+	}
+	return a.checkPlaintext(ctx, u, cand, st.Size)
+}
+
+// isUpdateImage reports whether an image the bootloader names (digest,
+// version, campaign of its header) is the update in progress: its digest
+// for a plain image; for an encrypted one, whose header carries the
+// plaintext digest the agent does not persist, the version and campaign
+// the agent committed it with (and the digest, while it is known).
+func (a *Agent) isUpdateImage(d bootctl.Digest, version uint64, campaign string) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if !a.st.Encrypted {
+		return string(d[:]) == string(a.st.Image)
+	}
+	if a.enc != nil && a.enc.plain != nil && string(a.enc.plain) != string(d[:]) {
+		return false
+	}
+	return version == a.st.Seq && campaign == a.st.Campaign
+}
+
+// decryptSink decrypts each verified ciphertext chunk where it lands (the
+// fetcher checked it against the signed chunk table first), and encrypts
+// what it reads back, so that the fetcher's resume checks see the
+// ciphertext its table describes. Buffers come from a pool: the fetcher
+// writes one chunk at a time per source.
+type decryptSink struct {
+	slotSink
+	cc   *suit.ContentCipher
+	pool *sync.Pool
+}
+
+func newDecryptSink(s slotSink, cc *suit.ContentCipher) decryptSink {
+	return decryptSink{slotSink: s, cc: cc, pool: &sync.Pool{}}
+}
+
+func (d decryptSink) buf(n int) *[]byte {
+	if b, ok := d.pool.Get().(*[]byte); ok && cap(*b) >= n {
+		*b = (*b)[:n]
+		return b
+	}
+	b := make([]byte, n)
+	return &b
+}
+
+// WriteAt implements fetcher.Sink.
+func (d decryptSink) WriteAt(p []byte, off int64) (int, error) {
+	b := d.buf(len(p))
+	defer d.pool.Put(b)
+	if err := d.cc.XORAt(*b, p, uint64(off)); err != nil {
+		return 0, err
+	}
+	return d.slotSink.WriteAt(*b, off)
+}
+
+// ReadAt implements io.ReaderAt: the ciphertext of what the slot holds.
+func (d decryptSink) ReadAt(p []byte, off int64) (int, error) {
+	n, err := d.slotSink.ReadAt(p, off)
+	if xerr := d.cc.XORAt(p[:n], p[:n], uint64(off)); xerr != nil && err == nil {
+		err = xerr
+	}
+	return n, err
+}
+
+var _ fetcher.Sink = decryptSink{}
