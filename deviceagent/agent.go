@@ -170,7 +170,7 @@ type Agent struct {
 	mu      sync.Mutex
 	st      Record
 	active  bootctl.ImageInfo
-	dropped string // what the last download ignored, for the report
+	dropped string     // what the last download ignored, for the report
 	enc     *encUpdate // the encrypted update's content key (memory only)
 	// Security reports: their rate limit, and the refusals it held back.
 	secLimit  *rate.Limiter
