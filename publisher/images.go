@@ -46,6 +46,9 @@ type Image struct {
 	SecurityVersion uint64    `json:"security_version,omitempty"`
 	Uploaded        time.Time `json:"uploaded"`
 	UploadedBy      string    `json:"uploaded_by,omitempty"`
+	// Encrypted: the stored bytes are the ciphertext (Digest, Size and
+	// the chunk table are its own); see UploadEncryptedImage.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // ImageUpload is what an upload says about the image besides its bytes.
