@@ -286,3 +286,54 @@ func TestEncryptionNeedsCustodyKey(t *testing.T) {
 		}
 	}
 }
+
+// Over the HTTP API: an admin provisions a generated KEK (answered once,
+// never shown again), the key's description carries no key, an
+// encrypted upload names its recipients (none: refused), and a read-only
+// key may not provision keys.
+func TestEncryptionOverHTTPAPI(t *testing.T) {
+	e, p, _ := encEnv(t, 2)
+	srv := httptest.NewServer(p.Handler())
+	defer srv.Close()
+	ctx := context.Background()
+	cl := &Client{BaseURL: srv.URL, Key: e.admin}
+	rep, err := cl.SetDeviceKey(ctx, devName(0), DeviceKeyRequest{Generate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kek, err := hex.DecodeString(rep.KEK)
+	if err != nil || len(kek) != 16 || rep.KeyID != devName(0)+"#1" {
+		t.Fatalf("generated key reply %+v", rep)
+	}
+	if _, err := cl.SetDeviceKey(ctx, devName(1), DeviceKeyRequest{KEK: hex.EncodeToString(bytes.Repeat([]byte{3}, 16))}); err != nil {
+		t.Fatal(err)
+	}
+	// Rotation: a second key for devName(1) is generation 2.
+	rot, err := cl.SetDeviceKey(ctx, devName(1), DeviceKeyRequest{KEK: hex.EncodeToString(bytes.Repeat([]byte{4}, 16))})
+	if err != nil || rot.Generation != 2 || rot.KEK != "" {
+		t.Fatalf("rotation: %+v %v", rot, err)
+	}
+	if _, err := cl.SetDeviceKey(ctx, devName(1), DeviceKeyRequest{KEK: "00", Generate: true}); !errors.Is(err, ErrInvalid) {
+		t.Errorf("two key kinds at once: %v, want ErrInvalid", err)
+	}
+	var info DeviceKeyInfo
+	if err := cl.doJSON(ctx, "GET", "/api/v1/devices/"+devName(0)+"/key", nil, &info); err != nil || info.Kind != "kek" {
+		t.Fatalf("GET key: %+v %v", info, err)
+	}
+	plain := randomImage(t, 3000)
+	if err := cl.do(ctx, "POST", "/api/v1/images?encrypt=true", bytes.NewReader(plain), "application/octet-stream", nil); !errors.Is(err, ErrInvalid) {
+		t.Errorf("encrypted upload without recipients: %v, want ErrInvalid", err)
+	}
+	img, err := cl.UploadImageWith(ctx, ImageUpload{Name: "enc", Recipients: []string{"group:all"}}, bytes.NewReader(plain))
+	if err != nil || !img.Encrypted {
+		t.Fatalf("encrypted upload: %+v %v", img, err)
+	}
+	readKey, _, err := p.CreateAPIKey(ctx, e.who(p), "reader", []Scope{ScopeRead})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ro := &Client{BaseURL: srv.URL, Key: readKey}
+	if _, err := ro.SetDeviceKey(ctx, devName(0), DeviceKeyRequest{Generate: true}); err == nil {
+		t.Error("a read-only key provisioned a device key")
+	}
+}

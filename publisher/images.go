@@ -60,6 +60,10 @@ type ImageUpload struct {
 	Version string
 	// SecurityVersion, at most suit.MaxSecurityVersion; 0 for none.
 	SecurityVersion uint64
+	// Recipients, for Client.UploadImageWith only, uploads the image
+	// encrypted for these devices ("device:ID", "class:NAME", "group:G";
+	// see UploadEncryptedImage). The server takes them from the request.
+	Recipients []string `json:"-"`
 }
 
 // check validates u and returns the version with its "v" prefix, as
