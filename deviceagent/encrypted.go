@@ -2,10 +2,7 @@ package deviceagent
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/subtle"
 	"fmt"
-	"io"
 	"sync"
 
 	"github.com/firmcast/firmcast/bootctl"
@@ -22,21 +19,23 @@ import (
 // the download starts, with Config.Keys (the device's root of trust) and
 // the wrapped key of the device's own signed notice (Record.Key): a
 // device that holds no key for the image refuses it before it erases a
-// slot. Chunks are decrypted where they land (AES-CTR at their offset,
-// decryptSink), so the candidate slot holds plaintext, as the bootloader
-// expects; the slot is then read back once to check the signed keyed
-// plaintext digest and to compute the plaintext's SHA-256, which the
-// candidate's header carries. Nothing decrypted is committed before that
-// check. The content key and the plaintext digest live in memory only:
-// after a restart they are derived again from the persisted envelope and
-// wrapped key.
+// slot; so does a content key that is not the image's (it does not open
+// the manifest's wrapped plaintext digest). Chunks are decrypted where
+// they land (AES-CTR at their offset, decryptSink), so the candidate slot
+// holds plaintext, as the bootloader expects; the plaintext's SHA-256,
+// unwrapped from the signed manifest, is what bootctl checks the slot
+// against when it commits the candidate (the one hash pass a plain image
+// takes too): nothing decrypted becomes bootable before it checks. The
+// content key and the plaintext digest live in memory only: after a
+// restart they are derived again from the persisted envelope and wrapped
+// key.
 
 // encUpdate is the in-memory state of the encrypted update in progress.
 type encUpdate struct {
 	env   []byte // the envelope it was derived from
 	cc    *suit.ContentCipher
 	enc   *suit.ImageEncryption
-	plain []byte // the plaintext's SHA-256, once checked
+	plain []byte // the plaintext's SHA-256 (signed, unwrapped with cc)
 }
 
 // contentKey returns the content cipher of the update in progress whose
@@ -72,7 +71,11 @@ func (a *Agent) contentKey(ctx context.Context, m *suit.Manifest) (*encUpdate, e
 		code, _ := classify(err)
 		return nil, permanent(code, fmt.Errorf("encrypted image: %w", err))
 	}
-	u := &encUpdate{env: env, cc: cc, enc: enc}
+	plain, err := enc.OpenDigest(cc)
+	if err != nil {
+		return nil, permanent(schemas.CodeUnauthorized, fmt.Errorf("encrypted image: %w", err))
+	}
+	u := &encUpdate{env: env, cc: cc, enc: enc, plain: plain}
 	a.mu.Lock()
 	a.enc = u
 	a.mu.Unlock()
@@ -98,43 +101,10 @@ func (a *Agent) encrypted(ctx context.Context) (*encUpdate, error) {
 	return a.contentKey(ctx, m)
 }
 
-// checkPlaintext reads the candidate's plaintext back from the slot and
-// checks it against the signed keyed plaintext digest, returning the
-// plaintext's SHA-256 (for the candidate's header). A mismatch (a wrong
-// content key, a slot that changed) is suit.ErrPlaintextDigest,
-// permanent: the candidate is not committed.
-func (a *Agent) checkPlaintext(ctx context.Context, u *encUpdate, r io.ReaderAt, size uint64) ([]byte, error) {
-	if u.plain != nil {
-		return u.plain, nil
-	}
-	h, mac := sha256.New(), u.cc.PlaintextMAC()
-	buf := make([]byte, 64<<10)
-	for off := uint64(0); off < size; {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		n := min(uint64(len(buf)), size-off)
-		if _, err := r.ReadAt(buf[:n], int64(off)); err != nil {
-			return nil, transient(schemas.CodeInternal, fmt.Errorf("reading the candidate back: %w", err))
-		}
-		h.Write(buf[:n])
-		mac.Write(buf[:n])
-		off += n
-	}
-	clear(buf)
-	if subtle.ConstantTimeCompare(mac.Sum(nil), u.enc.PlaintextMAC) != 1 {
-		return nil, permanent(schemas.CodeDigest, fmt.Errorf("%w: the keyed plaintext digest does not match the signed one", suit.ErrPlaintextDigest))
-	}
-	a.mu.Lock()
-	u.plain = h.Sum(nil)
-	a.mu.Unlock()
-	return u.plain, nil
-}
-
-// candidateDigest is the digest the candidate's header carries: the
-// notice's image digest for a plain image, the checked plaintext's
-// SHA-256 for an encrypted one.
-func (a *Agent) candidateDigest(ctx context.Context, cand *bootctl.Candidate, st Record) ([]byte, error) {
+// candidateDigest is the digest bootctl checks the candidate against and
+// its header carries: the notice's image digest for a plain image, the
+// signed plaintext SHA-256 for an encrypted one.
+func (a *Agent) candidateDigest(ctx context.Context, st Record) ([]byte, error) {
 	if !st.Encrypted {
 		return st.Image, nil
 	}
@@ -145,7 +115,7 @@ func (a *Agent) candidateDigest(ctx context.Context, cand *bootctl.Candidate, st
 	if u == nil {
 		return nil, permanent(schemas.CodeMalformed, fmt.Errorf("the update's manifest lost its encryption parameter"))
 	}
-	return a.checkPlaintext(ctx, u, cand, st.Size)
+	return u.plain, nil
 }
 
 // isUpdateImage reports whether an image the bootloader names (digest,
@@ -159,7 +129,7 @@ func (a *Agent) isUpdateImage(d bootctl.Digest, version uint64, campaign string)
 	if !a.st.Encrypted {
 		return string(d[:]) == string(a.st.Image)
 	}
-	if a.enc != nil && a.enc.plain != nil && string(a.enc.plain) != string(d[:]) {
+	if a.enc != nil && string(a.enc.env) == string(a.st.Envelope) && string(a.enc.plain) != string(d[:]) {
 		return false
 	}
 	return version == a.st.Seq && campaign == a.st.Campaign

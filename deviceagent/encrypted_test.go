@@ -40,13 +40,16 @@ func seal(t *testing.T, plain []byte) sealed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac := cc.PlaintextMAC()
-	mac.Write(plain)
+	sum := sha256.Sum256(plain)
+	wd, err := cc.SealDigest(sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
 	esc, err := cc.WrapFor(escrowKEK, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sealed{plain: plain, ct: ct, cc: cc, enc: &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextMAC: mac.Sum(nil)}}
+	return sealed{plain: plain, ct: ct, cc: cc, enc: &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextDigest: wd}}
 }
 
 // wrapFor returns the encoded recipient of s's content key for k.
@@ -200,11 +203,12 @@ func TestEncryptedUpdate(t *testing.T) {
 
 // TestEncryptedRejections is the hostile table of encrypted updates, each
 // refused at its stage with the active image byte-identical: keys that
-// are not the device's are refused before a chunk is fetched; a content
-// key that is not the image's, after decryption, by the signed keyed
-// plaintext digest, before anything is committed; tampered encryption
-// parameters by the manifest's signature; ciphertext chunks that fail
-// their table hash are dropped before decryption.
+// are not the device's, and a content key that is not the image's (it
+// does not open the signed wrapped digest), are refused before a chunk is
+// fetched; a decrypted slot that does not match the signed plaintext
+// digest is never committed; tampered encryption parameters break the
+// manifest's signature; ciphertext chunks that fail their table hash are
+// dropped before decryption.
 func TestEncryptedRejections(t *testing.T) {
 	w := memWorld(t)
 	d := w.newDevice("dev-h", func(c *Config) { c.Keys = devKEK("dev-h"); c.MaxAttempts = 2 })
@@ -225,7 +229,7 @@ func TestEncryptedRejections(t *testing.T) {
 		r2 := suit.Recipient{Alg: -99, KeyID: r.KeyID, WrappedKey: r.WrappedKey}
 		return r2.Encode()
 	}()
-	gcm := &suit.ImageEncryption{Info: &suit.EncryptionInfo{Alg: suit.A128GCM, IV: make([]byte, 12), Recipients: img.enc.Info.Recipients}, PlaintextMAC: img.enc.PlaintextMAC}
+	gcm := &suit.ImageEncryption{Info: &suit.EncryptionInfo{Alg: suit.A128GCM, IV: make([]byte, 12), Recipients: img.enc.Info.Recipients}, PlaintextDigest: img.enc.PlaintextDigest}
 	tamperedIV := func() []byte {
 		// The IV is inside the signed manifest: changing it breaks the
 		// signature.
@@ -234,12 +238,13 @@ func TestEncryptedRejections(t *testing.T) {
 		e[i] ^= 1
 		return e
 	}()
-	var tamperedMAC []byte
+	var wrongDigest []byte
 	{
+		// Signed, and wrapped with the right key, but another digest.
 		e := *img.enc
-		e.PlaintextMAC = bytes.Clone(e.PlaintextMAC)
-		e.PlaintextMAC[0] ^= 1
-		tamperedMAC = w.envelope(img.ct, 2, func(o *suit.CreateOptions) { o.Encryption = &e }, nil)
+		other := sha256.Sum256([]byte("another image"))
+		e.PlaintextDigest, _ = img.cc.SealDigest(other[:])
+		wrongDigest = w.envelope(img.ct, 2, func(o *suit.CreateOptions) { o.Encryption = &e }, nil)
 	}
 
 	cases := []struct {
@@ -255,8 +260,8 @@ func TestEncryptedRejections(t *testing.T) {
 		{"unknown key-wrap algorithm", env, unknownAlg, schemas.CodeUnsupported, true},
 		{"unknown content algorithm", w.envelope(img.ct, 2, func(o *suit.CreateOptions) { o.Encryption = gcm }, nil), mine, schemas.CodeUnsupported, true},
 		{"tampered IV", tamperedIV, mine, schemas.CodeSignature, true},
-		{"content key of another image (swapped recipients)", env, forgedKey, schemas.CodeDigest, false},
-		{"signed plaintext digest that does not match", tamperedMAC, mine, schemas.CodeDigest, false},
+		{"content key of another image (swapped recipients)", env, forgedKey, schemas.CodeUnauthorized, true},
+		{"signed plaintext digest that does not match", wrongDigest, mine, schemas.CodeDigest, false},
 	}
 	for i, tc := range cases {
 		camp := "enc-" + string(rune('a'+i))

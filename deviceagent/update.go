@@ -146,20 +146,6 @@ func (a *Agent) install(ctx context.Context) error {
 	if !t.fetched {
 		return permanent(schemas.CodeUnsupported, errors.New("the manifest's install sequence fetched nothing"))
 	}
-	if u != nil {
-		// Nothing decrypted counts before the signed keyed plaintext
-		// digest checks.
-		a.mu.Lock()
-		slot, size := a.st.Slot, a.st.Size
-		a.mu.Unlock()
-		cand, err := a.cfg.Boot.ResumeCandidate(ctx, slot, size)
-		if err != nil {
-			return err
-		}
-		if _, err := a.checkPlaintext(ctx, u, cand, size); err != nil {
-			return err
-		}
-	}
 	a.mu.Lock()
 	note := a.dropped
 	a.mu.Unlock()
@@ -475,7 +461,9 @@ func (a *Agent) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	digest, err := a.candidateDigest(ctx, cand, st)
+	// An encrypted image is checked here against its signed plaintext
+	// digest: nothing decrypted becomes bootable before it matches.
+	digest, err := a.candidateDigest(ctx, st)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -73,7 +74,7 @@ type deviceKeyRecord struct {
 }
 
 // imageKeyRecord is what the publisher keeps of an encrypted image:
-// its encryption parameter (IV, escrow-wrapped content key, keyed
+// its encryption parameter (IV, escrow-wrapped content key, wrapped
 // plaintext digest) and the devices it may be sent to.
 type imageKeyRecord struct {
 	Encryption []byte   `json:"encryption"`
@@ -243,8 +244,9 @@ func ParseRecipients(specs []string) (schemas.CampaignSpec, error) {
 // AES-128-CTR content key and IV, the ciphertext spooled, chunked and
 // stored under its own SHA-256 (the image's name everywhere), and the
 // content key kept only wrapped (escrow recipient, signed into the
-// manifests). The plaintext is read once and kept nowhere; its SHA-256 is
-// not computed. recipients selects the devices (see ParseRecipients),
+// manifests). The plaintext is read once and kept nowhere; its SHA-256
+// is kept only wrapped with a key derived from the content key (signed
+// into manifests, suit.ImageEncryption). recipients selects the devices (see ParseRecipients),
 // each of which must have a key (SetDeviceKEK, SetDeviceECDHKey).
 // Every upload makes a new image, even of the same bytes. Errors:
 // ErrNoSigner (no custody key), ErrInvalid, ErrTooLarge.
@@ -270,8 +272,10 @@ func (p *Publisher) UploadEncryptedImage(ctx context.Context, who Principal, up 
 	if err != nil {
 		return Image{}, err
 	}
-	mac := cc.PlaintextMAC()
-	ct, err := cc.NewReader(io.TeeReader(r, mac), 0)
+	// The plaintext's SHA-256 exists only in memory, until it is wrapped
+	// with the content key's digest key.
+	ph := sha256.New()
+	ct, err := cc.NewReader(io.TeeReader(r, ph), 0)
 	if err != nil {
 		return Image{}, err
 	}
@@ -284,7 +288,11 @@ func (p *Publisher) UploadEncryptedImage(ctx context.Context, who Principal, up 
 	if err != nil {
 		return Image{}, fmt.Errorf("publisher: escrow content key: %w", err)
 	}
-	enc := &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextMAC: mac.Sum(nil)}
+	wd, err := cc.SealDigest(ph.Sum(nil))
+	if err != nil {
+		return Image{}, err
+	}
+	enc := &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextDigest: wd}
 	digest := hex.EncodeToString(sp.table.Image)
 	if _, err := createJSON(ctx, p.st.cryptKeys, "image key", imgKeyName(digest), imageKeyRecord{Encryption: enc.Encode(), Recipients: devs}); err != nil {
 		return Image{}, err

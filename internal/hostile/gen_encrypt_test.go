@@ -43,10 +43,10 @@ func (c *corpus) encryptedCases(signer suit.Signer, v2 []byte, notice func(env, 
 	seal := func(label string) (ct []byte, cc *suit.ContentCipher, e *suit.ImageEncryption) {
 		cc = must[*suit.ContentCipher](t)(suit.NewContentCipher(suit.A128CTR, detRand(label)))
 		ct = must[[]byte](t)(cc.Seal(v2))
-		mac := cc.PlaintextMAC()
-		mac.Write(v2)
+		sum := sha256.Sum256(v2)
+		wd := must[[]byte](t)(cc.SealDigest(sum[:]))
 		esc := must[*suit.Recipient](t)(cc.WrapFor(suit.KEK{KeyID: []byte("firmcast-escrow"), Key: bytes.Repeat([]byte{0xe5}, 16)}, nil))
-		return ct, cc, &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextMAC: mac.Sum(nil)}
+		return ct, cc, &suit.ImageEncryption{Info: cc.Info(*esc), PlaintextDigest: wd}
 	}
 	ct, cc, e := seal("v2")
 	imgFile := c.put("images/v2-encrypted.bin", ct)
@@ -96,7 +96,7 @@ func (c *corpus) encryptedCases(signer suit.Signer, v2 []byte, notice func(env, 
 	unknown := suit.Recipient{Alg: -99, KeyID: deviceKEK(deviceID).KeyID, WrappedKey: must[*suit.Recipient](t)(suit.DecodeRecipient(mine)).WrappedKey}
 	add("enc-unknown-algorithm", "agent:process", "unsupported", notice(env, ct, withKey(unknown.Encode())), false,
 		"a wrapped key of an unknown key-distribution algorithm")
-	gcm := &suit.ImageEncryption{Info: &suit.EncryptionInfo{Alg: suit.A128GCM, IV: make([]byte, 12), Recipients: e.Info.Recipients}, PlaintextMAC: e.PlaintextMAC}
+	gcm := &suit.ImageEncryption{Info: &suit.EncryptionInfo{Alg: suit.A128GCM, IV: make([]byte, 12), Recipients: e.Info.Recipients}, PlaintextDigest: e.PlaintextDigest}
 	add("enc-unknown-content-algorithm", "agent:process", "unsupported", notice(create(gcm), ct, withKey(mine)), false,
 		"an image content algorithm the device does not stream (AES-GCM)")
 
@@ -104,17 +104,24 @@ func (c *corpus) encryptedCases(signer suit.Signer, v2 []byte, notice func(env, 
 	// signature.
 	add("enc-tampered-iv", "agent:verify", "signature", notice(flip(env, e.Info.IV), ct, withKey(mine)), false,
 		"the IV changed in the signed manifest")
-	add("enc-tampered-tag", "agent:verify", "signature", notice(flip(env, e.PlaintextMAC), ct, withKey(mine)), false,
-		"the keyed plaintext digest (what authenticates the plaintext) changed in the signed manifest")
+	add("enc-tampered-tag", "agent:verify", "signature", notice(flip(env, e.PlaintextDigest), ct, withKey(mine)), false,
+		"the wrapped plaintext digest (what authenticates the plaintext) changed in the signed manifest")
 	add("enc-info-outside-manifest", "agent:verify", "unsupported", notice(withEnvelopeMember(t, env, 19, e.Info.Encode()), ct, withKey(mine)), false,
 		"an encryption info as an envelope element, outside the signed manifest")
 
 	// Swapped recipients: a well-formed key for this device, but another
-	// image's content key. The ciphertext decrypts to garbage the signed
-	// keyed plaintext digest refuses, before anything is committed.
+	// image's content key: it does not open the signed wrapped plaintext
+	// digest, refused before a chunk is fetched.
 	_, otherCC, _ := seal("other")
-	add("enc-swapped-recipients", "agent:fetch", "digest", notice(env, ct, withKey(wrap(otherCC, deviceKEK(deviceID), "swapped"))), true,
+	add("enc-swapped-recipients", "agent:process", "unauthorized", notice(env, ct, withKey(wrap(otherCC, deviceKEK(deviceID), "swapped"))), false,
 		"the device's wrapped key of another image's content key")
+	// Signed and wrapped with the right key, but the digest of other bytes:
+	// the decrypted slot is never committed.
+	wrongSum := sha256.Sum256([]byte("another image"))
+	wrong := *e
+	wrong.PlaintextDigest = must[[]byte](t)(cc.SealDigest(wrongSum[:]))
+	add("enc-plaintext-digest-differs", "agent:fetch", "digest", notice(create(&wrong), ct, withKey(mine)), true,
+		"a signed plaintext digest the decrypted image does not match: refused when the candidate is committed")
 	// Tampered ciphertext: every chunk fails its table hash and is
 	// dropped before it is decrypted.
 	c.add(Case{Name: "enc-tampered-ciphertext", Target: "notice", Stage: "agent:fetch", Code: "bad-chunk", Signed: true,

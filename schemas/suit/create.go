@@ -95,8 +95,8 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
 		}
 	}
-	if e := opts.Encryption; e != nil && (e.Info == nil || len(e.Info.Recipients) == 0 || len(e.PlaintextMAC) != sha256.Size) {
-		return nil, fmt.Errorf("%w: encryption needs an encryption info with a recipient and a 32-byte plaintext digest", ErrParameter)
+	if e := opts.Encryption; e != nil && (e.Info == nil || len(e.Info.Recipients) == 0 || len(e.PlaintextDigest) != sha256.Size+8) {
+		return nil, fmt.Errorf("%w: encryption needs an encryption info with a recipient and a 40-byte wrapped plaintext digest", ErrParameter)
 	}
 	if opts.SecurityVersion > MaxSecurityVersion {
 		return nil, fmt.Errorf("%w: security version %d over %d", ErrParameter, opts.SecurityVersion, MaxSecurityVersion)

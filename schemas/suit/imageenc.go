@@ -3,10 +3,8 @@ package suit
 import (
 	"context"
 	"crypto/hkdf"
-	"crypto/hmac"
 	"crypto/sha256"
 	"fmt"
-	"hash"
 
 	"github.com/fxamacker/cbor/v2"
 )
@@ -19,50 +17,54 @@ import (
 //
 //	firmcast-encryption = {
 //	    1: SUIT_Encryption_Info,   ; COSE_Encrypt_Tagged, AES-CTR, detached
-//	    2: bstr .size 32,          ; keyed plaintext digest
+//	    2: bstr .size 40,          ; the plaintext's SHA-256, key-wrapped
 //	}
 //
 // The manifest's image-digest, image-size and chunk table are those of
 // the ciphertext: the image is named by its ciphertext digest on every
 // topic, notice and store, and each chunk is checked against the signed
 // table before it is decrypted (the draft's image match before
-// decryption). The plaintext is authenticated by the keyed plaintext
-// digest: HMAC-SHA256 over the plaintext with a key derived from the
-// content key (HKDF-SHA256, info PlaintextMACInfo). It is signed, so a
-// content key from anywhere (a forged recipient) cannot make another
-// plaintext acceptable, and it is keyed, so the plaintext's SHA-256,
-// which anyone holding a candidate image can compute, appears nowhere a
-// device or an eavesdropper sees it.
+// decryption). The plaintext is authenticated by its SHA-256, which the
+// manifest carries wrapped (RFC 3394 AES key wrap, 40 bytes) with a key
+// derived from the content key (HKDF-SHA256, info PlaintextDigestInfo):
+// signed, so the firmware signer vouches for the plaintext; wrapped, so
+// the plaintext's SHA-256, which anyone holding a candidate image can
+// compute, appears nowhere an eavesdropper sees it. A content key from
+// anywhere else (a forged or swapped recipient) fails the wrap's integrity
+// check, before anything is fetched; the right key yields the digest the
+// device's bootloader checks the decrypted slot against before the image
+// can boot (the one hash pass a plain install makes too).
 //
 // The info's recipients are the backend's escrow recipient (the content
 // key wrapped with the publisher's own key, so the signed manifest keeps
 // the key for devices that join a campaign later); each device's own
 // recipient arrives in its signed notice (schemas.UpdateNotice.Key).
 
-// PlaintextMACInfo is the HKDF info that derives the plaintext MAC key
-// from a content key.
-const PlaintextMACInfo = "firmcast plaintext digest v1"
+// PlaintextDigestInfo is the HKDF info that derives, from a content key,
+// the key the plaintext digest is wrapped with.
+const PlaintextDigestInfo = "firmcast plaintext digest v1"
 
 // ImageEncryption is the value of ParamFirmcastEncryption.
 type ImageEncryption struct {
 	// Info is the content layer: AES-CTR (A128CTR or A256CTR), its
 	// initial counter block, and the manifest's own recipients.
 	Info *EncryptionInfo
-	// PlaintextMAC is the keyed plaintext digest (32 bytes), see
-	// ContentCipher.PlaintextMAC.
-	PlaintextMAC []byte
+	// PlaintextDigest is the plaintext's SHA-256 wrapped with the content
+	// key's digest key (40 bytes): ContentCipher.SealDigest makes it,
+	// ImageEncryption.OpenDigest recovers the digest.
+	PlaintextDigest []byte
 }
 
 // Encode returns the parameter's value in deterministic CBOR (a bstr
 // wrapping the map), as CreateOptions.Encryption puts it in a manifest.
 func (e *ImageEncryption) Encode() []byte {
-	inner := marshal(map[int64]any{1: cbor.RawMessage(e.Info.Encode()), 2: e.PlaintextMAC})
+	inner := marshal(map[int64]any{1: cbor.RawMessage(e.Info.Encode()), 2: e.PlaintextDigest})
 	return marshal(inner)
 }
 
 // DecodeImageEncryption decodes the value of ParamFirmcastEncryption. It
 // refuses (ErrMalformed) anything but a bstr-wrapped map with a valid
-// SUIT_Encryption_Info and a 32-byte MAC; the algorithms are checked
+// SUIT_Encryption_Info and a 40-byte wrapped digest; the algorithms are checked
 // when a key is looked for (ContentCipher).
 func DecodeImageEncryption(raw []byte) (*ImageEncryption, error) {
 	const what = "firmcast-encryption"
@@ -84,15 +86,15 @@ func DecodeImageEncryption(raw []byte) (*ImageEncryption, error) {
 			}
 		case 2:
 			b, ok := asBytes(en.v)
-			if !ok || len(b) != sha256.Size {
-				return nil, fmt.Errorf("%w: %s: plaintext digest must be a 32-byte bstr", ErrMalformed, what)
+			if !ok || len(b) != sha256.Size+8 {
+				return nil, fmt.Errorf("%w: %s: wrapped plaintext digest must be a 40-byte bstr", ErrMalformed, what)
 			}
-			e.PlaintextMAC = b
+			e.PlaintextDigest = b
 		default:
 			return nil, fmt.Errorf("%w: %s: unknown key %s", ErrMalformed, what, keyString(en.k))
 		}
 	}
-	if e.Info == nil || e.PlaintextMAC == nil {
+	if e.Info == nil || e.PlaintextDigest == nil {
 		return nil, fmt.Errorf("%w: %s: needs keys 1 (encryption info) and 2 (plaintext digest)", ErrMalformed, what)
 	}
 	return e, nil
@@ -118,9 +120,11 @@ func (m *Manifest) ImageEncryption() (*ImageEncryption, bool, error) {
 // and extra (the device's own, from its notice), with keys (the device's
 // root of trust). Images are AES-CTR: another content algorithm is
 // refused with ErrUnknownAlgorithm before any key is tried, as is an
-// extra recipient of an unknown key-distribution algorithm. Other errors
-// are those of the Processor's key search: ErrNoRecipient, ErrKeyUnwrap,
-// ErrUnknownAlgorithm, or the KeyUnwrapper's.
+// extra recipient of an unknown key-distribution algorithm. A key that
+// unwraps but does not open the wrapped plaintext digest (another
+// image's) is ErrKeyUnwrap. Other errors are those of the Processor's key
+// search: ErrNoRecipient, ErrKeyUnwrap, ErrUnknownAlgorithm, or the
+// KeyUnwrapper's.
 func (e *ImageEncryption) ContentCipher(ctx context.Context, keys KeyUnwrapper, extra ...Recipient) (*ContentCipher, error) {
 	if e.Info.Alg != A128CTR && e.Info.Alg != A256CTR {
 		return nil, fmt.Errorf("%w: image content algorithm %s (want A128CTR or A256CTR)", ErrUnknownAlgorithm, encAlgName(e.Info.Alg))
@@ -132,19 +136,48 @@ func (e *ImageEncryption) ContentCipher(ctx context.Context, keys KeyUnwrapper, 
 			return nil, fmt.Errorf("%w: recipient %q: key distribution %s", ErrUnknownAlgorithm, r.KeyID, encAlgName(r.Alg))
 		}
 	}
-	return findContentKey(ctx, keys, e.Info, extra)
+	cc, err := findContentKey(ctx, keys, e.Info, extra)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := e.OpenDigest(cc); err != nil {
+		return nil, err
+	}
+	return cc, nil
 }
 
-// PlaintextMAC returns a fresh HMAC-SHA256 keyed with the plaintext MAC
-// key of this content key (HKDF-SHA256 of the content key, no salt, info
-// PlaintextMACInfo). Its sum over the whole plaintext is
-// ImageEncryption.PlaintextMAC.
-func (c *ContentCipher) PlaintextMAC() hash.Hash {
-	k, err := hkdf.Key(sha256.New, c.key, nil, PlaintextMACInfo, sha256.Size)
+// digestKey derives the key the plaintext digest is wrapped with.
+func (c *ContentCipher) digestKey() []byte {
+	k, err := hkdf.Key(sha256.New, c.key, nil, PlaintextDigestInfo, 16)
 	if err != nil {
-		panic("suit: HKDF-SHA256 of 32 bytes failed: " + err.Error()) // cannot happen: the length is fixed and small
+		panic("suit: HKDF-SHA256 of 16 bytes failed: " + err.Error()) // cannot happen: the length is fixed and small
 	}
-	return hmac.New(sha256.New, k)
+	return k
+}
+
+// SealDigest wraps the plaintext's SHA-256 (32 bytes) for
+// ImageEncryption.PlaintextDigest.
+func (c *ContentCipher) SealDigest(sum []byte) ([]byte, error) {
+	if len(sum) != sha256.Size {
+		return nil, fmt.Errorf("%w: plaintext digest of %d bytes", ErrParameter, len(sum))
+	}
+	k := c.digestKey()
+	defer clear(k)
+	return wrapKey(k, sum)
+}
+
+// OpenDigest returns the plaintext's SHA-256 that e carries, unwrapped
+// with cc's digest key. A content key that is not the image's (another
+// image's, from a forged or swapped recipient) fails the wrap's integrity
+// check: ErrKeyUnwrap.
+func (e *ImageEncryption) OpenDigest(cc *ContentCipher) ([]byte, error) {
+	k := cc.digestKey()
+	defer clear(k)
+	d, err := unwrapKey(k, e.PlaintextDigest, sha256.Size, &Recipient{Alg: A128KW, KeyID: []byte("plaintext digest")})
+	if err != nil {
+		return nil, fmt.Errorf("%w (the content key is not this image's)", err)
+	}
+	return d, nil
 }
 
 // XORAt writes to dst the AES-CTR transform of src (encryption and

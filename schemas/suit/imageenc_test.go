@@ -34,19 +34,22 @@ func encryptTestImage(t *testing.T, plain []byte, escrow KEK) encImage {
 	if err != nil {
 		t.Fatal(err)
 	}
-	mac := cc.PlaintextMAC()
-	mac.Write(plain)
+	sum := sha256.Sum256(plain)
+	wd, err := cc.SealDigest(sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
 	esc, err := cc.WrapFor(escrow, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return encImage{plain: plain, cipher: ct, cc: cc, enc: &ImageEncryption{Info: cc.Info(*esc), PlaintextMAC: mac.Sum(nil)}}
+	return encImage{plain: plain, cipher: ct, cc: cc, enc: &ImageEncryption{Info: cc.Info(*esc), PlaintextDigest: wd}}
 }
 
 // An encrypted image's manifest signs the ciphertext's digest, size and
 // chunk table and carries the encryption parameter; the device finds its
 // content key in the recipient from its notice (not the escrow one),
-// decrypts chunks in any order where they land, and the keyed plaintext
+// decrypts chunks in any order where they land, and the wrapped plaintext
 // digest accepts the result. The plaintext's SHA-256 is nowhere in the
 // envelope.
 func TestImageEncryptionRoundTrip(t *testing.T) {
@@ -121,19 +124,18 @@ func TestImageEncryptionRoundTrip(t *testing.T) {
 			if !bytes.Equal(out, plain) {
 				t.Fatal("chunk-wise decryption differs from the plaintext")
 			}
-			mac := cc.PlaintextMAC()
-			mac.Write(out)
-			if !bytes.Equal(mac.Sum(nil), enc.PlaintextMAC) {
-				t.Fatal("the keyed plaintext digest does not check")
+			d, err := enc.OpenDigest(cc)
+			if err != nil || !bytes.Equal(d, plainSum[:]) {
+				t.Fatalf("the wrapped plaintext digest opens to %x (%v)", d, err)
 			}
 		})
 	}
 }
 
-// Keys that are not the device's, or an algorithm that is not an image
-// one, are refused before anything is decrypted; a foreign content key
-// (a forged recipient) yields a plaintext the signed keyed digest
-// refuses.
+// Keys that are not the device's, an algorithm that is not an image
+// one, and a foreign content key (a forged or swapped recipient, which
+// does not open the signed wrapped digest) are refused before anything
+// is decrypted.
 func TestImageEncryptionRefusals(t *testing.T) {
 	ctx := context.Background()
 	escrow := KEK{KeyID: []byte("escrow"), Key: bytes.Repeat([]byte{0xe5}, 16)}
@@ -158,23 +160,15 @@ func TestImageEncryptionRefusals(t *testing.T) {
 	if _, err := ei.enc.ContentCipher(ctx, dev, tampered); !errors.Is(err, ErrKeyUnwrap) {
 		t.Errorf("tampered wrapped key: %v, want ErrKeyUnwrap", err)
 	}
-	gcm := &ImageEncryption{Info: &EncryptionInfo{Alg: A128GCM, IV: make([]byte, 12), Recipients: ei.enc.Info.Recipients}, PlaintextMAC: ei.enc.PlaintextMAC}
+	gcm := &ImageEncryption{Info: &EncryptionInfo{Alg: A128GCM, IV: make([]byte, 12), Recipients: ei.enc.Info.Recipients}, PlaintextDigest: ei.enc.PlaintextDigest}
 	if _, err := gcm.ContentCipher(ctx, dev, *mine); !errors.Is(err, ErrUnknownAlgorithm) {
 		t.Errorf("GCM image: %v, want ErrUnknownAlgorithm", err)
 	}
-	// A forged content key decrypts to garbage the keyed digest refuses.
+	// A forged content key unwraps but does not open the signed digest.
 	forged, _ := NewContentCipher(A128CTR, nil)
 	fr, _ := forged.WrapFor(dev, nil)
-	cc, err := ei.enc.ContentCipher(ctx, dev, *fr)
-	if err != nil {
-		t.Fatal(err) // the key unwraps: it is well formed, only not the image's
-	}
-	out := make([]byte, len(ei.cipher))
-	_ = cc.XORAt(out, ei.cipher, 0)
-	mac := cc.PlaintextMAC()
-	mac.Write(out)
-	if bytes.Equal(mac.Sum(nil), ei.enc.PlaintextMAC) {
-		t.Fatal("a forged content key passed the keyed plaintext digest")
+	if _, err := ei.enc.ContentCipher(ctx, dev, *fr); !errors.Is(err, ErrKeyUnwrap) {
+		t.Fatalf("another image's content key: %v, want ErrKeyUnwrap", err)
 	}
 }
 
@@ -187,12 +181,12 @@ func TestDecodeImageEncryptionMalformed(t *testing.T) {
 	}
 	info := ei.enc.Info.Encode()
 	for name, v := range map[string]any{
-		"not wrapped":   map[int64]any{1: info, 2: make([]byte, 32)},
-		"short digest":  marshal(map[int64]any{1: rawItem(info), 2: make([]byte, 31)}),
-		"no info":       marshal(map[int64]any{2: make([]byte, 32)}),
+		"not wrapped":   map[int64]any{1: info, 2: make([]byte, 40)},
+		"short digest":  marshal(map[int64]any{1: rawItem(info), 2: make([]byte, 32)}),
+		"no info":       marshal(map[int64]any{2: make([]byte, 40)}),
 		"no digest":     marshal(map[int64]any{1: rawItem(info)}),
-		"unknown key":   marshal(map[int64]any{1: rawItem(info), 2: make([]byte, 32), 3: 1}),
-		"info is bytes": marshal(map[int64]any{1: info, 2: make([]byte, 32)}),
+		"unknown key":   marshal(map[int64]any{1: rawItem(info), 2: make([]byte, 40), 3: 1}),
+		"info is bytes": marshal(map[int64]any{1: info, 2: make([]byte, 40)}),
 	} {
 		if _, err := DecodeImageEncryption(marshal(v)); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%s: %v, want ErrMalformed", name, err)
