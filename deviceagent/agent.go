@@ -472,6 +472,7 @@ func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.St
 // sendReport publishes a device report; security marks a security event
 // (campaign is then empty). The counter is persisted first.
 func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool) error {
+	text = a.scrub(text)
 	a.mu.Lock()
 	a.st.Counter++
 	if len(text) > schemas.MaxTextLen {
@@ -510,6 +511,7 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 // setState changes the state, persists it, tells OnState, and reports it.
 // It returns the persistence error; a failed publish is only logged.
 func (a *Agent) setState(ctx context.Context, s schemas.State, code schemas.ErrCode, text string) error {
+	text = a.scrub(text)
 	a.mu.Lock()
 	a.st.State = s
 	a.st.Code, a.st.Text = code, text

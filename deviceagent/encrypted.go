@@ -2,7 +2,10 @@ package deviceagent
 
 import (
 	"context"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/firmcast/firmcast/bootctl"
@@ -51,6 +54,12 @@ func (a *Agent) contentKey(ctx context.Context, m *suit.Manifest) (*encUpdate, e
 	}
 	if err != nil {
 		return nil, permanent(schemas.CodeMalformed, err)
+	}
+	if a.cfg.Boot.SecureBoot() {
+		// The bootloader would check the slot's plaintext against the
+		// envelope's image digest, which is the ciphertext's: refuse now
+		// rather than stage an image it will not boot.
+		return nil, permanent(schemas.CodeUnsupported, fmt.Errorf("%w: encrypted images on a secure-boot device (the bootloader does not decrypt: --encrypted-slots is not built)", suit.ErrUnsupported))
 	}
 	a.mu.Lock()
 	env, wrapped, cur := a.st.Envelope, a.st.Key, a.enc
@@ -116,6 +125,53 @@ func (a *Agent) candidateDigest(ctx context.Context, st Record) ([]byte, error) 
 		return nil, permanent(schemas.CodeMalformed, fmt.Errorf("the update's manifest lost its encryption parameter"))
 	}
 	return u.plain, nil
+}
+
+// scrubPlaintext keeps the plaintext digest out of an encrypted update's
+// failure (bootctl's mismatch names the digests it compared), which goes
+// into the state file and the report: a digest mismatch becomes
+// suit.ErrPlaintextDigest without the digests.
+func scrubPlaintext(st Record, err error) error {
+	if !st.Encrypted || !errors.Is(err, bootctl.ErrDigestMismatch) {
+		return err
+	}
+	return permanent(schemas.CodeDigest, fmt.Errorf("%w: the decrypted candidate does not match the signed plaintext digest", suit.ErrPlaintextDigest))
+}
+
+// scrub removes, during an encrypted update, every digest bootctl or the
+// agent knows (the plaintext's among them, whole or as the 8-byte
+// prefixes error messages show) from text bound for the state file, the
+// log or a report. It takes a.mu itself.
+func (a *Agent) scrub(text string) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.scrubLocked(text)
+}
+
+// scrubLocked is scrub with a.mu held.
+func (a *Agent) scrubLocked(text string) string {
+	if text == "" || !a.st.Encrypted {
+		return text
+	}
+	var known [][]byte
+	if a.enc != nil && a.enc.plain != nil {
+		known = append(known, a.enc.plain)
+	}
+	if st, err := a.cfg.Boot.Status(); err == nil {
+		known = append(known, st.Active.Digest[:])
+		for _, s := range st.Slots {
+			known = append(known, s.Digest[:])
+		}
+	}
+	for _, d := range known {
+		if len(d) < 8 || string(d) == string(make([]byte, len(d))) {
+			continue
+		}
+		h := hex.EncodeToString(d)
+		text = strings.ReplaceAll(text, h, "<digest>")
+		text = strings.ReplaceAll(text, h[:16], "<digest>")
+	}
+	return text
 }
 
 // isUpdateImage reports whether an image the bootloader names (digest,

@@ -3,12 +3,14 @@ package deviceagent
 import (
 	"bytes"
 	"crypto/sha256"
+	"encoding/hex"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -278,6 +280,9 @@ func TestEncryptedRejections(t *testing.T) {
 		if r.ActiveVersion != 1 || !bytes.Equal(d.activeBytes(len(w.v1)), v1) {
 			t.Errorf("%s: the active image changed", tc.name)
 		}
+		if ps := sha256.Sum256(img.plain); bytes.Contains([]byte(r.Text), []byte(hex.EncodeToString(ps[:4]))) {
+			t.Errorf("%s: the report names the plaintext digest: %s", tc.name, r.Text)
+		}
 		if tc.noDownload && len(cs.Served()) != served {
 			t.Errorf("%s: chunks were fetched before the refusal", tc.name)
 		}
@@ -300,5 +305,32 @@ func TestEncryptedRejections(t *testing.T) {
 	})
 	if !bytes.Equal(d.activeBytes(len(good.plain)), good.plain) {
 		t.Error("the active region does not hold the plaintext")
+	}
+}
+
+// A secure-boot device (its bootloader checks the envelope's image digest,
+// which for an encrypted image is the ciphertext's) refuses an encrypted
+// image before anything is fetched, rather than stage one it would not
+// boot.
+func TestEncryptedRefusedOnSecureBoot(t *testing.T) {
+	w := memWorld(t)
+	img := seal(t, testImage(51, 6*testChunk))
+	cs := w.serve(img.ct, nil)
+	var d *device
+	d = w.newDevice("dev-sb", func(c *Config) {
+		c.Keys = devKEK("dev-sb")
+		bd, err := bootctl.Open(d.flash, testLayout, bootctl.RootOfTrust{DeviceKey: deviceKey, Verifier: suit.BootVerifier{Trust: w.trust}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Boot = bd
+	})
+	d.start()
+	w.encNotice("camp-sb", "dev-sb", img, img.envelope(w, 2, nil), img.wrapFor(t, devKEK("dev-sb")))
+	r := w.waitReport("dev-sb", 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.Campaign == "camp-sb" && r.State == schemas.StateFailed
+	})
+	if r.Code != schemas.CodeUnsupported || len(cs.Served()) != 0 {
+		t.Fatalf("report %s (%s), %d chunks served; want unsupported before any fetch", r.Code, r.Text, len(cs.Served()))
 	}
 }

@@ -470,7 +470,7 @@ func (a *Agent) commit(ctx context.Context) error {
 	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], digest)
 	if err := cand.Commit(ctx, info); err != nil {
-		return err
+		return scrubPlaintext(st, err)
 	}
 	if err := fetcher.Discard(a.fetchTo); err != nil {
 		a.log.Warn("discarding fetch progress", "err", err)
@@ -673,7 +673,7 @@ func (a *Agent) fail(ctx context.Context, err error) {
 		wait := a.backoff(attempts)
 		a.mu.Lock()
 		a.st.NextAttempt = now.Add(wait).UnixMilli()
-		a.st.Code, a.st.Text = code, err.Error()
+		a.st.Code, a.st.Text = code, a.scrubLocked(err.Error())
 		state := a.st.State
 		a.mu.Unlock()
 		if serr := a.save(); serr != nil {
