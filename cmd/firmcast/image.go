@@ -48,6 +48,9 @@ on the server's JetStream object store.`,
 			if img.SecurityVersion != 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), ", security version %d", img.SecurityVersion)
 			}
+			if img.Encrypted {
+				fmt.Fprint(cmd.OutOrStdout(), ", encrypted (the digest names the ciphertext)")
+			}
 			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
