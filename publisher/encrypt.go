@@ -15,6 +15,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -341,7 +343,7 @@ func (p *Publisher) encryptionFor(ctx context.Context, img Image, targets []stri
 	}
 	var not []string
 	for _, t := range targets {
-		if !slices.Contains(rec.Recipients, t) {
+		if p.recipientOf(ctx, rec, t, img.Digest) != nil {
 			not = append(not, t)
 		}
 	}
@@ -362,8 +364,8 @@ func (p *Publisher) wrappedKeyFor(ctx context.Context, c *Campaign, device strin
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(rec.Recipients, device) {
-		return nil, fmt.Errorf("%w: device %s is not a recipient of encrypted image %s", ErrInvalid, device, c.Image)
+	if err := p.recipientOf(ctx, rec, device, c.Image); err != nil {
+		return nil, err
 	}
 	cust, err := p.custody()
 	if err != nil {
@@ -403,4 +405,42 @@ func checkEncryptedEnvelope(env []byte, img Image) error {
 		return fmt.Errorf("%w: image %s is not encrypted and the envelope carries an encryption parameter", ErrInvalid, img.Digest)
 	}
 	return nil
+}
+
+// recipientOf checks that device is a recipient of the encrypted image
+// digest: named at upload, and registered before it (a device removed and
+// added again under the same id is another device, and gets none of the
+// images uploaded for the old one).
+func (p *Publisher) recipientOf(ctx context.Context, rec imageKeyRecord, device, digest string) error {
+	if !slices.Contains(rec.Recipients, device) {
+		return fmt.Errorf("%w: device %s is not a recipient of encrypted image %s", ErrInvalid, device, digest)
+	}
+	d, err := p.Device(ctx, device)
+	if err != nil {
+		return err
+	}
+	img, err := p.loadImage(ctx, digest)
+	if err != nil {
+		return err
+	}
+	if d.Created.After(img.info.Uploaded) {
+		return fmt.Errorf("%w: device %s was registered after encrypted image %s was uploaded for a device of that id", ErrInvalid, device, digest)
+	}
+	return nil
+}
+
+// forgetDeviceKey deletes a removed device's key (best effort: a key left
+// behind is unusable, see recipientOf, and replaced when the id is
+// provisioned again).
+func (p *Publisher) forgetDeviceKey(ctx context.Context, device string) {
+	err := withRetry(ctx, func(ctx context.Context, _ bool) error {
+		err := p.st.cryptKeys.Delete(ctx, devKeyName(device))
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			return nil
+		}
+		return err
+	})
+	if err != nil {
+		p.log.Warn("remove device key", "device", device, "err", err)
+	}
 }

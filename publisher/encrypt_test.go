@@ -14,6 +14,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -335,5 +336,38 @@ func TestEncryptionOverHTTPAPI(t *testing.T) {
 	ro := &Client{BaseURL: srv.URL, Key: readKey}
 	if _, err := ro.SetDeviceKey(ctx, devName(0), DeviceKeyRequest{Generate: true}); err == nil {
 		t.Error("a read-only key provisioned a device key")
+	}
+}
+
+// A device removed and registered again under the same id is another
+// device: its key is gone with it, and it is no recipient of the images
+// encrypted for the old one (campaign refused) even with a new key.
+func TestRemovedDeviceLosesEncryptedImages(t *testing.T) {
+	e, p, _ := encEnv(t, 1)
+	ctx := context.Background()
+	who := e.who(p)
+	if _, _, err := p.GenerateDeviceKEK(ctx, who, devName(0)); err != nil {
+		t.Fatal(err)
+	}
+	img, err := p.UploadEncryptedImage(ctx, who, ImageUpload{}, schemas.CampaignSpec{Devices: []string{devName(0)}}, bytes.NewReader(randomImage(t, 3000)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.RemoveDevice(ctx, who, devName(0)); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute)
+	if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(0), Class: "sensor"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.DeviceKey(ctx, devName(0)); !errors.Is(err, ErrNotFound) {
+		t.Errorf("the removed device's key survived: %v", err)
+	}
+	if _, _, err := p.GenerateDeviceKEK(ctx, who, devName(0)); err != nil {
+		t.Fatal(err)
+	}
+	digest, _ := hex.DecodeString(img.Digest)
+	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: digest, Devices: []string{devName(0)}}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("campaign of the old device's image to the new one: %v, want ErrInvalid", err)
 	}
 }
