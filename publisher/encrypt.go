@@ -261,7 +261,7 @@ func (p *Publisher) UploadEncryptedImage(ctx context.Context, who Principal, up 
 	if err != nil {
 		return Image{}, err
 	}
-	devs, err := p.expandTargets(ctx, &recipients)
+	devs, err := p.recipients(ctx, recipients)
 	if err != nil {
 		return Image{}, fmt.Errorf("recipients: %w", err)
 	}
@@ -443,4 +443,31 @@ func (p *Publisher) forgetDeviceKey(ctx context.Context, device string) {
 	if err != nil {
 		p.log.Warn("remove device key", "device", device, "err", err)
 	}
+}
+
+// recipients resolves an upload's recipients to device ids: devices named
+// one by one are read one by one; classes and groups are expanded from
+// the registry's listing, as a campaign's targets are.
+func (p *Publisher) recipients(ctx context.Context, spec schemas.CampaignSpec) ([]string, error) {
+	if spec.Class != "" || len(spec.Groups) > 0 || len(spec.Tags) > 0 || spec.OnVersion != nil {
+		return p.expandTargets(ctx, &spec)
+	}
+	if len(spec.Devices) == 0 {
+		return nil, fmt.Errorf("%w: no recipients", ErrInvalid)
+	}
+	if len(spec.Devices) > MaxTargets {
+		return nil, fmt.Errorf("%w: %d recipients, max %d", ErrInvalid, len(spec.Devices), MaxTargets)
+	}
+	out := slices.Clone(spec.Devices)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	for _, id := range out {
+		if err := checkName("device id", id); err != nil {
+			return nil, err
+		}
+		if _, err := p.Device(ctx, id); err != nil {
+			return nil, fmt.Errorf("recipient %q: %w", id, err)
+		}
+	}
+	return out, nil
 }

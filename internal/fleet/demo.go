@@ -286,7 +286,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	sum.SetupSeconds = time.Since(t0).Seconds()
 	be := LocalBackend{S: st}
 	if cfg.Encrypt {
-		be.Recipients = &schemas.CampaignSpec{Class: devClass}
+		// Every device by id (each read on its own): the image is
+		// encrypted for exactly the fleet.
+		be.Recipients = &schemas.CampaignSpec{Devices: ids}
 	}
 	err = RunCampaign(ctx, fl, be, v2, devClass, &cfg, &sum)
 	return sum, err
