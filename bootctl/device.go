@@ -120,6 +120,10 @@ func (d *Device) Layout() Layout { return d.l }
 // Flash returns the device flash.
 func (d *Device) Flash() *Flash { return d.f }
 
+// SecureBoot reports whether the bootloader checks a signed envelope
+// against every image it installs or boots (RootOfTrust.Verifier).
+func (d *Device) SecureBoot() bool { return d.rot.Verifier != nil }
+
 // load reads the status area and applies the hardware floor, if any.
 func (d *Device) load() error {
 	if err := d.log.load(); err != nil {

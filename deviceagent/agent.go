@@ -44,6 +44,12 @@ type Config struct {
 	StateDir string
 	// Trust are the keys manifests must be signed with. Required.
 	Trust suit.TrustAnchors
+	// Keys unwraps the content keys of encrypted images: the device's
+	// key-encryption key or ECDH private key (suit.KEK, suit.ECDHKey, a
+	// suit.Keyring across a rotation, or a secure element), held in its
+	// root of trust, never in StateDir. Nil: encrypted images are refused
+	// (CodeUnauthorized) before anything is downloaded.
+	Keys suit.KeyUnwrapper
 	// NoticeTrust are the keys notices must be signed with: the campaign
 	// authority's, whose signature binds a campaign id and a target (this
 	// device, or its class) to an envelope (docs/SECURITY.md, "Campaign
@@ -162,7 +168,8 @@ type Agent struct {
 	mu      sync.Mutex
 	st      Record
 	active  bootctl.ImageInfo
-	dropped string // what the last download ignored, for the report
+	dropped string     // what the last download ignored, for the report
+	enc     *encUpdate // the encrypted update's content key (memory only)
 	// Security reports: their rate limit, and the refusals it held back.
 	secLimit  *rate.Limiter
 	secMissed int
@@ -463,6 +470,7 @@ func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.St
 // sendReport publishes a device report; security marks a security event
 // (campaign is then empty). The counter is persisted first.
 func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool) error {
+	text = a.scrub(text)
 	a.mu.Lock()
 	a.st.Counter++
 	if len(text) > schemas.MaxTextLen {
@@ -501,6 +509,7 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 // setState changes the state, persists it, tells OnState, and reports it.
 // It returns the persistence error; a failed publish is only logged.
 func (a *Agent) setState(ctx context.Context, s schemas.State, code schemas.ErrCode, text string) error {
+	text = a.scrub(text)
 	a.mu.Lock()
 	a.st.State = s
 	a.st.Code, a.st.Text = code, text

@@ -58,6 +58,14 @@ type Record struct {
 	// Deadline is the campaign's deadline from the signed notice, Unix
 	// seconds (0 = none): the update is not started or resumed after it.
 	Deadline int64 `cbor:"21,keyasint,omitempty"`
+	// Key is the notice's wrapped content key (a COSE_recipient for this
+	// device's key), for an encrypted image; useless without the key in
+	// the device's root of trust.
+	Key []byte `cbor:"30,keyasint,omitempty"`
+	// Encrypted reports that the update's image is encrypted: its
+	// candidate header carries the plaintext digest, which is not
+	// persisted here (see isUpdateImage).
+	Encrypted bool `cbor:"31,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

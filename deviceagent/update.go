@@ -121,6 +121,17 @@ func (a *Agent) install(ctx context.Context) error {
 			return err
 		}
 	}
+	// An encrypted image's content key is unwrapped before anything is
+	// downloaded: a device without a key for it refuses it here.
+	u, err := a.contentKey(ctx, m)
+	if err != nil {
+		return err
+	}
+	if u != nil {
+		a.mu.Lock()
+		a.st.Encrypted = true
+		a.mu.Unlock()
+	}
 	t := &target{a: a, m: m}
 	a.mu.Lock()
 	installed := a.active.Version
@@ -261,7 +272,17 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return permanent(schemas.CodeInternal, err)
 	}
 	a.picker = f.Picker()
-	res, err := f.Fetch(ctx, im, plan, slotSink{cand, a.cfg.Boot.Flash()})
+	var sink fetcher.Sink = slotSink{cand, a.cfg.Boot.Flash()}
+	u, err := a.encrypted(ctx)
+	if err != nil {
+		return err
+	}
+	if u != nil {
+		// Each chunk is checked against the signed ciphertext table, then
+		// decrypted where it lands.
+		sink = newDecryptSink(slotSink{cand, a.cfg.Boot.Flash()}, u.cc)
+	}
+	res, err := f.Fetch(ctx, im, plan, sink)
 	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
 	if err != nil {
 		return err
@@ -440,10 +461,16 @@ func (a *Agent) commit(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
-	copy(info.Digest[:], st.Image)
-	if err := cand.Commit(ctx, info); err != nil {
+	// An encrypted image is checked here against its signed plaintext
+	// digest: nothing decrypted becomes bootable before it matches.
+	digest, err := a.candidateDigest(ctx, st)
+	if err != nil {
 		return err
+	}
+	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
+	copy(info.Digest[:], digest)
+	if err := cand.Commit(ctx, info); err != nil {
+		return scrubPlaintext(st, err)
 	}
 	if err := fetcher.Discard(a.fetchTo); err != nil {
 		a.log.Warn("discarding fetch progress", "err", err)
@@ -504,10 +531,7 @@ func (a *Agent) booted(ctx context.Context) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	a.mu.Lock()
-	img := a.st.Image
-	a.mu.Unlock()
-	if dec.Booted && bytes.Equal(dec.Digest[:], img) {
+	if dec.Booted && a.isUpdateImage(dec.Digest, dec.Version, dec.Campaign) {
 		return a.setState(ctx, schemas.StateTrial, schemas.CodeNone, fmt.Sprintf("bootloader: %s", dec.Action))
 	}
 	why := dec.Reason
@@ -525,10 +549,7 @@ func (a *Agent) confirm(ctx context.Context) error {
 		return transient(schemas.CodeInternal, err)
 	}
 	a.refreshActive()
-	a.mu.Lock()
-	img := a.st.Image
-	a.mu.Unlock()
-	running := st.Active.Valid && bytes.Equal(st.Active.Digest[:], img)
+	running := st.Active.Valid && a.isUpdateImage(st.Active.Digest, st.Active.Version, st.Active.Campaign)
 	switch {
 	case !running:
 		a.finish(ctx, schemas.StateRolledBack, schemas.CodeBootFailed, "bootloader reverted the new image: "+st.LastReason)
@@ -652,7 +673,7 @@ func (a *Agent) fail(ctx context.Context, err error) {
 		wait := a.backoff(attempts)
 		a.mu.Lock()
 		a.st.NextAttempt = now.Add(wait).UnixMilli()
-		a.st.Code, a.st.Text = code, err.Error()
+		a.st.Code, a.st.Text = code, a.scrubLocked(err.Error())
 		state := a.st.State
 		a.mu.Unlock()
 		if serr := a.save(); serr != nil {
@@ -705,13 +726,14 @@ func (a *Agent) backoff(n uint32) time.Duration {
 // the update is past staging.
 func (a *Agent) runningNew() bool {
 	a.mu.Lock()
-	state, img := a.st.State, a.st.Image
+	state := a.st.State
 	a.mu.Unlock()
 	if state != schemas.StateRebooting && state != schemas.StateTrial {
 		return false
 	}
 	a.refreshActive()
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.active.Valid && bytes.Equal(a.active.Digest[:], img)
+	active := a.active
+	a.mu.Unlock()
+	return active.Valid && a.isUpdateImage(active.Digest, active.Version, active.Campaign)
 }

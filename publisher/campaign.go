@@ -36,6 +36,9 @@ type Campaign struct {
 	ChunkSize   uint32 `json:"chunk_size"`
 	TableDigest string `json:"table_digest"`
 	Envelope    []byte `json:"envelope"`
+	// Encrypted: the image is encrypted, and each notice carries the
+	// content key wrapped for its device (see encrypt.go).
+	Encrypted bool `json:"encrypted,omitempty"`
 	// Targets are the target devices in rollout order (shuffled once at
 	// creation); phase i covers Targets[PhaseEnds[i-1]:PhaseEnds[i]].
 	Targets         []string   `json:"targets"`
@@ -310,6 +313,10 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		return Campaign{}, fmt.Errorf("%w: notices must be signed: configure a notice signing key (Config.NoticeSigners, or a SUITSigner)", ErrNoSigner)
 	}
 	id := randomID("c")
+	enc, err := p.encryptionFor(ctx, img, targets)
+	if err != nil {
+		return Campaign{}, err
+	}
 	env := spec.Envelope
 	if len(env) == 0 {
 		if p.cfg.Signer == nil {
@@ -319,7 +326,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		req := ManifestRequest{
 			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig,
 			Sequence: uint64(now.UnixMilli()), VendorID: p.cfg.VendorID, ClassID: p.cfg.ClassID, Deadline: spec.Deadline,
-			SecurityVersion: img.SecurityVersion,
+			SecurityVersion: img.SecurityVersion, Encryption: enc,
 		}
 		if p.cfg.PublicURL != "" {
 			req.URIs = []string{p.imageURL(img.Digest)}
@@ -333,6 +340,9 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		return Campaign{}, fmt.Errorf("%w: envelope is %d bytes, max %d", ErrInvalid, len(env), schemas.MaxEnvelopeSize)
 	}
 	if err := checkEnvelope(env, spec.Image); err != nil {
+		return Campaign{}, err
+	}
+	if err := checkEncryptedEnvelope(env, img); err != nil {
 		return Campaign{}, err
 	}
 	down, err := p.downgrades(ctx, targets, img, env)
@@ -353,7 +363,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	c := Campaign{
 		ID: id, Name: spec.Name, Image: img.Digest, ImageSize: img.Size, ChunkSize: img.ChunkSize, TableDigest: img.TableDigest,
-		Envelope: env, Targets: targets, Phases: phases, PhaseEnds: ends,
+		Envelope: env, Encrypted: img.Encrypted, Targets: targets, Phases: phases, PhaseEnds: ends,
 		SuccessPermille: orDefault(spec.SuccessPermille, p.cfg.DefaultSuccessPermille),
 		FailPermille:    orDefault(spec.FailPermille, p.cfg.DefaultFailPermille),
 		FailAction:      p.cfg.FailAction, Deadline: spec.Deadline, State: CampaignCreated, Phase: -1,

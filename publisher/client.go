@@ -117,6 +117,10 @@ func (c *Client) UploadImageWith(ctx context.Context, up ImageUpload, r io.Reade
 	if up.SecurityVersion != 0 {
 		q.Set("security_version", strconv.FormatUint(up.SecurityVersion, 10))
 	}
+	if len(up.Recipients) > 0 {
+		q.Set("encrypt", "true")
+		q.Set("recipients", strings.Join(up.Recipients, ","))
+	}
 	var img Image
 	err := c.do(ctx, "POST", "/api/v1/images?"+q.Encode(), r, "application/octet-stream", &img)
 	return img, err
@@ -212,4 +216,11 @@ func (c *Client) RevokeAPIKey(ctx context.Context, id string) error {
 func (c *Client) Audit(ctx context.Context, limit int) ([]AuditEntry, error) {
 	var v []AuditEntry
 	return v, c.doJSON(ctx, "GET", "/api/v1/audit?limit="+strconv.Itoa(limit), nil, &v)
+}
+
+// SetDeviceKey provisions or rotates a device's key for encrypted images
+// (PUT /api/v1/devices/{id}/key).
+func (c *Client) SetDeviceKey(ctx context.Context, device string, req DeviceKeyRequest) (DeviceKeyReply, error) {
+	var v DeviceKeyReply
+	return v, c.doJSON(ctx, "PUT", "/api/v1/devices/"+url.PathEscape(device)+"/key", req, &v)
 }

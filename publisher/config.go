@@ -3,6 +3,7 @@ package publisher
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,6 +62,11 @@ type Config struct {
 	// Default: the signers of Signer when it was made by SUITSigner. With
 	// neither, no campaign can be created (ErrNoSigner).
 	NoticeSigners []suit.Signer
+	// KeyCustody is the publisher's key-custody key for encrypted images
+	// (16 or 32 bytes): device key-encryption keys are stored wrapped
+	// with it, and each encrypted image's content key is wrapped with it
+	// into its manifests (see encrypt.go). Nil: no encrypted images.
+	KeyCustody []byte
 	// VendorID and ClassID (16-byte UUIDs) go into server-signed manifests.
 	VendorID, ClassID []byte
 	// Clock tells the time. Default: the system clock.
@@ -267,6 +273,10 @@ func (c Config) withDefaults() (Config, error) {
 	if s, ok := c.Signer.(interface{ noticeSigners() []suit.Signer }); ok && len(c.NoticeSigners) == 0 {
 		c.NoticeSigners = append(c.NoticeSigners, s.noticeSigners()...)
 	}
+	if n := len(c.KeyCustody); n != 0 && n != 16 && n != 32 {
+		return c, fmt.Errorf("%w: config: key-custody key of %d bytes (want 16 or 32)", ErrInvalid, n)
+	}
+	c.KeyCustody = slices.Clone(c.KeyCustody)
 	if len(c.NoticeSigners) > suit.MaxAuthBlocks {
 		return c, fmt.Errorf("%w: config: %d notice signers, max %d", ErrInvalid, len(c.NoticeSigners), suit.MaxAuthBlocks)
 	}

@@ -340,6 +340,11 @@ func (p *Publisher) notice(ctx context.Context, c *Campaign, device string) ([]b
 	if len(p.cfg.NoticeSigners) == 0 {
 		return nil, fmt.Errorf("%w: no notice signing key", ErrNoSigner)
 	}
+	key, err := p.wrappedKeyFor(ctx, c, device)
+	if err != nil {
+		return nil, err
+	}
+	n.Key = key
 	if err := suit.SignNotice(ctx, n, p.cfg.NoticeSigners...); err != nil {
 		return nil, fmt.Errorf("sign: %w", err)
 	}

@@ -128,6 +128,7 @@ func (p *Publisher) Handler() http.Handler {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { p.serveAPI(w, r, scope, f) })
 	}
 	api("POST /api/v1/images", ScopeCampaign, p.apiUpload)
+	p.encryptionAPI(api)
 	api("GET /api/v1/images", ScopeRead, func(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, error) {
 		v, err := p.Images(r.Context())
 		return 200, nonNil(v), err
@@ -356,6 +357,9 @@ func (p *Publisher) apiUpload(_ http.ResponseWriter, r *http.Request, who Princi
 			return 0, nil, fmt.Errorf("%w: security_version %q is not an unsigned integer", ErrInvalid, s)
 		}
 		up.SecurityVersion = v
+	}
+	if q.Get("encrypt") == "true" {
+		return p.apiUploadEncrypted(r, who, up)
 	}
 	img, created, err := p.UploadImageWith(r.Context(), who, up, r.Body)
 	if err != nil {

@@ -46,6 +46,9 @@ type Image struct {
 	SecurityVersion uint64    `json:"security_version,omitempty"`
 	Uploaded        time.Time `json:"uploaded"`
 	UploadedBy      string    `json:"uploaded_by,omitempty"`
+	// Encrypted: the stored bytes are the ciphertext (Digest, Size and
+	// the chunk table are its own); see UploadEncryptedImage.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // ImageUpload is what an upload says about the image besides its bytes.
@@ -57,6 +60,10 @@ type ImageUpload struct {
 	Version string
 	// SecurityVersion, at most suit.MaxSecurityVersion; 0 for none.
 	SecurityVersion uint64
+	// Recipients, for Client.UploadImageWith only, uploads the image
+	// encrypted for these devices ("device:ID", "class:NAME", "group:G";
+	// see UploadEncryptedImage). The server takes them from the request.
+	Recipients []string `json:"-"`
 }
 
 // check validates u and returns the version with its "v" prefix, as

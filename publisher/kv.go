@@ -28,6 +28,7 @@ type stores struct {
 	campaigns jetstream.KeyValue // campaign id -> Campaign (JSON)
 	campdev   jetstream.KeyValue // "<campaign>.<device>" -> DeviceState (JSON)
 	lease     jetstream.KeyValue // "leader" -> lease (JSON)
+	cryptKeys jetstream.KeyValue // "dev.<id>" -> deviceKeyRecord, "img.<digest>" -> imageKeyRecord (JSON; keys wrapped)
 	audit     jetstream.Stream   // append-only audit log
 	auditSubj string
 }
@@ -75,6 +76,9 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		return nil, err
 	}
 	if s.lease, err = kv("lease", "firmcast leader lease", 1); err != nil {
+		return nil, err
+	}
+	if s.cryptKeys, err = kv("cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
 		return nil, err
 	}
 	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{

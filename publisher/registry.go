@@ -404,6 +404,7 @@ func (p *Publisher) RemoveDevice(ctx context.Context, who Principal, id string) 
 		return fmt.Errorf("publisher: remove device %q: %w", id, err)
 	}
 	p.audit(ctx, who, "device.remove", id, "")
+	p.forgetDeviceKey(ctx, id)
 	if p.cfg.OnDeviceRemoved != nil {
 		p.cfg.OnDeviceRemoved(id)
 	}

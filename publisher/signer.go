@@ -29,6 +29,9 @@ type ManifestRequest struct {
 	// SecurityVersion is the image's anti-rollback security version
 	// (Image.SecurityVersion); 0 = none (devices keep their floor).
 	SecurityVersion uint64
+	// Encryption, for an encrypted image, is its encryption parameter
+	// (the image digest, size and chunk table are the ciphertext's).
+	Encryption *suit.ImageEncryption
 }
 
 // ManifestSigner makes a signed SUIT envelope. Implementations may keep the

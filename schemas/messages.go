@@ -19,6 +19,9 @@ const (
 	// MaxNoticeAuthSize bounds the authentication wrapper of a notice (a
 	// few COSE blocks).
 	MaxNoticeAuthSize = 2 << 10
+	// MaxNoticeKeySize bounds the wrapped content key of a notice (one
+	// COSE_recipient: a wrapped key, a key id, maybe an ephemeral key).
+	MaxNoticeKeySize = 1 << 10
 	// MaxSources bounds the source hints of a notice.
 	MaxSources = 16
 	// MaxURILen bounds the URI of a source hint.
@@ -85,7 +88,7 @@ type SourceHint struct {
 //
 //	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
 //	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size,
-//	                  ? 9: true, 10: bstr }
+//	                  ? 9: true, 10: bstr, ? 11: bstr }
 type UpdateNotice struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -118,6 +121,14 @@ type UpdateNotice struct {
 	// SHA-256 of SignedBytes and at least one COSE_Sign1 or COSE_Mac0
 	// block over it), 1..MaxNoticeAuthSize bytes.
 	Auth []byte `cbor:"10,keyasint"`
+	// Key is this device's wrapped content key for an encrypted image: one
+	// COSE_recipient (schemas/suit DecodeRecipient), 1..MaxNoticeKeySize
+	// bytes, signed with the rest of the notice. Only a per-device notice
+	// carries one (never a class announcement): each device receives the
+	// content key wrapped for its own key, while the ciphertext is one for
+	// all. What the key decrypts is authenticated by the signed manifest,
+	// not by this field.
+	Key []byte `cbor:"11,keyasint,omitempty"`
 }
 
 // SignedBytes returns the bytes Auth authenticates: the deterministic

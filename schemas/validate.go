@@ -130,6 +130,15 @@ func (n *UpdateNotice) Validate() error {
 	if len(n.Auth) > MaxNoticeAuthSize {
 		return tooLarge(m, "authentication", len(n.Auth), MaxNoticeAuthSize)
 	}
+	if len(n.Key) > MaxNoticeKeySize {
+		return tooLarge(m, "wrapped content key", len(n.Key), MaxNoticeKeySize)
+	}
+	if n.Key != nil && len(n.Key) == 0 {
+		return invalid(m, "wrapped content key is empty")
+	}
+	if n.Key != nil && n.ClassTarget {
+		return invalid(m, "a class announcement carries a wrapped content key (keys are per device)")
+	}
 	return nil
 }
 

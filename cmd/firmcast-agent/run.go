@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"os"
@@ -34,6 +35,7 @@ type runOptions struct {
 	memLimit                                     int64
 	selfTest                                     string
 	imageURL                                     string
+	kekFile, kekID                               string
 }
 
 func newRunCmd() *cobra.Command {
@@ -64,6 +66,8 @@ notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 	f.StringVar(&o.brokerURL, "broker", "", "broker URL: mqtt://, mqtts://, nats:// or tls:// (required)")
 	f.StringVar(&o.natsURL, "nats", "", "NATS URL for the image object store (optional)")
 	f.StringVar(&o.bucket, "bucket", "firmcast_images", "object store bucket holding images")
+	f.StringVar(&o.kekFile, "kek-file", "", "file holding a key-encryption key for encrypted images in hex (16 or 32 bytes), besides the device file's \"kek\" (both are tried: a key rotation)")
+	f.StringVar(&o.kekID, "kek-id", "", "the --kek-file key's id (\"<device>#<generation>\"); empty matches any")
 	f.StringVar(&o.imageURL, "image-url", "", "the firmcast server's image URL prefix, e.g. https://fw.example.com/images/: HTTP sources under it send --device-id and --secret as basic auth (the server's default --image-access key policy asks for them)")
 	f.StringVar(&o.flash, "flash", "", "flash file made by 'firmcast boot init' (required)")
 	f.StringVar(&o.state, "state", "", "state directory (required)")
@@ -152,6 +156,9 @@ func (o *runOptions) run(ctx context.Context) error {
 		Transport: tr, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
 	}
+	if cfg.Keys, err = o.keys(); err != nil {
+		return err
+	}
 	if o.imageURL != "" {
 		cfg.HTTPAuth = &deviceagent.HTTPAuth{URLPrefix: o.imageURL, Username: o.deviceID, Password: o.secret}
 	}
@@ -215,4 +222,36 @@ func parseWindow(s string) (deviceagent.Window, error) {
 		return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
 	}
 	return deviceagent.Window{Start: off(ta), End: off(tb)}, nil
+}
+
+// keys is the agent's content-key unwrapper: the device file's KEK (the
+// secure element) and --kek-file, never anything in the state directory.
+func (o *runOptions) keys() (suit.KeyUnwrapper, error) {
+	df, err := devicefile.Read(o.flash)
+	if err != nil {
+		return nil, fmt.Errorf("--flash: %w", err)
+	}
+	var ring suit.Keyring
+	k, err := df.Keys()
+	if err != nil {
+		return nil, fmt.Errorf("--flash: %w", err)
+	}
+	if k != nil {
+		ring = append(ring, k)
+	}
+	if o.kekFile != "" {
+		b, err := os.ReadFile(o.kekFile)
+		if err != nil {
+			return nil, fmt.Errorf("--kek-file: %w", err)
+		}
+		kek, err := hex.DecodeString(strings.TrimSpace(string(b)))
+		if err != nil || (len(kek) != 16 && len(kek) != 32) {
+			return nil, fmt.Errorf("--kek-file: %s must hold 16 or 32 bytes in hex", o.kekFile)
+		}
+		ring = append(ring, suit.KEK{KeyID: []byte(o.kekID), Key: kek})
+	}
+	if len(ring) == 0 {
+		return nil, nil
+	}
+	return ring, nil
 }

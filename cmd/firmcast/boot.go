@@ -87,6 +87,7 @@ func parseDeviceKey(s string) ([]byte, error) {
 func newBootInitCmd() *cobra.Command {
 	var (
 		flash, keyHex, pubFile string
+		kekFile, kekID         string
 		slots                  int
 		slotSize               int64
 		asJSON                 bool
@@ -121,6 +122,15 @@ func newBootInitCmd() *cobra.Command {
 					return fmt.Errorf("--pubkey %s: %w", pubFile, err)
 				}
 			}
+			if kekFile != "" {
+				// The device's key-encryption key for encrypted images, in
+				// its root of trust (the device file).
+				k, err := readHexKey("kek-file", kekFile)
+				if err != nil {
+					return err
+				}
+				dev.KEK, dev.KEKID = hex.EncodeToString(k), kekID
+			}
 			if _, err := os.Stat(flash); err == nil {
 				return fmt.Errorf("--flash %s: exists; remove it to start a new device", flash)
 			}
@@ -147,6 +157,8 @@ func newBootInitCmd() *cobra.Command {
 	c.Flags().Int64Var(&slotSize, "slot-size", 0, "bytes per slot, header sector included (required)")
 	c.Flags().StringVar(&keyHex, "device-key", "", "per-device HMAC key in hex (default: random)")
 	c.Flags().StringVar(&pubFile, "pubkey", "", "public key file: turns on secure-boot mode")
+	c.Flags().StringVar(&kekFile, "kek-file", "", "file holding the device's key-encryption key for encrypted images in hex (firmcast device key --generate --out); kept in the device file")
+	c.Flags().StringVar(&kekID, "kek-id", "", "the KEK's key id, as the server names it (\"<device>#<generation>\"); empty matches any")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.MarkFlagsMutuallyExclusive("device-key", "pubkey")
 	_ = c.MarkFlagRequired("flash")

@@ -43,6 +43,7 @@ type demoFlags struct {
 	failAt    string
 	timeout   time.Duration
 	stall     time.Duration
+	encrypt   bool
 }
 
 func newDemoCmd() *cobra.Command {
@@ -62,6 +63,12 @@ bootloader rolls them back to v1 and the campaign aborts at its failure
 threshold. With --broker and --nats the demo uses those brokers instead of
 embedded ones (under a fresh topic root, cleaned up at the end).
 
+With --encrypt, v2 is uploaded encrypted (SUIT firmware encryption, AES-CTR
+with a fresh content key): every device gets its own key-encryption key in
+its device file, registered with the publisher; one ciphertext is broadcast,
+named by its digest, and each device's notice carries the content key
+wrapped for its key alone (docs/SECURITY.md, "Firmware encryption").
+
 Exit codes: 0 every targeted device confirmed on v2; 3 the campaign was
 aborted; 1 any other error.`,
 		Args: cobra.NoArgs,
@@ -80,6 +87,7 @@ aborted; 1 any other error.`,
 	fl.IntSliceVar(&f.phases, "phases", []int{10, 50, 100}, "cumulative rollout percentages")
 	fl.StringVar(&f.failAt, "fail-threshold", "10%", "failures (of the devices notified so far) that abort the campaign")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "campaign timeout")
+	fl.BoolVar(&f.encrypt, "encrypt", false, "roll out v2 encrypted, with a content key wrapped per device")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
 	return c
 }
@@ -116,7 +124,7 @@ func (f *demoFlags) config() (fleet.Config, error) {
 	}
 	cfg := fleet.Config{
 		Devices: f.devices, ImageSize: size, MQTTURL: f.mqtt, NATSURL: f.nats, FailRate: f.failRate, Seed: f.seed,
-		FailPermille: fail, Timeout: f.timeout, Stall: f.stall,
+		FailPermille: fail, Timeout: f.timeout, Stall: f.stall, Encrypt: f.encrypt,
 	}
 	for _, p := range f.phases {
 		if p < 1 || p > 100 {
@@ -248,6 +256,9 @@ func printSummary(w io.Writer, asJSON bool, s fleet.Summary) error {
 	row("devices received", fmt.Sprintf("%s (%s per device)", humanBytes(s.DeviceBytes), humanBytes(s.DeviceBytes/int64(max(s.Devices, 1)))))
 	row("wall time", fmt.Sprintf("%.1fs campaign (+%.1fs setup)", s.WallSeconds, s.SetupSeconds))
 	row("brokers", s.Broker+", "+s.NATS)
+	if s.Encrypted {
+		row("v2", "encrypted, ciphertext "+s.V2)
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}

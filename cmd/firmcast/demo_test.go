@@ -17,6 +17,7 @@ func TestDemoExitCodes(t *testing.T) {
 		confirmd int
 	}{
 		{"all confirmed", []string{"--devices", "10", "--image-size", "64KiB"}, 0, "completed", 10},
+		{"encrypted, all confirmed", []string{"--devices", "6", "--image-size", "48KiB", "--encrypt"}, 0, "completed", 6},
 		{"fail rate aborts", []string{"--devices", "20", "--image-size", "32KiB", "--fail-rate", "0.5", "--seed", "7", "--phases", "50,100"}, exitAborted, "aborted", -1},
 	}
 	for _, tc := range cases {

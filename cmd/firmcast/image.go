@@ -48,6 +48,9 @@ on the server's JetStream object store.`,
 			if img.SecurityVersion != 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), ", security version %d", img.SecurityVersion)
 			}
+			if img.Encrypted {
+				fmt.Fprint(cmd.OutOrStdout(), ", encrypted (the digest names the ciphertext)")
+			}
 			fmt.Fprintln(cmd.OutOrStdout())
 			return nil
 		},
@@ -55,6 +58,7 @@ on the server's JetStream object store.`,
 	upload.Flags().StringVar(&up.Name, "name", "", "image name (default: the file name)")
 	upload.Flags().StringVar(&up.Version, "version", "", "the image's own version, semantic (1.4.2): campaigns to an older image than a target runs need --allow-downgrade")
 	upload.Flags().Uint64Var(&up.SecurityVersion, "security-version", 0, "anti-rollback security version signed into its manifests; raise it on purpose when older versions must never run again (default: none, devices keep their floor)")
+	addEncryptFlags(upload, &up)
 	list := apiListCmd(a, "image list", "list", "List stored images",
 		func(ctx context.Context, cl *publisher.Client) ([]publisher.Image, error) { return cl.Images(ctx) },
 		[]string{"DIGEST", "NAME", "SIZE", "CHUNKS", "UPLOADED"},

@@ -63,6 +63,7 @@ type publisherOptions struct {
 	noticeKey                       string
 	deviceDeadline                  time.Duration
 	imageAccess                     string
+	keyCustody                      string
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -78,6 +79,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.noticeKey, "notice-key", "", "PEM private key the server signs notices with (the campaign authority; default: --sign-key). Needed for campaigns of operator-signed envelopes when the server signs no manifests")
 	f.DurationVar(&o.deviceDeadline, "device-deadline", 0, "a targeted device that has not finished this long after its notice counts as timed out (0: the publisher's default, 24h)")
 	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
+	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 }
 
@@ -240,6 +242,11 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)
+		}
+	}
+	if p.keyCustody != "" {
+		if cfg.Publisher.KeyCustody, err = readHexKey("key-custody-file", p.keyCustody); err != nil {
+			return cfg, err
 		}
 	}
 	if p.noticeKey != "" {

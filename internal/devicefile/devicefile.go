@@ -41,6 +41,32 @@ type File struct {
 	// PublicKey, when set, turns on secure-boot mode: one or more PEM
 	// "PUBLIC KEY" blocks trusted to sign envelopes (suit.ParseTrustPEM).
 	PublicKey []byte `json:"public_key,omitempty"`
+	// KEK, when set, is the device's key-encryption key for encrypted
+	// images in hex (16 bytes, A128KW, or 32, A256KW), and KEKID the key
+	// id the publisher names it by ("<device>#<generation>"; empty matches
+	// any). It stands for a key in the secure element: the agent takes it
+	// from here (Keys), never from its state directory.
+	KEK   string `json:"kek,omitempty"`
+	KEKID string `json:"kek_id,omitempty"`
+}
+
+// Keys returns the device's content-key unwrapper (a suit.KEK), or nil
+// when the file holds no KEK. Errors wrap ErrInvalid and name the field.
+func (f File) Keys() (suit.KeyUnwrapper, error) {
+	if f.KEK == "" {
+		if f.KEKID != "" {
+			return nil, fmt.Errorf("%w: kek_id without kek", ErrInvalid)
+		}
+		return nil, nil
+	}
+	k, err := hex.DecodeString(f.KEK)
+	if err != nil {
+		return nil, fmt.Errorf("%w: kek: not hex: %w", ErrInvalid, err)
+	}
+	if len(k) != 16 && len(k) != 32 {
+		return nil, fmt.Errorf("%w: kek: %d bytes, want 16 or 32", ErrInvalid, len(k))
+	}
+	return suit.KEK{KeyID: []byte(f.KEKID), Key: k}, nil
 }
 
 // Validate reports the first invalid field, wrapping ErrInvalid.
@@ -55,7 +81,10 @@ func (f File) Validate() error {
 		return fmt.Errorf("%w: trial_boots %d: want 1..%d, or 0 for the default (%d)",
 			ErrInvalid, f.TrialBoots, bootctl.MaxTrialBoots, bootctl.DefaultTrialBoots)
 	}
-	_, err := f.RootOfTrust()
+	if _, err := f.RootOfTrust(); err != nil {
+		return err
+	}
+	_, err := f.Keys()
 	return err
 }
 

@@ -25,7 +25,14 @@
 //	  "trial_boots": K,
 //	  "device_key":  "HEX",          (at least bootctl.MinDeviceKeySize bytes)
 //	  "public_key":  "BASE64 OF PEM" (optional: secure-boot mode)
+//	  "kek":         "HEX",          (optional: encrypted images, 16 or 32 bytes)
+//	  "kek_id":      "ID"            (optional: the KEK's key id)
 //	}
+//
+// kek is the device's key-encryption key for encrypted images: the
+// publisher wraps each image's content key with it, in the device's own
+// notice. Like device_key it stands for the secure element; the agent
+// reads it from here and never writes it to its state directory.
 //
 // public_key holds one or more concatenated PEM "PUBLIC KEY" blocks,
 // parsed with suit.ParseTrustPEM: a file holding the current and the next

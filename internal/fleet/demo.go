@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	crand "crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -82,6 +83,12 @@ type Config struct {
 	// UpTimeout bounds how long the devices may take to come up. Default
 	// 5 minutes.
 	UpTimeout time.Duration
+	// Encrypt runs the campaign with v2 encrypted (issue 17): the
+	// publisher gets a key-custody key, every device a key-encryption key
+	// in its device file (registered with the publisher), and v2 is
+	// uploaded encrypted for the devices' class: one ciphertext for all,
+	// named by its digest, with each device's content key in its notice.
+	Encrypt bool
 }
 
 // ErrStalled: nothing moved in the campaign for Config.Stall.
@@ -185,13 +192,20 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return sum, err
 	}
 	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), Image(cfg.Seed, "v2", cfg.ImageSize)
-	for name, b := range map[string][]byte{"v1.bin": v1, "v2.bin": v2} {
+	files := map[string][]byte{"v1.bin": v1, "v2.bin": v2}
+	if cfg.Encrypt {
+		delete(files, "v2.bin") // the plaintext stays with the vendor (here: in memory)
+	}
+	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(cfg.Dir, name), b, 0o644); err != nil {
 			return sum, err
 		}
 	}
 	d1, d2 := sha256.Sum256(v1), sha256.Sum256(v2)
-	sum.V1, sum.V2 = hex.EncodeToString(d1[:]), hex.EncodeToString(d2[:])
+	sum.V1 = hex.EncodeToString(d1[:])
+	if !cfg.Encrypt {
+		sum.V2 = hex.EncodeToString(d2[:]) // an encrypted v2 is named by its ciphertext (RunCampaign)
+	}
 	vendor, class := uuidFor("vendor"), uuidFor("class")
 
 	// Backend.
@@ -213,6 +227,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		MaxImageSize: int64(cfg.ImageSize), TickInterval: 100 * time.Millisecond, StartWindow: 500 * time.Millisecond,
 		WaveInterval: 5 * time.Second, RepairWindow: 250 * time.Millisecond, WaveEcho: 32, MinPhaseDevices: 3,
 		MaxDownloading: 1000, FailAction: publisher.FailAbort, Logger: log,
+	}
+	if cfg.Encrypt {
+		pcfg.KeyCustody = make([]byte, 16)
+		if _, err := crand.Read(pcfg.KeyCustody); err != nil {
+			return sum, err
+		}
 	}
 	if cfg.Publisher != nil {
 		cfg.Publisher(&pcfg)
@@ -237,7 +257,14 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 
 	// Fleet.
 	const devClass = "demo"
-	fl, err := NewFleet(ctx, FleetConfig{
+	var provision func(ctx context.Context, id string, kek []byte) (string, error)
+	if cfg.Encrypt {
+		provision = func(ctx context.Context, id string, kek []byte) (string, error) {
+			info, err := st.Pub.SetDeviceKEK(ctx, st.Admin, id, kek)
+			return info.KeyID, err
+		}
+	}
+	fl, err := NewFleet(ctx, FleetConfig{ProvisionKEK: provision,
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
@@ -257,7 +284,13 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return sum, err
 	}
 	sum.SetupSeconds = time.Since(t0).Seconds()
-	err = RunCampaign(ctx, fl, LocalBackend{st}, v2, devClass, &cfg, &sum)
+	be := LocalBackend{S: st}
+	if cfg.Encrypt {
+		// Every device by id (each read on its own): the image is
+		// encrypted for exactly the fleet.
+		be.Recipients = &schemas.CampaignSpec{Devices: ids}
+	}
+	err = RunCampaign(ctx, fl, be, v2, devClass, &cfg, &sum)
 	return sum, err
 }
 
@@ -286,9 +319,18 @@ func (b LocalBackend) EgressSplit() (wave, repair, unicast int64) {
 }
 
 // LocalBackend is a Stack's publisher as a Backend.
-type LocalBackend struct{ S *stack.Stack }
+type LocalBackend struct {
+	S *stack.Stack
+	// Recipients, when set, makes Upload store the image encrypted for
+	// these devices (publisher.UploadEncryptedImage).
+	Recipients *schemas.CampaignSpec
+}
 
 func (b LocalBackend) Upload(ctx context.Context, name string, image []byte) (string, error) {
+	if b.Recipients != nil {
+		img, err := b.S.Pub.UploadEncryptedImage(ctx, b.S.Admin, publisher.ImageUpload{Name: name}, *b.Recipients, bytes.NewReader(image))
+		return img.Digest, err
+	}
 	img, _, err := b.S.Pub.UploadImage(ctx, b.S.Admin, name, bytes.NewReader(image))
 	return img.Digest, err
 }
@@ -332,6 +374,11 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 	digest, err := be.Upload(ctx, "v2.bin", image)
 	if err != nil {
 		return fmt.Errorf("fleet: upload: %w", err)
+	}
+	if lb, ok := be.(LocalBackend); ok && lb.Recipients != nil {
+		// An encrypted image is named by its ciphertext digest; the
+		// plaintext's is not shown.
+		sum.V2, sum.Encrypted = digest, true
 	}
 	if cfg.OnReady != nil {
 		cfg.OnReady(time.Duration(sum.SetupSeconds * float64(time.Second)))
@@ -657,24 +704,26 @@ func writeKeys(dir string, key crypto.Signer) error {
 
 // Summary is what a demo run did, read from the devices.
 type Summary struct {
-	Outcome        string         `json:"outcome"` // "completed", "aborted" or the campaign's state
-	Devices        int            `json:"devices"`
-	Targeted       int            `json:"targeted"`
-	ConfirmedV2    int            `json:"confirmed_v2"`
-	OnV1           int            `json:"on_v1"`
-	RolledBack     int            `json:"rolled_back"`
-	Failed         int            `json:"failed"`
-	FailedBy       map[string]int `json:"failed_by_reason,omitempty"`
-	InProgress     int            `json:"in_progress"`
-	NotNotified    int            `json:"not_notified"`
-	Campaign       string         `json:"campaign"`
-	CampaignState  string         `json:"campaign_state"`
-	Reason         string         `json:"reason,omitempty"`
-	ImageSize      int            `json:"image_size"`
-	V1             string         `json:"v1_digest"`
-	V2             string         `json:"v2_digest"`
-	PublisherBytes int64          `json:"publisher_bytes"`
-	PublisherRatio float64        `json:"publisher_bytes_per_image"`
+	Outcome       string         `json:"outcome"` // "completed", "aborted" or the campaign's state
+	Devices       int            `json:"devices"`
+	Targeted      int            `json:"targeted"`
+	ConfirmedV2   int            `json:"confirmed_v2"`
+	OnV1          int            `json:"on_v1"`
+	RolledBack    int            `json:"rolled_back"`
+	Failed        int            `json:"failed"`
+	FailedBy      map[string]int `json:"failed_by_reason,omitempty"`
+	InProgress    int            `json:"in_progress"`
+	NotNotified   int            `json:"not_notified"`
+	Campaign      string         `json:"campaign"`
+	CampaignState string         `json:"campaign_state"`
+	Reason        string         `json:"reason,omitempty"`
+	ImageSize     int            `json:"image_size"`
+	V1            string         `json:"v1_digest"`
+	V2            string         `json:"v2_digest"`
+	// Encrypted: v2 was encrypted, and V2 names its ciphertext.
+	Encrypted      bool    `json:"encrypted,omitempty"`
+	PublisherBytes int64   `json:"publisher_bytes"`
+	PublisherRatio float64 `json:"publisher_bytes_per_image"`
 	// Egress splits PublisherBytes into wave, repair and unicast bytes.
 	Egress       map[string]int64 `json:"publisher_egress,omitempty"`
 	DeviceBytes  int64            `json:"device_bytes"`

@@ -72,6 +72,12 @@ type FleetConfig struct {
 	// Register is called once per device with its id and secret before it
 	// connects (the registry and the broker's credentials).
 	Register func(ctx context.Context, id, secret string) error
+	// ProvisionKEK, when set, gives every device a fresh key-encryption
+	// key for encrypted images: it is called once per device, after
+	// Register, with the key (to store at the publisher) and returns the
+	// key id the publisher names it by. The key goes into the device file
+	// (the secure element), from which the agent's Keys come.
+	ProvisionKEK func(ctx context.Context, id string, kek []byte) (kid string, err error)
 	// Logger receives the agents' logs. Default slog.Default().
 	Logger *slog.Logger
 	// ImageURL, when set, is the publisher's image URL prefix
@@ -104,6 +110,8 @@ type Device struct {
 
 	secret string
 	key    []byte
+	kek    []byte // key-encryption key (ProvisionKEK), in the device file
+	kid    string
 	flash  *bootctl.Flash
 	boot   *bootctl.Device
 	agent  *deviceagent.Agent
@@ -216,6 +224,11 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 				return fmt.Errorf("fleet: register %s: %w", d.ID, err)
 			}
 		}
+		if cfg.ProvisionKEK != nil {
+			if err := f.provisionKEK(ctx, d); err != nil {
+				return fmt.Errorf("fleet: device key of %s: %w", d.ID, err)
+			}
+		}
 		return nil
 	})
 	if err != nil {
@@ -272,14 +285,11 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	}
 	// The device file `firmcast boot` and firmcast-agent open; without
 	// fsync, like the agents' state (a fleet is thousands of devices).
-	df, err := devicefile.Encode(devicefile.File{Geometry: f.geom, Layout: f.layout, TrialBoots: trialBoots, DeviceKey: hex.EncodeToString(d.key)})
-	if err != nil {
-		return err
-	}
-	if err := atomicfile.WriteFileNoSync(devicefile.Path(d.FlashPath()), df, 0o600); err != nil {
+	if err := f.writeDeviceFile(d); err != nil {
 		return err
 	}
 	var fl *bootctl.Flash
+	var err error
 	if f.cfg.MemFlash {
 		fl, err = bootctl.NewMemFlash(f.geom)
 	} else {
@@ -400,7 +410,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 		DeviceID: d.ID, Class: f.cfg.Class, Transport: &counting{Transport: tr, d: d}, Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
-		RetryBase: 500 * time.Millisecond,
+		RetryBase: 500 * time.Millisecond, Keys: d.keys(),
 		OnState: func(r deviceagent.Record) {
 			d.state.Store(int32(r.State))
 			now := time.Now().UnixNano()
@@ -479,4 +489,42 @@ func seed32(s uint64) [32]byte {
 		}
 	}
 	return b
+}
+
+// writeDeviceFile writes the device file `firmcast boot` and
+// firmcast-agent open (without fsync, like the agents' state: a fleet is
+// thousands of devices).
+func (f *Fleet) writeDeviceFile(d *Device) error {
+	file := devicefile.File{Geometry: f.geom, Layout: f.layout, TrialBoots: trialBoots, DeviceKey: hex.EncodeToString(d.key)}
+	if d.kek != nil {
+		file.KEK, file.KEKID = hex.EncodeToString(d.kek), d.kid
+	}
+	df, err := devicefile.Encode(file)
+	if err != nil {
+		return err
+	}
+	return atomicfile.WriteFileNoSync(devicefile.Path(d.FlashPath()), df, 0o600)
+}
+
+// provisionKEK draws the device's key-encryption key, has the publisher
+// store it (ProvisionKEK) and puts it in the device file.
+func (f *Fleet) provisionKEK(ctx context.Context, d *Device) error {
+	kek := make([]byte, 16)
+	if _, err := crand.Read(kek); err != nil {
+		return err
+	}
+	kid, err := f.cfg.ProvisionKEK(ctx, d.ID, kek)
+	if err != nil {
+		return err
+	}
+	d.kek, d.kid = kek, kid
+	return f.writeDeviceFile(d)
+}
+
+// keys is the agent's content-key unwrapper: the device file's KEK.
+func (d *Device) keys() suit.KeyUnwrapper {
+	if d.kek == nil {
+		return nil
+	}
+	return suit.KEK{KeyID: []byte(d.kid), Key: d.kek}
 }

@@ -400,6 +400,8 @@ func generate(t testing.TB) *corpus {
 	request("request-no-key", "status", "unauthorized", must[[]byte](t)(schemas.Encode(&schemas.CampaignCommand{V: schemas.Version, Op: "status", Campaign: "h-none"})), "no API key")
 	request("request-bogus-key", "list", "unauthorized", must[[]byte](t)(schemas.Encode(&schemas.CampaignCommand{V: schemas.Version, Op: "list", Key: "fk-bogus"})), "an API key that was never issued")
 
+	c.encryptedCases(signer, v2, notice)
+
 	b := must[[]byte](t)(json.MarshalIndent(c.cases, "", "  "))
 	c.put("cases.json", append(b, '\n'))
 	return c

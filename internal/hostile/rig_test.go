@@ -145,7 +145,7 @@ func startRig(t *testing.T, ctx context.Context, mods ...func(*deviceagent.Confi
 	acfg := deviceagent.Config{
 		DeviceID: deviceID, Class: deviceClass, Transport: r.devT, Topics: r.topics,
 		Identity: suit.Identity{VendorID: vendorID, ClassIDs: [][]byte{classID}, DeviceID: deviceUUID},
-		Boot:     r.boot, StateDir: r.stateDir, Trust: trust, Logger: log,
+		Boot:     r.boot, StateDir: r.stateDir, Trust: trust, Logger: log, Keys: deviceKEK(deviceID),
 		MaxAttempts: 1, ChunkIdle: 150 * time.Millisecond, RetryBase: 50 * time.Millisecond,
 		Fetch: fetcher.RetryPolicy{Base: 10 * time.Millisecond, Cap: 20 * time.Millisecond, MaxRetries: -1},
 	}

@@ -44,6 +44,10 @@ type CreateOptions struct {
 	// MaxSecurityVersion): the image's anti-rollback counter. Zero leaves
 	// it out, and a device then keeps its anti-rollback floor as it is.
 	SecurityVersion uint64
+	// Encryption, when set, makes the image an encrypted one
+	// (ParamFirmcastEncryption): ImageDigest, ImageSize and
+	// ChunkTableDigest (or Image) are then those of the ciphertext.
+	Encryption *ImageEncryption
 }
 
 // DefaultChunkSize is the chunk size Create uses when none is given.
@@ -90,6 +94,9 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 		if u == "" {
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
 		}
+	}
+	if e := opts.Encryption; e != nil && (e.Info == nil || len(e.Info.Recipients) == 0 || len(e.PlaintextDigest) != sha256.Size+8) {
+		return nil, fmt.Errorf("%w: encryption needs an encryption info with a recipient and a 40-byte wrapped plaintext digest", ErrParameter)
 	}
 	if opts.SecurityVersion > MaxSecurityVersion {
 		return nil, fmt.Errorf("%w: security version %d over %d", ErrParameter, opts.SecurityVersion, MaxSecurityVersion)
@@ -167,6 +174,12 @@ func buildManifest(o CreateOptions) []byte {
 	}
 	if o.SecurityVersion != 0 {
 		shared.Other = map[int64][]byte{ParamSecurityVersion: marshal(o.SecurityVersion)}
+	}
+	if o.Encryption != nil {
+		if shared.Other == nil {
+			shared.Other = map[int64][]byte{}
+		}
+		shared.Other[ParamFirmcastEncryption] = o.Encryption.Encode()
 	}
 	fetchFrom := func(uri string) Sequence {
 		u := uri

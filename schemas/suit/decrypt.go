@@ -17,16 +17,23 @@ import (
 // and did not unwrap), ErrNoRecipient (none is for this device), or the
 // KeyUnwrapper's own error.
 func (r *run) contentCipher(ctx context.Context, info *EncryptionInfo) (*ContentCipher, error) {
+	return findContentKey(ctx, r.p.Keys, info, r.p.Recipients)
+}
+
+// findContentKey is contentCipher for any caller holding keys (the
+// Processor, or an agent that decrypts in its own fetch path): the
+// info's recipients first, then extra, each offered to keys.
+func findContentKey(ctx context.Context, keys KeyUnwrapper, info *EncryptionInfo, extra []Recipient) (*ContentCipher, error) {
 	n := contentKeySize(info.Alg)
 	if n == 0 {
 		return nil, fmt.Errorf("%w: content algorithm %s", ErrUnknownAlgorithm, encAlgName(info.Alg))
 	}
-	if r.p.Keys == nil {
+	if keys == nil {
 		return nil, fmt.Errorf("%w: the device has no decryption keys", ErrNoRecipient)
 	}
 	var unwrapErr, unknownErr error
 	known := 0
-	for _, list := range [][]Recipient{info.Recipients, r.p.Recipients} {
+	for _, list := range [][]Recipient{info.Recipients, extra} {
 		for i := range list {
 			rc := &list[i]
 			if err := ctx.Err(); err != nil {
@@ -40,7 +47,7 @@ func (r *run) contentCipher(ctx context.Context, info *EncryptionInfo) (*Content
 				continue
 			}
 			known++
-			cek, err := r.p.Keys.UnwrapKey(ctx, rc, n)
+			cek, err := keys.UnwrapKey(ctx, rc, n)
 			switch {
 			case err == nil:
 				c, err := info.Cipher(cek)

@@ -101,6 +101,10 @@ const (
 	// anti-rollback counter in the bootloader, raised on purpose by the
 	// operator when a vulnerable version must never run again.
 	ParamSecurityVersion int64 = -260
+	// ParamFirmcastEncryption is firmcast's encrypted-image parameter (a
+	// custom parameter, see ImageEncryption): bstr .cbor {1:
+	// SUIT_Encryption_Info, 2: bstr .size 32 (keyed plaintext digest)}.
+	ParamFirmcastEncryption int64 = -264
 )
 
 // MaxSecurityVersion bounds ParamSecurityVersion: hardware monotonic
@@ -139,6 +143,7 @@ var paramNames = map[int64]string{
 	ParamDeviceID: "device-id", ParamMinBattery: "minimum-battery",
 	ParamUpdatePriority: "update-priority", ParamVersion: "version", ParamWaitInfo: "wait-info",
 	ParamFirmcast: "firmcast-chunks", ParamSecurityVersion: "firmcast-security-version",
+	ParamFirmcastEncryption: "firmcast-encryption",
 }
 
 // CommandName returns the draft's name of a command label, or "command N".

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/internal/devicefile"
+	"github.com/firmcast/firmcast/publisher"
+	"github.com/firmcast/firmcast/schemas/suit"
+)
+
+// The operator's path to an encrypted image: `device key --generate
+// --out` provisions a device KEK (written once, mode 0600), `boot init
+// --kek-file` puts it in the device file, `image add --encrypt
+// --recipients` stores the image encrypted (GET /images serves the
+// ciphertext, named by its digest); bad flag combinations are refused.
+func TestEncryptCommands(t *testing.T) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats not ready")
+	}
+	nc, err := nats.Connect(ns.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithCancel(context.Background())
+	nk, _ := suit.GenerateKey("ed25519", nil)
+	ns1, _ := suit.NewKeySigner(nk, 0)
+	const admin = "cli-admin-0123456789abcdef01"
+	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: admin, ChunkSize: 1024,
+		NoticeSigners: []suit.Signer{ns1}, KeyCustody: bytes.Repeat([]byte{0x5c}, 16)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(p.Handler())
+	t.Cleanup(func() {
+		srv.Close()
+		cancel()
+		nc.Close()
+		ns.Shutdown()
+	})
+	t.Setenv("FIRMCAST_SERVER", srv.URL)
+	t.Setenv("FIRMCAST_API_KEY", admin)
+	must := func(args ...string) string {
+		t.Helper()
+		out, err := runFirmcast(t, args...)
+		if err != nil {
+			t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+		return out
+	}
+	dir := t.TempDir()
+	must("device", "add", "d1", "--class", "sensor")
+	must("device", "add", "d2", "--class", "sensor")
+	kekFile := filepath.Join(dir, "d1.kek")
+	if out := must("device", "key", "d1", "--generate", "--out", kekFile); !strings.Contains(out, "d1#1") {
+		t.Errorf("device key --generate: %s", out)
+	}
+	fi, err := os.Stat(kekFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("KEK file: %v %v", fi, err)
+	}
+	kekHex, _ := os.ReadFile(kekFile)
+	if out, err := runFirmcast(t, "device", "show", "d1"); err != nil || strings.Contains(out, strings.TrimSpace(string(kekHex))) {
+		t.Errorf("device show answers with the KEK (or failed: %v)", err)
+	}
+	flash := filepath.Join(dir, "flash")
+	must("boot", "init", "--flash", flash, "--slot-size", "65536", "--kek-file", kekFile, "--kek-id", "d1#1")
+	df, err := devicefile.Read(flash)
+	if err != nil || df.KEK != strings.TrimSpace(string(kekHex)) || df.KEKID != "d1#1" {
+		t.Fatalf("device file: kek %q id %q, %v", df.KEK, df.KEKID, err)
+	}
+
+	img := filepath.Join(dir, "fw.bin")
+	data := make([]byte, 5000)
+	rand.Read(data)
+	os.WriteFile(img, data, 0o600)
+	for _, bad := range [][]string{
+		{"image", "add", img, "--encrypt"},
+		{"image", "add", img, "--recipients", "device:d1"},
+		{"image", "add", img, "--encrypt", "--recipients", "dev:d1"},
+		{"image", "add", img, "--encrypt", "--recipients", "device:d2"}, // no key
+		{"device", "key", "d1", "--generate"},
+	} {
+		if _, err := runFirmcast(t, bad...); err == nil {
+			t.Errorf("firmcast %s: accepted", strings.Join(bad, " "))
+		}
+	}
+	out := must("image", "add", img, "--encrypt", "--recipients", "device:d1")
+	digest := regexp.MustCompile(`^[0-9a-f]{64}`).FindString(out)
+	if digest == "" || !strings.Contains(out, "encrypted") {
+		t.Fatalf("image add --encrypt printed %q", out)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/images/"+digest, nil)
+	req.Header.Set("Authorization", "Bearer "+admin)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if sum := sha256.Sum256(ct); hex.EncodeToString(sum[:]) != digest || bytes.Contains(ct, data[:64]) || len(ct) != len(data) {
+		t.Fatal("GET /images does not serve the ciphertext the digest names")
+	}
+	if img, err := (&publisher.Client{BaseURL: srv.URL, Key: admin}).Image(context.Background(), digest); err != nil || !img.Encrypted {
+		t.Errorf("image record: %+v %v", img, err)
+	}
+}

@@ -1,0 +1,183 @@
+package fleet
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// sniff records every payload a device's transport publishes or
+// receives: the broker traffic of the campaign, as the devices see it.
+type sniff struct {
+	broker.Transport
+	rec *traffic
+}
+
+type traffic struct {
+	mu  sync.Mutex
+	msg [][]byte
+}
+
+func (t *traffic) add(b []byte) {
+	t.mu.Lock()
+	t.msg = append(t.msg, bytes.Clone(b))
+	t.mu.Unlock()
+}
+
+func (s *sniff) Publish(ctx context.Context, topic schemas.Topic, payload []byte, o broker.PublishOptions) error {
+	s.rec.add(payload)
+	return s.Transport.Publish(ctx, topic, payload, o)
+}
+
+func (s *sniff) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
+	return s.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
+		s.rec.add(m.Payload)
+		h(ctx, m)
+	}, o)
+}
+
+// leak says whether b holds a 64-byte window of plain (any offset: every
+// such window contains an aligned 32-byte block, checked first) or the
+// plaintext digest (raw or hex).
+func leak(b, plain []byte, sum [32]byte) string {
+	if bytes.Contains(b, sum[:]) || bytes.Contains(b, []byte(hex.EncodeToString(sum[:]))) {
+		return "the plaintext digest"
+	}
+	for i := 0; i+32 <= len(plain); i += 32 {
+		if j := bytes.Index(b, plain[i:i+32]); j >= 0 {
+			// Confirm a full 64-byte window around it.
+			for s := max(0, i-32); s <= i && s+64 <= len(plain); s++ {
+				if bytes.Contains(b, plain[s:s+64]) {
+					return "a 64-byte window of the plaintext"
+				}
+			}
+		}
+	}
+	return ""
+}
+
+// `firmcast demo --encrypt`: every device ends confirmed on v2, and no
+// 64-byte window of v2's plaintext, nor its digest, appears in the broker
+// traffic of the campaign (everything the devices published and
+// received), the NATS data directory (object store, KV, streams), the
+// agents' state directories, the logs (debug level) or the summary. The
+// devices' flash holds the installed plaintext, as it should. The same
+// scan of a plain demo finds the plaintext in the traffic and the NATS
+// data (the control that the scan can see it).
+func TestDemoEncryptLeaksNothing(t *testing.T) {
+	for _, encrypt := range []bool{true, false} {
+		name := "encrypted"
+		if !encrypt {
+			name = "plain-control"
+		}
+		t.Run(name, func(t *testing.T) { demoScan(t, encrypt) })
+	}
+}
+
+func demoScan(t *testing.T, encrypt bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	logf, err := os.Create(filepath.Join(dir, "firmcast.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer logf.Close()
+	rec := &traffic{}
+	const size, seed = 64 << 10, 5
+	sum, err := Run(ctx, Config{
+		Devices: 8, ImageSize: size, ChunkSize: 4096, Dir: dir, Seed: seed, Encrypt: encrypt,
+		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Agent:  func(c *deviceagent.Config) { c.Transport = &sniff{Transport: c.Transport, rec: rec} },
+	})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if sum.Outcome != "completed" || sum.ConfirmedV2 != 8 || sum.Encrypted != encrypt {
+		t.Fatalf("outcome %s, %d/8 confirmed on v2, encrypted %v; problems %+v", sum.Outcome, sum.ConfirmedV2, sum.Encrypted, sum.Problems)
+	}
+	plain := Image(seed, "v2", size)
+	psum := sha256.Sum256(plain)
+	found := map[string]string{} // where -> what leaked
+	sj, _ := json.Marshal(sum)
+	if l := leak(sj, plain, psum); l != "" {
+		found["summary"] = l
+	}
+	rec.mu.Lock()
+	n := len(rec.msg)
+	var total int
+	for _, m := range rec.msg {
+		if l := leak(m, plain, psum); l != "" {
+			found["broker traffic"] = l
+		}
+		total += len(m)
+	}
+	rec.mu.Unlock()
+	if n == 0 || total < size {
+		t.Fatalf("recorded %d messages, %d bytes: less than the image", n, total)
+	}
+	files, flashes := 0, 0
+	err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
+		if err != nil || e.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		if filepath.Base(p) == "flash" {
+			// The device's flash holds the installed plaintext (stored
+			// inverted, see bootctl's file flash): the control that the
+			// scan finds it where it is.
+			for i := range b {
+				b[i] = ^b[i]
+			}
+			if leak(b, plain, psum) != "" {
+				flashes++
+			}
+			return nil
+		}
+		files++
+		if l := leak(b, plain, psum); l != "" {
+			found[strings.TrimPrefix(p, dir)] = l
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if flashes != 8 {
+		t.Errorf("the scan found the plaintext in %d of 8 flashes", flashes)
+	}
+	t.Logf("scanned %d messages (%d bytes) and %d files", n, total, files)
+	if encrypt {
+		for where, what := range found {
+			t.Errorf("%s holds %s", where, what)
+		}
+		if sum.V2 == hex.EncodeToString(psum[:]) {
+			t.Error("the summary names v2 by its plaintext digest")
+		}
+		return
+	}
+	inNATS := false
+	for where := range found {
+		inNATS = inNATS || strings.HasPrefix(where, "/nats/")
+	}
+	if found["broker traffic"] == "" || !inNATS {
+		t.Errorf("control: the plain demo's plaintext was not found in the traffic and the NATS data: %v", found)
+	}
+}
