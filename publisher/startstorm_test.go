@@ -110,8 +110,8 @@ func TestOldNATSServerSurvivesStartStorm(t *testing.T) {
 	for _, n := range adv.Created() {
 		created[n]++
 	}
-	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 9 {
-		t.Errorf("streams created: %v; want 9 (6 buckets, images, audit, notices), once each", created)
+	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 11 {
+		t.Errorf("streams created: %v; want 11 (7 buckets, images, audit, events, notices), once each", created)
 	}
 	if t.Failed() {
 		t.FailNow()
