@@ -560,12 +560,30 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 	}
 }
 
-// ds is the device state named name (the test fails to compile nothing:
-// an unknown name panics).
+// ds is the device state named name; an unknown name panics.
 func ds(name string) DevState {
 	d, ok := ParseDevState(name)
 	if !ok {
 		panic("unknown device state " + name)
 	}
 	return d
+}
+
+func TestPercentsJSON(t *testing.T) {
+	b, err := json.Marshal(Status{Phases: Percents{10, 50, 100}})
+	if err != nil || !strings.Contains(string(b), `"phases":[10,50,100]`) {
+		t.Fatalf("%s %v", b, err)
+	}
+	for _, in := range []string{`[10,50,100]`, `"CjJk"`} {
+		var p Percents
+		if err := json.Unmarshal([]byte(in), &p); err != nil || !slices.Equal(p, Percents{10, 50, 100}) {
+			t.Errorf("%s: %v %v", in, p, err)
+		}
+	}
+	for _, in := range []string{`[300]`, `"!!"`, `{}`} {
+		var p Percents
+		if json.Unmarshal([]byte(in), &p) == nil {
+			t.Errorf("%s accepted", in)
+		}
+	}
 }

@@ -308,7 +308,12 @@ async function viewCampaign(seq, id) {
     head.id = 'camp-state';
     head.dataset.state = st.state;
   }
+  let actionsFor = null; // the state the buttons were drawn for
   function drawActions() {
+    // Redrawn only when the state changes, so that a button keeps its
+    // place (and focus) while live updates arrive.
+    if (actionsFor === st.state) return;
+    actionsFor = st.state;
     actions.replaceChildren();
     if (!session.can.campaign) return;
     const act = (name, label, cls, confirmText) => el('button', {
@@ -401,6 +406,11 @@ async function viewCampaign(seq, id) {
     prev.disabled = filter.pages.length === 0;
     next.onclick = () => { filter.pages.push(filter.after); filter.after = pg.next; loadDevices(); };
   }
+  let devTimer = null;
+  function devicesSoon() {
+    if (devTimer) return;
+    devTimer = setTimeout(() => { devTimer = null; loadDevices().catch(() => {}); }, 500);
+  }
   prev.onclick = () => { filter.after = filter.pages.pop() || ''; loadDevices(); };
   function applyFilter() {
     filter.state = stateSel.value;
@@ -431,7 +441,12 @@ async function viewCampaign(seq, id) {
     if (kind === 'snapshot') { loadDevices().catch(() => {}); return; }
     for (const d of b.devices || []) {
       const r = rows.get(d.device);
-      if (!r) continue;
+      if (!r) {
+        // A device the page does not show yet: reload the page of the
+        // table when it has room for it (throttled).
+        if (rows.size < pageSize && matches(d)) devicesSoon();
+        continue;
+      }
       if (matches(d)) {
         const nr = devRow(d);
         r.replaceWith(nr);
