@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"slices"
 	"strings"
@@ -586,4 +588,51 @@ func TestPercentsJSON(t *testing.T) {
 			t.Errorf("%s accepted", in)
 		}
 	}
+}
+
+func TestClientEvents(t *testing.T) {
+	f := newAPIFixture(t)
+	cl := &Client{BaseURL: f.srv.URL, Key: f.read}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var kinds []string
+	errSeen := fmt.Errorf("seen")
+	err := cl.Events(ctx, f.campaign, "", func(ev Event) error {
+		kinds = append(kinds, ev.Kind)
+		if ev.Kind == "snapshot" {
+			putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "w1", State: "downloading", Counter: 1})
+			return nil
+		}
+		for _, d := range ev.Batch.Devices {
+			if d.Device == "w1" && ev.ID != "" && len(ev.Batch.Campaigns) == 1 && ev.Batch.Campaigns[0].Counts["downloading"] == 1 {
+				return errSeen
+			}
+		}
+		return nil
+	})
+	if err != errSeen || kinds[0] != "snapshot" {
+		t.Fatalf("events %v: %v", kinds, err)
+	}
+	bad := &Client{BaseURL: f.srv.URL, Key: f.revoked}
+	if err := bad.Events(ctx, "", "", func(Event) error { return nil }); !errors.Is(err, ErrUnauthorized) {
+		t.Errorf("revoked key: %v", err)
+	}
+}
+
+// TestEventsOutliveWriteTimeout: a server's write timeout for ordinary
+// requests does not cut an event stream, which sets its own deadline.
+func TestEventsOutliveWriteTimeout(t *testing.T) {
+	f := newAPIFixture(t)
+	srv := httptest.NewUnstartedServer(f.p.Handler())
+	srv.Config.WriteTimeout = 300 * time.Millisecond
+	srv.Start()
+	t.Cleanup(srv.Close)
+	g := *f
+	g.srv = srv
+	ch, stop := openEvents(t, &g, f.read, "?campaign="+f.campaign, "")
+	defer stop()
+	nextEvent(t, ch, "snapshot")
+	time.Sleep(time.Second) // well past the server's write timeout
+	putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "late", State: "notified", Counter: 1})
+	awaitDevice(t, ch, "late", "notified")
 }
