@@ -122,7 +122,7 @@ func newConsoleEnv(t *testing.T) *consoleEnv {
 }
 
 // newBrowser starts headless chromium; the returned context drives it.
-func newBrowser(t *testing.T) context.Context {
+func newBrowser(t testing.TB) context.Context {
 	t.Helper()
 	path, err := exec.LookPath("chromium")
 	if err != nil {
@@ -144,7 +144,7 @@ func newBrowser(t *testing.T) context.Context {
 }
 
 // run runs actions with a deadline, failing the test with what.
-func run(t *testing.T, ctx context.Context, d time.Duration, what string, actions ...chromedp.Action) {
+func run(t testing.TB, ctx context.Context, d time.Duration, what string, actions ...chromedp.Action) {
 	t.Helper()
 	rctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
@@ -156,7 +156,7 @@ func run(t *testing.T, ctx context.Context, d time.Duration, what string, action
 }
 
 // signIn loads the console and signs in with key.
-func signIn(t *testing.T, ctx context.Context, url, key string) {
+func signIn(t testing.TB, ctx context.Context, url, key string) {
 	t.Helper()
 	run(t, ctx, 20*time.Second, "sign in",
 		chromedp.Navigate(url),
