@@ -30,7 +30,8 @@ opens when the previous one reached its success threshold; the campaign
 aborts (or pauses) when failures reach the failure threshold.`,
 	}
 	a.add(c)
-	c.AddCommand(newCampaignCreateCmd(a), newCampaignListCmd(a), newCampaignStatusCmd(a), newCampaignWatchCmd(a))
+	c.AddCommand(newCampaignCreateCmd(a), newCampaignListCmd(a), newCampaignStatusCmd(a), newCampaignWatchCmd(a),
+		newCampaignDevicesCmd(a), newCampaignFailuresCmd(a))
 	for _, op := range []string{"start", "pause", "resume", "abort"} {
 		c.AddCommand(newCampaignActionCmd(a, op))
 	}
