@@ -109,7 +109,9 @@ func newFleetCmd() *cobra.Command {
 		Short: "Summarize the fleet: devices by version, class, group and last report; campaigns by state",
 		Args:  cobra.NoArgs,
 		RunE: apiRunE(a, "fleet",
-			func(ctx context.Context, cl *publisher.Client, _ []string) (publisher.FleetSummary, error) { return cl.Fleet(ctx) },
+			func(ctx context.Context, cl *publisher.Client, _ []string) (publisher.FleetSummary, error) {
+				return cl.Fleet(ctx)
+			},
 			func(w io.Writer, f publisher.FleetSummary) error {
 				fmt.Fprintf(w, "%d devices\n", f.Devices)
 				for _, s := range []struct {
@@ -140,7 +142,9 @@ func newImageDeleteCmd(a *apiFlags) *cobra.Command {
 		Short: "Delete an image that no campaign in progress delivers",
 		Args:  cobra.ExactArgs(1),
 		RunE: apiExecE(a, "image delete",
-			func(ctx context.Context, cl *publisher.Client, args []string) error { return cl.DeleteImage(ctx, args[0]) },
+			func(ctx context.Context, cl *publisher.Client, args []string) error {
+				return cl.DeleteImage(ctx, args[0])
+			},
 			func(w io.Writer, args []string) { fmt.Fprintf(w, "image %s deleted\n", args[0]) }),
 	}
 }
