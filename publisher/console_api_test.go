@@ -505,7 +505,16 @@ func TestNATSCallMatchesHTTP(t *testing.T) {
 		{"GET", "/api/v1/images/" + f.spare, f.read},
 	} {
 		req, _ := json.Marshal(CallRequest{Key: c.key, Method: c.method, Path: c.path})
-		rep := f.p.call(ctx, req)
+		// Over the broker, as a service would call it.
+		tp, _ := f.p.cfg.Topics.API(callOp)
+		rb, err := f.hub.Conn().Request(ctx, tp, req)
+		if err != nil {
+			t.Fatalf("request: %v", err)
+		}
+		var rep CallReply
+		if err := json.Unmarshal(rb, &rep); err != nil {
+			t.Fatalf("reply %s: %v", rb, err)
+		}
 		code, body := f.do(t, c.method, c.path, c.key, "")
 		if rep.Status != code {
 			t.Errorf("%s %s key %q: NATS %d %s, HTTP %d %s", c.method, c.path, c.key, rep.Status, rep.Body, code, body)

@@ -48,16 +48,13 @@ const (
 	eventsStatusRepeat = 5 * time.Second
 )
 
-// DeviceEvent is a device's new state in an update event.
-type DeviceEvent = DeviceState
-
 // EventBatch is the data of "update" and "snapshot" events.
 type EventBatch struct {
 	// Campaigns are the statuses of the campaigns concerned.
 	Campaigns []Status `json:"campaigns"`
 	// Devices are the newest states of devices that changed (updates
 	// only).
-	Devices []DeviceEvent `json:"devices,omitempty"`
+	Devices []DeviceState `json:"devices,omitempty"`
 }
 
 // pending is what a stream read and has not sent yet. Guarded by mu.
