@@ -62,15 +62,19 @@ func BenchmarkCampaignPage10k(b *testing.B) {
 		b.Fatal(err)
 	}
 	put := func(dev int, state string, counter uint64) {
-		v, _ := json.Marshal(publisher.DeviceState{Campaign: c.ID, Device: fmt.Sprintf("sim-%05d", dev), State: state, Counter: counter, Updated: time.Now().UTC()})
+		ds, ok := publisher.ParseDevState(state)
+		if !ok {
+			b.Fatalf("state %q", state)
+		}
+		v, _ := json.Marshal(publisher.DeviceState{Campaign: c.ID, Device: fmt.Sprintf("sim-%05d", dev), State: ds, Counter: counter, Updated: time.Now().UTC()})
 		if _, err := kv.Put(ctx, c.ID+"."+fmt.Sprintf("sim-%05d", dev), v); err != nil {
 			b.Fatal(err)
 		}
 	}
 	state := make([]string, devices)
 	for i := range devices {
-		put(i, publisher.StateQueued, 0)
-		state[i] = publisher.StateQueued
+		put(i, "queued", 0)
+		state[i] = "queued"
 	}
 	tok, _, err := st.Pub.CreateAPIKey(ctx, st.Admin, "bench", []publisher.Scope{publisher.ScopeRead})
 	if err != nil {
@@ -98,7 +102,7 @@ func BenchmarkCampaignPage10k(b *testing.B) {
 
 		// 1,000 transitions a second: queued -> notified -> downloading ->
 		// confirmed, device after device.
-		next := map[string]string{publisher.StateQueued: "notified", "notified": "downloading", "downloading": "confirmed", "confirmed": "confirmed"}
+		next := map[string]string{"queued": "notified", "notified": "downloading", "downloading": "confirmed", "confirmed": "confirmed"}
 		tk := time.NewTicker(10 * time.Millisecond)
 		n, dev := 0, 0
 		start := time.Now()

@@ -609,7 +609,7 @@ func TestClientEvents(t *testing.T) {
 	err := cl.Events(ctx, f.campaign, "", func(ev Event) error {
 		kinds = append(kinds, ev.Kind)
 		if ev.Kind == "snapshot" {
-			putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "w1", State: "downloading", Counter: 1})
+			putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "w1", State: ds("downloading"), Counter: 1})
 			return nil
 		}
 		for _, d := range ev.Batch.Devices {
@@ -642,6 +642,6 @@ func TestEventsOutliveWriteTimeout(t *testing.T) {
 	defer stop()
 	nextEvent(t, ch, "snapshot")
 	time.Sleep(time.Second) // well past the server's write timeout
-	putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "late", State: "notified", Counter: 1})
+	putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "late", State: ds("notified"), Counter: 1})
 	awaitDevice(t, ch, "late", "notified")
 }

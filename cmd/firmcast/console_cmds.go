@@ -38,7 +38,7 @@ func newCampaignDevicesCmd(a *apiFlags) *cobra.Command {
 					if d.Text != "" {
 						reason += ": " + d.Text
 					}
-					return []string{d.Device, fmt.Sprint(d.Phase + 1), d.State, reason, d.Updated.Format(time.RFC3339)}
+					return []string{d.Device, fmt.Sprint(d.Phase + 1), d.State.String(), reason, d.Updated.Format(time.RFC3339)}
 				})
 				fmt.Fprintf(w, "%d of %d matching devices", len(pg.Devices), pg.Total)
 				if pg.Next != "" {
@@ -94,7 +94,7 @@ func newDeviceHistoryCmd(a *apiFlags) *cobra.Command {
 					if h.BytesTotal > 0 {
 						bytes = fmt.Sprintf("%d/%d", h.BytesDone, h.BytesTotal)
 					}
-					return []string{h.Updated.Format(time.RFC3339), h.Campaign, h.State, bytes, fmt.Sprint(h.ActiveVersion), h.Code}
+					return []string{h.Updated.Format(time.RFC3339), h.Campaign, h.State.String(), bytes, fmt.Sprint(h.ActiveVersion), h.Code}
 				})
 			}),
 	}
