@@ -645,3 +645,59 @@ func TestEventsOutliveWriteTimeout(t *testing.T) {
 	putDevState(t, f.p, DeviceState{Campaign: f.campaign, Device: "late", State: ds("notified"), Counter: 1})
 	awaitDevice(t, ch, "late", "notified")
 }
+
+// TestSessionCookieUnderTLS: under TLS both cookies take the __Host-
+// prefix and Secure, and the plain names are not honoured.
+func TestSessionCookieUnderTLS(t *testing.T) {
+	f := newAPIFixture(t)
+	srv := httptest.NewTLSServer(f.p.Handler())
+	t.Cleanup(srv.Close)
+	tok := NewLoginToken()
+	login := func(cookie string) *http.Response {
+		req, _ := http.NewRequest("POST", srv.URL+"/api/v1/session", strings.NewReader(`{"key":"`+f.read+`"}`))
+		req.AddCookie(&http.Cookie{Name: cookie, Value: tok})
+		req.Header.Set(CSRFHeader, tok)
+		res, err := srv.Client().Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res
+	}
+	if res := login(LoginCookie); res.StatusCode != http.StatusForbidden {
+		t.Errorf("sign-in with the plain token cookie under TLS: %d, want 403", res.StatusCode)
+	}
+	res := login("__Host-" + LoginCookie)
+	if res.StatusCode != http.StatusCreated {
+		t.Fatalf("sign-in: %d", res.StatusCode)
+	}
+	var sess *http.Cookie
+	for _, c := range res.Cookies() {
+		if c.Name == "__Host-"+SessionCookie {
+			sess = c
+		}
+	}
+	if sess == nil || !sess.Secure || !sess.HttpOnly || sess.SameSite != http.SameSiteStrictMode || sess.Path != "/" || sess.Domain != "" {
+		t.Fatalf("session cookie %+v", sess)
+	}
+	req, _ := http.NewRequest("GET", srv.URL+"/api/v1/campaigns", nil)
+	req.AddCookie(&http.Cookie{Name: SessionCookie, Value: sess.Value})
+	if code := tlsStatus(t, srv, req); code != http.StatusUnauthorized {
+		t.Errorf("the session under its plain name: %d, want 401", code)
+	}
+	req, _ = http.NewRequest("GET", srv.URL+"/api/v1/campaigns", nil)
+	req.AddCookie(sess)
+	if code := tlsStatus(t, srv, req); code != http.StatusOK {
+		t.Errorf("the session: %d, want 200", code)
+	}
+}
+
+func tlsStatus(t *testing.T, srv *httptest.Server, req *http.Request) int {
+	t.Helper()
+	res, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	return res.StatusCode
+}
