@@ -90,7 +90,7 @@ type Status struct {
 	Name     string            `json:"name,omitempty"`
 	State    string            `json:"state"`
 	Phase    int               `json:"phase"`
-	Phases   []uint8           `json:"phases"`
+	Phases   Percents          `json:"phases"`
 	Image    string            `json:"image"`
 	Targets  int               `json:"targets"`
 	Opened   int               `json:"opened"`

@@ -37,6 +37,18 @@
 //   - The same operations are served as HTTP JSON under /api/v1 (http.go)
 //     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go);
 //     Client (client.go) is the Go client of the HTTP API the CLI uses.
+//   - What an operator asks during a rollout (query.go): a campaign's
+//     devices paged and filtered, failures by reason, the fleet summary,
+//     images with the campaigns that use them. Live events (events.go,
+//     events_http.go): the stream <ns>_events sources the campaign and
+//     per-device state buckets, so one ordered stream carries every
+//     change; GET /api/v1/events serves it as server-sent events,
+//     coalesced and resumable by event id, and it is each device's report
+//     history too. Console sessions (sessions.go): an API key signs in
+//     once, the browser keeps a session cookie, changes need a CSRF
+//     token; the operator console itself is package console. Every call
+//     of the JSON API is also served over NATS (natscall.go);
+//     api/openapi.yaml describes them.
 //   - Manifests for campaigns created without an envelope are signed by a
 //     ManifestSigner (signer.go); SUITSigner (suitsigner.go) builds them
 //     with schemas/suit.

@@ -120,21 +120,30 @@ type apiFunc func(w http.ResponseWriter, r *http.Request, who Principal) (int, a
 // serveImage) and the JSON API under /api/v1, where every call needs
 // "Authorization: Bearer <key>".
 func (p *Publisher) Handler() http.Handler {
+	h, _ := p.handler()
+	return h
+}
+
+// handler builds Handler and returns it with the patterns of its /api/v1
+// routes (the OpenAPI test compares them with api/openapi.yaml).
+func (p *Publisher) handler() (http.Handler, []string) {
 	mux := http.NewServeMux()
+	var routes []string
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.Handle("GET /metrics", promhttp.HandlerFor(p.gath, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /images/{digest}", p.serveImage)
 	api := func(pattern string, scope Scope, f apiFunc) {
+		routes = append(routes, pattern)
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { p.serveAPI(w, r, scope, f) })
 	}
 	api("POST /api/v1/images", ScopeCampaign, p.apiUpload)
 	p.encryptionAPI(api)
 	api("GET /api/v1/images", ScopeRead, func(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, error) {
-		v, err := p.Images(r.Context())
+		v, err := p.ImageUses(r.Context())
 		return 200, nonNil(v), err
 	})
 	api("GET /api/v1/images/{digest}", ScopeRead, func(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, error) {
-		v, err := p.Image(r.Context(), r.PathValue("digest"))
+		v, err := p.ImageUseOf(r.Context(), r.PathValue("digest"))
 		return 200, v, err
 	})
 	api("POST /api/v1/devices", ScopeAdmin, func(_ http.ResponseWriter, r *http.Request, who Principal) (int, any, error) {
@@ -253,10 +262,11 @@ func (p *Publisher) Handler() http.Handler {
 		v, err := p.Audit(r.Context(), limit)
 		return 200, nonNil(v), err
 	})
+	routes = append(routes, p.consoleRoutes(mux, api)...)
 	mux.HandleFunc("/api/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, ErrorReply{Error: fmt.Sprintf("no API endpoint %s %s", r.Method, r.URL.Path)})
 	})
-	return mux
+	return mux, routes
 }
 
 func nonNil[T any](v []T) []T {
@@ -286,16 +296,32 @@ func (p *Publisher) serveAPI(w http.ResponseWriter, r *http.Request, scope Scope
 	writeJSON(w, status, body)
 }
 
-// bearer authenticates r's "Authorization: Bearer <key>" and checks that
-// the key has scope. Errors: ErrUnauthorized, ErrForbidden.
+// bearer authenticates r's "Authorization: Bearer <key>", or without that
+// header a console session cookie (with its CSRF token for a change:
+// sessions.go), and checks that the key has scope. Errors:
+// ErrUnauthorized, ErrForbidden.
 func (p *Publisher) bearer(r *http.Request, scope Scope) (Principal, error) {
+	var who Principal
 	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if !ok {
+	switch {
+	case ok:
+		var err error
+		if who, err = p.Authenticate(r.Context(), strings.TrimSpace(tok)); err != nil {
+			return Principal{}, err
+		}
+	case r.Header.Get("Authorization") == "" && p.live != nil:
+		// A console session (sessions.go): cookie, and CSRF token for
+		// anything but GET and HEAD.
+		w, _, found, err := p.cookieAuth(r)
+		if !found {
+			return Principal{}, fmt.Errorf("%w: missing \"Authorization: Bearer <key>\" header", ErrUnauthorized)
+		}
+		if err != nil {
+			return Principal{}, err
+		}
+		who = w
+	default:
 		return Principal{}, fmt.Errorf("%w: missing \"Authorization: Bearer <key>\" header", ErrUnauthorized)
-	}
-	who, err := p.Authenticate(r.Context(), strings.TrimSpace(tok))
-	if err != nil {
-		return Principal{}, err
 	}
 	if !who.Can(scope) {
 		return Principal{}, fmt.Errorf("%w: key %s lacks scope %s", ErrForbidden, who.KeyID, scope)

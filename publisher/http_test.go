@@ -24,6 +24,7 @@ type apiFixture struct {
 	campaign string
 	revoked  string
 	read     string
+	spare    string // an image no campaign uses
 	env      string // base64 envelope for the image
 	hub      *testutil.MemHub
 }
@@ -49,9 +50,13 @@ func newAPIFixture(t *testing.T) *apiFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
+	spare, _, err := p.UploadImage(ctx, who, "spare", bytes.NewReader(randomImage(t, 1500)))
+	if err != nil {
+		t.Fatal(err)
+	}
 	srv := httptest.NewServer(p.Handler())
 	t.Cleanup(srv.Close)
-	return &apiFixture{srv: srv, p: p, image: hex.EncodeToString(img), campaign: c.ID, revoked: revoked, read: read,
+	return &apiFixture{srv: srv, p: p, image: hex.EncodeToString(img), campaign: c.ID, revoked: revoked, read: read, spare: spare.Digest,
 		env: base64.StdEncoding.EncodeToString(testEnvelope(t, img)), hub: e.hub}
 }
 
@@ -98,6 +103,11 @@ func (f *apiFixture) endpoints() []endpoint {
 		{"GET", "/api/v1/apikeys", "", ScopeAdmin, false},
 		{"DELETE", "/api/v1/apikeys/bootstrap-none", "", ScopeAdmin, false},
 		{"GET", "/api/v1/audit?limit=5", "", ScopeAdmin, false},
+		{"GET", "/api/v1/campaigns/" + f.campaign + "/devices?state=queued&limit=10", "", ScopeRead, false},
+		{"GET", "/api/v1/campaigns/" + f.campaign + "/failures", "", ScopeRead, false},
+		{"GET", "/api/v1/devices/" + devName(0) + "/history", "", ScopeRead, false},
+		{"GET", "/api/v1/fleet", "", ScopeRead, false},
+		{"DELETE", "/api/v1/images/" + f.spare, "", ScopeCampaign, false},
 	}
 }
 

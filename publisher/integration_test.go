@@ -33,7 +33,8 @@ func realEnv(t *testing.T, transportURL, stateURL string) *testEnv {
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		for _, b := range []string{"imagemeta", "devices", "apikeys", "campaigns", "campdev", "lease"} {
+		js.DeleteStream(ctx, ns+"_events") // sources campaigns and campdev
+		for _, b := range []string{"imagemeta", "devices", "apikeys", "campaigns", "campdev", "lease", "sessions"} {
 			js.DeleteKeyValue(ctx, ns+"_"+b)
 		}
 		js.DeleteStream(ctx, ns+"_images")

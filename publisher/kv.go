@@ -99,11 +99,12 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 // StoreStream reports whether the JetStream stream called name is one of
 // the stores of namespace ns: its key-value buckets (KV_<ns>_*), object
 // stores (OBJ_<ns>_*, images of earlier versions), the image stream
-// (<ns>_images) and the audit stream (<ns>_audit). It is what removing an
-// installation (a demo on a shared NATS) has to delete.
+// (<ns>_images), the audit stream (<ns>_audit) and the event stream
+// (<ns>_events). It is what removing an installation (a demo on a shared
+// NATS) has to delete.
 func StoreStream(ns, name string) bool {
 	return strings.HasPrefix(name, "KV_"+ns+"_") || strings.HasPrefix(name, "OBJ_"+ns+"_") ||
-		name == ns+"_images" || name == ns+"_audit"
+		name == ns+"_images" || name == ns+"_audit" || name == ns+"_events"
 }
 
 // kvSafe reports whether s is a non-empty run of letters, digits, '-' and

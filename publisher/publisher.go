@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -53,6 +54,11 @@ type Publisher struct {
 	repairs  map[string]*repairBatch
 
 	reqs requesters // per-device chunk request accounts (requests.go)
+
+	live *liveState // event stream, console sessions, revocations (events.go)
+
+	callOnce sync.Once
+	callH    http.Handler // the handler NATS calls run through (natscall.go)
 
 	wg sync.WaitGroup
 }
@@ -129,6 +135,9 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	if err := p.startWatches(ctx); err != nil {
 		return nil, err
 	}
+	if err := p.openLive(ctx); err != nil {
+		return nil, err
+	}
 	return p, nil
 }
 
@@ -199,6 +208,11 @@ func (p *Publisher) Run(ctx context.Context) error {
 		if err := sub(t, p.handleAPI, broker.FamilyControl); err != nil {
 			return err
 		}
+	}
+	if t, err := p.cfg.Topics.API(callOp); err != nil {
+		return err
+	} else if err := sub(t, p.handleCall, broker.FamilyControl); err != nil {
+		return err
 	}
 	close(p.ready)
 	p.log.Info("publisher running", "namespace", p.cfg.Namespace, "root", p.cfg.Topics.Root())

@@ -110,8 +110,8 @@ func TestOldNATSServerSurvivesStartStorm(t *testing.T) {
 	for _, n := range adv.Created() {
 		created[n]++
 	}
-	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 10 {
-		t.Errorf("streams created: %v; want 10 (7 buckets, images, audit, notices), once each", created)
+	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 12 {
+		t.Errorf("streams created: %v; want 12 (8 buckets, images, audit, events, notices), once each", created)
 	}
 	if t.Failed() {
 		t.FailNow()

@@ -11,6 +11,8 @@ func TestStoreStream(t *testing.T) {
 		{"OBJ_fc_images", true},
 		{"fc_images", true},
 		{"fc_audit", true},
+		{"fc_events", true},
+		{"KV_fc_sessions", true},
 		{"fc2_images", false},
 		{"KV_fc2_devices", false},
 		{"fc_notices", false},

@@ -135,6 +135,21 @@ func TestAPICommands(t *testing.T) {
 	if out := must("campaign", "watch", id[1]); !strings.Contains(out, "aborted") || !strings.Contains(out, "pending") {
 		t.Errorf("watch of an ended campaign:\n%s", out)
 	}
+	if out := must("campaign", "devices", id[1], "--state", "failed"); !strings.Contains(out, "0 of 0 matching devices") {
+		t.Errorf("campaign devices:\n%s", out)
+	}
+	if out := must("campaign", "failures", id[1]); !strings.Contains(out, "no failures") {
+		t.Errorf("campaign failures:\n%s", out)
+	}
+	if out := must("fleet"); !strings.Contains(out, "2 devices") || !strings.Contains(out, "lab=2") || !strings.Contains(out, "aborted=1") {
+		t.Errorf("fleet:\n%s", out)
+	}
+	if out := must("device", "history", "d1"); !strings.Contains(out, "WHEN") {
+		t.Errorf("device history:\n%s", out)
+	}
+	if _, err := runFirmcast(t, "image", "delete", digest); err == nil || !strings.Contains(err.Error(), "delivered by campaign") {
+		t.Errorf("delete of an image a created campaign delivers: %v", err)
+	}
 	if _, err := runFirmcast(t, "campaign", "resume", id[1]); err == nil || !strings.Contains(err.Error(), "aborted") {
 		t.Errorf("resume of aborted: %v", err)
 	}

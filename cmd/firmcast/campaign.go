@@ -30,7 +30,8 @@ opens when the previous one reached its success threshold; the campaign
 aborts (or pauses) when failures reach the failure threshold.`,
 	}
 	a.add(c)
-	c.AddCommand(newCampaignCreateCmd(a), newCampaignListCmd(a), newCampaignStatusCmd(a), newCampaignWatchCmd(a))
+	c.AddCommand(newCampaignCreateCmd(a), newCampaignListCmd(a), newCampaignStatusCmd(a), newCampaignWatchCmd(a),
+		newCampaignDevicesCmd(a), newCampaignFailuresCmd(a))
 	for _, op := range []string{"start", "pause", "resume", "abort"} {
 		c.AddCommand(newCampaignActionCmd(a, op))
 	}
@@ -244,33 +245,42 @@ func newCampaignListCmd(a *apiFlags) *cobra.Command {
 }
 
 func newCampaignWatchCmd(a *apiFlags) *cobra.Command {
-	var every time.Duration
+	var retry time.Duration
 	c := &cobra.Command{
 		Use:   "watch ID",
 		Short: "Show live progress bars per state until the campaign ends",
-		Args:  cobra.ExactArgs(1),
+		Long: `Follow the campaign's live events (GET /api/v1/events, server-sent
+events) and draw one progress bar per state until the campaign is no
+longer created or running. A dropped stream is resumed where it left off.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := a.client()
 			if err != nil {
 				return err
 			}
-			st, err := watchCampaign(cmd.Context(), cl, args[0], every, cmd.OutOrStdout())
+			st, err := watchCampaign(cmd.Context(), cl, args[0], retry, cmd.OutOrStdout())
 			if err != nil {
 				return fmt.Errorf("campaign watch: %w", err)
 			}
 			return printStatus(cmd.OutOrStdout(), a, st)
 		},
 	}
-	c.Flags().DurationVar(&every, "interval", time.Second, "refresh interval")
+	c.Flags().DurationVar(&retry, "interval", time.Second, "wait before resuming a dropped event stream")
 	return c
 }
 
 // watchStates are the counters watch draws a bar for.
 var watchStates = []string{"queued", "pending", "downloading", "staged", "confirmed", "failed", "rolled-back"}
 
+// watchResumes bounds how often in a row watch resumes a stream that
+// ends without an event.
+const watchResumes = 5
+
 // watchCampaign draws one bar per state (out of the campaign's targets)
-// and refreshes them until the campaign is no longer created or running.
-func watchCampaign(ctx context.Context, cl *publisher.Client, id string, every time.Duration, out io.Writer) (publisher.Status, error) {
+// and moves them with the campaign's live events until the campaign is no
+// longer created or running. A stream that drops is resumed after retry
+// from its last event id.
+func watchCampaign(ctx context.Context, cl *publisher.Client, id string, retry time.Duration, out io.Writer) (publisher.Status, error) {
 	st, err := cl.Campaign(ctx, id)
 	if err != nil {
 		return st, err
@@ -282,24 +292,56 @@ func watchCampaign(ctx context.Context, cl *publisher.Client, id string, every t
 			mpb.PrependDecorators(decor.Name(fmt.Sprintf("%-12s", s))),
 			mpb.AppendDecorators(decor.CountersNoUnit("%d / %d")))
 	}
-	tk := time.NewTicker(every)
-	defer tk.Stop()
-	for {
+	draw := func() {
 		for _, s := range watchStates {
 			bars[s].SetCurrent(int64(st.Counts[s]))
 		}
-		if st.State != publisher.CampaignRunning && st.State != publisher.CampaignCreated {
-			break
-		}
-		select {
-		case <-ctx.Done():
+	}
+	ended := func() bool { return st.State != publisher.CampaignRunning && st.State != publisher.CampaignCreated }
+	errDone := errors.New("campaign ended")
+	last, idle := "", 0
+	for draw(); !ended(); {
+		progressed := false
+		err := cl.Events(ctx, id, last, func(ev publisher.Event) error {
+			progressed = true
+			if ev.ID != "" {
+				last = ev.ID
+			}
+			if ev.Kind == "end" {
+				return fmt.Errorf("%w: %s", publisher.ErrUnauthorized, ev.End.Error)
+			}
+			for _, s := range ev.Batch.Campaigns {
+				if s.ID == id {
+					st = s
+				}
+			}
+			draw()
+			if ended() {
+				return errDone
+			}
+			return nil
+		})
+		switch {
+		case errors.Is(err, errDone):
+		case ctx.Err() != nil:
 			pr.Shutdown()
 			return st, ctx.Err()
-		case <-tk.C:
-		}
-		if st, err = cl.Campaign(ctx, id); err != nil {
+		case errors.Is(err, publisher.ErrUnauthorized), errors.Is(err, publisher.ErrForbidden), errors.Is(err, publisher.ErrNotFound):
 			pr.Shutdown()
 			return st, err
+		case err != nil:
+			if progressed {
+				idle = 0
+			} else if idle++; idle >= watchResumes {
+				pr.Shutdown()
+				return st, err
+			}
+			select {
+			case <-ctx.Done():
+				pr.Shutdown()
+				return st, ctx.Err()
+			case <-time.After(retry):
+			}
 		}
 	}
 	// Complete every bar at its final count so the last frame is drawn.

@@ -8,7 +8,7 @@ func commands() []*cobra.Command {
 		newVersionCmd(),
 		newKeysCmd(),
 		newManifestCmd(),
-		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(),
+		newImageCmd(), newDeviceCmd(), newGroupCmd(), newCampaignCmd(), newAPIKeyCmd(), newAuditCmd(), newUpdateCmd(), newFleetCmd(),
 		newBootCmd(),
 		newDemoCmd(),
 		newSimCmd(),

@@ -44,6 +44,10 @@ type demoFlags struct {
 	timeout   time.Duration
 	stall     time.Duration
 	encrypt   bool
+	// console keeps the console up after the campaign; httpListen is
+	// where the API and the console listen.
+	console    bool
+	httpListen string
 }
 
 func newDemoCmd() *cobra.Command {
@@ -69,6 +73,10 @@ its device file, registered with the publisher; one ciphertext is broadcast,
 named by its digest, and each device's notice carries the content key
 wrapped for its key alone (docs/SECURITY.md, "Firmware encryption").
 
+The operator console (a web page, live) is served on --http-listen: the
+demo prints its URL and a read-only API key to sign in with. With --console
+it stays up after the campaign until interrupted (Ctrl-C).
+
 Exit codes: 0 every targeted device confirmed on v2; 3 the campaign was
 aborted; 1 any other error.`,
 		Args: cobra.NoArgs,
@@ -89,6 +97,8 @@ aborted; 1 any other error.`,
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "campaign timeout")
 	fl.BoolVar(&f.encrypt, "encrypt", false, "roll out v2 encrypted, with a content key wrapped per device")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
+	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:0", "where the HTTP API and the operator console listen (port 0: a free port; empty: none)")
+	fl.BoolVar(&f.console, "console", false, "keep the backend and the operator console up after the campaign, until interrupted")
 	return c
 }
 
@@ -170,8 +180,33 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 		pv.start()
 	}
 	cfg.OnProgress = pv.update
+	cfg.HTTPListen = f.httpListen
+	cfg.OnConsole = func(url, key string) {
+		fmt.Fprintf(errw, "console: %s (sign in with the read-only key %s)\n", url, key)
+	}
+	held := false
+	if f.console {
+		if f.httpListen == "" {
+			return &exitError{code: 1, err: errors.New("--console needs --http-listen")}
+		}
+		cfg.Hold = func(ctx context.Context, sum fleet.Summary) {
+			pv.stop()
+			held = true
+			_ = printSummary(cmd.OutOrStdout(), f.json, sum)
+			fmt.Fprintln(errw, "\nthe console stays up (--console); interrupt (Ctrl-C) to stop")
+			<-ctx.Done()
+		}
+	}
 	sum, err := fleet.Run(cmd.Context(), cfg)
-	pv.stop()
+	if !held {
+		pv.stop()
+	}
+	if held {
+		if err != nil {
+			return &exitError{code: 1, err: fmt.Errorf("demo: %w", err)}
+		}
+		return summaryExit(sum)
+	}
 	if err != nil {
 		if sum.Campaign != "" {
 			// What the devices that did finish did, then why the run stopped.

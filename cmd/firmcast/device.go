@@ -71,7 +71,7 @@ read it from the registry.`,
 			},
 			func(w io.Writer, args []string) { fmt.Fprintf(w, "device %s removed\n", args[0]) }),
 	}
-	c.AddCommand(add, list, show, remove, newDeviceKeyCmd(a))
+	c.AddCommand(add, list, show, remove, newDeviceKeyCmd(a), newDeviceHistoryCmd(a))
 	return c
 }
 

@@ -360,6 +360,7 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	}
 	if st.HTTPURL != "" {
 		log.Info("publisher API listening", "url", st.HTTPURL+"/api/v1")
+		log.Info("operator console", "url", st.HTTPURL+"/")
 	}
 	log.Info("firmcast serving", "mqtt", st.MQTTURL, "nats", st.NATSURL, "root", cfg.Topics.Root(),
 		"embedded_mqtt", st.EmbeddedMQTT, "embedded_nats", st.EmbeddedNATS)

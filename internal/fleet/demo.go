@@ -89,6 +89,16 @@ type Config struct {
 	// uploaded encrypted for the devices' class: one ciphertext for all,
 	// named by its digest, with each device's content key in its notice.
 	Encrypt bool
+	// HTTPListen, when set, serves the publisher's HTTP API and the
+	// operator console there (port 0: a free port).
+	HTTPListen string
+	// OnConsole, when set with HTTPListen, is called once the backend is
+	// up with the console's URL and a new read-only API key to sign in
+	// with.
+	OnConsole func(url, readKey string)
+	// Hold, when set, is called after the campaign with its summary,
+	// before anything stops: the console stays up until it returns.
+	Hold func(ctx context.Context, sum Summary)
 }
 
 // ErrStalled: nothing moved in the campaign for Config.Stall.
@@ -239,10 +249,18 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	st, err := stack.Start(ctx, stack.Config{
 		MQTTURL: cfg.MQTTURL, NATSURL: cfg.NATSURL, DataDir: filepath.Join(cfg.Dir, "nats"), Topics: topics, Namespace: ns,
-		Publisher: pcfg, Logger: log, Cleanup: true,
+		Publisher: pcfg, Logger: log, Cleanup: true, HTTPListen: cfg.HTTPListen,
 	})
 	if err != nil {
 		return sum, err
+	}
+	if cfg.OnConsole != nil && st.HTTPURL != "" {
+		tok, _, err := st.Pub.CreateAPIKey(ctx, st.Admin, "demo-console", []publisher.Scope{publisher.ScopeRead})
+		if err != nil {
+			st.Close(ctx)
+			return sum, err
+		}
+		cfg.OnConsole(st.HTTPURL+"/", tok)
 	}
 	var ids []string
 	defer func() { st.Close(ctx, ids...) }()
@@ -291,6 +309,9 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		be.Recipients = &schemas.CampaignSpec{Devices: ids}
 	}
 	err = RunCampaign(ctx, fl, be, v2, devClass, &cfg, &sum)
+	if err == nil && cfg.Hold != nil {
+		cfg.Hold(ctx, sum)
+	}
 	return sum, err
 }
 

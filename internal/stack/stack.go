@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/console"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -336,7 +337,8 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 			l = tls.NewListener(l, cfg.HTTPTLS)
 			s.HTTPURL = "https://" + l.Addr().String()
 		}
-		s.http = &http.Server{Handler: s.Pub.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		// The operator console at /, the API beside it.
+		s.http = &http.Server{Handler: console.Handler(s.Pub.Handler()), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := s.http.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				cfg.Logger.Error("http API stopped", "err", err)
