@@ -361,7 +361,9 @@ func (r *rig) liveCampaign(ctx context.Context) broker.Transport {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.Opened == 1 && st.Counts[publisher.StateQueued.String()] == 0 {
+		// Notified: counted pending (the counts come from the index, which
+		// may not hold the device at all yet: "no queued" is not enough).
+		if st.Opened == 1 && st.Counts["pending"] == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
