@@ -63,6 +63,16 @@ func powerScenarios() []powerScenario {
 			},
 		},
 		{
+			// An authentic encrypted slot whose key does not decrypt it to
+			// the signed plaintext: the install drops it and recovers v1.
+			name: "install-undecryptable", trialBoots: 3, old: 1, want: 1, action: ActionRecovered,
+			setup: func(t *testing.T, r rig) *Flash {
+				f := r.factory(t, 1, 1)
+				stageUndecryptable(t, r.open(t, f), 0, 2)
+				return f
+			},
+		},
+		{
 			name: "revert", trialBoots: 1, old: 2, want: 1, action: ActionReverted,
 			setup: func(t *testing.T, r rig) *Flash {
 				f := r.factory(t, 1, 1)

@@ -48,7 +48,38 @@ func stageEncrypted(t testing.TB, d *Device, version, counter uint64) int {
 	return slot
 }
 
-// windows reports whether any 64-byte window of secret appears in b.
+// stageUndecryptable writes the ciphertext of testImage(version) into
+// slot under an authentic header (the device key tags it) whose wrapped
+// content key is another one: the ciphertext checks, its decryption does
+// not.
+func stageUndecryptable(t testing.TB, d *Device, slot int, version uint64) {
+	t.Helper()
+	ct, e := encFor(t, version)
+	wrong := *e
+	wrong.Key = bytes.Repeat([]byte{9}, 16)
+	ext, err := sealEncBlock(d.rot.KEK, &wrong, sha256.Sum256(testImage(version)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.OpenCandidate(context.Background(), slot, uint64(len(ct)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.WriteAt(ct, 0); err != nil {
+		t.Fatal(err)
+	}
+	h := Header{Version: version, SecurityCounter: version, Size: uint64(len(ct)), Digest: e.CiphertextDigest}
+	raw, err := marshalHeaderExt(h, ext, d.rot.DeviceKey, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.f.Program(padTo(raw, d.g.WriteAlign), d.regionOff(d.l.Slots[slot])); err != nil {
+		t.Fatal(err)
+	}
+	d.f.ResetStats()
+}
+
+// hasWindow reports whether any 64-byte window of secret appears in b.
 func hasWindow(b, secret []byte) bool {
 	for i := 0; i+64 <= len(secret); i += 32 {
 		if bytes.Contains(b, secret[i:i+64]) {
@@ -200,28 +231,7 @@ func TestEncryptedSlotRefused(t *testing.T) {
 			r := newRig(align, 2)
 			f := r.factory(t, 1, 1)
 			d := r.open(t, f)
-			ct, e := encFor(t, 2)
-			wrong := *e
-			wrong.Key = bytes.Repeat([]byte{9}, 16)
-			ext, err := sealEncBlock(testKEK, &wrong, sha256.Sum256(testImage(2)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			c, err := d.OpenCandidate(ctx, 0, uint64(len(ct)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := c.WriteAt(ct, 0); err != nil {
-				t.Fatal(err)
-			}
-			h := Header{Version: 2, SecurityCounter: 2, Size: uint64(len(ct)), Digest: e.CiphertextDigest}
-			raw, err := marshalHeaderExt(h, ext, testKey, nil)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := f.Program(padTo(raw, align), d.regionOff(r.l.Slots[0])); err != nil {
-				t.Fatal(err)
-			}
+			stageUndecryptable(t, d, 0, 2)
 			dec := mustBoot(t, d)
 			if dec.Version != 1 || dec.Action != ActionRecovered {
 				t.Fatalf("align %d: boot: %+v, want v1 recovered", align, dec)
