@@ -178,7 +178,7 @@ func (d *Device) newestValid(ctx context.Context, st status, minVersion uint64, 
 		if err != nil {
 			return -1, image{}, err
 		}
-		if dg == c.im.hdr.Digest {
+		if dg == c.im.stored() {
 			return c.slot, c.im, nil
 		}
 	}
@@ -249,6 +249,16 @@ func (d *Device) finishCopy(ctx context.Context, st status, im image) (Decision,
 		}
 	}
 	if _, err := d.copyRegion(ctx, d.slotRegion(st.Src), d.l.Active, im, false); err != nil {
+		if im.enc != nil && errors.Is(err, ErrDigestMismatch) {
+			// The slot's ciphertext is intact but does not decrypt to
+			// the plaintext its header names: drop the slot (the journal
+			// still names it, so a power cut lands in resume, which finds
+			// it gone) and fall back.
+			if err := d.eraseHeader(d.slotRegion(st.Src)); err != nil {
+				return Decision{Slot: -1}, err
+			}
+			return d.recover(ctx, st, ReasonSourceDamaged)
+		}
 		return Decision{Slot: -1}, err
 	}
 	st.Op, st.Target = opNone, Digest{}
@@ -336,11 +346,19 @@ func (d *Device) dropRejected(rejected Digest) error {
 			return err
 		}
 		if err == nil && im.hdr.Digest == rejected {
-			for s := range d.l.HeaderSectors {
-				if err := d.f.Erase(d.slotRegion(i).Start + s); err != nil {
-					return err
-				}
+			if err := d.eraseHeader(d.slotRegion(i)); err != nil {
+				return err
 			}
+		}
+	}
+	return nil
+}
+
+// eraseHeader erases a region's header sectors: the image is invalid.
+func (d *Device) eraseHeader(r Region) error {
+	for s := range d.l.HeaderSectors {
+		if err := d.f.Erase(r.Start + s); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -349,8 +367,11 @@ func (d *Device) dropRejected(rejected Digest) error {
 // copyRegion copies an image (header last) from one region to another.
 // With check it hashes the bytes as it copies and, on a mismatch with the
 // header, leaves the destination without a header and returns
-// ErrDigestMismatch.
+// ErrDigestMismatch. An encrypted slot is decrypted as it is copied, and
+// always checked: its plaintext must hash to the header's plaintext
+// digest; the destination gets a plaintext (version 1) header.
 func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, check bool) (Digest, error) {
+	check = check || im.enc != nil
 	ss := int64(d.g.SectorSize)
 	for s := range d.l.HeaderSectors {
 		if err := d.f.Erase(to.Start + s); err != nil {
@@ -378,6 +399,10 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 		if _, err := d.f.ReadAt(b, src+done); err != nil {
 			return Digest{}, err
 		}
+		if im.enc != nil {
+			// The padding after the image's last byte stays erased.
+			im.enc.ctrAt(uint64(done)).XORKeyStream(b[:n], b[:n])
+		}
 		if check {
 			h.Write(b[:n])
 		}
@@ -393,7 +418,16 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 			return dg, ErrDigestMismatch
 		}
 	}
-	raw := padTo(im.raw, d.g.WriteAlign)
+	raw := im.raw
+	if im.enc != nil {
+		h := im.hdr
+		h.Encrypted = false
+		var err error
+		if raw, err = marshalHeader(h, d.rot.DeviceKey, im.envelope()); err != nil {
+			return Digest{}, err
+		}
+	}
+	raw = padTo(raw, d.g.WriteAlign)
 	if err := d.f.Program(raw, d.regionOff(to)); err != nil {
 		return Digest{}, err
 	}

@@ -25,6 +25,11 @@ type RootOfTrust struct {
 	// Verifier, when set, turns on secure-boot mode: every image must carry
 	// a signed envelope, verified on every boot, that agrees with the header.
 	Verifier EnvelopeVerifier
+	// KEK, when set, is the device's key-encryption key (16 or 32 bytes,
+	// the same key the device agent unwraps content keys with): the slot
+	// key that wraps an encrypted slot's content key is derived from it
+	// (slotenc.go). Without it encrypted slots are refused (ErrSlotKey).
+	KEK []byte
 	// Counter, when set, is a hardware monotonic counter (OTP fuses, RPMB)
 	// that keeps the anti-rollback floor too, so that erasing or replaying
 	// the status area cannot lower it. The floor is the larger of the two.
@@ -98,6 +103,9 @@ func Open(f *Flash, l Layout, rot RootOfTrust, opts ...Option) (*Device, error) 
 	if len(rot.DeviceKey) < MinDeviceKeySize {
 		return nil, fmt.Errorf("%w: device key of %d bytes, need at least %d", ErrInvalidOption, len(rot.DeviceKey), MinDeviceKeySize)
 	}
+	if err := checkKEK(rot.KEK); err != nil {
+		return nil, err
+	}
 	cfg := config{trialBoots: DefaultTrialBoots}
 	for _, o := range opts {
 		if err := o(&cfg); err != nil {
@@ -105,6 +113,7 @@ func Open(f *Flash, l Layout, rot RootOfTrust, opts ...Option) (*Device, error) 
 		}
 	}
 	rot.DeviceKey = append([]byte(nil), rot.DeviceKey...)
+	rot.KEK = append([]byte(nil), rot.KEK...)
 	d := &Device{f: f, g: g, l: l, rot: rot, cfg: cfg, log: newStatusLog(f, l.Status)}
 	bufSize := max(g.SectorSize, (64<<10)/g.SectorSize*g.SectorSize)
 	d.buf = make([]byte, bufSize)
@@ -142,8 +151,31 @@ func (d *Device) load() error {
 // image is a region's header as read and authenticated.
 type image struct {
 	hdr Header
-	raw []byte // header and envelope bytes as stored
+	raw []byte      // header, encryption block and envelope bytes as stored
+	enc *slotCipher // an encrypted slot's key material, nil for plaintext
 }
+
+// stored is the SHA-256 the region's bytes hash to: the plaintext's, or
+// an encrypted slot's ciphertext's.
+func (im image) stored() Digest {
+	if im.enc != nil {
+		return im.enc.stored
+	}
+	return im.hdr.Digest
+}
+
+// envelope is the stored signed envelope.
+func (im image) envelope() []byte {
+	if im.enc != nil {
+		return im.raw[encEnvelopeAt:]
+	}
+	return im.raw[envelopeOffset:]
+}
+
+// SupportsEncryptedSlots reports whether the device can keep encrypted
+// candidates (CandidateInfo.Encryption): its root of trust holds a KEK
+// and it is not in secure-boot mode.
+func (d *Device) SupportsEncryptedSlots() bool { return len(d.rot.KEK) > 0 && d.rot.Verifier == nil }
 
 func (d *Device) slotRegion(slot int) Region { return d.l.Slots[slot] }
 
@@ -155,8 +187,11 @@ func (d *Device) imageOff(r Region) int64 {
 
 // readHeader reads, parses and authenticates a region's header (and in
 // secure-boot mode verifies its envelope). It does not hash the image.
+// An encrypted slot's header is unwrapped with the root of trust's KEK:
+// its Digest is then the plaintext's.
 func (d *Device) readHeader(r Region) (image, error) {
-	raw := make([]byte, envelopeOffset)
+	area := int64(d.l.HeaderSectors) * int64(d.g.SectorSize)
+	raw := make([]byte, min(area, encEnvelopeAt))
 	if _, err := d.f.ReadAt(raw, d.regionOff(r)); err != nil {
 		return image{}, err
 	}
@@ -164,8 +199,12 @@ func (d *Device) readHeader(r Region) (image, error) {
 	if err != nil {
 		return image{}, err
 	}
-	area := int64(d.l.HeaderSectors) * int64(d.g.SectorSize)
-	if int64(h.EnvelopeLen) > area-envelopeOffset {
+	envAt := int64(envelopeOffset)
+	if h.Encrypted {
+		envAt = encEnvelopeAt
+	}
+	raw = raw[:envAt]
+	if int64(h.EnvelopeLen) > area-envAt {
 		return image{}, fmt.Errorf("%w: envelope of %d bytes in a %d-byte header area", ErrHeaderCorrupt, h.EnvelopeLen, area)
 	}
 	if h.Size > uint64(d.l.ImageCapacity(d.g)) {
@@ -173,18 +212,32 @@ func (d *Device) readHeader(r Region) (image, error) {
 	}
 	if h.EnvelopeLen > 0 {
 		raw = append(raw, make([]byte, h.EnvelopeLen)...)
-		if _, err := d.f.ReadAt(raw[envelopeOffset:], d.regionOff(r)+envelopeOffset); err != nil {
+		if _, err := d.f.ReadAt(raw[envAt:], d.regionOff(r)+envAt); err != nil {
 			return image{}, err
 		}
 	}
-	env := raw[envelopeOffset:]
-	if err := verifyTag(d.rot.DeviceKey, raw, env); err != nil {
+	if err := verifyTag(d.rot.DeviceKey, raw); err != nil {
 		return image{}, err
 	}
-	if err := d.checkEnvelope(h, env); err != nil {
+	im := image{hdr: h, raw: raw}
+	if h.Encrypted {
+		if r == d.l.Active {
+			return image{}, fmt.Errorf("%w: encrypted header in the active region", ErrHeaderCorrupt)
+		}
+		if d.rot.Verifier != nil {
+			return image{}, fmt.Errorf("%w: secure-boot mode takes no encrypted slot", ErrEnvelope)
+		}
+		c, plain, err := openEncBlock(d.rot.KEK, raw[envelopeOffset:encEnvelopeAt], h.Digest)
+		if err != nil {
+			return image{}, err
+		}
+		im.enc, im.hdr.Digest = c, plain
+		return im, nil
+	}
+	if err := d.checkEnvelope(h, im.envelope()); err != nil {
 		return image{}, err
 	}
-	return image{hdr: h, raw: raw}, nil
+	return im, nil
 }
 
 func (d *Device) checkEnvelope(h Header, env []byte) error {
@@ -229,8 +282,8 @@ func (d *Device) verify(ctx context.Context, r Region) (image, error) {
 	if err != nil {
 		return image{}, err
 	}
-	if dg != im.hdr.Digest {
-		return image{}, fmt.Errorf("%w: image hashes to %x, header says %x", ErrDigestMismatch, dg[:8], im.hdr.Digest[:8])
+	if want := im.stored(); dg != want {
+		return image{}, fmt.Errorf("%w: image hashes to %x, header says %x", ErrDigestMismatch, dg[:8], want[:8])
 	}
 	return im, nil
 }

@@ -39,7 +39,13 @@
 // state and boot count, the floor, the last confirmed and last rejected
 // images and the last revert reason.
 //
-// The root-of-trust store (RootOfTrust: the per-device MAC key, in
+// With encrypted slots (slotenc.go) a candidate slot keeps an encrypted
+// image's AES-CTR ciphertext under a version 2 header whose encryption
+// block carries the content key and the plaintext's SHA-256, wrapped with
+// a slot key derived from the device's KEK; the install decrypts as it
+// copies, and the active region always holds plaintext.
+//
+// The root-of-trust store (RootOfTrust: the per-device MAC key, the KEK, in
 // secure-boot mode the envelope verifier holding the public key, and
 // optionally a hardware monotonic counter that keeps the floor) is not on
 // the flash, like OTP or a secure element: flash dumps and fault

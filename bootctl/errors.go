@@ -55,6 +55,9 @@ var (
 	// ErrBelowFloor is returned for an image whose security counter is
 	// below the anti-rollback floor.
 	ErrBelowFloor = wrapErr(ErrInvalidImage, "bootctl: security counter below the anti-rollback floor")
+	// ErrSlotKey is returned for an encrypted slot whose content key does
+	// not unwrap: the root of trust holds no KEK, or another one.
+	ErrSlotKey = wrapErr(ErrInvalidImage, "bootctl: encrypted slot key does not unwrap")
 	// ErrTooLarge is returned for an image or envelope that does not fit
 	// its region.
 	ErrTooLarge = wrapErr(ErrInvalidImage, "bootctl: image too large for its region")

@@ -22,12 +22,21 @@ import (
 //	 32   32  SHA-256 of the image
 //	 64   64  campaign id, zero padded
 //	128    4  envelope length (0 unless secure-boot mode)
-//	132    4  CRC-32 (IEEE) of bytes 0..131
-//	136   32  HMAC-SHA256(device key, bytes 0..135 || envelope)
-//	176    -  signed SUIT envelope, if any
+//	132    4  CRC-32 (IEEE) of bytes 0..131 (version 2: || bytes 176..303)
+//	136   32  HMAC-SHA256(device key, bytes 0..135 || bytes 176..end)
+//	176    -  signed SUIT envelope, if any (version 1)
+//
+// Header version 2 marks an encrypted slot (slotenc.go): the image bytes
+// are AES-CTR ciphertext, the SHA-256 at 32 is the ciphertext's, and a
+// 128-byte encryption block at 176 (covered by the CRC and the HMAC)
+// carries the initial counter block and the content key with the
+// plaintext's SHA-256, wrapped with the slot key derived from the
+// device's KEK; the envelope follows it, at 304. Only candidate slots hold
+// version 2 headers: the active region is always plaintext, version 1.
 const (
 	headerMagic    = "FCBH"
 	headerVersion  = 1
+	headerVersion2 = 2
 	headerSize     = 168
 	envelopeOffset = 176
 	// MaxCampaignLen bounds Header.Campaign.
@@ -48,6 +57,10 @@ type Header struct {
 	Campaign string `json:"campaign,omitempty"`
 	// EnvelopeLen is the length of the stored signed envelope.
 	EnvelopeLen uint32 `json:"envelope_len,omitempty"`
+	// Encrypted reports a slot that holds ciphertext (header version 2):
+	// the bootloader decrypts it as it installs it. Digest is still the
+	// plaintext's, unwrapped from the header with the device's KEK.
+	Encrypted bool `json:"encrypted,omitempty"`
 }
 
 // Digest is a SHA-256 digest, shown in hex.
@@ -61,12 +74,25 @@ func (d Digest) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
 // marshalHeader returns the header bytes followed by the envelope, tagged
 // with key.
 func marshalHeader(h Header, key, envelope []byte) ([]byte, error) {
+	return marshalHeaderExt(h, nil, key, envelope)
+}
+
+// marshalHeaderExt is marshalHeader with an encryption block (header
+// version 2) when ext is not nil; h.Digest is then the ciphertext's.
+func marshalHeaderExt(h Header, ext, key, envelope []byte) ([]byte, error) {
 	if len(h.Campaign) > MaxCampaignLen {
 		return nil, fmt.Errorf("%w: campaign id is %d bytes, over %d", ErrInvalidOption, len(h.Campaign), MaxCampaignLen)
 	}
-	b := make([]byte, envelopeOffset+len(envelope))
+	version := uint16(headerVersion)
+	if ext != nil {
+		if len(ext) != encBlockSize {
+			return nil, fmt.Errorf("%w: encryption block of %d bytes, want %d", ErrInvalidOption, len(ext), encBlockSize)
+		}
+		version = headerVersion2
+	}
+	b := make([]byte, envelopeOffset+len(ext)+len(envelope))
 	copy(b, headerMagic)
-	binary.LittleEndian.PutUint16(b[4:], headerVersion)
+	binary.LittleEndian.PutUint16(b[4:], version)
 	binary.LittleEndian.PutUint16(b[6:], uint16(len(h.Campaign)))
 	binary.LittleEndian.PutUint64(b[8:], h.Version)
 	binary.LittleEndian.PutUint64(b[16:], h.SecurityCounter)
@@ -74,18 +100,25 @@ func marshalHeader(h Header, key, envelope []byte) ([]byte, error) {
 	copy(b[32:64], h.Digest[:])
 	copy(b[64:128], h.Campaign)
 	binary.LittleEndian.PutUint32(b[128:], uint32(len(envelope)))
-	binary.LittleEndian.PutUint32(b[132:], crc32.ChecksumIEEE(b[:132]))
-	copy(b[136:168], headerTag(key, b[:136], envelope))
+	copy(b[envelopeOffset:], ext)
+	copy(b[envelopeOffset+len(ext):], envelope)
+	binary.LittleEndian.PutUint32(b[132:], headerCRC(b[:132], ext))
+	copy(b[136:168], headerTag(key, b[:136], b[envelopeOffset:]))
 	for i := headerSize; i < envelopeOffset; i++ {
 		b[i] = Erased
 	}
-	copy(b[envelopeOffset:], envelope)
 	return b, nil
 }
 
-// parseHeader decodes the first headerSize bytes of b and checks magic,
-// header version, field bounds and CRC (ErrNoHeader, ErrHeaderCorrupt).
-// It does not check the tag.
+func headerCRC(fields, ext []byte) uint32 {
+	return crc32.Update(crc32.ChecksumIEEE(fields), crc32.IEEETable, ext)
+}
+
+// parseHeader decodes the first headerSize bytes of b (for version 2,
+// the encryption block too: b must then hold envelopeOffset+encBlockSize
+// bytes) and checks magic, header version, field bounds and CRC
+// (ErrNoHeader, ErrHeaderCorrupt). It does not check the tag; for version
+// 2 it sets Encrypted and leaves the ciphertext digest in Digest.
 func parseHeader(b []byte) (Header, error) {
 	if len(b) < headerSize {
 		return Header{}, fmt.Errorf("%w: %d bytes, need %d", ErrHeaderCorrupt, len(b), headerSize)
@@ -96,11 +129,20 @@ func parseHeader(b []byte) (Header, error) {
 	if string(b[:4]) != headerMagic {
 		return Header{}, fmt.Errorf("%w: magic %x", ErrHeaderCorrupt, b[:4])
 	}
-	if got, want := crc32.ChecksumIEEE(b[:132]), binary.LittleEndian.Uint32(b[132:]); got != want {
-		return Header{}, fmt.Errorf("%w: CRC %08x, header says %08x", ErrHeaderCorrupt, got, want)
+	v := binary.LittleEndian.Uint16(b[4:])
+	var ext []byte
+	switch v {
+	case headerVersion:
+	case headerVersion2:
+		if len(b) < envelopeOffset+encBlockSize {
+			return Header{}, fmt.Errorf("%w: version 2 header of %d bytes, need %d", ErrHeaderCorrupt, len(b), envelopeOffset+encBlockSize)
+		}
+		ext = b[envelopeOffset : envelopeOffset+encBlockSize]
+	default:
+		return Header{}, fmt.Errorf("%w: header version %d, want %d or %d", ErrHeaderCorrupt, v, headerVersion, headerVersion2)
 	}
-	if v := binary.LittleEndian.Uint16(b[4:]); v != headerVersion {
-		return Header{}, fmt.Errorf("%w: header version %d, want %d", ErrHeaderCorrupt, v, headerVersion)
+	if got, want := headerCRC(b[:132], ext), binary.LittleEndian.Uint32(b[132:]); got != want {
+		return Header{}, fmt.Errorf("%w: CRC %08x, header says %08x", ErrHeaderCorrupt, got, want)
 	}
 	cl := int(binary.LittleEndian.Uint16(b[6:]))
 	if cl > MaxCampaignLen {
@@ -112,6 +154,7 @@ func parseHeader(b []byte) (Header, error) {
 		Size:            binary.LittleEndian.Uint64(b[24:]),
 		Campaign:        string(b[64 : 64+cl]),
 		EnvelopeLen:     binary.LittleEndian.Uint32(b[128:]),
+		Encrypted:       v == headerVersion2,
 	}
 	copy(h.Digest[:], b[32:64])
 	for _, c := range b[64+cl : 128] {
@@ -122,19 +165,20 @@ func parseHeader(b []byte) (Header, error) {
 	return h, nil
 }
 
-// verifyTag checks the HMAC in raw (a marshalled header) over the header
-// and envelope.
-func verifyTag(key, raw, envelope []byte) error {
-	if !hmac.Equal(raw[136:168], headerTag(key, raw[:136], envelope)) {
+// verifyTag checks the HMAC in raw (a marshalled header, with its
+// encryption block and envelope) over the header fields and everything
+// from envelopeOffset on.
+func verifyTag(key, raw []byte) error {
+	if !hmac.Equal(raw[136:168], headerTag(key, raw[:136], raw[envelopeOffset:])) {
 		return ErrTagMismatch
 	}
 	return nil
 }
 
-func headerTag(key, fields, envelope []byte) []byte {
+func headerTag(key, fields, rest []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(fields)
-	m.Write(envelope)
+	m.Write(rest)
 	return m.Sum(nil)
 }
 

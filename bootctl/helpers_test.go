@@ -10,7 +10,10 @@ import (
 	"testing"
 )
 
-var testKey = []byte("0123456789abcdef-device-key")
+var (
+	testKey = []byte("0123456789abcdef-device-key")
+	testKEK = []byte("device-kek-16byt")
+)
 
 // rig is a small device for logic and power-cut tests: 512-byte sectors,
 // a one-sector header and 9 image sectors per region, images of 9 sectors
@@ -27,7 +30,7 @@ const rigImageSize = 9*512 - 37
 func newRig(align, slots int, opts ...Option) rig {
 	l := DefaultLayout(1, slots, 10)
 	g := Geometry{SectorSize: 512, Sectors: l.Sectors(), WriteAlign: align}
-	return rig{g: g, l: l, opts: opts, rot: RootOfTrust{DeviceKey: testKey}}
+	return rig{g: g, l: l, opts: opts, rot: RootOfTrust{DeviceKey: testKey, KEK: testKEK}}
 }
 
 // testImage returns the image of a version: deterministic bytes.

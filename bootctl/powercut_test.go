@@ -36,6 +36,43 @@ func powerScenarios() []powerScenario {
 			},
 		},
 		{
+			// An encrypted slot: the install decrypts as it copies.
+			name: "install-encrypted", trialBoots: 3, old: 1, want: 2, action: ActionInstalled, confirm: true,
+			setup: func(t *testing.T, r rig) *Flash {
+				f := r.factory(t, 1, 1)
+				stageEncrypted(t, r.open(t, f), 2, 2)
+				return f
+			},
+		},
+		{
+			// Revert to a previous image kept encrypted in its slot.
+			name: "revert-encrypted", trialBoots: 1, old: 3, want: 2, action: ActionReverted,
+			setup: func(t *testing.T, r rig) *Flash {
+				f := r.factory(t, 1, 1)
+				d := r.open(t, f)
+				stageEncrypted(t, d, 2, 2)
+				mustBoot(t, d)
+				if err := d.Confirm(); err != nil {
+					t.Fatal(err)
+				}
+				stageEncrypted(t, d, 3, 3)
+				if dec := mustBoot(t, d); dec.Action != ActionInstalled || dec.Version != 3 {
+					t.Fatalf("setup: %+v", dec)
+				}
+				return f
+			},
+		},
+		{
+			// An authentic encrypted slot whose key does not decrypt it to
+			// the signed plaintext: the install drops it and recovers v1.
+			name: "install-undecryptable", trialBoots: 3, old: 1, want: 1, action: ActionRecovered,
+			setup: func(t *testing.T, r rig) *Flash {
+				f := r.factory(t, 1, 1)
+				stageUndecryptable(t, r.open(t, f), 0, 2)
+				return f
+			},
+		},
+		{
 			name: "revert", trialBoots: 1, old: 2, want: 1, action: ActionReverted,
 			setup: func(t *testing.T, r rig) *Flash {
 				f := r.factory(t, 1, 1)
@@ -240,13 +277,21 @@ func cycleOps(t *testing.T, r rig, f *Flash, confirm bool) uint64 {
 }
 
 // TestPowerCutWhileStaging cuts power at every operation of the agent
-// staging a candidate (open, chunked writes, commit): the device keeps
-// booting v1, and a later complete staging installs v2.
+// staging a candidate (open, chunked writes, commit), plain and into an
+// encrypted slot: the device keeps booting v1, and a later complete
+// staging installs v2.
 func TestPowerCutWhileStaging(t *testing.T) {
-	for _, align := range []int{1, 4, 16} {
+	for _, sc := range []struct {
+		align     int
+		encrypted bool
+	}{{1, false}, {4, false}, {16, false}, {1, true}, {16, true}} {
+		align := sc.align
 		r := newRig(align, 2)
 		snap := snapshot(r.factory(t, 1, 1))
-		img := testImage(2)
+		img, info := testImage(2), infoFor(2, 1)
+		if sc.encrypted {
+			img, info.Encryption = encFor(t, 2)
+		}
 		stageChunks := func(d *Device) error {
 			ctx := context.Background()
 			c, err := d.OpenCandidate(ctx, 0, uint64(len(img)))
@@ -258,7 +303,7 @@ func TestPowerCutWhileStaging(t *testing.T) {
 					return err
 				}
 			}
-			return c.Commit(ctx, infoFor(2, 1))
+			return c.Commit(ctx, info)
 		}
 		f := clone(r.g, snap)
 		if err := stageChunks(r.open(t, f)); err != nil {
@@ -290,6 +335,6 @@ func TestPowerCutWhileStaging(t *testing.T) {
 				}
 			}
 		}
-		t.Logf("staging align %d: %d operations, %d faults tried; every one left v1 booting and v2 installable", align, ops, runs)
+		t.Logf("staging align %d encrypted %v: %d operations, %d faults tried; every one left v1 booting and v2 installable", align, sc.encrypted, ops, runs)
 	}
 }

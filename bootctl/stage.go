@@ -3,6 +3,9 @@ package bootctl
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/sha256"
 	"fmt"
 	"sync"
 )
@@ -21,6 +24,11 @@ type CandidateInfo struct {
 	// Envelope is the signed SUIT envelope, stored for secure-boot mode
 	// (required when the device has a Verifier; optional otherwise).
 	Envelope []byte
+	// Encryption, when set, says the slot holds AES-CTR ciphertext (an
+	// encrypted slot): Digest is then the plaintext's, and the bootloader
+	// decrypts the slot as it installs it. The device needs a KEK in its
+	// root of trust and no secure-boot mode (SupportsEncryptedSlots).
+	Encryption *SlotEncryption
 }
 
 // Candidate streams an image into a slot. Chunks may arrive in any order
@@ -182,8 +190,17 @@ func (c *Candidate) program(p []byte, off int64) error {
 // secure-boot mode that info.Envelope verifies and agrees) and writes the
 // header, tagged with the device key. The candidate is then closed. The
 // next Boot installs it if it is newer than the active image.
+//
+// With info.Encryption the slot must hold the ciphertext: Commit hashes
+// it against Encryption.CiphertextDigest and, in the same pass, decrypts
+// it into a buffer and hashes the plaintext against info.Digest (the
+// signed plaintext digest), so nothing that does not decrypt to the
+// signed image is sealed; then it writes a version 2 header carrying the
+// content key wrapped with the slot key (slotenc.go).
+//
 // Errors: ErrIncomplete (bytes missing), ErrDigestMismatch, ErrEnvelope,
-// ErrTooLarge, ErrInvalidOption, ErrClosed, or a flash error.
+// ErrTooLarge, ErrInvalidOption (also for Encryption on a device without
+// a KEK or in secure-boot mode), ErrClosed, or a flash error.
 func (c *Candidate) Commit(ctx context.Context, info CandidateInfo) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -194,31 +211,88 @@ func (c *Candidate) Commit(ctx context.Context, info CandidateInfo) error {
 		return fmt.Errorf("%w: %d partial write units", ErrIncomplete, len(c.pending))
 	}
 	d := c.d
+	envAt := int64(envelopeOffset)
+	if info.Encryption != nil {
+		if !d.SupportsEncryptedSlots() {
+			return fmt.Errorf("%w: an encrypted slot needs a KEK in the root of trust and no secure-boot mode", ErrInvalidOption)
+		}
+		envAt = encEnvelopeAt
+	}
 	area := int64(d.l.HeaderSectors) * int64(d.g.SectorSize)
-	if int64(len(info.Envelope)) > area-envelopeOffset {
-		return fmt.Errorf("%w: envelope of %d bytes, header area holds %d", ErrTooLarge, len(info.Envelope), area-envelopeOffset)
+	if int64(len(info.Envelope)) > area-envAt {
+		return fmt.Errorf("%w: envelope of %d bytes, header area holds %d", ErrTooLarge, len(info.Envelope), max(area-envAt, 0))
 	}
 	h := Header{Version: info.Version, SecurityCounter: info.SecurityCounter, Size: c.size,
 		Digest: info.Digest, Campaign: info.Campaign, EnvelopeLen: uint32(len(info.Envelope))}
-	if err := d.checkEnvelope(h, info.Envelope); err != nil {
-		return err
+	if info.Encryption == nil {
+		if err := d.checkEnvelope(h, info.Envelope); err != nil {
+			return err
+		}
 	}
-	raw, err := marshalHeader(h, d.rot.DeviceKey, info.Envelope)
-	if err != nil {
-		return err
-	}
-	dg, err := d.hashImage(ctx, c.region, c.size)
-	if err != nil {
-		return err
-	}
-	if dg != h.Digest {
-		return fmt.Errorf("%w: slot %d hashes to %x, expected %x", ErrDigestMismatch, c.slot, dg[:8], h.Digest[:8])
+	var raw []byte
+	var err error
+	if e := info.Encryption; e != nil {
+		ext, err := sealEncBlock(d.rot.KEK, e, h.Digest)
+		if err != nil {
+			return err
+		}
+		ct, pt, err := d.hashEncrypted(ctx, c.region, c.size, e)
+		if err != nil {
+			return err
+		}
+		if ct != e.CiphertextDigest {
+			return fmt.Errorf("%w: slot %d holds a ciphertext hashing to %x, expected %x", ErrDigestMismatch, c.slot, ct[:8], e.CiphertextDigest[:8])
+		}
+		if pt != h.Digest {
+			return fmt.Errorf("%w: slot %d decrypts to an image hashing to %x, expected %x", ErrDigestMismatch, c.slot, pt[:8], h.Digest[:8])
+		}
+		h.Digest = ct // on flash, the version 2 header names the ciphertext
+		if raw, err = marshalHeaderExt(h, ext, d.rot.DeviceKey, info.Envelope); err != nil {
+			return err
+		}
+	} else {
+		if raw, err = marshalHeader(h, d.rot.DeviceKey, info.Envelope); err != nil {
+			return err
+		}
+		dg, err := d.hashImage(ctx, c.region, c.size)
+		if err != nil {
+			return err
+		}
+		if dg != h.Digest {
+			return fmt.Errorf("%w: slot %d hashes to %x, expected %x", ErrDigestMismatch, c.slot, dg[:8], h.Digest[:8])
+		}
 	}
 	if err := d.f.Program(padTo(raw, d.g.WriteAlign), d.regionOff(c.region)); err != nil {
 		return err
 	}
 	c.closed = true
 	return nil
+}
+
+// hashEncrypted hashes the first size bytes of a region's image area as
+// stored (the ciphertext) and decrypted with e, in one pass.
+func (d *Device) hashEncrypted(ctx context.Context, r Region, size uint64, e *SlotEncryption) (ct, pt Digest, err error) {
+	if err := ctx.Err(); err != nil {
+		return ct, pt, err
+	}
+	blk, err := aes.NewCipher(e.Key)
+	if err != nil {
+		return ct, pt, fmt.Errorf("%w: content key: %w", ErrInvalidOption, err)
+	}
+	s := cipher.NewCTR(blk, e.IV[:])
+	hc, hp := sha256.New(), sha256.New()
+	tmp := make([]byte, len(d.buf))
+	if err := d.f.scan(d.imageOff(r), int64(size), d.buf, func(p []byte) {
+		hc.Write(p)
+		s.XORKeyStream(tmp[:len(p)], p)
+		hp.Write(tmp[:len(p)])
+	}); err != nil {
+		return ct, pt, err
+	}
+	clear(tmp)
+	hc.Sum(ct[:0])
+	hp.Sum(pt[:0])
+	return ct, pt, nil
 }
 
 // Abort closes the candidate without a header; the slot stays invalid.

@@ -50,6 +50,13 @@ type Config struct {
 	// root of trust, never in StateDir. Nil: encrypted images are refused
 	// (CodeUnauthorized) before anything is downloaded.
 	Keys suit.KeyUnwrapper
+	// EncryptedSlots keeps an encrypted image's ciphertext in the
+	// candidate slot, for the bootloader to decrypt as it installs it
+	// (encslots.go), instead of decrypting it into the slot. Boot must
+	// support it (bootctl.Device.SupportsEncryptedSlots: a KEK in its root
+	// of trust, the same key Keys holds, and no secure-boot mode). Default
+	// false: the slot holds plaintext.
+	EncryptedSlots bool
 	// NoticeTrust are the keys notices must be signed with: the campaign
 	// authority's, whose signature binds a campaign id and a target (this
 	// device, or its class) to an envelope (docs/SECURITY.md, "Campaign
@@ -196,6 +203,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("%w: no state directory", ErrConfig)
 	case len(cfg.Trust) == 0:
 		return nil, fmt.Errorf("%w: no trust anchors", ErrConfig)
+	}
+	if err := checkEncryptedSlots(cfg); err != nil {
+		return nil, err
 	}
 	if len(cfg.NoticeTrust) == 0 {
 		cfg.NoticeTrust = cfg.Trust

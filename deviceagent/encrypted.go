@@ -25,7 +25,9 @@ import (
 // slot; so does a content key that is not the image's (it does not open
 // the manifest's wrapped plaintext digest). Chunks are decrypted where
 // they land (AES-CTR at their offset, decryptSink), so the candidate slot
-// holds plaintext, as the bootloader expects; the plaintext's SHA-256,
+// holds plaintext, as the bootloader expects (with Config.EncryptedSlots
+// the slot keeps the ciphertext and the bootloader decrypts it:
+// encslots.go); the plaintext's SHA-256,
 // unwrapped from the signed manifest, is what bootctl checks the slot
 // against when it commits the candidate (the one hash pass a plain image
 // takes too): nothing decrypted becomes bootable before it checks. The
@@ -59,7 +61,7 @@ func (a *Agent) contentKey(ctx context.Context, m *suit.Manifest) (*encUpdate, e
 		// The bootloader would check the slot's plaintext against the
 		// envelope's image digest, which is the ciphertext's: refuse now
 		// rather than stage an image it will not boot.
-		return nil, permanent(schemas.CodeUnsupported, fmt.Errorf("%w: encrypted images on a secure-boot device (the bootloader does not decrypt: --encrypted-slots is not built)", suit.ErrUnsupported))
+		return nil, permanent(schemas.CodeUnsupported, fmt.Errorf("%w: encrypted images on a secure-boot device (its envelope signs the ciphertext digest, and its bootloader takes no encrypted slot)", suit.ErrUnsupported))
 	}
 	a.mu.Lock()
 	env, wrapped, cur := a.st.Envelope, a.st.Key, a.enc

@@ -66,6 +66,10 @@ type Record struct {
 	// candidate header carries the plaintext digest, which is not
 	// persisted here (see isUpdateImage).
 	Encrypted bool `cbor:"31,keyasint,omitempty"`
+	// CipherSlot reports that the encrypted image's slot keeps its
+	// ciphertext (Config.EncryptedSlots when the slot was opened): the
+	// bootloader decrypts it as it installs it.
+	CipherSlot bool `cbor:"40,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

@@ -205,6 +205,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		}
 		a.mu.Lock()
 		a.st.Slot, a.st.Bytes, a.st.Deferred = slot, 0, ""
+		a.st.CipherSlot = a.keepsCiphertextLocked()
 		a.mu.Unlock()
 		// Persist the slot before erasing it; fetch progress of an
 		// earlier attempt is discarded, as the slot is erased again.
@@ -272,17 +273,11 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return permanent(schemas.CodeInternal, err)
 	}
 	a.picker = f.Picker()
-	var sink fetcher.Sink = slotSink{cand, a.cfg.Boot.Flash()}
 	u, err := a.encrypted(ctx)
 	if err != nil {
 		return err
 	}
-	if u != nil {
-		// Each chunk is checked against the signed ciphertext table, then
-		// decrypted where it lands.
-		sink = newDecryptSink(slotSink{cand, a.cfg.Boot.Flash()}, u.cc)
-	}
-	res, err := f.Fetch(ctx, im, plan, sink)
+	res, err := f.Fetch(ctx, im, plan, a.candidateSink(cand, u))
 	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
 	if err != nil {
 		return err
@@ -469,6 +464,9 @@ func (a *Agent) commit(ctx context.Context) error {
 	}
 	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], digest)
+	if info.Encryption, err = a.slotEncryption(ctx, st); err != nil {
+		return err
+	}
 	if err := cand.Commit(ctx, info); err != nil {
 		return scrubPlaintext(st, err)
 	}

@@ -36,6 +36,7 @@ type runOptions struct {
 	selfTest                                     string
 	imageURL                                     string
 	kekFile, kekID                               string
+	encryptedSlots                               bool
 }
 
 func newRunCmd() *cobra.Command {
@@ -68,6 +69,7 @@ notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 	f.StringVar(&o.bucket, "bucket", "firmcast_images", "object store bucket holding images")
 	f.StringVar(&o.kekFile, "kek-file", "", "file holding a key-encryption key for encrypted images in hex (16 or 32 bytes), besides the device file's \"kek\" (both are tried: a key rotation)")
 	f.StringVar(&o.kekID, "kek-id", "", "the --kek-file key's id (\"<device>#<generation>\"); empty matches any")
+	f.BoolVar(&o.encryptedSlots, "encrypted-slots", false, "keep encrypted images' ciphertext in the candidate slot for the bootloader to decrypt as it installs (default: the device file's \"encrypted_slots\"; needs the device file's \"kek\")")
 	f.StringVar(&o.imageURL, "image-url", "", "the firmcast server's image URL prefix, e.g. https://fw.example.com/images/: HTTP sources under it send --device-id and --secret as basic auth (the server's default --image-access key policy asks for them)")
 	f.StringVar(&o.flash, "flash", "", "flash file made by 'firmcast boot init' (required)")
 	f.StringVar(&o.state, "state", "", "state directory (required)")
@@ -159,6 +161,9 @@ func (o *runOptions) run(ctx context.Context) error {
 	if cfg.Keys, err = o.keys(); err != nil {
 		return err
 	}
+	if cfg.EncryptedSlots, err = o.slotsEncrypted(); err != nil {
+		return err
+	}
 	if o.imageURL != "" {
 		cfg.HTTPAuth = &deviceagent.HTTPAuth{URLPrefix: o.imageURL, Username: o.deviceID, Password: o.secret}
 	}
@@ -222,6 +227,19 @@ func parseWindow(s string) (deviceagent.Window, error) {
 		return time.Duration(t.Hour())*time.Hour + time.Duration(t.Minute())*time.Minute
 	}
 	return deviceagent.Window{Start: off(ta), End: off(tb)}, nil
+}
+
+// slotsEncrypted reports whether candidate slots keep ciphertext:
+// --encrypted-slots, or the device file's encrypted_slots.
+func (o *runOptions) slotsEncrypted() (bool, error) {
+	if o.encryptedSlots {
+		return true, nil
+	}
+	df, err := devicefile.Read(o.flash)
+	if err != nil {
+		return false, fmt.Errorf("--flash: %w", err)
+	}
+	return df.EncryptedSlots, nil
 }
 
 // keys is the agent's content-key unwrapper: the device file's KEK (the

@@ -88,6 +88,7 @@ func newBootInitCmd() *cobra.Command {
 	var (
 		flash, keyHex, pubFile string
 		kekFile, kekID         string
+		encryptedSlots         bool
 		slots                  int
 		slotSize               int64
 		asJSON                 bool
@@ -131,6 +132,12 @@ func newBootInitCmd() *cobra.Command {
 				}
 				dev.KEK, dev.KEKID = hex.EncodeToString(k), kekID
 			}
+			if encryptedSlots {
+				if kekFile == "" {
+					return errors.New("--encrypted-slots needs --kek-file: the bootloader derives the slots' key from the device's KEK")
+				}
+				dev.EncryptedSlots = true
+			}
 			if _, err := os.Stat(flash); err == nil {
 				return fmt.Errorf("--flash %s: exists; remove it to start a new device", flash)
 			}
@@ -145,7 +152,7 @@ func newBootInitCmd() *cobra.Command {
 				return err
 			}
 			res := map[string]any{"flash": flash, "device_file": devicefile.Path(flash), "geometry": g, "layout": l,
-				"image_capacity": l.ImageCapacity(g), "secure_boot": pubFile != ""}
+				"image_capacity": l.ImageCapacity(g), "secure_boot": pubFile != "", "encrypted_slots": encryptedSlots}
 			return bootOut(cmd, asJSON, res, func(w io.Writer) {
 				fmt.Fprintf(w, "flash %s: %d bytes, %d slots of %d bytes (images up to %d bytes), secure boot %v\n",
 					flash, g.Size(), slots, slotSize, l.ImageCapacity(g), pubFile != "")
@@ -159,8 +166,10 @@ func newBootInitCmd() *cobra.Command {
 	c.Flags().StringVar(&pubFile, "pubkey", "", "public key file: turns on secure-boot mode")
 	c.Flags().StringVar(&kekFile, "kek-file", "", "file holding the device's key-encryption key for encrypted images in hex (firmcast device key --generate --out); kept in the device file")
 	c.Flags().StringVar(&kekID, "kek-id", "", "the KEK's key id, as the server names it (\"<device>#<generation>\"); empty matches any")
+	c.Flags().BoolVar(&encryptedSlots, "encrypted-slots", false, "candidate slots keep encrypted images' ciphertext and the bootloader decrypts while it installs (needs --kek-file; not with --pubkey)")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	c.MarkFlagsMutuallyExclusive("device-key", "pubkey")
+	c.MarkFlagsMutuallyExclusive("encrypted-slots", "pubkey")
 	_ = c.MarkFlagRequired("flash")
 	_ = c.MarkFlagRequired("slot-size")
 	return c

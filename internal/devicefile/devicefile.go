@@ -48,6 +48,12 @@ type File struct {
 	// from here (Keys), never from its state directory.
 	KEK   string `json:"kek,omitempty"`
 	KEKID string `json:"kek_id,omitempty"`
+	// EncryptedSlots, set by `firmcast boot init --encrypted-slots`, makes
+	// the agent keep encrypted images' ciphertext in the candidate slot
+	// for the bootloader to decrypt (deviceagent.Config.EncryptedSlots).
+	// It needs KEK (the bootloader's slot key is derived from it) and no
+	// PublicKey (secure-boot mode takes no encrypted slot).
+	EncryptedSlots bool `json:"encrypted_slots,omitempty"`
 }
 
 // Keys returns the device's content-key unwrapper (a suit.KEK), or nil
@@ -84,13 +90,22 @@ func (f File) Validate() error {
 	if _, err := f.RootOfTrust(); err != nil {
 		return err
 	}
-	_, err := f.Keys()
-	return err
+	if _, err := f.Keys(); err != nil {
+		return err
+	}
+	switch {
+	case f.EncryptedSlots && f.KEK == "":
+		return fmt.Errorf("%w: encrypted_slots without kek (the bootloader's slot key is derived from it)", ErrInvalid)
+	case f.EncryptedSlots && len(f.PublicKey) > 0:
+		return fmt.Errorf("%w: encrypted_slots with public_key (secure-boot mode takes no encrypted slot)", ErrInvalid)
+	}
+	return nil
 }
 
-// RootOfTrust returns the device's root-of-trust store: the device key and,
-// when PublicKey is set, a suit.BootVerifier trusting every key it holds.
-// Errors wrap ErrInvalid and name the field.
+// RootOfTrust returns the device's root-of-trust store: the device key,
+// the KEK when set (the bootloader derives the key of encrypted slots
+// from it), and, when PublicKey is set, a suit.BootVerifier trusting every
+// key it holds. Errors wrap ErrInvalid and name the field.
 func (f File) RootOfTrust() (bootctl.RootOfTrust, error) {
 	key, err := hex.DecodeString(f.DeviceKey)
 	if err != nil {
@@ -101,6 +116,13 @@ func (f File) RootOfTrust() (bootctl.RootOfTrust, error) {
 			ErrInvalid, len(key), bootctl.MinDeviceKeySize)
 	}
 	rot := bootctl.RootOfTrust{DeviceKey: key}
+	if f.KEK != "" {
+		k, err := hex.DecodeString(f.KEK)
+		if err != nil || (len(k) != 16 && len(k) != 32) {
+			return bootctl.RootOfTrust{}, fmt.Errorf("%w: kek: want 16 or 32 bytes in hex", ErrInvalid)
+		}
+		rot.KEK = k
+	}
 	if len(f.PublicKey) > 0 {
 		trust, err := suit.ParseTrustPEM(f.PublicKey)
 		if err != nil {

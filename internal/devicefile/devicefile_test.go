@@ -24,6 +24,7 @@ var (
 	testLayout = bootctl.DefaultLayout(8, 2, 8)
 	testGeom   = bootctl.Geometry{SectorSize: 4096, Sectors: testLayout.Sectors(), WriteAlign: 16}
 	testKey    = strings.Repeat("07", 32)
+	testKEKHex = strings.Repeat("0b", 16)
 	vendorID   = bytes.Repeat([]byte{0xfa}, 16)
 	classID    = bytes.Repeat([]byte{0xc1}, 16)
 )
@@ -92,6 +93,11 @@ func decodeCases(t testing.TB) []struct {
 		{"layout absent", jsonWith(t, func(m map[string]any) { delete(m, "layout") }), "geometry and layout"},
 		{"write alignment 0", jsonWith(t, func(m map[string]any) { m["geometry"].(map[string]any)["WriteAlign"] = 0 }), "geometry"},
 		{"public_key empty", jsonWith(t, func(m map[string]any) { m["public_key"] = "" }), ""},
+		{"encrypted slots", jsonWith(t, func(m map[string]any) { m["kek"] = testKEKHex; m["encrypted_slots"] = true }), ""},
+		{"encrypted slots without kek", jsonWith(t, func(m map[string]any) { m["encrypted_slots"] = true }), "encrypted_slots without kek"},
+		{"encrypted slots with secure boot", jsonWith(t, func(m map[string]any) {
+			m["kek"], m["encrypted_slots"], m["public_key"] = testKEKHex, true, pubA
+		}), "encrypted_slots with public_key"},
 		{"unknown field", jsonWith(t, func(m map[string]any) { m["trial_boot"] = 1 }), `unknown field "trial_boot"`},
 		{"trailing data", append(jsonWith(t, func(map[string]any) {}), "{}"...), "data after the JSON object"},
 		{"not JSON", []byte("flash"), "invalid character"},
@@ -241,6 +247,26 @@ func envelope(t *testing.T, img []byte, seq uint64, key ed25519.PrivateKey) []by
 		t.Fatal(err)
 	}
 	return env
+}
+
+// TestEncryptedSlotsKEK: the bootloader opened through a device file gets
+// the device's KEK in its root of trust, so it keeps encrypted slots; a
+// device file without a KEK gives a bootloader that cannot.
+func TestEncryptedSlotsKEK(t *testing.T) {
+	for _, withKEK := range []bool{false, true} {
+		df := validFile(t)
+		if withKEK {
+			df.KEK, df.EncryptedSlots = testKEKHex, true
+		}
+		d, fl, err := Open(newDevice(t, df))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := d.SupportsEncryptedSlots(); got != withKEK {
+			t.Errorf("kek %v: SupportsEncryptedSlots %v", withKEK, got)
+		}
+		fl.Close()
+	}
 }
 
 // TestSecureBootKeys: a device file trusting two keys (the current and the

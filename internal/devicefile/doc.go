@@ -26,13 +26,18 @@
 //	  "device_key":  "HEX",          (at least bootctl.MinDeviceKeySize bytes)
 //	  "public_key":  "BASE64 OF PEM" (optional: secure-boot mode)
 //	  "kek":         "HEX",          (optional: encrypted images, 16 or 32 bytes)
-//	  "kek_id":      "ID"            (optional: the KEK's key id)
+//	  "kek_id":      "ID",           (optional: the KEK's key id)
+//	  "encrypted_slots": true        (optional: slots keep ciphertext; needs kek)
 //	}
 //
 // kek is the device's key-encryption key for encrypted images: the
 // publisher wraps each image's content key with it, in the device's own
 // notice. Like device_key it stands for the secure element; the agent
-// reads it from here and never writes it to its state directory.
+// reads it from here and never writes it to its state directory. The
+// bootloader gets it from here too (RootOfTrust): with encrypted_slots the
+// candidate slots keep encrypted images' ciphertext, their content key
+// wrapped in the slot header with a key derived from kek, and the
+// bootloader decrypts during the install.
 //
 // public_key holds one or more concatenated PEM "PUBLIC KEY" blocks,
 // parsed with suit.ParseTrustPEM: a file holding the current and the next

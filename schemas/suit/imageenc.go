@@ -1,6 +1,7 @@
 package suit
 
 import (
+	"bytes"
 	"context"
 	"crypto/hkdf"
 	"crypto/sha256"
@@ -178,6 +179,18 @@ func (e *ImageEncryption) OpenDigest(cc *ContentCipher) ([]byte, error) {
 		return nil, fmt.Errorf("%w (the content key is not this image's)", err)
 	}
 	return d, nil
+}
+
+// CTRKey returns copies of an AES-CTR cipher's content key and initial
+// counter block, for a device that keeps the ciphertext in an encrypted
+// slot and hands the key to its bootloader, which stores it only wrapped
+// with a key of the device's root of trust (bootctl.SlotEncryption). GCM
+// fails with ErrParameter.
+func (c *ContentCipher) CTRKey() (key, iv []byte, err error) {
+	if isGCM(c.alg) {
+		return nil, nil, fmt.Errorf("%w: %s is not a counter mode", ErrParameter, encAlgName(c.alg))
+	}
+	return bytes.Clone(c.key), bytes.Clone(c.iv), nil
 }
 
 // XORAt writes to dst the AES-CTR transform of src (encryption and

@@ -3,6 +3,8 @@ package suit
 import (
 	"bytes"
 	"context"
+	"crypto/aes"
+	"crypto/cipher"
 	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/sha256"
@@ -127,6 +129,27 @@ func TestImageEncryptionRoundTrip(t *testing.T) {
 			d, err := enc.OpenDigest(cc)
 			if err != nil || !bytes.Equal(d, plainSum[:]) {
 				t.Fatalf("the wrapped plaintext digest opens to %x (%v)", d, err)
+			}
+			// The key and counter block a bootloader decrypts an encrypted
+			// slot with: plain AES-CTR over the whole image.
+			key, iv, err := cc.CTRKey()
+			if err != nil {
+				t.Fatal(err)
+			}
+			blk, err := aes.NewCipher(key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cipher.NewCTR(blk, iv).XORKeyStream(out, ei.cipher)
+			if !bytes.Equal(out, plain) {
+				t.Fatal("AES-CTR with CTRKey's key and IV does not decrypt the image")
+			}
+			gcm, err := NewContentCipher(A128GCM, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := gcm.CTRKey(); !errors.Is(err, ErrParameter) {
+				t.Fatalf("CTRKey of a GCM cipher: %v, want ErrParameter", err)
 			}
 		})
 	}
