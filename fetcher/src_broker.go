@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -73,6 +74,16 @@ type BrokerConfig struct {
 	// chunks come closer together than Quiet, no new chunk is asked for.
 	// Default 500ms, but at most Idle.
 	Quiet time.Duration
+	// SummaryBackoff bounds the random delay after a wave's end marker
+	// (schemas.WaveEnd) before the device sends its loss summary, so
+	// that a fleet's summaries spread out; the delay is shorter for a
+	// device that lacks more (the neediest speak first). Default Quiet.
+	SummaryBackoff time.Duration
+	// SummaryMax is the most chunks the loss summary after a wave's end
+	// marker asks for in one request (later requests keep to Window).
+	// Default Window: a larger summary arrives as a burst of unicast
+	// chunks that a slow device's bounded receive queue may shed.
+	SummaryMax int
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -91,6 +102,20 @@ type BrokerSource struct {
 	Dropped, Garbage, Foreign, OutOfRange int
 	// Requests counts chunk requests sent.
 	Requests int
+
+	// held is the subscription Table leaves open for the Fetch of the
+	// same image that follows (the table may come at a wave's start, with
+	// its chunks right behind it); released unclaimed after heldFor.
+	heldMu sync.Mutex
+	held   *heldSub
+}
+
+// heldSub is an open subscription of one image, between Table and Fetch.
+type heldSub struct {
+	digest []byte
+	in     *inbox
+	unsub  func()
+	timer  *time.Timer
 }
 
 // NewBrokerSource returns a broker source; errors wrap ErrConfig.
@@ -121,6 +146,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = min(500*time.Millisecond, cfg.Idle)
+	}
+	if cfg.SummaryBackoff <= 0 {
+		cfg.SummaryBackoff = cfg.Quiet
+	}
+	if cfg.SummaryMax <= 0 {
+		cfg.SummaryMax = cfg.Window
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
@@ -217,6 +248,48 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 	return in, unsub, nil
 }
 
+// hold keeps in (subscribed to im's broadcast and reply topics) for the
+// Fetch that follows, replacing and closing any held before; it is closed
+// if no Fetch of im claims it within Idle x MaxIdle.
+func (s *BrokerSource) hold(im Image, in *inbox, unsub func()) {
+	h := &heldSub{digest: im.Digest, in: in, unsub: unsub}
+	s.heldMu.Lock()
+	old := s.held
+	s.held = h
+	h.timer = time.AfterFunc(s.cfg.Idle*time.Duration(s.cfg.MaxIdle), func() {
+		s.heldMu.Lock()
+		mine := s.held == h
+		if mine {
+			s.held = nil
+		}
+		s.heldMu.Unlock()
+		if mine {
+			unsub()
+		}
+	})
+	s.heldMu.Unlock()
+	if old != nil && old.timer.Stop() {
+		old.unsub()
+	}
+}
+
+// claim returns the held subscription of im, if any, and closes one of
+// another image.
+func (s *BrokerSource) claim(im Image) (*inbox, func()) {
+	s.heldMu.Lock()
+	h := s.held
+	s.held = nil
+	s.heldMu.Unlock()
+	if h == nil || !h.timer.Stop() {
+		return nil, nil // none, or released meanwhile
+	}
+	if !bytes.Equal(h.digest, im.Digest) {
+		h.unsub()
+		return nil, nil
+	}
+	return h.in, h.unsub
+}
+
 func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
 	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
 	// The device's own request topic: the only one the broker lets it
@@ -228,6 +301,7 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 	req := schemas.ChunkRequest{
 		V: schemas.Version, Image: im.Digest, ChunkSize: im.ChunkSize, Bitmap: want,
 		ReplyTo: s.cfg.Dialect.Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
+		Listening: table, // Table listens on the broadcast topic too
 	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
@@ -238,13 +312,23 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 }
 
 // Table asks the publisher for the chunk table (a chunk request with
-// WantTable and no chunks) and waits for it on the reply topic.
+// WantTable and Listening, no chunks) and waits for it on the reply topic
+// and on the image's broadcast topic, where a wave brings copies of it:
+// the publisher sends it by unicast only when no wave is coming or the
+// device asks again after a copy went out. It asks again after each Idle
+// period. The subscriptions stay open for the Fetch of the image that
+// follows, so that the wave's chunks behind the table are not missed.
 func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
-	in, unsub, err := s.subscribe(ctx, im, false)
+	in, unsub, err := s.subscribe(ctx, im, true)
 	if err != nil {
 		return nil, err
 	}
-	defer unsub()
+	kept := false
+	defer func() {
+		if !kept {
+			unsub()
+		}
+	}()
 	for try := 0; try < s.cfg.MaxIdle; try++ {
 		if err := s.request(ctx, im, nil, true); err != nil {
 			return nil, err
@@ -260,14 +344,21 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				break wait
 			case m := <-in.ch:
 				b := m.b
+				if m.bcast && (schemas.IsChunk(b) || isWaveEnd(b, im)) {
+					putBuf(b) // the wave's chunks before the table: repaired later
+					continue
+				}
 				// Any decodable table is the answer (the reply topic is this
-				// device's); the fetcher authenticates it.
+				// device's, the broadcast topic the image's); the fetcher
+				// authenticates it.
 				var t schemas.ChunkTable
 				if err := schemas.Decode(b, &t); err != nil {
 					s.Dropped++
 					continue
 				}
 				timer.Stop()
+				kept = true
+				s.hold(im, in, unsub)
 				return b, nil
 			}
 		}
@@ -284,9 +375,12 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 // period. Broadcast chunks that happen to be wanted are taken too. It gives
 // up with ErrStalled after MaxIdle idle periods in a row.
 func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
-	in, unsub, err := s.subscribe(ctx, im, true)
-	if err != nil {
-		return err
+	in, unsub := s.claim(im)
+	if in == nil {
+		var err error
+		if in, unsub, err = s.subscribe(ctx, im, true); err != nil {
+			return err
+		}
 	}
 	defer unsub()
 	n := want.b.n
@@ -301,8 +395,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	// batched together (a chunk many lack is then re-broadcast once).
 	lastBcast := time.Time{}
 	// ask requests the outstanding chunks again (resend) and tops the
-	// window up with chunks not asked for yet.
-	ask := func(resend bool) error {
+	// window (at most window chunks asked for and not received) up with
+	// chunks not asked for yet.
+	ask := func(resend bool, window int) error {
 		req := newBitmap(n)
 		if resend {
 			copy(req.bits, inflight.bits)
@@ -312,7 +407,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < s.cfg.Quiet {
 			limit = 0
 		}
-		for nIn < s.cfg.Window {
+		for nIn < window {
 			i := missing.next(cur)
 			if i < 0 || i >= limit {
 				break
@@ -336,21 +431,34 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	first := s.cfg.Idle
 	if listening {
 		first = s.cfg.ListenFirst
-	} else if err := ask(false); err != nil {
+	} else if err := ask(false, s.cfg.Window); err != nil {
 		return err
 	}
 	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
+	// summary: a wave's end marker came; when the timer fires (after a
+	// random back-off) the device sends its loss summary.
+	summary := false
 	for left > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			if summary {
+				// One request for what the wave left missing (up to
+				// SummaryMax chunks); then as after any request.
+				summary, listening, progressed, idle = false, false, false, 0
+				if err := ask(false, s.cfg.SummaryMax); err != nil {
+					return err
+				}
+				timer.Reset(s.cfg.Idle)
+				continue
+			}
 			if listening {
 				// Quiet (or nothing broadcast): ask for what is missing.
 				listening, progressed, idle = false, false, 0
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
@@ -362,11 +470,24 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
 			}
 			progressed = false
-			if err := ask(true); err != nil {
+			if err := ask(true, s.cfg.Window); err != nil {
 				return err
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
+			if m.bcast && isWaveEnd(m.b, im) {
+				putBuf(m.b)
+				// The wave is over: nothing more is coming by broadcast.
+				// Send the loss summary after a back-off, shorter for a
+				// device that lacks more.
+				lastBcast = time.Time{}
+				if !summary && nIn == 0 {
+					summary = true
+					need := float64(left) / float64(n)
+					timer.Reset(time.Duration(rand.Float64() * (1 - need) * float64(s.cfg.SummaryBackoff)))
+				}
+				continue
+			}
 			chunk = schemas.Chunk{}
 			ok := s.accept(m.b, &chunk, im, n)
 			putBuf(m.b) // decoding copied what it keeps
@@ -406,7 +527,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				timer.Reset(s.cfg.Idle)
 			}
 			if nIn <= s.cfg.Window/2 && left > 0 {
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 			}
@@ -418,6 +539,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 // accept decodes a received message as a chunk of im and counts what it
 // drops.
 func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool {
+	if !schemas.IsChunk(b) && isTable(b) {
+		return false // a copy of the table a wave carries: not a drop
+	}
 	switch {
 	case schemas.Decode(b, c) != nil:
 		s.Garbage++
@@ -430,4 +554,19 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// isWaveEnd reports whether b is a wave end marker of im.
+func isWaveEnd(b []byte, im Image) bool {
+	if schemas.IsChunk(b) {
+		return false
+	}
+	var w schemas.WaveEnd
+	return schemas.Decode(b, &w) == nil && bytes.Equal(w.Image, im.Digest)
+}
+
+// isTable reports whether b is a chunk table message.
+func isTable(b []byte) bool {
+	var t schemas.ChunkTable
+	return schemas.Decode(b, &t) == nil
 }

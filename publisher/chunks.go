@@ -19,10 +19,17 @@ import (
 
 // Egress counts chunk bytes (encoded messages) handed to the transport.
 type Egress struct {
-	// Wave: broadcast waves. Repair: chunks broadcast again because many
-	// devices asked. Unicast: chunks and tables sent to one requester.
-	Wave, Repair, Unicast atomic.Int64
+	// Wave: broadcast waves (with the chunk table copies broadcast in
+	// them). Repair: chunks broadcast again because many devices asked.
+	// Unicast: chunks and tables sent to one requester; Table: the part
+	// of Unicast that is chunk tables.
+	Wave, Repair, Unicast, Table atomic.Int64
 }
+
+// tableEvery is the distance, in chunks, between the chunk table copies
+// a wave broadcasts (from its first chunk on), so that a device that
+// starts listening within a wave finds a copy soon.
+const tableEvery = 128
 
 // pacer bounds chunk egress: at most inflight messages handed to the
 // transport at once, and an optional byte rate.
@@ -183,6 +190,16 @@ type waveState struct {
 	// and lastTable when one was last sent (Config.Clock).
 	tables    map[string]time.Time
 	lastTable time.Time
+	// casts counts the chunk table copies waves broadcast, and
+	// castAtJoin holds casts when each device listening on the broadcast
+	// topic asked first (see tableByWave): a device that asks again
+	// after a copy went out missed every copy, and is answered by
+	// unicast.
+	casts      int
+	castAtJoin map[string]int
+	// ended counts the waves of the image this instance sent to the end
+	// (the number in their WaveEnd markers).
+	ended uint32
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
@@ -322,6 +339,11 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
 	defer cr.close()
 	for i := range n {
+		if i%tableEvery == 0 {
+			if err := p.castTable(ctx, t, d, w); err != nil {
+				return fmt.Errorf("publisher: wave %s table: %w", digest, err)
+			}
+		}
 		if ec != nil {
 			if err := ec.wait(ctx, int64(i-p.cfg.WaveEcho)); err != nil {
 				return err
@@ -350,8 +372,84 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		w.broadcastAll(time.Now())
 		p.waveMu.Unlock()
 	}
+	if err := p.endWave(ctx, t, d, w, []schemas.Range{{First: 0, Count: uint32(n)}}); err != nil {
+		return fmt.Errorf("publisher: wave %s end marker: %w", digest, err)
+	}
 	p.met.waves.Inc()
 	return nil
+}
+
+// endWave broadcasts the marker that ends a wave of d on t, naming the
+// chunks it carried: devices, quiet while the wave flows, send their loss
+// summaries after it.
+func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, sent []schemas.Range) error {
+	p.waveMu.Lock()
+	w.ended++
+	seq := w.ended
+	p.waveMu.Unlock()
+	b, err := schemas.Encode(&schemas.WaveEnd{V: schemas.Version, Image: d.digest, Wave: seq, Sent: sent})
+	if err != nil {
+		return err
+	}
+	return p.send(ctx, t, b, &p.Egress.Wave, "wave_end")
+}
+
+// castTable broadcasts a copy of d's chunk table on the wave's topic t.
+// Every wave carries copies (a few table sizes, under 1% of the image),
+// whichever instance answered the devices' table requests.
+func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData, w *waveState) error {
+	if err := p.send(ctx, t, d.tableBytes, &p.Egress.Wave, "wave_table"); err != nil {
+		return err
+	}
+	p.waveMu.Lock()
+	w.casts++
+	p.waveMu.Unlock()
+	return nil
+}
+
+// answerTable answers the table request r: in the wave when the device
+// listens on the broadcast topic and a wave is held or flowing (see
+// tableByWave), otherwise by unicast.
+func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
+	if r.Listening && p.tableByWave(digest, r.Requester) {
+		p.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
+		return nil
+	}
+	return p.sendTable(ctx, digest, d, r)
+}
+
+// tableByWave records that dev, listening on the broadcast topic, asked
+// for the table of digest, and reports whether a wave will bring it: a
+// wave is held or flowing, and no copy has been broadcast since dev
+// first asked (a device asking again after one was missed every copy).
+// Recorded like a table sent (waveState.tables), so the device counts
+// as gathered for the wave.
+func (p *Publisher) tableByWave(digest, dev string) bool {
+	ahead := p.waveAhead(digest)
+	now := p.cfg.Clock.Now()
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	w := p.waves[digest]
+	if w == nil || (ahead == math.MaxInt64 && !w.running) {
+		return false // no wave coming
+	}
+	if at, ok := w.castAtJoin[dev]; ok && w.casts > at {
+		return false // it missed every copy since it asked
+	}
+	if w.tables == nil {
+		w.tables = map[string]time.Time{}
+	}
+	if w.castAtJoin == nil {
+		w.castAtJoin = map[string]int{}
+	}
+	if _, ok := w.tables[dev]; !ok {
+		w.tables[dev] = now
+	}
+	if _, ok := w.castAtJoin[dev]; !ok {
+		w.castAtJoin[dev] = w.casts
+	}
+	w.lastTable = now
+	return true
 }
 
 // echo follows a wave coming back on the broadcast chunk topic, which the
@@ -493,7 +591,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		return
 	}
 	p.met.chunkRequests.WithLabelValues("served").Inc()
-	if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
+	if r.WantTable && p.answerTable(ctx, digest, d, r) != nil {
 		return
 	}
 	ahead := p.waveAhead(digest)
@@ -526,6 +624,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	if err := p.send(ctx, rt, d.tableBytes, &p.Egress.Unicast, "table"); err != nil {
 		return err
 	}
+	p.Egress.Table.Add(int64(len(d.tableBytes)))
 	w := p.waveFor(digest)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
@@ -558,7 +657,7 @@ func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 			p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
 			return
 		}
-		if p.sendTable(ctx, digest, d, &r) != nil {
+		if p.answerTable(ctx, digest, d, &r) != nil {
 			return
 		}
 		r.WantTable = false

@@ -179,6 +179,8 @@ func version(m Message) uint {
 		return x.V
 	case *ChunkTable:
 		return x.V
+	case *WaveEnd:
+		return x.V
 	case *DeviceReport:
 		return x.V
 	case *CampaignCommand:
@@ -193,7 +195,7 @@ func version(m Message) uint {
 // readable ones ("key 1 (Chunk.Image)").
 var fieldNames = func() map[string]string {
 	out := map[string]string{}
-	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{},
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{},
 		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
 		t := reflect.TypeOf(v)
 		for i := range t.NumField() {
@@ -211,4 +213,43 @@ func whichField(err error) string {
 		return fieldNames[te.StructFieldName]
 	}
 	return ""
+}
+
+// IsChunk reports whether data has the shape of a Chunk message: a CBOR
+// map of exactly four entries whose keys are 0 to 3 in order, key 1 a
+// byte string and key 2 an unsigned integer. It reads the heads only
+// (no copy, no allocation), so a receive path can tell chunks (which it
+// may shed under pressure: they are repaired later) from the other
+// messages on chunk topics (chunk tables, markers), which it must keep.
+// A message it accepts still goes through Decode.
+func IsChunk(data []byte) bool {
+	major, pairs, n, ok := readHead(data)
+	if !ok || major != 5 || pairs != 4 {
+		return false
+	}
+	data = data[n:]
+	for key := uint64(0); key < 4; key++ {
+		major, k, n, ok := readHead(data)
+		if !ok || major != 0 || k != key {
+			return false
+		}
+		data = data[n:]
+		major, arg, n, ok := readHead(data)
+		if !ok {
+			return false
+		}
+		switch key {
+		case 0, 2:
+			if major != 0 {
+				return false
+			}
+		case 1, 3:
+			if major != 2 || arg > uint64(len(data)-n) {
+				return false
+			}
+			n += int(arg)
+		}
+		data = data[n:]
+	}
+	return len(data) == 0
 }

@@ -69,6 +69,8 @@ func FuzzDecodeChunkRequest(f *testing.F) {
 
 func FuzzDecodeChunk(f *testing.F) { fuzzDecode[Chunk](f, nil) }
 
+func FuzzDecodeWaveEnd(f *testing.F) { fuzzDecode[WaveEnd](f, nil) }
+
 func FuzzDecodeChunkTable(f *testing.F) {
 	fuzzDecode[ChunkTable](f, func(ct *ChunkTable) {
 		last := ct.NumChunks() - 1

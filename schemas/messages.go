@@ -177,6 +177,13 @@ type ChunkRequest struct {
 	Campaign string `cbor:"7,keyasint,omitempty"`
 	// WantTable asks for the chunk table as well.
 	WantTable bool `cbor:"8,keyasint,omitempty"`
+	// Listening says the requester listens on the image's broadcast chunk
+	// topic already: a table it asks for may come there, in a wave (once
+	// per wave, at its start and repeated within it), instead of by
+	// unicast. A device asks again only if it missed every copy, and is
+	// then answered by unicast. Agents that do not set it get the table
+	// by unicast, as before.
+	Listening bool `cbor:"9,keyasint,omitempty"`
 }
 
 // Chunk carries one chunk of an image: Data is bytes
@@ -193,6 +200,27 @@ type Chunk struct {
 	Index uint32 `cbor:"2,keyasint"`
 	// Data is the chunk, 1..MaxChunkSize bytes.
 	Data []byte `cbor:"3,keyasint"`
+}
+
+// WaveEnd marks the end of a broadcast wave of an image: the publisher
+// sends it on the image's broadcast chunk topic (QoS 0) after the wave's
+// last chunk, saying which chunks the wave carried. A device does not ask
+// for chunks while a wave flows; once it sees the marker (or, should the
+// marker be lost, once the wave has been quiet for a while) it sends one
+// loss summary (a ChunkRequest of what it still lacks) after a random
+// back-off, shorter for devices that lack more.
+//
+//	wave-end = { 0: 1, 1: digest, 2: uint, 3: [+ range] }
+type WaveEnd struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Wave numbers the sender's waves of the image, from 1.
+	Wave uint32 `cbor:"2,keyasint"`
+	// Sent lists the chunks the wave carried: 1..MaxRanges runs, sorted
+	// and disjoint.
+	Sent []Range `cbor:"3,keyasint"`
 }
 
 // ChunkTable lists the SHA-256 of every chunk of an image, so that a device

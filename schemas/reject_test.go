@@ -177,6 +177,7 @@ var zeroFields = map[string]struct{ k, v []byte }{
 	nameReply:   {[]byte{0x02}, []byte{0x00}}, // code none
 	nameTable:   {[]byte{0x02}, []byte{0x00}}, // (required field, duplicated as 0)
 	nameChunk:   {[]byte{0x04}, []byte{0x40}}, // (unknown field)
+	nameWaveEnd: {[]byte{0x04}, []byte{0x40}}, // (unknown field)
 }
 
 func TestDecodeRejects(t *testing.T) {
@@ -197,7 +198,7 @@ func TestDecodeRejects(t *testing.T) {
 		switch name {
 		case nameTable:
 			text = "duplicate map key"
-		case nameChunk:
+		case nameChunk, nameWaveEnd:
 			text = "unknown field"
 		}
 		rows = append(rows, rejection{"zero-valued optional field present", insertPair(splitMap(t, b), zf.k, zf.v), want, text})
@@ -208,8 +209,8 @@ func TestDecodeRejects(t *testing.T) {
 			})
 		}
 	}
-	if len(bases) != 7 {
-		t.Fatalf("%d message types have vectors, want 7", len(bases))
+	if len(bases) != 8 {
+		t.Fatalf("%d message types have vectors, want 8", len(bases))
 	}
 }
 
@@ -337,6 +338,23 @@ func TestInvalidChunk(t *testing.T) {
 		{"index beyond max", func(m *Chunk) { m.Index = MaxChunks }, ErrInvalid, "index 131072"},
 		{"empty data", func(m *Chunk) { m.Data = nil }, ErrInvalid, "data is empty"},
 		{"oversize data", func(m *Chunk) { m.Data = make([]byte, MaxChunkSize+1) }, ErrTooLarge, "data is 1048577 bytes, max 1048576"},
+	})
+}
+
+func TestInvalidWaveEnd(t *testing.T) {
+	runInvalid(t, base[WaveEnd](t), []invalidCase[WaveEnd]{
+		{"bad image digest", func(m *WaveEnd) { m.Image = m.Image[1:] }, ErrInvalid, "image digest is 31 bytes"},
+		{"wave 0", func(m *WaveEnd) { m.Wave = 0 }, ErrInvalid, "wave number 0"},
+		{"nothing sent", func(m *WaveEnd) { m.Sent = nil }, ErrInvalid, "no range sent"},
+		{"empty range", func(m *WaveEnd) { m.Sent = []Range{{First: 3, Count: 0}} }, ErrInvalid, "range 0 [3,+0) empty"},
+		{"range beyond max", func(m *WaveEnd) { m.Sent = []Range{{First: MaxChunks - 1, Count: 2}} }, ErrInvalid, "beyond 131072 chunks"},
+		{"overlapping ranges", func(m *WaveEnd) { m.Sent = []Range{{First: 0, Count: 4}, {First: 2, Count: 1}} }, ErrInvalid, "range 1 starts at 2"},
+		{"too many ranges", func(m *WaveEnd) {
+			m.Sent = nil
+			for i := range MaxRanges + 1 {
+				m.Sent = append(m.Sent, Range{First: uint32(2 * i), Count: 1})
+			}
+		}, ErrInvalid, "1025 ranges"},
 	})
 }
 

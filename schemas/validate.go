@@ -11,6 +11,7 @@ const (
 	nameRequest = "chunk request"
 	nameChunk   = "chunk"
 	nameTable   = "chunk table"
+	nameWaveEnd = "wave end"
 	nameReport  = "device report"
 	nameCommand = "campaign command"
 	nameReply   = "campaign reply"
@@ -416,4 +417,38 @@ func (s *CampaignStatus) validate(where string) error {
 		}
 	}
 	return checkText(m, "reason", s.Reason, MaxTextLen)
+}
+
+// MessageName implements Message.
+func (*WaveEnd) MessageName() string { return nameWaveEnd }
+
+// MaxSize implements Message: MaxRanges ranges plus framing.
+func (*WaveEnd) MaxSize() int { return 64 + MaxRanges*12 }
+
+// Validate implements Message.
+func (w *WaveEnd) Validate() error {
+	const m = nameWaveEnd
+	if err := checkDigest(m, "image digest", w.Image); err != nil {
+		return err
+	}
+	if w.Wave == 0 {
+		return invalid(m, "wave number 0")
+	}
+	if len(w.Sent) == 0 {
+		return invalid(m, "no range sent")
+	}
+	if len(w.Sent) > MaxRanges {
+		return invalid(m, "%d ranges, max %d", len(w.Sent), MaxRanges)
+	}
+	var end uint64
+	for i, rg := range w.Sent {
+		if rg.Count == 0 || uint64(rg.First)+uint64(rg.Count) > MaxChunks {
+			return invalid(m, "range %d [%d,+%d) empty or beyond %d chunks", i, rg.First, rg.Count, MaxChunks)
+		}
+		if i > 0 && uint64(rg.First) < end {
+			return invalid(m, "range %d starts at %d, inside or before range %d (ranges must be sorted and disjoint)", i, rg.First, i-1)
+		}
+		end = uint64(rg.First) + uint64(rg.Count)
+	}
+	return nil
 }

@@ -75,8 +75,15 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 256, Bitmap: []byte{0x0f, 0x01},
 			ReplyTo: "firmcast.v1.dev.dev-42.chunks", Requester: "dev-42", WantTable: true,
 		}},
+		{"request-0003", "chunk table request of a device listening on the broadcast topic", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384,
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
+		}},
+		{"waveend-0001", "end of wave 2, which carried chunks 0-511", &WaveEnd{
+			V: Version, Image: img, Wave: 2, Sent: []Range{{First: 0, Count: 512}},
 		}},
 		{"table-0001", "chunk table of a 600-byte image in 256-byte chunks", testTable(t)},
 		{"report-0001", "download progress over the broker", &DeviceReport{

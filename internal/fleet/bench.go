@@ -41,6 +41,10 @@ type BenchConfig struct {
 	Seed uint64
 	// MemFlash gives the devices in-memory flash instead of sparse files.
 	MemFlash bool
+	// Loss is the fraction of chunks each firmcast device drops at its
+	// receive path, independently (Config.Loss); the raw side loses
+	// nothing (it has no repair).
+	Loss float64
 	// CPUProfile, when set, receives a CPU profile of each firmcast
 	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
 	CPUProfile string
@@ -150,6 +154,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 		// delay window, a fast leader tick.
 		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },
 		MemFlash:  bc.MemFlash,
+		Loss:      bc.Loss,
 	}
 	var url string
 	switch cs {
