@@ -8,8 +8,9 @@ import (
 	"github.com/firmcast/firmcast/schemas"
 )
 
-// Bounds of a dispatcher's queue of chunks (schemas.IsChunk messages on a
-// FamilyChunk subscription): beyond either, a new chunk is dropped, not
+// Bounds of a dispatcher's queue of chunks (schemas.IsChunk and
+// schemas.IsParityChunk messages on a FamilyChunk subscription: both are
+// repaired later): beyond either, a new chunk is dropped, not
 // queued. A dropped chunk is one more loss of a QoS 0 message, which the
 // fetcher repairs; everything else (notices, tables, replies, reports,
 // requests) is always queued, so the bound never costs a message that is
@@ -57,7 +58,7 @@ func newDispatcher(ctx context.Context, h Handler, f Family) *dispatcher {
 // enqueue adds m, or drops it when it is a chunk and the queue holds the
 // chunk bound; it never blocks.
 func (d *dispatcher) enqueue(m Message) {
-	chunk := d.shed && schemas.IsChunk(m.Payload)
+	chunk := d.shed && (schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload))
 	d.mu.Lock()
 	if chunk {
 		if d.chunks >= maxQueuedChunks || d.chunkBytes+len(m.Payload) > maxQueuedChunkBytes {

@@ -16,6 +16,15 @@ func chunkMsg(t testing.TB, i int) Message {
 	return Message{Payload: b}
 }
 
+func parityMsg(t testing.TB, i int) Message {
+	t.Helper()
+	b, err := schemas.Encode(&schemas.ParityChunk{V: schemas.Version, Image: make([]byte, 32), Block: uint32(i / 32), Index: uint32(i % 32), Data: make([]byte, 1024)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return Message{Payload: b}
+}
+
 func tableMsg(t testing.TB, i int) Message {
 	t.Helper()
 	b, err := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: make([]byte, 32), ImageSize: uint64(i%1024 + 1), ChunkSize: 1024, Hashes: [][]byte{make([]byte, 32)}})
@@ -26,9 +35,10 @@ func tableMsg(t testing.TB, i int) Message {
 }
 
 // TestDispatcherBoundsChunks floods a blocked handler of a chunk
-// subscription with chunks and tables: the queue never holds more than
-// maxQueuedChunks chunks, the rest are counted as dropped, and every
-// table still arrives, in order. A subscription of another family keeps
+// subscription with chunks, parity chunks and tables: the queue never
+// holds more than maxQueuedChunks chunks (parity chunks count as chunks),
+// the rest are counted as dropped, and every table still arrives, in
+// order. A subscription of another family keeps
 // everything.
 func TestDispatcherBoundsChunks(t *testing.T) {
 	for _, tc := range []struct {
@@ -51,8 +61,10 @@ func TestDispatcherBoundsChunks(t *testing.T) {
 		d.enqueue(chunkMsg(t, 0))
 		<-entered
 		for i := range chunks {
-			if i > 0 {
+			if i > 0 && i%2 == 0 {
 				d.enqueue(chunkMsg(t, i))
+			} else if i > 0 {
+				d.enqueue(parityMsg(t, i))
 			}
 			if i%(chunks/tables) == 0 {
 				d.enqueue(tableMsg(t, i))
@@ -71,7 +83,7 @@ func TestDispatcherBoundsChunks(t *testing.T) {
 		nt, nc := 0, 0
 		for nt < tables || (!tc.shed && nc < chunks) {
 			m := <-got
-			if !schemas.IsChunk(m.Payload) {
+			if !schemas.IsChunk(m.Payload) && !schemas.IsParityChunk(m.Payload) {
 				var tb schemas.ChunkTable
 				if err := schemas.Decode(m.Payload, &tb); err != nil {
 					t.Fatal(err)

@@ -14,6 +14,13 @@ const (
 	MaxChunkSize = 1 << 20
 	// MaxChunks bounds the number of chunks of one image.
 	MaxChunks = 1 << 17
+	// MaxCodeShards bounds source plus parity chunks of one erasure-coded
+	// block (ChunkTable.Block + ChunkTable.ParityPerBlock): the code is
+	// Reed-Solomon over GF(2^8), which has 256 distinct evaluation points.
+	MaxCodeShards = 256
+	// MaxParityChunks bounds the parity chunk hashes a chunk table
+	// commits (ChunkTable.Parity).
+	MaxParityChunks = MaxChunks / 2
 	// MaxEnvelopeSize bounds the signed SUIT envelope carried in a notice.
 	MaxEnvelopeSize = 64 << 10
 	// MaxNoticeAuthSize bounds the authentication wrapper of a notice (a
@@ -228,7 +235,17 @@ type WaveEnd struct {
 // encoding, see Digest) is signed in the manifest. Build one with
 // BuildChunkTable.
 //
-//	chunk-table = { 0: 1, 1: digest, 2: uint, 3: chunk-size, 4: [+ digest] }
+// A coded table (Block > 0) also commits erasure-coded repair: the image's
+// chunks are cut into source blocks of Block consecutive chunks (the last
+// block may hold fewer), and for each block ParityPerBlock parity chunks
+// are defined (see ParityChunk); Parity holds their SHA-256, block-major,
+// so that a device checks each parity chunk on arrival (VerifyParity), as
+// it checks each chunk, and never feeds a forged one into a decode. Tables
+// without these keys are the format agents of delivery protocol 1 decode;
+// a coded table is for agents that speak coded repair.
+//
+//	chunk-table = { 0: 1, 1: digest, 2: uint, 3: chunk-size, 4: [+ digest],
+//	                ? 5: uint, ? 6: uint, ? 7: [+ digest] }
 type ChunkTable struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -240,6 +257,42 @@ type ChunkTable struct {
 	ChunkSize uint32 `cbor:"3,keyasint"`
 	// Hashes holds ChunkCount(ImageSize, ChunkSize) SHA-256 digests.
 	Hashes [][]byte `cbor:"4,keyasint"`
+	// Block is the number of source chunks per erasure-coded block, or 0
+	// for a table that commits no parity (then keys 6 and 7 are absent).
+	Block uint32 `cbor:"5,keyasint,omitempty"`
+	// ParityPerBlock is the number of parity chunks committed per block,
+	// at least 1 when Block is set; Block+ParityPerBlock <= MaxCodeShards.
+	ParityPerBlock uint32 `cbor:"6,keyasint,omitempty"`
+	// Parity holds the SHA-256 of parity chunk j of block b at index
+	// b*ParityPerBlock+j: NumBlocks()*ParityPerBlock digests, at most
+	// MaxParityChunks.
+	Parity [][]byte `cbor:"7,keyasint,omitempty"`
+}
+
+// ParityChunk carries parity chunk Index of source block Block of an
+// image whose chunk table is coded (ChunkTable.Block > 0). Data is always
+// ChunkSize bytes: Reed-Solomon parity (github.com/klauspost/reedsolomon's
+// default systematic matrix, data shards = the block's source chunks, the
+// image's last chunk zero-padded to ChunkSize, parity shards =
+// ChunkTable.ParityPerBlock) over the block's chunks; any source chunks
+// and parity chunks of a block that number its source chunks rebuild it.
+// A receiver checks it with ChunkTable.VerifyParity before keeping it.
+// Broadcast on the image's chunk topic only; a receiver that does not
+// know the message (an agent of delivery protocol 1) drops it.
+//
+//	parity-chunk = { 0: 1, 1: digest, 2: uint, 3: uint, 4: bstr }
+type ParityChunk struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Block is the source block index, below MaxChunks.
+	Block uint32 `cbor:"2,keyasint"`
+	// Index is the parity chunk's index within its block, below
+	// MaxCodeShards-1.
+	Index uint32 `cbor:"3,keyasint"`
+	// Data is the parity chunk, 1..MaxChunkSize bytes.
+	Data []byte `cbor:"4,keyasint"`
 }
 
 // State is a device's update state as reported.
