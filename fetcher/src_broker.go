@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -100,6 +101,13 @@ type BrokerSource struct {
 	// (a chunk of another image) and OutOfRange (an index beyond the
 	// image). Read them after Fetch returns.
 	Dropped, Garbage, Foreign, OutOfRange int
+	// BadParity counts the parity chunks refused on arrival by a fetch
+	// with coded repair (FetchRepair): not committed by the signed table
+	// (forged, corrupt), a wrong block or parity index, a wrong length, or
+	// another image's. They are counted in Dropped too.
+	BadParity int
+	// Rebuilt counts the chunks rebuilt from parity chunks.
+	Rebuilt int
 	// Requests counts chunk requests sent.
 	Requests int
 
@@ -344,7 +352,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				break wait
 			case m := <-in.ch:
 				b := m.b
-				if m.bcast && (schemas.IsChunk(b) || isWaveEnd(b, im)) {
+				if m.bcast && (schemas.IsChunk(b) || schemas.IsParityChunk(b) || isWaveEnd(b, im)) {
 					putBuf(b) // the wave's chunks before the table: repaired later
 					continue
 				}
@@ -375,6 +383,31 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 // period. Broadcast chunks that happen to be wanted are taken too. It gives
 // up with ErrStalled after MaxIdle idle periods in a row.
 func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
+	return s.fetch(ctx, im, want, deliver, nil)
+}
+
+// FetchRepair is Fetch that also takes the parity chunks broadcast on the
+// image's topic (RepairSource): each is checked against r.Table on
+// arrival (a forged, corrupt or misnumbered one is dropped and counted in
+// BadParity, never used), at most as many per block as the block lacks
+// are kept (internal/blockcode.Collector), and once a block holds as many
+// as it lacks, its lost chunks are rebuilt, reading the chunks it holds
+// back from r.Slot, and handed to deliver.
+func (s *BrokerSource) FetchRepair(ctx context.Context, im Image, want Chunks, deliver Deliver, r Repair) error {
+	if r.Table == nil || !r.Table.Coded() || r.Slot == nil {
+		return s.fetch(ctx, im, want, deliver, nil)
+	}
+	return s.fetch(ctx, im, want, deliver, &r)
+}
+
+func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver Deliver, rep *Repair) error {
+	var col *blockcode.Collector
+	if rep != nil {
+		var err error
+		if col, err = blockcode.NewCollector(rep.Table, 0); err != nil {
+			return err
+		}
+	}
 	in, unsub := s.claim(im)
 	if in == nil {
 		var err error
@@ -475,6 +508,29 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
+			if m.bcast && schemas.IsParityChunk(m.b) {
+				if col == nil {
+					putBuf(m.b) // no coded table: nothing to check it against
+					continue
+				}
+				n0 := left
+				err := s.takeParity(ctx, m.b, col, rep, missing, deliver, func(i int) {
+					missing.clear(i)
+					left--
+					if inflight.has(i) {
+						inflight.clear(i)
+						nIn--
+					}
+				})
+				putBuf(m.b)
+				if err != nil {
+					return err
+				}
+				if left < n0 {
+					progressed = true
+				}
+				continue
+			}
 			if m.bcast && isWaveEnd(m.b, im) {
 				putBuf(m.b)
 				// The wave is over: nothing more is coming by broadcast.
@@ -533,6 +589,60 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 		}
 	}
+	return nil
+}
+
+// takeParity checks the parity chunk message b against the coded table
+// and keeps it (col.Add); once its block holds as many parity chunks as
+// the block lacks, it rebuilds the block's lost chunks (reading the held
+// ones back from the slot) and hands each to deliver, then to got. It
+// returns only deliver's ErrSink error or ctx's; a parity chunk refused or
+// a block that does not rebuild (a held chunk in the slot not the image's:
+// the table check of the rebuilt chunks refuses them) is counted and left
+// to repair.
+func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+	var p schemas.ParityChunk
+	if err := schemas.Decode(b, &p); err != nil {
+		s.Garbage++
+		s.Dropped++
+		return nil
+	}
+	t := rep.Table
+	lacking := func(blk uint32) int {
+		first, count := t.BlockChunks(blk)
+		n := 0
+		for i := first; i < first+count; i++ {
+			if missing.has(int(i)) {
+				n++
+			}
+		}
+		return n
+	}
+	lack := lacking(p.Block)
+	kept, err := col.Add(&p, lack)
+	if err != nil {
+		s.BadParity++
+		s.Dropped++
+		return nil
+	}
+	if !kept || col.Held(p.Block) < lack {
+		return nil
+	}
+	err = col.Decode(ctx, p.Block, func(i uint32) bool { return !missing.has(int(i)) }, rep.Slot, func(i uint32, data []byte) error {
+		if err := deliver(int(i), data); err != nil {
+			return err
+		}
+		s.Rebuilt++
+		got(int(i))
+		return nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrSink) || ctx.Err() != nil:
+		return err
+	}
+	col.Forget(p.Block) // the block is repaired by request instead
 	return nil
 }
 
