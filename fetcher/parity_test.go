@@ -203,3 +203,72 @@ func TestFetchUsesRepair(t *testing.T) {
 		}
 	}
 }
+
+// TestBrokerRebuildsAfterChunk: parity chunks that cover only part of
+// what a block lacks are kept; a lost chunk that arrives later leaves the
+// block lacking no more than the parity held, and the rest is rebuilt
+// then, without a request.
+func TestBrokerRebuildsAfterChunk(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fx := newFixture(t, 8*testChunk, testChunk, 13) // one block of 8
+	read := func(_ context.Context, i uint32) ([]byte, error) {
+		return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
+	}
+	coded, err := blockcode.Commit(ctx, fx.table, 8, 4, read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc, _ := blockcode.NewEncoder(coded)
+	par, err := enc.Parity(ctx, 0, read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
+	topics := schemas.MustTopics("paritytest2")
+	bt, _ := topics.Chunks(fx.im.Hex())
+	conn := waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: make(chan struct{})}
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1",
+		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := func(i uint32) schemas.Message {
+		return &schemas.Chunk{V: schemas.Version, Image: fx.im.Digest, Index: i, Data: fx.img[int(i)*testChunk : (int(i)+1)*testChunk]}
+	}
+	parity := func(j uint32) schemas.Message {
+		return &schemas.ParityChunk{V: schemas.Version, Image: fx.im.Digest, Block: 0, Index: j, Data: par[j]}
+	}
+	// Chunks 2, 5 and 6 lost; 2 parity chunks; then chunk 5 after all.
+	msgs := []schemas.Message{chunk(0), chunk(1), chunk(3), chunk(4), chunk(7), parity(0), parity(1), chunk(5)}
+	go func() {
+		select {
+		case <-conn.ready:
+		case <-ctx.Done():
+			return
+		}
+		for _, m := range msgs {
+			b, _ := schemas.Encode(m)
+			hub.Conn().Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
+		}
+	}()
+	slot := newMemSink(len(fx.img))
+	want := newBitmap(8)
+	for i := range 8 {
+		want.set(i)
+	}
+	err = src.FetchRepair(ctx, fx.im, Chunks{want}, func(i int, data []byte) error {
+		if err := coded.VerifyChunk(uint32(i), data); err != nil {
+			return ErrBadChunk
+		}
+		_, err := slot.WriteAt(data, fx.im.Offset(i))
+		return err
+	}, Repair{Table: coded, Slot: slot})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(slot.data, fx.img) || src.Rebuilt != 2 || src.Requests != 0 {
+		t.Errorf("image held %v, %d rebuilt (want chunks 2 and 6), %d requests", bytes.Equal(slot.data, fx.img), src.Rebuilt, src.Requests)
+	}
+}

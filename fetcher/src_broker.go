@@ -440,12 +440,22 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < s.cfg.Quiet {
 			limit = 0
 		}
+		// With coded repair, a block's missing chunks covered by the
+		// parity chunks held for it are not asked for: the request then
+		// says how many symbols each block still lacks.
+		covered := func(uint32) bool { return false }
+		if col != nil {
+			covered = col.Covered()
+		}
 		for nIn < window {
 			i := missing.next(cur)
 			if i < 0 || i >= limit {
 				break
 			}
 			cur = i + 1
+			if covered(uint32(i)) {
+				continue
+			}
 			if !inflight.has(i) {
 				inflight.set(i)
 				req.set(i)
@@ -470,6 +480,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
+	// gotChunk records chunk i rebuilt from parity and delivered.
+	gotChunk := func(i int) {
+		missing.clear(i)
+		left--
+		if inflight.has(i) {
+			inflight.clear(i)
+			nIn--
+		}
+	}
 	// summary: a wave's end marker came; when the timer fires (after a
 	// random back-off) the device sends its loss summary.
 	summary := false
@@ -514,14 +533,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					continue
 				}
 				n0 := left
-				err := s.takeParity(ctx, m.b, col, rep, missing, deliver, func(i int) {
-					missing.clear(i)
-					left--
-					if inflight.has(i) {
-						inflight.clear(i)
-						nIn--
-					}
-				})
+				err := s.takeParity(ctx, m.b, col, rep, missing, deliver, gotChunk)
 				putBuf(m.b)
 				if err != nil {
 					return err
@@ -570,6 +582,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				nIn--
 			}
 			progressed = true
+			if col != nil && left > 0 {
+				// The chunk may leave its block no more to rebuild than
+				// the parity held for it covers.
+				if err := s.rebuild(ctx, rep.Table.BlockOf(uint32(i)), col, rep, missing, deliver, gotChunk); err != nil {
+					return err
+				}
+			}
 			if listening {
 				// The broadcast stream goes on: keep listening.
 				timer.Reset(s.cfg.Quiet)
@@ -618,17 +637,40 @@ func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.
 		}
 		return n
 	}
-	lack := lacking(p.Block)
-	kept, err := col.Add(&p, lack)
+	kept, err := col.Add(&p, lacking(p.Block))
 	if err != nil {
 		s.BadParity++
 		s.Dropped++
 		return nil
 	}
-	if !kept || col.Held(p.Block) < lack {
+	if !kept {
 		return nil
 	}
-	err = col.Decode(ctx, p.Block, func(i uint32) bool { return !missing.has(int(i)) }, rep.Slot, func(i uint32, data []byte) error {
+	return s.rebuild(ctx, p.Block, col, rep, missing, deliver, got)
+}
+
+// rebuild rebuilds the lost chunks of block blk once the parity chunks
+// held for it are as many as the chunks it lacks (after a parity chunk
+// came, or a chunk that left fewer to rebuild), handing each to deliver,
+// then to got; a block that lacks nothing drops its parity. Errors as
+// takeParity.
+func (s *BrokerSource) rebuild(ctx context.Context, blk uint32, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+	t := rep.Table
+	first, count := t.BlockChunks(blk)
+	lack := 0
+	for i := first; i < first+count; i++ {
+		if missing.has(int(i)) {
+			lack++
+		}
+	}
+	held := col.Held(blk)
+	if lack == 0 && held > 0 {
+		col.Forget(blk)
+	}
+	if lack == 0 || held < lack {
+		return nil
+	}
+	err := col.Decode(ctx, blk, func(i uint32) bool { return !missing.has(int(i)) }, rep.Slot, func(i uint32, data []byte) error {
 		if err := deliver(int(i), data); err != nil {
 			return err
 		}
@@ -642,7 +684,7 @@ func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.
 	case errors.Is(err, ErrSink) || ctx.Err() != nil:
 		return err
 	}
-	col.Forget(p.Block) // the block is repaired by request instead
+	col.Forget(blk) // the block is repaired by request instead
 	return nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -200,12 +201,16 @@ type waveState struct {
 	// ended counts the waves of the image this instance sent to the end
 	// (the number in their WaveEnd markers).
 	ended uint32
+	// spent counts, per block of a coded image, the parity chunks this
+	// instance broadcast (each repair round sends fresh ones).
+	spent []uint32
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
-	// next is the chunk index the wave in flight sends next: chunks from
-	// it on are still coming by broadcast. MaxInt64 when no wave is being
-	// sent.
+	// next is the position the wave in flight sends next, in the image's
+	// carousel order (imageData.at; the chunk index for an image that is
+	// not coded): chunks from it on are still coming by broadcast.
+	// MaxInt64 when no wave is being sent.
 	next atomic.Int64
 }
 
@@ -255,8 +260,8 @@ func (p *Publisher) waveFor(digest string) *waveState {
 	return w
 }
 
-// waveAhead returns the index from which a wave of digest will still
-// broadcast every chunk: the wave in flight's next chunk, 0 while a wave
+// waveAhead returns the position (imageData.posOf) from which a wave of
+// digest will still broadcast every chunk: the wave in flight's next one, 0 while a wave
 // is held (for at most WaveHold), or MaxInt64 when none is in flight or
 // held. Requests for those chunks are answered by the wave, not by
 // unicast or repair.
@@ -307,8 +312,10 @@ func (p *Publisher) waveComing(digest string) bool {
 }
 
 // Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
-// paced. It blocks until the wave is sent or ctx ends. While it runs,
-// requests for chunks it has still to send are left to it.
+// paced, in carousel order: a coded image's blocks interleaved
+// (blockcode.Order), so that a burst of losses spreads over its blocks.
+// It blocks until the wave is sent or ctx ends. While it runs, requests
+// for chunks it has still to send are left to it.
 func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	d, err := p.loadImage(ctx, digest)
 	if err != nil {
@@ -323,12 +330,14 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	if w.started.IsZero() { // a wave asked for by hand
 		w.started = p.cfg.Clock.Now()
 	}
+	// Parity chunks of earlier waves are fresh to this wave's devices.
+	w.spent = nil
 	p.waveMu.Unlock()
 	defer w.next.Store(math.MaxInt64)
 	var ec *echo
 	if p.cfg.WaveEcho > 0 {
 		var stop func()
-		if ec, stop, err = p.followEcho(ctx, t, d.digest); err != nil {
+		if ec, stop, err = p.followEcho(ctx, t, d); err != nil {
 			p.log.Warn("wave without echo pacing", "image", digest, "err", err)
 			ec = nil
 		} else {
@@ -337,20 +346,22 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	}
 	n := len(d.table.Hashes)
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
+	cr.order = d.order // a coded image's blocks interleaved
 	defer cr.close()
-	for i := range n {
-		if i%tableEvery == 0 {
+	for s := range n {
+		i := d.at(s)
+		if s%tableEvery == 0 {
 			if err := p.castTable(ctx, t, d, w); err != nil {
 				return fmt.Errorf("publisher: wave %s table: %w", digest, err)
 			}
 		}
 		if ec != nil {
-			if err := ec.wait(ctx, int64(i-p.cfg.WaveEcho)); err != nil {
+			if err := ec.wait(ctx, int64(s-p.cfg.WaveEcho)); err != nil {
 				return err
 			}
 		}
-		w.next.Store(int64(i))
-		data, err := cr.get(i)
+		w.next.Store(int64(s))
+		data, err := cr.get(s)
 		if err != nil {
 			return fmt.Errorf("publisher: wave %s: %w", digest, err)
 		}
@@ -466,17 +477,18 @@ type echo struct {
 // on without pacing (a broker that does not echo, a lost subscription).
 const echoStall = 2 * time.Second
 
-func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, image []byte) (*echo, func(), error) {
+func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, d *imageData) (*echo, func(), error) {
 	ec := &echo{wake: make(chan struct{}, 1)}
 	ec.got.Store(-1)
 	sub, err := p.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
 		var c schemas.Chunk
-		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, image) {
+		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, d.digest) || int(c.Index) >= d.chunks() {
 			return
 		}
+		s := d.posOf(int(c.Index)) // the wave's position: chunks go in carousel order
 		for {
 			g := ec.got.Load()
-			if int64(c.Index) <= g || ec.got.CompareAndSwap(g, int64(c.Index)) {
+			if s <= g || ec.got.CompareAndSwap(g, s) {
 				break
 			}
 		}
@@ -596,7 +608,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 	ahead := p.waveAhead(digest)
 	wl := slices.DeleteFunc(wanted(r, len(d.table.Hashes)), func(i int) bool {
-		return int64(i) >= ahead // the wave in flight still sends it
+		return d.posOf(i) >= ahead // the wave in flight still sends it
 	})
 	for _, i := range p.affordable(r, d, wl) {
 		b, err := p.encodeChunk(ctx, d, i)
@@ -720,18 +732,28 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead || crossed(i) })
+		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return d.posOf(i) >= ahead || crossed(i) })
 	}
 	p.waveMu.Unlock()
 	// What each requester is sent, by unicast or in a re-broadcast it
 	// asked for, is taken from its budget; what does not fit is left out.
 	for who, wl := range per {
 		per[who] = p.affordable(b.reqs[who], d, wl)
-		for _, i := range per[who] {
+	}
+	bt, _ := p.cfg.Topics.Chunks(digest)
+	if d.table.Coded() {
+		if err := p.repairCoded(ctx, d, w, bt, per); err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("coded repair", "image", digest, "err", err)
+			}
+			return
+		}
+	}
+	for _, wl := range per {
+		for _, i := range wl {
 			askers[i]++
 		}
 	}
-	bt, _ := p.cfg.Topics.Chunks(digest)
 	for i := 0; i < n; i++ {
 		if askers[i] < p.cfg.RepairBroadcastMin {
 			continue
@@ -772,4 +794,75 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		}
 	}
 	p.met.chunkRequests.WithLabelValues("served").Add(float64(len(per)))
+}
+
+// parityGroup is how many blocks' parity chunks a coded repair round
+// computes and interleaves at a time: bursts of losses spread over that
+// many blocks, and the publisher holds their parity (parityGroup x
+// ParityPerBlock chunks) only while it sends them.
+const parityGroup = 8
+
+// repairCoded is the coded part of a repair batch of the coded image d:
+// per holds the chunks each requester lacks (and is charged for). It
+// counts per block what each lacks and broadcasts, per block, as many
+// fresh parity chunks as the requester lacking most in it lacks
+// (blockcode.Round; blocks interleaved, parityGroup at a time). A parity
+// chunk repairs whichever chunks of its block a device lost, so one such
+// round serves every requester that hears it. It leaves in per only the
+// chunks of blocks whose committed parity is spent (short), for the
+// uncoded repair; it returns an error only when sending fails.
+func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int) error {
+	t := d.table
+	nb := int(t.NumBlocks())
+	need := make([]int, nb)
+	cnt := make([]int, nb)
+	for _, wl := range per {
+		clear(cnt)
+		for _, i := range wl {
+			cnt[t.BlockOf(uint32(i))]++
+		}
+		for b := range nb {
+			need[b] = max(need[b], cnt[b])
+		}
+	}
+	p.waveMu.Lock()
+	if len(w.spent) != nb {
+		w.spent = make([]uint32, nb)
+	}
+	send, short := blockcode.Round(t, need, w.spent)
+	p.waveMu.Unlock()
+	for who, wl := range per {
+		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
+	}
+	if len(send) == 0 {
+		return nil
+	}
+	enc, err := blockcode.NewEncoder(t)
+	if err != nil {
+		return err
+	}
+	read := func(ctx context.Context, i uint32) ([]byte, error) { return p.readChunk(ctx, d, int(i)) }
+	for g := 0; g < nb; g += parityGroup {
+		par := map[uint32][][]byte{}
+		for _, s := range send { // in Round's interleaved order
+			if int(s.Block) < g || int(s.Block) >= g+parityGroup {
+				continue
+			}
+			pc, ok := par[s.Block]
+			if !ok {
+				if pc, err = enc.Parity(ctx, s.Block, read); err != nil {
+					return err
+				}
+				par[s.Block] = pc
+			}
+			b, err := schemas.Encode(&schemas.ParityChunk{V: schemas.Version, Image: d.digest, Block: s.Block, Index: s.Index, Data: pc[s.Index]})
+			if err != nil {
+				return err
+			}
+			if err := p.send(ctx, bt, b, &p.Egress.Repair, "parity"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -74,6 +74,31 @@ func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
 	return true, nil
 }
 
+// Covered returns a filter for the chunk request (loss summary) of a
+// device of the coded image: called once for each missing chunk, in any
+// order, it reports the first Held(b) missing chunks of each block b as
+// covered by the parity chunks held for it. A block lacks one symbol per
+// missing chunk less one per parity chunk held, so a request that leaves
+// the covered chunks out tells the publisher, per block, how many symbols
+// the device still lacks (what a repair round sizes its parity by), and
+// asks by index only for chunks it does lack should the block's parity be
+// spent. The filter is not safe for concurrent use and sees the parity
+// held when Covered was called.
+func (c *Collector) Covered() func(i uint32) bool {
+	left := make(map[uint32]int, len(c.parity))
+	for b, h := range c.parity {
+		left[b] = len(h)
+	}
+	return func(i uint32) bool {
+		b := c.t.BlockOf(i)
+		if left[b] > 0 {
+			left[b]--
+			return true
+		}
+		return false
+	}
+}
+
 // Held returns the verified parity chunks held for block b.
 func (c *Collector) Held(b uint32) int { return len(c.parity[b]) }
 
