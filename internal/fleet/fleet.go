@@ -93,9 +93,10 @@ type FleetConfig struct {
 	// UpTimeout bounds how long Run waits for the devices to come up
 	// (connected and subscribed). Default 5 minutes.
 	UpTimeout time.Duration
-	// Loss is the fraction of chunks each device drops at its receive
-	// path, independently per device and chunk (seeded by Seed and the
-	// device), as if the broker had lost them: chunk tables, markers,
+	// Loss is the fraction of chunks (and parity chunks) each device
+	// drops at its receive path, independently per device and chunk
+	// (seeded by Seed and the device), as if the broker had lost them:
+	// chunk tables, markers,
 	// notices and replies are never dropped. 0 (default) drops nothing.
 	Loss float64
 }
@@ -482,9 +483,9 @@ func newCounting(tr broker.Transport, d *Device, loss float64, seed uint64) *cou
 	return &counting{Transport: tr, d: d, loss: loss, rng: rand.New(rand.NewPCG(seed, h.Sum64()))}
 }
 
-// drop decides whether the chunk message b is lost.
+// drop decides whether the chunk or parity chunk message b is lost.
 func (c *counting) drop(b []byte) bool {
-	if c.loss <= 0 || !schemas.IsChunk(b) {
+	if c.loss <= 0 || !(schemas.IsChunk(b) || schemas.IsParityChunk(b)) {
 		return false
 	}
 	c.mu.Lock()
