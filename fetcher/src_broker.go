@@ -499,9 +499,17 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		case <-timer.C:
 			if summary {
 				// One request for what the wave left missing (up to
-				// SummaryMax chunks); then as after any request.
+				// SummaryMax chunks); then as after any request. With
+				// coded repair, all of it: the answer is parity sized by
+				// the per-block counts the publisher reads from it
+				// (broadcast, not a burst of unicast chunks), and a
+				// truncated summary would undercount.
 				summary, listening, progressed, idle = false, false, false, 0
-				if err := ask(false, s.cfg.SummaryMax); err != nil {
+				window := s.cfg.SummaryMax
+				if col != nil {
+					window = max(window, n)
+				}
+				if err := ask(false, window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
