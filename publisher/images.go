@@ -122,6 +122,13 @@ func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up Image
 	if old, err := p.Image(ctx, digest); err == nil {
 		return old, false, sameMeta(old, version, up.SecurityVersion)
 	}
+	if p.cfg.CodedRepair {
+		// Only new uploads: a stored (or migrated) image keeps the
+		// table its record's digest names.
+		if err := sp.code(ctx, p.cfg.CodedBlock, p.cfg.CodedParity); err != nil {
+			return Image{}, false, err
+		}
+	}
 	tsum, err := p.storeSpooled(ctx, sp)
 	if err != nil {
 		return Image{}, false, err
@@ -219,11 +226,6 @@ func (sp *spooled) code(ctx context.Context, k, p int) error {
 // image stream (not its record) and returns the hex SHA-256 of the
 // table's encoding.
 func (p *Publisher) storeSpooled(ctx context.Context, sp *spooled) (string, error) {
-	if p.cfg.CodedRepair && !sp.table.Coded() {
-		if err := sp.code(ctx, p.cfg.CodedBlock, p.cfg.CodedParity); err != nil {
-			return "", err
-		}
-	}
 	tb, err := schemas.Encode(sp.table)
 	if err != nil {
 		return "", fmt.Errorf("publisher: chunk table: %w", err)
