@@ -272,3 +272,51 @@ func TestBrokerRebuildsAfterChunk(t *testing.T) {
 		t.Errorf("image held %v, %d rebuilt (want chunks 2 and 6), %d requests", bytes.Equal(slot.data, fx.img), src.Rebuilt, src.Requests)
 	}
 }
+
+// TestBrokerTableIsTheManifests: Table returns the chunk table whose
+// digest the manifest names, skipping other tables on the broadcast topic
+// (the image's coded table for agents that take coded repair, a forged
+// one), instead of returning one that fails authentication.
+func TestBrokerTableIsTheManifests(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fx := newFixture(t, 20*testChunk, testChunk, 14)
+	coded, err := blockcode.Commit(ctx, fx.table, 8, 2, func(_ context.Context, i uint32) ([]byte, error) {
+		return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := *fx.table
+	forged.Hashes = append([][]byte{bytes.Repeat([]byte{1}, 32)}, fx.table.Hashes[1:]...)
+	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
+	topics := schemas.MustTopics("tabletest")
+	bt, _ := topics.Chunks(fx.im.Hex())
+	conn := waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: make(chan struct{})}
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-1", Idle: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		select {
+		case <-conn.ready:
+		case <-ctx.Done():
+			return
+		}
+		for _, m := range []schemas.Message{coded, &forged, fx.table} {
+			b, _ := schemas.Encode(m)
+			hub.Conn().Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
+		}
+	}()
+	b, err := src.Table(ctx, fx.im)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b, fx.tb) {
+		t.Fatal("Table returned another table than the manifest's")
+	}
+	if src.Dropped != 0 {
+		t.Errorf("%d dropped: other tables are skipped, not counted as garbage", src.Dropped)
+	}
+}

@@ -3,6 +3,8 @@ package fetcher
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -356,12 +358,17 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 					putBuf(b) // the wave's chunks before the table: repaired later
 					continue
 				}
-				// Any decodable table is the answer (the reply topic is this
-				// device's, the broadcast topic the image's); the fetcher
-				// authenticates it.
-				var t schemas.ChunkTable
-				if err := schemas.Decode(b, &t); err != nil {
-					s.Dropped++
+				// The answer is the table the manifest names (its digest):
+				// a broadcast topic may carry another table of the image
+				// (a coded one, or an uncoded one for agents that do not
+				// take coded repair) or a forged one; those are skipped,
+				// not returned to fail authentication and be asked for
+				// again. The fetcher authenticates what is returned.
+				if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
+					if !isTable(b) {
+						s.Dropped++
+					}
+					putBuf(b)
 					continue
 				}
 				timer.Stop()

@@ -261,10 +261,10 @@ func (p *Publisher) waveFor(digest string) *waveState {
 }
 
 // waveAhead returns the position (imageData.posOf) from which a wave of
-// digest will still broadcast every chunk: the wave in flight's next one, 0 while a wave
-// is held (for at most WaveHold), or MaxInt64 when none is in flight or
-// held. Requests for those chunks are answered by the wave, not by
-// unicast or repair.
+// digest will still broadcast every chunk: the wave in flight's next one,
+// 0 while a wave is held (for at most WaveHold), or MaxInt64 when none is
+// in flight or held. Requests for those chunks are answered by the wave,
+// not by unicast or repair.
 //
 // The first request for the image of a running campaign that has no
 // wave yet starts the hold (once per image): the leader may still be
@@ -810,7 +810,9 @@ const parityGroup = 8
 // chunk repairs whichever chunks of its block a device lost, so one such
 // round serves every requester that hears it. It leaves in per only the
 // chunks of blocks whose committed parity is spent (short), for the
-// uncoded repair; it returns an error only when sending fails.
+// uncoded repair (all their chunks each requester asked for). It returns
+// an error when reading the image or sending fails; the parity indices
+// Round handed out stay spent (the next round sends fresh ones).
 func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int) error {
 	t := d.table
 	nb := int(t.NumBlocks())
