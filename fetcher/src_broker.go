@@ -358,17 +358,24 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 					putBuf(b) // the wave's chunks before the table: repaired later
 					continue
 				}
-				// The answer is the table the manifest names (its digest):
-				// a broadcast topic may carry another table of the image
-				// (a coded one, or an uncoded one for agents that do not
-				// take coded repair) or a forged one; those are skipped,
-				// not returned to fail authentication and be asked for
-				// again. The fetcher authenticates what is returned.
-				if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
-					if !isTable(b) {
-						s.Dropped++
+				// On the broadcast topic, the answer is the table the
+				// manifest names (its digest): it may carry another table
+				// of the image (a coded one, or an uncoded one for agents
+				// that do not take coded repair) or a forged one; those
+				// are skipped, not returned to fail authentication and be
+				// asked for again. Whatever decodes on the reply topic
+				// (this device's) is the answer; the fetcher authenticates
+				// it, and a wrong one is reported as such.
+				if m.bcast {
+					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
+						if !isTable(b) {
+							s.Dropped++
+						}
+						putBuf(b)
+						continue
 					}
-					putBuf(b)
+				} else if !isTable(b) {
+					s.Dropped++
 					continue
 				}
 				timer.Stop()
