@@ -4,33 +4,72 @@ import (
 	"context"
 	"strings"
 	"sync"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// Bounds of a dispatcher's queue of chunks (schemas.IsChunk and
+// schemas.IsParityChunk messages on a FamilyChunk subscription: both are
+// repaired later): beyond either, a new chunk is dropped, not
+// queued. A dropped chunk is one more loss of a QoS 0 message, which the
+// fetcher repairs; everything else (notices, tables, replies, reports,
+// requests) is always queued, so the bound never costs a message that is
+// not repaired.
+const (
+	maxQueuedChunks     = 256
+	maxQueuedChunkBytes = 4 << 20
 )
 
 // dispatcher runs one subscription's handler on its own goroutine, one
 // message at a time and in arrival order, so that the network reader (the
 // paho router, the nats.go reader) never waits for a handler. Its queue is
-// unbounded: a handler that falls behind costs memory, not lost messages.
+// bounded for chunks (see maxQueuedChunks): a handler that falls behind a
+// flood of chunks loses chunks, not memory. Other messages are few (one
+// notice per device, one reply per request) and always queued.
 type dispatcher struct {
-	h    Handler
-	ctx  context.Context
+	h   Handler
+	ctx context.Context
+	// shed: this subscription's chunks may be dropped under pressure
+	// (a FamilyChunk subscription).
+	shed bool
 	mu   sync.Mutex
-	q    []Message
-	wake chan struct{}
-	stop chan struct{}
-	once sync.Once
-	done chan struct{}
+	q    []queued
+	// chunks and chunkBytes count the chunks in q; dropped the chunks
+	// not queued because q held the bound. Guarded by mu.
+	chunks, chunkBytes int
+	dropped            int64
+	wake               chan struct{}
+	stop               chan struct{}
+	once               sync.Once
+	done               chan struct{}
 }
 
-func newDispatcher(ctx context.Context, h Handler) *dispatcher {
-	d := &dispatcher{h: h, ctx: ctx, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+type queued struct {
+	m     Message
+	chunk bool // counted in chunks and chunkBytes
+}
+
+func newDispatcher(ctx context.Context, h Handler, f Family) *dispatcher {
+	d := &dispatcher{h: h, ctx: ctx, shed: f == FamilyChunk, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go d.run()
 	return d
 }
 
-// enqueue adds m; it never blocks.
+// enqueue adds m, or drops it when it is a chunk and the queue holds the
+// chunk bound; it never blocks.
 func (d *dispatcher) enqueue(m Message) {
+	chunk := d.shed && (schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload))
 	d.mu.Lock()
-	d.q = append(d.q, m)
+	if chunk {
+		if d.chunks >= maxQueuedChunks || d.chunkBytes+len(m.Payload) > maxQueuedChunkBytes {
+			d.dropped++
+			d.mu.Unlock()
+			return
+		}
+		d.chunks++
+		d.chunkBytes += len(m.Payload)
+	}
+	d.q = append(d.q, queued{m, chunk})
 	d.mu.Unlock()
 	select {
 	case d.wake <- struct{}{}:
@@ -55,19 +94,24 @@ func (d *dispatcher) run() {
 		for {
 			d.mu.Lock()
 			if len(d.q) == 0 {
+				d.q = nil // let a burst's backing array go
 				d.mu.Unlock()
 				break
 			}
-			m := d.q[0]
-			d.q[0] = Message{}
+			e := d.q[0]
+			d.q[0] = queued{}
 			d.q = d.q[1:]
+			if e.chunk {
+				d.chunks--
+				d.chunkBytes -= len(e.m.Payload)
+			}
 			d.mu.Unlock()
 			select {
 			case <-d.stop:
 				return
 			default:
 			}
-			d.h(d.ctx, m)
+			d.h(d.ctx, e.m)
 		}
 	}
 }

@@ -28,3 +28,23 @@ func NoticeReadsIdle(t *NATSTransport) bool {
 // *MQTTTransport, for tests of MQTT features Transport does not cover. Do
 // not call Disconnect on it.
 func MQTTConnectionManager(t Transport) *autopaho.ConnectionManager { return t.(*MQTTTransport).cm }
+
+// Queued reports what sub's dispatcher holds: the chunks it may shed,
+// the other messages, and the chunks it dropped for the bound.
+func Queued(sub Subscription) (chunks, others int, dropped int64) {
+	var d *dispatcher
+	switch s := sub.(type) {
+	case *mqttSubscription:
+		d = s.s.d
+	case *natsSub:
+		d = s.d
+	default:
+		return 0, 0, 0
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.chunks, len(d.q) - d.chunks, d.dropped
+}
+
+// MaxQueuedChunks is the dispatcher's chunk bound.
+const MaxQueuedChunks = maxQueuedChunks

@@ -239,7 +239,7 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 		return nil, ErrClosed
 	}
 	t.mu.Unlock()
-	s := &natsSub{t: t, d: newDispatcher(t.ctx, h)}
+	s := &natsSub{t: t, d: newDispatcher(t.ctx, h, opts.Family)}
 	var err error
 	switch {
 	case opts.Retained && subj == t.ep.Topics.NoticesAll().NATS:
@@ -254,7 +254,7 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 			s.sub, err = t.nc.Subscribe(subj, cb)
 		}
 		if err == nil {
-			s.sub.SetPendingLimits(-1, -1)
+			setPendingLimits(s.sub)
 			err = t.checkSub(ctx, s.sub)
 		}
 		if err != nil {
@@ -269,6 +269,19 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 	t.subs[s] = struct{}{}
 	t.mu.Unlock()
 	return s, nil
+}
+
+// setPendingLimits bounds what nats.go holds for sub between its reader
+// and the callback, which only hands each message to the dispatcher: the
+// dispatcher is where chunks are shed (it tells a chunk from a table or a
+// marker); nats.go's limit cannot, and drops whatever comes next. So the
+// limit is nats.go's default for every family (64 MiB), an outer bound
+// reached only when the callback's goroutine does not run at all: set to
+// the dispatcher's chunk bound it was reached whenever the reader ran
+// ahead of that goroutine for 256 messages (a loaded machine), and dropped
+// chunk tables and wave-end markers with the chunks.
+func setPendingLimits(sub *nats.Subscription) {
+	_ = sub.SetPendingLimits(nats.DefaultSubPendingMsgsLimit, nats.DefaultSubPendingBytesLimit)
 }
 
 // checkSub flushes so the server has processed the SUB, then looks for a

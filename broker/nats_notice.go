@@ -129,7 +129,7 @@ func (t *NATSTransport) subscribeNotice(ctx context.Context, s *natsSub, subj st
 	var err error
 	s.sub, err = t.nc.Subscribe(subj, ln.onLive)
 	if err == nil {
-		s.sub.SetPendingLimits(-1, -1)
+		setPendingLimits(s.sub)
 		err = t.checkSub(ctx, s.sub)
 	}
 	if err != nil {

@@ -15,6 +15,12 @@
 //   - each chunk is accepted only if its SHA-256 equals its table entry; a
 //     bad chunk is dropped, counted (Result.BadChunks) and asked for again,
 //     never written to the Sink;
+//   - with a coded chunk table (erasure-coded repair, internal/blockcode),
+//     each parity chunk is accepted only if its SHA-256 equals the one the
+//     table commits for its block and index; a bad one is dropped and
+//     counted (BrokerSource.BadParity), never fed to a decode, and every
+//     chunk rebuilt from parity is checked against its table entry like a
+//     received one;
 //   - the whole image digest is computed while streaming where chunks arrive
 //     in order, and by reading the Sink back otherwise, and must equal
 //     Image.Digest before Fetch reports success.
@@ -34,6 +40,11 @@
 //
 // A Source says whether it can serve an image (Probe), serves the chunk
 // table (Table) and streams a set of wanted chunks (Fetch) to a callback.
+// A RepairSource (the broker source) also takes parity chunks when the
+// table is coded: the fetcher hands it the table and the Sink (which must
+// then implement io.ReaderAt), and it rebuilds a block's lost chunks by
+// reading the chunks the block holds back from the Sink, a stripe at a
+// time, instead of holding the block in memory.
 // The picker ranks sources by expected cost: configured price per byte times
 // the bytes still missing, plus the expected time (measured latency and
 // throughput, exponentially averaged) weighted by Config.TimeValue, plus a

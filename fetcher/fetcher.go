@@ -421,7 +421,14 @@ func (r *fetchRun) useSource(ctx context.Context, src Source) error {
 		r.got, r.bad, r.sinkErr = 0, 0, nil
 		start := r.f.cfg.Clock.Now()
 		r.firstAt = time.Time{}
-		err := src.Fetch(ctx, r.im, Chunks{missing}, r.deliver)
+		var err error
+		rs, repairs := src.(RepairSource)
+		slot, readable := r.sink.(io.ReaderAt)
+		if repairs && readable && r.p.table != nil && r.p.table.Coded() {
+			err = rs.FetchRepair(ctx, r.im, Chunks{missing}, r.deliver, Repair{Table: r.p.table, Slot: slot})
+		} else {
+			err = src.Fetch(ctx, r.im, Chunks{missing}, r.deliver)
+		}
 		if r.got > 0 {
 			first := r.firstAt.Sub(start)
 			r.f.picker.Observe(src.Name(), r.got, r.f.cfg.Clock.Now().Sub(start), first)

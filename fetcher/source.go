@@ -3,6 +3,8 @@ package fetcher
 import (
 	"context"
 	"io"
+
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // Availability is what a source says it can do for an image.
@@ -66,6 +68,26 @@ type Source interface {
 	// a transport error) when it cannot go on; chunks delivered before the
 	// error are kept by the caller.
 	Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error
+}
+
+// Repair is what a source that takes erasure-coded repair needs from the
+// fetch: the authenticated chunk table, coded (schemas.ChunkTable.Block >
+// 0), that parity chunks are checked against, and the slot the verified
+// chunks were written to (chunk i at Image.Offset(i)), from which a block
+// being rebuilt is read back instead of being held in memory.
+type Repair struct {
+	Table *schemas.ChunkTable
+	Slot  io.ReaderAt
+}
+
+// RepairSource is a Source that can also rebuild lost chunks from parity
+// chunks (internal/blockcode). FetchRepair is Fetch with r: chunks rebuilt
+// from parity go through deliver like chunks received, so they are
+// verified and written the same way. The fetcher calls it instead of Fetch
+// when the image's table is coded and the sink implements io.ReaderAt.
+type RepairSource interface {
+	Source
+	FetchRepair(ctx context.Context, im Image, want Chunks, deliver Deliver, r Repair) error
 }
 
 // Sink is where verified chunks are written: the candidate slot. It follows

@@ -3,12 +3,16 @@ package fetcher
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"sync"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -53,6 +57,16 @@ type BrokerConfig struct {
 	// chunks come closer together than Quiet, no new chunk is asked for.
 	// Default 500ms, but at most Idle.
 	Quiet time.Duration
+	// SummaryBackoff bounds the random delay after a wave's end marker
+	// (schemas.WaveEnd) before the device sends its loss summary, so
+	// that a fleet's summaries spread out; the delay is shorter for a
+	// device that lacks more (the neediest speak first). Default Quiet.
+	SummaryBackoff time.Duration
+	// SummaryMax is the most chunks the loss summary after a wave's end
+	// marker asks for in one request (later requests keep to Window).
+	// Default Window: a larger summary arrives as a burst of unicast
+	// chunks that a slow device's bounded receive queue may shed.
+	SummaryMax int
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -69,8 +83,29 @@ type BrokerSource struct {
 	// (a chunk of another image) and OutOfRange (an index beyond the
 	// image). Read them after Fetch returns.
 	Dropped, Garbage, Foreign, OutOfRange int
+	// BadParity counts the parity chunks refused on arrival by a fetch
+	// with coded repair (FetchRepair): not committed by the signed table
+	// (forged, corrupt), a wrong block or parity index, a wrong length, or
+	// another image's. They are counted in Dropped too.
+	BadParity int
+	// Rebuilt counts the chunks rebuilt from parity chunks.
+	Rebuilt int
 	// Requests counts chunk requests sent.
 	Requests int
+
+	// held is the subscription Table leaves open for the Fetch of the
+	// same image that follows (the table may come at a wave's start, with
+	// its chunks right behind it); released unclaimed after heldFor.
+	heldMu sync.Mutex
+	held   *heldSub
+}
+
+// heldSub is an open subscription of one image, between Table and Fetch.
+type heldSub struct {
+	digest []byte
+	in     *inbox
+	unsub  func()
+	timer  *time.Timer
 }
 
 // NewBrokerSource returns a broker source; errors wrap ErrConfig.
@@ -101,6 +136,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = min(500*time.Millisecond, cfg.Idle)
+	}
+	if cfg.SummaryBackoff <= 0 {
+		cfg.SummaryBackoff = cfg.Quiet
+	}
+	if cfg.SummaryMax <= 0 {
+		cfg.SummaryMax = cfg.Window
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
@@ -197,6 +238,48 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 	return in, unsub, nil
 }
 
+// hold keeps in (subscribed to im's broadcast and reply topics) for the
+// Fetch that follows, replacing and closing any held before; it is closed
+// if no Fetch of im claims it within Idle x MaxIdle.
+func (s *BrokerSource) hold(im Image, in *inbox, unsub func()) {
+	h := &heldSub{digest: im.Digest, in: in, unsub: unsub}
+	s.heldMu.Lock()
+	old := s.held
+	s.held = h
+	h.timer = time.AfterFunc(s.cfg.Idle*time.Duration(s.cfg.MaxIdle), func() {
+		s.heldMu.Lock()
+		mine := s.held == h
+		if mine {
+			s.held = nil
+		}
+		s.heldMu.Unlock()
+		if mine {
+			unsub()
+		}
+	})
+	s.heldMu.Unlock()
+	if old != nil && old.timer.Stop() {
+		old.unsub()
+	}
+}
+
+// claim returns the held subscription of im, if any, and closes one of
+// another image.
+func (s *BrokerSource) claim(im Image) (*inbox, func()) {
+	s.heldMu.Lock()
+	h := s.held
+	s.held = nil
+	s.heldMu.Unlock()
+	if h == nil || !h.timer.Stop() {
+		return nil, nil // none, or released meanwhile
+	}
+	if !bytes.Equal(h.digest, im.Digest) {
+		h.unsub()
+		return nil, nil
+	}
+	return h.in, h.unsub
+}
+
 func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
 	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
 	// The device's own request topic: the only one the broker lets it
@@ -208,6 +291,7 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 	req := schemas.ChunkRequest{
 		V: schemas.Version, Image: im.Digest, ChunkSize: im.ChunkSize, Bitmap: want,
 		ReplyTo: s.cfg.Transport.Dialect().Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
+		Listening: table, // Table listens on the broadcast topic too
 	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
@@ -218,13 +302,23 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 }
 
 // Table asks the publisher for the chunk table (a chunk request with
-// WantTable and no chunks) and waits for it on the reply topic.
+// WantTable and Listening, no chunks) and waits for it on the reply topic
+// and on the image's broadcast topic, where a wave brings copies of it:
+// the publisher sends it by unicast only when no wave is coming or the
+// device asks again after a copy went out. It asks again after each Idle
+// period. The subscriptions stay open for the Fetch of the image that
+// follows, so that the wave's chunks behind the table are not missed.
 func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
-	in, unsub, err := s.subscribe(ctx, im, false)
+	in, unsub, err := s.subscribe(ctx, im, true)
 	if err != nil {
 		return nil, err
 	}
-	defer unsub()
+	kept := false
+	defer func() {
+		if !kept {
+			unsub()
+		}
+	}()
 	for try := 0; try < s.cfg.MaxIdle; try++ {
 		if err := s.request(ctx, im, nil, true); err != nil {
 			return nil, err
@@ -240,14 +334,33 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				break wait
 			case m := <-in.ch:
 				b := m.b
-				// Any decodable table is the answer (the reply topic is this
-				// device's); the fetcher authenticates it.
-				var t schemas.ChunkTable
-				if err := schemas.Decode(b, &t); err != nil {
+				if m.bcast && (schemas.IsChunk(b) || schemas.IsParityChunk(b) || isWaveEnd(b, im)) {
+					putBuf(b) // the wave's chunks before the table: repaired later
+					continue
+				}
+				// On the broadcast topic, the answer is the table the
+				// manifest names (its digest): it may carry another table
+				// of the image (a coded one, or an uncoded one for agents
+				// that do not take coded repair) or a forged one; those
+				// are skipped, not returned to fail authentication and be
+				// asked for again. Whatever decodes on the reply topic
+				// (this device's) is the answer; the fetcher authenticates
+				// it, and a wrong one is reported as such.
+				if m.bcast {
+					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
+						if !isTable(b) {
+							s.Dropped++
+						}
+						putBuf(b)
+						continue
+					}
+				} else if !isTable(b) {
 					s.Dropped++
 					continue
 				}
 				timer.Stop()
+				kept = true
+				s.hold(im, in, unsub)
 				return b, nil
 			}
 		}
@@ -264,9 +377,37 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 // period. Broadcast chunks that happen to be wanted are taken too. It gives
 // up with ErrStalled after MaxIdle idle periods in a row.
 func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver Deliver) error {
-	in, unsub, err := s.subscribe(ctx, im, true)
-	if err != nil {
-		return err
+	return s.fetch(ctx, im, want, deliver, nil)
+}
+
+// FetchRepair is Fetch that also takes the parity chunks broadcast on the
+// image's topic (RepairSource): each is checked against r.Table on
+// arrival (a forged, corrupt or misnumbered one is dropped and counted in
+// BadParity, never used), at most as many per block as the block lacks
+// are kept (internal/blockcode.Collector), and once a block holds as many
+// as it lacks, its lost chunks are rebuilt, reading the chunks it holds
+// back from r.Slot, and handed to deliver.
+func (s *BrokerSource) FetchRepair(ctx context.Context, im Image, want Chunks, deliver Deliver, r Repair) error {
+	if r.Table == nil || !r.Table.Coded() || r.Slot == nil {
+		return s.fetch(ctx, im, want, deliver, nil)
+	}
+	return s.fetch(ctx, im, want, deliver, &r)
+}
+
+func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver Deliver, rep *Repair) error {
+	var col *blockcode.Collector
+	if rep != nil {
+		var err error
+		if col, err = blockcode.NewCollector(rep.Table, 0); err != nil {
+			return err
+		}
+	}
+	in, unsub := s.claim(im)
+	if in == nil {
+		var err error
+		if in, unsub, err = s.subscribe(ctx, im, true); err != nil {
+			return err
+		}
 	}
 	defer unsub()
 	n := want.b.n
@@ -281,8 +422,9 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	// batched together (a chunk many lack is then re-broadcast once).
 	lastBcast := time.Time{}
 	// ask requests the outstanding chunks again (resend) and tops the
-	// window up with chunks not asked for yet.
-	ask := func(resend bool) error {
+	// window (at most window chunks asked for and not received) up with
+	// chunks not asked for yet.
+	ask := func(resend bool, window int) error {
 		req := newBitmap(n)
 		if resend {
 			copy(req.bits, inflight.bits)
@@ -292,12 +434,22 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < s.cfg.Quiet {
 			limit = 0
 		}
-		for nIn < s.cfg.Window {
+		// With coded repair, a block's missing chunks covered by the
+		// parity chunks held for it are not asked for: the request then
+		// says how many symbols each block still lacks.
+		covered := func(uint32) bool { return false }
+		if col != nil {
+			covered = col.Covered()
+		}
+		for nIn < window {
 			i := missing.next(cur)
 			if i < 0 || i >= limit {
 				break
 			}
 			cur = i + 1
+			if covered(uint32(i)) {
+				continue
+			}
 			if !inflight.has(i) {
 				inflight.set(i)
 				req.set(i)
@@ -316,21 +468,51 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	first := s.cfg.Idle
 	if listening {
 		first = s.cfg.ListenFirst
-	} else if err := ask(false); err != nil {
+	} else if err := ask(false, s.cfg.Window); err != nil {
 		return err
 	}
 	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
+	// gotChunk records chunk i rebuilt from parity and delivered.
+	gotChunk := func(i int) {
+		missing.clear(i)
+		left--
+		if inflight.has(i) {
+			inflight.clear(i)
+			nIn--
+		}
+	}
+	// summary: a wave's end marker came; when the timer fires (after a
+	// random back-off) the device sends its loss summary.
+	summary := false
 	for left > 0 {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			if summary {
+				// One request for what the wave left missing (up to
+				// SummaryMax chunks); then as after any request. With
+				// coded repair, all of it: the answer is parity sized by
+				// the per-block counts the publisher reads from it
+				// (broadcast, not a burst of unicast chunks), and a
+				// truncated summary would undercount.
+				summary, listening, progressed, idle = false, false, false, 0
+				window := s.cfg.SummaryMax
+				if col != nil {
+					window = max(window, n)
+				}
+				if err := ask(false, window); err != nil {
+					return err
+				}
+				timer.Reset(s.cfg.Idle)
+				continue
+			}
 			if listening {
 				// Quiet (or nothing broadcast): ask for what is missing.
 				listening, progressed, idle = false, false, 0
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
@@ -342,11 +524,40 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				return fmt.Errorf("%w: no chunk for %v x %d, %d still missing", ErrStalled, s.cfg.Idle, s.cfg.MaxIdle, left)
 			}
 			progressed = false
-			if err := ask(true); err != nil {
+			if err := ask(true, s.cfg.Window); err != nil {
 				return err
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
+			if m.bcast && schemas.IsParityChunk(m.b) {
+				if col == nil {
+					putBuf(m.b) // no coded table: nothing to check it against
+					continue
+				}
+				n0 := left
+				err := s.takeParity(ctx, m.b, col, rep, missing, deliver, gotChunk)
+				putBuf(m.b)
+				if err != nil {
+					return err
+				}
+				if left < n0 {
+					progressed = true
+				}
+				continue
+			}
+			if m.bcast && isWaveEnd(m.b, im) {
+				putBuf(m.b)
+				// The wave is over: nothing more is coming by broadcast.
+				// Send the loss summary after a back-off, shorter for a
+				// device that lacks more.
+				lastBcast = time.Time{}
+				if !summary && nIn == 0 {
+					summary = true
+					need := float64(left) / float64(n)
+					timer.Reset(time.Duration(rand.Float64() * (1 - need) * float64(s.cfg.SummaryBackoff)))
+				}
+				continue
+			}
 			chunk = schemas.Chunk{}
 			ok := s.accept(m.b, &chunk, im, n)
 			putBuf(m.b) // decoding copied what it keeps
@@ -373,6 +584,13 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				nIn--
 			}
 			progressed = true
+			if col != nil && left > 0 {
+				// The chunk may leave its block no more to rebuild than
+				// the parity held for it covers.
+				if err := s.rebuild(ctx, rep.Table.BlockOf(uint32(i)), col, rep, missing, deliver, gotChunk); err != nil {
+					return err
+				}
+			}
 			if listening {
 				// The broadcast stream goes on: keep listening.
 				timer.Reset(s.cfg.Quiet)
@@ -386,7 +604,7 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 				timer.Reset(s.cfg.Idle)
 			}
 			if nIn <= s.cfg.Window/2 && left > 0 {
-				if err := ask(false); err != nil {
+				if err := ask(false, s.cfg.Window); err != nil {
 					return err
 				}
 			}
@@ -395,9 +613,89 @@ func (s *BrokerSource) Fetch(ctx context.Context, im Image, want Chunks, deliver
 	return nil
 }
 
+// takeParity checks the parity chunk message b against the coded table
+// and keeps it (col.Add); once its block holds as many parity chunks as
+// the block lacks, it rebuilds the block's lost chunks (reading the held
+// ones back from the slot) and hands each to deliver, then to got. It
+// returns only deliver's ErrSink error or ctx's; a parity chunk refused or
+// a block that does not rebuild (a held chunk in the slot not the image's:
+// the table check of the rebuilt chunks refuses them) is counted and left
+// to repair.
+func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+	var p schemas.ParityChunk
+	if err := schemas.Decode(b, &p); err != nil {
+		s.Garbage++
+		s.Dropped++
+		return nil
+	}
+	t := rep.Table
+	lacking := func(blk uint32) int {
+		first, count := t.BlockChunks(blk)
+		n := 0
+		for i := first; i < first+count; i++ {
+			if missing.has(int(i)) {
+				n++
+			}
+		}
+		return n
+	}
+	kept, err := col.Add(&p, lacking(p.Block))
+	if err != nil {
+		s.BadParity++
+		s.Dropped++
+		return nil
+	}
+	if !kept {
+		return nil
+	}
+	return s.rebuild(ctx, p.Block, col, rep, missing, deliver, got)
+}
+
+// rebuild rebuilds the lost chunks of block blk once the parity chunks
+// held for it are as many as the chunks it lacks (after a parity chunk
+// came, or a chunk that left fewer to rebuild), handing each to deliver,
+// then to got; a block that lacks nothing drops its parity. Errors as
+// takeParity.
+func (s *BrokerSource) rebuild(ctx context.Context, blk uint32, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+	t := rep.Table
+	first, count := t.BlockChunks(blk)
+	lack := 0
+	for i := first; i < first+count; i++ {
+		if missing.has(int(i)) {
+			lack++
+		}
+	}
+	held := col.Held(blk)
+	if lack == 0 && held > 0 {
+		col.Forget(blk)
+	}
+	if lack == 0 || held < lack {
+		return nil
+	}
+	err := col.Decode(ctx, blk, func(i uint32) bool { return !missing.has(int(i)) }, rep.Slot, func(i uint32, data []byte) error {
+		if err := deliver(int(i), data); err != nil {
+			return err
+		}
+		s.Rebuilt++
+		got(int(i))
+		return nil
+	})
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrSink) || ctx.Err() != nil:
+		return err
+	}
+	col.Forget(blk) // the block is repaired by request instead
+	return nil
+}
+
 // accept decodes a received message as a chunk of im and counts what it
 // drops.
 func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool {
+	if !schemas.IsChunk(b) && isTable(b) {
+		return false // a copy of the table a wave carries: not a drop
+	}
 	switch {
 	case schemas.Decode(b, c) != nil:
 		s.Garbage++
@@ -410,4 +708,19 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// isWaveEnd reports whether b is a wave end marker of im.
+func isWaveEnd(b []byte, im Image) bool {
+	if schemas.IsChunk(b) {
+		return false
+	}
+	var w schemas.WaveEnd
+	return schemas.Decode(b, &w) == nil && bytes.Equal(w.Image, im.Digest)
+}
+
+// isTable reports whether b is a chunk table message.
+func isTable(b []byte) bool {
+	var t schemas.ChunkTable
+	return schemas.Decode(b, &t) == nil
 }

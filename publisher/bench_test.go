@@ -22,23 +22,38 @@ import (
 // holds the image: requests are batched, chunks asked for by 2 or more
 // devices are broadcast again, the rest sent to the one device asking.
 // Loss applies to every chunk message, waves and repairs alike.
+//
+// The coded cases upload the image with Config.CodedRepair (a coded chunk
+// table, blocks of blockcode.DefaultBlock chunks): repair rounds broadcast
+// fresh parity chunks, per block as many as the requester lacking most in
+// it lacks, and the devices rebuild what they lost from them.
 func BenchmarkWaveEgress(b *testing.B) {
 	for _, c := range []struct {
-		name       string
-		rate       float64
-		correlated bool
+		name              string
+		rate              float64
+		correlated, burst bool
+		coded             bool
+		devices, size     int
 	}{
-		{"loss=0", 0, false},
-		{"loss=5%-correlated", 0.05, true},
-		{"loss=5%-independent", 0.05, false},
+		{"loss=0", 0, false, false, false, 100, 1 << 20},
+		{"loss=5%-correlated", 0.05, true, false, false, 100, 1 << 20},
+		{"loss=5%-independent", 0.05, false, false, false, 100, 1 << 20},
+		{"coded/N=100/1MiB/loss=5%-independent", 0.05, false, false, true, 100, 1 << 20},
+		{"coded/N=100/1MiB/loss=5%-burst8", 0.05, false, true, true, 100, 1 << 20},
+		{"coded/N=100/8MiB/loss=5%-independent", 0.05, false, false, true, 100, 8 << 20},
+		{"coded/N=100/8MiB/loss=5%-burst8", 0.05, false, true, true, 100, 8 << 20},
+		{"coded/N=1000/8MiB/loss=5%-independent", 0.05, false, false, true, 1000, 8 << 20},
+		{"coded/N=1000/8MiB/loss=5%-burst8", 0.05, false, true, true, 1000, 8 << 20},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			e := newEnv(b)
 			// Every round asks again: no byte budget applies here.
 			p, _ := e.start(func(cfg *Config) {
 				cfg.ChunkSize, cfg.RepairBroadcastMin, cfg.WaveHold, cfg.DeviceImageBudget = 16<<10, 2, -1, 1e9
+				cfg.CodedRepair = c.coded
+				cfg.MaxDownloading = max(cfg.MaxDownloading, c.devices) // enrol waits for every notice
 			})
-			data := randomImage(b, 1<<20)
+			data := randomImage(b, c.size)
 			img, _, err := p.UploadImage(context.Background(), e.who(p), "bench", bytes.NewReader(data))
 			if err != nil {
 				b.Fatal(err)
@@ -48,19 +63,19 @@ func BenchmarkWaveEgress(b *testing.B) {
 				b.Fatal(err)
 			}
 			var ids []string
-			for i := range 100 {
-				ids = append(ids, fmt.Sprintf("d%03d", i))
+			for i := range c.devices {
+				ids = append(ids, fmt.Sprintf("d%04d", i))
 			}
 			camp := enrol(b, e, p, d.table, ids...)
-			loss := &lossModel{rate: c.rate, correlated: c.correlated}
+			loss := &lossModel{rate: c.rate, correlated: c.correlated, burst: c.burst}
 			loss.install(e.hub)
 			var waveX, totalX, rounds float64
 			b.ResetTimer()
 			for range b.N {
 				b.StopTimer()
 				var devs []*downloader
-				for i := range 100 {
-					devs = append(devs, newDownloader(b, e.hub, e.cfg.Topics, fmt.Sprintf("d%03d", i), d.table, loss))
+				for _, id := range ids {
+					devs = append(devs, newDownloader(b, e.hub, e.cfg.Topics, id, d.table, loss))
 				}
 				w0, r0, u0 := p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
 				b.StartTimer()
@@ -113,8 +128,12 @@ func (d *downloader) requestMsg() *schemas.ChunkRequest {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	want := schemas.NewBitmap(d.table.NumChunks())
+	covered := func(uint32) bool { return false }
+	if d.col != nil {
+		covered = d.col.Covered() // as fetcher.BrokerSource asks
+	}
 	for i := range d.table.NumChunks() {
-		if !d.have.Has(i) {
+		if !d.have.Has(i) && !covered(i) {
 			want.Set(i)
 		}
 	}

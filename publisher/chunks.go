@@ -14,16 +14,24 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 )
 
 // egressCounters counts chunk bytes (encoded messages) handed to the
 // transport; Publisher.Egress reads them.
 type egressCounters struct {
-	// Wave: broadcast waves. Repair: chunks broadcast again because many
-	// devices asked. Unicast: chunks and tables sent to one requester.
-	Wave, Repair, Unicast atomic.Int64
+	// Wave: broadcast waves (with the chunk table copies broadcast in
+	// them). Repair: chunks broadcast again because many devices asked.
+	// Unicast: chunks and tables sent to one requester; Table: the part
+	// of Unicast that is chunk tables.
+	Wave, Repair, Unicast, Table atomic.Int64
 }
+
+// tableEvery is the distance, in chunks, between the chunk table copies
+// a wave broadcasts (from its first chunk on), so that a device that
+// starts listening within a wave finds a copy soon.
+const tableEvery = 128
 
 // pacer bounds chunk egress: at most inflight messages handed to the
 // transport at once, and an optional byte rate.
@@ -190,12 +198,26 @@ type waveState struct {
 	// and lastTable when one was last sent (Config.Clock).
 	tables    map[string]time.Time
 	lastTable time.Time
+	// casts counts the chunk table copies waves broadcast, and
+	// castAtJoin holds casts when each device listening on the broadcast
+	// topic asked first (see tableByWave): a device that asks again
+	// after a copy went out missed every copy, and is answered by
+	// unicast.
+	casts      int
+	castAtJoin map[string]int
+	// ended counts the waves of the image this instance sent to the end
+	// (the number in their WaveEnd markers).
+	ended uint32
+	// spent counts, per block of a coded image, the parity chunks this
+	// instance broadcast (each repair round sends fresh ones).
+	spent []uint32
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
-	// next is the chunk index the wave in flight sends next: chunks from
-	// it on are still coming by broadcast. MaxInt64 when no wave is being
-	// sent.
+	// next is the position the wave in flight sends next, in the image's
+	// carousel order (imageData.at; the chunk index for an image that is
+	// not coded): chunks from it on are still coming by broadcast.
+	// MaxInt64 when no wave is being sent.
 	next atomic.Int64
 }
 
@@ -245,11 +267,11 @@ func (p *Publisher) waveFor(digest string) *waveState {
 	return w
 }
 
-// waveAhead returns the index from which a wave of digest will still
-// broadcast every chunk: the wave in flight's next chunk, 0 while a wave
-// is held (for at most WaveHold), or MaxInt64 when none is in flight or
-// held. Requests for those chunks are answered by the wave, not by
-// unicast or repair.
+// waveAhead returns the position (imageData.posOf) from which a wave of
+// digest will still broadcast every chunk: the wave in flight's next one,
+// 0 while a wave is held (for at most WaveHold), or MaxInt64 when none is
+// in flight or held. Requests for those chunks are answered by the wave,
+// not by unicast or repair.
 //
 // The first request for the image of a running campaign that has no
 // wave yet starts the hold (once per image): the leader may still be
@@ -297,8 +319,10 @@ func (p *Publisher) waveComing(digest string) bool {
 }
 
 // Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
-// paced. It blocks until the wave is sent or ctx ends. While it runs,
-// requests for chunks it has still to send are left to it.
+// paced, in carousel order: a coded image's blocks interleaved
+// (blockcode.Order), so that a burst of losses spreads over its blocks.
+// It blocks until the wave is sent or ctx ends. While it runs, requests
+// for chunks it has still to send are left to it.
 func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	d, err := p.loadImage(ctx, digest)
 	if err != nil {
@@ -313,12 +337,14 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	if w.started.IsZero() { // a wave asked for by hand
 		w.started = p.cfg.Clock.Now()
 	}
+	// Parity chunks of earlier waves are fresh to this wave's devices.
+	w.spent = nil
 	p.waveMu.Unlock()
 	defer w.next.Store(math.MaxInt64)
 	var ec *echo
 	if p.cfg.WaveEcho > 0 {
 		var stop func()
-		if ec, stop, err = p.followEcho(ctx, t, d.digest); err != nil {
+		if ec, stop, err = p.followEcho(ctx, t, d); err != nil {
 			p.log.Warn("wave without echo pacing", "image", digest, "err", err)
 			ec = nil
 		} else {
@@ -327,15 +353,22 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	}
 	n := len(d.table.Hashes)
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
+	cr.order = d.order // a coded image's blocks interleaved
 	defer cr.close()
-	for i := range n {
+	for s := range n {
+		i := d.at(s)
+		if s%tableEvery == 0 {
+			if err := p.castTable(ctx, t, d, w); err != nil {
+				return fmt.Errorf("publisher: wave %s table: %w", digest, err)
+			}
+		}
 		if ec != nil {
-			if err := ec.wait(ctx, int64(i-p.cfg.WaveEcho)); err != nil {
+			if err := ec.wait(ctx, int64(s-p.cfg.WaveEcho)); err != nil {
 				return err
 			}
 		}
-		w.next.Store(int64(i))
-		data, err := cr.get(i)
+		w.next.Store(int64(s))
+		data, err := cr.get(s)
 		if err != nil {
 			return fmt.Errorf("publisher: wave %s: %w", digest, err)
 		}
@@ -357,8 +390,84 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		w.broadcastAll(time.Now())
 		p.waveMu.Unlock()
 	}
+	if err := p.endWave(ctx, t, d, w, []schemas.Range{{First: 0, Count: uint32(n)}}); err != nil {
+		return fmt.Errorf("publisher: wave %s end marker: %w", digest, err)
+	}
 	p.met.waves.Inc()
 	return nil
+}
+
+// endWave broadcasts the marker that ends a wave of d on t, naming the
+// chunks it carried: devices, quiet while the wave flows, send their loss
+// summaries after it.
+func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, sent []schemas.Range) error {
+	p.waveMu.Lock()
+	w.ended++
+	seq := w.ended
+	p.waveMu.Unlock()
+	b, err := schemas.Encode(&schemas.WaveEnd{V: schemas.Version, Image: d.digest, Wave: seq, Sent: sent})
+	if err != nil {
+		return err
+	}
+	return p.send(ctx, t, b, &p.egress.Wave, "wave_end")
+}
+
+// castTable broadcasts a copy of d's chunk table on the wave's topic t.
+// Every wave carries copies (a few table sizes, under 1% of the image),
+// whichever instance answered the devices' table requests.
+func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData, w *waveState) error {
+	if err := p.send(ctx, t, d.tableBytes, &p.egress.Wave, "wave_table"); err != nil {
+		return err
+	}
+	p.waveMu.Lock()
+	w.casts++
+	p.waveMu.Unlock()
+	return nil
+}
+
+// answerTable answers the table request r: in the wave when the device
+// listens on the broadcast topic and a wave is held or flowing (see
+// tableByWave), otherwise by unicast.
+func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
+	if r.Listening && p.tableByWave(digest, r.Requester) {
+		p.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
+		return nil
+	}
+	return p.sendTable(ctx, digest, d, r)
+}
+
+// tableByWave records that dev, listening on the broadcast topic, asked
+// for the table of digest, and reports whether a wave will bring it: a
+// wave is held or flowing, and no copy has been broadcast since dev
+// first asked (a device asking again after one was missed every copy).
+// Recorded like a table sent (waveState.tables), so the device counts
+// as gathered for the wave.
+func (p *Publisher) tableByWave(digest, dev string) bool {
+	ahead := p.waveAhead(digest)
+	now := p.cfg.Clock.Now()
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	w := p.waves[digest]
+	if w == nil || (ahead == math.MaxInt64 && !w.running) {
+		return false // no wave coming
+	}
+	if at, ok := w.castAtJoin[dev]; ok && w.casts > at {
+		return false // it missed every copy since it asked
+	}
+	if w.tables == nil {
+		w.tables = map[string]time.Time{}
+	}
+	if w.castAtJoin == nil {
+		w.castAtJoin = map[string]int{}
+	}
+	if _, ok := w.tables[dev]; !ok {
+		w.tables[dev] = now
+	}
+	if _, ok := w.castAtJoin[dev]; !ok {
+		w.castAtJoin[dev] = w.casts
+	}
+	w.lastTable = now
+	return true
 }
 
 // echo follows a wave coming back on the broadcast chunk topic, which the
@@ -375,17 +484,18 @@ type echo struct {
 // on without pacing (a broker that does not echo, a lost subscription).
 const echoStall = 2 * time.Second
 
-func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, image []byte) (*echo, func(), error) {
+func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, d *imageData) (*echo, func(), error) {
 	ec := &echo{wake: make(chan struct{}, 1)}
 	ec.got.Store(-1)
 	sub, err := p.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
 		var c schemas.Chunk
-		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, image) {
+		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, d.digest) || int(c.Index) >= d.chunks() {
 			return
 		}
+		s := d.posOf(int(c.Index)) // the wave's position: chunks go in carousel order
 		for {
 			g := ec.got.Load()
-			if int64(c.Index) <= g || ec.got.CompareAndSwap(g, int64(c.Index)) {
+			if s <= g || ec.got.CompareAndSwap(g, s) {
 				break
 			}
 		}
@@ -500,12 +610,12 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 		return
 	}
 	p.met.chunkRequests.WithLabelValues("served").Inc()
-	if r.WantTable && p.sendTable(ctx, digest, d, r) != nil {
+	if r.WantTable && p.answerTable(ctx, digest, d, r) != nil {
 		return
 	}
 	ahead := p.waveAhead(digest)
 	wl := slices.DeleteFunc(wanted(r, len(d.table.Hashes)), func(i int) bool {
-		return int64(i) >= ahead // the wave in flight still sends it
+		return d.posOf(i) >= ahead // the wave in flight still sends it
 	})
 	for _, i := range p.affordable(r, d, wl) {
 		b, err := p.encodeChunk(ctx, d, i)
@@ -533,6 +643,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	if err := p.send(ctx, rt, d.tableBytes, &p.egress.Unicast, "table"); err != nil {
 		return err
 	}
+	p.egress.Table.Add(int64(len(d.tableBytes)))
 	w := p.waveFor(digest)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
@@ -565,7 +676,7 @@ func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 			p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
 			return
 		}
-		if p.sendTable(ctx, digest, d, &r) != nil {
+		if p.answerTable(ctx, digest, d, &r) != nil {
 			return
 		}
 		r.WantTable = false
@@ -628,18 +739,28 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return int64(i) >= ahead || crossed(i) })
+		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return d.posOf(i) >= ahead || crossed(i) })
 	}
 	p.waveMu.Unlock()
 	// What each requester is sent, by unicast or in a re-broadcast it
 	// asked for, is taken from its budget; what does not fit is left out.
 	for who, wl := range per {
 		per[who] = p.affordable(b.reqs[who], d, wl)
-		for _, i := range per[who] {
+	}
+	bt, _ := p.cfg.Topics.Chunks(digest)
+	if d.table.Coded() {
+		if err := p.repairCoded(ctx, d, w, bt, per); err != nil {
+			if ctx.Err() == nil {
+				p.log.Warn("coded repair", "image", digest, "err", err)
+			}
+			return
+		}
+	}
+	for _, wl := range per {
+		for _, i := range wl {
 			askers[i]++
 		}
 	}
-	bt, _ := p.cfg.Topics.Chunks(digest)
 	for i := 0; i < n; i++ {
 		if askers[i] < p.cfg.RepairBroadcastMin {
 			continue
@@ -680,4 +801,77 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		}
 	}
 	p.met.chunkRequests.WithLabelValues("served").Add(float64(len(per)))
+}
+
+// parityGroup is how many blocks' parity chunks a coded repair round
+// computes and interleaves at a time: bursts of losses spread over that
+// many blocks, and the publisher holds their parity (parityGroup x
+// ParityPerBlock chunks) only while it sends them.
+const parityGroup = 8
+
+// repairCoded is the coded part of a repair batch of the coded image d:
+// per holds the chunks each requester lacks (and is charged for). It
+// counts per block what each lacks and broadcasts, per block, as many
+// fresh parity chunks as the requester lacking most in it lacks
+// (blockcode.Round; blocks interleaved, parityGroup at a time). A parity
+// chunk repairs whichever chunks of its block a device lost, so one such
+// round serves every requester that hears it. It leaves in per only the
+// chunks of blocks whose committed parity is spent (short), for the
+// uncoded repair (all their chunks each requester asked for). It returns
+// an error when reading the image or sending fails; the parity indices
+// Round handed out stay spent (the next round sends fresh ones).
+func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int) error {
+	t := d.table
+	nb := int(t.NumBlocks())
+	need := make([]int, nb)
+	cnt := make([]int, nb)
+	for _, wl := range per {
+		clear(cnt)
+		for _, i := range wl {
+			cnt[t.BlockOf(uint32(i))]++
+		}
+		for b := range nb {
+			need[b] = max(need[b], cnt[b])
+		}
+	}
+	p.waveMu.Lock()
+	if len(w.spent) != nb {
+		w.spent = make([]uint32, nb)
+	}
+	send, short := blockcode.Round(t, need, w.spent)
+	p.waveMu.Unlock()
+	for who, wl := range per {
+		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
+	}
+	if len(send) == 0 {
+		return nil
+	}
+	enc, err := blockcode.NewEncoder(t)
+	if err != nil {
+		return err
+	}
+	read := func(ctx context.Context, i uint32) ([]byte, error) { return p.readChunk(ctx, d, int(i)) }
+	for g := 0; g < nb; g += parityGroup {
+		par := map[uint32][][]byte{}
+		for _, s := range send { // in Round's interleaved order
+			if int(s.Block) < g || int(s.Block) >= g+parityGroup {
+				continue
+			}
+			pc, ok := par[s.Block]
+			if !ok {
+				if pc, err = enc.Parity(ctx, s.Block, read); err != nil {
+					return err
+				}
+				par[s.Block] = pc
+			}
+			b, err := schemas.Encode(&schemas.ParityChunk{V: schemas.Version, Image: d.digest, Block: s.Block, Index: s.Index, Data: pc[s.Index]})
+			if err != nil {
+				return err
+			}
+			if err := p.send(ctx, bt, b, &p.egress.Repair, "parity"); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -168,6 +169,23 @@ type Config struct {
 	InTransit time.Duration
 	// RepairBroadcastMin, default 2.
 	RepairBroadcastMin int
+	// CodedRepair gives images uploaded from now on a coded chunk table
+	// (internal/blockcode: blocks of CodedBlock chunks, CodedParity
+	// parity chunks committed per block), and
+	// repairs their waves with parity: a repair batch broadcasts, per
+	// block, as many fresh parity chunks as the requester lacking most in
+	// it lacks (blocks interleaved); chunks a block's spent parity cannot
+	// cover go the uncoded way. The manifest signs the coded table's
+	// digest, which agents of delivery protocol 1 cannot decode: turn it
+	// on only for fleets whose agents take coded repair (issue 14 item 6,
+	// per-version manifests, is not done). Default false.
+	CodedRepair bool
+	// CodedBlock and CodedParity are the block size K and the parity
+	// chunks per block P of coded tables (K+P <= 256). Defaults
+	// blockcode.DefaultBlock (128) and blockcode.DefaultParity (32),
+	// chosen by measurement (docs/BENCHMARKS.md, "Coded repair"); a
+	// device's decode time and memory grow with K.
+	CodedBlock, CodedParity int
 	// MaxBytesPerSecond paces chunk egress (waves, repairs and answers
 	// together); 0 means unlimited. Default 0.
 	MaxBytesPerSecond int64
@@ -338,6 +356,11 @@ func (c Config) withDefaults() (Config, error) {
 	c.WaveHold = min(c.WaveHold, c.NoProgress/2)
 	def(&c.WaveSettle, 250*time.Millisecond)
 	defInt(&c.RepairBroadcastMin, 2)
+	defInt(&c.CodedBlock, blockcode.DefaultBlock)
+	defInt(&c.CodedParity, blockcode.DefaultParity)
+	if err := blockcode.CheckParams(c.CodedBlock, c.CodedParity); err != nil {
+		return c, fmt.Errorf("%w: config: %v", ErrInvalid, err)
+	}
 	c.InTransit = max(c.InTransit, 0)
 	c.WaveEcho = max(c.WaveEcho, 0)
 	if c.MaxInFlightBytes <= 0 {

@@ -30,10 +30,13 @@
 //     by a KV watch, so counters survive restarts and failover.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
-//     are broadcast again rather than sent to each. A request is answered
-//     only to the device whose own request topic it came on, if that device
-//     is notified in a campaign of the image, within a rate and a byte
-//     budget per campaign (requests.go).
+//     are broadcast again rather than sent to each. With Config.CodedRepair
+//     an uploaded image gets a coded chunk table (internal/blockcode), its
+//     waves interleave its blocks, and repairs broadcast fresh parity
+//     chunks, per block as many as the requester lacking most lacks. A
+//     request is answered only to the device whose own request topic it
+//     came on, if that device is notified in a campaign of the image,
+//     within a rate and a byte budget per campaign (requests.go).
 //   - The same operations are served as HTTP JSON under /api/v1 (http.go)
 //     and as CBOR request/reply on schemas.Topics.API subjects (natsapi.go);
 //     Client (client.go) is the Go client of the HTTP API the CLI uses.

@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"hash/fnv"
@@ -10,6 +11,7 @@ import (
 	"testing"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -27,13 +29,20 @@ type downloader struct {
 	data   []byte
 	got    int
 	bad    int
+	// col takes the parity chunks of a coded table; rebuilt counts the
+	// chunks rebuilt from them, badParity the parity chunks refused.
+	col                *blockcode.Collector
+	rebuilt, badParity int
 }
 
 // lossModel decides drops: independent per device, or correlated (the
-// same chunks lost for every device).
+// same chunks lost for every device); with burst, a device's losses come
+// in runs (a two-state Gilbert-Elliott channel, mean run 8 messages, the
+// same mean rate).
 type lossModel struct {
 	rate       float64
 	correlated bool
+	burst      bool
 	active     atomic.Bool
 }
 
@@ -42,12 +51,22 @@ func (l *lossModel) dropper(dev string) func(string, []byte) bool {
 	h.Write([]byte(dev))
 	rng := rand.New(rand.NewPCG(h.Sum64(), 7))
 	var mu sync.Mutex
+	bad := false
 	return func(_ string, payload []byte) bool {
 		if !l.active.Load() || l.rate == 0 {
 			return false
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if l.burst {
+			const run = 8.0
+			if bad {
+				bad = rng.Float64() >= 1/run
+			} else {
+				bad = rng.Float64() < l.rate/(1-l.rate)/run
+			}
+			return bad
+		}
 		return rng.Float64() < l.rate
 	}
 }
@@ -69,6 +88,12 @@ func (l *lossModel) install(hub *testutil.MemHub) {
 func newDownloader(t testing.TB, hub *testutil.MemHub, topics schemas.Topics, id string, table *schemas.ChunkTable, loss *lossModel) *downloader {
 	t.Helper()
 	d := &downloader{id: id, tr: hub.Conn(), topics: topics, table: table, have: schemas.NewBitmap(table.NumChunks()), data: make([]byte, table.ImageSize)}
+	if table.Coded() {
+		var err error
+		if d.col, err = blockcode.NewCollector(table, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if loss != nil && !loss.correlated {
 		d.tr.SetDrop(loss.dropper(id))
 	}
@@ -83,7 +108,11 @@ func newDownloader(t testing.TB, hub *testutil.MemHub, topics schemas.Topics, id
 	return d
 }
 
-func (d *downloader) onChunk(_ context.Context, m broker.Message) {
+func (d *downloader) onChunk(ctx context.Context, m broker.Message) {
+	if d.col != nil && schemas.IsParityChunk(m.Payload) {
+		d.onParity(ctx, m.Payload)
+		return
+	}
 	var c schemas.Chunk
 	if err := schemas.Decode(m.Payload, &c); err != nil {
 		return // a chunk table, for instance
@@ -98,6 +127,58 @@ func (d *downloader) onChunk(_ context.Context, m broker.Message) {
 		d.have.Set(c.Index)
 		copy(d.data[int(c.Index)*int(d.table.ChunkSize):], c.Data)
 		d.got++
+		if d.col != nil {
+			d.rebuild(context.Background(), d.table.BlockOf(c.Index))
+		}
+	}
+}
+
+// onParity keeps a verified parity chunk and rebuilds its block once it
+// holds as many as the block lacks, as fetcher.BrokerSource does.
+func (d *downloader) onParity(ctx context.Context, b []byte) {
+	var p schemas.ParityChunk
+	if schemas.Decode(b, &p) != nil {
+		return
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	kept, err := d.col.Add(&p, d.lacking(p.Block))
+	if err != nil {
+		d.badParity++
+		return
+	}
+	if kept {
+		d.rebuild(ctx, p.Block)
+	}
+}
+
+func (d *downloader) lacking(b uint32) int {
+	first, count := d.table.BlockChunks(b)
+	lack := 0
+	for i := first; i < first+count; i++ {
+		if !d.have.Has(i) {
+			lack++
+		}
+	}
+	return lack
+}
+
+// rebuild rebuilds block b once the parity held covers what it lacks.
+// Called with d.mu held.
+func (d *downloader) rebuild(ctx context.Context, b uint32) {
+	lack := d.lacking(b)
+	if lack == 0 || d.col.Held(b) < lack {
+		return
+	}
+	err := d.col.Decode(ctx, b, d.have.Has, bytes.NewReader(d.data), func(i uint32, data []byte) error {
+		d.have.Set(i)
+		copy(d.data[int(i)*int(d.table.ChunkSize):], data)
+		d.got++
+		d.rebuilt++
+		return nil
+	})
+	if err != nil {
+		d.bad++
 	}
 }
 
@@ -119,18 +200,10 @@ func allComplete(devs []*downloader) func() bool {
 	}
 }
 
-// request asks for every missing chunk with a bitmap.
+// request asks for every missing chunk with a bitmap (with a coded
+// table, those not covered by the parity held, as requestMsg).
 func (d *downloader) request(t testing.TB) {
-	d.mu.Lock()
-	want := schemas.NewBitmap(d.table.NumChunks())
-	for i := range d.table.NumChunks() {
-		if !d.have.Has(i) {
-			want.Set(i)
-		}
-	}
-	d.mu.Unlock()
-	rt, _ := d.topics.ChunkReply(d.id)
-	r := &schemas.ChunkRequest{V: schemas.Version, Image: d.table.Image, ChunkSize: d.table.ChunkSize, Bitmap: want, ReplyTo: rt.NATS, Requester: d.id}
+	r := d.requestMsg()
 	b, err := schemas.Encode(r)
 	if err != nil {
 		t.Fatalf("encode request: %v", err)

@@ -21,6 +21,11 @@ type chunkReader struct {
 	d     *imageData
 	ahead int
 
+	// order, when set, is the order the consumer takes chunks in
+	// (imageData.order): get and the read-ahead then work in positions
+	// of it, and get(s) returns chunk order[s].
+	order []uint32
+
 	gen    context.Context // reads of the current run; cancelled on a jump
 	cancel context.CancelFunc
 	queue  []*chunkRead // reads issued, of consecutive chunks from queue[0].i
@@ -87,9 +92,13 @@ func (r *chunkReader) issue(i int) {
 	r.queue = append(r.queue, f)
 	r.next = i + 1
 	gen := r.gen
+	idx := i
+	if r.order != nil {
+		idx = int(r.order[i])
+	}
 	go func() {
 		defer close(f.done)
-		f.b, f.err = r.p.readChunk(gen, r.d, i)
+		f.b, f.err = r.p.readChunk(gen, r.d, idx)
 	}()
 }
 

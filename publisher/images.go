@@ -19,6 +19,7 @@ import (
 	"golang.org/x/mod/semver"
 	"golang.org/x/sync/singleflight"
 
+	"github.com/firmcast/firmcast/internal/blockcode"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -129,6 +130,13 @@ func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up Image
 	if old, err := p.Image(ctx, digest); err == nil {
 		return old, false, sameMeta(old, version, up.SecurityVersion)
 	}
+	if p.cfg.CodedRepair {
+		// Only new uploads: a stored (or migrated) image keeps the
+		// table its record's digest names.
+		if err := sp.code(ctx, p.cfg.CodedBlock, p.cfg.CodedParity); err != nil {
+			return Image{}, false, err
+		}
+	}
 	tsum, err := p.storeSpooled(ctx, sp)
 	if err != nil {
 		return Image{}, false, err
@@ -203,6 +211,25 @@ func (p *Publisher) spool(r io.Reader, chunkSize uint32) (*spooled, error) {
 	return sp, nil
 }
 
+// code replaces sp's chunk table by its coded form (Config.CodedRepair),
+// reading the spooled image block by block.
+func (sp *spooled) code(ctx context.Context, k, p int) error {
+	t := sp.table
+	buf := make([]byte, t.ChunkSize)
+	coded, err := blockcode.Commit(ctx, t, k, p, func(_ context.Context, i uint32) ([]byte, error) {
+		b := buf[:t.ChunkLen(i)]
+		if n, err := sp.tmp.ReadAt(b, int64(i)*int64(t.ChunkSize)); err != nil && !(errors.Is(err, io.EOF) && n == len(b)) {
+			return nil, err
+		}
+		return b, nil
+	})
+	if err != nil {
+		return fmt.Errorf("publisher: coded chunk table: %w", err)
+	}
+	sp.table = coded
+	return nil
+}
+
 // storeSpooled writes a spooled image's chunks and chunk table to the
 // image stream (not its record) and returns the hex SHA-256 of the
 // table's encoding.
@@ -272,10 +299,45 @@ type imageData struct {
 	digest     []byte
 	table      *schemas.ChunkTable
 	tableBytes []byte
+	// order is the carousel order of a coded image's chunks
+	// (blockcode.Order: blocks interleaved) and pos its inverse (the
+	// position of chunk i); nil for an image that is not coded, whose
+	// chunks go in index order.
+	order []uint32
+	pos   []int32
+}
+
+// newImageData returns the imageData of an image with its carousel order.
+func newImageData(info Image, digest []byte, table *schemas.ChunkTable, tb []byte) *imageData {
+	d := &imageData{info: info, digest: digest, table: table, tableBytes: tb}
+	if table.Coded() {
+		d.order = blockcode.Order(table)
+		d.pos = make([]int32, len(d.order))
+		for s, i := range d.order {
+			d.pos[i] = int32(s)
+		}
+	}
+	return d
 }
 
 // chunks is the number of chunks of the image.
 func (d *imageData) chunks() int { return len(d.table.Hashes) }
+
+// at returns the chunk a wave sends at position s.
+func (d *imageData) at(s int) int {
+	if d.order == nil {
+		return s
+	}
+	return int(d.order[s])
+}
+
+// posOf returns the position at which a wave sends chunk i.
+func (d *imageData) posOf(i int) int64 {
+	if d.pos == nil {
+		return int64(i)
+	}
+	return int64(d.pos[i])
+}
 
 // imageCache keeps the imageData of recently served images, bounded in
 // entries and in chunk table bytes (a table is at most about 4.5 MiB).
@@ -362,7 +424,7 @@ func (p *Publisher) readImageData(ctx context.Context, digest string) (*imageDat
 	if !bytes.Equal(table.Image, sum) || table.ImageSize != uint64(info.Size) || table.ChunkSize != info.ChunkSize {
 		return nil, fmt.Errorf("publisher: stored chunk table %s does not describe the image", digest)
 	}
-	return &imageData{info: info, digest: sum, table: table, tableBytes: tb}, nil
+	return newImageData(info, sum, table, tb), nil
 }
 
 // readChunk reads chunk i of d from the store and checks it against the

@@ -268,7 +268,9 @@ func sha256Hex(b []byte) string {
 // version left an image in the object store (bytes under the digest, the
 // chunk table beside it, the record in the metadata bucket): the image is
 // copied into the image stream and served; an image whose object is
-// missing is logged and skipped, not fatal.
+// missing is logged and skipped, not fatal. A publisher with CodedRepair
+// migrates it with the table its record names (coding is for new
+// uploads).
 func TestImageMigration(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
@@ -304,10 +306,13 @@ func TestImageMigration(t *testing.T) {
 		}
 	}
 
-	p2 := e.open(nil)
+	p2 := e.open(func(c *Config) { c.CodedRepair = true })
 	d, err := p2.loadImage(ctx, digest)
 	if err != nil {
 		t.Fatalf("migrated image: %v", err)
+	}
+	if d.table.Coded() {
+		t.Fatal("the migrated image's table was coded: its record names the uncoded one")
 	}
 	var got []byte
 	for i := range d.chunks() {

@@ -26,7 +26,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "firmcast_publisher_chunk_requests_total", Help: "Chunk requests received, by outcome.",
 		}, []string{"result"}),
 		chunkBytes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "firmcast_publisher_chunk_bytes_total", Help: "Chunk message bytes sent, by kind (wave, repair, unicast, table).",
+			Name: "firmcast_publisher_chunk_bytes_total", Help: "Chunk-family message bytes sent, by kind (wave, wave_table, wave_end, repair, parity, unicast, table).",
 		}, []string{"kind"}),
 		notices:        prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_notices_total", Help: "Update notices published."}),
 		noticesCleared: prometheus.NewCounter(prometheus.CounterOpts{Name: "firmcast_publisher_notices_cleared_total", Help: "Retained notices cleared."}),

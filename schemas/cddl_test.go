@@ -17,6 +17,8 @@ var cddlRules = map[string]reflect.Type{
 	"chunk-request":    reflect.TypeFor[ChunkRequest](),
 	"chunk":            reflect.TypeFor[Chunk](),
 	"chunk-table":      reflect.TypeFor[ChunkTable](),
+	"wave-end":         reflect.TypeFor[WaveEnd](),
+	"parity-chunk":     reflect.TypeFor[ParityChunk](),
 	"device-report":    reflect.TypeFor[DeviceReport](),
 	"campaign-command": reflect.TypeFor[CampaignCommand](),
 	"campaign-spec":    reflect.TypeFor[CampaignSpec](),

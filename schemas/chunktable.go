@@ -104,6 +104,63 @@ func (t *ChunkTable) VerifyChunk(index uint32, data []byte) error {
 	return nil
 }
 
+// Coded reports whether t commits erasure-coded repair (Block > 0).
+func (t *ChunkTable) Coded() bool { return t.Block > 0 }
+
+// NumBlocks returns the number of source blocks of a coded table, 0 for
+// a table that is not coded.
+func (t *ChunkTable) NumBlocks() uint32 {
+	if t.Block == 0 {
+		return 0
+	}
+	n := uint64(t.NumChunks())
+	return uint32((n + uint64(t.Block) - 1) / uint64(t.Block))
+}
+
+// BlockChunks returns the chunks of source block b, [first, first+count):
+// Block chunks from b*Block, fewer for the last block. It returns 0, 0 for
+// a block beyond the image or a table that is not coded.
+func (t *ChunkTable) BlockChunks(b uint32) (first, count uint32) {
+	if b >= t.NumBlocks() {
+		return 0, 0
+	}
+	first = b * t.Block
+	return first, min(t.Block, t.NumChunks()-first)
+}
+
+// BlockOf returns the source block chunk index belongs to (index / Block);
+// t must be coded.
+func (t *ChunkTable) BlockOf(index uint32) uint32 { return index / t.Block }
+
+// VerifyParity checks that data is parity chunk index of source block
+// block of the image t describes: t coded, block and index within it
+// (ErrInvalid), data ChunkSize bytes (ErrInvalid), SHA-256 equal to the
+// table's commitment (ErrDigestMismatch). t must be valid (as after
+// Decode). Call it before keeping data anywhere or feeding it to a decode.
+func (t *ChunkTable) VerifyParity(block, index uint32, data []byte) error {
+	if !t.Coded() {
+		return invalid(nameParity, "the chunk table of image %s commits no parity", DigestHex(t.Image))
+	}
+	if block >= t.NumBlocks() {
+		return invalid(nameParity, "block %d beyond the image's %d blocks", block, t.NumBlocks())
+	}
+	if index >= t.ParityPerBlock {
+		return invalid(nameParity, "parity index %d beyond the %d per block", index, t.ParityPerBlock)
+	}
+	if len(data) != int(t.ChunkSize) {
+		return invalid(nameParity, "parity chunk %d of block %d is %d bytes, want %d", index, block, len(data), t.ChunkSize)
+	}
+	i := uint64(block)*uint64(t.ParityPerBlock) + uint64(index)
+	if i >= uint64(len(t.Parity)) {
+		return invalid(nameParity, "parity chunk %d of block %d beyond the table's %d hashes", index, block, len(t.Parity))
+	}
+	sum := sha256.Sum256(data)
+	if subtle.ConstantTimeCompare(sum[:], t.Parity[i]) != 1 {
+		return fmt.Errorf("%w: parity chunk %d of block %d of image %s", ErrDigestMismatch, index, block, DigestHex(t.Image))
+	}
+	return nil
+}
+
 // DigestHex returns the lowercase hex form of a digest, as used in topic
 // names (Topics.Chunks).
 func DigestHex(d []byte) string { return hex.EncodeToString(d) }

@@ -152,3 +152,57 @@ func TestChunkTableDigestInvalid(t *testing.T) {
 		t.Errorf("Digest of an invalid table: %v", err)
 	}
 }
+
+// TestVerifyParity: a coded table accepts each parity chunk whose hash it
+// commits and refuses wrong block or parity indices, wrong lengths and
+// forged data; a table that is not coded refuses every parity chunk.
+func TestVerifyParity(t *testing.T) {
+	ct := testTable(t) // 600 bytes in 256-byte chunks: 3 chunks
+	plain := *ct
+	ct.Block, ct.ParityPerBlock = 2, 2 // blocks [0,2) and [2,3)
+	good := func(b, j uint32) []byte { return bytes.Repeat([]byte{byte(16*b + j)}, 256) }
+	for b := range uint32(2) {
+		for j := range uint32(2) {
+			sum := sha256.Sum256(good(b, j))
+			ct.Parity = append(ct.Parity, sum[:])
+		}
+	}
+	if err := ct.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	if ct.NumBlocks() != 2 {
+		t.Fatalf("%d blocks, want 2", ct.NumBlocks())
+	}
+	for b, want := range [][2]uint32{{0, 2}, {2, 1}, {0, 0}} {
+		if f, c := ct.BlockChunks(uint32(b)); f != want[0] || c != want[1] {
+			t.Errorf("block %d: chunks [%d,+%d), want [%d,+%d)", b, f, c, want[0], want[1])
+		}
+	}
+	for _, tc := range []struct {
+		name         string
+		table        *ChunkTable
+		block, index uint32
+		data         []byte
+		want         error
+		text         string
+	}{
+		{"good", ct, 1, 1, good(1, 1), nil, ""},
+		{"block beyond the image", ct, 2, 0, good(1, 0), ErrInvalid, "block 2 beyond the image's 2 blocks"},
+		{"index beyond the parity", ct, 0, 2, good(0, 1), ErrInvalid, "parity index 2 beyond the 2 per block"},
+		{"short", ct, 0, 0, good(0, 0)[:255], ErrInvalid, "is 255 bytes, want 256"},
+		{"another block's parity", ct, 0, 1, good(1, 1), ErrDigestMismatch, "parity chunk 1 of block 0"},
+		{"forged", ct, 1, 0, append(good(1, 0)[:255], 0xff), ErrDigestMismatch, "parity chunk 0 of block 1"},
+		{"table not coded", &plain, 0, 0, good(0, 0), ErrInvalid, "commits no parity"},
+	} {
+		err := tc.table.VerifyParity(tc.block, tc.index, tc.data)
+		if tc.want == nil {
+			if err != nil {
+				t.Errorf("%s: %v", tc.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.text) {
+			t.Errorf("%s: %v, want %v saying %q", tc.name, err, tc.want, tc.text)
+		}
+	}
+}

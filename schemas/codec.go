@@ -28,6 +28,8 @@ var (
 	_ Message = (*ChunkRequest)(nil)
 	_ Message = (*Chunk)(nil)
 	_ Message = (*ChunkTable)(nil)
+	_ Message = (*ParityChunk)(nil)
+	_ Message = (*WaveEnd)(nil)
 	_ Message = (*DeviceReport)(nil)
 	_ Message = (*CampaignCommand)(nil)
 	_ Message = (*CampaignReply)(nil)
@@ -179,6 +181,10 @@ func version(m Message) uint {
 		return x.V
 	case *ChunkTable:
 		return x.V
+	case *WaveEnd:
+		return x.V
+	case *ParityChunk:
+		return x.V
 	case *DeviceReport:
 		return x.V
 	case *CampaignCommand:
@@ -193,7 +199,7 @@ func version(m Message) uint {
 // readable ones ("key 1 (Chunk.Image)").
 var fieldNames = func() map[string]string {
 	out := map[string]string{}
-	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{},
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{}, ParityChunk{},
 		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
 		t := reflect.TypeOf(v)
 		for i := range t.NumField() {
@@ -211,4 +217,56 @@ func whichField(err error) string {
 		return fieldNames[te.StructFieldName]
 	}
 	return ""
+}
+
+// IsChunk reports whether data has the shape of a Chunk message: a CBOR
+// map of exactly four entries whose keys are 0 to 3 in order, key 1 a
+// byte string and key 2 an unsigned integer. It reads the heads only
+// (no copy, no allocation), so a receive path can tell chunks (which it
+// may shed under pressure: they are repaired later) from the other
+// messages on chunk topics (chunk tables, markers), which it must keep.
+// A message it accepts still goes through Decode.
+func IsChunk(data []byte) bool { return hasShape(data, chunkShape) }
+
+// IsParityChunk reports whether data has the shape of a ParityChunk
+// message, as IsChunk does for chunks: a CBOR map of exactly five
+// entries, keys 0 to 4 in order, key 1 and key 4 byte strings, the others
+// unsigned integers. Parity chunks, like chunks, may be shed under
+// pressure (a later repair round sends fresh ones).
+func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
+
+// Major types of the values of a chunk and of a parity chunk, by key.
+var (
+	chunkShape  = []byte{0, 2, 0, 2}
+	parityShape = []byte{0, 2, 0, 0, 2}
+)
+
+// hasShape reports whether data is a CBOR map whose keys are 0 to
+// len(shape)-1 in order, each value of the major type shape[key] (0
+// unsigned integer, 2 byte string), and nothing after it.
+func hasShape(data []byte, shape []byte) bool {
+	major, pairs, n, ok := readHead(data)
+	if !ok || major != 5 || pairs != uint64(len(shape)) {
+		return false
+	}
+	data = data[n:]
+	for key, want := range shape {
+		major, k, n, ok := readHead(data)
+		if !ok || major != 0 || k != uint64(key) {
+			return false
+		}
+		data = data[n:]
+		major, arg, n, ok := readHead(data)
+		if !ok || major != want {
+			return false
+		}
+		if major == 2 {
+			if arg > uint64(len(data)-n) {
+				return false
+			}
+			n += int(arg)
+		}
+		data = data[n:]
+	}
+	return len(data) == 0
 }

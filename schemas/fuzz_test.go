@@ -69,10 +69,29 @@ func FuzzDecodeChunkRequest(f *testing.F) {
 
 func FuzzDecodeChunk(f *testing.F) { fuzzDecode[Chunk](f, nil) }
 
+func FuzzDecodeWaveEnd(f *testing.F) { fuzzDecode[WaveEnd](f, nil) }
+
+func FuzzDecodeParityChunk(f *testing.F) {
+	fuzzDecode[ParityChunk](f, func(c *ParityChunk) {
+		b, _ := Encode(c)
+		if !IsParityChunk(b) || IsChunk(b) {
+			panic("a parity chunk's shape is not recognised")
+		}
+		_ = testCodedTable(f).VerifyParity(c.Block, c.Index, c.Data)
+	})
+}
+
 func FuzzDecodeChunkTable(f *testing.F) {
 	fuzzDecode[ChunkTable](f, func(ct *ChunkTable) {
 		last := ct.NumChunks() - 1
 		_ = ct.VerifyChunk(last, make([]byte, ct.ChunkLen(last)))
+		if nb := ct.NumBlocks(); nb > 0 {
+			first, count := ct.BlockChunks(nb - 1)
+			if count == 0 || first+count != ct.NumChunks() {
+				panic("the last block does not end the image")
+			}
+			_ = ct.VerifyParity(nb-1, ct.ParityPerBlock-1, make([]byte, ct.ChunkSize))
+		}
 		if _, err := ct.Digest(); err != nil {
 			panic(err)
 		}

@@ -14,6 +14,13 @@ const (
 	MaxChunkSize = 1 << 20
 	// MaxChunks bounds the number of chunks of one image.
 	MaxChunks = 1 << 17
+	// MaxCodeShards bounds source plus parity chunks of one erasure-coded
+	// block (ChunkTable.Block + ChunkTable.ParityPerBlock): the code is
+	// Reed-Solomon over GF(2^8), which has 256 distinct evaluation points.
+	MaxCodeShards = 256
+	// MaxParityChunks bounds the parity chunk hashes a chunk table
+	// commits (ChunkTable.Parity).
+	MaxParityChunks = MaxChunks / 2
 	// MaxEnvelopeSize bounds the signed SUIT envelope carried in a notice.
 	MaxEnvelopeSize = 64 << 10
 	// MaxNoticeAuthSize bounds the authentication wrapper of a notice (a
@@ -188,6 +195,13 @@ type ChunkRequest struct {
 	Campaign string `cbor:"7,keyasint,omitempty"`
 	// WantTable asks for the chunk table as well.
 	WantTable bool `cbor:"8,keyasint,omitempty"`
+	// Listening says the requester listens on the image's broadcast chunk
+	// topic already: a table it asks for may come there, in a wave (once
+	// per wave, at its start and repeated within it), instead of by
+	// unicast. A device asks again only if it missed every copy, and is
+	// then answered by unicast. Agents that do not set it get the table
+	// by unicast, as before.
+	Listening bool `cbor:"9,keyasint,omitempty"`
 }
 
 // Chunk carries one chunk of an image: Data is bytes
@@ -206,12 +220,43 @@ type Chunk struct {
 	Data []byte `cbor:"3,keyasint"`
 }
 
+// WaveEnd marks the end of a broadcast wave of an image: the publisher
+// sends it on the image's broadcast chunk topic (QoS 0) after the wave's
+// last chunk, saying which chunks the wave carried. A device does not ask
+// for chunks while a wave flows; once it sees the marker (or, should the
+// marker be lost, once the wave has been quiet for a while) it sends one
+// loss summary (a ChunkRequest of what it still lacks) after a random
+// back-off, shorter for devices that lack more.
+//
+//	wave-end = { 0: 1, 1: digest, 2: uint, 3: [+ range] }
+type WaveEnd struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Wave numbers the sender's waves of the image, from 1.
+	Wave uint32 `cbor:"2,keyasint"`
+	// Sent lists the chunks the wave carried: 1..MaxRanges runs, sorted
+	// and disjoint.
+	Sent []Range `cbor:"3,keyasint"`
+}
+
 // ChunkTable lists the SHA-256 of every chunk of an image, so that a device
 // can check each chunk on arrival. Its own SHA-256 (over the deterministic
 // encoding, see Digest) is signed in the manifest. Build one with
 // BuildChunkTable.
 //
-//	chunk-table = { 0: 1, 1: digest, 2: uint, 3: chunk-size, 4: [+ digest] }
+// A coded table (Block > 0) also commits erasure-coded repair: the image's
+// chunks are cut into source blocks of Block consecutive chunks (the last
+// block may hold fewer), and for each block ParityPerBlock parity chunks
+// are defined (see ParityChunk); Parity holds their SHA-256, block-major,
+// so that a device checks each parity chunk on arrival (VerifyParity), as
+// it checks each chunk, and never feeds a forged one into a decode. Tables
+// without these keys are the format agents of delivery protocol 1 decode;
+// a coded table is for agents that speak coded repair.
+//
+//	chunk-table = { 0: 1, 1: digest, 2: uint, 3: chunk-size, 4: [+ digest],
+//	                ? 5: uint, ? 6: uint, ? 7: [+ digest] }
 type ChunkTable struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -223,6 +268,42 @@ type ChunkTable struct {
 	ChunkSize uint32 `cbor:"3,keyasint"`
 	// Hashes holds ChunkCount(ImageSize, ChunkSize) SHA-256 digests.
 	Hashes [][]byte `cbor:"4,keyasint"`
+	// Block is the number of source chunks per erasure-coded block, or 0
+	// for a table that commits no parity (then keys 6 and 7 are absent).
+	Block uint32 `cbor:"5,keyasint,omitempty"`
+	// ParityPerBlock is the number of parity chunks committed per block,
+	// at least 1 when Block is set; Block+ParityPerBlock <= MaxCodeShards.
+	ParityPerBlock uint32 `cbor:"6,keyasint,omitempty"`
+	// Parity holds the SHA-256 of parity chunk j of block b at index
+	// b*ParityPerBlock+j: NumBlocks()*ParityPerBlock digests, at most
+	// MaxParityChunks.
+	Parity [][]byte `cbor:"7,keyasint,omitempty"`
+}
+
+// ParityChunk carries parity chunk Index of source block Block of an
+// image whose chunk table is coded (ChunkTable.Block > 0). Data is always
+// ChunkSize bytes: Reed-Solomon parity (github.com/klauspost/reedsolomon's
+// default systematic matrix, data shards = the block's source chunks, the
+// image's last chunk zero-padded to ChunkSize, parity shards =
+// ChunkTable.ParityPerBlock) over the block's chunks; any source chunks
+// and parity chunks of a block that number its source chunks rebuild it.
+// A receiver checks it with ChunkTable.VerifyParity before keeping it.
+// Broadcast on the image's chunk topic only; a receiver that does not
+// know the message (an agent of delivery protocol 1) drops it.
+//
+//	parity-chunk = { 0: 1, 1: digest, 2: uint, 3: uint, 4: bstr }
+type ParityChunk struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Block is the source block index, below MaxChunks.
+	Block uint32 `cbor:"2,keyasint"`
+	// Index is the parity chunk's index within its block, below
+	// MaxCodeShards-1.
+	Index uint32 `cbor:"3,keyasint"`
+	// Data is the parity chunk, 1..MaxChunkSize bytes.
+	Data []byte `cbor:"4,keyasint"`
 }
 
 // State is a device's update state as reported.

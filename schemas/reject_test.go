@@ -177,6 +177,8 @@ var zeroFields = map[string]struct{ k, v []byte }{
 	nameReply:   {[]byte{0x02}, []byte{0x00}}, // code none
 	nameTable:   {[]byte{0x02}, []byte{0x00}}, // (required field, duplicated as 0)
 	nameChunk:   {[]byte{0x04}, []byte{0x40}}, // (unknown field)
+	nameWaveEnd: {[]byte{0x04}, []byte{0x40}}, // (unknown field)
+	nameParity:  {[]byte{0x05}, []byte{0x40}}, // (unknown field)
 }
 
 func TestDecodeRejects(t *testing.T) {
@@ -197,7 +199,7 @@ func TestDecodeRejects(t *testing.T) {
 		switch name {
 		case nameTable:
 			text = "duplicate map key"
-		case nameChunk:
+		case nameChunk, nameWaveEnd, nameParity:
 			text = "unknown field"
 		}
 		rows = append(rows, rejection{"zero-valued optional field present", insertPair(splitMap(t, b), zf.k, zf.v), want, text})
@@ -208,8 +210,8 @@ func TestDecodeRejects(t *testing.T) {
 			})
 		}
 	}
-	if len(bases) != 7 {
-		t.Fatalf("%d message types have vectors, want 7", len(bases))
+	if len(bases) != 9 {
+		t.Fatalf("%d message types have vectors, want 9", len(bases))
 	}
 }
 
@@ -340,6 +342,23 @@ func TestInvalidChunk(t *testing.T) {
 	})
 }
 
+func TestInvalidWaveEnd(t *testing.T) {
+	runInvalid(t, base[WaveEnd](t), []invalidCase[WaveEnd]{
+		{"bad image digest", func(m *WaveEnd) { m.Image = m.Image[1:] }, ErrInvalid, "image digest is 31 bytes"},
+		{"wave 0", func(m *WaveEnd) { m.Wave = 0 }, ErrInvalid, "wave number 0"},
+		{"nothing sent", func(m *WaveEnd) { m.Sent = nil }, ErrInvalid, "no range sent"},
+		{"empty range", func(m *WaveEnd) { m.Sent = []Range{{First: 3, Count: 0}} }, ErrInvalid, "range 0 [3,+0) empty"},
+		{"range beyond max", func(m *WaveEnd) { m.Sent = []Range{{First: MaxChunks - 1, Count: 2}} }, ErrInvalid, "beyond 131072 chunks"},
+		{"overlapping ranges", func(m *WaveEnd) { m.Sent = []Range{{First: 0, Count: 4}, {First: 2, Count: 1}} }, ErrInvalid, "range 1 starts at 2"},
+		{"too many ranges", func(m *WaveEnd) {
+			m.Sent = nil
+			for i := range MaxRanges + 1 {
+				m.Sent = append(m.Sent, Range{First: uint32(2 * i), Count: 1})
+			}
+		}, ErrInvalid, "1025 ranges"},
+	})
+}
+
 func TestInvalidChunkTable(t *testing.T) {
 	runInvalid(t, base[ChunkTable](t), []invalidCase[ChunkTable]{
 		{"bad image digest", func(m *ChunkTable) { m.Image = nil }, ErrInvalid, "image digest is 0 bytes"},
@@ -349,6 +368,34 @@ func TestInvalidChunkTable(t *testing.T) {
 		{"too few hashes", func(m *ChunkTable) { m.ImageSize = 1000 }, ErrInvalid, "3 hashes for 4 chunks"},
 		{"short hash", func(m *ChunkTable) { m.Hashes[2] = m.Hashes[2][:31] }, ErrInvalid, "hash 2 is 31 bytes"},
 		{"image beyond max chunks", func(m *ChunkTable) { m.ImageSize = MaxChunks*256 + 1 }, ErrTooLarge, "131073 chunks"},
+	})
+}
+
+func TestInvalidCodedTable(t *testing.T) {
+	runInvalid(t, testCodedTable(t), []invalidCase[ChunkTable]{
+		{"parity without block", func(m *ChunkTable) { m.Block = 0 }, ErrInvalid, "parity without a block size"},
+		{"parity hashes without block", func(m *ChunkTable) { m.Block, m.ParityPerBlock = 0, 0 }, ErrInvalid, "parity without a block size"},
+		{"block without parity", func(m *ChunkTable) { m.ParityPerBlock, m.Parity = 0, nil }, ErrInvalid, "block size 2 without parity"},
+		{"too many shards", func(m *ChunkTable) { m.Block, m.ParityPerBlock = 200, 57 }, ErrInvalid, "over 256 shards"},
+		{"too few parity hashes", func(m *ChunkTable) { m.Parity = m.Parity[1:] }, ErrInvalid, "1 parity hashes for 2 blocks of 1"},
+		{"too many parity hashes", func(m *ChunkTable) { m.ParityPerBlock = 2 }, ErrInvalid, "2 parity hashes for 2 blocks of 2"},
+		{"short parity hash", func(m *ChunkTable) { m.Parity[1] = m.Parity[1][:31] }, ErrInvalid, "parity hash 1 is 31 bytes"},
+		{"parity beyond max", func(m *ChunkTable) {
+			m.ImageSize, m.Hashes, m.Block, m.ParityPerBlock = MaxChunks*256, make([][]byte, MaxChunks), 1, 1
+			for i := range m.Hashes {
+				m.Hashes[i] = rep(1, 32)
+			}
+		}, ErrTooLarge, "131072 blocks of 1 parity chunks, max 65536"},
+	})
+}
+
+func TestInvalidParityChunk(t *testing.T) {
+	runInvalid(t, base[ParityChunk](t), []invalidCase[ParityChunk]{
+		{"bad image digest", func(m *ParityChunk) { m.Image = m.Image[1:] }, ErrInvalid, "image digest is 31 bytes"},
+		{"block beyond max", func(m *ParityChunk) { m.Block = MaxChunks }, ErrInvalid, "block 131072"},
+		{"index beyond the code", func(m *ParityChunk) { m.Index = MaxCodeShards - 1 }, ErrInvalid, "parity index 255 beyond 254"},
+		{"empty data", func(m *ParityChunk) { m.Data = nil }, ErrInvalid, "data is empty"},
+		{"oversize data", func(m *ParityChunk) { m.Data = make([]byte, MaxChunkSize+1) }, ErrTooLarge, "data is 1048577 bytes, max 1048576"},
 	})
 }
 

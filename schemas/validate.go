@@ -11,6 +11,8 @@ const (
 	nameRequest = "chunk request"
 	nameChunk   = "chunk"
 	nameTable   = "chunk table"
+	nameWaveEnd = "wave end"
+	nameParity  = "parity chunk"
 	nameReport  = "device report"
 	nameCommand = "campaign command"
 	nameReply   = "campaign reply"
@@ -223,8 +225,9 @@ func (c *Chunk) Validate() error {
 // MessageName implements Message.
 func (*ChunkTable) MessageName() string { return nameTable }
 
-// MaxSize implements Message: MaxChunks digests plus framing.
-func (*ChunkTable) MaxSize() int { return MaxChunks*(DigestSize+2) + 256 }
+// MaxSize implements Message: MaxChunks chunk digests and
+// MaxParityChunks parity digests plus framing.
+func (*ChunkTable) MaxSize() int { return (MaxChunks+MaxParityChunks)*(DigestSize+2) + 256 }
 
 // Validate implements Message.
 func (t *ChunkTable) Validate() error {
@@ -249,6 +252,66 @@ func (t *ChunkTable) Validate() error {
 		if len(h) != DigestSize {
 			return invalid(m, "hash %d is %d bytes, want %d", i, len(h), DigestSize)
 		}
+	}
+	return t.validateCode()
+}
+
+// validateCode checks the erasure-code keys of t (5 to 7): all absent, or
+// a block size, a parity count the code can make and one digest per
+// parity chunk of every block.
+func (t *ChunkTable) validateCode() error {
+	const m = nameTable
+	if t.Block == 0 {
+		if t.ParityPerBlock != 0 || len(t.Parity) != 0 {
+			return invalid(m, "parity without a block size")
+		}
+		return nil
+	}
+	if t.ParityPerBlock == 0 {
+		return invalid(m, "block size %d without parity", t.Block)
+	}
+	if uint64(t.Block)+uint64(t.ParityPerBlock) > MaxCodeShards {
+		return invalid(m, "block of %d chunks and %d parity chunks, over %d shards", t.Block, t.ParityPerBlock, MaxCodeShards)
+	}
+	want := uint64(t.NumBlocks()) * uint64(t.ParityPerBlock)
+	if want > MaxParityChunks {
+		return fmt.Errorf("%w: %s: %d blocks of %d parity chunks, max %d", ErrTooLarge, m, t.NumBlocks(), t.ParityPerBlock, MaxParityChunks)
+	}
+	if uint64(len(t.Parity)) != want {
+		return invalid(m, "%d parity hashes for %d blocks of %d", len(t.Parity), t.NumBlocks(), t.ParityPerBlock)
+	}
+	for i, h := range t.Parity {
+		if len(h) != DigestSize {
+			return invalid(m, "parity hash %d is %d bytes, want %d", i, len(h), DigestSize)
+		}
+	}
+	return nil
+}
+
+// MessageName implements Message.
+func (*ParityChunk) MessageName() string { return nameParity }
+
+// MaxSize implements Message: as a chunk.
+func (*ParityChunk) MaxSize() int { return MaxChunkSize + 128 }
+
+// Validate implements Message. Whether Block and Index exist in the image
+// is the chunk table's to say (VerifyParity).
+func (c *ParityChunk) Validate() error {
+	const m = nameParity
+	if err := checkDigest(m, "image digest", c.Image); err != nil {
+		return err
+	}
+	if c.Block >= MaxChunks {
+		return invalid(m, "block %d beyond %d chunks", c.Block, MaxChunks)
+	}
+	if c.Index >= MaxCodeShards-1 {
+		return invalid(m, "parity index %d beyond %d", c.Index, MaxCodeShards-2)
+	}
+	if len(c.Data) == 0 {
+		return invalid(m, "data is empty")
+	}
+	if len(c.Data) > MaxChunkSize {
+		return tooLarge(m, "data", len(c.Data), MaxChunkSize)
 	}
 	return nil
 }
@@ -425,4 +488,38 @@ func (s *CampaignStatus) validate(where string) error {
 		}
 	}
 	return checkText(m, "reason", s.Reason, MaxTextLen)
+}
+
+// MessageName implements Message.
+func (*WaveEnd) MessageName() string { return nameWaveEnd }
+
+// MaxSize implements Message: MaxRanges ranges plus framing.
+func (*WaveEnd) MaxSize() int { return 64 + MaxRanges*12 }
+
+// Validate implements Message.
+func (w *WaveEnd) Validate() error {
+	const m = nameWaveEnd
+	if err := checkDigest(m, "image digest", w.Image); err != nil {
+		return err
+	}
+	if w.Wave == 0 {
+		return invalid(m, "wave number 0")
+	}
+	if len(w.Sent) == 0 {
+		return invalid(m, "no range sent")
+	}
+	if len(w.Sent) > MaxRanges {
+		return invalid(m, "%d ranges, max %d", len(w.Sent), MaxRanges)
+	}
+	var end uint64
+	for i, rg := range w.Sent {
+		if rg.Count == 0 || uint64(rg.First)+uint64(rg.Count) > MaxChunks {
+			return invalid(m, "range %d [%d,+%d) empty or beyond %d chunks", i, rg.First, rg.Count, MaxChunks)
+		}
+		if i > 0 && uint64(rg.First) < end {
+			return invalid(m, "range %d starts at %d, inside or before range %d (ranges must be sorted and disjoint)", i, rg.First, i-1)
+		}
+		end = uint64(rg.First) + uint64(rg.Count)
+	}
+	return nil
 }

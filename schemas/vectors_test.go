@@ -52,6 +52,18 @@ func testTable(t testing.TB) *ChunkTable {
 	return ct
 }
 
+// testCodedTable is testTable with a code committed: blocks of 2 chunks,
+// 1 parity chunk per block (placeholder hashes: schemas does not compute
+// parity).
+func testCodedTable(t testing.TB) *ChunkTable {
+	ct := testTable(t)
+	ct.Block, ct.ParityPerBlock = 2, 1
+	for b := range ct.NumBlocks() {
+		ct.Parity = append(ct.Parity, rep(0xb0+byte(b), DigestSize))
+	}
+	return ct
+}
+
 // vectors returns the test vectors. The first vector of each type is the
 // base the rejection table mutates.
 func vectors(t testing.TB) []vector {
@@ -75,10 +87,21 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 256, Bitmap: []byte{0x0f, 0x01},
 			ReplyTo: "firmcast.v1.dev.dev-42.chunks", Requester: "dev-42", WantTable: true,
 		}},
+		{"request-0003", "chunk table request of a device listening on the broadcast topic", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384,
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
+		{"waveend-0001", "end of wave 2, which carried chunks 0-511", &WaveEnd{
+			V: Version, Image: img, Wave: 2, Sent: []Range{{First: 0, Count: 512}},
+		}},
 		{"table-0001", "chunk table of a 600-byte image in 256-byte chunks", testTable(t)},
+		{"table-0002", "coded chunk table: 600-byte image in 256-byte chunks, blocks of 2 chunks, 1 parity chunk per block", testCodedTable(t)},
+		{"parity-0001", "parity chunk 1 of source block 3", &ParityChunk{
+			V: Version, Image: img, Block: 3, Index: 1, Data: []byte("parity, 16 bytes"),
+		}},
 		{"report-0001", "download progress over the broker", &DeviceReport{
 			V: Version, Device: "dev-42", Campaign: "camp-1", State: StateDownloading, BytesDone: 4096, BytesTotal: 600000,
 			ActiveVersion: 7, Counter: 12, Time: 1764072000123, Source: SourceBroker,

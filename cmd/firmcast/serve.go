@@ -64,6 +64,7 @@ type publisherOptions struct {
 	deviceDeadline                  time.Duration
 	imageAccess                     string
 	keyCustody                      string
+	codedRepair                     bool
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -81,6 +82,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
 	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
+	f.BoolVar(&o.codedRepair, "coded-repair", false, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair; the agents must support it: agents of delivery protocol 1 cannot decode a coded table)")
 }
 
 func newServeCmd() *cobra.Command {
@@ -238,7 +240,7 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
 		return cfg, err
 	}
-	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline}
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)

@@ -771,7 +771,9 @@ func (r *rig) egress(name string, devices int) (pubRatio, devRatio float64) {
 }
 
 // chunkBytesMetric matches the publisher's chunk egress counters.
-var chunkBytesMetric = regexp.MustCompile(`(?m)^firmcast_publisher_chunk_bytes_total\{kind="[a-z]+"\} ([0-9.e+]+)$`)
+// Every kind counts (a kind the pattern missed would leave its bytes out
+// of the sum and fail the check).
+var chunkBytesMetric = regexp.MustCompile(`(?m)^firmcast_publisher_chunk_bytes_total\{kind="[^"]+"\} ([0-9.e+]+)$`)
 
 // checkEgressMetric stops the publisher (so that no chunk is in flight)
 // and checks that its own chunk egress counters

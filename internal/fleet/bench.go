@@ -41,6 +41,13 @@ type BenchConfig struct {
 	Seed uint64
 	// MemFlash gives the devices in-memory flash instead of sparse files.
 	MemFlash bool
+	// Loss is the fraction of chunks each firmcast device drops at its
+	// receive path, independently (Config.Loss); the raw side loses
+	// nothing (it has no repair).
+	Loss float64
+	// Coded turns on the publisher's erasure-coded repair
+	// (publisher.Config.CodedRepair): the image gets a coded chunk table.
+	Coded bool
 	// CPUProfile, when set, receives a CPU profile of each firmcast
 	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
 	CPUProfile string
@@ -148,8 +155,12 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 		Timeout: timeout, Stall: bc.Stall,
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.
-		Publisher: func(c *publisher.Config) { c.StartWindow, c.TickInterval = -1, 50*time.Millisecond },
-		MemFlash:  bc.MemFlash,
+		Publisher: func(c *publisher.Config) {
+			c.StartWindow, c.TickInterval = -1, 50*time.Millisecond
+			c.CodedRepair = bc.Coded
+		},
+		MemFlash: bc.MemFlash,
+		Loss:     bc.Loss,
 	}
 	var url string
 	switch cs {

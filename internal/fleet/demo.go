@@ -70,6 +70,9 @@ type Config struct {
 	Agent func(*deviceagent.Config)
 	// MemFlash keeps the devices' flash in memory (FleetConfig.MemFlash).
 	MemFlash bool
+	// Loss is the fraction of chunks each device drops at its receive
+	// path, independently (FleetConfig.Loss).
+	Loss float64
 	// Stall ends a campaign with ErrStalled when nothing moved (device
 	// states, bytes received, the campaign's counters) for this long.
 	// Default 3 minutes.
@@ -286,6 +289,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
+		Loss: cfg.Loss,
 		Register: func(ctx context.Context, id, secret string) error {
 			return st.RegisterDevice(ctx, id, devClass, secret)
 		},

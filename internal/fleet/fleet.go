@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
 	"os"
@@ -97,6 +98,12 @@ type FleetConfig struct {
 	// UpTimeout bounds how long Run waits for the devices to come up
 	// (connected and subscribed). Default 5 minutes.
 	UpTimeout time.Duration
+	// Loss is the fraction of chunks (and parity chunks) each device
+	// drops at its receive path, independently per device and chunk
+	// (seeded by Seed and the device), as if the broker had lost them:
+	// chunk tables, markers,
+	// notices and replies are never dropped. 0 (default) drops nothing.
+	Loss float64
 }
 
 // Device is one simulated device.
@@ -407,7 +414,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 	}
 	d.tr = tr
 	ac := deviceagent.Config{
-		DeviceID: d.ID, Class: f.cfg.Class, Transport: &counting{Transport: tr, d: d}, Topics: f.cfg.Topics,
+		DeviceID: d.ID, Class: f.cfg.Class, Transport: newCounting(tr, d, f.cfg.Loss, f.cfg.Seed), Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
 		RetryBase: 500 * time.Millisecond, Keys: d.keys(),
@@ -463,15 +470,43 @@ func (f *Fleet) Close() {
 func (f *Fleet) FactoryDigest() [32]byte { return f.fdigest }
 
 // counting is a device's transport that counts the payload bytes it
-// receives and tells the fleet when the notice subscription is up.
+// receives, tells the fleet when the notice subscription is up, and drops
+// a fraction loss of the chunks it receives (Config.Loss).
 type counting struct {
 	broker.Transport
-	d *Device
+	d    *Device
+	loss float64
+	mu   sync.Mutex // guards rng: the subscriptions' handlers run apart
+	rng  *rand.Rand
+	lost atomic.Int64
+}
+
+func newCounting(tr broker.Transport, d *Device, loss float64, seed uint64) *counting {
+	h := fnv.New64a()
+	h.Write([]byte(d.ID))
+	return &counting{Transport: tr, d: d, loss: loss, rng: rand.New(rand.NewPCG(seed, h.Sum64()))}
+}
+
+// drop decides whether the chunk or parity chunk message b is lost.
+func (c *counting) drop(b []byte) bool {
+	if c.loss <= 0 || !(schemas.IsChunk(b) || schemas.IsParityChunk(b)) {
+		return false
+	}
+	c.mu.Lock()
+	lose := c.rng.Float64() < c.loss
+	c.mu.Unlock()
+	if lose {
+		c.lost.Add(1)
+	}
+	return lose
 }
 
 func (c *counting) Subscribe(ctx context.Context, filter schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
 	s, err := c.Transport.Subscribe(ctx, filter, func(ctx context.Context, m broker.Message) {
 		c.d.rx.Add(int64(len(m.Payload)))
+		if o.Family == broker.FamilyChunk && c.drop(m.Payload) {
+			return
+		}
 		h(ctx, m)
 	}, o)
 	if err == nil && o.Family == broker.FamilyNotice {

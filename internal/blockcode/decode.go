@@ -1,0 +1,218 @@
+package blockcode
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// DefaultStripe is the stripe Decode reads of each source chunk at a time
+// when a Collector's stripe is 0.
+const DefaultStripe = 1 << 10
+
+// Collector holds a device's verified parity chunks of a coded image until
+// the blocks they belong to are rebuilt. Add checks each one against the
+// signed table before keeping it, and keeps no more of a block than the
+// block lacks. Not safe for concurrent use.
+type Collector struct {
+	t      *schemas.ChunkTable
+	enc    *Encoder
+	stripe int
+	// parity holds, per block, the verified parity chunks by index.
+	parity map[uint32]map[uint32][]byte
+	// Dropped counts the parity chunks Add refused (wrong image, wrong
+	// block or index, wrong length, hash not the table's).
+	Dropped int
+}
+
+// NewCollector returns a Collector for the coded table t (which must be
+// valid, as after schemas.Decode, and not change), decoding in stripes of
+// stripe bytes (DefaultStripe when 0; at most ChunkSize). It fails with
+// ErrNotCoded for a table that is not coded.
+func NewCollector(t *schemas.ChunkTable, stripe int) (*Collector, error) {
+	enc, err := NewEncoder(t)
+	if err != nil {
+		return nil, err
+	}
+	if stripe <= 0 {
+		stripe = DefaultStripe
+	}
+	return &Collector{t: t, enc: enc, stripe: min(stripe, int(t.ChunkSize)), parity: map[uint32]map[uint32][]byte{}}, nil
+}
+
+// Add checks parity chunk p against the table (image, block and index
+// within it, length, SHA-256 committed by the table) and keeps it when the
+// block still lacks symbols: lacking is how many source chunks of the
+// block the device does not hold. It reports whether p was kept. A parity
+// chunk that fails the check is dropped and counted (Dropped), and Add
+// returns the reason (wrapping schemas.ErrInvalid or
+// schemas.ErrDigestMismatch); one already held or not needed is not an
+// error. Add copies nothing: it keeps p.Data.
+func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
+	if !bytes.Equal(p.Image, c.t.Image) {
+		c.Dropped++
+		return false, fmt.Errorf("%w: parity chunk of image %s, want %s", schemas.ErrInvalid, schemas.DigestHex(p.Image), schemas.DigestHex(c.t.Image))
+	}
+	if err := c.t.VerifyParity(p.Block, p.Index, p.Data); err != nil {
+		c.Dropped++
+		return false, err
+	}
+	held := c.parity[p.Block]
+	if _, dup := held[p.Index]; dup || len(held) >= lacking {
+		return false, nil
+	}
+	if held == nil {
+		held = map[uint32][]byte{}
+		c.parity[p.Block] = held
+	}
+	held[p.Index] = p.Data
+	return true, nil
+}
+
+// Covered returns a filter for the chunk request (loss summary) of a
+// device of the coded image: called once for each missing chunk, in any
+// order, it reports the first Held(b) missing chunks of each block b as
+// covered by the parity chunks held for it. A block lacks one symbol per
+// missing chunk less one per parity chunk held, so a request that leaves
+// the covered chunks out tells the publisher, per block, how many symbols
+// the device still lacks (what a repair round sizes its parity by), and
+// asks by index only for chunks it does lack should the block's parity be
+// spent. The filter is not safe for concurrent use and sees the parity
+// held when Covered was called.
+func (c *Collector) Covered() func(i uint32) bool {
+	left := make(map[uint32]int, len(c.parity))
+	for b, h := range c.parity {
+		left[b] = len(h)
+	}
+	return func(i uint32) bool {
+		b := c.t.BlockOf(i)
+		if left[b] > 0 {
+			left[b]--
+			return true
+		}
+		return false
+	}
+}
+
+// Held returns the verified parity chunks held for block b.
+func (c *Collector) Held(b uint32) int { return len(c.parity[b]) }
+
+// Forget drops the parity chunks held for block b.
+func (c *Collector) Forget(b uint32) { delete(c.parity, b) }
+
+// DecodeMemory returns the bytes Decode holds for a block of k source
+// chunks of which lost are rebuilt, in stripes of stripe bytes, with
+// chunks of chunkSize bytes: k stripes, the lost parity chunks it uses and
+// the lost chunks it rebuilds.
+func DecodeMemory(k, lost, stripe, chunkSize int) int64 {
+	return int64(k)*int64(stripe) + 2*int64(lost)*int64(chunkSize)
+}
+
+// Decode rebuilds the source chunks of block b the device lacks (have
+// reports the chunks it holds, verified, in slot at offset i*ChunkSize)
+// from those it holds and the parity chunks Add kept, checks each rebuilt
+// chunk against the table and hands it to write (in index order), then
+// forgets the block's parity. It does not hold the block: it reads the
+// held chunks back from slot a stripe at a time (see DecodeMemory).
+//
+// It fails with ErrShort when the block lacks more chunks than parity
+// chunks are held (nothing is written), with schemas.ErrInvalid for a
+// block beyond the image, with schemas.ErrDigestMismatch should a rebuilt
+// chunk not match the table (a chunk in slot that have claims but that is
+// not the image's), and with slot's or write's error. A block that lacks
+// nothing is a no-op.
+func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bool, slot io.ReaderAt, write func(i uint32, data []byte) error) error {
+	t := c.t
+	first, count := t.BlockChunks(b)
+	if count == 0 {
+		return fmt.Errorf("%w: block %d beyond the image's %d blocks", schemas.ErrInvalid, b, t.NumBlocks())
+	}
+	var lost []uint32
+	for i := range count {
+		if !have(first + i) {
+			lost = append(lost, i)
+		}
+	}
+	if len(lost) == 0 {
+		c.Forget(b)
+		return nil
+	}
+	held := c.parity[b]
+	if len(held) < len(lost) {
+		return fmt.Errorf("%w: block %d lacks %d chunks, %d parity chunks held", ErrShort, b, len(lost), len(held))
+	}
+	// Use the lowest parity indices held, as many as chunks are lost.
+	idx := make([]uint32, 0, len(held))
+	for j := range held {
+		idx = append(idx, j)
+	}
+	sort.Slice(idx, func(a, b int) bool { return idx[a] < idx[b] })
+	idx = idx[:len(lost)]
+
+	cs := int(t.ChunkSize)
+	rebuilt := make([][]byte, len(lost))
+	for m := range rebuilt {
+		rebuilt[m] = make([]byte, cs)
+	}
+	stripes := make([][]byte, count) // reused per stripe for held chunks
+	shards := make([][]byte, int(count)+int(t.ParityPerBlock))
+	c.enc.mu.Lock()
+	code, err := c.enc.code(count)
+	c.enc.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	for off := 0; off < cs; off += c.stripe {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		s := min(c.stripe, cs-off)
+		clear(shards)
+		m := 0
+		for i := range count {
+			if m < len(lost) && lost[m] == i {
+				shards[i] = rebuilt[m][off:off] // rebuilt in place
+				m++
+				continue
+			}
+			if stripes[i] == nil {
+				stripes[i] = make([]byte, c.stripe)
+			}
+			buf := stripes[i][:s]
+			valid := max(0, min(s, t.ChunkLen(first+i)-off)) // the last chunk is zero-padded
+			clear(buf[valid:])
+			if valid > 0 {
+				if n, err := slot.ReadAt(buf[:valid], int64(first+i)*int64(cs)+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == valid) {
+					return fmt.Errorf("blockcode: block %d: reading chunk %d back: %w", b, first+i, err)
+				}
+			}
+			shards[i] = buf
+		}
+		for _, j := range idx {
+			shards[int(count)+int(j)] = held[j][off : off+s]
+		}
+		c.enc.mu.Lock()
+		err := code.ReconstructData(shards)
+		c.enc.mu.Unlock()
+		if err != nil {
+			return fmt.Errorf("blockcode: block %d: %w", b, err)
+		}
+	}
+	for m, i := range lost {
+		n := t.ChunkLen(first + i)
+		data := rebuilt[m]
+		if err := t.VerifyChunk(first+i, data[:n]); err != nil {
+			return fmt.Errorf("blockcode: block %d rebuilt: %w", b, err)
+		}
+		if err := write(first+i, data[:n]); err != nil {
+			return err
+		}
+	}
+	c.Forget(b)
+	return nil
+}
