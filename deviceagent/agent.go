@@ -475,6 +475,9 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
 		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class, Security: security,
 	}
+	if a.active.Valid {
+		r.ActiveDigest = append([]byte(nil), a.active.Digest[:]...)
+	}
 	if state == schemas.StateDownloading {
 		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size
 	}

@@ -354,6 +354,10 @@ type DeviceReport struct {
 	// change: it names no campaign, carries a Code, and State is the
 	// device's state, unchanged.
 	Security bool `cbor:"13,keyasint,omitempty"`
+	// ActiveDigest is the SHA-256 of the running firmware image, as its
+	// header in the bootloader's slot names it; empty when the device
+	// does not know it. The publisher makes delta updates from it.
+	ActiveDigest []byte `cbor:"14,keyasint,omitempty"`
 }
 
 // CampaignSpec describes a campaign to create. It targets at least one of

@@ -277,6 +277,9 @@ func (r *DeviceReport) Validate() error {
 	if r.Security && (r.Campaign != "" || r.Code == CodeNone) {
 		return invalid(m, "a security event names no campaign and carries an error code")
 	}
+	if len(r.ActiveDigest) != 0 && len(r.ActiveDigest) != DigestSize {
+		return invalid(m, "active image digest is %d bytes, want %d", len(r.ActiveDigest), DigestSize)
+	}
 	return checkOptionalID(m, "class id", r.Class)
 }
 

@@ -44,6 +44,10 @@ type CreateOptions struct {
 	// MaxSecurityVersion): the image's anti-rollback counter. Zero leaves
 	// it out, and a device then keeps its anti-rollback floor as it is.
 	SecurityVersion uint64
+	// Deltas are offered before the full image (see DeltaInfo): a device
+	// running one's source takes that delta, any other the full image. A
+	// zero ChunkSize is ChunkSize.
+	Deltas []DeltaInfo
 }
 
 // DefaultChunkSize is the chunk size Create uses when none is given.
@@ -89,6 +93,18 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 	for _, u := range opts.URIs {
 		if u == "" {
 			return nil, fmt.Errorf("%w: empty URI", ErrParameter)
+		}
+	}
+	for i := range opts.Deltas {
+		d := &opts.Deltas[i]
+		if d.ChunkSize == 0 {
+			d.ChunkSize = opts.ChunkSize
+		}
+		if err := d.check(); err != nil {
+			return nil, err
+		}
+		if string(d.SourceDigest) == string(opts.ImageDigest) {
+			return nil, fmt.Errorf("%w: delta %d is from the image itself", ErrParameter, i)
 		}
 	}
 	if opts.SecurityVersion > MaxSecurityVersion {
@@ -177,15 +193,23 @@ func buildManifest(o CreateOptions) []byte {
 		}
 	}
 	var install Sequence
-	switch len(o.URIs) {
-	case 0:
+	switch {
+	case len(o.URIs) == 0 && len(o.Deltas) == 0:
 		install = Sequence{{Label: DirFetch, Policy: RecordFailure, Known: true}, {Label: CondImageMatch, Policy: rep, Known: true}}
-	case 1:
+	case len(o.URIs) == 1 && len(o.Deltas) == 0:
 		install = fetchFrom(o.URIs[0])
 	default:
+		// Deltas first (each guarded by its precursor condition), then
+		// the full image from each URI (or the default source).
 		try := Command{Label: DirTryEach, Known: true}
+		for _, d := range o.Deltas {
+			try.Try = append(try.Try, deltaBranch(d, rep))
+		}
 		for _, u := range o.URIs {
 			try.Try = append(try.Try, fetchFrom(u))
+		}
+		if len(o.URIs) == 0 {
+			try.Try = append(try.Try, Sequence{{Label: DirFetch, Policy: RecordFailure, Known: true}, {Label: CondImageMatch, Policy: rep, Known: true}})
 		}
 		install = Sequence{try, {Label: CondImageMatch, Policy: rep, Known: true}}
 	}
