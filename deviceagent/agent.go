@@ -480,6 +480,9 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 	}
 	if state == schemas.StateDownloading {
 		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size
+		if len(a.st.Delta) > 0 { // the bytes fetched are the delta's
+			r.BytesDone, r.BytesTotal = min(a.st.Bytes, a.st.DeltaSize), a.st.DeltaSize
+		}
 	}
 	rec := a.st
 	a.mu.Unlock()

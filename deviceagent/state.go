@@ -58,6 +58,15 @@ type Record struct {
 	// Deadline is the campaign's deadline from the signed notice, Unix
 	// seconds (0 = none): the update is not started or resumed after it.
 	Deadline int64 `cbor:"21,keyasint,omitempty"`
+	// Delta is the digest of the delta being staged and applied into Slot
+	// (SlotOpen is then for it, and its progress is in the delta
+	// directory); DeltaSize its size. Empty when the slot takes the full
+	// image.
+	Delta     []byte `cbor:"22,keyasint,omitempty"`
+	DeltaSize uint64 `cbor:"23,keyasint,omitempty"`
+	// DeltaFailed lists the deltas (hex digests) that failed during this
+	// update: they are not tried again, the full image is.
+	DeltaFailed []string `cbor:"24,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

@@ -46,6 +46,14 @@ func (a *Agent) advance(ctx context.Context) {
 		default:
 			err = permanent(schemas.CodeInternal, fmt.Errorf("unexpected state %s", st.State))
 		}
+		if errors.Is(err, bootctl.ErrPowerLost) {
+			// The simulated device lost power: it does nothing more
+			// (nothing is persisted) until it is reset.
+			a.mu.Lock()
+			a.st.NextAttempt = a.cfg.Clock.Now().Add(a.cfg.RetryCap).UnixMilli()
+			a.mu.Unlock()
+			return
+		}
 		if err != nil {
 			a.fail(ctx, err)
 		}
@@ -136,9 +144,9 @@ func (a *Agent) install(ctx context.Context) error {
 		return permanent(schemas.CodeUnsupported, errors.New("the manifest's install sequence fetched nothing"))
 	}
 	a.mu.Lock()
-	note := a.dropped
+	note := strings.TrimPrefix(a.dropped+"; "+t.deltaNote, "; ")
 	a.mu.Unlock()
-	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, note)
+	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, strings.TrimSuffix(note, "; "))
 }
 
 // fetchImage is what the fetcher needs of a verified manifest: the signed
@@ -178,7 +186,8 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return err
 	}
 	a.mu.Lock()
-	slot, open := a.st.Slot, a.st.SlotOpen
+	// A slot a delta was applied into holds neither image: erase it.
+	slot, open := a.st.Slot, a.st.SlotOpen && len(a.st.Delta) == 0
 	a.mu.Unlock()
 	var cand *bootctl.Candidate
 	if open {
@@ -193,7 +202,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			}
 		}
 		a.mu.Lock()
-		a.st.Slot, a.st.Bytes, a.st.Deferred = slot, 0, ""
+		a.st.Slot, a.st.Bytes, a.st.Deferred, a.st.SlotOpen, a.st.Delta, a.st.DeltaSize = slot, 0, "", false, nil, 0
 		a.mu.Unlock()
 		// Persist the slot before erasing it; fetch progress of an
 		// earlier attempt is discarded, as the slot is erased again.
@@ -213,16 +222,23 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			return err
 		}
 	}
+	// The whole-image digest is checked by bootctl's Commit, which hashes
+	// the slot before it writes the header (and by every boot): the
+	// fetcher checks each chunk against the signed table only.
+	return a.fetchInto(ctx, im, srcs, plan, a.fetchTo, slotSink{cand, a.cfg.Boot.Flash()}, true)
+}
+
+// fetchInto runs the fetcher for im into sink, its progress kept in dir,
+// reporting source decisions and progress. skipDigest leaves the
+// whole-image digest to the caller (fetcher.Config.SkipImageDigest).
+func (a *Agent) fetchInto(ctx context.Context, im fetcher.Image, srcs []fetcher.Source, plan fetcher.Plan, dir string, sink fetcher.Sink, skipDigest bool) error {
 	step := uint64(a.cfg.ProgressStep)
 	last := uint64(0)
 	f, err := fetcher.New(fetcher.Config{
-		// The whole-image digest is checked by bootctl's Commit, which
-		// hashes the slot before it writes the header (and by every boot):
-		// the fetcher checks each chunk against the signed table only.
-		SkipImageDigest: true,
+		SkipImageDigest: skipDigest,
 		NoSync:          a.cfg.NoSync,
 		Picker:          a.picker, // measurements and penalties carry over between attempts
-		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
+		Sources:         srcs, StateDir: dir, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		// Progress is reported on time too, not only when it is persisted.
 		ProgressInterval: a.cfg.ProgressInterval,
 		Clock:            a.cfg.Clock, Logger: a.log,
@@ -261,7 +277,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return permanent(schemas.CodeInternal, err)
 	}
 	a.picker = f.Picker()
-	res, err := f.Fetch(ctx, im, plan, slotSink{cand, a.cfg.Boot.Flash()})
+	res, err := f.Fetch(ctx, im, plan, sink)
 	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
 	if err != nil {
 		return err
@@ -302,18 +318,9 @@ func (s slotSink) Sync() error { return s.f.Sync() }
 // give only the price of a kind.
 func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	a.mu.Lock()
-	hints, campaign := a.st.Sources, a.st.Campaign
+	campaign := a.st.Campaign
 	a.mu.Unlock()
-	hintCost := map[string]uint32{}
-	for _, h := range hints {
-		hintCost[h.Kind] = h.Cost
-	}
-	price := func(kind string) float64 {
-		if p, ok := a.cfg.Prices[kind]; ok {
-			return p
-		}
-		return float64(hintCost[kind]) / 1000 / (1 << 20) // milli-units per MiB
-	}
+	price := a.priceOf()
 	var out []fetcher.Source
 	seen := map[string]bool{}
 	add := func(s fetcher.Source) bool {
@@ -332,7 +339,11 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		add(bs)
 	}
 	var plan fetcher.Plan
-	for _, u := range m.URIs() {
+	var uris []string
+	if m != nil {
+		uris = m.URIs()
+	}
+	for _, u := range uris {
 		srcs, why := a.uriSources(u, price)
 		if why != "" {
 			a.log.Warn("manifest URI not used", "uri", u, "why", why)
@@ -358,6 +369,24 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		add(s)
 	}
 	return out, plan
+}
+
+// priceOf returns the price of a source kind: Config.Prices, else the
+// notice's hint (milli-units per MiB).
+func (a *Agent) priceOf() func(kind string) float64 {
+	a.mu.Lock()
+	hints := a.st.Sources
+	a.mu.Unlock()
+	hintCost := map[string]uint32{}
+	for _, h := range hints {
+		hintCost[h.Kind] = h.Cost
+	}
+	return func(kind string) float64 {
+		if p, ok := a.cfg.Prices[kind]; ok {
+			return p
+		}
+		return float64(hintCost[kind]) / 1000 / (1 << 20) // milli-units per MiB
+	}
 }
 
 // uriSources returns the sources a signed manifest's URI u allows, or why
@@ -443,6 +472,15 @@ func (a *Agent) commit(ctx context.Context) error {
 	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], st.Image)
 	if err := cand.Commit(ctx, info); err != nil {
+		if errors.Is(err, bootctl.ErrNotErased) || errors.Is(err, bootctl.ErrConflict) {
+			// A power cut tore the header's write: the slot is erased and
+			// written again (a delta is applied again from its staged
+			// copy; a full image is fetched again).
+			a.mu.Lock()
+			a.st.SlotOpen = false
+			a.mu.Unlock()
+			return a.setState(ctx, schemas.StateDownloading, schemas.CodeNone, "the candidate's header was torn by a power cut; writing the slot again: "+err.Error())
+		}
 		return err
 	}
 	if err := fetcher.Discard(a.fetchTo); err != nil {
