@@ -36,6 +36,8 @@ type Campaign struct {
 	ChunkSize   uint32 `json:"chunk_size"`
 	TableDigest string `json:"table_digest"`
 	Envelope    []byte `json:"envelope"`
+	// Deltas are the hex digests of the deltas the manifest offers.
+	Deltas []string `json:"deltas,omitempty"`
 	// Targets are the target devices in rollout order (shuffled once at
 	// creation); phase i covers Targets[PhaseEnds[i-1]:PhaseEnds[i]].
 	Targets         []string   `json:"targets"`
@@ -311,6 +313,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	id := randomID("c")
 	env := spec.Envelope
+	var deltas []string
 	if len(env) == 0 {
 		if p.cfg.Signer == nil {
 			return Campaign{}, fmt.Errorf("%w: upload a signed envelope or configure a signing key", ErrNoSigner)
@@ -323,6 +326,9 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		}
 		if p.cfg.PublicURL != "" {
 			req.URIs = []string{p.imageURL(img.Digest)}
+		}
+		if req.Deltas, deltas, err = p.campaignDeltas(ctx, who, targets, img); err != nil {
+			return Campaign{}, err
 		}
 		env, err = p.cfg.Signer.SignManifest(ctx, req)
 		if err != nil {
@@ -353,7 +359,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	c := Campaign{
 		ID: id, Name: spec.Name, Image: img.Digest, ImageSize: img.Size, ChunkSize: img.ChunkSize, TableDigest: img.TableDigest,
-		Envelope: env, Targets: targets, Phases: phases, PhaseEnds: ends,
+		Envelope: env, Deltas: deltas, Targets: targets, Phases: phases, PhaseEnds: ends,
 		SuccessPermille: orDefault(spec.SuccessPermille, p.cfg.DefaultSuccessPermille),
 		FailPermille:    orDefault(spec.FailPermille, p.cfg.DefaultFailPermille),
 		FailAction:      p.cfg.FailAction, Deadline: spec.Deadline, State: CampaignCreated, Phase: -1,

@@ -128,6 +128,7 @@ func (p *Publisher) Handler() http.Handler {
 		mux.HandleFunc(pattern, func(w http.ResponseWriter, r *http.Request) { p.serveAPI(w, r, scope, f) })
 	}
 	api("POST /api/v1/images", ScopeCampaign, p.apiUpload)
+	api("POST /api/v1/deltas", ScopeCampaign, p.apiDelta)
 	api("GET /api/v1/images", ScopeRead, func(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, error) {
 		v, err := p.Images(r.Context())
 		return 200, nonNil(v), err

@@ -46,6 +46,10 @@ type Image struct {
 	SecurityVersion uint64    `json:"security_version,omitempty"`
 	Uploaded        time.Time `json:"uploaded"`
 	UploadedBy      string    `json:"uploaded_by,omitempty"`
+	// DeltaFrom and DeltaTo are set on a delta (MakeDelta): the hex
+	// digests of the images it turns one into the other.
+	DeltaFrom string `json:"delta_from,omitempty"`
+	DeltaTo   string `json:"delta_to,omitempty"`
 }
 
 // ImageUpload is what an upload says about the image besides its bytes.

@@ -30,10 +30,12 @@ type Device struct {
 	Groups        []string `json:"groups,omitempty"`
 	Tags          []string `json:"tags,omitempty"`
 	ActiveVersion uint64   `json:"active_version"`
-	// Image is the hex digest of the image the device runs, as firmcast
-	// last saw it confirm (or skip, already running it) in a campaign;
-	// empty when unknown. Campaigns compare it with their image
-	// (AllowDowngrade).
+	// Image is the hex digest of the image the device runs, as its last
+	// report says (schemas.DeviceReport.ActiveDigest) or, from a device
+	// that does not say, as firmcast last saw it confirm (or skip,
+	// already running it) in a campaign; empty when unknown. Campaigns
+	// compare it with their image (AllowDowngrade) and make deltas from
+	// it.
 	Image      string    `json:"image,omitempty"`
 	LastReport *Report   `json:"last_report,omitempty"`
 	Created    time.Time `json:"created"`

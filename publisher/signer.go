@@ -29,6 +29,9 @@ type ManifestRequest struct {
 	// SecurityVersion is the image's anti-rollback security version
 	// (Image.SecurityVersion); 0 = none (devices keep their floor).
 	SecurityVersion uint64
+	// Deltas are offered before the full image, each to the devices
+	// running its source (suit.DeltaInfo).
+	Deltas []suit.DeltaInfo
 }
 
 // ManifestSigner makes a signed SUIT envelope. Implementations may keep the

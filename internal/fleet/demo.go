@@ -82,6 +82,16 @@ type Config struct {
 	// UpTimeout bounds how long the devices may take to come up. Default
 	// 5 minutes.
 	UpTimeout time.Duration
+	// SmallChange makes v2 v1 with a few small changes (NextVersion)
+	// rather than unrelated bytes: the images of a delta run.
+	SmallChange bool
+	// Delta uploads v1 too (SmallChange implied), so the campaign offers
+	// the devices running v1 a delta (Summary.ViaDelta, DeltaSize).
+	Delta bool
+	// OtherSource, when positive, makes every OtherSource-th device run
+	// v0 instead of v1, an image the server does not hold: those take
+	// the full image in a delta run.
+	OtherSource int
 }
 
 // ErrStalled: nothing moved in the campaign for Config.Stall.
@@ -185,6 +195,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return sum, err
 	}
 	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), Image(cfg.Seed, "v2", cfg.ImageSize)
+	if cfg.SmallChange || cfg.Delta {
+		v2 = NextVersion(v1, cfg.Seed)
+	}
+	v0 := Image(cfg.Seed, "v0", cfg.ImageSize)
 	for name, b := range map[string][]byte{"v1.bin": v1, "v2.bin": v2} {
 		if err := os.WriteFile(filepath.Join(cfg.Dir, name), b, 0o644); err != nil {
 			return sum, err
@@ -241,6 +255,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
+		FactoryOf: func(i int) []byte {
+			if cfg.OtherSource > 0 && i%cfg.OtherSource == cfg.OtherSource-1 {
+				return v0
+			}
+			return v1
+		},
 		Register: func(ctx context.Context, id, secret string) error {
 			return st.RegisterDevice(ctx, id, devClass, secret)
 		},
@@ -256,9 +276,70 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if err := fl.Run(ctx); err != nil {
 		return sum, err
 	}
+	if cfg.Delta {
+		if err := prepareDelta(ctx, st, v1, len(ids)); err != nil {
+			return sum, err
+		}
+	}
 	sum.SetupSeconds = time.Since(t0).Seconds()
 	err = RunCampaign(ctx, fl, LocalBackend{st}, v2, devClass, &cfg, &sum)
+	if c, cerr := st.Pub.Campaign(ctx, sum.Campaign); cerr == nil {
+		for _, d := range c.Deltas {
+			if img, ierr := st.Pub.Image(ctx, d); ierr == nil {
+				sum.DeltaSize = max(sum.DeltaSize, img.Size)
+			}
+		}
+	}
 	return sum, err
+}
+
+// prepareDelta uploads v1, the image the devices run, and waits until the
+// registry knows what each of the n devices runs (from their reports), so
+// that the campaign makes a delta from v1.
+func prepareDelta(ctx context.Context, st *stack.Stack, v1 []byte, n int) error {
+	if _, _, err := st.Pub.UploadImage(ctx, st.Admin, "v1.bin", bytes.NewReader(v1)); err != nil {
+		return fmt.Errorf("fleet: upload v1: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		devs, err := st.Pub.Devices(ctx)
+		known := 0
+		for _, d := range devs {
+			if d.Image != "" {
+				known++
+			}
+		}
+		if err == nil && known >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fleet: the registry knows the running image of %d of %d devices: %w", known, n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// NextVersion returns the next version of image v as a small source
+// change makes it: a few bytes changed in places and a block shifted, the
+// size kept.
+func NextVersion(v []byte, seed uint64) []byte {
+	out := bytes.Clone(v)
+	n := len(out)
+	if n < 64 {
+		return Image(seed, "v2", n)
+	}
+	// A block shifted by 16 bytes (code inserted), a constant changed,
+	// a version string.
+	lo, hi := n/4, min(n/4+n/16+64, n)
+	copy(out[lo+16:hi], v[lo:hi-16])
+	copy(out[lo:lo+16], Image(seed, "insert", 16))
+	copy(out[n/2:], Image(seed, "const", min(256, n-n/2)))
+	copy(out[n-min(32, n):], fmt.Appendf(nil, "v2 build %d", seed))
+	return out
 }
 
 // Backend is what a campaign run needs of the firmcast backend: the
@@ -675,7 +756,11 @@ type Summary struct {
 	V1             string         `json:"v1_digest"`
 	V2             string         `json:"v2_digest"`
 	PublisherBytes int64          `json:"publisher_bytes"`
-	PublisherRatio float64        `json:"publisher_bytes_per_image"`
+	// ViaDelta counts the devices confirmed on v2 that applied a delta;
+	// DeltaSize is the size of the delta the campaign offered (0: none).
+	ViaDelta       int     `json:"via_delta,omitempty"`
+	DeltaSize      int64   `json:"delta_size,omitempty"`
+	PublisherRatio float64 `json:"publisher_bytes_per_image"`
 	// Egress splits PublisherBytes into wave, repair and unicast bytes.
 	Egress       map[string]int64 `json:"publisher_egress,omitempty"`
 	DeviceBytes  int64            `json:"device_bytes"`
@@ -727,6 +812,9 @@ func (s *Summary) fill(fl *Fleet, d1, d2 [32]byte) {
 		switch {
 		case running == "v2" && err == nil && !bs.Trial:
 			s.ConfirmedV2++
+			if len(rec.Delta) > 0 {
+				s.ViaDelta++
+			}
 			continue
 		case running == "v1":
 			s.OnV1++

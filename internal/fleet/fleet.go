@@ -63,6 +63,10 @@ type FleetConfig struct {
 	// it starts, as version FactoryVersion (default 1). Required.
 	Factory        []byte
 	FactoryVersion uint64
+	// FactoryOf, when set, gives device i (from 0) its own factory image
+	// (at most MaxImage bytes) instead of Factory: a fleet on several
+	// versions. Nil means Factory.
+	FactoryOf func(i int) []byte
 	// MaxImage is the largest image a slot must hold. Default len(Factory).
 	MaxImage int
 	// FailRate is the fraction of devices whose self-test fails after the
@@ -107,8 +111,10 @@ type Device struct {
 	key    []byte
 	flash  *bootctl.Flash
 	boot   *bootctl.Device
-	agent  *deviceagent.Agent
-	tr     broker.Transport
+	// factory is the image the device runs from the factory.
+	factory []byte
+	agent   *deviceagent.Agent
+	tr      broker.Transport
 
 	state  atomic.Int32  // schemas.State, from OnState
 	rx     atomic.Int64  // payload bytes received
@@ -206,6 +212,10 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		}
 		d.secret = hex.EncodeToString(sec[:])
 		d.FailHealth = perm[i] < failing
+		d.factory = cfg.Factory
+		if cfg.FactoryOf != nil {
+			d.factory = cfg.FactoryOf(i)
+		}
 		f.Devices = append(f.Devices, d)
 	}
 	err := f.each(ctx, func(ctx context.Context, d *Device) error {
@@ -297,14 +307,15 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if err != nil {
 		return err
 	}
-	cand, err := d.boot.OpenCandidate(ctx, slot, uint64(len(f.cfg.Factory)))
+	cand, err := d.boot.OpenCandidate(ctx, slot, uint64(len(d.factory)))
 	if err != nil {
 		return err
 	}
-	if _, err := cand.WriteAt(f.cfg.Factory, 0); err != nil {
+	if _, err := cand.WriteAt(d.factory, 0); err != nil {
 		return err
 	}
-	info := bootctl.CandidateInfo{Version: f.cfg.FactoryVersion, SecurityCounter: f.cfg.FactoryVersion, Digest: f.fdigest, Campaign: "factory"}
+	digest := sha256.Sum256(d.factory)
+	info := bootctl.CandidateInfo{Version: f.cfg.FactoryVersion, SecurityCounter: f.cfg.FactoryVersion, Digest: digest, Campaign: "factory"}
 	if err := cand.Commit(ctx, info); err != nil {
 		return err
 	}
@@ -312,7 +323,7 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if err != nil {
 		return err
 	}
-	if !dec.Booted || dec.Digest != f.fdigest {
+	if !dec.Booted || dec.Digest != digest {
 		return fmt.Errorf("factory image did not boot: %s %s", dec.Action, dec.Reason)
 	}
 	return d.boot.Confirm()
