@@ -241,3 +241,20 @@ func (c *Client) MakeDelta(ctx context.Context, from, to string) (Image, error) 
 	var v Image
 	return v, c.doJSON(ctx, "POST", "/api/v1/deltas", DeltaRequest{From: from, To: to}, &v)
 }
+
+// imageWaveWanted reports whether c's planned broadcast waves of its
+// image are worth sending: always for a campaign without deltas; with
+// deltas, once at least BroadcastMin devices asked for the image's chunk
+// table (the others take a delta and do not listen to the image's
+// topic). Deltas have no planned waves: devices on the same source ask
+// for them together, and the repair batches broadcast what several ask
+// for (Config.RepairBroadcastMin) on the delta's own chunk topic.
+func (p *Publisher) imageWaveWanted(c *Campaign) bool {
+	if len(c.Deltas) == 0 {
+		return true
+	}
+	p.waveMu.Lock()
+	defer p.waveMu.Unlock()
+	w := p.waves[c.Image]
+	return w != nil && len(w.tables) >= max(p.cfg.BroadcastMin, 1)
+}

@@ -43,6 +43,7 @@ type demoFlags struct {
 	failAt    string
 	timeout   time.Duration
 	stall     time.Duration
+	delta     bool
 }
 
 func newDemoCmd() *cobra.Command {
@@ -81,6 +82,7 @@ aborted; 1 any other error.`,
 	fl.StringVar(&f.failAt, "fail-threshold", "10%", "failures (of the devices notified so far) that abort the campaign")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "campaign timeout")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
+	fl.BoolVar(&f.delta, "delta", false, "v2 is v1 with a small change: run the campaign once with the full image, then again with the delta the server makes from v1, and compare the bytes sent")
 	return c
 }
 
@@ -162,6 +164,13 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 		pv.start()
 	}
 	cfg.OnProgress = pv.update
+	var full *fleet.Summary
+	if f.delta {
+		if full, err = demoFullRun(cmd, cfg); err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		cfg.Delta, cfg.Dir = true, filepath.Join(dir, "delta")
+	}
 	sum, err := fleet.Run(cmd.Context(), cfg)
 	pv.stop()
 	if err != nil {
@@ -179,6 +188,9 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 	}
 	if err := printSummary(cmd.OutOrStdout(), f.json, sum); err != nil {
 		return err
+	}
+	if full != nil && !f.json {
+		printDeltaComparison(cmd.OutOrStdout(), *full, sum)
 	}
 	return summaryExit(sum)
 }
