@@ -67,6 +67,9 @@ type Record struct {
 	// DeltaFailed lists the deltas (hex digests) that failed during this
 	// update: they are not tried again, the full image is.
 	DeltaFailed []string `cbor:"24,keyasint,omitempty"`
+	// Retry is the notice's Retry: install the image even if it failed
+	// on this device before.
+	Retry bool `cbor:"25,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

@@ -90,6 +90,9 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if active.Valid && m.Seq <= active.Version {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
 	}
+	if err := a.failedBefore(im.Digest); err != nil {
+		return nil, false, err
+	}
 	// The candidate's security counter is the manifest's security version
 	// (not its sequence number, which is a signing time); bootctl never
 	// boots one below the anti-rollback floor. Without one, the floor is

@@ -38,6 +38,9 @@ type Campaign struct {
 	Envelope    []byte `json:"envelope"`
 	// Deltas are the hex digests of the deltas the manifest offers.
 	Deltas []string `json:"deltas,omitempty"`
+	// RetryFailed: devices install the image even if it failed on them
+	// before (schemas.CampaignSpec.RetryFailed).
+	RetryFailed bool `json:"retry_failed,omitempty"`
 	// Targets are the target devices in rollout order (shuffled once at
 	// creation); phase i covers Targets[PhaseEnds[i-1]:PhaseEnds[i]].
 	Targets         []string   `json:"targets"`
@@ -359,7 +362,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	c := Campaign{
 		ID: id, Name: spec.Name, Image: img.Digest, ImageSize: img.Size, ChunkSize: img.ChunkSize, TableDigest: img.TableDigest,
-		Envelope: env, Deltas: deltas, Targets: targets, Phases: phases, PhaseEnds: ends,
+		Envelope: env, Deltas: deltas, RetryFailed: spec.RetryFailed, Targets: targets, Phases: phases, PhaseEnds: ends,
 		SuccessPermille: orDefault(spec.SuccessPermille, p.cfg.DefaultSuccessPermille),
 		FailPermille:    orDefault(spec.FailPermille, p.cfg.DefaultFailPermille),
 		FailAction:      p.cfg.FailAction, Deadline: spec.Deadline, State: CampaignCreated, Phase: -1,

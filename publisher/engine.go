@@ -329,7 +329,7 @@ func (p *Publisher) notice(ctx context.Context, c *Campaign, device string) ([]b
 	n := &schemas.UpdateNotice{
 		V: schemas.Version, Campaign: c.ID, Target: device, Envelope: c.Envelope,
 		Sources:  []schemas.SourceHint{{Kind: "broker"}},
-		Deadline: c.Deadline, Image: img, ChunkSize: c.ChunkSize,
+		Deadline: c.Deadline, Image: img, ChunkSize: c.ChunkSize, Retry: c.RetryFailed,
 	}
 	if p.cfg.StartWindow > 0 {
 		n.StartWindowMS = uint32(p.cfg.StartWindow.Milliseconds())

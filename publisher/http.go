@@ -44,6 +44,9 @@ type CampaignRequest struct {
 	// AllowDowngrade lets the campaign install an image older than what
 	// some targets run (audited); without it such a campaign is refused.
 	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
+	// RetryFailed lets devices on which the image failed before install
+	// it again; without it they report failed-before and download nothing.
+	RetryFailed bool `json:"retry_failed,omitempty"`
 }
 
 // Spec converts the request to the wire spec. Errors: ErrInvalid.
@@ -55,7 +58,7 @@ func (r CampaignRequest) Spec() (schemas.CampaignSpec, error) {
 	s := schemas.CampaignSpec{
 		Image: img, Envelope: r.Envelope, Devices: r.Devices, Groups: r.Groups, Class: r.Class, Tags: r.Tags,
 		OnVersion: r.OnVersion, SuccessPermille: r.SuccessPermille, FailPermille: r.FailPermille,
-		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade,
+		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade, RetryFailed: r.RetryFailed,
 	}
 	for _, v := range r.Phases {
 		if v < 1 || v > 100 {

@@ -85,7 +85,7 @@ type SourceHint struct {
 //
 //	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
 //	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size,
-//	                  ? 9: true, 10: bstr }
+//	                  ? 9: true, 10: bstr, ? 11: true }
 type UpdateNotice struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -118,6 +118,10 @@ type UpdateNotice struct {
 	// SHA-256 of SignedBytes and at least one COSE_Sign1 or COSE_Mac0
 	// block over it), 1..MaxNoticeAuthSize bytes.
 	Auth []byte `cbor:"10,keyasint"`
+	// Retry asks a device to install the image even if it failed on it
+	// before (CodeFailedBefore otherwise): the campaign retries it on
+	// purpose.
+	Retry bool `cbor:"11,keyasint,omitempty"`
 }
 
 // SignedBytes returns the bytes Auth authenticates: the deterministic
@@ -285,6 +289,10 @@ const (
 	CodeNotFound
 	CodeConflict
 	CodeInternal
+	// CodeFailedBefore: the image failed on the device before (its
+	// bootloader reverted it), so it is not downloaded again unless the
+	// campaign retries failed images (UpdateNotice.Retry).
+	CodeFailedBefore
 	codeCount
 )
 
@@ -292,7 +300,7 @@ var codeNames = [...]string{
 	"none", "malformed", "signature", "untrusted-key", "vendor-mismatch", "class-mismatch",
 	"device-mismatch", "rollback", "expired", "size", "digest", "chunk-table", "bad-chunk",
 	"no-source", "slot-full", "boot-failed", "policy", "timeout", "unsupported",
-	"unauthorized", "not-found", "conflict", "internal",
+	"unauthorized", "not-found", "conflict", "internal", "failed-before",
 }
 
 func (c ErrCode) String() string {
@@ -366,7 +374,7 @@ type DeviceReport struct {
 //	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
 //	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
 //	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr,
-//	                  ? 13: true }
+//	                  ? 13: true, ? 14: true }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
@@ -399,6 +407,10 @@ type CampaignSpec struct {
 	// version or security version) than what some targets run; without
 	// it such a campaign is refused. Audited.
 	AllowDowngrade bool `cbor:"13,keyasint,omitempty"`
+	// RetryFailed lets devices on which the image failed before (their
+	// bootloader reverted it) install it again; without it they report
+	// CodeFailedBefore and download nothing.
+	RetryFailed bool `cbor:"14,keyasint,omitempty"`
 }
 
 // CampaignCommand is a request on the campaign API (Topics.API).

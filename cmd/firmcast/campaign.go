@@ -42,7 +42,7 @@ type campaignFlags struct {
 	groups, devices, tags, phaseDevices                   []string
 	phases                                                []int
 	onVersion                                             int64
-	start, allowDowngrade                                 bool
+	start, allowDowngrade, retryFailed                    bool
 }
 
 func (f *campaignFlags) add(c *cobra.Command) {
@@ -60,6 +60,7 @@ func (f *campaignFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.envelope, "envelope", "", "already signed SUIT envelope file (default: the server signs)")
 	fl.StringVar(&f.name, "name", "", "campaign name")
 	fl.BoolVar(&f.allowDowngrade, "allow-downgrade", false, "allow an image older (by version or security version) than what some targets run; audited")
+	fl.BoolVar(&f.retryFailed, "retry-failed", false, "install the image also on devices where it failed before (their bootloader reverted it); without it they report failed-before and download nothing")
 }
 
 var percentRE = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?)%$`)
@@ -97,7 +98,7 @@ func parseDeadline(s string, now time.Time) (int64, error) {
 func (f *campaignFlags) request(image string) (publisher.CampaignRequest, error) {
 	r := publisher.CampaignRequest{
 		Name: f.name, Image: image, Devices: f.devices, Groups: f.groups, Class: f.class, Tags: f.tags,
-		Phases: f.phases, Start: f.start, AllowDowngrade: f.allowDowngrade,
+		Phases: f.phases, Start: f.start, AllowDowngrade: f.allowDowngrade, RetryFailed: f.retryFailed,
 	}
 	if f.onVersion >= 0 {
 		v := uint64(f.onVersion)
