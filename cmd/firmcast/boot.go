@@ -86,17 +86,31 @@ func parseDeviceKey(s string) ([]byte, error) {
 
 func newBootInitCmd() *cobra.Command {
 	var (
-		flash, keyHex, pubFile string
-		slots                  int
-		slotSize               int64
-		asJSON                 bool
+		flash, keyHex, pubFile, from string
+		slots                        int
+		slotSize, bootSize           int64
+		asJSON                       bool
 	)
 	c := &cobra.Command{
 		Use:   "init",
-		Short: "Create an erased flash and its device file",
-		Args:  cobra.NoArgs,
+		Short: "Create an erased flash and its device file, or a device from a combined factory image",
+		Long: `init creates a flash file (erased) and its device file. With --from, the
+flash holds a combined image made by ` + "`firmcast boot combine`" + ` (give the
+--slots, --slot-size, --boot-size and --device-key given to combine; --pubkey
+for a secure-boot image combined with --envelope), and init checks that
+its application boots.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" && keyHex != "" && pubFile != "" {
+				return errors.New("if any flags in the group [device-key pubkey] are set none of the others can be; [device-key pubkey] were all set (except with --from)")
+			}
 			g, l, err := bootLayout(slots, slotSize)
+			if from != "" {
+				g, l, _, err = factoryLayout(slots, slotSize, bootSize, -1)
+				if keyHex == "" {
+					return errors.New("--from: give the --device-key the image was combined with (its application header is tagged with it)")
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -128,6 +142,14 @@ func newBootInitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var active *bootctl.ImageInfo
+			if from != "" {
+				if active, err = initFrom(cmd.Context(), f, l, dev, from); err != nil {
+					f.Close()
+					os.Remove(flash)
+					return err
+				}
+			}
 			if err := f.Close(); err != nil {
 				return err
 			}
@@ -136,6 +158,9 @@ func newBootInitCmd() *cobra.Command {
 			}
 			res := map[string]any{"flash": flash, "device_file": devicefile.Path(flash), "geometry": g, "layout": l,
 				"image_capacity": l.ImageCapacity(g), "secure_boot": pubFile != ""}
+			if active != nil {
+				res["active"] = active
+			}
 			return bootOut(cmd, asJSON, res, func(w io.Writer) {
 				fmt.Fprintf(w, "flash %s: %d bytes, %d slots of %d bytes (images up to %d bytes), secure boot %v\n",
 					flash, g.Size(), slots, slotSize, l.ImageCapacity(g), pubFile != "")
@@ -147,8 +172,9 @@ func newBootInitCmd() *cobra.Command {
 	c.Flags().Int64Var(&slotSize, "slot-size", 0, "bytes per slot, header sector included (required)")
 	c.Flags().StringVar(&keyHex, "device-key", "", "per-device HMAC key in hex (default: random)")
 	c.Flags().StringVar(&pubFile, "pubkey", "", "public key file: turns on secure-boot mode")
+	c.Flags().StringVar(&from, "from", "", "combined factory image (boot combine) the flash starts with")
+	c.Flags().Int64Var(&bootSize, "boot-size", bootBootSectors*bootSectorSize, "with --from: bytes reserved for the bootloader, as given to boot combine")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	c.MarkFlagsMutuallyExclusive("device-key", "pubkey")
 	_ = c.MarkFlagRequired("flash")
 	_ = c.MarkFlagRequired("slot-size")
 	return c
@@ -441,11 +467,11 @@ func newBootInspectCmd() *cobra.Command {
 
 func newBootCombineCmd() *cobra.Command {
 	var (
-		bootPath, appPath, out, keyHex, campaign string
-		slots                                    int
-		slotSize, bootSize, appOffset            int64
-		version, counter                         uint64
-		asJSON                                   bool
+		bootPath, appPath, out, keyHex, campaign, envPath string
+		slots                                             int
+		slotSize, bootSize, appOffset                     int64
+		version, counter                                  uint64
+		asJSON                                            bool
 	)
 	c := &cobra.Command{
 		Use:   "combine",
@@ -454,31 +480,16 @@ func newBootCombineCmd() *cobra.Command {
 the start, the application region (header with the device's tag, then the
 image) right after it, empty slots and status area. It refuses a layout
 where the application would not start right after the bootloader
-(--app-offset other than --boot-size).`,
+(--app-offset other than --boot-size), regions that overlap or are not on
+a sector boundary, and a bootloader larger than its region. With
+--envelope (the application's signed SUIT envelope) the image is one for
+a secure-boot device. ` + "`firmcast boot init --from`" + ` turns it into a device.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			g, l, err := bootLayout(slots, slotSize)
+			g, l, appOffset, err := factoryLayout(slots, slotSize, bootSize, appOffset)
 			if err != nil {
 				return err
 			}
-			if bootSize <= 0 || bootSize%bootSectorSize != 0 {
-				return fmt.Errorf("--boot-size %d: want a positive multiple of %d", bootSize, bootSectorSize)
-			}
-			if appOffset < 0 {
-				appOffset = bootSize
-			}
-			if appOffset%bootSectorSize != 0 {
-				return fmt.Errorf("--app-offset %d: want a multiple of %d", appOffset, bootSectorSize)
-			}
-			// Re-place the regions for the requested boot size and app offset.
-			shift := int(appOffset/bootSectorSize) - l.Active.Start
-			l.Boot.Sectors = int(bootSize / bootSectorSize)
-			l.Active.Start += shift
-			for i := range l.Slots {
-				l.Slots[i].Start += shift
-			}
-			l.Status.Start += shift
-			g.Sectors = l.Sectors()
 			key, err := parseDeviceKey(keyHex)
 			if err != nil {
 				return err
@@ -491,8 +502,14 @@ where the application would not start right after the bootloader
 			if err != nil {
 				return fmt.Errorf("--app: %w", err)
 			}
+			var env []byte
+			if envPath != "" {
+				if env, err = os.ReadFile(envPath); err != nil {
+					return fmt.Errorf("--envelope: %w", err)
+				}
+			}
 			img, err := bootctl.Combine(g, l, bootctl.CombineInput{Bootloader: boot, App: app, DeviceKey: key,
-				Info: bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign}})
+				Info: bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign, Envelope: env}})
 			if err != nil {
 				return err
 			}
@@ -515,6 +532,7 @@ where the application would not start right after the bootloader
 	f.Uint64Var(&version, "version", 0, "application version")
 	f.Uint64Var(&counter, "security-counter", 0, "application security counter")
 	f.StringVar(&campaign, "campaign", "", "campaign id")
+	f.StringVar(&envPath, "envelope", "", "the application's signed SUIT envelope, stored in its header (secure boot)")
 	f.IntVar(&slots, "slots", 2, "number of candidate slots")
 	f.Int64Var(&slotSize, "slot-size", 0, "bytes per slot (required)")
 	f.Int64Var(&bootSize, "boot-size", bootBootSectors*bootSectorSize, "bytes reserved for the bootloader")
