@@ -344,6 +344,11 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	if err := checkEnvelope(env, spec.Image); err != nil {
 		return Campaign{}, err
 	}
+	if len(spec.Envelope) > 0 {
+		if deltas, err = p.envelopeDeltas(ctx, env); err != nil {
+			return Campaign{}, err
+		}
+	}
 	down, err := p.downgrades(ctx, targets, img, env)
 	if err != nil {
 		return Campaign{}, err

@@ -258,3 +258,36 @@ func (p *Publisher) imageWaveWanted(c *Campaign) bool {
 	w := p.waves[c.Image]
 	return w != nil && len(w.tables) >= max(p.cfg.BroadcastMin, 1)
 }
+
+// envelopeDeltas returns the digests of the deltas an uploaded envelope
+// offers (an operator who signs offline, `firmcast manifest create
+// --delta-from`), each of which must be stored, as an image of the size
+// and chunk table the envelope signs: the publisher serves only the
+// campaign's image and deltas. Errors: ErrInvalid naming the delta.
+func (p *Publisher) envelopeDeltas(ctx context.Context, env []byte) ([]string, error) {
+	m, err := suit.Decode(env)
+	if err != nil {
+		return nil, fmt.Errorf("%w: envelope: %v", ErrInvalid, err)
+	}
+	offers, err := m.Deltas()
+	if err != nil {
+		return nil, fmt.Errorf("%w: envelope's deltas: %v", ErrInvalid, err)
+	}
+	var out []string
+	for _, o := range offers {
+		d := hex.EncodeToString(o.Digest)
+		img, err := p.Image(ctx, d)
+		if errors.Is(err, ErrNotFound) {
+			return nil, fmt.Errorf("%w: the envelope offers delta %s, which is not stored: upload it (firmcast image upload)", ErrInvalid, d)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if uint64(img.Size) != o.Size || img.ChunkSize != o.ChunkSize || img.TableDigest != hex.EncodeToString(o.ChunkTableDigest) {
+			return nil, fmt.Errorf("%w: the envelope's delta %s is signed with size %d, chunk size %d and chunk table %x; stored: %d, %d, %s",
+				ErrInvalid, d, o.Size, o.ChunkSize, o.ChunkTableDigest, img.Size, img.ChunkSize, img.TableDigest)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}

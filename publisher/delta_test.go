@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -104,6 +105,26 @@ func TestMakeDelta(t *testing.T) {
 	if !bytes.Equal(o.SourceDigest, d1) || o.SourceSize != uint64(len(v1)) || hex.EncodeToString(o.Digest) != d.Digest ||
 		o.Size != uint64(d.Size) || hex.EncodeToString(o.ChunkTableDigest) != d.TableDigest || o.ChunkSize != d.ChunkSize {
 		t.Fatalf("offer %+v does not describe delta %+v", o, d)
+	}
+	// An envelope signed offline that offers the delta: the campaign
+	// serves it; one offering a delta that is not stored is refused.
+	signed := func(di suit.DeltaInfo) []byte {
+		env, err := suit.Create(ctx, suit.CreateOptions{Image: bytes.NewReader(v2), VendorID: bytes.Repeat([]byte{1}, 16),
+			ClassID: bytes.Repeat([]byte{2}, 16), Seq: 9, ChunkSize: i2.ChunkSize, Deltas: []suit.DeltaInfo{di}}, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return env
+	}
+	c, err = p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: d2, Devices: []string{devName(1)}, Envelope: signed(o)})
+	if err != nil || len(c.Deltas) != 1 || c.Deltas[0] != d.Digest {
+		t.Fatalf("campaign of an envelope offering the delta: %v, %v", c.Deltas, err)
+	}
+	unknown := o
+	unknown.Digest = bytes.Repeat([]byte{5}, 32)
+	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: d2, Devices: []string{devName(1)}, Envelope: signed(unknown)}); !errors.Is(err, ErrInvalid) ||
+		!strings.Contains(err.Error(), "not stored") {
+		t.Fatalf("an envelope offering a delta not stored: %v", err)
 	}
 	// Without deltas (Config.DeltaSources < 0) the campaign offers none.
 	p.cfg.DeltaSources = -1
