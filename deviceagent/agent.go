@@ -40,8 +40,15 @@ type Config struct {
 	Dialect fetcher.Dialect
 	// Topics is the topic builder (root). Required.
 	Topics schemas.Topics
-	// Boot is the device's bootloader view (slots, boot, confirm). Required.
+	// Boot is the device's bootloader view (slots, boot, confirm) of its
+	// application. Required.
 	Boot *bootctl.Device
+	// Stages are the device's upgradable boot stages before the
+	// application (a bootloader), in boot order, each a bootctl device of
+	// its own, updated by manifests whose component they name (see
+	// Stage). With stages the device boots as a bootctl.Chain of them and
+	// Boot. Default none.
+	Stages []Stage
 	// StateDir holds the agent's state and the fetch progress. Required.
 	StateDir string
 	// Trust are the keys manifests must be signed with. Required.
@@ -165,6 +172,8 @@ type Agent struct {
 	st      Record
 	active  bootctl.ImageInfo
 	dropped string // what the last download ignored, for the report
+	// chain boots Stages then Boot; nil without stages.
+	chain *bootctl.Chain
 	// Security reports: their rate limit, and the refusals it held back.
 	secLimit  *rate.Limiter
 	secMissed int
@@ -249,7 +258,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	chain, err := newChain(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Agent{
+		chain:   chain,
 		cfg:     cfg,
 		log:     cfg.Logger.With("device", cfg.DeviceID),
 		fetchTo: fetchTo,

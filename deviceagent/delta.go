@@ -88,7 +88,7 @@ func (a *Agent) precursor(info suit.DeltaInfo) string {
 	if failed {
 		return "it failed on this device before"
 	}
-	st, err := a.cfg.Boot.Status()
+	st, err := a.dev().Status()
 	switch {
 	case err != nil:
 		return "reading the boot status: " + err.Error()
@@ -223,7 +223,7 @@ func (a *Agent) applyDelta(ctx context.Context, info suit.DeltaInfo, dim, im fet
 	if err := h.CheckSource(info.SourceSize, [32]byte(info.SourceDigest)); err != nil {
 		return nil, permanent(schemas.CodeDigest, err)
 	}
-	hdr, src, err := a.cfg.Boot.ActiveImage()
+	hdr, src, err := a.dev().ActiveImage()
 	if err != nil {
 		return nil, err
 	}
@@ -271,11 +271,11 @@ func (a *Agent) deltaCandidate(ctx context.Context, info suit.DeltaInfo, size ui
 	slot, resume := a.st.Slot, a.st.SlotOpen && bytes.Equal(a.st.Delta, info.Digest)
 	a.mu.Unlock()
 	if resume {
-		return a.cfg.Boot.ResumeCandidate(ctx, slot, size)
+		return a.dev().ResumeCandidate(ctx, slot, size)
 	}
 	if slot < 0 {
 		var err error
-		if slot, err = a.cfg.Boot.FreeSlot(); err != nil {
+		if slot, err = a.dev().FreeSlot(); err != nil {
 			return nil, err
 		}
 	}
@@ -297,7 +297,7 @@ func (a *Agent) deltaCandidate(ctx context.Context, info suit.DeltaInfo, size ui
 	if err := errors.Join(fetcher.Discard(a.fetchTo), removeIfExists(filepath.Join(dir, deltaCheckpoint))); err != nil {
 		return nil, transient(schemas.CodeInternal, err)
 	}
-	cand, err := a.cfg.Boot.OpenCandidate(ctx, slot, size)
+	cand, err := a.dev().OpenCandidate(ctx, slot, size)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ import (
 // purpose (UpdateNotice.Retry) lifts the bootloader's rejection instead
 // (bootctl.Device.Forgive), and the update goes on.
 func (a *Agent) failedBefore(digest []byte) error {
-	rej, ok, err := a.cfg.Boot.Rejected()
+	rej, ok, err := a.dev().Rejected()
 	if err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
@@ -29,7 +29,7 @@ func (a *Agent) failedBefore(digest []byte) error {
 		return permanent(schemas.CodeFailedBefore, fmt.Errorf(
 			"image %s failed on this device before (its bootloader reverted it); not downloaded again: a campaign that retries failed images (--retry-failed) installs it", short(digest)))
 	}
-	if err := a.cfg.Boot.Forgive(rej); err != nil {
+	if err := a.dev().Forgive(rej); err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
 	a.log.Info("retrying an image that failed on this device before", "image", schemas.DigestHex(digest))

@@ -70,6 +70,9 @@ type Record struct {
 	// Retry is the notice's Retry: install the image even if it failed
 	// on this device before.
 	Retry bool `cbor:"25,keyasint,omitempty"`
+	// Component names the boot stage the update installs (Config.Stages),
+	// from the manifest's component; empty for the application.
+	Component string `cbor:"26,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

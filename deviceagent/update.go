@@ -66,7 +66,6 @@ func (a *Agent) advance(ctx context.Context) {
 func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err error) {
 	a.mu.Lock()
 	env, img, deadline := a.st.Envelope, a.st.Image, a.st.Deadline
-	active := a.active
 	a.mu.Unlock()
 	if now := a.cfg.Clock.Now(); deadline != 0 && now.Unix() >= deadline {
 		// The signed notice's deadline bounds how long it can be replayed.
@@ -81,6 +80,10 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, err
 	}
+	if err := a.selectStage(m); err != nil {
+		return nil, false, err
+	}
+	active := a.targetActive()
 	if !bytes.Equal(im.Digest, img) {
 		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], im.Digest[:8]))
 	}
@@ -101,10 +104,10 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, permanent(schemas.CodeMalformed, err)
 	}
-	if st, err := a.cfg.Boot.Status(); err == nil && svSet && sv < st.Floor {
+	if st, err := a.dev().Status(); err == nil && svSet && sv < st.Floor {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: security version %d below the anti-rollback floor %d", suit.ErrRollback, sv, st.Floor))
 	}
-	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); im.Size > capacity {
+	if capacity := uint64(a.dev().Layout().ImageCapacity(a.dev().Flash().Geometry())); im.Size > capacity {
 		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", im.Size, capacity))
 	}
 	a.mu.Lock()
@@ -133,9 +136,7 @@ func (a *Agent) install(ctx context.Context) error {
 		}
 	}
 	t := &target{a: a, m: m}
-	a.mu.Lock()
-	installed := a.active.Version
-	a.mu.Unlock()
+	installed := a.targetActive().Version
 	p := suit.Processor{Target: t, InstalledSeq: installed, Now: a.cfg.Clock.Now}
 	if _, err := p.Update(ctx, m); err != nil {
 		if t.err != nil {
@@ -194,13 +195,13 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	a.mu.Unlock()
 	var cand *bootctl.Candidate
 	if open {
-		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, im.Size)
+		cand, err = a.dev().ResumeCandidate(ctx, slot, im.Size)
 		if err != nil {
 			return err
 		}
 	} else {
 		if slot < 0 {
-			if slot, err = a.cfg.Boot.FreeSlot(); err != nil {
+			if slot, err = a.dev().FreeSlot(); err != nil {
 				return err
 			}
 		}
@@ -215,7 +216,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		if err := fetcher.Discard(a.fetchTo); err != nil {
 			return transient(schemas.CodeInternal, err)
 		}
-		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, im.Size); err != nil {
+		if cand, err = a.dev().OpenCandidate(ctx, slot, im.Size); err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -228,7 +229,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	// The whole-image digest is checked by bootctl's Commit, which hashes
 	// the slot before it writes the header (and by every boot): the
 	// fetcher checks each chunk against the signed table only.
-	return a.fetchInto(ctx, im, srcs, plan, a.fetchTo, slotSink{cand, a.cfg.Boot.Flash()}, true)
+	return a.fetchInto(ctx, im, srcs, plan, a.fetchTo, slotSink{cand, a.dev().Flash()}, true)
 }
 
 // fetchInto runs the fetcher for im into sink, its progress kept in dir,
@@ -464,7 +465,7 @@ func (a *Agent) commit(ctx context.Context) error {
 	a.mu.Lock()
 	st := a.st
 	a.mu.Unlock()
-	cand, err := a.cfg.Boot.ResumeCandidate(ctx, st.Slot, st.Size)
+	cand, err := a.dev().ResumeCandidate(ctx, st.Slot, st.Size)
 	if err != nil {
 		return err
 	}
@@ -514,7 +515,7 @@ func (a *Agent) securityCounter(env []byte) (uint64, error) {
 			return sv, nil
 		}
 	}
-	st, err := a.cfg.Boot.Status()
+	st, err := a.dev().Status()
 	if err != nil {
 		return 0, err
 	}
@@ -540,7 +541,10 @@ func (a *Agent) reboot(ctx context.Context) error {
 // booted runs the bootloader (the simulated reboot) and checks that it
 // started the new image in trial state.
 func (a *Agent) booted(ctx context.Context) error {
-	dec, err := a.cfg.Boot.Boot(ctx)
+	dec, err := a.bootAll(ctx)
+	if errors.Is(err, bootctl.ErrPowerLost) {
+		return err // the device is off: the next reset boots again
+	}
 	a.refreshActive()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -561,7 +565,7 @@ func (a *Agent) booted(ctx context.Context) error {
 // confirm runs the health check of the new image and confirms it, or
 // lets the bootloader revert it.
 func (a *Agent) confirm(ctx context.Context) error {
-	st, err := a.cfg.Boot.Status()
+	st, err := a.dev().Status()
 	if err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
@@ -584,7 +588,7 @@ func (a *Agent) confirm(ctx context.Context) error {
 		}
 		return a.revert(ctx, herr)
 	}
-	if err := a.cfg.Boot.Confirm(); err != nil {
+	if err := a.dev().Confirm(); err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
 	a.refreshActive()
@@ -620,11 +624,11 @@ func (a *Agent) health(ctx context.Context) error {
 // revert does not confirm and reboots until the bootloader reverts the
 // trial image (after its K trial boots).
 func (a *Agent) revert(ctx context.Context, cause error) error {
-	st, _ := a.cfg.Boot.Status()
+	st, _ := a.dev().Status()
 	var dec bootctl.Decision
 	for i := 0; i <= st.TrialLimit+1; i++ {
 		var err error
-		dec, err = a.cfg.Boot.Boot(ctx)
+		dec, err = a.bootAll(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -752,7 +756,6 @@ func (a *Agent) runningNew() bool {
 		return false
 	}
 	a.refreshActive()
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.active.Valid && bytes.Equal(a.active.Digest[:], img)
+	active := a.targetActive()
+	return active.Valid && bytes.Equal(active.Digest[:], img)
 }
