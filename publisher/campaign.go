@@ -325,13 +325,15 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		req := ManifestRequest{
 			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig,
 			Sequence: uint64(now.UnixMilli()), VendorID: p.cfg.VendorID, ClassID: p.cfg.ClassID, Deadline: spec.Deadline,
-			SecurityVersion: img.SecurityVersion,
+			SecurityVersion: img.SecurityVersion, Component: spec.Component,
 		}
 		if p.cfg.PublicURL != "" {
 			req.URIs = []string{p.imageURL(img.Digest)}
 		}
-		if req.Deltas, deltas, err = p.campaignDeltas(ctx, who, targets, img); err != nil {
-			return Campaign{}, err
+		if spec.Component == "" { // devices report the application's image only
+			if req.Deltas, deltas, err = p.campaignDeltas(ctx, who, targets, img); err != nil {
+				return Campaign{}, err
+			}
 		}
 		env, err = p.cfg.Signer.SignManifest(ctx, req)
 		if err != nil {

@@ -126,6 +126,15 @@ func TestMakeDelta(t *testing.T) {
 		!strings.Contains(err.Error(), "not stored") {
 		t.Fatalf("an envelope offering a delta not stored: %v", err)
 	}
+	// A campaign to a boot stage: its manifest names the component, and
+	// offers no delta (devices report the application's image).
+	c, err = p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: d2, Devices: []string{devName(1)}, Component: "bootloader"})
+	if err != nil || len(c.Deltas) != 0 {
+		t.Fatalf("stage campaign: %v, %v", c.Deltas, err)
+	}
+	if m, err := suit.Decode(c.Envelope); err != nil || len(m.Components) != 1 || m.Components[0].String() != (suit.ComponentID{[]byte("bootloader")}).String() {
+		t.Fatalf("stage campaign's manifest components: %v, %v", m.Components, err)
+	}
 	// Without deltas (Config.DeltaSources < 0) the campaign offers none.
 	p.cfg.DeltaSources = -1
 	c, err = p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: d2, Devices: []string{devName(1)}})

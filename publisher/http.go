@@ -47,6 +47,10 @@ type CampaignRequest struct {
 	// RetryFailed lets devices on which the image failed before install
 	// it again; without it they report failed-before and download nothing.
 	RetryFailed bool `json:"retry_failed,omitempty"`
+	// Component is the SUIT component the server-signed manifest updates
+	// ("bootloader": the devices' bootloader stage); empty: the
+	// application.
+	Component string `json:"component,omitempty"`
 }
 
 // Spec converts the request to the wire spec. Errors: ErrInvalid.
@@ -59,6 +63,7 @@ func (r CampaignRequest) Spec() (schemas.CampaignSpec, error) {
 		Image: img, Envelope: r.Envelope, Devices: r.Devices, Groups: r.Groups, Class: r.Class, Tags: r.Tags,
 		OnVersion: r.OnVersion, SuccessPermille: r.SuccessPermille, FailPermille: r.FailPermille,
 		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade, RetryFailed: r.RetryFailed,
+		Component: r.Component,
 	}
 	for _, v := range r.Phases {
 		if v < 1 || v > 100 {

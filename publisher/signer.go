@@ -32,6 +32,9 @@ type ManifestRequest struct {
 	// Deltas are offered before the full image, each to the devices
 	// running its source (suit.DeltaInfo).
 	Deltas []suit.DeltaInfo
+	// Component names the SUIT component updated (a boot stage); empty:
+	// the application.
+	Component string
 }
 
 // ManifestSigner makes a signed SUIT envelope. Implementations may keep the

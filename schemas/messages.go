@@ -374,7 +374,7 @@ type DeviceReport struct {
 //	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
 //	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
 //	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr,
-//	                  ? 13: true, ? 14: true }
+//	                  ? 13: true, ? 14: true, ? 15: id }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
@@ -411,6 +411,10 @@ type CampaignSpec struct {
 	// bootloader reverted it) install it again; without it they report
 	// CodeFailedBefore and download nothing.
 	RetryFailed bool `cbor:"14,keyasint,omitempty"`
+	// Component is the SUIT component the server-signed manifest updates
+	// (an identifier, such as "bootloader" for a device's upgradable
+	// bootloader stage); empty: the application.
+	Component string `cbor:"15,keyasint,omitempty"`
 }
 
 // CampaignCommand is a request on the campaign API (Topics.API).

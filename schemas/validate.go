@@ -360,6 +360,9 @@ func (s *CampaignSpec) validate() error {
 	if s.Deadline < 0 {
 		return invalid(m, "negative deadline %d", s.Deadline)
 	}
+	if err := checkOptionalID(m, "component", s.Component); err != nil {
+		return err
+	}
 	return checkText(m, "name", s.Name, MaxNameLen)
 }
 
