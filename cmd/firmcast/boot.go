@@ -40,12 +40,13 @@ func newBootCmd() *cobra.Command {
   confirm  confirm the image in trial state
   inspect  show headers, trial state, floor and last revert reason
   combine  merge a bootloader and an application into one flash image
+  chain    boot a multi-stage device (bootloader stage, application) once
 
 The device's layout and root-of-trust store live next to the flash in
 FILE.device.json.`,
 	}
 	c.AddCommand(newBootInitCmd(), newBootStageCmd(), newBootRunCmd(), newBootConfirmCmd(),
-		newBootInspectCmd(), newBootCombineCmd())
+		newBootInspectCmd(), newBootCombineCmd(), newBootChainCmd())
 	return c
 }
 
