@@ -12,7 +12,6 @@ import (
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/delta"
-	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -45,7 +44,7 @@ func makeDelta(t *testing.T, src, dst []byte, frameSize int) ([]byte, suit.Delta
 // deltaOffer is the manifest's offer of delta bytes d from image src.
 func deltaOffer(t *testing.T, src, d []byte) suit.DeltaInfo {
 	t.Helper()
-	tab, err := fetcher.BuildTable(d, testChunk)
+	tab, err := schemas.BuildChunkTable(bytes.NewReader(d), testChunk)
 	if err != nil {
 		t.Fatal(err)
 	}

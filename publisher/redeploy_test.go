@@ -1,6 +1,7 @@
 package publisher
 
 import (
+	"encoding/json"
 	"slices"
 	"testing"
 )
@@ -10,16 +11,20 @@ import (
 // campaign (which would count towards its failure threshold).
 func TestCountKeysFailedBefore(t *testing.T) {
 	for _, tc := range []struct {
-		st   DeviceState
+		st   string // the stored JSON of a DeviceState
 		want []string
 	}{
-		{DeviceState{State: "failed", Code: "failed-before"}, []string{"failed-before"}},
-		{DeviceState{State: "failed", Code: "digest"}, []string{"failed", "failed.digest"}},
-		{DeviceState{State: "rolled-back", Code: "boot-failed"}, []string{"rolled-back", "failed.boot-failed"}},
-		{DeviceState{State: "confirmed"}, []string{"confirmed"}},
+		{`{"state":"failed","code":"failed-before"}`, []string{"failed-before"}},
+		{`{"state":"failed","code":"digest"}`, []string{"failed", "failed.digest"}},
+		{`{"state":"rolled-back","code":"boot-failed"}`, []string{"rolled-back", "failed.boot-failed"}},
+		{`{"state":"confirmed"}`, []string{"confirmed"}},
 	} {
-		if got := countKeys(tc.st); !slices.Equal(got, tc.want) {
-			t.Errorf("countKeys(%+v) = %v, want %v", tc.st, got, tc.want)
+		var st DeviceState
+		if err := json.Unmarshal([]byte(tc.st), &st); err != nil {
+			t.Fatal(err)
+		}
+		if got := countKeys(st); !slices.Equal(got, tc.want) {
+			t.Errorf("countKeys(%s) = %v, want %v", tc.st, got, tc.want)
 		}
 	}
 }
