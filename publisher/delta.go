@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"sort"
 	"time"
@@ -245,10 +246,8 @@ func (c *Client) MakeDelta(ctx context.Context, from, to string) (Image, error) 
 // imageWaveWanted reports whether c's planned broadcast waves of its
 // image are worth sending: always for a campaign without deltas; with
 // deltas, once at least BroadcastMin devices asked for the image's chunk
-// table (the others take a delta and do not listen to the image's
-// topic). Deltas have no planned waves: devices on the same source ask
-// for them together, and the repair batches broadcast what several ask
-// for (Config.RepairBroadcastMin) on the delta's own chunk topic.
+// table (the others take a delta and do not listen to the image's topic;
+// their deltas have waves of their own, maybeDeltaWaves).
 func (p *Publisher) imageWaveWanted(c *Campaign) bool {
 	if len(c.Deltas) == 0 {
 		return true
@@ -290,4 +289,50 @@ func (p *Publisher) envelopeDeltas(ctx context.Context, env []byte) ([]string, e
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// maybeDeltaWaves starts a broadcast wave of each of c's deltas that at
+// least BroadcastMin devices were sent the chunk table of since its last
+// wave (the devices on that delta's source share it: they listen on the
+// delta's chunk topic), once WaveSettle passed since the last table went
+// out, or WaveHold since the first of them asked; and WaveInterval after
+// the delta's last wave. Devices that asked later, or lost chunks,
+// complete by repair. While a wave runs, requests for the chunks it has
+// still to send are left to it.
+func (p *Publisher) maybeDeltaWaves(ctx context.Context, c *Campaign) {
+	for _, digest := range c.Deltas {
+		now := p.cfg.Clock.Now()
+		p.waveMu.Lock()
+		w := p.waves[digest]
+		if w == nil || w.running || (!w.started.IsZero() && now.Sub(w.started) < p.cfg.WaveInterval) ||
+			w.joinedSince(w.started) < max(p.cfg.BroadcastMin, 1) {
+			p.waveMu.Unlock()
+			continue
+		}
+		first := now
+		for _, at := range w.tables {
+			if !at.Before(w.started) && at.Before(first) {
+				first = at
+			}
+		}
+		if now.Sub(w.lastTable) < p.cfg.WaveSettle && now.Sub(first) < p.cfg.WaveHold {
+			p.waveMu.Unlock()
+			continue
+		}
+		w.running, w.started = true, now
+		w.next.Store(0) // requests from here on are left to the wave
+		p.waveMu.Unlock()
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			err := p.Wave(ctx, digest)
+			w.next.Store(math.MaxInt64)
+			p.waveMu.Lock()
+			w.running = false
+			p.waveMu.Unlock()
+			if err != nil && ctx.Err() == nil {
+				p.log.Warn("delta broadcast wave", "delta", digest, "err", err)
+			}
+		}()
+	}
 }

@@ -205,6 +205,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		activeN++
 	}
 	p.maybeWave(ctx, c)
+	p.maybeDeltaWaves(ctx, c)
 	return nil
 }
 

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/firmcast/firmcast/publisher"
 )
 
 // TestRunDeltaMixedSources: a fleet on two versions, v1 (held by the
@@ -29,5 +31,30 @@ func TestRunDeltaMixedSources(t *testing.T) {
 	}
 	if sum.DeltaSize == 0 || sum.DeltaSize*10 > int64(sum.ImageSize) {
 		t.Errorf("delta of %d bytes for a %d-byte image: want one, at most a tenth of it", sum.DeltaSize, sum.ImageSize)
+	}
+}
+
+// TestDeltaWave: devices on the same source share one broadcast of the
+// delta, even without repair batching (Config.RepairWindow 0: every
+// request answered alone).
+func TestDeltaWave(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const n = 8
+	sum, err := Run(ctx, Config{Devices: n, ImageSize: 512 << 10, ChunkSize: 1024, Dir: t.TempDir(), Seed: 5,
+		Delta: true, Phases: []uint8{100}, Logger: testLogger(t),
+		Publisher: func(c *publisher.Config) { c.RepairWindow = 0 }})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	t.Logf("outcome %s: %d/%d confirmed, %d by the delta of %d bytes; egress %v", sum.Outcome, sum.ConfirmedV2, n, sum.ViaDelta, sum.DeltaSize, sum.Egress)
+	if sum.Outcome != "completed" || sum.ConfirmedV2 != n || sum.ViaDelta != n {
+		t.Fatalf("outcome %s, %d/%d confirmed, %d by the delta: %+v", sum.Outcome, sum.ConfirmedV2, n, sum.ViaDelta, sum.Problems)
+	}
+	if sum.Egress["wave"] == 0 || sum.Egress["wave"] > 2*sum.DeltaSize+4096 {
+		t.Errorf("wave egress %d bytes for a %d-byte delta: want it broadcast about once", sum.Egress["wave"], sum.DeltaSize)
+	}
+	if sum.Egress["unicast"] >= n*sum.DeltaSize {
+		t.Errorf("unicast egress %d bytes: each of the %d devices was sent the %d-byte delta on its own", sum.Egress["unicast"], n, sum.DeltaSize)
 	}
 }
