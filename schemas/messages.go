@@ -85,7 +85,7 @@ type SourceHint struct {
 //
 //	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
 //	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size,
-//	                  ? 9: true, 10: bstr, ? 11: true }
+//	                  ? 9: true, 10: bstr, ? 12: true }
 type UpdateNotice struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -121,7 +121,7 @@ type UpdateNotice struct {
 	// Retry asks a device to install the image even if it failed on it
 	// before (CodeFailedBefore otherwise): the campaign retries it on
 	// purpose.
-	Retry bool `cbor:"11,keyasint,omitempty"`
+	Retry bool `cbor:"12,keyasint,omitempty"`
 }
 
 // SignedBytes returns the bytes Auth authenticates: the deterministic
