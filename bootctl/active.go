@@ -20,3 +20,21 @@ func (d *Device) ActiveImage() (Header, *io.SectionReader, error) {
 	}
 	return im.hdr, io.NewSectionReader(d.f, d.imageOff(d.l.Active), int64(im.hdr.Size)), nil
 }
+
+// ActiveEnvelope returns the signed envelope stored with the active
+// image (nil when it was staged without one), authenticated with its
+// header as Status does it. Errors: an ErrInvalidImage-wrapped reason, or
+// a flash error.
+func (d *Device) ActiveEnvelope() ([]byte, error) {
+	if err := d.load(); err != nil {
+		return nil, err
+	}
+	im, err := d.readHeader(d.l.Active)
+	if err != nil {
+		return nil, err
+	}
+	if im.hdr.EnvelopeLen == 0 {
+		return nil, nil
+	}
+	return append([]byte(nil), im.raw[envelopeOffset:]...), nil
+}

@@ -168,10 +168,12 @@ type Agent struct {
 	notices chan []byte
 	picker  *fetcher.Picker // source ranking state, kept across downloads
 
-	mu      sync.Mutex
-	st      Record
-	active  bootctl.ImageInfo
-	dropped string // what the last download ignored, for the report
+	mu     sync.Mutex
+	st     Record
+	active bootctl.ImageInfo
+	// activePublic: active's digest may be reported (activeDigestPublic).
+	activePublic bool
+	dropped      string // what the last download ignored, for the report
 	// chain boots Stages then Boot; nil without stages.
 	chain *bootctl.Chain
 	// Security reports: their rate limit, and the refusals it held back.
@@ -445,6 +447,7 @@ func (a *Agent) onMessage(ctx context.Context, m broker.Message) {
 // refreshActive reads the active image's header from bootctl.
 func (a *Agent) refreshActive() {
 	st, err := a.cfg.Boot.Status()
+	public := err == nil && st.Active.Valid && a.activeDigestPublic()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -452,6 +455,7 @@ func (a *Agent) refreshActive() {
 		return
 	}
 	a.active = st.Active
+	a.activePublic = public
 }
 
 // save persists the state (the caller holds no lock).
@@ -489,7 +493,7 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
 		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class, Security: security,
 	}
-	if a.active.Valid {
+	if a.active.Valid && a.activePublic {
 		r.ActiveDigest = append([]byte(nil), a.active.Digest[:]...)
 	}
 	if state == schemas.StateDownloading {
