@@ -329,16 +329,14 @@ func (p *Publisher) deviceRecords(ctx context.Context) ([]deviceRecord, error) {
 // (its info), and the listing goes on past the marker until an entry at or
 // beyond that sequence has been seen (deletes included, since a bucket's
 // last message may be one), or kvOpTimeout has passed since the marker.
+// That sequence is read again at the marker: a value written while the
+// initial values were sent (a device's report updating its record)
+// replaces one the watch then skips, and comes only as an update; without
+// waiting for it a campaign left out two of ten devices of the demo.
 func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
-	var last uint64
-	sctx, cancel := opCtx(ctx)
-	st, err := kv.Status(sctx)
-	cancel()
+	last, err := lastSeq(ctx, kv)
 	if err != nil {
-		return nil, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
-	}
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
-		last = bs.StreamInfo().State.LastSeq
+		return nil, err
 	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
@@ -362,6 +360,12 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 			if e == nil {
 				if grace == nil {
 					grace = time.After(kvOpTimeout)
+					// A value written while the initial values were sent
+					// replaced one the watch then skips; it comes as an
+					// update, at or before the stream's last sequence now.
+					if l, err := lastSeq(ctx, kv); err == nil {
+						last = max(last, l)
+					}
 				}
 				continue
 			}
@@ -387,6 +391,20 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// lastSeq returns the last sequence of kv's stream, read from its leader.
+func lastSeq(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
+	sctx, cancel := opCtx(ctx)
+	st, err := kv.Status(sctx)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		return bs.StreamInfo().State.LastSeq, nil
+	}
+	return 0, nil
 }
 
 // RemoveDevice deletes a device from the registry (ErrNotFound). From
