@@ -38,8 +38,15 @@ type Config struct {
 	Transport broker.Transport
 	// Topics is the topic builder (root). Required.
 	Topics schemas.Topics
-	// Boot is the device's bootloader view (slots, boot, confirm). Required.
+	// Boot is the device's bootloader view (slots, boot, confirm) of its
+	// application. Required.
 	Boot *bootctl.Device
+	// Stages are the device's upgradable boot stages before the
+	// application (a bootloader), in boot order, each a bootctl device of
+	// its own, updated by manifests whose component they name (see
+	// Stage). With stages the device boots as a bootctl.Chain of them and
+	// Boot. Default none.
+	Stages []Stage
 	// StateDir holds the agent's state and the fetch progress. Required.
 	StateDir string
 	// Trust are the keys manifests must be signed with. Required.
@@ -172,11 +179,15 @@ type Agent struct {
 	notices chan []byte
 	picker  *fetcher.Picker // source ranking state, kept across downloads
 
-	mu      sync.Mutex
-	st      Record
-	active  bootctl.ImageInfo
-	dropped string     // what the last download ignored, for the report
-	enc     *encUpdate // the encrypted update's content key (memory only)
+	mu     sync.Mutex
+	st     Record
+	active bootctl.ImageInfo
+	// activePublic: active's digest may be reported (activeDigestPublic).
+	activePublic bool
+	dropped      string     // what the last download ignored, for the report
+	enc          *encUpdate // the encrypted update's content key (memory only)
+	// chain boots Stages then Boot; nil without stages.
+	chain *bootctl.Chain
 	// Security reports: their rate limit, and the refusals it held back.
 	secLimit  *rate.Limiter
 	secMissed int
@@ -264,7 +275,12 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	chain, err := newChain(cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Agent{
+		chain:   chain,
 		cfg:     cfg,
 		log:     cfg.Logger.With("device", cfg.DeviceID),
 		fetchTo: fetchTo,
@@ -446,6 +462,7 @@ func (a *Agent) onMessage(ctx context.Context, m broker.Message) {
 // refreshActive reads the active image's header from bootctl.
 func (a *Agent) refreshActive() {
 	st, err := a.cfg.Boot.Status()
+	public := err == nil && st.Active.Valid && a.activeDigestPublic()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -453,6 +470,7 @@ func (a *Agent) refreshActive() {
 		return
 	}
 	a.active = st.Active
+	a.activePublic = public
 }
 
 // save persists the state (the caller holds no lock).
@@ -491,8 +509,14 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
 		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class, Security: security,
 	}
+	if a.active.Valid && a.activePublic {
+		r.ActiveDigest = append([]byte(nil), a.active.Digest[:]...)
+	}
 	if state == schemas.StateDownloading {
 		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size
+		if len(a.st.Delta) > 0 { // the bytes fetched are the delta's
+			r.BytesDone, r.BytesTotal = min(a.st.Bytes, a.st.DeltaSize), a.st.DeltaSize
+		}
 	}
 	rec := a.st
 	a.mu.Unlock()

@@ -65,7 +65,7 @@ func (a *Agent) onNotice(ctx context.Context, b []byte) {
 	a.st = Record{
 		V: 1, Counter: a.st.Counter, Done: a.st.Done, Slot: -1,
 		Campaign: n.Campaign, Envelope: n.Envelope, Image: n.Image, ChunkSize: n.ChunkSize, Sources: n.Sources,
-		Deadline: n.Deadline, Key: n.Key,
+		Deadline: n.Deadline, Key: n.Key, Retry: n.Retry,
 	}
 	a.mu.Unlock()
 	if err := a.setState(ctx, schemas.StateNotified, schemas.CodeNone, ""); err != nil {

@@ -70,6 +70,21 @@ type Record struct {
 	// ciphertext (Config.EncryptedSlots when the slot was opened): the
 	// bootloader decrypts it as it installs it.
 	CipherSlot bool `cbor:"40,keyasint,omitempty"`
+	// Delta is the digest of the delta being staged and applied into Slot
+	// (SlotOpen is then for it, and its progress is in the delta
+	// directory); DeltaSize its size. Empty when the slot takes the full
+	// image.
+	Delta     []byte `cbor:"22,keyasint,omitempty"`
+	DeltaSize uint64 `cbor:"23,keyasint,omitempty"`
+	// DeltaFailed lists the deltas (hex digests) that failed during this
+	// update: they are not tried again, the full image is.
+	DeltaFailed []string `cbor:"24,keyasint,omitempty"`
+	// Retry is the notice's Retry: install the image even if it failed
+	// on this device before.
+	Retry bool `cbor:"25,keyasint,omitempty"`
+	// Component names the boot stage the update installs (Config.Stages),
+	// from the manifest's component; empty for the application.
+	Component string `cbor:"26,keyasint,omitempty"`
 }
 
 // key names an update for the Done list.

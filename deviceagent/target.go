@@ -23,6 +23,9 @@ type target struct {
 	fetched  bool
 	err      error  // memoised download failure (try-each branches)
 	verified []byte // digest verified by the fetcher
+	// deltaNote says which delta was applied, or why none was, for the
+	// report.
+	deltaNote string
 }
 
 func (t *target) Identity(ctx context.Context) (suit.Identity, error) { return t.a.cfg.Identity, nil }
@@ -32,6 +35,11 @@ func (t *target) Identity(ctx context.Context) (suit.Identity, error) { return t
 func (t *target) Fetch(ctx context.Context, idx int, p *suit.Params) (io.ReadCloser, error) {
 	if idx != 0 {
 		return nil, fmt.Errorf("%w: component %d (this device has one)", suit.ErrUnsupported, idx)
+	}
+	if info, ok, err := suit.DeltaOf(p); err != nil {
+		return nil, err
+	} else if ok {
+		return t.fetchDelta(ctx, info)
 	}
 	if !t.fetched && t.err == nil {
 		t.err = t.a.download(ctx, t.m)

@@ -46,6 +46,14 @@ func (a *Agent) advance(ctx context.Context) {
 		default:
 			err = permanent(schemas.CodeInternal, fmt.Errorf("unexpected state %s", st.State))
 		}
+		if errors.Is(err, bootctl.ErrPowerLost) {
+			// The simulated device lost power: it does nothing more
+			// (nothing is persisted) until it is reset.
+			a.mu.Lock()
+			a.st.NextAttempt = a.cfg.Clock.Now().Add(a.cfg.RetryCap).UnixMilli()
+			a.mu.Unlock()
+			return
+		}
 		if err != nil {
 			a.fail(ctx, err)
 		}
@@ -58,7 +66,6 @@ func (a *Agent) advance(ctx context.Context) {
 func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err error) {
 	a.mu.Lock()
 	env, img, deadline := a.st.Envelope, a.st.Image, a.st.Deadline
-	active := a.active
 	a.mu.Unlock()
 	if now := a.cfg.Clock.Now(); deadline != 0 && now.Unix() >= deadline {
 		// The signed notice's deadline bounds how long it can be replayed.
@@ -73,6 +80,10 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, err
 	}
+	if err := a.selectStage(m); err != nil {
+		return nil, false, err
+	}
+	active := a.targetActive()
 	if !bytes.Equal(im.Digest, img) {
 		return nil, false, permanent(schemas.CodeDigest, fmt.Errorf("notice names image %x, the manifest signs %x", img[:8], im.Digest[:8]))
 	}
@@ -82,6 +93,9 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if active.Valid && m.Seq <= active.Version {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: manifest sequence %d, active version %d", suit.ErrRollback, m.Seq, active.Version))
 	}
+	if err := a.failedBefore(im.Digest); err != nil {
+		return nil, false, err
+	}
 	// The candidate's security counter is the manifest's security version
 	// (not its sequence number, which is a signing time); bootctl never
 	// boots one below the anti-rollback floor. Without one, the floor is
@@ -90,10 +104,10 @@ func (a *Agent) verify(ctx context.Context) (m *suit.Manifest, skipped bool, err
 	if err != nil {
 		return nil, false, permanent(schemas.CodeMalformed, err)
 	}
-	if st, err := a.cfg.Boot.Status(); err == nil && svSet && sv < st.Floor {
+	if st, err := a.dev().Status(); err == nil && svSet && sv < st.Floor {
 		return nil, false, permanent(schemas.CodeRollback, fmt.Errorf("%w: security version %d below the anti-rollback floor %d", suit.ErrRollback, sv, st.Floor))
 	}
-	if capacity := uint64(a.cfg.Boot.Layout().ImageCapacity(a.cfg.Boot.Flash().Geometry())); im.Size > capacity {
+	if capacity := uint64(a.dev().Layout().ImageCapacity(a.dev().Flash().Geometry())); im.Size > capacity {
 		return nil, false, permanent(schemas.CodeSize, fmt.Errorf("image of %d bytes, a slot holds %d", im.Size, capacity))
 	}
 	a.mu.Lock()
@@ -133,9 +147,7 @@ func (a *Agent) install(ctx context.Context) error {
 		a.mu.Unlock()
 	}
 	t := &target{a: a, m: m}
-	a.mu.Lock()
-	installed := a.active.Version
-	a.mu.Unlock()
+	installed := a.targetActive().Version
 	p := suit.Processor{Target: t, InstalledSeq: installed, Now: a.cfg.Clock.Now}
 	if _, err := p.Update(ctx, m); err != nil {
 		if t.err != nil {
@@ -147,9 +159,9 @@ func (a *Agent) install(ctx context.Context) error {
 		return permanent(schemas.CodeUnsupported, errors.New("the manifest's install sequence fetched nothing"))
 	}
 	a.mu.Lock()
-	note := a.dropped
+	note := strings.TrimPrefix(a.dropped+"; "+t.deltaNote, "; ")
 	a.mu.Unlock()
-	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, note)
+	return a.setState(ctx, schemas.StateCandidateVerified, schemas.CodeNone, strings.TrimSuffix(note, "; "))
 }
 
 // fetchImage is what the fetcher needs of a verified manifest: the signed
@@ -189,22 +201,23 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return err
 	}
 	a.mu.Lock()
-	slot, open := a.st.Slot, a.st.SlotOpen
+	// A slot a delta was applied into holds neither image: erase it.
+	slot, open := a.st.Slot, a.st.SlotOpen && len(a.st.Delta) == 0
 	a.mu.Unlock()
 	var cand *bootctl.Candidate
 	if open {
-		cand, err = a.cfg.Boot.ResumeCandidate(ctx, slot, im.Size)
+		cand, err = a.dev().ResumeCandidate(ctx, slot, im.Size)
 		if err != nil {
 			return err
 		}
 	} else {
 		if slot < 0 {
-			if slot, err = a.cfg.Boot.FreeSlot(); err != nil {
+			if slot, err = a.dev().FreeSlot(); err != nil {
 				return err
 			}
 		}
 		a.mu.Lock()
-		a.st.Slot, a.st.Bytes, a.st.Deferred = slot, 0, ""
+		a.st.Slot, a.st.Bytes, a.st.Deferred, a.st.SlotOpen, a.st.Delta, a.st.DeltaSize = slot, 0, "", false, nil, 0
 		a.st.CipherSlot = a.keepsCiphertextLocked()
 		a.mu.Unlock()
 		// Persist the slot before erasing it; fetch progress of an
@@ -215,7 +228,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		if err := fetcher.Discard(a.fetchTo); err != nil {
 			return transient(schemas.CodeInternal, err)
 		}
-		if cand, err = a.cfg.Boot.OpenCandidate(ctx, slot, im.Size); err != nil {
+		if cand, err = a.dev().OpenCandidate(ctx, slot, im.Size); err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -225,16 +238,27 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			return err
 		}
 	}
+	// The whole-image digest is checked by bootctl's Commit, which hashes
+	// the slot before it writes the header (and by every boot): the
+	// fetcher checks each chunk against the signed table only.
+	u, err := a.encrypted(ctx)
+	if err != nil {
+		return err
+	}
+	return a.fetchInto(ctx, im, srcs, plan, a.fetchTo, a.candidateSink(cand, u), true)
+}
+
+// fetchInto runs the fetcher for im into sink, its progress kept in dir,
+// reporting source decisions and progress. skipDigest leaves the
+// whole-image digest to the caller (fetcher.Config.SkipImageDigest).
+func (a *Agent) fetchInto(ctx context.Context, im fetcher.Image, srcs []fetcher.Source, plan fetcher.Plan, dir string, sink fetcher.Sink, skipDigest bool) error {
 	step := uint64(a.cfg.ProgressStep)
 	last := uint64(0)
 	f, err := fetcher.New(fetcher.Config{
-		// The whole-image digest is checked by bootctl's Commit, which
-		// hashes the slot before it writes the header (and by every boot):
-		// the fetcher checks each chunk against the signed table only.
-		SkipImageDigest: true,
+		SkipImageDigest: skipDigest,
 		NoSync:          a.cfg.NoSync,
 		Picker:          a.picker, // measurements and penalties carry over between attempts
-		Sources:         srcs, StateDir: a.fetchTo, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
+		Sources:         srcs, StateDir: dir, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		// Progress is reported on time too, not only when it is persisted.
 		ProgressInterval: a.cfg.ProgressInterval,
 		Clock:            a.cfg.Clock, Logger: a.log,
@@ -273,11 +297,7 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 		return permanent(schemas.CodeInternal, err)
 	}
 	a.picker = f.Picker()
-	u, err := a.encrypted(ctx)
-	if err != nil {
-		return err
-	}
-	res, err := f.Fetch(ctx, im, plan, a.candidateSink(cand, u))
+	res, err := f.Fetch(ctx, im, plan, sink)
 	a.log.Info("fetch", "bytes", res.Bytes, "resumed", res.Resumed, "bad_chunks", res.BadChunks, "err", err)
 	if err != nil {
 		return err
@@ -318,18 +338,9 @@ func (s slotSink) Sync() error { return s.f.Sync() }
 // give only the price of a kind.
 func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	a.mu.Lock()
-	hints, campaign := a.st.Sources, a.st.Campaign
+	campaign := a.st.Campaign
 	a.mu.Unlock()
-	hintCost := map[string]uint32{}
-	for _, h := range hints {
-		hintCost[h.Kind] = h.Cost
-	}
-	price := func(kind string) float64 {
-		if p, ok := a.cfg.Prices[kind]; ok {
-			return p
-		}
-		return float64(hintCost[kind]) / 1000 / (1 << 20) // milli-units per MiB
-	}
+	price := a.priceOf()
 	var out []fetcher.Source
 	seen := map[string]bool{}
 	add := func(s fetcher.Source) bool {
@@ -348,7 +359,11 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		add(bs)
 	}
 	var plan fetcher.Plan
-	for _, u := range m.URIs() {
+	var uris []string
+	if m != nil {
+		uris = m.URIs()
+	}
+	for _, u := range uris {
 		srcs, why := a.uriSources(u, price)
 		if why != "" {
 			a.log.Warn("manifest URI not used", "uri", u, "why", why)
@@ -374,6 +389,24 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		add(s)
 	}
 	return out, plan
+}
+
+// priceOf returns the price of a source kind: Config.Prices, else the
+// notice's hint (milli-units per MiB).
+func (a *Agent) priceOf() func(kind string) float64 {
+	a.mu.Lock()
+	hints := a.st.Sources
+	a.mu.Unlock()
+	hintCost := map[string]uint32{}
+	for _, h := range hints {
+		hintCost[h.Kind] = h.Cost
+	}
+	return func(kind string) float64 {
+		if p, ok := a.cfg.Prices[kind]; ok {
+			return p
+		}
+		return float64(hintCost[kind]) / 1000 / (1 << 20) // milli-units per MiB
+	}
 }
 
 // uriSources returns the sources a signed manifest's URI u allows, or why
@@ -448,7 +481,7 @@ func (a *Agent) commit(ctx context.Context) error {
 	a.mu.Lock()
 	st := a.st
 	a.mu.Unlock()
-	cand, err := a.cfg.Boot.ResumeCandidate(ctx, st.Slot, st.Size)
+	cand, err := a.dev().ResumeCandidate(ctx, st.Slot, st.Size)
 	if err != nil {
 		return err
 	}
@@ -468,6 +501,15 @@ func (a *Agent) commit(ctx context.Context) error {
 		return err
 	}
 	if err := cand.Commit(ctx, info); err != nil {
+		if errors.Is(err, bootctl.ErrNotErased) || errors.Is(err, bootctl.ErrConflict) {
+			// A power cut tore the header's write: the slot is erased and
+			// written again (a delta is applied again from its staged
+			// copy; a full image is fetched again).
+			a.mu.Lock()
+			a.st.SlotOpen = false
+			a.mu.Unlock()
+			return a.setState(ctx, schemas.StateDownloading, schemas.CodeNone, "the candidate's header was torn by a power cut; writing the slot again: "+err.Error())
+		}
 		return scrubPlaintext(st, err)
 	}
 	if err := fetcher.Discard(a.fetchTo); err != nil {
@@ -498,7 +540,7 @@ func (a *Agent) securityCounter(env []byte) (uint64, error) {
 			return sv, nil
 		}
 	}
-	st, err := a.cfg.Boot.Status()
+	st, err := a.dev().Status()
 	if err != nil {
 		return 0, err
 	}
@@ -524,7 +566,10 @@ func (a *Agent) reboot(ctx context.Context) error {
 // booted runs the bootloader (the simulated reboot) and checks that it
 // started the new image in trial state.
 func (a *Agent) booted(ctx context.Context) error {
-	dec, err := a.cfg.Boot.Boot(ctx)
+	dec, err := a.bootAll(ctx)
+	if errors.Is(err, bootctl.ErrPowerLost) {
+		return err // the device is off: the next reset boots again
+	}
 	a.refreshActive()
 	if ctx.Err() != nil {
 		return ctx.Err()
@@ -542,7 +587,7 @@ func (a *Agent) booted(ctx context.Context) error {
 // confirm runs the health check of the new image and confirms it, or
 // lets the bootloader revert it.
 func (a *Agent) confirm(ctx context.Context) error {
-	st, err := a.cfg.Boot.Status()
+	st, err := a.dev().Status()
 	if err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
@@ -562,7 +607,7 @@ func (a *Agent) confirm(ctx context.Context) error {
 		}
 		return a.revert(ctx, herr)
 	}
-	if err := a.cfg.Boot.Confirm(); err != nil {
+	if err := a.dev().Confirm(); err != nil {
 		return transient(schemas.CodeInternal, err)
 	}
 	a.refreshActive()
@@ -598,11 +643,11 @@ func (a *Agent) health(ctx context.Context) error {
 // revert does not confirm and reboots until the bootloader reverts the
 // trial image (after its K trial boots).
 func (a *Agent) revert(ctx context.Context, cause error) error {
-	st, _ := a.cfg.Boot.Status()
+	st, _ := a.dev().Status()
 	var dec bootctl.Decision
 	for i := 0; i <= st.TrialLimit+1; i++ {
 		var err error
-		dec, err = a.cfg.Boot.Boot(ctx)
+		dec, err = a.bootAll(ctx)
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -730,8 +775,6 @@ func (a *Agent) runningNew() bool {
 		return false
 	}
 	a.refreshActive()
-	a.mu.Lock()
-	active := a.active
-	a.mu.Unlock()
+	active := a.targetActive()
 	return active.Valid && a.isUpdateImage(active.Digest, active.Version, active.Campaign)
 }

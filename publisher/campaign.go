@@ -39,6 +39,11 @@ type Campaign struct {
 	// Encrypted: the image is encrypted, and each notice carries the
 	// content key wrapped for its device (see encrypt.go).
 	Encrypted bool `json:"encrypted,omitempty"`
+	// Deltas are the hex digests of the deltas the manifest offers.
+	Deltas []string `json:"deltas,omitempty"`
+	// RetryFailed: devices install the image even if it failed on them
+	// before (schemas.CampaignSpec.RetryFailed).
+	RetryFailed bool `json:"retry_failed,omitempty"`
 	// Targets are the target devices in rollout order (shuffled once at
 	// creation); phase i covers Targets[PhaseEnds[i-1]:PhaseEnds[i]].
 	Targets         []string   `json:"targets"`
@@ -318,6 +323,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		return Campaign{}, err
 	}
 	env := spec.Envelope
+	var deltas []string
 	if len(env) == 0 {
 		if p.cfg.Signer == nil {
 			return Campaign{}, fmt.Errorf("%w: upload a signed envelope or configure a signing key", ErrNoSigner)
@@ -326,10 +332,15 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		req := ManifestRequest{
 			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig,
 			Sequence: uint64(now.UnixMilli()), VendorID: p.cfg.VendorID, ClassID: p.cfg.ClassID, Deadline: spec.Deadline,
-			SecurityVersion: img.SecurityVersion, Encryption: enc,
+			SecurityVersion: img.SecurityVersion, Encryption: enc, Component: spec.Component,
 		}
 		if p.cfg.PublicURL != "" {
 			req.URIs = []string{p.imageURL(img.Digest)}
+		}
+		if spec.Component == "" { // devices report the application's image only
+			if req.Deltas, deltas, err = p.campaignDeltas(ctx, who, targets, img); err != nil {
+				return Campaign{}, err
+			}
 		}
 		env, err = p.cfg.Signer.SignManifest(ctx, req)
 		if err != nil {
@@ -344,6 +355,11 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	if err := checkEncryptedEnvelope(env, img); err != nil {
 		return Campaign{}, err
+	}
+	if len(spec.Envelope) > 0 {
+		if deltas, err = p.envelopeDeltas(ctx, env); err != nil {
+			return Campaign{}, err
+		}
 	}
 	down, err := p.downgrades(ctx, targets, img, env)
 	if err != nil {
@@ -363,7 +379,7 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 	}
 	c := Campaign{
 		ID: id, Name: spec.Name, Image: img.Digest, ImageSize: img.Size, ChunkSize: img.ChunkSize, TableDigest: img.TableDigest,
-		Envelope: env, Encrypted: img.Encrypted, Targets: targets, Phases: phases, PhaseEnds: ends,
+		Envelope: env, Encrypted: img.Encrypted, Deltas: deltas, RetryFailed: spec.RetryFailed, Targets: targets, Phases: phases, PhaseEnds: ends,
 		SuccessPermille: orDefault(spec.SuccessPermille, p.cfg.DefaultSuccessPermille),
 		FailPermille:    orDefault(spec.FailPermille, p.cfg.DefaultFailPermille),
 		FailAction:      p.cfg.FailAction, Deadline: spec.Deadline, State: CampaignCreated, Phase: -1,

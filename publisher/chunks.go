@@ -105,6 +105,9 @@ const waveReadAhead = 1 << 20
 // but never longer than WaveHold. While a wave is held, chunk requests
 // are left to it.
 func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
+	if !p.imageWaveWanted(c) {
+		return
+	}
 	counts, _ := p.idx.counts(c.ID)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()

@@ -84,6 +84,10 @@ type Config struct {
 	ChunkSize uint32
 	// MaxImageSize bounds an upload. Default 64 MiB.
 	MaxImageSize int64
+	// DeltaSources is how many deltas a campaign the server signs offers
+	// at most: from the images its targets report running, most common
+	// first (see MakeDelta). Default DefaultDeltaSources; negative: none.
+	DeltaSources int
 	// PublicURL, when set, is the base URL devices can fetch images from
 	// (GET PublicURL/images/{digest}); notices carry it as an "http" source.
 	PublicURL string

@@ -205,6 +205,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		activeN++
 	}
 	p.maybeWave(ctx, c)
+	p.maybeDeltaWaves(ctx, c)
 	return nil
 }
 
@@ -329,7 +330,7 @@ func (p *Publisher) notice(ctx context.Context, c *Campaign, device string) ([]b
 	n := &schemas.UpdateNotice{
 		V: schemas.Version, Campaign: c.ID, Target: device, Envelope: c.Envelope,
 		Sources:  []schemas.SourceHint{{Kind: "broker"}},
-		Deadline: c.Deadline, Image: img, ChunkSize: c.ChunkSize,
+		Deadline: c.Deadline, Image: img, ChunkSize: c.ChunkSize, Retry: c.RetryFailed,
 	}
 	if p.cfg.StartWindow > 0 {
 		n.StartWindowMS = uint32(p.cfg.StartWindow.Milliseconds())

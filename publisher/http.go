@@ -44,6 +44,13 @@ type CampaignRequest struct {
 	// AllowDowngrade lets the campaign install an image older than what
 	// some targets run (audited); without it such a campaign is refused.
 	AllowDowngrade bool `json:"allow_downgrade,omitempty"`
+	// RetryFailed lets devices on which the image failed before install
+	// it again; without it they report failed-before and download nothing.
+	RetryFailed bool `json:"retry_failed,omitempty"`
+	// Component is the SUIT component the server-signed manifest updates
+	// ("bootloader": the devices' bootloader stage); empty: the
+	// application.
+	Component string `json:"component,omitempty"`
 }
 
 // Spec converts the request to the wire spec. Errors: ErrInvalid.
@@ -55,7 +62,8 @@ func (r CampaignRequest) Spec() (schemas.CampaignSpec, error) {
 	s := schemas.CampaignSpec{
 		Image: img, Envelope: r.Envelope, Devices: r.Devices, Groups: r.Groups, Class: r.Class, Tags: r.Tags,
 		OnVersion: r.OnVersion, SuccessPermille: r.SuccessPermille, FailPermille: r.FailPermille,
-		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade,
+		Deadline: r.Deadline, Start: r.Start, Name: r.Name, AllowDowngrade: r.AllowDowngrade, RetryFailed: r.RetryFailed,
+		Component: r.Component,
 	}
 	for _, v := range r.Phases {
 		if v < 1 || v > 100 {
@@ -138,6 +146,7 @@ func (p *Publisher) handler() (http.Handler, []string) {
 	}
 	api("POST /api/v1/images", ScopeCampaign, p.apiUpload)
 	p.encryptionAPI(api)
+	api("POST /api/v1/deltas", ScopeCampaign, p.apiDelta)
 	api("GET /api/v1/images", ScopeRead, func(_ http.ResponseWriter, r *http.Request, _ Principal) (int, any, error) {
 		v, err := p.ImageUses(r.Context())
 		return 200, nonNil(v), err

@@ -50,6 +50,10 @@ type Image struct {
 	// Encrypted: the stored bytes are the ciphertext (Digest, Size and
 	// the chunk table are its own); see UploadEncryptedImage.
 	Encrypted bool `json:"encrypted,omitempty"`
+	// DeltaFrom and DeltaTo are set on a delta (MakeDelta): the hex
+	// digests of the images it turns one into the other.
+	DeltaFrom string `json:"delta_from,omitempty"`
+	DeltaTo   string `json:"delta_to,omitempty"`
 }
 
 // ImageUpload is what an upload says about the image besides its bytes.

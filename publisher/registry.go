@@ -30,10 +30,12 @@ type Device struct {
 	Groups        []string `json:"groups,omitempty"`
 	Tags          []string `json:"tags,omitempty"`
 	ActiveVersion uint64   `json:"active_version"`
-	// Image is the hex digest of the image the device runs, as firmcast
-	// last saw it confirm (or skip, already running it) in a campaign;
-	// empty when unknown. Campaigns compare it with their image
-	// (AllowDowngrade).
+	// Image is the hex digest of the image the device runs, as its last
+	// report says (schemas.DeviceReport.ActiveDigest) or, from a device
+	// that does not say, as firmcast last saw it confirm (or skip,
+	// already running it) in a campaign; empty when unknown. Campaigns
+	// compare it with their image (AllowDowngrade) and make deltas from
+	// it.
 	Image      string    `json:"image,omitempty"`
 	LastReport *Report   `json:"last_report,omitempty"`
 	Created    time.Time `json:"created"`
@@ -331,16 +333,14 @@ func (p *Publisher) deviceRecords(ctx context.Context) ([]deviceRecord, error) {
 // (its info), and the listing goes on past the marker until an entry at or
 // beyond that sequence has been seen (deletes included, since a bucket's
 // last message may be one), or kvOpTimeout has passed since the marker.
+// That sequence is read again at the marker: a value written while the
+// initial values were sent (a device's report updating its record)
+// replaces one the watch then skips, and comes only as an update; without
+// waiting for it a campaign left out two of ten devices of the demo.
 func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
-	var last uint64
-	sctx, cancel := opCtx(ctx)
-	st, err := kv.Status(sctx)
-	cancel()
+	last, err := lastSeq(ctx, kv)
 	if err != nil {
-		return nil, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
-	}
-	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
-		last = bs.StreamInfo().State.LastSeq
+		return nil, err
 	}
 	w, err := kv.WatchAll(ctx)
 	if err != nil {
@@ -364,6 +364,12 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 			if e == nil {
 				if grace == nil {
 					grace = time.After(kvOpTimeout)
+					// A value written while the initial values were sent
+					// replaced one the watch then skips; it comes as an
+					// update, at or before the stream's last sequence now.
+					if l, err := lastSeq(ctx, kv); err == nil {
+						last = max(last, l)
+					}
 				}
 				continue
 			}
@@ -389,6 +395,20 @@ func allValues[T any](ctx context.Context, kv jetstream.KeyValue) ([]T, error) {
 		out = append(out, v)
 	}
 	return out, nil
+}
+
+// lastSeq returns the last sequence of kv's stream, read from its leader.
+func lastSeq(ctx context.Context, kv jetstream.KeyValue) (uint64, error) {
+	sctx, cancel := opCtx(ctx)
+	st, err := kv.Status(sctx)
+	cancel()
+	if err != nil {
+		return 0, fmt.Errorf("publisher: read %s: %w", kv.Bucket(), err)
+	}
+	if bs, ok := st.(*jetstream.KeyValueBucketStatus); ok && bs.StreamInfo() != nil {
+		return bs.StreamInfo().State.LastSeq, nil
+	}
+	return 0, nil
 }
 
 // RemoveDevice deletes a device from the registry (ErrNotFound). From

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"hash/fnv"
 	"time"
@@ -219,6 +220,9 @@ func (p *Publisher) recordOutcome(ctx context.Context, r *schemas.DeviceReport, 
 		if image != "" {
 			d.Image = image
 		}
+		if len(r.ActiveDigest) != 0 {
+			d.Image = hex.EncodeToString(r.ActiveDigest) // what it runs, as it says
+		}
 		return nil
 	})
 	if err != nil && !errors.Is(err, ErrNotFound) {
@@ -237,6 +241,9 @@ func (p *Publisher) applyIdleReport(ctx context.Context, r *schemas.DeviceReport
 		}
 		d.LastReport = reportView(r, recv)
 		d.ActiveVersion = r.ActiveVersion
+		if len(r.ActiveDigest) != 0 {
+			d.Image = hex.EncodeToString(r.ActiveDigest)
+		}
 		return nil
 	})
 	if errors.Is(err, ErrNotFound) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"math"
+	"slices"
 	"sync"
 
 	"golang.org/x/time/rate"
@@ -100,12 +101,12 @@ func (p *Publisher) handleChunkRequest(_ context.Context, m broker.Message) {
 }
 
 // requestCampaign returns the running or paused campaign of the image
-// (hex digest) in which dev has been notified (its record is past
+// (hex digest; the campaign's image or one of its deltas) in which dev has been notified (its record is past
 // queued), and false when there is none.
 func (p *Publisher) requestCampaign(digest, dev string) (string, bool) {
 	for _, id := range p.idx.campaignIDs() {
 		c, ok := p.idx.campaign(id)
-		if !ok || c.Image != digest || (c.State != CampaignRunning && c.State != CampaignPaused) {
+		if !ok || (c.Image != digest && !slices.Contains(c.Deltas, digest)) || (c.State != CampaignRunning && c.State != CampaignPaused) {
 			continue
 		}
 		if st, _, ok := p.idx.dev(id, dev); ok && st.State != StateQueued {
@@ -166,9 +167,9 @@ func (p *Publisher) charge(r *schemas.ChunkRequest, d *imageData, n int) bool {
 	if a == nil {
 		return false // its campaign ended meanwhile
 	}
-	if a.budget == 0 {
-		a.budget = p.budgetFor(d)
-	}
+	// The largest image asked for sets it (a campaign's image, or a
+	// smaller delta of it: a device whose delta failed takes the image).
+	a.budget = max(a.budget, p.budgetFor(d))
 	if a.sent+int64(n) > a.budget {
 		p.overBudget(a, r.Requester)
 		return false
@@ -186,9 +187,9 @@ func (p *Publisher) affordable(r *schemas.ChunkRequest, d *imageData, wl []int) 
 	if a == nil {
 		return nil
 	}
-	if a.budget == 0 {
-		a.budget = p.budgetFor(d)
-	}
+	// The largest image asked for sets it (a campaign's image, or a
+	// smaller delta of it: a device whose delta failed takes the image).
+	a.budget = max(a.budget, p.budgetFor(d))
 	for k, i := range wl {
 		n := int64(chunkLen(d.table, i)) + chunkOverhead
 		if a.sent+n > a.budget {

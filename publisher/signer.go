@@ -32,6 +32,12 @@ type ManifestRequest struct {
 	// Encryption, for an encrypted image, is its encryption parameter
 	// (the image digest, size and chunk table are the ciphertext's).
 	Encryption *suit.ImageEncryption
+	// Deltas are offered before the full image, each to the devices
+	// running its source (suit.DeltaInfo).
+	Deltas []suit.DeltaInfo
+	// Component names the SUIT component updated (a boot stage); empty:
+	// the application.
+	Component string
 }
 
 // ManifestSigner makes a signed SUIT envelope. Implementations may keep the

@@ -280,6 +280,11 @@ func (x *index) campaignIDs() []string {
 }
 
 func countKeys(st DeviceState) []string {
+	if st.Code == schemas.CodeFailedBefore.String() {
+		// Not a failure of this campaign: the image failed on the device
+		// before, and it was not downloaded again.
+		return []string{schemas.CodeFailedBefore.String()}
+	}
 	k := []string{bucket(st.State)}
 	if failedState(st.State) && st.Code != "" {
 		k = append(k, countFailed+"."+st.Code)

@@ -95,7 +95,7 @@ type SourceHint struct {
 //
 //	update-notice = { 0: 1, 1: id, 2: id, 3: bstr, ? 4: [* source-hint],
 //	                  ? 5: uint, ? 6: uint, 7: digest, 8: chunk-size,
-//	                  ? 9: true, 10: bstr, ? 11: bstr }
+//	                  ? 9: true, 10: bstr, ? 11: bstr, ? 12: true }
 type UpdateNotice struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -136,6 +136,10 @@ type UpdateNotice struct {
 	// all. What the key decrypts is authenticated by the signed manifest,
 	// not by this field.
 	Key []byte `cbor:"11,keyasint,omitempty"`
+	// Retry asks a device to install the image even if it failed on it
+	// before (CodeFailedBefore otherwise): the campaign retries it on
+	// purpose.
+	Retry bool `cbor:"12,keyasint,omitempty"`
 }
 
 // SignedBytes returns the bytes Auth authenticates: the deterministic
@@ -377,6 +381,10 @@ const (
 	CodeNotFound
 	CodeConflict
 	CodeInternal
+	// CodeFailedBefore: the image failed on the device before (its
+	// bootloader reverted it), so it is not downloaded again unless the
+	// campaign retries failed images (UpdateNotice.Retry).
+	CodeFailedBefore
 	codeCount
 )
 
@@ -384,7 +392,7 @@ var codeNames = [...]string{
 	"none", "malformed", "signature", "untrusted-key", "vendor-mismatch", "class-mismatch",
 	"device-mismatch", "rollback", "expired", "size", "digest", "chunk-table", "bad-chunk",
 	"no-source", "slot-full", "boot-failed", "policy", "timeout", "unsupported",
-	"unauthorized", "not-found", "conflict", "internal",
+	"unauthorized", "not-found", "conflict", "internal", "failed-before",
 }
 
 func (c ErrCode) String() string {
@@ -446,6 +454,10 @@ type DeviceReport struct {
 	// change: it names no campaign, carries a Code, and State is the
 	// device's state, unchanged.
 	Security bool `cbor:"13,keyasint,omitempty"`
+	// ActiveDigest is the SHA-256 of the running firmware image, as its
+	// header in the bootloader's slot names it; empty when the device
+	// does not know it. The publisher makes delta updates from it.
+	ActiveDigest []byte `cbor:"14,keyasint,omitempty"`
 }
 
 // CampaignSpec describes a campaign to create. It targets at least one of
@@ -454,7 +466,7 @@ type DeviceReport struct {
 //	campaign-spec = { 0: digest, ? 1: bstr, ? 2: [+ id], ? 3: [+ id], ? 4: id,
 //	                  ? 5: [+ id], ? 6: uint, ? 7: [+ uint], ? 8: uint,
 //	                  ? 9: uint, ? 10: uint, ? 11: true, ? 12: tstr,
-//	                  ? 13: true }
+//	                  ? 13: true, ? 14: true, ? 15: id }
 type CampaignSpec struct {
 	// Image is the SHA-256 of an image already in the store.
 	Image []byte `cbor:"0,keyasint"`
@@ -487,6 +499,14 @@ type CampaignSpec struct {
 	// version or security version) than what some targets run; without
 	// it such a campaign is refused. Audited.
 	AllowDowngrade bool `cbor:"13,keyasint,omitempty"`
+	// RetryFailed lets devices on which the image failed before (their
+	// bootloader reverted it) install it again; without it they report
+	// CodeFailedBefore and download nothing.
+	RetryFailed bool `cbor:"14,keyasint,omitempty"`
+	// Component is the SUIT component the server-signed manifest updates
+	// (an identifier, such as "bootloader" for a device's upgradable
+	// bootloader stage); empty: the application.
+	Component string `cbor:"15,keyasint,omitempty"`
 }
 
 // CampaignCommand is a request on the campaign API (Topics.API).

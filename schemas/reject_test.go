@@ -405,7 +405,7 @@ func TestInvalidReport(t *testing.T) {
 		{"device with wildcard", func(m *DeviceReport) { m.Device = "dev#" }, ErrInvalid, "device id"},
 		{"bad campaign", func(m *DeviceReport) { m.Campaign = "a.b" }, ErrInvalid, "campaign id"},
 		{"unknown state", func(m *DeviceReport) { m.State = stateCount }, ErrInvalid, "unknown state 13"},
-		{"unknown code", func(m *DeviceReport) { m.Code = codeCount }, ErrInvalid, "unknown error code 23"},
+		{"unknown code", func(m *DeviceReport) { m.Code = codeCount }, ErrInvalid, "unknown error code 24"},
 		{"done beyond total", func(m *DeviceReport) { m.BytesDone = m.BytesTotal + 1 }, ErrInvalid, "bytes done 600001 beyond total 600000"},
 		{"oversize text", func(m *DeviceReport) { m.Text = strings.Repeat("t", MaxTextLen+1) }, ErrTooLarge, "error text is 513 bytes"},
 		{"bad source", func(m *DeviceReport) { m.Source = "a b" }, ErrInvalid, "source"},

@@ -349,6 +349,9 @@ func (r *DeviceReport) Validate() error {
 	if r.Security && (r.Campaign != "" || r.Code == CodeNone) {
 		return invalid(m, "a security event names no campaign and carries an error code")
 	}
+	if len(r.ActiveDigest) != 0 && len(r.ActiveDigest) != DigestSize {
+		return invalid(m, "active image digest is %d bytes, want %d", len(r.ActiveDigest), DigestSize)
+	}
 	return checkOptionalID(m, "class id", r.Class)
 }
 
@@ -428,6 +431,9 @@ func (s *CampaignSpec) validate() error {
 	}
 	if s.Deadline < 0 {
 		return invalid(m, "negative deadline %d", s.Deadline)
+	}
+	if err := checkOptionalID(m, "component", s.Component); err != nil {
+		return err
 	}
 	return checkText(m, "name", s.Name, MaxNameLen)
 }

@@ -27,7 +27,7 @@ type runOptions struct {
 	flash, state, root, class                    string
 	vendorID, classID                            string
 	trust, noticeTrust, costs, localSources      []string
-	fileDirs, urlPrefixes                        []string
+	fileDirs, urlPrefixes, stages                []string
 	maxMetered                                   uint64
 	freeOnly                                     bool
 	window                                       string
@@ -72,6 +72,7 @@ notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 	f.BoolVar(&o.encryptedSlots, "encrypted-slots", false, "keep encrypted images' ciphertext in the candidate slot for the bootloader to decrypt as it installs (default: the device file's \"encrypted_slots\"; needs the device file's \"kek\")")
 	f.StringVar(&o.imageURL, "image-url", "", "the firmcast server's image URL prefix, e.g. https://fw.example.com/images/: HTTP sources under it send --device-id and --secret as basic auth (the server's default --image-access key policy asks for them)")
 	f.StringVar(&o.flash, "flash", "", "flash file made by 'firmcast boot init' (required)")
+	f.StringArrayVar(&o.stages, "stage", nil, "COMPONENT=FLASH: an upgradable boot stage before the application (a bootloader), its own flash file, updated by manifests for COMPONENT; repeat in boot order")
 	f.StringVar(&o.state, "state", "", "state directory (required)")
 	f.StringVar(&o.root, "root", schemas.DefaultRoot, "topic root")
 	f.StringVar(&o.class, "class", "", "device class for class-wide announcements")
@@ -146,6 +147,19 @@ func (o *runOptions) run(ctx context.Context) error {
 		return fmt.Errorf("--flash: %w", err)
 	}
 	defer fl.Close()
+	var stages []deviceagent.Stage
+	for _, s := range o.stages {
+		name, path, ok := strings.Cut(s, "=")
+		if !ok || name == "" || path == "" {
+			return fmt.Errorf("--stage %q: want COMPONENT=FLASH", s)
+		}
+		sd, sf, err := devicefile.Open(path)
+		if err != nil {
+			return fmt.Errorf("--stage %s: %w", name, err)
+		}
+		defer sf.Close()
+		stages = append(stages, deviceagent.Stage{Component: name, Boot: sd})
+	}
 	log := slog.Default()
 	tr, err := broker.Dial(ctx, broker.Config{URL: o.brokerURL, Username: o.deviceID, Password: o.secret, ClientID: o.deviceID, Topics: topics, Logger: log})
 	if err != nil {
@@ -155,7 +169,7 @@ func (o *runOptions) run(ctx context.Context) error {
 	cfg := deviceagent.Config{
 		DeviceID: o.deviceID, Class: o.class,
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
-		Transport: tr, Topics: topics, Boot: dev, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
+		Transport: tr, Topics: topics, Boot: dev, Stages: stages, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
 	}
 	if cfg.Keys, err = o.keys(); err != nil {

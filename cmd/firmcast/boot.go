@@ -40,12 +40,13 @@ func newBootCmd() *cobra.Command {
   confirm  confirm the image in trial state
   inspect  show headers, trial state, floor and last revert reason
   combine  merge a bootloader and an application into one flash image
+  chain    boot a multi-stage device (bootloader stage, application) once
 
 The device's layout and root-of-trust store live next to the flash in
 FILE.device.json.`,
 	}
 	c.AddCommand(newBootInitCmd(), newBootStageCmd(), newBootRunCmd(), newBootConfirmCmd(),
-		newBootInspectCmd(), newBootCombineCmd())
+		newBootInspectCmd(), newBootCombineCmd(), newBootChainCmd())
 	return c
 }
 
@@ -86,19 +87,33 @@ func parseDeviceKey(s string) ([]byte, error) {
 
 func newBootInitCmd() *cobra.Command {
 	var (
-		flash, keyHex, pubFile string
-		kekFile, kekID         string
-		encryptedSlots         bool
-		slots                  int
-		slotSize               int64
-		asJSON                 bool
+		flash, keyHex, pubFile, from string
+		kekFile, kekID               string
+		encryptedSlots               bool
+		slots                        int
+		slotSize, bootSize           int64
+		asJSON                       bool
 	)
 	c := &cobra.Command{
 		Use:   "init",
-		Short: "Create an erased flash and its device file",
-		Args:  cobra.NoArgs,
+		Short: "Create an erased flash and its device file, or a device from a combined factory image",
+		Long: `init creates a flash file (erased) and its device file. With --from, the
+flash holds a combined image made by ` + "`firmcast boot combine`" + ` (give the
+--slots, --slot-size, --boot-size and --device-key given to combine; --pubkey
+for a secure-boot image combined with --envelope), and init checks that
+its application boots.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if from == "" && keyHex != "" && pubFile != "" {
+				return errors.New("if any flags in the group [device-key pubkey] are set none of the others can be; [device-key pubkey] were all set (except with --from)")
+			}
 			g, l, err := bootLayout(slots, slotSize)
+			if from != "" {
+				g, l, _, err = factoryLayout(slots, slotSize, bootSize, -1)
+				if keyHex == "" {
+					return errors.New("--from: give the --device-key the image was combined with (its application header is tagged with it)")
+				}
+			}
 			if err != nil {
 				return err
 			}
@@ -145,6 +160,14 @@ func newBootInitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			var active *bootctl.ImageInfo
+			if from != "" {
+				if active, err = initFrom(cmd.Context(), f, l, dev, from); err != nil {
+					f.Close()
+					os.Remove(flash)
+					return err
+				}
+			}
 			if err := f.Close(); err != nil {
 				return err
 			}
@@ -153,6 +176,9 @@ func newBootInitCmd() *cobra.Command {
 			}
 			res := map[string]any{"flash": flash, "device_file": devicefile.Path(flash), "geometry": g, "layout": l,
 				"image_capacity": l.ImageCapacity(g), "secure_boot": pubFile != "", "encrypted_slots": encryptedSlots}
+			if active != nil {
+				res["active"] = active
+			}
 			return bootOut(cmd, asJSON, res, func(w io.Writer) {
 				fmt.Fprintf(w, "flash %s: %d bytes, %d slots of %d bytes (images up to %d bytes), secure boot %v\n",
 					flash, g.Size(), slots, slotSize, l.ImageCapacity(g), pubFile != "")
@@ -167,8 +193,9 @@ func newBootInitCmd() *cobra.Command {
 	c.Flags().StringVar(&kekFile, "kek-file", "", "file holding the device's key-encryption key for encrypted images in hex (firmcast device key --generate --out); kept in the device file")
 	c.Flags().StringVar(&kekID, "kek-id", "", "the KEK's key id, as the server names it (\"<device>#<generation>\"); empty matches any")
 	c.Flags().BoolVar(&encryptedSlots, "encrypted-slots", false, "candidate slots keep encrypted images' ciphertext and the bootloader decrypts while it installs (needs --kek-file; not with --pubkey)")
+	c.Flags().StringVar(&from, "from", "", "combined factory image (boot combine) the flash starts with")
+	c.Flags().Int64Var(&bootSize, "boot-size", bootBootSectors*bootSectorSize, "with --from: bytes reserved for the bootloader, as given to boot combine")
 	c.Flags().BoolVar(&asJSON, "json", false, "print JSON")
-	c.MarkFlagsMutuallyExclusive("device-key", "pubkey")
 	c.MarkFlagsMutuallyExclusive("encrypted-slots", "pubkey")
 	_ = c.MarkFlagRequired("flash")
 	_ = c.MarkFlagRequired("slot-size")
@@ -462,11 +489,11 @@ func newBootInspectCmd() *cobra.Command {
 
 func newBootCombineCmd() *cobra.Command {
 	var (
-		bootPath, appPath, out, keyHex, campaign string
-		slots                                    int
-		slotSize, bootSize, appOffset            int64
-		version, counter                         uint64
-		asJSON                                   bool
+		bootPath, appPath, out, keyHex, campaign, envPath string
+		slots                                             int
+		slotSize, bootSize, appOffset                     int64
+		version, counter                                  uint64
+		asJSON                                            bool
 	)
 	c := &cobra.Command{
 		Use:   "combine",
@@ -475,31 +502,16 @@ func newBootCombineCmd() *cobra.Command {
 the start, the application region (header with the device's tag, then the
 image) right after it, empty slots and status area. It refuses a layout
 where the application would not start right after the bootloader
-(--app-offset other than --boot-size).`,
+(--app-offset other than --boot-size), regions that overlap or are not on
+a sector boundary, and a bootloader larger than its region. With
+--envelope (the application's signed SUIT envelope) the image is one for
+a secure-boot device. ` + "`firmcast boot init --from`" + ` turns it into a device.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			g, l, err := bootLayout(slots, slotSize)
+			g, l, appOffset, err := factoryLayout(slots, slotSize, bootSize, appOffset)
 			if err != nil {
 				return err
 			}
-			if bootSize <= 0 || bootSize%bootSectorSize != 0 {
-				return fmt.Errorf("--boot-size %d: want a positive multiple of %d", bootSize, bootSectorSize)
-			}
-			if appOffset < 0 {
-				appOffset = bootSize
-			}
-			if appOffset%bootSectorSize != 0 {
-				return fmt.Errorf("--app-offset %d: want a multiple of %d", appOffset, bootSectorSize)
-			}
-			// Re-place the regions for the requested boot size and app offset.
-			shift := int(appOffset/bootSectorSize) - l.Active.Start
-			l.Boot.Sectors = int(bootSize / bootSectorSize)
-			l.Active.Start += shift
-			for i := range l.Slots {
-				l.Slots[i].Start += shift
-			}
-			l.Status.Start += shift
-			g.Sectors = l.Sectors()
 			key, err := parseDeviceKey(keyHex)
 			if err != nil {
 				return err
@@ -512,8 +524,14 @@ where the application would not start right after the bootloader
 			if err != nil {
 				return fmt.Errorf("--app: %w", err)
 			}
+			var env []byte
+			if envPath != "" {
+				if env, err = os.ReadFile(envPath); err != nil {
+					return fmt.Errorf("--envelope: %w", err)
+				}
+			}
 			img, err := bootctl.Combine(g, l, bootctl.CombineInput{Bootloader: boot, App: app, DeviceKey: key,
-				Info: bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign}})
+				Info: bootctl.CandidateInfo{Version: version, SecurityCounter: counter, Campaign: campaign, Envelope: env}})
 			if err != nil {
 				return err
 			}
@@ -536,6 +554,7 @@ where the application would not start right after the bootloader
 	f.Uint64Var(&version, "version", 0, "application version")
 	f.Uint64Var(&counter, "security-counter", 0, "application security counter")
 	f.StringVar(&campaign, "campaign", "", "campaign id")
+	f.StringVar(&envPath, "envelope", "", "the application's signed SUIT envelope, stored in its header (secure boot)")
 	f.IntVar(&slots, "slots", 2, "number of candidate slots")
 	f.Int64Var(&slotSize, "slot-size", 0, "bytes per slot (required)")
 	f.Int64Var(&bootSize, "boot-size", bootBootSectors*bootSectorSize, "bytes reserved for the bootloader")

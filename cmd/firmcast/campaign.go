@@ -39,11 +39,11 @@ aborts (or pauses) when failures reach the failure threshold.`,
 }
 
 type campaignFlags struct {
-	image, class, name, fail, success, deadline, envelope string
-	groups, devices, tags, phaseDevices                   []string
-	phases                                                []int
-	onVersion                                             int64
-	start, allowDowngrade                                 bool
+	image, class, name, fail, success, deadline, envelope, component string
+	groups, devices, tags, phaseDevices                              []string
+	phases                                                           []int
+	onVersion                                                        int64
+	start, allowDowngrade, retryFailed                               bool
 }
 
 func (f *campaignFlags) add(c *cobra.Command) {
@@ -61,6 +61,8 @@ func (f *campaignFlags) add(c *cobra.Command) {
 	fl.StringVar(&f.envelope, "envelope", "", "already signed SUIT envelope file (default: the server signs)")
 	fl.StringVar(&f.name, "name", "", "campaign name")
 	fl.BoolVar(&f.allowDowngrade, "allow-downgrade", false, "allow an image older (by version or security version) than what some targets run; audited")
+	fl.StringVar(&f.component, "component", "", "SUIT component the server-signed manifest updates, such as bootloader (a device's bootloader stage); default: the application")
+	fl.BoolVar(&f.retryFailed, "retry-failed", false, "install the image also on devices where it failed before (their bootloader reverted it); without it they report failed-before and download nothing")
 }
 
 var percentRE = regexp.MustCompile(`^([0-9]+(\.[0-9]+)?)%$`)
@@ -98,7 +100,8 @@ func parseDeadline(s string, now time.Time) (int64, error) {
 func (f *campaignFlags) request(image string) (publisher.CampaignRequest, error) {
 	r := publisher.CampaignRequest{
 		Name: f.name, Image: image, Devices: f.devices, Groups: f.groups, Class: f.class, Tags: f.tags,
-		Phases: f.phases, Start: f.start, AllowDowngrade: f.allowDowngrade,
+		Phases: f.phases, Start: f.start, AllowDowngrade: f.allowDowngrade, RetryFailed: f.retryFailed,
+		Component: f.component,
 	}
 	if f.onVersion >= 0 {
 		v := uint64(f.onVersion)

@@ -48,6 +48,7 @@ type demoFlags struct {
 	// where the API and the console listen.
 	console    bool
 	httpListen string
+	delta      bool
 }
 
 func newDemoCmd() *cobra.Command {
@@ -99,6 +100,7 @@ aborted; 1 any other error.`,
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
 	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:0", "where the HTTP API and the operator console listen (port 0: a free port; empty: none)")
 	fl.BoolVar(&f.console, "console", false, "keep the backend and the operator console up after the campaign, until interrupted")
+	fl.BoolVar(&f.delta, "delta", false, "v2 is v1 with a small change: run the campaign once with the full image, then again with the delta the server makes from v1, and compare the bytes sent")
 	return c
 }
 
@@ -197,6 +199,13 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 			<-ctx.Done()
 		}
 	}
+	var full *fleet.Summary
+	if f.delta {
+		if full, err = demoFullRun(cmd, cfg); err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		cfg.Delta, cfg.Dir = true, filepath.Join(dir, "delta")
+	}
 	sum, err := fleet.Run(cmd.Context(), cfg)
 	if !held {
 		pv.stop()
@@ -222,6 +231,9 @@ func runDemo(cmd *cobra.Command, f *demoFlags) error {
 	}
 	if err := printSummary(cmd.OutOrStdout(), f.json, sum); err != nil {
 		return err
+	}
+	if full != nil && !f.json {
+		printDeltaComparison(cmd.OutOrStdout(), *full, sum)
 	}
 	return summaryExit(sum)
 }

@@ -65,7 +65,7 @@ on the server's JetStream object store.`,
 		func(i publisher.Image) []string {
 			return []string{i.Digest, i.Name, fmt.Sprint(i.Size), fmt.Sprint(i.Chunks), i.Uploaded.Format(time.RFC3339)}
 		})
-	c.AddCommand(upload, list, newImageDeleteCmd(a))
+	c.AddCommand(upload, list, newImageDeleteCmd(a), newImageDeltaCmd(a))
 	return c
 }
 

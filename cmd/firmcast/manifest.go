@@ -28,7 +28,7 @@ func newManifestCmd() *cobra.Command {
 type createFlags struct {
 	image, vendor, class, component, out, useBefore, coseAlg string
 	seq, securityVersion                                     uint64
-	uris, keys                                               []string
+	uris, keys, deltaFrom                                    []string
 	chunkSize                                                uint32
 }
 
@@ -66,6 +66,7 @@ or the fully specified ESP256 / Ed25519 with --cose-alg).`,
 	fl.Uint32Var(&f.chunkSize, "chunk-size", suit.DefaultChunkSize, "chunk size of the image's chunk table, bytes")
 	fl.StringVar(&f.coseAlg, "cose-alg", "", "COSE algorithm: es256 or esp256 for P-256 keys, eddsa or ed25519 for Ed25519 keys (default es256 / eddsa)")
 	fl.StringVar(&f.useBefore, "use-before", "", "refuse installation after this time (RFC 3339, or a duration from now such as 720h)")
+	fl.StringArrayVar(&f.deltaFrom, "delta-from", nil, "also offer a delta from this source image file (repeatable): it is written to OUT.delta-<source digest>.bin, to upload with firmcast image upload; devices running the source take it, the others the full image")
 	fl.Uint64Var(&f.securityVersion, "security-version", 0, fmt.Sprintf("anti-rollback security version (1..%d), the bootloader's counter: raise it on purpose when older versions must never run again (default: none, devices keep their floor)", suit.MaxSecurityVersion))
 	return c
 }
@@ -122,9 +123,14 @@ func runManifestCreate(cmd *cobra.Command, f *createFlags) error {
 		return fmt.Errorf("--image: %w", err)
 	}
 	defer img.Close()
+	deltas, err := manifestDeltas(cmd, f)
+	if err != nil {
+		return err
+	}
 	env, err := suit.Create(cmd.Context(), suit.CreateOptions{
 		Image: img, VendorID: vendor, ClassID: class, Seq: f.seq, URIs: f.uris,
 		Component: f.component, ChunkSize: f.chunkSize, UseBefore: useBefore, SecurityVersion: f.securityVersion,
+		Deltas: deltas,
 	}, signers...)
 	if err != nil {
 		return err

@@ -102,6 +102,16 @@ type Config struct {
 	// Hold, when set, is called after the campaign with its summary,
 	// before anything stops: the console stays up until it returns.
 	Hold func(ctx context.Context, sum Summary)
+	// SmallChange makes v2 v1 with a few small changes (NextVersion)
+	// rather than unrelated bytes: the images of a delta run.
+	SmallChange bool
+	// Delta uploads v1 too (SmallChange implied), so the campaign offers
+	// the devices running v1 a delta (Summary.ViaDelta, DeltaSize).
+	Delta bool
+	// OtherSource, when positive, makes every OtherSource-th device run
+	// v0 instead of v1, an image the server does not hold: those take
+	// the full image in a delta run.
+	OtherSource int
 }
 
 // ErrStalled: nothing moved in the campaign for Config.Stall.
@@ -205,6 +215,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		return sum, err
 	}
 	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), Image(cfg.Seed, "v2", cfg.ImageSize)
+	if cfg.SmallChange || cfg.Delta {
+		v2 = NextVersion(v1, cfg.Seed)
+	}
+	v0 := Image(cfg.Seed, "v0", cfg.ImageSize)
 	files := map[string][]byte{"v1.bin": v1, "v2.bin": v2}
 	if cfg.Encrypt {
 		delete(files, "v2.bin") // the plaintext stays with the vendor (here: in memory)
@@ -290,6 +304,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
 		Loss: cfg.Loss,
+		FactoryOf: func(i int) []byte {
+			if cfg.OtherSource > 0 && i%cfg.OtherSource == cfg.OtherSource-1 {
+				return v0
+			}
+			return v1
+		},
 		Register: func(ctx context.Context, id, secret string) error {
 			return st.RegisterDevice(ctx, id, devClass, secret)
 		},
@@ -305,6 +325,11 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if err := fl.Run(ctx); err != nil {
 		return sum, err
 	}
+	if cfg.Delta {
+		if err := prepareDelta(ctx, st, v1, len(ids)); err != nil {
+			return sum, err
+		}
+	}
 	sum.SetupSeconds = time.Since(t0).Seconds()
 	be := LocalBackend{S: st}
 	if cfg.Encrypt {
@@ -313,10 +338,66 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		be.Recipients = &schemas.CampaignSpec{Devices: ids}
 	}
 	err = RunCampaign(ctx, fl, be, v2, devClass, &cfg, &sum)
+	if c, cerr := st.Pub.Campaign(ctx, sum.Campaign); cerr == nil {
+		for _, d := range c.Deltas {
+			if img, ierr := st.Pub.Image(ctx, d); ierr == nil {
+				sum.DeltaSize = max(sum.DeltaSize, img.Size)
+			}
+		}
+	}
 	if err == nil && cfg.Hold != nil {
 		cfg.Hold(ctx, sum)
 	}
 	return sum, err
+}
+
+// prepareDelta uploads v1, the image the devices run, and waits until the
+// registry knows what each of the n devices runs (from their reports), so
+// that the campaign makes a delta from v1.
+func prepareDelta(ctx context.Context, st *stack.Stack, v1 []byte, n int) error {
+	if _, _, err := st.Pub.UploadImage(ctx, st.Admin, "v1.bin", bytes.NewReader(v1)); err != nil {
+		return fmt.Errorf("fleet: upload v1: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		devs, err := st.Pub.Devices(ctx)
+		known := 0
+		for _, d := range devs {
+			if d.Image != "" {
+				known++
+			}
+		}
+		if err == nil && known >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("fleet: the registry knows the running image of %d of %d devices: %w", known, n, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// NextVersion returns the next version of image v as a small source
+// change makes it: a few bytes changed in places and a block shifted, the
+// size kept.
+func NextVersion(v []byte, seed uint64) []byte {
+	out := bytes.Clone(v)
+	n := len(out)
+	if n < 64 {
+		return Image(seed, "v2", n)
+	}
+	// A block shifted by 16 bytes (code inserted), a constant changed,
+	// a version string.
+	lo, hi := n/4, min(n/4+n/16+64, n)
+	copy(out[lo+16:hi], v[lo:hi-16])
+	copy(out[lo:lo+16], Image(seed, "insert", 16))
+	copy(out[n/2:], Image(seed, "const", min(256, n-n/2)))
+	copy(out[n-min(32, n):], fmt.Appendf(nil, "v2 build %d", seed))
+	return out
 }
 
 // Backend is what a campaign run needs of the firmcast backend: the
@@ -746,8 +827,12 @@ type Summary struct {
 	V1            string         `json:"v1_digest"`
 	V2            string         `json:"v2_digest"`
 	// Encrypted: v2 was encrypted, and V2 names its ciphertext.
-	Encrypted      bool    `json:"encrypted,omitempty"`
-	PublisherBytes int64   `json:"publisher_bytes"`
+	Encrypted      bool  `json:"encrypted,omitempty"`
+	PublisherBytes int64 `json:"publisher_bytes"`
+	// ViaDelta counts the devices confirmed on v2 that applied a delta;
+	// DeltaSize is the size of the delta the campaign offered (0: none).
+	ViaDelta       int     `json:"via_delta,omitempty"`
+	DeltaSize      int64   `json:"delta_size,omitempty"`
 	PublisherRatio float64 `json:"publisher_bytes_per_image"`
 	// Egress splits PublisherBytes into wave, repair and unicast bytes.
 	Egress       map[string]int64 `json:"publisher_egress,omitempty"`
@@ -800,6 +885,9 @@ func (s *Summary) fill(fl *Fleet, d1, d2 [32]byte) {
 		switch {
 		case running == "v2" && err == nil && !bs.Trial:
 			s.ConfirmedV2++
+			if len(rec.Delta) > 0 {
+				s.ViaDelta++
+			}
 			continue
 		case running == "v1":
 			s.OnV1++

@@ -63,6 +63,16 @@ type FleetConfig struct {
 	// it starts, as version FactoryVersion (default 1). Required.
 	Factory        []byte
 	FactoryVersion uint64
+	// Bootloader, when set, gives every device an upgradable bootloader
+	// stage before the application: its own flash (in memory, the
+	// application's geometry), with this image installed and confirmed as
+	// version 1, updated by campaigns for the SUIT component
+	// StageComponent. The agent boots the chain bootloader, application.
+	Bootloader []byte
+	// FactoryOf, when set, gives device i (from 0) its own factory image
+	// (at most MaxImage bytes) instead of Factory: a fleet on several
+	// versions. Nil means Factory.
+	FactoryOf func(i int) []byte
 	// MaxImage is the largest image a slot must hold. Default len(Factory).
 	MaxImage int
 	// FailRate is the fraction of devices whose self-test fails after the
@@ -121,8 +131,13 @@ type Device struct {
 	kid    string
 	flash  *bootctl.Flash
 	boot   *bootctl.Device
-	agent  *deviceagent.Agent
-	tr     broker.Transport
+	// factory is the image the device runs from the factory.
+	factory []byte
+	// stage and stageFlash are the bootloader stage (FleetConfig.Bootloader).
+	stage      *bootctl.Device
+	stageFlash *bootctl.Flash
+	agent      *deviceagent.Agent
+	tr         broker.Transport
 
 	state  atomic.Int32  // schemas.State, from OnState
 	rx     atomic.Int64  // payload bytes received
@@ -220,6 +235,10 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		}
 		d.secret = hex.EncodeToString(sec[:])
 		d.FailHealth = perm[i] < failing
+		d.factory = cfg.Factory
+		if cfg.FactoryOf != nil {
+			d.factory = cfg.FactoryOf(i)
+		}
 		f.Devices = append(f.Devices, d)
 	}
 	err := f.each(ctx, func(ctx context.Context, d *Device) error {
@@ -309,18 +328,30 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if d.boot, err = bootctl.Open(fl, f.layout, bootctl.RootOfTrust{DeviceKey: d.key}, bootctl.WithTrialBoots(trialBoots)); err != nil {
 		return err
 	}
+	if f.cfg.Bootloader != nil {
+		if d.stageFlash, err = bootctl.NewMemFlash(f.geom); err != nil {
+			return err
+		}
+		if d.stage, err = bootctl.Open(d.stageFlash, f.layout, bootctl.RootOfTrust{DeviceKey: d.key}, bootctl.WithTrialBoots(trialBoots)); err != nil {
+			return err
+		}
+		if err := factoryInstall(ctx, d.stage, f.cfg.Bootloader, 1, "factory"); err != nil {
+			return fmt.Errorf("bootloader stage: %w", err)
+		}
+	}
 	slot, err := d.boot.FreeSlot()
 	if err != nil {
 		return err
 	}
-	cand, err := d.boot.OpenCandidate(ctx, slot, uint64(len(f.cfg.Factory)))
+	cand, err := d.boot.OpenCandidate(ctx, slot, uint64(len(d.factory)))
 	if err != nil {
 		return err
 	}
-	if _, err := cand.WriteAt(f.cfg.Factory, 0); err != nil {
+	if _, err := cand.WriteAt(d.factory, 0); err != nil {
 		return err
 	}
-	info := bootctl.CandidateInfo{Version: f.cfg.FactoryVersion, SecurityCounter: f.cfg.FactoryVersion, Digest: f.fdigest, Campaign: "factory"}
+	digest := sha256.Sum256(d.factory)
+	info := bootctl.CandidateInfo{Version: f.cfg.FactoryVersion, SecurityCounter: f.cfg.FactoryVersion, Digest: digest, Campaign: "factory"}
 	if err := cand.Commit(ctx, info); err != nil {
 		return err
 	}
@@ -328,7 +359,7 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	if err != nil {
 		return err
 	}
-	if !dec.Booted || dec.Digest != f.fdigest {
+	if !dec.Booted || dec.Digest != digest {
 		return fmt.Errorf("factory image did not boot: %s %s", dec.Action, dec.Reason)
 	}
 	return d.boot.Confirm()
@@ -429,6 +460,9 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 			}
 		},
 	}
+	if d.stage != nil {
+		ac.Stages = []deviceagent.Stage{{Component: StageComponent, Boot: d.stage}}
+	}
 	if f.cfg.ImageURL != "" {
 		ac.HTTPAuth = &deviceagent.HTTPAuth{URLPrefix: f.cfg.ImageURL, Username: d.ID, Password: d.secret}
 	}
@@ -463,8 +497,42 @@ func (f *Fleet) Close() {
 		if d.flash != nil {
 			_ = d.flash.Close()
 		}
+		if d.stageFlash != nil {
+			_ = d.stageFlash.Close()
+		}
 	}
 }
+
+// StageComponent is the SUIT component of the devices' bootloader stage
+// (FleetConfig.Bootloader).
+const StageComponent = "bootloader"
+
+// factoryInstall installs img into d as version v, boots and confirms it.
+func factoryInstall(ctx context.Context, d *bootctl.Device, img []byte, v uint64, campaign string) error {
+	digest := sha256.Sum256(img)
+	if err := d.Stage(ctx, 0, img, bootctl.CandidateInfo{Version: v, SecurityCounter: v, Digest: digest, Campaign: campaign}); err != nil {
+		return err
+	}
+	dec, err := d.Boot(ctx)
+	if err != nil {
+		return err
+	}
+	if !dec.Booted || dec.Digest != digest {
+		return fmt.Errorf("factory image did not boot: %s %s", dec.Action, dec.Reason)
+	}
+	return d.Confirm()
+}
+
+// Stage returns the bootloader stage's status (FleetConfig.Bootloader).
+func (d *Device) Stage() (bootctl.Status, error) {
+	if d.stage == nil {
+		return bootctl.Status{}, errors.New("fleet: the device has no bootloader stage")
+	}
+	return d.stage.Status()
+}
+
+// Active returns the application's status.
+func (d *Device) Active() (bootctl.Status, error) { return d.boot.Status() }
 
 // FactoryDigest is the SHA-256 of the factory image.
 func (f *Fleet) FactoryDigest() [32]byte { return f.fdigest }

@@ -288,7 +288,7 @@ func policyCommand(label int64) bool {
 	case CondVendorID, CondClassID, CondImageMatch, CondUseBefore, CondComponentSlot,
 		CondCheckContent, CondAbort, DirWrite, DirFetch, DirCopy, DirInvoke, CondDeviceID,
 		CondImageNotMatch, CondMinBattery, CondUpdateAuth, CondVersion, DirWait, DirSwap,
-		CondDependencyInteg, CondIsDependency, DirProcessDep, DirUnlink:
+		CondDependencyInteg, CondIsDependency, DirProcessDep, DirUnlink, CondPrecursor:
 		return true
 	}
 	return false

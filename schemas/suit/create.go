@@ -48,6 +48,10 @@ type CreateOptions struct {
 	// (ParamFirmcastEncryption): ImageDigest, ImageSize and
 	// ChunkTableDigest (or Image) are then those of the ciphertext.
 	Encryption *ImageEncryption
+	// Deltas are offered before the full image (see DeltaInfo): a device
+	// running one's source takes that delta, any other the full image. A
+	// zero ChunkSize is ChunkSize.
+	Deltas []DeltaInfo
 }
 
 // DefaultChunkSize is the chunk size Create uses when none is given.
@@ -97,6 +101,18 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 	}
 	if e := opts.Encryption; e != nil && (e.Info == nil || len(e.Info.Recipients) == 0 || len(e.PlaintextDigest) != sha256.Size+8) {
 		return nil, fmt.Errorf("%w: encryption needs an encryption info with a recipient and a 40-byte wrapped plaintext digest", ErrParameter)
+	}
+	for i := range opts.Deltas {
+		d := &opts.Deltas[i]
+		if d.ChunkSize == 0 {
+			d.ChunkSize = opts.ChunkSize
+		}
+		if err := d.check(); err != nil {
+			return nil, err
+		}
+		if string(d.SourceDigest) == string(opts.ImageDigest) {
+			return nil, fmt.Errorf("%w: delta %d is from the image itself", ErrParameter, i)
+		}
 	}
 	if opts.SecurityVersion > MaxSecurityVersion {
 		return nil, fmt.Errorf("%w: security version %d over %d", ErrParameter, opts.SecurityVersion, MaxSecurityVersion)
@@ -190,15 +206,23 @@ func buildManifest(o CreateOptions) []byte {
 		}
 	}
 	var install Sequence
-	switch len(o.URIs) {
-	case 0:
+	switch {
+	case len(o.URIs) == 0 && len(o.Deltas) == 0:
 		install = Sequence{{Label: DirFetch, Policy: RecordFailure, Known: true}, {Label: CondImageMatch, Policy: rep, Known: true}}
-	case 1:
+	case len(o.URIs) == 1 && len(o.Deltas) == 0:
 		install = fetchFrom(o.URIs[0])
 	default:
+		// Deltas first (each guarded by its precursor condition), then
+		// the full image from each URI (or the default source).
 		try := Command{Label: DirTryEach, Known: true}
+		for _, d := range o.Deltas {
+			try.Try = append(try.Try, deltaBranch(d, rep))
+		}
 		for _, u := range o.URIs {
 			try.Try = append(try.Try, fetchFrom(u))
+		}
+		if len(o.URIs) == 0 {
+			try.Try = append(try.Try, Sequence{{Label: DirFetch, Policy: RecordFailure, Known: true}, {Label: CondImageMatch, Policy: rep, Known: true}})
 		}
 		install = Sequence{try, {Label: CondImageMatch, Policy: rep, Known: true}}
 	}
