@@ -48,7 +48,9 @@ func TestStageCampaign(t *testing.T) {
 		Devices: 4, Prefix: "stg", Class: "sensor", Dir: filepath.Join(dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: app, Bootloader: bl1,
 		MemFlash: true, Logger: testLogger(t),
-		Register: func(ctx context.Context, id, secret string) error { return st.RegisterDevice(ctx, id, "sensor", secret) },
+		Register: func(ctx context.Context, id, secret string) error {
+			return st.RegisterDevice(ctx, id, "sensor", secret)
+		},
 	})
 	if err != nil {
 		t.Fatal(err)
