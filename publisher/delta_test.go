@@ -142,3 +142,40 @@ func TestMakeDelta(t *testing.T) {
 		t.Fatalf("campaign with deltas off: %v, %v", c.Deltas, err)
 	}
 }
+
+// An image a delta is based on (its source or target) is not deleted
+// while the delta exists; once the delta is deleted, it is.
+func TestDeleteImageKeepsDeltaBases(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	who := e.who(p)
+	v1 := randomImage(t, 40000)
+	v2 := bytes.Clone(v1)
+	copy(v2[100:], []byte("another small change"))
+	var imgs []Image
+	for _, b := range [][]byte{v1, v2} {
+		img, _, err := p.UploadImage(ctx, who, "fw", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, img)
+	}
+	d, _, err := p.MakeDelta(ctx, who, imgs[0].Digest, imgs[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range imgs {
+		if err := p.DeleteImage(ctx, who, img.Digest); !errors.Is(err, ErrState) || !strings.Contains(err.Error(), d.Digest) {
+			t.Errorf("delete of %s, a base of delta %s: %v, want ErrState naming the delta", img.Digest, d.Digest, err)
+		}
+	}
+	if err := p.DeleteImage(ctx, who, d.Digest); err != nil {
+		t.Fatalf("delete of the delta: %v", err)
+	}
+	for _, img := range imgs {
+		if err := p.DeleteImage(ctx, who, img.Digest); err != nil {
+			t.Errorf("delete of %s once the delta is gone: %v", img.Digest, err)
+		}
+	}
+}

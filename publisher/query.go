@@ -329,6 +329,17 @@ func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest strin
 			return fmt.Errorf("%w: image %s is delivered by campaign %s (%s); end it first", ErrState, img.Digest, c.ID, c.State)
 		}
 	}
+	// A delta based on the image (its source or its target) would be left
+	// unusable: delete the delta first.
+	imgs, err := p.Images(ctx)
+	if err != nil {
+		return err
+	}
+	for _, d := range imgs {
+		if d.Digest != img.Digest && (d.DeltaFrom == img.Digest || d.DeltaTo == img.Digest) {
+			return fmt.Errorf("%w: image %s is the source or target of delta %s; delete the delta first", ErrState, img.Digest, d.Digest)
+		}
+	}
 	if err := withRetry(ctx, func(ctx context.Context, _ bool) error { return p.st.imageMeta.Delete(ctx, img.Digest) }); err != nil {
 		return fmt.Errorf("publisher: delete image %s: %w", img.Digest, err)
 	}
