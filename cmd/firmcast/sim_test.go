@@ -309,3 +309,25 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestSimProcsChildFailsAtStart: a child whose devices cannot be
+// registered (one id is taken) fails the whole sim, with its error, and
+// no child is left.
+func TestSimProcsChildFailsAtStart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ss := startSimServer(t)
+	if err := ss.st.RegisterDevice(ctx, "sim-0004", "sim", "0123456789abcdef0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	pids := t.TempDir()
+	out, err := runSimCmd(ctx, t, nil, pids, append(ss.args(), "--devices", "4", "--procs", "2", "--image", ss.image)...)
+	if !errors.Is(err, fleet.ErrSimFailed) || !strings.Contains(err.Error(), "sim-0004") {
+		t.Fatalf("sim: %v, want %v with the child's error\n%s", err, fleet.ErrSimFailed, out)
+	}
+	for _, pid := range readPIDs(t, pids) {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("child pid %d still exists: %v", pid, err)
+		}
+	}
+}
