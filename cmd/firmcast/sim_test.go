@@ -331,3 +331,52 @@ func TestSimProcsChildFailsAtStart(t *testing.T) {
 		}
 	}
 }
+
+// TestSimProcsStopsWithParent stops `sim --procs 2` (running until
+// interrupted) by ending its context, as Ctrl-C would: sim returns
+// cleanly and both children are gone.
+func TestSimProcsStopsWithParent(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	ss := startSimServer(t)
+	pids := t.TempDir()
+	errw := &syncBuffer{}
+	run, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		_, err := runSimCmd(run, t, errw, pids, append(ss.args(), "--devices", "4", "--procs", "2", "--interval", "50ms",
+			"--image-size", "8KiB")...)
+		done <- err
+	}()
+	for !strings.Contains(errw.String(), "device states") {
+		select {
+		case err := <-done:
+			t.Fatalf("sim ended early: %v\n%s", err, errw.String())
+		case <-ctx.Done():
+			t.Fatalf("sim not running: %s", errw.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	kids := readPIDs(t, pids)
+	stop()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("sim stopped with %v\n%s", err, errw.String())
+		}
+	case <-ctx.Done():
+		t.Fatalf("sim did not stop: %s", errw.String())
+	}
+	if len(kids) != 2 {
+		t.Fatalf("children %v, want 2", kids)
+	}
+	for _, pid := range kids {
+		if err := syscall.Kill(pid, 0); !errors.Is(err, syscall.ESRCH) {
+			t.Errorf("child pid %d still exists: %v", pid, err)
+		}
+	}
+	if !strings.Contains(errw.String(), "stopped; device states: map[idle:4]") {
+		t.Errorf("no final states of the 4 devices:\n%s", errw.String())
+	}
+}
