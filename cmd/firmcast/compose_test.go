@@ -19,8 +19,8 @@ import (
 )
 
 // loadCompose loads ../../compose.yaml with the compose-spec loader (schema
-// validation, interpolation, consistency checks).
-func loadCompose(t *testing.T) *types.Project {
+// validation, interpolation, consistency checks), with profiles enabled.
+func loadCompose(t *testing.T, profiles ...string) *types.Project {
 	t.Helper()
 	repo, err := filepath.Abs("../..")
 	if err != nil {
@@ -34,8 +34,9 @@ func loadCompose(t *testing.T) *types.Project {
 	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
 		WorkingDir:  repo,
 		ConfigFiles: []types.ConfigFile{{Filename: file, Content: b}},
-		Environment: types.Mapping{"FIRMCAST_BACKEND_SECRET_1": "test-secret-1", "FIRMCAST_BACKEND_SECRET_2": "test-secret-2", "FIRMCAST_API_KEY": "test-key"},
-	}, func(o *loader.Options) { o.SetProjectName("firmcast", true) })
+		Environment: types.Mapping{"FIRMCAST_BACKEND_SECRET_1": "test-secret-1", "FIRMCAST_BACKEND_SECRET_2": "test-secret-2", "FIRMCAST_API_KEY": "test-key",
+			"FIRMCAST_EMQX_COOKIE": "test-cookie"},
+	}, func(o *loader.Options) { o.SetProjectName("firmcast", true); o.Profiles = profiles })
 	if err != nil {
 		t.Fatalf("compose.yaml does not load: %v", err)
 	}
@@ -209,5 +210,131 @@ func TestComposeFile(t *testing.T) {
 		if !strings.Contains(string(df), want) {
 			t.Errorf("Dockerfile lacks %q", want)
 		}
+	}
+}
+
+// TestComposeEMQXProfile checks the emqx profile: a 3-node EMQX cluster
+// (every node a seed of the others) with the hash_topic shared
+// subscription strategy, authentication and deny-by-default
+// authorization whose rules are the policy `firmcast broker
+// mosquitto-config` writes for the same credentials; its serve replicas
+// and sim are valid firmcast command lines on EMQX nodes; without the
+// profile none of it starts.
+func TestComposeEMQXProfile(t *testing.T) {
+	for name, s := range loadCompose(t).Services {
+		if strings.HasPrefix(s.Image, "emqx/") || slices.Contains(s.Profiles, "emqx") {
+			t.Errorf("%s starts without the emqx profile", name)
+		}
+	}
+	p := loadCompose(t, "emqx")
+	conf := p.Configs["emqx-conf"].Content
+	for _, want := range []string{"shared_subscription_strategy = hash_topic", "discovery_strategy = static",
+		"backend = built_in_database", "no_match = deny", "use_username_as_clientid = true", "/opt/emqx/etc/firmcast/acl.conf"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("emqx.conf lacks %q", want)
+		}
+	}
+	var nodes []string
+	var replicas, sims []string
+	users := map[string]bool{}
+	for name, s := range p.Services {
+		if strings.HasPrefix(s.Image, "emqx/emqx:5") {
+			node := s.Environment["EMQX_NODE__NAME"]
+			if node == nil || s.Environment["EMQX_NODE__COOKIE"] == nil || *s.Environment["EMQX_NODE__COOKIE"] != "test-cookie" {
+				t.Errorf("%s: node name %v, cookie %v", name, node, s.Environment["EMQX_NODE__COOKIE"])
+				continue
+			}
+			nodes = append(nodes, *node)
+			host := strings.TrimPrefix(*node, "emqx@")
+			if s.Hostname != host || !slices.Contains(s.Networks["default"].Aliases, host) {
+				t.Errorf("%s: node %s, hostname %q, aliases %v", name, *node, s.Hostname, s.Networks["default"])
+			}
+			continue
+		}
+		if !slices.Contains(s.Profiles, "emqx") || len(s.Command) == 0 {
+			continue
+		}
+		for _, e := range checkCLI(s.Command, nil) {
+			t.Errorf("%s: firmcast %s: %s", name, strings.Join(s.Command, " "), e)
+		}
+		i := slices.Index(s.Command, "--broker")
+		if i < 0 || !strings.HasPrefix(s.Command[i+1], "mqtt://emqx-") {
+			t.Errorf("%s: not on an EMQX node: %v", name, s.Command)
+		}
+		switch s.Command[0] {
+		case "serve":
+			replicas = append(replicas, name)
+			if j := slices.Index(s.Command, "--backend-user"); j >= 0 {
+				if users[s.Command[j+1]] {
+					t.Errorf("%s: backend account %s used twice", name, s.Command[j+1])
+				}
+				users[s.Command[j+1]] = true
+			}
+			if s.Pid != "" || slices.Contains(s.Command, "--mosquitto-passwd") {
+				t.Errorf("%s: tied to mosquitto (pid %q)", name, s.Pid)
+			}
+		case "sim":
+			sims = append(sims, name)
+		}
+	}
+	if len(nodes) != 3 {
+		t.Fatalf("EMQX nodes %v, want 3", nodes)
+	}
+	for _, n := range nodes {
+		if !strings.Contains(conf, `"`+n+`"`) {
+			t.Errorf("node %s is not a seed", n)
+		}
+	}
+	if len(replicas) != 2 || len(users) != 2 || len(sims) != 1 {
+		t.Errorf("emqx profile: replicas %v (accounts %v), sims %v; want 2 replicas with their own accounts and a sim", replicas, users, sims)
+	}
+	// The ACL says what mosquitto-config's says: each backend account
+	// anything under the root; devices' pattern lines with %u as
+	// ${username}, read as subscribe and write as publish.
+	creds, err := broker.ReadAccounts(strings.NewReader(p.Configs["credentials"].Content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files, err := broker.MosquittoConfig(t.TempDir(), broker.MosquittoSpec{Topics: schemas.MustTopics(schemas.DefaultRoot), Accounts: creds})
+	if err != nil {
+		t.Fatal(err)
+	}
+	macl, err := os.ReadFile(files.ACL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	acl := p.Configs["emqx-acl"].Content
+	lines := strings.Split(acl, "\n")
+	rule := func(prefix string) string {
+		for _, l := range lines {
+			if strings.HasPrefix(l, prefix) {
+				return l
+			}
+		}
+		return ""
+	}
+	user := ""
+	for _, l := range strings.Split(string(macl), "\n") {
+		f := strings.Fields(l)
+		switch {
+		case len(f) == 2 && f[0] == "user":
+			user = f[1]
+		case len(f) == 4 && f[0] == "topic" && f[1] == "readwrite":
+			if r := rule(`{allow, {username, "` + user + `"}, all, [`); !strings.Contains(r, `"`+f[3]+`"`) {
+				t.Errorf("emqx acl: backend %s lacks %s: %q", user, f[3], r)
+			}
+		case len(f) == 3 && f[0] == "pattern":
+			action := map[string]string{"read": "subscribe", "write": "publish"}[f[1]]
+			topic := strings.ReplaceAll(f[2], "%u", "${username}")
+			if r := rule("{allow, all, " + action + ", ["); !strings.Contains(r, `"`+topic+`"`) {
+				t.Errorf("emqx acl: devices may not %s %s: %q", action, topic, r)
+			}
+		}
+	}
+	if strings.TrimSpace(lines[len(lines)-2]) != "{deny, all}." && strings.TrimSpace(lines[len(lines)-1]) != "{deny, all}." {
+		t.Errorf("emqx acl does not end with {deny, all}.:\n%s", acl)
+	}
+	if n := strings.Count(acl, "{allow,"); n != len(users)+2 {
+		t.Errorf("emqx acl has %d allow rules, want %d (backends, device subscribe, device publish):\n%s", n, len(users)+2, acl)
 	}
 }

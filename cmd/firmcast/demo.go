@@ -303,6 +303,9 @@ func printSummary(w io.Writer, asJSON bool, s fleet.Summary) error {
 	row("devices received", fmt.Sprintf("%s (%s per device)", humanBytes(s.DeviceBytes), humanBytes(s.DeviceBytes/int64(max(s.Devices, 1)))))
 	row("wall time", fmt.Sprintf("%.1fs campaign (+%.1fs setup)", s.WallSeconds, s.SetupSeconds))
 	row("brokers", s.Broker+", "+s.NATS)
+	if u := s.Simulator; u != nil {
+		row("simulator", fmt.Sprintf("%d processes, %.1fs CPU, peak RSS %s in all", u.Procs, u.CPUSeconds, humanBytes(u.PeakRSS)))
+	}
 	if s.Encrypted {
 		row("v2", "encrypted, ciphertext "+s.V2)
 	}

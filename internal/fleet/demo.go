@@ -120,6 +120,10 @@ var ErrStalled = errors.New("fleet: nothing moved")
 // ErrBrokerDown: a broker stopped accepting connections mid-run.
 var ErrBrokerDown = errors.New("fleet: broker down")
 
+// ErrSimFailed: a share of the simulated fleet (a child process of
+// Procs) stopped mid-run.
+var ErrSimFailed = errors.New("fleet: simulator process failed")
+
 func (c *Config) defaults() error {
 	if c.Devices == 0 {
 		c.Devices = 100
@@ -462,8 +466,8 @@ func (b LocalBackend) Egress() int64 {
 // RunCampaign uploads image through be, rolls it out to every device of
 // class in cfg's phases, waits for the campaign to end and the devices to
 // settle, stops the fleet's agents, and fills sum from the devices. The
-// fleet must be running (Fleet.Run) with its agents stopped by stop.
-func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class string, cfg *Config, sum *Summary) error {
+// fleet must be running (Fleet.Run, or StartProcs).
+func RunCampaign(ctx context.Context, fl Sim, be Backend, image []byte, class string, cfg *Config, sum *Summary) error {
 	if len(cfg.Phases) == 0 {
 		cfg.Phases = []uint8{10, 50, 100}
 	}
@@ -516,21 +520,16 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
 	}
 	fl.Stop()
-	for _, d := range fl.Devices {
-		if t := d.staged.Load(); t != 0 {
-			sum.StagedSeconds = max(sum.StagedSeconds, time.Unix(0, t).Sub(t1).Seconds())
-		}
-		if t := d.done.Load(); t != 0 {
-			sum.DoneSeconds = max(sum.DoneSeconds, time.Unix(0, t).Sub(t1).Seconds())
-		}
+	o, oerr := fl.Outcome(sha256.Sum256(image))
+	sum.apply(o, t1)
+	if oerr != nil && werr == nil {
+		werr = oerr
 	}
-	d2 := sha256.Sum256(image)
-	sum.fill(fl, fl.FactoryDigest(), d2)
 	if cfg.OnProgress != nil {
-		cfg.OnProgress(snapshot(fl, *cfg, st))
+		cfg.OnProgress(snapshot(fl.Tally(), *cfg, st))
 	}
 	sum.Next = []string{
-		fmt.Sprintf("firmcast boot inspect --flash %s", fl.Devices[0].FlashPath()),
+		fmt.Sprintf("firmcast boot inspect --flash %s", o.FirstFlash),
 		fmt.Sprintf("logs: %s", filepath.Join(cfg.Dir, "firmcast.log")),
 		"docs/BENCHMARKS.md (end to end) for larger fleets; firmcast bench to measure this machine",
 	}
@@ -542,7 +541,7 @@ func RunCampaign(ctx context.Context, fl *Fleet, be Backend, image []byte, class
 // retried until the campaign ends, Timeout passes (ctx), nothing moves
 // for Stall (ErrStalled), or a broker refuses connections for BrokerDown
 // (ErrBrokerDown). Every error names the devices that did not finish.
-func watch(ctx context.Context, be Backend, fl *Fleet, id string, cfg *Config) (publisher.Status, error) {
+func watch(ctx context.Context, be Backend, fl Sim, id string, cfg *Config) (publisher.Status, error) {
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
 	tk := time.NewTicker(cfg.ProgressEvery)
@@ -562,7 +561,11 @@ func watch(ctx context.Context, be Backend, fl *Fleet, id string, cfg *Config) (
 			statusErr = err
 			cfg.Logger.Warn("campaign status (retrying)", "campaign", id, "err", err)
 		}
-		p := snapshot(fl, *cfg, st)
+		t := fl.Tally()
+		if t.Failed != "" {
+			return st, fmt.Errorf("%w: %s; campaign %s %s", ErrSimFailed, t.Failed, id, st.State)
+		}
+		p := snapshot(t, *cfg, st)
 		if cfg.OnProgress != nil && err == nil {
 			cfg.OnProgress(p)
 		}
@@ -574,15 +577,15 @@ func watch(ctx context.Context, be Backend, fl *Fleet, id string, cfg *Config) (
 		}
 		if d := time.Since(lastMove); d >= cfg.Stall {
 			return st, fmt.Errorf("%w for %s: campaign %s %s%s; %s", ErrStalled, d.Round(time.Second), id, st.State,
-				errNote(statusErr), fl.unfinished())
+				errNote(statusErr), t.unfinished())
 		}
 		if url, down, perr := probes.check(cfg.BrokerDown); url != "" {
 			return st, fmt.Errorf("%w: %s refused connections for %s (%v); campaign %s %s; %s", ErrBrokerDown, url,
-				down.Round(time.Second), perr, id, st.State, fl.unfinished())
+				down.Round(time.Second), perr, id, st.State, t.unfinished())
 		}
 		select {
 		case <-ctx.Done():
-			return st, fmt.Errorf("fleet: campaign %s still %s after %s%s; %s: %w", id, st.State, cfg.Timeout, errNote(statusErr), fl.unfinished(), ctx.Err())
+			return st, fmt.Errorf("fleet: campaign %s still %s after %s%s; %s: %w", id, st.State, cfg.Timeout, errNote(statusErr), t.unfinished(), ctx.Err())
 		case <-tk.C:
 		}
 	}
@@ -609,36 +612,6 @@ func fingerprint(p Progress) string {
 	c := p.Campaign
 	fmt.Fprintf(&b, "rx=%d,%s,%d,%+v", p.RxBytes, c.State, c.Phase, c.Counts)
 	return b.String()
-}
-
-// unfinished names the devices not in a final state (at most 10), with
-// their state and, for a device that is down, why.
-func (f *Fleet) unfinished() string {
-	var names []string
-	n := 0
-	for _, d := range f.Devices {
-		s := schemas.State(d.state.Load())
-		down := d.Down()
-		if final(s) && down == nil {
-			continue
-		}
-		n++
-		if len(names) < 10 {
-			if down != nil {
-				names = append(names, fmt.Sprintf("%s (%s: %v)", d.ID, s, down))
-			} else {
-				names = append(names, fmt.Sprintf("%s (%s)", d.ID, s))
-			}
-		}
-	}
-	if n == 0 {
-		return "every device finished"
-	}
-	more := ""
-	if n > len(names) {
-		more = fmt.Sprintf(", and %d more", n-len(names))
-	}
-	return fmt.Sprintf("%d devices not finished: %s%s", n, strings.Join(names, "; "), more)
 }
 
 // brokerProbes checks, at most once a second, that each broker accepts
@@ -710,19 +683,12 @@ func (p *brokerProbes) check(grace time.Duration) (url string, down time.Duratio
 }
 
 // settle waits until no device is mid-update, or d passes.
-func settle(ctx context.Context, fl *Fleet, d time.Duration) {
+func settle(ctx context.Context, fl Sim, d time.Duration) {
 	deadline := time.After(d)
 	tk := time.NewTicker(50 * time.Millisecond)
 	defer tk.Stop()
 	for {
-		busy := false
-		for _, dev := range fl.Devices {
-			if busyState(schemas.State(dev.state.Load())) {
-				busy = true
-				break
-			}
-		}
-		if !busy {
+		if t := fl.Tally(); t.Busy == 0 || t.Failed != "" {
 			return
 		}
 		select {
@@ -752,21 +718,8 @@ func busyState(s schemas.State) bool {
 	return true
 }
 
-func snapshot(fl *Fleet, cfg Config, st publisher.Status) Progress {
-	p := fl.Snapshot()
-	p.ImageSize, p.Campaign = cfg.ImageSize, st
-	return p
-}
-
-// Snapshot counts the devices by their agent's state and sums the bytes
-// they received. Safe to call while the fleet runs.
-func (f *Fleet) Snapshot() Progress {
-	p := Progress{Devices: len(f.Devices), States: map[string]int{}}
-	for _, d := range f.Devices {
-		p.States[schemas.State(d.state.Load()).String()]++
-		p.RxBytes += d.rx.Load()
-	}
-	return p
+func snapshot(t Tally, cfg Config, st publisher.Status) Progress {
+	return Progress{Devices: t.Devices, ImageSize: cfg.ImageSize, States: t.States, RxBytes: t.RxBytes, Campaign: st}
 }
 
 // Image returns n pseudo-random bytes determined by seed and name.
@@ -853,7 +806,10 @@ type Summary struct {
 	FailRate        float64         `json:"fail_rate"`
 	Dir             string          `json:"dir"`
 	Problems        []DeviceOutcome `json:"problems,omitempty"`
-	Next            []string        `json:"next,omitempty"`
+	// Simulator is what the simulator's child processes used (sim
+	// --procs).
+	Simulator *ProcUsage `json:"simulator,omitempty"`
+	Next      []string   `json:"next,omitempty"`
 }
 
 // DeviceOutcome is one device's end state (listed for devices that did
@@ -865,53 +821,4 @@ type DeviceOutcome struct {
 	Code    string `json:"code,omitempty"`
 	Reason  string `json:"reason,omitempty"`
 	Planned bool   `json:"fail_planned,omitempty"`
-}
-
-func (s *Summary) fill(fl *Fleet, d1, d2 [32]byte) {
-	s.FailedBy = map[string]int{}
-	for _, d := range fl.Devices {
-		s.DeviceBytes += d.rx.Load()
-		bs, err := d.boot.Status()
-		running := "?"
-		if err == nil && bs.Active.Valid {
-			switch [32]byte(bs.Active.Digest) {
-			case d1:
-				running = "v1"
-			case d2:
-				running = "v2"
-			}
-		}
-		rec := d.agent.State()
-		switch {
-		case running == "v2" && err == nil && !bs.Trial:
-			s.ConfirmedV2++
-			if len(rec.Delta) > 0 {
-				s.ViaDelta++
-			}
-			continue
-		case running == "v1":
-			s.OnV1++
-		}
-		o := DeviceOutcome{Device: d.ID, State: rec.State.String(), Running: running, Planned: d.FailHealth}
-		if rec.Code != schemas.CodeNone {
-			o.Code = rec.Code.String()
-		}
-		o.Reason = rec.Text
-		switch rec.State {
-		case schemas.StateRolledBack:
-			s.RolledBack++
-			s.FailedBy[o.Code]++
-		case schemas.StateFailed:
-			s.Failed++
-			s.FailedBy[o.Code]++
-		case schemas.StateIdle:
-			s.NotNotified++
-			continue
-		default:
-			s.InProgress++
-		}
-		s.Problems = append(s.Problems, o)
-	}
-	sort.Slice(s.Problems, func(i, j int) bool { return s.Problems[i].Device < s.Problems[j].Device })
-	s.Outcome = s.CampaignState
 }

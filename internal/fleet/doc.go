@@ -1,5 +1,6 @@
 // Package fleet simulates a fleet of devices running the real firmcast
-// device agent, all in one process, and the backend stack they talk to. It
+// device agent, in one process or shared out among several, and the
+// backend stack they talk to. It
 // is shared by `firmcast demo` (everything in-process), `firmcast sim` (the
 // fleet against a running server) and `firmcast bench` (a campaign next to
 // a raw broker fan-out baseline).
@@ -24,6 +25,16 @@
 //     the fleet, uploads v2 and runs a phased campaign, and returns a
 //     Summary read from the devices themselves (bootctl status and agent
 //     state), not only from the backend's view.
+//
+//   - A campaign run (RunCampaign) sees the fleet as a Sim (tally.go): a
+//     Fleet in this process, or Procs (procs.go), which starts child
+//     processes that each run a share of one fleet (FleetConfig.First,
+//     FleetSize) with ServeShare (share.go) and report to the parent in
+//     JSON lines over their stdin and stdout: tallies of device states,
+//     and on request their outcome. Tallies and outcomes of the shares
+//     add up. When one child fails every child is killed and the run
+//     fails (ErrSimFailed); when the parent dies the children's stdin
+//     closes and they stop.
 //
 //   - RunBench (bench.go) and RunIdleBench (benchidle.go) are the
 //     harness of `firmcast bench` and `firmcast bench idle`: a campaign

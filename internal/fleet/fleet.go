@@ -42,6 +42,13 @@ var ErrSelfTest = errors.New("simulated self-test failure (--fail-rate)")
 type FleetConfig struct {
 	// Devices is the number of devices. Required.
 	Devices int
+	// First is the index of this fleet's first device in a larger fleet
+	// of FleetSize devices shared out among processes (Procs): devices
+	// are named from Prefix-(First+1) on, and those chosen by FailRate
+	// are the same as in one fleet of FleetSize. Default 0.
+	First int
+	// FleetSize is the size of the whole fleet. Default First+Devices.
+	FleetSize int
 	// Prefix names devices Prefix-0001, ... Default "dev".
 	Prefix string
 	// Class is the devices' class. Default "sim".
@@ -188,6 +195,12 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if cfg.Devices <= 0 {
 		return nil, fmt.Errorf("fleet: %d devices, want at least 1", cfg.Devices)
 	}
+	if cfg.FleetSize == 0 {
+		cfg.FleetSize = cfg.First + cfg.Devices
+	}
+	if cfg.First < 0 || cfg.First+cfg.Devices > cfg.FleetSize {
+		return nil, fmt.Errorf("fleet: devices %d..%d of a fleet of %d", cfg.First+1, cfg.First+cfg.Devices, cfg.FleetSize)
+	}
 	if cfg.Dir == "" || len(cfg.Factory) == 0 || len(cfg.Trust) == 0 || cfg.Topics.Root() == "" {
 		return nil, errors.New("fleet: config needs Dir, Factory, Trust and Topics")
 	}
@@ -218,10 +231,10 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	}
 	f := &Fleet{cfg: cfg, geom: g, layout: l, fdigest: sha256.Sum256(cfg.Factory)}
 	rng := rand.New(rand.NewChaCha8(seed32(cfg.Seed)))
-	failing := int(float64(cfg.Devices)*cfg.FailRate + 0.5)
-	perm := rng.Perm(cfg.Devices)
+	failing := int(float64(cfg.FleetSize)*cfg.FailRate + 0.5)
+	perm := rng.Perm(cfg.FleetSize)[cfg.First:]
 	for i := range cfg.Devices {
-		id := fmt.Sprintf("%s-%04d", cfg.Prefix, i+1)
+		id := fmt.Sprintf("%s-%04d", cfg.Prefix, cfg.First+i+1)
 		d := &Device{ID: id, Dir: filepath.Join(cfg.Dir, id), subbed: make(chan struct{})}
 		// Keys and secrets are random, never derived from the seed: a
 		// simulated fleet may run against a real server and broker.
