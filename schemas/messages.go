@@ -5,6 +5,23 @@ import "fmt"
 // Version is the format version written into every message's field 0.
 const Version = 1
 
+// Delivery protocol versions a device speaks (ChunkRequest.Protocol,
+// DeviceReport.Protocol). The message format (Version) is the same for
+// both; what differs is which chunk table the device takes and how it is
+// repaired.
+const (
+	// ProtocolPlain is the delivery protocol of the first agents: chunk
+	// tables without parity (ChunkTable.Block 0), repair by chunks
+	// (re-broadcast or unicast). An agent that sends no protocol speaks it.
+	ProtocolPlain = 1
+	// ProtocolCoded adds erasure-coded repair: the device takes the coded
+	// chunk table the manifest names (suit.ParamFirmcastCodedTable) and
+	// parity chunks (ParityChunk).
+	ProtocolCoded = 2
+	// MaxProtocol is the highest delivery protocol this package knows.
+	MaxProtocol = ProtocolCoded
+)
+
 // Sizes and limits of the wire contract.
 const (
 	// DigestSize is the size of every digest on the wire (SHA-256).
@@ -171,7 +188,8 @@ type Range struct {
 // anywhere the request's fields point to.
 //
 //	chunk-request = { 0: 1, 1: digest, 2: chunk-size, ? 3: [+ range],
-//	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true }
+//	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true,
+//	                  ? 9: true, ? 10: 2..255 }
 type ChunkRequest struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -202,6 +220,23 @@ type ChunkRequest struct {
 	// then answered by unicast. Agents that do not set it get the table
 	// by unicast, as before.
 	Listening bool `cbor:"9,keyasint,omitempty"`
+	// Protocol is the delivery protocol the requester speaks
+	// (ProtocolCoded, ...); absent (0) means ProtocolPlain, which is never
+	// written. The publisher answers a table request with the table of
+	// that protocol (the plain table for ProtocolPlain) and repairs the
+	// requester's losses by the repair path of that protocol.
+	Protocol uint8 `cbor:"10,keyasint,omitempty"`
+}
+
+// DeliveryProtocol returns the delivery protocol of r's requester
+// (ProtocolPlain when it names none).
+func (r *ChunkRequest) DeliveryProtocol() int { return protocolOf(r.Protocol) }
+
+func protocolOf(p uint8) int {
+	if p == 0 {
+		return ProtocolPlain
+	}
+	return int(p)
 }
 
 // Chunk carries one chunk of an image: Data is bytes
@@ -412,7 +447,7 @@ func ParseErrCode(s string) (ErrCode, bool) {
 //
 //	device-report = { 0: 1, 1: id, ? 2: id, 3: state, ? 4: uint, ? 5: uint,
 //	                  6: uint, ? 7: err-code, ? 8: tstr, 9: uint, 10: int,
-//	                  ? 11: id, ? 12: id, ? 13: true }
+//	                  ? 11: id, ? 12: id, ? 13: true, ? 14: 2..255 }
 type DeviceReport struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -446,7 +481,14 @@ type DeviceReport struct {
 	// change: it names no campaign, carries a Code, and State is the
 	// device's state, unchanged.
 	Security bool `cbor:"13,keyasint,omitempty"`
+	// Protocol is the delivery protocol the device speaks, as in
+	// ChunkRequest.Protocol; absent (0) means ProtocolPlain.
+	Protocol uint8 `cbor:"14,keyasint,omitempty"`
 }
+
+// DeliveryProtocol returns the delivery protocol of the reporting device
+// (ProtocolPlain when it names none).
+func (r *DeviceReport) DeliveryProtocol() int { return protocolOf(r.Protocol) }
 
 // CampaignSpec describes a campaign to create. It targets at least one of
 // Devices, Groups, Class or Tags.

@@ -330,6 +330,7 @@ func TestInvalidChunkRequest(t *testing.T) {
 		{"oversize reply address", func(m *ChunkRequest) { m.ReplyTo = strings.Repeat("r", MaxReplyToLen+1) }, ErrTooLarge, "reply address is 257 bytes"},
 		{"bad requester", func(m *ChunkRequest) { m.Requester = "dev 42" }, ErrInvalid, "requester"},
 		{"bad campaign", func(m *ChunkRequest) { m.Campaign = "c#1" }, ErrInvalid, "campaign id"},
+		{"protocol 1 written", func(m *ChunkRequest) { m.Protocol = ProtocolPlain }, ErrInvalid, "delivery protocol 1 is written as an absent field"},
 	})
 }
 
@@ -412,6 +413,7 @@ func TestInvalidReport(t *testing.T) {
 		{"bad class", func(m *DeviceReport) { m.Class = "x/y" }, ErrInvalid, "class id"},
 		{"security event naming a campaign", func(m *DeviceReport) { m.Security, m.Code = true, CodeSignature }, ErrInvalid, "security event names no campaign"},
 		{"security event without a code", func(m *DeviceReport) { m.Security, m.Campaign = true, "" }, ErrInvalid, "carries an error code"},
+		{"protocol 1 written", func(m *DeviceReport) { m.Protocol = ProtocolPlain }, ErrInvalid, "delivery protocol 1 is written as an absent field"},
 	})
 }
 

@@ -195,6 +195,9 @@ func (r *ChunkRequest) Validate() error {
 	if err := checkID(m, "requester", r.Requester); err != nil {
 		return err
 	}
+	if err := checkProtocol(m, r.Protocol); err != nil {
+		return err
+	}
 	return checkOptionalID(m, "campaign id", r.Campaign)
 }
 
@@ -348,6 +351,9 @@ func (r *DeviceReport) Validate() error {
 	}
 	if r.Security && (r.Campaign != "" || r.Code == CodeNone) {
 		return invalid(m, "a security event names no campaign and carries an error code")
+	}
+	if err := checkProtocol(m, r.Protocol); err != nil {
+		return err
 	}
 	return checkOptionalID(m, "class id", r.Class)
 }
@@ -520,6 +526,17 @@ func (w *WaveEnd) Validate() error {
 			return invalid(m, "range %d starts at %d, inside or before range %d (ranges must be sorted and disjoint)", i, rg.First, i-1)
 		}
 		end = uint64(rg.First) + uint64(rg.Count)
+	}
+	return nil
+}
+
+// checkProtocol checks an optional delivery protocol field: absent, or a
+// version above ProtocolPlain (which is written as absent, so that one
+// value has one encoding). Versions above MaxProtocol are accepted: a
+// newer device is answered by the newest protocol the receiver knows.
+func checkProtocol(m string, p uint8) error {
+	if p == ProtocolPlain {
+		return invalid(m, "delivery protocol %d is written as an absent field", p)
 	}
 	return nil
 }

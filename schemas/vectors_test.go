@@ -91,6 +91,10 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 16384,
 			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true,
 		}},
+		{"request-0004", "chunk table request of a device that speaks coded repair (delivery protocol 2)", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384,
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true, Protocol: ProtocolCoded,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
@@ -113,6 +117,10 @@ func vectors(t testing.TB) []vector {
 		{"report-0003", "security event: a notice refused before anything in it was trusted", &DeviceReport{
 			V: Version, Device: "dev-42", State: StateConfirmed, ActiveVersion: 7, Code: CodeUntrustedKey,
 			Text: "notice refused: no signature by a trusted key", Counter: 14, Time: 1764072002000, Security: true,
+		}},
+		{"report-0004", "download progress of a device that speaks coded repair (delivery protocol 2)", &DeviceReport{
+			V: Version, Device: "dev-42", Campaign: "camp-1", State: StateDownloading, BytesDone: 8192, BytesTotal: 600000,
+			ActiveVersion: 7, Counter: 15, Time: 1764072003000, Source: SourceBroker, Protocol: ProtocolCoded,
 		}},
 		{"command-0001", "create a phased campaign", &CampaignCommand{
 			V: Version, Op: OpCreate, Key: "k-123", Spec: &CampaignSpec{
