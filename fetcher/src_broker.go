@@ -67,6 +67,15 @@ type BrokerConfig struct {
 	// Default Window: a larger summary arrives as a burst of unicast
 	// chunks that a slow device's bounded receive queue may shed.
 	SummaryMax int
+	// Protocol is the delivery protocol the device speaks, put into its
+	// chunk requests (schemas.ChunkRequest.Protocol). With
+	// schemas.ProtocolCoded (the default) it asks for the coded chunk
+	// table when the manifest names one (Image.CodedTableDigest) and takes
+	// parity repair; with schemas.ProtocolPlain it behaves as the agents
+	// of the previous protocol: it takes only the plain table
+	// (Image.TableDigest) and is repaired by chunks. Higher than
+	// schemas.MaxProtocol is refused (ErrConfig).
+	Protocol int
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -142,6 +151,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.SummaryMax <= 0 {
 		cfg.SummaryMax = cfg.Window
+	}
+	if cfg.Protocol == 0 {
+		cfg.Protocol = schemas.MaxProtocol
+	}
+	if cfg.Protocol < schemas.ProtocolPlain || cfg.Protocol > schemas.MaxProtocol {
+		return nil, fmt.Errorf("%w: broker source: delivery protocol %d outside [%d, %d]", ErrConfig, cfg.Protocol, schemas.ProtocolPlain, schemas.MaxProtocol)
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
@@ -293,6 +308,12 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 		ReplyTo: s.cfg.Transport.Dialect().Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
 		Listening: table, // Table listens on the broadcast topic too
 	}
+	// The protocol spoken for this image: coded only when the manifest
+	// names a coded table (protocol 1 is written as absent). It chooses
+	// the table the publisher answers with and the repair path.
+	if s.speaksCoded(im) {
+		req.Protocol = uint8(s.cfg.Protocol)
+	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
 		return err
@@ -347,7 +368,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				// (this device's) is the answer; the fetcher authenticates
 				// it, and a wrong one is reported as such.
 				if m.bcast {
-					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
+					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], s.tableDigest(im)) != 1 {
 						if !isTable(b) {
 							s.Dropped++
 						}
@@ -708,6 +729,22 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// speaksCoded reports whether this source speaks coded repair for im:
+// the device does (Protocol) and the manifest names a coded table.
+func (s *BrokerSource) speaksCoded(im Image) bool {
+	return s.cfg.Protocol >= schemas.ProtocolCoded && len(im.CodedTableDigest) == schemas.DigestSize
+}
+
+// tableDigest returns the digest of the table this source takes from a
+// wave: the coded table's when it speaks coded repair for im, otherwise
+// the plain table's.
+func (s *BrokerSource) tableDigest(im Image) []byte {
+	if s.speaksCoded(im) {
+		return im.CodedTableDigest
+	}
+	return im.TableDigest
 }
 
 // isWaveEnd reports whether b is a wave end marker of im.
