@@ -30,6 +30,7 @@ var (
 	_ Message = (*ChunkTable)(nil)
 	_ Message = (*ParityChunk)(nil)
 	_ Message = (*WaveEnd)(nil)
+	_ Message = (*RepairAnnounce)(nil)
 	_ Message = (*DeviceReport)(nil)
 	_ Message = (*CampaignCommand)(nil)
 	_ Message = (*CampaignReply)(nil)
@@ -183,6 +184,8 @@ func version(m Message) uint {
 		return x.V
 	case *WaveEnd:
 		return x.V
+	case *RepairAnnounce:
+		return x.V
 	case *ParityChunk:
 		return x.V
 	case *DeviceReport:
@@ -199,7 +202,7 @@ func version(m Message) uint {
 // readable ones ("key 1 (Chunk.Image)").
 var fieldNames = func() map[string]string {
 	out := map[string]string{}
-	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{}, ParityChunk{},
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{}, RepairAnnounce{}, ParityChunk{},
 		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
 		t := reflect.TypeOf(v)
 		for i := range t.NumField() {

@@ -276,6 +276,42 @@ type WaveEnd struct {
 	Sent []Range `cbor:"3,keyasint"`
 }
 
+// RepairAnnounce tells the devices of a coded image, on its broadcast
+// chunk topic (QoS 0), that a repair round is coming: for each block
+// named, that many fresh parity chunks follow. The publisher sends it as
+// soon as the first loss summaries after a wave show what each block
+// needs (the neediest devices speak first, see WaveEnd), before the
+// parity. Devices cannot hear one another, so this is how summaries are
+// suppressed: a device whose need the announcement covers (for every
+// block, it lacks no more chunks than parity held plus announced) does
+// not send its summary; one that the round leaves short asks later.
+// Devices of delivery protocol 1 drop it unread.
+//
+//	repair-announce = { 0: 1, 1: digest, 2: uint, 4: [+ block-need] }
+type RepairAnnounce struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Wave is the number of the wave (WaveEnd.Wave) whose losses the
+	// round repairs, 1 or more.
+	Wave uint32 `cbor:"2,keyasint"`
+	// Need lists, per block, the parity chunks coming: 1..MaxChunks
+	// entries, blocks strictly increasing. Key 4, not 3, so that an
+	// announcement never decodes as a WaveEnd.
+	Need []BlockNeed `cbor:"4,keyasint"`
+}
+
+// BlockNeed is one block's entry of a RepairAnnounce: Parity fresh parity
+// chunks of block Block are coming (1..MaxCodeShards-1).
+//
+//	block-need = [block: uint, parity: uint]
+type BlockNeed struct {
+	_      struct{} `cbor:",toarray"`
+	Block  uint32
+	Parity uint32
+}
+
 // ChunkTable lists the SHA-256 of every chunk of an image, so that a device
 // can check each chunk on arrival. Its own SHA-256 (over the deterministic
 // encoding, see Digest) is signed in the manifest. Build one with

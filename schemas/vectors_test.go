@@ -101,6 +101,9 @@ func vectors(t testing.TB) []vector {
 		{"waveend-0001", "end of wave 2, which carried chunks 0-511", &WaveEnd{
 			V: Version, Image: img, Wave: 2, Sent: []Range{{First: 0, Count: 512}},
 		}},
+		{"announce-0001", "repair round for wave 2: 3 parity chunks of block 0, 1 of block 5", &RepairAnnounce{
+			V: Version, Image: img, Wave: 2, Need: []BlockNeed{{Block: 0, Parity: 3}, {Block: 5, Parity: 1}},
+		}},
 		{"table-0001", "chunk table of a 600-byte image in 256-byte chunks", testTable(t)},
 		{"table-0002", "coded chunk table: 600-byte image in 256-byte chunks, blocks of 2 chunks, 1 parity chunk per block", testCodedTable(t)},
 		{"parity-0001", "parity chunk 1 of source block 3", &ParityChunk{
