@@ -887,12 +887,16 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		w.spent = make([]uint32, nb)
 	}
 	send, short := blockcode.Round(t, need, w.spent)
+	wave := max(w.ended, 1)
 	p.waveMu.Unlock()
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
 	if len(send) == 0 {
 		return nil
+	}
+	if err := p.announce(ctx, d, bt, wave, send); err != nil {
+		return err
 	}
 	enc, err := blockcode.NewEncoder(t)
 	if err != nil {
@@ -922,4 +926,28 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		}
 	}
 	return nil
+}
+
+// announce broadcasts, before a coded repair round, what the round sends:
+// per block, how many fresh parity chunks (schemas.RepairAnnounce). The
+// round is flushed RepairWindow after the first loss summary of the
+// batch, and devices send theirs after a back-off that lets the neediest
+// speak first (fetcher.BrokerConfig.SummaryBackoff): a device that hears
+// the announcement before its back-off ends, and whose need it covers,
+// stays quiet. Devices cannot hear one another; this is how the
+// publisher suppresses their summaries.
+func (p *Publisher) announce(ctx context.Context, d *imageData, bt schemas.Topic, wave uint32, send []blockcode.Symbol) error {
+	per := map[uint32]uint32{}
+	for _, s := range send {
+		per[s.Block]++
+	}
+	a := schemas.RepairAnnounce{V: schemas.Version, Image: d.digest, Wave: wave, Need: make([]schemas.BlockNeed, 0, len(per))}
+	for _, b := range slices.Sorted(maps.Keys(per)) {
+		a.Need = append(a.Need, schemas.BlockNeed{Block: b, Parity: per[b]})
+	}
+	b, err := schemas.Encode(&a)
+	if err != nil {
+		return err
+	}
+	return p.send(ctx, bt, b, &p.egress.Repair, "announce")
 }

@@ -238,6 +238,39 @@ func IsChunk(data []byte) bool { return hasShape(data, chunkShape) }
 // pressure (a later repair round sends fresh ones).
 func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
 
+// IsRepairAnnounce reports whether data may be a RepairAnnounce: a CBOR
+// map of four entries whose keys are 0, 1, 2 and 4 in order (a wave end
+// has keys 0 to 3). It reads only the map's head and keys up to key 2's
+// value, so that a receiver sorts the messages of a broadcast topic
+// cheaply; Decode still checks the whole message.
+func IsRepairAnnounce(data []byte) bool {
+	major, pairs, n, ok := readHead(data)
+	if !ok || major != 5 || pairs != 4 {
+		return false
+	}
+	data = data[n:]
+	for key, want := range []byte{0, 2, 0} { // version, digest, wave
+		major, k, n, ok := readHead(data)
+		if !ok || major != 0 || k != uint64(key) {
+			return false
+		}
+		data = data[n:]
+		major, arg, n, ok := readHead(data)
+		if !ok || major != want {
+			return false
+		}
+		if major == 2 {
+			if arg > uint64(len(data)-n) {
+				return false
+			}
+			n += int(arg)
+		}
+		data = data[n:]
+	}
+	major, k, _, ok := readHead(data)
+	return ok && major == 0 && k == 4
+}
+
 // Major types of the values of a chunk and of a parity chunk, by key.
 var (
 	chunkShape  = []byte{0, 2, 0, 2}

@@ -515,6 +515,14 @@ func TestAnnounceIsNoWaveEnd(t *testing.T) {
 	if IsChunk(ab) || IsParityChunk(ab) {
 		t.Error("a repair announcement has the shape of a chunk")
 	}
+	if !IsRepairAnnounce(ab) || IsRepairAnnounce(wb) {
+		t.Errorf("IsRepairAnnounce: %v for an announcement, %v for a wave end", IsRepairAnnounce(ab), IsRepairAnnounce(wb))
+	}
+	for _, v := range vectors(t) {
+		if _, ok := v.msg.(*RepairAnnounce); !ok && IsRepairAnnounce(mustEnc(t, v.msg)) {
+			t.Errorf("IsRepairAnnounce holds for %s", v.name)
+		}
+	}
 }
 
 func mustEnc(t *testing.T, m Message) []byte {
