@@ -483,7 +483,7 @@ func ParseErrCode(s string) (ErrCode, bool) {
 //
 //	device-report = { 0: 1, 1: id, ? 2: id, 3: state, ? 4: uint, ? 5: uint,
 //	                  6: uint, ? 7: err-code, ? 8: tstr, 9: uint, 10: int,
-//	                  ? 11: id, ? 12: id, ? 13: true, ? 14: 2..255 }
+//	                  ? 11: id, ? 12: id, ? 13: true, ? 15: 2..255 }
 type DeviceReport struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -519,7 +519,8 @@ type DeviceReport struct {
 	Security bool `cbor:"13,keyasint,omitempty"`
 	// Protocol is the delivery protocol the device speaks, as in
 	// ChunkRequest.Protocol; absent (0) means ProtocolPlain.
-	Protocol uint8 `cbor:"14,keyasint,omitempty"`
+	// Key 15: key 14 is the active image digest of the delta work (h-delta2).
+	Protocol uint8 `cbor:"15,keyasint,omitempty"`
 }
 
 // DeliveryProtocol returns the delivery protocol of the reporting device
