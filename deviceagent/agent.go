@@ -151,6 +151,13 @@ type Config struct {
 	// Zero: the fetcher's defaults (1s and 500ms, at most ChunkIdle);
 	// ChunkListen negative: ask at once.
 	ChunkListen, ChunkQuiet time.Duration
+	// DeliveryProtocol is the delivery protocol the agent speaks
+	// (schemas.ProtocolPlain, schemas.ProtocolCoded), reported in its
+	// reports and chunk requests. Zero: schemas.MaxProtocol. 1 makes it
+	// behave as an agent of the previous protocol (plain chunk table,
+	// repair by chunks), which tests and benchmarks use to run old and new
+	// agents in one campaign.
+	DeliveryProtocol int
 	// Fetch tunes the fetcher's per-source retries.
 	Fetch fetcher.RetryPolicy
 	// PersistEvery is the fetch progress persistence interval in chunks.
@@ -204,6 +211,12 @@ func New(cfg Config) (*Agent, error) {
 		if err := schemas.CheckID("class", cfg.Class); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
+	}
+	if cfg.DeliveryProtocol == 0 {
+		cfg.DeliveryProtocol = schemas.MaxProtocol
+	}
+	if cfg.DeliveryProtocol < schemas.ProtocolPlain || cfg.DeliveryProtocol > schemas.MaxProtocol {
+		return nil, fmt.Errorf("%w: delivery protocol %d outside [%d, %d]", ErrConfig, cfg.DeliveryProtocol, schemas.ProtocolPlain, schemas.MaxProtocol)
 	}
 	switch {
 	case cfg.Transport == nil:
@@ -511,6 +524,9 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 	}
 	if a.active.Valid && a.activePublic {
 		r.ActiveDigest = append([]byte(nil), a.active.Digest[:]...)
+	}
+	if a.cfg.DeliveryProtocol > schemas.ProtocolPlain { // protocol 1 is written as absent
+		r.Protocol = uint8(a.cfg.DeliveryProtocol)
 	}
 	if state == schemas.StateDownloading {
 		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size

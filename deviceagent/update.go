@@ -192,6 +192,11 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 	if err != nil {
 		return err
 	}
+	if a.cfg.DeliveryProtocol >= schemas.ProtocolCoded {
+		if cd, ok, err := m.CodedTableDigest(); err == nil && ok && cd.Alg == suit.AlgSHA256 {
+			im.CodedTableDigest = cd.Bytes // else: the plain table and repair by chunks
+		}
+	}
 	if err := im.Validate(); err != nil {
 		return permanent(schemas.CodeUnsupported, err)
 	}
@@ -354,7 +359,7 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 	if bs, err := fetcher.NewBrokerSource(fetcher.BrokerConfig{
 		Transport: a.cfg.Transport, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
 		Campaign: campaign, Price: price("broker"), Idle: a.cfg.ChunkIdle,
-		ListenFirst: a.cfg.ChunkListen, Quiet: a.cfg.ChunkQuiet,
+		ListenFirst: a.cfg.ChunkListen, Quiet: a.cfg.ChunkQuiet, Protocol: a.cfg.DeliveryProtocol,
 	}); err == nil {
 		add(bs)
 	}

@@ -85,3 +85,13 @@ func (c Chunks) Runs(maxRun int, f func(first, count int) bool) {
 		i = c.b.next(j)
 	}
 }
+
+// AllChunks returns the set of every chunk of an n-chunk image (what a
+// fetch with nothing held yet wants).
+func AllChunks(n int) Chunks {
+	b := newBitmap(n)
+	for i := range n {
+		b.set(i)
+	}
+	return Chunks{b}
+}

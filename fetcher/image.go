@@ -11,7 +11,7 @@ import (
 )
 
 // Image describes the image to fetch, as the verified manifest states it.
-// All fields are required.
+// All fields are required but CodedTableDigest.
 type Image struct {
 	// Digest is the SHA-256 of the whole image.
 	Digest []byte
@@ -22,6 +22,13 @@ type Image struct {
 	// TableDigest is the SHA-256 of the deterministic CBOR encoding of the
 	// image's schemas.ChunkTable.
 	TableDigest []byte
+	// CodedTableDigest, optional, is the SHA-256 of the image's coded
+	// chunk table (the same chunk hashes plus the parity hashes of
+	// erasure-coded repair), which the manifest signs beside TableDigest
+	// (suit.ParamFirmcastCodedTable) for devices that speak
+	// schemas.ProtocolCoded. TableDigest then names the plain table. A
+	// table whose digest is either one is accepted (DecodeTable).
+	CodedTableDigest []byte
 }
 
 // Hex returns the lowercase hex image digest (the name used in topics,
@@ -56,6 +63,9 @@ func (im Image) Validate() error {
 	if len(im.TableDigest) != schemas.DigestSize {
 		return fmt.Errorf("%w: chunk table digest is %d bytes, want %d", ErrBadImage, len(im.TableDigest), schemas.DigestSize)
 	}
+	if len(im.CodedTableDigest) != 0 && len(im.CodedTableDigest) != schemas.DigestSize {
+		return fmt.Errorf("%w: coded chunk table digest is %d bytes, want %d", ErrBadImage, len(im.CodedTableDigest), schemas.DigestSize)
+	}
 	if im.ChunkSize < schemas.MinChunkSize || im.ChunkSize > schemas.MaxChunkSize {
 		return fmt.Errorf("%w: chunk size %d outside [%d, %d]", ErrBadImage, im.ChunkSize, schemas.MinChunkSize, schemas.MaxChunkSize)
 	}
@@ -69,11 +79,13 @@ func (im Image) Validate() error {
 }
 
 // DecodeTable decodes and authenticates an encoded chunk table against im:
-// its SHA-256 must equal im.TableDigest (checked before decoding), and it
-// must describe im. Errors wrap ErrChunkTable.
+// its SHA-256 must equal im.TableDigest or, when set, im.CodedTableDigest
+// (checked before decoding); one accepted by the coded digest must be
+// coded. It must describe im. Errors wrap ErrChunkTable.
 func DecodeTable(im Image, b []byte) (*schemas.ChunkTable, error) {
 	d := sha256.Sum256(b)
-	if subtle.ConstantTimeCompare(d[:], im.TableDigest) != 1 {
+	coded := len(im.CodedTableDigest) == schemas.DigestSize && subtle.ConstantTimeCompare(d[:], im.CodedTableDigest) == 1
+	if !coded && subtle.ConstantTimeCompare(d[:], im.TableDigest) != 1 {
 		return nil, fmt.Errorf("%w: digest %x does not match the manifest's %x", ErrChunkTable, d[:8], im.TableDigest[:8])
 	}
 	var t schemas.ChunkTable
@@ -81,6 +93,8 @@ func DecodeTable(im Image, b []byte) (*schemas.ChunkTable, error) {
 		return nil, fmt.Errorf("%w: %v", ErrChunkTable, err)
 	}
 	switch {
+	case coded && !t.Coded():
+		return nil, fmt.Errorf("%w: the table the manifest names as coded commits no parity", ErrChunkTable)
 	case !bytes.Equal(t.Image, im.Digest):
 		return nil, fmt.Errorf("%w: table is for image %x, want %x", ErrChunkTable, t.Image[:8], im.Digest[:8])
 	case t.ImageSize != im.Size:

@@ -67,6 +67,15 @@ type BrokerConfig struct {
 	// Default Window: a larger summary arrives as a burst of unicast
 	// chunks that a slow device's bounded receive queue may shed.
 	SummaryMax int
+	// Protocol is the delivery protocol the device speaks, put into its
+	// chunk requests (schemas.ChunkRequest.Protocol). With
+	// schemas.ProtocolCoded (the default) it asks for the coded chunk
+	// table when the manifest names one (Image.CodedTableDigest) and takes
+	// parity repair; with schemas.ProtocolPlain it behaves as the agents
+	// of the previous protocol: it takes only the plain table
+	// (Image.TableDigest) and is repaired by chunks. Higher than
+	// schemas.MaxProtocol is refused (ErrConfig).
+	Protocol int
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -92,6 +101,9 @@ type BrokerSource struct {
 	Rebuilt int
 	// Requests counts chunk requests sent.
 	Requests int
+	// Suppressed counts the loss summaries not sent because a repair
+	// announcement (schemas.RepairAnnounce) covered the device's need.
+	Suppressed int
 
 	// held is the subscription Table leaves open for the Fetch of the
 	// same image that follows (the table may come at a wave's start, with
@@ -142,6 +154,12 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.SummaryMax <= 0 {
 		cfg.SummaryMax = cfg.Window
+	}
+	if cfg.Protocol == 0 {
+		cfg.Protocol = schemas.MaxProtocol
+	}
+	if cfg.Protocol < schemas.ProtocolPlain || cfg.Protocol > schemas.MaxProtocol {
+		return nil, fmt.Errorf("%w: broker source: delivery protocol %d outside [%d, %d]", ErrConfig, cfg.Protocol, schemas.ProtocolPlain, schemas.MaxProtocol)
 	}
 	return &BrokerSource{cfg: cfg}, nil
 }
@@ -293,6 +311,12 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 		ReplyTo: s.cfg.Transport.Dialect().Native(reply), Requester: s.cfg.Device, Campaign: s.cfg.Campaign, WantTable: table,
 		Listening: table, // Table listens on the broadcast topic too
 	}
+	// The protocol spoken for this image: coded only when the manifest
+	// names a coded table (protocol 1 is written as absent). It chooses
+	// the table the publisher answers with and the repair path.
+	if s.speaksCoded(im) {
+		req.Protocol = uint8(s.cfg.Protocol)
+	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
 		return err
@@ -347,7 +371,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				// (this device's) is the answer; the fetcher authenticates
 				// it, and a wrong one is reported as such.
 				if m.bcast {
-					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], im.TableDigest) != 1 {
+					if sum := sha256.Sum256(b); subtle.ConstantTimeCompare(sum[:], s.tableDigest(im)) != 1 {
 						if !isTable(b) {
 							s.Dropped++
 						}
@@ -545,6 +569,18 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				continue
 			}
+			if m.bcast && col != nil && schemas.IsRepairAnnounce(m.b) {
+				// A coded repair round is coming: if it covers this
+				// device's need, its loss summary would add nothing.
+				covered := summary && s.announced(m.b, im, rep.Table, col, missing)
+				putBuf(m.b)
+				if covered {
+					s.Suppressed++
+					summary, progressed, idle = false, false, 0
+					timer.Reset(s.cfg.Idle) // asks later if the round leaves it short
+				}
+				continue
+			}
 			if m.bcast && isWaveEnd(m.b, im) {
 				putBuf(m.b)
 				// The wave is over: nothing more is coming by broadcast.
@@ -553,8 +589,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				lastBcast = time.Time{}
 				if !summary && nIn == 0 {
 					summary = true
-					need := float64(left) / float64(n)
-					timer.Reset(time.Duration(rand.Float64() * (1 - need) * float64(s.cfg.SummaryBackoff)))
+					var needs []int
+					if col != nil {
+						needs = blockNeeds(rep.Table, col, missing)
+					}
+					timer.Reset(summaryDelay(s.cfg.SummaryBackoff, left, n, needs, rand.Float64()))
 				}
 				continue
 			}
@@ -708,6 +747,82 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 	}
 	s.Dropped++
 	return false
+}
+
+// speaksCoded reports whether this source speaks coded repair for im:
+// the device does (Protocol) and the manifest names a coded table.
+func (s *BrokerSource) speaksCoded(im Image) bool {
+	return s.cfg.Protocol >= schemas.ProtocolCoded && len(im.CodedTableDigest) == schemas.DigestSize
+}
+
+// tableDigest returns the digest of the table this source takes from a
+// wave: the coded table's when it speaks coded repair for im, otherwise
+// the plain table's.
+func (s *BrokerSource) tableDigest(im Image) []byte {
+	if s.speaksCoded(im) {
+		return im.CodedTableDigest
+	}
+	return im.TableDigest
+}
+
+// summarySlots is how many slots of the summary back-off a coded device's
+// largest block need sorts it into: a device that needs summarySlots or
+// more symbols in some block speaks in the first slot, one that needs
+// none in the last.
+const summarySlots = 5
+
+// summaryDelay is the random back-off before a loss summary, within
+// backoff, biased so that the neediest devices speak first. With coded
+// repair (needs: per block, the symbols still lacking beyond the parity
+// held) the device's largest block need picks a slot (the neediest the
+// first) and u a time within it: the publisher's repair announcement,
+// sized by the first summaries, then covers most of those that would
+// speak later. Otherwise the delay shrinks with the share of the image
+// missing. u is uniform in [0, 1).
+func summaryDelay(backoff time.Duration, left, n int, needs []int, u float64) time.Duration {
+	if needs == nil {
+		need := float64(left) / float64(n)
+		return time.Duration(u * (1 - need) * float64(backoff))
+	}
+	most := 0
+	for _, k := range needs {
+		most = max(most, k)
+	}
+	slot := summarySlots - 1 - min(most, summarySlots-1)
+	return time.Duration((float64(slot) + u) / summarySlots * float64(backoff))
+}
+
+// blockNeeds returns, per block of t, the chunks missing beyond the
+// parity chunks col holds for the block.
+func blockNeeds(t *schemas.ChunkTable, col *blockcode.Collector, missing bitmap) []int {
+	needs := make([]int, t.NumBlocks())
+	for i := missing.next(0); i >= 0; i = missing.next(i + 1) {
+		needs[t.BlockOf(uint32(i))]++
+	}
+	for b := range needs {
+		needs[b] = max(needs[b]-col.Held(uint32(b)), 0)
+	}
+	return needs
+}
+
+// announced reports whether b is a repair announcement of im that covers
+// this device's need: for every block, the announced parity chunks are at
+// least the chunks it lacks beyond the parity it holds.
+func (s *BrokerSource) announced(b []byte, im Image, t *schemas.ChunkTable, col *blockcode.Collector, missing bitmap) bool {
+	var a schemas.RepairAnnounce
+	if schemas.Decode(b, &a) != nil || !bytes.Equal(a.Image, im.Digest) {
+		return false
+	}
+	coming := make(map[uint32]int, len(a.Need))
+	for _, n := range a.Need {
+		coming[n.Block] = int(n.Parity)
+	}
+	for blk, k := range blockNeeds(t, col, missing) {
+		if k > coming[uint32(blk)] {
+			return false
+		}
+	}
+	return true
 }
 
 // isWaveEnd reports whether b is a wave end marker of im.

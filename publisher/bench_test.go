@@ -138,7 +138,11 @@ func (d *downloader) requestMsg() *schemas.ChunkRequest {
 		}
 	}
 	rt, _ := d.topics.ChunkReply(d.id)
-	return &schemas.ChunkRequest{V: schemas.Version, Image: d.table.Image, ChunkSize: d.table.ChunkSize, Bitmap: want, ReplyTo: rt.NATS, Requester: d.id}
+	r := &schemas.ChunkRequest{V: schemas.Version, Image: d.table.Image, ChunkSize: d.table.ChunkSize, Bitmap: want, ReplyTo: rt.NATS, Requester: d.id}
+	if d.col != nil {
+		r.Protocol = schemas.ProtocolCoded // it takes parity
+	}
+	return r
 }
 
 // BenchmarkReportIngest measures reports per second taken into campaign

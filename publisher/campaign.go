@@ -328,9 +328,12 @@ func (p *Publisher) createCampaign(ctx context.Context, who Principal, spec sche
 		if p.cfg.Signer == nil {
 			return Campaign{}, fmt.Errorf("%w: upload a signed envelope or configure a signing key", ErrNoSigner)
 		}
-		tdig, _ := hex.DecodeString(img.TableDigest)
+		tdig, cdig, err := p.manifestTables(ctx, img)
+		if err != nil {
+			return Campaign{}, err
+		}
 		req := ManifestRequest{
-			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig,
+			ImageDigest: spec.Image, ImageSize: uint64(img.Size), ChunkSize: img.ChunkSize, ChunkTableDigest: tdig, CodedTableDigest: cdig,
 			Sequence: uint64(now.UnixMilli()), VendorID: p.cfg.VendorID, ClassID: p.cfg.ClassID, Deadline: spec.Deadline,
 			SecurityVersion: img.SecurityVersion, Encryption: enc, Component: spec.Component,
 		}

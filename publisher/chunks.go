@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sync/atomic"
@@ -208,6 +209,14 @@ type waveState struct {
 	// unicast.
 	casts      int
 	castAtJoin map[string]int
+	// plain is the encoding of a coded image's plain chunk table (see
+	// tables.go), made on first use. plainWanted: a device of delivery
+	// protocol 1 asked for the table to come by wave, so waves carry
+	// copies of the plain table too (counted in plainCasts; castAtJoin
+	// holds, for such a device, plainCasts when it asked first).
+	plain       []byte
+	plainWanted bool
+	plainCasts  int
 	// ended counts the waves of the image this instance sent to the end
 	// (the number in their WaveEnd markers).
 	ended uint32
@@ -415,15 +424,31 @@ func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, 
 	return p.send(ctx, t, b, &p.egress.Wave, "wave_end")
 }
 
-// castTable broadcasts a copy of d's chunk table on the wave's topic t.
-// Every wave carries copies (a few table sizes, under 1% of the image),
-// whichever instance answered the devices' table requests.
+// castTable broadcasts a copy of d's chunk table on the wave's topic t,
+// and of its plain table too when d is coded and a device of delivery
+// protocol 1 waits for a table by wave. Every wave carries copies (a few
+// table sizes, under 1% of the image), whichever instance answered the
+// devices' table requests.
 func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData, w *waveState) error {
 	if err := p.send(ctx, t, d.tableBytes, &p.egress.Wave, "wave_table"); err != nil {
 		return err
 	}
 	p.waveMu.Lock()
 	w.casts++
+	plain := w.plainWanted && d.table.Coded()
+	p.waveMu.Unlock()
+	if !plain {
+		return nil
+	}
+	pb, err := p.plainTableBytes(d)
+	if err != nil {
+		return err
+	}
+	if err := p.send(ctx, t, pb, &p.egress.Wave, "wave_table"); err != nil {
+		return err
+	}
+	p.waveMu.Lock()
+	w.plainCasts++
 	p.waveMu.Unlock()
 	return nil
 }
@@ -432,7 +457,7 @@ func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData
 // listens on the broadcast topic and a wave is held or flowing (see
 // tableByWave), otherwise by unicast.
 func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
-	if r.Listening && p.tableByWave(digest, r.Requester) {
+	if r.Listening && p.tableByWave(digest, r.Requester, d.table.Coded() && !speaksCoded(r.DeliveryProtocol())) {
 		p.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
 		return nil
 	}
@@ -444,8 +469,9 @@ func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData
 // wave is held or flowing, and no copy has been broadcast since dev
 // first asked (a device asking again after one was missed every copy).
 // Recorded like a table sent (waveState.tables), so the device counts
-// as gathered for the wave.
-func (p *Publisher) tableByWave(digest, dev string) bool {
+// as gathered for the wave. plain: dev takes the plain table of a coded
+// image (delivery protocol 1), so waves carry copies of it from now on.
+func (p *Publisher) tableByWave(digest, dev string, plain bool) bool {
 	ahead := p.waveAhead(digest)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
@@ -454,7 +480,12 @@ func (p *Publisher) tableByWave(digest, dev string) bool {
 	if w == nil || (ahead == math.MaxInt64 && !w.running) {
 		return false // no wave coming
 	}
-	if at, ok := w.castAtJoin[dev]; ok && w.casts > at {
+	casts := w.casts
+	if plain {
+		w.plainWanted = true
+		casts = w.plainCasts
+	}
+	if at, ok := w.castAtJoin[dev]; ok && casts > at {
 		return false // it missed every copy since it asked
 	}
 	if w.tables == nil {
@@ -467,7 +498,7 @@ func (p *Publisher) tableByWave(digest, dev string) bool {
 		w.tables[dev] = now
 	}
 	if _, ok := w.castAtJoin[dev]; !ok {
-		w.castAtJoin[dev] = w.casts
+		w.castAtJoin[dev] = casts
 	}
 	w.lastTable = now
 	return true
@@ -631,22 +662,27 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 }
 
-// sendTable sends the chunk table to r's requester, within its budget,
-// and records it: a device subscribes to the broadcast chunk topic right
-// after. Only the first table a device is sent counts it as joined (see
-// waveState.tables), so asking again cannot bring another wave about.
+// sendTable sends the chunk table of r's delivery protocol (tableFor) to
+// r's requester, within its budget, and records it: a device subscribes
+// to the broadcast chunk topic right after. Only the first table a device
+// is sent counts it as joined (see waveState.tables), so asking again
+// cannot bring another wave about.
 func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
 	rt, err := p.replyTopic(r)
 	if err != nil {
 		return err
 	}
-	if !p.charge(r, d, len(d.tableBytes)) {
-		return errOverBudget
-	}
-	if err := p.send(ctx, rt, d.tableBytes, &p.egress.Unicast, "table"); err != nil {
+	tb, err := p.tableFor(d, r.DeliveryProtocol())
+	if err != nil {
 		return err
 	}
-	p.egress.Table.Add(int64(len(d.tableBytes)))
+	if !p.charge(r, d, len(tb)) {
+		return errOverBudget
+	}
+	if err := p.send(ctx, rt, tb, &p.egress.Unicast, "table"); err != nil {
+		return err
+	}
+	p.egress.Table.Add(int64(len(tb)))
 	w := p.waveFor(digest)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
@@ -752,11 +788,23 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 	}
 	bt, _ := p.cfg.Topics.Chunks(digest)
 	if d.table.Coded() {
-		if err := p.repairCoded(ctx, d, w, bt, per); err != nil {
-			if ctx.Err() == nil {
-				p.log.Warn("coded repair", "image", digest, "err", err)
+		// Parity repairs only the requesters that speak coded repair;
+		// those of delivery protocol 1 (plain table, parity dropped
+		// unread) are repaired by chunks below, in the same batch.
+		coded := make(map[string][]int, len(per))
+		for who, wl := range per {
+			if speaksCoded(b.reqs[who].DeliveryProtocol()) {
+				coded[who] = wl
 			}
-			return
+		}
+		if len(coded) > 0 {
+			if err := p.repairCoded(ctx, d, w, bt, coded); err != nil {
+				if ctx.Err() == nil {
+					p.log.Warn("coded repair", "image", digest, "err", err)
+				}
+				return
+			}
+			maps.Copy(per, coded)
 		}
 	}
 	for _, wl := range per {
@@ -842,12 +890,16 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		w.spent = make([]uint32, nb)
 	}
 	send, short := blockcode.Round(t, need, w.spent)
+	wave := max(w.ended, 1)
 	p.waveMu.Unlock()
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
 	if len(send) == 0 {
 		return nil
+	}
+	if err := p.announce(ctx, d, bt, wave, send); err != nil {
+		return err
 	}
 	enc, err := blockcode.NewEncoder(t)
 	if err != nil {
@@ -877,4 +929,28 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		}
 	}
 	return nil
+}
+
+// announce broadcasts, before a coded repair round, what the round sends:
+// per block, how many fresh parity chunks (schemas.RepairAnnounce). The
+// round is flushed RepairWindow after the first loss summary of the
+// batch, and devices send theirs after a back-off that lets the neediest
+// speak first (fetcher.BrokerConfig.SummaryBackoff): a device that hears
+// the announcement before its back-off ends, and whose need it covers,
+// stays quiet. Devices cannot hear one another; this is how the
+// publisher suppresses their summaries.
+func (p *Publisher) announce(ctx context.Context, d *imageData, bt schemas.Topic, wave uint32, send []blockcode.Symbol) error {
+	per := map[uint32]uint32{}
+	for _, s := range send {
+		per[s.Block]++
+	}
+	a := schemas.RepairAnnounce{V: schemas.Version, Image: d.digest, Wave: wave, Need: make([]schemas.BlockNeed, 0, len(per))}
+	for _, b := range slices.Sorted(maps.Keys(per)) {
+		a.Need = append(a.Need, schemas.BlockNeed{Block: b, Parity: per[b]})
+	}
+	b, err := schemas.Encode(&a)
+	if err != nil {
+		return err
+	}
+	return p.send(ctx, bt, b, &p.egress.Repair, "announce")
 }

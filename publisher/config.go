@@ -179,10 +179,14 @@ type Config struct {
 	// repairs their waves with parity: a repair batch broadcasts, per
 	// block, as many fresh parity chunks as the requester lacking most in
 	// it lacks (blocks interleaved); chunks a block's spent parity cannot
-	// cover go the uncoded way. The manifest signs the coded table's
-	// digest, which agents of delivery protocol 1 cannot decode: turn it
-	// on only for fleets whose agents take coded repair (issue 14 item 6,
-	// per-version manifests, is not done). Default false.
+	// cover go the uncoded way. Such an image is served with two tables
+	// (tables.go): the coded one to devices of delivery protocol 2, the
+	// plain one (the same chunk hashes) to agents of protocol 1, which are
+	// repaired by chunks in the same campaign and waves; a manifest the
+	// server signs commits both digests (the plain one where protocol 1
+	// agents read it). `firmcast serve` turns it on unless
+	// --coded-repair=false. Default false here, so that embedders and
+	// tests opt in (a decode's cost grows as K^3).
 	CodedRepair bool
 	// CodedBlock and CodedParity are the block size K and the parity
 	// chunks per block P of coded tables (K+P <= 256). Defaults

@@ -33,7 +33,9 @@
 //     are broadcast again rather than sent to each. With Config.CodedRepair
 //     an uploaded image gets a coded chunk table (internal/blockcode), its
 //     waves interleave its blocks, and repairs broadcast fresh parity
-//     chunks, per block as many as the requester lacking most lacks. A
+//     chunks, per block as many as the requester lacking most lacks;
+//     agents of delivery protocol 1 in the same campaign are sent the
+//     image's plain table and repaired by chunks (tables.go). A
 //     request is answered only to the device whose own request topic it
 //     came on, if that device is notified in a campaign of the image,
 //     within a rate and a byte budget per campaign (requests.go).

@@ -3,6 +3,8 @@ package publisher
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/http"
@@ -57,9 +59,17 @@ func (p *Publisher) serveImage(w http.ResponseWriter, r *http.Request) {
 		h.Set("Cache-Control", "private, max-age=31536000, immutable")
 	}
 	if isTable {
+		// The plain table (see tables.go): what every agent takes,
+		// whichever protocol it speaks; parity comes only by broadcast.
+		tb, err := p.plainTableBytes(d)
+		if err != nil {
+			p.imageError(w, r, err)
+			return
+		}
+		sum := sha256.Sum256(tb)
 		h.Set("Content-Type", "application/cbor")
-		h.Set("ETag", `"`+d.info.TableDigest+`"`)
-		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(d.tableBytes))
+		h.Set("ETag", `"`+hex.EncodeToString(sum[:])+`"`)
+		http.ServeContent(w, r, "", time.Time{}, bytes.NewReader(tb))
 		return
 	}
 	h.Set("Content-Type", "application/octet-stream")

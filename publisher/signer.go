@@ -17,6 +17,11 @@ type ManifestRequest struct {
 	// deterministic encoding) let a device authenticate every chunk.
 	ChunkSize        uint32
 	ChunkTableDigest []byte
+	// CodedTableDigest, for an image served with coded repair, is the
+	// SHA-256 of its coded chunk table (suit.ParamFirmcastCodedTable);
+	// ChunkTableDigest then names its plain table, which agents of
+	// delivery protocol 1 take. Nil for an image that is not coded.
+	CodedTableDigest []byte
 	// Sequence is the manifest sequence number (anti-rollback); the server
 	// uses the creation time in Unix milliseconds, which only grows.
 	Sequence uint64

@@ -30,7 +30,7 @@ func (s suitSigner) SignManifest(ctx context.Context, req ManifestRequest) ([]by
 	}
 	opts := suit.CreateOptions{
 		ImageDigest: req.ImageDigest, ImageSize: req.ImageSize, VendorID: req.VendorID, ClassID: req.ClassID,
-		Seq: req.Sequence, URIs: req.URIs, ChunkSize: req.ChunkSize, ChunkTableDigest: req.ChunkTableDigest,
+		Seq: req.Sequence, URIs: req.URIs, ChunkSize: req.ChunkSize, ChunkTableDigest: req.ChunkTableDigest, CodedTableDigest: req.CodedTableDigest,
 		SecurityVersion: req.SecurityVersion, Encryption: req.Encryption, Deltas: req.Deltas, Component: req.Component,
 	}
 	if req.Deadline != 0 {

@@ -18,6 +18,7 @@ var cddlRules = map[string]reflect.Type{
 	"chunk":            reflect.TypeFor[Chunk](),
 	"chunk-table":      reflect.TypeFor[ChunkTable](),
 	"wave-end":         reflect.TypeFor[WaveEnd](),
+	"repair-announce":  reflect.TypeFor[RepairAnnounce](),
 	"parity-chunk":     reflect.TypeFor[ParityChunk](),
 	"device-report":    reflect.TypeFor[DeviceReport](),
 	"campaign-command": reflect.TypeFor[CampaignCommand](),

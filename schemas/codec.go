@@ -30,6 +30,7 @@ var (
 	_ Message = (*ChunkTable)(nil)
 	_ Message = (*ParityChunk)(nil)
 	_ Message = (*WaveEnd)(nil)
+	_ Message = (*RepairAnnounce)(nil)
 	_ Message = (*DeviceReport)(nil)
 	_ Message = (*CampaignCommand)(nil)
 	_ Message = (*CampaignReply)(nil)
@@ -183,6 +184,8 @@ func version(m Message) uint {
 		return x.V
 	case *WaveEnd:
 		return x.V
+	case *RepairAnnounce:
+		return x.V
 	case *ParityChunk:
 		return x.V
 	case *DeviceReport:
@@ -199,7 +202,7 @@ func version(m Message) uint {
 // readable ones ("key 1 (Chunk.Image)").
 var fieldNames = func() map[string]string {
 	out := map[string]string{}
-	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{}, ParityChunk{},
+	for _, v := range []any{UpdateNotice{}, SourceHint{}, ChunkRequest{}, Chunk{}, ChunkTable{}, WaveEnd{}, RepairAnnounce{}, ParityChunk{},
 		DeviceReport{}, CampaignCommand{}, CampaignSpec{}, CampaignStatus{}, CampaignReply{}} {
 		t := reflect.TypeOf(v)
 		for i := range t.NumField() {
@@ -234,6 +237,39 @@ func IsChunk(data []byte) bool { return hasShape(data, chunkShape) }
 // unsigned integers. Parity chunks, like chunks, may be shed under
 // pressure (a later repair round sends fresh ones).
 func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
+
+// IsRepairAnnounce reports whether data may be a RepairAnnounce: a CBOR
+// map of four entries whose keys are 0, 1, 2 and 4 in order (a wave end
+// has keys 0 to 3). It reads only the map's head and keys up to key 2's
+// value, so that a receiver sorts the messages of a broadcast topic
+// cheaply; Decode still checks the whole message.
+func IsRepairAnnounce(data []byte) bool {
+	major, pairs, n, ok := readHead(data)
+	if !ok || major != 5 || pairs != 4 {
+		return false
+	}
+	data = data[n:]
+	for key, want := range []byte{0, 2, 0} { // version, digest, wave
+		major, k, n, ok := readHead(data)
+		if !ok || major != 0 || k != uint64(key) {
+			return false
+		}
+		data = data[n:]
+		major, arg, n, ok := readHead(data)
+		if !ok || major != want {
+			return false
+		}
+		if major == 2 {
+			if arg > uint64(len(data)-n) {
+				return false
+			}
+			n += int(arg)
+		}
+		data = data[n:]
+	}
+	major, k, _, ok := readHead(data)
+	return ok && major == 0 && k == 4
+}
 
 // Major types of the values of a chunk and of a parity chunk, by key.
 var (

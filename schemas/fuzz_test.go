@@ -71,6 +71,8 @@ func FuzzDecodeChunk(f *testing.F) { fuzzDecode[Chunk](f, nil) }
 
 func FuzzDecodeWaveEnd(f *testing.F) { fuzzDecode[WaveEnd](f, nil) }
 
+func FuzzDecodeRepairAnnounce(f *testing.F) { fuzzDecode[RepairAnnounce](f, nil) }
+
 func FuzzDecodeParityChunk(f *testing.F) {
 	fuzzDecode[ParityChunk](f, func(c *ParityChunk) {
 		b, _ := Encode(c)

@@ -5,6 +5,23 @@ import "fmt"
 // Version is the format version written into every message's field 0.
 const Version = 1
 
+// Delivery protocol versions a device speaks (ChunkRequest.Protocol,
+// DeviceReport.Protocol). The message format (Version) is the same for
+// both; what differs is which chunk table the device takes and how it is
+// repaired.
+const (
+	// ProtocolPlain is the delivery protocol of the first agents: chunk
+	// tables without parity (ChunkTable.Block 0), repair by chunks
+	// (re-broadcast or unicast). An agent that sends no protocol speaks it.
+	ProtocolPlain = 1
+	// ProtocolCoded adds erasure-coded repair: the device takes the coded
+	// chunk table the manifest names (suit.ParamFirmcastCodedTable) and
+	// parity chunks (ParityChunk).
+	ProtocolCoded = 2
+	// MaxProtocol is the highest delivery protocol this package knows.
+	MaxProtocol = ProtocolCoded
+)
+
 // Sizes and limits of the wire contract.
 const (
 	// DigestSize is the size of every digest on the wire (SHA-256).
@@ -175,7 +192,8 @@ type Range struct {
 // anywhere the request's fields point to.
 //
 //	chunk-request = { 0: 1, 1: digest, 2: chunk-size, ? 3: [+ range],
-//	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true }
+//	                  ? 4: bstr, 5: tstr, 6: id, ? 7: id, ? 8: true,
+//	                  ? 9: true, ? 10: 2..255 }
 type ChunkRequest struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -206,6 +224,23 @@ type ChunkRequest struct {
 	// then answered by unicast. Agents that do not set it get the table
 	// by unicast, as before.
 	Listening bool `cbor:"9,keyasint,omitempty"`
+	// Protocol is the delivery protocol the requester speaks
+	// (ProtocolCoded, ...); absent (0) means ProtocolPlain, which is never
+	// written. The publisher answers a table request with the table of
+	// that protocol (the plain table for ProtocolPlain) and repairs the
+	// requester's losses by the repair path of that protocol.
+	Protocol uint8 `cbor:"10,keyasint,omitempty"`
+}
+
+// DeliveryProtocol returns the delivery protocol of r's requester
+// (ProtocolPlain when it names none).
+func (r *ChunkRequest) DeliveryProtocol() int { return protocolOf(r.Protocol) }
+
+func protocolOf(p uint8) int {
+	if p == 0 {
+		return ProtocolPlain
+	}
+	return int(p)
 }
 
 // Chunk carries one chunk of an image: Data is bytes
@@ -243,6 +278,42 @@ type WaveEnd struct {
 	// Sent lists the chunks the wave carried: 1..MaxRanges runs, sorted
 	// and disjoint.
 	Sent []Range `cbor:"3,keyasint"`
+}
+
+// RepairAnnounce tells the devices of a coded image, on its broadcast
+// chunk topic (QoS 0), that a repair round is coming: for each block
+// named, that many fresh parity chunks follow. The publisher sends it as
+// soon as the first loss summaries after a wave show what each block
+// needs (the neediest devices speak first, see WaveEnd), before the
+// parity. Devices cannot hear one another, so this is how summaries are
+// suppressed: a device whose need the announcement covers (for every
+// block, it lacks no more chunks than parity held plus announced) does
+// not send its summary; one that the round leaves short asks later.
+// Devices of delivery protocol 1 drop it unread.
+//
+//	repair-announce = { 0: 1, 1: digest, 2: uint, 4: [+ block-need] }
+type RepairAnnounce struct {
+	// V is the format version; Encode and Decode require Version.
+	V uint `cbor:"0,keyasint"`
+	// Image is the SHA-256 of the image.
+	Image []byte `cbor:"1,keyasint"`
+	// Wave is the number of the wave (WaveEnd.Wave) whose losses the
+	// round repairs, 1 or more.
+	Wave uint32 `cbor:"2,keyasint"`
+	// Need lists, per block, the parity chunks coming: 1..MaxChunks
+	// entries, blocks strictly increasing. Key 4, not 3, so that an
+	// announcement never decodes as a WaveEnd.
+	Need []BlockNeed `cbor:"4,keyasint"`
+}
+
+// BlockNeed is one block's entry of a RepairAnnounce: Parity fresh parity
+// chunks of block Block are coming (1..MaxCodeShards-1).
+//
+//	block-need = [block: uint, parity: uint]
+type BlockNeed struct {
+	_      struct{} `cbor:",toarray"`
+	Block  uint32
+	Parity uint32
 }
 
 // ChunkTable lists the SHA-256 of every chunk of an image, so that a device
@@ -420,7 +491,7 @@ func ParseErrCode(s string) (ErrCode, bool) {
 //
 //	device-report = { 0: 1, 1: id, ? 2: id, 3: state, ? 4: uint, ? 5: uint,
 //	                  6: uint, ? 7: err-code, ? 8: tstr, 9: uint, 10: int,
-//	                  ? 11: id, ? 12: id, ? 13: true }
+//	                  ? 11: id, ? 12: id, ? 13: true, ? 15: 2..255 }
 type DeviceReport struct {
 	// V is the format version; Encode and Decode require Version.
 	V uint `cbor:"0,keyasint"`
@@ -458,7 +529,14 @@ type DeviceReport struct {
 	// header in the bootloader's slot names it; empty when the device
 	// does not know it. The publisher makes delta updates from it.
 	ActiveDigest []byte `cbor:"14,keyasint,omitempty"`
+	// Protocol is the delivery protocol the device speaks, as in
+	// ChunkRequest.Protocol; absent (0) means ProtocolPlain.
+	Protocol uint8 `cbor:"15,keyasint,omitempty"`
 }
+
+// DeliveryProtocol returns the delivery protocol of the reporting device
+// (ProtocolPlain when it names none).
+func (r *DeviceReport) DeliveryProtocol() int { return protocolOf(r.Protocol) }
 
 // CampaignSpec describes a campaign to create. It targets at least one of
 // Devices, Groups, Class or Tags.

@@ -170,15 +170,16 @@ func insertPair(ps []pair, k, v []byte) []byte {
 // zeroFieldRejection adds an optional field with its zero value, which the
 // deterministic encoding omits.
 var zeroFields = map[string]struct{ k, v []byte }{
-	nameNotice:  {[]byte{0x06}, []byte{0x00}}, // start window 0
-	nameRequest: {[]byte{0x08}, []byte{0xf4}}, // want table false
-	nameReport:  {[]byte{0x0c}, []byte{0x60}}, // class ""
-	nameCommand: {[]byte{0x03}, []byte{0x60}}, // campaign ""
-	nameReply:   {[]byte{0x02}, []byte{0x00}}, // code none
-	nameTable:   {[]byte{0x02}, []byte{0x00}}, // (required field, duplicated as 0)
-	nameChunk:   {[]byte{0x04}, []byte{0x40}}, // (unknown field)
-	nameWaveEnd: {[]byte{0x04}, []byte{0x40}}, // (unknown field)
-	nameParity:  {[]byte{0x05}, []byte{0x40}}, // (unknown field)
+	nameNotice:   {[]byte{0x06}, []byte{0x00}}, // start window 0
+	nameRequest:  {[]byte{0x08}, []byte{0xf4}}, // want table false
+	nameReport:   {[]byte{0x0c}, []byte{0x60}}, // class ""
+	nameCommand:  {[]byte{0x03}, []byte{0x60}}, // campaign ""
+	nameReply:    {[]byte{0x02}, []byte{0x00}}, // code none
+	nameTable:    {[]byte{0x02}, []byte{0x00}}, // (required field, duplicated as 0)
+	nameChunk:    {[]byte{0x04}, []byte{0x40}}, // (unknown field)
+	nameWaveEnd:  {[]byte{0x04}, []byte{0x40}}, // (unknown field)
+	nameParity:   {[]byte{0x05}, []byte{0x40}}, // (unknown field)
+	nameAnnounce: {[]byte{0x03}, []byte{0x80}}, // (unknown field: key 3 is a wave end's)
 }
 
 func TestDecodeRejects(t *testing.T) {
@@ -199,7 +200,7 @@ func TestDecodeRejects(t *testing.T) {
 		switch name {
 		case nameTable:
 			text = "duplicate map key"
-		case nameChunk, nameWaveEnd, nameParity:
+		case nameChunk, nameWaveEnd, nameParity, nameAnnounce:
 			text = "unknown field"
 		}
 		rows = append(rows, rejection{"zero-valued optional field present", insertPair(splitMap(t, b), zf.k, zf.v), want, text})
@@ -210,8 +211,8 @@ func TestDecodeRejects(t *testing.T) {
 			})
 		}
 	}
-	if len(bases) != 9 {
-		t.Fatalf("%d message types have vectors, want 9", len(bases))
+	if len(bases) != 10 {
+		t.Fatalf("%d message types have vectors, want 10", len(bases))
 	}
 }
 
@@ -330,6 +331,7 @@ func TestInvalidChunkRequest(t *testing.T) {
 		{"oversize reply address", func(m *ChunkRequest) { m.ReplyTo = strings.Repeat("r", MaxReplyToLen+1) }, ErrTooLarge, "reply address is 257 bytes"},
 		{"bad requester", func(m *ChunkRequest) { m.Requester = "dev 42" }, ErrInvalid, "requester"},
 		{"bad campaign", func(m *ChunkRequest) { m.Campaign = "c#1" }, ErrInvalid, "campaign id"},
+		{"protocol 1 written", func(m *ChunkRequest) { m.Protocol = ProtocolPlain }, ErrInvalid, "delivery protocol 1 is written as an absent field"},
 	})
 }
 
@@ -399,6 +401,18 @@ func TestInvalidParityChunk(t *testing.T) {
 	})
 }
 
+func TestInvalidRepairAnnounce(t *testing.T) {
+	runInvalid(t, base[RepairAnnounce](t), []invalidCase[RepairAnnounce]{
+		{"bad image digest", func(m *RepairAnnounce) { m.Image = m.Image[:4] }, ErrInvalid, "image digest"},
+		{"wave 0", func(m *RepairAnnounce) { m.Wave = 0 }, ErrInvalid, "wave number 0"},
+		{"no entry", func(m *RepairAnnounce) { m.Need = nil }, ErrInvalid, "0 block entries"},
+		{"blocks not increasing", func(m *RepairAnnounce) { m.Need[1].Block = 0 }, ErrInvalid, "blocks must increase"},
+		{"block beyond max", func(m *RepairAnnounce) { m.Need[1].Block = MaxChunks }, ErrInvalid, "beyond"},
+		{"no parity", func(m *RepairAnnounce) { m.Need[0].Parity = 0 }, ErrInvalid, "0 parity chunks"},
+		{"too much parity", func(m *RepairAnnounce) { m.Need[0].Parity = MaxCodeShards }, ErrInvalid, "256 parity chunks"},
+	})
+}
+
 func TestInvalidReport(t *testing.T) {
 	runInvalid(t, base[DeviceReport](t), []invalidCase[DeviceReport]{
 		{"empty device", func(m *DeviceReport) { m.Device = "" }, ErrInvalid, "device id is empty"},
@@ -412,6 +426,7 @@ func TestInvalidReport(t *testing.T) {
 		{"bad class", func(m *DeviceReport) { m.Class = "x/y" }, ErrInvalid, "class id"},
 		{"security event naming a campaign", func(m *DeviceReport) { m.Security, m.Code = true, CodeSignature }, ErrInvalid, "security event names no campaign"},
 		{"security event without a code", func(m *DeviceReport) { m.Security, m.Campaign = true, "" }, ErrInvalid, "carries an error code"},
+		{"protocol 1 written", func(m *DeviceReport) { m.Protocol = ProtocolPlain }, ErrInvalid, "delivery protocol 1 is written as an absent field"},
 	})
 }
 
@@ -482,4 +497,39 @@ func TestEncodeVersion(t *testing.T) {
 			t.Errorf("%s: Encode with V=0: %v", v.name, err)
 		}
 	}
+}
+
+// A repair announcement and a wave end share the broadcast topic and look
+// alike (a digest, a number, a list of pairs): neither decodes as the
+// other, and neither has the shape of a chunk or a parity chunk.
+func TestAnnounceIsNoWaveEnd(t *testing.T) {
+	a := base[RepairAnnounce](t)
+	w := base[WaveEnd](t)
+	ab, wb := mustEnc(t, a), mustEnc(t, w)
+	if Decode(ab, new(WaveEnd)) == nil {
+		t.Error("a repair announcement decodes as a wave end")
+	}
+	if Decode(wb, new(RepairAnnounce)) == nil {
+		t.Error("a wave end decodes as a repair announcement")
+	}
+	if IsChunk(ab) || IsParityChunk(ab) {
+		t.Error("a repair announcement has the shape of a chunk")
+	}
+	if !IsRepairAnnounce(ab) || IsRepairAnnounce(wb) {
+		t.Errorf("IsRepairAnnounce: %v for an announcement, %v for a wave end", IsRepairAnnounce(ab), IsRepairAnnounce(wb))
+	}
+	for _, v := range vectors(t) {
+		if _, ok := v.msg.(*RepairAnnounce); !ok && IsRepairAnnounce(mustEnc(t, v.msg)) {
+			t.Errorf("IsRepairAnnounce holds for %s", v.name)
+		}
+	}
+}
+
+func mustEnc(t *testing.T, m Message) []byte {
+	t.Helper()
+	b, err := Encode(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -7,16 +7,17 @@ import (
 
 // Message names used in errors.
 const (
-	nameNotice  = "update notice"
-	nameRequest = "chunk request"
-	nameChunk   = "chunk"
-	nameTable   = "chunk table"
-	nameWaveEnd = "wave end"
-	nameParity  = "parity chunk"
-	nameReport  = "device report"
-	nameCommand = "campaign command"
-	nameReply   = "campaign reply"
-	nameSpec    = "campaign command: spec"
+	nameNotice   = "update notice"
+	nameRequest  = "chunk request"
+	nameChunk    = "chunk"
+	nameTable    = "chunk table"
+	nameWaveEnd  = "wave end"
+	nameParity   = "parity chunk"
+	nameAnnounce = "repair announcement"
+	nameReport   = "device report"
+	nameCommand  = "campaign command"
+	nameReply    = "campaign reply"
+	nameSpec     = "campaign command: spec"
 )
 
 func invalid(msg, format string, args ...any) error {
@@ -195,6 +196,9 @@ func (r *ChunkRequest) Validate() error {
 	if err := checkID(m, "requester", r.Requester); err != nil {
 		return err
 	}
+	if err := checkProtocol(m, r.Protocol); err != nil {
+		return err
+	}
 	return checkOptionalID(m, "campaign id", r.Campaign)
 }
 
@@ -352,6 +356,9 @@ func (r *DeviceReport) Validate() error {
 	if len(r.ActiveDigest) != 0 && len(r.ActiveDigest) != DigestSize {
 		return invalid(m, "active image digest is %d bytes, want %d", len(r.ActiveDigest), DigestSize)
 	}
+	if err := checkProtocol(m, r.Protocol); err != nil {
+		return err
+	}
 	return checkOptionalID(m, "class id", r.Class)
 }
 
@@ -499,6 +506,38 @@ func (s *CampaignStatus) validate(where string) error {
 // MessageName implements Message.
 func (*WaveEnd) MessageName() string { return nameWaveEnd }
 
+// MessageName implements Message.
+func (*RepairAnnounce) MessageName() string { return nameAnnounce }
+
+// MaxSize implements Message: MaxChunks block entries plus framing.
+func (*RepairAnnounce) MaxSize() int { return 64 + MaxChunks*9 }
+
+// Validate implements Message.
+func (a *RepairAnnounce) Validate() error {
+	const m = nameAnnounce
+	if err := checkDigest(m, "image digest", a.Image); err != nil {
+		return err
+	}
+	if a.Wave == 0 {
+		return invalid(m, "wave number 0")
+	}
+	if len(a.Need) == 0 || len(a.Need) > MaxChunks {
+		return invalid(m, "%d block entries, want 1..%d", len(a.Need), MaxChunks)
+	}
+	for i, n := range a.Need {
+		if n.Block >= MaxChunks {
+			return invalid(m, "entry %d: block %d beyond %d", i, n.Block, MaxChunks)
+		}
+		if i > 0 && n.Block <= a.Need[i-1].Block {
+			return invalid(m, "entry %d: block %d after block %d (blocks must increase)", i, n.Block, a.Need[i-1].Block)
+		}
+		if n.Parity == 0 || n.Parity >= MaxCodeShards {
+			return invalid(m, "entry %d: %d parity chunks for block %d, want 1..%d", i, n.Parity, n.Block, MaxCodeShards-1)
+		}
+	}
+	return nil
+}
+
 // MaxSize implements Message: MaxRanges ranges plus framing.
 func (*WaveEnd) MaxSize() int { return 64 + MaxRanges*12 }
 
@@ -526,6 +565,17 @@ func (w *WaveEnd) Validate() error {
 			return invalid(m, "range %d starts at %d, inside or before range %d (ranges must be sorted and disjoint)", i, rg.First, i-1)
 		}
 		end = uint64(rg.First) + uint64(rg.Count)
+	}
+	return nil
+}
+
+// checkProtocol checks an optional delivery protocol field: absent, or a
+// version above ProtocolPlain (which is written as absent, so that one
+// value has one encoding). Versions above MaxProtocol are accepted: a
+// newer device is answered by the newest protocol the receiver knows.
+func checkProtocol(m string, p uint8) error {
+	if p == ProtocolPlain {
+		return invalid(m, "delivery protocol %d is written as an absent field", p)
 	}
 	return nil
 }

@@ -91,11 +91,18 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 16384,
 			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true,
 		}},
+		{"request-0004", "chunk table request of a device that speaks coded repair (delivery protocol 2)", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384,
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true, Protocol: ProtocolCoded,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
 		{"waveend-0001", "end of wave 2, which carried chunks 0-511", &WaveEnd{
 			V: Version, Image: img, Wave: 2, Sent: []Range{{First: 0, Count: 512}},
+		}},
+		{"announce-0001", "repair round for wave 2: 3 parity chunks of block 0, 1 of block 5", &RepairAnnounce{
+			V: Version, Image: img, Wave: 2, Need: []BlockNeed{{Block: 0, Parity: 3}, {Block: 5, Parity: 1}},
 		}},
 		{"table-0001", "chunk table of a 600-byte image in 256-byte chunks", testTable(t)},
 		{"table-0002", "coded chunk table: 600-byte image in 256-byte chunks, blocks of 2 chunks, 1 parity chunk per block", testCodedTable(t)},
@@ -113,6 +120,10 @@ func vectors(t testing.TB) []vector {
 		{"report-0003", "security event: a notice refused before anything in it was trusted", &DeviceReport{
 			V: Version, Device: "dev-42", State: StateConfirmed, ActiveVersion: 7, Code: CodeUntrustedKey,
 			Text: "notice refused: no signature by a trusted key", Counter: 14, Time: 1764072002000, Security: true,
+		}},
+		{"report-0004", "download progress of a device that speaks coded repair (delivery protocol 2)", &DeviceReport{
+			V: Version, Device: "dev-42", Campaign: "camp-1", State: StateDownloading, BytesDone: 8192, BytesTotal: 600000,
+			ActiveVersion: 7, Counter: 15, Time: 1764072003000, Source: SourceBroker, Protocol: ProtocolCoded,
 		}},
 		{"command-0001", "create a phased campaign", &CampaignCommand{
 			V: Version, Op: OpCreate, Key: "k-123", Spec: &CampaignSpec{

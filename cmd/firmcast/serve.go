@@ -82,7 +82,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
 	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
-	f.BoolVar(&o.codedRepair, "coded-repair", false, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair; the agents must support it: agents of delivery protocol 1 cannot decode a coded table)")
+	f.BoolVar(&o.codedRepair, "coded-repair", true, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair) for the agents that speak it; agents of delivery protocol 1 take the image's plain table and are repaired by chunks in the same campaign (--coded-repair=false: plain tables only)")
 }
 
 func newServeCmd() *cobra.Command {

@@ -37,6 +37,11 @@ type CreateOptions struct {
 	// ChunkTableDigest is the SHA-256 of the image's encoded
 	// schemas.ChunkTable; computed from Image when empty.
 	ChunkTableDigest []byte
+	// CodedTableDigest, when set, is the SHA-256 of the image's coded
+	// schemas.ChunkTable (ParamFirmcastCodedTable), for devices that
+	// speak coded repair; ChunkTableDigest then names the plain table
+	// (the same chunk hashes without parity), which the others take.
+	CodedTableDigest []byte
 	// UseBefore, when non-zero, adds the use-before condition: the
 	// manifest is refused after this time.
 	UseBefore time.Time
@@ -90,6 +95,9 @@ func Create(ctx context.Context, opts CreateOptions, signers ...Signer) ([]byte,
 	}
 	if len(opts.ImageDigest) != sha256.Size || len(opts.ChunkTableDigest) != sha256.Size {
 		return nil, fmt.Errorf("%w: image and chunk-table digests must be SHA-256", ErrParameter)
+	}
+	if len(opts.CodedTableDigest) != 0 && len(opts.CodedTableDigest) != sha256.Size {
+		return nil, fmt.Errorf("%w: the coded chunk-table digest must be SHA-256", ErrParameter)
 	}
 	if opts.ImageSize == 0 {
 		return nil, fmt.Errorf("%w: image is empty", ErrParameter)
@@ -196,6 +204,12 @@ func buildManifest(o CreateOptions) []byte {
 			shared.Other = map[int64][]byte{}
 		}
 		shared.Other[ParamFirmcastEncryption] = o.Encryption.Encode()
+	}
+	if len(o.CodedTableDigest) != 0 {
+		if shared.Other == nil {
+			shared.Other = map[int64][]byte{}
+		}
+		shared.Other[ParamFirmcastCodedTable] = Digest{Alg: AlgSHA256, Bytes: o.CodedTableDigest}.encode()
 	}
 	fetchFrom := func(uri string) Sequence {
 		u := uri

@@ -42,7 +42,10 @@
 // schemas.ChunkTable, so a device authenticates the chunk table, and through
 // it every chunk, against the signed manifest before trusting a chunk;
 // ParamSecurityVersion, optional, is the image's anti-rollback security
-// version, the bootloader's counter (never the sequence number).
+// version, the bootloader's counter (never the sequence number);
+// ParamFirmcastCodedTable, optional, is the SHA-256 of the image's coded
+// chunk table (parity hashes committed too) for devices that speak coded
+// repair, while ParamFirmcast names the plain table older agents take.
 //
 // Decoding is strict and bounded like the rest of schemas/: duplicate map
 // keys, indefinite lengths, trailing bytes, unknown critical elements and

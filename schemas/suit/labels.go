@@ -105,6 +105,15 @@ const (
 	// custom parameter, see ImageEncryption): bstr .cbor {1:
 	// SUIT_Encryption_Info, 2: bstr .size 32 (keyed plaintext digest)}.
 	ParamFirmcastEncryption int64 = -264
+	// ParamFirmcastCodedTable is the SHA-256 of the image's coded chunk
+	// table (a custom parameter): SUIT_Digest of the schemas.ChunkTable
+	// that also commits parity chunks (Block > 0), for devices that speak
+	// delivery protocol 2 (schemas.ProtocolCoded). ParamFirmcast keeps
+	// naming the plain table, the one devices of protocol 1 take: an image
+	// served with coded repair has both tables, and the manifest signs
+	// both digests. Agents of protocol 1 keep a custom parameter they do
+	// not know without acting on it, so they go on as before.
+	ParamFirmcastCodedTable int64 = -265
 )
 
 // MaxSecurityVersion bounds ParamSecurityVersion: hardware monotonic
@@ -143,7 +152,7 @@ var paramNames = map[int64]string{
 	ParamDeviceID: "device-id", ParamMinBattery: "minimum-battery",
 	ParamUpdatePriority: "update-priority", ParamVersion: "version", ParamWaitInfo: "wait-info",
 	ParamFirmcast: "firmcast-chunks", ParamSecurityVersion: "firmcast-security-version",
-	ParamFirmcastEncryption: "firmcast-encryption",
+	ParamFirmcastEncryption: "firmcast-encryption", ParamFirmcastCodedTable: "firmcast-coded-table",
 }
 
 // CommandName returns the draft's name of a command label, or "command N".

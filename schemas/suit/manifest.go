@@ -369,6 +369,21 @@ func (m *Manifest) ChunkInfo() (ChunkInfo, bool) {
 	return *c, true
 }
 
+// CodedTableDigest returns the digest of the image's coded chunk table
+// (ParamFirmcastCodedTable) and whether the manifest sets one; a value
+// that is not a SUIT_Digest is ErrMalformed.
+func (m *Manifest) CodedTableDigest() (Digest, bool, error) {
+	raw, ok := m.ParamsFor(0).Other[ParamFirmcastCodedTable]
+	if !ok {
+		return Digest{}, false, nil
+	}
+	d, err := decodeDigest(raw, ParamName(ParamFirmcastCodedTable))
+	if err != nil {
+		return Digest{}, false, err
+	}
+	return d, true, nil
+}
+
 // SecurityVersion returns firmcast's security version
 // (ParamSecurityVersion) and whether the manifest sets one; a value that
 // is not a uint up to MaxSecurityVersion is ErrMalformed.

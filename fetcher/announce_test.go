@@ -1,0 +1,173 @@
+package fetcher
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
+	"github.com/firmcast/firmcast/internal/testutil"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// countConn counts the chunk requests a device sends.
+type countConn struct {
+	waveConn
+	requests *atomic.Int64
+	sent     chan struct{} // told of each request, if not full
+}
+
+func (c countConn) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
+	if o.Family == broker.FamilyChunkRequest {
+		c.requests.Add(1)
+		select {
+		case c.sent <- struct{}{}:
+		default:
+		}
+	}
+	return c.Transport.Publish(ctx, t, b, o)
+}
+
+// TestAnnouncementQuietsCoveredDevice: after a wave's end marker, a device
+// whose need a repair announcement covers (it lacks one chunk of block 0,
+// one parity chunk of block 0 is announced) sends no loss summary and
+// rebuilds from the parity that follows; a device the announcement does
+// not cover (it lacks two) sends its summary. The neediest device's
+// back-off is the shorter one.
+func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fx := newFixture(t, 32*testChunk, testChunk, 13)
+	read := func(_ context.Context, i uint32) ([]byte, error) {
+		off := int(i) * testChunk
+		return fx.img[off:min(off+testChunk, len(fx.img))], nil
+	}
+	coded, err := blockcode.Commit(ctx, fx.table, 16, 4, read) // 2 blocks of 16
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := schemas.Encode(coded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sha256.Sum256(cb)
+	im := fx.im
+	im.CodedTableDigest = cs[:]
+	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
+	topics := schemas.MustTopics("announcetest")
+	bt, _ := topics.Chunks(im.Hex())
+
+	type dev struct {
+		name     string
+		lost     map[uint32]bool
+		requests atomic.Int64
+		ready    chan struct{}
+		sent     chan struct{}
+		src      *BrokerSource
+		sink     *memSink
+		err      chan error
+	}
+	devs := []*dev{
+		{name: "covered", lost: map[uint32]bool{3: true}},
+		{name: "needy", lost: map[uint32]bool{3: true, 4: true}},
+	}
+	for _, d := range devs {
+		d.ready, d.err, d.sent = make(chan struct{}), make(chan error, 1), make(chan struct{}, 1)
+		conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: d.ready}, &d.requests, d.sent}
+		conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
+			var c schemas.Chunk
+			return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && d.lost[c.Index]
+		})
+		d.src, err = NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-" + d.name,
+			Idle: 5 * time.Second, ListenFirst: time.Hour, Quiet: time.Hour, SummaryBackoff: time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.sink = newMemSink(len(fx.img))
+		go func() {
+			d.err <- d.src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
+				if err := coded.VerifyChunk(uint32(i), b); err != nil {
+					return err
+				}
+				_, err := d.sink.WriteAt(b, im.Offset(i))
+				return err
+			}, Repair{Table: coded, Slot: d.sink})
+		}()
+		<-d.ready
+	}
+	pub := hub.Conn()
+	send := func(m schemas.Message) {
+		t.Helper()
+		b, err := schemas.Encode(m)
+		if err == nil {
+			err = pub.Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range uint32(coded.NumChunks()) {
+		b, _ := read(ctx, i)
+		send(&schemas.Chunk{V: schemas.Version, Image: im.Digest, Index: i, Data: b})
+	}
+	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(coded.NumChunks())}}})
+	send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 1}}})
+	// The needy device, not covered, sends its summary (within its
+	// back-off slot, under a second).
+	select {
+	case <-devs[1].sent:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the device the announcement does not cover sent no loss summary")
+	}
+	enc, err := blockcode.NewEncoder(coded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	par, err := enc.Parity(ctx, 0, read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for j := range 2 {
+		send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: uint32(j), Data: par[j]})
+	}
+	for _, d := range devs {
+		if err := <-d.err; err != nil {
+			t.Fatalf("%s: %v", d.name, err)
+		}
+		if !bytes.Equal(d.sink.data, fx.img) {
+			t.Fatalf("%s: wrong image", d.name)
+		}
+	}
+	if r, s := devs[0].requests.Load(), devs[0].src.Suppressed; r != 0 || s != 1 {
+		t.Errorf("covered device: %d requests, %d summaries suppressed; want 0 and 1", r, s)
+	}
+	if s := devs[1].src.Suppressed; s != 0 {
+		t.Errorf("needy device: %d summaries suppressed; want 0", s)
+	}
+}
+
+// TestSummaryDelayNeediestFirst: with coded repair a device's back-off
+// falls in the slot of its largest block need, the neediest first.
+func TestSummaryDelayNeediestFirst(t *testing.T) {
+	const b = time.Second
+	for _, tc := range []struct {
+		needs    []int
+		from, to time.Duration
+	}{
+		{[]int{0, 0}, 800 * time.Millisecond, b},
+		{[]int{1, 0}, 600 * time.Millisecond, 800 * time.Millisecond},
+		{[]int{0, 3}, 200 * time.Millisecond, 400 * time.Millisecond},
+		{[]int{9, 1}, 0, 200 * time.Millisecond},
+	} {
+		for _, u := range []float64{0, 0.5, 0.999} {
+			if d := summaryDelay(b, 1, 10, tc.needs, u); d < tc.from || d >= tc.to {
+				t.Errorf("needs %v, u %v: delay %v, want in [%v, %v)", tc.needs, u, d, tc.from, tc.to)
+			}
+		}
+	}
+}
