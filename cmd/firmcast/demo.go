@@ -44,6 +44,8 @@ type demoFlags struct {
 	timeout   time.Duration
 	stall     time.Duration
 	encrypt   bool
+	// beyondLimit runs the embedded brokers past embeddedLimit.
+	beyondLimit bool
 	// console keeps the console up after the campaign; httpListen is
 	// where the API and the console listen.
 	console    bool
@@ -96,6 +98,7 @@ aborted; 1 any other error.`,
 	fl.IntSliceVar(&f.phases, "phases", []int{10, 50, 100}, "cumulative rollout percentages")
 	fl.StringVar(&f.failAt, "fail-threshold", "10%", "failures (of the devices notified so far) that abort the campaign")
 	fl.DurationVar(&f.timeout, "timeout", 10*time.Minute, "campaign timeout")
+	fl.BoolVar(&f.beyondLimit, "beyond-limit", false, "run the embedded brokers even past the fleet size x image size this machine was measured to carry (see --help)")
 	fl.BoolVar(&f.encrypt, "encrypt", false, "roll out v2 encrypted, with a content key wrapped per device")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "stop with an error naming the devices that did not finish when nothing moves for this long")
 	fl.StringVar(&f.httpListen, "http-listen", "127.0.0.1:0", "where the HTTP API and the operator console listen (port 0: a free port; empty: none)")
@@ -150,8 +153,20 @@ func (f *demoFlags) config() (fleet.Config, error) {
 	if f.failRate < 0 || f.failRate > 1 {
 		return cfg, fmt.Errorf("--fail-rate %g: want 0..1", f.failRate)
 	}
+	if total := int64(f.devices) * int64(size); f.mqtt == "" && !f.beyondLimit && total > embeddedLimit {
+		return cfg, fmt.Errorf("%d devices x %s = %s to deliver is past what the embedded brokers were measured to carry on one machine (%s: 100 x 8 MiB and 1,000 x 1 MiB complete; 500 x 8 MiB did not, docs/BENCHMARKS.md); "+
+			"use external brokers (--broker mqtt://HOST:1883 for mosquitto and --nats nats://HOST:4222 for NATS with JetStream), or --beyond-limit to try anyway",
+			f.devices, humanBytes(int64(size)), humanBytes(total), humanBytes(embeddedLimit))
+	}
 	return cfg, nil
 }
+
+// embeddedLimit is the most bytes (devices x image size) a demo on the
+// embedded brokers delivers without --beyond-limit: measured on a 2-core
+// machine, N = 100 with 8 MiB (800 MiB) and N = 1,000 with 1 MiB (1 GiB)
+// complete, N = 500 with 8 MiB (4 GiB) aborted with devices that found no
+// source (docs/BENCHMARKS.md, "Nothing stalls under load").
+const embeddedLimit = 1 << 30
 
 func runDemo(cmd *cobra.Command, f *demoFlags) error {
 	cfg, err := f.config()

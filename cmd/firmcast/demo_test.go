@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/firmcast/firmcast/internal/fleet"
@@ -59,11 +60,27 @@ func TestDemoBadFlags(t *testing.T) {
 		{"demo", "--fail-rate", "1.5"},
 		{"demo", "--broker", "mqtt://127.0.0.1:1883"},
 		{"demo", "--phases", "0,100"},
+		{"demo", "--devices", "500", "--image-size", "8MiB"}, // past the embedded limit
 	} {
 		_, err := runFirmcast(t, args...)
 		var ee *exitError
 		if !errors.As(err, &ee) || ee.code != 1 {
 			t.Errorf("%v: error %v, want exit code 1", args, err)
+		}
+	}
+}
+
+// Past the measured limit of the embedded brokers the demo refuses, naming
+// the limit and the external brokers to use, before it starts anything.
+func TestDemoRefusesPastEmbeddedLimit(t *testing.T) {
+	_, err := runFirmcast(t, "demo", "--devices", "500", "--image-size", "8MiB")
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 1 {
+		t.Fatalf("error %v, want exit code 1", err)
+	}
+	for _, want := range []string{"1.00 GiB", "--broker", "--nats", "--beyond-limit"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not name %q", err, want)
 		}
 	}
 }
