@@ -183,10 +183,28 @@ func TestChunkRequestAttacks(t *testing.T) {
 				send(own, request(attacker, attackerReply.MQTT, false))
 			}
 			budget := p.budgetFor(img)
+			// The 60 requests ask for far more than the budget, so the run
+			// settles when the attacker's account is used up and it has
+			// received all it was charged for ("served" counts a request
+			// when its sends start, so a judged count alone is too early).
+			account := func() (sent, left int64) {
+				p.reqs.mu.Lock()
+				defer p.reqs.mu.Unlock()
+				for k, a := range p.reqs.m {
+					if strings.HasSuffix(k, "."+attacker) {
+						return a.sent, a.budget - a.sent
+					}
+				}
+				return 0, budget
+			}
 			waitFor(t, 20*time.Second, func() string {
-				return fmt.Sprintf("judged %v of 60; attacker received %d bytes, publisher sent %d", served()-before, attackerRx.bytes(), p.egress.Unicast.Load())
+				sent, left := account()
+				return fmt.Sprintf("judged %v of 60; attacker received %d bytes (%d as charged), charged %d, %d left of its budget",
+					served()-before, attackerRx.bytes(), attackerRx.charged(), sent, left)
 			}, func() bool {
-				return attackerRx.bytes() > budget || (served()-before >= 60 && attackerRx.bytes()+victimRx.bytes() >= p.egress.Unicast.Load())
+				sent, left := account()
+				return attackerRx.bytes() > budget ||
+					(served()-before >= 60 && left < int64(img.info.ChunkSize)+chunkOverhead && attackerRx.charged() == sent)
 			})
 			if got := attackerRx.bytes(); got > budget {
 				t.Errorf("60 requests for a %d-byte image made the publisher send %d bytes to one device (budget %d)", len(data), got, budget)
@@ -228,15 +246,33 @@ func listen(t *testing.T, tr broker.Transport, topics schemas.Topics, dev string
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := tr.Subscribe(ctx, rt, func(_ context.Context, m broker.Message) {
+		// Counted under the lock, so that count and tables agree.
 		r.mu.Lock()
 		r.msgs = append(r.msgs, bytes.Clone(m.Payload))
-		r.mu.Unlock()
 		r.n.Add(1)
 		r.nbytes.Add(int64(len(m.Payload)))
+		r.mu.Unlock()
 	}, broker.SubscribeOptions{Family: broker.FamilyChunk}); err != nil {
 		t.Fatal(err)
 	}
 	return r
+}
+
+// charged is what the publisher charges a requester's budget for the
+// messages received: a chunk's data plus chunkOverhead, a table's size.
+func (r *rx) charged() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, m := range r.msgs {
+		var c schemas.Chunk
+		if schemas.Decode(m, &c) == nil {
+			n += int64(len(c.Data)) + chunkOverhead
+			continue
+		}
+		n += int64(len(m))
+	}
+	return n
 }
 
 func (r *rx) count() int   { return int(r.n.Load()) }
