@@ -18,20 +18,7 @@ import (
 // not a pair of images, and a campaign it signs offers the delta to the
 // image a target reports running, before the full image.
 func TestMakeDelta(t *testing.T) {
-	key, err := suit.GenerateKey("ed25519", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := suit.NewKeySigner(key, suit.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t)
-	p, _ := e.start(func(c *Config) {
-		c.Signer = SUITSigner(signer)
-		c.VendorID = bytes.Repeat([]byte{1}, 16)
-		c.ClassID = bytes.Repeat([]byte{2}, 16)
-	})
+	e, p, signer, trust := signingEnv(t, "ed25519", nil)
 	ctx := context.Background()
 	who := e.who(p)
 	v1 := randomImage(t, 40000)
@@ -93,7 +80,7 @@ func TestMakeDelta(t *testing.T) {
 	if len(c.Deltas) != 1 || c.Deltas[0] != d.Digest {
 		t.Fatalf("campaign deltas %v, want [%s]", c.Deltas, d.Digest)
 	}
-	m, err := suit.Verify(c.Envelope, suit.TrustAnchors{key.Public()})
+	m, err := suit.Verify(c.Envelope, trust)
 	if err != nil {
 		t.Fatal(err)
 	}
