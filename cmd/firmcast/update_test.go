@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/internal/fleet"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -27,10 +28,7 @@ func TestUpdateEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	keyPEM, err := suit.MarshalPrivateKeyPEM(key)
 	if err != nil {
 		t.Fatal(err)

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -23,10 +24,7 @@ func TestStageCampaign(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	signer, err := suit.NewKeySigner(key, 0)
 	if err != nil {
 		t.Fatal(err)
