@@ -330,18 +330,21 @@ func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest strin
 		}
 	}
 	// A delta based on the image (its source or its target) would be left
-	// unusable: delete the delta first.
-	imgs, err := p.Images(ctx)
+	// unusable: delete the delta first. The delta index names them.
+	deltas, err := p.deltasOf(ctx, img.Digest)
 	if err != nil {
 		return err
 	}
-	for _, d := range imgs {
-		if d.Digest != img.Digest && (d.DeltaFrom == img.Digest || d.DeltaTo == img.Digest) {
+	for _, d := range deltas {
+		if d.Digest != img.Digest {
 			return fmt.Errorf("%w: image %s is the source or target of delta %s; delete the delta first", ErrState, img.Digest, d.Digest)
 		}
 	}
 	if err := withRetry(ctx, func(ctx context.Context, _ bool) error { return p.st.imageMeta.Delete(ctx, img.Digest) }); err != nil {
 		return fmt.Errorf("publisher: delete image %s: %w", img.Digest, err)
+	}
+	if img.DeltaFrom != "" {
+		p.unindexDelta(ctx, img)
 	}
 	p.audit(ctx, who, "image.delete", img.Digest, img.Name)
 	p.cache.drop(img.Digest)
