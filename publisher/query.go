@@ -317,8 +317,11 @@ func (p *Publisher) ImageUseOf(ctx context.Context, digest string) (ImageUse, er
 // DeleteImage removes an image that no campaign in progress (created,
 // running or paused) delivers: its record first, so that it is invisible
 // at once, then its chunks and chunk table. Campaigns that ended keep
-// naming it in their history. Errors: ErrNotFound, ErrInvalid, ErrState
-// (a campaign in progress uses it; the error names it).
+// naming it in their history. An image a stored delta is based on (its
+// source or target, found through the delta index) is refused until the
+// delta is deleted; deleting a delta takes it out of the index. Errors:
+// ErrNotFound, ErrInvalid, ErrState (a campaign in progress or a delta
+// uses it; the error names it).
 func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest string) error {
 	img, err := p.Image(ctx, digest)
 	if err != nil {
