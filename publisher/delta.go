@@ -98,6 +98,11 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 		TableDigest: tsum, Name: fmt.Sprintf("delta %.12s..%.12s", from, to),
 		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name, DeltaFrom: from, DeltaTo: to,
 	}
+	// Indexed before it is visible: DeleteImage of its source or target
+	// finds every stored delta in the index.
+	if err := p.indexDelta(ctx, img); err != nil {
+		return Image{}, false, err
+	}
 	// Commit point: the metadata makes the delta visible.
 	if _, err := createJSON(ctx, p.st.imageMeta, "image", digest, img); err != nil {
 		if errors.Is(err, ErrExists) {
@@ -112,9 +117,10 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	return img, true, nil
 }
 
-// findDelta returns the stored delta from from to to, if any.
+// findDelta returns the stored delta from from to to, if any (from the
+// delta index: the deltas based on from).
 func (p *Publisher) findDelta(ctx context.Context, from, to string) (Image, bool, error) {
-	imgs, err := p.Images(ctx)
+	imgs, err := p.deltasOf(ctx, from)
 	if err != nil {
 		return Image{}, false, err
 	}

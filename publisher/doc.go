@@ -10,7 +10,10 @@
 //     a KV bucket, written last, makes an image visible. GET
 //     /images/{digest} (imagehttp.go) streams an image from there chunk by
 //     chunk, with ranges, under Config.ImageAccess (an API key or a
-//     device's credentials by default).
+//     device's credentials by default). A delta (delta.go) is stored as
+//     an image of its own; the delta index (deltaindex.go: a KV bucket
+//     of keys <image>.<delta>) finds the deltas based on an image without
+//     reading every image's record.
 //   - Devices (registry.go) live in a KV bucket: id, class, groups, tags and
 //     the secret hashed (PBKDF2-SHA512, mosquitto's "$7$" format), so the
 //     broker's auth hook and the mosquitto password file read the same hash.

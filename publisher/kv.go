@@ -29,6 +29,7 @@ type stores struct {
 	campdev   jetstream.KeyValue // "<campaign>.<device>" -> DeviceState (JSON)
 	lease     jetstream.KeyValue // "leader" -> lease (JSON)
 	cryptKeys jetstream.KeyValue // "dev.<id>" -> deviceKeyRecord, "img.<digest>" -> imageKeyRecord (JSON; keys wrapped)
+	deltas    jetstream.KeyValue // "<image>.<delta>" -> empty: the deltas based on an image (deltaindex.go)
 	audit     jetstream.Stream   // append-only audit log
 	auditSubj string
 }
@@ -79,6 +80,9 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		return nil, err
 	}
 	if s.cryptKeys, err = kv("cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
+		return nil, err
+	}
+	if s.deltas, err = kv("deltas", "firmcast delta index: the deltas based on each image", 1); err != nil {
 		return nil, err
 	}
 	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{

@@ -127,6 +127,9 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	if err := p.migrateImages(ctx); err != nil {
 		return nil, err
 	}
+	if err := p.migrateDeltaIndex(ctx); err != nil {
+		return nil, err
+	}
 	if cfg.BootstrapKey != "" {
 		if err := p.ensureBootstrapKey(ctx, cfg.BootstrapKey); err != nil {
 			return nil, err
