@@ -78,17 +78,30 @@ func leak(b, plain []byte, sum [32]byte) string {
 // devices' flash holds the installed plaintext, as it should. The same
 // scan of a plain demo finds the plaintext in the traffic and the NATS
 // data (the control that the scan can see it).
+//
+// With Delta (`firmcast demo --encrypt --delta`), every device takes the
+// encrypted delta the server made from v1 (its own content key and IV,
+// wrapped with a key derived from v2's), and the same scan finds nothing:
+// the delta holds v2's plaintext (its literal bytes, the target digest in
+// its header), so its traffic, its object, the agents' staged copies and
+// checkpoints are scanned too. The plain delta run is the control (its
+// staged deltas name v2 by its plaintext digest; its new bytes travel as
+// bsdiff differences, not as windows).
 func TestDemoEncryptLeaksNothing(t *testing.T) {
-	for _, encrypt := range []bool{true, false} {
-		name := "encrypted"
-		if !encrypt {
-			name = "plain-control"
-		}
-		t.Run(name, func(t *testing.T) { demoScan(t, encrypt) })
+	for _, tc := range []struct {
+		name           string
+		encrypt, delta bool
+	}{
+		{"encrypted", true, false},
+		{"plain-control", false, false},
+		{"encrypted-delta", true, true},
+		{"plain-delta-control", false, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { demoScan(t, tc.encrypt, tc.delta) })
 	}
 }
 
-func demoScan(t *testing.T, encrypt bool) {
+func demoScan(t *testing.T, encrypt, withDelta bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	dir := t.TempDir()
@@ -100,7 +113,7 @@ func demoScan(t *testing.T, encrypt bool) {
 	rec := &traffic{}
 	const size, seed = 64 << 10, 5
 	sum, err := Run(ctx, Config{
-		Devices: 8, ImageSize: size, ChunkSize: 4096, Dir: dir, Seed: seed, Encrypt: encrypt,
+		Devices: 8, ImageSize: size, ChunkSize: 4096, Dir: dir, Seed: seed, Encrypt: encrypt, Delta: withDelta,
 		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelDebug})),
 		Agent:  func(c *deviceagent.Config) { c.Transport = &sniff{Transport: c.Transport, rec: rec} },
 	})
@@ -110,8 +123,19 @@ func demoScan(t *testing.T, encrypt bool) {
 	if sum.Outcome != "completed" || sum.ConfirmedV2 != 8 || sum.Encrypted != encrypt {
 		t.Fatalf("outcome %s, %d/8 confirmed on v2, encrypted %v; problems %+v", sum.Outcome, sum.ConfirmedV2, sum.Encrypted, sum.Problems)
 	}
-	plain := Image(seed, "v2", size)
-	psum := sha256.Sum256(plain)
+	if withDelta && (sum.ViaDelta != 8 || sum.DeltaSize == 0) {
+		t.Fatalf("%d/8 devices took the delta (of %d bytes)", sum.ViaDelta, sum.DeltaSize)
+	}
+	// What is secret: v2's plaintext; in a delta run, v2 is v1 (plain,
+	// public) with changes, and the secret is what v2 does not share
+	// with v1, such as the 256 new bytes in its middle (NextVersion).
+	v2 := Image(seed, "v2", size)
+	plain := v2
+	if withDelta {
+		v2 = NextVersion(Image(seed, "v1", size), seed)
+		plain = v2[size/2 : size/2+256]
+	}
+	psum := sha256.Sum256(v2)
 	found := map[string]string{} // where -> what leaked
 	sj, _ := json.Marshal(sum)
 	if l := leak(sj, plain, psum); l != "" {
@@ -127,8 +151,8 @@ func demoScan(t *testing.T, encrypt bool) {
 		total += len(m)
 	}
 	rec.mu.Unlock()
-	if n == 0 || total < size {
-		t.Fatalf("recorded %d messages, %d bytes: less than the image", n, total)
+	if want := max(size*(1-b2i(withDelta)), int(sum.DeltaSize)); n == 0 || total < want {
+		t.Fatalf("recorded %d messages, %d bytes: less than the image or delta (%d bytes)", n, total, want)
 	}
 	files, flashes := 0, 0
 	err = filepath.WalkDir(dir, func(p string, e fs.DirEntry, err error) error {
@@ -177,7 +201,25 @@ func demoScan(t *testing.T, encrypt bool) {
 	for where := range found {
 		inNATS = inNATS || strings.HasPrefix(where, "/nats/")
 	}
+	staged := 0
+	for where := range found {
+		if strings.HasSuffix(where, "/delta/delta.bin") {
+			staged++
+		}
+	}
+	if withDelta && staged != 8 {
+		// A plain delta names its target by the plaintext digest (its
+		// header): the control that the scan covers the staged deltas.
+		t.Errorf("control: the scan found the plaintext digest in %d of 8 staged plain deltas", staged)
+	}
 	if found["broker traffic"] == "" || !inNATS {
 		t.Errorf("control: the plain demo's plaintext was not found in the traffic and the NATS data: %v", found)
 	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
