@@ -38,6 +38,15 @@ import (
 //  4. the result's digest is checked (the delta's own check, then
 //     bootctl's Commit hashes the slot against the signed digest).
 //
+// A delta to an encrypted image is encrypted too (suit.DeltaInfo
+// Encryption, its own content key wrapped with the image's DeltaKEK):
+// its key is unwrapped before anything is fetched (deltaKeys), the
+// staged delta stays ciphertext at rest and is decrypted as it is read
+// (cipherReaderAt), the result is checked against the image's signed
+// plaintext digest, and with encrypted slots it goes into the slot
+// encrypted again with the image's key. A plain delta to an encrypted
+// image, or an encrypted one to a plain image, is refused.
+//
 // A delta that fails (corrupt, another source, a flash conflict) is
 // recorded in Record.DeltaFailed, its slot is given up (the full image
 // erases it again) and the processor's next try-each branch takes the

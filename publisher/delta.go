@@ -42,9 +42,14 @@ type DeltaRequest struct {
 // MakeDelta returns the stored delta from image from to image to (hex
 // digests), making and storing it first when there is none (created then
 // reports it). Both images are read whole from the store into memory
-// (bsdiff needs them; see delta.Make for its memory). Errors: ErrInvalid
-// (the same image twice, a delta of a delta), ErrNotFound, ErrTooLarge
-// (the delta over Config.MaxImageSize), the store's errors.
+// (bsdiff needs them; see delta.Make for its memory). A delta to an
+// encrypted image is made from its plaintext (decrypted with its
+// escrowed content key, in memory only) and stored encrypted with a
+// fresh content key and IV of its own (deltaenc.go). Errors: ErrInvalid
+// (the same image twice, a delta of a delta, a delta from an encrypted
+// image), ErrNotFound, ErrTooLarge (the delta over Config.MaxImageSize),
+// ErrNoSigner (an encrypted target without a custody key), the store's
+// errors.
 func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to string) (img Image, created bool, err error) {
 	if from == to {
 		return Image{}, false, fmt.Errorf("%w: a delta from an image to itself", ErrInvalid)
