@@ -123,31 +123,19 @@ func (p *Publisher) storeDeltaKey(ctx context.Context, digest string, d *deltaEn
 // signs of its encrypted delta: the delta's content key wrapped with the
 // image's DeltaKEK, the delta's IV and wrapped plaintext digest.
 func (p *Publisher) deltaOfferEncryption(ctx context.Context, img, deltaDigest string) (*suit.ImageEncryption, error) {
-	cust, err := p.custody()
+	ik, err := p.contentKey(ctx, img)
 	if err != nil {
 		return nil, err
 	}
-	_, ienc, err := p.imageKey(ctx, img)
-	if err != nil {
-		return nil, err
-	}
-	icc, err := ienc.ContentCipher(ctx, cust)
-	if err != nil {
-		return nil, fmt.Errorf("publisher: content key of %s: %w", img, err)
-	}
-	_, denc, err := p.imageKey(ctx, deltaDigest)
+	dk, err := p.contentKey(ctx, deltaDigest)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: key of encrypted delta %s: %w", deltaDigest, err)
 	}
-	dcc, err := denc.ContentCipher(ctx, cust)
-	if err != nil {
-		return nil, fmt.Errorf("publisher: content key of delta %s: %w", deltaDigest, err)
-	}
-	kek := icc.DeltaKEK()
+	kek := ik.cc.DeltaKEK()
 	defer clear(kek.Key)
-	r, err := dcc.WrapFor(kek, nil)
+	r, err := dk.cc.WrapFor(kek, nil)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: wrap delta content key: %w", err)
 	}
-	return &suit.ImageEncryption{Info: dcc.Info(*r), PlaintextDigest: denc.PlaintextDigest}, nil
+	return &suit.ImageEncryption{Info: dk.cc.Info(*r), PlaintextDigest: dk.enc.PlaintextDigest}, nil
 }
