@@ -2,7 +2,9 @@ package deviceagent
 
 import (
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/firmcast/firmcast/bootctl"
+	"github.com/firmcast/firmcast/delta"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -165,6 +169,127 @@ func TestEncryptedDeltaRefusals(t *testing.T) {
 			}
 			if !strings.Contains(w.dump("dev-er"), tc.why) {
 				t.Errorf("no report says %q:\n%s", tc.why, w.dump("dev-er"))
+			}
+		})
+	}
+}
+
+// TestEncryptedDeltaPowerCut: TestDeltaPowerCut for an encrypted delta,
+// into a plain and into an encrypted slot: a power cut or a torn program
+// at every flash operation from the notice to staged ends with the
+// device confirmed on v2 by the delta (never the full image), resumed
+// from a checkpoint at least once, the keys derived again after each
+// reset from the persisted envelope and wrapped key.
+func TestEncryptedDeltaPowerCut(t *testing.T) {
+	for _, slots := range []bool{false, true} {
+		name := "plain-slot"
+		if slots {
+			name = "encrypted-slot"
+		}
+		t.Run(name, func(t *testing.T) {
+			w := memWorld(t)
+			v2 := seal(t, nextOf(w.v1, 2))
+			d, _ := makeDelta(t, w.v1, v2.plain, delta.MinFrameSize)
+			dct, offer := sealDelta(t, w.v1, d, v2.cc.DeltaKEK())
+			w.serve(v2.ct, nil)
+			w.serve(dct, nil)
+			env := v2.envelope(w, 2, withDeltas(offer))
+			want := sha256.Sum256(v2.plain)
+			rot := func(id string) bootctl.RootOfTrust {
+				r := bootctl.RootOfTrust{DeviceKey: deviceKey}
+				if slots {
+					r.KEK = devKEK(id).Key
+				}
+				return r
+			}
+			newDev := func(id string) *device {
+				var dev *device
+				dev = w.newDevice(id, func(c *Config) {
+					c.Keys = devKEK(id)
+					if slots {
+						c.EncryptedSlots = true
+						c.Boot = encSlotBoot(t, dev)
+					}
+				})
+				return dev
+			}
+
+			// A run without a cut counts the flash operations up to staged.
+			ref := newDev("dev-ref")
+			ref.flash.ResetStats()
+			var ops uint64
+			tune := ref.tune
+			ref.tune = func(c *Config) {
+				tune(c)
+				c.OnState = func(r Record) {
+					if r.State == schemas.StateStaged && ops == 0 {
+						ops = ref.flash.Stats().Ops()
+					}
+				}
+			}
+			ref.start()
+			w.encNotice("camp-ref", "dev-ref", v2, env, v2.wrapFor(t, devKEK("dev-ref")))
+			w.waitState("dev-ref", schemas.StateConfirmed, 20*time.Second)
+			ref.stop()
+			if ops == 0 {
+				t.Fatal("no flash operations counted")
+			}
+			t.Logf("%d flash operations from the notice to staged", ops)
+
+			for _, kind := range []bootctl.FaultKind{bootctl.FaultCut, bootctl.FaultTorn} {
+				var viaDelta, viaFull, resumed int
+				for k := uint64(0); k < ops; k++ {
+					id := fmt.Sprintf("dev-%s-%d", kind, k)
+					dev := newDev(id)
+					dev.flash.ResetStats()
+					dev.flash.Arm(bootctl.Fault{After: k, Kind: kind})
+					dev.start()
+					w.encNotice("camp-"+id, id, v2, env, v2.wrapFor(t, devKEK(id)))
+					if !waitPowerOff(dev.flash, 20*time.Second) {
+						t.Fatalf("%s at %d: the power was not cut", kind, k)
+					}
+					dev.stop()
+					dev.flash.PowerOn()
+					bd, err := bootctl.Open(dev.flash, testLayout, rot(id))
+					if err != nil {
+						t.Fatal(err)
+					}
+					if dec, err := bd.Boot(context.Background()); err != nil || !dec.Booted {
+						t.Fatalf("%s at %d: the device does not boot: %+v, %v", kind, k, dec, err)
+					}
+					st, _ := LoadState(dev.dir)
+					dev.start()
+					r := w.waitReport(id, 20*time.Second, func(r schemas.DeviceReport) bool {
+						return r.State == schemas.StateConfirmed || r.State == schemas.StateFailed
+					})
+					if r.State != schemas.StateConfirmed || dev.active().Digest != want {
+						t.Fatalf("%s at %d: ended %s (%s)\n%s", kind, k, r.State, r.Text, w.dump(id))
+					}
+					dev.stop()
+					txt := w.dump(id)
+					if strings.Contains(txt, "not applied") {
+						viaFull++
+					} else {
+						viaDelta++
+					}
+					last := ""
+					for _, r := range w.reportsOf(id) {
+						if strings.HasPrefix(r.Text, "applying delta") {
+							last = r.Text
+						}
+					}
+					if len(st.Delta) > 0 && !strings.Contains(last, "from frame 0 ") {
+						resumed++
+					}
+				}
+				t.Logf("%s: %d cuts; ended by the delta %d times (%d resumed from a checkpoint), by the full image %d times",
+					kind, ops, viaDelta, resumed, viaFull)
+				if viaFull > 0 {
+					t.Errorf("%s: %d cuts ended with the full image; the staged delta is applied again", kind, viaFull)
+				}
+				if resumed == 0 {
+					t.Errorf("%s: no cut resumed the delta from a checkpoint", kind)
+				}
 			}
 		})
 	}
