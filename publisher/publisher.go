@@ -27,6 +27,7 @@ type Publisher struct {
 	idx  index
 
 	cache imageCache
+	ckeys contentKeys // encrypted payloads' content keys (enckeycache.go)
 	pace  *pacer
 	// egress counts chunk bytes sent by this instance (read by Egress).
 	egress egressCounters
