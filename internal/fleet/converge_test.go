@@ -78,7 +78,9 @@ func backwards(prev, next publisher.DeviceState) string {
 }
 
 func TestBackwards(t *testing.T) {
-	st := func(s publisher.DevState, c uint64) publisher.DeviceState { return publisher.DeviceState{State: s, Counter: c} }
+	st := func(s publisher.DevState, c uint64) publisher.DeviceState {
+		return publisher.DeviceState{State: s, Counter: c}
+	}
 	d := func(s schemas.State) publisher.DevState { return publisher.DevState(s) }
 	for _, tc := range []struct {
 		prev, next publisher.DeviceState

@@ -1,11 +1,11 @@
-// BenchmarkReportIngest measures the report path with 1, 2 and 3
+// BenchmarkReportIngestCluster measures the report path with 1, 2 and 3
 // publisher instances against a three-node JetStream cluster (R3), in
 // one run (issue 19, item 3). Every part runs in its own process, so its
 // CPU is its own: the cluster (three embedded nats-server nodes) in one
 // child, each publisher instance in one child, the report generator in
 // this process.
 //
-//	nice -n 19 go test -run '^$' -bench ReportIngest -benchtime 8x ./internal/fleet/
+//	nice -n 19 go test -run '^$' -bench ReportIngestCluster -benchtime 8x ./internal/fleet/
 //
 // -benchtime Nx is the number of reports per device (the last one
 // "confirmed", the others "downloading" progress); FIRMCAST_BENCH_DEVICES
@@ -22,7 +22,13 @@
 // image) over the same devices, with every device notified before the
 // clock starts. It reports reports/s and CPU milliseconds per 1000
 // reports for each instance (inst0 ... holds the leader lease: it
-// created the campaign), the cluster and the generator.
+// created the campaign), the cluster and the generator. Its peer, in the
+// same sub-benchmark just before the reports: raw compare-and-set KV
+// updates of a 252-byte value (a device record's size) into a scratch R3
+// bucket by this process, as many at once as there are devices, each
+// key updated as many times as a device reports (raw-updates/s, and the
+// ratio reports/s / raw-updates/s), with the cluster's CPU per 1000 of
+// them (raw-cluster-cpu-ms/1k).
 package fleet
 
 import (
@@ -128,8 +134,8 @@ func (c *rbChild) cpu(tb testing.TB) time.Duration {
 		tb.Fatal(err)
 	}
 	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+2:]))
-	ut, _ := strconv.ParseUint(f[11], 10, 64) // field 14 of stat
-	st, _ := strconv.ParseUint(f[12], 10, 64) // field 15
+	ut, _ := strconv.ParseUint(f[11], 10, 64)       // field 14 of stat
+	st, _ := strconv.ParseUint(f[12], 10, 64)       // field 15
 	return time.Duration(ut+st) * time.Second / 100 // USER_HZ is 100 on Linux
 }
 
@@ -139,7 +145,7 @@ func selfCPU() time.Duration {
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
-// TestReportBenchChild is a child process of BenchmarkReportIngest; it
+// TestReportBenchChild is a child process of BenchmarkReportIngestCluster; it
 // skips unless started as one. It runs until its stdin closes.
 func TestReportBenchChild(t *testing.T) {
 	switch os.Getenv(rbChildEnv) {
@@ -151,7 +157,7 @@ func TestReportBenchChild(t *testing.T) {
 	case "instance":
 		rbInstance(t)
 	default:
-		t.Skip("a child of BenchmarkReportIngest")
+		t.Skip("a child of BenchmarkReportIngestCluster")
 	}
 }
 
@@ -248,7 +254,7 @@ func rbInstance(t *testing.T) {
 	}
 }
 
-func BenchmarkReportIngest(b *testing.B) {
+func BenchmarkReportIngestCluster(b *testing.B) {
 	devices := 200
 	if s := os.Getenv("FIRMCAST_BENCH_DEVICES"); s != "" {
 		devices, _ = strconv.Atoi(s)
@@ -338,6 +344,9 @@ func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas
 			b.Fatal(err)
 		}
 	}
+	rcl0 := cluster.cpu(b)
+	raw := rbRaw(b, ctx, js, devices, per)
+	rawCl := cluster.cpu(b) - rcl0
 	cpu0 := make([]time.Duration, len(insts))
 	for i, c := range insts {
 		cpu0[i] = c.cpu(b)
@@ -391,6 +400,8 @@ func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas
 	n := float64(devices * per)
 	perK := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / n * 1000 }
 	b.ReportMetric(n/el.Seconds(), "reports/s")
+	b.ReportMetric(raw, "raw-updates/s")
+	b.ReportMetric(n/el.Seconds()/raw, "ratio")
 	var sum time.Duration
 	for i, c := range insts {
 		d := c.cpu(b) - cpu0[i]
@@ -400,8 +411,50 @@ func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas
 	b.ReportMetric(perK(sum), "insts-cpu-ms/1k")
 	b.ReportMetric(perK(cluster.cpu(b)-cl0), "cluster-cpu-ms/1k")
 	b.ReportMetric(perK(selfCPU()-self0), "gen-cpu-ms/1k")
+	b.ReportMetric(perK(rawCl), "raw-cluster-cpu-ms/1k")
 	b.ReportMetric(0, "ns/op")
 	if resent > 0 {
 		b.Logf("%d reports sent again", resent)
 	}
+}
+
+// rbRaw runs devices x per raw compare-and-set updates of a 252-byte
+// value into the scratch bucket frb_raw (R3), devices keys at once, and
+// returns their rate.
+func rbRaw(b *testing.B, ctx context.Context, js jetstream.JetStream, devices, per int) float64 {
+	kv, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{Bucket: rbNS + "_raw", History: 1, Storage: jetstream.FileStorage, Replicas: 3})
+	if err != nil {
+		b.Fatal(err)
+	}
+	val := bytes.Repeat([]byte("x"), 252)
+	revs := make([]uint64, devices)
+	for i := range devices {
+		if revs[i], err = kv.Put(ctx, fmt.Sprintf("d%d", i), val); err != nil {
+			b.Fatal(err)
+		}
+	}
+	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, devices)
+	for i := range devices {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range per {
+				rev, err := kv.Update(ctx, fmt.Sprintf("d%d", i), val, revs[i])
+				if err != nil {
+					errs <- err
+					return
+				}
+				revs[i] = rev
+			}
+		}()
+	}
+	wg.Wait()
+	el := time.Since(start)
+	close(errs)
+	for err := range errs {
+		b.Fatal(err)
+	}
+	return float64(devices*per) / el.Seconds()
 }
