@@ -26,7 +26,7 @@ type stores struct {
 	devices   jetstream.KeyValue // device id -> Device (JSON)
 	keys      jetstream.KeyValue // key id -> APIKey (JSON)
 	campaigns jetstream.KeyValue // campaign id -> Campaign (JSON)
-	campdev   jetstream.KeyValue // "<campaign>.<device>" -> DeviceState (JSON)
+	campdev   *partitions        // "<campaign>.<device>" -> DeviceState (JSON), partitioned by device (partition.go)
 	lease     jetstream.KeyValue // "leader" -> lease (JSON)
 	cryptKeys jetstream.KeyValue // "dev.<id>" -> deviceKeyRecord, "img.<digest>" -> imageKeyRecord (JSON; keys wrapped)
 	audit     jetstream.Stream   // append-only audit log
@@ -41,44 +41,56 @@ type stores struct {
 // so the access policy that lets a backend identity publish under its root
 // covers it whatever the namespace; so does the image stream's
 // (root.images.<ns>, see imageStore).
-func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas int) (*stores, error) {
+func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas, parts int) (*stores, error) {
 	s := &stores{auditSubj: strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + ns}
 	var err error
 	if s.images, err = openImageStore(ctx, js, strings.ReplaceAll(topics.Root(), "/", "."), ns, replicas); err != nil {
 		return nil, err
 	}
-	kv := func(name, desc string, history uint8) (jetstream.KeyValue, error) {
+	kv := func(bucket, desc string, history uint8) (jetstream.KeyValue, error) {
 		b, err := jsensure.KeyValue(ctx, js, jetstream.KeyValueConfig{
-			Bucket: ns + "_" + name, Description: desc, History: history, Storage: jetstream.FileStorage,
+			Bucket: bucket, Description: desc, History: history, Storage: jetstream.FileStorage,
 			Replicas: replicas,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("publisher: kv %s: %w", name, err)
+			return nil, fmt.Errorf("publisher: kv %s: %w", bucket, err)
 		}
 		if replicas > 1 {
 			b = newLeaderReadKV(js, b)
 		}
 		return b, nil
 	}
-	if s.imageMeta, err = kv("imagemeta", "firmcast image metadata", 1); err != nil {
+	if s.imageMeta, err = kv(ns+"_imagemeta", "firmcast image metadata", 1); err != nil {
 		return nil, err
 	}
-	if s.devices, err = kv("devices", "firmcast device registry", 1); err != nil {
+	if s.devices, err = kv(ns+"_devices", "firmcast device registry", 1); err != nil {
 		return nil, err
 	}
-	if s.keys, err = kv("apikeys", "firmcast API keys (hashed)", 1); err != nil {
+	if s.keys, err = kv(ns+"_apikeys", "firmcast API keys (hashed)", 1); err != nil {
 		return nil, err
 	}
-	if s.campaigns, err = kv("campaigns", "firmcast campaigns", 1); err != nil {
+	if s.campaigns, err = kv(ns+"_campaigns", "firmcast campaigns", 1); err != nil {
 		return nil, err
 	}
-	if s.campdev, err = kv("campdev", "firmcast per-device campaign state", 1); err != nil {
+	if s.lease, err = kv(ns+"_lease", "firmcast leader lease", 1); err != nil {
 		return nil, err
 	}
-	if s.lease, err = kv("lease", "firmcast leader lease", 1); err != nil {
+	s.campdev = &partitions{}
+	for i := range parts {
+		desc := "firmcast per-device campaign state" // partition 0: as before partitioning, so its configuration is unchanged
+		if i > 0 {
+			desc += fmt.Sprintf(" (partition %d of %d)", i, parts)
+		}
+		b, err := kv(partitionBucket(ns, i), desc, 1)
+		if err != nil {
+			return nil, err
+		}
+		s.campdev.kvs = append(s.campdev.kvs, b)
+	}
+	if err := checkLayout(ctx, s.lease, s.campdev.kvs[0], parts); err != nil {
 		return nil, err
 	}
-	if s.cryptKeys, err = kv("cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
+	if s.cryptKeys, err = kv(ns+"_cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
 		return nil, err
 	}
 	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{

@@ -64,6 +64,8 @@ const (
 	rbURLsEnv  = "FIRMCAST_REPORTBENCH_URLS"
 	rbRootEnv  = "FIRMCAST_REPORTBENCH_ROOT"
 	rbNameEnv  = "FIRMCAST_REPORTBENCH_NAME"
+	rbNSEnv    = "FIRMCAST_REPORTBENCH_NS"
+	rbPartsEnv = "FIRMCAST_REPORTBENCH_PARTITIONS"
 	rbNS       = "frb"
 	rbAdminKey = "fk-reportbench-admin-0123456789ab"
 	rbClass    = "rbench"
@@ -75,6 +77,8 @@ type rbChild struct {
 	cmd *exec.Cmd
 	in  io.WriteCloser
 	out *bufio.Scanner
+	// stop closes the child's stdin (it ends) and waits for it.
+	stop func()
 }
 
 func startRBChild(tb testing.TB, env ...string) *rbChild {
@@ -98,7 +102,7 @@ func startRBChild(tb testing.TB, env ...string) *rbChild {
 		tb.Fatal(err)
 	}
 	c := &rbChild{cmd: cmd, in: in, out: bufio.NewScanner(out)}
-	tb.Cleanup(func() {
+	c.stop = sync.OnceFunc(func() {
 		in.Close()
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
@@ -110,6 +114,7 @@ func startRBChild(tb testing.TB, env ...string) *rbChild {
 		}
 		log.Close()
 	})
+	tb.Cleanup(c.stop)
 	return c
 }
 
@@ -188,9 +193,9 @@ func waitJetStream(t testing.TB, urls []string) {
 // rbConfig is the publisher configuration of the benchmark's instances:
 // no broadcast waves, no re-notices, no start window, every target
 // notified at once.
-func rbConfig(signer suit.Signer) publisher.Config {
+func rbConfig(signer suit.Signer, parts int) publisher.Config {
 	return publisher.Config{
-		Namespace: rbNS, Replicas: 3,
+		Namespace: os.Getenv(rbNSEnv), Partitions: parts, Replicas: 3,
 		Signer: publisher.SUITSigner(signer), VendorID: uuidFor("vendor"), ClassID: uuidFor("class"), ChunkSize: 4096,
 		TickInterval: 100 * time.Millisecond, LeaseTTL: 5 * time.Second, StartWindow: -1,
 		MaxDownloading: 1 << 20, BroadcastMin: 1 << 30, Reconcile: time.Hour, BootstrapKey: rbAdminKey,
@@ -203,11 +208,15 @@ func rbConfig(signer suit.Signer) publisher.Config {
 // answers "campaign <id>".
 func rbInstance(t *testing.T) {
 	urls := os.Getenv(rbURLsEnv)
+	parts, err := strconv.Atoi(os.Getenv(rbPartsEnv))
+	if err != nil {
+		t.Fatal(err)
+	}
 	key, _ := suit.GenerateKey("es256", nil)
 	signer, _ := suit.NewKeySigner(key, 0)
 	in := stacktest.StartInstance(t, stack.InstanceConfig{
 		NATSURL: urls, ClientID: os.Getenv(rbNameEnv), Topics: schemas.MustTopics(os.Getenv(rbRootEnv)),
-		ReconnectMax: 100 * time.Millisecond, Logger: testLogger(t), Publisher: rbConfig(signer),
+		ReconnectMax: 100 * time.Millisecond, Logger: testLogger(t), Publisher: rbConfig(signer, parts),
 	})
 	fmt.Println("ready")
 	ctx := context.Background()
@@ -268,40 +277,90 @@ func BenchmarkReportIngestCluster(b *testing.B) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	topics := schemas.MustTopics(root)
-	var insts []*rbChild
+	parts := []int{1, 3}
+	if s := os.Getenv("FIRMCAST_BENCH_PARTITIONS"); s != "" {
+		parts = nil
+		for _, f := range strings.Split(s, ",") {
+			n, err := strconv.Atoi(f)
+			if err != nil {
+				b.Fatal(err)
+			}
+			parts = append(parts, n)
+		}
+	}
 	round := 0
 	top := b // the children outlive each sub-benchmark (and its run with b.N = 1)
-	for k := 1; k <= 3; k++ {
-		b.Run(fmt.Sprintf("instances=%d", k), func(b *testing.B) {
-			for len(insts) < k {
-				c := startRBChild(top, rbChildEnv+"=instance", rbURLsEnv+"="+urls, rbRootEnv+"="+root,
-					fmt.Sprintf("%s=rb-pub%d", rbNameEnv, len(insts)))
-				c.line(b, "ready")
-				insts = append(insts, c)
-			}
-			round++
-			rbRound(b, js, nc, topics, insts[:k], cluster, devices, b.N, round)
-		})
+	for _, np := range parts {
+		// Each layout its own namespace (a namespace's partition count is
+		// fixed) and topic root, its own instances.
+		ns, root := fmt.Sprintf("%s%d", rbNS, np), fmt.Sprintf("%s-p%d", root, np)
+		topics := schemas.MustTopics(root)
+		var insts []*rbChild
+		for k := 1; k <= 3; k++ {
+			b.Run(fmt.Sprintf("partitions=%d/instances=%d", np, k), func(b *testing.B) {
+				for len(insts) < k {
+					c := startRBChild(top, rbChildEnv+"=instance", rbURLsEnv+"="+urls, rbRootEnv+"="+root,
+						fmt.Sprintf("%s=rb-pub%d-p%d", rbNameEnv, len(insts), np), fmt.Sprintf("%s=%s", rbNSEnv, ns),
+						fmt.Sprintf("%s=%d", rbPartsEnv, np))
+					c.line(b, "ready")
+					insts = append(insts, c)
+				}
+				round++
+				rbRound(b, js, nc, topics, ns, np, insts[:k], cluster, devices, b.N, round)
+			})
+		}
+		for _, c := range insts {
+			c.stop()
+		}
 	}
 }
 
 // rbRound runs one campaign of devices x per reports and reports the
 // figures.
-func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas.Topics, insts []*rbChild, cluster *rbChild, devices, per, round int) {
+func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas.Topics, ns string, parts int, insts []*rbChild, cluster *rbChild, devices, per, round int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	fmt.Fprintf(insts[0].in, "campaign %d %d\n", devices, round)
 	camp := insts[0].line(b, "campaign ")
-	kv, err := js.KeyValue(ctx, rbNS+"_campdev")
-	if err != nil {
-		b.Fatal(err)
+	// One watch of each partition (publisher/partition.go names them),
+	// merged.
+	updates := make(chan jetstream.KeyValueEntry, 1024)
+	wctx, wcancel := context.WithCancel(ctx)
+	defer wcancel()
+	for i := range parts {
+		bucket := ns + "_campdev"
+		if i > 0 {
+			bucket += fmt.Sprintf("_p%d", i)
+		}
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			b.Fatal(err)
+		}
+		w, err := kv.Watch(wctx, camp+".*", jetstream.IgnoreDeletes())
+		if err != nil {
+			b.Fatal(err)
+		}
+		go func() {
+			defer w.Stop()
+			for {
+				select {
+				case e, ok := <-w.Updates():
+					if !ok {
+						return
+					}
+					if e != nil {
+						select {
+						case updates <- e:
+						case <-wctx.Done():
+							return
+						}
+					}
+				case <-wctx.Done():
+					return
+				}
+			}
+		}()
 	}
-	w, err := kv.Watch(ctx, camp+".*")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer w.Stop()
 	type dev struct {
 		sent, seen uint64
 		at         time.Time
@@ -311,10 +370,7 @@ func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas
 	// Every device notified (the leader's tick) before the clock starts.
 	for notified < devices {
 		select {
-		case e := <-w.Updates():
-			if e == nil {
-				continue
-			}
+		case e := <-updates:
 			var st publisher.DeviceState
 			if err := json.Unmarshal(e.Value(), &st); err != nil {
 				b.Fatal(err)
@@ -362,10 +418,7 @@ func rbRound(b *testing.B, js jetstream.JetStream, nc *nats.Conn, topics schemas
 	defer tick.Stop()
 	for done < devices {
 		select {
-		case e := <-w.Updates():
-			if e == nil {
-				continue
-			}
+		case e := <-updates:
 			var st publisher.DeviceState
 			if err := json.Unmarshal(e.Value(), &st); err != nil {
 				b.Fatal(err)
