@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"strings"
 	"sync"
 	"testing"
@@ -113,8 +114,15 @@ func TestBackwards(t *testing.T) {
 // lost, its lease expires). Every device still ends confirmed, in the
 // stored state too, through the survivors' re-notice (Config.Reconcile)
 // and the devices' re-report; and a watch of the per-device state bucket
-// from the start sees no device's state ever move backwards.
+// from the start sees no device's state ever move backwards. It runs
+// with the per-device state in one bucket and partitioned in three.
 func TestInstanceKilledMidCampaignConverges(t *testing.T) {
+	for _, parts := range []int{1, 3} {
+		t.Run(fmt.Sprintf("partitions=%d", parts), func(t *testing.T) { testInstanceKilledConverges(t, parts) })
+	}
+}
+
+func testInstanceKilledConverges(t *testing.T, parts int) {
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
 	log := testLogger(t)
@@ -135,7 +143,7 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 			NATSURL: strings.Join(order, ","), InOrder: true, ReconnectMax: 100 * time.Millisecond,
 			DeviceURLs: []string{mq.URL()}, ClientID: fmt.Sprintf("cv-pub%d-%s", i, randomHex(3)), Topics: topics, Logger: log,
 			Publisher: publisher.Config{
-				Namespace: ns, Replicas: 3,
+				Namespace: ns, Replicas: 3, Partitions: parts,
 				Signer: publisher.SUITSigner(signer), VendorID: vendor, ClassID: class, ChunkSize: 4096,
 				TickInterval: 50 * time.Millisecond, LeaseTTL: 2 * time.Second, StartWindow: -1,
 				RepairWindow: 50 * time.Millisecond, WaveInterval: time.Second, BootstrapKey: adminKey, Logger: log,
@@ -152,40 +160,34 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	kv, err := js.KeyValue(ctx, ns+"_campdev")
-	if err != nil {
-		t.Fatal(err)
-	}
-	w, err := kv.WatchAll(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer w.Stop()
 	var mu sync.Mutex
 	last := map[string]publisher.DeviceState{}
 	var back []string
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		for e := range w.Updates() {
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var st publisher.DeviceState
-			if err := json.Unmarshal(e.Value(), &st); err != nil {
-				t.Errorf("%s: %v", e.Key(), err)
-				continue
-			}
-			mu.Lock()
-			if prev, ok := last[e.Key()]; ok {
-				if why := backwards(prev, st); why != "" {
-					back = append(back, fmt.Sprintf("%s (revision %d): %s", e.Key(), e.Revision(), why))
-				}
-			}
-			last[e.Key()] = st
-			mu.Unlock()
+	var watching sync.WaitGroup
+	kvs := map[int]jetstream.KeyValue{}
+	var ws []jetstream.KeyWatcher
+	for i := range parts {
+		bucket := ns + "_campdev" // publisher/partition.go's names
+		if i > 0 {
+			bucket += fmt.Sprintf("_p%d", i)
 		}
-	}()
+		kv, err := js.KeyValue(ctx, bucket)
+		if err != nil {
+			t.Fatal(err)
+		}
+		kvs[i] = kv
+		w, err := kv.WatchAll(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer w.Stop()
+		ws = append(ws, w)
+		watching.Add(1)
+		go func() {
+			defer watching.Done()
+			watchStates(t, w, &mu, last, &back)
+		}()
+	}
 
 	const n, size = 30, 128 << 10
 	v1, v2 := Image(12, "v1", size), Image(12, "v2", size)
@@ -214,12 +216,12 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Mid-campaign, with devices downloading and reports flowing, crash
-	// the lease holder.
+	// Mid-campaign (the second phase open, devices downloading, reports
+	// flowing), crash the lease holder.
 	killed := -1
 	for killed < 0 {
 		st, err := pubs[1].Pub.CampaignStatus(ctx, c.ID)
-		if err == nil && st.Counts["downloading"] >= 3 {
+		if err == nil && st.Phase >= 1 && st.Counts["downloading"] >= 3 {
 			var l struct{ Holder string }
 			lkv, err := js.KeyValue(ctx, ns+"_lease")
 			if err != nil {
@@ -275,7 +277,9 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 	// (it follows every write up to the last one read back here).
 	for _, id := range c.Targets {
 		var want publisher.DeviceState
-		e, err := kv.Get(ctx, c.ID+"."+id)
+		h := fnv.New32a() // the device's partition (publisher/partition.go)
+		h.Write([]byte(id))
+		e, err := kvs[int(h.Sum32()%uint32(parts))].Get(ctx, c.ID+"."+id)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -286,8 +290,10 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 			t.Errorf("%s: stored state %s, want confirmed", id, want.State)
 		}
 	}
-	w.Stop()
-	<-watched
+	for _, w := range ws {
+		w.Stop()
+	}
+	watching.Wait()
 	mu.Lock()
 	defer mu.Unlock()
 	for _, b := range back {
@@ -301,5 +307,28 @@ func TestInstanceKilledMidCampaignConverges(t *testing.T) {
 	}
 	if seen != n {
 		t.Errorf("the watch saw %d devices, want %d", seen, n)
+	}
+}
+
+// watchStates follows one per-device state bucket until w stops, keeping
+// each key's last state in last and every step back in back.
+func watchStates(t *testing.T, w jetstream.KeyWatcher, mu *sync.Mutex, last map[string]publisher.DeviceState, back *[]string) {
+	for e := range w.Updates() {
+		if e == nil || e.Operation() != jetstream.KeyValuePut {
+			continue
+		}
+		var st publisher.DeviceState
+		if err := json.Unmarshal(e.Value(), &st); err != nil {
+			t.Errorf("%s: %v", e.Key(), err)
+			continue
+		}
+		mu.Lock()
+		if prev, ok := last[e.Key()]; ok {
+			if why := backwards(prev, st); why != "" {
+				*back = append(*back, fmt.Sprintf("%s (revision %d): %s", e.Key(), e.Revision(), why))
+			}
+		}
+		last[e.Key()] = st
+		mu.Unlock()
 	}
 }
