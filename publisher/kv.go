@@ -47,32 +47,32 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 	if s.images, err = openImageStore(ctx, js, strings.ReplaceAll(topics.Root(), "/", "."), ns, replicas); err != nil {
 		return nil, err
 	}
-	kv := func(bucket, desc string, history uint8) (jetstream.KeyValue, error) {
+	kv := func(name, desc string, history uint8) (jetstream.KeyValue, error) {
 		b, err := jsensure.KeyValue(ctx, js, jetstream.KeyValueConfig{
-			Bucket: bucket, Description: desc, History: history, Storage: jetstream.FileStorage,
+			Bucket: ns + "_" + name, Description: desc, History: history, Storage: jetstream.FileStorage,
 			Replicas: replicas,
 		})
 		if err != nil {
-			return nil, fmt.Errorf("publisher: kv %s: %w", bucket, err)
+			return nil, fmt.Errorf("publisher: kv %s: %w", name, err)
 		}
 		if replicas > 1 {
 			b = newLeaderReadKV(js, b)
 		}
 		return b, nil
 	}
-	if s.imageMeta, err = kv(ns+"_imagemeta", "firmcast image metadata", 1); err != nil {
+	if s.imageMeta, err = kv("imagemeta", "firmcast image metadata", 1); err != nil {
 		return nil, err
 	}
-	if s.devices, err = kv(ns+"_devices", "firmcast device registry", 1); err != nil {
+	if s.devices, err = kv("devices", "firmcast device registry", 1); err != nil {
 		return nil, err
 	}
-	if s.keys, err = kv(ns+"_apikeys", "firmcast API keys (hashed)", 1); err != nil {
+	if s.keys, err = kv("apikeys", "firmcast API keys (hashed)", 1); err != nil {
 		return nil, err
 	}
-	if s.campaigns, err = kv(ns+"_campaigns", "firmcast campaigns", 1); err != nil {
+	if s.campaigns, err = kv("campaigns", "firmcast campaigns", 1); err != nil {
 		return nil, err
 	}
-	if s.lease, err = kv(ns+"_lease", "firmcast leader lease", 1); err != nil {
+	if s.lease, err = kv("lease", "firmcast leader lease", 1); err != nil {
 		return nil, err
 	}
 	s.campdev = &partitions{}
@@ -81,7 +81,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 		if i > 0 {
 			desc += fmt.Sprintf(" (partition %d of %d)", i, parts)
 		}
-		b, err := kv(partitionBucket(ns, i), desc, 1)
+		b, err := kv(partitionName(i), desc, 1)
 		if err != nil {
 			return nil, err
 		}
@@ -90,7 +90,7 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 	if err := checkLayout(ctx, s.lease, s.campdev.kvs[0], parts); err != nil {
 		return nil, err
 	}
-	if s.cryptKeys, err = kv(ns+"_cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
+	if s.cryptKeys, err = kv("cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
 		return nil, err
 	}
 	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{

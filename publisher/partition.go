@@ -46,13 +46,16 @@ func devicePartition(device string, n int) int {
 	return int(h.Sum32() % uint32(n))
 }
 
-// partitionBucket is the name of partition i's bucket in namespace ns.
-func partitionBucket(ns string, i int) string {
+// partitionName is partition i's bucket name after the namespace's
+// prefix; partitionBucket is the whole name in namespace ns.
+func partitionName(i int) string {
 	if i == 0 {
-		return ns + "_campdev"
+		return "campdev"
 	}
-	return ns + "_campdev_p" + strconv.Itoa(i)
+	return "campdev_p" + strconv.Itoa(i)
 }
+
+func partitionBucket(ns string, i int) string { return ns + "_" + partitionName(i) }
 
 // of returns the bucket holding device's records.
 func (ps *partitions) of(device string) jetstream.KeyValue {
