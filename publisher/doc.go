@@ -30,7 +30,10 @@
 //     only on the instance holding the leader lease; reports and chunk
 //     requests are shared between instances (shared subscription / queue
 //     group). Every instance keeps an in-memory index of per-device state fed
-//     by a KV watch, so counters survive restarts and failover.
+//     by a KV watch, so counters survive restarts and failover. The
+//     per-device state can be spread over Config.Partitions buckets by
+//     device (partition.go), so that its writes go to as many stream
+//     leaders; one bucket by default.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
 //     are broadcast again rather than sent to each. With Config.CodedRepair

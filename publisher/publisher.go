@@ -114,7 +114,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	if p.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
-	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas); err != nil {
+	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas, cfg.Partitions); err != nil {
 		return nil, err
 	}
 	if ns, ok := cfg.Transport.(noticeStreamer); ok {

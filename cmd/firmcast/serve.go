@@ -57,6 +57,7 @@ type publisherOptions struct {
 	classID    string
 	publicURL  string
 	replicas   int
+	partitions int
 	// The HTTP API's TLS: certificate and key, and the CA that client
 	// certificates must chain to (optional).
 	httpCert, httpKey, httpClientCA string
@@ -82,6 +83,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
 	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
+	f.IntVar(&o.partitions, "partitions", 1, "buckets the per-device campaign state is spread over by device, so report writes go to as many stream leaders; fixed for a namespace when it is first set up")
 	f.BoolVar(&o.codedRepair, "coded-repair", true, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair) for the agents that speak it; agents of delivery protocol 1 take the image's plain table and are repaired by chunks in the same campaign (--coded-repair=false: plain tables only)")
 }
 
@@ -240,7 +242,7 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
 		return cfg, err
 	}
-	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, Partitions: p.partitions, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)
