@@ -17,9 +17,9 @@ import (
 )
 
 // TestBrokerSlowFlashBoundedMemory: a device whose flash writes are 10x
-// slower than the broadcast, on a real broker (a mosquitto process of its
-// own, so that the transport's queue is in the path and the broker's
-// memory is not in the test's heap), completes from the
+// slower than the broadcast, on a real broker (a mosquitto or nats-server
+// process of its own, so that the transport's queue is in the path and
+// the broker's memory is not in the test's heap), completes from the
 // carousel's waves, and its receive path holds a bounded amount of
 // memory however far behind the flash falls: what does not fit is shed
 // (counted) and taken from a later wave, never queued.
@@ -34,6 +34,18 @@ import (
 // transport's 4 MiB chunk queue both full behind the flash) it grew by
 // about 5 MiB.
 func TestBrokerSlowFlashBoundedMemory(t *testing.T) {
+	for _, b := range []struct {
+		name  string
+		start func(t *testing.T) string
+	}{
+		{"mosquitto", func(t *testing.T) string { return testutil.StartMosquitto(t, "").URL() }},
+		{"nats", func(t *testing.T) string { return testutil.StartNATSProcess(t).URL() }},
+	} {
+		t.Run(b.name, func(t *testing.T) { slowFlash(t, b.start(t)) })
+	}
+}
+
+func slowFlash(t *testing.T, url string) {
 	const chunk = 16 << 10
 	const n = 128 // a 2 MiB image
 	const bcastRate = 4 << 20
@@ -42,9 +54,8 @@ func TestBrokerSlowFlashBoundedMemory(t *testing.T) {
 	defer cancel()
 	fx := newFixture(t, n*chunk-100, chunk, 21)
 	topics := testutil.UniqueTopics(t)
-	srv := testutil.StartMosquitto(t, "")
-	dev := testutil.Dial(t, broker.Config{URL: srv.URL(), Topics: topics, ClientID: "slowflash-dev"})
-	pub := testutil.Dial(t, broker.Config{URL: srv.URL(), Topics: topics, ClientID: "slowflash-pub"})
+	dev := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "slowflash-dev"})
+	pub := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "slowflash-pub"})
 	bt, err := topics.Chunks(fx.im.Hex())
 	if err != nil {
 		t.Fatal(err)
