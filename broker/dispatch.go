@@ -64,12 +64,13 @@ func newDispatcher(ctx context.Context, h Handler, opts SubscribeOptions) *dispa
 }
 
 // enqueue adds m, or drops it when it is a chunk and the queue holds the
-// chunk bound; it never blocks.
+// chunk bound; it never blocks. A chunk larger than the byte bound is
+// queued when no other chunk is, so that any chunk size gets through.
 func (d *dispatcher) enqueue(m Message) {
 	chunk := d.shed && (schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload))
 	d.mu.Lock()
 	if chunk {
-		if d.chunks >= maxQueuedChunks || d.chunkBytes+len(m.Payload) > d.maxBytes {
+		if d.chunks >= maxQueuedChunks || (d.chunks > 0 && d.chunkBytes+len(m.Payload) > d.maxBytes) {
 			d.dropped++
 			d.mu.Unlock()
 			return

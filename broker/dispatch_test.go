@@ -139,3 +139,30 @@ func TestDispatcherMaxQueuedBytes(t *testing.T) {
 		d.close()
 	}
 }
+
+// TestDispatcherChunkOverBound: a chunk larger than MaxQueuedBytes is
+// queued when no other chunk is (any chunk size gets through, one at a
+// time), and dropped behind one.
+func TestDispatcherChunkOverBound(t *testing.T) {
+	block := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	d := newDispatcher(context.Background(), func(_ context.Context, m Message) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-block
+	}, SubscribeOptions{Family: FamilyChunk, MaxQueuedBytes: 100})
+	defer d.close()
+	d.enqueue(chunkMsg(t, 0))
+	<-entered
+	d.enqueue(chunkMsg(t, 1)) // 1 KiB, over 100 bytes: queued, the queue is empty
+	d.enqueue(chunkMsg(t, 2)) // dropped
+	d.mu.Lock()
+	chunks, dropped := d.chunks, d.dropped
+	d.mu.Unlock()
+	close(block)
+	if chunks != 1 || dropped != 1 {
+		t.Errorf("%d chunks queued, %d dropped; want 1 and 1", chunks, dropped)
+	}
+}

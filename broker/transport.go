@@ -71,7 +71,8 @@ type SubscribeOptions struct {
 	// beyond it a chunk is dropped (a loss, repaired later like any QoS 0
 	// loss); other messages are always queued. 0 means the default, 4 MiB
 	// (also the most that can be set), and at most 256 chunks are queued
-	// either way. A device with a small memory budget sets less.
+	// either way; one chunk larger than the bound is queued when no other
+	// is. A device with a small memory budget sets less.
 	MaxQueuedBytes int
 }
 

@@ -35,9 +35,12 @@ type BrokerConfig struct {
 	// MaxIdle is the number of consecutive idle periods without any new
 	// chunk after which Fetch gives up with ErrStalled. Default 3.
 	MaxIdle int
-	// Queue is the number of received chunks buffered between the
+	// Queue is the most received chunks buffered between the
 	// transport's handlers and the writer; beyond it arriving chunks are
-	// dropped (see QueueBytes). Default 64.
+	// dropped (see QueueBytes). Default QueueBytes/2048, at least 64
+	// (512 at the default QueueBytes): the byte bound is the one that
+	// matters, and a burst of small chunks (a summary's unicast answer)
+	// must not be shed for its count.
 	Queue int
 	// QueueBytes bounds the memory of the receive path: the bytes of
 	// chunks and parity chunks buffered between the transport's handlers
@@ -49,8 +52,9 @@ type BrokerConfig struct {
 	// dropped, to be repaired later like any QoS 0 loss (counted in
 	// Shed): a writer slower than the broadcast (a slow flash) costs
 	// losses, not memory, at most 1.25 x QueueBytes plus the message in
-	// hand. Tables, wave end markers and repair announcements are never
-	// dropped. Default 1 MiB.
+	// hand. A chunk larger than a bound is taken when nothing else is
+	// buffered, so any chunk size gets through. Tables, wave end markers
+	// and repair announcements are never dropped. Default 1 MiB.
 	QueueBytes int
 	// Window is the number of chunks asked for and not yet received at any
 	// time (flow control). Default 64.
@@ -154,11 +158,11 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.MaxIdle <= 0 {
 		cfg.MaxIdle = 3
 	}
-	if cfg.Queue <= 0 {
-		cfg.Queue = 64
-	}
 	if cfg.QueueBytes <= 0 {
 		cfg.QueueBytes = 1 << 20
+	}
+	if cfg.Queue <= 0 {
+		cfg.Queue = max(cfg.QueueBytes/2048, 64)
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = 64
@@ -238,7 +242,7 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
 	if chunk {
 		in.mu.Lock()
-		if in.chunks >= in.maxChunks || in.bytes+len(m.Payload) > in.maxBytes {
+		if in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
 			in.shed++
 			in.mu.Unlock()
 			return // a loss: repaired later
