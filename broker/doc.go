@@ -27,8 +27,9 @@
 //     consumer, using only features NATS 2.9.10 also has.
 //   - dispatch.go: each subscription's handler runs on its own goroutine,
 //     in order, so the network readers never wait for a handler; a chunk
-//     subscription's queue is bounded (chunks and parity chunks beyond it
-//     are dropped, to be repaired), other messages are always queued.
+//     subscription's queue is bounded (chunks and parity chunks beyond it,
+//     or beyond SubscribeOptions.MaxQueuedBytes, are dropped, to be
+//     repaired), other messages are always queued.
 //   - server_mqtt.go, server_nats.go: embedded brokers with the
 //     nats-server embedding shape: NewXServer(cfg) → Start (non-blocking)
 //     → Ready(ctx) → Shutdown (idempotent); port 0 picks a free port and
