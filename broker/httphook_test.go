@@ -142,21 +142,21 @@ func TestHTTPHook(t *testing.T) {
 		{"device reads another's notice", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", must(topics.Notice("dev2")), "1", "false"), 200, "deny"},
 		{"device reads another class", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", must(topics.Announce("other")), "1", "false"), 200, "deny"},
 		{"device publishes its own notice, retained", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "publish", must(topics.Notice("dev1")), "1", "true"), 200, "deny"},
-		{"device reads every report", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", root + "/v1/dev/+/report", "1", "false"), 200, "deny"},
+		{"device reads every report", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", root+"/v1/dev/+/report", "1", "false"), 200, "deny"},
 		{"device reads everything", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", "#", "0", "false"), 200, "deny"},
 		{"device reads $SYS", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", "$SYS/#", "0", "false"), 200, "deny"},
-		{"device joins the backend's shared subscription", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", shared + root + "/v1/dev/+/report", "1", "false"), 200, "deny"},
+		{"device joins the backend's shared subscription", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "subscribe", shared+root+"/v1/dev/+/report", "1", "false"), 200, "deny"},
 		{"device acts under another client id", broker.HookAuthzPath, hookSecret, authzBody("dev2", "dev1", "publish", must(topics.Report("dev1")), "1", "false"), 200, "deny"},
 		{"unknown action", broker.HookAuthzPath, hookSecret, authzBody("dev1", "dev1", "all", must(topics.Report("dev1")), "1", "false"), 200, "deny"},
 		{"unknown user", broker.HookAuthzPath, hookSecret, authzBody("mallory", "mallory", "subscribe", must(topics.Notice("dev1")), "1", "false"), 200, "deny"},
 		{"service", broker.HookAuthzPath, hookSecret, authzBody("svc", "svc", "subscribe", must(topics.Notice("dev1")), "1", "false"), 200, "deny"},
 		// The backend: anything under the root, shared subscriptions too.
-		{"backend shared subscription to reports", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared + root + "/v1/dev/+/report", "1", "false"), 200, "allow"},
-		{"backend shared subscription to chunk requests", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared + root + "/v1/dev/+/req", "0", "false"), 200, "allow"},
+		{"backend shared subscription to reports", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared+root+"/v1/dev/+/report", "1", "false"), 200, "allow"},
+		{"backend shared subscription to chunk requests", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared+root+"/v1/dev/+/req", "0", "false"), 200, "allow"},
 		{"backend publishes a retained notice", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "publish", must(topics.Notice("dev1")), "1", "true"), 200, "allow"},
-		{"backend publishes to a $share name", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "publish", shared + must(topics.Notice("dev1")), "1", "false"), 200, "deny"},
+		{"backend publishes to a $share name", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "publish", shared+must(topics.Notice("dev1")), "1", "false"), 200, "deny"},
 		{"backend outside the root", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", "other-root/#", "1", "false"), 200, "deny"},
-		{"backend shared subscription outside the root", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared + "#", "1", "false"), 200, "deny"},
+		{"backend shared subscription outside the root", broker.HookAuthzPath, hookSecret, authzBody(backendUser, backendUser, "subscribe", shared+"#", "1", "false"), 200, "deny"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			status, res := callHook(t, srv.URL, tc.path, tc.secret, tc.body)
