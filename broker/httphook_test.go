@@ -51,7 +51,7 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func newHook(t *testing.T, topics schemas.Topics, store *broker.CredentialStore, clk *fakeClock) *httptest.Server {
+func newHook(t testing.TB, topics schemas.Topics, store *broker.CredentialStore, clk *fakeClock) *httptest.Server {
 	t.Helper()
 	h, err := broker.NewHTTPHook(broker.HookConfig{Auth: store, Lookup: store, Policy: broker.Policy{Topics: topics},
 		Secret: hookSecret, Now: clk.Now, Logger: quietHookLogger})
