@@ -101,8 +101,9 @@ type HTTPHook struct {
 	cfg    HookConfig
 	secret [32]byte
 
-	mu    sync.Mutex
-	fails map[string]*hookFailures
+	mu     sync.Mutex
+	fails  map[string]*hookFailures
+	pruned time.Time // last full scan for expired failures
 }
 
 type hookFailures struct {
@@ -300,9 +301,14 @@ func (h *HTTPHook) failed(user string) {
 		return
 	}
 	if len(h.fails) >= h.cfg.MaxTracked {
-		for u, f := range h.fails {
-			if now.Sub(f.start) >= h.cfg.FailureWindow {
-				delete(h.fails, u)
+		// Full: drop the expired entries, at most once a window (a
+		// full scan), else one arbitrary entry.
+		if now.Sub(h.pruned) >= h.cfg.FailureWindow {
+			h.pruned = now
+			for u, f := range h.fails {
+				if now.Sub(f.start) >= h.cfg.FailureWindow {
+					delete(h.fails, u)
+				}
 			}
 		}
 		for u := range h.fails {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -278,6 +279,33 @@ func TestNewHTTPHookRejects(t *testing.T) {
 	} {
 		if _, err := broker.NewHTTPHook(cfg); !errors.Is(err, broker.ErrBadServerConfig) {
 			t.Errorf("%s: %v, want ErrBadServerConfig", name, err)
+		}
+	}
+}
+
+// TestHTTPHookFailureTableBounded: failures of many user names never
+// hold more than MaxTracked entries.
+func TestHTTPHookFailureTableBounded(t *testing.T) {
+	topics := testutil.UniqueTopics(t)
+	store := testutil.CredentialStore(t, aclAccounts())
+	clk := &fakeClock{now: time.Unix(1e9, 0)}
+	h, err := broker.NewHTTPHook(broker.HookConfig{Auth: store, Lookup: store, Policy: broker.Policy{Topics: topics},
+		Secret: hookSecret, MaxTracked: 5, Now: clk.Now, Logger: quietHookLogger})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(h)
+	defer srv.Close()
+	for i := 0; i < 40; i++ {
+		user := "guesser-" + strconv.Itoa(i)
+		if _, res := callHook(t, srv.URL, broker.HookAuthnPath, hookSecret, authnBody(user, user, "guess")); res["result"] != "deny" {
+			t.Fatalf("%s: %v", user, res)
+		}
+		if n := h.Tracked(); n > 5 {
+			t.Fatalf("after %d user names: %d tracked, bound 5", i+1, n)
+		}
+		if i == 20 {
+			clk.Add(broker.DefaultHookFailureWindow) // the expired ones go first
 		}
 	}
 }
