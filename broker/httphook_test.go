@@ -309,3 +309,73 @@ func TestHTTPHookFailureTableBounded(t *testing.T) {
 		}
 	}
 }
+
+// FuzzHTTPHook throws arbitrary bodies at both paths: the hook answers
+// 200 or 400 and never panics, and an "allow" is always one the policy
+// gives the named user's identity (authorization) or the right secret of
+// a non-service account whose client id is bound (authentication).
+func FuzzHTTPHook(f *testing.F) {
+	topics := schemas.MustTopics("fuzzhook")
+	report, _ := topics.Report("dev1")
+	f.Add(true, authnBody("dev1", "dev1", dev1Secret))
+	f.Add(true, authnBody("dev2", "dev1", dev1Secret))
+	f.Add(false, authzBody("dev1", "dev1", "publish", report.MQTT, "1", "false"))
+	f.Add(false, authzBody(backendUser, backendUser, "subscribe", "$share/g/fuzzhook/v1/dev/+/report", "1", "false"))
+	f.Add(false, `{"username":"dev1","clientid":"dev1","topic":"#","action":"subscribe","extra":[1,2,{}]}`)
+	f.Add(true, `{"username":1}`)
+	store := testutil.CredentialStore(f, aclAccounts())
+	h, err := broker.NewHTTPHook(broker.HookConfig{Auth: store, Lookup: store, Policy: broker.Policy{Topics: topics},
+		Secret: hookSecret, MaxFailures: 1 << 30, Logger: quietHookLogger})
+	if err != nil {
+		f.Fatal(err)
+	}
+	secrets := map[string]string{}
+	for _, a := range aclAccounts() {
+		secrets[a.Username] = a.Secret
+	}
+	f.Fuzz(func(t *testing.T, authn bool, body string) {
+		path := broker.HookAuthzPath
+		if authn {
+			path = broker.HookAuthnPath
+		}
+		req := httptest.NewRequest(http.MethodPost, path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+hookSecret)
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code == http.StatusBadRequest {
+			return
+		}
+		if rec.Code != http.StatusOK {
+			t.Fatalf("status %d", rec.Code)
+		}
+		var res struct{ Result string }
+		if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil || (res.Result != "allow" && res.Result != "deny") {
+			t.Fatalf("answer %q: %v", rec.Body.Bytes(), err)
+		}
+		if res.Result != "allow" {
+			return
+		}
+		// The request as the hook's decoder reads it (first JSON value,
+		// field names matched as encoding/json does).
+		var in struct{ ClientID, Username, Password, Topic, Action string }
+		if err := json.NewDecoder(strings.NewReader(body)).Decode(&in); err != nil {
+			t.Fatalf("allow for a body that does not decode: %v", err)
+		}
+		id, err := store.LookupIdentity(context.Background(), in.Username)
+		if err != nil {
+			t.Fatalf("allow for unknown user %q", in.Username)
+		}
+		if id.Role == broker.RoleDevice && in.ClientID != id.Device {
+			t.Fatalf("allow for device %q under client id %q", id.Device, in.ClientID)
+		}
+		if authn {
+			if in.Password != secrets[in.Username] || id.Role == broker.RoleService {
+				t.Fatalf("allowed connect of %q", in.Username)
+			}
+			return
+		}
+		if !(broker.Policy{Topics: topics}).Allow(id, in.Topic, in.Action == "publish") || (in.Action != "publish" && in.Action != "subscribe") {
+			t.Fatalf("allowed %+v for %+v", in, id)
+		}
+	})
+}
