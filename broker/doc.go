@@ -2,8 +2,9 @@
 // autopaho) and NATS (nats.go) behind one small Transport interface, and
 // runs the embedded brokers (mochi-mqtt and nats-server with JetStream)
 // that a single-machine installation uses. It also owns the broker access
-// policy: the MQTT auth hook, the NATS permissions, and their export as a
-// mosquitto password and ACL file.
+// policy: the MQTT auth hook, the NATS permissions, their export as a
+// mosquitto password and ACL file, and the HTTP auth hook an external
+// broker (EMQX) asks.
 //
 // Who does what:
 //
@@ -45,6 +46,12 @@
 //     auth hook, NATSPermissions and the mosquitto export.
 //   - mosquitto.go: MosquittoConfig writes passwd ($7$ PBKDF2-SHA512),
 //     acl (pattern lines on %u) and a conf snippet with the queue limits.
+//   - httphook.go: HTTPHook answers an external broker's HTTP
+//     authentication and authorization (EMQX 5's shape: POST
+//     HookAuthnPath / HookAuthzPath, JSON {"result":"allow"|"deny"}),
+//     behind a shared bearer secret, from an Authenticator and an
+//     IdentityLookup, deciding with Policy; failed authentications are
+//     bounded per user name.
 //   - natsconfig.go: NATSConfig writes the accounts, users (bcrypt) and
 //     role permissions (NATSPermissions) for an external nats-server.
 //
