@@ -287,7 +287,12 @@ func TestEncryptedDeltaPowerCut(t *testing.T) {
 				if viaFull > 0 {
 					t.Errorf("%s: %d cuts ended with the full image; the staged delta is applied again", kind, viaFull)
 				}
-				if resumed == 0 {
+				// A cut between operations lands after a checkpoint in 7 of
+				// the 18; a torn write does in 0 or 1 of them, by the order
+				// in which the concurrent fetch and apply reach the flash,
+				// so only the cuts must show the resume (the torn writes
+				// must still end by the delta, above).
+				if resumed == 0 && kind == bootctl.FaultCut {
 					t.Errorf("%s: no cut resumed the delta from a checkpoint", kind)
 				}
 			}

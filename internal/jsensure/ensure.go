@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"reflect"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -20,7 +21,7 @@ func Stream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamCon
 	if err == nil {
 		return s, nil
 	}
-	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+	if !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) && !racedCreate(ctx, js, cfg.Name, err) {
 		return nil, fmt.Errorf("jsensure: create stream %s: %w", cfg.Name, err)
 	}
 	s, err = js.Stream(ctx, cfg.Name)
@@ -46,7 +47,8 @@ func KeyValue(ctx context.Context, js jetstream.JetStream, cfg jetstream.KeyValu
 	if err == nil {
 		return kv, nil
 	}
-	if !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+	if !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) &&
+		!racedCreate(ctx, js, "KV_"+cfg.Bucket, err) {
 		return nil, fmt.Errorf("jsensure: create bucket %s: %w", cfg.Bucket, err)
 	}
 	s, err := js.Stream(ctx, "KV_"+cfg.Bucket)
@@ -80,7 +82,8 @@ func ObjectStore(ctx context.Context, js jetstream.JetStream, cfg jetstream.Obje
 	if err == nil {
 		return obs, nil
 	}
-	if !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) {
+	if !errors.Is(err, jetstream.ErrBucketExists) && !errors.Is(err, jetstream.ErrStreamNameAlreadyInUse) &&
+		!racedCreate(ctx, js, "OBJ_"+cfg.Bucket, err) {
 		return nil, fmt.Errorf("jsensure: create object store %s: %w", cfg.Bucket, err)
 	}
 	s, err := js.Stream(ctx, "OBJ_"+cfg.Bucket)
@@ -132,4 +135,36 @@ func metadataHas(have, want map[string]string) bool {
 	sub := maps.Clone(have)
 	maps.Copy(sub, want)
 	return maps.Equal(sub, have)
+}
+
+// errCodeSubjectOverlap is JetStream's "subjects overlap with an existing
+// stream" (JSStreamSubjectOverlapErr).
+const errCodeSubjectOverlap = 10065
+
+// racedCreate reports whether err, a create's answer, came from another
+// client creating the same stream at the same moment: nats-server 2.9.10
+// can answer the second of two racing creates "subjects overlap with an
+// existing stream" (the first one's subjects are taken before its name
+// is), not "already in use" (TestServeReplicasOnGeneratedNATSConfig,
+// two serve replicas starting together). It waits, briefly, for a stream
+// of that name to appear; one that never does means a real overlap with
+// another stream, and err stands.
+func racedCreate(ctx context.Context, js jetstream.JetStream, name string, err error) bool {
+	var api *jetstream.APIError
+	if !errors.As(err, &api) || api.ErrorCode != errCodeSubjectOverlap {
+		return false
+	}
+	for wait := 10 * time.Millisecond; wait <= 640*time.Millisecond; wait *= 2 {
+		if _, err := js.Stream(ctx, name); err == nil {
+			return true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
+	return false
 }

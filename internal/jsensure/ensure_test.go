@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -137,6 +138,12 @@ func TestEnsureOnServers(t *testing.T) {
 			adv.Sync(t)
 			if u := adv.Updated(); fmt.Sprint(u) != "[S]" {
 				t.Errorf("updated %v after one changed setting, want [S]", u)
+			}
+			// A real overlap, another stream's subjects, is not taken for
+			// a create racing its own (racedCreate) and stays an error.
+			other := jetstream.StreamConfig{Name: "T", Subjects: []string{"s.>"}, Replicas: 1}
+			if _, err := jsensure.Stream(ctx, conns[1], other); err == nil || !strings.Contains(err.Error(), "overlap") {
+				t.Errorf("stream T over S's subjects: %v, want the overlap refused", err)
 			}
 			// The server is still up and serving JetStream.
 			if _, err := conns[0].AccountInfo(ctx); err != nil {
