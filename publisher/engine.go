@@ -89,6 +89,10 @@ func (p *Publisher) tick(ctx context.Context) {
 	}
 }
 
+// noticesBetweenWaveChecks is how many notices a step sends between two
+// looks at the campaign's wave (maybeWave).
+const noticesBetweenWaveChecks = 8
+
 // step advances one running campaign.
 func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	now := p.cfg.Clock.Now()
@@ -194,6 +198,12 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		return p.end(ctx, c, []string{CampaignRunning}, CampaignAborted, reason)
 	}
 	// Pacing: notify queued devices, in rollout order, while slots are free.
+	// Notices take a while each (a state write, a signature, a publish):
+	// the wave is looked at between them too, so that a wave held for the
+	// devices notified first starts when its hold ends, not once the
+	// last notice of a large fleet went out (the devices that took the
+	// table meanwhile would be left to ask for every chunk).
+	sent := 0
 	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
 		st, rev, ok := p.idx.dev(c.ID, c.Targets[i])
 		if !ok || st.State != StateQueued {
@@ -203,6 +213,9 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			return err
 		}
 		activeN++
+		if sent++; sent%noticesBetweenWaveChecks == 0 {
+			p.maybeWave(ctx, c)
+		}
 	}
 	p.maybeWave(ctx, c)
 	p.maybeDeltaWaves(ctx, c)

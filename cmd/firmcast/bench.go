@@ -78,7 +78,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.Uint64Var(&f.seed, "seed", 1, "seed for the image bytes")
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
 	fl.Float64Var(&f.loss, "loss", 0, "fraction of chunks each firmcast device drops at its receive path, independently per device (0 to 1; the raw side loses nothing)")
-	fl.BoolVar(&f.coded, "coded", false, "erasure-coded repair: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks")
+	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
