@@ -241,6 +241,9 @@ type waveState struct {
 	// which the one that missed most of it missed: the next pass's end.
 	joiners int
 	joinTo  int64
+	// pace is the rate control of the wave in flight (wavepace.go), nil
+	// outside one or without Config.WavePace.
+	pace *wavePace
 }
 
 func newWaveState() *waveState {
@@ -408,6 +411,18 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 			defer stop()
 		}
 	}
+	var wp *wavePace
+	if p.cfg.WavePace > 0 {
+		wp = newWavePace(p.cfg.WavePace, int(max(4*int64(d.info.ChunkSize), 64<<10)))
+		p.waveMu.Lock()
+		w.pace = wp
+		p.waveMu.Unlock()
+		defer func() {
+			p.waveMu.Lock()
+			w.pace = nil
+			p.waveMu.Unlock()
+		}()
+	}
 	n := len(d.table.Hashes)
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
 	cr.order = d.order // a coded image's blocks interleaved
@@ -424,7 +439,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		p.waveMu.Unlock()
 		w.next.Store(0)
 		w.end.Store(int64(to))
-		if err := p.wavePass(ctx, t, d, w, cr, ec, to); err != nil {
+		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, to); err != nil {
 			return err
 		}
 		p.met.waves.Inc()
@@ -452,8 +467,9 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 }
 
 // wavePass broadcasts positions [0, to) of d's carousel on t, with the
-// chunk table copies, paced by ec when set, then the marker that ends it.
-func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, to int) error {
+// chunk table copies, paced by ec and wp when set, then the marker that
+// ends it.
+func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, to int) error {
 	n := d.chunks()
 	digest := d.info.Digest
 	for s := range to {
@@ -476,6 +492,11 @@ func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData,
 		b, err := encodeChunkData(d, i, data)
 		if err != nil {
 			return err
+		}
+		if wp != nil {
+			if err := wp.wait(ctx, len(b)); err != nil {
+				return err
+			}
 		}
 		if err := p.send(ctx, t, b, &p.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)

@@ -29,6 +29,7 @@ type benchFlags struct {
 	memprof   string
 	loss      float64
 	coded     bool
+	reporters int
 	flash     string
 	runs      int
 	timeout   time.Duration
@@ -79,6 +80,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
 	fl.Float64Var(&f.loss, "loss", 0, "fraction of chunks each firmcast device drops at its receive path, independently per device (0 to 1; the raw side loses nothing)")
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
+	fl.IntVar(&f.reporters, "pace-reporters", 0, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (experimental); 0: none, waves are paced by the broker's echo alone")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
@@ -116,7 +118,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, PaceReporters: f.reporters,
 		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Progress: cmd.ErrOrStderr(),
 	})
