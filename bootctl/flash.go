@@ -162,6 +162,15 @@ func (f *Flash) knownErased(off, n int64) bool {
 	return true
 }
 
+// isKnownErased is knownErased for callers that do not hold mu: whether
+// [off, off+n) is erased since the last Erase of its sectors, without
+// reading it (false for a range out of bounds, or on a dead flash).
+func (f *Flash) isKnownErased(off, n int64) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return !f.dead && f.check(off, n) == nil && f.knownErased(off, n)
+}
+
 // programmed records that [off, off+n) (known erased before) now holds
 // data: each sector it touches stays known erased only after it.
 func (f *Flash) programmed(off, n int64) {

@@ -1,6 +1,7 @@
 package bootctl
 
 import (
+	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
@@ -182,11 +183,17 @@ func headerTag(key, fields, rest []byte) []byte {
 	return m.Sum(nil)
 }
 
+// erasedBlock is erased bytes to compare against (bytes.Equal is
+// vectorised; a byte loop is not).
+var erasedBlock = bytes.Repeat([]byte{Erased}, 4096)
+
 func isErased(p []byte) bool {
-	for _, c := range p {
-		if c != Erased {
+	for len(p) > 0 {
+		n := min(len(p), len(erasedBlock))
+		if !bytes.Equal(p[:n], erasedBlock[:n]) {
 			return false
 		}
+		p = p[n:]
 	}
 	return true
 }

@@ -46,6 +46,7 @@ type Candidate struct {
 	mu      sync.Mutex
 	closed  bool
 	pending map[int64]*partialWord // by word offset in the image
+	buf     []byte                 // read-back buffer of program
 }
 
 type partialWord struct {
@@ -160,7 +161,23 @@ func (c *Candidate) partial(i int64, b byte) error {
 // are already there.
 func (c *Candidate) program(p []byte, off int64) error {
 	abs := c.d.imageOff(c.region) + off
-	cur := make([]byte, len(p))
+	if c.d.f.isKnownErased(abs, int64(len(p))) {
+		// Erased since the slot was opened (the flash remembers, for
+		// this Flash's life): what the read-back below would find, with
+		// no read. Erased bytes need no program (as below: they equal
+		// what the flash holds); anything else is programmed, and
+		// Program still refuses any bit it cannot set.
+		if isErased(p) {
+			return nil
+		}
+		return c.d.f.Program(p, abs)
+	}
+	// A resumed or rewritten range: read it back, once, into a buffer
+	// the candidate keeps (c.mu is held).
+	if cap(c.buf) < len(p) {
+		c.buf = make([]byte, len(p))
+	}
+	cur := c.buf[:len(p)]
 	if _, err := c.d.f.ReadAt(cur, abs); err != nil {
 		return err
 	}

@@ -190,6 +190,18 @@ func (s *CredentialStore) Authenticate(_ context.Context, username, secret strin
 	return c.Identity, nil
 }
 
+// LookupIdentity implements IdentityLookup: the identity of username,
+// or ErrNotAuthorized (wrapped) when there is none.
+func (s *CredentialStore) LookupIdentity(_ context.Context, username string) (Identity, error) {
+	s.mu.RLock()
+	c, ok := s.creds[username]
+	s.mu.RUnlock()
+	if !ok {
+		return Identity{}, fmt.Errorf("%w: unknown user %q", ErrNotAuthorized, username)
+	}
+	return c.Identity, nil
+}
+
 // Credentials returns every credential, sorted by user name.
 func (s *CredentialStore) Credentials() []Credential {
 	s.mu.RLock()

@@ -10,7 +10,8 @@ import (
 
 // Bounds of a dispatcher's queue of chunks (schemas.IsChunk and
 // schemas.IsParityChunk messages on a FamilyChunk subscription: both are
-// repaired later): beyond either, a new chunk is dropped, not
+// repaired later): beyond either (or beyond the subscription's
+// SubscribeOptions.MaxQueuedBytes), a new chunk is dropped, not
 // queued. A dropped chunk is one more loss of a QoS 0 message, which the
 // fetcher repairs; everything else (notices, tables, replies, reports,
 // requests) is always queued, so the bound never costs a message that is
@@ -32,8 +33,11 @@ type dispatcher struct {
 	// shed: this subscription's chunks may be dropped under pressure
 	// (a FamilyChunk subscription).
 	shed bool
-	mu   sync.Mutex
-	q    []queued
+	// maxBytes bounds the chunk bytes queued (maxQueuedChunkBytes, or the
+	// subscription's MaxQueuedBytes).
+	maxBytes int
+	mu       sync.Mutex
+	q        []queued
 	// chunks and chunkBytes count the chunks in q; dropped the chunks
 	// not queued because q held the bound. Guarded by mu.
 	chunks, chunkBytes int
@@ -49,19 +53,24 @@ type queued struct {
 	chunk bool // counted in chunks and chunkBytes
 }
 
-func newDispatcher(ctx context.Context, h Handler, f Family) *dispatcher {
-	d := &dispatcher{h: h, ctx: ctx, shed: f == FamilyChunk, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+func newDispatcher(ctx context.Context, h Handler, opts SubscribeOptions) *dispatcher {
+	d := &dispatcher{h: h, ctx: ctx, shed: opts.Family == FamilyChunk, maxBytes: maxQueuedChunkBytes,
+		wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	if opts.MaxQueuedBytes > 0 {
+		d.maxBytes = min(opts.MaxQueuedBytes, maxQueuedChunkBytes)
+	}
 	go d.run()
 	return d
 }
 
 // enqueue adds m, or drops it when it is a chunk and the queue holds the
-// chunk bound; it never blocks.
+// chunk bound; it never blocks. A chunk larger than the byte bound is
+// queued when no other chunk is, so that any chunk size gets through.
 func (d *dispatcher) enqueue(m Message) {
 	chunk := d.shed && (schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload))
 	d.mu.Lock()
 	if chunk {
-		if d.chunks >= maxQueuedChunks || d.chunkBytes+len(m.Payload) > maxQueuedChunkBytes {
+		if d.chunks >= maxQueuedChunks || (d.chunks > 0 && d.chunkBytes+len(m.Payload) > d.maxBytes) {
 			d.dropped++
 			d.mu.Unlock()
 			return

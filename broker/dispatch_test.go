@@ -55,7 +55,7 @@ func TestDispatcherBoundsChunks(t *testing.T) {
 			}
 			<-block
 			got <- m
-		}, tc.fam)
+		}, SubscribeOptions{Family: tc.fam})
 		const chunks, tables = 5000, 50
 		// Chunk 0 is taken by the handler, which then blocks.
 		d.enqueue(chunkMsg(t, 0))
@@ -97,5 +97,72 @@ func TestDispatcherBoundsChunks(t *testing.T) {
 			}
 		}
 		d.close()
+	}
+}
+
+// TestDispatcherMaxQueuedBytes: a chunk subscription's MaxQueuedBytes
+// bounds the chunk bytes it queues behind a blocked handler (set above
+// the default, the default holds); tables are queued beyond it.
+func TestDispatcherMaxQueuedBytes(t *testing.T) {
+	one := len(chunkMsg(t, 0).Payload)
+	for _, tc := range []struct {
+		set, want int
+	}{
+		{10 * one, 10 * one},
+		{10*one + one/2, 10 * one},
+		{0, maxQueuedChunkBytes},
+		{1 << 30, maxQueuedChunkBytes},
+	} {
+		block := make(chan struct{})
+		entered := make(chan struct{}, 1)
+		d := newDispatcher(context.Background(), func(_ context.Context, m Message) {
+			select {
+			case entered <- struct{}{}:
+			default:
+			}
+			<-block
+		}, SubscribeOptions{Family: FamilyChunk, MaxQueuedBytes: tc.set})
+		d.enqueue(chunkMsg(t, 0))
+		<-entered
+		for i := range 100 {
+			d.enqueue(chunkMsg(t, i+1))
+			d.enqueue(tableMsg(t, i))
+		}
+		d.mu.Lock()
+		bytes, chunks, others := d.chunkBytes, d.chunks, len(d.q)-d.chunks
+		d.mu.Unlock()
+		if wantChunks := min(tc.want/one, 100); bytes > tc.want || chunks != wantChunks || others != 100 {
+			t.Errorf("MaxQueuedBytes %d: %d chunks (%d bytes) and %d others queued; want %d chunks within %d bytes and all 100 tables",
+				tc.set, chunks, bytes, others, wantChunks, tc.want)
+		}
+		close(block)
+		d.close()
+	}
+}
+
+// TestDispatcherChunkOverBound: a chunk larger than MaxQueuedBytes is
+// queued when no other chunk is (any chunk size gets through, one at a
+// time), and dropped behind one.
+func TestDispatcherChunkOverBound(t *testing.T) {
+	block := make(chan struct{})
+	entered := make(chan struct{}, 1)
+	d := newDispatcher(context.Background(), func(_ context.Context, m Message) {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-block
+	}, SubscribeOptions{Family: FamilyChunk, MaxQueuedBytes: 100})
+	defer d.close()
+	d.enqueue(chunkMsg(t, 0))
+	<-entered
+	d.enqueue(chunkMsg(t, 1)) // 1 KiB, over 100 bytes: queued, the queue is empty
+	d.enqueue(chunkMsg(t, 2)) // dropped
+	d.mu.Lock()
+	chunks, dropped := d.chunks, d.dropped
+	d.mu.Unlock()
+	close(block)
+	if chunks != 1 || dropped != 1 {
+		t.Errorf("%d chunks queued, %d dropped; want 1 and 1", chunks, dropped)
 	}
 }

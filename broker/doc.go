@@ -2,8 +2,9 @@
 // autopaho) and NATS (nats.go) behind one small Transport interface, and
 // runs the embedded brokers (mochi-mqtt and nats-server with JetStream)
 // that a single-machine installation uses. It also owns the broker access
-// policy: the MQTT auth hook, the NATS permissions, and their export as a
-// mosquitto password and ACL file.
+// policy: the MQTT auth hook, the NATS permissions, their export as a
+// mosquitto password and ACL file, and the HTTP auth hook an external
+// broker (EMQX) asks.
 //
 // Who does what:
 //
@@ -27,8 +28,9 @@
 //     consumer, using only features NATS 2.9.10 also has.
 //   - dispatch.go: each subscription's handler runs on its own goroutine,
 //     in order, so the network readers never wait for a handler; a chunk
-//     subscription's queue is bounded (chunks and parity chunks beyond it
-//     are dropped, to be repaired), other messages are always queued.
+//     subscription's queue is bounded (chunks and parity chunks beyond it,
+//     or beyond SubscribeOptions.MaxQueuedBytes, are dropped, to be
+//     repaired), other messages are always queued.
 //   - server_mqtt.go, server_nats.go: embedded brokers with the
 //     nats-server embedding shape: NewXServer(cfg) → Start (non-blocking)
 //     → Ready(ctx) → Shutdown (idempotent); port 0 picks a free port and
@@ -44,6 +46,12 @@
 //     auth hook, NATSPermissions and the mosquitto export.
 //   - mosquitto.go: MosquittoConfig writes passwd ($7$ PBKDF2-SHA512),
 //     acl (pattern lines on %u) and a conf snippet with the queue limits.
+//   - httphook.go: HTTPHook answers an external broker's HTTP
+//     authentication and authorization (EMQX 5's shape: POST
+//     HookAuthnPath / HookAuthzPath, JSON {"result":"allow"|"deny"}),
+//     behind a shared bearer secret, from an Authenticator and an
+//     IdentityLookup, deciding with Policy; failed authentications are
+//     bounded per user name.
 //   - natsconfig.go: NATSConfig writes the accounts, users (bcrypt) and
 //     role permissions (NATSPermissions) for an external nats-server.
 //

@@ -48,3 +48,10 @@ func Queued(sub Subscription) (chunks, others int, dropped int64) {
 
 // MaxQueuedChunks is the dispatcher's chunk bound.
 const MaxQueuedChunks = maxQueuedChunks
+
+// Tracked is how many user names the hook counts failures for.
+func (h *HTTPHook) Tracked() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.fails)
+}

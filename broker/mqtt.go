@@ -385,7 +385,7 @@ func (t *MQTTTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 		return nil, ErrClosed
 	}
 	t.nextSubID++
-	s := &mqttSub{id: t.nextSubID, filter: f, qos: familyQoS(opts.Family), retain: opts.Retained, d: newDispatcher(t.ctx, h, opts.Family)}
+	s := &mqttSub{id: t.nextSubID, filter: f, qos: familyQoS(opts.Family), retain: opts.Retained, d: newDispatcher(t.ctx, h, opts)}
 	t.subs[s.id] = s
 	t.mu.Unlock()
 

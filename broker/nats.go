@@ -239,7 +239,7 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 		return nil, ErrClosed
 	}
 	t.mu.Unlock()
-	s := &natsSub{t: t, d: newDispatcher(t.ctx, h, opts.Family)}
+	s := &natsSub{t: t, d: newDispatcher(t.ctx, h, opts)}
 	var err error
 	switch {
 	case opts.Retained && subj == t.ep.Topics.NoticesAll().NATS:

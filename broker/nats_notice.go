@@ -140,6 +140,7 @@ func (t *NATSTransport) subscribeNotice(ctx context.Context, s *natsSub, subj st
 	err = ln.read(gctx, 0)
 	switch {
 	case err == nil:
+		ln.settleLater()
 	case errors.Is(err, ErrNotAuthorized):
 		return err
 	default:
@@ -161,6 +162,15 @@ const (
 	noticeRetryBase = 100 * time.Millisecond
 	noticeRetryCap  = 15 * time.Second
 )
+
+// noticeSettle is how long after a read of the retained notice the
+// settle read follows. A notice published while the subscription is
+// being made can reach the server just before the subscription, so that
+// it is not delivered live, and reach the stream just after the read
+// (JetStream stores a message after routing it, on its own goroutine), so
+// that the read does not see it either; the settle read, made when the
+// stream has long stored it, does (TestNoticeRacingSubscription).
+const noticeSettle = 500 * time.Millisecond
 
 // lastNotice reads the retained notice of one subscription. Live
 // notices arrive on the core subscription; the read fills in the one
@@ -225,13 +235,36 @@ func (l *lastNotice) start(fresh bool) {
 		return
 	}
 	l.running = true
-	go l.retry()
+	go l.retry(false)
 }
 
-func (l *lastNotice) retry() {
+// settleLater makes the settle read of a read made outside the retry
+// goroutine (the subscription's first), noticeSettle from now.
+func (l *lastNotice) settleLater() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctx.Err() != nil || l.running {
+		return // a running goroutine makes its own settle read
+	}
+	l.running = true
+	go l.retry(true)
+}
+
+// retry reads while reads are asked for (again); every read asked for is
+// followed, noticeSettle later, by one settle read. settle says that the
+// first read is one.
+func (l *lastNotice) retry(settle bool) {
 	for {
+		if settle {
+			t := time.NewTimer(noticeSettle)
+			select {
+			case <-l.ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+		}
 		l.mu.Lock()
-		if !l.again || l.ctx.Err() != nil {
+		if (!l.again && !settle) || l.ctx.Err() != nil {
 			l.running = false
 			l.mu.Unlock()
 			return
@@ -240,9 +273,11 @@ func (l *lastNotice) retry() {
 		var b retry.Backoff = retry.NewExponential(noticeRetryBase)
 		b = retry.WithCappedDuration(noticeRetryCap, retry.WithJitterPercent(20, b))
 		failures := 0
+		asked := false
 		err := retry.Do(l.ctx, b, func(ctx context.Context) error {
 			// A reconnection during this read asks for one more.
 			l.mu.Lock()
+			asked = asked || l.again
 			l.again = false
 			base := l.base
 			l.mu.Unlock()
@@ -267,6 +302,7 @@ func (l *lastNotice) retry() {
 		if err == nil && failures > 0 {
 			l.t.ep.Logger.Info("retained notice read", "subject", l.subj, "after_failures", failures)
 		}
+		settle = asked
 	}
 }
 

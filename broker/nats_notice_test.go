@@ -1,9 +1,12 @@
 package broker_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -298,5 +301,78 @@ func TestNATSNoticeWaitedForNotRepeated(t *testing.T) {
 	publish(t, backend, notice, []byte("sentinel"), broker.PublishOptions{Family: broker.FamilyNotice})
 	if m := recv(t, ch, "sentinel"); string(m.Payload) != "sentinel" {
 		t.Fatalf("got %q retained=%v before the sentinel: the notice received live was delivered again", m.Payload, m.Retained)
+	}
+}
+
+// TestNoticeRacingSubscription publishes each device's notice at the
+// moment the device subscribes to it, for many devices at once: every
+// device must get its notice. A notice can reach the server just before
+// the subscription (not delivered live) and the stream just after the
+// subscription's first read (JetStream stores after routing); the settle
+// read catches it. The race is a matter of timing, so one run may miss a
+// regression; it failed about one run in 200 in deviceagent's
+// TestResumeOverBroker before the settle read.
+func TestNoticeRacingSubscription(t *testing.T) {
+	const n = 100
+	url := testutil.StartNATS(t, broker.NATSServerConfig{}).URL()
+	topics := testutil.UniqueTopics(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	backend := dial(t, url, topics, "backend")
+	if _, err := backend.(*broker.NATSTransport).NoticeStream(ctx); err != nil {
+		t.Fatal(err)
+	}
+	devs := make([]broker.Transport, n)
+	for i := range devs {
+		devs[i] = dial(t, url, topics, fmt.Sprintf("dev%03d", i))
+	}
+	got := make([]chan []byte, n)
+	errs := make(chan error, 2*n)
+	var wg sync.WaitGroup
+	for i := range devs {
+		got[i] = make(chan []byte, 4)
+		notice, _ := topics.Notice(fmt.Sprintf("dev%03d", i))
+		want := []byte(fmt.Sprintf("notice %d", i))
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			_, err := devs[i].Subscribe(ctx, notice, func(_ context.Context, m broker.Message) {
+				select {
+				case got[i] <- bytes.Clone(m.Payload):
+				default:
+				}
+			}, broker.SubscribeOptions{Family: broker.FamilyNotice, Retained: true})
+			if err != nil {
+				errs <- fmt.Errorf("subscribe %d: %w", i, err)
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			if err := backend.Publish(ctx, notice, want, broker.PublishOptions{Family: broker.FamilyNotice, Retain: true}); err != nil {
+				errs <- fmt.Errorf("publish %d: %w", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	missed := 0
+	// The settle read comes 0.5 s after the first.
+	wait, stop := context.WithTimeout(ctx, 20*time.Second)
+	defer stop()
+	for i := range got {
+		select {
+		case m := <-got[i]:
+			if want := fmt.Sprintf("notice %d", i); string(m) != want {
+				t.Errorf("device %d got %q, want %q", i, m, want)
+			}
+		case <-wait.Done():
+			missed++
+		}
+	}
+	if missed > 0 {
+		t.Errorf("%d of %d devices never got the notice published as they subscribed", missed, n)
 	}
 }

@@ -260,7 +260,7 @@ func TestDispatcherOrder(t *testing.T) {
 	d := newDispatcher(context.Background(), func(_ context.Context, m Message) {
 		<-block
 		got <- int(m.Payload[0])<<8 | int(m.Payload[1])
-	}, FamilyControl)
+	}, SubscribeOptions{Family: FamilyControl})
 	defer d.close()
 	for i := range 1000 {
 		d.enqueue(Message{Payload: []byte{byte(i >> 8), byte(i)}}) // never blocks, though the handler does

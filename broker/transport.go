@@ -66,6 +66,14 @@ type SubscribeOptions struct {
 	// Retained delivers the retained value (last message per subject) on
 	// subscribe, as well as live messages.
 	Retained bool
+	// MaxQueuedBytes bounds, for a FamilyChunk subscription, the bytes of
+	// chunks and parity chunks queued for a handler that falls behind:
+	// beyond it a chunk is dropped (a loss, repaired later like any QoS 0
+	// loss); other messages are always queued. 0 means the default, 4 MiB
+	// (also the most that can be set), and at most 256 chunks are queued
+	// either way; one chunk larger than the bound is queued when no other
+	// is. A device with a small memory budget sets less.
+	MaxQueuedBytes int
 }
 
 // Publisher publishes one message.

@@ -38,6 +38,15 @@ import (
 //  4. the result's digest is checked (the delta's own check, then
 //     bootctl's Commit hashes the slot against the signed digest).
 //
+// A delta to an encrypted image is encrypted too (suit.DeltaInfo
+// Encryption, its own content key wrapped with the image's DeltaKEK):
+// its key is unwrapped before anything is fetched (deltaKeys), the
+// staged delta stays ciphertext at rest and is decrypted as it is read
+// (cipherReaderAt), the result is checked against the image's signed
+// plaintext digest, and with encrypted slots it goes into the slot
+// encrypted again with the image's key. A plain delta to an encrypted
+// image, or an encrypted one to a plain image, is refused.
+//
 // A delta that fails (corrupt, another source, a flash conflict) is
 // recorded in Record.DeltaFailed, its slot is given up (the full image
 // erases it again) and the processor's next try-each branch takes the
@@ -175,12 +184,16 @@ func (a *Agent) installDelta(ctx context.Context, m *suit.Manifest, info suit.De
 	if err := dim.Validate(); err != nil {
 		return nil, permanent(schemas.CodeUnsupported, fmt.Errorf("delta: %w", err))
 	}
+	dk, err := a.deltaKeys(ctx, m, info)
+	if err != nil {
+		return nil, err
+	}
 	srcs, plan := a.deltaSources(info)
 	srcs, err = a.downloadAllowed(ctx, m, srcs)
 	if err != nil {
 		return nil, err
 	}
-	digest, err := a.applyDelta(ctx, info, dim, im, srcs, plan)
+	digest, err := a.applyDelta(ctx, info, dim, im, srcs, plan, dk)
 	if errors.Is(err, bootctl.ErrConflict) || errors.Is(err, bootctl.ErrNotErased) {
 		// A power cut tore a write: the slot is erased and the staged
 		// delta applied again from the start.
@@ -188,14 +201,70 @@ func (a *Agent) installDelta(ctx context.Context, m *suit.Manifest, info suit.De
 		a.mu.Lock()
 		a.st.SlotOpen = false
 		a.mu.Unlock()
-		digest, err = a.applyDelta(ctx, info, dim, im, srcs, plan)
+		digest, err = a.applyDelta(ctx, info, dim, im, srcs, plan, dk)
 	}
-	return digest, err
+	if err != nil || dk == nil {
+		return digest, err
+	}
+	// The result is the image's plaintext: it checked against the signed
+	// plaintext digest (applyDelta), so the slot holds the decryption of
+	// the signed ciphertext, which is what image-match is asked about.
+	return im.Digest, nil
+}
+
+// deltaKeys are the content ciphers of an encrypted delta: the delta's
+// (the staged delta is its ciphertext) and the image's (its plaintext
+// digest checks the result; with an encrypted slot, it encrypts the
+// result into the slot).
+type deltaKeys struct {
+	delta *suit.ContentCipher
+	image *encUpdate
+}
+
+// deltaKeys returns the keys of the delta info describes, nil for a plain
+// image and delta. A delta to an encrypted image must be encrypted, and
+// only then: its content key is unwrapped with the image's DeltaKEK
+// before anything is fetched (a delta whose key does not unwrap is
+// refused, and the full image taken).
+func (a *Agent) deltaKeys(ctx context.Context, m *suit.Manifest, info suit.DeltaInfo) (*deltaKeys, error) {
+	u, err := a.contentKey(ctx, m)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case u == nil && info.Encryption == nil:
+		return nil, nil
+	case u == nil:
+		return nil, permanent(schemas.CodeMalformed, errors.New("an encrypted delta to a plain image"))
+	case info.Encryption == nil:
+		return nil, permanent(schemas.CodeMalformed, errors.New("a plain delta to an encrypted image (it would hold the image's plaintext)"))
+	}
+	dcc, err := info.Encryption.DeltaCipher(ctx, u.cc)
+	if err != nil {
+		code, _ := classify(err)
+		return nil, permanent(code, fmt.Errorf("encrypted delta: %w", err))
+	}
+	return &deltaKeys{delta: dcc, image: u}, nil
+}
+
+// cipherReaderAt reads the plaintext of a ciphertext at rest (the staged
+// encrypted delta): AES-CTR at each read's offset.
+type cipherReaderAt struct {
+	r  io.ReaderAt
+	cc *suit.ContentCipher
+}
+
+func (c cipherReaderAt) ReadAt(p []byte, off int64) (int, error) {
+	n, err := c.r.ReadAt(p, off)
+	if xerr := c.cc.XORAt(p[:n], p[:n], uint64(off)); xerr != nil && err == nil {
+		err = xerr
+	}
+	return n, err
 }
 
 // applyDelta opens the candidate (deltaCandidate), stages the delta and
 // applies it.
-func (a *Agent) applyDelta(ctx context.Context, info suit.DeltaInfo, dim, im fetcher.Image, srcs []fetcher.Source, plan fetcher.Plan) ([]byte, error) {
+func (a *Agent) applyDelta(ctx context.Context, info suit.DeltaInfo, dim, im fetcher.Image, srcs []fetcher.Source, plan fetcher.Plan, dk *deltaKeys) ([]byte, error) {
 	dir := a.deltaDir()
 	cand, err := a.deltaCandidate(ctx, info, im.Size)
 	if err != nil {
@@ -211,12 +280,32 @@ func (a *Agent) applyDelta(ctx context.Context, info suit.DeltaInfo, dim, im fet
 	if err := a.fetchInto(ctx, dim, srcs, plan, filepath.Join(dir, deltaFetch), staged, false); err != nil {
 		return nil, err
 	}
-	p, err := delta.Open(staged, int64(info.Size))
+	var sr io.ReaderAt = staged
+	target := im.Digest
+	var dst io.WriterAt = cand
+	if dk != nil {
+		// The staged delta stays ciphertext at rest (each chunk checked
+		// against the signed ciphertext table); it is decrypted as it is
+		// read, and the result checked against the image's signed
+		// plaintext digest. An encrypted slot receives the result
+		// encrypted again with the image's key: the signed ciphertext.
+		sr, target = cipherReaderAt{staged, dk.delta}, dk.image.plain
+		a.mu.Lock()
+		keep := a.st.CipherSlot
+		a.mu.Unlock()
+		if keep {
+			dst = newDecryptSink(slotSink{cand, a.cfg.Boot.Flash()}, dk.image.cc)
+		}
+	}
+	p, err := delta.Open(sr, int64(info.Size))
 	if err != nil {
 		return nil, permanent(schemas.CodeMalformed, err)
 	}
 	h := p.Header()
-	if !bytes.Equal(h.TargetDigest[:], im.Digest) || h.TargetSize != im.Size {
+	if !bytes.Equal(h.TargetDigest[:], target) || h.TargetSize != im.Size {
+		if dk != nil {
+			return nil, permanent(schemas.CodeDigest, fmt.Errorf("%w: the delta does not make the image the manifest signs", suit.ErrPlaintextDigest))
+		}
 		return nil, permanent(schemas.CodeDigest, fmt.Errorf("the delta makes image %s (%d bytes), the manifest signs %s (%d bytes)",
 			short(h.TargetDigest[:]), h.TargetSize, short(im.Digest), im.Size))
 	}
@@ -251,13 +340,16 @@ func (a *Agent) applyDelta(ctx context.Context, info suit.DeltaInfo, dim, im fet
 		}
 	}
 	_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, fmt.Sprintf("applying delta %s from frame %d of %d", short(info.Digest), from, h.Frames))
-	res, err := p.Apply(ctx, src, cand, opts...)
+	res, err := p.Apply(ctx, src, dst, opts...)
 	a.log.Info("delta apply", "from_frame", res.From, "frames", res.Applied, "err", err)
 	if err != nil {
 		if errors.Is(err, delta.ErrWrongSource) || errors.Is(err, delta.ErrCorrupt) {
 			return nil, permanent(schemas.CodeDigest, err)
 		}
 		return nil, err
+	}
+	if dk != nil && !bytes.Equal(res.Digest[:], target) {
+		return nil, permanent(schemas.CodeDigest, fmt.Errorf("%w: the delta's result does not match the signed digest", suit.ErrPlaintextDigest))
 	}
 	return res.Digest[:], nil
 }
@@ -282,6 +374,7 @@ func (a *Agent) deltaCandidate(ctx context.Context, info suit.DeltaInfo, size ui
 	a.mu.Lock()
 	a.st.Slot, a.st.Bytes, a.st.Deferred, a.st.SlotOpen = slot, 0, "", false
 	a.st.Delta, a.st.DeltaSize = slices.Clone(info.Digest), info.Size
+	a.st.CipherSlot = a.keepsCiphertextLocked()
 	a.mu.Unlock()
 	// Persisted before the slot is erased; the full image's progress is
 	// discarded (the slot is erased again), and so is an earlier apply's

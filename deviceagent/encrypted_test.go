@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,48 +145,10 @@ func TestEncryptedUpdate(t *testing.T) {
 			w := memWorld(t)
 			v2 := seal(t, testImage(21, 30*testChunk+77))
 			d := w.newDevice("dev-e", func(c *Config) { c.Keys = devKEK("dev-e") })
-			killed := make(chan struct{})
+			killed, stop := killSwitch(func() { d.cancel() })
 			tune := d.tune
-			if kill != "none" {
-				d.tune = func(c *Config) {
-					tune(c)
-					stop := func() {
-						select {
-						case <-killed:
-						default:
-							close(killed)
-							d.cancel()
-						}
-					}
-					c.OnProgress = func(done, total uint64) {
-						if kill == "download" && done >= 9*testChunk {
-							stop()
-						}
-					}
-					c.OnState = func(r Record) {
-						if (kill == "candidate-verified" && r.State == schemas.StateCandidateVerified) || (kill == "trial" && r.State == schemas.StateTrial) {
-							stop()
-						}
-					}
-				}
-			}
-			w.serve(v2.ct, nil)
-			d.start()
-			w.encNotice("camp-e", "dev-e", v2, v2.envelope(w, 2, nil), v2.wrapFor(t, devKEK("dev-e")))
-			if kill != "none" {
-				select {
-				case <-killed:
-				case <-time.After(20 * time.Second):
-					t.Fatal("agent was not killed")
-				}
-				d.stop()
-				d.tune = tune
-				d.start()
-			}
-			w.waitReport("dev-e", 20*time.Second, func(r schemas.DeviceReport) bool {
-				return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
-			})
-			d.stop()
+			d.tune = killAt(kill, stop, tune)
+			updateThroughKill(t, w, d, "camp-e", v2, kill, killed, tune)
 			a := d.active()
 			if a.Digest != sha256.Sum256(v2.plain) || a.Version != 2 {
 				t.Errorf("active header: version %d digest %x, want 2 and the plaintext's", a.Version, a.Digest[:8])
@@ -193,13 +156,81 @@ func TestEncryptedUpdate(t *testing.T) {
 			if !bytes.Equal(d.activeBytes(len(v2.plain)), v2.plain) {
 				t.Error("the active region does not hold the plaintext")
 			}
-			for _, r := range w.reportsOf("dev-e") {
-				if r.State == schemas.StateFailed {
-					t.Errorf("failed report: %s %s", r.Code, r.Text)
-				}
-			}
 			assertNoPlaintext(t, d.dir, v2.plain)
 		})
+	}
+}
+
+// killSwitch returns a channel and a stop func that closes it and calls
+// cancel (the agent killed), once however often it is called.
+func killSwitch(cancel func()) (<-chan struct{}, func()) {
+	killed := make(chan struct{})
+	var once sync.Once
+	return killed, func() {
+		once.Do(func() {
+			close(killed)
+			cancel()
+		})
+	}
+}
+
+// killAt returns tune with hooks that call stop when the agent gets to
+// kill: "download" (9 chunks fetched), "candidate-verified" or "trial"
+// (the state recorded); with kill "none", tune itself. An OnState that
+// tune sets still runs, first.
+func killAt(kill string, stop func(), tune func(*Config)) func(*Config) {
+	if kill == "none" {
+		return tune
+	}
+	at := map[string]schemas.State{"candidate-verified": schemas.StateCandidateVerified, "trial": schemas.StateTrial}
+	return func(c *Config) {
+		tune(c)
+		onState := c.OnState
+		c.OnProgress = func(done, total uint64) {
+			if kill == "download" && done >= 9*testChunk {
+				stop()
+			}
+		}
+		c.OnState = func(r Record) {
+			if onState != nil {
+				onState(r)
+			}
+			if s, ok := at[kill]; ok && r.State == s {
+				stop()
+			}
+		}
+	}
+}
+
+// updateThroughKill serves v2's ciphertext, starts d's agent and sends it
+// v2's notice (campaign camp, the content key wrapped for the device's
+// KEK). Unless kill is "none" it waits until killed is closed (the agent
+// was killed) and starts the agent again with tune. It waits until the
+// device confirmed version 2, stops the agent and fails the test on any
+// failed report of the device.
+func updateThroughKill(t *testing.T, w *world, d *device, camp string, v2 sealed, kill string, killed <-chan struct{}, tune func(*Config)) {
+	t.Helper()
+	w.serve(v2.ct, nil)
+	d.start()
+	w.encNotice(camp, d.id, v2, v2.envelope(w, 2, nil), v2.wrapFor(t, devKEK(d.id)))
+	if kill != "none" {
+		select {
+		case <-killed:
+		case <-time.After(20 * time.Second):
+			t.Fatal("agent was not killed")
+		}
+		d.stop()
+		d.tune = tune
+		d.start()
+	}
+	w.waitReport(d.id, 20*time.Second, func(r schemas.DeviceReport) bool {
+		return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
+	})
+	d.stop()
+	for _, r := range w.reportsOf(d.id) {
+		if r.State == schemas.StateFailed {
+			t.Errorf("failed report: %s %s", r.Code, r.Text)
+		}
 	}
 }
 

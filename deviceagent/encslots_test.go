@@ -7,7 +7,6 @@ import (
 	"errors"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/schemas"
@@ -63,15 +62,7 @@ func TestEncryptedSlotsUpdate(t *testing.T) {
 			var d *device
 			var mu sync.Mutex
 			var checked []string
-			killed := make(chan struct{})
-			stop := func() {
-				select {
-				case <-killed:
-				default:
-					close(killed)
-					d.cancel()
-				}
-			}
+			killed, stop := killSwitch(func() { d.cancel() })
 			tune := func(c *Config) {
 				c.Keys = devKEK("dev-es")
 				c.EncryptedSlots = true
@@ -91,46 +82,8 @@ func TestEncryptedSlotsUpdate(t *testing.T) {
 					mu.Unlock()
 				}
 			}
-			d = w.newDevice("dev-es", tune)
-			if kill != "none" {
-				d.tune = func(c *Config) {
-					tune(c)
-					onState := c.OnState
-					c.OnProgress = func(done, total uint64) {
-						if kill == "download" && done >= 9*testChunk {
-							stop()
-						}
-					}
-					c.OnState = func(r Record) {
-						onState(r)
-						if kill == "candidate-verified" && r.State == schemas.StateCandidateVerified {
-							stop()
-						}
-					}
-				}
-			}
-			w.serve(v2.ct, nil)
-			d.start()
-			w.encNotice("camp-es", "dev-es", v2, v2.envelope(w, 2, nil), v2.wrapFor(t, devKEK("dev-es")))
-			if kill != "none" {
-				select {
-				case <-killed:
-				case <-time.After(20 * time.Second):
-					t.Fatal("agent was not killed")
-				}
-				d.stop()
-				d.tune = tune
-				d.start()
-			}
-			w.waitReport("dev-es", 20*time.Second, func(r schemas.DeviceReport) bool {
-				return r.State == schemas.StateConfirmed && r.ActiveVersion == 2
-			})
-			d.stop()
-			for _, r := range w.reportsOf("dev-es") {
-				if r.State == schemas.StateFailed {
-					t.Errorf("failed report: %s %s", r.Code, r.Text)
-				}
-			}
+			d = w.newDevice("dev-es", killAt(kill, stop, tune))
+			updateThroughKill(t, w, d, "camp-es", v2, kill, killed, tune)
 			mu.Lock()
 			if len(checked) < 2 {
 				t.Errorf("the flash was checked at %v, want candidate-verified and staged", checked)

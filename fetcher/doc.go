@@ -45,6 +45,14 @@
 // then implement io.ReaderAt), and it rebuilds a block's lost chunks by
 // reading the chunks the block holds back from the Sink, a stripe at a
 // time, instead of holding the block in memory.
+//
+// The broker source's receive path is bounded in bytes
+// (BrokerConfig.QueueBytes, default 1 MiB, and an eighth of it per
+// subscription in the transport): a writer slower than the broadcast (a
+// slow flash) sheds the chunks and parity chunks that do not fit, which
+// later waves, parity or a request repair like any QoS 0 loss, so it
+// costs losses, never memory. Tables, wave end markers and repair
+// announcements are never shed.
 // The picker ranks sources by expected cost: configured price per byte times
 // the bytes still missing, plus the expected time (measured latency and
 // throughput, exponentially averaged) weighted by Config.TimeValue, plus a

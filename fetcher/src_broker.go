@@ -35,10 +35,27 @@ type BrokerConfig struct {
 	// MaxIdle is the number of consecutive idle periods without any new
 	// chunk after which Fetch gives up with ErrStalled. Default 3.
 	MaxIdle int
-	// Queue is the number of received chunks buffered between the
-	// transport's handlers and the writer; beyond it handlers wait.
-	// Default 64.
+	// Queue is the most received chunks buffered between the
+	// transport's handlers and the writer; beyond it arriving chunks are
+	// dropped (see QueueBytes). Default QueueBytes/2048, at least 64
+	// (512 at the default QueueBytes): the byte bound is the one that
+	// matters, and a burst of small chunks (a summary's unicast answer)
+	// must not be shed for its count.
 	Queue int
+	// QueueBytes bounds the memory of the receive path: the bytes of
+	// chunks and parity chunks buffered between the transport's handlers
+	// and the writer. Each of the source's two subscriptions (the
+	// broadcast and the reply topic) queues at most QueueBytes/8 more in
+	// the transport (broker.SubscribeOptions.MaxQueuedBytes; the handler
+	// there only copies into the buffer, so that queue absorbs scheduling
+	// delay, not a slow writer). Beyond either bound an arriving chunk is
+	// dropped, to be repaired later like any QoS 0 loss (counted in
+	// Shed): a writer slower than the broadcast (a slow flash) costs
+	// losses, not memory, at most 1.25 x QueueBytes plus the message in
+	// hand. A chunk larger than a bound is taken when nothing else is
+	// buffered, so any chunk size gets through. Tables, wave end markers
+	// and repair announcements are never dropped. Default 1 MiB.
+	QueueBytes int
 	// Window is the number of chunks asked for and not yet received at any
 	// time (flow control). Default 64.
 	Window int
@@ -104,6 +121,13 @@ type BrokerSource struct {
 	// Suppressed counts the loss summaries not sent because a repair
 	// announcement (schemas.RepairAnnounce) covered the device's need.
 	Suppressed int
+	// Shed counts the chunks and parity chunks dropped on arrival because
+	// the receive buffer held QueueBytes (or Queue chunks) already: the
+	// writer was behind. They are repaired as losses. PeakQueued is the
+	// most bytes of chunks the receive buffer held. Read them after Fetch
+	// returns.
+	Shed       int64
+	PeakQueued int
 
 	// held is the subscription Table leaves open for the Fetch of the
 	// same image that follows (the table may come at a wave's start, with
@@ -134,8 +158,11 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.MaxIdle <= 0 {
 		cfg.MaxIdle = 3
 	}
+	if cfg.QueueBytes <= 0 {
+		cfg.QueueBytes = 1 << 20
+	}
 	if cfg.Queue <= 0 {
-		cfg.Queue = 64
+		cfg.Queue = max(cfg.QueueBytes/2048, 64)
 	}
 	if cfg.Window <= 0 {
 		cfg.Window = 64
@@ -174,30 +201,100 @@ func (s *BrokerSource) Probe(ctx context.Context, im Image) (Availability, error
 	return CanServe, nil
 }
 
-// inbox receives copies of messages from transport handlers. A handler
-// waits while the inbox is full (back-pressure on the transport's
-// delivery) until the fetch ends, then drops.
+// inbox receives copies of messages from transport handlers. Chunks and
+// parity chunks are taken while it holds fewer than its chunk bound
+// (count and bytes) and dropped (shed) beyond, so that a writer that
+// falls behind the broadcast costs losses, never memory; a handler never
+// waits for one. Other messages (tables, wave end markers, repair
+// announcements, garbage) are few: a handler waits while the channel is
+// full, until the fetch ends, then drops.
 type inbox struct {
 	ch   chan inMsg
 	done chan struct{}
+
+	// maxChunks and maxBytes bound the chunks queued in ch.
+	maxChunks, maxBytes int
+	mu                  sync.Mutex
+	// chunks and bytes count the chunks queued in ch; peak is the most
+	// bytes they held; shed counts those dropped. Guarded by mu.
+	chunks, bytes, peak int
+	shed                int64
 }
 
-// inMsg is a received message; bcast: it came on the broadcast topic.
+// nonChunkRoom is how many messages other than chunks an inbox's channel
+// holds beyond its chunk bound, so that a table or marker arriving behind
+// a full queue of chunks is queued rather than waiting.
+const nonChunkRoom = 16
+
+func newInbox(maxChunks, maxBytes int) *inbox {
+	return &inbox{ch: make(chan inMsg, maxChunks+nonChunkRoom), done: make(chan struct{}), maxChunks: maxChunks, maxBytes: maxBytes}
+}
+
+// inMsg is a received message; bcast: it came on the broadcast topic;
+// chunk: it is counted in the inbox's chunk bound.
 type inMsg struct {
 	b     []byte
 	bcast bool
+	chunk bool
 }
 
 func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
+	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
+	if chunk {
+		in.mu.Lock()
+		if in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
+			in.shed++
+			in.mu.Unlock()
+			return // a loss: repaired later
+		}
+		in.chunks++
+		in.bytes += len(m.Payload)
+		in.peak = max(in.peak, in.bytes)
+		in.mu.Unlock()
+	}
 	b := getBuf(len(m.Payload))
 	b = append(b, m.Payload...)
+	if chunk {
+		// Room is reserved above: the channel holds at most maxChunks
+		// chunks and nonChunkRoom others before a handler waits, and
+		// only other messages wait.
+		select {
+		case in.ch <- inMsg{b, bcast, true}:
+		default:
+			in.got(inMsg{b: b, chunk: true})
+			in.mu.Lock()
+			in.shed++
+			in.mu.Unlock()
+			putBuf(b)
+		}
+		return
+	}
 	select {
-	case in.ch <- inMsg{b, bcast}:
+	case in.ch <- inMsg{b, bcast, false}:
 	case <-in.done: // fetch over: dropped
 		putBuf(b)
 	case <-ctx.Done():
 		putBuf(b)
 	}
+}
+
+// got releases m's place in the chunk bound; the reader calls it for
+// every message it takes from ch.
+func (in *inbox) got(m inMsg) {
+	if !m.chunk {
+		return
+	}
+	in.mu.Lock()
+	in.chunks--
+	in.bytes -= len(m.b)
+	in.mu.Unlock()
+}
+
+// stats returns the chunks shed and the peak bytes queued so far.
+func (in *inbox) stats() (shed int64, peak int) {
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	return in.shed, in.peak
 }
 
 func (in *inbox) handler(ctx context.Context, m broker.Message)      { in.handle(ctx, m, false) }
@@ -222,7 +319,7 @@ func putBuf(b []byte) {
 }
 
 func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
-	in := &inbox{ch: make(chan inMsg, s.cfg.Queue), done: make(chan struct{})}
+	in := newInbox(s.cfg.Queue, s.cfg.QueueBytes)
 	var subs []broker.Subscription
 	unsub := func() {
 		close(in.done)
@@ -246,7 +343,7 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 		if k > 0 {
 			h = in.bcastHandler
 		}
-		sub, err := s.cfg.Transport.Subscribe(ctx, t, h, broker.SubscribeOptions{Family: broker.FamilyChunk})
+		sub, err := s.cfg.Transport.Subscribe(ctx, t, h, broker.SubscribeOptions{Family: broker.FamilyChunk, MaxQueuedBytes: s.cfg.QueueBytes / 8})
 		if err != nil {
 			unsub()
 			return nil, nil, fmt.Errorf("subscribe %s: %w", t.MQTT, err)
@@ -357,6 +454,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 			case <-timer.C:
 				break wait
 			case m := <-in.ch:
+				in.got(m)
 				b := m.b
 				if m.bcast && (schemas.IsChunk(b) || schemas.IsParityChunk(b) || isWaveEnd(b, im)) {
 					putBuf(b) // the wave's chunks before the table: repaired later
@@ -434,6 +532,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		}
 	}
 	defer unsub()
+	defer func() {
+		shed, peak := in.stats()
+		s.Shed += shed
+		s.PeakQueued = max(s.PeakQueued, peak)
+	}()
 	n := want.b.n
 	missing := want.b.clone()
 	left := missing.count()
@@ -553,6 +656,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
+			in.got(m)
 			if m.bcast && schemas.IsParityChunk(m.b) {
 				if col == nil {
 					putBuf(m.b) // no coded table: nothing to check it against

@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -68,4 +69,25 @@ func (p *Publisher) MosquittoPasswordLines(ctx context.Context) ([]string, error
 		out = append(out, d.ID+":"+d.SecretHash)
 	}
 	return out, nil
+}
+
+// LookupIdentity implements broker.IdentityLookup in the order of
+// Authenticate: a registered device (not under a reserved name) is the
+// device role with its class as registered now; any other user name is
+// looked up in next, when it implements broker.IdentityLookup. Unknown
+// users get broker.ErrNotAuthorized (wrapped).
+func (a *deviceAuth) LookupIdentity(ctx context.Context, username string) (broker.Identity, error) {
+	if CheckDeviceID(username, a.p.cfg.ReservedNames) == nil && kvSafe(username) {
+		d, err := a.p.deviceRecord(ctx, username)
+		switch {
+		case err == nil:
+			return broker.Identity{Username: d.ID, Role: broker.RoleDevice, Device: d.ID, Class: d.Class}, nil
+		case !errors.Is(err, ErrNotFound):
+			return broker.Identity{}, fmt.Errorf("publisher: registry: %w", err)
+		}
+	}
+	if l, ok := a.next.(broker.IdentityLookup); ok {
+		return l.LookupIdentity(ctx, username)
+	}
+	return broker.Identity{}, fmt.Errorf("%w: unknown user %q", broker.ErrNotAuthorized, username)
 }

@@ -137,11 +137,12 @@ func TestRequestMode(t *testing.T) {
 	}
 }
 
-// The leader starts a broadcast wave by itself once BroadcastMin devices
-// report downloading, and not again within WaveInterval.
-func TestLeaderStartsWave(t *testing.T) {
-	e := newEnv(t)
-	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3 })
+// startWaveCampaign adds three sensors, uploads a 20 KiB image, starts a
+// downloader and a campaign responder (downloading) for each and starts a
+// campaign of the image for the class: enough devices for a wave with
+// BroadcastMin 3. It returns the image and the downloaders.
+func startWaveCampaign(t *testing.T, e *testEnv, p *Publisher) ([]byte, []*downloader) {
+	t.Helper()
 	ctx := context.Background()
 	who := e.who(p)
 	for i := range 3 {
@@ -159,12 +160,27 @@ func TestLeaderStartsWave(t *testing.T) {
 	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
+	return data, devs
+}
+
+// checkImages fails the test unless every downloader holds data.
+func checkImages(t *testing.T, devs []*downloader, data []byte) {
+	t.Helper()
 	for _, d := range devs {
 		if !bytes.Equal(d.data, data) {
 			t.Fatalf("%s: wrong image", d.id)
 		}
 	}
+}
+
+// The leader starts a broadcast wave by itself once BroadcastMin devices
+// report downloading, and not again within WaveInterval.
+func TestLeaderStartsWave(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3 })
+	data, devs := startWaveCampaign(t, e, p)
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
+	checkImages(t, devs, data)
 	waitFor(t, 5*time.Second, func() string { return "wave counted" }, func() bool { return counterValue(p.met.waves) >= 1 })
 	awaitTicks(t, p, 3)
 	if w := counterValue(p.met.waves); w != 1 {
@@ -197,23 +213,7 @@ func TestWaveAgainAfterFailedWave(t *testing.T) {
 		return &failFirstChunk{Transport: dial(id, shared)}
 	}
 	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3; c.WaveInterval = 100 * time.Millisecond })
-	ctx := context.Background()
-	who := e.who(p)
-	for i := range 3 {
-		if _, _, err := p.AddDevice(ctx, who, NewDevice{ID: devName(i), Class: "sensor"}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	data, table := uploadTable(t, e, p, 20*1024)
-	var devs []*downloader
-	f := newFleet(e)
-	for i := range 3 {
-		devs = append(devs, newDownloader(t, e.hub, e.cfg.Topics, devName(i), table, nil))
-		f.add(devName(i), false, true)
-	}
-	if _, err := p.CreateCampaign(ctx, who, schemas.CampaignSpec{Image: table.Image, Envelope: testEnvelope(t, table.Image), Class: "sensor", Start: true}); err != nil {
-		t.Fatal(err)
-	}
+	data, devs := startWaveCampaign(t, e, p)
 	waitFor(t, 10*time.Second, func() string {
 		return fmt.Sprintf("waves %v, failed %v", counterValue(p.met.waves), counterValue(p.met.wavesFailed))
 	}, func() bool {
@@ -224,9 +224,5 @@ func TestWaveAgainAfterFailedWave(t *testing.T) {
 		t.Errorf("%v failed waves, want 1", n)
 	}
 	waitFor(t, 10*time.Second, func() string { return "devices complete" }, allComplete(devs))
-	for _, d := range devs {
-		if !bytes.Equal(d.data, data) {
-			t.Fatalf("%s: wrong image", d.id)
-		}
-	}
+	checkImages(t, devs, data)
 }

@@ -50,6 +50,13 @@ type Config struct {
 	// Replicas is the JetStream replication factor of every bucket and
 	// stream the publisher creates (3 on a three-node cluster). Default 1.
 	Replicas int
+	// Partitions is the number of buckets the per-device campaign state
+	// is spread over by device (partition.go), so that report writes go
+	// to as many stream leaders. It is fixed for a namespace by the first
+	// publisher that starts there (others with another count refuse to
+	// start); an installation from before partitioning has one. Default 1:
+	// one bucket, <ns>_campdev. At most MaxPartitions.
+	Partitions int
 	// Instance names this publisher in leases and logs. Default: random.
 	Instance string
 	// Signer signs manifests for campaigns created without an envelope.
@@ -296,6 +303,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.Replicas <= 0 {
 		c.Replicas = 1
+	}
+	if c.Partitions <= 0 {
+		c.Partitions = 1
+	}
+	if c.Partitions > MaxPartitions {
+		return c, fmt.Errorf("%w: config: partitions %d, at most %d", ErrInvalid, c.Partitions, MaxPartitions)
 	}
 	if c.Instance == "" {
 		c.Instance = randomID("pub")

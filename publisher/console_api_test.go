@@ -25,7 +25,7 @@ import (
 func putDevState(t testing.TB, p *Publisher, st DeviceState) {
 	t.Helper()
 	b, _ := json.Marshal(st)
-	if _, err := p.st.campdev.Put(context.Background(), devKey(st.Campaign, st.Device), b); err != nil {
+	if _, err := p.st.campdev.of(st.Device).Put(context.Background(), devKey(st.Campaign, st.Device), b); err != nil {
 		t.Fatal(err)
 	}
 }

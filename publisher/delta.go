@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"sort"
@@ -41,9 +42,14 @@ type DeltaRequest struct {
 // MakeDelta returns the stored delta from image from to image to (hex
 // digests), making and storing it first when there is none (created then
 // reports it). Both images are read whole from the store into memory
-// (bsdiff needs them; see delta.Make for its memory). Errors: ErrInvalid
-// (the same image twice, a delta of a delta), ErrNotFound, ErrTooLarge
-// (the delta over Config.MaxImageSize), the store's errors.
+// (bsdiff needs them; see delta.Make for its memory). A delta to an
+// encrypted image is made from its plaintext (decrypted with its
+// escrowed content key, in memory only) and stored encrypted with a
+// fresh content key and IV of its own (deltaenc.go). Errors: ErrInvalid
+// (the same image twice, a delta of a delta, a delta from an encrypted
+// image), ErrNotFound, ErrTooLarge (the delta over Config.MaxImageSize),
+// ErrNoSigner (an encrypted target without a custody key), the store's
+// errors.
 func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to string) (img Image, created bool, err error) {
 	if from == to {
 		return Image{}, false, fmt.Errorf("%w: a delta from an image to itself", ErrInvalid)
@@ -59,8 +65,11 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	if src.DeltaTo != "" || dst.DeltaTo != "" {
 		return Image{}, false, fmt.Errorf("%w: deltas are made between images, not deltas", ErrInvalid)
 	}
-	if src.Encrypted || dst.Encrypted {
-		return Image{}, false, fmt.Errorf("%w: deltas are made from plaintext; an encrypted image is stored as its ciphertext", ErrInvalid)
+	if src.Encrypted {
+		// A device names its running image by the plaintext digest its
+		// bootloader checked: a delta from an encrypted image would sign
+		// that digest into manifests everyone can read.
+		return Image{}, false, fmt.Errorf("%w: deltas are made from plain images only (a delta from an encrypted image would name its plaintext digest)", ErrInvalid)
 	}
 	if d, ok, err := p.findDelta(ctx, from, to); err != nil || ok {
 		return d, false, err
@@ -74,13 +83,27 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	if err != nil {
 		return Image{}, false, err
 	}
+	var dec *deltaEncryption
+	if dst.Encrypted {
+		if dec, err = p.decryptTarget(ctx, dst.Digest, tb); err != nil {
+			return Image{}, false, err
+		}
+	}
 	var out bytes.Buffer
 	info, err := delta.Make(ctx, &out, sb, tb)
+	clear(tb) // an encrypted target's plaintext
 	if err != nil {
 		return Image{}, false, fmt.Errorf("publisher: make delta: %w", err)
 	}
 	sb, tb = nil, nil
-	sp, err := p.spool(&out, p.cfg.ChunkSize)
+	var body io.Reader = &out
+	if dec != nil {
+		if body, err = dec.encrypt(&out); err != nil {
+			return Image{}, false, err
+		}
+	}
+	sp, err := p.spool(body, p.cfg.ChunkSize)
+	clear(out.Bytes())
 	if err != nil {
 		return Image{}, false, err
 	}
@@ -89,6 +112,11 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	if old, err := p.Image(ctx, digest); err == nil {
 		return old, false, nil
 	}
+	if dec != nil {
+		if err := p.storeDeltaKey(ctx, digest, dec); err != nil {
+			return Image{}, false, err
+		}
+	}
 	tsum, err := p.storeSpooled(ctx, sp)
 	if err != nil {
 		return Image{}, false, err
@@ -96,7 +124,12 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	img = Image{
 		Digest: digest, Size: int64(sp.table.ImageSize), ChunkSize: p.cfg.ChunkSize, Chunks: len(sp.table.Hashes),
 		TableDigest: tsum, Name: fmt.Sprintf("delta %.12s..%.12s", from, to),
-		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name, DeltaFrom: from, DeltaTo: to,
+		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name, DeltaFrom: from, DeltaTo: to, Encrypted: dec != nil,
+	}
+	// Indexed before it is visible: DeleteImage of its source or target
+	// finds every stored delta in the index.
+	if err := p.indexDelta(ctx, img); err != nil {
+		return Image{}, false, err
 	}
 	// Commit point: the metadata makes the delta visible.
 	if _, err := createJSON(ctx, p.st.imageMeta, "image", digest, img); err != nil {
@@ -112,9 +145,10 @@ func (p *Publisher) MakeDelta(ctx context.Context, who Principal, from, to strin
 	return img, true, nil
 }
 
-// findDelta returns the stored delta from from to to, if any.
+// findDelta returns the stored delta from from to to, if any (from the
+// delta index: the deltas based on from).
 func (p *Publisher) findDelta(ctx context.Context, from, to string) (Image, bool, error) {
-	imgs, err := p.Images(ctx)
+	imgs, err := p.deltasOf(ctx, from)
 	if err != nil {
 		return Image{}, false, err
 	}
@@ -153,7 +187,7 @@ func (p *Publisher) readImage(ctx context.Context, digest string) ([]byte, error
 // digests. A delta that cannot be made is logged and left out: the full
 // image is always offered.
 func (p *Publisher) campaignDeltas(ctx context.Context, who Principal, targets []string, img Image) ([]suit.DeltaInfo, []string, error) {
-	if p.cfg.DeltaSources < 0 || img.DeltaTo != "" || img.Encrypted {
+	if p.cfg.DeltaSources < 0 || img.DeltaTo != "" {
 		return nil, nil, nil
 	}
 	limit := p.cfg.DeltaSources
@@ -216,6 +250,15 @@ func (p *Publisher) campaignDeltas(ctx context.Context, who Principal, targets [
 			ChunkSize: d.ChunkSize, ChunkTableDigest: td}
 		if p.cfg.PublicURL != "" {
 			o.URIs = []string{p.imageURL(d.Digest)}
+		}
+		if img.Encrypted {
+			if o.Encryption, err = p.deltaOfferEncryption(ctx, img.Digest, d.Digest); err != nil {
+				if ctx.Err() != nil {
+					return nil, nil, ctx.Err()
+				}
+				p.log.Warn("encrypted delta not offered; the full image is", "from", s, "delta", d.Digest, "err", err)
+				continue
+			}
 		}
 		offers = append(offers, o)
 		digests = append(digests, d.Digest)

@@ -5,9 +5,13 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -18,20 +22,7 @@ import (
 // not a pair of images, and a campaign it signs offers the delta to the
 // image a target reports running, before the full image.
 func TestMakeDelta(t *testing.T) {
-	key, err := suit.GenerateKey("ed25519", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := suit.NewKeySigner(key, suit.EdDSA)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t)
-	p, _ := e.start(func(c *Config) {
-		c.Signer = SUITSigner(signer)
-		c.VendorID = bytes.Repeat([]byte{1}, 16)
-		c.ClassID = bytes.Repeat([]byte{2}, 16)
-	})
+	e, p, signer, trust := signingEnv(t, "ed25519", nil)
 	ctx := context.Background()
 	who := e.who(p)
 	v1 := randomImage(t, 40000)
@@ -93,7 +84,7 @@ func TestMakeDelta(t *testing.T) {
 	if len(c.Deltas) != 1 || c.Deltas[0] != d.Digest {
 		t.Fatalf("campaign deltas %v, want [%s]", c.Deltas, d.Digest)
 	}
-	m, err := suit.Verify(c.Envelope, suit.TrustAnchors{key.Public()})
+	m, err := suit.Verify(c.Envelope, trust)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -177,5 +168,105 @@ func TestDeleteImageKeepsDeltaBases(t *testing.T) {
 		if err := p.DeleteImage(ctx, who, img.Digest); err != nil {
 			t.Errorf("delete of %s once the delta is gone: %v", img.Digest, err)
 		}
+	}
+}
+
+// The delta index names the deltas based on an image, and only those:
+// among other images and deltas, deleting an image no delta is based on
+// goes ahead, and an index key whose delta has no record (a failed
+// creation) blocks nothing. Deltas stored before the index existed are
+// indexed when a publisher starts (migrateDeltaIndex), so that deleting
+// their bases is still refused.
+func TestDeltaIndex(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(nil)
+	ctx := context.Background()
+	who := e.who(p)
+	base := randomImage(t, 20000)
+	var imgs []Image
+	for i := range 5 {
+		b := bytes.Clone(base)
+		copy(b[1000*i:], fmt.Sprintf("change %d", i))
+		img, _, err := p.UploadImage(ctx, who, "fw", bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		imgs = append(imgs, img)
+	}
+	d01, _, err := p.MakeDelta(ctx, who, imgs[0].Digest, imgs[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d21, _, err := p.MakeDelta(ctx, who, imgs[2].Digest, imgs[1].Digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	digests := func(imgs []Image) []string {
+		var out []string
+		for _, im := range imgs {
+			out = append(out, im.Digest)
+		}
+		slices.Sort(out)
+		return out
+	}
+	for _, c := range []struct {
+		base Image
+		want []string
+	}{
+		{imgs[0], []string{d01.Digest}},
+		{imgs[1], digests([]Image{d01, d21})},
+		{imgs[2], []string{d21.Digest}},
+		{imgs[3], nil},
+		{d01, nil},
+	} {
+		got, err := p.deltasOf(ctx, c.base.Digest)
+		if err != nil || !slices.Equal(digests(got), c.want) {
+			t.Errorf("deltas of %.12s: %v, %v; want %v", c.base.Digest, digests(got), err, c.want)
+		}
+	}
+	// A key without a record: a delta whose creation failed after the
+	// index write.
+	ghost := strings.Repeat("ab", 32)
+	if _, err := p.st.deltas.Put(ctx, imgs[3].Digest+"."+ghost, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DeleteImage(ctx, who, imgs[3].Digest); err != nil {
+		t.Errorf("delete of an image no stored delta is based on: %v", err)
+	}
+
+	// Deltas stored before the index: the index is empty and unmarked.
+	keys, err := p.st.deltas.Keys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range keys {
+		if err := p.st.deltas.Purge(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, err := p.deltasOf(ctx, imgs[0].Digest); err != nil || len(got) != 0 {
+		t.Fatalf("deltas of %.12s with the index emptied: %v, %v", imgs[0].Digest, digests(got), err)
+	}
+	if err := p.migrateDeltaIndex(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, img := range imgs[:3] {
+		if err := p.DeleteImage(ctx, who, img.Digest); !errors.Is(err, ErrState) {
+			t.Errorf("delete of %.12s, a base of a delta stored before the index: %v, want ErrState", img.Digest, err)
+		}
+	}
+	// Done once: the marker says so to the publishers that start later.
+	if _, err := p.st.deltas.Get(ctx, deltaIndexDone); err != nil {
+		t.Errorf("index marker: %v", err)
+	}
+	// Deleting a delta takes its keys out of the index.
+	if err := p.DeleteImage(ctx, who, d01.Digest); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.DeleteImage(ctx, who, imgs[0].Digest); err != nil {
+		t.Errorf("delete of %.12s once its delta is gone: %v", imgs[0].Digest, err)
+	}
+	if _, err := p.st.deltas.Get(ctx, imgs[1].Digest+"."+d01.Digest); !errors.Is(err, jetstream.ErrKeyNotFound) {
+		t.Errorf("index key of the deleted delta: %v, want not found", err)
 	}
 }

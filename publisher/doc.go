@@ -10,7 +10,10 @@
 //     a KV bucket, written last, makes an image visible. GET
 //     /images/{digest} (imagehttp.go) streams an image from there chunk by
 //     chunk, with ranges, under Config.ImageAccess (an API key or a
-//     device's credentials by default).
+//     device's credentials by default). A delta (delta.go) is stored as
+//     an image of its own; the delta index (deltaindex.go: a KV bucket
+//     of keys <image>.<delta>) finds the deltas based on an image without
+//     reading every image's record.
 //   - Devices (registry.go) live in a KV bucket: id, class, groups, tags and
 //     the secret hashed (PBKDF2-SHA512, mosquitto's "$7$" format), so the
 //     broker's auth hook and the mosquitto password file read the same hash.
@@ -27,7 +30,10 @@
 //     only on the instance holding the leader lease; reports and chunk
 //     requests are shared between instances (shared subscription / queue
 //     group). Every instance keeps an in-memory index of per-device state fed
-//     by a KV watch, so counters survive restarts and failover.
+//     by a KV watch, so counters survive restarts and failover. The
+//     per-device state can be spread over Config.Partitions buckets by
+//     device (partition.go), so that its writes go to as many stream
+//     leaders; one bucket by default.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
 //     are broadcast again rather than sent to each. A wave goes round again,

@@ -21,20 +21,7 @@ import (
 // whose security version is lower than the running one's. The server
 // signs each image's security version into its manifests.
 func TestRollbackByResigningNeedsAllowDowngrade(t *testing.T) {
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := suit.NewKeySigner(key, suit.ES256)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e := newEnv(t)
-	p, _ := e.start(func(c *Config) {
-		c.Signer = SUITSigner(signer)
-		c.VendorID = bytes.Repeat([]byte{1}, 16)
-		c.ClassID = bytes.Repeat([]byte{2}, 16)
-	})
+	e, p, _, _ := signingEnv(t, "es256", nil)
 	ctx := context.Background()
 	admin := e.who(p)
 	tok, _, err := p.CreateAPIKey(ctx, admin, "ci", []Scope{ScopeCampaign})

@@ -360,26 +360,18 @@ func (p *Publisher) wrappedKeyFor(ctx context.Context, c *Campaign, device strin
 	if !c.Encrypted {
 		return nil, nil
 	}
-	rec, enc, err := p.imageKey(ctx, c.Image)
+	k, err := p.contentKey(ctx, c.Image)
 	if err != nil {
 		return nil, err
 	}
-	if err := p.recipientOf(ctx, rec, device, c.Image); err != nil {
+	if err := p.recipientOf(ctx, k.rec, device, c.Image); err != nil {
 		return nil, err
-	}
-	cust, err := p.custody()
-	if err != nil {
-		return nil, err
-	}
-	cc, err := enc.ContentCipher(ctx, cust)
-	if err != nil {
-		return nil, fmt.Errorf("publisher: content key of %s: %w", c.Image, err)
 	}
 	w, err := p.wrapper(ctx, device)
 	if err != nil {
 		return nil, err
 	}
-	r, err := cc.WrapFor(w, nil)
+	r, err := k.cc.WrapFor(w, nil)
 	if err != nil {
 		return nil, fmt.Errorf("publisher: wrap content key for %s: %w", device, err)
 	}

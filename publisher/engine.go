@@ -111,10 +111,10 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			continue
 		}
 		st := DeviceState{Campaign: c.ID, Device: dev, Phase: c.phaseOf(i), State: StateQueued, Updated: now.UTC()}
-		rev, err := createJSON(ctx, p.st.campdev, "device state", devKey(c.ID, dev), st)
+		rev, err := createJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), st)
 		if errors.Is(err, ErrExists) {
 			var cur DeviceState
-			if rev, err = getJSON(ctx, p.st.campdev, "device state", devKey(c.ID, dev), &cur); err == nil {
+			if rev, err = getJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), &cur); err == nil {
 				p.idx.putDev(cur, rev)
 			}
 			continue
@@ -269,7 +269,7 @@ func (p *Publisher) reconcile(ctx context.Context, c *Campaign, e devEntry, now 
 	}
 	p.resent[k] = now
 	var cur DeviceState
-	if rev, err := getJSON(ctx, p.st.campdev, "device state", k, &cur); err == nil && rev > e.rev {
+	if rev, err := getJSON(ctx, p.st.campdev.of(st.Device), "device state", k, &cur); err == nil && rev > e.rev {
 		p.idx.putDev(cur, rev)
 		p.log.Debug("index caught up with a device's stored state", "campaign", c.ID, "device", st.Device, "state", cur.State)
 		return
@@ -312,7 +312,7 @@ func (p *Publisher) timeOut(ctx context.Context, e devEntry, why string) error {
 	next := e.st
 	next.State, next.Code, next.Text = StateTimedOut, schemas.CodeTimeout.String(), why
 	next.Updated = p.cfg.Clock.Now().UTC()
-	rev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(e.st.Campaign, e.st.Device), next, e.rev)
+	rev, err := updateJSON(ctx, p.st.campdev.of(e.st.Device), "device state", devKey(e.st.Campaign, e.st.Device), next, e.rev)
 	if isConflict(err) {
 		p.refreshDev(ctx, e.st.Campaign, e.st.Device) // a report came first; judged again next tick
 		return nil
@@ -331,7 +331,7 @@ func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev
 	now := p.cfg.Clock.Now().UTC()
 	next := st
 	next.State, next.Notified, next.Progress, next.Updated = DevState(schemas.StateNotified), now, now, now
-	nrev, err := updateJSON(ctx, p.st.campdev, "device state", devKey(c.ID, st.Device), next, rev)
+	nrev, err := updateJSON(ctx, p.st.campdev.of(st.Device), "device state", devKey(c.ID, st.Device), next, rev)
 	if isConflict(err) {
 		p.refreshDev(ctx, c.ID, st.Device) // another instance wrote it first
 		return nil
@@ -347,7 +347,7 @@ func (p *Publisher) notify(ctx context.Context, c *Campaign, st DeviceState, rev
 // index, after a compare-and-set showed the index behind.
 func (p *Publisher) refreshDev(ctx context.Context, campaign, device string) {
 	var cur DeviceState
-	rev, err := getJSON(ctx, p.st.campdev, "device state", devKey(campaign, device), &cur)
+	rev, err := getJSON(ctx, p.st.campdev.of(device), "device state", devKey(campaign, device), &cur)
 	if err != nil {
 		if ctx.Err() == nil {
 			p.log.Warn("refresh device state", "campaign", campaign, "device", device, "err", err)
@@ -496,7 +496,7 @@ func (p *Publisher) follow(ctx context.Context, w jetstream.KeyWatcher, apply fu
 }
 
 func (p *Publisher) startWatches(ctx context.Context) error {
-	r1, r2 := make(chan struct{}), make(chan struct{})
+	r1 := make(chan struct{})
 	err := p.watch(ctx, p.st.campaigns, func(e jetstream.KeyValueEntry) {
 		var c Campaign
 		if json.Unmarshal(e.Value(), &c) == nil {
@@ -506,19 +506,24 @@ func (p *Publisher) startWatches(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	err = p.watch(ctx, p.st.campdev, func(e jetstream.KeyValueEntry) {
-		if camp, dev, ok := strings.Cut(e.Key(), "."); ok && p.idx.known(camp, dev, e.Revision()) {
-			return // this instance wrote it and already holds it
+	ready := []chan struct{}{r1}
+	for _, kv := range p.st.campdev.kvs {
+		r := make(chan struct{})
+		ready = append(ready, r)
+		err = p.watch(ctx, kv, func(e jetstream.KeyValueEntry) {
+			if camp, dev, ok := strings.Cut(e.Key(), "."); ok && p.idx.known(camp, dev, e.Revision()) {
+				return // this instance wrote it and already holds it
+			}
+			var st DeviceState
+			if json.Unmarshal(e.Value(), &st) == nil {
+				p.idx.putDev(st, e.Revision())
+			}
+		}, r)
+		if err != nil {
+			return err
 		}
-		var st DeviceState
-		if json.Unmarshal(e.Value(), &st) == nil {
-			p.idx.putDev(st, e.Revision())
-		}
-	}, r2)
-	if err != nil {
-		return err
 	}
-	for _, r := range []chan struct{}{r1, r2} {
+	for _, r := range ready {
 		select {
 		case <-r:
 		case <-ctx.Done():

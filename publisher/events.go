@@ -19,7 +19,8 @@ import (
 //
 // The JetStream stream <ns>_events sources the campaign bucket
 // (KV_<ns>_campaigns) and the per-device campaign state bucket
-// (KV_<ns>_campdev): the server copies every write of either into it, in
+// (KV_<ns>_campdev, and its other partitions KV_<ns>_campdev_p<i>, see
+// partition.go): the server copies every write of either into it, in
 // one order, without the publisher writing anything more on its hot
 // paths. An event's id is its sequence in that stream, so a client that
 // comes back with the id of the last event it saw (Last-Event-ID) gets
@@ -52,8 +53,8 @@ const (
 type liveState struct {
 	events   jetstream.Stream
 	sessions jetstream.KeyValue
-	campSubj string // "$KV.<ns>_campaigns."
-	devSubj  string // "$KV.<ns>_campdev."
+	campSubj string   // "$KV.<ns>_campaigns."
+	devSubjs []string // "$KV.<bucket>." of each partition of the per-device state
 	revs     revocations
 }
 
@@ -61,12 +62,17 @@ type liveState struct {
 // bucket, and starts the watch of API key revocations.
 func (p *Publisher) openLive(ctx context.Context) error {
 	ns := p.cfg.Namespace
-	l := &liveState{campSubj: "$KV." + ns + "_campaigns.", devSubj: "$KV." + ns + "_campdev."}
+	l := &liveState{campSubj: "$KV." + ns + "_campaigns."}
+	sources := []*jetstream.StreamSource{{Name: "KV_" + ns + "_campaigns"}}
+	for i := range p.st.campdev.kvs {
+		l.devSubjs = append(l.devSubjs, "$KV."+partitionBucket(ns, i)+".")
+		sources = append(sources, &jetstream.StreamSource{Name: "KV_" + partitionBucket(ns, i)})
+	}
 	var err error
 	l.events, err = jsensure.Stream(ctx, p.cfg.JetStream, jetstream.StreamConfig{
 		Name:              ns + "_events",
 		Description:       "firmcast live events: campaign and device state writes, in one order",
-		Sources:           []*jetstream.StreamSource{{Name: "KV_" + ns + "_campaigns"}, {Name: "KV_" + ns + "_campdev"}},
+		Sources:           sources,
 		Storage:           jetstream.FileStorage,
 		Replicas:          p.cfg.Replicas,
 		MaxMsgsPerSubject: eventsPerSubject,
@@ -147,6 +153,16 @@ type event struct {
 	dev      *DeviceState // a device state write
 }
 
+// devSubject reports whether subj is a write of a per-device state.
+func (l *liveState) devSubject(subj string) bool {
+	for _, s := range l.devSubjs {
+		if strings.HasPrefix(subj, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // decodeEvent decodes a message of the event stream; ok is false for a
 // delete, or a message that is neither kind.
 func (l *liveState) decodeEvent(m jetstream.Msg) (event, bool) {
@@ -166,7 +182,7 @@ func (l *liveState) decodeEvent(m jetstream.Msg) (event, bool) {
 			return ev, false
 		}
 		ev.campaign, ev.c = c.ID, &c
-	case strings.HasPrefix(subj, l.devSubj):
+	case l.devSubject(subj):
 		var st DeviceState
 		if json.Unmarshal(m.Data(), &st) != nil {
 			return ev, false
@@ -196,7 +212,7 @@ func (p *Publisher) DeviceHistory(ctx context.Context, id string, limit int) ([]
 	cctx, cancel := context.WithTimeout(ctx, kvBudget)
 	defer cancel()
 	cons, err := p.cfg.JetStream.OrderedConsumer(cctx, l.events.CachedInfo().Config.Name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{l.devSubj + "*." + id},
+		FilterSubjects: []string{l.devSubjs[devicePartition(id, len(l.devSubjs))] + "*." + id},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("publisher: device history: %w", err)

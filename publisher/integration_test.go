@@ -34,7 +34,7 @@ func realEnv(t *testing.T, transportURL, stateURL string) *testEnv {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		js.DeleteStream(ctx, ns+"_events") // sources campaigns and campdev
-		for _, b := range []string{"imagemeta", "devices", "apikeys", "campaigns", "campdev", "lease", "sessions"} {
+		for _, b := range []string{"imagemeta", "devices", "apikeys", "campaigns", "campdev", "lease", "sessions", "cryptkeys", "deltas"} {
 			js.DeleteKeyValue(ctx, ns+"_"+b)
 		}
 		js.DeleteStream(ctx, ns+"_images")

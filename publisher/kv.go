@@ -26,9 +26,10 @@ type stores struct {
 	devices   jetstream.KeyValue // device id -> Device (JSON)
 	keys      jetstream.KeyValue // key id -> APIKey (JSON)
 	campaigns jetstream.KeyValue // campaign id -> Campaign (JSON)
-	campdev   jetstream.KeyValue // "<campaign>.<device>" -> DeviceState (JSON)
+	campdev   *partitions        // "<campaign>.<device>" -> DeviceState (JSON), partitioned by device (partition.go)
 	lease     jetstream.KeyValue // "leader" -> lease (JSON)
 	cryptKeys jetstream.KeyValue // "dev.<id>" -> deviceKeyRecord, "img.<digest>" -> imageKeyRecord (JSON; keys wrapped)
+	deltas    jetstream.KeyValue // "<image>.<delta>" -> empty: the deltas based on an image (deltaindex.go)
 	audit     jetstream.Stream   // append-only audit log
 	auditSubj string
 }
@@ -41,7 +42,7 @@ type stores struct {
 // so the access policy that lets a backend identity publish under its root
 // covers it whatever the namespace; so does the image stream's
 // (root.images.<ns>, see imageStore).
-func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas int) (*stores, error) {
+func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topics, ns string, replicas, parts int) (*stores, error) {
 	s := &stores{auditSubj: strings.ReplaceAll(topics.Root(), "/", ".") + ".audit." + ns}
 	var err error
 	if s.images, err = openImageStore(ctx, js, strings.ReplaceAll(topics.Root(), "/", "."), ns, replicas); err != nil {
@@ -72,13 +73,28 @@ func openStores(ctx context.Context, js jetstream.JetStream, topics schemas.Topi
 	if s.campaigns, err = kv("campaigns", "firmcast campaigns", 1); err != nil {
 		return nil, err
 	}
-	if s.campdev, err = kv("campdev", "firmcast per-device campaign state", 1); err != nil {
-		return nil, err
-	}
 	if s.lease, err = kv("lease", "firmcast leader lease", 1); err != nil {
 		return nil, err
 	}
+	s.campdev = &partitions{}
+	for i := range parts {
+		desc := "firmcast per-device campaign state" // partition 0: as before partitioning, so its configuration is unchanged
+		if i > 0 {
+			desc += fmt.Sprintf(" (partition %d of %d)", i, parts)
+		}
+		b, err := kv(partitionName(i), desc, 1)
+		if err != nil {
+			return nil, err
+		}
+		s.campdev.kvs = append(s.campdev.kvs, b)
+	}
+	if err := checkLayout(ctx, s.lease, s.campdev.kvs[0], parts); err != nil {
+		return nil, err
+	}
 	if s.cryptKeys, err = kv("cryptkeys", "firmcast device and image keys (wrapped with the custody key)", 1); err != nil {
+		return nil, err
+	}
+	if s.deltas, err = kv("deltas", "firmcast delta index: the deltas based on each image", 1); err != nil {
 		return nil, err
 	}
 	s.audit, err = jsensure.Stream(ctx, js, jetstream.StreamConfig{

@@ -120,8 +120,8 @@ func TestKVReadTimeoutDoesNotEndCampaign(t *testing.T) {
 	e := newEnv(t)
 	p := e.open(nil)
 	camps := &faultKV{KeyValue: p.st.campaigns}
-	devs := &faultKV{KeyValue: p.st.campdev}
-	p.st.campaigns, p.st.campdev = camps, devs
+	devs := &faultKV{KeyValue: p.st.campdev.kvs[0]}
+	p.st.campaigns, p.st.campdev.kvs[0] = camps, devs
 	runOpened(t, p)
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 6)

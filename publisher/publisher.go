@@ -27,6 +27,7 @@ type Publisher struct {
 	idx  index
 
 	cache imageCache
+	ckeys contentKeys // encrypted payloads' content keys (enckeycache.go)
 	pace  *pacer
 	// egress counts chunk bytes sent by this instance (read by Egress).
 	egress egressCounters
@@ -113,7 +114,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	if p.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
-	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas); err != nil {
+	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas, cfg.Partitions); err != nil {
 		return nil, err
 	}
 	if ns, ok := cfg.Transport.(noticeStreamer); ok {
@@ -125,6 +126,9 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
 	if err := p.migrateImages(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.migrateDeltaIndex(ctx); err != nil {
 		return nil, err
 	}
 	if cfg.BootstrapKey != "" {

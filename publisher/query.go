@@ -317,8 +317,11 @@ func (p *Publisher) ImageUseOf(ctx context.Context, digest string) (ImageUse, er
 // DeleteImage removes an image that no campaign in progress (created,
 // running or paused) delivers: its record first, so that it is invisible
 // at once, then its chunks and chunk table. Campaigns that ended keep
-// naming it in their history. Errors: ErrNotFound, ErrInvalid, ErrState
-// (a campaign in progress uses it; the error names it).
+// naming it in their history. An image a stored delta is based on (its
+// source or target, found through the delta index) is refused until the
+// delta is deleted; deleting a delta takes it out of the index. Errors:
+// ErrNotFound, ErrInvalid, ErrState (a campaign in progress or a delta
+// uses it; the error names it).
 func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest string) error {
 	img, err := p.Image(ctx, digest)
 	if err != nil {
@@ -330,18 +333,21 @@ func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest strin
 		}
 	}
 	// A delta based on the image (its source or its target) would be left
-	// unusable: delete the delta first.
-	imgs, err := p.Images(ctx)
+	// unusable: delete the delta first. The delta index names them.
+	deltas, err := p.deltasOf(ctx, img.Digest)
 	if err != nil {
 		return err
 	}
-	for _, d := range imgs {
-		if d.Digest != img.Digest && (d.DeltaFrom == img.Digest || d.DeltaTo == img.Digest) {
+	for _, d := range deltas {
+		if d.Digest != img.Digest {
 			return fmt.Errorf("%w: image %s is the source or target of delta %s; delete the delta first", ErrState, img.Digest, d.Digest)
 		}
 	}
 	if err := withRetry(ctx, func(ctx context.Context, _ bool) error { return p.st.imageMeta.Delete(ctx, img.Digest) }); err != nil {
 		return fmt.Errorf("publisher: delete image %s: %w", img.Digest, err)
+	}
+	if img.DeltaFrom != "" {
+		p.unindexDelta(ctx, img)
 	}
 	p.audit(ctx, who, "image.delete", img.Digest, img.Name)
 	p.cache.drop(img.Digest)

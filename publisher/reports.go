@@ -144,7 +144,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 		if !cached {
 			st = DeviceState{}
 			var err error
-			rev, err = getJSON(ctx, p.st.campdev, "device state", key, &st)
+			rev, err = getJSON(ctx, p.st.campdev.of(r.Device), "device state", key, &st)
 			if errors.Is(err, ErrNotFound) {
 				p.idx.addIgnored(r.Campaign)
 				return resNotTarget, nil
@@ -175,7 +175,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 			n.Code, n.Text = r.Code.String(), r.Text
 		}
 		n.Updated, n.Progress = recv.UTC(), recv.UTC()
-		nrev, err := updateJSON(ctx, p.st.campdev, "device state", key, n, rev)
+		nrev, err := updateJSON(ctx, p.st.campdev.of(r.Device), "device state", key, n, rev)
 		if isConflict(err) {
 			cached = false
 			continue

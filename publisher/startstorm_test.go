@@ -110,8 +110,8 @@ func TestOldNATSServerSurvivesStartStorm(t *testing.T) {
 	for _, n := range adv.Created() {
 		created[n]++
 	}
-	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 12 {
-		t.Errorf("streams created: %v; want 12 (8 buckets, images, audit, events, notices), once each", created)
+	if n := created[broker.NoticeStreamName(e.cfg.Topics)]; n != 1 || len(created) != 13 {
+		t.Errorf("streams created: %v; want 13 (9 buckets, images, audit, events, notices), once each", created)
 	}
 	if t.Failed() {
 		t.FailNow()

@@ -12,15 +12,18 @@ import (
 	"github.com/firmcast/firmcast/schemas/suit"
 )
 
-// A campaign created without an envelope gets one signed by the server:
-// it verifies with the server's public key and names the image, its size,
-// the chunk size and the chunk table digest a device checks chunks with.
-func TestServerSignedManifest(t *testing.T) {
-	key, err := suit.GenerateKey("es256", nil)
+// signingEnv starts a publisher that signs manifests (SUITSigner) with a
+// new key of alg ("es256" or "ed25519"), for vendor ID 16 bytes of 1 and
+// class ID 16 bytes of 2; tune, if not nil, edits the configuration
+// after that. It returns the environment, the publisher, the signer and
+// the trust anchors that verify its manifests.
+func signingEnv(t *testing.T, alg string, tune func(*Config)) (*testEnv, *Publisher, suit.Signer, suit.TrustAnchors) {
+	t.Helper()
+	key, err := suit.GenerateKey(alg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	signer, err := suit.NewKeySigner(key, suit.ES256)
+	signer, err := suit.NewKeySigner(key, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -29,8 +32,18 @@ func TestServerSignedManifest(t *testing.T) {
 		c.Signer = SUITSigner(signer)
 		c.VendorID = bytes.Repeat([]byte{1}, 16)
 		c.ClassID = bytes.Repeat([]byte{2}, 16)
-		c.PublicURL = "https://fw.example"
+		if tune != nil {
+			tune(c)
+		}
 	})
+	return e, p, signer, suit.TrustAnchors{key.Public()}
+}
+
+// A campaign created without an envelope gets one signed by the server:
+// it verifies with the server's public key and names the image, its size,
+// the chunk size and the chunk table digest a device checks chunks with.
+func TestServerSignedManifest(t *testing.T) {
+	e, p, signer, trust := signingEnv(t, "es256", func(c *Config) { c.PublicURL = "https://fw.example" })
 	ctx := context.Background()
 	digest := setupFleet(t, e, p, 3)
 	deadline := e.clock.Now().Add(48 * time.Hour).Unix()
@@ -38,7 +51,7 @@ func TestServerSignedManifest(t *testing.T) {
 	if err != nil {
 		t.Fatalf("CreateCampaign: %v", err)
 	}
-	m, err := suit.Verify(c.Envelope, suit.TrustAnchors{key.Public()})
+	m, err := suit.Verify(c.Envelope, trust)
 	if err != nil {
 		t.Fatalf("server-signed envelope does not verify: %v", err)
 	}

@@ -244,28 +244,9 @@ func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
 // value, so that a receiver sorts the messages of a broadcast topic
 // cheaply; Decode still checks the whole message.
 func IsRepairAnnounce(data []byte) bool {
-	major, pairs, n, ok := readHead(data)
-	if !ok || major != 5 || pairs != 4 {
+	data, ok := mapEntries(data, 4, []byte{0, 2, 0}) // version, digest, wave
+	if !ok {
 		return false
-	}
-	data = data[n:]
-	for key, want := range []byte{0, 2, 0} { // version, digest, wave
-		major, k, n, ok := readHead(data)
-		if !ok || major != 0 || k != uint64(key) {
-			return false
-		}
-		data = data[n:]
-		major, arg, n, ok := readHead(data)
-		if !ok || major != want {
-			return false
-		}
-		if major == 2 {
-			if arg > uint64(len(data)-n) {
-				return false
-			}
-			n += int(arg)
-		}
-		data = data[n:]
 	}
 	major, k, _, ok := readHead(data)
 	return ok && major == 0 && k == 4
@@ -281,28 +262,39 @@ var (
 // len(shape)-1 in order, each value of the major type shape[key] (0
 // unsigned integer, 2 byte string), and nothing after it.
 func hasShape(data []byte, shape []byte) bool {
-	major, pairs, n, ok := readHead(data)
-	if !ok || major != 5 || pairs != uint64(len(shape)) {
-		return false
+	rest, ok := mapEntries(data, uint64(len(shape)), shape)
+	return ok && len(rest) == 0
+}
+
+// mapEntries reads the head of a CBOR map of exactly pairs entries and
+// its first len(shape) entries, whose keys must be 0 to len(shape)-1 in
+// order and each value of the major type shape[key] (0 unsigned integer,
+// 2 byte string, whose bytes it skips). It returns what follows those
+// entries; ok is false when data does not start that way. It reads heads
+// only: no copy, no allocation.
+func mapEntries(data []byte, pairs uint64, shape []byte) (rest []byte, ok bool) {
+	major, count, n, ok := readHead(data)
+	if !ok || major != 5 || count != pairs {
+		return nil, false
 	}
 	data = data[n:]
 	for key, want := range shape {
 		major, k, n, ok := readHead(data)
 		if !ok || major != 0 || k != uint64(key) {
-			return false
+			return nil, false
 		}
 		data = data[n:]
 		major, arg, n, ok := readHead(data)
 		if !ok || major != want {
-			return false
+			return nil, false
 		}
 		if major == 2 {
 			if arg > uint64(len(data)-n) {
-				return false
+				return nil, false
 			}
 			n += int(arg)
 		}
 		data = data[n:]
 	}
-	return len(data) == 0
+	return data, true
 }

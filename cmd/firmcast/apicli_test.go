@@ -39,7 +39,11 @@ func (apiNopTransport) Reply(context.Context, broker.Message, []byte) error { re
 func (apiNopTransport) Dialect() broker.Dialect                             { return broker.DialectMQTT }
 func (apiNopTransport) Close(context.Context) error                         { return nil }
 
-func apiStartServer(t *testing.T) string {
+// apiStartServer starts a publisher on an in-process NATS server (its
+// transport apiNopTransport) behind an HTTP test server and returns the
+// server's URL; tune, if given, changes the publisher's configuration
+// first. The admin key is cli-admin-0123456789abcdef01.
+func apiStartServer(t *testing.T, tune ...func(*publisher.Config)) string {
 	t.Helper()
 	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
 	if err != nil {
@@ -63,8 +67,12 @@ func apiStartServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin-0123456789abcdef01", ChunkSize: 1024,
-		NoticeSigners: []suit.Signer{ns1}})
+	cfg := publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: "cli-admin-0123456789abcdef01", ChunkSize: 1024,
+		NoticeSigners: []suit.Signer{ns1}}
+	for _, f := range tune {
+		f(&cfg)
+	}
+	p, err := publisher.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,14 +95,7 @@ func TestAPICommands(t *testing.T) {
 	rand.Read(data)
 	os.WriteFile(img, data, 0o600)
 
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := runFirmcast(t, args...)
-		if err != nil {
-			t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	must := func(args ...string) string { t.Helper(); return mustFirmcast(t, args...) }
 	must("device", "add", "d1", "--class", "sensor", "--group", "lab")
 	must("device", "add", "d2", "--class", "sensor")
 	must("group", "add", "lab", "d2")

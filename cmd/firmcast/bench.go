@@ -30,6 +30,7 @@ type benchFlags struct {
 	loss      float64
 	coded     bool
 	reporters int
+	encrypt   bool
 	flash     string
 	runs      int
 	timeout   time.Duration
@@ -81,6 +82,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.Float64Var(&f.loss, "loss", 0, "fraction of chunks each firmcast device drops at its receive path, independently per device (0 to 1; the raw side loses nothing)")
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
 	fl.IntVar(&f.reporters, "pace-reporters", 0, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (experimental); 0: none, waves are paced by the broker's echo alone")
+	fl.BoolVar(&f.encrypt, "encrypt", false, "also run each campaign with the image encrypted (a content key wrapped per device, devices decrypting as they install), alternating which goes first, and print its staged time against the plain campaign's")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
@@ -118,7 +120,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, PaceReporters: f.reporters,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, PaceReporters: f.reporters, Encrypt: f.encrypt,
 		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Progress: cmd.ErrOrStderr(),
 	})
@@ -162,6 +164,35 @@ func printBench(w io.Writer, rows []fleet.BenchRow) {
 			humanBytes(r.RawPeak/int64(r.Devices)), humanBytes(r.FcPeak/int64(r.Devices)))
 	}
 	_ = tw.Flush()
+	printBenchEncrypted(w, rows)
+}
+
+// printBenchEncrypted prints the encrypted campaigns of --encrypt next to
+// the plain ones of the same runs.
+func printBenchEncrypted(w io.Writer, rows []fleet.BenchRow) {
+	has := false
+	for _, r := range rows {
+		has = has || r.Encrypted != nil
+	}
+	if !has {
+		return
+	}
+	fmt.Fprintln(w, "\nencrypted campaigns (--encrypt), against the plain campaign of the same run:")
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\tN\trun\tfirst\tplain staged\tencrypted staged\tencrypted/plain\tconfirmed\tegress/image plain\tegress/image encrypted\t")
+	for _, r := range rows {
+		if r.Encrypted == nil {
+			continue
+		}
+		first := "plain"
+		if r.Run%2 == 0 {
+			first = "encrypted"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%.2fs\t%.2fs\t%.2fx\t%d/%d\t%.2f\t%.2f\t\n", r.Case, r.Devices, r.Run, first,
+			r.Firmcast.StagedSeconds, r.Encrypted.StagedSeconds, r.EncRatio, r.Encrypted.ConfirmedV2, r.Devices,
+			r.Firmcast.PublisherRatio, r.Encrypted.PublisherRatio)
+	}
+	_ = tw.Flush()
 }
 
 func printBenchSummary(w io.Writer, sums []fleet.BenchSummary) {
@@ -172,6 +203,18 @@ func printBenchSummary(w io.Writer, sums []fleet.BenchSummary) {
 		fmt.Fprintf(tw, "%s\t%d\t%d/%d\t%.2fs [%.2f-%.2f]\t%.2fs [%.2f-%.2f]\t%.2fx [%.2f-%.2f]\t%.2f [%.2f-%.2f]\t\n",
 			s.Case, s.Devices, s.OK, s.Runs, s.Raw.Median, s.Raw.Min, s.Raw.Max, s.Staged.Median, s.Staged.Min, s.Staged.Max,
 			s.Ratio.Median, s.Ratio.Min, s.Ratio.Max, s.Egress.Median, s.Egress.Min, s.Egress.Max)
+	}
+	_ = tw.Flush()
+	if len(sums) == 0 || sums[0].EncRatio == (fleet.BenchStat{}) {
+		return
+	}
+	fmt.Fprintln(w, "\nencrypted campaigns, median [min-max]:")
+	tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "case\tN\tplain staged\tencrypted staged\tencrypted/plain\t")
+	for _, s := range sums {
+		fmt.Fprintf(tw, "%s\t%d\t%.2fs [%.2f-%.2f]\t%.2fs [%.2f-%.2f]\t%.2fx [%.2f-%.2f]\t\n", s.Case, s.Devices,
+			s.Staged.Median, s.Staged.Min, s.Staged.Max, s.EncStaged.Median, s.EncStaged.Min, s.EncStaged.Max,
+			s.EncRatio.Median, s.EncRatio.Min, s.EncRatio.Max)
 	}
 	_ = tw.Flush()
 }

@@ -35,7 +35,7 @@ func loadCompose(t *testing.T, profiles ...string) *types.Project {
 		WorkingDir:  repo,
 		ConfigFiles: []types.ConfigFile{{Filename: file, Content: b}},
 		Environment: types.Mapping{"FIRMCAST_BACKEND_SECRET_1": "test-secret-1", "FIRMCAST_BACKEND_SECRET_2": "test-secret-2", "FIRMCAST_API_KEY": "test-key",
-			"FIRMCAST_EMQX_COOKIE": "test-cookie"},
+			"FIRMCAST_EMQX_COOKIE": "test-cookie", "FIRMCAST_BROKER_HOOK_SECRET": "test-hook-secret-0123456789"},
 	}, func(o *loader.Options) { o.SetProjectName("firmcast", true); o.Profiles = profiles })
 	if err != nil {
 		t.Fatalf("compose.yaml does not load: %v", err)
@@ -215,11 +215,13 @@ func TestComposeFile(t *testing.T) {
 
 // TestComposeEMQXProfile checks the emqx profile: a 3-node EMQX cluster
 // (every node a seed of the others) with the hash_topic shared
-// subscription strategy, authentication and deny-by-default
-// authorization whose rules are the policy `firmcast broker
-// mosquitto-config` writes for the same credentials; its serve replicas
-// and sim are valid firmcast command lines on EMQX nodes; without the
-// profile none of it starts.
+// subscription strategy, whose only authenticator and only authorization
+// source are the serve replicas' broker hook (HTTP, at the paths the hook
+// serves, with its secret, deny by default, a short authorization cache);
+// its serve replicas serve the hook under the name EMQX calls and are
+// valid firmcast command lines on EMQX nodes, as is its sim; without the
+// profile none of it starts. It is checked against the EMQX 5
+// documentation only: no EMQX runs here.
 func TestComposeEMQXProfile(t *testing.T) {
 	for name, s := range loadCompose(t).Services {
 		if strings.HasPrefix(s.Image, "emqx/") || slices.Contains(s.Profiles, "emqx") {
@@ -228,10 +230,26 @@ func TestComposeEMQXProfile(t *testing.T) {
 	}
 	p := loadCompose(t, "emqx")
 	conf := p.Configs["emqx-conf"].Content
+	const hookHost = "firmcast-hook:8443"
 	for _, want := range []string{"shared_subscription_strategy = hash_topic", "discovery_strategy = static",
-		"backend = built_in_database", "no_match = deny", "use_username_as_clientid = true", "/opt/emqx/etc/firmcast/acl.conf"} {
+		"use_username_as_clientid = true", "no_match = deny", "deny_action = disconnect",
+		"backend = http", "type = http", "cache { enable = true, max_size = 32, ttl = 10s }",
+		`url = "https://` + hookHost + broker.HookAuthnPath + `"`, `url = "https://` + hookHost + broker.HookAuthzPath + `"`,
+		`clientid = "${clientid}"`, `username = "${username}"`, `password = "${password}"`,
+		`topic = "${topic}"`, `action = "${action}"`, `retain = "${retain}"`,
+		"verify = verify_peer", `server_name_indication = "firmcast-hook"`} {
 		if !strings.Contains(conf, want) {
 			t.Errorf("emqx.conf lacks %q", want)
+		}
+	}
+	// The hook's secret, in both requests; no other authenticator or
+	// source (a built-in database or ACL file would be a second policy).
+	if n := strings.Count(conf, `"authorization" = "Bearer test-hook-secret-0123456789"`); n != 2 {
+		t.Errorf("emqx.conf sends the hook secret %d times, want 2 (authn, authz)", n)
+	}
+	for _, not := range []string{"built_in_database", "type = file", "is_superuser"} {
+		if strings.Contains(conf, not) {
+			t.Errorf("emqx.conf has %q: the hook must be the only policy", not)
 		}
 	}
 	var nodes []string
@@ -249,12 +267,23 @@ func TestComposeEMQXProfile(t *testing.T) {
 			if s.Hostname != host || !slices.Contains(s.Networks["default"].Aliases, host) {
 				t.Errorf("%s: node %s, hostname %q, aliases %v", name, *node, s.Hostname, s.Networks["default"])
 			}
+			if !slices.ContainsFunc(s.Configs, func(c types.ServiceConfigObjConfig) bool {
+				return c.Source == "tls-ca" && c.Target == "/opt/emqx/etc/firmcast/ca.pem"
+			}) {
+				t.Errorf("%s: no CA to verify the hook with", name)
+			}
 			continue
 		}
 		if !slices.Contains(s.Profiles, "emqx") || len(s.Command) == 0 {
 			continue
 		}
-		for _, e := range checkCLI(s.Command, nil) {
+		env := map[string]string{}
+		for k, v := range s.Environment {
+			if v != nil {
+				env[k] = *v
+			}
+		}
+		for _, e := range checkCLI(s.Command, env) {
 			t.Errorf("%s: firmcast %s: %s", name, strings.Join(s.Command, " "), e)
 		}
 		i := slices.Index(s.Command, "--broker")
@@ -273,6 +302,23 @@ func TestComposeEMQXProfile(t *testing.T) {
 			if s.Pid != "" || slices.Contains(s.Command, "--mosquitto-passwd") {
 				t.Errorf("%s: tied to mosquitto (pid %q)", name, s.Pid)
 			}
+			if j := slices.Index(s.Command, "--broker-hook-listen"); j < 0 || j+1 >= len(s.Command) || !strings.HasSuffix(s.Command[j+1], ":8443") {
+				t.Errorf("%s: no broker hook on :8443: %v", name, s.Command)
+			}
+			if !slices.Contains(s.Command, "--http-tls-cert") {
+				t.Errorf("%s: the hook would carry device secrets in clear", name)
+			}
+			if env["FIRMCAST_BROKER_HOOK_SECRET"] != "test-hook-secret-0123456789" {
+				t.Errorf("%s: hook secret %q, not the one EMQX sends", name, env["FIRMCAST_BROKER_HOOK_SECRET"])
+			}
+			if !slices.Contains(s.Networks["default"].Aliases, "firmcast-hook") {
+				t.Errorf("%s: not reachable as firmcast-hook", name)
+			}
+			for _, port := range s.Ports {
+				if port.Target == 8443 {
+					t.Errorf("%s: publishes the hook's port", name)
+				}
+			}
 		case "sim":
 			sims = append(sims, name)
 		}
@@ -287,54 +333,5 @@ func TestComposeEMQXProfile(t *testing.T) {
 	}
 	if len(replicas) != 2 || len(users) != 2 || len(sims) != 1 {
 		t.Errorf("emqx profile: replicas %v (accounts %v), sims %v; want 2 replicas with their own accounts and a sim", replicas, users, sims)
-	}
-	// The ACL says what mosquitto-config's says: each backend account
-	// anything under the root; devices' pattern lines with %u as
-	// ${username}, read as subscribe and write as publish.
-	creds, err := broker.ReadAccounts(strings.NewReader(p.Configs["credentials"].Content))
-	if err != nil {
-		t.Fatal(err)
-	}
-	files, err := broker.MosquittoConfig(t.TempDir(), broker.MosquittoSpec{Topics: schemas.MustTopics(schemas.DefaultRoot), Accounts: creds})
-	if err != nil {
-		t.Fatal(err)
-	}
-	macl, err := os.ReadFile(files.ACL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	acl := p.Configs["emqx-acl"].Content
-	lines := strings.Split(acl, "\n")
-	rule := func(prefix string) string {
-		for _, l := range lines {
-			if strings.HasPrefix(l, prefix) {
-				return l
-			}
-		}
-		return ""
-	}
-	user := ""
-	for _, l := range strings.Split(string(macl), "\n") {
-		f := strings.Fields(l)
-		switch {
-		case len(f) == 2 && f[0] == "user":
-			user = f[1]
-		case len(f) == 4 && f[0] == "topic" && f[1] == "readwrite":
-			if r := rule(`{allow, {username, "` + user + `"}, all, [`); !strings.Contains(r, `"`+f[3]+`"`) {
-				t.Errorf("emqx acl: backend %s lacks %s: %q", user, f[3], r)
-			}
-		case len(f) == 3 && f[0] == "pattern":
-			action := map[string]string{"read": "subscribe", "write": "publish"}[f[1]]
-			topic := strings.ReplaceAll(f[2], "%u", "${username}")
-			if r := rule("{allow, all, " + action + ", ["); !strings.Contains(r, `"`+topic+`"`) {
-				t.Errorf("emqx acl: devices may not %s %s: %q", action, topic, r)
-			}
-		}
-	}
-	if strings.TrimSpace(lines[len(lines)-2]) != "{deny, all}." && strings.TrimSpace(lines[len(lines)-1]) != "{deny, all}." {
-		t.Errorf("emqx acl does not end with {deny, all}.:\n%s", acl)
-	}
-	if n := strings.Count(acl, "{allow,"); n != len(users)+2 {
-		t.Errorf("emqx acl has %d allow rules, want %d (backends, device subscribe, device publish):\n%s", n, len(users)+2, acl)
 	}
 }

@@ -75,6 +75,8 @@ with a fresh content key): every device gets its own key-encryption key in
 its device file, registered with the publisher; one ciphertext is broadcast,
 named by its digest, and each device's notice carries the content key
 wrapped for its key alone (docs/SECURITY.md, "Firmware encryption").
+With --encrypt --delta the delta the server makes from v1 is encrypted too,
+with a content key and IV of its own that each device unwraps with v2's key.
 
 The operator console (a web page, live) is served on --http-listen: the
 demo prints its URL and a read-only API key to sign in with. With --console

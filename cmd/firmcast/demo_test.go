@@ -19,6 +19,7 @@ func TestDemoExitCodes(t *testing.T) {
 	}{
 		{"all confirmed", []string{"--devices", "10", "--image-size", "64KiB"}, 0, "completed", 10},
 		{"encrypted, all confirmed", []string{"--devices", "6", "--image-size", "48KiB", "--encrypt"}, 0, "completed", 6},
+		{"encrypted delta, all confirmed", []string{"--devices", "6", "--image-size", "64KiB", "--encrypt", "--delta"}, 0, "completed", 6},
 		{"fail rate aborts", []string{"--devices", "20", "--image-size", "32KiB", "--fail-rate", "0.5", "--seed", "7", "--phases", "50,100"}, exitAborted, "aborted", -1},
 	}
 	for _, tc := range cases {
@@ -45,6 +46,9 @@ func TestDemoExitCodes(t *testing.T) {
 			}
 			if tc.confirmd >= 0 && sum.ConfirmedV2 != tc.confirmd {
 				t.Fatalf("%d confirmed on v2, want %d", sum.ConfirmedV2, tc.confirmd)
+			}
+			if strings.Contains(tc.name, "delta") && (sum.ViaDelta != tc.confirmd || !sum.Encrypted) {
+				t.Fatalf("%d of %d took the delta (encrypted %v)", sum.ViaDelta, tc.confirmd, sum.Encrypted)
 			}
 			if tc.code == exitAborted && (sum.RolledBack == 0 || sum.FailedBy["boot-failed"] == 0) {
 				t.Fatalf("aborted run without rollbacks by reason: %+v", sum)

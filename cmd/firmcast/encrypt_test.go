@@ -8,21 +8,14 @@ import (
 	"encoding/hex"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/publisher"
-	"github.com/firmcast/firmcast/schemas/suit"
 )
 
 // The operator's path to an encrypted image: `device key --generate
@@ -31,45 +24,11 @@ import (
 // --recipients` stores the image encrypted (GET /images serves the
 // ciphertext, named by its digest); bad flag combinations are refused.
 func TestEncryptCommands(t *testing.T) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats not ready")
-	}
-	nc, err := nats.Connect(ns.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithCancel(context.Background())
-	nk, _ := suit.GenerateKey("ed25519", nil)
-	ns1, _ := suit.NewKeySigner(nk, 0)
 	const admin = "cli-admin-0123456789abcdef01"
-	p, err := publisher.New(ctx, publisher.Config{JetStream: js, Transport: apiNopTransport{}, BootstrapKey: admin, ChunkSize: 1024,
-		NoticeSigners: []suit.Signer{ns1}, KeyCustody: bytes.Repeat([]byte{0x5c}, 16)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := httptest.NewServer(p.Handler())
-	t.Cleanup(func() {
-		srv.Close()
-		cancel()
-		nc.Close()
-		ns.Shutdown()
-	})
-	t.Setenv("FIRMCAST_SERVER", srv.URL)
+	url := apiStartServer(t, func(c *publisher.Config) { c.KeyCustody = bytes.Repeat([]byte{0x5c}, 16) })
+	t.Setenv("FIRMCAST_SERVER", url)
 	t.Setenv("FIRMCAST_API_KEY", admin)
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := runFirmcast(t, args...)
-		if err != nil {
-			t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
-		}
-		return out
-	}
+	must := func(args ...string) string { t.Helper(); return mustFirmcast(t, args...) }
 	dir := t.TempDir()
 	must("device", "add", "d1", "--class", "sensor")
 	must("device", "add", "d2", "--class", "sensor")
@@ -112,7 +71,7 @@ func TestEncryptCommands(t *testing.T) {
 	if digest == "" || !strings.Contains(out, "encrypted") {
 		t.Fatalf("image add --encrypt printed %q", out)
 	}
-	req, _ := http.NewRequest("GET", srv.URL+"/images/"+digest, nil)
+	req, _ := http.NewRequest("GET", url+"/images/"+digest, nil)
 	req.Header.Set("Authorization", "Bearer "+admin)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -123,7 +82,7 @@ func TestEncryptCommands(t *testing.T) {
 	if sum := sha256.Sum256(ct); hex.EncodeToString(sum[:]) != digest || bytes.Contains(ct, data[:64]) || len(ct) != len(data) {
 		t.Fatal("GET /images does not serve the ciphertext the digest names")
 	}
-	if img, err := (&publisher.Client{BaseURL: srv.URL, Key: admin}).Image(context.Background(), digest); err != nil || !img.Encrypted {
+	if img, err := (&publisher.Client{BaseURL: url, Key: admin}).Image(context.Background(), digest); err != nil || !img.Encrypted {
 		t.Errorf("image record: %+v %v", img, err)
 	}
 }

@@ -19,9 +19,9 @@ func newImageCmd() *cobra.Command {
 	a := &apiFlags{}
 	c := &cobra.Command{
 		Use:   "image",
-		Short: "Upload and list firmware images",
+		Short: "Upload, list and delete firmware images, and make deltas",
 		Long: `Images are stored content-addressed by SHA-256, with their chunk table,
-on the server's JetStream object store.`,
+in the server's JetStream image stream (one message per chunk).`,
 	}
 	a.add(c)
 	var up publisher.ImageUpload

@@ -25,6 +25,17 @@ func runFirmcast(t *testing.T, args ...string) (string, error) {
 	return out.String(), err
 }
 
+// mustFirmcast runs the CLI as runFirmcast does and fails the test, with
+// the output, when the command fails.
+func mustFirmcast(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := runFirmcast(t, args...)
+	if err != nil {
+		t.Fatalf("firmcast %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
 const (
 	vendorUUID = "fa6b4a53-d5ad-5fdf-be9d-e663e4d41ffe"
 	classUUID  = "1492af14-2569-5e48-bf42-9b2d51f2ab45"

@@ -42,7 +42,10 @@ type serveOptions struct {
 	mosquittoPasswd, mosquittoPIDFile string
 	mosquittoPID                      int
 	mosquittoGap                      time.Duration
-	pub                               publisherOptions
+	// hookListen and hookSecret serve the broker auth hook (EMQX HTTP
+	// authentication and authorization).
+	hookListen, hookSecret string
+	pub                    publisherOptions
 	// onReady, when set, is called once everything has started (tests
 	// use it to learn the bound URLs).
 	onReady func(mqttURL, natsURL, httpURL string)
@@ -57,6 +60,7 @@ type publisherOptions struct {
 	classID    string
 	publicURL  string
 	replicas   int
+	partitions int
 	// The HTTP API's TLS: certificate and key, and the CA that client
 	// certificates must chain to (optional).
 	httpCert, httpKey, httpClientCA string
@@ -82,6 +86,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.imageAccess, "image-access", "key", "who may download images over HTTP (GET /images/{digest}): key (an API key with read scope, or a registered device's id and secret as basic auth) or public")
 	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
+	f.IntVar(&o.partitions, "partitions", 1, "buckets the per-device campaign state is spread over by device, so report writes go to as many stream leaders; fixed for a namespace when it is first set up")
 	f.BoolVar(&o.codedRepair, "coded-repair", true, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair) for the agents that speak it; agents of delivery protocol 1 take the image's plain table and are repaired by chunks in the same campaign (--coded-repair=false: plain tables only)")
 }
 
@@ -129,7 +134,15 @@ file in step with the device registry: at start and whenever it adds or
 removes a device it writes the file again (the backend and device
 accounts of --credentials, then every registered device) and sends
 mosquitto SIGHUP, so a removed device's session is dropped at once and a
-new device can connect.`,
+new device can connect.
+
+With --broker-hook-listen, serve answers an external broker's HTTP
+authentication and authorization (EMQX 5: POST /v1/broker/authn on
+CONNECT, POST /v1/broker/authz on publish and subscribe) from the device
+registry and the accounts of --credentials, with the access policy of
+the embedded brokers; every request must carry "Authorization: Bearer"
+and the secret of --broker-hook-secret (FIRMCAST_BROKER_HOOK_SECRET).
+With --http-tls-cert it speaks HTTPS with that certificate.`,
 		Example: `  firmcast serve --credentials /etc/firmcast/credentials --data-dir /var/lib/firmcast
   firmcast serve --mqtt-listen 127.0.0.1:0 --nats-listen 127.0.0.1:0 --data-dir /tmp/fc
   firmcast serve --broker mqtt://mosquitto:1883 --nats nats://nats:4222 --credentials /etc/firmcast/credentials`,
@@ -154,6 +167,8 @@ new device can connect.`,
 	f.IntVar(&o.mosquittoPID, "mosquitto-pid", 0, "process id of that mosquitto, sent SIGHUP after each rewrite of --mosquitto-passwd")
 	f.StringVar(&o.mosquittoPIDFile, "mosquitto-pid-file", "", "file holding that mosquitto's process id (read at each reload), instead of --mosquitto-pid")
 	f.DurationVar(&o.mosquittoGap, "mosquitto-reload-gap", stack.DefaultMosquittoReloadGap, "least time between two rewrites and reloads of --mosquitto-passwd (a reload costs mosquitto a password check per connected client)")
+	f.StringVar(&o.hookListen, "broker-hook-listen", "", "serve the broker auth hook (EMQX 5 HTTP authentication and authorization) on this host:port (empty: none)")
+	f.StringVar(&o.hookSecret, "broker-hook-secret", "", "the bearer secret the broker must send to the hook, at least 16 bytes (better from FIRMCAST_BROKER_HOOK_SECRET)")
 	return cmd
 }
 
@@ -223,6 +238,19 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	} else if o.mosquittoPID != 0 || o.mosquittoPIDFile != "" {
 		return cfg, errors.New("--mosquitto-pid and --mosquitto-pid-file go with --mosquitto-passwd")
 	}
+	switch {
+	case o.hookListen == "" && o.hookSecret != "":
+		return cfg, errors.New("--broker-hook-secret goes with --broker-hook-listen")
+	case o.hookListen == "":
+	case o.credentials == "":
+		return cfg, errors.New("--broker-hook-listen needs --credentials (the hook authenticates every client)")
+	case len(o.hookSecret) < 16:
+		return cfg, errors.New("--broker-hook-listen needs --broker-hook-secret (FIRMCAST_BROKER_HOOK_SECRET) of at least 16 bytes")
+	case cfg.NoPublisher:
+		return cfg, errors.New("--broker-hook-listen needs the publisher (--http-listen)")
+	default:
+		cfg.BrokerHookListen, cfg.BrokerHookSecret = o.hookListen, o.hookSecret
+	}
 	if o.tlsCert != "" || o.tlsKey != "" {
 		if o.tlsCert == "" || o.tlsKey == "" {
 			return cfg, fmt.Errorf("--tls-cert and --tls-key go together")
@@ -240,7 +268,7 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
 		return cfg, err
 	}
-	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, Partitions: p.partitions, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)
@@ -347,6 +375,10 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	} else if len(cfg.Accounts) > 0 {
 		log.Info("access policy enforced", "accounts", len(cfg.Accounts))
 	}
+	if cfg.BrokerHookListen != "" && cfg.HTTPTLS == nil && !loopback(cfg.BrokerHookListen) {
+		log.Warn("the broker auth hook is served in clear on a non-loopback address: device secrets cross the network unencrypted; use --http-tls-cert and --http-tls-key",
+			"listen", cfg.BrokerHookListen)
+	}
 	if !cfg.NoPublisher && cfg.HTTPTLS == nil && !loopback(cfg.HTTPListen) {
 		log.Warn("the HTTP API is served in clear on a non-loopback address: API keys and new device secrets cross the network unencrypted; use --http-tls-cert and --http-tls-key",
 			"listen", cfg.HTTPListen)
@@ -363,6 +395,9 @@ func runServe(ctx context.Context, o *serveOptions) error {
 	if st.HTTPURL != "" {
 		log.Info("publisher API listening", "url", st.HTTPURL+"/api/v1")
 		log.Info("operator console", "url", st.HTTPURL+"/")
+	}
+	if st.HookURL != "" {
+		log.Info("broker auth hook", "authn", st.HookURL+broker.HookAuthnPath, "authz", st.HookURL+broker.HookAuthzPath)
 	}
 	log.Info("firmcast serving", "mqtt", st.MQTTURL, "nats", st.NATSURL, "root", cfg.Topics.Root(),
 		"embedded_mqtt", st.EmbeddedMQTT, "embedded_nats", st.EmbeddedNATS)

@@ -59,14 +59,7 @@ func TestServeRunsPublisher(t *testing.T) {
 	}
 	t.Setenv("FIRMCAST_SERVER", u.http)
 	t.Setenv("FIRMCAST_API_KEY", "serve-admin-0123456789abcdef")
-	must := func(args ...string) string {
-		t.Helper()
-		out, err := runFirmcast(t, args...)
-		if err != nil {
-			t.Fatalf("firmcast %v: %v\n%s", args, err, out)
-		}
-		return out
-	}
+	must := func(args ...string) string { t.Helper(); return mustFirmcast(t, args...) }
 	must("device", "add", "dev-9", "--class", "sensor", "--secret", "devsecret9-0123456789abcdef0123")
 	topics := schemas.MustTopics(root)
 	dial := func(secret string) (broker.Transport, error) {

@@ -83,6 +83,10 @@ func TestServeRejectsBadOptions(t *testing.T) {
 	if err := os.WriteFile(bad, []byte("device dev/1 s1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	good := filepath.Join(dir, "good")
+	if err := os.WriteFile(good, []byte("backend pub-1 pub-1-secret-0123456789\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	for _, c := range []struct {
 		name string
 		o    serveOptions
@@ -95,6 +99,9 @@ func TestServeRejectsBadOptions(t *testing.T) {
 		{"backend user without credentials", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", backendUser: "pub-1"}},
 		{"tls key without cert", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad}},
 		{"tls files unreadable", serveOptions{mqttListen: "127.0.0.1:0", dataDir: dir, root: "x", tlsKey: bad, tlsCert: bad}},
+		{"broker hook secret without the hook", serveOptions{mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: dir, root: "x", hookSecret: "0123456789abcdef0123", pub: publisherOptions{httpListen: "127.0.0.1:0"}}},
+		{"broker hook without credentials", serveOptions{mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: dir, root: "x", hookListen: "127.0.0.1:0", hookSecret: "0123456789abcdef0123", pub: publisherOptions{httpListen: "127.0.0.1:0"}}},
+		{"broker hook with a short secret", serveOptions{mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: dir, root: "x", credentials: good, hookSecret: "short", hookListen: "127.0.0.1:0", pub: publisherOptions{httpListen: "127.0.0.1:0"}}},
 		{"bad image access", serveOptions{mqttListen: "127.0.0.1:0", natsListen: "127.0.0.1:0", dataDir: dir, root: "x", pub: publisherOptions{httpListen: "127.0.0.1:0", imageAccess: "everyone"}}},
 	} {
 		t.Run(c.name, func(t *testing.T) {

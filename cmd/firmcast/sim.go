@@ -388,16 +388,7 @@ func newSimShareCmd(api *apiFlags) *cobra.Command {
 			defer logf.Close()
 			fc.Logger = slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelInfo})).With("share", first)
 			err = fleet.ServeShare(cmd.Context(), cmd.InOrStdin(), cmd.OutOrStdout(), every, func(ctx context.Context) (*fleet.Fleet, error) {
-				fl, err := fleet.NewFleet(ctx, fc)
-				if err != nil {
-					return nil, err
-				}
-				if err := fl.Run(ctx); err != nil {
-					fl.Stop()
-					fl.Close()
-					return nil, err
-				}
-				return fl, nil
+				return fleet.StartFleet(ctx, fc)
 			})
 			if err != nil {
 				return fail(err)

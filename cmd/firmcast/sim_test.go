@@ -75,10 +75,7 @@ type simServer struct {
 func startSimServer(t *testing.T) *simServer {
 	t.Helper()
 	dir := t.TempDir()
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	signer, err := suit.NewKeySigner(key, 0)
 	if err != nil {
 		t.Fatal(err)

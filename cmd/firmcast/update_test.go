@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/internal/fleet"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -27,10 +28,7 @@ func TestUpdateEndToEnd(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	keyPEM, err := suit.MarshalPrivateKeyPEM(key)
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +72,7 @@ func TestUpdateEndToEnd(t *testing.T) {
 	vendor, _ := parseUUID(vendorUUID)
 	class, _ := parseUUID(classUUID)
 	v1, v2 := fleet.Image(5, "v1", 48<<10), fleet.Image(5, "v2", 48<<10)
-	fl, err := fleet.NewFleet(ctx, fleet.FleetConfig{
+	fl, err := fleet.StartFleet(ctx, fleet.FleetConfig{
 		Devices: 3, Prefix: "upd", Class: "sensor", Dir: filepath.Join(dir, "devices"), MQTTURL: u.mqtt, Topics: schemas.MustTopics(root),
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: len(v2),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), MemFlash: true,
@@ -88,9 +86,6 @@ func TestUpdateEndToEnd(t *testing.T) {
 	}
 	defer fl.Close()
 	defer fl.Stop()
-	if err := fl.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
 	img := filepath.Join(dir, "v2.bin")
 	if err := os.WriteFile(img, v2, 0o644); err != nil {
 		t.Fatal(err)

@@ -60,6 +60,12 @@ type BenchConfig struct {
 	// PaceInterval is the designated receivers' progress interval.
 	// Default 250ms.
 	PaceInterval time.Duration
+	// Encrypt runs, next to each firmcast campaign, the same campaign of
+	// the image encrypted (Config.Encrypt: a content key wrapped per
+	// device, the devices decrypting as they install), on the same
+	// broker and fleet size, alternating which goes first run by run
+	// (BenchRow.Encrypted, EncRatio).
+	Encrypt bool
 	// CPUProfile, when set, receives a CPU profile of each firmcast
 	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
 	CPUProfile string
@@ -96,6 +102,10 @@ type BenchRow struct {
 	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
 	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
 	Ratio      float64 `json:"staged_over_raw"`
+	// Encrypted is the encrypted campaign's summary (BenchConfig.Encrypt)
+	// and EncRatio its staged time over the plain campaign's.
+	Encrypted *Summary `json:"encrypted,omitempty"`
+	EncRatio  float64  `json:"encrypted_staged_over_plain,omitempty"`
 	// Error is set when this run failed; the other runs still report.
 	Error string `json:"error,omitempty"`
 }
@@ -131,7 +141,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) ([]BenchRow, error) {
 				if cfg.Runs > 1 {
 					name += "-" + strconv.Itoa(run)
 				}
-				row, err := benchCase(ctx, cs, cfg, n, image, filepath.Join(cfg.Dir, name), name)
+				row, err := benchCase(ctx, cs, cfg, n, run, image, filepath.Join(cfg.Dir, name), name)
 				row.Run = run
 				if err != nil {
 					err = fmt.Errorf("%s, %d devices, run %d: %w", cs, n, run, err)
@@ -141,6 +151,10 @@ func RunBench(ctx context.Context, cfg BenchConfig) ([]BenchRow, error) {
 				} else {
 					fmt.Fprintf(cfg.Progress, "  raw %.2fs (%d/%d complete), firmcast staged %.2fs, done %.2fs (%s)\n",
 						row.Raw.Seconds, row.Raw.Complete, n, row.Firmcast.StagedSeconds, row.Firmcast.DoneSeconds, row.Firmcast.Outcome)
+					if e := row.Encrypted; e != nil {
+						fmt.Fprintf(cfg.Progress, "  encrypted staged %.2fs (%.2fx the plain campaign), done %.2fs (%s)\n",
+							e.StagedSeconds, row.EncRatio, e.DoneSeconds, e.Outcome)
+					}
 				}
 				rows = append(rows, row)
 				if ctx.Err() != nil {
@@ -152,7 +166,7 @@ func RunBench(ctx context.Context, cfg BenchConfig) ([]BenchRow, error) {
 	return rows, errors.Join(errs...)
 }
 
-func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []byte, dir, name string) (BenchRow, error) {
+func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image []byte, dir, name string) (BenchRow, error) {
 	row := BenchRow{Case: cs, Devices: n, ImageSize: len(image), ChunkSize: bc.ChunkSize}
 	if err := os.MkdirAll(filepath.Join(dir, "raw"), 0o700); err != nil {
 		return row, err
@@ -220,6 +234,28 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 		return row, fmt.Errorf("raw fan-out: %w", err)
 	}
 	_ = os.RemoveAll(filepath.Join(dir, "raw"))
+	// The encrypted campaign (BenchConfig.Encrypt): the same fleet size,
+	// images and broker, its own fleet and backend, without the
+	// profiles; before the plain one on even runs, after it on odd ones.
+	var encSum Summary
+	encrypted := func() error {
+		if !bc.Encrypt {
+			return nil
+		}
+		ec := cfg
+		ec.Encrypt, ec.Dir = true, filepath.Join(dir, "fleet-encrypted")
+		var err error
+		if encSum, err = Run(ctx, ec); err != nil {
+			return fmt.Errorf("encrypted firmcast campaign: %w", err)
+		}
+		_ = os.RemoveAll(ec.Dir)
+		return nil
+	}
+	if run%2 == 0 {
+		if err := encrypted(); err != nil {
+			return row, err
+		}
+	}
 	cpu0 = cpuSeconds()
 	peak = watchRSS()
 	var pf *os.File
@@ -273,6 +309,18 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n int, image []by
 		row.Ratio = row.Firmcast.StagedSeconds / row.Raw.Seconds
 	}
 	_ = os.RemoveAll(filepath.Join(dir, "fleet"))
+	if run%2 != 0 {
+		if err := encrypted(); err != nil {
+			return row, err
+		}
+	}
+	if bc.Encrypt {
+		encSum.Problems, encSum.Next = nil, nil
+		row.Encrypted = &encSum
+		if row.Firmcast.StagedSeconds > 0 {
+			row.EncRatio = encSum.StagedSeconds / row.Firmcast.StagedSeconds
+		}
+	}
 	return row, nil
 }
 
@@ -295,6 +343,11 @@ type BenchSummary struct {
 	Staged   BenchStat `json:"staged_seconds"`
 	Ratio    BenchStat `json:"staged_over_raw"`
 	Egress   BenchStat `json:"egress_over_image"`
+	// EncStaged and EncRatio are the encrypted campaigns' staged time
+	// and its ratio to the plain campaign's of the same run
+	// (BenchConfig.Encrypt; zero without).
+	EncStaged BenchStat `json:"encrypted_staged_seconds"`
+	EncRatio  BenchStat `json:"encrypted_staged_over_plain"`
 }
 
 // SummarizeBench groups rows by (case, N) in their order and gives the
@@ -302,7 +355,7 @@ type BenchSummary struct {
 func SummarizeBench(rows []BenchRow) []BenchSummary {
 	var out []BenchSummary
 	idx := map[string]int{}
-	vals := map[string]*[4][]float64{}
+	vals := map[string]*[6][]float64{}
 	for _, r := range rows {
 		k := r.Case + "/" + strconv.Itoa(r.Devices)
 		i, ok := idx[k]
@@ -310,7 +363,7 @@ func SummarizeBench(rows []BenchRow) []BenchSummary {
 			i = len(out)
 			idx[k] = i
 			out = append(out, BenchSummary{Case: r.Case, Devices: r.Devices})
-			vals[k] = &[4][]float64{}
+			vals[k] = &[6][]float64{}
 		}
 		out[i].Runs++
 		if r.Error != "" {
@@ -324,10 +377,15 @@ func SummarizeBench(rows []BenchRow) []BenchSummary {
 		v[1] = append(v[1], r.Firmcast.StagedSeconds)
 		v[2] = append(v[2], r.Ratio)
 		v[3] = append(v[3], r.Firmcast.PublisherRatio)
+		if r.Encrypted != nil {
+			v[4] = append(v[4], r.Encrypted.StagedSeconds)
+			v[5] = append(v[5], r.EncRatio)
+		}
 	}
 	for k, i := range idx {
 		v := vals[k]
 		out[i].Raw, out[i].Staged, out[i].Ratio, out[i].Egress = stat(v[0]), stat(v[1]), stat(v[2]), stat(v[3])
+		out[i].EncStaged, out[i].EncRatio = stat(v[4]), stat(v[5])
 	}
 	return out
 }

@@ -142,7 +142,7 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	v1, v2 := Image(11, "v1", size), Image(11, "v2", size)
 	var mu sync.Mutex
 	downloads := map[string]int{} // fresh downloads (slot erased) per device
-	fl, err := NewFleet(ctx, FleetConfig{
+	fl, err := StartFleet(ctx, FleetConfig{
 		Devices: n, Prefix: "cl" + randomHex(3), Class: "cluster", Dir: t.TempDir(), MQTTURL: mq.URL(), Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, Logger: log,
 		Register: func(ctx context.Context, id, secret string) error {
@@ -166,9 +166,6 @@ func TestClusteredCampaignSurvivesFailover(t *testing.T) {
 	}
 	defer fl.Close()
 	defer fl.Stop()
-	if err := fl.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
 	_, _, err = pub1.p.UploadImage(ctx, who, "v2.bin", bytes.NewReader(v2))
 	if err != nil {
 		t.Fatal(err)

@@ -378,6 +378,23 @@ func (f *Fleet) prepare(ctx context.Context, d *Device) error {
 	return d.boot.Confirm()
 }
 
+// StartFleet prepares the devices (NewFleet) and runs them (Run) with
+// ctx. When Run fails it stops the agents that started and closes the
+// flash files before it returns the error; otherwise the caller stops
+// the fleet (Stop) and then closes it (Close).
+func StartFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
+	f, err := NewFleet(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.Run(ctx); err != nil {
+		f.Stop()
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
 // Run connects every device with its own credentials and starts its
 // agent; it returns once every agent has subscribed to its notices, or
 // with the first connection error. The agents run until Stop (or until

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/internal/stack"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
@@ -23,10 +24,7 @@ func TestStageCampaign(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	signer, err := suit.NewKeySigner(key, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -44,7 +42,7 @@ func TestStageCampaign(t *testing.T) {
 	}
 	defer st.Close(context.Background())
 	app, bl1, bl2 := Image(4, "app", 40<<10), Image(4, "bl1", 24<<10), Image(4, "bl2", 26<<10)
-	fl, err := NewFleet(ctx, FleetConfig{
+	fl, err := StartFleet(ctx, FleetConfig{
 		Devices: 4, Prefix: "stg", Class: "sensor", Dir: filepath.Join(dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: app, Bootloader: bl1,
 		MemFlash: true, Logger: testLogger(t),
@@ -57,9 +55,6 @@ func TestStageCampaign(t *testing.T) {
 	}
 	defer fl.Close()
 	defer fl.Stop()
-	if err := fl.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
 	img, _, err := st.Pub.UploadImage(ctx, st.Admin, "bl2", bytes.NewReader(bl2))
 	if err != nil {
 		t.Fatal(err)

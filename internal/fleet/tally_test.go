@@ -7,6 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 	"github.com/firmcast/firmcast/schemas/suit"
 )
@@ -78,10 +79,7 @@ func TestOutcomeAdd(t *testing.T) {
 // name the same devices and choose the same failing ones as the whole
 // fleet.
 func TestFleetShares(t *testing.T) {
-	key, err := suit.GenerateKey("es256", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key := testutil.SigningKey(t, "es256")
 	cfg := FleetConfig{
 		Devices: 10, Prefix: "d", Topics: schemas.MustTopics("fleetshares"), Trust: suit.TrustAnchors{key.Public()},
 		Factory: Image(1, "factory", 4096), FailRate: 0.3, Seed: 7, MemFlash: true,

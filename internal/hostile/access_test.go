@@ -178,8 +178,14 @@ func matrix(topics schemas.Topics, nats bool) []cell {
 		{"notice B", must(topics.Notice(accDevB)), broker.FamilyNotice, "", "B"},
 		{"announce class", must(topics.Announce(accClass)), broker.FamilyNotice, "", "A,B"},
 		{"chunk broadcast", must(topics.Chunks(accImage)), broker.FamilyChunk, "", "A,B"},
-		{"chunk requests A", must(topics.ChunkRequestsFrom(accDevA)), broker.FamilyChunkRequest, "A", ""},
-		{"chunk requests B", must(topics.ChunkRequestsFrom(accDevB)), broker.FamilyChunkRequest, "B", ""},
+		// A device's chunk requests and its loss summaries after a wave
+		// (chunk requests too, of either delivery protocol) go on its own
+		// request topic, the only one it may publish them on: no device
+		// can send a summary as another. publisher's
+		// TestForgedLossSummaries has what the publisher does with the
+		// summaries a device can send.
+		{"chunk requests and loss summaries A", must(topics.ChunkRequestsFrom(accDevA)), broker.FamilyChunkRequest, "A", ""},
+		{"chunk requests and loss summaries B", must(topics.ChunkRequestsFrom(accDevB)), broker.FamilyChunkRequest, "B", ""},
 		{"chunk reply A", must(topics.ChunkReply(accDevA)), broker.FamilyChunk, "", "A"},
 		{"chunk reply B", must(topics.ChunkReply(accDevB)), broker.FamilyChunk, "", "B"},
 		{"report A", must(topics.Report(accDevA)), broker.FamilyReport, "A", ""},

@@ -14,7 +14,9 @@
 // checks that the committed files are exactly what the generator makes.
 //
 // Beside the corpus: the access matrix (access_test.go: who may publish
-// and subscribe where, on every broker firmcast supports) and the fuzz
+// and subscribe where, on every broker firmcast supports; brokerhook_test.go
+// states the same cells through the HTTP auth hook an external EMQX asks)
+// and the fuzz
 // targets seeded from the corpus (fuzz_test.go). Fault scenarios (broker
 // and publisher restarts, chunk loss, slow, dead and cut-off devices,
 // clock skew) are in internal/faults.

@@ -10,7 +10,10 @@
 //     brokers it authenticates clients with Auth: devices registered with
 //     the publisher from its registry (publisher.DeviceAuthenticator),
 //     every other account from Config.Accounts; Open turns
-//     authentication off (development only).
+//     authentication off (development only). With BrokerHookListen it
+//     serves the same authentication and the access policy to an
+//     external broker over HTTP (broker.HTTPHook: EMQX 5 HTTP
+//     authentication and authorization).
 //   - StartInstance (instance.go) connects one publisher to its brokers
 //     (JetStream state on NATS; device traffic on the MQTT broker, NATS,
 //     or both through a fan-out transport), runs it, and stops it cleanly

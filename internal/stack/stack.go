@@ -117,6 +117,18 @@ type Config struct {
 	// during which it serves no one. Default 0 means
 	// DefaultMosquittoReloadGap.
 	MosquittoReloadGap time.Duration
+	// BrokerHookListen, when set, serves the broker auth hook there
+	// (broker.HTTPHook: EMQX 5 HTTP authentication and authorization,
+	// POST broker.HookAuthnPath and broker.HookAuthzPath), over HTTPTLS's
+	// certificate when HTTPTLS is set (without asking for client
+	// certificates: the broker presents BrokerHookSecret). It
+	// authenticates as the embedded brokers do: devices from the
+	// registry, every other user from Accounts; it authorizes with the
+	// same broker.Policy. Needs the publisher.
+	BrokerHookListen string
+	// BrokerHookSecret is the bearer secret the broker must send (at least
+	// 16 bytes). Required with BrokerHookListen.
+	BrokerHookSecret string
 	// Cleanup, with external brokers, makes Close delete what the run left
 	// there: the namespace's buckets and streams and the retained notices
 	// of the devices given to Close. For runs on shared brokers (demo,
@@ -136,6 +148,9 @@ type Stack struct {
 	// HTTPURL is the HTTP API's base URL ("http://host:port", or
 	// "https://" with HTTPTLS), when HTTPListen was set.
 	HTTPURL string
+	// HookURL is the broker auth hook's base URL ("http://host:port", or
+	// "https://" with HTTPTLS), when BrokerHookListen was set.
+	HookURL string
 	// Topics is the topic root.
 	Topics schemas.Topics
 	// Pub is the running publisher (nil with NoPublisher); Admin the
@@ -154,6 +169,7 @@ type Stack struct {
 	natsSrv *broker.NATSServer
 	inst    *Instance
 	http    *http.Server
+	hook    *http.Server
 	mosq    *mosquittoSync
 }
 
@@ -193,6 +209,19 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 	if (embedMQTT || embedNATS) && !cfg.Open {
 		if s.auth, backend, err = newAuth(cfg.Accounts, cfg.Backend.Username); err != nil {
 			return nil, err
+		}
+	}
+	if cfg.BrokerHookListen != "" {
+		if cfg.NoPublisher {
+			return nil, errors.New("stack: the broker auth hook needs the publisher (its device registry)")
+		}
+		if s.auth == nil {
+			// External brokers: the hook is their only authentication.
+			store, err := broker.NewCredentialStoreFrom(cfg.Accounts)
+			if err != nil {
+				return nil, fmt.Errorf("stack: accounts: %w", err)
+			}
+			s.auth = &Auth{accounts: store}
 		}
 	}
 	var auth broker.Authenticator
@@ -327,6 +356,11 @@ func Start(ctx context.Context, cfg Config) (s *Stack, err error) {
 		da := s.Pub.DeviceAuthenticator(s.auth.accounts)
 		s.auth.pub.Store(&da)
 	}
+	if cfg.BrokerHookListen != "" {
+		if err := s.serveHook(cfg); err != nil {
+			return nil, err
+		}
+	}
 	if cfg.HTTPListen != "" {
 		l, err := net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {
@@ -388,6 +422,9 @@ func (s *Stack) Close(ctx context.Context, devices ...string) {
 	defer cancel()
 	if s.http != nil {
 		_ = s.http.Shutdown(cctx)
+	}
+	if s.hook != nil {
+		_ = s.hook.Shutdown(cctx)
 	}
 	if s.mosq != nil {
 		s.mosq.stop()
@@ -481,4 +518,42 @@ func (a *Auth) Authenticate(ctx context.Context, user, secret string) (broker.Id
 		return (*p).Authenticate(ctx, user, secret)
 	}
 	return a.accounts.Authenticate(ctx, user, secret)
+}
+
+// LookupIdentity implements broker.IdentityLookup in the order of
+// Authenticate.
+func (a *Auth) LookupIdentity(ctx context.Context, user string) (broker.Identity, error) {
+	if p := a.pub.Load(); p != nil {
+		if l, ok := (*p).(broker.IdentityLookup); ok {
+			return l.LookupIdentity(ctx, user)
+		}
+	}
+	return a.accounts.LookupIdentity(ctx, user)
+}
+
+// serveHook starts the broker auth hook's listener (Config.BrokerHookListen).
+func (s *Stack) serveHook(cfg Config) error {
+	h, err := broker.NewHTTPHook(broker.HookConfig{Auth: s.auth, Lookup: s.auth, Policy: broker.Policy{Topics: cfg.Topics},
+		Secret: cfg.BrokerHookSecret, Logger: cfg.Logger})
+	if err != nil {
+		return fmt.Errorf("stack: broker hook: %w", err)
+	}
+	l, err := net.Listen("tcp", cfg.BrokerHookListen)
+	if err != nil {
+		return fmt.Errorf("stack: broker hook listen %s: %w", cfg.BrokerHookListen, err)
+	}
+	s.HookURL = "http://" + l.Addr().String()
+	if cfg.HTTPTLS != nil {
+		tc := cfg.HTTPTLS.Clone()
+		tc.ClientAuth, tc.ClientCAs = tls.NoClientCert, nil
+		l = tls.NewListener(l, tc)
+		s.HookURL = "https://" + l.Addr().String()
+	}
+	s.hook = &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second, WriteTimeout: 10 * time.Second}
+	go func() {
+		if err := s.hook.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			cfg.Logger.Error("broker hook stopped", "err", err)
+		}
+	}()
+	return nil
 }

@@ -44,6 +44,7 @@ const (
 	//	  5: uint,          ; chunk size of the delta's chunk table
 	//	  6: SUIT_Digest,   ; SHA-256 of the delta's chunk table
 	//	  ? 7: [+ tstr],    ; URIs the delta can be fetched from
+	//	  ? 8: firmcast-encryption, ; an encrypted delta (imageenc.go)
 	//	}
 	ParamDelta int64 = -270
 	// CondPrecursor is condition-firmcast-precursor (a SUIT_Rep_Policy
@@ -72,6 +73,11 @@ type DeltaInfo struct {
 	ChunkTableDigest []byte
 	// URIs the delta can be fetched from, besides the device's broker.
 	URIs []string
+	// Encryption is set for a delta to an encrypted image: the delta is
+	// encrypted with its own content key, wrapped with the image's
+	// DeltaKEK (ImageEncryption.DeltaCipher); Digest, Size and the chunk
+	// table are its ciphertext's.
+	Encryption *ImageEncryption
 }
 
 // check validates d as Create needs it.
@@ -102,6 +108,9 @@ func (d DeltaInfo) encode() []byte {
 	}
 	if len(d.URIs) > 0 {
 		m[7] = d.URIs
+	}
+	if d.Encryption != nil {
+		m[8] = cbor.RawMessage(d.Encryption.Encode())
 	}
 	return marshal(marshal(m))
 }
@@ -178,6 +187,9 @@ func decodeDeltaInfo(b []byte) (DeltaInfo, error) {
 				}
 			}
 			have |= 1 << 6 // optional
+		case 8:
+			d.Encryption, err = DecodeImageEncryption(e.v)
+			have |= 1 << 7 // optional
 		default:
 			return DeltaInfo{}, fmt.Errorf("%w: %s: key %s", ErrUnsupported, what, keyString(e.k))
 		}

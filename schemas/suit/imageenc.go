@@ -205,3 +205,45 @@ func (c *ContentCipher) XORAt(dst, src []byte, offset uint64) error {
 	c.stream(offset).XORKeyStream(dst[:len(src)], src)
 	return nil
 }
+
+// Encrypted deltas. A delta to an encrypted image holds the image's
+// plaintext (the delta's literal bytes, and the target's digest in its
+// header): it is encrypted too, as a payload of its own, with its own
+// fresh content key and initial counter block (never the image's), and
+// named by its ciphertext as the image is. DeltaInfo.Encryption carries
+// its ImageEncryption: AES-CTR, one recipient that wraps the delta's
+// content key (A128KW) with a key derived from the image's content key
+// (HKDF-SHA256, info DeltaKeyInfo), and the delta's plaintext SHA-256
+// wrapped as for an image. So the delta's key reaches exactly the devices
+// the image's key reaches (each through its own wrapped key in its
+// notice), with no second wrapped key per device, and a key derived for
+// one purpose is used for no other.
+
+// DeltaKeyInfo is the HKDF info that derives, from an image's content
+// key, the key-encryption key its deltas' content keys are wrapped with.
+const DeltaKeyInfo = "firmcast delta key v1"
+
+// DeltaKeyID is the key id of a delta's recipient (its content key
+// wrapped with the image's DeltaKEK).
+const DeltaKeyID = "firmcast-image-key"
+
+// DeltaKEK returns the key-encryption key (A128KW, DeltaKeyID) that wraps
+// the content keys of deltas to the image c encrypts.
+func (c *ContentCipher) DeltaKEK() KEK {
+	k, err := hkdf.Key(sha256.New, c.key, nil, DeltaKeyInfo, 16)
+	if err != nil {
+		panic("suit: HKDF-SHA256 of 16 bytes failed: " + err.Error()) // cannot happen: the length is fixed and small
+	}
+	return KEK{KeyID: []byte(DeltaKeyID), Key: k}
+}
+
+// DeltaCipher returns the content cipher of an encrypted delta (e, from
+// DeltaInfo.Encryption) to the image whose content cipher is img: the
+// delta's key unwrapped with img.DeltaKEK, checked against the delta's
+// wrapped plaintext digest. Errors: those of ContentCipher
+// (ErrUnknownAlgorithm, ErrNoRecipient, ErrKeyUnwrap).
+func (e *ImageEncryption) DeltaCipher(ctx context.Context, img *ContentCipher) (*ContentCipher, error) {
+	kek := img.DeltaKEK()
+	defer clear(kek.Key)
+	return e.ContentCipher(ctx, kek)
+}

@@ -274,3 +274,57 @@ func FuzzDecodeImageEncryption(f *testing.F) {
 		}
 	})
 }
+
+// An encrypted delta's info travels in DeltaInfo (key 8) and round-trips;
+// its content key, fresh and not the image's, unwraps with the image's
+// DeltaKEK and with nothing else: not the image's content key itself, not
+// another image's DeltaKEK.
+func TestDeltaEncryption(t *testing.T) {
+	ctx := context.Background()
+	escrow := KEK{KeyID: []byte("escrow"), Key: bytes.Repeat([]byte{0xe5}, 16)}
+	img := encryptTestImage(t, testImage(4000), escrow)
+	other := encryptTestImage(t, testImage(4000), escrow)
+	dplain := testImage(900)
+	dcc, err := NewContentCipher(A128CTR, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Equal(dcc.Key(), img.cc.Key()) || bytes.Equal(dcc.Info().IV, img.cc.Info().IV) {
+		t.Fatal("the delta's key or IV is the image's")
+	}
+	r, err := dcc.WrapFor(img.cc.DeltaKEK(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := sha256.Sum256(dplain)
+	wd, err := dcc.SealDigest(sum[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := deltaOffer([]byte("src"), 1)
+	info.ChunkSize = 1024
+	info.Encryption = &ImageEncryption{Info: dcc.Info(*r), PlaintextDigest: wd}
+	got, err := decodeDeltaInfo(info.encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Encryption == nil || !bytes.Equal(got.Encryption.Encode(), info.Encryption.Encode()) {
+		t.Fatal("the delta's encryption did not round-trip")
+	}
+	c, err := got.Encryption.DeltaCipher(ctx, img.cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(c.Key(), dcc.Key()) {
+		t.Fatal("DeltaCipher unwrapped another key")
+	}
+	if d, err := got.Encryption.OpenDigest(c); err != nil || !bytes.Equal(d, sum[:]) {
+		t.Fatalf("the delta's plaintext digest: %x, %v", d, err)
+	}
+	if _, err := got.Encryption.DeltaCipher(ctx, other.cc); !errors.Is(err, ErrKeyUnwrap) {
+		t.Fatalf("another image's DeltaKEK: %v, want ErrKeyUnwrap", err)
+	}
+	if _, err := got.Encryption.ContentCipher(ctx, KEK{KeyID: []byte(DeltaKeyID), Key: img.cc.Key()}); !errors.Is(err, ErrKeyUnwrap) {
+		t.Fatalf("the image's content key used as the KEK: %v, want ErrKeyUnwrap", err)
+	}
+}

@@ -1,0 +1,68 @@
+package fetcher
+
+import (
+	"context"
+	"testing"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// TestInboxBounds: the receive buffer takes chunks and parity chunks up to
+// its count and byte bounds and sheds the rest (counted), without ever
+// waiting; a chunk larger than the byte bound is taken when nothing else
+// is buffered; tables and markers are taken beyond the bounds; what the
+// reader takes frees its room.
+func TestInboxBounds(t *testing.T) {
+	ctx := context.Background()
+	msg := func(m schemas.Message) broker.Message {
+		b, err := schemas.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return broker.Message{Payload: b}
+	}
+	img := make([]byte, 32)
+	chunk := func(i, n int) broker.Message {
+		return msg(&schemas.Chunk{V: schemas.Version, Image: img, Index: uint32(i), Data: make([]byte, n)})
+	}
+	parity := msg(&schemas.ParityChunk{V: schemas.Version, Image: img, Block: 0, Index: 0, Data: make([]byte, 1000)})
+	end := msg(&schemas.WaveEnd{V: schemas.Version, Image: img, Wave: 1, Sent: []schemas.Range{{First: 0, Count: 1}}})
+	one := len(chunk(0, 1000).Payload)
+
+	// Bytes bind: 3 of 1000-byte chunks fit in 3.5 of them.
+	in := newInbox(10, 3*one+one/2)
+	for i := range 5 {
+		in.handler(ctx, chunk(i, 1000))
+	}
+	in.bcastHandler(ctx, parity)
+	for range nonChunkRoom {
+		in.bcastHandler(ctx, end) // beyond the chunk bound, never shed
+	}
+	if shed, peak := in.stats(); shed != 3 || peak != 3*one || len(in.ch) != 3+nonChunkRoom {
+		t.Fatalf("shed %d, peak %d, %d buffered; want 3 shed, peak %d, %d buffered", shed, peak, len(in.ch), 3*one, 3+nonChunkRoom)
+	}
+	// Taking a chunk frees its room.
+	in.got(<-in.ch)
+	in.handler(ctx, chunk(9, 1000))
+	if shed, _ := in.stats(); shed != 3 {
+		t.Errorf("after one chunk was taken, a chunk was shed")
+	}
+
+	// Count binds.
+	in = newInbox(2, 1<<20)
+	for i := range 4 {
+		in.handler(ctx, chunk(i, 10))
+	}
+	if shed, _ := in.stats(); shed != 2 {
+		t.Errorf("count bound 2: %d shed of 4, want 2", shed)
+	}
+
+	// A chunk over the byte bound passes alone.
+	in = newInbox(10, 100)
+	in.handler(ctx, chunk(0, 1000))
+	in.handler(ctx, chunk(1, 1000))
+	if shed, _ := in.stats(); shed != 1 || len(in.ch) != 1 {
+		t.Errorf("chunks over the byte bound: %d shed, %d buffered; want 1 and 1", shed, len(in.ch))
+	}
+}

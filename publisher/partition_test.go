@@ -1,0 +1,157 @@
+package publisher
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/firmcast/firmcast/schemas"
+)
+
+func TestDevicePartition(t *testing.T) {
+	for _, n := range []int{0, 1, 2, 3, 7, MaxPartitions} {
+		hit := map[int]bool{}
+		for i := range 200 {
+			d := fmt.Sprintf("dev-%d", i)
+			k := devicePartition(d, n)
+			if k != devicePartition(d, n) {
+				t.Fatalf("%s: partition not stable", d)
+			}
+			if k < 0 || (n > 1 && k >= n) || (n <= 1 && k != 0) {
+				t.Fatalf("%s: partition %d of %d", d, k, n)
+			}
+			hit[k] = true
+		}
+		if want := min(max(n, 1), 200); n <= 7 && len(hit) != want {
+			t.Errorf("%d partitions: 200 devices hit %d of them", n, len(hit))
+		}
+	}
+	for _, tc := range []struct {
+		i    int
+		want string
+	}{{0, "ns_campdev"}, {1, "ns_campdev_p1"}, {12, "ns_campdev_p12"}} {
+		if got := partitionBucket("ns", tc.i); got != tc.want {
+			t.Errorf("partitionBucket(%d) = %q, want %q", tc.i, got, tc.want)
+		}
+	}
+}
+
+// A campaign runs to completion with its per-device state in three
+// partitions: each device's record in its own partition's bucket only,
+// the counts whole, a device's history read from the event stream that
+// sources every partition.
+func TestPartitionedCampaignCompletes(t *testing.T) {
+	e := newEnv(t)
+	p, _ := e.start(func(c *Config) { c.Partitions = 3 })
+	ctx := context.Background()
+	const n = 12
+	img := setupFleet(t, e, p, n)
+	f := newFleet(e)
+	for i := range n {
+		f.add(devName(i), false, false)
+	}
+	c, err := p.CreateCampaign(ctx, e.who(p), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{50, 100}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+		return statusOf_(t, p, c.ID).State == CampaignCompleted
+	})
+	if s := statusOf_(t, p, c.ID); s.Counts["confirmed"] != n {
+		t.Errorf("completed with %+v, want %d confirmed", s, n)
+	}
+	if len(p.st.campdev.kvs) != 3 {
+		t.Fatalf("%d partitions, want 3", len(p.st.campdev.kvs))
+	}
+	used := map[int]bool{}
+	for i := range n {
+		dev := devName(i)
+		home := devicePartition(dev, 3)
+		used[home] = true
+		for k, kv := range p.st.campdev.kvs {
+			_, err := kv.Get(ctx, devKey(c.ID, dev))
+			if k == home && err != nil {
+				t.Errorf("%s: not in its partition %d: %v", dev, k, err)
+			}
+			if k != home && err == nil {
+				t.Errorf("%s: in partition %d, its home is %d", dev, k, home)
+			}
+		}
+	}
+	if len(used) < 2 {
+		t.Errorf("%d devices all in one partition", n)
+	}
+	// The event stream sources each partition some milliseconds after a
+	// write.
+	for i := range 3 {
+		dev := devName(i)
+		var h []DeviceState
+		waitFor(t, 10*time.Second, func() string {
+			return fmt.Sprintf("%s (partition %d): history %+v, want it to end confirmed", dev, devicePartition(dev, 3), h)
+		}, func() bool {
+			h, err = p.DeviceHistory(ctx, dev, 100)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return len(h) > 0 && h[len(h)-1].State == DevState(schemas.StateConfirmed)
+		})
+	}
+}
+
+// The partition count is fixed for a namespace: a publisher with another
+// count than the one recorded refuses to start, and one from before
+// partitioning (a per-device state bucket with records, no recorded
+// layout) counts as one partition.
+func TestPartitionLayoutFixed(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	newWith := func(ns string, parts int) error {
+		cfg := e.cfg
+		cfg.Namespace, cfg.Partitions = ns, parts
+		cfg.Transport = e.dial("pub-"+ns+fmt.Sprint(parts), true)
+		ctx, cancel := context.WithCancel(ctx)
+		t.Cleanup(cancel) // New's watches end with ctx
+		_, err := New(ctx, cfg)
+		return err
+	}
+	if err := newWith("lay3", 3); err != nil {
+		t.Fatal(err)
+	}
+	if err := newWith("lay3", 2); !errors.Is(err, ErrInvalid) {
+		t.Errorf("2 partitions where 3 were set up: %v, want ErrInvalid", err)
+	}
+	if err := newWith("lay3", 3); err != nil {
+		t.Errorf("the same count again: %v", err)
+	}
+	if err := newWith("lay3", MaxPartitions+1); !errors.Is(err, ErrInvalid) {
+		t.Errorf("%d partitions: %v, want ErrInvalid", MaxPartitions+1, err)
+	}
+
+	// An installation from before partitioning: records in <ns>_campdev,
+	// no layout.
+	if err := newWith("old", 1); err != nil {
+		t.Fatal(err)
+	}
+	lease, err := e.js.KeyValue(ctx, "old_lease")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lease.Delete(ctx, layoutKey); err != nil {
+		t.Fatal(err)
+	}
+	part0, err := e.js.KeyValue(ctx, "old_campdev")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := part0.Put(ctx, "c-1.dev-1", []byte(`{"campaign":"c-1","device":"dev-1"}`)); err != nil {
+		t.Fatal(err)
+	}
+	if err := newWith("old", 3); !errors.Is(err, ErrInvalid) {
+		t.Errorf("3 partitions over an unpartitioned installation: %v, want ErrInvalid", err)
+	}
+	if err := newWith("old", 1); err != nil {
+		t.Errorf("the unpartitioned installation with the default: %v", err)
+	}
+}
