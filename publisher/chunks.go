@@ -231,13 +231,62 @@ type waveState struct {
 	// not coded): chunks from it on are still coming by broadcast.
 	// MaxInt64 when no wave is being sent.
 	next atomic.Int64
+	// end is where the pass in flight stops (exclusive, in carousel
+	// order): the image's chunk count for a full pass, less for a pass
+	// that only carries what devices that joined the previous one missed
+	// (see Wave). MaxInt64 outside a wave.
+	end atomic.Int64
+	// joiners counts the devices that joined (see joined) while the pass
+	// in flight was being sent, and joinTo is the carousel position up to
+	// which the one that missed most of it missed: the next pass's end.
+	joiners int
+	joinTo  int64
+	// pace is the rate control of the wave in flight (wavepace.go), nil
+	// outside one or without Config.WavePace.
+	pace *wavePace
 }
 
 func newWaveState() *waveState {
 	w := &waveState{}
 	w.next.Store(math.MaxInt64)
+	w.end.Store(math.MaxInt64)
 	return w
 }
+
+// maxPasses bounds the passes of one wave: the full pass and the partial
+// passes for devices that joined while the previous one flowed. Devices
+// that join later complete by repair, or bring about a wave of their own
+// (maybeWave).
+const maxPasses = 4
+
+// joined records that a device of an n-chunk image joined (it was first
+// sent the chunk table, or first asked for it by wave) while a pass was
+// in flight: it listens from about the pass's position on, so it missed
+// what the pass sent before; a device that joins during a partial pass
+// also lacks what that pass does not carry. Called with waveMu held.
+func (w *waveState) joined(n int) {
+	pos, end := w.next.Load(), w.end.Load()
+	if pos == math.MaxInt64 {
+		return // no pass in flight: the next wave, or repair, serves it
+	}
+	// The table comes with the wave's next copy (every tableEvery chunks)
+	// or by unicast; the chunks before it are dropped (fetcher.Table).
+	need := min(int64(n), pos+tableEvery)
+	if end < int64(n) {
+		need = int64(n)
+	}
+	w.joiners++
+	w.joinTo = max(w.joinTo, need)
+}
+
+// span is a range [from, to) of carousel positions a wave still sends.
+type span struct{ from, to int64 }
+
+// has reports whether position pos is still coming.
+func (s span) has(pos int64) bool { return pos >= s.from && pos < s.to }
+
+// none reports whether nothing is coming.
+func (s span) none() bool { return s.from >= s.to }
 
 // joinedSince counts the requesters sent the table at or after t.
 func (w *waveState) joinedSince(t time.Time) int {
@@ -259,14 +308,6 @@ func (w *waveState) broadcastAt(i, n int, t time.Time) {
 	w.sent[i] = t
 }
 
-// broadcastAll records that every chunk was broadcast at t. Called with
-// waveMu held.
-func (w *waveState) broadcastAll(t time.Time) {
-	for i := range w.sent {
-		w.sent[i] = t
-	}
-}
-
 // waveFor returns the wave state of digest, created when missing.
 func (p *Publisher) waveFor(digest string) *waveState {
 	p.waveMu.Lock()
@@ -279,17 +320,17 @@ func (p *Publisher) waveFor(digest string) *waveState {
 	return w
 }
 
-// waveAhead returns the position (imageData.posOf) from which a wave of
-// digest will still broadcast every chunk: the wave in flight's next one,
-// 0 while a wave is held (for at most WaveHold), or MaxInt64 when none is
-// in flight or held. Requests for those chunks are answered by the wave,
-// not by unicast or repair.
+// waveAhead returns the positions (imageData.posOf) a wave of digest
+// will still broadcast: from the pass in flight's next one to its end,
+// every position while a wave is held (for at most WaveHold), or none
+// when no wave is in flight or held. Requests for those chunks are
+// answered by the wave, not by unicast or repair.
 //
 // The first request for the image of a running campaign that has no
 // wave yet starts the hold (once per image): the leader may still be
 // notifying the campaign's devices, and chunks sent now would only slow
 // the notices down on the same connection and broker.
-func (p *Publisher) waveAhead(digest string) int64 {
+func (p *Publisher) waveAhead(digest string) span {
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
 	defer p.waveMu.Unlock()
@@ -305,12 +346,12 @@ func (p *Publisher) waveAhead(digest string) int64 {
 		}
 	}
 	if w == nil {
-		return math.MaxInt64
+		return span{}
 	}
 	if !w.due.IsZero() && !w.running && now.Sub(w.due) < p.cfg.WaveHold {
-		return 0
+		return span{0, math.MaxInt64}
 	}
-	return w.next.Load()
+	return span{w.next.Load(), w.end.Load()}
 }
 
 // waveComing reports whether a running campaign of digest has at least
@@ -332,9 +373,16 @@ func (p *Publisher) waveComing(digest string) bool {
 
 // Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
 // paced, in carousel order: a coded image's blocks interleaved
-// (blockcode.Order), so that a burst of losses spreads over its blocks.
-// It blocks until the wave is sent or ctx ends. While it runs, requests
-// for chunks it has still to send are left to it.
+// (blockcode.Order), so that a burst of losses spreads over its blocks;
+// a marker (schemas.WaveEnd) ends it. When at least BroadcastMin devices
+// joined while it flowed (they were sent the chunk table, or asked for
+// it by wave, and listen from there on), the carousel goes round again
+// from its start, as far as the one that joined last missed, with a
+// marker of its own: a late joiner takes the wave where it is and
+// completes from that pass, not from a second whole wave nor a unicast
+// stream of its own; at most maxPasses passes. It blocks until the wave
+// is sent or ctx ends. While it runs, requests for chunks the pass in
+// flight has still to send are left to it.
 func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	d, err := p.loadImage(ctx, digest)
 	if err != nil {
@@ -363,11 +411,68 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 			defer stop()
 		}
 	}
+	var wp *wavePace
+	if p.cfg.WavePace > 0 {
+		wp = newWavePace(p.cfg.WavePace, int(max(4*int64(d.info.ChunkSize), 64<<10)))
+		p.waveMu.Lock()
+		w.pace = wp
+		p.waveMu.Unlock()
+		defer func() {
+			p.waveMu.Lock()
+			w.pace = nil
+			p.waveMu.Unlock()
+		}()
+	}
 	n := len(d.table.Hashes)
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
 	cr.order = d.order // a coded image's blocks interleaved
 	defer cr.close()
-	for s := range n {
+	defer w.end.Store(math.MaxInt64)
+	to := n
+	for pass := 1; ; pass++ {
+		p.waveMu.Lock()
+		w.joiners, w.joinTo = 0, 0
+		if pass > 1 {
+			// Devices that join from here on are this pass's.
+			w.started = p.cfg.Clock.Now()
+		}
+		p.waveMu.Unlock()
+		w.next.Store(0)
+		w.end.Store(int64(to))
+		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, to); err != nil {
+			return err
+		}
+		p.met.waves.Inc()
+		p.waveMu.Lock()
+		joiners, joinTo := w.joiners, w.joinTo
+		p.waveMu.Unlock()
+		// Devices that joined while the pass flowed listen now: the next
+		// pass carries, from the carousel's start, what the one that
+		// joined last missed, instead of a whole wave for a few late
+		// joiners (or each asking for it). Fewer than BroadcastMin
+		// complete by repair.
+		if pass >= maxPasses || joiners < max(p.cfg.BroadcastMin, 1) || joinTo <= 0 {
+			return nil
+		}
+		to = int(min(joinTo, int64(n)))
+		if ec != nil {
+			// The next pass's positions start again from 0: let the echo
+			// of this one come back first.
+			if err := ec.wait(ctx, int64(n-1)); err != nil {
+				return err
+			}
+			ec.got.Store(-1)
+		}
+	}
+}
+
+// wavePass broadcasts positions [0, to) of d's carousel on t, with the
+// chunk table copies, paced by ec and wp when set, then the marker that
+// ends it.
+func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, to int) error {
+	n := d.chunks()
+	digest := d.info.Digest
+	for s := range to {
 		i := d.at(s)
 		if s%tableEvery == 0 {
 			if err := p.castTable(ctx, t, d, w); err != nil {
@@ -388,6 +493,11 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		if err != nil {
 			return err
 		}
+		if wp != nil {
+			if err := wp.wait(ctx, len(b)); err != nil {
+				return err
+			}
+		}
 		if err := p.send(ctx, t, b, &p.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
@@ -396,17 +506,44 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		p.waveMu.Unlock()
 	}
 	// The broker delivers a topic's messages in order: a chunk is on its
-	// way until the wave's last one is, so all count as broadcast now.
+	// way until the pass's last one is, so all count as broadcast now.
 	if p.cfg.InTransit > 0 {
 		p.waveMu.Lock()
-		w.broadcastAll(time.Now())
+		now := time.Now()
+		for s := range to {
+			w.broadcastAt(d.at(s), n, now)
+		}
 		p.waveMu.Unlock()
 	}
-	if err := p.endWave(ctx, t, d, w, []schemas.Range{{First: 0, Count: uint32(n)}}); err != nil {
+	if err := p.endWave(ctx, t, d, w, sentRanges(d, to)); err != nil {
 		return fmt.Errorf("publisher: wave %s end marker: %w", digest, err)
 	}
-	p.met.waves.Inc()
 	return nil
+}
+
+// sentRanges returns the chunks at positions [0, to) of d's carousel as
+// sorted, disjoint runs of chunk indexes, for a WaveEnd marker; when
+// they would be more than schemas.MaxRanges, the one run that spans
+// them.
+func sentRanges(d *imageData, to int) []schemas.Range {
+	idx := make([]int, 0, to)
+	for s := range to {
+		idx = append(idx, d.at(s))
+	}
+	slices.Sort(idx)
+	var out []schemas.Range
+	for _, i := range idx {
+		if k := len(out) - 1; k >= 0 && int(out[k].First+out[k].Count) == i {
+			out[k].Count++
+			continue
+		}
+		out = append(out, schemas.Range{First: uint32(i), Count: 1})
+	}
+	if len(out) > schemas.MaxRanges {
+		last := out[len(out)-1]
+		out = []schemas.Range{{First: out[0].First, Count: last.First + last.Count - out[0].First}}
+	}
+	return out
 }
 
 // endWave broadcasts the marker that ends a wave of d on t, naming the
@@ -457,7 +594,7 @@ func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData
 // listens on the broadcast topic and a wave is held or flowing (see
 // tableByWave), otherwise by unicast.
 func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
-	if r.Listening && p.tableByWave(digest, r.Requester, d.table.Coded() && !speaksCoded(r.DeliveryProtocol())) {
+	if r.Listening && p.tableByWave(digest, r.Requester, d.chunks(), d.table.Coded() && !speaksCoded(r.DeliveryProtocol())) {
 		p.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
 		return nil
 	}
@@ -471,13 +608,13 @@ func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData
 // Recorded like a table sent (waveState.tables), so the device counts
 // as gathered for the wave. plain: dev takes the plain table of a coded
 // image (delivery protocol 1), so waves carry copies of it from now on.
-func (p *Publisher) tableByWave(digest, dev string, plain bool) bool {
+func (p *Publisher) tableByWave(digest, dev string, n int, plain bool) bool {
 	ahead := p.waveAhead(digest)
 	now := p.cfg.Clock.Now()
 	p.waveMu.Lock()
 	defer p.waveMu.Unlock()
 	w := p.waves[digest]
-	if w == nil || (ahead == math.MaxInt64 && !w.running) {
+	if w == nil || (ahead.none() && !w.running) {
 		return false // no wave coming
 	}
 	casts := w.casts
@@ -496,6 +633,7 @@ func (p *Publisher) tableByWave(digest, dev string, plain bool) bool {
 	}
 	if _, ok := w.tables[dev]; !ok {
 		w.tables[dev] = now
+		w.joined(n)
 	}
 	if _, ok := w.castAtJoin[dev]; !ok {
 		w.castAtJoin[dev] = casts
@@ -649,7 +787,7 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	}
 	ahead := p.waveAhead(digest)
 	wl := slices.DeleteFunc(wanted(r, len(d.table.Hashes)), func(i int) bool {
-		return d.posOf(i) >= ahead // the wave in flight still sends it
+		return ahead.has(d.posOf(i)) // the wave in flight still sends it
 	})
 	for _, i := range p.affordable(r, d, wl) {
 		b, err := p.encodeChunk(ctx, d, i)
@@ -691,6 +829,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 	}
 	if _, ok := w.tables[r.Requester]; !ok {
 		w.tables[r.Requester] = now
+		w.joined(d.chunks())
 	}
 	w.lastTable = now
 	p.waveMu.Unlock()
@@ -778,7 +917,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return d.posOf(i) >= ahead || crossed(i) })
+		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return ahead.has(d.posOf(i)) || crossed(i) })
 	}
 	p.waveMu.Unlock()
 	// What each requester is sent, by unicast or in a re-broadcast it

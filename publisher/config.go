@@ -166,6 +166,14 @@ type Config struct {
 	// broker has handed to every subscriber). A broker that echoes nothing
 	// for 2s leaves the wave unpaced. 0: no pacing. Default 0.
 	WaveEcho int
+	// WavePace is how often a wave in flight revises its rate from the
+	// download progress the devices report while it flows, so that it
+	// sends no faster than its slow devices take it (wavepace.go); it
+	// needs devices that report often (deviceagent ProgressInterval of a
+	// few designated receivers). Default 0: waves are not paced from
+	// reports (experimental: under a machine's full load the reported
+	// rates are noisy enough to hold waves back, docs/BENCHMARKS.md).
+	WavePace time.Duration
 	// RepairWindow batches chunk requests: after it, chunks asked for by at
 	// least RepairBroadcastMin devices are broadcast, the rest sent to each
 	// requester. Zero answers each request at once (pure request mode).
@@ -384,6 +392,7 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	c.InTransit = max(c.InTransit, 0)
 	c.WaveEcho = max(c.WaveEcho, 0)
+	c.WavePace = max(c.WavePace, 0)
 	if c.MaxInFlightBytes <= 0 {
 		c.MaxInFlightBytes = 4 << 20
 	}

@@ -36,7 +36,11 @@
 //     leaders; one bucket by default.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
-//     are broadcast again rather than sent to each. With Config.CodedRepair
+//     are broadcast again rather than sent to each. A wave goes round again,
+//     only as far as devices that joined while it flowed missed, rather
+//     than a second whole wave; it can be paced from the progress
+//     designated receivers report while it flows (wavepace.go,
+//     Config.WavePace). With Config.CodedRepair
 //     an uploaded image gets a coded chunk table (internal/blockcode), its
 //     waves interleave its blocks, and repairs broadcast fresh parity
 //     chunks, per block as many as the requester lacking most lacks;

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/schemas"
@@ -88,6 +89,13 @@ func (p *Publisher) tick(ctx context.Context) {
 		}
 	}
 }
+
+// A step sends a campaign's notices noticeWorkers at a time, and looks at
+// the campaign's wave (maybeWave) after every noticeBatch of them.
+const (
+	noticeWorkers = 8
+	noticeBatch   = 32
+)
 
 // step advances one running campaign.
 func (p *Publisher) step(ctx context.Context, c *Campaign) error {
@@ -194,15 +202,40 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		return p.end(ctx, c, []string{CampaignRunning}, CampaignAborted, reason)
 	}
 	// Pacing: notify queued devices, in rollout order, while slots are free.
+	// Notices take a while each (a state write, a signature, a publish):
+	// they go out noticeWorkers at a time, and the wave is looked at
+	// after every noticeBatch of them, so that a wave held for the
+	// devices notified first starts when its hold ends, not once the last
+	// notice of a large fleet went out (the devices that took the table
+	// meanwhile would be left to ask for every chunk).
+	var queued []DeviceState
+	var revs []uint64
 	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
 		st, rev, ok := p.idx.dev(c.ID, c.Targets[i])
 		if !ok || st.State != StateQueued {
 			continue
 		}
-		if err := p.notify(ctx, c, st, rev); err != nil {
+		queued, revs = append(queued, st), append(revs, rev)
+		activeN++
+	}
+	for k := 0; k < len(queued); k += noticeBatch {
+		var g errgroup.Group
+		if c.Encrypted {
+			// Its notices record the devices as the image key's
+			// recipients (encrypt.go), one at a time.
+			g.SetLimit(1)
+		} else {
+			g.SetLimit(noticeWorkers)
+		}
+		for j := k; j < min(k+noticeBatch, len(queued)); j++ {
+			g.Go(func() error { return p.notify(ctx, c, queued[j], revs[j]) })
+		}
+		if err := g.Wait(); err != nil {
 			return err
 		}
-		activeN++
+		if k+noticeBatch < len(queued) {
+			p.maybeWave(ctx, c)
+		}
 	}
 	p.maybeWave(ctx, c)
 	p.maybeDeltaWaves(ctx, c)

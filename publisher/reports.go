@@ -32,6 +32,7 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 		p.met.reports.WithLabelValues("wrong-topic").Inc()
 		return
 	}
+	p.observeProgress(&r) // in-wave feedback (wavepace.go)
 	h := fnv.New32a()
 	h.Write([]byte(r.Device))
 	select {

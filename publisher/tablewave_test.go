@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
-	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -115,7 +114,7 @@ func TestTableGoesByWave(t *testing.T) {
 		}
 	}
 	// The deaf device asks again after the wave: answered by unicast.
-	waitFor(t, 10*time.Second, func() string { return "wave over" }, func() bool { return p.waveAhead(digest) == math.MaxInt64 })
+	waitFor(t, 10*time.Second, func() string { return "wave over" }, func() bool { return p.waveAhead(digest).none() })
 	deaf.askTableListening(t)
 	waitFor(t, 10*time.Second, func() string { return "unicast table" }, func() bool { return uni[n-1].Load() == 1 })
 	if got, want := p.egress.Table.Load(), int64(len(mustEncode(t, table))); got != want {

@@ -23,7 +23,8 @@ func TestRequestsLeftToWaveInFlight(t *testing.T) {
 			half := n / 2
 			// A wave in flight, about to send chunk half (white box: the
 			// wave itself would race with the request).
-			w := &waveState{running: true}
+			w := newWaveState()
+			w.running = true
 			w.next.Store(int64(half))
 			p.waveMu.Lock()
 			p.waves[hex.EncodeToString(table.Image)] = w

@@ -13,9 +13,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/stack"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -48,6 +50,16 @@ type BenchConfig struct {
 	// Coded turns on the publisher's erasure-coded repair
 	// (publisher.Config.CodedRepair): the image gets a coded chunk table.
 	Coded bool
+	// PaceReporters is how many of the N devices report their download
+	// progress every PaceInterval while they download (agent
+	// ProgressInterval), spread over the rollout order: the designated
+	// receivers whose reports pace the wave (publisher Config.WavePace,
+	// set to 1s). The others report as deployed agents do. 0: none, and
+	// waves are not paced from reports.
+	PaceReporters int
+	// PaceInterval is the designated receivers' progress interval.
+	// Default 250ms.
+	PaceInterval time.Duration
 	// Encrypt runs, next to each firmcast campaign, the same campaign of
 	// the image encrypted (Config.Encrypt: a content key wrapped per
 	// device, the devices decrypting as they install), on the same
@@ -175,6 +187,24 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,
+	}
+	if bc.PaceReporters > 0 {
+		every := max(n/bc.PaceReporters, 1)
+		iv := bc.PaceInterval
+		if iv <= 0 {
+			iv = 250 * time.Millisecond
+		}
+		var k atomic.Int64
+		pub := cfg.Publisher
+		cfg.Publisher = func(c *publisher.Config) {
+			pub(c)
+			c.WavePace = time.Second
+		}
+		cfg.Agent = func(ac *deviceagent.Config) {
+			if (k.Add(1)-1)%int64(every) == 0 {
+				ac.ProgressInterval = iv
+			}
+		}
 	}
 	var url string
 	switch cs {
