@@ -155,3 +155,76 @@ func TestPartitionLayoutFixed(t *testing.T) {
 		t.Errorf("the unpartitioned installation with the default: %v", err)
 	}
 }
+
+// With three instances and three partitions each instance owns one
+// partition, and its index holds the devices of that partition only,
+// while every instance's status shows the whole campaign (the sum of the
+// partitions' count records) and lists every device.
+func TestPartitionOwnedIndex(t *testing.T) {
+	e := newEnv(t)
+	var ps []*Publisher
+	for _, name := range []string{"a", "b", "c"} {
+		p, _ := e.start(func(c *Config) { c.Partitions, c.Instance = 3, name })
+		ps = append(ps, p)
+	}
+	ctx := context.Background()
+	held := func(p *Publisher) []int {
+		var out []int
+		for i := range 3 {
+			if p.idx.holdsPart(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	waitFor(t, 10*time.Second, func() string {
+		return fmt.Sprintf("partitions held: %v %v %v, want one each", held(ps[0]), held(ps[1]), held(ps[2]))
+	}, func() bool {
+		seen := map[int]bool{}
+		for _, p := range ps {
+			h := held(p)
+			if len(h) != 1 || seen[h[0]] {
+				return false
+			}
+			seen[h[0]] = true
+		}
+		return true
+	})
+	const n = 12
+	img := setupFleet(t, e, ps[0], n)
+	f := newFleet(e)
+	for i := range n {
+		f.add(devName(i), false, false)
+	}
+	c, err := ps[1].CreateCampaign(ctx, e.who(ps[1]), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{50, 100}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		waitFor(t, 30*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+			s := statusOf_(t, p, c.ID)
+			return s.State == CampaignCompleted && s.Counts["confirmed"] == n
+		})
+	}
+	total := 0
+	for k, p := range ps {
+		h := held(p)
+		devs := p.idx.devs(c.ID)
+		total += len(devs)
+		for _, d := range devs {
+			if part := devicePartition(d.st.Device, 3); part != h[0] {
+				t.Errorf("instance %d (partition %d) holds %s of partition %d", k, h[0], d.st.Device, part)
+			}
+		}
+		page, err := p.CampaignDevices(ctx, c.ID, DeviceFilter{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Devices) != n {
+			t.Errorf("instance %d lists %d devices, want %d", k, len(page.Devices), n)
+		}
+	}
+	if total != n {
+		t.Errorf("the instances' indexes hold %d devices together, want %d", total, n)
+	}
+}
