@@ -22,7 +22,8 @@ import (
 // the whole of it. The owner does the per-device work of its partition's
 // devices that the leader does for all of them when the state is not
 // partitioned: opening their records as phases open, notices (paced, each
-// partition its share of Config.MaxDownloading), timeouts, reconciling,
+// partition its share of Config.MaxDownloading, in proportion to its
+// devices), timeouts, reconciling,
 // republishing after a takeover, clearing notices when a campaign ends or
 // pauses. It also keeps one count record per campaign and partition
 // ("count.<campaign>.<i>", partCount) current; the campaign leader judges
@@ -325,8 +326,18 @@ func (p *Publisher) stepOwned(ctx context.Context, c *Campaign, ready []bool) er
 	if err := p.checkDevs(ctx, c, p.idx.devs(c.ID), now); err != nil {
 		return err
 	}
-	// Pacing: each partition notifies its share of MaxDownloading.
-	share := (p.cfg.MaxDownloading + n - 1) / n
+	if opened == 0 {
+		return nil
+	}
+	// Pacing: each partition notifies its share of MaxDownloading, in
+	// proportion to its devices among the opened ones.
+	share := make([]int, n)
+	for i := 0; i < opened; i++ {
+		share[devicePartition(c.Targets[i], n)]++
+	}
+	for i := range share {
+		share[i] = (p.cfg.MaxDownloading*share[i] + opened - 1) / opened
+	}
 	activeN := make([]int, n)
 	for _, e := range p.idx.devs(c.ID) {
 		if active(e.st.State) {
@@ -336,7 +347,7 @@ func (p *Publisher) stepOwned(ctx context.Context, c *Campaign, ready []bool) er
 	for i := 0; i < opened; i++ {
 		dev := c.Targets[i]
 		pi := devicePartition(dev, n)
-		if !ready[pi] || activeN[pi] >= share {
+		if !ready[pi] || activeN[pi] >= share[pi] {
 			continue
 		}
 		st, rev, ok := p.idx.dev(c.ID, dev)
