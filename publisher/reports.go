@@ -139,11 +139,16 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 	// only given on state read fresh from the KV.
 	st, rev, cached := p.idx.dev(r.Campaign, r.Device)
 	next := r.State
+	lost := false // a compare-and-set lost: with partitions, read from the stream leader
 	for range maxCASAttempts {
 		if !cached {
 			st = DeviceState{}
+			get := getJSON
+			if lost && p.cfg.Partitions > 1 {
+				get = leaderGetJSON
+			}
 			var err error
-			rev, err = getJSON(ctx, p.st.campdev.of(r.Device), "device state", key, &st)
+			rev, err = get(ctx, p.st.campdev.of(r.Device), "device state", key, &st)
 			if errors.Is(err, ErrNotFound) {
 				p.idx.addIgnored(r.Campaign)
 				return resNotTarget, nil
@@ -176,7 +181,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 		n.Updated, n.Progress = recv.UTC(), recv.UTC()
 		nrev, err := updateJSON(ctx, p.st.campdev.of(r.Device), "device state", key, n, rev)
 		if isConflict(err) {
-			cached = false
+			cached, lost = false, true
 			continue
 		}
 		if err != nil {
