@@ -42,6 +42,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,11 +65,14 @@ const (
 	rbURLsEnv  = "FIRMCAST_REPORTBENCH_URLS"
 	rbRootEnv  = "FIRMCAST_REPORTBENCH_ROOT"
 	rbNameEnv  = "FIRMCAST_REPORTBENCH_NAME"
-	rbNSEnv    = "FIRMCAST_REPORTBENCH_NS"
-	rbPartsEnv = "FIRMCAST_REPORTBENCH_PARTITIONS"
-	rbNS       = "frb"
-	rbAdminKey = "fk-reportbench-admin-0123456789ab"
-	rbClass    = "rbench"
+	// rbProfileEnv, set for the benchmark, names a directory where each
+	// instance writes a CPU profile (<name>.pprof).
+	rbProfileEnv = "FIRMCAST_BENCH_PROFILE"
+	rbNSEnv      = "FIRMCAST_REPORTBENCH_NS"
+	rbPartsEnv   = "FIRMCAST_REPORTBENCH_PARTITIONS"
+	rbNS         = "frb"
+	rbAdminKey   = "fk-reportbench-admin-0123456789ab"
+	rbClass      = "rbench"
 )
 
 // rbChild is a child process of the benchmark: this test binary again,
@@ -211,6 +215,19 @@ func rbInstance(t *testing.T) {
 	parts, err := strconv.Atoi(os.Getenv(rbPartsEnv))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if dir := os.Getenv(rbProfileEnv); dir != "" {
+		// A CPU profile of the instance's life, for where its CPU per
+		// report goes.
+		f, err := os.Create(filepath.Join(dir, os.Getenv(rbNameEnv)+".pprof"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		defer pprof.StopCPUProfile()
 	}
 	key, _ := suit.GenerateKey("es256", nil)
 	signer, _ := suit.NewKeySigner(key, 0)
