@@ -11,7 +11,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/firmcast/firmcast/schemas"
 )
 
 // Partition ownership, with Config.Partitions > 1 (see partition.go for
@@ -41,10 +44,15 @@ import (
 // record, so an instance that still acts on a partition it lost (a slow
 // tick) is refused, never applied twice.
 //
-// Reports and chunk requests still reach any instance: one that does not
-// own the device's partition reads the device's record from the KV
-// before it applies a report (as any instance does when its index lags),
-// and reads it once per campaign to admit the device's chunk requests.
+// Reports and chunk requests still reach any instance (the shared
+// subscription). One that does not own the device's partition forwards
+// the report, as received, to the partition's owner (core NATS, subject
+// <root>.fwd.<ns>.<i>, beside the audit subject and never under the
+// devices' topics), which applies it with the device's record in its
+// index; when the partition has no live owner it applies the report
+// itself, after reading the record from the KV (as any instance does when
+// its index lags). A chunk request is admitted after one read of the
+// device's record per campaign.
 
 // partCount is one partition's tally of a campaign's devices, written by
 // the partition's owner.
@@ -67,11 +75,13 @@ type owner struct {
 	members  map[string]time.Time       // instance -> membership until (the lease bucket's watch)
 	notified map[string]map[string]bool // campaign -> devices of other partitions seen notified
 	held     map[int]*heldPart          // tick loop only
+	holders  map[int]lease              // partition -> its lease as last seen (the lease bucket's watch)
 	seen     map[string]string          // campaign -> state at the last owner pass; tick loop only
 }
 
 type heldPart struct {
 	cancel context.CancelFunc // ends the partition's watch
+	fwd    *nats.Subscription // reports forwarded to this owner
 	ready  chan struct{}      // closed when the watch has the partition's records
 	live   bool               // ready, and its notices republished
 	until  time.Time          // the lease as last renewed
@@ -96,6 +106,17 @@ func (p *Publisher) applyLeaseEntry(e jetstream.KeyValueEntry) {
 				p.own.members = map[string]time.Time{}
 			}
 			p.own.members[l.Holder] = l.Until
+			p.own.mu.Unlock()
+		}
+	case strings.HasPrefix(k, "part."):
+		i, err := strconv.Atoi(k[len("part."):])
+		var l lease
+		if err == nil && json.Unmarshal(e.Value(), &l) == nil {
+			p.own.mu.Lock()
+			if p.own.holders == nil {
+				p.own.holders = map[int]lease{}
+			}
+			p.own.holders[i] = l
 			p.own.mu.Unlock()
 		}
 	case strings.HasPrefix(k, "count."):
@@ -182,17 +203,69 @@ func (p *Publisher) partLease(ctx context.Context, i int, want bool, now time.Ti
 		hp := p.own.held[i]
 		return hp != nil && now.Before(hp.until)
 	case cur.Holder == me && !want:
-		dctx, cancel := opCtx(ctx)
-		defer cancel()
-		if err := p.st.lease.Delete(dctx, partKey(i), jetstream.LastRevision(rev)); err != nil {
-			p.log.Warn("release partition lease", "partition", i, "err", err)
-		}
+		p.dropPartLease(ctx, i, rev, now)
 		return false
 	case cur.Holder == me || want && !now.Before(cur.Until):
 		_, err = updateJSON(ctx, p.st.lease, "partition lease", partKey(i), next, rev)
 		return err == nil
 	}
 	return false
+}
+
+// dropPartLease gives up partition i's lease held at revision rev: it is
+// first marked ended (so that the others stop forwarding reports here: the
+// lease watch takes puts only), then deleted.
+func (p *Publisher) dropPartLease(ctx context.Context, i int, rev uint64, now time.Time) {
+	nrev, err := updateJSON(ctx, p.st.lease, "partition lease", partKey(i), lease{Holder: p.cfg.Instance, Until: now}, rev)
+	if err != nil {
+		p.log.Warn("release partition lease", "partition", i, "err", err)
+		return
+	}
+	dctx, cancel := opCtx(ctx)
+	defer cancel()
+	if err := p.st.lease.Delete(dctx, partKey(i), jetstream.LastRevision(nrev)); err != nil {
+		p.log.Warn("release partition lease", "partition", i, "err", err)
+	}
+}
+
+// fwdSubject is the subject of reports forwarded to partition i's owner.
+func (p *Publisher) fwdSubject(i int) string {
+	return strings.ReplaceAll(p.cfg.Topics.Root(), "/", ".") + ".fwd." + p.cfg.Namespace + "." + strconv.Itoa(i)
+}
+
+// forward sends r (payload as received) to the owner of its device's
+// partition when another live instance owns it, and reports whether it
+// did.
+func (p *Publisher) forward(r *schemas.DeviceReport, payload []byte) bool {
+	if p.cfg.Partitions <= 1 {
+		return false
+	}
+	i := devicePartition(r.Device, p.cfg.Partitions)
+	if p.idx.holdsPart(i) {
+		return false
+	}
+	p.own.mu.Lock()
+	h, ok := p.own.holders[i]
+	p.own.mu.Unlock()
+	if !ok || h.Holder == p.cfg.Instance || !p.cfg.Clock.Now().Before(h.Until) {
+		return false
+	}
+	if err := p.cfg.JetStream.Conn().Publish(p.fwdSubject(i), payload); err != nil {
+		return false
+	}
+	p.met.reports.WithLabelValues(string(resForwarded)).Inc()
+	return true
+}
+
+// handleForwarded takes a report another instance forwarded (it checked
+// the report against its topic).
+func (p *Publisher) handleForwarded(m *nats.Msg) {
+	var r schemas.DeviceReport
+	if err := schemas.Decode(m.Data, &r); err != nil {
+		p.met.reports.WithLabelValues("malformed").Inc()
+		return
+	}
+	p.queueReport(p.closing, r)
 }
 
 // gainPartition starts keeping partition i's devices: a watch of its
@@ -207,7 +280,11 @@ func (p *Publisher) gainPartition(ctx context.Context, i int, now time.Time) {
 		p.log.Warn("watch partition", "partition", i, "err", err)
 		return
 	}
-	p.own.held[i] = &heldPart{cancel: cancel, ready: ready, until: now.Add(p.cfg.LeaseTTL)}
+	sub, err := p.cfg.JetStream.Conn().Subscribe(p.fwdSubject(i), p.handleForwarded)
+	if err != nil {
+		p.log.Warn("subscribe to forwarded reports", "partition", i, "err", err)
+	}
+	p.own.held[i] = &heldPart{cancel: cancel, ready: ready, fwd: sub, until: now.Add(p.cfg.LeaseTTL)}
 	p.log.Info("partition taken", "partition", i)
 }
 
@@ -215,6 +292,9 @@ func (p *Publisher) gainPartition(ctx context.Context, i int, now time.Time) {
 func (p *Publisher) losePartition(i int) {
 	if hp := p.own.held[i]; hp != nil {
 		hp.cancel()
+		if hp.fwd != nil {
+			_ = hp.fwd.Unsubscribe()
+		}
 		delete(p.own.held, i)
 	}
 	p.idx.setHold(i, false)
@@ -232,9 +312,7 @@ func (p *Publisher) releasePartitions(ctx context.Context) {
 		var cur lease
 		rev, err := getJSON(ctx, p.st.lease, "partition lease", partKey(i), &cur)
 		if err == nil && cur.Holder == me {
-			dctx, cancel := opCtx(ctx)
-			_ = p.st.lease.Delete(dctx, partKey(i), jetstream.LastRevision(rev))
-			cancel()
+			p.dropPartLease(ctx, i, rev, p.cfg.Clock.Now())
 		}
 		p.losePartition(i)
 	}

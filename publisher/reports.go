@@ -32,6 +32,14 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 		p.met.reports.WithLabelValues("wrong-topic").Inc()
 		return
 	}
+	if p.forward(&r, m.Payload) {
+		return
+	}
+	p.queueReport(ctx, r)
+}
+
+// queueReport hands r to the worker of its device.
+func (p *Publisher) queueReport(ctx context.Context, r schemas.DeviceReport) {
 	h := fnv.New32a()
 	h.Write([]byte(r.Device))
 	select {
@@ -112,6 +120,9 @@ const (
 	resSuperseded reportResult = "superseded"
 	// resError: applying failed (logged).
 	resError reportResult = "error"
+	// resForwarded: sent on to the owner of the device's partition
+	// (owner.go), which counts it again as it takes it.
+	resForwarded reportResult = "forwarded"
 )
 
 // applyReport updates the device's campaign state from a report, with
