@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -163,9 +164,10 @@ func TestPartitionLayoutFixed(t *testing.T) {
 func TestPartitionOwnedIndex(t *testing.T) {
 	e := newEnv(t)
 	var ps []*Publisher
+	var stops []func()
 	for _, name := range []string{"a", "b", "c"} {
-		p, _ := e.start(func(c *Config) { c.Partitions, c.Instance = 3, name })
-		ps = append(ps, p)
+		p, stop := e.start(func(c *Config) { c.Partitions, c.Instance = 3, name })
+		ps, stops = append(ps, p), append(stops, stop)
 	}
 	ctx := context.Background()
 	held := func(p *Publisher) []int {
@@ -227,4 +229,17 @@ func TestPartitionOwnedIndex(t *testing.T) {
 	if total != n {
 		t.Errorf("the instances' indexes hold %d devices together, want %d", total, n)
 	}
+	// An instance that stops gives its partition up; the others take it
+	// over, with its devices.
+	stops[2]()
+	waitFor(t, 10*time.Second, func() string {
+		return fmt.Sprintf("partitions held: %v %v after c stopped, want all three between a and b", held(ps[0]), held(ps[1]))
+	}, func() bool {
+		h := append(held(ps[0]), held(ps[1])...)
+		slices.Sort(h)
+		return slices.Equal(h, []int{0, 1, 2})
+	})
+	waitFor(t, 10*time.Second, func() string { return "a and b do not hold every device" }, func() bool {
+		return len(ps[0].idx.devs(c.ID))+len(ps[1].idx.devs(c.ID)) == n
+	})
 }
