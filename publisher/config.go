@@ -54,8 +54,12 @@ type Config struct {
 	// is spread over by device (partition.go), so that report writes go
 	// to as many stream leaders. It is fixed for a namespace by the first
 	// publisher that starts there (others with another count refuse to
-	// start); an installation from before partitioning has one. Default 1:
-	// one bucket, <ns>_campdev. At most MaxPartitions.
+	// start); an installation from before partitioning has one. With more
+	// than one, each partition is owned by one running instance at a time
+	// (a lease; owner.go), whose index alone holds its devices and which
+	// does their per-device work; the leader judges campaigns on the
+	// partitions' count records. Default 1: one bucket, <ns>_campdev,
+	// every instance's index holding every device. At most MaxPartitions.
 	Partitions int
 	// Instance names this publisher in leases and logs. Default: random.
 	Instance string
