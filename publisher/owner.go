@@ -54,6 +54,12 @@ import (
 // its index lags). A chunk request is admitted after one read of the
 // device's record per campaign.
 
+//
+// What stays per instance with partitions: Status.Ignored counts the
+// reports this instance ignored (it is not in the count records); and the
+// leader's wave gathering (chunks.go) waits only for the downloading
+// devices of the partitions it owns.
+
 // partCount is one partition's tally of a campaign's devices, written by
 // the partition's owner.
 type partCount struct {
