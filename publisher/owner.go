@@ -314,13 +314,18 @@ func (p *Publisher) releasePartitions(ctx context.Context) {
 		return
 	}
 	me := p.cfg.Instance
-	for i := range p.own.held {
+	// Every partition's lease is read, not only those held: a renewal cut
+	// short (the tick's context ended) may have been stored while this
+	// instance already counted the partition lost.
+	for i := range p.cfg.Partitions {
 		var cur lease
 		rev, err := getJSON(ctx, p.st.lease, "partition lease", partKey(i), &cur)
 		if err == nil && cur.Holder == me {
 			p.dropPartLease(ctx, i, rev, p.cfg.Clock.Now())
 		}
-		p.losePartition(i)
+		if p.own.held[i] != nil {
+			p.losePartition(i)
+		}
 	}
 	_ = p.putLeaseJSON(ctx, memberKey(me), lease{Holder: me, Until: p.cfg.Clock.Now()})
 }

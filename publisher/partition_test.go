@@ -233,7 +233,9 @@ func TestPartitionOwnedIndex(t *testing.T) {
 	// over, with its devices.
 	stops[2]()
 	waitFor(t, 10*time.Second, func() string {
-		return fmt.Sprintf("partitions held: %v %v after c stopped, want all three between a and b", held(ps[0]), held(ps[1]))
+		var l lease
+		_, err := getJSON(ctx, ps[0].st.lease, "lease", partKey(2), &l)
+		return fmt.Sprintf("partitions held: %v %v after c stopped, want all three between a and b (lease of 2: %+v %v; now %v)", held(ps[0]), held(ps[1]), l, err, e.clock.Now())
 	}, func() bool {
 		h := append(held(ps[0]), held(ps[1])...)
 		slices.Sort(h)
