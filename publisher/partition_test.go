@@ -245,3 +245,24 @@ func TestPartitionOwnedIndex(t *testing.T) {
 		return len(ps[0].idx.devs(c.ID))+len(ps[1].idx.devs(c.ID)) == n
 	})
 }
+
+// The campaign scenarios of one bucket hold with the per-device state in
+// three partitions, where the partitions' owners do the per-device work
+// and the leader judges their count records.
+func TestPartitionedScenarios(t *testing.T) {
+	for _, sc := range []struct {
+		name string
+		run  func(*testing.T, *testEnv)
+	}{
+		{"phases", scenarioPhases}, {"abort", scenarioAbort}, {"restart", scenarioRestart},
+		{"late-join", scenarioLateJoin}, {"two-instances", scenarioTwoInstances},
+		{"timeouts", scenarioNoProgressTimeoutAndDeadline}, {"pause", scenarioPauseClearsNoticesResumeRestores},
+		{"reconcile", scenarioReconcileResendsNotice},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.cfg.Partitions = 3
+			sc.run(t, e)
+		})
+	}
+}
