@@ -115,7 +115,10 @@ type Config struct {
 	// small its percentage of the fleet. Default 3.
 	MinPhaseDevices int
 	// MaxDownloading caps devices notified but not yet finished; the next
-	// ones are notified as earlier ones finish. Default 500.
+	// ones are notified as earlier ones finish. With Partitions above 1
+	// each partition's owner keeps its share, in proportion to its
+	// devices among the opened ones and rounded up, so the cap can be
+	// passed by up to Partitions-1. Default 500.
 	MaxDownloading int
 	// StartWindow is the random start delay window carried in notices.
 	// Default 30s; negative means none.
