@@ -54,8 +54,12 @@ type Config struct {
 	// is spread over by device (partition.go), so that report writes go
 	// to as many stream leaders. It is fixed for a namespace by the first
 	// publisher that starts there (others with another count refuse to
-	// start); an installation from before partitioning has one. Default 1:
-	// one bucket, <ns>_campdev. At most MaxPartitions.
+	// start); an installation from before partitioning has one. With more
+	// than one, each partition is owned by one running instance at a time
+	// (a lease; owner.go), whose index alone holds its devices and which
+	// does their per-device work; the leader judges campaigns on the
+	// partitions' count records. Default 1: one bucket, <ns>_campdev,
+	// every instance's index holding every device. At most MaxPartitions.
 	Partitions int
 	// Instance names this publisher in leases and logs. Default: random.
 	Instance string
@@ -111,7 +115,10 @@ type Config struct {
 	// small its percentage of the fleet. Default 3.
 	MinPhaseDevices int
 	// MaxDownloading caps devices notified but not yet finished; the next
-	// ones are notified as earlier ones finish. Default 500.
+	// ones are notified as earlier ones finish. With Partitions above 1
+	// each partition's owner keeps its share, in proportion to its
+	// devices among the opened ones and rounded up, so the cap can be
+	// passed by up to Partitions-1. Default 500.
 	MaxDownloading int
 	// StartWindow is the random start delay window carried in notices.
 	// Default 30s; negative means none.

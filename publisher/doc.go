@@ -33,7 +33,13 @@
 //     by a KV watch, so counters survive restarts and failover. The
 //     per-device state can be spread over Config.Partitions buckets by
 //     device (partition.go), so that its writes go to as many stream
-//     leaders; one bucket by default.
+//     leaders; one bucket by default. Then each partition has one owner
+//     at a time (a lease per partition, taken over when it expires;
+//     owner.go): only the owner's index holds its devices, the owner
+//     opens their records, notifies, times out and reconciles them,
+//     reports reaching another instance are forwarded to it, and it
+//     keeps a count record per campaign that the leader sums to judge
+//     thresholds, phases and completion.
 //   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
 //     are broadcast again rather than sent to each. A wave goes round again,

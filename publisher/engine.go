@@ -70,6 +70,9 @@ func (p *Publisher) releaseLease(ctx context.Context) {
 // called from Run's loop only (never concurrently with itself).
 func (p *Publisher) tick(ctx context.Context) {
 	defer p.met.ticks.Inc()
+	if p.cfg.Partitions > 1 {
+		p.ownerPass(ctx)
+	}
 	leader, fresh := p.acquireLease(ctx)
 	if !leader {
 		return
@@ -97,57 +100,55 @@ const (
 	noticeBatch   = 32
 )
 
-// step advances one running campaign.
+// tally is what step judges a campaign's open phases on.
+type tally struct {
+	done        int  // devices of the open phase that succeeded
+	devs        int  // device records (opened devices)
+	active      int  // devices holding a download slot
+	allTerminal bool // every record is in a terminal state
+}
+
+// devTally tallies devs for c.
+func devTally(c *Campaign, devs []devEntry) tally {
+	t := tally{devs: len(devs), allTerminal: true}
+	for _, e := range devs {
+		if !terminal(e.st.State) {
+			t.allTerminal = false
+		}
+		if e.st.Phase == c.Phase && succeeded(e.st.State) {
+			t.done++
+		}
+		if active(e.st.State) {
+			t.active++
+		}
+	}
+	return t
+}
+
+// step advances one running campaign. With a partitioned state the
+// per-device work is the partition owners' (owner.go): step judges the
+// sum of their count records.
 func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	now := p.cfg.Clock.Now()
 	if c.Deadline != 0 && now.Unix() >= c.Deadline {
 		return p.end(ctx, c, []string{CampaignRunning}, CampaignExpired, "deadline passed")
 	}
-	// Open the records of every device in the open phases.
 	opened := c.PhaseEnds[c.Phase]
-	for i := 0; i < opened; i++ {
-		dev := c.Targets[i]
-		if _, _, ok := p.idx.dev(c.ID, dev); ok {
-			continue
-		}
-		st := DeviceState{Campaign: c.ID, Device: dev, Phase: c.phaseOf(i), State: StateQueued, Updated: now.UTC()}
-		rev, err := createJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), st)
-		if errors.Is(err, ErrExists) {
-			var cur DeviceState
-			if rev, err = getJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), &cur); err == nil {
-				p.idx.putDev(cur, rev)
+	var t tally
+	if p.cfg.Partitions > 1 {
+		t = p.partTally(c)
+	} else {
+		// Open the records of every device in the open phases.
+		for i := 0; i < opened; i++ {
+			if err := p.openDev(ctx, c, i, now); err != nil {
+				return err
 			}
-			continue
 		}
-		if err != nil {
+		devs := p.idx.devs(c.ID)
+		if err := p.checkDevs(ctx, c, devs, now); err != nil {
 			return err
 		}
-		p.idx.putDev(st, rev)
-	}
-	// Time out devices that stopped making progress, or that have not
-	// finished within DeviceDeadline of their notice: a campaign never
-	// waits for a device forever, however busy its reports are (a device
-	// deferring an update for ever keeps reporting). Paused time counts
-	// towards neither.
-	devs := p.idx.devs(c.ID)
-	for _, e := range devs {
-		if e.st.State == StateQueued || terminal(e.st.State) {
-			continue
-		}
-		last := latest(e.st.Progress, c.Resumed)
-		var why string
-		switch {
-		case now.Sub(latest(e.st.Notified, c.Resumed)) >= p.cfg.DeviceDeadline:
-			why = fmt.Sprintf("not finished %s after its notice", p.cfg.DeviceDeadline)
-		case now.Sub(last) >= p.cfg.NoProgress:
-			why = fmt.Sprintf("no progress for %s", p.cfg.NoProgress)
-		default:
-			p.reconcile(ctx, c, e, now)
-			continue
-		}
-		if err := p.timeOut(ctx, e, why); err != nil {
-			return err
-		}
+		t = devTally(c, devs)
 	}
 	// Failure threshold: failures among the devices of the open phases.
 	counts, _ := p.idx.counts(c.ID)
@@ -163,18 +164,7 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 	}
 	// Advance when the open phase reached its success threshold.
 	lo, hi := c.phaseRange(c.Phase)
-	done, allTerminal, activeN := 0, true, 0
-	for _, e := range devs {
-		if !terminal(e.st.State) {
-			allTerminal = false
-		}
-		if e.st.Phase == c.Phase && succeeded(e.st.State) {
-			done++
-		}
-		if active(e.st.State) {
-			activeN++
-		}
-	}
+	done := t.done
 	need := ((hi-lo)*int(c.SuccessPermille) + 999) / 1000
 	if c.Phase < len(c.PhaseEnds)-1 && done >= need {
 		nc, err := p.transition(ctx, c.ID, []string{CampaignRunning}, CampaignRunning, "", func(x *Campaign) {
@@ -188,9 +178,12 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 		p.met.phases.Inc()
 		p.audit(ctx, System, "campaign.phase", c.ID, fmt.Sprintf("phase %d opened (%d%%)", nc.Phase, nc.Phases[nc.Phase]))
 		*c = nc
+		if p.cfg.Partitions > 1 {
+			return nil // the owners open the phase's records at their next pass
+		}
 		return p.step(ctx, c)
 	}
-	if allTerminal && len(devs) >= opened {
+	if t.allTerminal && t.devs >= opened {
 		// Every device of the open phases has ended, whatever the mix: the
 		// last phase completes the campaign; an earlier one that did not
 		// reach its success threshold can open nothing more, and ends it.
@@ -201,13 +194,26 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			c.Phase+1, len(c.PhaseEnds), done, hi-lo, need)
 		return p.end(ctx, c, []string{CampaignRunning}, CampaignAborted, reason)
 	}
-	// Pacing: notify queued devices, in rollout order, while slots are free.
-	// Notices take a while each (a state write, a signature, a publish):
-	// they go out noticeWorkers at a time, and the wave is looked at
-	// after every noticeBatch of them, so that a wave held for the
-	// devices notified first starts when its hold ends, not once the last
-	// notice of a large fleet went out (the devices that took the table
-	// meanwhile would be left to ask for every chunk).
+	if p.cfg.Partitions == 1 {
+		// Pacing: notify queued devices, in rollout order, while slots are free.
+		if err := p.notifyQueued(ctx, c, opened, t.active); err != nil {
+			return err
+		}
+	}
+	p.maybeWave(ctx, c)
+	p.maybeDeltaWaves(ctx, c)
+	return nil
+}
+
+// notifyQueued notifies c's queued devices among the first opened
+// targets, in rollout order, while fewer than MaxDownloading are active.
+// Notices take a while each (a state write, a signature, a publish): they
+// go out noticeWorkers at a time, and the wave is looked at after every
+// noticeBatch of them, so that a wave held for the devices notified first
+// starts when its hold ends, not once the last notice of a large fleet
+// went out (the devices that took the table meanwhile would be left to
+// ask for every chunk).
+func (p *Publisher) notifyQueued(ctx context.Context, c *Campaign, opened, activeN int) error {
 	var queued []DeviceState
 	var revs []uint64
 	for i := 0; i < opened && activeN < p.cfg.MaxDownloading; i++ {
@@ -237,8 +243,57 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			p.maybeWave(ctx, c)
 		}
 	}
-	p.maybeWave(ctx, c)
-	p.maybeDeltaWaves(ctx, c)
+	return nil
+}
+
+// openDev opens the record of c's i-th target (queued) unless the index
+// holds it.
+func (p *Publisher) openDev(ctx context.Context, c *Campaign, i int, now time.Time) error {
+	dev := c.Targets[i]
+	if _, _, ok := p.idx.dev(c.ID, dev); ok {
+		return nil
+	}
+	st := DeviceState{Campaign: c.ID, Device: dev, Phase: c.phaseOf(i), State: StateQueued, Updated: now.UTC()}
+	rev, err := createJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), st)
+	if errors.Is(err, ErrExists) {
+		var cur DeviceState
+		if rev, err = getJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), &cur); err == nil {
+			p.idx.putDev(cur, rev)
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	p.idx.putDev(st, rev)
+	return nil
+}
+
+// checkDevs times out devices that stopped making progress, or that have
+// not finished within DeviceDeadline of their notice: a campaign never
+// waits for a device forever, however busy its reports are (a device
+// deferring an update for ever keeps reporting). Paused time counts
+// towards neither. The others are reconciled.
+func (p *Publisher) checkDevs(ctx context.Context, c *Campaign, devs []devEntry, now time.Time) error {
+	for _, e := range devs {
+		if e.st.State == StateQueued || terminal(e.st.State) {
+			continue
+		}
+		last := latest(e.st.Progress, c.Resumed)
+		var why string
+		switch {
+		case now.Sub(latest(e.st.Notified, c.Resumed)) >= p.cfg.DeviceDeadline:
+			why = fmt.Sprintf("not finished %s after its notice", p.cfg.DeviceDeadline)
+		case now.Sub(last) >= p.cfg.NoProgress:
+			why = fmt.Sprintf("no progress for %s", p.cfg.NoProgress)
+		default:
+			p.reconcile(ctx, c, e, now)
+			continue
+		}
+		if err := p.timeOut(ctx, e, why); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -507,19 +562,19 @@ func (p *Publisher) startWatches(ctx context.Context) error {
 		return err
 	}
 	ready := []chan struct{}{r1}
-	for _, kv := range p.st.campdev.kvs {
+	if p.cfg.Partitions > 1 {
+		// Each partition's devices are watched by its owner only
+		// (owner.go); every instance follows the memberships and the
+		// partitions' count records.
 		r := make(chan struct{})
 		ready = append(ready, r)
-		err = p.watch(ctx, kv, func(e jetstream.KeyValueEntry) {
-			if camp, dev, ok := strings.Cut(e.Key(), "."); ok && p.idx.known(camp, dev, e.Revision()) {
-				return // this instance wrote it and already holds it
-			}
-			var st DeviceState
-			if json.Unmarshal(e.Value(), &st) == nil {
-				p.idx.putDev(st, e.Revision())
-			}
-		}, r)
-		if err != nil {
+		if err := p.watch(ctx, p.st.lease, p.applyLeaseEntry, r); err != nil {
+			return err
+		}
+	} else {
+		r := make(chan struct{})
+		ready = append(ready, r)
+		if err := p.watch(ctx, p.st.campdev.kvs[0], p.applyDevEntry, r); err != nil {
 			return err
 		}
 	}
@@ -531,4 +586,15 @@ func (p *Publisher) startWatches(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// applyDevEntry takes a per-device state record from a watch.
+func (p *Publisher) applyDevEntry(e jetstream.KeyValueEntry) {
+	if camp, dev, ok := strings.Cut(e.Key(), "."); ok && p.idx.known(camp, dev, e.Revision()) {
+		return // this instance wrote it and already holds it
+	}
+	var st DeviceState
+	if json.Unmarshal(e.Value(), &st) == nil {
+		p.idx.putDev(st, e.Revision())
+	}
 }

@@ -134,7 +134,10 @@ func TestReportsIgnored(t *testing.T) {
 }
 
 func TestNoProgressTimeoutAndDeadline(t *testing.T) {
-	e := newEnv(t)
+	scenarioNoProgressTimeoutAndDeadline(t, newEnv(t))
+}
+
+func scenarioNoProgressTimeoutAndDeadline(t *testing.T, e *testEnv) {
 	p, _ := e.start(func(c *Config) { c.NoProgress = time.Minute; c.DefaultFailPermille = 1000 })
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 4)
@@ -173,7 +176,10 @@ func TestNoProgressTimeoutAndDeadline(t *testing.T) {
 }
 
 func TestPauseClearsNoticesResumeRestores(t *testing.T) {
-	e := newEnv(t)
+	scenarioPauseClearsNoticesResumeRestores(t, newEnv(t))
+}
+
+func scenarioPauseClearsNoticesResumeRestores(t *testing.T, e *testEnv) {
 	p, _ := e.start(func(c *Config) { c.NoProgress = time.Minute })
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 6)

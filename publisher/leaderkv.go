@@ -141,3 +141,22 @@ func (e *leaderEntry) Revision() uint64                { return e.rev }
 func (e *leaderEntry) Created() time.Time              { return e.created }
 func (e *leaderEntry) Delta() uint64                   { return 0 }
 func (e *leaderEntry) Operation() jetstream.KeyValueOp { return jetstream.KeyValuePut }
+
+// leaderGetJSON is getJSON reading from the stream leader when kv is a
+// replicated bucket (leaderReadKV), so that it sees every acknowledged
+// write: for a read after a compare-and-set lost to a write a follower
+// may not hold yet.
+func leaderGetJSON(ctx context.Context, kv jetstream.KeyValue, what, key string, v any) (uint64, error) {
+	b, ok := kv.(*leaderReadKV)
+	if !ok {
+		return getJSON(ctx, kv, what, key, v)
+	}
+	return getJSON(ctx, leaderOnly{b}, what, key, v)
+}
+
+// leaderOnly is a leaderReadKV whose Get always asks the stream leader.
+type leaderOnly struct{ *leaderReadKV }
+
+func (b leaderOnly) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	return b.leaderGet(ctx, key)
+}

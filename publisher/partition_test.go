@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -153,5 +154,115 @@ func TestPartitionLayoutFixed(t *testing.T) {
 	}
 	if err := newWith("old", 1); err != nil {
 		t.Errorf("the unpartitioned installation with the default: %v", err)
+	}
+}
+
+// With three instances and three partitions each instance owns one
+// partition, and its index holds the devices of that partition only,
+// while every instance's status shows the whole campaign (the sum of the
+// partitions' count records) and lists every device.
+func TestPartitionOwnedIndex(t *testing.T) {
+	e := newEnv(t)
+	var ps []*Publisher
+	var stops []func()
+	for _, name := range []string{"a", "b", "c"} {
+		p, stop := e.start(func(c *Config) { c.Partitions, c.Instance = 3, name })
+		ps, stops = append(ps, p), append(stops, stop)
+	}
+	ctx := context.Background()
+	held := func(p *Publisher) []int {
+		var out []int
+		for i := range 3 {
+			if p.idx.holdsPart(i) {
+				out = append(out, i)
+			}
+		}
+		return out
+	}
+	waitFor(t, 10*time.Second, func() string {
+		return fmt.Sprintf("partitions held: %v %v %v, want one each", held(ps[0]), held(ps[1]), held(ps[2]))
+	}, func() bool {
+		seen := map[int]bool{}
+		for _, p := range ps {
+			h := held(p)
+			if len(h) != 1 || seen[h[0]] {
+				return false
+			}
+			seen[h[0]] = true
+		}
+		return true
+	})
+	const n = 12
+	img := setupFleet(t, e, ps[0], n)
+	f := newFleet(e)
+	for i := range n {
+		f.add(devName(i), false, false)
+	}
+	c, err := ps[1].CreateCampaign(ctx, e.who(ps[1]), schemas.CampaignSpec{Image: img, Envelope: testEnvelope(t, img), Class: "sensor", Phases: []uint8{50, 100}, Start: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range ps {
+		waitFor(t, 30*time.Second, func() string { return fmt.Sprint(statusOf_(t, p, c.ID)) }, func() bool {
+			s := statusOf_(t, p, c.ID)
+			return s.State == CampaignCompleted && s.Counts["confirmed"] == n
+		})
+	}
+	total := 0
+	for k, p := range ps {
+		h := held(p)
+		devs := p.idx.devs(c.ID)
+		total += len(devs)
+		for _, d := range devs {
+			if part := devicePartition(d.st.Device, 3); part != h[0] {
+				t.Errorf("instance %d (partition %d) holds %s of partition %d", k, h[0], d.st.Device, part)
+			}
+		}
+		page, err := p.CampaignDevices(ctx, c.ID, DeviceFilter{Limit: 100})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page.Devices) != n {
+			t.Errorf("instance %d lists %d devices, want %d", k, len(page.Devices), n)
+		}
+	}
+	if total != n {
+		t.Errorf("the instances' indexes hold %d devices together, want %d", total, n)
+	}
+	// An instance that stops gives its partition up; the others take it
+	// over, with its devices.
+	stops[2]()
+	waitFor(t, 10*time.Second, func() string {
+		var l lease
+		_, err := getJSON(ctx, ps[0].st.lease, "lease", partKey(2), &l)
+		return fmt.Sprintf("partitions held: %v %v after c stopped, want all three between a and b (lease of 2: %+v %v; now %v)", held(ps[0]), held(ps[1]), l, err, e.clock.Now())
+	}, func() bool {
+		h := append(held(ps[0]), held(ps[1])...)
+		slices.Sort(h)
+		return slices.Equal(h, []int{0, 1, 2})
+	})
+	waitFor(t, 10*time.Second, func() string { return "a and b do not hold every device" }, func() bool {
+		return len(ps[0].idx.devs(c.ID))+len(ps[1].idx.devs(c.ID)) == n
+	})
+}
+
+// The campaign scenarios of one bucket hold with the per-device state in
+// three partitions, where the partitions' owners do the per-device work
+// and the leader judges their count records.
+func TestPartitionedScenarios(t *testing.T) {
+	for _, sc := range []struct {
+		name string
+		run  func(*testing.T, *testEnv)
+	}{
+		{"phases", scenarioPhases}, {"abort", scenarioAbort}, {"restart", scenarioRestart},
+		{"late-join", scenarioLateJoin}, {"two-instances", scenarioTwoInstances},
+		{"timeouts", scenarioNoProgressTimeoutAndDeadline}, {"pause", scenarioPauseClearsNoticesResumeRestores},
+		{"reconcile", scenarioReconcileResendsNotice},
+	} {
+		t.Run(sc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.cfg.Partitions = 3
+			sc.run(t, e)
+		})
 	}
 }

@@ -44,6 +44,8 @@ type Publisher struct {
 	bg      sync.WaitGroup     // the KV watches started by New
 
 	leader bool // owned by the tick loop
+	// own is this instance's share of a partitioned state (owner.go).
+	own owner
 	// resent holds when the leader last re-sent each device's notice
 	// (key devKey); owned by the tick loop.
 	resent map[string]time.Time
@@ -94,7 +96,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	p := &Publisher{
 		closing: closing, shut: stop,
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
-		idx:     index{camps: map[string]*campIndex{}},
+		idx:     index{camps: map[string]*campIndex{}, n: cfg.Partitions, hold: make([]bool, cfg.Partitions)},
 		cache:   imageCache{byKey: map[string]*imageData{}},
 		pace:    newPacer(cfg),
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
@@ -226,6 +228,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), kvOpTimeout)
 		defer rcancel()
 		p.releaseLease(rctx)
+		p.releasePartitions(rctx)
 	}()
 	for {
 		p.pruneRequesters()

@@ -116,7 +116,10 @@ func (p *Publisher) CampaignDevices(ctx context.Context, id string, f DeviceFilt
 	if f.Limit < 1 || f.Limit > MaxDevicePage {
 		return DevicePage{}, fmt.Errorf("%w: limit %d, want 1..%d", ErrInvalid, f.Limit, MaxDevicePage)
 	}
-	all := p.idx.devs(id)
+	all, err := p.campaignDevs(ctx, id)
+	if err != nil {
+		return DevicePage{}, err
+	}
 	out := DevicePage{Devices: []DeviceState{}}
 	sel := make([]*DeviceState, 0, len(all))
 	for i := range all {
@@ -167,7 +170,10 @@ func (p *Publisher) CampaignFailures(ctx context.Context, id string) ([]FailureG
 		return nil, err
 	}
 	groups := map[string]*FailureGroup{}
-	devs := p.idx.devs(id)
+	devs, err := p.campaignDevs(ctx, id)
+	if err != nil {
+		return nil, err
+	}
 	slices.SortFunc(devs, func(a, b devEntry) int { return cmp.Compare(a.st.Device, b.st.Device) })
 	for i := range devs {
 		st := &devs[i].st
@@ -219,7 +225,11 @@ func (p *Publisher) Fleet(ctx context.Context) (FleetSummary, error) {
 	}
 	seen := map[string]time.Time{}
 	for _, id := range p.idx.campaignIDs() {
-		for _, e := range p.idx.devs(id) {
+		cdevs, err := p.campaignDevs(ctx, id)
+		if err != nil {
+			return FleetSummary{}, err
+		}
+		for _, e := range cdevs {
 			if !e.st.Progress.IsZero() && e.st.Progress.After(seen[e.st.Device]) {
 				seen[e.st.Device] = e.st.Progress
 			}

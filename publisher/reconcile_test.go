@@ -13,8 +13,9 @@ import (
 // TestReconcileResendsNotice: the leader sends the notice of a device that
 // stays silent for Reconcile again, at most once per Reconcile, and never
 // to a device that reported recently.
-func TestReconcileResendsNotice(t *testing.T) {
-	e := newEnv(t)
+func TestReconcileResendsNotice(t *testing.T) { scenarioReconcileResendsNotice(t, newEnv(t)) }
+
+func scenarioReconcileResendsNotice(t *testing.T, e *testEnv) {
 	p, _ := e.start(func(c *Config) { c.NoProgress = time.Hour; c.Reconcile = time.Minute })
 	ctx := context.Background()
 	img := setupFleet(t, e, p, 1)

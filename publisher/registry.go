@@ -302,6 +302,20 @@ func (p *Publisher) DeviceDetail(ctx context.Context, id string) (DeviceDetail, 
 		}
 	}
 	p.idx.mu.Unlock()
+	if p.cfg.Partitions > 1 && !p.idx.holdsDevice(id) {
+		// Another instance's partition: read its records.
+		for _, cid := range p.idx.campaignIDs() {
+			var st DeviceState
+			_, err := getJSON(ctx, p.st.campdev.of(id), "device state", devKey(cid, id), &st)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return DeviceDetail{}, err
+			}
+			dd.Campaigns = append(dd.Campaigns, st)
+		}
+	}
 	sort.Slice(dd.Campaigns, func(i, j int) bool { return dd.Campaigns[i].Updated.After(dd.Campaigns[j].Updated) })
 	return dd, nil
 }

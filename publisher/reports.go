@@ -33,6 +33,14 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 		return
 	}
 	p.observeProgress(&r) // in-wave feedback (wavepace.go)
+	if p.forward(&r, m.Payload) {
+		return
+	}
+	p.queueReport(ctx, r)
+}
+
+// queueReport hands r to the worker of its device.
+func (p *Publisher) queueReport(ctx context.Context, r schemas.DeviceReport) {
 	h := fnv.New32a()
 	h.Write([]byte(r.Device))
 	select {
@@ -113,6 +121,9 @@ const (
 	resSuperseded reportResult = "superseded"
 	// resError: applying failed (logged).
 	resError reportResult = "error"
+	// resForwarded: sent on to the owner of the device's partition
+	// (owner.go), which counts it again as it takes it.
+	resForwarded reportResult = "forwarded"
 )
 
 // applyReport updates the device's campaign state from a report, with
@@ -140,11 +151,16 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 	// only given on state read fresh from the KV.
 	st, rev, cached := p.idx.dev(r.Campaign, r.Device)
 	next := r.State
+	lost := false // a compare-and-set lost: with partitions, read from the stream leader
 	for range maxCASAttempts {
 		if !cached {
 			st = DeviceState{}
+			get := getJSON
+			if lost && p.cfg.Partitions > 1 {
+				get = leaderGetJSON
+			}
 			var err error
-			rev, err = getJSON(ctx, p.st.campdev.of(r.Device), "device state", key, &st)
+			rev, err = get(ctx, p.st.campdev.of(r.Device), "device state", key, &st)
 			if errors.Is(err, ErrNotFound) {
 				p.idx.addIgnored(r.Campaign)
 				return resNotTarget, nil
@@ -177,7 +193,7 @@ func (p *Publisher) applyReport(ctx context.Context, r *schemas.DeviceReport, re
 		n.Updated, n.Progress = recv.UTC(), recv.UTC()
 		nrev, err := updateJSON(ctx, p.st.campdev.of(r.Device), "device state", key, n, rev)
 		if isConflict(err) {
-			cached = false
+			cached, lost = false, true
 			continue
 		}
 		if err != nil {

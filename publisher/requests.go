@@ -109,7 +109,7 @@ func (p *Publisher) requestCampaign(digest, dev string) (string, bool) {
 		if !ok || (c.Image != digest && !slices.Contains(c.Deltas, digest)) || (c.State != CampaignRunning && c.State != CampaignPaused) {
 			continue
 		}
-		if st, _, ok := p.idx.dev(id, dev); ok && st.State != StateQueued {
+		if p.notifiedIn(id, dev) {
 			return id, true
 		}
 	}

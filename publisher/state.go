@@ -228,14 +228,29 @@ type campIndex struct {
 	devs    map[string]*devEntry
 	counts  map[string]uint64
 	ignored uint64
+	// parts are the partitions' count records (owner.go), by partition;
+	// kept only when the state is partitioned.
+	parts map[int]partCount
 }
 
 // index is the in-memory view of campaigns and per-device state, fed by KV
-// watches (so every instance sees every write) and by this instance's own
-// writes. Safe for concurrent use.
+// watches and by this instance's own writes. Safe for concurrent use.
+//
+// With one partition it holds every device (every instance sees every
+// write). With n > 1 partitions it holds only the devices of the
+// partitions this instance owns (hold), and a campaign's counts are the
+// sum of its partitions' count records, which every instance follows.
 type index struct {
 	mu    sync.Mutex
 	camps map[string]*campIndex
+	n     int    // partitions; 0 or 1: unpartitioned
+	hold  []bool // by partition, when n > 1: whether devices are kept
+}
+
+// holds reports whether the index keeps device's state. Called with mu
+// held.
+func (x *index) holds(device string) bool {
+	return x.n <= 1 || x.hold[devicePartition(device, x.n)]
 }
 
 func (x *index) camp(id string) *campIndex {
@@ -296,6 +311,9 @@ func countKeys(st DeviceState) []string {
 func (x *index) putDev(st DeviceState, rev uint64) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if !x.holds(st.Device) {
+		return // another instance's partition
+	}
 	ci := x.camp(st.Campaign)
 	old := ci.devs[st.Device]
 	if old != nil {
@@ -370,10 +388,79 @@ func (x *index) counts(campaign string) (map[string]uint64, uint64) {
 	if !ok {
 		return out, 0
 	}
+	if x.n > 1 {
+		for _, pc := range ci.parts {
+			for k, v := range pc.Counts {
+				if v != 0 {
+					out[k] += v
+				}
+			}
+		}
+		return out, ci.ignored
+	}
 	for k, v := range ci.counts {
 		if v != 0 {
 			out[k] = v
 		}
 	}
 	return out, ci.ignored
+}
+
+// setHold starts (on) or stops keeping partition i's devices; stopping
+// drops the ones held.
+func (x *index) setHold(i int, on bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.hold[i] = on
+	if on {
+		return
+	}
+	for _, ci := range x.camps {
+		for dev, e := range ci.devs {
+			if devicePartition(dev, x.n) != i {
+				continue
+			}
+			for _, k := range countKeys(e.st) {
+				ci.counts[k]--
+			}
+			delete(ci.devs, dev)
+		}
+	}
+}
+
+// putPart records partition i's count record of campaign.
+func (x *index) putPart(campaign string, i int, pc partCount) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci := x.camp(campaign)
+	if ci.parts == nil {
+		ci.parts = map[int]partCount{}
+	}
+	ci.parts[i] = pc
+}
+
+// part returns partition i's count record of campaign as last seen.
+func (x *index) part(campaign string, i int) (partCount, bool) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	ci, ok := x.camps[campaign]
+	if !ok {
+		return partCount{}, false
+	}
+	pc, ok := ci.parts[i]
+	return pc, ok
+}
+
+// holdsDevice reports whether the index keeps device's state.
+func (x *index) holdsDevice(device string) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.holds(device)
+}
+
+// holdsPart reports whether the index keeps partition i's devices.
+func (x *index) holdsPart(i int) bool {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	return x.n <= 1 || x.hold[i]
 }
