@@ -186,7 +186,8 @@ func (wp *wavePace) set(bps float64) {
 // report handler, after the report's topic was checked against its
 // device.
 func (p *Publisher) observeProgress(r *schemas.DeviceReport) {
-	if r.State != schemas.StateDownloading || r.BytesDone == 0 || r.Campaign == "" {
+	// Off (the default): no wave takes the lock for it on every report.
+	if p.cfg.WavePace == 0 || r.State != schemas.StateDownloading || r.BytesDone == 0 || r.Campaign == "" {
 		return
 	}
 	c, ok := p.idx.campaign(r.Campaign)
