@@ -96,8 +96,11 @@ func (r *chunkReader) issue(i int) {
 	if r.order != nil {
 		idx = int(r.order[i])
 	}
+	inflight := &r.p.st.images.readsInFlight
+	inflight.Add(1)
 	go func() {
 		defer close(f.done)
+		defer inflight.Add(-1)
 		f.b, f.err = r.p.readChunk(gen, r.d, idx)
 	}()
 }

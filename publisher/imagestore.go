@@ -50,6 +50,10 @@ type imageStore struct {
 	// readBytes and readMsgs count what reads took from the stream:
 	// chunks and table parts, by direct or leader get.
 	readBytes, readMsgs atomic.Int64
+	// readsInFlight counts chunkReader reads started and not returned:
+	// a read cancelled by its reader's close may still finish (and be
+	// counted in readMsgs) after the consumer has gone.
+	readsInFlight atomic.Int64
 }
 
 // tablePart is the size of one stored part of a chunk table's encoding:

@@ -6,11 +6,13 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -88,12 +90,22 @@ func TestImageReadsFollowRanges(t *testing.T) {
 	path := "/images/" + f.img.Digest
 	auth := basicAuth(f.device, f.secret)
 	f.get(t, "HEAD", path, auth) // loads the table
+	// settled waits for the reads of the last download to return: a
+	// read-ahead cancelled when the handler closed its reader may finish
+	// after the client has the whole body, and is that download's read.
+	settled := func() {
+		waitFor(t, 10*time.Second, func() string {
+			return fmt.Sprintf("%d chunk reads still in flight after a download", f.p.st.images.readsInFlight.Load())
+		}, func() bool { return f.p.st.images.readsInFlight.Load() == 0 })
+	}
 	msgs := func(hdr ...string) int64 {
+		settled()
 		before := f.p.st.images.readMsgs.Load()
 		res, _ := f.get(t, "GET", path, auth, hdr...)
 		if res.StatusCode/100 != 2 {
 			t.Fatalf("%v: status %d", hdr, res.StatusCode)
 		}
+		settled()
 		return f.p.st.images.readMsgs.Load() - before
 	}
 	if n := msgs(); n != 100 {
