@@ -356,12 +356,7 @@ func (d *Device) dropRejected(rejected Digest) error {
 
 // eraseHeader erases a region's header sectors: the image is invalid.
 func (d *Device) eraseHeader(r Region) error {
-	for s := range d.l.HeaderSectors {
-		if err := d.f.Erase(r.Start + s); err != nil {
-			return err
-		}
-	}
-	return nil
+	return d.f.EraseSectors(r.Start, d.l.HeaderSectors)
 }
 
 // copyRegion copies an image (header last) from one region to another.
@@ -373,10 +368,8 @@ func (d *Device) eraseHeader(r Region) error {
 func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, check bool) (Digest, error) {
 	check = check || im.enc != nil
 	ss := int64(d.g.SectorSize)
-	for s := range d.l.HeaderSectors {
-		if err := d.f.Erase(to.Start + s); err != nil {
-			return Digest{}, err
-		}
+	if err := d.f.EraseSectors(to.Start, d.l.HeaderSectors); err != nil {
+		return Digest{}, err
 	}
 	h := sha256.New()
 	src, dst, size := d.imageOff(from), d.imageOff(to), int64(im.hdr.Size)
@@ -390,10 +383,9 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 		// torn sector.
 		n := min(int64(len(d.buf)), size-done)
 		pn := alignUp(n, int64(d.g.WriteAlign))
-		for s := done / ss; s < (done+pn+ss-1)/ss; s++ {
-			if err := d.f.Erase(firstSector + int(s)); err != nil {
-				return Digest{}, err
-			}
+		lo, hi := done/ss, (done+pn+ss-1)/ss
+		if err := d.f.EraseSectors(firstSector+int(lo), int(hi-lo)); err != nil {
+			return Digest{}, err
 		}
 		b := d.buf[:pn]
 		if _, err := d.f.ReadAt(b, src+done); err != nil {

@@ -42,10 +42,13 @@ type dispatcher struct {
 	// not queued because q held the bound. Guarded by mu.
 	chunks, chunkBytes int
 	dropped            int64
-	wake               chan struct{}
-	stop               chan struct{}
-	once               sync.Once
-	done               chan struct{}
+	// inline: enqueue calls h itself (SubscribeOptions.Inline); no
+	// goroutine runs.
+	inline bool
+	wake   chan struct{}
+	stop   chan struct{}
+	once   sync.Once
+	done   chan struct{}
 }
 
 type queued struct {
@@ -59,6 +62,11 @@ func newDispatcher(ctx context.Context, h Handler, opts SubscribeOptions) *dispa
 	if opts.MaxQueuedBytes > 0 {
 		d.maxBytes = min(opts.MaxQueuedBytes, maxQueuedChunkBytes)
 	}
+	if opts.Inline {
+		d.inline = true
+		close(d.done)
+		return d
+	}
 	go d.run()
 	return d
 }
@@ -67,6 +75,14 @@ func newDispatcher(ctx context.Context, h Handler, opts SubscribeOptions) *dispa
 // chunk bound; it never blocks. A chunk larger than the byte bound is
 // queued when no other chunk is, so that any chunk size gets through.
 func (d *dispatcher) enqueue(m Message) {
+	if d.inline {
+		select {
+		case <-d.stop:
+		default:
+			d.h(d.ctx, m)
+		}
+		return
+	}
 	chunk := d.shed && (schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload))
 	d.mu.Lock()
 	if chunk {

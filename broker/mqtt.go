@@ -182,7 +182,9 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 	return t, nil
 }
 
-// onPublish runs on paho's reader goroutine: it only routes, never blocks.
+// onPublish runs on paho's router goroutine: it routes, and runs only
+// inline handlers (SubscribeOptions.Inline, which return at once), outside
+// the transport's lock.
 func (t *MQTTTransport) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	m := Message{Topic: p.Topic, Payload: p.Payload, Retained: p.Retain}
@@ -192,27 +194,31 @@ func (t *MQTTTransport) onPublish(pr paho.PublishReceived) (bool, error) {
 		m.Correlation = p.Properties.CorrelationData
 		subID = p.Properties.SubscriptionIdentifier
 	}
+	var buf [4]*dispatcher
+	to := buf[:0]
 	t.mu.Lock()
-	defer t.mu.Unlock()
-	if p.Topic == t.inbox.MQTT {
+	switch {
+	case p.Topic == t.inbox.MQTT:
 		if ch, ok := t.pending[string(m.Correlation)]; ok {
 			delete(t.pending, string(m.Correlation))
 			ch <- m.Payload
 		}
-		return true, nil
-	}
-	if subID != nil {
+	case subID != nil:
 		// Routed by subscription identifier: only that subscription, and
 		// nothing if it has been unsubscribed meanwhile.
 		if s, ok := t.subs[*subID]; ok {
-			s.d.enqueue(m)
+			to = append(to, s.d)
 		}
-		return true, nil
+	default:
+		for _, s := range t.subs {
+			if mqttMatch(s.filter, p.Topic) {
+				to = append(to, s.d)
+			}
+		}
 	}
-	for _, s := range t.subs {
-		if mqttMatch(s.filter, p.Topic) {
-			s.d.enqueue(m)
-		}
+	t.mu.Unlock()
+	for _, d := range to {
+		d.enqueue(m)
 	}
 	return true, nil
 }

@@ -74,6 +74,14 @@ type SubscribeOptions struct {
 	// either way; one chunk larger than the bound is queued when no other
 	// is. A device with a small memory budget sets less.
 	MaxQueuedBytes int
+	// Inline calls the handler on the goroutine that receives the
+	// message (paho's router, nats.go's subscription goroutine), without
+	// the subscription's own queue and goroutine: for a handler that
+	// returns at once (one that copies into a bounded buffer of its own,
+	// as the fetcher's does), a second queue in front of it only adds a
+	// goroutine hop and a bound that a loaded scheduler overruns.
+	// MaxQueuedBytes is then unused.
+	Inline bool
 }
 
 // Publisher publishes one message.

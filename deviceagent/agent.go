@@ -158,6 +158,9 @@ type Config struct {
 	// repair by chunks), which tests and benchmarks use to run old and new
 	// agents in one campaign.
 	DeliveryProtocol int
+	// FetchTally, when set, is added what the broker source saw on its
+	// receive path (fetcher.Tally): a simulated fleet's totals.
+	FetchTally *fetcher.Tally
 	// Fetch tunes the fetcher's per-source retries.
 	Fetch fetcher.RetryPolicy
 	// PersistEvery is the fetch progress persistence interval in chunks.

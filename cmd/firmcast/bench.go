@@ -29,6 +29,8 @@ type benchFlags struct {
 	memprof   string
 	loss      float64
 	coded     bool
+	codedK    int
+	codedP    int
 	reporters int
 	encrypt   bool
 	flash     string
@@ -81,6 +83,8 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.StringVar(&f.flash, "flash", "file", "simulated flash of the devices: file (sparse file, as the demo) or mem (in memory)")
 	fl.Float64Var(&f.loss, "loss", 0, "fraction of chunks each firmcast device drops at its receive path, independently per device (0 to 1; the raw side loses nothing)")
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
+	fl.IntVar(&f.codedK, "coded-block", 0, "with --coded: chunks per source block K (0: the publisher's default, 128)")
+	fl.IntVar(&f.codedP, "coded-parity", 0, "with --coded: parity chunks committed per block P, K+P <= 256 (0: the publisher's default)")
 	fl.IntVar(&f.reporters, "pace-reporters", 0, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (experimental); 0: none, waves are paced by the broker's echo alone")
 	fl.BoolVar(&f.encrypt, "encrypt", false, "also run each campaign with the image encrypted (a content key wrapped per device, devices decrypting as they install), alternating which goes first, and print its staged time against the plain campaign's")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
@@ -120,7 +124,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, PaceReporters: f.reporters, Encrypt: f.encrypt,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, CodedBlock: f.codedK, CodedParity: f.codedP, PaceReporters: f.reporters, Encrypt: f.encrypt,
 		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
 		Progress: cmd.ErrOrStderr(),
 	})

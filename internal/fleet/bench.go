@@ -50,6 +50,10 @@ type BenchConfig struct {
 	// Coded turns on the publisher's erasure-coded repair
 	// (publisher.Config.CodedRepair): the image gets a coded chunk table.
 	Coded bool
+	// CodedBlock and CodedParity are the coded table's block size K and
+	// parity chunks per block P (publisher.Config.CodedBlock,
+	// CodedParity); 0: the publisher's defaults.
+	CodedBlock, CodedParity int
 	// PaceReporters is how many of the N devices report their download
 	// progress every PaceInterval while they download (agent
 	// ProgressInterval), spread over the rollout order: the designated
@@ -184,6 +188,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		Publisher: func(c *publisher.Config) {
 			c.StartWindow, c.TickInterval = -1, 50*time.Millisecond
 			c.CodedRepair = bc.Coded
+			c.CodedBlock, c.CodedParity = bc.CodedBlock, bc.CodedParity
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,

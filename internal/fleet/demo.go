@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/stack"
 	"github.com/firmcast/firmcast/publisher"
 	"github.com/firmcast/firmcast/schemas"
@@ -73,6 +74,8 @@ type Config struct {
 	// Loss is the fraction of chunks each device drops at its receive
 	// path, independently (FleetConfig.Loss).
 	Loss float64
+	// tally sums the in-process devices' receive paths (Summary.Receive).
+	tally *fetcher.Tally
 	// Stall ends a campaign with ErrStalled when nothing moved (device
 	// states, bytes received, the campaign's counters) for this long.
 	// Default 3 minutes.
@@ -303,11 +306,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 			return info.KeyID, err
 		}
 	}
+	cfg.tally = new(fetcher.Tally)
 	fl, err := NewFleet(ctx, FleetConfig{ProvisionKEK: provision,
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
-		Loss: cfg.Loss,
+		Loss: cfg.Loss, Tally: cfg.tally,
 		FactoryOf: func(i int) []byte {
 			if cfg.OtherSource > 0 && i%cfg.OtherSource == cfg.OtherSource-1 {
 				return v0
@@ -520,6 +524,10 @@ func RunCampaign(ctx context.Context, fl Sim, be Backend, image []byte, class st
 		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
 	}
 	fl.Stop()
+	if cfg.tally != nil {
+		rx := cfg.tally.Totals()
+		sum.Receive = &rx
+	}
 	o, oerr := fl.Outcome(sha256.Sum256(image))
 	sum.apply(o, t1)
 	if oerr != nil && werr == nil {
@@ -788,10 +796,15 @@ type Summary struct {
 	DeltaSize      int64   `json:"delta_size,omitempty"`
 	PublisherRatio float64 `json:"publisher_bytes_per_image"`
 	// Egress splits PublisherBytes into wave, repair and unicast bytes.
-	Egress       map[string]int64 `json:"publisher_egress,omitempty"`
-	DeviceBytes  int64            `json:"device_bytes"`
-	SetupSeconds float64          `json:"setup_seconds"`
-	WallSeconds  float64          `json:"wall_seconds"`
+	Egress map[string]int64 `json:"publisher_egress,omitempty"`
+	// Receive sums what the devices' broker sources saw on their
+	// receive paths: chunks shed at a full queue (in the source and in
+	// the transport), parity refused, chunks rebuilt from parity,
+	// requests and loss summaries sent, summaries suppressed.
+	Receive      *fetcher.TallyTotals `json:"device_receive,omitempty"`
+	DeviceBytes  int64                `json:"device_bytes"`
+	SetupSeconds float64              `json:"setup_seconds"`
+	WallSeconds  float64              `json:"wall_seconds"`
 	// StagedSeconds: from the campaign's start until the last device held
 	// a verified, staged candidate. DoneSeconds: until the last device
 	// reached its final state (confirmed or rolled back). CampaignSeconds:

@@ -20,6 +20,7 @@ import (
 	"github.com/firmcast/firmcast/bootctl"
 	"github.com/firmcast/firmcast/broker"
 	"github.com/firmcast/firmcast/deviceagent"
+	"github.com/firmcast/firmcast/fetcher"
 	"github.com/firmcast/firmcast/internal/atomicfile"
 	"github.com/firmcast/firmcast/internal/devicefile"
 	"github.com/firmcast/firmcast/schemas"
@@ -121,6 +122,10 @@ type FleetConfig struct {
 	// chunk tables, markers,
 	// notices and replies are never dropped. 0 (default) drops nothing.
 	Loss float64
+	// Tally, when set, sums what the devices' broker sources saw on their
+	// receive paths (chunks shed, parity refused, chunks rebuilt,
+	// requests, summaries suppressed).
+	Tally *fetcher.Tally
 }
 
 // Device is one simulated device.
@@ -478,7 +483,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 		DeviceID: d.ID, Class: f.cfg.Class, Transport: newCounting(tr, d, f.cfg.Loss, f.cfg.Seed), Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
-		RetryBase: 500 * time.Millisecond, Keys: d.keys(),
+		RetryBase: 500 * time.Millisecond, Keys: d.keys(), FetchTally: f.cfg.Tally,
 		OnState: func(r deviceagent.Record) {
 			d.state.Store(int32(r.State))
 			now := time.Now().UnixNano()
