@@ -73,9 +73,26 @@ type Config struct {
 	// given instead of a random one (tests that must know which server a
 	// client is on). Ignored on MQTT.
 	InOrder bool
+	// ReceiveMaximum is the MQTT Receive Maximum the client announces:
+	// the most QoS 1 messages the broker sends it unacknowledged, and the
+	// capacity of paho's queue between its socket reader and the
+	// handlers. A handler that waits (a device whose receive buffer is
+	// full waits for room rather than drop, see fetcher.BrokerConfig)
+	// fills that queue before the socket pushes back on the broker, so
+	// it holds up to ReceiveMaximum messages. Default 1024 (backends);
+	// devices use DeviceReceiveMaximum. Ignored on NATS.
+	ReceiveMaximum int
 	// Logger receives connection events. Default: slog.Default().
 	Logger *slog.Logger
 }
+
+// DeviceReceiveMaximum is the Receive Maximum of a device's MQTT
+// connection (Config.ReceiveMaximum): 16 chunk messages of 16 KiB, 256
+// KiB, may wait in paho's queue behind a full receive buffer (on top of
+// the fetcher's QueueBytes, 1 MiB: a device's receive path stays under 2
+// MiB); a device gets few QoS 1 messages (notices, replies), so the
+// broker never holds back one for the quota.
+const DeviceReceiveMaximum = 16
 
 // Dial connects to the broker named by cfg.URL and returns its Transport
 // (an *MQTTTransport or a *NATSTransport). It blocks until the first

@@ -150,6 +150,9 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 			c.Properties.RequestProblemInfo = true
 			if c.Properties.ReceiveMaximum == nil {
 				rm := uint16(receiveMaximum)
+				if ep.ReceiveMaximum > 0 {
+					rm = uint16(min(ep.ReceiveMaximum, 65535))
+				}
 				c.Properties.ReceiveMaximum = &rm
 			}
 			return c, nil
@@ -180,6 +183,17 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// ReceiveQueue is the most received messages paho queues for the
+// handlers before it stops reading the socket (the Receive Maximum the
+// client announced): a handler that waits holds back the broker, with at
+// most that many messages in this process.
+func (t *MQTTTransport) ReceiveQueue() int {
+	if t.ep.ReceiveMaximum > 0 {
+		return min(t.ep.ReceiveMaximum, 65535)
+	}
+	return receiveMaximum
 }
 
 // onPublish runs on paho's router goroutine: it routes, and runs only

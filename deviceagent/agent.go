@@ -189,6 +189,10 @@ type Agent struct {
 	notices chan []byte
 	picker  *fetcher.Picker // source ranking state, kept across downloads
 
+	// reportMu serialises sendReport: a report's counter is taken, saved
+	// and published before the next report's is.
+	reportMu sync.Mutex
+
 	mu     sync.Mutex
 	st     Record
 	active bootctl.ImageInfo
@@ -508,12 +512,14 @@ func (a *Agent) report(ctx context.Context, state schemas.State, code schemas.Er
 
 // reportFor publishes a device report naming campaign.
 func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string) error {
-	return a.sendReport(ctx, campaign, state, code, text, false)
+	return a.sendReport(ctx, campaign, state, code, text, false, nil)
 }
 
 // sendReport publishes a device report; security marks a security event
 // (campaign is then empty). The counter is persisted first.
-func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool) error {
+func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool, at *progressAt) error {
+	a.reportMu.Lock()
+	defer a.reportMu.Unlock()
 	text = a.scrub(text)
 	a.mu.Lock()
 	a.st.Counter++
@@ -532,9 +538,13 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 		r.Protocol = uint8(a.cfg.DeliveryProtocol)
 	}
 	if state == schemas.StateDownloading {
-		r.BytesDone, r.BytesTotal = a.st.Bytes, a.st.Size
+		done := a.st.Bytes
+		if at != nil { // a progress report sent after the fact
+			done, r.Time = at.bytes, at.time.UnixMilli()
+		}
+		r.BytesDone, r.BytesTotal = done, a.st.Size
 		if len(a.st.Delta) > 0 { // the bytes fetched are the delta's
-			r.BytesDone, r.BytesTotal = min(a.st.Bytes, a.st.DeltaSize), a.st.DeltaSize
+			r.BytesDone, r.BytesTotal = min(done, a.st.DeltaSize), a.st.DeltaSize
 		}
 	}
 	rec := a.st

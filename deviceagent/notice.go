@@ -132,5 +132,5 @@ func (a *Agent) reportSecurity(ctx context.Context, code schemas.ErrCode, text s
 	a.mu.Lock()
 	state := a.st.State
 	a.mu.Unlock()
-	_ = a.sendReport(ctx, "", state, code, text, true)
+	_ = a.sendReport(ctx, "", state, code, text, true, nil)
 }

@@ -259,6 +259,8 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 func (a *Agent) fetchInto(ctx context.Context, im fetcher.Image, srcs []fetcher.Source, plan fetcher.Plan, dir string, sink fetcher.Sink, skipDigest bool) error {
 	step := uint64(a.cfg.ProgressStep)
 	last := uint64(0)
+	prog := a.startProgressReports(ctx)
+	defer prog.stop()
 	f, err := fetcher.New(fetcher.Config{
 		SkipImageDigest: skipDigest,
 		NoSync:          a.cfg.NoSync,
@@ -294,7 +296,7 @@ func (a *Agent) fetchInto(ctx context.Context, im fetcher.Image, srcs []fetcher.
 			}
 			if (p.Timed || pct >= last+step) && pct < 100 {
 				last = max(last, pct-pct%step)
-				_ = a.report(ctx, schemas.StateDownloading, schemas.CodeNone, "")
+				prog.post(p.BytesDone, a.cfg.Clock.Now())
 			}
 		},
 	})

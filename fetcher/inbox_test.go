@@ -39,13 +39,13 @@ func TestInboxBounds(t *testing.T) {
 	for range nonChunkRoom {
 		in.bcastHandler(ctx, end) // beyond the chunk bound, never shed
 	}
-	if shed, peak := in.stats(); shed != 3 || peak != 3*one || len(in.ch) != 3+nonChunkRoom {
+	if shed, peak, _ := in.stats(); shed != 3 || peak != 3*one || len(in.ch) != 3+nonChunkRoom {
 		t.Fatalf("shed %d, peak %d, %d buffered; want 3 shed, peak %d, %d buffered", shed, peak, len(in.ch), 3*one, 3+nonChunkRoom)
 	}
 	// Taking a chunk frees its room.
 	in.got(<-in.ch)
 	in.handler(ctx, chunk(9, 1000))
-	if shed, _ := in.stats(); shed != 3 {
+	if shed, _, _ := in.stats(); shed != 3 {
 		t.Errorf("after one chunk was taken, a chunk was shed")
 	}
 
@@ -54,7 +54,7 @@ func TestInboxBounds(t *testing.T) {
 	for i := range 4 {
 		in.handler(ctx, chunk(i, 10))
 	}
-	if shed, _ := in.stats(); shed != 2 {
+	if shed, _, _ := in.stats(); shed != 2 {
 		t.Errorf("count bound 2: %d shed of 4, want 2", shed)
 	}
 
@@ -62,7 +62,57 @@ func TestInboxBounds(t *testing.T) {
 	in = newInbox(10, 100)
 	in.handler(ctx, chunk(0, 1000))
 	in.handler(ctx, chunk(1, 1000))
-	if shed, _ := in.stats(); shed != 1 || len(in.ch) != 1 {
+	if shed, _, _ := in.stats(); shed != 1 || len(in.ch) != 1 {
 		t.Errorf("chunks over the byte bound: %d shed, %d buffered; want 1 and 1", shed, len(in.ch))
+	}
+}
+
+// TestInboxWaitsForReader: with wait set (a transport that pushes back on
+// the broker), a chunk arriving at a full buffer waits while the reader
+// takes chunks and is queued once one is taken, not shed; a reader that
+// took nothing for takeStall does not hold the connection: chunks are
+// shed again.
+func TestInboxWaitsForReader(t *testing.T) {
+	ctx := context.Background()
+	img := make([]byte, 32)
+	chunk := func(i int) broker.Message {
+		b, err := schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: img, Index: uint32(i), Data: make([]byte, 100)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return broker.Message{Payload: b}
+	}
+	in := newInbox(2, 1<<20)
+	in.wait = true
+	in.handler(ctx, chunk(0))
+	in.got(<-in.ch) // the reader takes: it is alive
+	in.handler(ctx, chunk(1))
+	in.handler(ctx, chunk(2)) // full now
+	handled := make(chan struct{})
+	go func() {
+		in.handler(ctx, chunk(3)) // waits for room
+		close(handled)
+	}()
+	in.got(<-in.ch) // room for chunk 3
+	<-handled
+	if shed, _, _ := in.stats(); shed != 0 || len(in.ch) != 2 {
+		t.Fatalf("a chunk at a full buffer with its reader taking: %d shed, %d buffered; want 0 and 2", shed, len(in.ch))
+	}
+	// The reader stalls: arriving chunks are shed at once.
+	in.mu.Lock()
+	in.taken = in.taken.Add(-2 * takeStall)
+	in.mu.Unlock()
+	in.handler(ctx, chunk(4))
+	if shed, _, _ := in.stats(); shed != 1 {
+		t.Fatalf("a chunk at a full buffer whose reader stalled: %d shed, want 1", shed)
+	}
+	// Without wait (NATS, a large transport queue), never a wait.
+	in = newInbox(1, 1<<20)
+	in.handler(ctx, chunk(0))
+	in.got(<-in.ch)
+	in.handler(ctx, chunk(1))
+	in.handler(ctx, chunk(2))
+	if shed, _, _ := in.stats(); shed != 1 {
+		t.Fatalf("no wait: %d shed, want 1", shed)
 	}
 }

@@ -38,15 +38,20 @@ func TestBrokerSlowFlashBoundedMemory(t *testing.T) {
 	for _, b := range []struct {
 		name  string
 		start func(t *testing.T) string
+		rm    int // the device's MQTT Receive Maximum (0: the default)
 	}{
-		{"mosquitto", func(t *testing.T) string { return testutil.StartMosquitto(t, "").URL() }},
-		{"nats", func(t *testing.T) string { return testutil.StartNATSProcess(t).URL() }},
+		// The default paho queue (1024 messages): the buffer sheds.
+		{"mosquitto", func(t *testing.T) string { return testutil.StartMosquitto(t, "").URL() }, 0},
+		// A device's (broker.DeviceReceiveMaximum): the buffer waits
+		// for room and the broker holds the rest.
+		{"mosquitto-pushback", func(t *testing.T) string { return testutil.StartMosquitto(t, "").URL() }, broker.DeviceReceiveMaximum},
+		{"nats", func(t *testing.T) string { return testutil.StartNATSProcess(t).URL() }, 0},
 	} {
-		t.Run(b.name, func(t *testing.T) { slowFlash(t, b.start(t)) })
+		t.Run(b.name, func(t *testing.T) { slowFlash(t, b.start(t), b.rm) })
 	}
 }
 
-func slowFlash(t *testing.T, url string) {
+func slowFlash(t *testing.T, url string, rm int) {
 	const chunk = 16 << 10
 	const n = 64 // a 1 MiB image
 	const bcastRate = 2 << 20
@@ -55,7 +60,7 @@ func slowFlash(t *testing.T, url string) {
 	defer cancel()
 	fx := newFixture(t, n*chunk-100, chunk, 21)
 	topics := testutil.UniqueTopics(t)
-	dev := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "slowflash-dev"})
+	dev := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "slowflash-dev", ReceiveMaximum: rm})
 	pub := testutil.Dial(t, broker.Config{URL: url, Topics: topics, ClientID: "slowflash-pub"})
 	bt, err := topics.Chunks(fx.im.Hex())
 	if err != nil {
@@ -150,10 +155,14 @@ func slowFlash(t *testing.T, url string) {
 		unicast += k
 	}
 	growth := peak - base
-	t.Logf("%d waves of %d chunks at %d KiB/s, flash %d KiB/s: %d chunks shed on arrival, receive buffer peak %d KiB (bound %d KiB), live heap growth peak %d KiB; %d requests, %d chunks by unicast",
-		waves, n, bcastRate>>10, flashRate>>10, src.Shed, src.PeakQueued>>10, src.cfg.QueueBytes>>10, growth>>10, src.Requests, unicast)
-	if src.Shed == 0 {
-		t.Error("nothing shed: the flash was not behind the broadcast")
+	t.Logf("%d waves of %d chunks at %d KiB/s, flash %d KiB/s: %d chunks shed on arrival, %d waited for room, receive buffer peak %d KiB (bound %d KiB), live heap growth peak %d KiB; %d requests, %d chunks by unicast",
+		waves, n, bcastRate>>10, flashRate>>10, src.Shed, src.Waited, src.PeakQueued>>10, src.cfg.QueueBytes>>10, growth>>10, src.Requests, unicast)
+	if rm > 0 && rm <= maxPushbackQueue {
+		if src.Waited == 0 {
+			t.Error("no chunk waited for room: the flash was not behind the broadcast, or the buffer did not push back")
+		}
+	} else if src.Waited != 0 || src.Shed == 0 {
+		t.Errorf("%d shed, %d waited: want chunks shed and none waiting (the transport queues too much to push back)", src.Shed, src.Waited)
 	}
 	if src.PeakQueued > src.cfg.QueueBytes {
 		t.Errorf("receive buffer held %d bytes, bound %d", src.PeakQueued, src.cfg.QueueBytes)

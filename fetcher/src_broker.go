@@ -74,6 +74,16 @@ type BrokerConfig struct {
 	// chunks come closer together than Quiet, no new chunk is asked for.
 	// Default 500ms, but at most Idle.
 	Quiet time.Duration
+	// WaveGap replaces Quiet once wanted chunks came by broadcast and
+	// the wave's end marker (schemas.WaveEnd) has not: a wave is flowing,
+	// and its marker says when it is over, so a gap in it (a loaded
+	// broker or publisher, this device's own receive path behind) is no
+	// reason to ask; only a gap of WaveGap (the marker lost, the wave
+	// stopped) is. With Quiet there, a pause of the wave under load made
+	// most of a fleet send requests at once, mid-wave, and spend the
+	// coded parity of blocks the wave was still sending. Default Idle,
+	// at least Quiet.
+	WaveGap time.Duration
 	// SummaryBackoff bounds the random delay after a wave's end marker
 	// (schemas.WaveEnd) before the device sends its loss summary, so
 	// that a fleet's summaries spread out; the delay is shorter for a
@@ -132,6 +142,9 @@ type BrokerSource struct {
 	// returns.
 	Shed       int64
 	PeakQueued int
+	// Waited counts the chunks that arrived at a full receive buffer and
+	// waited for room rather than being dropped (see receiveQueuer).
+	Waited int64
 
 	// held is the subscription Table leaves open for the Fetch of the
 	// same image that follows (the table may come at a wave's start, with
@@ -180,6 +193,9 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.Quiet <= 0 {
 		cfg.Quiet = min(500*time.Millisecond, cfg.Idle)
 	}
+	if cfg.WaveGap < cfg.Quiet {
+		cfg.WaveGap = max(cfg.Idle, cfg.Quiet)
+	}
 	if cfg.SummaryBackoff <= 0 {
 		cfg.SummaryBackoff = cfg.Quiet
 	}
@@ -223,7 +239,33 @@ type inbox struct {
 	// bytes they held; shed counts those dropped. Guarded by mu.
 	chunks, bytes, peak int
 	shed                int64
+	// wait: a chunk arriving at a full buffer waits for room while the
+	// reader takes chunks (taken within takeStall), instead of being
+	// dropped; set where the transport then pushes back on the broker
+	// (MQTT: paho stops reading the socket once its queue of
+	// broker.Config.ReceiveMaximum messages is full). taken is when the
+	// reader last took a chunk; waited counts the waits. Guarded by mu.
+	wait   bool
+	taken  time.Time
+	waited int64
+	room   chan struct{} // a chunk was taken
 }
+
+// takeStall is how long a reader may go without taking a chunk before
+// arriving chunks are dropped rather than waited for: a reader that
+// stopped (its own request's acknowledgement, which comes behind the
+// chunks, awaited) must not hold the connection.
+const takeStall = time.Second
+
+// receiveQueuer is a transport that stops reading from the broker once
+// ReceiveQueue received messages wait for the handlers
+// (broker.MQTTTransport).
+type receiveQueuer interface{ ReceiveQueue() int }
+
+// maxPushbackQueue is the largest ReceiveQueue with which the receive
+// buffer waits for room instead of dropping (broker.DeviceReceiveMaximum
+// is 16): the messages queued there are memory on top of QueueBytes.
+const maxPushbackQueue = 64
 
 // nonChunkRoom is how many messages other than chunks an inbox's channel
 // holds beyond its chunk bound, so that a table or marker arriving behind
@@ -231,7 +273,7 @@ type inbox struct {
 const nonChunkRoom = 16
 
 func newInbox(maxChunks, maxBytes int) *inbox {
-	return &inbox{ch: make(chan inMsg, maxChunks+nonChunkRoom), done: make(chan struct{}), maxChunks: maxChunks, maxBytes: maxBytes}
+	return &inbox{ch: make(chan inMsg, maxChunks+nonChunkRoom), done: make(chan struct{}), maxChunks: maxChunks, maxBytes: maxBytes, room: make(chan struct{}, 1)}
 }
 
 // inMsg is a received message; bcast: it came on the broadcast topic;
@@ -246,10 +288,31 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
 	if chunk {
 		in.mu.Lock()
-		if in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
-			in.shed++
+		for in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
+			if !in.wait || time.Since(in.taken) > takeStall {
+				in.shed++
+				in.mu.Unlock()
+				return // a loss: repaired later
+			}
+			// The writer is taking chunks, only slower than they come:
+			// wait for room, so that the transport stops reading and
+			// the broker holds the rest, as it would for any slow
+			// subscriber.
 			in.mu.Unlock()
-			return // a loss: repaired later
+			t := time.NewTimer(takeStall)
+			select {
+			case <-in.room:
+			case <-t.C:
+			case <-in.done:
+				t.Stop()
+				return
+			case <-ctx.Done():
+				t.Stop()
+				return
+			}
+			t.Stop()
+			in.mu.Lock()
+			in.waited++
 		}
 		in.chunks++
 		in.bytes += len(m.Payload)
@@ -291,14 +354,20 @@ func (in *inbox) got(m inMsg) {
 	in.mu.Lock()
 	in.chunks--
 	in.bytes -= len(m.b)
+	in.taken = time.Now()
 	in.mu.Unlock()
+	select {
+	case in.room <- struct{}{}:
+	default:
+	}
 }
 
-// stats returns the chunks shed and the peak bytes queued so far.
-func (in *inbox) stats() (shed int64, peak int) {
+// stats returns the chunks shed, the peak bytes queued and the waits for
+// room so far.
+func (in *inbox) stats() (shed int64, peak int, waited int64) {
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	return in.shed, in.peak
+	return in.shed, in.peak, in.waited
 }
 
 func (in *inbox) handler(ctx context.Context, m broker.Message)      { in.handle(ctx, m, false) }
@@ -324,6 +393,14 @@ func putBuf(b []byte) {
 
 func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
 	in := newInbox(s.cfg.Queue, s.cfg.QueueBytes)
+	// Where the transport pushes back on the broker with little queued
+	// (MQTT with a device's Receive Maximum), a full buffer waits for
+	// room and the broker holds the rest; elsewhere it drops: nats.go
+	// reads on regardless, into memory, and a large paho queue would
+	// hold up to ReceiveQueue messages here.
+	if q, ok := s.cfg.Transport.(receiveQueuer); ok && q.ReceiveQueue() > 0 && q.ReceiveQueue() <= maxPushbackQueue {
+		in.wait = true
+	}
 	var subs []broker.Subscription
 	unsub := func() {
 		close(in.done)
@@ -538,18 +615,22 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	defer unsub()
 	before := s.counts()
 	defer func() {
-		shed, peak := in.stats()
+		shed, peak, waited := in.stats()
 		s.Shed += shed
+		s.Waited += waited
 		s.PeakQueued = max(s.PeakQueued, peak)
 		if t := s.cfg.Tally; t != nil {
 			after := s.counts()
 			t.Shed.Add(shed)
+			t.Waited.Add(waited)
 			t.BadParity.Add(int64(after.BadParity - before.BadParity))
 			t.Rebuilt.Add(int64(after.Rebuilt - before.Rebuilt))
 			t.Requests.Add(int64(after.Requests - before.Requests))
 			t.Suppressed.Add(int64(after.Suppressed - before.Suppressed))
 		}
 	}()
+	rs := s.startRequests(ctx, im)
+	defer rs.stop()
 	n := want.b.n
 	missing := want.b.clone()
 	left := missing.count()
@@ -561,6 +642,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// it is over, when the requests of all devices that took it are
 	// batched together (a chunk many lack is then re-broadcast once).
 	lastBcast := time.Time{}
+	// inWave: wanted chunks came by broadcast since the last end marker;
+	// gap is how long a pause in them must last before the device asks.
+	inWave := false
+	gap := func() time.Duration {
+		if inWave {
+			return s.cfg.WaveGap
+		}
+		return s.cfg.Quiet
+	}
 	// ask requests the outstanding chunks again (resend) and tops the
 	// window (at most window chunks asked for and not received) up with
 	// chunks not asked for yet.
@@ -571,7 +661,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			cur = 0
 		}
 		limit := n
-		if time.Since(lastBcast) < s.cfg.Quiet {
+		if time.Since(lastBcast) < gap() {
 			limit = 0
 		}
 		// With coded repair, a block's missing chunks covered by the
@@ -599,7 +689,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if req.count() == 0 {
 			return nil
 		}
-		return s.request(ctx, im, req.bits, false)
+		return rs.send(req.bits)
 	}
 	idle := 0
 	var chunk schemas.Chunk
@@ -703,7 +793,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// The wave is over: nothing more is coming by broadcast.
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
-				lastBcast = time.Time{}
+				lastBcast, inWave = time.Time{}, false
 				if !summary && nIn == 0 {
 					summary = true
 					var needs []int
@@ -725,7 +815,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				continue
 			}
 			if m.bcast {
-				lastBcast = time.Now()
+				lastBcast, inWave = time.Now(), true
 			}
 			if err := deliver(i, chunk.Data); err != nil {
 				if errors.Is(err, ErrSink) {
@@ -749,13 +839,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 			if listening {
 				// The broadcast stream goes on: keep listening.
-				timer.Reset(s.cfg.Quiet)
+				timer.Reset(gap())
 				continue
 			}
 			// Keep the idle timer running from the last new chunk; with
 			// nothing asked for and a wave flowing, ask once it is quiet.
 			if m.bcast && nIn == 0 {
-				timer.Reset(s.cfg.Quiet)
+				timer.Reset(gap())
 			} else {
 				timer.Reset(s.cfg.Idle)
 			}

@@ -10,6 +10,9 @@ type Tally struct {
 	// Shed: chunks and parity chunks dropped on arrival because the
 	// receive buffer was full (BrokerSource.Shed).
 	Shed atomic.Int64
+	// Waited: chunks that arrived at a full receive buffer and waited
+	// for room (BrokerSource.Waited).
+	Waited atomic.Int64
 	// BadParity, Rebuilt, Requests, Suppressed: as BrokerSource's.
 	BadParity, Rebuilt, Requests, Suppressed atomic.Int64
 }
@@ -17,6 +20,7 @@ type Tally struct {
 // TallyTotals is a snapshot of a Tally.
 type TallyTotals struct {
 	Shed       int64 `json:"shed"`
+	Waited     int64 `json:"waited"`
 	BadParity  int64 `json:"bad_parity"`
 	Rebuilt    int64 `json:"rebuilt"`
 	Requests   int64 `json:"requests"`
@@ -28,6 +32,6 @@ func (t *Tally) Totals() TallyTotals {
 	if t == nil {
 		return TallyTotals{}
 	}
-	return TallyTotals{Shed: t.Shed.Load(), BadParity: t.BadParity.Load(),
+	return TallyTotals{Shed: t.Shed.Load(), Waited: t.Waited.Load(), BadParity: t.BadParity.Load(),
 		Rebuilt: t.Rebuilt.Load(), Requests: t.Requests.Load(), Suppressed: t.Suppressed.Load()}
 }

@@ -439,6 +439,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		p.waveMu.Unlock()
 		w.next.Store(0)
 		w.end.Store(int64(to))
+		t0 := time.Now()
 		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, to); err != nil {
 			return err
 		}
@@ -446,6 +447,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		p.waveMu.Lock()
 		joiners, joinTo := w.joiners, w.joinTo
 		p.waveMu.Unlock()
+		p.log.Debug("wave pass sent", "image", digest, "pass", pass, "chunks", to, "seconds", time.Since(t0).Seconds(), "joiners", joiners)
 		// Devices that joined while the pass flowed listen now: the next
 		// pass carries, from the carousel's start, what the one that
 		// joined last missed, instead of a whole wave for a few late
@@ -1034,6 +1036,7 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
+	p.log.Debug("coded repair round", "image", d.digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
 	if len(send) == 0 {
 		return nil
 	}
@@ -1092,4 +1095,16 @@ func (p *Publisher) announce(ctx context.Context, d *imageData, bt schemas.Topic
 		return err
 	}
 	return p.send(ctx, bt, b, &p.egress.Repair, "announce")
+}
+
+// countNonZero counts the non-zero entries of v.
+func countNonZero[T comparable](v []T) int {
+	var zero T
+	n := 0
+	for _, x := range v {
+		if x != zero {
+			n++
+		}
+	}
+	return n
 }

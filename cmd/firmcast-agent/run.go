@@ -161,7 +161,8 @@ func (o *runOptions) run(ctx context.Context) error {
 		stages = append(stages, deviceagent.Stage{Component: name, Boot: sd})
 	}
 	log := slog.Default()
-	tr, err := broker.Dial(ctx, broker.Config{URL: o.brokerURL, Username: o.deviceID, Password: o.secret, ClientID: o.deviceID, Topics: topics, Logger: log})
+	tr, err := broker.Dial(ctx, broker.Config{URL: o.brokerURL, Username: o.deviceID, Password: o.secret, ClientID: o.deviceID, Topics: topics, Logger: log,
+		ReceiveMaximum: broker.DeviceReceiveMaximum})
 	if err != nil {
 		return fmt.Errorf("--broker: %w", err)
 	}

@@ -31,6 +31,8 @@ type benchFlags struct {
 	coded     bool
 	codedK    int
 	codedP    int
+	maxRate   string
+	fsync     bool
 	reporters int
 	encrypt   bool
 	flash     string
@@ -85,6 +87,8 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
 	fl.IntVar(&f.codedK, "coded-block", 0, "with --coded: chunks per source block K (0: the publisher's default, 128)")
 	fl.IntVar(&f.codedP, "coded-parity", 0, "with --coded: parity chunks committed per block P, K+P <= 256 (0: the publisher's default)")
+	fl.StringVar(&f.maxRate, "max-rate", "0", "cap on the publisher's chunk egress per second, e.g. 2MiB (waves, repairs and answers together); 0: no cap")
+	fl.BoolVar(&f.fsync, "device-fsync", false, "simulated devices fsync their flash and state as deployed agents do (off: they share one disk, where hundreds of devices' fsyncs serialise, a cost no real fleet pays)")
 	fl.IntVar(&f.reporters, "pace-reporters", 0, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (experimental); 0: none, waves are paced by the broker's echo alone")
 	fl.BoolVar(&f.encrypt, "encrypt", false, "also run each campaign with the image encrypted (a content key wrapped per device, devices decrypting as they install), alternating which goes first, and print its staged time against the plain campaign's")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
@@ -106,6 +110,14 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	if err != nil {
 		return fail(err)
 	}
+	var maxRate int64
+	if f.maxRate != "0" {
+		r, err := parseSize("max-rate", f.maxRate)
+		if err != nil {
+			return fail(err)
+		}
+		maxRate = int64(r)
+	}
 	if f.flash != "mem" && f.flash != "file" {
 		return fail(fmt.Errorf("--flash %q: want file or mem", f.flash))
 	}
@@ -124,8 +136,8 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, CodedBlock: f.codedK, CodedParity: f.codedP, PaceReporters: f.reporters, Encrypt: f.encrypt,
-		Logger:   slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, CodedBlock: f.codedK, CodedParity: f.codedP, MaxRate: maxRate, DeviceFsync: f.fsync, PaceReporters: f.reporters, Encrypt: f.encrypt,
+		Logger:   benchLogger(cmd, logf),
 		Progress: cmd.ErrOrStderr(),
 	})
 	if f.json {
@@ -221,4 +233,15 @@ func printBenchSummary(w io.Writer, sums []fleet.BenchSummary) {
 			s.EncRatio.Median, s.EncRatio.Min, s.EncRatio.Max)
 	}
 	_ = tw.Flush()
+}
+
+// benchLogger is the components' logger of a bench run, into w (the
+// run's bench.log): at --log-level when it is given, else at warn (a
+// campaign of hundreds of devices logs much at info).
+func benchLogger(cmd *cobra.Command, w io.Writer) *slog.Logger {
+	lvl := slog.LevelWarn
+	if f := cmd.Flags().Lookup("log-level"); f != nil && f.Changed {
+		_ = lvl.UnmarshalText([]byte(f.Value.String()))
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: lvl}))
 }

@@ -54,6 +54,15 @@ type BenchConfig struct {
 	// parity chunks per block P (publisher.Config.CodedBlock,
 	// CodedParity); 0: the publisher's defaults.
 	CodedBlock, CodedParity int
+	// MaxRate caps the publisher's chunk egress in bytes per second
+	// (publisher.Config.MaxBytesPerSecond); 0: no cap.
+	MaxRate int64
+	// DeviceFsync makes the simulated devices fsync their flash and
+	// state as deployed agents do. Off by default: the fleet shares one
+	// disk, where hundreds of devices' fsyncs serialise in its journal
+	// and stall their downloads for a cost no real fleet pays (each
+	// device has its own flash); the raw side does not fsync either.
+	DeviceFsync bool
 	// PaceReporters is how many of the N devices report their download
 	// progress every PaceInterval while they download (agent
 	// ProgressInterval), spread over the rollout order: the designated
@@ -183,12 +192,14 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
 		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
 		Timeout: timeout, Stall: bc.Stall,
+		Agent: func(c *deviceagent.Config) { c.NoSync = !bc.DeviceFsync },
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.
 		Publisher: func(c *publisher.Config) {
 			c.StartWindow, c.TickInterval = -1, 50*time.Millisecond
 			c.CodedRepair = bc.Coded
 			c.CodedBlock, c.CodedParity = bc.CodedBlock, bc.CodedParity
+			c.MaxBytesPerSecond = bc.MaxRate
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,
@@ -205,7 +216,9 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 			pub(c)
 			c.WavePace = time.Second
 		}
+		agent := cfg.Agent
 		cfg.Agent = func(ac *deviceagent.Config) {
+			agent(ac)
 			if (k.Add(1)-1)%int64(every) == 0 {
 				ac.ProgressInterval = iv
 			}

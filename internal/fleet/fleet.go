@@ -474,6 +474,7 @@ func (f *Fleet) Stop() {
 func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) error {
 	tr, err := broker.Dial(ctx, broker.Config{
 		URL: f.cfg.MQTTURL, Username: d.ID, Password: d.secret, ClientID: d.ID, Topics: f.cfg.Topics, Logger: f.cfg.Logger,
+		ReceiveMaximum: broker.DeviceReceiveMaximum,
 	})
 	if err != nil {
 		return err
@@ -588,6 +589,15 @@ func newCounting(tr broker.Transport, d *Device, loss float64, seed uint64) *cou
 	h := fnv.New64a()
 	h.Write([]byte(d.ID))
 	return &counting{Transport: tr, d: d, loss: loss, rng: rand.New(rand.NewPCG(seed, h.Sum64()))}
+}
+
+// ReceiveQueue forwards the transport's (fetcher's receiveQueuer): the
+// devices' receive buffers wait for room where the broker is pushed back.
+func (c *counting) ReceiveQueue() int {
+	if q, ok := c.Transport.(interface{ ReceiveQueue() int }); ok {
+		return q.ReceiveQueue()
+	}
+	return 0
 }
 
 // drop decides whether the chunk or parity chunk message b is lost.

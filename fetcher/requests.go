@@ -1,0 +1,87 @@
+package fetcher
+
+import (
+	"context"
+	"sync"
+)
+
+// requests sends a fetch's chunk requests from a goroutine of its own, so
+// that the fetch loop never waits on the network for them. A request is a
+// QoS 1 publish: its acknowledgement comes on the device's one connection
+// behind whatever the broker has queued for the device (a wave, a repair
+// round), and while the loop waited for it nothing took chunks off the
+// receive buffer, which shed them. Requests not yet sent are merged (the
+// union of their bitmaps) and go as one; an error of the sender is
+// returned by the next send, which ends the fetch as a failed request
+// did.
+type requests struct {
+	s  *BrokerSource
+	im Image
+
+	mu      sync.Mutex
+	pending []byte // the union of the bitmaps not yet sent; nil: none
+	err     error  // the last send's error, returned once by send
+
+	wake chan struct{}
+	done chan struct{}
+	quit context.CancelFunc
+}
+
+func (s *BrokerSource) startRequests(ctx context.Context, im Image) *requests {
+	ctx, quit := context.WithCancel(ctx)
+	r := &requests{s: s, im: im, wake: make(chan struct{}, 1), done: make(chan struct{}), quit: quit}
+	go r.run(ctx)
+	return r
+}
+
+// send queues a request for the chunks set in want; it never blocks.
+func (r *requests) send(want []byte) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.err; err != nil {
+		r.err = nil
+		return err
+	}
+	if r.pending == nil {
+		r.pending = append([]byte(nil), want...)
+	} else {
+		for i, b := range want {
+			r.pending[i] |= b
+		}
+	}
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+func (r *requests) run(ctx context.Context) {
+	defer close(r.done)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.wake:
+		}
+		r.mu.Lock()
+		b := r.pending
+		r.pending = nil
+		r.mu.Unlock()
+		if b == nil {
+			continue
+		}
+		if err := r.s.request(ctx, r.im, b, false); err != nil && ctx.Err() == nil {
+			r.mu.Lock()
+			r.err = err
+			r.mu.Unlock()
+		}
+	}
+}
+
+// stop ends the sender and waits for it (a request in flight is finished
+// or cancelled; one not sent yet is dropped: the fetch is over).
+func (r *requests) stop() {
+	r.quit()
+	<-r.done
+}
