@@ -30,7 +30,12 @@
 //     in order, so the network readers never wait for a handler; a chunk
 //     subscription's queue is bounded (chunks and parity chunks beyond it,
 //     or beyond SubscribeOptions.MaxQueuedBytes, are dropped, to be
-//     repaired), other messages are always queued.
+//     repaired), other messages are always queued. An Inline subscription
+//     has neither: its handler, which must return at once or wait only to
+//     push back on the broker, runs on the reader (the fetcher's).
+//     MQTTTransport.ReceiveQueue is paho's queue before the socket stops
+//     being read (Config.ReceiveMaximum; DeviceReceiveMaximum for
+//     devices).
 //   - server_mqtt.go, server_nats.go: embedded brokers with the
 //     nats-server embedding shape: NewXServer(cfg) → Start (non-blocking)
 //     → Ready(ctx) → Shutdown (idempotent); port 0 picks a free port and

@@ -47,12 +47,22 @@
 // time, instead of holding the block in memory.
 //
 // The broker source's receive path is bounded in bytes
-// (BrokerConfig.QueueBytes, default 1 MiB, and an eighth of it per
-// subscription in the transport): a writer slower than the broadcast (a
-// slow flash) sheds the chunks and parity chunks that do not fit, which
-// later waves, parity or a request repair like any QoS 0 loss, so it
+// (BrokerConfig.QueueBytes, default 1 MiB; its handlers run inline on the
+// transport's reader, broker.SubscribeOptions.Inline, so there is no
+// second queue in front of it). A writer slower than the broadcast (a
+// slow flash, a loaded machine) fills it. Over MQTT with a device's
+// Receive Maximum (broker.DeviceReceiveMaximum), a chunk that finds it
+// full waits for room while the writer is taking chunks: paho stops
+// reading the socket and the broker holds the rest, as it does for any
+// slow subscriber, and drops beyond its own queue. Otherwise (NATS, whose
+// client reads on regardless; a writer stalled for takeStall) the chunks
+// and parity chunks that do not fit are shed, and later waves, parity or
+// a request repair them like any QoS 0 loss. Either way a slow device
 // costs losses, never memory. Tables, wave end markers and repair
-// announcements are never shed.
+// announcements are never shed. The fetch loop never waits on the
+// network while chunks arrive: its chunk requests go out from a goroutine
+// of their own (requests.go), as the agent's progress reports do, since
+// a QoS 1 acknowledgement comes behind the chunks the broker queued.
 // The picker ranks sources by expected cost: configured price per byte times
 // the bytes still missing, plus the expected time (measured latency and
 // throughput, exponentially averaged) weighted by Config.TimeValue, plus a

@@ -3,6 +3,7 @@ package fetcher
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 )
 
 // requests sends a fetch's chunk requests from a goroutine of its own, so
@@ -13,10 +14,12 @@ import (
 // receive buffer, which shed them. Requests not yet sent are merged (the
 // union of their bitmaps) and go as one; an error of the sender is
 // returned by the next send, which ends the fetch as a failed request
-// did.
+// did. Chunks that arrive between a send and the publish are taken out
+// of the request as it goes (held).
 type requests struct {
-	s  *BrokerSource
-	im Image
+	s    *BrokerSource
+	im   Image
+	held heldBits // chunks the fetch delivered, set by the fetch loop
 
 	mu      sync.Mutex
 	pending []byte // the union of the bitmaps not yet sent; nil: none
@@ -27,9 +30,9 @@ type requests struct {
 	quit context.CancelFunc
 }
 
-func (s *BrokerSource) startRequests(ctx context.Context, im Image) *requests {
+func (s *BrokerSource) startRequests(ctx context.Context, im Image, n int) *requests {
 	ctx, quit := context.WithCancel(ctx)
-	r := &requests{s: s, im: im, wake: make(chan struct{}, 1), done: make(chan struct{}), quit: quit}
+	r := &requests{s: s, im: im, held: newHeldBits(n), wake: make(chan struct{}, 1), done: make(chan struct{}), quit: quit}
 	go r.run(ctx)
 	return r
 }
@@ -71,6 +74,19 @@ func (r *requests) run(ctx context.Context) {
 		if b == nil {
 			continue
 		}
+		some := false
+		for i := range 8 * len(b) {
+			if b[i/8]&(1<<(i%8)) != 0 {
+				if r.held.has(i) {
+					b[i/8] &^= 1 << (i % 8)
+				} else {
+					some = true
+				}
+			}
+		}
+		if !some {
+			continue
+		}
 		if err := r.s.request(ctx, r.im, b, false); err != nil && ctx.Err() == nil {
 			r.mu.Lock()
 			r.err = err
@@ -84,4 +100,21 @@ func (r *requests) run(ctx context.Context) {
 func (r *requests) stop() {
 	r.quit()
 	<-r.done
+}
+
+// heldBits is a bitmap of chunks written concurrently by the fetch loop
+// (set) and read by the request sender (has).
+type heldBits []atomic.Uint64
+
+func newHeldBits(n int) heldBits { return make(heldBits, (n+63)/64) }
+
+// set records that chunk i was delivered.
+func (h heldBits) set(i int) {
+	if i >= 0 && i/64 < len(h) {
+		h[i/64].Or(1 << (i % 64))
+	}
+}
+
+func (h heldBits) has(i int) bool {
+	return i >= 0 && i/64 < len(h) && h[i/64].Load()&(1<<(i%64)) != 0
 }

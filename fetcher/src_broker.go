@@ -629,9 +629,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			t.Suppressed.Add(int64(after.Suppressed - before.Suppressed))
 		}
 	}()
-	rs := s.startRequests(ctx, im)
-	defer rs.stop()
 	n := want.b.n
+	rs := s.startRequests(ctx, im, n)
+	defer rs.stop()
 	missing := want.b.clone()
 	left := missing.count()
 	inflight := newBitmap(n)
@@ -706,6 +706,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	progressed := false
 	// gotChunk records chunk i rebuilt from parity and delivered.
 	gotChunk := func(i int) {
+		rs.held.set(i)
 		missing.clear(i)
 		left--
 		if inflight.has(i) {
@@ -823,6 +824,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				continue // bad chunk: still outstanding, asked for again
 			}
+			rs.held.set(i)
 			missing.clear(i)
 			left--
 			if inflight.has(i) {
