@@ -279,6 +279,10 @@ func (p *Publisher) Egress() (wave, repair, unicast int64) {
 	return p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
 }
 
+// EgressTables returns the bytes of chunk tables sent to one requester,
+// a part of Egress's unicast.
+func (p *Publisher) EgressTables() int64 { return p.egress.Table.Load() }
+
 // Ready is closed once Run has subscribed to reports, chunk requests and
 // the API, so that device traffic is being taken.
 func (p *Publisher) Ready() <-chan struct{} { return p.ready }

@@ -432,6 +432,9 @@ func (b LocalBackend) EgressSplit() (wave, repair, unicast int64) {
 	return b.S.Pub.Egress()
 }
 
+// EgressTables is the part of the unicast egress that was chunk tables.
+func (b LocalBackend) EgressTables() int64 { return b.S.Pub.EgressTables() }
+
 // LocalBackend is a Stack's publisher as a Backend.
 type LocalBackend struct {
 	S *stack.Stack
@@ -519,6 +522,9 @@ func RunCampaign(ctx context.Context, fl Sim, be Backend, image []byte, class st
 	if es, ok := be.(egressSplitter); ok {
 		sum.Egress = map[string]int64{}
 		sum.Egress["wave"], sum.Egress["repair"], sum.Egress["unicast"] = es.EgressSplit()
+		if et, ok := be.(interface{ EgressTables() int64 }); ok {
+			sum.Egress["unicast_tables"] = et.EgressTables()
+		}
 	}
 	if sum.PublisherBytes >= 0 {
 		sum.PublisherRatio = float64(sum.PublisherBytes) / float64(len(image))
