@@ -34,8 +34,8 @@ import (
 // hears on the broadcast topic, and unicast chunks, which go to the
 // attacker alone) stays within the attacker's byte budget
 // (Config.DeviceImageBudget), plus the announcements and at most the
-// committed parity, once (see below); and the parity broadcast never
-// exceeds what the signed table commits.
+// committed parity, once (see below); and every parity chunk broadcast is
+// one the signed table commits (sent again past the commit, charged).
 func TestForgedLossSummaries(t *testing.T) {
 	const attacker, victim = "dev-mallory", "dev-victim"
 	const backend, backendSecret = "backend", "backend-secret-0123456789abcdef"
@@ -91,13 +91,17 @@ func TestForgedLossSummaries(t *testing.T) {
 			vic := dial(victim, false)
 			victimRx := listen(t, vic, topics, victim)
 			// What the victim hears on the image's broadcast topic.
-			var bcastBytes, parityMsgs atomic.Int64
+			var bcastBytes, parityMsgs, parityOut atomic.Int64
 			bt, _ := topics.Chunks(digest)
 			sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
 			if _, err := vic.Subscribe(sctx, bt, func(_ context.Context, m broker.Message) {
 				bcastBytes.Add(int64(len(m.Payload)))
 				if schemas.IsParityChunk(m.Payload) {
 					parityMsgs.Add(1)
+					var pc schemas.ParityChunk
+					if schemas.Decode(m.Payload, &pc) != nil || pc.Index >= table.ParityPerBlock || pc.Block >= table.NumBlocks() {
+						parityOut.Add(1)
+					}
 				}
 			}, broker.SubscribeOptions{Family: broker.FamilyChunk}); err != nil {
 				t.Fatal(err)
@@ -194,10 +198,10 @@ func TestForgedLossSummaries(t *testing.T) {
 			stop() // ends any repair still being sent: the counters are final
 			announced := int64(counterValue(p.met.chunkBytes.WithLabelValues("announce")))
 			repair, unicast := p.egress.Repair.Load(), p.egress.Unicast.Load()
-			// Parity is not charged to the summary's sender when the block
-			// is short for it (it is sent the block's chunks as well), but
-			// each committed parity chunk goes out once per image: the
-			// attacker can add at most the committed parity, once.
+			// The committed parity goes out uncharged once a wave; once
+			// spent, a block's parity chunks go again (oldest first),
+			// charged to the neediest requester: the attacker can add at
+			// most the committed parity, once, beyond its budget.
 			pm, _ := schemas.Encode(&schemas.ParityChunk{V: schemas.Version, Image: table.Image, Block: 1, Index: 7, Data: make([]byte, table.ChunkSize)})
 			committed := int64(table.NumBlocks() * table.ParityPerBlock)
 			most := budget + announced + committed*int64(len(pm))
@@ -209,8 +213,11 @@ func TestForgedLossSummaries(t *testing.T) {
 			if got := repair + unicast; got > most {
 				t.Errorf("forged summaries made the publisher send %d bytes of repair, over the attacker's budget %d + the committed parity and announcements (%d)", got, budget, most-budget)
 			}
-			if parityMsgs.Load() > committed {
-				t.Errorf("%d parity chunks broadcast, %d committed", parityMsgs.Load(), committed)
+			if parityMsgs.Load() <= committed {
+				t.Errorf("%d parity chunks broadcast, %d committed: 60 summaries of the whole image were not answered past the commit", parityMsgs.Load(), committed)
+			}
+			if n := parityOut.Load(); n > 0 {
+				t.Errorf("%d parity chunks broadcast outside what the signed table commits", n)
 			}
 			if bcastBytes.Load() > most {
 				t.Errorf("the victim heard %d bytes of repair broadcast, over the attacker's budget %d + the committed parity and announcements", bcastBytes.Load(), budget)
