@@ -185,10 +185,9 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 	return t, nil
 }
 
-// ReceiveQueue is the most received messages paho queues for the
-// handlers before it stops reading the socket (the Receive Maximum the
-// client announced): a handler that waits holds back the broker, with at
-// most that many messages in this process.
+// ReceiveQueue implements Transport: the most received messages paho
+// queues for the handlers before it stops reading the socket (the Receive
+// Maximum the client announced).
 func (t *MQTTTransport) ReceiveQueue() int {
 	if t.ep.ReceiveMaximum > 0 {
 		return min(t.ep.ReceiveMaximum, 65535)

@@ -160,6 +160,10 @@ func dialNATS(ctx context.Context, ep endpoint) (*NATSTransport, error) {
 // Dialect returns DialectNATS.
 func (t *NATSTransport) Dialect() Dialect { return DialectNATS }
 
+// ReceiveQueue implements Transport: 0, nats.go reads on whatever the
+// handlers do (into each subscription's pending buffer).
+func (t *NATSTransport) ReceiveQueue() int { return 0 }
+
 // JetStream returns the JetStream handle of the connection, for the
 // backend's streams and key-value stores.
 func (t *NATSTransport) JetStream() jetstream.JetStream { return t.js }

@@ -123,6 +123,13 @@ type Transport interface {
 	// Dialect is the form of a schemas.Topic this transport speaks (the
 	// form a reply address it receives on must be given in).
 	Dialect() Dialect
+	// ReceiveQueue is how many received messages the transport queues
+	// for the handlers before it stops reading from the broker, which
+	// then holds the rest (MQTT: the Receive Maximum the client
+	// announced); 0 when it never stops reading (NATS: the client reads
+	// on, into memory). A handler that waits holds back the broker only
+	// where it is not 0.
+	ReceiveQueue() int
 	// Close disconnects and stops the transport's goroutines. It is safe to
 	// call more than once.
 	Close(ctx context.Context) error

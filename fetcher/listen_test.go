@@ -19,14 +19,6 @@ type waveConn struct {
 	ready  chan struct{}
 }
 
-// ReceiveQueue forwards the transport's (receiveQueuer).
-func (c waveConn) ReceiveQueue() int {
-	if q, ok := c.Transport.(receiveQueuer); ok {
-		return q.ReceiveQueue()
-	}
-	return 0
-}
-
 func (c waveConn) Subscribe(ctx context.Context, f schemas.Topic, h broker.Handler, o broker.SubscribeOptions) (broker.Subscription, error) {
 	sub, err := c.Transport.Subscribe(ctx, f, h, o)
 	if err == nil && f.MQTT == c.chunks {

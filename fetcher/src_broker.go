@@ -143,7 +143,7 @@ type BrokerSource struct {
 	Shed       int64
 	PeakQueued int
 	// Waited counts the chunks that arrived at a full receive buffer and
-	// waited for room rather than being dropped (see receiveQueuer).
+	// waited for room rather than being dropped (see broker.Transport.ReceiveQueue).
 	Waited int64
 
 	// held is the subscription Table leaves open for the Fetch of the
@@ -257,12 +257,7 @@ type inbox struct {
 // chunks, awaited) must not hold the connection.
 const takeStall = time.Second
 
-// receiveQueuer is a transport that stops reading from the broker once
-// ReceiveQueue received messages wait for the handlers
-// (broker.MQTTTransport).
-type receiveQueuer interface{ ReceiveQueue() int }
-
-// maxPushbackQueue is the largest ReceiveQueue with which the receive
+// maxPushbackQueue is the largest broker.Transport.ReceiveQueue with which the receive
 // buffer waits for room instead of dropping (broker.DeviceReceiveMaximum
 // is 16): the messages queued there are memory on top of QueueBytes.
 const maxPushbackQueue = 64
@@ -398,7 +393,7 @@ func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) 
 	// room and the broker holds the rest; elsewhere it drops: nats.go
 	// reads on regardless, into memory, and a large paho queue would
 	// hold up to ReceiveQueue messages here.
-	if q, ok := s.cfg.Transport.(receiveQueuer); ok && q.ReceiveQueue() > 0 && q.ReceiveQueue() <= maxPushbackQueue {
+	if q := s.cfg.Transport.ReceiveQueue(); q > 0 && q <= maxPushbackQueue {
 		in.wait = true
 	}
 	var subs []broker.Subscription

@@ -37,6 +37,7 @@ func (apiNopTransport) Request(context.Context, schemas.Topic, []byte) ([]byte, 
 }
 func (apiNopTransport) Reply(context.Context, broker.Message, []byte) error { return nil }
 func (apiNopTransport) Dialect() broker.Dialect                             { return broker.DialectMQTT }
+func (apiNopTransport) ReceiveQueue() int                                   { return 0 }
 func (apiNopTransport) Close(context.Context) error                         { return nil }
 
 // apiStartServer starts a publisher on an in-process NATS server (its

@@ -591,15 +591,6 @@ func newCounting(tr broker.Transport, d *Device, loss float64, seed uint64) *cou
 	return &counting{Transport: tr, d: d, loss: loss, rng: rand.New(rand.NewPCG(seed, h.Sum64()))}
 }
 
-// ReceiveQueue forwards the transport's (fetcher's receiveQueuer): the
-// devices' receive buffers wait for room where the broker is pushed back.
-func (c *counting) ReceiveQueue() int {
-	if q, ok := c.Transport.(interface{ ReceiveQueue() int }); ok {
-		return q.ReceiveQueue()
-	}
-	return 0
-}
-
 // drop decides whether the chunk or parity chunk message b is lost.
 func (c *counting) drop(b []byte) bool {
 	if c.loss <= 0 || !(schemas.IsChunk(b) || schemas.IsParityChunk(b)) {

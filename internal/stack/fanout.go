@@ -71,6 +71,10 @@ func (f fanOutTransport) Reply(ctx context.Context, req broker.Message, b []byte
 // Dialect is the first transport's, the one requests go to.
 func (f fanOutTransport) Dialect() broker.Dialect { return f[0].Dialect() }
 
+// ReceiveQueue is 0: the brokers' transports differ, so no handler may
+// count on holding one back.
+func (f fanOutTransport) ReceiveQueue() int { return 0 }
+
 func (f fanOutTransport) Close(ctx context.Context) error {
 	var errs []error
 	for _, tr := range f {

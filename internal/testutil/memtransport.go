@@ -328,6 +328,10 @@ func (c *MemConn) Reply(ctx context.Context, req broker.Message, p []byte) error
 // Dialect implements broker.Transport: the hub's topic form.
 func (c *MemConn) Dialect() broker.Dialect { return c.hub.dialect() }
 
+// ReceiveQueue implements broker.Transport: 0, the hub never holds a
+// message back.
+func (c *MemConn) ReceiveQueue() int { return 0 }
+
 // OnConnect registers f to be called by MemHub.Reconnect.
 func (c *MemConn) OnConnect(f func()) (stop func()) {
 	h := c.hub
