@@ -283,6 +283,7 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
 	if chunk {
 		in.mu.Lock()
+		waited := false
 		for in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
 			if !in.wait || time.Since(in.taken) > takeStall {
 				in.shed++
@@ -307,7 +308,10 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 			}
 			t.Stop()
 			in.mu.Lock()
-			in.waited++
+			if !waited {
+				waited = true
+				in.waited++ // once per chunk, however often it woke
+			}
 		}
 		in.chunks++
 		in.bytes += len(m.Payload)
