@@ -70,8 +70,9 @@ func TestInboxBounds(t *testing.T) {
 // TestInboxWaitsForReader: with wait set (a transport that pushes back on
 // the broker), a chunk arriving at a full buffer waits while the reader
 // takes chunks and is queued once one is taken, not shed; a reader that
-// took nothing for takeStall does not hold the connection: chunks are
-// shed again.
+// took nothing for takeStall while the buffer stayed full does not hold
+// the connection: chunks are shed again. A burst after a pause (the
+// reader's last take long ago, the buffer only just full) waits.
 func TestInboxWaitsForReader(t *testing.T) {
 	ctx := context.Background()
 	img := make([]byte, 32)
@@ -98,11 +99,38 @@ func TestInboxWaitsForReader(t *testing.T) {
 	if shed, _, _ := in.stats(); shed != 0 || len(in.ch) != 2 {
 		t.Fatalf("a chunk at a full buffer with its reader taking: %d shed, %d buffered; want 0 and 2", shed, len(in.ch))
 	}
-	// The reader stalls: arriving chunks are shed at once.
+	// A burst after a pause: the reader last took a chunk long ago
+	// (the wave ended, a repair round comes), but the buffer only just
+	// filled: a chunk waits for the reader about to run, not shed.
 	in.mu.Lock()
 	in.taken = in.taken.Add(-2 * takeStall)
 	in.mu.Unlock()
-	in.handler(ctx, chunk(4))
+	handled = make(chan struct{})
+	waiting := make(chan struct{}, 1)
+	in.mu.Lock()
+	in.onWait = func() { waiting <- struct{}{} }
+	in.mu.Unlock()
+	go func() {
+		in.handler(ctx, chunk(4))
+		close(handled)
+	}()
+	select {
+	case <-waiting:
+	case <-handled:
+		t.Fatal("a chunk arriving at a buffer just filled after a pause did not wait for the reader")
+	}
+	in.got(<-in.ch)
+	<-handled
+	if shed, _, _ := in.stats(); shed != 0 || len(in.ch) != 2 {
+		t.Fatalf("a burst at a full buffer after a pause: %d shed, %d buffered; want 0 and 2", shed, len(in.ch))
+	}
+	// The reader stalls (the buffer stayed full for takeStall with
+	// nothing taken): arriving chunks are shed at once.
+	in.mu.Lock()
+	in.taken = in.taken.Add(-3 * takeStall)
+	in.fullSince = in.taken.Add(takeStall / 2)
+	in.mu.Unlock()
+	in.handler(ctx, chunk(5))
 	if shed, _, _ := in.stats(); shed != 1 {
 		t.Fatalf("a chunk at a full buffer whose reader stalled: %d shed, want 1", shed)
 	}

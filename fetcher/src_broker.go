@@ -245,10 +245,15 @@ type inbox struct {
 	// (MQTT: paho stops reading the socket once its queue of
 	// broker.Config.ReceiveMaximum messages is full). taken is when the
 	// reader last took a chunk; waited counts the waits. Guarded by mu.
-	wait   bool
-	taken  time.Time
-	waited int64
-	room   chan struct{} // a chunk was taken
+	wait  bool
+	taken time.Time
+	// fullSince is when a chunk last found the buffer full after the
+	// reader's last take (see handle).
+	fullSince time.Time
+	waited    int64
+	room      chan struct{} // a chunk was taken
+	// onWait, when set (tests), is called as a chunk starts waiting.
+	onWait func()
 }
 
 // takeStall is how long a reader may go without taking a chunk before
@@ -285,7 +290,17 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 		in.mu.Lock()
 		waited := false
 		for in.chunks >= in.maxChunks || (in.chunks > 0 && in.bytes+len(m.Payload) > in.maxBytes) {
-			if !in.wait || time.Since(in.taken) > takeStall {
+			// The reader is stuck when the buffer has stayed full for
+			// takeStall with nothing taken: measured from the later of
+			// its last take and when the buffer was found full, so that
+			// a burst after a pause (a repair round after a quiet
+			// spell) waits for a reader about to run instead of being
+			// shed at once.
+			now := time.Now()
+			if !in.fullSince.After(in.taken) {
+				in.fullSince = now
+			}
+			if !in.wait || now.Sub(in.fullSince) > takeStall {
 				in.shed++
 				in.mu.Unlock()
 				return // a loss: repaired later
@@ -294,7 +309,11 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 			// wait for room, so that the transport stops reading and
 			// the broker holds the rest, as it would for any slow
 			// subscriber.
+			onWait := in.onWait
 			in.mu.Unlock()
+			if onWait != nil {
+				onWait()
+			}
 			t := time.NewTimer(takeStall)
 			select {
 			case <-in.room:

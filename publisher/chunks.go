@@ -424,6 +424,10 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		}()
 	}
 	n := len(d.table.Hashes)
+	// The wave makes the image's parity as it sends the chunks, for the
+	// repair rounds after it.
+	acc := p.parity.stream(d)
+	defer acc.finish()
 	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
 	cr.order = d.order // a coded image's blocks interleaved
 	defer cr.close()
@@ -440,7 +444,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 		w.next.Store(0)
 		w.end.Store(int64(to))
 		t0 := time.Now()
-		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, to); err != nil {
+		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, acc, to); err != nil {
 			return err
 		}
 		p.met.waves.Inc()
@@ -471,7 +475,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 // wavePass broadcasts positions [0, to) of d's carousel on t, with the
 // chunk table copies, paced by ec and wp when set, then the marker that
 // ends it.
-func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, to int) error {
+func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, acc *parityAcc, to int) error {
 	n := d.chunks()
 	digest := d.info.Digest
 	for s := range to {
@@ -491,6 +495,7 @@ func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData,
 		if err != nil {
 			return fmt.Errorf("publisher: wave %s: %w", digest, err)
 		}
+		acc.add(i, data)
 		b, err := encodeChunkData(d, i, data)
 		if err != nil {
 			return err
@@ -888,12 +893,38 @@ func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 			return
 		case <-t.C:
 		}
+		// One round of an image at a time: requests that come while
+		// the previous one is going out join this batch, and its needs
+		// are read after that round is sent.
+		fl := p.flusher(digest)
+		select {
+		case fl <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		defer func() { <-fl }()
 		p.repairMu.Lock()
 		b := p.repairs[digest]
 		delete(p.repairs, digest)
 		p.repairMu.Unlock()
 		p.flushRepair(ctx, digest, b)
 	}()
+}
+
+// flusher returns the one-slot semaphore that serialises the repair
+// rounds of digest.
+func (p *Publisher) flusher(digest string) chan struct{} {
+	p.repairMu.Lock()
+	defer p.repairMu.Unlock()
+	if p.flushing == nil {
+		p.flushing = map[string]chan struct{}{}
+	}
+	fl, ok := p.flushing[digest]
+	if !ok {
+		fl = make(chan struct{}, 1)
+		p.flushing[digest] = fl
+	}
+	return fl
 }
 
 // flushRepair broadcasts the chunks at least RepairBroadcastMin requesters
@@ -995,11 +1026,10 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 	p.met.chunkRequests.WithLabelValues("served").Add(float64(len(per)))
 }
 
-// parityGroup is how many blocks' parity chunks a coded repair round
-// computes and interleaves at a time: bursts of losses spread over that
-// many blocks, and the publisher holds their parity (parityGroup x
-// ParityPerBlock chunks) only while it sends them.
-const parityGroup = 8
+// parityCacheBytes bounds the parity chunks a publisher keeps
+// (parityCache): 64 MiB holds the parity of 256 MiB of image at the
+// default K = 128, P = 32.
+const parityCacheBytes = 64 << 20
 
 // repairCoded is the coded part of a repair batch of the coded image d:
 // per holds the chunks each requester lacks (and is charged for). It
@@ -1075,38 +1105,38 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
-	p.log.Debug("coded repair round", "image", d.digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
+	p.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
 	if len(send) == 0 {
 		return nil
+	}
+	// The parity first (from the cache, or coded from the image's
+	// chunks once), then the announcement and the round back to back.
+	read := func(ctx context.Context, i uint32) ([]byte, error) { return p.readChunk(ctx, d, int(i)) }
+	t0 := time.Now()
+	defer func() {
+		p.log.Debug("coded repair round sent", "image", d.info.Digest, "parity", len(send), "seconds", time.Since(t0).Seconds())
+	}()
+	msgs := map[uint32][][]byte{}
+	for _, s := range send {
+		if _, ok := msgs[s.Block]; ok {
+			continue
+		}
+		m, err := p.parity.block(ctx, d, s.Block, read)
+		if err != nil {
+			return err
+		}
+		msgs[s.Block] = m
 	}
 	if err := p.announce(ctx, d, bt, wave, send); err != nil {
 		return err
 	}
-	enc, err := blockcode.NewEncoder(t)
-	if err != nil {
-		return err
-	}
-	read := func(ctx context.Context, i uint32) ([]byte, error) { return p.readChunk(ctx, d, int(i)) }
-	for g := 0; g < nb; g += parityGroup {
-		par := map[uint32][][]byte{}
-		for _, s := range send { // in Round's interleaved order
-			if int(s.Block) < g || int(s.Block) >= g+parityGroup {
-				continue
-			}
-			pc, ok := par[s.Block]
-			if !ok {
-				if pc, err = enc.Parity(ctx, s.Block, read); err != nil {
-					return err
-				}
-				par[s.Block] = pc
-			}
-			b, err := schemas.Encode(&schemas.ParityChunk{V: schemas.Version, Image: d.digest, Block: s.Block, Index: s.Index, Data: pc[s.Index]})
-			if err != nil {
-				return err
-			}
-			if err := p.send(ctx, bt, b, &p.egress.Repair, "parity"); err != nil {
-				return err
-			}
+	for _, s := range send { // in Round's interleaved order
+		m := msgs[s.Block]
+		if int(s.Index) >= len(m) {
+			return fmt.Errorf("publisher: parity chunk %d of block %d: the block has %d", s.Index, s.Block, len(m))
+		}
+		if err := p.send(ctx, bt, m[s.Index], &p.egress.Repair, "parity"); err != nil {
+			return err
 		}
 	}
 	return nil

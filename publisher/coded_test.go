@@ -18,7 +18,8 @@ import (
 // goes in carousel order (blocks interleaved) and the repair of what
 // devices lost is parity only: per block as many fresh parity chunks as
 // the device lacking most lacks, from which every device rebuilds its
-// own losses. Nothing is sent by unicast, no chunk is re-broadcast.
+// own losses. Nothing is sent by unicast, no chunk is re-broadcast. The
+// parity is made by the wave as it sends the chunks, not read back.
 func TestCodedRepair(t *testing.T) {
 	const n = 20
 	e := newEnv(t)
@@ -61,6 +62,8 @@ func TestCodedRepair(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, func() string { return "wave delivery" }, e.hub.Idle)
 	loss.active.Store(false)
+	waitFor(t, 10*time.Second, func() string { return "the wave's store reads" }, func() bool { return p.st.images.readsInFlight.Load() == 0 })
+	waveReads := p.st.images.readMsgs.Load()
 	mu.Lock()
 	if want := blockcode.Order(table); !slices.Equal(order, want) {
 		t.Errorf("wave order %v..., want blocks interleaved %v...", order[:min(6, len(order))], want[:6])
@@ -81,6 +84,11 @@ func TestCodedRepair(t *testing.T) {
 	}
 	if rebuilt == 0 {
 		t.Fatal("no chunk rebuilt from parity: 10% loss lost nothing?")
+	}
+	// The wave made the parity as it sent the chunks: the repair
+	// rounds read nothing back from the store.
+	if r := p.st.images.readMsgs.Load() - waveReads; r != 0 {
+		t.Errorf("repair rounds read %d chunks back from the store; want the parity the wave made", r)
 	}
 	if u := p.egress.Unicast.Load(); u != 0 {
 		t.Errorf("%d bytes sent by unicast; want parity only", u)

@@ -27,8 +27,10 @@ type Publisher struct {
 	idx  index
 
 	cache imageCache
-	ckeys contentKeys // encrypted payloads' content keys (enckeycache.go)
-	pace  *pacer
+	// parity keeps coded repair's parity chunks (paritycache.go).
+	parity *parityCache
+	ckeys  contentKeys // encrypted payloads' content keys (enckeycache.go)
+	pace   *pacer
 	// egress counts chunk bytes sent by this instance (read by Egress).
 	egress egressCounters
 
@@ -55,6 +57,8 @@ type Publisher struct {
 
 	repairMu sync.Mutex
 	repairs  map[string]*repairBatch
+	// flushing serialises each image's repair rounds (flusher).
+	flushing map[string]chan struct{}
 
 	reqs requesters // per-device chunk request accounts (requests.go)
 
@@ -98,6 +102,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
 		idx:     index{camps: map[string]*campIndex{}, n: cfg.Partitions, hold: make([]bool, cfg.Partitions)},
 		cache:   imageCache{byKey: map[string]*imageData{}},
+		parity:  newParityCache(parityCacheBytes),
 		pace:    newPacer(cfg),
 		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),

@@ -174,3 +174,96 @@ func Order(t *schemas.ChunkTable) []uint32 {
 	}
 	return out
 }
+
+// Accumulator makes the parity chunks of a coded table's blocks from its
+// source chunks as they stream past (a broadcast wave reading them in
+// carousel order), one chunk at a time and in any order, so that the
+// parity is ready when the last chunk of a block went by without the
+// block being read again. It holds ParityPerBlock chunks per block it
+// has started (a quarter of the image at K = 128, P = 32). Not safe for
+// concurrent use.
+type Accumulator struct {
+	t     *schemas.ChunkTable
+	codes map[uint32]reedsolomon.Encoder
+	par   [][][]byte // by block: the parity so far; nil until started
+	seen  []bitset   // by block: the source chunks added
+	left  []uint32   // by block: the source chunks still to add
+	pad   []byte     // a short last chunk, zero-padded
+}
+
+// bitset is a small set of chunk offsets within a block.
+type bitset []uint64
+
+func (b bitset) has(i uint32) bool { return b[i/64]&(1<<(i%64)) != 0 }
+func (b bitset) set(i uint32)      { b[i/64] |= 1 << (i % 64) }
+
+// NewAccumulator returns an Accumulator for the coded table t. It fails
+// as NewEncoder.
+func NewAccumulator(t *schemas.ChunkTable) (*Accumulator, error) {
+	if !t.Coded() {
+		return nil, ErrNotCoded
+	}
+	if err := CheckParams(int(t.Block), int(t.ParityPerBlock)); err != nil {
+		return nil, err
+	}
+	nb := t.NumBlocks()
+	a := &Accumulator{t: t, codes: map[uint32]reedsolomon.Encoder{}, par: make([][][]byte, nb), seen: make([]bitset, nb), left: make([]uint32, nb)}
+	for b := range nb {
+		_, a.left[b] = t.BlockChunks(b)
+	}
+	return a, nil
+}
+
+// Add adds source chunk i, which must be the table's (it is checked): a
+// chunk added again is ignored. It fails with schemas.ErrInvalid for an
+// index beyond the image and schemas.ErrDigestMismatch for a chunk that
+// is not the table's.
+func (a *Accumulator) Add(i uint32, data []byte) error {
+	t := a.t
+	if i >= t.NumChunks() {
+		return fmt.Errorf("%w: chunk %d of %d", schemas.ErrInvalid, i, t.NumChunks())
+	}
+	b := t.BlockOf(i)
+	first, count := t.BlockChunks(b)
+	if a.seen[b] != nil && a.seen[b].has(i-first) {
+		return nil
+	}
+	if err := t.VerifyChunk(i, data); err != nil {
+		return fmt.Errorf("blockcode: block %d: %w", b, err)
+	}
+	c, ok := a.codes[count]
+	if !ok {
+		var err error
+		if c, err = reedsolomon.New(int(count), int(t.ParityPerBlock)); err != nil {
+			return fmt.Errorf("%w: %v", ErrBadParams, err)
+		}
+		a.codes[count] = c
+	}
+	if a.par[b] == nil {
+		a.par[b] = make([][]byte, t.ParityPerBlock)
+		for k := range a.par[b] {
+			a.par[b][k] = make([]byte, t.ChunkSize)
+		}
+		a.seen[b] = make(bitset, (count+63)/64)
+	}
+	if len(data) < int(t.ChunkSize) { // the image's last chunk, zero-padded
+		a.pad = append(a.pad[:0], data...)
+		a.pad = append(a.pad, make([]byte, int(t.ChunkSize)-len(data))...)
+		data = a.pad
+	}
+	if err := c.EncodeIdx(data, int(i-first), a.par[b]); err != nil {
+		return fmt.Errorf("blockcode: block %d: %w", b, err)
+	}
+	a.seen[b].set(i - first)
+	a.left[b]--
+	return nil
+}
+
+// Parity returns the parity chunks of block b once every one of its
+// source chunks was added, in index order; nil before.
+func (a *Accumulator) Parity(b uint32) [][]byte {
+	if int(b) >= len(a.left) || a.left[b] != 0 {
+		return nil
+	}
+	return a.par[b]
+}

@@ -298,3 +298,63 @@ func TestDecodeMemory(t *testing.T) {
 		t.Errorf("DecodeMemory = %d, want %d", got, want)
 	}
 }
+
+// TestAccumulatorMatchesEncoder: parity made from chunks streamed in
+// carousel order (and some twice) is the parity Encoder reads a block to
+// make, for a short last block and a short last chunk too.
+func TestAccumulatorMatchesEncoder(t *testing.T) {
+	for _, tc := range []struct{ size, chunk, k, p int }{
+		{size: 10*256 + 17, chunk: 256, k: 4, p: 2},
+		{size: 16 * 256, chunk: 256, k: 8, p: 3},
+		{size: 256*1000 + 1, chunk: 256, k: 128, p: 32},
+	} {
+		im := newImage(t, tc.size, uint32(tc.chunk), tc.k, tc.p, uint64(tc.size))
+		ct := im.coded
+		enc, err := NewEncoder(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		acc, err := NewAccumulator(ct)
+		if err != nil {
+			t.Fatal(err)
+		}
+		read := reader(im.data, uint32(tc.chunk))
+		for s, i := range Order(ct) {
+			d, _ := read(context.Background(), i)
+			if err := acc.Add(i, d); err != nil {
+				t.Fatal(err)
+			}
+			if s%5 == 0 { // again: ignored
+				if err := acc.Add(i, d); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		for b := range ct.NumBlocks() {
+			want, err := enc.Parity(context.Background(), b, read)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := acc.Parity(b)
+			if len(got) != len(want) {
+				t.Fatalf("%+v block %d: %d parity chunks, want %d", tc, b, len(got), len(want))
+			}
+			for k := range want {
+				if !bytes.Equal(got[k], want[k]) {
+					t.Fatalf("%+v block %d parity %d differs", tc, b, k)
+				}
+			}
+		}
+		bad := make([]byte, tc.chunk)
+		if err := acc.Add(0, bad); err == nil {
+			// chunk 0 was added: ignored. A fresh accumulator refuses it.
+			fresh, _ := NewAccumulator(ct)
+			if err := fresh.Add(0, bad); !errors.Is(err, schemas.ErrDigestMismatch) {
+				t.Fatalf("a forged chunk: %v, want ErrDigestMismatch", err)
+			}
+		}
+		if fresh, _ := NewAccumulator(ct); fresh.Parity(0) != nil {
+			t.Fatal("parity of a block not yet streamed")
+		}
+	}
+}
