@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 	"sync"
 	"time"
@@ -252,6 +253,19 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 		err = t.subscribeNotice(ctx, s, subj)
 	default:
 		cb := func(m *nats.Msg) { s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply}) }
+		if opts.Inline {
+			// The handler runs on the subscription's goroutine: what
+			// nats.go holds behind it is its backlog.
+			cb = func(m *nats.Msg) {
+				s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply, Backlog: func() int {
+					_, b, err := m.Sub.Pending()
+					if err != nil {
+						return math.MaxInt
+					}
+					return b
+				}})
+			}
+		}
 		if opts.Shared {
 			s.sub, err = t.nc.QueueSubscribe(subj, schemas.SharedGroup, cb)
 		} else {

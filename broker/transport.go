@@ -40,6 +40,12 @@ type Message struct {
 	// Retained is set when the message was held by the broker (MQTT
 	// retained, NATS JetStream last-per-subject) rather than live.
 	Retained bool
+	// Backlog, when set, returns the bytes the transport has received
+	// for the subscription and not yet handed to its handler (NATS with
+	// SubscribeOptions.Inline: nats.go's pending messages). A handler
+	// may wait while it is small: the transport holds what arrives
+	// meanwhile, in memory of its own. Nil: unknown.
+	Backlog func() int
 }
 
 // Handler is called for each received message. Handlers of one

@@ -134,6 +134,38 @@ func TestInboxWaitsForReader(t *testing.T) {
 	if shed, _, _ := in.stats(); shed != 1 {
 		t.Fatalf("a chunk at a full buffer whose reader stalled: %d shed, want 1", shed)
 	}
+	// No pushback, but the transport reports its backlog (NATS): a
+	// chunk waits while the backlog is under maxBacklog, and is shed
+	// beyond it.
+	in = newInbox(1, 1<<20)
+	in.handler(ctx, chunk(0))
+	in.got(<-in.ch)
+	in.handler(ctx, chunk(1)) // full now
+	backlog := 0
+	withBacklog := func(i int) broker.Message {
+		m := chunk(i)
+		m.Backlog = func() int { return backlog }
+		return m
+	}
+	handled = make(chan struct{})
+	waiting = make(chan struct{}, 1)
+	in.onWait = func() { waiting <- struct{}{} }
+	go func() {
+		in.handler(ctx, withBacklog(2))
+		close(handled)
+	}()
+	select {
+	case <-waiting:
+	case <-handled:
+		t.Fatal("a chunk with a small transport backlog behind it did not wait for room")
+	}
+	in.got(<-in.ch)
+	<-handled
+	backlog = maxBacklog
+	in.handler(ctx, withBacklog(3))
+	if shed, _, waited := in.stats(); shed != 1 || waited != 1 {
+		t.Fatalf("backlog: %d shed, %d waited; want 1 shed (backlog at the bound), 1 waited", shed, waited)
+	}
 	// Without wait (NATS, a large transport queue), never a wait.
 	in = newInbox(1, 1<<20)
 	in.handler(ctx, chunk(0))

@@ -267,6 +267,14 @@ const takeStall = time.Second
 // is 16): the messages queued there are memory on top of QueueBytes.
 const maxPushbackQueue = 64
 
+// maxBacklog is the most bytes a chunk arriving at a full buffer may find
+// queued in the transport behind it (broker.Message.Backlog) and still
+// wait for room rather than be shed: 8 chunks of 16 KiB, so that a reader
+// descheduled for a moment costs no loss on NATS either, while a slow
+// flash still costs losses, not memory (the receive path stays under
+// 2 MiB: TestBrokerSlowFlashBoundedMemory).
+const maxBacklog = 128 << 10
+
 // nonChunkRoom is how many messages other than chunks an inbox's channel
 // holds beyond its chunk bound, so that a table or marker arriving behind
 // a full queue of chunks is queued rather than waiting.
@@ -300,7 +308,11 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 			if !in.fullSince.After(in.taken) {
 				in.fullSince = now
 			}
-			if !in.wait || now.Sub(in.fullSince) > takeStall {
+			// A transport that pushes back (wait) holds the rest at the
+			// broker; one that reports its backlog holds it in memory
+			// of its own, up to maxBacklog.
+			canWait := in.wait || (m.Backlog != nil && m.Backlog() < maxBacklog)
+			if !canWait || now.Sub(in.fullSince) > takeStall {
 				in.shed++
 				in.mu.Unlock()
 				return // a loss: repaired later

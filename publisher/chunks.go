@@ -209,6 +209,9 @@ type waveState struct {
 	// unicast.
 	casts      int
 	castAtJoin map[string]int
+	// castTimes and plainCastTimes hold when each copy went out
+	// (monotonic): castTimes[k] is copy k+1's.
+	castTimes, plainCastTimes []time.Time
 	// plain is the encoding of a coded image's plain chunk table (see
 	// tables.go), made on first use. plainWanted: a device of delivery
 	// protocol 1 asked for the table to come by wave, so waves carry
@@ -579,6 +582,7 @@ func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData
 	}
 	p.waveMu.Lock()
 	w.casts++
+	w.castTimes = append(w.castTimes, time.Now())
 	plain := w.plainWanted && d.table.Coded()
 	p.waveMu.Unlock()
 	if !plain {
@@ -593,6 +597,7 @@ func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData
 	}
 	p.waveMu.Lock()
 	w.plainCasts++
+	w.plainCastTimes = append(w.plainCastTimes, time.Now())
 	p.waveMu.Unlock()
 	return nil
 }
@@ -624,13 +629,13 @@ func (p *Publisher) tableByWave(digest, dev string, n int, plain bool) bool {
 	if w == nil || (ahead.none() && !w.running) {
 		return false // no wave coming
 	}
-	casts := w.casts
+	casts, times := w.casts, w.castTimes
 	if plain {
 		w.plainWanted = true
-		casts = w.plainCasts
+		casts, times = w.plainCasts, w.plainCastTimes
 	}
-	if at, ok := w.castAtJoin[dev]; ok && casts > at {
-		return false // it missed every copy since it asked
+	if at, ok := w.castAtJoin[dev]; ok && missedCopies(at, casts, times, time.Now(), tableCrossing(p.cfg)) {
+		return false
 	}
 	if w.tables == nil {
 		w.tables = map[string]time.Time{}
@@ -648,6 +653,20 @@ func (p *Publisher) tableByWave(digest, dev string, n int, plain bool) bool {
 	w.lastTable = now
 	return true
 }
+
+// missedCopies reports whether a device that asked for the table when
+// at copies had been broadcast, asking again now that casts have (times:
+// when each went out), missed every copy since: one went out, the first
+// more than crossing ago, time enough to have reached it. A request that
+// crossed a copy still on its way (a retry as the wave starts) is not.
+func missedCopies(at, casts int, times []time.Time, now time.Time, crossing time.Duration) bool {
+	return casts > at && at < len(times) && now.Sub(times[at]) > crossing
+}
+
+// tableCrossing is how long after a table copy was broadcast a device
+// asking for the table again may not have received it yet: the larger of
+// Config.InTransit and a second.
+func tableCrossing(c Config) time.Duration { return max(c.InTransit, time.Second) }
 
 // echo follows a wave coming back on the broadcast chunk topic, which the
 // publisher subscribes to while it sends: what came back the broker has

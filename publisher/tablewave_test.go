@@ -214,3 +214,27 @@ func TestWaveEndsWithMarker(t *testing.T) {
 	}
 	checkEgressMetrics(t, p, "wave", "wave_table", "wave_end")
 }
+
+// TestMissedCopies: a device asking for the table again missed the
+// wave's copies only when one went out since it first asked, long enough
+// ago to have reached it.
+func TestMissedCopies(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	times := []time.Time{t0, t0.Add(10 * time.Second)}
+	for _, tc := range []struct {
+		name      string
+		at, casts int
+		now       time.Time
+		want      bool
+	}{
+		{"no copy since it asked", 2, 2, t0.Add(time.Minute), false},
+		{"a copy since, long ago", 0, 2, t0.Add(5 * time.Second), true},
+		{"a copy since, just now: crossing", 1, 2, t0.Add(10*time.Second + 200*time.Millisecond), false},
+		{"the copy since, past the crossing", 1, 2, t0.Add(12 * time.Second), true},
+		{"casts ahead of the recorded times", 2, 3, t0.Add(time.Minute), false},
+	} {
+		if got := missedCopies(tc.at, tc.casts, times, tc.now, time.Second); got != tc.want {
+			t.Errorf("%s: missed %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

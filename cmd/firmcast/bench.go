@@ -89,7 +89,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.IntVar(&f.codedP, "coded-parity", 0, "with --coded: parity chunks committed per block P, K+P <= 256 (0: the publisher's default)")
 	fl.StringVar(&f.maxRate, "max-rate", "0", "cap on the publisher's chunk egress per second, e.g. 2MiB (waves, repairs and answers together); 0: no cap")
 	fl.BoolVar(&f.fsync, "device-fsync", false, "simulated devices fsync their flash and state as deployed agents do (off: they share one disk, where hundreds of devices' fsyncs serialise, a cost no real fleet pays)")
-	fl.IntVar(&f.reporters, "pace-reporters", 0, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (experimental); 0: none, waves are paced by the broker's echo alone")
+	fl.IntVar(&f.reporters, "pace-reporters", 10, "devices (spread over the rollout order) that report their download progress every 250ms while they download, the designated receivers whose reports pace the wave (publisher WavePace 1s: NORM's current-limiting receivers); 0: none, waves are paced by the broker's echo alone")
 	fl.BoolVar(&f.encrypt, "encrypt", false, "also run each campaign with the image encrypted (a content key wrapped per device, devices decrypting as they install), alternating which goes first, and print its staged time against the plain campaign's")
 	fl.DurationVar(&f.timeout, "timeout", 30*time.Minute, "limit of each run's campaign")
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
