@@ -171,3 +171,98 @@ func TestSummaryDelayNeediestFirst(t *testing.T) {
 		}
 	}
 }
+
+// TestRoundLeftShortAsksSoon: a device covered by a repair announcement
+// whose round then falls short (one of the two parity chunks it needs is
+// lost) asks for what is missing once the round's parity stops coming
+// (Quiet), not after a whole Idle.
+func TestRoundLeftShortAsksSoon(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fx := newFixture(t, 32*testChunk, testChunk, 17)
+	read := func(_ context.Context, i uint32) ([]byte, error) {
+		off := int(i) * testChunk
+		return fx.img[off:min(off+testChunk, len(fx.img))], nil
+	}
+	coded, err := blockcode.Commit(ctx, fx.table, 16, 4, read) // 2 blocks of 16
+	if err != nil {
+		t.Fatal(err)
+	}
+	cb, err := schemas.Encode(coded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sha256.Sum256(cb)
+	im := fx.im
+	im.CodedTableDigest = cs[:]
+	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
+	topics := schemas.MustTopics("roundshort")
+	bt, _ := topics.Chunks(im.Hex())
+	var requests atomic.Int64
+	ready, sent := make(chan struct{}), make(chan struct{}, 1)
+	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent}
+	lost := map[uint32]bool{3: true, 4: true}
+	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
+		var c schemas.Chunk
+		return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && lost[c.Index]
+	})
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-short",
+		Idle: time.Hour, ListenFirst: time.Hour, Quiet: 100 * time.Millisecond, WaveGap: time.Hour, SummaryBackoff: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newMemSink(len(fx.img))
+	done := make(chan error, 1)
+	go func() {
+		done <- src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
+			if err := coded.VerifyChunk(uint32(i), b); err != nil {
+				return err
+			}
+			_, err := sink.WriteAt(b, im.Offset(i))
+			return err
+		}, Repair{Table: coded, Slot: sink})
+	}()
+	<-ready
+	pub := hub.Conn()
+	send := func(m schemas.Message) {
+		t.Helper()
+		b, err := schemas.Encode(m)
+		if err == nil {
+			err = pub.Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range uint32(coded.NumChunks()) {
+		b, _ := read(ctx, i)
+		send(&schemas.Chunk{V: schemas.Version, Image: im.Digest, Index: i, Data: b})
+	}
+	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(coded.NumChunks())}}})
+	send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 2}}})
+	enc, err := blockcode.NewEncoder(coded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	par, err := enc.Parity(ctx, 0, read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]}) // index 1 is lost
+	select {
+	case <-sent:
+	case <-ctx.Done():
+		t.Fatal("a device the round left short did not ask again (Idle is an hour)")
+	}
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 2, Data: par[2]})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sink.data, fx.img) {
+		t.Fatal("wrong image")
+	}
+	if src.Suppressed != 1 || requests.Load() != 1 {
+		t.Errorf("%d summaries suppressed, %d requests; want 1 and 1", src.Suppressed, requests.Load())
+	}
+}

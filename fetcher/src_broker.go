@@ -747,6 +747,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// summary: a wave's end marker came; when the timer fires (after a
 	// random back-off) the device sends its loss summary.
 	summary := false
+	// round: a coded repair round for blocks this device lacks in was
+	// announced; the timer then runs Quiet from the last parity chunk
+	// received, and fires to ask for what the round left missing (its
+	// parity lost too) rather than after a whole Idle.
+	round := false
 	for left > 0 {
 		select {
 		case <-ctx.Done():
@@ -765,6 +770,17 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					window = max(window, n)
 				}
 				if err := ask(false, window); err != nil {
+					return err
+				}
+				timer.Reset(s.cfg.Idle)
+				continue
+			}
+			if round {
+				// The round's parity stopped coming: ask at once for
+				// what it left missing. Not an idle period: the round
+				// was progress of a kind.
+				round, progressed = false, false
+				if err := ask(true, s.cfg.Window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
@@ -805,17 +821,33 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				if left < n0 {
 					progressed = true
 				}
+				if round {
+					timer.Reset(s.cfg.Quiet)
+				}
 				continue
 			}
 			if m.bcast && col != nil && schemas.IsRepairAnnounce(m.b) {
 				// A coded repair round is coming: if it covers this
 				// device's need, its loss summary would add nothing.
-				covered := summary && s.announced(m.b, im, rep.Table, col, missing)
+				covered, mine := s.announced(m.b, im, rep.Table, col, missing)
 				putBuf(m.b)
-				if covered {
+				switch {
+				case summary && !covered:
+					// Its summary is still wanted: the round falls short.
+				case mine && !inWave:
+					// Parity for this device's blocks follows: once it
+					// stops coming, ask for what it left missing (not
+					// while a wave flows: its end marker comes first).
+					if summary {
+						s.Suppressed++
+						summary, progressed, idle = false, false, 0
+					}
+					round = true
+					timer.Reset(s.cfg.Quiet)
+				case summary:
 					s.Suppressed++
 					summary, progressed, idle = false, false, 0
-					timer.Reset(s.cfg.Idle) // asks later if the round leaves it short
+					timer.Reset(s.cfg.Idle) // asks later if it is still short
 				}
 				continue
 			}
@@ -1045,23 +1077,28 @@ func blockNeeds(t *schemas.ChunkTable, col *blockcode.Collector, missing bitmap)
 }
 
 // announced reports whether b is a repair announcement of im that covers
-// this device's need: for every block, the announced parity chunks are at
-// least the chunks it lacks beyond the parity it holds.
-func (s *BrokerSource) announced(b []byte, im Image, t *schemas.ChunkTable, col *blockcode.Collector, missing bitmap) bool {
+// this device's need (for every block, the announced parity chunks are at
+// least the chunks it lacks beyond the parity it holds), and whether it
+// announces parity for a block the device lacks in (mine).
+func (s *BrokerSource) announced(b []byte, im Image, t *schemas.ChunkTable, col *blockcode.Collector, missing bitmap) (covered, mine bool) {
 	var a schemas.RepairAnnounce
 	if schemas.Decode(b, &a) != nil || !bytes.Equal(a.Image, im.Digest) {
-		return false
+		return false, false
 	}
 	coming := make(map[uint32]int, len(a.Need))
 	for _, n := range a.Need {
 		coming[n.Block] = int(n.Parity)
 	}
+	covered = true
 	for blk, k := range blockNeeds(t, col, missing) {
 		if k > coming[uint32(blk)] {
-			return false
+			covered = false
+		}
+		if k > 0 && coming[uint32(blk)] > 0 {
+			mine = true
 		}
 	}
-	return true
+	return covered, mine
 }
 
 // isWaveEnd reports whether b is a wave end marker of im.

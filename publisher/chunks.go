@@ -226,6 +226,8 @@ type waveState struct {
 	// spent counts, per block of a coded image, the parity chunks this
 	// instance broadcast (each repair round sends fresh ones).
 	spent []uint32
+	// parityLog holds the recent coded repair rounds (repairCoded).
+	parityLog parityLog
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
@@ -989,7 +991,7 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 			}
 		}
 		if len(coded) > 0 {
-			if err := p.repairCoded(ctx, d, w, bt, coded, b.reqs); err != nil {
+			if err := p.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(p.cfg))); err != nil {
 				if ctx.Err() == nil {
 					p.log.Warn("coded repair", "image", digest, "err", err)
 				}
@@ -1065,16 +1067,29 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
-func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest) error {
+func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
 	t := d.table
 	nb := int(t.NumBlocks())
 	need := make([]int, nb)
 	neediest := make([]string, nb) // the requester lacking most in each block
 	cnt := make([]int, nb)
+	// Parity broadcast since the batch began, or just before (still on
+	// its way to devices behind in their queues), covers that many of a
+	// requester's losses in its block: its summary crossed the round.
+	// Not for a round that answered it: it asks again only after its
+	// fetcher's Idle, or after a wave, by which time that round reached
+	// it, and what it asks for was lost.
+	p.waveMu.Lock()
+	log := slices.Clone(w.parityLog)
+	p.waveMu.Unlock()
 	for who, wl := range per {
 		clear(cnt)
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
+		}
+		crossed := log.crossed(who, since, nb)
+		for b := range nb {
+			cnt[b] = max(0, cnt[b]-crossed[b])
 		}
 		for b := range nb {
 			if cnt[b] > need[b] || (cnt[b] == need[b] && cnt[b] > 0 && who < neediest[b]) {
@@ -1158,7 +1173,58 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 			return err
 		}
 	}
+	p.waveMu.Lock()
+	w.parityLog.add(time.Now(), send, per)
+	p.waveMu.Unlock()
 	return nil
+}
+
+// parityLog records the coded repair rounds of an image: when each went
+// out and how many parity chunks it sent per block. Kept for
+// parityLogKeep.
+type parityLog []parityRound
+
+type parityRound struct {
+	at     time.Time // monotonic, when its last parity chunk was sent
+	block  map[uint32]int
+	served map[string]bool // the requesters of its batch
+}
+
+// parityLogKeep bounds how long a round is remembered.
+const parityLogKeep = 30 * time.Second
+
+func (l *parityLog) add(at time.Time, send []blockcode.Symbol, per map[string][]int) {
+	r := parityRound{at: at, block: map[uint32]int{}, served: make(map[string]bool, len(per))}
+	for _, s := range send {
+		r.block[s.Block]++
+	}
+	for who := range per {
+		r.served[who] = true
+	}
+	keep := (*l)[:0]
+	for _, o := range *l {
+		if at.Sub(o.at) < parityLogKeep {
+			keep = append(keep, o)
+		}
+	}
+	*l = append(keep, r)
+}
+
+// crossed returns, per block of nb, the parity chunks the rounds sent at
+// or after t for requesters other than who.
+func (l parityLog) crossed(who string, t time.Time, nb int) []int {
+	out := make([]int, nb)
+	for _, r := range l {
+		if r.at.Before(t) || r.served[who] {
+			continue
+		}
+		for b, k := range r.block {
+			if int(b) < nb {
+				out[b] += k
+			}
+		}
+	}
+	return out
 }
 
 // announce broadcasts, before a coded repair round, what the round sends:

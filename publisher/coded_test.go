@@ -109,3 +109,41 @@ func TestCodedRepair(t *testing.T) {
 		}
 	}
 }
+
+// TestParityLogCrossed: a requester's losses are discounted by the parity
+// of rounds sent since the batch began (or just before), which its
+// summary crossed, but not by a round that answered it, nor by rounds
+// older than the window.
+func TestParityLogCrossed(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	var l parityLog
+	sym := func(blocks ...uint32) []blockcode.Symbol {
+		var out []blockcode.Symbol
+		for _, b := range blocks {
+			out = append(out, blockcode.Symbol{Block: b})
+		}
+		return out
+	}
+	l.add(t0, sym(0, 0, 1), map[string][]int{"a": nil})
+	l.add(t0.Add(2*time.Second), sym(0, 2, 2, 2), map[string][]int{"b": nil})
+	for _, tc := range []struct {
+		who   string
+		since time.Time
+		want  []int
+	}{
+		{"c", t0, []int{3, 1, 3}},                  // crossed both rounds
+		{"c", t0.Add(time.Second), []int{1, 0, 3}}, // the first is older than the window
+		{"a", t0, []int{1, 0, 3}},                  // the first answered a
+		{"b", t0, []int{2, 1, 0}},                  // the second answered b
+		{"b", t0.Add(3 * time.Second), []int{0, 0, 0}},
+	} {
+		if got := l.crossed(tc.who, tc.since, 3); !slices.Equal(got, tc.want) {
+			t.Errorf("%s since %v: crossed %v, want %v", tc.who, tc.since.Sub(t0), got, tc.want)
+		}
+	}
+	// Rounds older than parityLogKeep are forgotten as new ones come.
+	l.add(t0.Add(parityLogKeep+time.Second), sym(1), nil)
+	if len(l) != 2 {
+		t.Errorf("%d rounds kept, want the last two", len(l))
+	}
+}
