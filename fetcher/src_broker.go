@@ -748,9 +748,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// random back-off) the device sends its loss summary.
 	summary := false
 	// round: a coded repair round for blocks this device lacks in was
-	// announced; the timer then runs Quiet from the last parity chunk
-	// received, and fires to ask for what the round left missing (its
-	// parity lost too) rather than after a whole Idle.
+	// announced; the end marker that follows its parity (the broker
+	// delivers the topic in order: whatever of the round was not lost
+	// came before it) ends it, and the device then sends a summary of
+	// what the round left missing, after the usual back-off, rather than
+	// waiting a whole Idle.
 	round := false
 	for left > 0 {
 		select {
@@ -770,17 +772,6 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					window = max(window, n)
 				}
 				if err := ask(false, window); err != nil {
-					return err
-				}
-				timer.Reset(s.cfg.Idle)
-				continue
-			}
-			if round {
-				// The round's parity stopped coming: ask at once for
-				// what it left missing. Not an idle period: the round
-				// was progress of a kind.
-				round, progressed = false, false
-				if err := ask(true, s.cfg.Window); err != nil {
 					return err
 				}
 				timer.Reset(s.cfg.Idle)
@@ -821,9 +812,6 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				if left < n0 {
 					progressed = true
 				}
-				if round {
-					timer.Reset(s.cfg.Quiet)
-				}
 				continue
 			}
 			if m.bcast && col != nil && schemas.IsRepairAnnounce(m.b) {
@@ -843,7 +831,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 						summary, progressed, idle = false, false, 0
 					}
 					round = true
-					timer.Reset(s.cfg.Quiet)
+					timer.Reset(s.cfg.Idle) // its end marker lost: ask after Idle
 				case summary:
 					s.Suppressed++
 					summary, progressed, idle = false, false, 0
@@ -857,6 +845,14 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
 				lastBcast, inWave = time.Time{}, false
+				if round {
+					// A repair round for this device's blocks is over:
+					// what it asked for was answered or lost, so not in
+					// flight any more; what is missing goes in a summary.
+					round = false
+					clear(inflight.bits)
+					nIn, cur = 0, 0
+				}
 				if !summary && nIn == 0 {
 					summary = true
 					var needs []int

@@ -1176,7 +1176,35 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	p.waveMu.Lock()
 	w.parityLog.add(time.Now(), send, per)
 	p.waveMu.Unlock()
-	return nil
+	// The round's end marker, naming the chunks of the blocks it
+	// repaired: a device still short sends its summary after it (the
+	// broker delivers the topic in order, so what of the round was not
+	// lost came before the marker) instead of after a whole Idle.
+	return p.endWave(ctx, bt, d, w, roundRanges(t, send))
+}
+
+// roundRanges returns the chunks of the blocks a repair round sent parity
+// for, as sorted, disjoint runs (the blocks' chunks are contiguous); more
+// than schemas.MaxRanges: the one run that spans them.
+func roundRanges(t *schemas.ChunkTable, send []blockcode.Symbol) []schemas.Range {
+	blocks := map[uint32]bool{}
+	for _, s := range send {
+		blocks[s.Block] = true
+	}
+	var out []schemas.Range
+	for _, b := range slices.Sorted(maps.Keys(blocks)) {
+		first, count := t.BlockChunks(b)
+		if k := len(out) - 1; k >= 0 && out[k].First+out[k].Count == first {
+			out[k].Count += count
+			continue
+		}
+		out = append(out, schemas.Range{First: first, Count: count})
+	}
+	if len(out) > schemas.MaxRanges {
+		last := out[len(out)-1]
+		out = []schemas.Range{{First: out[0].First, Count: last.First + last.Count - out[0].First}}
+	}
+	return out
 }
 
 // parityLog records the coded repair rounds of an image: when each went
