@@ -124,13 +124,38 @@ func TestInboxWaitsForReader(t *testing.T) {
 	if shed, _, _ := in.stats(); shed != 0 || len(in.ch) != 2 {
 		t.Fatalf("a burst at a full buffer after a pause: %d shed, %d buffered; want 0 and 2", shed, len(in.ch))
 	}
-	// The reader stalls (the buffer stayed full for takeStall with
-	// nothing taken): arriving chunks are shed at once.
+	// The fetch loop is at work on a message it took (a long rebuild):
+	// the buffer full for over takeStall, a chunk still waits for it.
+	in.take(<-in.ch)
+	in.handler(ctx, chunk(5)) // room for it: full again
 	in.mu.Lock()
 	in.taken = in.taken.Add(-3 * takeStall)
 	in.fullSince = in.taken.Add(takeStall / 2)
 	in.mu.Unlock()
-	in.handler(ctx, chunk(5))
+	handled = make(chan struct{})
+	go func() {
+		in.handler(ctx, chunk(6))
+		close(handled)
+	}()
+	select {
+	case <-waiting:
+	case <-handled:
+		t.Fatal("a chunk at a buffer full while the fetch loop works on what it took was shed, not waited")
+	}
+	in.got(<-in.ch)
+	<-handled
+	if shed, _, _ := in.stats(); shed != 0 {
+		t.Fatalf("a chunk while the fetch loop was at work: %d shed, want 0", shed)
+	}
+	// The reader stalls (the buffer stayed full for takeStall with
+	// nothing taken, the loop not at work): arriving chunks are shed at
+	// once.
+	in.idle()
+	in.mu.Lock()
+	in.taken = in.taken.Add(-3 * takeStall)
+	in.fullSince = in.taken.Add(takeStall / 2)
+	in.mu.Unlock()
+	in.handler(ctx, chunk(7))
 	if shed, _, _ := in.stats(); shed != 1 {
 		t.Fatalf("a chunk at a full buffer whose reader stalled: %d shed, want 1", shed)
 	}

@@ -250,8 +250,11 @@ type inbox struct {
 	// fullSince is when a chunk last found the buffer full after the
 	// reader's last take (see handle).
 	fullSince time.Time
-	waited    int64
-	room      chan struct{} // a chunk was taken
+	// working: the fetch loop is at work on a message it took (take),
+	// not waiting for one (idle).
+	working bool
+	waited  int64
+	room    chan struct{} // a chunk was taken
 	// onWait, when set (tests), is called as a chunk starts waiting.
 	onWait func()
 }
@@ -261,6 +264,10 @@ type inbox struct {
 // stopped (its own request's acknowledgement, which comes behind the
 // chunks, awaited) must not hold the connection.
 const takeStall = time.Second
+
+// busyStall is how long a fetch loop at work on a message (see handle)
+// may leave the buffer full before arriving chunks are shed.
+const busyStall = 30 * time.Second
 
 // maxPushbackQueue is the largest broker.Transport.ReceiveQueue with which the receive
 // buffer waits for room instead of dropping (broker.DeviceReceiveMaximum
@@ -312,7 +319,13 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 			// broker; one that reports its backlog holds it in memory
 			// of its own, up to maxBacklog.
 			canWait := in.wait || (m.Backlog != nil && m.Backlog() < maxBacklog)
-			if !canWait || now.Sub(in.fullSince) > takeStall {
+			// A fetch loop at work on what it took (a block's rebuild
+			// on a loaded machine takes seconds) is not stuck: it never
+			// waits on the network, so waiting for it cannot hold up
+			// what it waits for; but not forever (busyStall).
+			full := now.Sub(in.fullSince)
+			stuck := full > takeStall && (!in.working || full > busyStall)
+			if !canWait || stuck {
 				in.shed++
 				in.mu.Unlock()
 				return // a loss: repaired later
@@ -373,6 +386,22 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	case <-ctx.Done():
 		putBuf(b)
 	}
+}
+
+// take is got for the fetch loop: it also marks the loop at work on m
+// until it next waits (idle).
+func (in *inbox) take(m inMsg) {
+	in.mu.Lock()
+	in.working = true
+	in.mu.Unlock()
+	in.got(m)
+}
+
+// idle marks the fetch loop waiting for messages (or gone).
+func (in *inbox) idle() {
+	in.mu.Lock()
+	in.working = false
+	in.mu.Unlock()
 }
 
 // got releases m's place in the chunk bound; the reader calls it for
@@ -754,7 +783,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// what the round left missing, after the usual back-off, rather than
 	// waiting a whole Idle.
 	round := false
+	defer in.idle()
 	for left > 0 {
+		in.idle()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -797,7 +828,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 			timer.Reset(s.cfg.Idle)
 		case m := <-in.ch:
-			in.got(m)
+			in.take(m)
 			if m.bcast && schemas.IsParityChunk(m.b) {
 				if col == nil {
 					putBuf(m.b) // no coded table: nothing to check it against
