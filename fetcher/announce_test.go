@@ -32,21 +32,17 @@ func (c countConn) Publish(ctx context.Context, t schemas.Topic, b []byte, o bro
 	return c.Transport.Publish(ctx, t, b, o)
 }
 
-// TestAnnouncementQuietsCoveredDevice: after a wave's end marker, a device
-// whose need a repair announcement covers (it lacks one chunk of block 0,
-// one parity chunk of block 0 is announced) sends no loss summary and
-// rebuilds from the parity that follows; a device the announcement does
-// not cover (it lacks two) sends its summary. The neediest device's
-// back-off is the shorter one.
-func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	fx := newFixture(t, 32*testChunk, testChunk, 13)
+// codedFixture is a 32-chunk test image with a coded table of 2 blocks
+// of 16 chunks, 4 parity chunks each, the Image naming both tables, and a
+// reader of its chunks.
+func codedFixture(t *testing.T, seed uint64) (fixture, *schemas.ChunkTable, Image, blockcode.ChunkReader) {
+	t.Helper()
+	fx := newFixture(t, 32*testChunk, testChunk, seed)
 	read := func(_ context.Context, i uint32) ([]byte, error) {
 		off := int(i) * testChunk
 		return fx.img[off:min(off+testChunk, len(fx.img))], nil
 	}
-	coded, err := blockcode.Commit(ctx, fx.table, 16, 4, read) // 2 blocks of 16
+	coded, err := blockcode.Commit(context.Background(), fx.table, 16, 4, read)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,10 +53,48 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	cs := sha256.Sum256(cb)
 	im := fx.im
 	im.CodedTableDigest = cs[:]
+	return fx, coded, im, read
+}
+
+// sender returns a function that broadcasts a message on bt through pub.
+func sender(ctx context.Context, t *testing.T, pub broker.Transport, bt schemas.Topic) func(schemas.Message) {
+	return func(m schemas.Message) {
+		t.Helper()
+		b, err := schemas.Encode(m)
+		if err == nil {
+			err = pub.Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// sendWave broadcasts every chunk of the coded image, then the wave's end
+// marker.
+func sendWave(ctx context.Context, send func(schemas.Message), coded *schemas.ChunkTable, im Image, read blockcode.ChunkReader) {
+	for i := range uint32(coded.NumChunks()) {
+		b, _ := read(ctx, i)
+		send(&schemas.Chunk{V: schemas.Version, Image: im.Digest, Index: i, Data: b})
+	}
+	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(coded.NumChunks())}}})
+}
+
+// TestAnnouncementQuietsCoveredDevice: after a wave's end marker, a device
+// whose need a repair announcement covers (it lacks one chunk of block 0,
+// one parity chunk of block 0 is announced) sends no loss summary and
+// rebuilds from the parity that follows; a device the announcement does
+// not cover (it lacks two) sends its summary. The neediest device's
+// back-off is the shorter one.
+func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	fx, coded, im, read := codedFixture(t, 13)
 	hub := testutil.NewMemHub()
 	t.Cleanup(hub.Close)
 	topics := schemas.MustTopics("announcetest")
 	bt, _ := topics.Chunks(im.Hex())
+	var err error
 
 	type dev struct {
 		name     string
@@ -100,22 +134,8 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 		}()
 		<-d.ready
 	}
-	pub := hub.Conn()
-	send := func(m schemas.Message) {
-		t.Helper()
-		b, err := schemas.Encode(m)
-		if err == nil {
-			err = pub.Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range uint32(coded.NumChunks()) {
-		b, _ := read(ctx, i)
-		send(&schemas.Chunk{V: schemas.Version, Image: im.Digest, Index: i, Data: b})
-	}
-	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(coded.NumChunks())}}})
+	send := sender(ctx, t, hub.Conn(), bt)
+	sendWave(ctx, send, coded, im, read)
 	send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 1}}})
 	// The needy device, not covered, sends its summary (within its
 	// back-off slot, under a second).
@@ -180,26 +200,12 @@ func TestSummaryDelayNeediestFirst(t *testing.T) {
 func TestRoundLeftShortAsksSoon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	fx := newFixture(t, 32*testChunk, testChunk, 17)
-	read := func(_ context.Context, i uint32) ([]byte, error) {
-		off := int(i) * testChunk
-		return fx.img[off:min(off+testChunk, len(fx.img))], nil
-	}
-	coded, err := blockcode.Commit(ctx, fx.table, 16, 4, read) // 2 blocks of 16
-	if err != nil {
-		t.Fatal(err)
-	}
-	cb, err := schemas.Encode(coded)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cs := sha256.Sum256(cb)
-	im := fx.im
-	im.CodedTableDigest = cs[:]
+	fx, coded, im, read := codedFixture(t, 17)
 	hub := testutil.NewMemHub()
 	t.Cleanup(hub.Close)
 	topics := schemas.MustTopics("roundshort")
 	bt, _ := topics.Chunks(im.Hex())
+	var err error
 	var requests atomic.Int64
 	ready, sent := make(chan struct{}), make(chan struct{}, 1)
 	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent}
@@ -225,22 +231,8 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 		}, Repair{Table: coded, Slot: sink})
 	}()
 	<-ready
-	pub := hub.Conn()
-	send := func(m schemas.Message) {
-		t.Helper()
-		b, err := schemas.Encode(m)
-		if err == nil {
-			err = pub.Publish(ctx, bt, b, broker.PublishOptions{Family: broker.FamilyChunk})
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	for i := range uint32(coded.NumChunks()) {
-		b, _ := read(ctx, i)
-		send(&schemas.Chunk{V: schemas.Version, Image: im.Digest, Index: i, Data: b})
-	}
-	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(coded.NumChunks())}}})
+	send := sender(ctx, t, hub.Conn(), bt)
+	sendWave(ctx, send, coded, im, read)
 	// Its loss summary sizes the round.
 	select {
 	case <-sent:
