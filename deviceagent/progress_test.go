@@ -18,12 +18,18 @@ type slowSource struct {
 	fetcher.Source
 	clk  *fakeClock
 	step time.Duration
+	// after, when set, is called with each chunk delivered.
+	after func(i int)
 }
 
 func (s slowSource) Fetch(ctx context.Context, im fetcher.Image, want fetcher.Chunks, deliver fetcher.Deliver) error {
 	return s.Source.Fetch(ctx, im, want, func(i int, data []byte) error {
 		s.clk.Set(s.clk.Now().Add(s.step))
-		return deliver(i, data)
+		err := deliver(i, data)
+		if err == nil && s.after != nil {
+			s.after(i)
+		}
+		return err
 	})
 }
 
@@ -56,7 +62,26 @@ func TestProgressOnTime(t *testing.T) {
 		c.Clock = clk
 		c.PersistEvery = 1000
 		c.Prices = map[string]float64{"broker": 1} // the slow file source is the cheapest
-		c.Sources = []fetcher.Source{slowSource{Source: fetcher.NewFileSource(img, 0), clk: clk, step: step}}
+		// A report is posted at each full minute; the source waits for
+		// it to go out before the next chunk, as a real minute would
+		// (on the fake clock, posts would outrun the sender and the
+		// oldest be dropped beyond its queue).
+		after := func(i int) {
+			if (i+1)*int(step/time.Second)%int(interval/time.Second) != 0 || i+1 == 60 {
+				return
+			}
+			tick := time.NewTicker(5 * time.Millisecond)
+			defer tick.Stop()
+			for range 2000 {
+				for _, r := range w.reportsOf("dev-slow") {
+					if r.State == schemas.StateDownloading && r.BytesDone == uint64(i+1)*testChunk {
+						return
+					}
+				}
+				<-tick.C
+			}
+		}
+		c.Sources = []fetcher.Source{slowSource{Source: fetcher.NewFileSource(img, 0), clk: clk, step: step, after: after}}
 	})
 	d.start()
 	w.notice("camp-slow", "dev-slow", false, v2, w.envelope(v2, 2, nil, nil))
