@@ -32,6 +32,7 @@ type runOptions struct {
 	freeOnly                                     bool
 	window                                       string
 	chunkIdle                                    time.Duration
+	progressInterval                             time.Duration
 	memLimit                                     int64
 	selfTest                                     string
 	imageURL                                     string
@@ -88,6 +89,7 @@ notice or --source-cost KIND=PRICE (kinds: broker, http, objstore, file).`,
 	f.BoolVar(&o.freeOnly, "free-source-only", false, "download only from sources with price 0")
 	f.StringVar(&o.window, "window", "", "install only inside this daily window, HH:MM-HH:MM (local time)")
 	f.DurationVar(&o.chunkIdle, "chunk-idle", 2*time.Second, "ask the broker again for missing chunks after this idle time")
+	f.DurationVar(&o.progressInterval, "progress-interval", 0, "report download progress at least this often while chunks arrive (0: the agent's default, 1m); a second or less makes this agent one of the designated receivers whose reports pace a broadcast wave (firmcast serve --wave-pace)")
 	f.StringVar(&o.selfTest, "self-test", "", "shell command run as the new image's self-test before it is confirmed (non-zero exit: not confirmed, the bootloader reverts)")
 	f.Int64Var(&o.memLimit, "mem-limit", 12<<20, "soft memory limit in bytes for the Go runtime (ignored when GOMEMLIMIT is set; 0 = none)")
 	for _, n := range []string{"device-id", "broker", "flash", "state", "trust", "vendor-id", "class-id"} {
@@ -172,6 +174,7 @@ func (o *runOptions) run(ctx context.Context) error {
 		Identity:  suit.Identity{VendorID: vendor, ClassIDs: [][]byte{class}, DeviceID: []byte(o.deviceID)},
 		Transport: tr, Topics: topics, Boot: dev, Stages: stages, StateDir: o.state, Trust: anchors, NoticeTrust: noticeAnchors,
 		Prices: prices, Policy: policy, Logger: log, ChunkIdle: o.chunkIdle, FileDirs: o.fileDirs, URLPrefixes: o.urlPrefixes,
+		ProgressInterval: o.progressInterval,
 	}
 	if cfg.Keys, err = o.keys(); err != nil {
 		return err

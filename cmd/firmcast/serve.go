@@ -69,6 +69,10 @@ type publisherOptions struct {
 	imageAccess                     string
 	keyCustody                      string
 	codedRepair                     bool
+	// Delivery: repair batching, wave pacing (the fleet simulation's
+	// values, which docs/BENCHMARKS.md measures).
+	repairWindow, wavePace time.Duration
+	waveEcho               int
 }
 
 func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
@@ -87,6 +91,9 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.StringVar(&o.keyCustody, "key-custody-file", "", "file holding the key-custody key in hex (16 or 32 bytes, mode 0600): device KEKs are stored wrapped with it and encrypted images' content keys escrowed under it (none: no encrypted images)")
 	f.IntVar(&o.replicas, "replicas", 1, "JetStream replicas of the backend's buckets and streams (3 on a 3-node NATS cluster)")
 	f.IntVar(&o.partitions, "partitions", 1, "buckets the per-device campaign state is spread over by device, so report writes go to as many stream leaders; fixed for a namespace when it is first set up")
+	f.DurationVar(&o.repairWindow, "repair-window", 250*time.Millisecond, "batch the devices' chunk requests and loss summaries of an image for this long into one repair round (coded: parity chunks broadcast per block for the neediest device; plain: chunks many ask for broadcast once); 0: answer each request at once, by unicast")
+	f.IntVar(&o.waveEcho, "wave-echo", 32, "pace broadcast waves at the broker's fan-out: send chunk i once chunk i-N came back on the publisher's own subscription (0: no echo pacing)")
+	f.DurationVar(&o.wavePace, "wave-pace", time.Second, "revise a wave's rate this often from the progress its downloading devices report (designated receivers: agents run with --progress-interval of a second or less); 0: off")
 	f.BoolVar(&o.codedRepair, "coded-repair", true, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair) for the agents that speak it; agents of delivery protocol 1 take the image's plain table and are repaired by chunks in the same campaign (--coded-repair=false: plain tables only)")
 }
 
@@ -268,7 +275,8 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 	if cfg.HTTPTLS, err = httpTLS(p.httpCert, p.httpKey, p.httpClientCA); err != nil {
 		return cfg, err
 	}
-	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, Partitions: p.partitions, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair}
+	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, Partitions: p.partitions, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair,
+		RepairWindow: p.repairWindow, WaveEcho: p.waveEcho, WavePace: p.wavePace}
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)
