@@ -32,10 +32,21 @@ func (c countConn) Publish(ctx context.Context, t schemas.Topic, b []byte, o bro
 	return c.Transport.Publish(ctx, t, b, o)
 }
 
-// codedFixture is a 32-chunk test image with a coded table of 2 blocks
-// of 16 chunks, 4 parity chunks each, the Image naming both tables, and a
-// reader of its chunks.
-func codedFixture(t *testing.T, seed uint64) (fixture, *schemas.ChunkTable, Image, blockcode.ChunkReader) {
+// codedRig is a 32-chunk test image with a coded table of 2 blocks of 16
+// chunks, 4 parity chunks each, the Image naming both tables, a reader of
+// its chunks, and an in-memory hub with the image's broadcast topic under
+// root.
+type codedRig struct {
+	fx     fixture
+	coded  *schemas.ChunkTable
+	im     Image
+	read   blockcode.ChunkReader
+	hub    *testutil.MemHub
+	topics schemas.Topics
+	bt     schemas.Topic
+}
+
+func newCodedRig(t *testing.T, seed uint64, root string) codedRig {
 	t.Helper()
 	fx := newFixture(t, 32*testChunk, testChunk, seed)
 	read := func(_ context.Context, i uint32) ([]byte, error) {
@@ -53,7 +64,11 @@ func codedFixture(t *testing.T, seed uint64) (fixture, *schemas.ChunkTable, Imag
 	cs := sha256.Sum256(cb)
 	im := fx.im
 	im.CodedTableDigest = cs[:]
-	return fx, coded, im, read
+	hub := testutil.NewMemHub()
+	t.Cleanup(hub.Close)
+	topics := schemas.MustTopics(root)
+	bt, _ := topics.Chunks(im.Hex())
+	return codedRig{fx: fx, coded: coded, im: im, read: read, hub: hub, topics: topics, bt: bt}
 }
 
 // sender returns a function that broadcasts a message on bt through pub.
@@ -89,11 +104,8 @@ func sendWave(ctx context.Context, send func(schemas.Message), coded *schemas.Ch
 func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	fx, coded, im, read := codedFixture(t, 13)
-	hub := testutil.NewMemHub()
-	t.Cleanup(hub.Close)
-	topics := schemas.MustTopics("announcetest")
-	bt, _ := topics.Chunks(im.Hex())
+	r := newCodedRig(t, 13, "announcetest")
+	fx, coded, im, read, hub, topics, bt := r.fx, r.coded, r.im, r.read, r.hub, r.topics, r.bt
 	var err error
 
 	type dev struct {
@@ -200,11 +212,8 @@ func TestSummaryDelayNeediestFirst(t *testing.T) {
 func TestRoundLeftShortAsksSoon(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	fx, coded, im, read := codedFixture(t, 17)
-	hub := testutil.NewMemHub()
-	t.Cleanup(hub.Close)
-	topics := schemas.MustTopics("roundshort")
-	bt, _ := topics.Chunks(im.Hex())
+	r := newCodedRig(t, 17, "roundshort")
+	fx, coded, im, read, hub, topics, bt := r.fx, r.coded, r.im, r.read, r.hub, r.topics, r.bt
 	var err error
 	var requests atomic.Int64
 	ready, sent := make(chan struct{}), make(chan struct{}, 1)

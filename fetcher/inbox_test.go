@@ -105,22 +105,7 @@ func TestInboxWaitsForReader(t *testing.T) {
 	in.mu.Lock()
 	in.taken = in.taken.Add(-2 * takeStall)
 	in.mu.Unlock()
-	handled = make(chan struct{})
-	waiting := make(chan struct{}, 1)
-	in.mu.Lock()
-	in.onWait = func() { waiting <- struct{}{} }
-	in.mu.Unlock()
-	go func() {
-		in.handler(ctx, chunk(4))
-		close(handled)
-	}()
-	select {
-	case <-waiting:
-	case <-handled:
-		t.Fatal("a chunk arriving at a buffer just filled after a pause did not wait for the reader")
-	}
-	in.got(<-in.ch)
-	<-handled
+	waitsForRoom(t, in, chunk(4), "a chunk arriving at a buffer just filled after a pause")
 	if shed, _, _ := in.stats(); shed != 0 || len(in.ch) != 2 {
 		t.Fatalf("a burst at a full buffer after a pause: %d shed, %d buffered; want 0 and 2", shed, len(in.ch))
 	}
@@ -132,18 +117,7 @@ func TestInboxWaitsForReader(t *testing.T) {
 	in.taken = in.taken.Add(-3 * takeStall)
 	in.fullSince = in.taken.Add(takeStall / 2)
 	in.mu.Unlock()
-	handled = make(chan struct{})
-	go func() {
-		in.handler(ctx, chunk(6))
-		close(handled)
-	}()
-	select {
-	case <-waiting:
-	case <-handled:
-		t.Fatal("a chunk at a buffer full while the fetch loop works on what it took was shed, not waited")
-	}
-	in.got(<-in.ch)
-	<-handled
+	waitsForRoom(t, in, chunk(6), "a chunk at a buffer full while the fetch loop works on what it took")
 	if shed, _, _ := in.stats(); shed != 0 {
 		t.Fatalf("a chunk while the fetch loop was at work: %d shed, want 0", shed)
 	}
@@ -172,20 +146,7 @@ func TestInboxWaitsForReader(t *testing.T) {
 		m.Backlog = func() int { return backlog }
 		return m
 	}
-	handled = make(chan struct{})
-	waiting = make(chan struct{}, 1)
-	in.onWait = func() { waiting <- struct{}{} }
-	go func() {
-		in.handler(ctx, withBacklog(2))
-		close(handled)
-	}()
-	select {
-	case <-waiting:
-	case <-handled:
-		t.Fatal("a chunk with a small transport backlog behind it did not wait for room")
-	}
-	in.got(<-in.ch)
-	<-handled
+	waitsForRoom(t, in, withBacklog(2), "a chunk with a small transport backlog behind it")
 	backlog = maxBacklog
 	in.handler(ctx, withBacklog(3))
 	if shed, _, waited := in.stats(); shed != 1 || waited != 1 {
@@ -200,4 +161,31 @@ func TestInboxWaitsForReader(t *testing.T) {
 	if shed, _, _ := in.stats(); shed != 1 {
 		t.Fatalf("no wait: %d shed, want 1", shed)
 	}
+}
+
+// waitsForRoom hands m to in's handler, whose buffer is full, and fails
+// unless the handler waits for room (rather than shedding m); then it
+// takes one chunk off the buffer and waits for the handler to queue m.
+func waitsForRoom(t *testing.T, in *inbox, m broker.Message, what string) {
+	t.Helper()
+	waiting, handled := make(chan struct{}, 1), make(chan struct{})
+	in.mu.Lock()
+	in.onWait = func() {
+		select {
+		case waiting <- struct{}{}:
+		default:
+		}
+	}
+	in.mu.Unlock()
+	go func() {
+		in.handler(context.Background(), m)
+		close(handled)
+	}()
+	select {
+	case <-waiting:
+	case <-handled:
+		t.Fatalf("%s was shed, not waited for room", what)
+	}
+	in.got(<-in.ch)
+	<-handled
 }

@@ -854,9 +854,10 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				case summary && !covered:
 					// Its summary is still wanted: the round falls short.
 				case mine && !inWave:
-					// Parity for this device's blocks follows: once it
-					// stops coming, ask for what it left missing (not
-					// while a wave flows: its end marker comes first).
+					// Parity for this device's blocks follows, then the
+					// round's end marker: what the round leaves missing
+					// goes in a summary after it (not while a wave
+					// flows: its end marker comes first).
 					if summary {
 						s.Suppressed++
 						summary, progressed, idle = false, false, 0
