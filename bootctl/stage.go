@@ -29,6 +29,17 @@ type CandidateInfo struct {
 	// decrypts the slot as it installs it. The device needs a KEK in its
 	// root of trust and no secure-boot mode (SupportsEncryptedSlots).
 	Encryption *SlotEncryption
+	// Verified says the caller checked every byte it wrote into this
+	// candidate against Digest as it wrote it: each chunk against a chunk
+	// table whose authenticated encoding names Digest and the image size
+	// (the fetcher's check, which deviceagent makes of every chunk of a
+	// full image before it writes it). Commit then writes the header
+	// without hashing the slot a second time. Boot still hashes the
+	// candidate before it installs it (newestValid), so bytes damaged
+	// after they were written are refused there and the device keeps its
+	// image. Ignored with Encryption: the slot's ciphertext must still be
+	// shown to decrypt to Digest.
+	Verified bool
 }
 
 // Candidate streams an image into a slot. Chunks may arrive in any order
@@ -206,7 +217,9 @@ func (c *Candidate) program(p []byte, off int64) error {
 
 // Commit verifies that the slot holds the image with info.Digest (and in
 // secure-boot mode that info.Envelope verifies and agrees) and writes the
-// header, tagged with the device key. The candidate is then closed. The
+// header, tagged with the device key. With info.Verified (the caller
+// checked every byte as it wrote it) the slot is not hashed again here;
+// Boot hashes it before installing it either way. The candidate is then closed. The
 // next Boot installs it if it is newer than the active image.
 //
 // With info.Encryption the slot must hold the ciphertext: Commit hashes
@@ -272,12 +285,14 @@ func (c *Candidate) Commit(ctx context.Context, info CandidateInfo) error {
 		if raw, err = marshalHeader(h, d.rot.DeviceKey, info.Envelope); err != nil {
 			return err
 		}
-		dg, err := d.hashImage(ctx, c.region, c.size)
-		if err != nil {
-			return err
-		}
-		if dg != h.Digest {
-			return fmt.Errorf("%w: slot %d hashes to %x, expected %x", ErrDigestMismatch, c.slot, dg[:8], h.Digest[:8])
+		if !info.Verified {
+			dg, err := d.hashImage(ctx, c.region, c.size)
+			if err != nil {
+				return err
+			}
+			if dg != h.Digest {
+				return fmt.Errorf("%w: slot %d hashes to %x, expected %x", ErrDigestMismatch, c.slot, dg[:8], h.Digest[:8])
+			}
 		}
 	}
 	if err := d.f.Program(padTo(raw, d.g.WriteAlign), d.regionOff(c.region)); err != nil {

@@ -243,9 +243,10 @@ func (a *Agent) download(ctx context.Context, m *suit.Manifest) error {
 			return err
 		}
 	}
-	// The whole-image digest is checked by bootctl's Commit, which hashes
-	// the slot before it writes the header (and by every boot): the
-	// fetcher checks each chunk against the signed table only.
+	// The fetcher checks each chunk against the signed table, which names
+	// the image's digest and size, before it writes it: that is the
+	// image's check before the header goes on (commit). The bootloader
+	// hashes the slot before it installs it.
 	u, err := a.encrypted(ctx)
 	if err != nil {
 		return err
@@ -483,8 +484,9 @@ func (a *Agent) downloadAllowed(ctx context.Context, m *suit.Manifest, srcs []fe
 	return srcs, nil
 }
 
-// commit seals the downloaded candidate: bootctl hashes the slot, checks
-// the signed digest and writes the header with the per-device MAC.
+// commit seals the downloaded candidate: bootctl checks the signed digest
+// (hashing the slot unless every chunk was checked as it was written) and
+// writes the header with the per-device MAC.
 func (a *Agent) commit(ctx context.Context) error {
 	a.mu.Lock()
 	st := a.st
@@ -505,6 +507,13 @@ func (a *Agent) commit(ctx context.Context) error {
 	}
 	info := bootctl.CandidateInfo{Version: st.Seq, SecurityCounter: counter, Campaign: st.Campaign, Envelope: st.Envelope}
 	copy(info.Digest[:], digest)
+	// A full plain image reached the slot only through the fetcher, which
+	// checked each chunk against the signed chunk table (bound to the
+	// signed digest and size) before writing it: the slot need not be
+	// hashed again before the header goes on (the bootloader hashes it
+	// before it installs it). A delta's result and an encrypted image's
+	// plaintext were not checked chunk by chunk: Commit hashes those.
+	info.Verified = !st.Encrypted && len(st.Delta) == 0
 	if info.Encryption, err = a.slotEncryption(ctx, st); err != nil {
 		return err
 	}

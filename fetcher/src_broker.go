@@ -896,19 +896,22 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				continue
 			}
 			chunk = schemas.Chunk{}
-			ok := s.accept(m.b, &chunk, im, n)
-			putBuf(m.b) // decoding copied what it keeps
-			if !ok {
+			if !s.accept(m.b, &chunk, im, n) {
+				putBuf(m.b)
 				continue
 			}
 			i := int(chunk.Index)
 			if !missing.has(i) {
+				putBuf(m.b)
 				continue
 			}
 			if m.bcast {
 				lastBcast, inWave = time.Now(), true
 			}
-			if err := deliver(i, chunk.Data); err != nil {
+			err := deliver(i, chunk.Data)
+			putBuf(m.b) // the chunk's data was m.b's bytes: written (or refused) now
+			chunk = schemas.Chunk{}
+			if err != nil {
 				if errors.Is(err, ErrSink) {
 					return err
 				}
@@ -1035,7 +1038,7 @@ func (s *BrokerSource) accept(b []byte, c *schemas.Chunk, im Image, n int) bool 
 		return false // a copy of the table a wave carries: not a drop
 	}
 	switch {
-	case schemas.Decode(b, c) != nil:
+	case schemas.DecodeChunkView(b, c) != nil: // c aliases b
 		s.Garbage++
 	case !bytes.Equal(c.Image, im.Digest):
 		s.Foreign++

@@ -55,6 +55,23 @@ func BenchmarkChunk16KDecode(b *testing.B) {
 	}
 }
 
+// The receive path's decoder: no copy, no allocation.
+func BenchmarkChunk16KDecodeView(b *testing.B) {
+	c := benchChunk()
+	enc, err := Encode(c)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.SetBytes(int64(len(c.Data)))
+	b.ReportAllocs()
+	var out Chunk
+	for b.Loop() {
+		if err := DecodeChunkView(enc, &out); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
 // Peer: copying the 16 KiB payload into a fresh buffer once.
 func BenchmarkChunk16KPeerCopy(b *testing.B) {
 	c := benchChunk()

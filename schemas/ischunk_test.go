@@ -61,3 +61,112 @@ func FuzzIsChunk(f *testing.F) {
 		}
 	})
 }
+
+// TestDecodeChunkView: the aliasing decoder agrees with Decode on every
+// vector and on the rejection table's rows (same acceptance, same value,
+// same error), and its result aliases the input.
+func TestDecodeChunkView(t *testing.T) {
+	var seen int
+	for _, v := range vectors(t) {
+		b, err := Encode(v.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inputs := [][]byte{b}
+		for _, r := range genericRejections(t, v.msg, b) {
+			inputs = append(inputs, r.data)
+		}
+		for _, in := range inputs {
+			sameAsDecode(t, in)
+		}
+		if c, ok := v.msg.(*Chunk); ok {
+			seen++
+			var got Chunk
+			if err := DecodeChunkView(b, &got); err != nil {
+				t.Fatalf("%s: %v", v.name, err)
+			}
+			if !bytes.Equal(got.Data, c.Data) || &got.Data[0] != &b[len(b)-len(c.Data)] {
+				t.Fatalf("%s: data not aliased into the message", v.name)
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no chunk among the vectors")
+	}
+	// Encodings a head reader could take that are not the deterministic
+	// one, or not a valid chunk: Decode refuses them, and so must the view.
+	img := bytes.Repeat([]byte{7}, 32)
+	build := func(version, imgHead, index, dataHead []byte, data ...byte) []byte {
+		b := append([]byte{0xa4, 0x00}, version...)
+		b = append(append(append(b, 0x01), imgHead...), img...)
+		b = append(append(b, 0x02), index...)
+		return append(append(append(b, 0x03), dataHead...), data...)
+	}
+	good := build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x41}, 0x0a)
+	sameAsDecode(t, good)
+	if err := DecodeChunkView(good, new(Chunk)); err != nil {
+		t.Fatalf("the deterministic encoding refused: %v", err)
+	}
+	for name, in := range map[string][]byte{
+		"version in a 1-byte argument": build([]byte{0x18, 0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x41}, 0x0a),
+		"version 2":                    build([]byte{0x02}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x41}, 0x0a),
+		"digest length in 2 bytes":     build([]byte{0x01}, []byte{0x59, 0x00, 0x20}, []byte{0x05}, []byte{0x41}, 0x0a),
+		"index in a 1-byte argument":   build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x18, 0x05}, []byte{0x41}, 0x0a),
+		"index 2^32":                   build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x1b, 0, 0, 0, 1, 0, 0, 0, 0}, []byte{0x41}, 0x0a),
+		"index at MaxChunks":           build([]byte{0x01}, []byte{0x58, 0x20}, uintHead(MaxChunks), []byte{0x41}, 0x0a),
+		"data length in 1 byte":        build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x58, 0x01}, 0x0a),
+		"empty data":                   build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x40}),
+		"data cut short":               build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x42}, 0x0a),
+		"a byte after the map":         append(bytes.Clone(good), 0x00),
+		"indefinite-length data":       build([]byte{0x01}, []byte{0x58, 0x20}, []byte{0x05}, []byte{0x5f, 0x41}, 0x0a, 0xff),
+	} {
+		if err := DecodeChunkView(in, new(Chunk)); err == nil {
+			t.Errorf("%s: accepted %x", name, in)
+		}
+		sameAsDecode(t, in)
+	}
+}
+
+// uintHead is the shortest CBOR head of the unsigned integer v.
+func uintHead(v uint64) []byte {
+	switch {
+	case v < 24:
+		return []byte{byte(v)}
+	case v <= 0xff:
+		return []byte{0x18, byte(v)}
+	case v <= 0xffff:
+		return []byte{0x19, byte(v >> 8), byte(v)}
+	case v <= 0xffffffff:
+		return []byte{0x1a, byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+	}
+	return []byte{0x1b, byte(v >> 56), byte(v >> 48), byte(v >> 40), byte(v >> 32), byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)}
+}
+
+// sameAsDecode checks DecodeChunkView against Decode on data.
+func sameAsDecode(t testing.TB, data []byte) {
+	t.Helper()
+	var a, b Chunk
+	errA, errB := DecodeChunkView(data, &a), Decode(data, &b)
+	if (errA == nil) != (errB == nil) || (errA != nil && errA.Error() != errB.Error()) {
+		t.Fatalf("%x: DecodeChunkView says %v, Decode %v", data, errA, errB)
+	}
+	if errA == nil && (a.V != b.V || a.Index != b.Index || !bytes.Equal(a.Image, b.Image) || !bytes.Equal(a.Data, b.Data)) {
+		t.Fatalf("%x: DecodeChunkView gives %+v, Decode %+v", data, a, b)
+	}
+}
+
+// FuzzDecodeChunkView: the aliasing decoder never panics and agrees with
+// Decode on every input (acceptance, value, error).
+func FuzzDecodeChunkView(f *testing.F) {
+	for _, v := range vectors(f) {
+		if b, err := Encode(v.msg); err == nil {
+			f.Add(b)
+			for _, r := range genericRejections(f, v.msg, b) {
+				if len(r.data) <= 4<<10 {
+					f.Add(r.data)
+				}
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { sameAsDecode(t, data) })
+}
