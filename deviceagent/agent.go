@@ -161,6 +161,15 @@ type Config struct {
 	// FetchTally, when set, is added what the broker source saw on its
 	// receive path (fetcher.Tally): a simulated fleet's totals.
 	FetchTally *fetcher.Tally
+	// BootGate, when set, is passed through before each reboot (the
+	// bootloader's run over the device's flash): it returns once the
+	// reboot may start, and the agent calls the release it returns when
+	// the bootloader is done. A host that simulates many devices on a few
+	// cores bounds with it how many bootloaders hash and copy images at
+	// once, work that would otherwise take the CPU from the simulated
+	// devices still downloading (real devices do not share a CPU).
+	// Default none.
+	BootGate func(ctx context.Context) (release func(), err error)
 	// Fetch tunes the fetcher's per-source retries.
 	Fetch fetcher.RetryPolicy
 	// PersistEvery is the fetch progress persistence interval in chunks.

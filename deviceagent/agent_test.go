@@ -4,7 +4,9 @@ import (
 	"context"
 	"crypto/sha256"
 	"errors"
+	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -131,6 +133,61 @@ func TestNoSync(t *testing.T) {
 	if st, err := LoadState(d.dir); err != nil || st.State != schemas.StateConfirmed {
 		t.Errorf("persisted state %v, %v: want confirmed", st.State, err)
 	}
+}
+
+// TestBootGate: the bootloader runs only inside the gate (taken before,
+// released after, once per reboot), and a device whose gate does not open
+// stays staged-and-rebooting without running its bootloader.
+func TestBootGate(t *testing.T) {
+	w := memWorld(t)
+	v2 := testImage(15, 6*testChunk)
+	w.serve(v2, nil)
+	var mu sync.Mutex
+	var taken, released int
+	d := w.newDevice("dev-gate", func(c *Config) {
+		c.BootGate = func(ctx context.Context) (func(), error) {
+			mu.Lock()
+			defer mu.Unlock()
+			if taken != released {
+				return nil, fmt.Errorf("gate taken %d times, released %d", taken, released)
+			}
+			taken++
+			return func() { mu.Lock(); released++; mu.Unlock() }, nil
+		}
+	})
+	d.start()
+	w.notice("camp-gate", "dev-gate", false, v2, w.envelope(v2, 2, nil, nil))
+	w.waitState("dev-gate", schemas.StateConfirmed, 20*time.Second)
+	d.stop()
+	mu.Lock()
+	defer mu.Unlock()
+	if taken != 1 || released != 1 {
+		t.Errorf("gate taken %d times, released %d: want 1 and 1 (one reboot)", taken, released)
+	}
+
+	// A closed gate: the device never gets past rebooting.
+	w2 := memWorld(t)
+	w2.serve(v2, nil)
+	gate := make(chan struct{})
+	d2 := w2.newDevice("dev-shut", func(c *Config) {
+		c.BootGate = func(ctx context.Context) (func(), error) {
+			select {
+			case <-gate:
+				return func() {}, nil
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	})
+	d2.start()
+	w2.notice("camp-shut", "dev-shut", false, v2, w2.envelope(v2, 2, nil, nil))
+	w2.waitState("dev-shut", schemas.StateRebooting, 20*time.Second)
+	if a := d2.active(); a.Version != 1 {
+		t.Errorf("active version %d behind a closed gate, want 1", a.Version)
+	}
+	close(gate)
+	w2.waitState("dev-shut", schemas.StateConfirmed, 20*time.Second)
+	d2.stop()
 }
 
 // TestHealthCheckFailsRollsBack: the new image fails its self-test, so the

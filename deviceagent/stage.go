@@ -92,6 +92,13 @@ func (a *Agent) targetActive() bootctl.ImageInfo {
 // depth first), else the application's bootloader. It returns the
 // decision for the update's stage.
 func (a *Agent) bootAll(ctx context.Context) (bootctl.Decision, error) {
+	if g := a.cfg.BootGate; g != nil {
+		release, err := g(ctx)
+		if err != nil {
+			return bootctl.Decision{Slot: -1}, err
+		}
+		defer release()
+	}
 	if a.chain == nil {
 		return a.cfg.Boot.Boot(ctx)
 	}

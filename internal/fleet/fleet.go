@@ -126,6 +126,13 @@ type FleetConfig struct {
 	// receive paths (chunks shed, parity refused, chunks rebuilt,
 	// requests, summaries suppressed).
 	Tally *fetcher.Tally
+	// BootsAtOnce bounds how many simulated devices run their bootloader
+	// at once (deviceagent.Config.BootGate). A bootloader hashes the
+	// candidate and copies two images; hundreds at once would take the
+	// host's few cores from the devices still downloading, which real
+	// devices, each with its own CPU, never do. 0: one (the default);
+	// negative: no bound.
+	BootsAtOnce int
 }
 
 // Device is one simulated device.
@@ -185,6 +192,7 @@ func (d *Device) FlashPath() string { return filepath.Join(d.Dir, "flash") }
 // Fleet is a set of simulated devices. Build it with NewFleet, then Run.
 type Fleet struct {
 	cfg     FleetConfig
+	boots   chan struct{} // tokens of BootsAtOnce; nil: no bound
 	Devices []*Device
 	geom    bootctl.Geometry
 	layout  bootctl.Layout
@@ -235,6 +243,9 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		return nil, err
 	}
 	f := &Fleet{cfg: cfg, geom: g, layout: l, fdigest: sha256.Sum256(cfg.Factory)}
+	if cfg.BootsAtOnce >= 0 {
+		f.boots = make(chan struct{}, max(cfg.BootsAtOnce, 1))
+	}
 	rng := rand.New(rand.NewChaCha8(seed32(cfg.Seed)))
 	failing := int(float64(cfg.FleetSize)*cfg.FailRate + 0.5)
 	perm := rng.Perm(cfg.FleetSize)[cfg.First:]
@@ -471,6 +482,20 @@ func (f *Fleet) Stop() {
 	f.wg.Wait()
 }
 
+// bootGate is the devices' deviceagent.Config.BootGate: a token of
+// f.boots for each bootloader run.
+func (f *Fleet) bootGate(ctx context.Context) (func(), error) {
+	if f.boots == nil {
+		return func() {}, nil
+	}
+	select {
+	case f.boots <- struct{}{}:
+		return func() { <-f.boots }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
 func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) error {
 	tr, err := broker.Dial(ctx, broker.Config{
 		URL: f.cfg.MQTTURL, Username: d.ID, Password: d.secret, ClientID: d.ID, Topics: f.cfg.Topics, Logger: f.cfg.Logger,
@@ -484,7 +509,7 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 		DeviceID: d.ID, Class: f.cfg.Class, Transport: newCounting(tr, d, f.cfg.Loss, f.cfg.Seed), Topics: f.cfg.Topics,
 		Identity: suit.Identity{VendorID: f.cfg.VendorID, ClassIDs: [][]byte{f.cfg.ClassID}, DeviceID: []byte(d.ID)},
 		Boot:     d.boot, StateDir: filepath.Join(d.Dir, "state"), Trust: f.cfg.Trust, Logger: f.cfg.Logger,
-		RetryBase: 500 * time.Millisecond, Keys: d.keys(), FetchTally: f.cfg.Tally,
+		RetryBase: 500 * time.Millisecond, Keys: d.keys(), FetchTally: f.cfg.Tally, BootGate: f.bootGate,
 		OnState: func(r deviceagent.Record) {
 			d.state.Store(int32(r.State))
 			now := time.Now().UnixNano()
