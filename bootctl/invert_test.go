@@ -36,3 +36,50 @@ func BenchmarkInvert(b *testing.B) {
 		invert(p, p)
 	}
 }
+
+// TestFileFlashEraseHoles: an erase reads back erased whether the range
+// held data written a moment ago (still in the page cache, not yet
+// allocated on disk), data synced to disk, or nothing (a hole, which the
+// store leaves alone), and ranges next to it keep their bytes.
+func TestFileFlashEraseHoles(t *testing.T) {
+	g := Geometry{SectorSize: 4096, Sectors: 16, WriteAlign: 4}
+	f, err := CreateFileFlash(t.TempDir()+"/flash", g)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	ss := int64(g.SectorSize)
+	data := bytes.Repeat([]byte{0x5a}, int(ss))
+	for _, s := range []int{1, 2, 3, 5, 6} {
+		if err := f.Program(data, int64(s)*ss); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil { // sectors 1-3, 5-6 on disk
+		t.Fatal(err)
+	}
+	if err := f.Program(data, 8*ss); err != nil { // sector 8 in the page cache only
+		t.Fatal(err)
+	}
+	for _, s := range []int{0, 2, 8, 10} { // a hole, synced data, cached data, a hole
+		if err := f.Erase(s); err != nil {
+			t.Fatalf("erase sector %d: %v", s, err)
+		}
+	}
+	if err := f.EraseSectors(5, 2); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, ss)
+	for s := range g.Sectors {
+		if _, err := f.ReadAt(got, int64(s)*ss); err != nil {
+			t.Fatal(err)
+		}
+		want := bytes.Repeat([]byte{Erased}, int(ss))
+		if s == 1 || s == 3 {
+			want = data
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("sector %d reads %x..., want %x...", s, got[:4], want[:4])
+		}
+	}
+}

@@ -96,8 +96,8 @@ func (p *Publisher) tick(ctx context.Context) {
 // A step sends a campaign's notices noticeWorkers at a time, and looks at
 // the campaign's wave (maybeWave) after every noticeBatch of them.
 const (
-	noticeWorkers = 8
-	noticeBatch   = 32
+	noticeWorkers = 32
+	noticeBatch   = 128
 )
 
 // tally is what step judges a campaign's open phases on.
