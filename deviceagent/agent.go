@@ -202,9 +202,12 @@ type Agent struct {
 	// and published before the next report's is.
 	reportMu sync.Mutex
 
-	mu     sync.Mutex
-	st     Record
-	active bootctl.ImageInfo
+	mu sync.Mutex
+	st Record
+	// counter is the last report counter used; st.Counter, persisted,
+	// is at or above it (counterLease).
+	counter uint64
+	active  bootctl.ImageInfo
 	// activePublic: active's digest may be reported (activeDigestPublic).
 	activePublic bool
 	dropped      string     // what the last download ignored, for the report
@@ -315,6 +318,7 @@ func New(cfg Config) (*Agent, error) {
 		fetchTo: fetchTo,
 		notices: make(chan []byte, 16),
 		st:      st,
+		counter: st.Counter, // every counter up to the persisted ceiling may have been used
 		// Three at once, then one per interval.
 		secLimit: rate.NewLimiter(rate.Every(cfg.SecurityInterval), 3),
 	}, nil
@@ -524,20 +528,33 @@ func (a *Agent) reportFor(ctx context.Context, campaign string, state schemas.St
 	return a.sendReport(ctx, campaign, state, code, text, false, nil)
 }
 
+// counterLease is how many report counters one persisted ceiling covers
+// (Record.Counter).
+const counterLease = 64
+
 // sendReport publishes a device report; security marks a security event
-// (campaign is then empty). The counter is persisted first.
+// (campaign is then empty). Its counter is covered by a persisted ceiling
+// first.
 func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.State, code schemas.ErrCode, text string, security bool, at *progressAt) error {
 	a.reportMu.Lock()
 	defer a.reportMu.Unlock()
 	text = a.scrub(text)
 	a.mu.Lock()
-	a.st.Counter++
+	a.counter++
+	// The counter must never go back, across power cuts too: a ceiling
+	// is persisted before a counter beyond the last one is used, a lease
+	// of counterLease at a time (a restart resumes above the ceiling),
+	// so that a report does not cost a state file write each.
+	lease := a.counter > a.st.Counter
+	if lease {
+		a.st.Counter = a.counter + counterLease - 1
+	}
 	if len(text) > schemas.MaxTextLen {
 		text = strings.ToValidUTF8(text[:schemas.MaxTextLen-3], "") + "..."
 	}
 	r := schemas.DeviceReport{
 		V: schemas.Version, Device: a.cfg.DeviceID, Campaign: campaign, State: state,
-		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.st.Counter,
+		ActiveVersion: a.active.Version, Code: code, Text: text, Counter: a.counter,
 		Time: a.cfg.Clock.Now().UnixMilli(), Source: a.st.Source, Class: a.cfg.Class, Security: security,
 	}
 	if a.active.Valid && a.activePublic {
@@ -558,9 +575,11 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 	}
 	rec := a.st
 	a.mu.Unlock()
-	if err := saveState(a.cfg.StateDir, &rec, !a.cfg.NoSync); err != nil {
-		a.log.Error("persisting report counter", "err", err)
-		return err
+	if lease {
+		if err := saveState(a.cfg.StateDir, &rec, !a.cfg.NoSync); err != nil {
+			a.log.Error("persisting report counter", "err", err)
+			return err
+		}
 	}
 	b, err := schemas.Encode(&r)
 	if err != nil {

@@ -80,6 +80,45 @@ func TestReconnectReports(t *testing.T) {
 	}
 }
 
+// TestReportCounterLease: report counters rise strictly across more
+// reports than one lease covers and across restarts (a reset resumes
+// above the persisted ceiling), and the ceiling is persisted a lease at a
+// time, not per report.
+func TestReportCounterLease(t *testing.T) {
+	hub := testutil.NewMemHub()
+	w := newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), func(*testing.T, string) broker.Transport { return hub.Conn() })
+	d := w.newDevice("dev-lease", nil)
+	var last uint64
+	for restart := range 3 {
+		d.start()
+		r := w.waitReport("dev-lease", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" && r.Counter > last })
+		last = r.Counter
+		for range counterLease/2 + 3 {
+			hub.Reconnect()
+			r = w.waitReport("dev-lease", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" && r.Counter > last })
+			last = r.Counter
+		}
+		d.stop()
+		st, err := LoadState(d.dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Counter < last || st.Counter >= last+counterLease {
+			t.Fatalf("restart %d: persisted ceiling %d, last counter used %d: want a ceiling within one lease at or above it", restart, st.Counter, last)
+		}
+	}
+	var prev uint64
+	for _, r := range w.reportsOf("dev-lease") {
+		if r.Counter <= prev {
+			t.Fatalf("report counter %d after %d", r.Counter, prev)
+		}
+		prev = r.Counter
+	}
+	if prev <= 2*counterLease {
+		t.Fatalf("last counter %d: the test used fewer counters than two leases", prev)
+	}
+}
+
 // TestGiveUpNoLoop: an update that keeps failing is retried with backoff,
 // then given up with a final report; the retained notice, delivered again
 // after a restart, does not start it again.

@@ -34,7 +34,10 @@ type Record struct {
 	// erased it for this image, so a resume must not erase it again.
 	Slot     int  `cbor:"9,keyasint"`
 	SlotOpen bool `cbor:"10,keyasint,omitempty"`
-	// Counter is the last report counter used.
+	// Counter is the report counters' persisted ceiling: every counter
+	// used so far is at or below it, and the agent persists a new one
+	// (counterLease above) before it uses a counter beyond it, so a
+	// restart goes on above it.
 	Counter uint64 `cbor:"11,keyasint"`
 	// Attempts of the current update, and when the next may start (Unix ms).
 	Attempts    uint32 `cbor:"12,keyasint,omitempty"`

@@ -419,6 +419,7 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 	var wp *wavePace
 	if p.cfg.WavePace > 0 {
 		wp = newWavePace(p.cfg.WavePace, int(max(4*int64(d.info.ChunkSize), 64<<10)))
+		wp.log = p.log.With("image", digest)
 		p.waveMu.Lock()
 		w.pace = wp
 		p.waveMu.Unlock()

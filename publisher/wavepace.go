@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"log/slog"
 	"slices"
 	"sync"
 	"time"
@@ -59,6 +60,7 @@ const (
 type wavePace struct {
 	every time.Duration
 	burst int
+	log   *slog.Logger // debug: each revision; nil: none
 
 	mu sync.Mutex
 	// last is each device's previous progress report (device time, ms,
@@ -133,6 +135,13 @@ func (wp *wavePace) limit() float64 {
 	return float64(wp.lim.Limit())
 }
 
+func (wp *wavePace) limitLocked() float64 {
+	if wp.lim == nil {
+		return 0
+	}
+	return float64(wp.lim.Limit())
+}
+
 // revise sets the wave's rate from the recent device rates. Called with
 // mu held.
 func (wp *wavePace) revise(now time.Time) {
@@ -150,6 +159,12 @@ func (wp *wavePace) revise(now time.Time) {
 		return
 	}
 	slices.Sort(rs)
+	if wp.log != nil {
+		defer func() {
+			wp.log.Debug("wave pace", "sent_bps", int64(sent), "receivers", len(rs), "median_bps", int64(rs[len(rs)/2]),
+				"slowest_bps", int64(rs[0]), "limit_bps", int64(wp.limitLocked()))
+		}()
+	}
 	// The designated receivers' median: a rate over a second is a few
 	// chunks either way, and the lower ones are as often a device
 	// descheduled for a moment as one that falls behind (measured: the
