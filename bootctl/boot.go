@@ -372,6 +372,14 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 		return Digest{}, err
 	}
 	h := sha256.New()
+	bp := getBuf(d.bufN)
+	defer func() {
+		if im.enc != nil {
+			clear(*bp) // plaintext of an encrypted slot
+		}
+		putBuf(bp)
+	}()
+	buf := *bp
 	src, dst, size := d.imageOff(from), d.imageOff(to), int64(im.hdr.Size)
 	firstSector := to.Start + d.l.HeaderSectors
 	for done := int64(0); done < size; {
@@ -381,13 +389,13 @@ func (d *Device) copyRegion(ctx context.Context, from, to Region, im image, chec
 		// A run of whole sectors (the I/O buffer, 64 KiB) per program: a
 		// resumed copy starts over, so a torn run is no different from a
 		// torn sector.
-		n := min(int64(len(d.buf)), size-done)
+		n := min(int64(len(buf)), size-done)
 		pn := alignUp(n, int64(d.g.WriteAlign))
 		lo, hi := done/ss, (done+pn+ss-1)/ss
 		if err := d.f.EraseSectors(firstSector+int(lo), int(hi-lo)); err != nil {
 			return Digest{}, err
 		}
-		b := d.buf[:pn]
+		b := buf[:pn]
 		if _, err := d.f.ReadAt(b, src+done); err != nil {
 			return Digest{}, err
 		}

@@ -89,7 +89,7 @@ type Device struct {
 	rot  RootOfTrust
 	cfg  config
 	log  *statusLog
-	buf  []byte // image I/O buffer
+	bufN int // size of the image I/O buffers it borrows (getBuf)
 	ops0 uint64
 }
 
@@ -116,7 +116,7 @@ func Open(f *Flash, l Layout, rot RootOfTrust, opts ...Option) (*Device, error) 
 	rot.KEK = append([]byte(nil), rot.KEK...)
 	d := &Device{f: f, g: g, l: l, rot: rot, cfg: cfg, log: newStatusLog(f, l.Status)}
 	bufSize := max(g.SectorSize, (64<<10)/g.SectorSize*g.SectorSize)
-	d.buf = make([]byte, bufSize)
+	d.bufN = bufSize
 	if err := d.load(); err != nil {
 		return nil, err
 	}
@@ -264,7 +264,9 @@ func (d *Device) hashImage(ctx context.Context, r Region, size uint64) (Digest, 
 		return Digest{}, err
 	}
 	h := sha256.New()
-	if err := d.f.scan(d.imageOff(r), int64(size), d.buf, func(p []byte) { h.Write(p) }); err != nil {
+	bp := getBuf(d.bufN)
+	defer putBuf(bp)
+	if err := d.f.scan(d.imageOff(r), int64(size), *bp, func(p []byte) { h.Write(p) }); err != nil {
 		return Digest{}, err
 	}
 	var dg Digest

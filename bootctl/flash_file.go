@@ -53,8 +53,7 @@ func OpenFileFlash(path string, g Geometry) (*Flash, error) {
 
 // fileStore keeps inverted bytes in a file.
 type fileStore struct {
-	f   *os.File
-	buf []byte
+	f *os.File
 }
 
 // invert writes the bitwise complement of src to dst (which may be src).
@@ -85,15 +84,14 @@ func (s *fileStore) readAt(p []byte, off int64) error {
 	return nil
 }
 
-// writeAt stores p inverted, through a buffer of at most maxScratch
+// writeAt stores p inverted, through a lent buffer of at most maxScratch
 // bytes (large writes go in pieces).
 func (s *fileStore) writeAt(p []byte, off int64) error {
+	bp := getBuf(min(len(p), maxScratch))
+	defer putBuf(bp)
 	for len(p) > 0 {
 		n := min(len(p), maxScratch)
-		if cap(s.buf) < n {
-			s.buf = make([]byte, n)
-		}
-		b := s.buf[:n]
+		b := (*bp)[:n]
 		invert(b, p[:n])
 		if _, err := s.f.WriteAt(b, off); err != nil {
 			return fmt.Errorf("bootctl: flash file: %w", err)
@@ -107,12 +105,11 @@ func (s *fileStore) erase(off, n int64) error {
 	if punchHole(s.f, off, n) == nil {
 		return nil
 	}
+	bp := getBuf(int(min(n, maxScratch)))
+	defer putBuf(bp)
 	for n > 0 {
 		k := min(n, maxScratch)
-		if cap(s.buf) < int(k) {
-			s.buf = make([]byte, k)
-		}
-		b := s.buf[:k]
+		b := (*bp)[:k]
 		clear(b)
 		if _, err := s.f.WriteAt(b, off); err != nil {
 			return fmt.Errorf("bootctl: flash file: %w", err)

@@ -314,15 +314,17 @@ func (d *Device) hashEncrypted(ctx context.Context, r Region, size uint64, e *Sl
 	}
 	s := cipher.NewCTR(blk, e.IV[:])
 	hc, hp := sha256.New(), sha256.New()
-	tmp := make([]byte, len(d.buf))
-	if err := d.f.scan(d.imageOff(r), int64(size), d.buf, func(p []byte) {
+	bp, tp := getBuf(d.bufN), getBuf(d.bufN)
+	defer putBuf(bp)
+	defer func() { clear(*tp); putBuf(tp) }() // plaintext
+	tmp := *tp
+	if err := d.f.scan(d.imageOff(r), int64(size), *bp, func(p []byte) {
 		hc.Write(p)
 		s.XORKeyStream(tmp[:len(p)], p)
 		hp.Write(tmp[:len(p)])
 	}); err != nil {
 		return ct, pt, err
 	}
-	clear(tmp)
 	hc.Sum(ct[:0])
 	hp.Sum(pt[:0])
 	return ct, pt, nil

@@ -243,6 +243,12 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	cfg.MQTTURL = url
 	var err error
+	// Each side starts with nothing of the host's left to write back:
+	// the previous run's files are gone, and the fleet's setup (a factory
+	// image on 500 flash files, 4 GiB at 8 MiB) is flushed before the
+	// campaign starts (OnReady below), or the kernel's writeback of it
+	// takes CPU from the measured campaign.
+	syscall.Sync()
 	cpu0 := cpuSeconds()
 	peak := watchRSS()
 	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
@@ -287,6 +293,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	// setup (factory images installed on every flash) is reported apart.
 	cpuStart, profiling := 0.0, false
 	cfg.OnReady = func(time.Duration) {
+		syscall.Sync()
 		cpuStart = cpuSeconds()
 		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
 	}
