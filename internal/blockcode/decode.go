@@ -159,31 +159,32 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 	for m := range rebuilt {
 		rebuilt[m] = make([]byte, cs)
 	}
-	stripes := make([][]byte, count) // reused per stripe for held chunks
-	shards := make([][]byte, int(count)+int(t.ParityPerBlock))
-	c.enc.mu.Lock()
-	code, err := c.enc.code(count)
-	c.enc.mu.Unlock()
+	// The rows that rebuild the lost chunks from the held ones and the
+	// parity chunks used (gf.go): one small inversion, no K x K one.
+	dec, err := decodeRows(int(count), int(t.ParityPerBlock), lost, idx)
 	if err != nil {
-		return err
+		return fmt.Errorf("blockcode: block %d: %w", b, err)
 	}
+	held0 := int(count) - len(lost)
+	stripes := make([][]byte, held0) // reused per stripe for held chunks
+	// shards: the held source chunks' stripes (ascending), the parity
+	// chunks' (idx order), then the rebuilt chunks' (lost order).
+	shards := make([][]byte, int(count)+len(lost))
 	for off := 0; off < cs; off += c.stripe {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
 		s := min(c.stripe, cs-off)
-		clear(shards)
-		m := 0
+		h, m := 0, 0
 		for i := range count {
 			if m < len(lost) && lost[m] == i {
-				shards[i] = rebuilt[m][off:off] // rebuilt in place
 				m++
 				continue
 			}
-			if stripes[i] == nil {
-				stripes[i] = make([]byte, c.stripe)
+			if stripes[h] == nil {
+				stripes[h] = make([]byte, c.stripe)
 			}
-			buf := stripes[i][:s]
+			buf := stripes[h][:s]
 			valid := max(0, min(s, t.ChunkLen(first+i)-off)) // the last chunk is zero-padded
 			clear(buf[valid:])
 			if valid > 0 {
@@ -191,15 +192,16 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 					return fmt.Errorf("blockcode: block %d: reading chunk %d back: %w", b, first+i, err)
 				}
 			}
-			shards[i] = buf
+			shards[h] = buf
+			h++
 		}
-		for _, j := range idx {
-			shards[int(count)+int(j)] = held[j][off : off+s]
+		for u, j := range idx {
+			shards[held0+u] = held[j][off : off+s]
 		}
-		c.enc.mu.Lock()
-		err := code.ReconstructData(shards)
-		c.enc.mu.Unlock()
-		if err != nil {
+		for u := range lost {
+			shards[int(count)+u] = rebuilt[u][off : off+s]
+		}
+		if err := dec.Encode(shards); err != nil {
 			return fmt.Errorf("blockcode: block %d: %w", b, err)
 		}
 	}

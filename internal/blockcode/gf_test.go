@@ -1,0 +1,52 @@
+package blockcode
+
+import (
+	"errors"
+	"math/rand/v2"
+	"testing"
+)
+
+// TestGFInvert: gfInvert's result times the matrix is the identity for
+// every square submatrix of the code's parity rows (MDS: all invertible),
+// and a singular matrix is refused.
+func TestGFInvert(t *testing.T) {
+	a, err := parityRows(16, 8)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	for trial := range 200 {
+		l := 1 + r.IntN(8)
+		rows, cols := r.Perm(8)[:l], r.Perm(16)[:l]
+		m := make([][]byte, l)
+		for i, j := range rows {
+			m[i] = make([]byte, l)
+			for k, c := range cols {
+				m[i][k] = a[j][c]
+			}
+		}
+		inv, err := gfInvert(m)
+		if err != nil {
+			t.Fatalf("trial %d: a %dx%d submatrix of an MDS code's parity rows: %v", trial, l, l, err)
+		}
+		for i := range l {
+			for k := range l {
+				var s byte
+				for x := range l {
+					s ^= gfMul(inv[i][x], m[x][k])
+				}
+				if want := byte(0); i == k && s != 1 || i != k && s != want {
+					t.Fatalf("trial %d: inverse times matrix at (%d,%d) is %d", trial, i, k, s)
+				}
+			}
+		}
+	}
+	if _, err := gfInvert([][]byte{{1, 2}, {2, 4}}); !errors.Is(err, errSingular) {
+		t.Fatalf("singular matrix: %v", err)
+	}
+	for x := 1; x < 256; x++ {
+		if gfMul(byte(x), gfInv(byte(x))) != 1 {
+			t.Fatalf("%d times its inverse is not 1", x)
+		}
+	}
+}
