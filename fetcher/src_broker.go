@@ -790,6 +790,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-timer.C:
+			if len(in.ch) > 0 {
+				// Received and not yet taken (a loop slower than the
+				// stream, on a loaded host): what it holds may be what
+				// the timer would ask for, and a summary taken now would
+				// count it lost. Take it first; the timer acts once the
+				// buffer is drained.
+				timer.Reset(drainRecheck)
+				continue
+			}
 			if summary {
 				// One request for what the wave left missing (up to
 				// SummaryMax chunks); then as after any request. With
@@ -1066,6 +1075,10 @@ func (s *BrokerSource) tableDigest(im Image) []byte {
 	}
 	return im.TableDigest
 }
+
+// drainRecheck is how soon a timer that fired while received messages
+// waited in the buffer fires again (see the fetch loop).
+const drainRecheck = 20 * time.Millisecond
 
 // summarySlots is how many slots of the summary back-off a coded device's
 // largest block need sorts it into: a device that needs summarySlots or

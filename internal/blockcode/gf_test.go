@@ -1,6 +1,8 @@
 package blockcode
 
 import (
+	"bytes"
+	"context"
 	"errors"
 	"math/rand/v2"
 	"testing"
@@ -47,6 +49,43 @@ func TestGFInvert(t *testing.T) {
 	for x := 1; x < 256; x++ {
 		if gfMul(byte(x), gfInv(byte(x))) != 1 {
 			t.Fatalf("%d times its inverse is not 1", x)
+		}
+	}
+}
+
+// TestDecodeK128: the shipped code (K = 128, P = 32; chunks of 1 KiB here) rebuilds any loss pattern from any subset of the parity of
+// the same size, as devices hold whichever parity chunks reached them.
+func TestDecodeK128(t *testing.T) {
+	im := newImage(t, 2*128*1024, 1024, 128, 32, 11) // 2 blocks of 128
+	c := im.coded
+	par := parityMsgs(t, im)
+	r := rand.New(rand.NewPCG(7, 8))
+	for trial := range 30 {
+		lostSet := map[uint32]bool{}
+		for b := range c.NumBlocks() {
+			first, count := c.BlockChunks(b)
+			for _, x := range r.Perm(int(count))[:r.IntN(33)] {
+				lostSet[first+uint32(x)] = true
+			}
+		}
+		s := newSlot(im, func(i uint32) bool { return lostSet[i] })
+		col, err := NewCollector(c, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, j := range r.Perm(len(par)) {
+			p := par[j]
+			if _, err := col.Add(p, s.lacking(c, p.Block)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for b := range c.NumBlocks() {
+			if err := col.Decode(context.Background(), b, func(i uint32) bool { return s.have[i] }, s, s.write(c)); err != nil {
+				t.Fatalf("trial %d block %d: %v", trial, b, err)
+			}
+		}
+		if !bytes.Equal(s.buf, im.data) {
+			t.Fatalf("trial %d: the slot does not hold the image", trial)
 		}
 	}
 }
