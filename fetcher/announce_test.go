@@ -275,3 +275,62 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 		t.Errorf("%d requests; want the wave's summary and the round's", r)
 	}
 }
+
+// TestTimerWaitsForBufferedMessages: a timer that fires while received
+// messages wait in the device's buffer is acted on only once they are
+// taken, so a loop slower than the stream does not ask for (or count lost
+// in a summary) what it holds. The loop is held on a message whose
+// processing does not re-arm the timer (a chunk that fails its check),
+// the timer expires meanwhile, and the whole wave is in the buffer when
+// the loop goes on: before, its select took the fired timer or a message
+// at random and asked for chunks sitting in its own buffer (about one
+// time in two; eight rounds here).
+func TestTimerWaitsForBufferedMessages(t *testing.T) {
+	for round := range 8 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		r := newCodedRig(t, 17+uint64(round), "draintest")
+		var requests atomic.Int64
+		ready := make(chan struct{})
+		conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, make(chan struct{}, 1)}
+		const idle = 5 * time.Millisecond
+		src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-slow",
+			Idle: time.Hour, ListenFirst: time.Hour, Quiet: idle, WaveGap: idle, SummaryBackoff: idle})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := newMemSink(len(r.fx.img))
+		held, gate := make(chan struct{}), make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), func(i int, b []byte) error {
+				if err := r.coded.VerifyChunk(uint32(i), b); err != nil {
+					close(held)
+					<-gate // the wave arrives meanwhile, the timer expires
+					return err
+				}
+				_, err := sink.WriteAt(b, r.im.Offset(i))
+				return err
+			}, Repair{Table: r.coded, Slot: sink})
+		}()
+		<-ready
+		send := sender(ctx, t, r.hub.Conn(), r.bt)
+		last, _ := r.read(ctx, r.coded.NumChunks()-1)
+		send(&schemas.Chunk{V: schemas.Version, Image: r.im.Digest, Index: r.coded.NumChunks() - 1, Data: last}) // arms the timer (Quiet)
+		bad := bytes.Repeat([]byte{0xee}, testChunk)
+		send(&schemas.Chunk{V: schemas.Version, Image: r.im.Digest, Index: 0, Data: bad})
+		<-held
+		sendWave(ctx, send, r.coded, r.im, r.read)
+		time.Sleep(10 * idle) // the loop held: let the armed timer expire
+		close(gate)
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		if !bytes.Equal(sink.data, r.fx.img) {
+			t.Fatal("wrong image")
+		}
+		if n := requests.Load(); n != 0 {
+			t.Fatalf("round %d: %d chunk requests for chunks the device held in its buffer; want 0", round, n)
+		}
+	}
+}
