@@ -115,6 +115,13 @@ func (h heldBits) set(i int) {
 	}
 }
 
+// clear undoes set (a chunk whose write failed).
+func (h heldBits) clear(i int) {
+	if i >= 0 && i/64 < len(h) {
+		h[i/64].And(^uint64(1 << (i % 64)))
+	}
+}
+
 func (h heldBits) has(i int) bool {
 	return i >= 0 && i/64 < len(h) && h[i/64].Load()&(1<<(i%64)) != 0
 }

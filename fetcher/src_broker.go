@@ -763,6 +763,18 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	timer := time.NewTimer(first)
 	defer timer.Stop()
 	progressed := false
+	// write is deliver for the fetch loop: the request sender learns of
+	// chunk i as held before its bytes reach the sink, not after, so
+	// that a request it sends meanwhile never names a chunk the sink
+	// already holds (a chunk that fails is outstanding again).
+	write := func(i int, b []byte) error {
+		rs.held.set(i)
+		err := deliver(i, b)
+		if err != nil {
+			rs.held.clear(i)
+		}
+		return err
+	}
 	// gotChunk records chunk i rebuilt from parity and delivered.
 	gotChunk := func(i int) {
 		rs.held.set(i)
@@ -844,7 +856,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					continue
 				}
 				n0 := left
-				err := s.takeParity(ctx, m.b, col, rep, missing, deliver, gotChunk)
+				err := s.takeParity(ctx, m.b, col, rep, missing, write, gotChunk)
 				putBuf(m.b)
 				if err != nil {
 					return err
@@ -917,7 +929,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			if m.bcast {
 				lastBcast, inWave = time.Now(), true
 			}
-			err := deliver(i, chunk.Data)
+			err := write(i, chunk.Data)
 			putBuf(m.b) // the chunk's data was m.b's bytes: written (or refused) now
 			chunk = schemas.Chunk{}
 			if err != nil {
@@ -937,7 +949,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			if col != nil && left > 0 {
 				// The chunk may leave its block no more to rebuild than
 				// the parity held for it covers.
-				if err := s.rebuild(ctx, rep.Table.BlockOf(uint32(i)), col, rep, missing, deliver, gotChunk); err != nil {
+				if err := s.rebuild(ctx, rep.Table.BlockOf(uint32(i)), col, rep, missing, write, gotChunk); err != nil {
 					return err
 				}
 			}
