@@ -40,23 +40,14 @@ func BenchmarkChunk16KEncode(b *testing.B) {
 }
 
 func BenchmarkChunk16KDecode(b *testing.B) {
-	c := benchChunk()
-	enc, err := Encode(c)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.SetBytes(int64(len(c.Data)))
-	b.ReportAllocs()
-	var out Chunk
-	for b.Loop() {
-		if err := Decode(enc, &out); err != nil {
-			b.Fatal(err)
-		}
-	}
+	benchChunkDecode(b, func(m []byte, c *Chunk) error { return Decode(m, c) })
 }
 
 // The receive path's decoder: no copy, no allocation.
-func BenchmarkChunk16KDecodeView(b *testing.B) {
+func BenchmarkChunk16KDecodeView(b *testing.B) { benchChunkDecode(b, DecodeChunkView) }
+
+// benchChunkDecode decodes one encoded 16 KiB chunk with decode.
+func benchChunkDecode(b *testing.B, decode func([]byte, *Chunk) error) {
 	c := benchChunk()
 	enc, err := Encode(c)
 	if err != nil {
@@ -66,7 +57,7 @@ func BenchmarkChunk16KDecodeView(b *testing.B) {
 	b.ReportAllocs()
 	var out Chunk
 	for b.Loop() {
-		if err := DecodeChunkView(enc, &out); err != nil {
+		if err := decode(enc, &out); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -168,29 +168,40 @@ func TestDecodeAnyK(t *testing.T) {
 		if trial == 0 {
 			lostSet[c.NumChunks()-1] = true // the short last chunk
 		}
-		s := newSlot(im, func(i uint32) bool { return lostSet[i] })
-		col, err := NewCollector(c, 256)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range r.Perm(len(par)) {
-			p := par[j]
-			if _, err := col.Add(p, s.lacking(c, p.Block)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for b := range c.NumBlocks() {
-			if err := col.Decode(context.Background(), b, func(i uint32) bool { return s.have[i] }, s, s.write(c)); err != nil {
-				t.Fatalf("trial %d block %d: %v", trial, b, err)
-			}
-		}
-		if !bytes.Equal(s.buf, im.data) {
-			t.Fatalf("trial %d: the slot does not hold the image (lost %v)", trial, lostSet)
-		}
+		s := decodeTrial(t, im, par, r, lostSet, 256)
 		if s.max > 256 {
 			t.Fatalf("trial %d: Decode read %d bytes at once, stripe 256", trial, s.max)
 		}
 	}
+}
+
+// decodeTrial loses lostSet of im's chunks, adds im's parity chunks par to
+// a Collector (stripe bytes) in a random order (each kept while its block
+// lacks symbols, as a device keeps whichever reach it), rebuilds every
+// block and checks that the slot then holds the image.
+func decodeTrial(t *testing.T, im *image, par []*schemas.ParityChunk, r *rand.Rand, lostSet map[uint32]bool, stripe int) *slot {
+	t.Helper()
+	c := im.coded
+	s := newSlot(im, func(i uint32) bool { return lostSet[i] })
+	col, err := NewCollector(c, stripe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, j := range r.Perm(len(par)) {
+		p := par[j]
+		if _, err := col.Add(p, s.lacking(c, p.Block)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for b := range c.NumBlocks() {
+		if err := col.Decode(context.Background(), b, func(i uint32) bool { return s.have[i] }, s, s.write(c)); err != nil {
+			t.Fatalf("block %d (lost %v): %v", b, lostSet, err)
+		}
+	}
+	if !bytes.Equal(s.buf, im.data) {
+		t.Fatalf("the slot does not hold the image (lost %v)", lostSet)
+	}
+	return s
 }
 
 // TestForgedParityDropped: a forged or corrupt parity chunk (bad bytes,

@@ -1,8 +1,6 @@
 package blockcode
 
 import (
-	"bytes"
-	"context"
 	"errors"
 	"math/rand/v2"
 	"testing"
@@ -60,7 +58,7 @@ func TestDecodeK128(t *testing.T) {
 	c := im.coded
 	par := parityMsgs(t, im)
 	r := rand.New(rand.NewPCG(7, 8))
-	for trial := range 30 {
+	for range 30 {
 		lostSet := map[uint32]bool{}
 		for b := range c.NumBlocks() {
 			first, count := c.BlockChunks(b)
@@ -68,24 +66,6 @@ func TestDecodeK128(t *testing.T) {
 				lostSet[first+uint32(x)] = true
 			}
 		}
-		s := newSlot(im, func(i uint32) bool { return lostSet[i] })
-		col, err := NewCollector(c, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, j := range r.Perm(len(par)) {
-			p := par[j]
-			if _, err := col.Add(p, s.lacking(c, p.Block)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		for b := range c.NumBlocks() {
-			if err := col.Decode(context.Background(), b, func(i uint32) bool { return s.have[i] }, s, s.write(c)); err != nil {
-				t.Fatalf("trial %d block %d: %v", trial, b, err)
-			}
-		}
-		if !bytes.Equal(s.buf, im.data) {
-			t.Fatalf("trial %d: the slot does not hold the image", trial)
-		}
+		decodeTrial(t, im, par, r, lostSet, 0)
 	}
 }
