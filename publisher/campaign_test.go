@@ -112,10 +112,16 @@ func scenarioPhases(t *testing.T, e *testEnv) {
 	waitFor(t, 5*time.Second, func() string { return fmt.Sprint("retained notices left after completion: ", e.retainedNotices()) }, func() bool {
 		return len(e.retainedNotices()) == 0 // the leader clears them after it wrote the end
 	})
-	d, err := p.DeviceDetail(ctx, devName(7))
-	if err != nil || d.ActiveVersion != 2 || len(d.Campaigns) != 1 || d.Campaigns[0].State != DevState(schemas.StateConfirmed) {
-		t.Errorf("device detail %+v, %v: want version 2 and one confirmed campaign", d, err)
-	}
+	// The registry takes a device's outcome just after its campaign
+	// state (recordOutcome follows the state's write), so the campaign
+	// may be seen complete a moment before the last device's record is.
+	var d DeviceDetail
+	waitFor(t, 5*time.Second, func() string {
+		return fmt.Sprintf("device detail %+v, %v: want version 2 and one confirmed campaign", d, err)
+	}, func() bool {
+		d, err = p.DeviceDetail(ctx, devName(7))
+		return err == nil && d.ActiveVersion == 2 && len(d.Campaigns) == 1 && d.Campaigns[0].State == DevState(schemas.StateConfirmed)
+	})
 	audit, err := p.Audit(ctx, 1000)
 	if err != nil {
 		t.Fatal(err)
