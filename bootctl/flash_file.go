@@ -65,8 +65,9 @@ func invert(dst, src []byte) {
 }
 
 // allOnes is what invert XORs with: crypto/subtle's XORBytes runs wide
-// vector instructions, about ten times the byte-word loop it replaced
-// (every byte a simulated device writes or reads passes here).
+// vector instructions, about twice the 8-byte-word loop it replaced
+// (12.7 to 14.6 against 5.6 to 6.9 GB/s on 16 KiB; every byte a
+// simulated device writes or reads passes here).
 var allOnes = func() *[4 << 10]byte {
 	var b [4 << 10]byte
 	for i := range b {

@@ -219,8 +219,8 @@ func (c *Candidate) program(p []byte, off int64) error {
 // secure-boot mode that info.Envelope verifies and agrees) and writes the
 // header, tagged with the device key. With info.Verified (the caller
 // checked every byte as it wrote it) the slot is not hashed again here;
-// Boot hashes it before installing it either way. The candidate is then closed. The
-// next Boot installs it if it is newer than the active image.
+// Boot hashes it before installing it either way. The candidate is then
+// closed. The next Boot installs it if it is newer than the active image.
 //
 // With info.Encryption the slot must hold the ciphertext: Commit hashes
 // it against Encryption.CiphertextDigest and, in the same pass, decrypts

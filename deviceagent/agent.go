@@ -545,7 +545,8 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 	// is persisted before a counter beyond the last one is used, a lease
 	// of counterLease at a time (a restart resumes above the ceiling),
 	// so that a report does not cost a state file write each.
-	lease := a.counter > a.st.Counter
+	prev := a.st.Counter
+	lease := a.counter > prev
 	if lease {
 		a.st.Counter = a.counter + counterLease - 1
 	}
@@ -577,6 +578,12 @@ func (a *Agent) sendReport(ctx context.Context, campaign string, state schemas.S
 	a.mu.Unlock()
 	if lease {
 		if err := saveState(a.cfg.StateDir, &rec, !a.cfg.NoSync); err != nil {
+			// Not persisted: the next report leases again.
+			a.mu.Lock()
+			if a.st.Counter == rec.Counter {
+				a.st.Counter = prev
+			}
+			a.mu.Unlock()
 			a.log.Error("persisting report counter", "err", err)
 			return err
 		}

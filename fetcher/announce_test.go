@@ -85,6 +85,20 @@ func sender(ctx context.Context, t *testing.T, pub broker.Transport, bt schemas.
 	}
 }
 
+// blockParity returns the parity chunks of block b of the coded image.
+func blockParity(ctx context.Context, t *testing.T, coded *schemas.ChunkTable, read blockcode.ChunkReader, b uint32) [][]byte {
+	t.Helper()
+	enc, err := blockcode.NewEncoder(coded)
+	if err != nil {
+		t.Fatal(err)
+	}
+	par, err := enc.Parity(ctx, b, read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return par
+}
+
 // sendWave broadcasts every chunk of the coded image, then the wave's end
 // marker.
 func sendWave(ctx context.Context, send func(schemas.Message), coded *schemas.ChunkTable, im Image, read blockcode.ChunkReader) {
@@ -156,14 +170,7 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the device the announcement does not cover sent no loss summary")
 	}
-	enc, err := blockcode.NewEncoder(coded)
-	if err != nil {
-		t.Fatal(err)
-	}
-	par, err := enc.Parity(ctx, 0, read)
-	if err != nil {
-		t.Fatal(err)
-	}
+	par := blockParity(ctx, t, coded, read, 0)
 	for j := range 2 {
 		send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: uint32(j), Data: par[j]})
 	}
@@ -249,14 +256,7 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 		t.Fatal("no loss summary after the wave")
 	}
 	send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 2}}})
-	enc, err := blockcode.NewEncoder(coded)
-	if err != nil {
-		t.Fatal(err)
-	}
-	par, err := enc.Parity(ctx, 0, read)
-	if err != nil {
-		t.Fatal(err)
-	}
+	par := blockParity(ctx, t, coded, read, 0)
 	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]}) // index 1 is lost
 	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 2, Sent: []schemas.Range{{First: 0, Count: 16}}})
 	select {

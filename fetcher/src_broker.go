@@ -775,9 +775,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		}
 		return err
 	}
-	// gotChunk records chunk i rebuilt from parity and delivered.
+	// gotChunk records chunk i written (write told the request sender),
+	// received or rebuilt from parity.
 	gotChunk := func(i int) {
-		rs.held.set(i)
 		missing.clear(i)
 		left--
 		if inflight.has(i) {
@@ -938,13 +938,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				continue // bad chunk: still outstanding, asked for again
 			}
-			rs.held.set(i)
-			missing.clear(i)
-			left--
-			if inflight.has(i) {
-				inflight.clear(i)
-				nIn--
-			}
+			gotChunk(i)
 			progressed = true
 			if col != nil && left > 0 {
 				// The chunk may leave its block no more to rebuild than

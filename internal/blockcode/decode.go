@@ -21,7 +21,6 @@ const DefaultStripe = 1 << 10
 // block lacks. Not safe for concurrent use.
 type Collector struct {
 	t      *schemas.ChunkTable
-	enc    *Encoder
 	stripe int
 	// parity holds, per block, the verified parity chunks by index.
 	parity map[uint32]map[uint32][]byte
@@ -35,14 +34,16 @@ type Collector struct {
 // stripe bytes (DefaultStripe when 0; at most ChunkSize). It fails with
 // ErrNotCoded for a table that is not coded.
 func NewCollector(t *schemas.ChunkTable, stripe int) (*Collector, error) {
-	enc, err := NewEncoder(t)
-	if err != nil {
+	if !t.Coded() {
+		return nil, ErrNotCoded
+	}
+	if err := CheckParams(int(t.Block), int(t.ParityPerBlock)); err != nil {
 		return nil, err
 	}
 	if stripe <= 0 {
 		stripe = DefaultStripe
 	}
-	return &Collector{t: t, enc: enc, stripe: min(stripe, int(t.ChunkSize)), parity: map[uint32]map[uint32][]byte{}}, nil
+	return &Collector{t: t, stripe: min(stripe, int(t.ChunkSize)), parity: map[uint32]map[uint32][]byte{}}, nil
 }
 
 // Add checks parity chunk p against the table (image, block and index
