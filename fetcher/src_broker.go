@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
@@ -145,6 +146,11 @@ type BrokerSource struct {
 	// Waited counts the chunks that arrived at a full receive buffer and
 	// waited for room rather than being dropped (see broker.Transport.ReceiveQueue).
 	Waited int64
+	// Skipped counts the chunks and parity chunks dropped on arrival,
+	// before they were queued, because the fetch had no use for them: a
+	// chunk it held, parity for a block beyond what the block lacks (a
+	// repair round is sized for the neediest device). Not losses.
+	Skipped int64
 
 	// held is the subscription Table leaves open for the Fetch of the
 	// same image that follows (the table may come at a wave's start, with
@@ -257,6 +263,9 @@ type inbox struct {
 	room    chan struct{} // a chunk was taken
 	// onWait, when set (tests), is called as a chunk starts waiting.
 	onWait func()
+	// use, once the fetch loop sets it, drops on arrival the chunks and
+	// parity chunks the loop has no use for (useful).
+	use atomic.Pointer[useful]
 }
 
 // takeStall is how long a reader may go without taking a chunk before
@@ -292,15 +301,33 @@ func newInbox(maxChunks, maxBytes int) *inbox {
 }
 
 // inMsg is a received message; bcast: it came on the broadcast topic;
-// chunk: it is counted in the inbox's chunk bound.
+// chunk: it is counted in the inbox's chunk bound; pblk: a parity chunk
+// admitted by the inbox's useful filter, of block pblk-1 (0: none).
 type inMsg struct {
 	b     []byte
 	bcast bool
 	chunk bool
+	pblk  int
 }
 
 func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
+	pblk := 0
+	if u := in.use.Load(); chunk && u != nil {
+		ok, blk := u.admit(m.Payload)
+		if !ok {
+			return // of no use to the fetch: not a loss
+		}
+		pblk = blk + 1
+		if pblk > 0 {
+			// Given back if it is shed below.
+			defer func() {
+				if pblk > 0 {
+					u.taken(pblk - 1)
+				}
+			}()
+		}
+	}
 	if chunk {
 		in.mu.Lock()
 		waited := false
@@ -369,7 +396,8 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 		// chunks and nonChunkRoom others before a handler waits, and
 		// only other messages wait.
 		select {
-		case in.ch <- inMsg{b, bcast, true}:
+		case in.ch <- inMsg{b, bcast, true, pblk}:
+			pblk = 0 // the loop gives it back (take)
 		default:
 			in.got(inMsg{b: b, chunk: true})
 			in.mu.Lock()
@@ -380,7 +408,7 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 		return
 	}
 	select {
-	case in.ch <- inMsg{b, bcast, false}:
+	case in.ch <- inMsg{b: b, bcast: bcast}:
 	case <-in.done: // fetch over: dropped
 		putBuf(b)
 	case <-ctx.Done():
@@ -394,6 +422,11 @@ func (in *inbox) take(m inMsg) {
 	in.mu.Lock()
 	in.working = true
 	in.mu.Unlock()
+	if m.pblk > 0 {
+		if u := in.use.Load(); u != nil {
+			u.taken(m.pblk - 1)
+		}
+	}
 	in.got(m)
 }
 
@@ -673,15 +706,25 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	}
 	defer unsub()
 	before := s.counts()
+	var use *useful
 	defer func() {
 		shed, peak, waited := in.stats()
 		s.Shed += shed
 		s.Waited += waited
+		var skipped int64
+		if use != nil {
+			skipped = use.skipped.Load()
+			s.Skipped += skipped
+			bad := int(use.bad.Load())
+			s.BadParity += bad
+			s.Dropped += bad
+		}
 		s.PeakQueued = max(s.PeakQueued, peak)
 		if t := s.cfg.Tally; t != nil {
 			after := s.counts()
 			t.Shed.Add(shed)
 			t.Waited.Add(waited)
+			t.Skipped.Add(skipped)
 			t.BadParity.Add(int64(after.BadParity - before.BadParity))
 			t.Rebuilt.Add(int64(after.Rebuilt - before.Rebuilt))
 			t.Requests.Add(int64(after.Requests - before.Requests))
@@ -693,6 +736,37 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	defer rs.stop()
 	missing := want.b.clone()
 	left := missing.count()
+	// What the fetch holds already, and with coded repair what each
+	// block lacks, tell the receive path what to drop unqueued.
+	var lackBlk []int
+	if col != nil {
+		t := rep.Table
+		lackBlk = make([]int, t.NumBlocks())
+		for i := range n {
+			if missing.has(i) {
+				lackBlk[t.BlockOf(uint32(i))]++
+			}
+		}
+		use = newUseful(n, t)
+		for b, k := range lackBlk {
+			use.setNeed(uint32(b), k, 0)
+		}
+	} else {
+		use = newUseful(n, nil)
+	}
+	for i := range n {
+		if !missing.has(i) {
+			use.held.set(i)
+		}
+	}
+	in.use.Store(use)
+	// needChanged tells the receive path that block b's lack or held
+	// parity changed.
+	needChanged := func(b uint32) {
+		if col != nil && int(b) < len(lackBlk) {
+			use.setNeed(b, lackBlk[b], col.Held(b))
+		}
+	}
 	inflight := newBitmap(n)
 	nIn, cur := 0, 0
 	// While a broadcast wave is flowing (a wanted chunk came on the
@@ -779,7 +853,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// received or rebuilt from parity.
 	gotChunk := func(i int) {
 		missing.clear(i)
+		use.held.set(i)
 		left--
+		if col != nil {
+			b := rep.Table.BlockOf(uint32(i))
+			lackBlk[b]--
+			needChanged(b)
+		}
 		if inflight.has(i) {
 			inflight.clear(i)
 			nIn--
@@ -856,7 +936,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					continue
 				}
 				n0 := left
+				blk, _ := schemas.ParityBlockOf(m.b)
 				err := s.takeParity(ctx, m.b, col, rep, missing, write, gotChunk)
+				needChanged(blk)
 				putBuf(m.b)
 				if err != nil {
 					return err
@@ -943,9 +1025,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			if col != nil && left > 0 {
 				// The chunk may leave its block no more to rebuild than
 				// the parity held for it covers.
-				if err := s.rebuild(ctx, rep.Table.BlockOf(uint32(i)), col, rep, missing, write, gotChunk); err != nil {
+				b := rep.Table.BlockOf(uint32(i))
+				if err := s.rebuild(ctx, b, col, rep, missing, write, gotChunk); err != nil {
 					return err
 				}
+				needChanged(b)
 			}
 			if listening {
 				// The broadcast stream goes on: keep listening.

@@ -13,6 +13,9 @@ type Tally struct {
 	// Waited: chunks that arrived at a full receive buffer and waited
 	// for room (BrokerSource.Waited).
 	Waited atomic.Int64
+	// Skipped: chunks and parity chunks dropped on arrival as of no use
+	// to the fetch (BrokerSource.Skipped).
+	Skipped atomic.Int64
 	// BadParity, Rebuilt, Requests, Suppressed: as BrokerSource's.
 	BadParity, Rebuilt, Requests, Suppressed atomic.Int64
 }
@@ -21,6 +24,7 @@ type Tally struct {
 type TallyTotals struct {
 	Shed       int64 `json:"shed"`
 	Waited     int64 `json:"waited"`
+	Skipped    int64 `json:"skipped"`
 	BadParity  int64 `json:"bad_parity"`
 	Rebuilt    int64 `json:"rebuilt"`
 	Requests   int64 `json:"requests"`
@@ -32,6 +36,6 @@ func (t *Tally) Totals() TallyTotals {
 	if t == nil {
 		return TallyTotals{}
 	}
-	return TallyTotals{Shed: t.Shed.Load(), Waited: t.Waited.Load(), BadParity: t.BadParity.Load(),
+	return TallyTotals{Shed: t.Shed.Load(), Waited: t.Waited.Load(), Skipped: t.Skipped.Load(), BadParity: t.BadParity.Load(),
 		Rebuilt: t.Rebuilt.Load(), Requests: t.Requests.Load(), Suppressed: t.Suppressed.Load()}
 }

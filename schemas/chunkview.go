@@ -22,39 +22,65 @@ func DecodeChunkView(data []byte, c *Chunk) error {
 	return Decode(data, c)
 }
 
+// DecodeParityChunkView is DecodeChunkView for a ParityChunk: the same
+// result and errors as Decode, without copying (c.Image and c.Data alias
+// data). A device's receive path checks each parity chunk against the
+// signed table as it arrives, before queuing it.
+func DecodeParityChunkView(data []byte, c *ParityChunk) error {
+	var vals [5]uint64
+	var strs [5][]byte
+	if viewFields(data, parityShape, vals[:], strs[:]) && vals[0] == Version && vals[2] <= math.MaxUint32 && vals[3] <= math.MaxUint32 {
+		v := ParityChunk{V: uint(vals[0]), Image: strs[1], Block: uint32(vals[2]), Index: uint32(vals[3]), Data: strs[4]}
+		if len(data) <= v.MaxSize() && v.Validate() == nil {
+			*c = v
+			return nil
+		}
+	}
+	return Decode(data, c)
+}
+
 // chunkView parses the deterministic encoding of a chunk, aliasing data.
 func chunkView(data []byte) (c Chunk, ok bool) {
-	major, n, used, ok := readShortestHead(data)
-	if !ok || major != 5 || n != 4 {
-		return Chunk{}, false
-	}
-	data = data[used:]
 	var vals [4]uint64
 	var strs [4][]byte
-	for key, want := range chunkShape {
+	if !viewFields(data, chunkShape, vals[:], strs[:]) || vals[0] != Version || vals[2] > math.MaxUint32 {
+		return Chunk{}, false
+	}
+	return Chunk{V: uint(vals[0]), Image: strs[1], Index: uint32(vals[2]), Data: strs[3]}, true
+}
+
+// viewFields parses the deterministic encoding of a map of exactly
+// len(shape) entries, keys 0 to len(shape)-1 in order, each value of
+// the major type shape[key] (0 unsigned integer, 2 byte string) with
+// every head in its shortest form and nothing after the map: the
+// integers go to vals, the byte strings to strs (aliasing data).
+func viewFields(data []byte, shape []byte, vals []uint64, strs [][]byte) bool {
+	major, n, used, ok := readShortestHead(data)
+	if !ok || major != 5 || n != uint64(len(shape)) {
+		return false
+	}
+	data = data[used:]
+	for key, want := range shape {
 		major, k, used, ok := readShortestHead(data)
 		if !ok || major != 0 || k != uint64(key) {
-			return Chunk{}, false
+			return false
 		}
 		data = data[used:]
 		major, arg, used, ok := readShortestHead(data)
 		if !ok || major != want {
-			return Chunk{}, false
+			return false
 		}
 		data = data[used:]
 		if major == 2 {
 			if arg > uint64(len(data)) {
-				return Chunk{}, false
+				return false
 			}
 			strs[key], data = data[:arg:arg], data[arg:]
 		} else {
 			vals[key] = arg
 		}
 	}
-	if len(data) != 0 || vals[0] != Version || vals[2] > math.MaxUint32 {
-		return Chunk{}, false
-	}
-	return Chunk{V: uint(vals[0]), Image: strs[1], Index: uint32(vals[2]), Data: strs[3]}, true
+	return len(data) == 0
 }
 
 // readShortestHead is readHead for deterministic CBOR: it refuses a head

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"strings"
 	"sync"
@@ -237,6 +238,37 @@ func IsChunk(data []byte) bool { return hasShape(data, chunkShape) }
 // unsigned integers. Parity chunks, like chunks, may be shed under
 // pressure (a later repair round sends fresh ones).
 func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
+
+// ChunkIndexOf returns the chunk index (key 2) of a message of Chunk
+// shape (IsChunk), reading heads only; ok is false for anything else or
+// an index beyond uint32. It checks neither the version nor the image:
+// a receive path uses it only to drop, before copying, a chunk it would
+// drop after Decode anyway (one it holds already), never to accept one.
+func ChunkIndexOf(data []byte) (index uint32, ok bool) {
+	return peekKey2(data, chunkShape)
+}
+
+// ParityBlockOf returns the source block (key 2) of a message of
+// ParityChunk shape (IsParityChunk), as ChunkIndexOf does for chunks: so
+// that a receive path drops, before copying, parity for a block it has
+// no use for.
+func ParityBlockOf(data []byte) (block uint32, ok bool) {
+	return peekKey2(data, parityShape)
+}
+
+// peekKey2 returns key 2's unsigned value of a message of the given shape.
+func peekKey2(data []byte, shape []byte) (uint32, bool) {
+	if !hasShape(data, shape) {
+		return 0, false
+	}
+	rest, _ := mapEntries(data, uint64(len(shape)), shape[:2])
+	_, _, n, _ := readHead(rest) // key 2, checked by hasShape
+	_, v, _, _ := readHead(rest[n:])
+	if v > math.MaxUint32 {
+		return 0, false
+	}
+	return uint32(v), true
+}
 
 // IsRepairAnnounce reports whether data may be a RepairAnnounce: a CBOR
 // map of four entries whose keys are 0, 1, 2 and 4 in order (a wave end

@@ -170,3 +170,167 @@ func FuzzDecodeChunkView(f *testing.F) {
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { sameAsDecode(t, data) })
 }
+
+// TestPeekIndex: ChunkIndexOf and ParityBlockOf read key 2 of every
+// chunk and parity chunk of the vectors as Decode does, and refuse every
+// other message, a truncated or padded one, and an index beyond uint32.
+func TestPeekIndex(t *testing.T) {
+	big := append([]byte{0xa4, 0x00, 0x01, 0x01, 0x41, 0xaa, 0x02}, uintHead(1<<32)...)
+	big = append(big, 0x03, 0x41, 0x00)
+	for _, tc := range []struct {
+		name string
+		peek func([]byte) (uint32, bool)
+		of   func(Message) (uint32, bool)
+	}{
+		{"ChunkIndexOf", ChunkIndexOf, func(m Message) (uint32, bool) {
+			c, ok := m.(*Chunk)
+			if !ok {
+				return 0, false
+			}
+			return c.Index, true
+		}},
+		{"ParityBlockOf", ParityBlockOf, func(m Message) (uint32, bool) {
+			p, ok := m.(*ParityChunk)
+			if !ok {
+				return 0, false
+			}
+			return p.Block, true
+		}},
+	} {
+		for _, v := range vectors(t) {
+			b, err := Encode(v.msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, wantOK := tc.of(v.msg)
+			got, ok := tc.peek(b)
+			if ok != wantOK || got != want {
+				t.Errorf("%s(%s) = %d, %v; want %d, %v", tc.name, v.msg.MessageName(), got, ok, want, wantOK)
+			}
+			if wantOK {
+				for _, bad := range [][]byte{b[:len(b)-1], append(bytes.Clone(b), 0), b[1:], nil} {
+					if _, ok := tc.peek(bad); ok {
+						t.Errorf("%s accepted %x", tc.name, bad)
+					}
+				}
+			}
+		}
+		if _, ok := tc.peek(big); ok {
+			t.Errorf("%s accepted an index beyond uint32", tc.name)
+		}
+	}
+}
+
+// FuzzPeekIndex: ChunkIndexOf and ParityBlockOf never panic and, on
+// whatever Decode accepts as a Chunk or a ParityChunk, give its index or
+// block.
+func FuzzPeekIndex(f *testing.F) {
+	for _, v := range vectors(f) {
+		if b, err := Encode(v.msg); err == nil {
+			f.Add(b)
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		i, iok := ChunkIndexOf(data)
+		blk, bok := ParityBlockOf(data)
+		var c Chunk
+		if Decode(data, &c) == nil && (!iok || i != c.Index) {
+			t.Fatalf("%x: ChunkIndexOf = %d, %v; Decode's index %d", data, i, iok, c.Index)
+		}
+		var p ParityChunk
+		if Decode(data, &p) == nil && (!bok || blk != p.Block) {
+			t.Fatalf("%x: ParityBlockOf = %d, %v; Decode's block %d", data, blk, bok, p.Block)
+		}
+	})
+}
+
+// sameAsDecodeParity checks DecodeParityChunkView against Decode on data.
+func sameAsDecodeParity(t testing.TB, data []byte) {
+	t.Helper()
+	var a, b ParityChunk
+	errA, errB := DecodeParityChunkView(data, &a), Decode(data, &b)
+	if (errA == nil) != (errB == nil) || (errA != nil && errA.Error() != errB.Error()) {
+		t.Fatalf("%x: DecodeParityChunkView says %v, Decode %v", data, errA, errB)
+	}
+	if errA == nil && (a.V != b.V || a.Block != b.Block || a.Index != b.Index || !bytes.Equal(a.Image, b.Image) || !bytes.Equal(a.Data, b.Data)) {
+		t.Fatalf("%x: DecodeParityChunkView gives %+v, Decode %+v", data, a, b)
+	}
+}
+
+// TestDecodeParityChunkView: the aliasing parity decoder agrees with
+// Decode on every vector, on the rejection table's rows and on encodings
+// a head reader could take that are not the deterministic one; its
+// result aliases the input.
+func TestDecodeParityChunkView(t *testing.T) {
+	var seen int
+	for _, v := range vectors(t) {
+		b, err := Encode(v.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameAsDecodeParity(t, b)
+		for _, r := range genericRejections(t, v.msg, b) {
+			sameAsDecodeParity(t, r.data)
+		}
+		if p, ok := v.msg.(*ParityChunk); ok {
+			seen++
+			var got ParityChunk
+			if err := DecodeParityChunkView(b, &got); err != nil {
+				t.Fatalf("%s: %v", v.name, err)
+			}
+			if !bytes.Equal(got.Data, p.Data) || &got.Data[0] != &b[len(b)-len(p.Data)] {
+				t.Fatalf("%s: data not aliased into the message", v.name)
+			}
+		}
+	}
+	if seen == 0 {
+		t.Fatal("no parity chunk among the vectors")
+	}
+	img := bytes.Repeat([]byte{7}, 32)
+	build := func(version, block, index, dataHead []byte, data ...byte) []byte {
+		b := append([]byte{0xa5, 0x00}, version...)
+		b = append(append(append(b, 0x01, 0x58, 0x20), img...), 0x02)
+		b = append(append(append(b, block...), 0x03), index...)
+		return append(append(append(b, 0x04), dataHead...), data...)
+	}
+	good := build([]byte{0x01}, []byte{0x02}, []byte{0x03}, []byte{0x41}, 0x0a)
+	sameAsDecodeParity(t, good)
+	if err := DecodeParityChunkView(good, new(ParityChunk)); err != nil {
+		t.Fatalf("the deterministic encoding refused: %v", err)
+	}
+	for name, in := range map[string][]byte{
+		"version 2":                   build([]byte{0x02}, []byte{0x02}, []byte{0x03}, []byte{0x41}, 0x0a),
+		"block in a 1-byte argument":  build([]byte{0x01}, []byte{0x18, 0x02}, []byte{0x03}, []byte{0x41}, 0x0a),
+		"block 2^32":                  build([]byte{0x01}, []byte{0x1b, 0, 0, 0, 1, 0, 0, 0, 0}, []byte{0x03}, []byte{0x41}, 0x0a),
+		"block at MaxChunks":          build([]byte{0x01}, uintHead(MaxChunks), []byte{0x03}, []byte{0x41}, 0x0a),
+		"index at MaxCodeShards-1":    build([]byte{0x01}, []byte{0x02}, uintHead(MaxCodeShards-1), []byte{0x41}, 0x0a),
+		"index 2^32":                  build([]byte{0x01}, []byte{0x02}, []byte{0x1b, 0, 0, 0, 1, 0, 0, 0, 0}, []byte{0x41}, 0x0a),
+		"empty data":                  build([]byte{0x01}, []byte{0x02}, []byte{0x03}, []byte{0x40}),
+		"data cut short":              build([]byte{0x01}, []byte{0x02}, []byte{0x03}, []byte{0x42}, 0x0a),
+		"a byte after the map":        append(bytes.Clone(good), 0x00),
+		"data length in 1 byte":       build([]byte{0x01}, []byte{0x02}, []byte{0x03}, []byte{0x58, 0x01}, 0x0a),
+		"indefinite-length data":      build([]byte{0x01}, []byte{0x02}, []byte{0x03}, []byte{0x5f, 0x41}, 0x0a, 0xff),
+		"a chunk, not a parity chunk": append([]byte{0xa4}, good[1:]...),
+	} {
+		if err := DecodeParityChunkView(in, new(ParityChunk)); err == nil {
+			t.Errorf("%s: accepted %x", name, in)
+		}
+		sameAsDecodeParity(t, in)
+	}
+}
+
+// FuzzDecodeParityChunkView: the aliasing parity decoder never panics and
+// agrees with Decode on every input (acceptance, value, error).
+func FuzzDecodeParityChunkView(f *testing.F) {
+	for _, v := range vectors(f) {
+		if b, err := Encode(v.msg); err == nil {
+			f.Add(b)
+			for _, r := range genericRejections(f, v.msg, b) {
+				if len(r.data) <= 4<<10 {
+					f.Add(r.data)
+				}
+			}
+		}
+	}
+	f.Fuzz(func(t *testing.T, data []byte) { sameAsDecodeParity(t, data) })
+}

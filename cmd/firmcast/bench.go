@@ -60,7 +60,9 @@ next to (a) as a ratio, the end-to-end time including boot, confirm and
 the last report, publisher egress / image size, the process CPU per MB
 delivered and the peak memory (RSS growth) per device. Both sides run in
 this process, so CPU and memory include the in-process publisher and,
-for the embedded case, the broker.
+for the embedded case, the broker. Before each side the Go heap is
+collected and returned to the system, so each side's growth starts from
+the live heap (--json also gives each side's peak RSS itself).
 
 Cases: embedded (an in-process MQTT v5 broker, JetStream embedded),
 mosquitto (--mosquitto, JetStream embedded), nats (--nats: devices and

@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -107,13 +109,19 @@ type BenchRow struct {
 	ChunkSize int       `json:"chunk_size"`
 	Raw       RawResult `json:"raw"`
 	RawCPU    float64   `json:"raw_cpu_seconds"`
-	RawPeak   int64     `json:"raw_peak_rss_growth"`
-	Firmcast  Summary   `json:"firmcast"`
+	// RawPeak and FcPeak are each side's peak RSS growth over the RSS
+	// at its start, the Go heap collected and returned to the system
+	// first (so that what the other side left behind does not count for
+	// either); RawPeakRSS and FcPeakRSS the process's peak RSS itself.
+	RawPeak    int64   `json:"raw_peak_rss_growth"`
+	RawPeakRSS int64   `json:"raw_peak_rss"`
+	Firmcast   Summary `json:"firmcast"`
 	// FcCPU is the process CPU from the campaign's start to its end;
 	// FcSetupCPU that of preparing and connecting the fleet before it.
 	FcCPU      float64 `json:"firmcast_cpu_seconds"`
 	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
 	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
+	FcPeakRSS  int64   `json:"firmcast_peak_rss"`
 	Ratio      float64 `json:"staged_over_raw"`
 	// Encrypted is the encrypted campaign's summary (BenchConfig.Encrypt)
 	// and EncRatio its staged time over the plain campaign's.
@@ -250,9 +258,9 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	// takes CPU from the measured campaign.
 	syscall.Sync()
 	cpu0 := cpuSeconds()
-	peak := watchRSS()
+	peak := watchRSS(bc.Logger, "raw")
 	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
-	row.RawPeak = peak()
+	row.RawPeak, row.RawPeakRSS = peak()
 	row.RawCPU = cpuSeconds() - cpu0
 	if err != nil {
 		return row, fmt.Errorf("raw fan-out: %w", err)
@@ -281,7 +289,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		}
 	}
 	cpu0 = cpuSeconds()
-	peak = watchRSS()
+	peak = watchRSS(bc.Logger, "firmcast")
 	var pf *os.File
 	if bc.CPUProfile != "" {
 		if pf, err = os.Create(bc.CPUProfile + "." + name); err != nil {
@@ -319,7 +327,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	if profiling {
 		pprof.StopCPUProfile()
 	}
-	row.FcPeak = peak()
+	row.FcPeak, row.FcPeakRSS = peak()
 	if cpuStart == 0 {
 		cpuStart = cpu0
 	}
@@ -464,10 +472,20 @@ func rss() int64 {
 	return pages * int64(os.Getpagesize())
 }
 
-// watchRSS samples the RSS every 50ms; the returned function stops it and
-// returns the peak growth over the RSS at the start.
-func watchRSS() func() int64 {
+// watchRSS collects the Go heap and returns what it freed to the system
+// (so that a side starts from the live heap, not from what the one
+// before it left mapped), then samples the RSS every 50ms; the returned
+// function stops it and returns the peak growth over the RSS at the
+// start and the peak itself. Each new peak 16 MiB above the last logged
+// one is logged at debug ("rss peak"), to be read beside the campaign's
+// own log lines.
+func watchRSS(log *slog.Logger, side string) func() (growth, peak int64) {
+	runtime.GC()
+	debug.FreeOSMemory()
 	base := rss()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	var mu sync.Mutex
 	peak := base
 	stop := make(chan struct{})
@@ -476,24 +494,31 @@ func watchRSS() func() int64 {
 		defer close(done)
 		tk := time.NewTicker(50 * time.Millisecond)
 		defer tk.Stop()
+		logged := base
 		for {
 			select {
 			case <-stop:
 				return
 			case <-tk.C:
-				if r := rss(); r > 0 {
-					mu.Lock()
-					peak = max(peak, r)
-					mu.Unlock()
+				r := rss()
+				if r <= 0 {
+					continue
+				}
+				mu.Lock()
+				peak = max(peak, r)
+				mu.Unlock()
+				if r > logged+16<<20 {
+					logged = r
+					log.Debug("rss peak", "side", side, "rss_mib", r>>20, "growth_mib", (r-base)>>20)
 				}
 			}
 		}
 	}()
-	return func() int64 {
+	return func() (int64, int64) {
 		close(stop)
 		<-done
 		mu.Lock()
 		defer mu.Unlock()
-		return max(peak-base, 0)
+		return max(peak-base, 0), peak
 	}
 }
