@@ -48,7 +48,14 @@ type chunkRead struct {
 // newChunkReader returns a reader of d's chunks with at most ahead reads
 // ahead of its consumer (at least 1).
 func (p *Publisher) newChunkReader(ctx context.Context, d *imageData, ahead int) *chunkReader {
-	return &chunkReader{ctx: ctx, read: p.readChunk, inflight: &p.st.images.readsInFlight, d: d, ahead: max(ahead, 1), next: -1}
+	return readChunksWith(ctx, d, ahead, p.readChunk, &p.st.images.readsInFlight)
+}
+
+// readChunksWith returns a reader of d's chunks with at most ahead reads
+// ahead of its consumer (at least 1), each read with read and counted in
+// inflight (nil: not counted).
+func readChunksWith(ctx context.Context, d *imageData, ahead int, read func(context.Context, *imageData, int) ([]byte, error), inflight *atomic.Int64) *chunkReader {
+	return &chunkReader{ctx: ctx, read: read, inflight: inflight, d: d, ahead: max(ahead, 1), next: -1}
 }
 
 // readAheadChunks is how many chunks of chunkSize bytes make about
