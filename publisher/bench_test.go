@@ -77,7 +77,7 @@ func BenchmarkWaveEgress(b *testing.B) {
 				for _, id := range ids {
 					devs = append(devs, newDownloader(b, e.hub, e.cfg.Topics, id, d.table, loss))
 				}
-				w0, r0, u0 := p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
+				w0, r0, u0 := p.dl.egress.Wave.Load(), p.dl.egress.Repair.Load(), p.dl.egress.Unicast.Load()
 				b.StartTimer()
 				loss.active.Store(true)
 				if err := p.Wave(context.Background(), img.Digest); err != nil {
@@ -91,14 +91,14 @@ func BenchmarkWaveEgress(b *testing.B) {
 						if !dv.complete() {
 							r := dv.requestMsg()
 							r.Campaign = camp.ID
-							p.admit(camp.ID, dv.id) // as handleChunkRequest does
+							p.dl.admit(camp.ID, dv.id) // as handleChunkRequest does
 							batch.reqs[dv.id] = r
 						}
 					}
 					if len(batch.reqs) == 0 {
 						break
 					}
-					p.flushRepair(context.Background(), img.Digest, batch)
+					p.dl.flushRepair(context.Background(), img.Digest, batch)
 					waitFor(b, time.Minute, func() string { return "repair" }, e.hub.Idle)
 				}
 				loss.active.Store(false)
@@ -109,8 +109,8 @@ func BenchmarkWaveEgress(b *testing.B) {
 					}
 					dv.tr.Close(context.Background())
 				}
-				w := p.egress.Wave.Load() - w0
-				all := w + p.egress.Repair.Load() - r0 + p.egress.Unicast.Load() - u0
+				w := p.dl.egress.Wave.Load() - w0
+				all := w + p.dl.egress.Repair.Load() - r0 + p.dl.egress.Unicast.Load() - u0
 				waveX += float64(w) / float64(len(data))
 				totalX += float64(all) / float64(len(data))
 				rounds += float64(n)

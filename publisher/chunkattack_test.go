@@ -154,20 +154,20 @@ func TestChunkRequestAttacks(t *testing.T) {
 			if n, tb := victimRx.count(), victimRx.tables(); n != 1 || tb != 1 {
 				t.Errorf("victim received %d messages (%d tables) for its one table request: traffic was aimed at it", n, tb)
 			}
-			p.waveMu.Lock()
-			for who := range p.waves[digest].tables {
+			p.dl.waveMu.Lock()
+			for who := range p.dl.waves[digest].tables {
 				if who != victim && who != attacker {
 					t.Errorf("chunk table state kept for %q, a requester the broker never authenticated", who)
 				}
 			}
-			p.waveMu.Unlock()
-			p.reqs.mu.Lock()
-			for k := range p.reqs.m {
+			p.dl.waveMu.Unlock()
+			p.dl.reqs.mu.Lock()
+			for k := range p.dl.reqs.m {
 				if !strings.HasSuffix(k, "."+victim) && !strings.HasSuffix(k, "."+attacker) {
 					t.Errorf("request account kept for %q", k)
 				}
 			}
-			p.reqs.mu.Unlock()
+			p.dl.reqs.mu.Unlock()
 
 			// 3. Amplification: the attacker asks for the whole image, for
 			// itself, 60 times.
@@ -182,15 +182,15 @@ func TestChunkRequestAttacks(t *testing.T) {
 			for range 60 {
 				send(own, request(attacker, attackerReply.MQTT, false))
 			}
-			budget := p.budgetFor(img)
+			budget := p.dl.budgetFor(img)
 			// The 60 requests ask for far more than the budget, so the run
 			// settles when the attacker's account is used up and it has
 			// received all it was charged for ("served" counts a request
 			// when its sends start, so a judged count alone is too early).
 			account := func() (sent, left int64) {
-				p.reqs.mu.Lock()
-				defer p.reqs.mu.Unlock()
-				for k, a := range p.reqs.m {
+				p.dl.reqs.mu.Lock()
+				defer p.dl.reqs.mu.Unlock()
+				for k, a := range p.dl.reqs.m {
 					if strings.HasSuffix(k, "."+attacker) {
 						return a.sent, a.budget - a.sent
 					}

@@ -52,33 +52,33 @@ func newPacer(cfg Config) *pacer {
 }
 
 // send publishes one chunk-family message under the pacer's limits.
-func (p *Publisher) send(ctx context.Context, t schemas.Topic, b []byte, ctr *atomic.Int64, kind string) error {
-	if p.pace.lim != nil {
-		if err := p.pace.lim.WaitN(ctx, len(b)); err != nil {
+func (dl *delivery) send(ctx context.Context, t schemas.Topic, b []byte, ctr *atomic.Int64, kind string) error {
+	if dl.pace.lim != nil {
+		if err := dl.pace.lim.WaitN(ctx, len(b)); err != nil {
 			return err
 		}
 	}
 	select {
-	case p.pace.slots <- struct{}{}:
+	case dl.pace.slots <- struct{}{}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	defer func() { <-p.pace.slots }()
-	if err := p.cfg.Transport.Publish(ctx, t, b, broker.PublishOptions{Family: broker.FamilyChunk}); err != nil {
+	defer func() { <-dl.pace.slots }()
+	if err := dl.cfg.Transport.Publish(ctx, t, b, broker.PublishOptions{Family: broker.FamilyChunk}); err != nil {
 		return err
 	}
 	ctr.Add(int64(len(b)))
-	p.met.chunkBytes.WithLabelValues(kind).Add(float64(len(b)))
+	dl.met.chunkBytes.WithLabelValues(kind).Add(float64(len(b)))
 	return nil
 }
 
 // encodeChunk reads chunk i of d from the store and encodes it as a
 // chunk message.
-func (p *Publisher) encodeChunk(ctx context.Context, d *imageData, i int) ([]byte, error) {
-	b, err := p.readChunk(ctx, d, i)
+func (dl *delivery) encodeChunk(ctx context.Context, d *imageData, i int) ([]byte, error) {
+	b, err := dl.images.readChunk(ctx, d, i)
 	if err != nil {
 		if ctx.Err() == nil {
-			p.log.Warn("chunk not sent", "image", d.info.Digest, "chunk", i, "err", err)
+			dl.log.Warn("chunk not sent", "image", d.info.Digest, "chunk", i, "err", err)
 		}
 		return nil, err
 	}
@@ -105,27 +105,27 @@ const waveReadAhead = 1 << 20
 // since the last table went out, so that all of them listen from chunk 0;
 // but never longer than WaveHold. While a wave is held, chunk requests
 // are left to it.
-func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
-	if !p.imageWaveWanted(c) {
+func (dl *delivery) maybeWave(ctx context.Context, c *Campaign) {
+	if !dl.imageWaveWanted(c) {
 		return
 	}
-	counts, _ := p.idx.counts(c.ID)
-	now := p.cfg.Clock.Now()
-	p.waveMu.Lock()
-	w := p.waves[c.Image]
-	if int(counts[countDownloading]) < p.cfg.BroadcastMin {
-		if w != nil && int(counts[countPending]+counts[countDownloading]) < p.cfg.BroadcastMin {
+	counts, _ := dl.camps.counts(c.ID)
+	now := dl.cfg.Clock.Now()
+	dl.waveMu.Lock()
+	w := dl.waves[c.Image]
+	if int(counts[countDownloading]) < dl.cfg.BroadcastMin {
+		if w != nil && int(counts[countPending]+counts[countDownloading]) < dl.cfg.BroadcastMin {
 			w.due = time.Time{} // no wave is coming
 		}
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 		return
 	}
 	if w == nil {
 		w = newWaveState()
-		p.waves[c.Image] = w
+		dl.waves[c.Image] = w
 	}
-	if w.running || (!w.started.IsZero() && now.Sub(w.started) < p.cfg.WaveInterval) {
-		p.waveMu.Unlock()
+	if w.running || (!w.started.IsZero() && now.Sub(w.started) < dl.cfg.WaveInterval) {
+		dl.waveMu.Unlock()
 		return
 	}
 	// With wave gathering on (WaveHold > 0), a later wave is only for
@@ -134,34 +134,34 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 	// devices download.
 	// A wave that failed (a store read or a publish that kept timing out
 	// under load) is sent again, for everyone, once WaveInterval passed.
-	if p.cfg.WaveHold > 0 && !w.started.IsZero() && !w.failed && w.joinedSince(w.started) < p.cfg.BroadcastMin {
-		p.waveMu.Unlock()
+	if dl.cfg.WaveHold > 0 && !w.started.IsZero() && !w.failed && w.joinedSince(w.started) < dl.cfg.BroadcastMin {
+		dl.waveMu.Unlock()
 		return
 	}
 	if w.due.IsZero() {
 		w.due = now
 	}
-	held := now.Sub(w.due) < p.cfg.WaveHold
-	if held && (counts[countPending] > 0 || now.Sub(w.lastTable) < p.cfg.WaveSettle || !p.gathered(c, w)) {
-		p.waveMu.Unlock()
+	held := now.Sub(w.due) < dl.cfg.WaveHold
+	if held && (counts[countPending] > 0 || now.Sub(w.lastTable) < dl.cfg.WaveSettle || !dl.gathered(c, w)) {
+		dl.waveMu.Unlock()
 		return
 	}
 	w.running, w.started, w.due, w.failed = true, now, time.Time{}, false
 	w.next.Store(0) // requests from here on are left to the wave
-	p.waveMu.Unlock()
-	p.wg.Add(1)
+	dl.waveMu.Unlock()
+	dl.wg.Add(1)
 	go func() {
-		defer p.wg.Done()
-		err := p.Wave(ctx, c.Image)
+		defer dl.wg.Done()
+		err := dl.wave(ctx, c.Image)
 		w.next.Store(math.MaxInt64)
 		failed := err != nil && ctx.Err() == nil
-		p.waveMu.Lock()
+		dl.waveMu.Lock()
 		w.running = false
 		w.failed = failed
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 		if failed {
-			p.met.wavesFailed.Inc()
-			p.log.Warn("broadcast wave failed; it is sent again after the wave interval", "image", c.Image, "err", err, "interval", p.cfg.WaveInterval)
+			dl.met.wavesFailed.Inc()
+			dl.log.Warn("broadcast wave failed; it is sent again after the wave interval", "image", c.Image, "err", err, "interval", dl.cfg.WaveInterval)
 		}
 	}()
 }
@@ -170,11 +170,11 @@ func (p *Publisher) maybeWave(ctx context.Context, c *Campaign) {
 // the chunk table of w's image. When no device asked for a table (devices
 // that resume, or take it from another source) it holds. Called with
 // waveMu held.
-func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
+func (dl *delivery) gathered(c *Campaign, w *waveState) bool {
 	if len(w.tables) == 0 {
 		return true
 	}
-	for _, e := range p.idx.devs(c.ID) {
+	for _, e := range dl.camps.devs(c.ID) {
 		if bucket(e.st.State) != countDownloading {
 			continue
 		}
@@ -186,7 +186,7 @@ func (p *Publisher) gathered(c *Campaign, w *waveState) bool {
 }
 
 // waveState is the broadcast state of one image. Its fields are guarded
-// by Publisher.waveMu, except next.
+// by delivery.waveMu, except next.
 type waveState struct {
 	running bool
 	failed  bool      // the last wave ended with an error: send it again
@@ -314,13 +314,13 @@ func (w *waveState) broadcastAt(i, n int, t time.Time) {
 }
 
 // waveFor returns the wave state of digest, created when missing.
-func (p *Publisher) waveFor(digest string) *waveState {
-	p.waveMu.Lock()
-	defer p.waveMu.Unlock()
-	w := p.waves[digest]
+func (dl *delivery) waveFor(digest string) *waveState {
+	dl.waveMu.Lock()
+	defer dl.waveMu.Unlock()
+	w := dl.waves[digest]
 	if w == nil {
 		w = newWaveState()
-		p.waves[digest] = w
+		dl.waves[digest] = w
 	}
 	return w
 }
@@ -335,15 +335,15 @@ func (p *Publisher) waveFor(digest string) *waveState {
 // wave yet starts the hold (once per image): the leader may still be
 // notifying the campaign's devices, and chunks sent now would only slow
 // the notices down on the same connection and broker.
-func (p *Publisher) waveAhead(digest string) span {
-	now := p.cfg.Clock.Now()
-	p.waveMu.Lock()
-	defer p.waveMu.Unlock()
-	w := p.waves[digest]
-	if (w == nil || (w.started.IsZero() && !w.held)) && p.waveComing(digest) {
+func (dl *delivery) waveAhead(digest string) span {
+	now := dl.cfg.Clock.Now()
+	dl.waveMu.Lock()
+	defer dl.waveMu.Unlock()
+	w := dl.waves[digest]
+	if (w == nil || (w.started.IsZero() && !w.held)) && dl.waveComing(digest) {
 		if w == nil {
 			w = newWaveState()
-			p.waves[digest] = w
+			dl.waves[digest] = w
 		}
 		w.held = true
 		if w.due.IsZero() {
@@ -353,7 +353,7 @@ func (p *Publisher) waveAhead(digest string) span {
 	if w == nil {
 		return span{}
 	}
-	if !w.due.IsZero() && !w.running && now.Sub(w.due) < p.cfg.WaveHold {
+	if !w.due.IsZero() && !w.running && now.Sub(w.due) < dl.cfg.WaveHold {
 		return span{0, math.MaxInt64}
 	}
 	return span{w.next.Load(), w.end.Load()}
@@ -362,21 +362,21 @@ func (p *Publisher) waveAhead(digest string) span {
 // waveComing reports whether a running campaign of digest has at least
 // BroadcastMin devices notified or downloading, so that the leader will
 // start a wave of it.
-func (p *Publisher) waveComing(digest string) bool {
-	for _, id := range p.idx.campaignIDs() {
-		c, ok := p.idx.campaign(id)
+func (dl *delivery) waveComing(digest string) bool {
+	for _, id := range dl.camps.campaignIDs() {
+		c, ok := dl.camps.campaign(id)
 		if !ok || c.Image != digest || c.State != CampaignRunning {
 			continue
 		}
-		n, _ := p.idx.counts(id)
-		if int(n[countPending]+n[countDownloading]) >= p.cfg.BroadcastMin {
+		n, _ := dl.camps.counts(id)
+		if int(n[countPending]+n[countDownloading]) >= dl.cfg.BroadcastMin {
 			return true
 		}
 	}
 	return false
 }
 
-// Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
+// wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
 // paced, in carousel order: a coded image's blocks interleaved
 // (blockcode.Order), so that a burst of losses spreads over its blocks;
 // a marker (schemas.WaveEnd) ends it. When at least BroadcastMin devices
@@ -388,82 +388,82 @@ func (p *Publisher) waveComing(digest string) bool {
 // stream of its own; at most maxPasses passes. It blocks until the wave
 // is sent or ctx ends. While it runs, requests for chunks the pass in
 // flight has still to send are left to it.
-func (p *Publisher) Wave(ctx context.Context, digest string) error {
-	d, err := p.loadImage(ctx, digest)
+func (dl *delivery) wave(ctx context.Context, digest string) error {
+	d, err := dl.images.loadImage(ctx, digest)
 	if err != nil {
 		return err
 	}
-	t, err := p.cfg.Topics.Chunks(digest)
+	t, err := dl.cfg.Topics.Chunks(digest)
 	if err != nil {
 		return err
 	}
-	w := p.waveFor(digest)
-	p.waveMu.Lock()
+	w := dl.waveFor(digest)
+	dl.waveMu.Lock()
 	if w.started.IsZero() { // a wave asked for by hand
-		w.started = p.cfg.Clock.Now()
+		w.started = dl.cfg.Clock.Now()
 	}
 	// Parity chunks of earlier waves are fresh to this wave's devices.
 	w.spent = nil
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	defer w.next.Store(math.MaxInt64)
 	var ec *echo
-	if p.cfg.WaveEcho > 0 {
+	if dl.cfg.WaveEcho > 0 {
 		var stop func()
-		if ec, stop, err = p.followEcho(ctx, t, d); err != nil {
-			p.log.Warn("wave without echo pacing", "image", digest, "err", err)
+		if ec, stop, err = dl.followEcho(ctx, t, d); err != nil {
+			dl.log.Warn("wave without echo pacing", "image", digest, "err", err)
 			ec = nil
 		} else {
 			defer stop()
 		}
 	}
 	var wp *wavePace
-	if p.cfg.WavePace > 0 {
-		wp = newWavePace(p.cfg.WavePace, int(max(4*int64(d.info.ChunkSize), 64<<10)))
-		wp.log = p.log.With("image", digest)
-		p.waveMu.Lock()
+	if dl.cfg.WavePace > 0 {
+		wp = newWavePace(dl.cfg.WavePace, int(max(4*int64(d.info.ChunkSize), 64<<10)))
+		wp.log = dl.log.With("image", digest)
+		dl.waveMu.Lock()
 		w.pace = wp
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 		defer func() {
-			p.waveMu.Lock()
+			dl.waveMu.Lock()
 			w.pace = nil
-			p.waveMu.Unlock()
+			dl.waveMu.Unlock()
 		}()
 	}
 	n := len(d.table.Hashes)
 	// The wave makes the image's parity as it sends the chunks, for the
 	// repair rounds after it.
-	acc := p.parity.stream(d)
+	acc := dl.parity.stream(d)
 	defer acc.finish()
-	cr := p.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
+	cr := dl.images.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
 	cr.order = d.order // a coded image's blocks interleaved
 	defer cr.close()
 	defer w.end.Store(math.MaxInt64)
 	to := n
 	for pass := 1; ; pass++ {
-		p.waveMu.Lock()
+		dl.waveMu.Lock()
 		w.joiners, w.joinTo = 0, 0
 		if pass > 1 {
 			// Devices that join from here on are this pass's.
-			w.started = p.cfg.Clock.Now()
+			w.started = dl.cfg.Clock.Now()
 		}
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 		w.next.Store(0)
 		w.end.Store(int64(to))
 		t0 := time.Now()
-		if err := p.wavePass(ctx, t, d, w, cr, ec, wp, acc, to); err != nil {
+		if err := dl.wavePass(ctx, t, d, w, cr, ec, wp, acc, to); err != nil {
 			return err
 		}
-		p.met.waves.Inc()
-		p.waveMu.Lock()
+		dl.met.waves.Inc()
+		dl.waveMu.Lock()
 		joiners, joinTo := w.joiners, w.joinTo
-		p.waveMu.Unlock()
-		p.log.Debug("wave pass sent", "image", digest, "pass", pass, "chunks", to, "seconds", time.Since(t0).Seconds(), "joiners", joiners)
+		dl.waveMu.Unlock()
+		dl.log.Debug("wave pass sent", "image", digest, "pass", pass, "chunks", to, "seconds", time.Since(t0).Seconds(), "joiners", joiners)
 		// Devices that joined while the pass flowed listen now: the next
 		// pass carries, from the carousel's start, what the one that
 		// joined last missed, instead of a whole wave for a few late
 		// joiners (or each asking for it). Fewer than BroadcastMin
 		// complete by repair.
-		if pass >= maxPasses || joiners < max(p.cfg.BroadcastMin, 1) || joinTo <= 0 {
+		if pass >= maxPasses || joiners < max(dl.cfg.BroadcastMin, 1) || joinTo <= 0 {
 			return nil
 		}
 		to = int(min(joinTo, int64(n)))
@@ -481,18 +481,18 @@ func (p *Publisher) Wave(ctx context.Context, digest string) error {
 // wavePass broadcasts positions [0, to) of d's carousel on t, with the
 // chunk table copies, paced by ec and wp when set, then the marker that
 // ends it.
-func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, acc *parityAcc, to int) error {
+func (dl *delivery) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, acc *parityAcc, to int) error {
 	n := d.chunks()
 	digest := d.info.Digest
 	for s := range to {
 		i := d.at(s)
 		if s%tableEvery == 0 {
-			if err := p.castTable(ctx, t, d, w); err != nil {
+			if err := dl.castTable(ctx, t, d, w); err != nil {
 				return fmt.Errorf("publisher: wave %s table: %w", digest, err)
 			}
 		}
 		if ec != nil {
-			if err := ec.wait(ctx, int64(s-p.cfg.WaveEcho)); err != nil {
+			if err := ec.wait(ctx, int64(s-dl.cfg.WaveEcho)); err != nil {
 				return err
 			}
 		}
@@ -511,24 +511,24 @@ func (p *Publisher) wavePass(ctx context.Context, t schemas.Topic, d *imageData,
 				return err
 			}
 		}
-		if err := p.send(ctx, t, b, &p.egress.Wave, "wave"); err != nil {
+		if err := dl.send(ctx, t, b, &dl.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
-		p.waveMu.Lock()
+		dl.waveMu.Lock()
 		w.broadcastAt(i, n, time.Now())
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 	}
 	// The broker delivers a topic's messages in order: a chunk is on its
 	// way until the pass's last one is, so all count as broadcast now.
-	if p.cfg.InTransit > 0 {
-		p.waveMu.Lock()
+	if dl.cfg.InTransit > 0 {
+		dl.waveMu.Lock()
 		now := time.Now()
 		for s := range to {
 			w.broadcastAt(d.at(s), n, now)
 		}
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 	}
-	if err := p.endWave(ctx, t, d, w, sentRanges(d, to)); err != nil {
+	if err := dl.endWave(ctx, t, d, w, sentRanges(d, to)); err != nil {
 		return fmt.Errorf("publisher: wave %s end marker: %w", digest, err)
 	}
 	return nil
@@ -562,16 +562,16 @@ func sentRanges(d *imageData, to int) []schemas.Range {
 // endWave broadcasts the marker that ends a wave of d on t, naming the
 // chunks it carried: devices, quiet while the wave flows, send their loss
 // summaries after it.
-func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, sent []schemas.Range) error {
-	p.waveMu.Lock()
+func (dl *delivery) endWave(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, sent []schemas.Range) error {
+	dl.waveMu.Lock()
 	w.ended++
 	seq := w.ended
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	b, err := schemas.Encode(&schemas.WaveEnd{V: schemas.Version, Image: d.digest, Wave: seq, Sent: sent})
 	if err != nil {
 		return err
 	}
-	return p.send(ctx, t, b, &p.egress.Wave, "wave_end")
+	return dl.send(ctx, t, b, &dl.egress.Wave, "wave_end")
 }
 
 // castTable broadcasts a copy of d's chunk table on the wave's topic t,
@@ -579,41 +579,41 @@ func (p *Publisher) endWave(ctx context.Context, t schemas.Topic, d *imageData, 
 // protocol 1 waits for a table by wave. Every wave carries copies (a few
 // table sizes, under 1% of the image), whichever instance answered the
 // devices' table requests.
-func (p *Publisher) castTable(ctx context.Context, t schemas.Topic, d *imageData, w *waveState) error {
-	if err := p.send(ctx, t, d.tableBytes, &p.egress.Wave, "wave_table"); err != nil {
+func (dl *delivery) castTable(ctx context.Context, t schemas.Topic, d *imageData, w *waveState) error {
+	if err := dl.send(ctx, t, d.tableBytes, &dl.egress.Wave, "wave_table"); err != nil {
 		return err
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	w.casts++
 	w.castTimes = append(w.castTimes, time.Now())
 	plain := w.plainWanted && d.table.Coded()
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	if !plain {
 		return nil
 	}
-	pb, err := p.plainTableBytes(d)
+	pb, err := dl.plainTableBytes(d)
 	if err != nil {
 		return err
 	}
-	if err := p.send(ctx, t, pb, &p.egress.Wave, "wave_table"); err != nil {
+	if err := dl.send(ctx, t, pb, &dl.egress.Wave, "wave_table"); err != nil {
 		return err
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	w.plainCasts++
 	w.plainCastTimes = append(w.plainCastTimes, time.Now())
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	return nil
 }
 
 // answerTable answers the table request r: in the wave when the device
 // listens on the broadcast topic and a wave is held or flowing (see
 // tableByWave), otherwise by unicast.
-func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
-	if r.Listening && p.tableByWave(digest, r.Requester, d.chunks(), d.table.Coded() && !speaksCoded(r.DeliveryProtocol())) {
-		p.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
+func (dl *delivery) answerTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
+	if r.Listening && dl.tableByWave(digest, r.Requester, d.chunks(), d.table.Coded() && !speaksCoded(r.DeliveryProtocol())) {
+		dl.met.chunkRequests.WithLabelValues("table-by-wave").Inc()
 		return nil
 	}
-	return p.sendTable(ctx, digest, d, r)
+	return dl.sendTable(ctx, digest, d, r)
 }
 
 // tableByWave records that dev, listening on the broadcast topic, asked
@@ -623,12 +623,12 @@ func (p *Publisher) answerTable(ctx context.Context, digest string, d *imageData
 // Recorded like a table sent (waveState.tables), so the device counts
 // as gathered for the wave. plain: dev takes the plain table of a coded
 // image (delivery protocol 1), so waves carry copies of it from now on.
-func (p *Publisher) tableByWave(digest, dev string, n int, plain bool) bool {
-	ahead := p.waveAhead(digest)
-	now := p.cfg.Clock.Now()
-	p.waveMu.Lock()
-	defer p.waveMu.Unlock()
-	w := p.waves[digest]
+func (dl *delivery) tableByWave(digest, dev string, n int, plain bool) bool {
+	ahead := dl.waveAhead(digest)
+	now := dl.cfg.Clock.Now()
+	dl.waveMu.Lock()
+	defer dl.waveMu.Unlock()
+	w := dl.waves[digest]
 	if w == nil || (ahead.none() && !w.running) {
 		return false // no wave coming
 	}
@@ -637,7 +637,7 @@ func (p *Publisher) tableByWave(digest, dev string, n int, plain bool) bool {
 		w.plainWanted = true
 		casts, times = w.plainCasts, w.plainCastTimes
 	}
-	if at, ok := w.castAtJoin[dev]; ok && missedCopies(at, casts, times, time.Now(), tableCrossing(p.cfg)) {
+	if at, ok := w.castAtJoin[dev]; ok && missedCopies(at, casts, times, time.Now(), tableCrossing(dl.cfg)) {
 		return false
 	}
 	if w.tables == nil {
@@ -685,10 +685,10 @@ type echo struct {
 // on without pacing (a broker that does not echo, a lost subscription).
 const echoStall = 2 * time.Second
 
-func (p *Publisher) followEcho(ctx context.Context, t schemas.Topic, d *imageData) (*echo, func(), error) {
+func (dl *delivery) followEcho(ctx context.Context, t schemas.Topic, d *imageData) (*echo, func(), error) {
 	ec := &echo{wake: make(chan struct{}, 1)}
 	ec.got.Store(-1)
-	sub, err := p.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
+	sub, err := dl.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
 		var c schemas.Chunk
 		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, d.digest) || int(c.Index) >= d.chunks() {
 			return
@@ -774,56 +774,56 @@ type repairBatch struct {
 	start time.Time
 }
 
-func (p *Publisher) chunkServer(ctx context.Context) {
+func (dl *delivery) chunkServer(ctx context.Context) {
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case r := <-p.chunkQ:
-			if p.cfg.RepairWindow <= 0 {
-				p.serve(ctx, &r)
+		case r := <-dl.chunkQ:
+			if dl.cfg.RepairWindow <= 0 {
+				dl.serve(ctx, &r)
 				continue
 			}
-			p.batch(ctx, r)
+			dl.batch(ctx, r)
 		}
 	}
 }
 
 // replyTopic is the chunk reply topic of r's requester: the device the
 // request's topic named (handleChunkRequest), never r.ReplyTo.
-func (p *Publisher) replyTopic(r *schemas.ChunkRequest) (schemas.Topic, error) {
-	return p.cfg.Topics.ChunkReply(r.Requester)
+func (dl *delivery) replyTopic(r *schemas.ChunkRequest) (schemas.Topic, error) {
+	return dl.cfg.Topics.ChunkReply(r.Requester)
 }
 
-func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
+func (dl *delivery) serve(ctx context.Context, r *schemas.ChunkRequest) {
 	digest := hex.EncodeToString(r.Image)
-	d, err := p.loadImage(ctx, digest)
+	d, err := dl.images.loadImage(ctx, digest)
 	if err != nil {
-		p.met.chunkRequests.WithLabelValues("unknown-image").Inc()
+		dl.met.chunkRequests.WithLabelValues("unknown-image").Inc()
 		return
 	}
 	if r.ChunkSize != d.info.ChunkSize {
-		p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
+		dl.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
 		return
 	}
-	rt, err := p.replyTopic(r)
+	rt, err := dl.replyTopic(r)
 	if err != nil {
 		return
 	}
-	p.met.chunkRequests.WithLabelValues("served").Inc()
-	if r.WantTable && p.answerTable(ctx, digest, d, r) != nil {
+	dl.met.chunkRequests.WithLabelValues("served").Inc()
+	if r.WantTable && dl.answerTable(ctx, digest, d, r) != nil {
 		return
 	}
-	ahead := p.waveAhead(digest)
+	ahead := dl.waveAhead(digest)
 	wl := slices.DeleteFunc(wanted(r, len(d.table.Hashes)), func(i int) bool {
 		return ahead.has(d.posOf(i)) // the wave in flight still sends it
 	})
-	for _, i := range p.affordable(r, d, wl) {
-		b, err := p.encodeChunk(ctx, d, i)
+	for _, i := range dl.affordable(r, d, wl) {
+		b, err := dl.encodeChunk(ctx, d, i)
 		if err != nil {
 			return
 		}
-		if err := p.send(ctx, rt, b, &p.egress.Unicast, "unicast"); err != nil {
+		if err := dl.send(ctx, rt, b, &dl.egress.Unicast, "unicast"); err != nil {
 			return
 		}
 	}
@@ -834,25 +834,25 @@ func (p *Publisher) serve(ctx context.Context, r *schemas.ChunkRequest) {
 // to the broadcast chunk topic right after. Only the first table a device
 // is sent counts it as joined (see waveState.tables), so asking again
 // cannot bring another wave about.
-func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
-	rt, err := p.replyTopic(r)
+func (dl *delivery) sendTable(ctx context.Context, digest string, d *imageData, r *schemas.ChunkRequest) error {
+	rt, err := dl.replyTopic(r)
 	if err != nil {
 		return err
 	}
-	tb, err := p.tableFor(d, r.DeliveryProtocol())
+	tb, err := dl.tableFor(d, r.DeliveryProtocol())
 	if err != nil {
 		return err
 	}
-	if !p.charge(r, d, len(tb)) {
+	if !dl.charge(r, d, len(tb)) {
 		return errOverBudget
 	}
-	if err := p.send(ctx, rt, tb, &p.egress.Unicast, "table"); err != nil {
+	if err := dl.send(ctx, rt, tb, &dl.egress.Unicast, "table"); err != nil {
 		return err
 	}
-	p.egress.Table.Add(int64(len(tb)))
-	w := p.waveFor(digest)
-	now := p.cfg.Clock.Now()
-	p.waveMu.Lock()
+	dl.egress.Table.Add(int64(len(tb)))
+	w := dl.waveFor(digest)
+	now := dl.cfg.Clock.Now()
+	dl.waveMu.Lock()
 	if w.tables == nil {
 		w.tables = map[string]time.Time{}
 	}
@@ -861,7 +861,7 @@ func (p *Publisher) sendTable(ctx context.Context, digest string, d *imageData, 
 		w.joined(d.chunks())
 	}
 	w.lastTable = now
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	return nil
 }
 
@@ -871,44 +871,44 @@ var errOverBudget = errors.New("publisher: device over its chunk request budget"
 // batch answers a table request at once (the device waits for it before
 // it listens) and adds the chunks asked for to the image's repair batch,
 // flushed RepairWindow after its first request.
-func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
+func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 	digest := hex.EncodeToString(r.Image)
 	if r.WantTable {
-		d, err := p.loadImage(ctx, digest)
+		d, err := dl.images.loadImage(ctx, digest)
 		if err != nil {
-			p.met.chunkRequests.WithLabelValues("unknown-image").Inc()
+			dl.met.chunkRequests.WithLabelValues("unknown-image").Inc()
 			return
 		}
 		if r.ChunkSize != d.info.ChunkSize {
-			p.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
+			dl.met.chunkRequests.WithLabelValues("wrong-chunk-size").Inc()
 			return
 		}
-		if p.answerTable(ctx, digest, d, &r) != nil {
+		if dl.answerTable(ctx, digest, d, &r) != nil {
 			return
 		}
 		r.WantTable = false
 		if len(r.Bitmap) == 0 && len(r.Ranges) == 0 {
-			p.met.chunkRequests.WithLabelValues("served").Inc()
+			dl.met.chunkRequests.WithLabelValues("served").Inc()
 			return
 		}
 	}
-	p.repairMu.Lock()
-	b := p.repairs[digest]
+	dl.repairMu.Lock()
+	b := dl.repairs[digest]
 	if b == nil {
 		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, start: time.Now()}
-		p.repairs[digest] = b
+		dl.repairs[digest] = b
 	}
 	b.reqs[r.Requester] = &r
 	start := !b.timer
 	b.timer = true
-	p.repairMu.Unlock()
+	dl.repairMu.Unlock()
 	if !start {
 		return
 	}
-	p.wg.Add(1)
+	dl.wg.Add(1)
 	go func() {
-		defer p.wg.Done()
-		t := time.NewTimer(p.cfg.RepairWindow)
+		defer dl.wg.Done()
+		t := time.NewTimer(dl.cfg.RepairWindow)
 		defer t.Stop()
 		select {
 		case <-ctx.Done():
@@ -918,33 +918,33 @@ func (p *Publisher) batch(ctx context.Context, r schemas.ChunkRequest) {
 		// One round of an image at a time: requests that come while
 		// the previous one is going out join this batch, and its needs
 		// are read after that round is sent.
-		fl := p.flusher(digest)
+		fl := dl.flusher(digest)
 		select {
 		case fl <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
 		defer func() { <-fl }()
-		p.repairMu.Lock()
-		b := p.repairs[digest]
-		delete(p.repairs, digest)
-		p.repairMu.Unlock()
-		p.flushRepair(ctx, digest, b)
+		dl.repairMu.Lock()
+		b := dl.repairs[digest]
+		delete(dl.repairs, digest)
+		dl.repairMu.Unlock()
+		dl.flushRepair(ctx, digest, b)
 	}()
 }
 
 // flusher returns the one-slot semaphore that serialises the repair
 // rounds of digest.
-func (p *Publisher) flusher(digest string) chan struct{} {
-	p.repairMu.Lock()
-	defer p.repairMu.Unlock()
-	if p.flushing == nil {
-		p.flushing = map[string]chan struct{}{}
+func (dl *delivery) flusher(digest string) chan struct{} {
+	dl.repairMu.Lock()
+	defer dl.repairMu.Unlock()
+	if dl.flushing == nil {
+		dl.flushing = map[string]chan struct{}{}
 	}
-	fl, ok := p.flushing[digest]
+	fl, ok := dl.flushing[digest]
 	if !ok {
 		fl = make(chan struct{}, 1)
-		p.flushing[digest] = fl
+		dl.flushing[digest] = fl
 	}
 	return fl
 }
@@ -954,19 +954,19 @@ func (p *Publisher) flusher(digest string) chan struct{} {
 // still to send, and chunks broadcast since the batch began (the requests
 // crossed them), are left out: they reach the requesters anyway, and what
 // is lost is asked for again.
-func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBatch) {
-	d, err := p.loadImage(ctx, digest)
+func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBatch) {
+	d, err := dl.images.loadImage(ctx, digest)
 	if err != nil {
-		p.met.chunkRequests.WithLabelValues("unknown-image").Add(float64(len(b.reqs)))
+		dl.met.chunkRequests.WithLabelValues("unknown-image").Add(float64(len(b.reqs)))
 		return
 	}
 	n := len(d.table.Hashes)
 	askers := make(map[int]int)
 	per := make(map[string][]int)
-	ahead := p.waveAhead(digest)
-	w := p.waveFor(digest)
-	p.waveMu.Lock()
-	since := b.start.Add(-p.cfg.InTransit)
+	ahead := dl.waveAhead(digest)
+	w := dl.waveFor(digest)
+	dl.waveMu.Lock()
+	since := b.start.Add(-dl.cfg.InTransit)
 	crossed := func(i int) bool { return i < len(w.sent) && w.sent[i].After(since) }
 	for who, r := range b.reqs {
 		if r.ChunkSize != d.info.ChunkSize {
@@ -974,13 +974,13 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		}
 		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return ahead.has(d.posOf(i)) || crossed(i) })
 	}
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	// What each requester is sent, by unicast or in a re-broadcast it
 	// asked for, is taken from its budget; what does not fit is left out.
 	for who, wl := range per {
-		per[who] = p.affordable(b.reqs[who], d, wl)
+		per[who] = dl.affordable(b.reqs[who], d, wl)
 	}
-	bt, _ := p.cfg.Topics.Chunks(digest)
+	bt, _ := dl.cfg.Topics.Chunks(digest)
 	if d.table.Coded() {
 		// Parity repairs only the requesters that speak coded repair;
 		// those of delivery protocol 1 (plain table, parity dropped
@@ -992,9 +992,9 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 			}
 		}
 		if len(coded) > 0 {
-			if err := p.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(p.cfg))); err != nil {
+			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(dl.cfg))); err != nil {
 				if ctx.Err() == nil {
-					p.log.Warn("coded repair", "image", digest, "err", err)
+					dl.log.Warn("coded repair", "image", digest, "err", err)
 				}
 				return
 			}
@@ -1007,45 +1007,45 @@ func (p *Publisher) flushRepair(ctx context.Context, digest string, b *repairBat
 		}
 	}
 	for i := 0; i < n; i++ {
-		if askers[i] < p.cfg.RepairBroadcastMin {
+		if askers[i] < dl.cfg.RepairBroadcastMin {
 			continue
 		}
-		cb, err := p.encodeChunk(ctx, d, i)
-		if err != nil || p.send(ctx, bt, cb, &p.egress.Repair, "repair") != nil {
+		cb, err := dl.encodeChunk(ctx, d, i)
+		if err != nil || dl.send(ctx, bt, cb, &dl.egress.Repair, "repair") != nil {
 			return
 		}
-		p.waveMu.Lock()
+		dl.waveMu.Lock()
 		w.broadcastAt(i, n, time.Now())
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 	}
 	// As for a wave: each chunk is on its way until the last one is.
-	if p.cfg.InTransit > 0 {
-		p.waveMu.Lock()
+	if dl.cfg.InTransit > 0 {
+		dl.waveMu.Lock()
 		end := time.Now()
 		for i, k := range askers {
-			if k >= p.cfg.RepairBroadcastMin {
+			if k >= dl.cfg.RepairBroadcastMin {
 				w.broadcastAt(i, n, end)
 			}
 		}
-		p.waveMu.Unlock()
+		dl.waveMu.Unlock()
 	}
 	for who, wl := range per {
 		r := b.reqs[who]
-		rt, err := p.replyTopic(r)
+		rt, err := dl.replyTopic(r)
 		if err != nil {
 			continue
 		}
 		for _, i := range wl {
-			if askers[i] >= p.cfg.RepairBroadcastMin {
+			if askers[i] >= dl.cfg.RepairBroadcastMin {
 				continue
 			}
-			cb, err := p.encodeChunk(ctx, d, i)
-			if err != nil || p.send(ctx, rt, cb, &p.egress.Unicast, "unicast") != nil {
+			cb, err := dl.encodeChunk(ctx, d, i)
+			if err != nil || dl.send(ctx, rt, cb, &dl.egress.Unicast, "unicast") != nil {
 				return
 			}
 		}
 	}
-	p.met.chunkRequests.WithLabelValues("served").Add(float64(len(per)))
+	dl.met.chunkRequests.WithLabelValues("served").Add(float64(len(per)))
 }
 
 // parityCacheBytes bounds the parity chunks a publisher keeps
@@ -1068,7 +1068,7 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
-func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
+func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
 	t := d.table
 	nb := int(t.NumBlocks())
 	need := make([]int, nb)
@@ -1080,9 +1080,9 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// Not for a round that answered it: it asks again only after its
 	// fetcher's Idle, or after a wave, by which time that round reached
 	// it, and what it asks for was lost.
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	log := slices.Clone(w.parityLog)
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	for who, wl := range per {
 		clear(cnt)
 		for _, i := range wl {
@@ -1098,7 +1098,7 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 			}
 		}
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	if len(w.spent) != nb {
 		w.spent = make([]uint32, nb)
 	}
@@ -1117,7 +1117,7 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	}
 	cut := make([]int, nb)
 	for b := range nb {
-		if again[b] > 0 && !p.charge(reqs[neediest[b]], d, again[b]*(int(t.ChunkSize)+chunkOverhead)) {
+		if again[b] > 0 && !dl.charge(reqs[neediest[b]], d, again[b]*(int(t.ChunkSize)+chunkOverhead)) {
 			cut[b] = again[b]
 			w.spent[b] -= uint32(cut[b])
 		}
@@ -1136,33 +1136,33 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		send = keep
 	}
 	wave := max(w.ended, 1)
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
-	p.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
+	dl.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
 	if len(send) == 0 {
 		return nil
 	}
 	// The parity first (from the cache, or coded from the image's
 	// chunks once), then the announcement and the round back to back.
-	read := func(ctx context.Context, i uint32) ([]byte, error) { return p.readChunk(ctx, d, int(i)) }
+	read := func(ctx context.Context, i uint32) ([]byte, error) { return dl.images.readChunk(ctx, d, int(i)) }
 	t0 := time.Now()
 	defer func() {
-		p.log.Debug("coded repair round sent", "image", d.info.Digest, "parity", len(send), "seconds", time.Since(t0).Seconds())
+		dl.log.Debug("coded repair round sent", "image", d.info.Digest, "parity", len(send), "seconds", time.Since(t0).Seconds())
 	}()
 	msgs := map[uint32][][]byte{}
 	for _, s := range send {
 		if _, ok := msgs[s.Block]; ok {
 			continue
 		}
-		m, err := p.parity.block(ctx, d, s.Block, read)
+		m, err := dl.parity.block(ctx, d, s.Block, read)
 		if err != nil {
 			return err
 		}
 		msgs[s.Block] = m
 	}
-	if err := p.announce(ctx, d, bt, wave, send); err != nil {
+	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
 		return err
 	}
 	for _, s := range send { // in Round's interleaved order
@@ -1170,18 +1170,18 @@ func (p *Publisher) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		if int(s.Index) >= len(m) {
 			return fmt.Errorf("publisher: parity chunk %d of block %d: the block has %d", s.Index, s.Block, len(m))
 		}
-		if err := p.send(ctx, bt, m[s.Index], &p.egress.Repair, "parity"); err != nil {
+		if err := dl.send(ctx, bt, m[s.Index], &dl.egress.Repair, "parity"); err != nil {
 			return err
 		}
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	w.parityLog.add(time.Now(), send, per)
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	// The round's end marker, naming the chunks of the blocks it
 	// repaired: a device still short sends its summary after it (the
 	// broker delivers the topic in order, so what of the round was not
 	// lost came before the marker) instead of after a whole Idle.
-	return p.endWave(ctx, bt, d, w, roundRanges(t, send))
+	return dl.endWave(ctx, bt, d, w, roundRanges(t, send))
 }
 
 // roundRanges returns the chunks of the blocks a repair round sent parity
@@ -1264,7 +1264,7 @@ func (l parityLog) crossed(who string, t time.Time, nb int) []int {
 // the announcement before its back-off ends, and whose need it covers,
 // stays quiet. Devices cannot hear one another; this is how the
 // publisher suppresses their summaries.
-func (p *Publisher) announce(ctx context.Context, d *imageData, bt schemas.Topic, wave uint32, send []blockcode.Symbol) error {
+func (dl *delivery) announce(ctx context.Context, d *imageData, bt schemas.Topic, wave uint32, send []blockcode.Symbol) error {
 	per := map[uint32]uint32{}
 	for _, s := range send {
 		per[s.Block]++
@@ -1277,7 +1277,7 @@ func (p *Publisher) announce(ctx context.Context, d *imageData, bt schemas.Topic
 	if err != nil {
 		return err
 	}
-	return p.send(ctx, bt, b, &p.egress.Repair, "announce")
+	return dl.send(ctx, bt, b, &dl.egress.Repair, "announce")
 }
 
 // countNonZero counts the non-zero entries of v.

@@ -102,12 +102,12 @@ func TestBroadcastWaveWithRepair(t *testing.T) {
 			t.Fatalf("%s assembled a wrong image (%d bad chunks)", d.id, d.bad)
 		}
 	}
-	wave, repair := p.egress.Wave.Load(), p.egress.Repair.Load()
+	wave, repair := p.dl.egress.Wave.Load(), p.dl.egress.Repair.Load()
 	if wave < int64(len(data)) || wave > int64(len(data))*11/10 {
 		t.Errorf("wave egress %d for a %d-byte image", wave, len(data))
 	}
 	if repair == 0 {
-		t.Errorf("chunks missed by several devices were not broadcast again (repair %d, unicast %d)", repair, p.egress.Unicast.Load())
+		t.Errorf("chunks missed by several devices were not broadcast again (repair %d, unicast %d)", repair, p.dl.egress.Unicast.Load())
 	}
 }
 
@@ -132,7 +132,7 @@ func TestRequestMode(t *testing.T) {
 	if got := p.met.chunkRequests.WithLabelValues("bad-reply-to"); got == nil {
 		t.Fatal("no metric")
 	}
-	if n := p.egress.Unicast.Load(); n > int64(len(data))*11/10 {
+	if n := p.dl.egress.Unicast.Load(); n > int64(len(data))*11/10 {
 		t.Errorf("unicast egress %d for one device and a %d-byte image: the spoofed request was served", n, len(data))
 	}
 }
@@ -179,7 +179,7 @@ func TestLeaderStartsWave(t *testing.T) {
 	e := newEnv(t)
 	p, _ := e.start(func(c *Config) { c.BroadcastMin = 3 })
 	data, devs := startWaveCampaign(t, e, p)
-	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
+	waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.dl.egress.Wave.Load()) }, allComplete(devs))
 	checkImages(t, devs, data)
 	waitFor(t, 5*time.Second, func() string { return "wave counted" }, func() bool { return counterValue(p.met.waves) >= 1 })
 	awaitTicks(t, p, 3)

@@ -90,7 +90,7 @@ func TestCodedRepair(t *testing.T) {
 	if r := p.st.images.readMsgs.Load() - waveReads; r != 0 {
 		t.Errorf("repair rounds read %d chunks back from the store; want the parity the wave made", r)
 	}
-	if u := p.egress.Unicast.Load(); u != 0 {
+	if u := p.dl.egress.Unicast.Load(); u != 0 {
 		t.Errorf("%d bytes sent by unicast; want parity only", u)
 	}
 	checkEgressMetrics(t, p, "wave", "wave_table", "wave_end", "parity")
@@ -98,11 +98,11 @@ func TestCodedRepair(t *testing.T) {
 		t.Errorf("%.0f bytes of chunks re-broadcast; want parity only", r)
 	}
 	// Parity per block: as many as the device lacking most lacked.
-	p.waveMu.Lock()
-	spent := slices.Clone(p.waves[digest].spent)
-	p.waveMu.Unlock()
+	p.dl.waveMu.Lock()
+	spent := slices.Clone(p.dl.waves[digest].spent)
+	p.dl.waveMu.Unlock()
 	t.Logf("%d chunks rebuilt from parity; parity chunks sent per block %v; repair %d B = %.3f x image",
-		rebuilt, spent, p.egress.Repair.Load(), float64(p.egress.Repair.Load())/float64(len(data)))
+		rebuilt, spent, p.dl.egress.Repair.Load(), float64(p.dl.egress.Repair.Load())/float64(len(data)))
 	for b, s := range spent {
 		if s == 0 || s > table.ParityPerBlock {
 			t.Errorf("block %d: %d parity chunks sent", b, s)

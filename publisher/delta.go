@@ -294,14 +294,14 @@ func (c *Client) MakeDelta(ctx context.Context, from, to string) (Image, error) 
 // deltas, once at least BroadcastMin devices asked for the image's chunk
 // table (the others take a delta and do not listen to the image's topic;
 // their deltas have waves of their own, maybeDeltaWaves).
-func (p *Publisher) imageWaveWanted(c *Campaign) bool {
+func (dl *delivery) imageWaveWanted(c *Campaign) bool {
 	if len(c.Deltas) == 0 {
 		return true
 	}
-	p.waveMu.Lock()
-	defer p.waveMu.Unlock()
-	w := p.waves[c.Image]
-	return w != nil && len(w.tables) >= max(p.cfg.BroadcastMin, 1)
+	dl.waveMu.Lock()
+	defer dl.waveMu.Unlock()
+	w := dl.waves[c.Image]
+	return w != nil && len(w.tables) >= max(dl.cfg.BroadcastMin, 1)
 }
 
 // envelopeDeltas returns the digests of the deltas an uploaded envelope
@@ -345,14 +345,14 @@ func (p *Publisher) envelopeDeltas(ctx context.Context, env []byte) ([]string, e
 // the delta's last wave. Devices that asked later, or lost chunks,
 // complete by repair. While a wave runs, requests for the chunks it has
 // still to send are left to it.
-func (p *Publisher) maybeDeltaWaves(ctx context.Context, c *Campaign) {
+func (dl *delivery) maybeDeltaWaves(ctx context.Context, c *Campaign) {
 	for _, digest := range c.Deltas {
-		now := p.cfg.Clock.Now()
-		p.waveMu.Lock()
-		w := p.waves[digest]
-		if w == nil || w.running || (!w.started.IsZero() && now.Sub(w.started) < p.cfg.WaveInterval) ||
-			w.joinedSince(w.started) < max(p.cfg.BroadcastMin, 1) {
-			p.waveMu.Unlock()
+		now := dl.cfg.Clock.Now()
+		dl.waveMu.Lock()
+		w := dl.waves[digest]
+		if w == nil || w.running || (!w.started.IsZero() && now.Sub(w.started) < dl.cfg.WaveInterval) ||
+			w.joinedSince(w.started) < max(dl.cfg.BroadcastMin, 1) {
+			dl.waveMu.Unlock()
 			continue
 		}
 		first := now
@@ -361,23 +361,23 @@ func (p *Publisher) maybeDeltaWaves(ctx context.Context, c *Campaign) {
 				first = at
 			}
 		}
-		if now.Sub(w.lastTable) < p.cfg.WaveSettle && now.Sub(first) < p.cfg.WaveHold {
-			p.waveMu.Unlock()
+		if now.Sub(w.lastTable) < dl.cfg.WaveSettle && now.Sub(first) < dl.cfg.WaveHold {
+			dl.waveMu.Unlock()
 			continue
 		}
 		w.running, w.started = true, now
 		w.next.Store(0) // requests from here on are left to the wave
-		p.waveMu.Unlock()
-		p.wg.Add(1)
+		dl.waveMu.Unlock()
+		dl.wg.Add(1)
 		go func() {
-			defer p.wg.Done()
-			err := p.Wave(ctx, digest)
+			defer dl.wg.Done()
+			err := dl.wave(ctx, digest)
 			w.next.Store(math.MaxInt64)
-			p.waveMu.Lock()
+			dl.waveMu.Lock()
 			w.running = false
-			p.waveMu.Unlock()
+			dl.waveMu.Unlock()
 			if err != nil && ctx.Err() == nil {
-				p.log.Warn("delta broadcast wave", "delta", digest, "err", err)
+				dl.log.Warn("delta broadcast wave", "delta", digest, "err", err)
 			}
 		}()
 	}

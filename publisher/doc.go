@@ -40,7 +40,12 @@
 //     reports reaching another instance are forwarded to it, and it
 //     keeps a count record per campaign that the leader sums to judge
 //     thresholds, phases and completion.
-//   - Chunks (chunks.go) go out as broadcast waves on the image's chunk topic
+//   - Chunks are delivered by one unit, delivery (delivery.go), which owns
+//     the waves, requests, repair, parity and pacing state; the Publisher
+//     holds one and hands it reports and chunk requests. It reads images
+//     and asks about campaigns through two small interfaces (imageSource,
+//     campaignSource), not the Publisher. Chunks (chunks.go) go out as
+//     broadcast waves on the image's chunk topic
 //     at QoS 0, and as answers to bitmap requests; chunks many devices miss
 //     are broadcast again rather than sent to each. A wave goes round again,
 //     only as far as devices that joined while it flowed missed, rather

@@ -200,8 +200,8 @@ func (p *Publisher) step(ctx context.Context, c *Campaign) error {
 			return err
 		}
 	}
-	p.maybeWave(ctx, c)
-	p.maybeDeltaWaves(ctx, c)
+	p.dl.maybeWave(ctx, c)
+	p.dl.maybeDeltaWaves(ctx, c)
 	return nil
 }
 
@@ -240,7 +240,7 @@ func (p *Publisher) notifyQueued(ctx context.Context, c *Campaign, opened, activ
 			return err
 		}
 		if k+noticeBatch < len(queued) {
-			p.maybeWave(ctx, c)
+			p.dl.maybeWave(ctx, c)
 		}
 	}
 	return nil

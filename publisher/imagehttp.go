@@ -61,7 +61,7 @@ func (p *Publisher) serveImage(w http.ResponseWriter, r *http.Request) {
 	if isTable {
 		// The plain table (see tables.go): what every agent takes,
 		// whichever protocol it speaks; parity comes only by broadcast.
-		tb, err := p.plainTableBytes(d)
+		tb, err := p.dl.plainTableBytes(d)
 		if err != nil {
 			p.imageError(w, r, err)
 			return

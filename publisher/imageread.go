@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 )
 
 // chunkReader reads an image's chunks from the store for a consumer that
@@ -16,10 +17,13 @@ import (
 // costs about what it returns and memory stays at most ahead+1 chunks.
 // A chunkReader is not safe for concurrent use; close it when done.
 type chunkReader struct {
-	ctx   context.Context
-	p     *Publisher
-	d     *imageData
-	ahead int
+	ctx  context.Context
+	read func(ctx context.Context, d *imageData, i int) ([]byte, error) // one checked chunk (Publisher.readChunk)
+	// inflight counts the reads started and not returned
+	// (imageStore.readsInFlight); nil: not counted.
+	inflight *atomic.Int64
+	d        *imageData
+	ahead    int
 
 	// order, when set, is the order the consumer takes chunks in
 	// (imageData.order): get and the read-ahead then work in positions
@@ -44,7 +48,14 @@ type chunkRead struct {
 // newChunkReader returns a reader of d's chunks with at most ahead reads
 // ahead of its consumer (at least 1).
 func (p *Publisher) newChunkReader(ctx context.Context, d *imageData, ahead int) *chunkReader {
-	return &chunkReader{ctx: ctx, p: p, d: d, ahead: max(ahead, 1), next: -1}
+	return readChunksWith(ctx, d, ahead, p.readChunk, &p.st.images.readsInFlight)
+}
+
+// readChunksWith returns a reader of d's chunks with at most ahead reads
+// ahead of its consumer (at least 1), each read with read and counted in
+// inflight (nil: not counted).
+func readChunksWith(ctx context.Context, d *imageData, ahead int, read func(context.Context, *imageData, int) ([]byte, error), inflight *atomic.Int64) *chunkReader {
+	return &chunkReader{ctx: ctx, read: read, inflight: inflight, d: d, ahead: max(ahead, 1), next: -1}
 }
 
 // readAheadChunks is how many chunks of chunkSize bytes make about
@@ -96,12 +107,16 @@ func (r *chunkReader) issue(i int) {
 	if r.order != nil {
 		idx = int(r.order[i])
 	}
-	inflight := &r.p.st.images.readsInFlight
-	inflight.Add(1)
+	inflight := r.inflight
+	if inflight != nil {
+		inflight.Add(1)
+	}
 	go func() {
 		defer close(f.done)
-		defer inflight.Add(-1)
-		f.b, f.err = r.p.readChunk(gen, r.d, idx)
+		if inflight != nil {
+			defer inflight.Add(-1)
+		}
+		f.b, f.err = r.read(gen, r.d, idx)
 	}()
 }
 

@@ -33,7 +33,7 @@ func TestMidCarouselJoinerNoUnicast(t *testing.T) {
 	digest := hex.EncodeToString(table.Image)
 	enrol(t, e, p, table, early, late)
 	d := tableOf(t, p, digest)
-	plain, err := p.tableFor(d, schemas.ProtocolPlain)
+	plain, err := p.dl.tableFor(d, schemas.ProtocolPlain)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,15 +27,12 @@ type Publisher struct {
 	idx  index
 
 	cache imageCache
-	// parity keeps coded repair's parity chunks (paritycache.go).
-	parity *parityCache
-	ckeys  contentKeys // encrypted payloads' content keys (enckeycache.go)
-	pace   *pacer
-	// egress counts chunk bytes sent by this instance (read by Egress).
-	egress egressCounters
+	ckeys contentKeys // encrypted payloads' content keys (enckeycache.go)
+	// dl sends images' chunks: waves, requests, repair, pacing
+	// (delivery.go).
+	dl *delivery
 
 	reportQ []chan inReport
-	chunkQ  chan schemas.ChunkRequest
 	kickC   chan struct{}
 	ready   chan struct{}
 	stopped chan struct{}      // closed when Run's context ends
@@ -51,16 +48,6 @@ type Publisher struct {
 	// resent holds when the leader last re-sent each device's notice
 	// (key devKey); owned by the tick loop.
 	resent map[string]time.Time
-
-	waveMu sync.Mutex
-	waves  map[string]*waveState
-
-	repairMu sync.Mutex
-	repairs  map[string]*repairBatch
-	// flushing serialises each image's repair rounds (flusher).
-	flushing map[string]chan struct{}
-
-	reqs requesters // per-device chunk request accounts (requests.go)
 
 	live *liveState // event stream, console sessions, revocations (events.go)
 
@@ -102,15 +89,10 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 		cfg: cfg, log: cfg.Logger.With("component", "publisher", "instance", cfg.Instance),
 		idx:     index{camps: map[string]*campIndex{}, n: cfg.Partitions, hold: make([]bool, cfg.Partitions)},
 		cache:   imageCache{byKey: map[string]*imageData{}},
-		parity:  newParityCache(parityCacheBytes),
-		pace:    newPacer(cfg),
-		chunkQ:  make(chan schemas.ChunkRequest, 1024),
 		kickC:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		stopped: make(chan struct{}),
 		done:    make(chan struct{}),
-		waves:   map[string]*waveState{},
-		repairs: map[string]*repairBatch{},
 	}
 	reg := cfg.Registerer
 	p.gath = cfg.Gatherer
@@ -121,6 +103,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 	if p.met, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
+	p.dl = newDelivery(cfg, p.log, p.met, publisherHost{p})
 	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas, cfg.Partitions); err != nil {
 		return nil, err
 	}
@@ -170,6 +153,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		stopOnClose()
 		cancel()
 		p.wg.Wait()
+		p.dl.wait() // after the chunk servers and the tick loop: none starts more
 		close(p.done)
 	}()
 	context.AfterFunc(ctx, func() { close(p.stopped) })
@@ -186,7 +170,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.wg.Add(1)
 		go func() {
 			defer p.wg.Done()
-			p.chunkServer(ctx)
+			p.dl.chunkServer(ctx)
 		}()
 	}
 	var subs []broker.Subscription
@@ -208,7 +192,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 	if err := sub(p.cfg.Topics.ReportsAll(), p.handleReport, broker.FamilyReport); err != nil {
 		return err
 	}
-	if err := sub(p.cfg.Topics.ChunkRequestsAll(), p.handleChunkRequest, broker.FamilyChunkRequest); err != nil {
+	if err := sub(p.cfg.Topics.ChunkRequestsAll(), p.dl.handleChunkRequest, broker.FamilyChunkRequest); err != nil {
 		return err
 	}
 	for _, op := range apiOps {
@@ -236,7 +220,7 @@ func (p *Publisher) Run(ctx context.Context) error {
 		p.releasePartitions(rctx)
 	}()
 	for {
-		p.pruneRequesters()
+		p.dl.pruneRequesters()
 		p.tick(ctx)
 		select {
 		case <-ctx.Done():
@@ -281,12 +265,27 @@ func (p *Publisher) Close(ctx context.Context) error {
 // again because many devices asked (repair), and chunks and tables sent
 // to one requester (unicast). Safe for concurrent use.
 func (p *Publisher) Egress() (wave, repair, unicast int64) {
-	return p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load()
+	e := &p.dl.egress
+	return e.Wave.Load(), e.Repair.Load(), e.Unicast.Load()
 }
+
+// Wave broadcasts every chunk of the image once on its chunk topic (QoS 0),
+// paced, in carousel order: a coded image's blocks interleaved
+// (blockcode.Order), so that a burst of losses spreads over its blocks;
+// a marker (schemas.WaveEnd) ends it. When at least BroadcastMin devices
+// joined while it flowed (they were sent the chunk table, or asked for
+// it by wave, and listen from there on), the carousel goes round again
+// from its start, as far as the one that joined last missed, with a
+// marker of its own: a late joiner takes the wave where it is and
+// completes from that pass, not from a second whole wave nor a unicast
+// stream of its own; at most maxPasses passes. It blocks until the wave
+// is sent or ctx ends. While it runs, requests for chunks the pass in
+// flight has still to send are left to it (delivery.wave).
+func (p *Publisher) Wave(ctx context.Context, digest string) error { return p.dl.wave(ctx, digest) }
 
 // EgressTables returns the bytes of chunk tables sent to one requester,
 // a part of Egress's unicast.
-func (p *Publisher) EgressTables() int64 { return p.egress.Table.Load() }
+func (p *Publisher) EgressTables() int64 { return p.dl.egress.Table.Load() }
 
 // Ready is closed once Run has subscribed to reports, chunk requests and
 // the API, so that device traffic is being taken.

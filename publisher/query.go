@@ -361,7 +361,7 @@ func (p *Publisher) DeleteImage(ctx context.Context, who Principal, digest strin
 	}
 	p.audit(ctx, who, "image.delete", img.Digest, img.Name)
 	p.cache.drop(img.Digest)
-	p.parity.forget(img.Digest)
+	p.dl.forget(img.Digest)
 	err = withRetry(ctx, func(ctx context.Context, _ bool) error {
 		return p.st.images.stream.Purge(ctx, jetstream.WithPurgeSubject(p.st.images.prefix+"."+img.Digest+".>"))
 	})

@@ -166,7 +166,7 @@ func TestQuietDevices(t *testing.T) {
 	}
 	sent := requests.Load()
 	t.Logf("%d devices, 5%% loss: %d chunk requests (loss summaries and later asks), %d summaries suppressed by announcements, %d chunks rebuilt from parity; egress wave %d B, repair %d B, unicast %d B",
-		n, sent, suppressed, rebuilt, p.egress.Wave.Load(), p.egress.Repair.Load(), p.egress.Unicast.Load())
+		n, sent, suppressed, rebuilt, p.dl.egress.Wave.Load(), p.dl.egress.Repair.Load(), p.dl.egress.Unicast.Load())
 	if rebuilt == 0 {
 		t.Fatal("nothing rebuilt from parity: did the devices lose anything?")
 	}

@@ -32,7 +32,7 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 		p.met.reports.WithLabelValues("wrong-topic").Inc()
 		return
 	}
-	p.observeProgress(&r) // in-wave feedback (wavepace.go)
+	p.dl.observeProgress(&r) // in-wave feedback (wavepace.go)
 	if p.forward(&r, m.Payload) {
 		return
 	}

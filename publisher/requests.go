@@ -32,7 +32,7 @@ import (
 // campaign: it is bounded by the campaigns' targets.
 
 // requester is one device's request account in one campaign. Guarded by
-// Publisher.reqMu.
+// requesters.mu.
 type requester struct {
 	campaign string
 	lim      *rate.Limiter
@@ -50,8 +50,8 @@ type requesters struct {
 }
 
 // refuseRequest counts a refused chunk request under why.
-func (p *Publisher) refuseRequest(why string) {
-	p.met.chunkRequests.WithLabelValues(why).Inc()
+func (dl *delivery) refuseRequest(why string) {
+	dl.met.chunkRequests.WithLabelValues(why).Inc()
 }
 
 // handleChunkRequest is the handler of the shared chunk request
@@ -63,53 +63,53 @@ func (p *Publisher) refuseRequest(why string) {
 // image, or over its rate or byte budget, is refused too. Accepted
 // requests are queued for a chunk server, with Requester and Campaign set
 // from what was checked.
-func (p *Publisher) handleChunkRequest(_ context.Context, m broker.Message) {
+func (dl *delivery) handleChunkRequest(_ context.Context, m broker.Message) {
 	var r schemas.ChunkRequest
 	if err := schemas.Decode(m.Payload, &r); err != nil {
-		p.refuseRequest("malformed")
+		dl.refuseRequest("malformed")
 		return
 	}
-	dev, ok := p.cfg.Topics.ChunkRequester(m.Topic)
+	dev, ok := dl.cfg.Topics.ChunkRequester(m.Topic)
 	if !ok {
-		p.refuseRequest("wrong-topic")
+		dl.refuseRequest("wrong-topic")
 		return
 	}
 	if r.Requester != dev {
-		p.refuseRequest("wrong-requester")
+		dl.refuseRequest("wrong-requester")
 		return
 	}
-	rt, err := p.cfg.Topics.ChunkReply(dev)
+	rt, err := dl.cfg.Topics.ChunkReply(dev)
 	if err != nil || (r.ReplyTo != rt.MQTT && r.ReplyTo != rt.NATS) {
-		p.refuseRequest("bad-reply-to")
+		dl.refuseRequest("bad-reply-to")
 		return
 	}
-	c, ok := p.requestCampaign(hex.EncodeToString(r.Image), dev)
+	c, ok := dl.requestCampaign(hex.EncodeToString(r.Image), dev)
 	if !ok {
-		p.refuseRequest("not-target")
+		dl.refuseRequest("not-target")
 		return
 	}
-	if why := p.admit(c, dev); why != "" {
-		p.refuseRequest(why)
+	if why := dl.admit(c, dev); why != "" {
+		dl.refuseRequest(why)
 		return
 	}
 	r.Campaign = c
 	select {
-	case p.chunkQ <- r:
+	case dl.chunkQ <- r:
 	default:
-		p.refuseRequest("dropped")
+		dl.refuseRequest("dropped")
 	}
 }
 
 // requestCampaign returns the running or paused campaign of the image
 // (hex digest; the campaign's image or one of its deltas) in which dev has been notified (its record is past
 // queued), and false when there is none.
-func (p *Publisher) requestCampaign(digest, dev string) (string, bool) {
-	for _, id := range p.idx.campaignIDs() {
-		c, ok := p.idx.campaign(id)
+func (dl *delivery) requestCampaign(digest, dev string) (string, bool) {
+	for _, id := range dl.camps.campaignIDs() {
+		c, ok := dl.camps.campaign(id)
 		if !ok || (c.Image != digest && !slices.Contains(c.Deltas, digest)) || (c.State != CampaignRunning && c.State != CampaignPaused) {
 			continue
 		}
-		if p.notifiedIn(id, dev) {
+		if dl.camps.notifiedIn(id, dev) {
 			return id, true
 		}
 	}
@@ -118,20 +118,20 @@ func (p *Publisher) requestCampaign(digest, dev string) (string, bool) {
 
 // admit takes one request of dev in campaign from its rate and checks its
 // byte budget; it returns "" when the request may be served, or why not.
-func (p *Publisher) admit(campaign, dev string) string {
-	p.reqs.mu.Lock()
-	defer p.reqs.mu.Unlock()
+func (dl *delivery) admit(campaign, dev string) string {
+	dl.reqs.mu.Lock()
+	defer dl.reqs.mu.Unlock()
 	k := devKey(campaign, dev)
-	a := p.reqs.m[k]
+	a := dl.reqs.m[k]
 	if a == nil {
-		if p.reqs.m == nil {
-			p.reqs.m = map[string]*requester{}
+		if dl.reqs.m == nil {
+			dl.reqs.m = map[string]*requester{}
 		}
-		a = &requester{campaign: campaign, lim: rate.NewLimiter(rate.Limit(p.cfg.DeviceRequestRate), p.cfg.DeviceRequestBurst)}
-		p.reqs.m[k] = a
+		a = &requester{campaign: campaign, lim: rate.NewLimiter(rate.Limit(dl.cfg.DeviceRequestRate), dl.cfg.DeviceRequestBurst)}
+		dl.reqs.m[k] = a
 	}
 	if a.budget > 0 && a.sent >= a.budget {
-		p.overBudget(a, dev)
+		dl.overBudget(a, dev)
 		return "over-budget"
 	}
 	if !a.lim.Allow() {
@@ -142,36 +142,36 @@ func (p *Publisher) admit(campaign, dev string) string {
 
 // overBudget logs, once per account, that dev used up its budget.
 // Called with reqs.mu held.
-func (p *Publisher) overBudget(a *requester, dev string) {
+func (dl *delivery) overBudget(a *requester, dev string) {
 	if !a.warned {
 		a.warned = true
-		p.log.Warn("device used up its chunk request budget; its requests are refused for the rest of the campaign",
+		dl.log.Warn("device used up its chunk request budget; its requests are refused for the rest of the campaign",
 			"device", dev, "campaign", a.campaign, "bytes", a.sent)
 	}
 }
 
 // budgetFor is the most bytes one device may be sent by request in one
 // campaign of image d: DeviceImageBudget times the image and its table.
-func (p *Publisher) budgetFor(d *imageData) int64 {
-	f := float64(d.info.Size+int64(len(d.tableBytes))) * p.cfg.DeviceImageBudget
+func (dl *delivery) budgetFor(d *imageData) int64 {
+	f := float64(d.info.Size+int64(len(d.tableBytes))) * dl.cfg.DeviceImageBudget
 	return int64(min(f, math.MaxInt64/2))
 }
 
 // charge takes n bytes from the budget of r's requester (r.Campaign and
 // r.Requester, as set by handleChunkRequest) and reports whether they fit.
 // Bytes that do not fit are not taken.
-func (p *Publisher) charge(r *schemas.ChunkRequest, d *imageData, n int) bool {
-	p.reqs.mu.Lock()
-	defer p.reqs.mu.Unlock()
-	a := p.reqs.m[devKey(r.Campaign, r.Requester)]
+func (dl *delivery) charge(r *schemas.ChunkRequest, d *imageData, n int) bool {
+	dl.reqs.mu.Lock()
+	defer dl.reqs.mu.Unlock()
+	a := dl.reqs.m[devKey(r.Campaign, r.Requester)]
 	if a == nil {
 		return false // its campaign ended meanwhile
 	}
 	// The largest image asked for sets it (a campaign's image, or a
 	// smaller delta of it: a device whose delta failed takes the image).
-	a.budget = max(a.budget, p.budgetFor(d))
+	a.budget = max(a.budget, dl.budgetFor(d))
 	if a.sent+int64(n) > a.budget {
-		p.overBudget(a, r.Requester)
+		dl.overBudget(a, r.Requester)
 		return false
 	}
 	a.sent += int64(n)
@@ -180,20 +180,20 @@ func (p *Publisher) charge(r *schemas.ChunkRequest, d *imageData, n int) bool {
 
 // affordable returns the prefix of chunk list wl that fits in the budget
 // of r's requester, and takes its bytes from the budget.
-func (p *Publisher) affordable(r *schemas.ChunkRequest, d *imageData, wl []int) []int {
-	p.reqs.mu.Lock()
-	defer p.reqs.mu.Unlock()
-	a := p.reqs.m[devKey(r.Campaign, r.Requester)]
+func (dl *delivery) affordable(r *schemas.ChunkRequest, d *imageData, wl []int) []int {
+	dl.reqs.mu.Lock()
+	defer dl.reqs.mu.Unlock()
+	a := dl.reqs.m[devKey(r.Campaign, r.Requester)]
 	if a == nil {
 		return nil
 	}
 	// The largest image asked for sets it (a campaign's image, or a
 	// smaller delta of it: a device whose delta failed takes the image).
-	a.budget = max(a.budget, p.budgetFor(d))
+	a.budget = max(a.budget, dl.budgetFor(d))
 	for k, i := range wl {
 		n := int64(chunkLen(d.table, i)) + chunkOverhead
 		if a.sent+n > a.budget {
-			p.overBudget(a, r.Requester)
+			dl.overBudget(a, r.Requester)
 			return wl[:k]
 		}
 		a.sent += n
@@ -207,12 +207,12 @@ const chunkOverhead = 48
 
 // pruneRequesters drops the request accounts of campaigns that are no
 // longer running or paused.
-func (p *Publisher) pruneRequesters() {
-	p.reqs.mu.Lock()
-	defer p.reqs.mu.Unlock()
-	for k, a := range p.reqs.m {
-		if c, ok := p.idx.campaign(a.campaign); !ok || (c.State != CampaignRunning && c.State != CampaignPaused) {
-			delete(p.reqs.m, k)
+func (dl *delivery) pruneRequesters() {
+	dl.reqs.mu.Lock()
+	defer dl.reqs.mu.Unlock()
+	for k, a := range dl.reqs.m {
+		if c, ok := dl.camps.campaign(a.campaign); !ok || (c.State != CampaignRunning && c.State != CampaignPaused) {
+			delete(dl.reqs.m, k)
 		}
 	}
 }

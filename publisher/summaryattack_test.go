@@ -162,18 +162,18 @@ func TestForgedLossSummaries(t *testing.T) {
 			if j := judged(); j != 0 {
 				t.Errorf("%v summaries as the victim were served or charged", j)
 			}
-			if rep := p.egress.Repair.Load() + p.egress.Unicast.Load(); rep != 0 {
+			if rep := p.dl.egress.Repair.Load() + p.dl.egress.Unicast.Load(); rep != 0 {
 				t.Errorf("summaries as the victim made the publisher send %d bytes", rep)
 			}
 
 			// 2. Amplification: 60 summaries of the whole image, as itself,
 			// each once the repair of the one before went out (so that no
 			// batch merges two of them: the most an attacker can get).
-			budget := p.budgetFor(img)
+			budget := p.dl.budgetFor(img)
 			account := func() (sent int64) {
-				p.reqs.mu.Lock()
-				defer p.reqs.mu.Unlock()
-				for k, a := range p.reqs.m {
+				p.dl.reqs.mu.Lock()
+				defer p.dl.reqs.mu.Unlock()
+				for k, a := range p.dl.reqs.m {
 					if strings.HasSuffix(k, "."+attacker) {
 						return a.sent
 					}
@@ -181,9 +181,9 @@ func TestForgedLossSummaries(t *testing.T) {
 				return 0
 			}
 			idle := func() bool {
-				p.repairMu.Lock()
-				defer p.repairMu.Unlock()
-				return len(p.repairs) == 0
+				p.dl.repairMu.Lock()
+				defer p.dl.repairMu.Unlock()
+				return len(p.dl.repairs) == 0
 			}
 			for i := range 60 {
 				before := judged()
@@ -197,7 +197,7 @@ func TestForgedLossSummaries(t *testing.T) {
 			}
 			stop() // ends any repair still being sent: the counters are final
 			announced := int64(counterValue(p.met.chunkBytes.WithLabelValues("announce")))
-			repair, unicast := p.egress.Repair.Load(), p.egress.Unicast.Load()
+			repair, unicast := p.dl.egress.Repair.Load(), p.dl.egress.Unicast.Load()
 			// The committed parity goes out uncharged once a wave; once
 			// spent, a block's parity chunks go again (oldest first),
 			// charged to the neediest requester: the attacker can add at

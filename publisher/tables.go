@@ -43,14 +43,14 @@ func plainTable(t *schemas.ChunkTable) *schemas.ChunkTable {
 // plainTableBytes returns the encoding of d's plain table (d.tableBytes
 // when d is not coded), computed once per image and kept in its wave
 // state.
-func (p *Publisher) plainTableBytes(d *imageData) ([]byte, error) {
+func (dl *delivery) plainTableBytes(d *imageData) ([]byte, error) {
 	if !d.table.Coded() {
 		return d.tableBytes, nil
 	}
-	w := p.waveFor(d.info.Digest)
-	p.waveMu.Lock()
+	w := dl.waveFor(d.info.Digest)
+	dl.waveMu.Lock()
 	b := w.plain
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	if b != nil {
 		return b, nil
 	}
@@ -58,20 +58,20 @@ func (p *Publisher) plainTableBytes(d *imageData) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("publisher: plain chunk table of %s: %w", d.info.Digest, err)
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	w.plain = b
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	return b, nil
 }
 
 // tableFor returns the encoded chunk table a device of delivery protocol
 // proto is sent for d: the coded table to devices that speak coded
 // repair, the plain one to the others.
-func (p *Publisher) tableFor(d *imageData, proto int) ([]byte, error) {
+func (dl *delivery) tableFor(d *imageData, proto int) ([]byte, error) {
 	if speaksCoded(proto) {
 		return d.tableBytes, nil
 	}
-	return p.plainTableBytes(d)
+	return dl.plainTableBytes(d)
 }
 
 // speaksCoded reports whether a device of delivery protocol proto takes
@@ -91,7 +91,7 @@ func (p *Publisher) manifestTables(ctx context.Context, img Image) (plain, coded
 		sum, _ := hex.DecodeString(img.TableDigest)
 		return sum, nil, nil
 	}
-	pb, err := p.plainTableBytes(d)
+	pb, err := p.dl.plainTableBytes(d)
 	if err != nil {
 		return nil, nil, err
 	}

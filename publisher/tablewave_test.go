@@ -100,9 +100,9 @@ func TestTableGoesByWave(t *testing.T) {
 		waitFor(t, 5*time.Second, func() string { return "join" }, func() bool { return tableSent(p, digest, d.id) })
 	}
 	e.clock.Advance(250 * time.Millisecond)
-	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
+	waitFor(t, 20*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.dl.egress.Wave.Load()) }, allComplete(devs))
 	waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
-	if u := p.egress.Table.Load(); u != 0 {
+	if u := p.dl.egress.Table.Load(); u != 0 {
 		t.Errorf("%d table bytes sent by unicast to devices listening to the wave", u)
 	}
 	for i, d := range devs[:n-1] {
@@ -114,10 +114,10 @@ func TestTableGoesByWave(t *testing.T) {
 		}
 	}
 	// The deaf device asks again after the wave: answered by unicast.
-	waitFor(t, 10*time.Second, func() string { return "wave over" }, func() bool { return p.waveAhead(digest).none() })
+	waitFor(t, 10*time.Second, func() string { return "wave over" }, func() bool { return p.dl.waveAhead(digest).none() })
 	deaf.askTableListening(t)
 	waitFor(t, 10*time.Second, func() string { return "unicast table" }, func() bool { return uni[n-1].Load() == 1 })
-	if got, want := p.egress.Table.Load(), int64(len(mustEncode(t, table))); got != want {
+	if got, want := p.dl.egress.Table.Load(), int64(len(mustEncode(t, table))); got != want {
 		t.Errorf("unicast table bytes %d, want one table (%d)", got, want)
 	}
 	checkEgressMetrics(t, p, "wave", "wave_table", "wave_end", "table")
@@ -144,7 +144,7 @@ func checkEgressMetrics(t testing.TB, p *Publisher, kinds ...string) {
 		}
 		sum += d.GetCounter().GetValue()
 	}
-	if want := p.egress.Wave.Load() + p.egress.Repair.Load() + p.egress.Unicast.Load(); sum != float64(want) {
+	if want := p.dl.egress.Wave.Load() + p.dl.egress.Repair.Load() + p.dl.egress.Unicast.Load(); sum != float64(want) {
 		t.Errorf("chunk egress metrics %v add up to %.0f B; Egress counted %d B", got, sum, want)
 	}
 	for _, k := range kinds {

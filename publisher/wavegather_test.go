@@ -26,9 +26,9 @@ func (d *downloader) askTable(t testing.TB) {
 
 // tableSent reports whether p sent the table of digest to device.
 func tableSent(p *Publisher, digest, device string) bool {
-	p.waveMu.Lock()
-	defer p.waveMu.Unlock()
-	w := p.waves[digest]
+	p.dl.waveMu.Lock()
+	defer p.dl.waveMu.Unlock()
+	w := p.dl.waves[digest]
 	if w == nil {
 		return false
 	}
@@ -92,20 +92,20 @@ func TestWaveHeldUntilDevicesListen(t *testing.T) {
 			devs[0].request(t)
 			awaitTicks(t, p, 5)
 			waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
-			if w, r, got := p.egress.Wave.Load(), p.egress.Repair.Load(), devs[0].got; w+r != 0 || got != 0 {
+			if w, r, got := p.dl.egress.Wave.Load(), p.dl.egress.Repair.Load(), devs[0].got; w+r != 0 || got != 0 {
 				t.Fatalf("held wave: wave %d, repair %d bytes sent, device 0 holds %d chunks", w, r, got)
 			}
 			e.clock.Advance(tc.wait)
-			waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.egress.Wave.Load()) }, allComplete(devs))
+			waitFor(t, 10*time.Second, func() string { return fmt.Sprintf("wave bytes %d", p.dl.egress.Wave.Load()) }, allComplete(devs))
 			for _, d := range devs {
 				if !bytes.Equal(d.data, data) {
 					t.Fatalf("%s: wrong image", d.id)
 				}
 			}
 			waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
-			chunks := p.egress.Wave.Load() + p.egress.Repair.Load()
-			if p.egress.Wave.Load() < int64(len(data)) || chunks > int64(len(data))*11/10 {
-				t.Errorf("wave %d, repair %d bytes for a %d-byte image, want one wave", p.egress.Wave.Load(), p.egress.Repair.Load(), len(data))
+			chunks := p.dl.egress.Wave.Load() + p.dl.egress.Repair.Load()
+			if p.dl.egress.Wave.Load() < int64(len(data)) || chunks > int64(len(data))*11/10 {
+				t.Errorf("wave %d, repair %d bytes for a %d-byte image, want one wave", p.dl.egress.Wave.Load(), p.dl.egress.Repair.Load(), len(data))
 			}
 		})
 	}
@@ -131,7 +131,7 @@ func TestRepairLeavesOutChunksInTransit(t *testing.T) {
 	late.request(t)
 	waitFor(t, 5*time.Second, func() string { return "repair flush" }, func() bool { return counterValue(served) > before })
 	waitFor(t, 5*time.Second, func() string { return "idle" }, e.hub.Idle)
-	if r, u := p.egress.Repair.Load(), p.egress.Unicast.Load(); r != 0 || u != 0 {
+	if r, u := p.dl.egress.Repair.Load(), p.dl.egress.Unicast.Load(); r != 0 || u != 0 {
 		t.Errorf("chunks in transit sent again: repair %d, unicast %d bytes", r, u)
 	}
 }
@@ -159,7 +159,7 @@ func TestWavePacedByEcho(t *testing.T) {
 			t.Fatalf("%s: wrong image", d.id)
 		}
 	}
-	if w := p.egress.Wave.Load(); w < int64(len(data)) || w > int64(len(data))*11/10 {
+	if w := p.dl.egress.Wave.Load(); w < int64(len(data)) || w > int64(len(data))*11/10 {
 		t.Errorf("wave egress %d for a %d-byte image", w, len(data))
 	}
 }

@@ -26,9 +26,9 @@ func TestRequestsLeftToWaveInFlight(t *testing.T) {
 			w := newWaveState()
 			w.running = true
 			w.next.Store(int64(half))
-			p.waveMu.Lock()
-			p.waves[hex.EncodeToString(table.Image)] = w
-			p.waveMu.Unlock()
+			p.dl.waveMu.Lock()
+			p.dl.waves[hex.EncodeToString(table.Image)] = w
+			p.dl.waveMu.Unlock()
 			devs := []*downloader{newDownloader(t, e.hub, e.cfg.Topics, devName(1), table, nil), newDownloader(t, e.hub, e.cfg.Topics, devName(2), table, nil)}
 			for _, d := range devs {
 				d.request(t)

@@ -200,21 +200,21 @@ func (wp *wavePace) set(bps float64) {
 // of the wave in flight of its campaign's image, if any. Called by the
 // report handler, after the report's topic was checked against its
 // device.
-func (p *Publisher) observeProgress(r *schemas.DeviceReport) {
+func (dl *delivery) observeProgress(r *schemas.DeviceReport) {
 	// Off (the default): no wave takes the lock for it on every report.
-	if p.cfg.WavePace == 0 || r.State != schemas.StateDownloading || r.BytesDone == 0 || r.Campaign == "" {
+	if dl.cfg.WavePace == 0 || r.State != schemas.StateDownloading || r.BytesDone == 0 || r.Campaign == "" {
 		return
 	}
-	c, ok := p.idx.campaign(r.Campaign)
+	c, ok := dl.camps.campaign(r.Campaign)
 	if !ok {
 		return
 	}
-	p.waveMu.Lock()
+	dl.waveMu.Lock()
 	var wp *wavePace
-	if w := p.waves[c.Image]; w != nil {
+	if w := dl.waves[c.Image]; w != nil {
 		wp = w.pace
 	}
-	p.waveMu.Unlock()
+	dl.waveMu.Unlock()
 	if wp != nil {
 		wp.observe(r.Device, r.Time, r.BytesDone)
 	}

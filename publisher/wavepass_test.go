@@ -40,12 +40,12 @@ func TestWavePassForLateJoiners(t *testing.T) {
 			if chunks == joinAt {
 				// Two devices join here (white box: as sendTable and
 				// tableByWave record a first table).
-				w := p.waveFor(digest)
-				p.waveMu.Lock()
+				w := p.dl.waveFor(digest)
+				p.dl.waveMu.Lock()
 				w.joined(n)
 				w.joined(n)
 				joinTo = w.joinTo
-				p.waveMu.Unlock()
+				p.dl.waveMu.Unlock()
 			}
 			return
 		}
@@ -79,7 +79,7 @@ func TestWavePassForLateJoiners(t *testing.T) {
 	if markers[1].Wave != markers[0].Wave+1 || sent != int(joinTo) {
 		t.Errorf("second marker %+v (%d chunks); want wave %d, %d chunks", markers[1], sent, markers[0].Wave+1, joinTo)
 	}
-	if a := p.waveAhead(digest); !a.none() {
+	if a := p.dl.waveAhead(digest); !a.none() {
 		t.Errorf("after the wave: %+v still coming", a)
 	}
 }

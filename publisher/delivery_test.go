@@ -1,0 +1,536 @@
+package publisher
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/blockcode"
+	"github.com/firmcast/firmcast/schemas"
+)
+
+// These tests build a delivery directly, on a fake host (deliveryHost)
+// and a transport that records what is published: no store, no broker.
+
+// fakeHost is a deliveryHost over images and campaigns held in memory.
+type fakeHost struct {
+	images map[string]*imageData
+	chunks map[string][][]byte // by digest, by chunk index
+	camps  map[string]Campaign
+	// notified holds devKey(campaign, device) of the notified devices.
+	notified map[string]bool
+}
+
+func newFakeHost() *fakeHost {
+	return &fakeHost{images: map[string]*imageData{}, chunks: map[string][][]byte{}, camps: map[string]Campaign{}, notified: map[string]bool{}}
+}
+
+func (h *fakeHost) loadImage(_ context.Context, digest string) (*imageData, error) {
+	d, ok := h.images[digest]
+	if !ok {
+		return nil, fmt.Errorf("%w: image %s", ErrNotFound, digest)
+	}
+	return d, nil
+}
+
+func (h *fakeHost) readChunk(_ context.Context, d *imageData, i int) ([]byte, error) {
+	cs := h.chunks[d.info.Digest]
+	if i < 0 || i >= len(cs) {
+		return nil, fmt.Errorf("%w: chunk %d of %d", ErrInvalid, i, len(cs))
+	}
+	return slices.Clone(cs[i]), nil
+}
+
+func (h *fakeHost) newChunkReader(ctx context.Context, d *imageData, ahead int) *chunkReader {
+	return readChunksWith(ctx, d, ahead, h.readChunk, nil)
+}
+
+func (h *fakeHost) campaignIDs() []string { return slices.Collect(maps.Keys(h.camps)) }
+
+func (h *fakeHost) campaign(id string) (Campaign, bool) {
+	c, ok := h.camps[id]
+	return c, ok
+}
+
+// counts: no device is counted pending or downloading, so that no wave
+// is coming (waveComing) and requests are answered at once.
+func (h *fakeHost) counts(string) (map[string]uint64, uint64) { return map[string]uint64{}, 0 }
+
+func (h *fakeHost) devs(string) []devEntry { return nil }
+
+func (h *fakeHost) notifiedIn(campaign, dev string) bool { return h.notified[devKey(campaign, dev)] }
+
+// addImage stores an image of size bytes in chunks of cs, coded in
+// blocks of k source chunks and par parity chunks when k > 0.
+func (h *fakeHost) addImage(t testing.TB, size int, cs uint32, k, par int) *imageData {
+	t.Helper()
+	data := make([]byte, size)
+	for i := range data {
+		data[i] = byte(i*7 + i/251)
+	}
+	table, err := schemas.BuildChunkTable(bytes.NewReader(data), cs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chunks [][]byte
+	for off := 0; off < size; off += int(cs) {
+		chunks = append(chunks, data[off:min(off+int(cs), size)])
+	}
+	if k > 0 {
+		read := func(_ context.Context, i uint32) ([]byte, error) { return chunks[i], nil }
+		if table, err = blockcode.Commit(context.Background(), table, k, par, read); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tb := mustEncode(t, table)
+	tsum := sha256.Sum256(tb)
+	digest := hex.EncodeToString(table.Image)
+	info := Image{Digest: digest, Size: int64(size), ChunkSize: cs, Chunks: len(chunks), TableDigest: hex.EncodeToString(tsum[:])}
+	d := newImageData(info, table.Image, table, tb)
+	h.images[digest], h.chunks[digest] = d, chunks
+	return d
+}
+
+// recTransport is a broker.Transport that records what is published.
+type recTransport struct {
+	mu   sync.Mutex
+	msgs []recMsg
+}
+
+type recMsg struct {
+	topic   string // NATS form
+	payload []byte
+}
+
+func (r *recTransport) Publish(_ context.Context, t schemas.Topic, b []byte, _ broker.PublishOptions) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.msgs = append(r.msgs, recMsg{t.NATS, slices.Clone(b)})
+	return nil
+}
+
+func (r *recTransport) Subscribe(context.Context, schemas.Topic, broker.Handler, broker.SubscribeOptions) (broker.Subscription, error) {
+	return nil, errors.New("recTransport: no subscriptions")
+}
+
+func (r *recTransport) Request(context.Context, schemas.Topic, []byte) ([]byte, error) {
+	return nil, errors.New("recTransport: no requests")
+}
+
+func (r *recTransport) Reply(context.Context, broker.Message, []byte) error { return nil }
+func (r *recTransport) Dialect() broker.Dialect                             { return broker.DialectNATS }
+func (r *recTransport) ReceiveQueue() int                                   { return 0 }
+func (r *recTransport) Close(context.Context) error                         { return nil }
+
+// on returns the messages published on topic t, in order.
+func (r *recTransport) on(t schemas.Topic) [][]byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out [][]byte
+	for _, m := range r.msgs {
+		if m.topic == t.NATS {
+			out = append(out, m.payload)
+		}
+	}
+	return out
+}
+
+// bytesOn returns the bytes published on topic t.
+func (r *recTransport) bytesOn(t schemas.Topic) int64 {
+	var n int64
+	for _, b := range r.on(t) {
+		n += int64(len(b))
+	}
+	return n
+}
+
+// noJetStream stands in for Config.JetStream, which withDefaults asks
+// for and delivery never uses.
+type noJetStream struct{ jetstream.JetStream }
+
+// newTestDelivery returns a delivery on host and a recording transport,
+// with the publisher's default config changed by mod.
+func newTestDelivery(t testing.TB, host deliveryHost, mod func(*Config)) (*delivery, *recTransport) {
+	t.Helper()
+	tr := &recTransport{}
+	cfg := Config{JetStream: noJetStream{}, Transport: tr, Clock: newFakeClock(), Logger: testLogger()}
+	if mod != nil {
+		mod(&cfg)
+	}
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		t.Fatal(err)
+	}
+	met, err := newMetrics(prometheus.NewRegistry())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return newDelivery(cfg, cfg.Logger, met, host), tr
+}
+
+// request returns an admitted request of dev in campaign for chunks
+// want of d (none: only what WantTable says), as handleChunkRequest
+// queues it.
+func request(t testing.TB, dl *delivery, campaign, dev string, d *imageData, proto int, want ...int) *schemas.ChunkRequest {
+	t.Helper()
+	if why := dl.admit(campaign, dev); why != "" {
+		t.Fatalf("%s not admitted: %s", dev, why)
+	}
+	r := &schemas.ChunkRequest{V: schemas.Version, Image: d.digest, ChunkSize: d.info.ChunkSize, Requester: dev, Campaign: campaign, Protocol: uint8(proto)}
+	for _, i := range want {
+		r.Ranges = append(r.Ranges, schemas.Range{First: uint32(i), Count: 1})
+	}
+	return r
+}
+
+// TestDeliveryWave: a wave sends every chunk of the image once, in
+// carousel order, with a table copy every tableEvery chunks, then one
+// end marker naming them all.
+func TestDeliveryWave(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		size   int
+		cs     uint32
+		k, par int
+	}{
+		{"one chunk", 100, 256, 0, 0},
+		{"last chunk short", 10*1024 + 17, 1024, 0, 0},
+		{"three table copies", 300 * 256, 256, 0, 0},
+		{"coded, blocks interleaved", 24 * 512, 512, 8, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, tc.size, tc.cs, tc.k, tc.par)
+			dl, tr := newTestDelivery(t, h, nil)
+			if err := dl.wave(context.Background(), d.info.Digest); err != nil {
+				t.Fatal(err)
+			}
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			msgs := tr.on(ct)
+			n := d.chunks()
+			var order []int
+			tables := 0
+			for k, b := range msgs[:len(msgs)-1] {
+				if bytes.Equal(b, d.tableBytes) {
+					if s := len(order); s%tableEvery != 0 {
+						t.Errorf("message %d: a table copy after %d chunks", k, s)
+					}
+					tables++
+					continue
+				}
+				var c schemas.Chunk
+				if err := schemas.Decode(b, &c); err != nil {
+					t.Fatalf("message %d: not a chunk nor the table: %v", k, err)
+				}
+				if want, _ := h.readChunk(context.Background(), d, int(c.Index)); !bytes.Equal(c.Data, want) {
+					t.Errorf("chunk %d: wrong data", c.Index)
+				}
+				order = append(order, int(c.Index))
+			}
+			want := make([]int, n)
+			for s := range n {
+				want[s] = d.at(s)
+			}
+			if !slices.Equal(order, want) {
+				t.Errorf("chunks sent %v, want each once in carousel order %v", order, want)
+			}
+			if want := (n + tableEvery - 1) / tableEvery; tables != want {
+				t.Errorf("%d table copies, want %d", tables, want)
+			}
+			var end schemas.WaveEnd
+			if err := schemas.Decode(msgs[len(msgs)-1], &end); err != nil {
+				t.Fatalf("last message is not a wave end: %v", err)
+			}
+			if wantSent := []schemas.Range{{First: 0, Count: uint32(n)}}; end.Wave != 1 || !slices.Equal(end.Sent, wantSent) {
+				t.Errorf("wave end %d sent %v, want wave 1 sent %v", end.Wave, end.Sent, wantSent)
+			}
+			if got := counterValue(dl.met.waves); got != 1 {
+				t.Errorf("%v waves counted, want 1", got)
+			}
+			if a := dl.waveAhead(d.info.Digest); !a.none() {
+				t.Errorf("after the wave, positions %v still coming", a)
+			}
+		})
+	}
+}
+
+// TestDeliveryCodedRepair: a repair batch of several requesters of a
+// coded image is answered by one round: an announcement, per block as
+// many fresh parity chunks as the neediest requester lacks in it, and
+// an end marker naming the blocks' chunks; no chunk is sent.
+func TestDeliveryCodedRepair(t *testing.T) {
+	const k, par = 8, 4 // 24 chunks: blocks 0..2 are chunks 0-7, 8-15, 16-23
+	for _, tc := range []struct {
+		name string
+		lack map[string][]int // by requester
+		want []uint32         // parity chunks per block
+	}{
+		{"one requester", map[string][]int{"dev-a": {0}}, []uint32{1, 0, 0}},
+		{"the neediest per block", map[string][]int{
+			"dev-a": {0, 1},
+			"dev-b": {2, 9},
+			"dev-c": {16, 17, 18},
+		}, []uint32{2, 1, 3}},
+		{"overlapping losses", map[string][]int{
+			"dev-a": {0, 1, 2, 3},
+			"dev-b": {0, 1, 8},
+			"dev-c": {3, 8, 9, 23},
+		}, []uint32{4, 2, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, 24*512, 512, k, par)
+			dl, tr := newTestDelivery(t, h, nil)
+			b := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
+			for who, lack := range tc.lack {
+				b.reqs[who] = request(t, dl, "camp", who, d, schemas.ProtocolCoded, lack...)
+			}
+			dl.flushRepair(context.Background(), d.info.Digest, b)
+
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			msgs := tr.on(ct)
+			if len(msgs) < 2 {
+				t.Fatalf("%d messages on the broadcast topic, want an announcement, parity and an end", len(msgs))
+			}
+			var ann schemas.RepairAnnounce
+			if err := schemas.Decode(msgs[0], &ann); err != nil {
+				t.Fatalf("first message is not an announcement: %v", err)
+			}
+			got := make([]uint32, d.table.NumBlocks())
+			for _, m := range msgs[1 : len(msgs)-1] {
+				var pc schemas.ParityChunk
+				if err := schemas.Decode(m, &pc); err != nil {
+					t.Fatalf("not a parity chunk: %v", err)
+				}
+				if pc.Index != got[pc.Block] {
+					t.Errorf("block %d: parity %d sent, want fresh ones in order (%d)", pc.Block, pc.Index, got[pc.Block])
+				}
+				got[pc.Block]++
+			}
+			if !slices.Equal(got, tc.want) {
+				t.Errorf("parity per block %v, want %v", got, tc.want)
+			}
+			announced := make([]uint32, len(got))
+			for _, bn := range ann.Need {
+				announced[bn.Block] = bn.Parity
+			}
+			if !slices.Equal(announced, tc.want) {
+				t.Errorf("announced %v, want %v", announced, tc.want)
+			}
+			var end schemas.WaveEnd
+			if err := schemas.Decode(msgs[len(msgs)-1], &end); err != nil {
+				t.Fatalf("last message is not a round's end: %v", err)
+			}
+			var wantSent []schemas.Range
+			for bl, n := range tc.want {
+				if n > 0 {
+					first, count := d.table.BlockChunks(uint32(bl))
+					if j := len(wantSent) - 1; j >= 0 && wantSent[j].First+wantSent[j].Count == first {
+						wantSent[j].Count += count
+						continue
+					}
+					wantSent = append(wantSent, schemas.Range{First: first, Count: count})
+				}
+			}
+			if !slices.Equal(end.Sent, wantSent) {
+				t.Errorf("round's end names %v, want the repaired blocks' chunks %v", end.Sent, wantSent)
+			}
+			for who := range tc.lack {
+				rt, _ := dl.cfg.Topics.ChunkReply(who)
+				if n := len(tr.on(rt)); n != 0 {
+					t.Errorf("%s sent %d messages by unicast, want parity only", who, n)
+				}
+			}
+			if u := dl.egress.Unicast.Load(); u != 0 {
+				t.Errorf("unicast egress %d, want 0", u)
+			}
+		})
+	}
+}
+
+// TestDeliveryRequestAdmission: a chunk request is queued only from a
+// device notified in a running or paused campaign of the image, asking
+// on its own topic as itself, for a reply on its own topic.
+func TestDeliveryRequestAdmission(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		camp      Campaign // the one campaign the host knows
+		notified  bool     // dev is notified in it
+		requester string   // what the request says (dev when empty)
+		replyTo   string   // what the request says (dev's reply topic when empty)
+		why       string   // the refusal counted; "" when queued
+	}{
+		{name: "notified, running", camp: Campaign{ID: "c1", State: CampaignRunning}, notified: true},
+		{name: "notified, paused", camp: Campaign{ID: "c1", State: CampaignPaused}, notified: true},
+		{name: "not notified", camp: Campaign{ID: "c1", State: CampaignRunning}, why: "not-target"},
+		{name: "campaign completed", camp: Campaign{ID: "c1", State: CampaignCompleted}, notified: true, why: "not-target"},
+		{name: "campaign of another image", camp: Campaign{ID: "c1", State: CampaignRunning, Image: "other"}, notified: true, why: "not-target"},
+		{name: "names another requester", camp: Campaign{ID: "c1", State: CampaignRunning}, notified: true, requester: "dev-b", why: "wrong-requester"},
+		{name: "reply elsewhere", camp: Campaign{ID: "c1", State: CampaignRunning}, notified: true, replyTo: "elsewhere", why: "bad-reply-to"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			const dev = "dev-a"
+			h := newFakeHost()
+			d := h.addImage(t, 4*256, 256, 0, 0)
+			if tc.camp.Image == "" {
+				tc.camp.Image = d.info.Digest
+			}
+			h.camps[tc.camp.ID] = tc.camp
+			h.notified[devKey(tc.camp.ID, dev)] = tc.notified
+			dl, _ := newTestDelivery(t, h, nil)
+			from, _ := dl.cfg.Topics.ChunkRequestsFrom(dev)
+			rt, _ := dl.cfg.Topics.ChunkReply(dev)
+			r := schemas.ChunkRequest{V: schemas.Version, Image: d.digest, ChunkSize: 256, Requester: dev, ReplyTo: rt.NATS, WantTable: true}
+			if tc.requester != "" {
+				r.Requester = tc.requester
+			}
+			if tc.replyTo != "" {
+				r.ReplyTo = tc.replyTo
+			}
+			dl.handleChunkRequest(context.Background(), broker.Message{Topic: from.NATS, Payload: mustEncode(t, &r)})
+			if tc.why == "" {
+				if len(dl.chunkQ) != 1 {
+					t.Fatalf("request not queued")
+				}
+				if q := <-dl.chunkQ; q.Campaign != tc.camp.ID || q.Requester != dev {
+					t.Errorf("queued as campaign %q requester %q, want %q %q", q.Campaign, q.Requester, tc.camp.ID, dev)
+				}
+				return
+			}
+			if len(dl.chunkQ) != 0 {
+				t.Errorf("refused request queued")
+			}
+			if got := counterValue(dl.met.chunkRequests.WithLabelValues(tc.why)); got != 1 {
+				t.Errorf("%v requests refused as %s, want 1", got, tc.why)
+			}
+		})
+	}
+}
+
+// TestDeliveryByteBudget: what a device is sent by unicast in answer to
+// its requests is capped at DeviceImageBudget times the image and its
+// table, counted as each chunk's length and chunkOverhead, however often
+// it asks.
+func TestDeliveryByteBudget(t *testing.T) {
+	const n, cs = 32, 256
+	for _, tc := range []struct {
+		name     string
+		budget   float64
+		requests int
+	}{
+		{"a quarter, one request", 0.25, 1},
+		{"one image, asked thrice", 1, 3},
+		{"four images, asked twice", 4, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, n*cs, cs, 0, 0)
+			dl, tr := newTestDelivery(t, h, func(c *Config) { c.DeviceImageBudget = tc.budget })
+			all := make([]int, n)
+			for i := range all {
+				all[i] = i
+			}
+			for range tc.requests {
+				r := request(t, dl, "camp", "dev-a", d, schemas.ProtocolPlain, all...)
+				dl.serve(context.Background(), r)
+			}
+			budget := int64(float64(n*cs+len(d.tableBytes)) * tc.budget)
+			want := min(int(budget/(cs+chunkOverhead)), tc.requests*n)
+			rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+			if got := len(tr.on(rt)); got != want {
+				t.Errorf("%d chunks sent, want %d (budget %d bytes)", got, want, budget)
+			}
+			dl.reqs.mu.Lock()
+			sent := dl.reqs.m[devKey("camp", "dev-a")].sent
+			dl.reqs.mu.Unlock()
+			if sent > budget || sent != int64(want*(cs+chunkOverhead)) {
+				t.Errorf("%d bytes charged, want %d within the budget %d", sent, want*(cs+chunkOverhead), budget)
+			}
+		})
+	}
+}
+
+// TestDeliveryEgress: each way of sending is counted under its own
+// egress counter, by the bytes handed to the transport, and
+// Publisher.Egress and EgressTables read them.
+func TestDeliveryEgress(t *testing.T) {
+	type counts struct{ wave, repair, unicast, table int64 }
+	for _, tc := range []struct {
+		name string
+		run  func(t *testing.T, dl *delivery, d *imageData)
+		// want returns the expected counters from what tr recorded.
+		want func(dl *delivery, tr *recTransport, d *imageData) counts
+	}{
+		{"wave", func(t *testing.T, dl *delivery, d *imageData) {
+			if err := dl.wave(context.Background(), d.info.Digest); err != nil {
+				t.Fatal(err)
+			}
+		}, func(dl *delivery, tr *recTransport, d *imageData) counts {
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			return counts{wave: tr.bytesOn(ct)}
+		}},
+		{"unicast chunks", func(t *testing.T, dl *delivery, d *imageData) {
+			dl.serve(context.Background(), request(t, dl, "camp", "dev-a", d, schemas.ProtocolPlain, 1, 2, 3))
+		}, func(dl *delivery, tr *recTransport, _ *imageData) counts {
+			rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+			return counts{unicast: tr.bytesOn(rt)}
+		}},
+		{"table", func(t *testing.T, dl *delivery, d *imageData) {
+			r := request(t, dl, "camp", "dev-a", d, schemas.ProtocolPlain)
+			r.WantTable = true
+			dl.serve(context.Background(), r)
+		}, func(dl *delivery, tr *recTransport, d *imageData) counts {
+			rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+			return counts{unicast: tr.bytesOn(rt), table: int64(len(d.tableBytes))}
+		}},
+		{"re-broadcast repair", func(t *testing.T, dl *delivery, d *imageData) {
+			// Two requesters lack chunk 5 (RepairBroadcastMin): it is
+			// broadcast again; chunk 6 only one lacks goes by unicast.
+			b := &repairBatch{reqs: map[string]*schemas.ChunkRequest{
+				"dev-a": request(t, dl, "camp", "dev-a", d, schemas.ProtocolPlain, 5, 6),
+				"dev-b": request(t, dl, "camp", "dev-b", d, schemas.ProtocolPlain, 5),
+			}}
+			dl.flushRepair(context.Background(), d.info.Digest, b)
+		}, func(dl *delivery, tr *recTransport, d *imageData) counts {
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+			return counts{repair: tr.bytesOn(ct), unicast: tr.bytesOn(rt)}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, 8*256, 256, 0, 0)
+			dl, tr := newTestDelivery(t, h, nil)
+			tc.run(t, dl, d)
+			want := tc.want(dl, tr, d)
+			p := &Publisher{dl: dl}
+			var got counts
+			got.wave, got.repair, got.unicast = p.Egress()
+			got.table = p.EgressTables()
+			if got != want {
+				t.Errorf("egress %+v, want %+v", got, want)
+			}
+			if got.wave+got.repair+got.unicast == 0 {
+				t.Error("nothing sent")
+			}
+			var metric float64
+			for _, kind := range []string{"wave", "wave_table", "wave_end", "repair", "unicast", "table"} {
+				metric += counterValue(dl.met.chunkBytes.WithLabelValues(kind))
+			}
+			if sum := got.wave + got.repair + got.unicast; metric != float64(sum) {
+				t.Errorf("chunk byte metrics %v, want the egress %d", metric, sum)
+			}
+		})
+	}
+}
