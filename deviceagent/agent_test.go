@@ -5,6 +5,9 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -116,6 +119,89 @@ func TestReportCounterLease(t *testing.T) {
 	}
 	if prev <= 2*counterLease {
 		t.Fatalf("last counter %d: the test used fewer counters than two leases", prev)
+	}
+}
+
+// msgHandler is a slog handler that tells ch of each record whose message
+// is msg.
+type msgHandler struct {
+	msg string
+	ch  chan struct{}
+}
+
+func (h msgHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h msgHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		select {
+		case h.ch <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+func (h msgHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h msgHandler) WithGroup(string) slog.Handler      { return h }
+
+// TestReportCounterLeaseSaveFails: a report whose counter needs a new
+// lease is not sent when the ceiling cannot be persisted (the state file's
+// place taken by a directory: the rename fails, for root too), and the
+// next report leases again once it can: every counter sent is covered by
+// a persisted ceiling, and counters still rise strictly.
+func TestReportCounterLeaseSaveFails(t *testing.T) {
+	hub := testutil.NewMemHub()
+	w := newWorld(t, schemas.MustTopics("agenttest"), hub.Conn(), func(*testing.T, string) broker.Transport { return hub.Conn() })
+	failed := make(chan struct{}, 1)
+	d := w.newDevice("dev-lease-fail", func(c *Config) {
+		c.Logger = slog.New(msgHandler{"persisting report counter", failed})
+	})
+	d.start()
+	defer d.stop()
+	r := w.waitReport("dev-lease-fail", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" })
+	st, err := LoadState(d.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ceiling := st.Counter
+	for last := r.Counter; last < ceiling; {
+		hub.Reconnect()
+		last = w.waitReport("dev-lease-fail", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" && r.Counter > last }).Counter
+	}
+	path := filepath.Join(d.dir, StateFile)
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(filepath.Join(path, "in-the-way"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	hub.Reconnect() // its report needs a counter beyond the ceiling
+	select {
+	case <-failed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no failed lease logged")
+	}
+	if err := os.RemoveAll(path); err != nil {
+		t.Fatal(err)
+	}
+	hub.Reconnect()
+	next := w.waitReport("dev-lease-fail", 5*time.Second, func(r schemas.DeviceReport) bool { return r.Text == "connected" && r.Counter > ceiling })
+	if st, err = LoadState(d.dir); err != nil {
+		t.Fatal(err)
+	}
+	if st.Counter < next.Counter {
+		t.Fatalf("report counter %d sent above the persisted ceiling %d", next.Counter, st.Counter)
+	}
+	var prev uint64
+	for _, r := range w.reportsOf("dev-lease-fail") {
+		if r.Counter <= prev {
+			t.Fatalf("report counter %d after %d", r.Counter, prev)
+		}
+		if r.Counter == ceiling+1 {
+			t.Fatalf("report counter %d sent though its lease could not be persisted", r.Counter)
+		}
+		if r.Counter > st.Counter {
+			t.Fatalf("report counter %d sent above the persisted ceiling %d", r.Counter, st.Counter)
+		}
+		prev = r.Counter
 	}
 }
 

@@ -59,7 +59,13 @@
 // and parity chunks that do not fit are shed, and later waves, parity or
 // a request repair them like any QoS 0 loss. Either way a slow device
 // costs losses, never memory. Tables, wave end markers and repair
-// announcements are never shed. The fetch loop never waits on the
+// announcements are never shed. Before anything is queued, the receive
+// path drops what the fetch has no use for (useful.go): a chunk it holds
+// already, and parity beyond what its block lacks, less the parity held
+// and queued for it (a repair round is sized for the block's neediest
+// device; each parity chunk within the need is checked against the
+// signed table first, so forged ones take no good one's place). These
+// are counted in BrokerSource.Skipped, not as losses. The fetch loop never waits on the
 // network while chunks arrive: its chunk requests go out from a goroutine
 // of their own (requests.go), as the agent's progress reports do, since
 // a QoS 1 acknowledgement comes behind the chunks the broker queued.
