@@ -937,6 +937,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				n0 := left
 				blk, _ := schemas.ParityBlockOf(m.b)
+				h0 := col.Held(blk)
 				err := s.takeParity(ctx, m.b, col, rep, missing, write, gotChunk)
 				needChanged(blk)
 				putBuf(m.b)
@@ -945,6 +946,14 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				if left < n0 {
 					progressed = true
+				}
+				if !summary && !listening && (round || left < n0 || col.Held(blk) > h0) {
+					// A round for this device's blocks is still flowing
+					// (paced; its end marker comes after it), or parity
+					// it uses keeps coming: the timer is for a marker
+					// lost or a stream gone quiet, and asking again now
+					// would ask for what is on its way.
+					timer.Reset(s.cfg.Idle)
 				}
 				continue
 			}

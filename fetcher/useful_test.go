@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
 
@@ -207,5 +208,67 @@ func TestBrokerSkipsSurplusParity(t *testing.T) {
 	}
 	if src.Skipped != 4 || src.Shed != 0 || src.Rebuilt != 1 || requests.Load() != 0 {
 		t.Errorf("skipped %d, shed %d, rebuilt %d, requests %d; want 4, 0, 1, 0", src.Skipped, src.Shed, src.Rebuilt, requests.Load())
+	}
+}
+
+// TestSlowRoundNoReask: a repair round for this device's blocks that
+// flows for longer than Idle (the publisher paces it) does not make the
+// device ask again while the parity it uses keeps coming: it rebuilds
+// from the round, having sent only its loss summary. Without the rule
+// the Idle timer set at the announcement fired in the middle of the
+// round, and the device asked for what was on its way.
+func TestSlowRoundNoReask(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := newCodedRig(t, 41, "slowround")
+	var requests atomic.Int64
+	ready, sent := make(chan struct{}), make(chan struct{}, 4)
+	conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, sent}
+	lost := map[uint32]bool{1: true, 2: true, 3: true}
+	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
+		i, ok := schemas.ChunkIndexOf(b)
+		return ok && lost[i]
+	})
+	const idle = time.Second
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-slowround",
+		Idle: idle, ListenFirst: time.Hour, Quiet: time.Hour, SummaryBackoff: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newMemSink(len(r.fx.img))
+	done := make(chan error, 1)
+	go func() {
+		done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), func(i int, b []byte) error {
+			_, err := sink.WriteAt(b, r.im.Offset(i))
+			return err
+		}, Repair{Table: r.coded, Slot: sink})
+	}()
+	<-ready
+	send := sender(ctx, t, r.hub.Conn(), r.bt)
+	sendWave(ctx, send, r.coded, r.im, r.read)
+	select {
+	case <-sent: // the loss summary
+	case <-ctx.Done():
+		t.Fatal("no loss summary")
+	}
+	send(&schemas.RepairAnnounce{V: schemas.Version, Image: r.im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 3}}})
+	// The round's three parity chunks, 0.6 Idle apart: 1.2 Idle in all.
+	par := blockParity(ctx, t, r.coded, r.read, 0)
+	tk := time.NewTicker(6 * idle / 10)
+	defer tk.Stop()
+	for j := range 3 {
+		if j > 0 {
+			<-tk.C
+		}
+		send(&schemas.ParityChunk{V: schemas.Version, Image: r.im.Digest, Block: 0, Index: uint32(j), Data: par[j]})
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sink.data, r.fx.img) {
+		t.Fatal("wrong image")
+	}
+	if n := requests.Load(); n != 1 || src.Rebuilt != 3 {
+		t.Errorf("%d requests, %d chunks rebuilt; want 1 (the summary) and 3", n, src.Rebuilt)
 	}
 }

@@ -249,7 +249,20 @@ type waveState struct {
 	// pace is the rate control of the wave in flight (wavepace.go), nil
 	// outside one or without Config.WavePace.
 	pace *wavePace
+	// passRate is the bytes per second the last pass of at least
+	// minRatePass chunks went out at, paced by the echo and the
+	// receivers: repair rounds go no faster (0: none measured yet).
+	passRate float64
 }
+
+// minRatePass is the fewest chunks a wave pass must carry for its rate to
+// pace the repair rounds after it.
+const minRatePass = 64
+
+// roundBurst is how many parity chunks a repair round sends at once
+// before its pace (the last pass's rate) applies: what a device's receive
+// buffer takes in a moment without falling behind.
+const roundBurst = 8
 
 func newWaveState() *waveState {
 	w := &waveState{}
@@ -449,13 +462,16 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 		dl.waveMu.Unlock()
 		w.next.Store(0)
 		w.end.Store(int64(to))
-		t0 := time.Now()
+		t0, sent0 := time.Now(), dl.egress.Wave.Load()
 		if err := dl.wavePass(ctx, t, d, w, cr, ec, wp, acc, to); err != nil {
 			return err
 		}
 		dl.met.waves.Inc()
 		dl.waveMu.Lock()
 		joiners, joinTo := w.joiners, w.joinTo
+		if secs := time.Since(t0).Seconds(); to >= minRatePass && secs > 0 {
+			w.passRate = float64(dl.egress.Wave.Load()-sent0) / secs
+		}
 		dl.waveMu.Unlock()
 		dl.log.Debug("wave pass sent", "image", digest, "pass", pass, "chunks", to, "seconds", time.Since(t0).Seconds(), "joiners", joiners)
 		// Devices that joined while the pass flowed listen now: the next
@@ -1140,7 +1156,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
-	dl.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short))
+	dl.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short), "need", need)
 	if len(send) == 0 {
 		return nil
 	}
@@ -1165,10 +1181,27 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
 		return err
 	}
+	// No faster than the last wave pass went out (which the echo and the
+	// designated receivers paced): a round sent at once reached every
+	// device as one burst (500 x a 1 MiB round on NATS, whose clients
+	// read on regardless), and the devices whose loops ran last shed it
+	// whole and needed a round of their own.
+	dl.waveMu.Lock()
+	pace := w.passRate
+	dl.waveMu.Unlock()
+	var lim *rate.Limiter
+	if pace > 0 {
+		lim = rate.NewLimiter(rate.Limit(pace), roundBurst*(int(t.ChunkSize)+chunkOverhead))
+	}
 	for _, s := range send { // in Round's interleaved order
 		m := msgs[s.Block]
 		if int(s.Index) >= len(m) {
 			return fmt.Errorf("publisher: parity chunk %d of block %d: the block has %d", s.Index, s.Block, len(m))
+		}
+		if lim != nil {
+			if err := lim.WaitN(ctx, min(len(m[s.Index]), lim.Burst())); err != nil {
+				return err
+			}
 		}
 		if err := dl.send(ctx, bt, m[s.Index], &dl.egress.Repair, "parity"); err != nil {
 			return err
