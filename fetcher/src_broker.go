@@ -266,6 +266,9 @@ type inbox struct {
 	// use, once the fetch loop sets it, drops on arrival the chunks and
 	// parity chunks the loop has no use for (useful).
 	use atomic.Pointer[useful]
+	// lastBcast is when a message last arrived on the broadcast topic
+	// (unix nanoseconds), taken or dropped: the stream is still flowing.
+	lastBcast atomic.Int64
 }
 
 // takeStall is how long a reader may go without taking a chunk before
@@ -311,6 +314,9 @@ type inMsg struct {
 }
 
 func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
+	if bcast {
+		in.lastBcast.Store(time.Now().UnixNano())
+	}
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
 	pblk := 0
 	if u := in.use.Load(); chunk && u != nil {
@@ -890,6 +896,18 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// buffer is drained.
 				timer.Reset(drainRecheck)
 				continue
+			}
+			if round {
+				// A round for this device's blocks was announced and
+				// its end marker has not come: while the broadcast
+				// stream still flows (parity for any block, paced, and
+				// late on a loaded broker), the marker is on its way
+				// behind it. The timer is for a marker lost: it acts
+				// once the stream has been quiet for Idle.
+				if quiet := time.Since(time.Unix(0, in.lastBcast.Load())); quiet < s.cfg.Idle {
+					timer.Reset(s.cfg.Idle - quiet)
+					continue
+				}
 			}
 			if summary {
 				// One request for what the wave left missing (up to

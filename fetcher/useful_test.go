@@ -212,8 +212,9 @@ func TestBrokerSkipsSurplusParity(t *testing.T) {
 }
 
 // TestSlowRoundNoReask: a repair round for this device's blocks that
-// flows for longer than Idle (the publisher paces it) does not make the
-// device ask again while the parity it uses keeps coming: it rebuilds
+// flows for longer than Idle (the publisher paces it; a loaded broker
+// delivers it late) does not make the device ask again while the
+// broadcast stream flows, parity for other blocks included: it rebuilds
 // from the round, having sent only its loss summary. Without the rule
 // the Idle timer set at the announcement fired in the middle of the
 // round, and the device asked for what was on its way.
@@ -251,16 +252,26 @@ func TestSlowRoundNoReask(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("no loss summary")
 	}
-	send(&schemas.RepairAnnounce{V: schemas.Version, Image: r.im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 3}}})
-	// The round's three parity chunks, 0.6 Idle apart: 1.2 Idle in all.
-	par := blockParity(ctx, t, r.coded, r.read, 0)
-	tk := time.NewTicker(6 * idle / 10)
+	send(&schemas.RepairAnnounce{V: schemas.Version, Image: r.im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 3}, {Block: 1, Parity: 3}}})
+	// The round, one parity chunk every half Idle: block 0's first, then
+	// block 1's (which this device drops unqueued: it lacks nothing
+	// there), then the rest of block 0's, 2.5 Idle in all and 2 Idle
+	// between two that the device uses.
+	par0 := blockParity(ctx, t, r.coded, r.read, 0)
+	par1 := blockParity(ctx, t, r.coded, r.read, 1)
+	round := []*schemas.ParityChunk{
+		{Block: 0, Index: 0, Data: par0[0]},
+		{Block: 1, Index: 0, Data: par1[0]}, {Block: 1, Index: 1, Data: par1[1]}, {Block: 1, Index: 2, Data: par1[2]},
+		{Block: 0, Index: 1, Data: par0[1]}, {Block: 0, Index: 2, Data: par0[2]},
+	}
+	tk := time.NewTicker(idle / 2)
 	defer tk.Stop()
-	for j := range 3 {
-		if j > 0 {
+	for k, p := range round {
+		if k > 0 {
 			<-tk.C
 		}
-		send(&schemas.ParityChunk{V: schemas.Version, Image: r.im.Digest, Block: 0, Index: uint32(j), Data: par[j]})
+		p.V, p.Image = schemas.Version, r.im.Digest
+		send(p)
 	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
