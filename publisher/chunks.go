@@ -1008,7 +1008,7 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 			}
 		}
 		if len(coded) > 0 {
-			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(dl.cfg))); err != nil {
+			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start); err != nil {
 				if ctx.Err() == nil {
 					dl.log.Warn("coded repair", "image", digest, "err", err)
 				}
@@ -1084,7 +1084,8 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
-func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
+func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, start time.Time) error {
+	since := start.Add(-tableCrossing(dl.cfg))
 	t := d.table
 	nb := int(t.NumBlocks())
 	need := make([]int, nb)
@@ -1093,9 +1094,10 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// Parity broadcast since the batch began, or just before (still on
 	// its way to devices behind in their queues), covers that many of a
 	// requester's losses in its block: its summary crossed the round.
-	// Not for a round that answered it: it asks again only after its
-	// fetcher's Idle, or after a wave, by which time that round reached
-	// it, and what it asks for was lost.
+	// Not for a round that answered it and had ended when the batch
+	// began: it asks again after that round's end marker, or after its
+	// fetcher's Idle, by which time that round reached it, and what it
+	// asks for was lost.
 	dl.waveMu.Lock()
 	log := slices.Clone(w.parityLog)
 	dl.waveMu.Unlock()
@@ -1104,7 +1106,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
-		crossed := log.crossed(who, since, nb)
+		crossed := log.crossed(who, since, start, nb)
 		for b := range nb {
 			cnt[b] = max(0, cnt[b]-crossed[b])
 		}
@@ -1272,12 +1274,16 @@ func (l *parityLog) add(at time.Time, send []blockcode.Symbol, per map[string][]
 	*l = append(keep, r)
 }
 
-// crossed returns, per block of nb, the parity chunks the rounds sent at
-// or after t for requesters other than who.
-func (l parityLog) crossed(who string, t time.Time, nb int) []int {
+// crossed returns, per block of nb, the parity chunks of the rounds that
+// a request of who, in a batch begun at start, crossed: rounds for other
+// requesters that ended at or after since (start less the time a round
+// takes to reach a device behind in its queue), and rounds that answered
+// who itself but ended after start (a paced round still on its way when
+// who, short of what it had not received yet, asked again).
+func (l parityLog) crossed(who string, since, start time.Time, nb int) []int {
 	out := make([]int, nb)
 	for _, r := range l {
-		if r.at.Before(t) || r.served[who] {
+		if r.at.Before(since) || (r.served[who] && !r.at.After(start)) {
 			continue
 		}
 		for b, k := range r.block {
