@@ -1008,7 +1008,7 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 			}
 		}
 		if len(coded) > 0 {
-			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start); err != nil {
+			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(dl.cfg))); err != nil {
 				if ctx.Err() == nil {
 					dl.log.Warn("coded repair", "image", digest, "err", err)
 				}
@@ -1084,8 +1084,7 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
-func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, start time.Time) error {
-	since := start.Add(-tableCrossing(dl.cfg))
+func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
 	t := d.table
 	nb := int(t.NumBlocks())
 	need := make([]int, nb)
@@ -1093,11 +1092,8 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	cnt := make([]int, nb)
 	// Parity broadcast since the batch began, or just before (still on
 	// its way to devices behind in their queues), covers that many of a
-	// requester's losses in its block: its summary crossed the round.
-	// Not for a round that answered it and had ended when the batch
-	// began: it asks again after that round's end marker, or after its
-	// fetcher's Idle, by which time that round reached it, and what it
-	// asks for was lost.
+	// requester's losses in its block: its summary crossed the round
+	// (parityLog.crossed).
 	dl.waveMu.Lock()
 	log := slices.Clone(w.parityLog)
 	dl.waveMu.Unlock()
@@ -1106,7 +1102,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
-		crossed := log.crossed(who, since, start, nb)
+		crossed := log.crossed(since, nb)
 		for b := range nb {
 			cnt[b] = max(0, cnt[b]-crossed[b])
 		}
@@ -1210,7 +1206,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		}
 	}
 	dl.waveMu.Lock()
-	w.parityLog.add(time.Now(), send, per)
+	w.parityLog.add(time.Now(), send)
 	dl.waveMu.Unlock()
 	// The round's end marker, naming the chunks of the blocks it
 	// repaired: a device still short sends its summary after it (the
@@ -1249,21 +1245,17 @@ func roundRanges(t *schemas.ChunkTable, send []blockcode.Symbol) []schemas.Range
 type parityLog []parityRound
 
 type parityRound struct {
-	at     time.Time // monotonic, when its last parity chunk was sent
-	block  map[uint32]int
-	served map[string]bool // the requesters of its batch
+	at    time.Time // monotonic, when its last parity chunk was sent
+	block map[uint32]int
 }
 
 // parityLogKeep bounds how long a round is remembered.
 const parityLogKeep = 30 * time.Second
 
-func (l *parityLog) add(at time.Time, send []blockcode.Symbol, per map[string][]int) {
-	r := parityRound{at: at, block: map[uint32]int{}, served: make(map[string]bool, len(per))}
+func (l *parityLog) add(at time.Time, send []blockcode.Symbol) {
+	r := parityRound{at: at, block: map[uint32]int{}}
 	for _, s := range send {
 		r.block[s.Block]++
-	}
-	for who := range per {
-		r.served[who] = true
 	}
 	keep := (*l)[:0]
 	for _, o := range *l {
@@ -1274,16 +1266,18 @@ func (l *parityLog) add(at time.Time, send []blockcode.Symbol, per map[string][]
 	*l = append(keep, r)
 }
 
-// crossed returns, per block of nb, the parity chunks of the rounds that
-// a request of who, in a batch begun at start, crossed: rounds for other
-// requesters that ended at or after since (start less the time a round
-// takes to reach a device behind in its queue), and rounds that answered
-// who itself but ended after start (a paced round still on its way when
-// who, short of what it had not received yet, asked again).
-func (l parityLog) crossed(who string, since, start time.Time, nb int) []int {
+// crossed returns, per block of nb, the parity chunks of the rounds a
+// request in a batch begun at since (less the time a round takes to reach
+// a device behind in its queue) crossed: those that ended at or after
+// since. A round that answered the requester itself counts too: paced,
+// and delivered late by a loaded broker, it was often still on its way
+// when the requester asked again; one that reached it and left it short
+// (its parity lost) leaves it short by a few, asked for again after the
+// next round.
+func (l parityLog) crossed(since time.Time, nb int) []int {
 	out := make([]int, nb)
 	for _, r := range l {
-		if r.at.Before(since) || (r.served[who] && !r.at.After(start)) {
+		if r.at.Before(since) {
 			continue
 		}
 		for b, k := range r.block {

@@ -111,10 +111,9 @@ func TestCodedRepair(t *testing.T) {
 }
 
 // TestParityLogCrossed: a requester's losses are discounted by the parity
-// of rounds sent since the batch began (or just before), which its
-// summary crossed, but not by a round that answered it and had ended when
-// the batch began (a round that answered it and was still being sent, a
-// paced round, counts), nor by rounds older than the window.
+// of rounds that ended since its batch began (or just before), which its
+// request crossed, a round that answered it included, but not by rounds
+// older than that.
 func TestParityLogCrossed(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	var l parityLog
@@ -125,27 +124,23 @@ func TestParityLogCrossed(t *testing.T) {
 		}
 		return out
 	}
-	l.add(t0, sym(0, 0, 1), map[string][]int{"a": nil})
-	l.add(t0.Add(2*time.Second), sym(0, 2, 2, 2), map[string][]int{"b": nil})
+	l.add(t0, sym(0, 0, 1))
+	l.add(t0.Add(2*time.Second), sym(0, 2, 2, 2))
 	for _, tc := range []struct {
-		who          string
-		since, start time.Time
-		want         []int
+		since time.Time
+		want  []int
 	}{
-		{"c", t0, t0.Add(time.Second), []int{3, 1, 3}},                        // crossed both rounds
-		{"c", t0.Add(time.Second), t0.Add(2 * time.Second), []int{1, 0, 3}},   // the first is older than the window
-		{"a", t0, t0.Add(time.Second), []int{1, 0, 3}},                        // the first answered a, and had ended
-		{"a", t0.Add(-time.Second), t0.Add(-time.Second / 2), []int{3, 1, 3}}, // the first answered a, still being sent
-		{"b", t0, t0.Add(time.Second), []int{3, 1, 3}},                        // the second answered b, still being sent
-		{"b", t0.Add(time.Second), t0.Add(2 * time.Second), []int{0, 0, 0}},   // the second answered b, and had ended
-		{"b", t0.Add(3 * time.Second), t0.Add(4 * time.Second), []int{0, 0, 0}},
+		{t0.Add(-time.Second), []int{3, 1, 3}}, // crossed both rounds
+		{t0, []int{3, 1, 3}},                   // the first ended as the batch began
+		{t0.Add(time.Second), []int{1, 0, 3}},  // the first is older
+		{t0.Add(3 * time.Second), []int{0, 0, 0}},
 	} {
-		if got := l.crossed(tc.who, tc.since, tc.start, 3); !slices.Equal(got, tc.want) {
-			t.Errorf("%s since %v, batch from %v: crossed %v, want %v", tc.who, tc.since.Sub(t0), tc.start.Sub(t0), got, tc.want)
+		if got := l.crossed(tc.since, 3); !slices.Equal(got, tc.want) {
+			t.Errorf("since %v: crossed %v, want %v", tc.since.Sub(t0), got, tc.want)
 		}
 	}
 	// Rounds older than parityLogKeep are forgotten as new ones come.
-	l.add(t0.Add(parityLogKeep+time.Second), sym(1), nil)
+	l.add(t0.Add(parityLogKeep+time.Second), sym(1))
 	if len(l) != 2 {
 		t.Errorf("%d rounds kept, want the last two", len(l))
 	}
