@@ -65,7 +65,12 @@
 // and queued for it (a repair round is sized for the block's neediest
 // device; each parity chunk within the need is checked against the
 // signed table first, so forged ones take no good one's place). These
-// are counted in BrokerSource.Skipped, not as losses. The fetch loop never waits on the
+// are counted in BrokerSource.Skipped, not as losses. After a repair
+// announcement for its blocks a device waits for the round's end marker;
+// its idle timer is for a marker lost, and acts only once the broadcast
+// stream has been quiet for Idle (a paced round, late on a loaded broker,
+// is still on its way while parity for any block keeps arriving).
+// The fetch loop never waits on the
 // network while chunks arrive: its chunk requests go out from a goroutine
 // of their own (requests.go), as the agent's progress reports do, since
 // a QoS 1 acknowledgement comes behind the chunks the broker queued.

@@ -260,9 +260,20 @@ type waveState struct {
 const minRatePass = 64
 
 // roundBurst is how many parity chunks a repair round sends at once
-// before its pace (the last pass's rate) applies: what a device's receive
-// buffer takes in a moment without falling behind.
+// before its pace (roundPace times the last pass's rate) applies: what a
+// device's receive buffer takes in a moment without falling behind.
 const roundBurst = 8
+
+// minRateBatch is the fewest requesters whose reports a repair round
+// estimates the loss rate from (to add parity for its own loss).
+const minRateBatch = 16
+
+// roundPace is how much faster than the last wave pass a repair round
+// may go: devices queue only the parity they lack (fetcher's useful
+// filter), a round's share of it, so that they take it faster than a
+// wave; and a round the devices wait for should not take as long as
+// their idle timers.
+const roundPace = 2
 
 func newWaveState() *waveState {
 	w := &waveState{}
@@ -1097,8 +1108,10 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	dl.waveMu.Lock()
 	log := slices.Clone(w.parityLog)
 	dl.waveMu.Unlock()
+	reported := 0
 	for who, wl := range per {
 		clear(cnt)
+		reported += len(wl)
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
@@ -1109,6 +1122,20 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for b := range nb {
 			if cnt[b] > need[b] || (cnt[b] == need[b] && cnt[b] > 0 && who < neediest[b]) {
 				need[b], neediest[b] = cnt[b], who
+			}
+		}
+	}
+	// The round is lost at the rate the requesters lost chunks (their
+	// reports' share of the image): sized exactly, it leaves the devices
+	// whose need is near the neediest's short by the parity it lost, and
+	// each of them costs a round trip more. Twice the expected loss of
+	// the round's own parity goes with it. Only for a batch large enough
+	// for the rate to mean something (minRateBatch requesters).
+	if n := len(per) * int(t.NumChunks()); len(per) >= minRateBatch && n > 0 {
+		rate := float64(reported) / float64(n)
+		for b := range nb {
+			if need[b] > 0 {
+				need[b] += int(math.Ceil(2 * rate * float64(need[b])))
 			}
 		}
 	}
@@ -1189,7 +1216,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	dl.waveMu.Unlock()
 	var lim *rate.Limiter
 	if pace > 0 {
-		lim = rate.NewLimiter(rate.Limit(pace), roundBurst*(int(t.ChunkSize)+chunkOverhead))
+		lim = rate.NewLimiter(rate.Limit(roundPace*pace), roundBurst*(int(t.ChunkSize)+chunkOverhead))
 	}
 	for _, s := range send { // in Round's interleaved order
 		m := msgs[s.Block]

@@ -534,3 +534,39 @@ func TestDeliveryEgress(t *testing.T) {
 		})
 	}
 }
+
+// TestDeliveryRoundLossMargin: a round for a batch of at least
+// minRateBatch requesters adds parity for its own loss, at twice the rate
+// the batch reported losses (here 16 requesters lacking 1 chunk of 24
+// each, 1/24: one more per block that needs any); a smaller batch gets
+// exactly the neediest's need.
+func TestDeliveryRoundLossMargin(t *testing.T) {
+	for _, tc := range []struct {
+		requesters int
+		want       []uint32 // parity chunks per block
+	}{
+		{minRateBatch - 1, []uint32{1, 0, 0}},
+		{minRateBatch, []uint32{2, 0, 0}},
+	} {
+		h := newFakeHost()
+		d := h.addImage(t, 24*512, 512, 8, 4)
+		dl, tr := newTestDelivery(t, h, nil)
+		b := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
+		for k := range tc.requesters {
+			who := fmt.Sprintf("dev-%02d", k)
+			b.reqs[who] = request(t, dl, "camp", who, d, schemas.ProtocolCoded, k%8)
+		}
+		dl.flushRepair(context.Background(), d.info.Digest, b)
+		ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+		got := make([]uint32, d.table.NumBlocks())
+		for _, m := range tr.on(ct) {
+			var pc schemas.ParityChunk
+			if schemas.IsParityChunk(m) && schemas.Decode(m, &pc) == nil {
+				got[pc.Block]++
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%d requesters: parity per block %v, want %v", tc.requesters, got, tc.want)
+		}
+	}
+}
