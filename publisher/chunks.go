@@ -272,8 +272,10 @@ const minRateBatch = 16
 // may go: devices queue only the parity they lack (fetcher's useful
 // filter), a round's share of it, so that they take it faster than a
 // wave; and a round the devices wait for should not take as long as
-// their idle timers.
-const roundPace = 2
+// their idle timers. Three times: at 2 one NATS run of six with 5% loss
+// took 2.53x the raw fan-out to staged; at 3 the six runs kept egress
+// within 1.15 images on mosquitto and 1.28 on NATS (docs/BENCHMARKS.md).
+const roundPace = 3
 
 func newWaveState() *waveState {
 	w := &waveState{}
@@ -1206,10 +1208,11 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
 		return err
 	}
-	// No faster than the last wave pass went out (which the echo and the
-	// designated receivers paced): a round sent at once reached every
-	// device as one burst (500 x a 1 MiB round on NATS, whose clients
-	// read on regardless), and the devices whose loops ran last shed it
+	// At roundPace times the rate the last wave pass went out at (which
+	// the echo and the designated receivers paced): a round sent at once
+	// reached every device as one burst (500 x a 1 MiB round on NATS,
+	// whose clients read on regardless), and the devices whose loops ran
+	// last shed it
 	// whole and needed a round of their own.
 	dl.waveMu.Lock()
 	pace := w.passRate

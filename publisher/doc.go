@@ -55,8 +55,9 @@
 //     an uploaded image gets a coded chunk table (internal/blockcode), its
 //     waves interleave its blocks, and repairs broadcast fresh parity
 //     chunks, per block as many as the requester lacking most lacks
-//     (less the parity of rounds its request crossed), no faster than
-//     the last wave pass went out; agents of delivery protocol 1 in the same campaign are sent the
+//     (less the parity of rounds its request crossed), at a few times
+//     the rate the last wave pass went out at; agents of delivery
+//     protocol 1 in the same campaign are sent the
 //     image's plain table and repaired by chunks (tables.go). A
 //     request is answered only to the device whose own request topic it
 //     came on, if that device is notified in a campaign of the image,
