@@ -66,33 +66,17 @@ func FuzzIsChunk(f *testing.F) {
 // vector and on the rejection table's rows (same acceptance, same value,
 // same error), and its result aliases the input.
 func TestDecodeChunkView(t *testing.T) {
-	var seen int
-	for _, v := range vectors(t) {
-		b, err := Encode(v.msg)
-		if err != nil {
-			t.Fatal(err)
+	viewOnVectors(t, "chunk", sameAsDecode, func(b []byte) ([]byte, error) {
+		var c Chunk
+		err := DecodeChunkView(b, &c)
+		return c.Data, err
+	}, func(m Message) ([]byte, bool) {
+		c, ok := m.(*Chunk)
+		if !ok {
+			return nil, false
 		}
-		inputs := [][]byte{b}
-		for _, r := range genericRejections(t, v.msg, b) {
-			inputs = append(inputs, r.data)
-		}
-		for _, in := range inputs {
-			sameAsDecode(t, in)
-		}
-		if c, ok := v.msg.(*Chunk); ok {
-			seen++
-			var got Chunk
-			if err := DecodeChunkView(b, &got); err != nil {
-				t.Fatalf("%s: %v", v.name, err)
-			}
-			if !bytes.Equal(got.Data, c.Data) || &got.Data[0] != &b[len(b)-len(c.Data)] {
-				t.Fatalf("%s: data not aliased into the message", v.name)
-			}
-		}
-	}
-	if seen == 0 {
-		t.Fatal("no chunk among the vectors")
-	}
+		return c.Data, true
+	})
 	// Encodings a head reader could take that are not the deterministic
 	// one, or not a valid chunk: Decode refuses them, and so must the view.
 	img := bytes.Repeat([]byte{7}, 32)
@@ -262,30 +246,17 @@ func sameAsDecodeParity(t testing.TB, data []byte) {
 // a head reader could take that are not the deterministic one; its
 // result aliases the input.
 func TestDecodeParityChunkView(t *testing.T) {
-	var seen int
-	for _, v := range vectors(t) {
-		b, err := Encode(v.msg)
-		if err != nil {
-			t.Fatal(err)
+	viewOnVectors(t, "parity chunk", sameAsDecodeParity, func(b []byte) ([]byte, error) {
+		var p ParityChunk
+		err := DecodeParityChunkView(b, &p)
+		return p.Data, err
+	}, func(m Message) ([]byte, bool) {
+		p, ok := m.(*ParityChunk)
+		if !ok {
+			return nil, false
 		}
-		sameAsDecodeParity(t, b)
-		for _, r := range genericRejections(t, v.msg, b) {
-			sameAsDecodeParity(t, r.data)
-		}
-		if p, ok := v.msg.(*ParityChunk); ok {
-			seen++
-			var got ParityChunk
-			if err := DecodeParityChunkView(b, &got); err != nil {
-				t.Fatalf("%s: %v", v.name, err)
-			}
-			if !bytes.Equal(got.Data, p.Data) || &got.Data[0] != &b[len(b)-len(p.Data)] {
-				t.Fatalf("%s: data not aliased into the message", v.name)
-			}
-		}
-	}
-	if seen == 0 {
-		t.Fatal("no parity chunk among the vectors")
-	}
+		return p.Data, true
+	})
 	img := bytes.Repeat([]byte{7}, 32)
 	build := func(version, block, index, dataHead []byte, data ...byte) []byte {
 		b := append([]byte{0xa5, 0x00}, version...)
@@ -333,4 +304,38 @@ func FuzzDecodeParityChunkView(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) { sameAsDecodeParity(t, data) })
+}
+
+// viewOnVectors checks a decoder that aliases its input against Decode
+// (same) on every vector and on the rejection table's rows, and that on
+// each vector of its message (data: that message's data) it decodes and
+// its data aliases the encoding.
+func viewOnVectors(t *testing.T, what string, same func(testing.TB, []byte), view func([]byte) ([]byte, error), data func(Message) ([]byte, bool)) {
+	t.Helper()
+	var seen int
+	for _, v := range vectors(t) {
+		b, err := Encode(v.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		same(t, b)
+		for _, r := range genericRejections(t, v.msg, b) {
+			same(t, r.data)
+		}
+		want, ok := data(v.msg)
+		if !ok {
+			continue
+		}
+		seen++
+		got, err := view(b)
+		if err != nil {
+			t.Fatalf("%s: %v", v.name, err)
+		}
+		if !bytes.Equal(got, want) || &got[0] != &b[len(b)-len(want)] {
+			t.Fatalf("%s: data not aliased into the message", v.name)
+		}
+	}
+	if seen == 0 {
+		t.Fatalf("no %s among the vectors", what)
+	}
 }
