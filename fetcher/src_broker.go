@@ -266,9 +266,9 @@ type inbox struct {
 	// use, once the fetch loop sets it, drops on arrival the chunks and
 	// parity chunks the loop has no use for (useful).
 	use atomic.Pointer[useful]
-	// lastBcast is when a message last arrived on the broadcast topic
+	// lastArrival is when a message last arrived on the broadcast topic
 	// (unix nanoseconds), taken or dropped: the stream is still flowing.
-	lastBcast atomic.Int64
+	lastArrival atomic.Int64
 }
 
 // takeStall is how long a reader may go without taking a chunk before
@@ -315,7 +315,7 @@ type inMsg struct {
 
 func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 	if bcast {
-		in.lastBcast.Store(time.Now().UnixNano())
+		in.lastArrival.Store(time.Now().UnixNano())
 	}
 	chunk := schemas.IsChunk(m.Payload) || schemas.IsParityChunk(m.Payload)
 	pblk := 0
@@ -904,7 +904,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// late on a loaded broker), the marker is on its way
 				// behind it. The timer is for a marker lost: it acts
 				// once the stream has been quiet for Idle.
-				if quiet := time.Since(time.Unix(0, in.lastBcast.Load())); quiet < s.cfg.Idle {
+				if quiet := time.Since(time.Unix(0, in.lastArrival.Load())); quiet < s.cfg.Idle {
 					timer.Reset(s.cfg.Idle - quiet)
 					continue
 				}

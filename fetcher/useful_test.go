@@ -211,75 +211,89 @@ func TestBrokerSkipsSurplusParity(t *testing.T) {
 	}
 }
 
-// TestSlowRoundNoReask: a repair round for this device's blocks that
-// flows for longer than Idle (the publisher paces it; a loaded broker
-// delivers it late) does not make the device ask again while the
-// broadcast stream flows, parity for other blocks included: it rebuilds
-// from the round, having sent only its loss summary. Without the rule
-// the Idle timer set at the announcement fired in the middle of the
-// round, and the device asked for what was on its way.
+// TestSlowRoundNoReask: parity that flows for longer than Idle (a round
+// the publisher paces, a loaded broker delivering it late) does not make
+// the device ask again: it rebuilds from it, having sent only its loss
+// summary. Each case needs one rule of the fetch loop, and fails without
+// it (the Idle timer fired in the middle of the round, and the device
+// asked for what was on its way):
+//   - announced, with parity for another block between the device's own
+//     (dropped unqueued): the timer of a device in an announced round
+//     waits for the broadcast stream to be quiet for Idle;
+//   - not announced, the device's own parity 0.6 Idle apart: parity the
+//     device uses re-arms the timer.
 func TestSlowRoundNoReask(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	r := newCodedRig(t, 41, "slowround")
-	var requests atomic.Int64
-	ready, sent := make(chan struct{}), make(chan struct{}, 4)
-	conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, sent}
-	lost := map[uint32]bool{1: true, 2: true, 3: true}
-	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
-		i, ok := schemas.ChunkIndexOf(b)
-		return ok && lost[i]
-	})
 	const idle = time.Second
-	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-slowround",
-		Idle: idle, ListenFirst: time.Hour, Quiet: time.Hour, SummaryBackoff: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(len(r.fx.img))
-	done := make(chan error, 1)
-	go func() {
-		done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), func(i int, b []byte) error {
-			_, err := sink.WriteAt(b, r.im.Offset(i))
-			return err
-		}, Repair{Table: r.coded, Slot: sink})
-	}()
-	<-ready
-	send := sender(ctx, t, r.hub.Conn(), r.bt)
-	sendWave(ctx, send, r.coded, r.im, r.read)
-	select {
-	case <-sent: // the loss summary
-	case <-ctx.Done():
-		t.Fatal("no loss summary")
-	}
-	send(&schemas.RepairAnnounce{V: schemas.Version, Image: r.im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 3}, {Block: 1, Parity: 3}}})
-	// The round, one parity chunk every half Idle: block 0's first, then
-	// block 1's (which this device drops unqueued: it lacks nothing
-	// there), then the rest of block 0's, 2.5 Idle in all and 2 Idle
-	// between two that the device uses.
-	par0 := blockParity(ctx, t, r.coded, r.read, 0)
-	par1 := blockParity(ctx, t, r.coded, r.read, 1)
-	round := []*schemas.ParityChunk{
-		{Block: 0, Index: 0, Data: par0[0]},
-		{Block: 1, Index: 0, Data: par1[0]}, {Block: 1, Index: 1, Data: par1[1]}, {Block: 1, Index: 2, Data: par1[2]},
-		{Block: 0, Index: 1, Data: par0[1]}, {Block: 0, Index: 2, Data: par0[2]},
-	}
-	tk := time.NewTicker(idle / 2)
-	defer tk.Stop()
-	for k, p := range round {
-		if k > 0 {
-			<-tk.C
-		}
-		p.V, p.Image = schemas.Version, r.im.Digest
-		send(p)
-	}
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sink.data, r.fx.img) {
-		t.Fatal("wrong image")
-	}
-	if n := requests.Load(); n != 1 || src.Rebuilt != 3 {
-		t.Errorf("%d requests, %d chunks rebuilt; want 1 (the summary) and 3", n, src.Rebuilt)
+	for _, tc := range []struct {
+		name     string
+		announce bool
+		other    int           // block 1 parity chunks after block 0's first
+		every    time.Duration // between two parity chunks
+	}{
+		{"announced, stream flowing", true, 3, idle / 2},
+		{"unannounced, parity used", false, 0, 6 * idle / 10},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r := newCodedRig(t, 41, "slowround")
+			var requests atomic.Int64
+			ready, sent := make(chan struct{}), make(chan struct{}, 4)
+			conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, sent}
+			lost := map[uint32]bool{1: true, 2: true, 3: true}
+			conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
+				i, ok := schemas.ChunkIndexOf(b)
+				return ok && lost[i]
+			})
+			src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-slowround",
+				Idle: idle, ListenFirst: time.Hour, Quiet: time.Hour, SummaryBackoff: 10 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sink := newMemSink(len(r.fx.img))
+			done := make(chan error, 1)
+			go func() {
+				done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), func(i int, b []byte) error {
+					_, err := sink.WriteAt(b, r.im.Offset(i))
+					return err
+				}, Repair{Table: r.coded, Slot: sink})
+			}()
+			<-ready
+			send := sender(ctx, t, r.hub.Conn(), r.bt)
+			sendWave(ctx, send, r.coded, r.im, r.read)
+			select {
+			case <-sent: // the loss summary
+			case <-ctx.Done():
+				t.Fatal("no loss summary")
+			}
+			if tc.announce {
+				send(&schemas.RepairAnnounce{V: schemas.Version, Image: r.im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 3}, {Block: 1, Parity: uint32(tc.other)}}})
+			}
+			par0 := blockParity(ctx, t, r.coded, r.read, 0)
+			par1 := blockParity(ctx, t, r.coded, r.read, 1)
+			round := []*schemas.ParityChunk{{Block: 0, Index: 0, Data: par0[0]}}
+			for j := range tc.other {
+				round = append(round, &schemas.ParityChunk{Block: 1, Index: uint32(j), Data: par1[j]})
+			}
+			round = append(round, &schemas.ParityChunk{Block: 0, Index: 1, Data: par0[1]}, &schemas.ParityChunk{Block: 0, Index: 2, Data: par0[2]})
+			tk := time.NewTicker(tc.every)
+			defer tk.Stop()
+			for k, p := range round {
+				if k > 0 {
+					<-tk.C
+				}
+				p.V, p.Image = schemas.Version, r.im.Digest
+				send(p)
+			}
+			if err := <-done; err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(sink.data, r.fx.img) {
+				t.Fatal("wrong image")
+			}
+			if n := requests.Load(); n != 1 || src.Rebuilt != 3 {
+				t.Errorf("%d requests, %d chunks rebuilt; want 1 (the summary) and 3", n, src.Rebuilt)
+			}
+		})
 	}
 }

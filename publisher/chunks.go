@@ -1108,7 +1108,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// requester's losses in its block: its summary crossed the round
 	// (parityLog.crossed).
 	dl.waveMu.Lock()
-	log := slices.Clone(w.parityLog)
+	crossed := w.parityLog.crossed(since, nb)
 	dl.waveMu.Unlock()
 	reported := 0
 	for who, wl := range per {
@@ -1117,7 +1117,6 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
-		crossed := log.crossed(since, nb)
 		for b := range nb {
 			cnt[b] = max(0, cnt[b]-crossed[b])
 		}
@@ -1134,10 +1133,10 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// the round's own parity goes with it. Only for a batch large enough
 	// for the rate to mean something (minRateBatch requesters).
 	if n := len(per) * int(t.NumChunks()); len(per) >= minRateBatch && n > 0 {
-		rate := float64(reported) / float64(n)
+		lossRate := float64(reported) / float64(n)
 		for b := range nb {
 			if need[b] > 0 {
-				need[b] += int(math.Ceil(2 * rate * float64(need[b])))
+				need[b] += int(math.Ceil(2 * lossRate * float64(need[b])))
 			}
 		}
 	}
@@ -1212,8 +1211,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// the echo and the designated receivers paced): a round sent at once
 	// reached every device as one burst (500 x a 1 MiB round on NATS,
 	// whose clients read on regardless), and the devices whose loops ran
-	// last shed it
-	// whole and needed a round of their own.
+	// last shed it whole and needed a round of their own.
 	dl.waveMu.Lock()
 	pace := w.passRate
 	dl.waveMu.Unlock()
