@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/nats-io/nats.go"
 
@@ -70,7 +71,7 @@ func TestDisconnectRemovedDevice(t *testing.T) {
 					close(gone)
 				}
 			}
-			c := paho.NewClient(paho.ClientConfig{Conn: conn,
+			c := paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn),
 				OnServerDisconnect: func(*paho.Disconnect) { done() },
 				OnClientError:      func(error) { done() }})
 			ca, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30, UsernameFlag: true, PasswordFlag: true,

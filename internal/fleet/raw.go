@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 	"github.com/nats-io/nats.go"
 )
@@ -252,7 +253,7 @@ func rawMQTT(ctx context.Context, host, id string, h func(paho.PublishReceived) 
 	if err != nil {
 		return nil, fmt.Errorf("fleet: raw mqtt dial %s: %w", host, err)
 	}
-	cc := paho.ClientConfig{Conn: conn}
+	cc := paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn)}
 	if h != nil {
 		cc.OnPublishReceived = []func(paho.PublishReceived) (bool, error){h}
 	}

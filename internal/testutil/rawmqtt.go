@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 )
 
@@ -49,7 +50,7 @@ func ConnectRawMQTT(t testing.TB, brokerURL string, tlsCfg *tls.Config, cp *paho
 	}
 	r := &RawMQTT{conn: conn, lost: make(chan struct{})}
 	r.c = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		Conn: packets.NewThreadSafeConn(conn),
 		OnServerDisconnect: func(d *paho.Disconnect) {
 			r.drop(fmt.Sprintf("server sent DISCONNECT 0x%02x", d.ReasonCode))
 		},
