@@ -82,8 +82,13 @@ type BrokerConfig struct {
 	// reason to ask; only a gap of WaveGap (the marker lost, the wave
 	// stopped) is. With Quiet there, a pause of the wave under load made
 	// most of a fleet send requests at once, mid-wave, and spend the
-	// coded parity of blocks the wave was still sending. Default Idle,
-	// at least Quiet.
+	// coded parity of blocks the wave was still sending. Even then the
+	// first gap of WaveGap asks only for the chunks missing before the
+	// last one the wave brought, in carousel order (the broker passed
+	// them: they are lost; the rest may still be queued for this device);
+	// a second gap with no broadcast chunk in between ends the wave, and
+	// the device asks for what is still missing. Default Idle, at least
+	// Quiet.
 	WaveGap time.Duration
 	// SummaryBackoff bounds the random delay after a wave's end marker
 	// (schemas.WaveEnd) before the device sends its loss summary, so
@@ -784,6 +789,22 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// inWave: wanted chunks came by broadcast since the last end marker;
 	// gap is how long a pause in them must last before the device asks.
 	inWave := false
+	// While a wave flows, the broker delivers the broadcast topic in
+	// order: of the chunks missing, only those before the last one taken
+	// from it in carousel order (lastPos) are lost; those after it may be
+	// queued for this device still (on a loaded host a wave can stall for
+	// longer than WaveGap with its end still in the broker), and asking
+	// for them would start a repair round for chunks nobody lost. So a
+	// pause of gap while inWave asks only for those behind lastPos and
+	// sets stalled; a second pause with no broadcast chunk in between
+	// means the wave stopped (its end marker lost, the publisher gone):
+	// inWave ends and everything missing may be asked for.
+	lastPos, stalled := -1, false
+	posOf := func(i int) int { return i }
+	if col != nil {
+		t := rep.Table // a coded image's wave interleaves its blocks
+		posOf = func(i int) int { return blockcode.Position(t, uint32(i)) }
+	}
 	gap := func() time.Duration {
 		if inWave {
 			return s.cfg.WaveGap
@@ -803,6 +824,11 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < gap() {
 			limit = 0
 		}
+		behind := -1 // with a wave flowing, ask only for chunks before lastPos
+		if inWave {
+			behind = lastPos
+			defer func(c int) { cur = c }(cur) // those after it are still to ask for
+		}
 		// With coded repair, a block's missing chunks covered by the
 		// parity chunks held for it are not asked for: the request then
 		// says how many symbols each block still lacks.
@@ -816,7 +842,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				break
 			}
 			cur = i + 1
-			if covered(uint32(i)) {
+			if covered(uint32(i)) || (behind >= 0 && posOf(i) >= behind) {
 				continue
 			}
 			if !inflight.has(i) {
@@ -829,6 +855,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			return nil
 		}
 		return rs.send(req.bits)
+	}
+	// stall is called when the timer is to ask: a wave's first pause asks
+	// only for what is behind lastPos, its second ends the wave.
+	stall := func() {
+		if inWave && stalled {
+			inWave, stalled = false, false
+		} else if inWave {
+			stalled = true
+		}
 	}
 	idle := 0
 	var chunk schemas.Chunk
@@ -927,6 +962,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				timer.Reset(s.cfg.Idle)
 				continue
 			}
+			stall()
 			if listening {
 				// Quiet (or nothing broadcast): ask for what is missing.
 				listening, progressed, idle = false, false, 0
@@ -1006,7 +1042,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// The wave is over: nothing more is coming by broadcast.
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
-				lastBcast, inWave = time.Time{}, false
+				lastBcast, inWave, stalled = time.Time{}, false, false
 				if round {
 					// A repair round for this device's blocks is over:
 					// what it asked for was answered or lost, so not in
@@ -1036,7 +1072,8 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				continue
 			}
 			if m.bcast {
-				lastBcast, inWave = time.Now(), true
+				lastBcast, inWave, stalled = time.Now(), true, false
+				lastPos = posOf(i)
 			}
 			err := write(i, chunk.Data)
 			putBuf(m.b) // the chunk's data was m.b's bytes: written (or refused) now

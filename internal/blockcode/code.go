@@ -175,6 +175,21 @@ func Order(t *schemas.ChunkTable) []uint32 {
 	return out
 }
 
+// Position returns chunk i's position in Order(t), without making the
+// order: for chunk j of block b, the chunks of every block at offsets
+// before j (the last block, if short, has none from its length on), then
+// b. A device that knows the position of the last broadcast chunk it
+// took knows which of its missing chunks the broker already passed.
+func Position(t *schemas.ChunkTable, i uint32) int {
+	if !t.Coded() {
+		return int(i)
+	}
+	n, k, nb := int(t.NumChunks()), int(t.Block), int(t.NumBlocks())
+	b, j := int(i)/k, int(i)%k
+	last := n - (nb-1)*k // chunks in the last block
+	return j*nb - max(0, j-last) + b
+}
+
 // Accumulator makes the parity chunks of a coded table's blocks from its
 // source chunks as they stream past (a broadcast wave reading them in
 // carousel order), one chunk at a time and in any order, so that the

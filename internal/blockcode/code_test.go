@@ -304,6 +304,35 @@ func TestOrderInterleaves(t *testing.T) {
 	}
 }
 
+// TestPosition: Position is the inverse of Order, for coded tables whose
+// last block is full, short by one, or a single chunk, and for a table
+// that is not coded.
+func TestPosition(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		size  int
+		chunk uint32
+		k     int
+	}{
+		{"last block full", 12 * 256, 256, 4},
+		{"last block short", 11 * 256, 256, 4},
+		{"last block one chunk", 9 * 256, 256, 4},
+		{"one block", 3 * 256, 256, 4},
+		{"last chunk short", 10*256 + 1, 256, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			im := newImage(t, tc.size, tc.chunk, tc.k, 1, 7)
+			for _, tab := range []*schemas.ChunkTable{im.coded, im.plain} {
+				for s, i := range Order(tab) {
+					if p := Position(tab, i); p != s {
+						t.Errorf("coded %v: Position(%d) = %d, want %d (Order %v)", tab.Coded(), i, p, s, Order(tab))
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestDecodeMemory(t *testing.T) {
 	if got, want := DecodeMemory(128, 8, 1024, 16<<10), int64(128<<10+256<<10); got != want {
 		t.Errorf("DecodeMemory = %d, want %d", got, want)
