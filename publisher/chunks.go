@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"math"
 	"slices"
@@ -1182,7 +1183,12 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	for who, wl := range per {
 		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
-	dl.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short), "need", need)
+	if dl.log.Enabled(ctx, slog.LevelDebug) {
+		// The first few requesters by name: a round for one or two
+		// devices is worth finding in their own logs.
+		who := slices.Sorted(maps.Keys(per))
+		dl.log.Debug("coded repair round", "image", d.info.Digest, "requesters", len(per), "parity", len(send), "short_blocks", countNonZero(short), "need", need, "first", who[:min(len(who), 3)])
+	}
 	if len(send) == 0 {
 		return nil
 	}
