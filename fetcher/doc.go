@@ -70,6 +70,11 @@
 // its idle timer is for a marker lost, and acts only once the broadcast
 // stream has been quiet for Idle (a paced round, late on a loaded broker,
 // is still on its way while parity for any block keeps arriving).
+// A wave that pauses for BrokerConfig.WaveGap is not over either (its
+// rest may be queued at the broker): the first pause asks only for the
+// chunks missing before the last one it brought, in carousel order
+// (blockcode.Position), which the broker, delivering the topic in order,
+// has passed; a second pause with nothing between ends the wave.
 // The fetch loop never waits on the
 // network while chunks arrive: its chunk requests go out from a goroutine
 // of their own (requests.go), as the agent's progress reports do, since
