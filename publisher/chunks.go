@@ -254,6 +254,9 @@ type waveState struct {
 	// minRatePass chunks went out at, paced by the echo and the
 	// receivers: repair rounds go no faster (0: none measured yet).
 	passRate float64
+	// flowing is closed when this instance's wave of the image in flight
+	// ends (its last pass's end marker sent); nil when none flows.
+	flowing chan struct{}
 }
 
 // minRatePass is the fewest chunks a wave pass must carry for its rate to
@@ -431,7 +434,18 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 	}
 	// Parity chunks of earlier waves are fresh to this wave's devices.
 	w.spent = nil
+	// Repair batches wait for the wave's end (flowing).
+	fl := make(chan struct{})
+	w.flowing = fl
 	dl.waveMu.Unlock()
+	defer func() {
+		dl.waveMu.Lock()
+		if w.flowing == fl {
+			w.flowing = nil
+		}
+		dl.waveMu.Unlock()
+		close(fl)
+	}()
 	defer w.next.Store(math.MaxInt64)
 	var ec *echo
 	if dl.cfg.WaveEcho > 0 {
@@ -945,6 +959,35 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 			return
 		case <-t.C:
 		}
+		// A batch that began while this instance's wave of the image
+		// flows waits for the wave's end, then RepairWindow more: its
+		// requesters lost chunks the wave had passed (a device asks
+		// mid-wave only for those, fetcher's WaveGap), and the loss
+		// summaries the wave's end marker brings join the batch, so the
+		// round after the wave answers them all. A round sent beside the
+		// wave took its bandwidth, and every device kept its parity
+		// until its blocks were complete.
+		if fl := dl.flowing(digest); fl != nil {
+			dl.repairMu.Lock()
+			dl.met.chunkRequests.WithLabelValues("after-wave").Add(float64(len(b.reqs)))
+			dl.repairMu.Unlock()
+			select {
+			case <-ctx.Done():
+				return
+			case <-fl:
+			}
+			// What the wave sent after the batch began is no longer
+			// in flight: chunks asked for are lost, not crossed.
+			dl.repairMu.Lock()
+			b.start = time.Now()
+			dl.repairMu.Unlock()
+			t.Reset(dl.cfg.RepairWindow)
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
 		// One round of an image at a time: requests that come while
 		// the previous one is going out join this batch, and its needs
 		// are read after that round is sent.
@@ -961,6 +1004,17 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 		dl.repairMu.Unlock()
 		dl.flushRepair(ctx, digest, b)
 	}()
+}
+
+// flowing returns the channel closed when this instance's wave of
+// digest in flight ends, nil when none flows.
+func (dl *delivery) flowing(digest string) chan struct{} {
+	dl.waveMu.Lock()
+	defer dl.waveMu.Unlock()
+	if w := dl.waves[digest]; w != nil {
+		return w.flowing
+	}
+	return nil
 }
 
 // flusher returns the one-slot semaphore that serialises the repair

@@ -10,7 +10,9 @@ import (
 	"maps"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -568,5 +570,90 @@ func TestDeliveryRoundLossMargin(t *testing.T) {
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%d requesters: parity per block %v, want %v", tc.requesters, got, tc.want)
 		}
+	}
+}
+
+// gateTransport holds the publish of the wave's chunk after the first
+// after ones until gate is closed, and closes reached when it does.
+type gateTransport struct {
+	*recTransport
+	after   int
+	n       atomic.Int64
+	reached chan struct{}
+	gate    chan struct{}
+}
+
+func (g *gateTransport) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
+	if schemas.IsChunk(b) && g.n.Add(1) == int64(g.after)+1 {
+		close(g.reached)
+		<-g.gate
+	}
+	return g.recTransport.Publish(ctx, t, b, o)
+}
+
+// TestDeliveryRepairAfterWave: a request that comes while the wave of its
+// image flows (a device that lost a chunk the wave passed) is answered by
+// the round after the wave's end marker, not beside the wave: the round
+// would take the wave's bandwidth, and every device would hold its parity
+// until its blocks were complete. Without the wait, the batch is flushed
+// RepairWindow after the request, with the wave held mid-way here.
+func TestDeliveryRepairAfterWave(t *testing.T) {
+	const k, par = 8, 4
+	h := newFakeHost()
+	d := h.addImage(t, 24*512, 512, k, par)
+	g := &gateTransport{after: 12, reached: make(chan struct{}), gate: make(chan struct{})}
+	dl, tr := newTestDelivery(t, h, func(c *Config) {
+		g.recTransport = c.Transport.(*recTransport)
+		c.Transport = g
+		c.RepairWindow = 10 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	waved := make(chan error, 1)
+	go func() { waved <- dl.wave(ctx, d.info.Digest) }()
+	select {
+	case <-g.reached:
+	case <-ctx.Done():
+		t.Fatal("the wave did not reach its 13th chunk")
+	}
+	lost := d.at(0) // sent: the wave is past it
+	dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, lost))
+	deferred := dl.met.chunkRequests.WithLabelValues("after-wave")
+	for counterValue(deferred) == 0 {
+		select {
+		case <-ctx.Done():
+			close(g.gate)
+			t.Fatal("the batch did not wait for the wave")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+	for _, m := range tr.on(ct) {
+		if schemas.IsRepairAnnounce(m) || schemas.IsParityChunk(m) {
+			t.Fatal("a repair round went out beside the wave")
+		}
+	}
+	close(g.gate)
+	if err := <-waved; err != nil {
+		t.Fatal(err)
+	}
+	dl.wait() // the batch, flushed RepairWindow after the wave's end
+	msgs := tr.on(ct)
+	end, ann, parity := -1, -1, 0
+	for k, m := range msgs {
+		switch {
+		case schemas.IsRepairAnnounce(m):
+			ann = k
+		case schemas.IsParityChunk(m):
+			parity++
+		case !schemas.IsChunk(m) && !bytes.Equal(m, d.tableBytes) && end < 0:
+			end = k // the wave's end marker
+		}
+	}
+	if end < 0 || ann < 0 || ann < end {
+		t.Fatalf("wave end at message %d, repair announcement at %d: want the round after the wave", end, ann)
+	}
+	if parity != 1 {
+		t.Errorf("%d parity chunks, want 1 (one chunk lost)", parity)
 	}
 }
