@@ -25,7 +25,9 @@ import (
 //     and queues what passes for chunkServer.
 //   - Repair (chunks.go): chunkServer answers a request at once (serve) or
 //     adds it to the image's repair batch (batch), flushed RepairWindow
-//     later one round per image at a time (flusher, flushRepair): chunks
+//     later (a batch that began while this instance's wave of the image
+//     flows: RepairWindow after the wave's end, flowing), one round per
+//     image at a time (flusher, flushRepair): chunks
 //     enough requesters lack are broadcast again, the rest unicast; a
 //     coded image's batch is repaired with fresh parity (repairCoded,
 //     announce, parityLog), kept in parityCache (paritycache.go).
