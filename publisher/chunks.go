@@ -816,6 +816,23 @@ type repairBatch struct {
 	// start is when the batch's first request was taken (monotonic):
 	// chunks broadcast since then reach its requesters without a repair.
 	start time.Time
+	// waveEnd, when set, is when the wave the batch waited for ended
+	// (see batch); at holds when each request was taken. The requests of
+	// such a batch span the wave, so each crosses what was broadcast
+	// after it was taken (the wave's rest for one taken mid-wave), not
+	// after the batch's first.
+	waveEnd time.Time
+	at      map[string]time.Time
+}
+
+// since returns from when on a broadcast crossed who's request (less
+// InTransit).
+func (b *repairBatch) since(who string, inTransit time.Duration) time.Time {
+	t := b.start
+	if a, ok := b.at[who]; ok && !b.waveEnd.IsZero() {
+		t = a
+	}
+	return t.Add(-inTransit)
 }
 
 func (dl *delivery) chunkServer(ctx context.Context) {
@@ -943,6 +960,10 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 		dl.repairs[digest] = b
 	}
 	b.reqs[r.Requester] = &r
+	if b.at == nil {
+		b.at = map[string]time.Time{}
+	}
+	b.at[r.Requester] = time.Now()
 	start := !b.timer
 	b.timer = true
 	dl.repairMu.Unlock()
@@ -976,10 +997,8 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 				return
 			case <-fl:
 			}
-			// What the wave sent after the batch began is no longer
-			// in flight: chunks asked for are lost, not crossed.
 			dl.repairMu.Lock()
-			b.start = time.Now()
+			b.waveEnd = time.Now()
 			dl.repairMu.Unlock()
 			t.Reset(dl.cfg.RepairWindow)
 			select {
@@ -1050,12 +1069,12 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 	ahead := dl.waveAhead(digest)
 	w := dl.waveFor(digest)
 	dl.waveMu.Lock()
-	since := b.start.Add(-dl.cfg.InTransit)
-	crossed := func(i int) bool { return i < len(w.sent) && w.sent[i].After(since) }
 	for who, r := range b.reqs {
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
+		since := b.since(who, dl.cfg.InTransit)
+		crossed := func(i int) bool { return i < len(w.sent) && w.sent[i].After(since) }
 		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return ahead.has(d.posOf(i)) || crossed(i) })
 	}
 	dl.waveMu.Unlock()
@@ -1076,7 +1095,14 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 			}
 		}
 		if len(coded) > 0 {
-			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, b.start.Add(-tableCrossing(dl.cfg))); err != nil {
+			// Parity rounds: those since the batch began, or, for a batch
+			// that waited for a wave (no round of this image went out
+			// beside it), since the wave ended.
+			since := b.start
+			if !b.waveEnd.IsZero() {
+				since = b.waveEnd
+			}
+			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, since.Add(-tableCrossing(dl.cfg))); err != nil {
 				if ctx.Err() == nil {
 					dl.log.Warn("coded repair", "image", digest, "err", err)
 				}

@@ -597,6 +597,12 @@ func (g *gateTransport) Publish(ctx context.Context, t schemas.Topic, b []byte, 
 // would take the wave's bandwidth, and every device would hold its parity
 // until its blocks were complete. Without the wait, the batch is flushed
 // RepairWindow after the request, with the wave held mid-way here.
+//
+// Each request of the batch crosses what the wave sent after it was
+// taken: dev-b, asking mid-wave for a chunk the wave had still to send,
+// gets nothing; dev-c, asking after the wave for a chunk the wave sent
+// after dev-a's request, is repaired (measured from the batch's first
+// request, that chunk would count as crossed).
 func TestDeliveryRepairAfterWave(t *testing.T) {
 	const k, par = 8, 4
 	h := newFakeHost()
@@ -605,7 +611,7 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 	dl, tr := newTestDelivery(t, h, func(c *Config) {
 		g.recTransport = c.Transport.(*recTransport)
 		c.Transport = g
-		c.RepairWindow = 10 * time.Millisecond
+		c.RepairWindow = time.Second // dev-c joins the batch after the wave
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -616,8 +622,9 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the wave did not reach its 13th chunk")
 	}
-	lost := d.at(0) // sent: the wave is past it
-	dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, lost))
+	// Positions 0 to 11 are sent; block of position p: p mod 3.
+	dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0)))  // lost: block 0
+	dl.batch(ctx, *request(t, dl, "camp", "dev-b", d, schemas.ProtocolCoded, d.at(19))) // still coming: block 1
 	deferred := dl.met.chunkRequests.WithLabelValues("after-wave")
 	for counterValue(deferred) == 0 {
 		select {
@@ -637,15 +644,18 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 	if err := <-waved; err != nil {
 		t.Fatal(err)
 	}
-	dl.wait() // the batch, flushed RepairWindow after the wave's end
+	dl.batch(ctx, *request(t, dl, "camp", "dev-c", d, schemas.ProtocolCoded, d.at(20))) // lost late in the wave: block 2
+	dl.wait()                                                                           // the batch, flushed RepairWindow after the wave's end
 	msgs := tr.on(ct)
-	end, ann, parity := -1, -1, 0
+	end, ann := -1, -1
+	parity := make([]int, d.table.NumBlocks())
 	for k, m := range msgs {
 		switch {
 		case schemas.IsRepairAnnounce(m):
 			ann = k
 		case schemas.IsParityChunk(m):
-			parity++
+			blk, _ := schemas.ParityBlockOf(m)
+			parity[blk]++
 		case !schemas.IsChunk(m) && !bytes.Equal(m, d.tableBytes) && end < 0:
 			end = k // the wave's end marker
 		}
@@ -653,7 +663,10 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 	if end < 0 || ann < 0 || ann < end {
 		t.Fatalf("wave end at message %d, repair announcement at %d: want the round after the wave", end, ann)
 	}
-	if parity != 1 {
-		t.Errorf("%d parity chunks, want 1 (one chunk lost)", parity)
+	if want := []int{1, 0, 1}; !slices.Equal(parity, want) {
+		t.Errorf("parity per block %v, want %v (dev-a's and dev-c's losses, not dev-b's chunk the wave sent after it asked)", parity, want)
+	}
+	if n := counterValue(deferred); n != 2 {
+		t.Errorf("%v requests counted after-wave, want 2 (dev-a's and dev-b's)", n)
 	}
 }
