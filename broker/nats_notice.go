@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -86,6 +87,12 @@ func (t *NATSTransport) forgetNoticeStream() {
 // publishRetained stores payload as subj's retained notice, or clears it
 // when payload is empty. A stream deleted meanwhile is made again once.
 func (t *NATSTransport) publishRetained(ctx context.Context, subj string, payload []byte) error {
+	// The message's id travels with the live copy and is stored with it:
+	// a device's read that finds the message it just had live, or the
+	// live copy of the message its read just delivered, drops the
+	// second (lastNotice). JetStream's duplicate window also drops the
+	// retry below, if the first try was stored after all.
+	id := rand.Text()
 	for attempt := 0; ; attempt++ {
 		s, err := t.NoticeStream(ctx)
 		if err != nil {
@@ -102,7 +109,7 @@ func (t *NATSTransport) publishRetained(ctx context.Context, subj string, payloa
 			}
 			return nil
 		}
-		_, err = t.js.Publish(ctx, subj, payload)
+		_, err = t.js.Publish(ctx, subj, payload, jetstream.WithMsgID(id))
 		if errors.Is(err, jetstream.ErrNoStreamResponse) && attempt == 0 {
 			t.forgetNoticeStream()
 			continue
@@ -192,14 +199,24 @@ type lastNotice struct {
 	base    uint64 // live when the subscription began, or the last reconnection
 	running bool   // a retry goroutine runs
 	again   bool   // a read is wanted (set again by a reconnection during one)
+	// readID and readSeq name the message the last read delivered (its
+	// Nats-Msg-Id and stream sequence) since base: its live copy, which
+	// can reach the callback after the read when the two race, and the
+	// settle read that finds it again are not delivered a second time.
+	// A reconnection clears them: the notice is then read again.
+	readID, readSeq string
 }
 
 // onLive is the core subscription's callback.
 func (l *lastNotice) onLive(m *nats.Msg) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	l.live++
+	if id := m.Header.Get(nats.MsgIdHdr); id != "" && id == l.readID {
+		l.readID = ""
+		return // the read delivered it already
+	}
 	l.s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data})
-	l.mu.Unlock()
 }
 
 // read makes one direct get and delivers its message, as retained, unless
@@ -211,9 +228,15 @@ func (l *lastNotice) read(ctx context.Context, base uint64) error {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.live == base {
-		l.s.d.enqueue(Message{Topic: l.subj, Payload: m.Data, Retained: true})
+	if l.live != base {
+		return nil
 	}
+	seq := m.Header.Get(jetstream.SequenceHeader)
+	if seq != "" && seq == l.readSeq {
+		return nil // an earlier read delivered it
+	}
+	l.readID, l.readSeq = m.Header.Get(nats.MsgIdHdr), seq
+	l.s.d.enqueue(Message{Topic: l.subj, Payload: m.Data, Retained: true})
 	return nil
 }
 
@@ -229,6 +252,7 @@ func (l *lastNotice) start(fresh bool) {
 	}
 	if fresh {
 		l.base = l.live
+		l.readID, l.readSeq = "", ""
 	}
 	l.again = true
 	if l.running {

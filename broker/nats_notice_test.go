@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -327,6 +328,7 @@ func TestNoticeRacingSubscription(t *testing.T) {
 		devs[i] = dial(t, url, topics, fmt.Sprintf("dev%03d", i))
 	}
 	got := make([]chan []byte, n)
+	count := make([]atomic.Int64, n)
 	errs := make(chan error, 2*n)
 	var wg sync.WaitGroup
 	for i := range devs {
@@ -337,6 +339,7 @@ func TestNoticeRacingSubscription(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			_, err := devs[i].Subscribe(ctx, notice, func(_ context.Context, m broker.Message) {
+				count[i].Add(1)
 				select {
 				case got[i] <- bytes.Clone(m.Payload):
 				default:
@@ -374,5 +377,26 @@ func TestNoticeRacingSubscription(t *testing.T) {
 	}
 	if missed > 0 {
 		t.Errorf("%d of %d devices never got the notice published as they subscribed", missed, n)
+	}
+	// Once every read (the settle reads too) is done, each device has
+	// its notice once: a read that finds the notice the device already
+	// has, live or from an earlier read, does not deliver it again.
+	for i, d := range devs {
+		for !broker.NoticeReadsIdle(d.(*broker.NATSTransport)) {
+			select {
+			case <-wait.Done():
+				t.Fatalf("device %d: notice reads still running", i)
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+	}
+	twice := 0
+	for i := range count {
+		if count[i].Load() > 1 {
+			twice++
+		}
+	}
+	if twice > 0 {
+		t.Errorf("%d of %d devices got their one notice more than once", twice, n)
 	}
 }
