@@ -65,6 +65,11 @@ type BenchConfig struct {
 	// and stall their downloads for a cost no real fleet pays (each
 	// device has its own flash); the raw side does not fsync either.
 	DeviceFsync bool
+	// HoldBoots holds every device's install until the whole fleet has
+	// staged (FleetConfig.HoldBoots): the staged time then measures the
+	// delivery, not the installs of early devices, which on this host
+	// share its cores with the downloads (real devices have their own).
+	HoldBoots bool
 	// PaceReporters is how many of the N devices report their download
 	// progress every PaceInterval while they download (agent
 	// ProgressInterval), spread over the rollout order: the designated
@@ -199,7 +204,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	cfg := Config{
 		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
 		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
-		Timeout: timeout, Stall: bc.Stall,
+		Timeout: timeout, Stall: bc.Stall, HoldBoots: bc.HoldBoots,
 		Agent: func(c *deviceagent.Config) { c.NoSync = !bc.DeviceFsync },
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.

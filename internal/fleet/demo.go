@@ -71,6 +71,9 @@ type Config struct {
 	Agent func(*deviceagent.Config)
 	// MemFlash keeps the devices' flash in memory (FleetConfig.MemFlash).
 	MemFlash bool
+	// HoldBoots holds the devices' installs until the fleet has staged
+	// (FleetConfig.HoldBoots); campaigns of one phase only.
+	HoldBoots bool
 	// Loss is the fraction of chunks each device drops at its receive
 	// path, independently (FleetConfig.Loss).
 	Loss float64
@@ -154,6 +157,10 @@ func (c *Config) defaults() error {
 	}
 	if len(c.Phases) == 0 {
 		c.Phases = []uint8{10, 50, 100}
+	}
+	if c.HoldBoots && len(c.Phases) > 1 {
+		// A later phase opens on confirmations, which follow the boots.
+		return fmt.Errorf("fleet: holding boots until the fleet has staged needs a campaign of one phase, not %v", c.Phases)
 	}
 	if c.FailPermille == 0 {
 		c.FailPermille = 100
@@ -311,7 +318,7 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		Devices: cfg.Devices, Prefix: prefix, Class: devClass, Dir: filepath.Join(cfg.Dir, "devices"), MQTTURL: st.MQTTURL, Topics: topics,
 		VendorID: vendor, ClassID: class, Trust: suit.TrustAnchors{key.Public()}, Factory: v1, MaxImage: cfg.ImageSize,
 		FailRate: cfg.FailRate, Seed: cfg.Seed, Logger: log, Agent: cfg.Agent, MemFlash: cfg.MemFlash, UpTimeout: cfg.UpTimeout,
-		Loss: cfg.Loss, Tally: cfg.tally,
+		Loss: cfg.Loss, Tally: cfg.tally, HoldBoots: cfg.HoldBoots,
 		FactoryOf: func(i int) []byte {
 			if cfg.OtherSource > 0 && i%cfg.OtherSource == cfg.OtherSource-1 {
 				return v0

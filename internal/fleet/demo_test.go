@@ -6,10 +6,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/firmcast/firmcast/broker"
+	"github.com/firmcast/firmcast/deviceagent"
 	"github.com/firmcast/firmcast/internal/testutil"
 	"github.com/firmcast/firmcast/schemas"
 )
@@ -130,5 +132,55 @@ func TestRunMachineBrokers(t *testing.T) {
 	case topic := <-got:
 		t.Errorf("retained notice left on %s", topic)
 	default:
+	}
+}
+
+// TestHoldBoots: with HoldBoots (firmcast bench --hold-boots), no device
+// passes its boot gate before every device of the fleet has staged.
+func TestHoldBoots(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	const n = 8
+	var mu sync.Mutex
+	var lastStaged, firstBoot time.Time
+	staged, booted := 0, 0
+	agent := func(c *deviceagent.Config) {
+		gate, onState := c.BootGate, c.OnState
+		c.BootGate = func(ctx context.Context) (func(), error) {
+			release, err := gate(ctx)
+			if err == nil {
+				mu.Lock()
+				if booted++; firstBoot.IsZero() {
+					firstBoot = time.Now()
+				}
+				mu.Unlock()
+			}
+			return release, err
+		}
+		c.OnState = func(r deviceagent.Record) {
+			if r.State == schemas.StateStaged {
+				mu.Lock()
+				staged++
+				lastStaged = time.Now()
+				mu.Unlock()
+			}
+			onState(r)
+		}
+	}
+	sum, err := Run(ctx, Config{Devices: n, ImageSize: 64 << 10, ChunkSize: 4096, Dir: t.TempDir(), Seed: 1, Logger: testLogger(t),
+		Phases: []uint8{100}, HoldBoots: true, Agent: agent})
+	if err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if sum.Outcome != "completed" || sum.ConfirmedV2 != n {
+		t.Fatalf("outcome %s, %d/%d confirmed on v2, problems %+v", sum.Outcome, sum.ConfirmedV2, sum.Devices, sum.Problems)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if staged < n || booted < n {
+		t.Fatalf("%d staged, %d booted, want %d each", staged, booted, n)
+	}
+	if firstBoot.Before(lastStaged) {
+		t.Errorf("a device booted %v before the last one staged", lastStaged.Sub(firstBoot))
 	}
 }

@@ -133,6 +133,16 @@ type FleetConfig struct {
 	// devices, each with its own CPU, never do. 0: one (the default);
 	// negative: no bound.
 	BootsAtOnce int
+	// HoldBoots holds every device's reboot until each device of the
+	// fleet has staged its candidate or ended (failed, skipped): the
+	// installs, bounded by BootsAtOnce, then run one after another
+	// without taking the host's cores from the downloads still going
+	// (firmcast bench --hold-boots). Real devices, each with its own CPU,
+	// install beside the others' downloads at no cost to them; on a host
+	// that simulates hundreds, the bench's staged time would otherwise
+	// count other devices' installs. Only for campaigns of one phase: a
+	// later phase waits for confirmations, which come after the boots.
+	HoldBoots bool
 }
 
 // Device is one simulated device.
@@ -158,12 +168,14 @@ type Device struct {
 	agent      *deviceagent.Agent
 	tr         broker.Transport
 
-	state  atomic.Int32  // schemas.State, from OnState
-	rx     atomic.Int64  // payload bytes received
-	staged atomic.Int64  // unix ns when first staged
-	done   atomic.Int64  // unix ns when a terminal state was reached
-	subbed chan struct{} // closed once the notice subscription is up
-	once   sync.Once
+	state  atomic.Int32 // schemas.State, from OnState
+	rx     atomic.Int64 // payload bytes received
+	staged atomic.Int64 // unix ns when first staged
+	// settled: counted in Fleet.settled (staged or ended).
+	settled atomic.Bool
+	done    atomic.Int64  // unix ns when a terminal state was reached
+	subbed  chan struct{} // closed once the notice subscription is up
+	once    sync.Once
 
 	mu      sync.Mutex
 	downErr error // why the device did not come up, or why its agent stopped
@@ -191,14 +203,18 @@ func (d *Device) FlashPath() string { return filepath.Join(d.Dir, "flash") }
 
 // Fleet is a set of simulated devices. Build it with NewFleet, then Run.
 type Fleet struct {
-	cfg     FleetConfig
-	boots   chan struct{} // tokens of BootsAtOnce; nil: no bound
-	Devices []*Device
-	geom    bootctl.Geometry
-	layout  bootctl.Layout
-	fdigest [32]byte
-	stop    context.CancelFunc
-	wg      sync.WaitGroup
+	cfg   FleetConfig
+	boots chan struct{} // tokens of BootsAtOnce; nil: no bound
+	// settled counts devices staged or ended; allSettled is closed when
+	// it reaches len(Devices) (HoldBoots).
+	settled    atomic.Int64
+	allSettled chan struct{}
+	Devices    []*Device
+	geom       bootctl.Geometry
+	layout     bootctl.Layout
+	fdigest    [32]byte
+	stop       context.CancelFunc
+	wg         sync.WaitGroup
 }
 
 // NewFleet prepares the devices: directories, flash files with the
@@ -242,7 +258,7 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 	if err := l.Validate(g); err != nil {
 		return nil, err
 	}
-	f := &Fleet{cfg: cfg, geom: g, layout: l, fdigest: sha256.Sum256(cfg.Factory)}
+	f := &Fleet{cfg: cfg, geom: g, layout: l, fdigest: sha256.Sum256(cfg.Factory), allSettled: make(chan struct{})}
 	if cfg.BootsAtOnce >= 0 {
 		f.boots = make(chan struct{}, max(cfg.BootsAtOnce, 1))
 	}
@@ -482,9 +498,27 @@ func (f *Fleet) Stop() {
 	f.wg.Wait()
 }
 
+// settle counts d, once, as staged or ended, and opens the held boots
+// when every device is (HoldBoots).
+func (f *Fleet) settle(d *Device) {
+	if d.settled.Swap(true) {
+		return
+	}
+	if f.settled.Add(1) == int64(len(f.Devices)) {
+		close(f.allSettled)
+	}
+}
+
 // bootGate is the devices' deviceagent.Config.BootGate: a token of
 // f.boots for each bootloader run.
 func (f *Fleet) bootGate(ctx context.Context) (func(), error) {
+	if f.cfg.HoldBoots {
+		select {
+		case <-f.allSettled:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if f.boots == nil {
 		return func() {}, nil
 	}
@@ -516,8 +550,10 @@ func (f *Fleet) start(life, ctx context.Context, d *Device, wg *sync.WaitGroup) 
 			switch r.State {
 			case schemas.StateStaged:
 				d.staged.CompareAndSwap(0, now)
+				f.settle(d)
 			case schemas.StateConfirmed, schemas.StateRolledBack, schemas.StateFailed, schemas.StateSkipped:
 				d.done.CompareAndSwap(0, now)
+				f.settle(d)
 			}
 		},
 	}
