@@ -26,6 +26,8 @@ const (
 	DefaultConnectTimeout = 10 * time.Second
 	// DefaultReconnectMax caps the back-off between reconnection attempts.
 	DefaultReconnectMax = 5 * time.Second
+	// DefaultWriteTimeout bounds one write to an MQTT broker connection.
+	DefaultWriteTimeout = 30 * time.Second
 )
 
 // Config is what Dial needs to connect to one broker. It is taken by value;
@@ -66,6 +68,13 @@ type Config struct {
 	// ConnectTimeout bounds each connection attempt. Default
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// WriteTimeout bounds each write to an MQTT broker's connection. A
+	// QoS 0 publish is a bare write, which paho gives neither a context
+	// nor a deadline: a broker that stops reading (hung, or gone without
+	// a reset) would hold that publish, every one behind it and the
+	// keep-alive for ever. Past the timeout the write fails, the
+	// connection is dropped and made again. Default DefaultWriteTimeout.
+	WriteTimeout time.Duration
 	// ReconnectMax caps the back-off between reconnection attempts
 	// (attempts start at 50ms and double). Default DefaultReconnectMax.
 	ReconnectMax time.Duration
@@ -250,6 +259,9 @@ func parseOneEndpoint(cfg Config) (endpoint, error) {
 	}
 	if ep.ReconnectMax <= 0 {
 		ep.ReconnectMax = DefaultReconnectMax
+	}
+	if ep.WriteTimeout <= 0 {
+		ep.WriteTimeout = DefaultWriteTimeout
 	}
 	if ep.Logger == nil {
 		ep.Logger = slog.Default()

@@ -19,7 +19,10 @@
 //     retained notices, short session expiry (0 for shared-subscription
 //     members), response topic + correlation data for request/reply,
 //     RequestProblemInfo on every CONNECT (mochi strips user properties
-//     otherwise), subscription identifiers to route deliveries.
+//     otherwise), subscription identifiers to route deliveries. Every
+//     write to the connection has a deadline (Config.WriteTimeout): a
+//     QoS 0 publish is a bare write paho gives no context, and would
+//     block for good towards a broker that stopped reading.
 //   - nats.go: NATS core pub/sub, queue groups, request/reply.
 //   - nats_notice.go: retained notices on NATS, in a JetStream stream
 //     keeping the last message per notice subject (NoticeStream, created

@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"sync"
 	"time"
 
 	"github.com/eclipse/paho.golang/autopaho"
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/firmcast/firmcast/schemas"
@@ -94,8 +96,11 @@ func dialMQTT(ctx context.Context, ep endpoint) (*MQTTTransport, error) {
 		SessionExpiryInterval:         uint32(ep.SessionExpiry / time.Second),
 		ReconnectBackoff:              func(n int) time.Duration { return backoff(n, ep.ReconnectMax) },
 		ConnectTimeout:                ep.ConnectTimeout,
-		ConnectUsername:               ep.Username,
-		ConnectPassword:               []byte(ep.Password),
+		AttemptConnection: func(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
+			return dialMQTTConn(ctx, u, ep.TLS, ep.ConnectTimeout, ep.WriteTimeout)
+		},
+		ConnectUsername: ep.Username,
+		ConnectPassword: []byte(ep.Password),
 		OnConnectionUp: func(cm *autopaho.ConnectionManager, ca *paho.Connack) {
 			ep.Logger.Debug("mqtt connected", "session_present", ca.SessionPresent)
 			t.mu.Lock()
@@ -582,3 +587,39 @@ func (t *MQTTTransport) Close(ctx context.Context) error {
 
 // Dialect returns DialectMQTT.
 func (t *MQTTTransport) Dialect() Dialect { return DialectMQTT }
+
+// dialMQTTConn makes one connection to an MQTT broker (u's scheme "tls":
+// over TLS with cfg), within connectTimeout, whose every write must
+// complete within writeTimeout (Config.WriteTimeout). The connection is
+// paho's thread-safe wrapper: a packet's write, in one or several
+// pieces, is never interleaved with another's.
+func dialMQTTConn(ctx context.Context, u *url.URL, cfg *tls.Config, connectTimeout, writeTimeout time.Duration) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, connectTimeout)
+	defer cancel()
+	var c net.Conn
+	var err error
+	if u.Scheme == "tls" {
+		d := tls.Dialer{Config: cfg}
+		c, err = d.DialContext(ctx, "tcp", u.Host)
+	} else {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", u.Host)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return packets.NewThreadSafeConn(&deadlineConn{Conn: c, timeout: writeTimeout}), nil
+}
+
+// deadlineConn sets a write deadline of timeout before each write.
+type deadlineConn struct {
+	net.Conn
+	timeout time.Duration
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.timeout)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
