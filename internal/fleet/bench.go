@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
+	"runtime/metrics"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -477,6 +478,40 @@ func rss() int64 {
 	return pages * int64(os.Getpagesize())
 }
 
+// memClassNames are the runtime's memory classes (runtime/metrics) that
+// make up most of a Go process's RSS, with the goroutine count.
+var memClassNames = []struct{ metric, key string }{
+	{"/memory/classes/heap/objects:bytes", "heap_objects_mib"},
+	{"/memory/classes/heap/unused:bytes", "heap_unused_mib"},
+	{"/memory/classes/heap/free:bytes", "heap_free_mib"},
+	{"/memory/classes/heap/stacks:bytes", "stacks_mib"},
+	{"/memory/classes/other:bytes", "other_mib"},
+	{"/sched/goroutines:goroutines", "goroutines"},
+}
+
+// memClasses returns the memory classes as log attributes (MiB, and
+// the goroutine count), for the "rss peak" line: what the RSS at a peak
+// is made of (live objects, the collector's headroom, stacks).
+func memClasses() []any {
+	ss := make([]metrics.Sample, len(memClassNames))
+	for i, m := range memClassNames {
+		ss[i].Name = m.metric
+	}
+	metrics.Read(ss)
+	out := make([]any, 0, 2*len(ss))
+	for i, s := range ss {
+		if s.Value.Kind() != metrics.KindUint64 {
+			continue
+		}
+		v := s.Value.Uint64()
+		if memClassNames[i].key != "goroutines" {
+			v >>= 20
+		}
+		out = append(out, memClassNames[i].key, v)
+	}
+	return out
+}
+
 // watchRSS collects the Go heap and returns what it freed to the system
 // (so that a side starts from the live heap, not from what the one
 // before it left mapped), then samples the RSS every 50ms; the returned
@@ -514,7 +549,7 @@ func watchRSS(log *slog.Logger, side string) func() (growth, peak int64) {
 				mu.Unlock()
 				if r > logged+16<<20 {
 					logged = r
-					log.Debug("rss peak", "side", side, "rss_mib", r>>20, "growth_mib", (r-base)>>20)
+					log.Debug("rss peak", append([]any{"side", side, "rss_mib", r >> 20, "growth_mib", (r - base) >> 20}, memClasses()...)...)
 				}
 			}
 		}

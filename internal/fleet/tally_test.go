@@ -125,3 +125,17 @@ func TestFleetShares(t *testing.T) {
 		t.Error("devices 6..15 of a fleet of 10 accepted")
 	}
 }
+
+// TestMemClasses: the "rss peak" line's memory classes are all read
+// (a renamed runtime metric would silently drop one).
+func TestMemClasses(t *testing.T) {
+	attrs := memClasses()
+	if len(attrs) != 2*len(memClassNames) {
+		t.Fatalf("memClasses returned %v, want every one of %d classes", attrs, len(memClassNames))
+	}
+	for i := 0; i < len(attrs); i += 2 {
+		if attrs[i] == "goroutines" && attrs[i+1].(uint64) == 0 {
+			t.Errorf("0 goroutines: %v", attrs)
+		}
+	}
+}
