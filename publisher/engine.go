@@ -52,19 +52,36 @@ func (p *Publisher) acquireLease(ctx context.Context) (leader, fresh bool) {
 
 // releaseLease gives up the leader lease on a clean stop, so another
 // instance takes over at its next tick instead of after LeaseTTL.
+//
+// The delete is conditional on the revision read: a renewal of the last
+// tick, sent before Run was stopped but stored after the read (the KV's
+// read and write are separate requests), makes it fail. The lease is then
+// read again and the delete retried while this instance still holds it;
+// before, such a stop left the lease to expire.
 func (p *Publisher) releaseLease(ctx context.Context) {
-	var cur lease
-	rev, err := getJSON(ctx, p.st.lease, "lease", leaseKey, &cur)
-	if err != nil || cur.Holder != p.cfg.Instance {
-		return
+	defer func() { p.leader = false }()
+	var err error
+	for range releaseTries {
+		var cur lease
+		var rev uint64
+		rev, err = getJSON(ctx, p.st.lease, "lease", leaseKey, &cur)
+		if err != nil || cur.Holder != p.cfg.Instance {
+			return
+		}
+		dctx, cancel := opCtx(ctx)
+		err = p.st.lease.Delete(dctx, leaseKey, jetstream.LastRevision(rev))
+		cancel()
+		if err == nil || ctx.Err() != nil {
+			break
+		}
 	}
-	dctx, cancel := opCtx(ctx)
-	defer cancel()
-	if err := p.st.lease.Delete(dctx, leaseKey, jetstream.LastRevision(rev)); err != nil {
+	if err != nil {
 		p.log.Warn("release leader lease", "err", err)
 	}
-	p.leader = false
 }
+
+// releaseTries bounds releaseLease's conditional deletes.
+const releaseTries = 3
 
 // tick runs one round of campaign work if this instance is leader. It is
 // called from Run's loop only (never concurrently with itself).

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -345,5 +347,41 @@ func TestLeaseReleaseAndExpiry(t *testing.T) {
 	e.clock.Advance(11 * time.Second)
 	if ok, _ := pc.acquireLease(ctx); !ok {
 		t.Fatal("c could not take b's expired lease")
+	}
+}
+
+// lateRenewal is the lease bucket with a renewal of the holder's landing
+// between releaseLease's read and its conditional delete: the last
+// tick's, sent before Run stopped, stored after the read.
+type lateRenewal struct {
+	jetstream.KeyValue
+	once sync.Once
+}
+
+func (l *lateRenewal) Delete(ctx context.Context, key string, opts ...jetstream.KVDeleteOpt) error {
+	l.once.Do(func() {
+		if e, err := l.KeyValue.Get(ctx, key); err == nil {
+			_, _ = l.KeyValue.Put(ctx, key, e.Value())
+		}
+	})
+	return l.KeyValue.Delete(ctx, key, opts...)
+}
+
+// TestLeaseReleaseAfterLateRenewal: a clean stop releases the lease even
+// when a renewal lands between the release's read and its delete (seen
+// as TestLeaseReleaseAndExpiry failing under load: the conditional
+// delete failed and the lease was left to expire).
+func TestLeaseReleaseAfterLateRenewal(t *testing.T) {
+	e := newEnv(t)
+	pa := e.open(func(c *Config) { c.Instance = "a" })
+	pb := e.open(func(c *Config) { c.Instance = "b" })
+	ctx := context.Background()
+	if ok, _ := pa.acquireLease(ctx); !ok {
+		t.Fatal("a did not take the free lease")
+	}
+	pa.st.lease = &lateRenewal{KeyValue: pa.st.lease}
+	pa.releaseLease(ctx)
+	if ok, fresh := pb.acquireLease(ctx); !ok || !fresh {
+		t.Fatalf("b after a's release: leader=%v fresh=%v", ok, fresh)
 	}
 }
