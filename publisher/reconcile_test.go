@@ -2,6 +2,7 @@ package publisher
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -38,7 +39,7 @@ func scenarioReconcileResendsNotice(t *testing.T, e *testEnv) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, func() string { return "first notice" }, func() bool { return notices.Load() == 1 })
+	waitFor(t, 5*time.Second, func() string { return fmt.Sprintf("the first notice (%d received)", notices.Load()) }, func() bool { return notices.Load() == 1 })
 	step := func(d time.Duration, want int64) {
 		t.Helper()
 		e.clock.Advance(d)
