@@ -956,13 +956,10 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 	dl.repairMu.Lock()
 	b := dl.repairs[digest]
 	if b == nil {
-		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, start: time.Now()}
+		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, at: map[string]time.Time{}, start: time.Now()}
 		dl.repairs[digest] = b
 	}
 	b.reqs[r.Requester] = &r
-	if b.at == nil {
-		b.at = map[string]time.Time{}
-	}
 	b.at[r.Requester] = time.Now()
 	start := !b.timer
 	b.timer = true
