@@ -210,13 +210,18 @@ func (s *MQTTServer) Shutdown() {
 	// it again in Len, and a connection ending at that moment queues
 	// Clients.Delete (a writer) between the two (seen in a CI run at
 	// 18:45 UTC, 2026-12-04, in TestIdleFleet). Then the map stays locked
-	// for ever: Shutdown gives up after mqttCloseTimeout, logs it, and
-	// leaves mochi's goroutines behind rather than hang its caller. The
-	// client closes run in their own goroutine, since GetAll takes that
-	// lock too.
+	// for ever. So the listeners are closed first with
+	// disconnectListenerClients, which does what mochi's own closer does
+	// under one read lock (GetAll); Close then finds them closed and
+	// does not take that path (seen again in a CI run at 10:12 UTC,
+	// 2026-12-06, in the broker package). Should the map still lock,
+	// Shutdown gives up after mqttCloseTimeout, logs it, and leaves
+	// mochi's goroutines behind rather than hang its caller. The client
+	// closes run in their own goroutine, since GetAll takes that lock too.
 	closed := make(chan struct{})
 	go func() {
 		defer close(closed)
+		s.srv.Listeners.CloseAll(s.disconnectListenerClients)
 		_ = s.srv.Close()
 	}()
 	grace := time.NewTicker(mqttCloseGrace)
@@ -242,6 +247,17 @@ func (s *MQTTServer) Shutdown() {
 		if time.Since(start) >= mqttCloseTimeout {
 			s.cfg.Logger.Error("embedded MQTT broker did not close (mochi's clients map is locked for ever); its goroutines are left behind", "after", time.Since(start).Round(time.Second))
 			return
+		}
+	}
+}
+
+// disconnectListenerClients is mochi's closeListenerClients (a
+// DISCONNECT, server shutting down, to each client of the listener)
+// without its recursive read lock of the clients map.
+func (s *MQTTServer) disconnectListenerClients(listener string) {
+	for _, cl := range s.srv.Clients.GetAll() {
+		if cl.Net.Listener == listener {
+			_ = s.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
 	}
 }
