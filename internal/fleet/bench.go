@@ -71,6 +71,15 @@ type BenchConfig struct {
 	// delivery, not the installs of early devices, which on this host
 	// share its cores with the downloads (real devices have their own).
 	HoldBoots bool
+	// ColdPages leaves the files both sides write into to the host's page
+	// cache as it finds them. By default the raw side's files and the
+	// devices' free slots are written full of the bytes they read as, and
+	// written back, before each side's clock starts (RawConfig.Touch,
+	// Fleet.TouchFreeSlots): on a virtual machine that gives freed memory
+	// back to its host, the first write to a page costs a host fault,
+	// and the side whose writes last longer (or come later) paid more of
+	// them.
+	ColdPages bool
 	// PaceReporters is how many of the N devices report their download
 	// progress every PaceInterval while they download (agent
 	// ProgressInterval), spread over the rollout order: the designated
@@ -217,6 +226,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,
+		Touch:    !bc.ColdPages,
 	}
 	if bc.PaceReporters > 0 {
 		every := max(n/bc.PaceReporters, 1)
@@ -262,6 +272,11 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	// image on 500 flash files, 4 GiB at 8 MiB) is flushed before the
 	// campaign starts (OnReady below), or the kernel's writeback of it
 	// takes CPU from the measured campaign.
+	if !bc.ColdPages {
+		if err := TouchRawFiles(filepath.Join(dir, "raw"), n, len(image)); err != nil {
+			return row, fmt.Errorf("raw fan-out: %w", err)
+		}
+	}
 	syscall.Sync()
 	cpu0 := cpuSeconds()
 	peak := watchRSS(bc.Logger, "raw")

@@ -77,6 +77,9 @@ type Config struct {
 	// Loss is the fraction of chunks each device drops at its receive
 	// path, independently (FleetConfig.Loss).
 	Loss float64
+	// Touch puts every device's free slot in the host's page cache before
+	// the campaign (Fleet.TouchFreeSlots), as `firmcast bench` does.
+	Touch bool
 	// tally sums the in-process devices' receive paths (Summary.Receive).
 	tally *fetcher.Tally
 	// Stall ends a campaign with ErrStalled when nothing moved (device
@@ -342,6 +345,11 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	if cfg.Delta {
 		if err := prepareDelta(ctx, st, v1, len(ids)); err != nil {
+			return sum, err
+		}
+	}
+	if cfg.Touch {
+		if err := fl.TouchFreeSlots(ctx); err != nil {
 			return sum, err
 		}
 	}

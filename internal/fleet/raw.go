@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -41,6 +42,35 @@ type RawConfig struct {
 	Idle time.Duration
 	// Topic is the MQTT topic / NATS subject. Default a random one.
 	Topic string
+}
+
+// rawFile names subscriber i's file in dir.
+func rawFile(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("raw-%04d", i)) }
+
+// TouchRawFiles writes the files of n raw subscribers in dir full of
+// zeros, size bytes each, and writes them back: RawFanout then writes its
+// chunks into pages the host holds (see Fleet.TouchFreeSlots, which
+// `firmcast bench` does for the fleet's side before its clock starts, as
+// it does this before the raw side's).
+func TouchRawFiles(dir string, n, size int) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i := range n {
+		f, err := os.Create(rawFile(dir, i))
+		if err != nil {
+			return err
+		}
+		err = touch(f, 0, int64(size))
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			return err
+		}
+	}
+	syscall.Sync()
+	return nil
 }
 
 // RawResult is what RawFanout measured.
@@ -128,7 +158,8 @@ func RawFanout(ctx context.Context, cfg RawConfig) (RawResult, error) {
 	var bad, rx, last atomic.Int64
 	subs := make([]*rawSub, cfg.Subscribers)
 	for i := range subs {
-		f, err := os.Create(filepath.Join(cfg.Dir, fmt.Sprintf("raw-%04d", i)))
+		// Not truncated: the file TouchRawFiles made keeps its pages.
+		f, err := os.OpenFile(rawFile(cfg.Dir, i), os.O_RDWR|os.O_CREATE, 0o644)
 		if err != nil {
 			return res, err
 		}
@@ -274,4 +305,22 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// zeros is what touch writes, read-only: one buffer for every file, so
+// that touching allocates nothing (the raw side's peak RSS is measured
+// from before its files are touched).
+var zeros [64 << 10]byte
+
+// touch writes zeros over [off, off+n) of fh.
+func touch(fh *os.File, off, n int64) error {
+	zero := zeros[:]
+	for n > 0 {
+		k := min(n, int64(len(zero)))
+		if _, err := fh.WriteAt(zero[:k], off); err != nil {
+			return err
+		}
+		off, n = off+k, n-k
+	}
+	return nil
 }
