@@ -340,16 +340,17 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 		ids = append(ids, d.ID)
 	}
 	defer fl.Stop()
+	// Before the agents run: they own their bootloader from then on.
+	if cfg.Touch {
+		if err := fl.TouchFreeSlots(ctx); err != nil {
+			return sum, err
+		}
+	}
 	if err := fl.Run(ctx); err != nil {
 		return sum, err
 	}
 	if cfg.Delta {
 		if err := prepareDelta(ctx, st, v1, len(ids)); err != nil {
-			return sum, err
-		}
-	}
-	if cfg.Touch {
-		if err := fl.TouchFreeSlots(ctx); err != nil {
 			return sum, err
 		}
 	}

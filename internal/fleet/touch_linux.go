@@ -18,7 +18,8 @@ const seekData = 3
 // each byte inverted, and an erased byte, 0xFF, is stored as the 0 a hole
 // reads as), nor what bootctl knows of it (the slot is still known
 // erased, and the campaign's erase of it still skips the store). A slot
-// that holds data is left alone. Memory flash is left alone.
+// that holds data is left alone. Memory flash is left alone. Call it
+// before Run: it asks each device's bootloader for its free slot.
 //
 // What it is for: on a virtual machine whose balloon takes back the
 // memory the guest frees (free page reporting), the first write to a page
