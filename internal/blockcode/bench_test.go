@@ -35,7 +35,7 @@ import (
 //
 // Metrics: total-x-image (all egress / image size), wave-x-image,
 // repair-rounds, parity-per-block (fresh parity sent per block, all
-// rounds), decode-mem-KiB (DecodeMemory at K with 1 KiB stripes and the
+// rounds), decode-mem-KiB (DecodeMemory at K with the default stripe and the
 // most chunks any device lost in one block).
 func BenchmarkWaveEgress(b *testing.B) {
 	const imageSize, chunkSize = 8 << 20, 16 << 10

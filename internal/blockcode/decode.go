@@ -12,8 +12,8 @@ import (
 )
 
 // DefaultStripe is the stripe Decode reads of each source chunk at a time
-// when a Collector's stripe is 0.
-const DefaultStripe = 1 << 10
+// when a Collector's stripe is 0: a whole chunk of up to 16 KiB.
+const DefaultStripe = 16 << 10
 
 // Collector holds a device's verified parity chunks of a coded image until
 // the blocks they belong to are rebuilt. Add checks each one against the
@@ -108,10 +108,11 @@ func (c *Collector) Forget(b uint32) { delete(c.parity, b) }
 
 // DecodeMemory returns the bytes Decode holds for a block of k source
 // chunks of which lost are rebuilt, in stripes of stripe bytes, with
-// chunks of chunkSize bytes: k stripes, the lost parity chunks it uses and
-// the lost chunks it rebuilds.
+// chunks of chunkSize bytes: one stripe, the lost parity chunks it uses
+// and the lost chunks it rebuilds (k does not count: the held chunks are
+// read back one stripe at a time).
 func DecodeMemory(k, lost, stripe, chunkSize int) int64 {
-	return int64(k)*int64(stripe) + 2*int64(lost)*int64(chunkSize)
+	return int64(min(stripe, chunkSize)) + 2*int64(lost)*int64(chunkSize)
 }
 
 // Decode rebuilds the source chunks of block b the device lacks (have
@@ -166,45 +167,51 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 	if err != nil {
 		return fmt.Errorf("blockcode: block %d: %w", b, err)
 	}
-	held0 := int(count) - len(lost)
-	stripes := make([][]byte, held0) // reused per stripe for held chunks
-	// shards: the held source chunks' stripes (ascending), the parity
-	// chunks' (idx order), then the rebuilt chunks' (lost order).
-	shards := make([][]byte, int(count)+len(lost))
-	for off := 0; off < cs; off += c.stripe {
+	// Each input (the held source chunks in ascending order, then the
+	// parity chunks in idx order) adds its column's multiple to every
+	// rebuilt chunk, a stripe at a time: one stripe of one held chunk is
+	// read at a time, and the coder's tables are one column's, not the
+	// whole L x K matrix's for every stripe.
+	sub := make([][]byte, len(lost))
+	add := func(in []byte, col, off int) error {
+		for u := range sub {
+			sub[u] = rebuilt[u][off : off+len(in)]
+		}
+		if err := dec.EncodeIdx(in, col, sub); err != nil {
+			return fmt.Errorf("blockcode: block %d: %w", b, err)
+		}
+		return nil
+	}
+	stripe := make([]byte, c.stripe)
+	col, m := 0, 0
+	for i := range count {
+		if m < len(lost) && lost[m] == i {
+			m++
+			continue
+		}
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		s := min(c.stripe, cs-off)
-		h, m := 0, 0
-		for i := range count {
-			if m < len(lost) && lost[m] == i {
-				m++
-				continue
-			}
-			if stripes[h] == nil {
-				stripes[h] = make([]byte, c.stripe)
-			}
-			buf := stripes[h][:s]
-			valid := max(0, min(s, t.ChunkLen(first+i)-off)) // the last chunk is zero-padded
+		for off := 0; off < cs; off += c.stripe {
+			buf := stripe[:min(c.stripe, cs-off)]
+			valid := max(0, min(len(buf), t.ChunkLen(first+i)-off)) // the last chunk is zero-padded
 			clear(buf[valid:])
 			if valid > 0 {
 				if n, err := slot.ReadAt(buf[:valid], int64(first+i)*int64(cs)+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == valid) {
 					return fmt.Errorf("blockcode: block %d: reading chunk %d back: %w", b, first+i, err)
 				}
 			}
-			shards[h] = buf
-			h++
+			if err := add(buf, col, off); err != nil {
+				return err
+			}
 		}
-		for u, j := range idx {
-			shards[held0+u] = held[j][off : off+s]
+		col++
+	}
+	for _, j := range idx {
+		if err := add(held[j], col, 0); err != nil {
+			return err
 		}
-		for u := range lost {
-			shards[int(count)+u] = rebuilt[u][off : off+s]
-		}
-		if err := dec.Encode(shards); err != nil {
-			return fmt.Errorf("blockcode: block %d: %w", b, err)
-		}
+		col++
 	}
 	for m, i := range lost {
 		n := t.ChunkLen(first + i)

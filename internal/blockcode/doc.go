@@ -25,12 +25,13 @@
 //
 // Device memory. Decode does not hold the block: it reads the source
 // chunks the device already wrote back from the slot (an io.ReaderAt, chunk
-// i at offset i*ChunkSize), a stripe of S bytes of each at a time, and
-// holds: k' stripes (k' x S), the parity chunks it uses (m x ChunkSize for
-// m lost chunks) and the m rebuilt chunks until each is verified against
-// the table and written (m x ChunkSize). DecodeMemory states it. At K = 128,
-// S = 1 KiB, 16 KiB chunks and m = 8 lost chunks in a block: 128 KiB +
-// 256 KiB.
+// i at offset i*ChunkSize), one stripe of S bytes (a whole chunk by
+// default) of one chunk at a time, and adds its multiple to each chunk it
+// rebuilds. It holds one stripe, the parity chunks it uses (m x ChunkSize
+// for m lost chunks) and the m rebuilt chunks until each is verified
+// against the table and written (m x ChunkSize). DecodeMemory states it.
+// At K = 128, 16 KiB chunks and m = 8 lost chunks in a block: 16 KiB +
+// 256 KiB, whatever K.
 //
 // Carousel order. Order interleaves blocks (chunk j of every block, then
 // chunk j+1 of every block), so that a burst of losses on the broadcast
