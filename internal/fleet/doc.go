@@ -41,7 +41,11 @@
 //     beside the raw broker fan-out of the same bytes (RawFanout, raw.go),
 //     repeated Runs times with median and range; and the broker memory of
 //     N idle agents (IdleFleet, idle.go), brokers run as processes through
-//     internal/stack.
+//     internal/stack. Before each side's clock starts, the files it will
+//     write (the raw side's, the devices' free slots) are written full of
+//     what they read as (TouchRawFiles, Fleet.TouchFreeSlots in
+//     touch_linux.go), so that neither side pays the host for pages a
+//     virtual machine's balloon took back (BenchConfig.ColdPages).
 //
 // Nothing here is a fake: the agents, bootloader, publisher and brokers
 // are the production code; only the flash is simulated.
