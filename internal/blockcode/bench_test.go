@@ -35,7 +35,7 @@ import (
 //
 // Metrics: total-x-image (all egress / image size), wave-x-image,
 // repair-rounds, parity-per-block (fresh parity sent per block, all
-// rounds), decode-mem-KiB (DecodeMemory at K with the default stripe and the
+// rounds), decode-mem-KiB (DecodeMemory with the default stripe and the
 // most chunks any device lost in one block).
 func BenchmarkWaveEgress(b *testing.B) {
 	const imageSize, chunkSize = 8 << 20, 16 << 10
@@ -212,7 +212,7 @@ func (m *model) coded(res *result, devs []*channel, have [][]bool) {
 			maxLost = max(maxLost, lacks(d, b))
 		}
 	}
-	res.decodeMem = DecodeMemory(int(t.Block), min(maxLost, int(t.ParityPerBlock)), DefaultStripe, int(t.ChunkSize))
+	res.decodeMem = DecodeMemory(min(maxLost, int(t.ParityPerBlock)), DefaultStripe, int(t.ChunkSize))
 	spent := make([]uint32, nb) // parity chunks sent per block
 	for res.rounds < 100 {
 		need := make([]int, nb)

@@ -335,16 +335,16 @@ func TestPosition(t *testing.T) {
 
 func TestDecodeMemory(t *testing.T) {
 	for _, c := range []struct {
-		k, lost, stripe, chunk int
-		want                   int64
+		lost, stripe, chunk int
+		want                int64
 	}{
-		{128, 8, 1024, 16 << 10, 1<<10 + 256<<10},
-		{128, 8, DefaultStripe, 16 << 10, 16<<10 + 256<<10},
-		{128, 8, DefaultStripe, 4 << 10, 4<<10 + 64<<10}, // the stripe is at most a chunk
-		{256, 0, 1024, 16 << 10, 1 << 10},
+		{8, 1024, 16 << 10, 1<<10 + 256<<10},
+		{8, DefaultStripe, 16 << 10, 16<<10 + 256<<10},
+		{8, DefaultStripe, 4 << 10, 4<<10 + 64<<10}, // the stripe is at most a chunk
+		{0, 1024, 16 << 10, 1 << 10},
 	} {
-		if got := DecodeMemory(c.k, c.lost, c.stripe, c.chunk); got != c.want {
-			t.Errorf("DecodeMemory(%d, %d, %d, %d) = %d, want %d", c.k, c.lost, c.stripe, c.chunk, got, c.want)
+		if got := DecodeMemory(c.lost, c.stripe, c.chunk); got != c.want {
+			t.Errorf("DecodeMemory(%d, %d, %d) = %d, want %d", c.lost, c.stripe, c.chunk, got, c.want)
 		}
 	}
 }

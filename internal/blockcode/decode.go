@@ -106,12 +106,12 @@ func (c *Collector) Held(b uint32) int { return len(c.parity[b]) }
 // Forget drops the parity chunks held for block b.
 func (c *Collector) Forget(b uint32) { delete(c.parity, b) }
 
-// DecodeMemory returns the bytes Decode holds for a block of k source
-// chunks of which lost are rebuilt, in stripes of stripe bytes, with
-// chunks of chunkSize bytes: one stripe, the lost parity chunks it uses
-// and the lost chunks it rebuilds (k does not count: the held chunks are
-// read back one stripe at a time).
-func DecodeMemory(k, lost, stripe, chunkSize int) int64 {
+// DecodeMemory returns the bytes Decode holds for a block of which lost
+// chunks are rebuilt, in stripes of stripe bytes, with chunks of
+// chunkSize bytes: one stripe, the lost parity chunks it uses and the lost
+// chunks it rebuilds, whatever the block's size (the held chunks are read
+// back one stripe at a time).
+func DecodeMemory(lost, stripe, chunkSize int) int64 {
 	return int64(min(stripe, chunkSize)) + 2*int64(lost)*int64(chunkSize)
 }
 

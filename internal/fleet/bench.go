@@ -74,7 +74,7 @@ type BenchConfig struct {
 	// ColdPages leaves the files both sides write into to the host's page
 	// cache as it finds them. By default the raw side's files and the
 	// devices' free slots are written full of the bytes they read as, and
-	// written back, before each side's clock starts (RawConfig.Touch,
+	// written back, before each side's clock starts (TouchRawFiles,
 	// Fleet.TouchFreeSlots): on a virtual machine that gives freed memory
 	// back to its host, the first write to a page costs a host fault,
 	// and the side whose writes last longer (or come later) paid more of

@@ -14,7 +14,6 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.golang/packets"
@@ -48,10 +47,11 @@ type RawConfig struct {
 func rawFile(dir string, i int) string { return filepath.Join(dir, fmt.Sprintf("raw-%04d", i)) }
 
 // TouchRawFiles writes the files of n raw subscribers in dir full of
-// zeros, size bytes each, and writes them back: RawFanout then writes its
-// chunks into pages the host holds (see Fleet.TouchFreeSlots, which
-// `firmcast bench` does for the fleet's side before its clock starts, as
-// it does this before the raw side's).
+// zeros, size bytes each: RawFanout then writes its chunks into pages the
+// host holds (see Fleet.TouchFreeSlots, which `firmcast bench` does for
+// the fleet's side before its clock starts, as it does this before the
+// raw side's). The caller writes them back (the bench's sync before each
+// side's clock).
 func TouchRawFiles(dir string, n, size int) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
@@ -69,7 +69,6 @@ func TouchRawFiles(dir string, n, size int) error {
 			return err
 		}
 	}
-	syscall.Sync()
 	return nil
 }
 

@@ -25,7 +25,7 @@ const seekData = 3
 // memory the guest frees (free page reporting), the first write to a page
 // costs a host fault, and a campaign that writes 4 GiB of candidates into
 // fresh page cache paid it on every chunk; `firmcast bench` touches the
-// raw side's files the same way (RawConfig.Touch), so both sides write
+// raw side's files the same way (TouchRawFiles), so both sides write
 // into pages the host already holds, as a device writes into flash that
 // exists. docs/BENCHMARKS.md has the measurement.
 func (f *Fleet) TouchFreeSlots(ctx context.Context) error {
@@ -39,16 +39,16 @@ func (f *Fleet) TouchFreeSlots(ctx context.Context) error {
 			return fmt.Errorf("fleet: touch the free slot of %s: %w", d.ID, err)
 		}
 		r := f.layout.Slots[slot]
-		if err := fillHoles(d.FlashPath(), int64(r.Start)*ss, int64(r.Sectors)*ss); err != nil {
+		if err := fillIfHole(d.FlashPath(), int64(r.Start)*ss, int64(r.Sectors)*ss); err != nil {
 			return fmt.Errorf("fleet: touch the free slot of %s: %w", d.ID, err)
 		}
 		return nil
 	})
 }
 
-// fillHoles writes zeros over [off, off+n) of the file at path when that
+// fillIfHole writes zeros over [off, off+n) of the file at path when that
 // range is one hole (no data in it), and does nothing otherwise.
-func fillHoles(path string, off, n int64) error {
+func fillIfHole(path string, off, n int64) error {
 	fh, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return err
