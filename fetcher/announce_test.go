@@ -18,12 +18,17 @@ import (
 type countConn struct {
 	waveConn
 	requests *atomic.Int64
-	sent     chan struct{} // told of each request, if not full
+	sent     chan struct{}  // told of each request, if not full
+	seen     *atomic.Uint32 // if not nil: the last request's Seen
 }
 
 func (c countConn) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
 	if o.Family == broker.FamilyChunkRequest {
 		c.requests.Add(1)
+		var r schemas.ChunkRequest
+		if c.seen != nil && schemas.Decode(b, &r) == nil {
+			c.seen.Store(r.Seen)
+		}
 		select {
 		case c.sent <- struct{}{}:
 		default:
@@ -126,6 +131,7 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 		name     string
 		lost     map[uint32]bool
 		requests atomic.Int64
+		seen     atomic.Uint32
 		ready    chan struct{}
 		sent     chan struct{}
 		src      *BrokerSource
@@ -138,7 +144,7 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	}
 	for _, d := range devs {
 		d.ready, d.err, d.sent = make(chan struct{}), make(chan error, 1), make(chan struct{}, 1)
-		conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: d.ready}, &d.requests, d.sent}
+		conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: d.ready}, &d.requests, d.sent, &d.seen}
 		conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
 			var c schemas.Chunk
 			return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && d.lost[c.Index]
@@ -188,6 +194,12 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	if s := devs[1].src.Suppressed; s != 0 {
 		t.Errorf("needy device: %d summaries suppressed; want 0", s)
 	}
+	// Its summary names the wave's end marker, the last it heard
+	// (ChunkRequest.Seen): the publisher counts no earlier round as on
+	// its way to it.
+	if s := devs[1].seen.Load(); s != 1 {
+		t.Errorf("needy device's summary names end marker %d, want 1 (the wave's)", s)
+	}
 }
 
 // TestSummaryDelayNeediestFirst: with coded repair a device's back-off
@@ -224,7 +236,7 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 	var err error
 	var requests atomic.Int64
 	ready, sent := make(chan struct{}), make(chan struct{}, 1)
-	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent}
+	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent, nil}
 	lost := map[uint32]bool{3: true, 4: true}
 	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
 		var c schemas.Chunk
@@ -291,7 +303,7 @@ func TestTimerWaitsForBufferedMessages(t *testing.T) {
 		r := newCodedRig(t, 17+uint64(round), "draintest")
 		var requests atomic.Int64
 		ready := make(chan struct{})
-		conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, make(chan struct{}, 1)}
+		conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, make(chan struct{}, 1), nil}
 		const idle = 5 * time.Millisecond
 		src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-slow",
 			Idle: time.Hour, ListenFirst: time.Hour, Quiet: idle, WaveGap: idle, SummaryBackoff: idle})

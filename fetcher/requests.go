@@ -20,6 +20,9 @@ type requests struct {
 	s    *BrokerSource
 	im   Image
 	held heldBits // chunks the fetch delivered, set by the fetch loop
+	// seen is the highest end marker number of the image the fetch loop
+	// heard (heard), sent with each request (ChunkRequest.Seen).
+	seen atomic.Uint32
 
 	mu      sync.Mutex
 	pending []byte // the union of the bitmaps not yet sent; nil: none
@@ -35,6 +38,18 @@ func (s *BrokerSource) startRequests(ctx context.Context, im Image, n int) *requ
 	r := &requests{s: s, im: im, held: newHeldBits(n), wake: make(chan struct{}, 1), done: make(chan struct{}), quit: quit}
 	go r.run(ctx)
 	return r
+}
+
+// heard records that the fetch loop heard end marker wave of the image.
+// Marker numbers grow (a publisher numbers its waves and rounds of an
+// image in order), so the highest is kept.
+func (r *requests) heard(wave uint32) {
+	for {
+		old := r.seen.Load()
+		if wave <= old || r.seen.CompareAndSwap(old, wave) {
+			return
+		}
+	}
 }
 
 // send queues a request for the chunks set in want; it never blocks.
@@ -87,7 +102,7 @@ func (r *requests) run(ctx context.Context) {
 		if !some {
 			continue
 		}
-		if err := r.s.request(ctx, r.im, b, false); err != nil && ctx.Err() == nil {
+		if err := r.s.request(ctx, r.im, b, false, r.seen.Load()); err != nil && ctx.Err() == nil {
 			r.mu.Lock()
 			r.err = err
 			r.mu.Unlock()

@@ -579,7 +579,10 @@ func (s *BrokerSource) claim(im Image) (*inbox, func()) {
 	return h.in, h.unsub
 }
 
-func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool) error {
+// request asks for the chunks set in want (and the chunk table when
+// table); seen is the last end marker of im heard (ChunkRequest.Seen),
+// sent only for a coded image.
+func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table bool, seen uint32) error {
 	reply, _ := s.cfg.Topics.ChunkReply(s.cfg.Device)
 	// The device's own request topic: the only one the broker lets it
 	// publish requests on, and the one that tells the publisher who asks.
@@ -597,6 +600,7 @@ func (s *BrokerSource) request(ctx context.Context, im Image, want []byte, table
 	// the table the publisher answers with and the repair path.
 	if s.speaksCoded(im) {
 		req.Protocol = uint8(s.cfg.Protocol)
+		req.Seen = seen
 	}
 	b, err := schemas.Encode(&req)
 	if err != nil {
@@ -625,7 +629,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 		}
 	}()
 	for try := 0; try < s.cfg.MaxIdle; try++ {
-		if err := s.request(ctx, im, nil, true); err != nil {
+		if err := s.request(ctx, im, nil, true, 0); err != nil {
 			return nil, err
 		}
 		timer := time.NewTimer(s.cfg.Idle)
@@ -1037,8 +1041,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				}
 				continue
 			}
-			if m.bcast && isWaveEnd(m.b, im) {
+			if wv, ok := waveEndOf(m.b, im); m.bcast && ok {
 				putBuf(m.b)
+				rs.heard(wv)
 				// The wave is over: nothing more is coming by broadcast.
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
@@ -1301,11 +1306,21 @@ func (s *BrokerSource) announced(b []byte, im Image, t *schemas.ChunkTable, col 
 
 // isWaveEnd reports whether b is a wave end marker of im.
 func isWaveEnd(b []byte, im Image) bool {
+	_, ok := waveEndOf(b, im)
+	return ok
+}
+
+// waveEndOf returns the number of the wave end marker of im that b is
+// (a wave's or a repair round's, WaveEnd.Wave), and whether it is one.
+func waveEndOf(b []byte, im Image) (uint32, bool) {
 	if schemas.IsChunk(b) {
-		return false
+		return 0, false
 	}
 	var w schemas.WaveEnd
-	return schemas.Decode(b, &w) == nil && bytes.Equal(w.Image, im.Digest)
+	if schemas.Decode(b, &w) != nil || !bytes.Equal(w.Image, im.Digest) {
+		return 0, false
+	}
+	return w.Wave, true
 }
 
 // isTable reports whether b is a chunk table message.

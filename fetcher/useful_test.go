@@ -154,7 +154,7 @@ func TestBrokerSkipsSurplusParity(t *testing.T) {
 	var requests atomic.Int64
 	ready := make(chan struct{})
 	handled := make(chan struct{}, 64)
-	conn := handledConn{waveConn{Transport: countConn{waveConn{Transport: r.hub.Conn()}, &requests, make(chan struct{}, 1)}, chunks: r.bt.MQTT, ready: ready}, handled}
+	conn := handledConn{waveConn{Transport: countConn{waveConn{Transport: r.hub.Conn()}, &requests, make(chan struct{}, 1), nil}, chunks: r.bt.MQTT, ready: ready}, handled}
 	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-skip",
 		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour, WaveGap: time.Hour})
 	if err != nil {
@@ -239,7 +239,7 @@ func TestSlowRoundNoReask(t *testing.T) {
 			r := newCodedRig(t, 41, "slowround")
 			var requests atomic.Int64
 			ready, sent := make(chan struct{}), make(chan struct{}, 4)
-			conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, sent}
+			conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, &requests, sent, nil}
 			lost := map[uint32]bool{1: true, 2: true, 3: true}
 			conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
 				i, ok := schemas.ChunkIndexOf(b)

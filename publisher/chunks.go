@@ -611,6 +611,12 @@ func (dl *delivery) endWave(ctx context.Context, t schemas.Topic, d *imageData, 
 	w.ended++
 	seq := w.ended
 	dl.waveMu.Unlock()
+	return dl.sendEnd(ctx, t, d, seq, sent)
+}
+
+// sendEnd broadcasts end marker seq of d on t (endWave; a repair round
+// numbers its marker as it logs itself, see repairCoded).
+func (dl *delivery) sendEnd(ctx context.Context, t schemas.Topic, d *imageData, seq uint32, sent []schemas.Range) error {
 	b, err := schemas.Encode(&schemas.WaveEnd{V: schemas.Version, Image: d.digest, Wave: seq, Sent: sent})
 	if err != nil {
 		return err
@@ -1185,8 +1191,14 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// its way to devices behind in their queues), covers that many of a
 	// requester's losses in its block: its summary crossed the round
 	// (parityLog.crossed).
+	// Per end marker the requesters name (ChunkRequest.Seen).
+	crossed := map[uint32][]int{}
 	dl.waveMu.Lock()
-	crossed := w.parityLog.crossed(since, nb)
+	for _, r := range reqs {
+		if _, ok := crossed[r.Seen]; !ok {
+			crossed[r.Seen] = w.parityLog.crossed(since, r.Seen, nb)
+		}
+	}
 	dl.waveMu.Unlock()
 	reported := 0
 	for who, wl := range per {
@@ -1195,8 +1207,9 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
+		cr := crossed[reqs[who].Seen]
 		for b := range nb {
-			cnt[b] = max(0, cnt[b]-crossed[b])
+			cnt[b] = max(0, cnt[b]-cr[b])
 		}
 		for b := range nb {
 			if cnt[b] > need[b] || (cnt[b] == need[b] && cnt[b] > 0 && who < neediest[b]) {
@@ -1316,14 +1329,20 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 			return err
 		}
 	}
+	// The round is logged with the number of its end marker: a device
+	// that heard the marker names it (or a later one) in its next summary
+	// (ChunkRequest.Seen), and the round is not counted as on its way
+	// to it (parityLog.crossed).
 	dl.waveMu.Lock()
-	w.parityLog.add(time.Now(), send)
+	w.ended++
+	seq := w.ended
+	w.parityLog.add(time.Now(), seq, send)
 	dl.waveMu.Unlock()
 	// The round's end marker, naming the chunks of the blocks it
 	// repaired: a device still short sends its summary after it (the
 	// broker delivers the topic in order, so what of the round was not
 	// lost came before the marker) instead of after a whole Idle.
-	return dl.endWave(ctx, bt, d, w, roundRanges(t, send))
+	return dl.sendEnd(ctx, bt, d, seq, roundRanges(t, send))
 }
 
 // roundRanges returns the chunks of the blocks a repair round sent parity
@@ -1356,15 +1375,16 @@ func roundRanges(t *schemas.ChunkTable, send []blockcode.Symbol) []schemas.Range
 type parityLog []parityRound
 
 type parityRound struct {
-	at    time.Time // monotonic, when its last parity chunk was sent
-	block map[uint32]int
+	at     time.Time // monotonic, when its last parity chunk was sent
+	marker uint32    // the number of its end marker (WaveEnd.Wave)
+	block  map[uint32]int
 }
 
 // parityLogKeep bounds how long a round is remembered.
 const parityLogKeep = 30 * time.Second
 
-func (l *parityLog) add(at time.Time, send []blockcode.Symbol) {
-	r := parityRound{at: at, block: map[uint32]int{}}
+func (l *parityLog) add(at time.Time, marker uint32, send []blockcode.Symbol) {
+	r := parityRound{at: at, marker: marker, block: map[uint32]int{}}
 	for _, s := range send {
 		r.block[s.Block]++
 	}
@@ -1380,15 +1400,20 @@ func (l *parityLog) add(at time.Time, send []blockcode.Symbol) {
 // crossed returns, per block of nb, the parity chunks of the rounds a
 // request in a batch begun at since (less the time a round takes to reach
 // a device behind in its queue) crossed: those that ended at or after
-// since. A round that answered the requester itself counts too: paced,
-// and delivered late by a loaded broker, it was often still on its way
-// when the requester asked again; one that reached it and left it short
-// (its parity lost) leaves it short by a few, asked for again after the
-// next round.
-func (l parityLog) crossed(since time.Time, nb int) []int {
+// since, and, when the request names the last end marker its sender
+// heard (seen, ChunkRequest.Seen; 0 when it names none), whose marker
+// came after that one. A round whose marker the requester heard reached
+// it (or was lost) before it asked: its losses are in the request. One
+// that answered the requester and whose marker it had not heard counts:
+// paced, and delivered late by a loaded broker, it was often still on
+// its way when the requester asked again. A requester that names no
+// marker (an agent from before ChunkRequest.Seen) is counted as crossed
+// by every such round: one that reached it and left it short (its parity
+// lost) leaves it short by a few, asked for again after the next round.
+func (l parityLog) crossed(since time.Time, seen uint32, nb int) []int {
 	out := make([]int, nb)
 	for _, r := range l {
-		if r.at.Before(since) {
+		if r.at.Before(since) || (seen > 0 && r.marker <= seen) {
 			continue
 		}
 		for b, k := range r.block {

@@ -113,7 +113,8 @@ func TestCodedRepair(t *testing.T) {
 // TestParityLogCrossed: a requester's losses are discounted by the parity
 // of rounds that ended since its batch began (or just before), which its
 // request crossed, a round that answered it included, but not by rounds
-// older than that.
+// older than that, nor by rounds whose end marker it heard before asking
+// (ChunkRequest.Seen).
 func TestParityLogCrossed(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	var l parityLog
@@ -124,23 +125,30 @@ func TestParityLogCrossed(t *testing.T) {
 		}
 		return out
 	}
-	l.add(t0, sym(0, 0, 1))
-	l.add(t0.Add(2*time.Second), sym(0, 2, 2, 2))
+	l.add(t0, 2, sym(0, 0, 1))                       // end marker 2 (wave 1 ended as 1)
+	l.add(t0.Add(2*time.Second), 4, sym(0, 2, 2, 2)) // marker 4 (a wave's was 3)
 	for _, tc := range []struct {
 		since time.Time
+		seen  uint32
 		want  []int
 	}{
-		{t0.Add(-time.Second), []int{3, 1, 3}}, // crossed both rounds
-		{t0, []int{3, 1, 3}},                   // the first ended as the batch began
-		{t0.Add(time.Second), []int{1, 0, 3}},  // the first is older
-		{t0.Add(3 * time.Second), []int{0, 0, 0}},
+		{t0.Add(-time.Second), 0, []int{3, 1, 3}}, // crossed both rounds
+		{t0, 0, []int{3, 1, 3}},                   // the first ended as the batch began
+		{t0.Add(time.Second), 0, []int{1, 0, 3}},  // the first is older
+		{t0.Add(3 * time.Second), 0, []int{0, 0, 0}},
+		{t0.Add(-time.Second), 1, []int{3, 1, 3}}, // heard only the wave's marker
+		{t0.Add(-time.Second), 2, []int{1, 0, 3}}, // heard the first round's
+		{t0.Add(-time.Second), 3, []int{1, 0, 3}},
+		{t0.Add(-time.Second), 4, []int{0, 0, 0}}, // heard both: answered in full
+		{t0.Add(-time.Second), 9, []int{0, 0, 0}},
+		{t0.Add(time.Second), 1, []int{1, 0, 3}}, // the first is older anyway
 	} {
-		if got := l.crossed(tc.since, 3); !slices.Equal(got, tc.want) {
-			t.Errorf("since %v: crossed %v, want %v", tc.since.Sub(t0), got, tc.want)
+		if got := l.crossed(tc.since, tc.seen, 3); !slices.Equal(got, tc.want) {
+			t.Errorf("since %v, seen %d: crossed %v, want %v", tc.since.Sub(t0), tc.seen, got, tc.want)
 		}
 	}
 	// Rounds older than parityLogKeep are forgotten as new ones come.
-	l.add(t0.Add(parityLogKeep+time.Second), sym(1))
+	l.add(t0.Add(parityLogKeep+time.Second), 5, sym(1))
 	if len(l) != 2 {
 		t.Errorf("%d rounds kept, want the last two", len(l))
 	}

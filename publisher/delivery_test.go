@@ -670,3 +670,63 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 		t.Errorf("%v requests counted after-wave, want 2 (dev-a's and dev-b's)", n)
 	}
 }
+
+// TestDeliveryRepairSeenThrough: a device that asks again just after a
+// repair round for it, its parity lost, is answered at once when its
+// summary names the round's end marker (ChunkRequest.Seen): what the
+// round sent reached it or was lost before it asked. Naming no marker (an
+// agent from before the field), or an earlier one, the round counts as
+// still on its way to it (parityLog.crossed) and nothing goes: it asks
+// again after its idle timer.
+func TestDeliveryRepairSeenThrough(t *testing.T) {
+	const k, par = 8, 4
+	for _, tc := range []struct {
+		name   string
+		seen   func(round uint32) uint32
+		parity int // parity chunks of the second round
+	}{
+		{"no marker named", func(uint32) uint32 { return 0 }, 0},
+		{"an earlier marker", func(r uint32) uint32 { return r - 1 }, 0},
+		{"the round's marker", func(r uint32) uint32 { return r }, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, 24*512, 512, k, par)
+			dl, tr := newTestDelivery(t, h, nil)
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := dl.wave(ctx, d.info.Digest); err != nil {
+				t.Fatal(err)
+			}
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			// count returns the parity chunks on the topic and the
+			// number of the last end marker.
+			count := func() (parity int, marker uint32) {
+				for _, m := range tr.on(ct) {
+					var we schemas.WaveEnd
+					switch {
+					case schemas.IsParityChunk(m):
+						parity++
+					case !schemas.IsChunk(m) && schemas.Decode(m, &we) == nil:
+						marker = we.Wave
+					}
+				}
+				return parity, marker
+			}
+			_, waveEnd := count()
+			dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0)))
+			dl.wait()
+			p1, round := count()
+			if p1 != 1 || round != waveEnd+1 {
+				t.Fatalf("first round: %d parity chunks, end marker %d; want 1 and %d", p1, round, waveEnd+1)
+			}
+			again := request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0))
+			again.Seen = tc.seen(round)
+			dl.batch(ctx, *again)
+			dl.wait()
+			if p2, _ := count(); p2-p1 != tc.parity {
+				t.Errorf("second round: %d parity chunks, want %d", p2-p1, tc.parity)
+			}
+		})
+	}
+}

@@ -230,6 +230,18 @@ type ChunkRequest struct {
 	// that protocol (the plain table for ProtocolPlain) and repairs the
 	// requester's losses by the repair path of that protocol.
 	Protocol uint8 `cbor:"10,keyasint,omitempty"`
+	// Seen is the number of the last end marker of the image
+	// (WaveEnd.Wave: a wave's or a repair round's) the requester heard
+	// before asking; absent (0) when it heard none or does not say. What a
+	// round sent before its marker reached the requester or was lost, so
+	// its losses are in this request: the publisher counts as crossing the
+	// request, still on their way to it, only the repair rounds whose
+	// marker came after Seen, and answers at once the need those leave.
+	// A requester that does not send it is answered as if every recent
+	// round had crossed it. Agents send it only for a coded image; a
+	// publisher from before the field refuses a request that carries it
+	// (unknown key), so the backend is upgraded before the agents.
+	Seen uint32 `cbor:"11,keyasint,omitempty"`
 }
 
 // DeliveryProtocol returns the delivery protocol of r's requester

@@ -95,6 +95,10 @@ func vectors(t testing.TB) []vector {
 			V: Version, Image: img, ChunkSize: 16384,
 			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", WantTable: true, Listening: true, Protocol: ProtocolCoded,
 		}},
+		{"request-0005", "loss summary of a device of delivery protocol 2 that heard end marker 3 (a repair round's) before asking", &ChunkRequest{
+			V: Version, Image: img, ChunkSize: 16384, Bitmap: []byte{0x00, 0x81},
+			ReplyTo: "firmcast/v1/dev/dev-42/chunks", Requester: "dev-42", Campaign: "camp-1", Protocol: ProtocolCoded, Seen: 3,
+		}},
 		{"chunk-0001", "chunk 3 of an image", &Chunk{
 			V: Version, Image: img, Index: 3, Data: []byte("hello, firmware!"),
 		}},
