@@ -7,9 +7,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math"
 	"os"
+	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/sethvargo/go-retry"
@@ -61,6 +64,15 @@ type Config struct {
 	// does not sync the sink: for simulators whose devices share one disk
 	// and whose power cuts are process kills. Default false.
 	NoSync bool
+	// ParityInMemory keeps the parity chunks a coded fetch holds (from
+	// their arrival to the rebuild of their block) in memory. By default
+	// they go to a scratch file in StateDir (parityScratchFile), removed
+	// when the fetch ends, and are read back a stripe at a time by the
+	// rebuild (blockcode.DecodeMemory): a device then holds no parity in
+	// RAM, which is what a device whose RAM is smaller than its flash
+	// wants. Should the scratch not open or a write to it fail, the parity
+	// is held in memory (and a warning logged).
+	ParityInMemory bool
 	// Retry is the per-source retry schedule.
 	Retry RetryPolicy
 	// Picker, when set, is a picker of an earlier Fetcher (Fetcher.Picker)
@@ -221,6 +233,7 @@ func (f *Fetcher) Fetch(ctx context.Context, im Image, plan Plan, sink Sink) (re
 	res.Resumed = p.done.count()
 	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize), timedAt: f.cfg.Clock.Now()}
 	defer func() { res.BadChunks = p.bad }()
+	defer run.closeScratch()
 
 	if !resumed {
 		// Record the (empty) progress at once: from now on a reset finds a
@@ -270,6 +283,58 @@ type fetchRun struct {
 	bad     int // bad chunks in the current attempt
 	sinkErr error
 	timedAt time.Time // last timed OnProgress call (ProgressInterval)
+
+	scratch   *scratchFile // the parity scratch, opened on first use
+	noScratch bool         // it could not be opened
+}
+
+// parityScratch returns the scratch a coded fetch keeps its parity chunks
+// in (Config.ParityInMemory), opening it on first use: nil for none.
+func (r *fetchRun) parityScratch() ParityScratch {
+	if r.f.cfg.ParityInMemory || r.noScratch {
+		return nil
+	}
+	if r.scratch == nil {
+		f, err := os.OpenFile(filepath.Join(r.f.cfg.StateDir, parityScratchFile), os.O_RDWR|os.O_CREATE|os.O_TRUNC, 0o600)
+		if err != nil {
+			r.f.log.Warn("parity scratch: holding parity in memory", "err", err)
+			r.noScratch = true // not tried again
+			return nil
+		}
+		r.scratch = &scratchFile{f: f, log: r.f.log}
+	}
+	return r.scratch
+}
+
+// closeScratch closes and removes the parity scratch, if one was opened.
+func (r *fetchRun) closeScratch() {
+	if r.scratch == nil {
+		return
+	}
+	_ = r.scratch.f.Close()
+	if err := os.Remove(r.scratch.f.Name()); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		r.f.log.Warn("parity scratch", "err", err)
+	}
+	r.scratch = nil
+}
+
+// scratchFile is the parity scratch of a fetch: a file, no fsync (nothing
+// resumes from it). The first failed write is logged: the Collector then
+// holds that parity chunk in memory.
+type scratchFile struct {
+	f      *os.File
+	log    *slog.Logger
+	warned atomic.Bool
+}
+
+func (s *scratchFile) ReadAt(p []byte, off int64) (int, error) { return s.f.ReadAt(p, off) }
+
+func (s *scratchFile) WriteAt(p []byte, off int64) (int, error) {
+	n, err := s.f.WriteAt(p, off)
+	if err != nil && !s.warned.Swap(true) {
+		s.log.Warn("parity scratch write failed: holding parity in memory", "err", err)
+	}
+	return n, err
 }
 
 func (r *fetchRun) decide(d Decision) {
@@ -425,7 +490,7 @@ func (r *fetchRun) useSource(ctx context.Context, src Source) error {
 		rs, repairs := src.(RepairSource)
 		slot, readable := r.sink.(io.ReaderAt)
 		if repairs && readable && r.p.table != nil && r.p.table.Coded() {
-			err = rs.FetchRepair(ctx, r.im, Chunks{missing}, r.deliver, Repair{Table: r.p.table, Slot: slot})
+			err = rs.FetchRepair(ctx, r.im, Chunks{missing}, r.deliver, Repair{Table: r.p.table, Slot: slot, Scratch: r.parityScratch()})
 		} else {
 			err = src.Fetch(ctx, r.im, Chunks{missing}, r.deliver)
 		}

@@ -4,7 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
+	"fmt"
 	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -125,6 +131,7 @@ func TestBrokerRebuildsFromParity(t *testing.T) {
 		waveErr <- nil
 	}()
 	slot := newMemSink(len(fx.img))
+	sc := &memScratch{}
 	want := newBitmap(int(coded.NumChunks()))
 	for i := range int(coded.NumChunks()) {
 		want.set(i)
@@ -136,12 +143,17 @@ func TestBrokerRebuildsFromParity(t *testing.T) {
 		}
 		_, err := slot.WriteAt(data, im.Offset(i))
 		return err
-	}, Repair{Table: coded, Slot: slot})
+	}, Repair{Table: coded, Slot: slot, Scratch: sc})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := <-waveErr; err != nil {
 		t.Fatal(err)
+	}
+	// The parity the device kept went to the scratch, not memory: as many
+	// as it lost chunks (2, 3, 1 and 1 in the four blocks).
+	if sc.writes != len(lost) {
+		t.Errorf("%d parity chunks written to the scratch, want %d", sc.writes, len(lost))
 	}
 	if !bytes.Equal(slot.data, fx.img) {
 		t.Fatal("the slot does not hold the image")
@@ -157,22 +169,110 @@ func TestBrokerRebuildsFromParity(t *testing.T) {
 	}
 }
 
+// memScratch is an in-memory ParityScratch that counts its writes.
+type memScratch struct {
+	mu     sync.Mutex
+	buf    []byte
+	writes int
+}
+
+func (s *memScratch) WriteAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if n := int(off) + len(p); n > len(s.buf) {
+		s.buf = append(s.buf, make([]byte, n-len(s.buf))...)
+	}
+	s.writes++
+	return copy(s.buf[off:], p), nil
+}
+
+func (s *memScratch) ReadAt(p []byte, off int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if off >= int64(len(s.buf)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.buf[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
 // repairRecorder is a source that records whether the fetcher used its
 // FetchRepair, and with what, then fetches as its inner source does.
+// With a scratch, it writes a parity-sized record to it and reads it back,
+// and records whether the scratch file was in dir meanwhile.
 type repairRecorder struct {
 	Source
-	repair *Repair
+	repair      *Repair
+	dir         string
+	scratchErr  error
+	scratchFile bool
 }
 
 func (s *repairRecorder) FetchRepair(ctx context.Context, im Image, want Chunks, deliver Deliver, r Repair) error {
 	s.repair = &r
+	if r.Scratch != nil {
+		rec, back := bytes.Repeat([]byte{0x5a}, testChunk), make([]byte, testChunk)
+		if _, err := r.Scratch.WriteAt(rec, 3*testChunk); err != nil {
+			s.scratchErr = err
+		} else if _, err := r.Scratch.ReadAt(back, 3*testChunk); err != nil || !bytes.Equal(back, rec) {
+			s.scratchErr = fmt.Errorf("read back: %v, same %v", err, bytes.Equal(back, rec))
+		}
+		_, err := os.Stat(filepath.Join(s.dir, parityScratchFile))
+		s.scratchFile = err == nil
+	}
 	return s.Source.Fetch(ctx, im, want, deliver)
 }
 
 // TestFetchUsesRepair: the fetcher hands a RepairSource the authenticated
 // coded table and the sink (to read held chunks back) when the image's
-// table is coded, and calls plain Fetch when it is not.
+// table is coded, and calls plain Fetch when it is not. With a coded
+// table it hands a parity scratch too, a file in the state directory
+// removed when the fetch ends; none with Config.ParityInMemory.
 func TestFetchUsesRepair(t *testing.T) {
+	for _, inMemory := range []bool{false, true} {
+		fx := newFixture(t, 20*testChunk, testChunk, 12)
+		ct, err := blockcode.Commit(context.Background(), fx.table, 8, 2, func(_ context.Context, i uint32) ([]byte, error) {
+			return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		fx.table = ct
+		if fx.tb, err = schemas.Encode(ct); err != nil {
+			t.Fatal(err)
+		}
+		td := sha256.Sum256(fx.tb)
+		fx.im.TableDigest = td[:]
+		dir := t.TempDir()
+		src := &repairRecorder{Source: NewFileSource(fx.writeFiles(t, t.TempDir()), 0), dir: dir}
+		f, err := New(Config{Sources: []Source{src}, StateDir: dir, Retry: fastRetry, Logger: testLogger(t), ParityInMemory: inMemory})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sink := newMemSink(len(fx.img))
+		if _, err := f.Fetch(context.Background(), fx.im, Plan{}, sink); err != nil {
+			t.Fatal(err)
+		}
+		checkSink(t, sink, fx)
+		if src.repair == nil {
+			t.Fatal("FetchRepair not called")
+		}
+		if inMemory {
+			if src.repair.Scratch != nil {
+				t.Errorf("ParityInMemory: a scratch was handed over")
+			}
+			continue
+		}
+		if src.repair.Scratch == nil || !src.scratchFile || src.scratchErr != nil {
+			t.Errorf("scratch %v, file in the state directory %v, write and read back: %v; want a working scratch file", src.repair.Scratch, src.scratchFile, src.scratchErr)
+		}
+		if _, err := os.Stat(filepath.Join(dir, parityScratchFile)); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("the scratch file is still there after the fetch: %v", err)
+		}
+	}
 	for _, coded := range []bool{false, true} {
 		fx := newFixture(t, 20*testChunk, testChunk, 12)
 		if coded {

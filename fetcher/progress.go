@@ -19,6 +19,9 @@ import (
 const (
 	progressFile = "fetch-progress.cbor"
 	tableFile    = "fetch-table.cbor"
+	// parityScratchFile holds the parity chunks a coded fetch holds
+	// (Config.ParityInMemory), for the fetch's duration.
+	parityScratchFile = "fetch-parity.scratch"
 )
 
 // progressRecord is the persisted progress of one image's fetch.
@@ -125,7 +128,7 @@ func (p *progress) saveTable(b []byte) error {
 // Discard removes the persisted progress of any image from dir.
 func Discard(dir string) error {
 	var errs []error
-	for _, n := range []string{progressFile, tableFile} {
+	for _, n := range []string{progressFile, tableFile, parityScratchFile} {
 		if err := os.Remove(filepath.Join(dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			errs = append(errs, err)
 		}

@@ -74,10 +74,20 @@ type Source interface {
 // fetch: the authenticated chunk table, coded (schemas.ChunkTable.Block >
 // 0), that parity chunks are checked against, and the slot the verified
 // chunks were written to (chunk i at Image.Offset(i)), from which a block
-// being rebuilt is read back instead of being held in memory.
+// being rebuilt is read back instead of being held in memory. Scratch,
+// when not nil, is where the source keeps the parity chunks it holds
+// until their block is rebuilt, instead of memory (Config.ParityInMemory).
 type Repair struct {
-	Table *schemas.ChunkTable
-	Slot  io.ReaderAt
+	Table   *schemas.ChunkTable
+	Slot    io.ReaderAt
+	Scratch ParityScratch
+}
+
+// ParityScratch is storage for the parity chunks a coded fetch holds
+// (blockcode.Scratch): a file in the fetch's state directory by default.
+type ParityScratch interface {
+	io.ReaderAt
+	io.WriterAt
 }
 
 // RepairSource is a Source that can also rebuild lost chunks from parity

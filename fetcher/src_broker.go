@@ -711,6 +711,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if col, err = blockcode.NewCollector(rep.Table, 0); err != nil {
 			return err
 		}
+		if rep.Scratch != nil {
+			col.UseScratch(rep.Scratch)
+		}
 	}
 	in, unsub := s.claim(im)
 	if in == nil {

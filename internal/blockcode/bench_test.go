@@ -212,7 +212,7 @@ func (m *model) coded(res *result, devs []*channel, have [][]bool) {
 			maxLost = max(maxLost, lacks(d, b))
 		}
 	}
-	res.decodeMem = DecodeMemory(min(maxLost, int(t.ParityPerBlock)), DefaultStripe, int(t.ChunkSize))
+	res.decodeMem = DecodeMemory(min(maxLost, int(t.ParityPerBlock)), DefaultStripe, int(t.ChunkSize), false)
 	spent := make([]uint32, nb) // parity chunks sent per block
 	for res.rounds < 100 {
 		need := make([]int, nb)

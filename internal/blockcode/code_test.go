@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"slices"
 	"testing"
@@ -168,10 +169,113 @@ func TestDecodeAnyK(t *testing.T) {
 		if trial == 0 {
 			lostSet[c.NumChunks()-1] = true // the short last chunk
 		}
-		s := decodeTrial(t, im, par, r, lostSet, 256)
+		var sc *scratch
+		if trial%2 == 1 {
+			sc = &scratch{} // the odd trials keep the parity in a scratch
+		}
+		s := decodeTrial(t, im, par, r, lostSet, 256, sc)
 		if s.max > 256 {
 			t.Fatalf("trial %d: Decode read %d bytes at once, stripe 256", trial, s.max)
 		}
+		if sc != nil && sc.max > 256 {
+			t.Fatalf("trial %d: Decode read %d bytes of parity at once, stripe 256", trial, sc.max)
+		}
+	}
+}
+
+// scratch is an in-memory Scratch; failing makes its writes fail, and
+// flip corrupts what it returns.
+type scratch struct {
+	buf           []byte
+	writes, max   int
+	failing, flip bool
+}
+
+func (s *scratch) WriteAt(p []byte, off int64) (int, error) {
+	if s.failing {
+		return 0, errors.New("scratch full")
+	}
+	if n := int(off) + len(p); n > len(s.buf) {
+		s.buf = append(s.buf, make([]byte, n-len(s.buf))...)
+	}
+	s.writes++
+	return copy(s.buf[off:], p), nil
+}
+
+func (s *scratch) ReadAt(p []byte, off int64) (int, error) {
+	s.max = max(s.max, len(p))
+	if off >= int64(len(s.buf)) {
+		return 0, io.EOF
+	}
+	n := copy(p, s.buf[off:])
+	if s.flip && n > 0 {
+		p[0] ^= 1
+	}
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+
+// TestDecodeScratch: a Collector with a scratch keeps no parity bytes in
+// memory (each kept parity chunk is written to the scratch), and decodes
+// from what it reads back; a scratch that fails its writes leaves the
+// parity in memory (counted, the error kept) and the block still
+// decodes; a scratch that returns other bytes than were written spoils
+// the rebuild, which the table check refuses (nothing written).
+func TestDecodeScratch(t *testing.T) {
+	im := newImage(t, 16*512, 512, 8, 4, 5) // 2 blocks of 8
+	c := im.coded
+	par := parityMsgs(t, im)
+	lost := map[uint32]bool{1: true, 4: true, 9: true}
+	for _, tc := range []struct {
+		name                  string
+		sc                    *scratch
+		inMemory, spilled, un int
+		want                  error
+	}{
+		{"kept in the scratch", &scratch{}, 0, 3, 0, nil},
+		{"scratch writes fail", &scratch{failing: true}, 3, 0, 3, nil},
+		{"scratch returns other bytes", &scratch{flip: true}, 0, 3, 0, schemas.ErrDigestMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := newSlot(im, func(i uint32) bool { return lost[i] })
+			col, err := NewCollector(c, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			col.UseScratch(tc.sc)
+			for _, p := range par {
+				if _, err := col.Add(p, s.lacking(c, p.Block)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			inMem := 0
+			for _, h := range col.parity {
+				for _, d := range h {
+					if d != nil {
+						inMem++
+					}
+				}
+			}
+			if inMem != tc.inMemory || tc.sc.writes != tc.spilled || col.Unspilled != tc.un || (tc.un > 0) != (col.ScratchErr != nil) {
+				t.Fatalf("%d parity chunks in memory, %d written to the scratch, %d unspilled (%v); want %d, %d, %d", inMem, tc.sc.writes, col.Unspilled, col.ScratchErr, tc.inMemory, tc.spilled, tc.un)
+			}
+			wrote := 0
+			write := s.write(c)
+			for b := range c.NumBlocks() {
+				err = errors.Join(err, col.Decode(context.Background(), b, func(i uint32) bool { return s.have[i] }, s, func(i uint32, d []byte) error { wrote++; return write(i, d) }))
+			}
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) {
+					t.Fatalf("decode: %v, want %v", err, tc.want)
+				}
+				return
+			}
+			if err != nil || !bytes.Equal(s.buf, im.data) || wrote != 3 {
+				t.Fatalf("decode: %v, %d rebuilt chunks written; want the image", err, wrote)
+			}
+		})
 	}
 }
 
@@ -179,13 +283,16 @@ func TestDecodeAnyK(t *testing.T) {
 // a Collector (stripe bytes) in a random order (each kept while its block
 // lacks symbols, as a device keeps whichever reach it), rebuilds every
 // block and checks that the slot then holds the image.
-func decodeTrial(t *testing.T, im *image, par []*schemas.ParityChunk, r *rand.Rand, lostSet map[uint32]bool, stripe int) *slot {
+func decodeTrial(t *testing.T, im *image, par []*schemas.ParityChunk, r *rand.Rand, lostSet map[uint32]bool, stripe int, sc *scratch) *slot {
 	t.Helper()
 	c := im.coded
 	s := newSlot(im, func(i uint32) bool { return lostSet[i] })
 	col, err := NewCollector(c, stripe)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if sc != nil {
+		col.UseScratch(sc)
 	}
 	for _, j := range r.Perm(len(par)) {
 		p := par[j]
@@ -336,15 +443,18 @@ func TestPosition(t *testing.T) {
 func TestDecodeMemory(t *testing.T) {
 	for _, c := range []struct {
 		lost, stripe, chunk int
+		scratch             bool
 		want                int64
 	}{
-		{8, 1024, 16 << 10, 1<<10 + 256<<10},
-		{8, DefaultStripe, 16 << 10, 16<<10 + 256<<10},
-		{8, DefaultStripe, 4 << 10, 4<<10 + 64<<10}, // the stripe is at most a chunk
-		{0, 1024, 16 << 10, 1 << 10},
+		{8, 1024, 16 << 10, false, 1<<10 + 256<<10},
+		{8, DefaultStripe, 16 << 10, false, 16<<10 + 256<<10},
+		{8, DefaultStripe, 4 << 10, false, 4<<10 + 64<<10}, // the stripe is at most a chunk
+		{0, 1024, 16 << 10, false, 1 << 10},
+		{8, DefaultStripe, 16 << 10, true, 16<<10 + 128<<10}, // parity in the scratch
+		{0, DefaultStripe, 16 << 10, true, 16 << 10},
 	} {
-		if got := DecodeMemory(c.lost, c.stripe, c.chunk); got != c.want {
-			t.Errorf("DecodeMemory(%d, %d, %d) = %d, want %d", c.lost, c.stripe, c.chunk, got, c.want)
+		if got := DecodeMemory(c.lost, c.stripe, c.chunk, c.scratch); got != c.want {
+			t.Errorf("DecodeMemory(%d, %d, %d, %v) = %d, want %d", c.lost, c.stripe, c.chunk, c.scratch, got, c.want)
 		}
 	}
 }

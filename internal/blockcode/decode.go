@@ -18,15 +18,43 @@ const DefaultStripe = 16 << 10
 // Collector holds a device's verified parity chunks of a coded image until
 // the blocks they belong to are rebuilt. Add checks each one against the
 // signed table before keeping it, and keeps no more of a block than the
-// block lacks. Not safe for concurrent use.
+// block lacks. It keeps them in memory, or in a Scratch (UseScratch).
+// Not safe for concurrent use.
 type Collector struct {
 	t      *schemas.ChunkTable
 	stripe int
-	// parity holds, per block, the verified parity chunks by index.
-	parity map[uint32]map[uint32][]byte
+	// parity holds, per block, the verified parity chunks by index: the
+	// bytes, or nil for one kept in scratch (at scratchOff).
+	parity  map[uint32]map[uint32][]byte
+	scratch Scratch
 	// Dropped counts the parity chunks Add refused (wrong image, wrong
 	// block or index, wrong length, hash not the table's).
 	Dropped int
+	// Unspilled counts the parity chunks kept in memory because writing
+	// them to the scratch failed (the first error in ScratchErr).
+	Unspilled  int
+	ScratchErr error
+}
+
+// Scratch is storage a Collector keeps the parity chunks it holds in
+// instead of memory: a file, or a device's scratch flash area. Parity
+// chunk j of block b goes at offset (b*ParityPerBlock+j)*ChunkSize; its
+// content matters only until the block is rebuilt (nothing needs it
+// durable: parity held is not resumed after a restart).
+type Scratch interface {
+	io.ReaderAt
+	io.WriterAt
+}
+
+// UseScratch makes c keep the parity chunks Add keeps from now on in s,
+// not in memory: a device then holds none of them between their arrival
+// and the decode, which reads them back a stripe at a time as it does the
+// held source chunks (DecodeMemory with scratch). Should a write to s
+// fail, the parity chunk is kept in memory (Unspilled, ScratchErr).
+func (c *Collector) UseScratch(s Scratch) { c.scratch = s }
+
+func (c *Collector) scratchOff(b, j uint32) int64 {
+	return (int64(b)*int64(c.t.ParityPerBlock) + int64(j)) * int64(c.t.ChunkSize)
 }
 
 // NewCollector returns a Collector for the coded table t (which must be
@@ -53,7 +81,8 @@ func NewCollector(t *schemas.ChunkTable, stripe int) (*Collector, error) {
 // chunk that fails the check is dropped and counted (Dropped), and Add
 // returns the reason (wrapping schemas.ErrInvalid or
 // schemas.ErrDigestMismatch); one already held or not needed is not an
-// error. Add copies nothing: it keeps p.Data.
+// error. Add copies nothing: it keeps p.Data, or writes it to the scratch
+// (UseScratch) and keeps nothing of it.
 func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
 	if !bytes.Equal(p.Image, c.t.Image) {
 		c.Dropped++
@@ -71,7 +100,18 @@ func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
 		held = map[uint32][]byte{}
 		c.parity[p.Block] = held
 	}
-	held[p.Index] = p.Data
+	data := p.Data
+	if c.scratch != nil {
+		if _, err := c.scratch.WriteAt(p.Data, c.scratchOff(p.Block, p.Index)); err != nil {
+			c.Unspilled++
+			if c.ScratchErr == nil {
+				c.ScratchErr = fmt.Errorf("blockcode: parity chunk %d of block %d to scratch: %w", p.Index, p.Block, err)
+			}
+		} else {
+			data = nil
+		}
+	}
+	held[p.Index] = data
 	return true, nil
 }
 
@@ -106,13 +146,19 @@ func (c *Collector) Held(b uint32) int { return len(c.parity[b]) }
 // Forget drops the parity chunks held for block b.
 func (c *Collector) Forget(b uint32) { delete(c.parity, b) }
 
-// DecodeMemory returns the bytes Decode holds for a block of which lost
+// DecodeMemory returns the bytes a device holds for a block of which lost
 // chunks are rebuilt, in stripes of stripe bytes, with chunks of
-// chunkSize bytes: one stripe, the lost parity chunks it uses and the lost
-// chunks it rebuilds, whatever the block's size (the held chunks are read
-// back one stripe at a time).
-func DecodeMemory(lost, stripe, chunkSize int) int64 {
-	return int64(min(stripe, chunkSize)) + 2*int64(lost)*int64(chunkSize)
+// chunkSize bytes: one stripe and the lost chunks Decode rebuilds, whatever
+// the block's size (the held chunks are read back one stripe at a time),
+// and, unless the parity chunks are kept in a scratch (UseScratch; they
+// are read back as the held chunks are), the lost parity chunks the
+// Collector holds until the decode.
+func DecodeMemory(lost, stripe, chunkSize int, scratch bool) int64 {
+	held := 2 * int64(lost) * int64(chunkSize)
+	if scratch {
+		held = int64(lost) * int64(chunkSize)
+	}
+	return int64(min(stripe, chunkSize)) + held
 }
 
 // Decode rebuilds the source chunks of block b the device lacks (have
@@ -208,8 +254,25 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 		col++
 	}
 	for _, j := range idx {
-		if err := add(held[j], col, 0); err != nil {
-			return err
+		if p := held[j]; p != nil {
+			if err := add(p, col, 0); err != nil {
+				return err
+			}
+			col++
+			continue
+		}
+		// Kept in the scratch: read back a stripe at a time. A parity
+		// chunk read back is not the one Add verified should the scratch
+		// not hold what was written: the rebuilt chunks' check against
+		// the table then refuses them.
+		for off := 0; off < cs; off += c.stripe {
+			buf := stripe[:min(c.stripe, cs-off)]
+			if n, err := c.scratch.ReadAt(buf, c.scratchOff(b, j)+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
+				return fmt.Errorf("blockcode: block %d: reading parity chunk %d back from scratch: %w", b, j, err)
+			}
+			if err := add(buf, col, off); err != nil {
+				return err
+			}
 		}
 		col++
 	}

@@ -31,7 +31,11 @@
 // for m lost chunks) and the m rebuilt chunks until each is verified
 // against the table and written (m x ChunkSize). DecodeMemory states it.
 // At K = 128, 16 KiB chunks and m = 8 lost chunks in a block: 16 KiB +
-// 256 KiB, whatever K.
+// 256 KiB, whatever K. A Collector given a Scratch (a file, a scratch
+// flash area) keeps the parity chunks there instead, from their arrival
+// to the decode, which reads them back a stripe at a time too: then
+// 16 KiB + 128 KiB (fetcher.Config.ParityInMemory says which a fetch
+// uses; by default the scratch, a file in the fetch's state directory).
 //
 // Carousel order. Order interleaves blocks (chunk j of every block, then
 // chunk j+1 of every block), so that a burst of losses on the broadcast

@@ -66,6 +66,6 @@ func TestDecodeK128(t *testing.T) {
 				lostSet[first+uint32(x)] = true
 			}
 		}
-		decodeTrial(t, im, par, r, lostSet, 0)
+		decodeTrial(t, im, par, r, lostSet, 0, nil)
 	}
 }
