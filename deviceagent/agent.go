@@ -180,6 +180,10 @@ type Config struct {
 	// running many devices on one disk, whose power cuts are process
 	// kills. A real device leaves it false.
 	NoSync bool
+	// ParityInMemory holds the parity chunks of a coded download in
+	// memory until their blocks are rebuilt, instead of in a scratch file
+	// in the download's state directory (fetcher.Config.ParityInMemory).
+	ParityInMemory bool
 	// OnState, when set, is called after each state change is persisted
 	// and before its effect (observers, simulators, crash tests).
 	OnState func(Record)

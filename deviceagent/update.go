@@ -265,6 +265,7 @@ func (a *Agent) fetchInto(ctx context.Context, im fetcher.Image, srcs []fetcher.
 	f, err := fetcher.New(fetcher.Config{
 		SkipImageDigest: skipDigest,
 		NoSync:          a.cfg.NoSync,
+		ParityInMemory:  a.cfg.ParityInMemory,
 		Picker:          a.picker, // measurements and penalties carry over between attempts
 		Sources:         srcs, StateDir: dir, PersistEvery: a.cfg.PersistEvery, Retry: a.cfg.Fetch,
 		// Progress is reported on time too, not only when it is persisted.

@@ -231,7 +231,7 @@ func (f *Fetcher) Fetch(ctx context.Context, im Image, plan Plan, sink Sink) (re
 	}
 	p.noSync = f.cfg.NoSync
 	res.Resumed = p.done.count()
-	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, buf: make([]byte, im.ChunkSize), timedAt: f.cfg.Clock.Now()}
+	run := &fetchRun{f: f, im: im, p: p, sink: sink, res: &res, timedAt: f.cfg.Clock.Now()}
 	defer func() { res.BadChunks = p.bad }()
 	defer run.closeScratch()
 
@@ -275,7 +275,7 @@ type fetchRun struct {
 	p    *progress
 	sink Sink
 	res  *Result
-	buf  []byte
+	buf  []byte // a chunk's room for reading back, made on first use (chunkBuf)
 
 	src     Source // in use
 	got     int64  // bytes delivered by src in the current attempt
@@ -286,6 +286,16 @@ type fetchRun struct {
 
 	scratch   *scratchFile // the parity scratch, opened on first use
 	noScratch bool         // it could not be opened
+}
+
+// chunkBuf returns room for one chunk read back from the sink: most
+// fetches never read back (a fleet's devices would each hold one for
+// nothing).
+func (r *fetchRun) chunkBuf() []byte {
+	if r.buf == nil {
+		r.buf = make([]byte, r.im.ChunkSize)
+	}
+	return r.buf
 }
 
 // parityScratch returns the scratch a coded fetch keeps its parity chunks
@@ -363,7 +373,7 @@ func (r *fetchRun) recover() (int, error) {
 	n := 0
 	missing := r.p.done.complement()
 	for i := missing.next(0); i >= 0; i = missing.next(i + 1) {
-		b := r.buf[:r.im.ChunkLen(i)]
+		b := r.chunkBuf()[:r.im.ChunkLen(i)]
 		if _, err := ra.ReadAt(b, r.im.Offset(i)); err != nil {
 			return n, fmt.Errorf("%w: read back chunk %d: %v", ErrSink, i, err)
 		}
@@ -652,7 +662,7 @@ func (r *fetchRun) catchUpHash() {
 		return
 	}
 	for r.p.hashed < r.p.done.n && r.p.done.has(r.p.hashed) {
-		b := r.buf[:r.im.ChunkLen(r.p.hashed)]
+		b := r.chunkBuf()[:r.im.ChunkLen(r.p.hashed)]
 		if _, err := ra.ReadAt(b, r.im.Offset(r.p.hashed)); err != nil {
 			return // finish() reports it
 		}
@@ -700,7 +710,7 @@ func (r *fetchRun) finish() error {
 		}
 		r.catchUpHash()
 		if r.p.hashed < r.p.done.n {
-			b := r.buf[:r.im.ChunkLen(r.p.hashed)]
+			b := r.chunkBuf()[:r.im.ChunkLen(r.p.hashed)]
 			_, err := ra.ReadAt(b, r.im.Offset(r.p.hashed))
 			return fmt.Errorf("%w: read back chunk %d: %v", ErrSink, r.p.hashed, err)
 		}

@@ -41,7 +41,11 @@ type BrokerConfig struct {
 	// dropped (see QueueBytes). Default QueueBytes/2048, at least 64
 	// (512 at the default QueueBytes): the byte bound is the one that
 	// matters, and a burst of small chunks (a summary's unicast answer)
-	// must not be shed for its count.
+	// must not be shed for its count. An image's fetch buffers no more
+	// chunks than QueueBytes holds at its chunk size, plus 16 (its
+	// buffer's slots are allocated up front: 500 devices' 512 slots
+	// each, unused at 16 KiB chunks, were 10 MB of a fleet simulator's
+	// heap).
 	Queue int
 	// QueueBytes bounds the memory of the receive path: the bytes of
 	// chunks and parity chunks buffered between the transport and the
@@ -495,7 +499,7 @@ func putBuf(b []byte) {
 }
 
 func (s *BrokerSource) subscribe(ctx context.Context, im Image, broadcast bool) (*inbox, func(), error) {
-	in := newInbox(s.cfg.Queue, s.cfg.QueueBytes)
+	in := newInbox(min(s.cfg.Queue, s.cfg.QueueBytes/max(int(im.ChunkSize), 1)+16), s.cfg.QueueBytes)
 	// Where the transport pushes back on the broker with little queued
 	// (MQTT with a device's Receive Maximum), a full buffer waits for
 	// room and the broker holds the rest; elsewhere it drops: nats.go

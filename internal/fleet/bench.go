@@ -80,6 +80,11 @@ type BenchConfig struct {
 	// and the side whose writes last longer (or come later) paid more of
 	// them.
 	ColdPages bool
+	// ParityInMemory makes the devices hold the parity chunks of a coded
+	// download in memory, not in a scratch file beside their fetch
+	// progress (deviceagent.Config.ParityInMemory): the agents' way before
+	// the scratch, for comparison.
+	ParityInMemory bool
 	// PaceReporters is how many of the N devices report their download
 	// progress every PaceInterval while they download (agent
 	// ProgressInterval), spread over the rollout order: the designated
@@ -215,7 +220,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
 		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
 		Timeout: timeout, Stall: bc.Stall, HoldBoots: bc.HoldBoots,
-		Agent: func(c *deviceagent.Config) { c.NoSync = !bc.DeviceFsync },
+		Agent: func(c *deviceagent.Config) { c.NoSync, c.ParityInMemory = !bc.DeviceFsync, bc.ParityInMemory },
 		// Delivery is measured from the campaign's start: no random start
 		// delay window, a fast leader tick.
 		Publisher: func(c *publisher.Config) {

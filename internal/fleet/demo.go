@@ -235,7 +235,10 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if cfg.SmallChange || cfg.Delta {
 		v2 = NextVersion(v1, cfg.Seed)
 	}
-	v0 := Image(cfg.Seed, "v0", cfg.ImageSize)
+	var v0 []byte // the devices' other factory image, made only when some run it
+	if cfg.OtherSource > 0 {
+		v0 = Image(cfg.Seed, "v0", cfg.ImageSize)
+	}
 	files := map[string][]byte{"v1.bin": v1, "v2.bin": v2}
 	if cfg.Encrypt {
 		delete(files, "v2.bin") // the plaintext stays with the vendor (here: in memory)
