@@ -217,7 +217,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		timeout = 30 * time.Minute
 	}
 	cfg := Config{
-		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, Dir: filepath.Join(dir, "fleet"),
+		Devices: n, ImageSize: len(image), ChunkSize: uint32(bc.ChunkSize), Seed: bc.Seed, V2: image, Dir: filepath.Join(dir, "fleet"),
 		Phases: []uint8{100}, ProgressEvery: 50 * time.Millisecond, Settle: 30 * time.Second, Logger: bc.Logger,
 		Timeout: timeout, Stall: bc.Stall, HoldBoots: bc.HoldBoots,
 		Agent: func(c *deviceagent.Config) { c.NoSync, c.ParityInMemory = !bc.DeviceFsync, bc.ParityInMemory },

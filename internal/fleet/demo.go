@@ -43,6 +43,11 @@ type Config struct {
 	FailRate float64
 	// Seed makes the images and the failing devices repeatable.
 	Seed uint64
+	// V2, when not nil, is the campaign's image as the caller made it
+	// already (Image(Seed, "v2", ImageSize), as the bench does for its raw
+	// side), so that the process holds one copy, not two. Ignored with
+	// SmallChange or Delta.
+	V2 []byte
 	// Dir is the work directory (keys, images, devices, broker data).
 	// Required.
 	Dir string
@@ -231,9 +236,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	if err := writeKeys(filepath.Join(cfg.Dir, "keys"), key); err != nil {
 		return sum, err
 	}
-	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), Image(cfg.Seed, "v2", cfg.ImageSize)
-	if cfg.SmallChange || cfg.Delta {
+	v1, v2 := Image(cfg.Seed, "v1", cfg.ImageSize), cfg.V2
+	switch {
+	case cfg.SmallChange || cfg.Delta:
 		v2 = NextVersion(v1, cfg.Seed)
+	case len(v2) != cfg.ImageSize:
+		v2 = Image(cfg.Seed, "v2", cfg.ImageSize)
 	}
 	var v0 []byte // the devices' other factory image, made only when some run it
 	if cfg.OtherSource > 0 {

@@ -306,6 +306,13 @@ func NewFleet(ctx context.Context, cfg FleetConfig) (*Fleet, error) {
 		f.Close()
 		return nil, err
 	}
+	// Installed: the fleet holds no factory image from now on (an image
+	// per version for the campaign's length, in a bench counted against
+	// the devices' memory).
+	for _, d := range f.Devices {
+		d.factory = nil
+	}
+	f.cfg.Factory, f.cfg.FactoryOf = nil, nil
 	return f, nil
 }
 
