@@ -227,8 +227,11 @@ type waveState struct {
 	// spent counts, per block of a coded image, the parity chunks this
 	// instance broadcast (each repair round sends fresh ones).
 	spent []uint32
-	// parityLog holds the recent coded repair rounds (repairCoded).
-	parityLog parityLog
+	// parityLog holds the recent coded repair rounds (repairCoded), and
+	// discounted, per requester, the end marker of the last round its
+	// summaries were counted as crossed by: each round is counted once.
+	parityLog  parityLog
+	discounted map[string]uint32
 	// sent holds, per chunk index, when it was last broadcast (wave or
 	// repair), in the monotonic time repair windows are measured in.
 	sent []time.Time
@@ -716,6 +719,15 @@ func missedCopies(at, casts int, times []time.Time, now time.Time, crossing time
 	return casts > at && at < len(times) && now.Sub(times[at]) > crossing
 }
 
+// seenCrossing is how far back a round whose end marker a requester has
+// not heard (ChunkRequest.Seen) counts as still on its way to it: at 500
+// devices on NATS, a round sent in 0.35 s reached devices behind in their
+// queues 2 s later, and their summaries, sent before it reached them,
+// drew a second round of the first one's size. A marker lost instead
+// costs the requester one idle period: the round is counted once
+// (waveState.discounted).
+const seenCrossing = 10 * time.Second
+
 // tableCrossing is how long after a table copy was broadcast a device
 // asking for the table again may not have received it yet: the larger of
 // Config.InTransit and a second.
@@ -1105,7 +1117,7 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 			if !b.waveEnd.IsZero() {
 				since = b.waveEnd
 			}
-			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, since.Add(-tableCrossing(dl.cfg))); err != nil {
+			if err := dl.repairCoded(ctx, d, w, bt, coded, b.reqs, since); err != nil {
 				if ctx.Err() == nil {
 					dl.log.Warn("coded repair", "image", digest, "err", err)
 				}
@@ -1181,6 +1193,9 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
+// since is when the batch began (or the wave it waited for ended): the
+// rounds that crossed a requester's summary are counted from there
+// (parityLog.crossed).
 func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState, bt schemas.Topic, per map[string][]int, reqs map[string]*schemas.ChunkRequest, since time.Time) error {
 	t := d.table
 	nb := int(t.NumBlocks())
@@ -1191,13 +1206,31 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// its way to devices behind in their queues), covers that many of a
 	// requester's losses in its block: its summary crossed the round
 	// (parityLog.crossed).
-	// Per end marker the requesters name (ChunkRequest.Seen).
-	crossed := map[uint32][]int{}
+	//
+	// A requester that names the last end marker it heard
+	// (ChunkRequest.Seen) is crossed by the rounds whose marker came
+	// after it, from seenCrossing back: it has not heard their end, so
+	// they are still on their way to it (a device behind a loaded broker
+	// took a round's parity seconds after it went), or their marker was
+	// lost. One that names none is crossed by the rounds that ended
+	// within tableCrossing of the batch. Either way a round is counted
+	// once per requester (waveState.discounted): should the requester ask
+	// again with nothing more heard, its marker was lost, and what the
+	// round left it short of is answered.
+	crossed := make(map[string][]int, len(per))
 	dl.waveMu.Lock()
-	for _, r := range reqs {
-		if _, ok := crossed[r.Seen]; !ok {
-			crossed[r.Seen] = w.parityLog.crossed(since, r.Seen, nb)
+	if w.discounted == nil {
+		w.discounted = map[string]uint32{}
+	}
+	for who := range per {
+		r := reqs[who]
+		from, floor := since.Add(-tableCrossing(dl.cfg)), w.discounted[who]
+		if r.Seen > 0 {
+			from, floor = since.Add(-seenCrossing), max(floor, r.Seen)
 		}
+		var top uint32
+		crossed[who], top = w.parityLog.crossed(from, floor, nb)
+		w.discounted[who] = max(w.discounted[who], top)
 	}
 	dl.waveMu.Unlock()
 	reported := 0
@@ -1207,7 +1240,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		for _, i := range wl {
 			cnt[t.BlockOf(uint32(i))]++
 		}
-		cr := crossed[reqs[who].Seen]
+		cr := crossed[who]
 		for b := range nb {
 			cnt[b] = max(0, cnt[b]-cr[b])
 		}
@@ -1397,32 +1430,34 @@ func (l *parityLog) add(at time.Time, marker uint32, send []blockcode.Symbol) {
 	*l = append(keep, r)
 }
 
-// crossed returns, per block of nb, the parity chunks of the rounds a
-// request in a batch begun at since (less the time a round takes to reach
-// a device behind in its queue) crossed: those that ended at or after
-// since, and, when the request names the last end marker its sender
-// heard (seen, ChunkRequest.Seen; 0 when it names none), whose marker
-// came after that one. A round whose marker the requester heard reached
-// it (or was lost) before it asked: its losses are in the request. One
-// that answered the requester and whose marker it had not heard counts:
-// paced, and delivered late by a loaded broker, it was often still on
-// its way when the requester asked again. A requester that names no
-// marker (an agent from before ChunkRequest.Seen) is counted as crossed
-// by every such round: one that reached it and left it short (its parity
-// lost) leaves it short by a few, asked for again after the next round.
-func (l parityLog) crossed(since time.Time, seen uint32, nb int) []int {
+// crossed returns, per block of nb, the parity chunks of the rounds that
+// crossed a request, and the highest end marker among them (0: none):
+// the rounds that ended at or after since and whose end marker is above
+// floor. repairCoded sets since and floor per requester: for one that
+// names the last end marker it heard (ChunkRequest.Seen), floor is that
+// marker (a round whose marker it heard reached it, or was lost, before
+// it asked: its losses are in the request) and since reaches
+// seenCrossing back; for one that names none (an agent from before the
+// field), since reaches only tableCrossing back. A round that answered
+// the requester itself counts: paced, and delivered late by a loaded
+// broker, it was often still on its way when the requester asked again.
+// floor is also at least the last round already counted for the
+// requester, so that each round is counted once.
+func (l parityLog) crossed(since time.Time, floor uint32, nb int) ([]int, uint32) {
 	out := make([]int, nb)
+	var top uint32
 	for _, r := range l {
-		if r.at.Before(since) || (seen > 0 && r.marker <= seen) {
+		if r.at.Before(since) || r.marker <= floor {
 			continue
 		}
+		top = max(top, r.marker)
 		for b, k := range r.block {
 			if int(b) < nb {
 				out[b] += k
 			}
 		}
 	}
-	return out
+	return out, top
 }
 
 // announce broadcasts, before a coded repair round, what the round sends:

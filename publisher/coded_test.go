@@ -113,8 +113,9 @@ func TestCodedRepair(t *testing.T) {
 // TestParityLogCrossed: a requester's losses are discounted by the parity
 // of rounds that ended since its batch began (or just before), which its
 // request crossed, a round that answered it included, but not by rounds
-// older than that, nor by rounds whose end marker it heard before asking
-// (ChunkRequest.Seen).
+// older than that, nor by rounds whose end marker is at or below the
+// floor (the last marker it heard, ChunkRequest.Seen, or the last round
+// already counted for it).
 func TestParityLogCrossed(t *testing.T) {
 	t0 := time.Unix(1000, 0)
 	var l parityLog
@@ -129,22 +130,24 @@ func TestParityLogCrossed(t *testing.T) {
 	l.add(t0.Add(2*time.Second), 4, sym(0, 2, 2, 2)) // marker 4 (a wave's was 3)
 	for _, tc := range []struct {
 		since time.Time
-		seen  uint32
+		floor uint32
 		want  []int
+		top   uint32
 	}{
-		{t0.Add(-time.Second), 0, []int{3, 1, 3}}, // crossed both rounds
-		{t0, 0, []int{3, 1, 3}},                   // the first ended as the batch began
-		{t0.Add(time.Second), 0, []int{1, 0, 3}},  // the first is older
-		{t0.Add(3 * time.Second), 0, []int{0, 0, 0}},
-		{t0.Add(-time.Second), 1, []int{3, 1, 3}}, // heard only the wave's marker
-		{t0.Add(-time.Second), 2, []int{1, 0, 3}}, // heard the first round's
-		{t0.Add(-time.Second), 3, []int{1, 0, 3}},
-		{t0.Add(-time.Second), 4, []int{0, 0, 0}}, // heard both: answered in full
-		{t0.Add(-time.Second), 9, []int{0, 0, 0}},
-		{t0.Add(time.Second), 1, []int{1, 0, 3}}, // the first is older anyway
+		{t0.Add(-time.Second), 0, []int{3, 1, 3}, 4}, // crossed both rounds
+		{t0, 0, []int{3, 1, 3}, 4},                   // the first ended as the batch began
+		{t0.Add(time.Second), 0, []int{1, 0, 3}, 4},  // the first is older
+		{t0.Add(3 * time.Second), 0, []int{0, 0, 0}, 0},
+		{t0.Add(-time.Second), 1, []int{3, 1, 3}, 4}, // heard only the wave's marker
+		{t0.Add(-time.Second), 2, []int{1, 0, 3}, 4}, // heard the first round's
+		{t0.Add(-time.Second), 3, []int{1, 0, 3}, 4},
+		{t0.Add(-time.Second), 4, []int{0, 0, 0}, 0}, // heard both: answered in full
+		{t0.Add(-time.Second), 9, []int{0, 0, 0}, 0},
+		{t0.Add(time.Second), 1, []int{1, 0, 3}, 4}, // the first is older anyway
 	} {
-		if got := l.crossed(tc.since, tc.seen, 3); !slices.Equal(got, tc.want) {
-			t.Errorf("since %v, seen %d: crossed %v, want %v", tc.since.Sub(t0), tc.seen, got, tc.want)
+		got, top := l.crossed(tc.since, tc.floor, 3)
+		if !slices.Equal(got, tc.want) || top != tc.top {
+			t.Errorf("since %v, floor %d: crossed %v up to marker %d, want %v up to %d", tc.since.Sub(t0), tc.floor, got, top, tc.want, tc.top)
 		}
 	}
 	// Rounds older than parityLogKeep are forgotten as new ones come.

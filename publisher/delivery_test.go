@@ -671,23 +671,29 @@ func TestDeliveryRepairAfterWave(t *testing.T) {
 	}
 }
 
-// TestDeliveryRepairSeenThrough: a device that asks again just after a
-// repair round for it, its parity lost, is answered at once when its
-// summary names the round's end marker (ChunkRequest.Seen): what the
-// round sent reached it or was lost before it asked. Naming no marker (an
-// agent from before the field), or an earlier one, the round counts as
-// still on its way to it (parityLog.crossed) and nothing goes: it asks
-// again after its idle timer.
+// TestDeliveryRepairSeenThrough: a device that asks again after a repair
+// round for it, its parity lost, is answered at once when its summary
+// names the round's end marker (ChunkRequest.Seen): what the round sent
+// reached it or was lost before it asked. Naming an earlier marker, the
+// round counts as still on its way to it (parityLog.crossed), even
+// seconds after it ended (a device behind a loaded broker), and nothing
+// goes; but only once: asking again with nothing more heard (the marker
+// was lost), it is answered. Naming no marker (an agent from before the
+// field), the round counts as on its way only just after it ended.
 func TestDeliveryRepairSeenThrough(t *testing.T) {
 	const k, par = 8, 4
 	for _, tc := range []struct {
 		name   string
+		aged   time.Duration // how long before the second ask the round ended
 		seen   func(round uint32) uint32
-		parity int // parity chunks of the second round
+		parity []int // parity chunks sent for each ask after the round
 	}{
-		{"no marker named", func(uint32) uint32 { return 0 }, 0},
-		{"an earlier marker", func(r uint32) uint32 { return r - 1 }, 0},
-		{"the round's marker", func(r uint32) uint32 { return r }, 1},
+		{"no marker named", 0, func(uint32) uint32 { return 0 }, []int{0}},
+		{"no marker named, round older", 3 * time.Second, func(uint32) uint32 { return 0 }, []int{1}},
+		{"an earlier marker", 0, func(r uint32) uint32 { return r - 1 }, []int{0, 1}},
+		{"an earlier marker, round older", 3 * time.Second, func(r uint32) uint32 { return r - 1 }, []int{0, 1}},
+		{"an earlier marker, round too old", seenCrossing + time.Second, func(r uint32) uint32 { return r - 1 }, []int{1}},
+		{"the round's marker", 0, func(r uint32) uint32 { return r }, []int{1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := newFakeHost()
@@ -720,12 +726,21 @@ func TestDeliveryRepairSeenThrough(t *testing.T) {
 			if p1 != 1 || round != waveEnd+1 {
 				t.Fatalf("first round: %d parity chunks, end marker %d; want 1 and %d", p1, round, waveEnd+1)
 			}
-			again := request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0))
-			again.Seen = tc.seen(round)
-			dl.batch(ctx, *again)
-			dl.wait()
-			if p2, _ := count(); p2-p1 != tc.parity {
-				t.Errorf("second round: %d parity chunks, want %d", p2-p1, tc.parity)
+			dl.waveMu.Lock()
+			for i := range dl.waves[d.info.Digest].parityLog {
+				l := &dl.waves[d.info.Digest].parityLog[i]
+				l.at = l.at.Add(-tc.aged)
+			}
+			dl.waveMu.Unlock()
+			for n, want := range tc.parity {
+				p0, _ := count()
+				again := request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0))
+				again.Seen = tc.seen(round)
+				dl.batch(ctx, *again)
+				dl.wait()
+				if p, _ := count(); p-p0 != want {
+					t.Errorf("ask %d after the round: %d parity chunks, want %d", n+1, p-p0, want)
+				}
 			}
 		})
 	}

@@ -25,10 +25,23 @@ import (
 func TestMidCarouselJoinerNoUnicast(t *testing.T) {
 	const early, late = "dev-early", "dev-late"
 	e := newEnv(t)
+	// The first wave holds past its middle until the late device has
+	// asked for the table: it joins while the wave flows. Not held, a
+	// loaded machine sometimes let the 256 KiB wave end before the
+	// device asked (it listens ListenFirst first); it then joined after
+	// the carousel, not in it, and with no campaign to bring another
+	// wave was answered by unicast.
+	gate := &holdConn{hold: 256/2 + 8, release: make(chan struct{})}
+	dial := e.dial
+	e.dial = func(id string, backend bool) broker.Transport {
+		gate.Transport = dial(id, backend)
+		return gate
+	}
 	p, _ := e.start(func(c *Config) {
 		c.RepairWindow, c.WaveHold, c.ChunkSize, c.CodedRepair = 20*time.Millisecond, -1, 1024, true
 		c.CodedBlock, c.CodedParity = 32, 16 // small blocks: decodes are slow under -race
 	})
+	e.dial = dial
 	data, table := uploadTable(t, e, p, 256*1024) // 256 chunks: 8 blocks of 32
 	digest := hex.EncodeToString(table.Image)
 	enrol(t, e, p, table, early, late)
@@ -100,6 +113,13 @@ func TestMidCarouselJoinerNoUnicast(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the first wave never got halfway")
 	}
+	lateReqs, _ := e.cfg.Topics.ChunkRequestsFrom(late)
+	var asked sync.Once
+	if _, err := spy.Subscribe(ctx, lateReqs, func(context.Context, broker.Message) {
+		asked.Do(func() { close(gate.release) })
+	}, broker.SubscribeOptions{Family: broker.FamilyChunkRequest}); err != nil {
+		t.Fatal(err)
+	}
 	conn := e.hub.Conn()
 	t.Cleanup(func() { conn.Close(context.Background()) })
 	src, err := fetcher.NewBrokerSource(fetcher.BrokerConfig{Transport: conn, Topics: e.cfg.Topics, Device: late,
@@ -145,4 +165,24 @@ func TestMidCarouselJoinerNoUnicast(t *testing.T) {
 	if uniTables.Load() > 1 {
 		t.Errorf("%d tables by unicast, want at most 1", uniTables.Load())
 	}
+}
+
+// holdConn holds the chunk publishes of its transport past the hold-th
+// until release is closed.
+type holdConn struct {
+	broker.Transport
+	hold    int64
+	n       atomic.Int64
+	release chan struct{}
+}
+
+func (c *holdConn) Publish(ctx context.Context, t schemas.Topic, b []byte, o broker.PublishOptions) error {
+	if schemas.IsChunk(b) && c.n.Add(1) > c.hold {
+		select {
+		case <-c.release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return c.Transport.Publish(ctx, t, b, o)
 }
