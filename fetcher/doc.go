@@ -44,7 +44,16 @@
 // table is coded: the fetcher hands it the table and the Sink (which must
 // then implement io.ReaderAt), and it rebuilds a block's lost chunks by
 // reading the chunks the block holds back from the Sink, a stripe at a
-// time, instead of holding the block in memory.
+// time, instead of holding the block in memory. The parity chunks it keeps
+// until their block rebuilds go to a scratch file in the state directory
+// (removed when the fetch ends; Config.ParityInMemory keeps them in
+// memory instead), read back a stripe at a time as well: a device holds
+// no parity in RAM.
+//
+// A loss summary (a chunk request after a wave or a repair round) names
+// the last end marker the device heard (schemas.ChunkRequest.Seen), so
+// that the publisher knows which rounds reached the device before it
+// asked and which were still on their way.
 //
 // The broker source's receive path is bounded in bytes
 // (BrokerConfig.QueueBytes, default 1 MiB; its handlers run inline on the

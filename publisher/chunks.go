@@ -1193,6 +1193,7 @@ const parityCacheBytes = 64 << 20
 // (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
+//
 // since is when the batch began (or the wave it waited for ended): the
 // rounds that crossed a requester's summary are counted from there
 // (parityLog.crossed).

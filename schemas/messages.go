@@ -238,7 +238,9 @@ type ChunkRequest struct {
 	// request, still on their way to it, only the repair rounds whose
 	// marker came after Seen, and answers at once the need those leave.
 	// A requester that does not send it is answered as if every recent
-	// round had crossed it. Agents send it only for a coded image; a
+	// round had crossed it. Markers are numbered by the publisher
+	// instance that sends them, the one that owns the image's waves and
+	// takes its summaries. Agents send it only for a coded image; a
 	// publisher from before the field refuses a request that carries it
 	// (unknown key), so the backend is upgraded before the agents.
 	Seen uint32 `cbor:"11,keyasint,omitempty"`
