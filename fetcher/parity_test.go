@@ -226,6 +226,25 @@ func (s *repairRecorder) FetchRepair(ctx context.Context, im Image, want Chunks,
 	return s.Source.Fetch(ctx, im, want, deliver)
 }
 
+// codedFixture returns fx with a coded chunk table (blocks of 8 chunks, 2
+// parity chunks each) in place of its plain one, the image naming it.
+func codedFixture(t *testing.T, fx fixture) fixture {
+	t.Helper()
+	ct, err := blockcode.Commit(context.Background(), fx.table, 8, 2, func(_ context.Context, i uint32) ([]byte, error) {
+		return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fx.table = ct
+	if fx.tb, err = schemas.Encode(ct); err != nil {
+		t.Fatal(err)
+	}
+	td := sha256.Sum256(fx.tb)
+	fx.im.TableDigest = td[:]
+	return fx
+}
+
 // TestFetchUsesRepair: the fetcher hands a RepairSource the authenticated
 // coded table and the sink (to read held chunks back) when the image's
 // table is coded, and calls plain Fetch when it is not. With a coded
@@ -233,19 +252,7 @@ func (s *repairRecorder) FetchRepair(ctx context.Context, im Image, want Chunks,
 // removed when the fetch ends; none with Config.ParityInMemory.
 func TestFetchUsesRepair(t *testing.T) {
 	for _, inMemory := range []bool{false, true} {
-		fx := newFixture(t, 20*testChunk, testChunk, 12)
-		ct, err := blockcode.Commit(context.Background(), fx.table, 8, 2, func(_ context.Context, i uint32) ([]byte, error) {
-			return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		fx.table = ct
-		if fx.tb, err = schemas.Encode(ct); err != nil {
-			t.Fatal(err)
-		}
-		td := sha256.Sum256(fx.tb)
-		fx.im.TableDigest = td[:]
+		fx := codedFixture(t, newFixture(t, 20*testChunk, testChunk, 12))
 		dir := t.TempDir()
 		src := &repairRecorder{Source: NewFileSource(fx.writeFiles(t, t.TempDir()), 0), dir: dir}
 		f, err := New(Config{Sources: []Source{src}, StateDir: dir, Retry: fastRetry, Logger: testLogger(t), ParityInMemory: inMemory})
@@ -276,18 +283,7 @@ func TestFetchUsesRepair(t *testing.T) {
 	for _, coded := range []bool{false, true} {
 		fx := newFixture(t, 20*testChunk, testChunk, 12)
 		if coded {
-			ct, err := blockcode.Commit(context.Background(), fx.table, 8, 2, func(_ context.Context, i uint32) ([]byte, error) {
-				return fx.img[int(i)*testChunk : (int(i)+1)*testChunk], nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			fx.table = ct
-			if fx.tb, err = schemas.Encode(ct); err != nil {
-				t.Fatal(err)
-			}
-			td := sha256.Sum256(fx.tb)
-			fx.im.TableDigest = td[:]
+			fx = codedFixture(t, fx)
 		}
 		src := &repairRecorder{Source: NewFileSource(fx.writeFiles(t, t.TempDir()), 0)}
 		sink := newMemSink(len(fx.img))
