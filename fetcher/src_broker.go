@@ -1003,7 +1003,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				n0 := left
 				blk, _ := schemas.ParityBlockOf(m.b)
 				h0 := col.Held(blk)
-				err := s.takeParity(ctx, m.b, col, rep, missing, write, gotChunk)
+				// One the receive path admitted (pblk) it checked
+				// against the table already.
+				err := s.takeParity(ctx, m.b, m.pblk > 0, col, rep, missing, write, gotChunk)
 				needChanged(blk)
 				putBuf(m.b)
 				if err != nil {
@@ -1136,8 +1138,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 // returns only deliver's ErrSink error or ctx's; a parity chunk refused or
 // a block that does not rebuild (a held chunk in the slot not the image's:
 // the table check of the rebuilt chunks refuses them) is counted and left
-// to repair.
-func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+// to repair. checked: the receive path checked b's hash against the table
+// already (useful.admit), so it is not hashed again.
+func (s *BrokerSource) takeParity(ctx context.Context, b []byte, checked bool, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
 	var p schemas.ParityChunk
 	if err := schemas.Decode(b, &p); err != nil {
 		s.Garbage++
@@ -1155,7 +1158,11 @@ func (s *BrokerSource) takeParity(ctx context.Context, b []byte, col *blockcode.
 		}
 		return n
 	}
-	kept, err := col.Add(&p, lacking(p.Block))
+	add := col.Add
+	if checked {
+		add = col.AddChecked
+	}
+	kept, err := add(&p, lacking(p.Block))
 	if err != nil {
 		s.BadParity++
 		s.Dropped++

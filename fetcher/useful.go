@@ -27,9 +27,10 @@ const parityMargin = 2
 // queued. A chunk is judged by its head (schemas.ChunkIndexOf) and only
 // ever dropped, as the loop would drop it after decoding. A parity chunk
 // within its block's need is checked against the signed table before it
-// counts (schemas.DecodeParityChunkView, VerifyParity: the loop checks
-// it again), so that forged or corrupt ones, however many come first,
-// take no good one's place.
+// counts (schemas.DecodeParityChunkView, VerifyParity: the loop keeps it
+// without hashing it again, blockcode.Collector.AddChecked), so that
+// forged or corrupt ones, however many come first, take no good one's
+// place.
 type useful struct {
 	// held: chunks the fetch holds, written and checked (not the request
 	// sender's bits, set as a write starts: one that fails is still

@@ -356,6 +356,23 @@ func TestForgedParityDropped(t *testing.T) {
 	if col.Dropped != 8 || col.Held(0) != 0 {
 		t.Fatalf("%d dropped, %d held; want 8 dropped, none held", col.Dropped, col.Held(0))
 	}
+	// AddChecked (bytes the caller hashed against the table already)
+	// still refuses what is not one of the table's parity chunks.
+	for _, tc := range []struct {
+		name string
+		p    *schemas.ParityChunk
+	}{
+		{"block beyond the image", forge(at(1, 0), func(q *schemas.ParityChunk) { q.Block = 2 })},
+		{"index beyond the parity", forge(at(0, 0), func(q *schemas.ParityChunk) { q.Index = 4 })},
+		{"short", forge(at(0, 0), func(q *schemas.ParityChunk) { q.Data = q.Data[:511] })},
+		{"another image", forge(at(0, 0), func(q *schemas.ParityChunk) { q.Image[0] ^= 1 })},
+	} {
+		kept, err := col.AddChecked(tc.p, s.lacking(c, tc.p.Block))
+		if kept || !errors.Is(err, schemas.ErrInvalid) {
+			t.Errorf("AddChecked, %s: kept %v, %v; want dropped with ErrInvalid", tc.name, kept, err)
+		}
+	}
+	col.Dropped = 8
 	have := func(i uint32) bool { return s.have[i] }
 	if err := col.Decode(context.Background(), 0, have, s, s.write(c)); !errors.Is(err, ErrShort) {
 		t.Fatalf("decode with no good parity: %v, want ErrShort", err)

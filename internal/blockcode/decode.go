@@ -84,11 +84,31 @@ func NewCollector(t *schemas.ChunkTable, stripe int) (*Collector, error) {
 // error. Add copies nothing: it keeps p.Data, or writes it to the scratch
 // (UseScratch) and keeps nothing of it.
 func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
+	return c.add(p, lacking, true)
+}
+
+// AddChecked is Add for a parity chunk whose bytes the caller checked
+// against c's table already (schemas.ChunkTable.VerifyParity, as the
+// fetcher's receive path does before it queues one): the image, block,
+// index and length are checked again, the SHA-256 is not computed twice.
+func (c *Collector) AddChecked(p *schemas.ParityChunk, lacking int) (bool, error) {
+	return c.add(p, lacking, false)
+}
+
+func (c *Collector) add(p *schemas.ParityChunk, lacking int, hash bool) (bool, error) {
 	if !bytes.Equal(p.Image, c.t.Image) {
 		c.Dropped++
 		return false, fmt.Errorf("%w: parity chunk of image %s, want %s", schemas.ErrInvalid, schemas.DigestHex(p.Image), schemas.DigestHex(c.t.Image))
 	}
-	if err := c.t.VerifyParity(p.Block, p.Index, p.Data); err != nil {
+	var err error
+	switch {
+	case hash:
+		err = c.t.VerifyParity(p.Block, p.Index, p.Data)
+	case p.Block >= c.t.NumBlocks() || p.Index >= c.t.ParityPerBlock || len(p.Data) != int(c.t.ChunkSize):
+		err = fmt.Errorf("%w: parity chunk %d of block %d (%d bytes): not one of the table's (%d blocks, %d parity chunks each of %d bytes)",
+			schemas.ErrInvalid, p.Index, p.Block, len(p.Data), c.t.NumBlocks(), c.t.ParityPerBlock, c.t.ChunkSize)
+	}
+	if err != nil {
 		c.Dropped++
 		return false, err
 	}
