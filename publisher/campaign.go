@@ -513,7 +513,7 @@ func (p *Publisher) ResumeCampaign(ctx context.Context, who Principal, id string
 		return Campaign{}, err
 	}
 	p.audit(ctx, who, "campaign.resume", id, "")
-	p.republish(ctx, &c)
+	p.republish(ctx, &c, nil)
 	p.kick()
 	return c, nil
 }

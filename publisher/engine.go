@@ -25,11 +25,17 @@ type lease struct {
 const leaseKey = "leader"
 
 // acquireLease takes or renews the leader lease; it reports whether this
-// instance is leader until the next tick, and whether it just became so.
+// instance is leader until the next tick, and whether it just became so
+// (fresh: its notices are sent again, in case a previous leader persisted
+// one it did not send). A lease this process held and takes back, no other
+// instance having held it meanwhile (a tick whose lease read failed under
+// load), is not fresh: before, every such tick made the next one send
+// every in-progress device's notice again.
 func (p *Publisher) acquireLease(ctx context.Context) (leader, fresh bool) {
 	now := p.cfg.Clock.Now()
 	want := lease{Holder: p.cfg.Instance, Until: now.Add(p.cfg.LeaseTTL)}
 	var cur lease
+	back := false
 	rev, err := getJSON(ctx, p.st.lease, "lease", leaseKey, &cur)
 	switch {
 	case errors.Is(err, ErrNotFound):
@@ -39,14 +45,15 @@ func (p *Publisher) acquireLease(ctx context.Context) (leader, fresh bool) {
 		p.leader = false
 		return false, false
 	default:
+		back = cur.Holder == p.cfg.Instance && p.led
 		_, err = updateJSON(ctx, p.st.lease, "lease", leaseKey, want, rev)
 	}
 	if err != nil {
 		p.leader = false
 		return false, false
 	}
-	fresh = !p.leader
-	p.leader = true
+	fresh = !p.leader && !back
+	p.leader, p.led = true, true
 	return true, fresh
 }
 
@@ -99,10 +106,13 @@ func (p *Publisher) tick(ctx context.Context) {
 		if !ok || c.State != CampaignRunning {
 			continue
 		}
-		if fresh {
+		if fresh && p.cfg.Partitions == 1 {
 			// A previous leader may have persisted "notified" and died
 			// before publishing; notices are idempotent, so send again.
-			p.republish(ctx, &c)
+			// With partitions the owners notify, and a partition's new
+			// owner sends its notices again (readyParts): the leader
+			// sending every device's as well only doubled them.
+			p.republish(ctx, &c, nil)
 		}
 		if err := p.step(ctx, &c); err != nil && ctx.Err() == nil {
 			p.log.Warn("campaign step", "campaign", id, "err", err)
@@ -495,10 +505,11 @@ func (p *Publisher) clearNotices(ctx context.Context, c *Campaign) {
 	}
 }
 
-// republish re-sends the notices of c's devices still in progress.
-func (p *Publisher) republish(ctx context.Context, c *Campaign) {
+// republish re-sends the notices of c's devices still in progress, of
+// those only that only picks when it is not nil.
+func (p *Publisher) republish(ctx context.Context, c *Campaign, only func(dev string) bool) {
 	for _, e := range p.idx.devs(c.ID) {
-		if e.st.State != StateQueued && !terminal(e.st.State) {
+		if e.st.State != StateQueued && !terminal(e.st.State) && (only == nil || only(e.st.Device)) {
 			if err := p.publishNotice(ctx, c, e.st.Device); err != nil {
 				p.log.Warn("republish notice", "campaign", c.ID, "err", err)
 			}

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"fmt"
 	"io"
+	"os"
 	"log/slog"
 	"strings"
 	"sync"
@@ -212,7 +213,12 @@ func (e *testEnv) retainedNotices() []string {
 
 var brokerChunkReq = broker.PublishOptions{Family: broker.FamilyChunkRequest}
 
-func testLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+func testLogger() *slog.Logger {
+	if os.Getenv("FIRMCAST_TEST_LOG") != "" { // debug logs of the publishers under test, to stderr
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 // open creates a publisher without running it (the test drives it).
 func (e *testEnv) open(edit func(*Config)) *Publisher {

@@ -83,13 +83,17 @@ type owner struct {
 	held     map[int]*heldPart          // tick loop only
 	holders  map[int]lease              // partition -> its lease as last seen (the lease bucket's watch)
 	seen     map[string]string          // campaign -> state at the last owner pass; tick loop only
+	// had: partitions this process has held (tick loop only): one it
+	// takes back from its own lease (a renewal that failed under load)
+	// had no other owner meanwhile, and no notice of it to send again.
+	had map[int]bool
 }
 
 type heldPart struct {
 	cancel context.CancelFunc // ends the partition's watch
 	fwd    *nats.Subscription // reports forwarded to this owner
 	ready  chan struct{}      // closed when the watch has the partition's records
-	live   bool               // ready, and its notices republished
+	live   bool               // ready, and its notices republished (or none to republish)
 	until  time.Time          // the lease as last renewed
 }
 
@@ -178,11 +182,11 @@ func (p *Publisher) ownPartitions(ctx context.Context) {
 	}
 	for i := range p.cfg.Partitions {
 		want := live[i%len(live)] == me
-		mine := p.partLease(ctx, i, want, now)
+		mine, ours := p.partLease(ctx, i, want, now)
 		hp := p.own.held[i]
 		switch {
 		case mine && hp == nil:
-			p.gainPartition(ctx, i, now)
+			p.gainPartition(ctx, i, now, ours && p.own.had[i])
 		case mine:
 			hp.until = now.Add(p.cfg.LeaseTTL)
 		case hp != nil:
@@ -192,8 +196,9 @@ func (p *Publisher) ownPartitions(ctx context.Context) {
 }
 
 // partLease takes, renews or releases partition i's lease and reports
-// whether this instance holds it until the next tick.
-func (p *Publisher) partLease(ctx context.Context, i int, want bool, now time.Time) bool {
+// whether this instance holds it until the next tick, and whether the
+// lease it renewed was this instance's already (ours).
+func (p *Publisher) partLease(ctx context.Context, i int, want bool, now time.Time) (mine, ours bool) {
 	me := p.cfg.Instance
 	next := lease{Holder: me, Until: now.Add(p.cfg.LeaseTTL)}
 	var cur lease
@@ -201,21 +206,21 @@ func (p *Publisher) partLease(ctx context.Context, i int, want bool, now time.Ti
 	switch {
 	case errors.Is(err, ErrNotFound):
 		if !want {
-			return false
+			return false, false
 		}
 		_, err = createJSON(ctx, p.st.lease, "partition lease", partKey(i), next)
-		return err == nil
+		return err == nil, false
 	case err != nil: // cannot tell: keep it while the lease lasts
 		hp := p.own.held[i]
-		return hp != nil && now.Before(hp.until)
+		return hp != nil && now.Before(hp.until), false
 	case cur.Holder == me && !want:
 		p.dropPartLease(ctx, i, rev, now)
-		return false
+		return false, false
 	case cur.Holder == me || want && !now.Before(cur.Until):
 		_, err = updateJSON(ctx, p.st.lease, "partition lease", partKey(i), next, rev)
-		return err == nil
+		return err == nil, cur.Holder == me
 	}
-	return false
+	return false, false
 }
 
 // dropPartLease gives up partition i's lease held at revision rev: it is
@@ -275,8 +280,10 @@ func (p *Publisher) handleForwarded(m *nats.Msg) {
 }
 
 // gainPartition starts keeping partition i's devices: a watch of its
-// bucket feeds the index.
-func (p *Publisher) gainPartition(ctx context.Context, i int, now time.Time) {
+// bucket feeds the index. back: this process held it last (its lease was
+// this instance's, and this process had it), so no other owner may have
+// persisted a notice it did not send: none is sent again (readyParts).
+func (p *Publisher) gainPartition(ctx context.Context, i int, now time.Time, back bool) {
 	p.idx.setHold(i, true)
 	wctx, cancel := context.WithCancel(ctx)
 	ready := make(chan struct{})
@@ -290,8 +297,12 @@ func (p *Publisher) gainPartition(ctx context.Context, i int, now time.Time) {
 	if err != nil {
 		p.log.Warn("subscribe to forwarded reports", "partition", i, "err", err)
 	}
-	p.own.held[i] = &heldPart{cancel: cancel, ready: ready, fwd: sub, until: now.Add(p.cfg.LeaseTTL)}
-	p.log.Info("partition taken", "partition", i)
+	p.own.held[i] = &heldPart{cancel: cancel, ready: ready, fwd: sub, until: now.Add(p.cfg.LeaseTTL), live: back}
+	if p.own.had == nil {
+		p.own.had = map[int]bool{}
+	}
+	p.own.had[i] = true
+	p.log.Info("partition taken", "partition", i, "back", back)
 }
 
 // losePartition stops keeping partition i's devices.
@@ -333,10 +344,13 @@ func (p *Publisher) releasePartitions(ctx context.Context) {
 // readyParts returns, by partition, whether this instance holds it with
 // its records loaded; a partition just loaded has its in-progress notices
 // sent again first (its previous owner may have persisted "notified" and
-// died before publishing).
+// died before publishing): those of its own devices only, not every
+// device's each time one of the partitions comes in (with three
+// partitions taken one tick apart, a device was sent its notice three
+// times).
 func (p *Publisher) readyParts(ctx context.Context) []bool {
 	ready := make([]bool, p.cfg.Partitions)
-	fresh := false
+	var fresh []bool
 	for i, hp := range p.own.held {
 		select {
 		case <-hp.ready:
@@ -345,13 +359,18 @@ func (p *Publisher) readyParts(ctx context.Context) []bool {
 		}
 		ready[i] = true
 		if !hp.live {
-			hp.live, fresh = true, true
+			hp.live = true
+			if fresh == nil {
+				fresh = make([]bool, p.cfg.Partitions)
+			}
+			fresh[i] = true
 		}
 	}
-	if fresh {
+	if fresh != nil {
+		n := p.cfg.Partitions
 		for _, id := range p.idx.campaignIDs() {
 			if c, ok := p.idx.campaign(id); ok && c.State == CampaignRunning {
-				p.republish(ctx, &c)
+				p.republish(ctx, &c, func(dev string) bool { return fresh[devicePartition(dev, n)] })
 			}
 		}
 	}
@@ -382,7 +401,7 @@ func (p *Publisher) ownerPass(ctx context.Context) {
 			delete(p.own.notified, id)
 			p.own.mu.Unlock()
 		case moved && prev == CampaignPaused && c.State == CampaignRunning:
-			p.republish(ctx, &c)
+			p.republish(ctx, &c, nil)
 		}
 		if c.State == CampaignRunning {
 			if err := p.stepOwned(ctx, &c, ready); err != nil && ctx.Err() == nil {

@@ -43,6 +43,9 @@ type Publisher struct {
 	bg      sync.WaitGroup     // the KV watches started by New
 
 	leader bool // owned by the tick loop
+	// led: this process has held the leader lease (tick loop only); see
+	// acquireLease.
+	led bool
 	// own is this instance's share of a partitioned state (owner.go).
 	own owner
 	// resent holds when the leader last re-sent each device's notice
