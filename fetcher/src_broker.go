@@ -1141,8 +1141,10 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 // to repair. checked: the receive path checked b's hash against the table
 // already (useful.admit), so it is not hashed again.
 func (s *BrokerSource) takeParity(ctx context.Context, b []byte, checked bool, col *blockcode.Collector, rep *Repair, missing bitmap, deliver Deliver, got func(i int)) error {
+	// A view (p aliases b): the collector keeps a copy of what it keeps
+	// in memory, none of what goes to the scratch.
 	var p schemas.ParityChunk
-	if err := schemas.Decode(b, &p); err != nil {
+	if err := schemas.DecodeParityChunkView(b, &p); err != nil {
 		s.Garbage++
 		s.Dropped++
 		return nil

@@ -81,8 +81,9 @@ func NewCollector(t *schemas.ChunkTable, stripe int) (*Collector, error) {
 // chunk that fails the check is dropped and counted (Dropped), and Add
 // returns the reason (wrapping schemas.ErrInvalid or
 // schemas.ErrDigestMismatch); one already held or not needed is not an
-// error. Add copies nothing: it keeps p.Data, or writes it to the scratch
-// (UseScratch) and keeps nothing of it.
+// error. Add keeps a copy of p.Data, or writes it to the scratch
+// (UseScratch) and keeps nothing of it: p may alias a receive buffer
+// (schemas.DecodeParityChunkView) that is reused once Add returns.
 func (c *Collector) Add(p *schemas.ParityChunk, lacking int) (bool, error) {
 	return c.add(p, lacking, true)
 }
@@ -120,16 +121,17 @@ func (c *Collector) add(p *schemas.ParityChunk, lacking int, hash bool) (bool, e
 		held = map[uint32][]byte{}
 		c.parity[p.Block] = held
 	}
-	data := p.Data
+	var data []byte // nil: in the scratch
 	if c.scratch != nil {
 		if _, err := c.scratch.WriteAt(p.Data, c.scratchOff(p.Block, p.Index)); err != nil {
 			c.Unspilled++
 			if c.ScratchErr == nil {
 				c.ScratchErr = fmt.Errorf("blockcode: parity chunk %d of block %d to scratch: %w", p.Index, p.Block, err)
 			}
-		} else {
-			data = nil
+			data = bytes.Clone(p.Data)
 		}
+	} else {
+		data = bytes.Clone(p.Data)
 	}
 	held[p.Index] = data
 	return true, nil
@@ -248,7 +250,26 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 		}
 		return nil
 	}
+	// addFrom adds, as input col, the chunk at base in r, of which valid
+	// bytes are stored (the rest reads as zero: the image's last chunk is
+	// zero-padded), reading it back a stripe at a time.
 	stripe := make([]byte, c.stripe)
+	addFrom := func(r io.ReaderAt, base int64, valid, col int, what string, idx uint32) error {
+		for off := 0; off < cs; off += c.stripe {
+			buf := stripe[:min(c.stripe, cs-off)]
+			v := max(0, min(len(buf), valid-off))
+			clear(buf[v:])
+			if v > 0 {
+				if n, err := r.ReadAt(buf[:v], base+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == v) {
+					return fmt.Errorf("blockcode: block %d: reading %s %d back: %w", b, what, idx, err)
+				}
+			}
+			if err := add(buf, col, off); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	col, m := 0, 0
 	for i := range count {
 		if m < len(lost) && lost[m] == i {
@@ -258,41 +279,24 @@ func (c *Collector) Decode(ctx context.Context, b uint32, have func(i uint32) bo
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		for off := 0; off < cs; off += c.stripe {
-			buf := stripe[:min(c.stripe, cs-off)]
-			valid := max(0, min(len(buf), t.ChunkLen(first+i)-off)) // the last chunk is zero-padded
-			clear(buf[valid:])
-			if valid > 0 {
-				if n, err := slot.ReadAt(buf[:valid], int64(first+i)*int64(cs)+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == valid) {
-					return fmt.Errorf("blockcode: block %d: reading chunk %d back: %w", b, first+i, err)
-				}
-			}
-			if err := add(buf, col, off); err != nil {
-				return err
-			}
+		if err := addFrom(slot, int64(first+i)*int64(cs), t.ChunkLen(first+i), col, "chunk", first+i); err != nil {
+			return err
 		}
 		col++
 	}
 	for _, j := range idx {
+		var err error
 		if p := held[j]; p != nil {
-			if err := add(p, col, 0); err != nil {
-				return err
-			}
-			col++
-			continue
+			err = add(p, col, 0)
+		} else {
+			// Kept in the scratch. A parity chunk read back is not the
+			// one Add verified should the scratch not hold what was
+			// written: the rebuilt chunks' check against the table then
+			// refuses them.
+			err = addFrom(c.scratch, c.scratchOff(b, j), cs, col, "parity chunk", j)
 		}
-		// Kept in the scratch: read back a stripe at a time. A parity
-		// chunk read back is not the one Add verified should the scratch
-		// not hold what was written: the rebuilt chunks' check against
-		// the table then refuses them.
-		for off := 0; off < cs; off += c.stripe {
-			buf := stripe[:min(c.stripe, cs-off)]
-			if n, err := c.scratch.ReadAt(buf, c.scratchOff(b, j)+int64(off)); err != nil && !(errors.Is(err, io.EOF) && n == len(buf)) {
-				return fmt.Errorf("blockcode: block %d: reading parity chunk %d back from scratch: %w", b, j, err)
-			}
-			if err := add(buf, col, off); err != nil {
-				return err
-			}
+		if err != nil {
+			return err
 		}
 		col++
 	}

@@ -6,10 +6,9 @@ import (
 	"fmt"
 	"os"
 	"syscall"
-)
 
-// seekData is lseek's SEEK_DATA.
-const seekData = 3
+	"golang.org/x/sys/unix"
+)
 
 // TouchFreeSlots fills the holes of each device's free slot (the one a
 // campaign's candidate goes to) with the bytes a hole reads as, so that
@@ -54,7 +53,7 @@ func fillIfHole(path string, off, n int64) error {
 		return err
 	}
 	defer fh.Close()
-	next, err := syscall.Seek(int(fh.Fd()), off, seekData)
+	next, err := unix.Seek(int(fh.Fd()), off, unix.SEEK_DATA)
 	switch {
 	case errors.Is(err, syscall.ENXIO): // no data at or after off
 	case err != nil:
