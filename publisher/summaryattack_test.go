@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/hex"
 	"fmt"
+	"math"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,7 +27,8 @@ import (
 //
 // The attacker, a device notified in the same campaign as its victim,
 // sends summaries of delivery protocol 2 (coded) claiming the whole image
-// lost: as the victim on the victim's topic (the broker refuses), as the
+// lost, and to have heard every end marker (ChunkRequest.Seen at its
+// largest: no round counts as still on its way to it): as the victim on the victim's topic (the broker refuses), as the
 // victim or with the victim's reply address on its own topic (the
 // publisher refuses), then as itself, 60 times. Must hold: nothing
 // reaches the victim's reply topic; the repair the attacker's summaries
@@ -114,7 +116,7 @@ func TestForgedLossSummaries(t *testing.T) {
 			}
 			summary := func(requester, replyTo string) []byte {
 				b, err := schemas.Encode(&schemas.ChunkRequest{V: schemas.Version, Image: table.Image, ChunkSize: table.ChunkSize,
-					Bitmap: all, ReplyTo: replyTo, Requester: requester, Protocol: schemas.ProtocolCoded})
+					Bitmap: all, ReplyTo: replyTo, Requester: requester, Protocol: schemas.ProtocolCoded, Seen: math.MaxUint32})
 				if err != nil {
 					t.Fatal(err)
 				}
