@@ -3,6 +3,7 @@ package bootctl
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 )
@@ -107,12 +108,17 @@ type Flash struct {
 	ff   []byte // one sector of 0xFF
 
 	scratch []byte // Program's read-back buffer (at most maxScratch), guarded by mu
-	// erasedFrom[s] is the offset in sector s from which the sector is
-	// known to be erased: 0 after an Erase, moved past each Program into
-	// it, SectorSize when unknown. Program skips the read-back of bytes
-	// known erased. It is this Flash's own knowledge (the file of a
-	// file-backed flash is not changed by anyone else while it is open).
-	erasedFrom []int32
+	// erasedFrom[s] x eu is the offset in sector s from which the sector
+	// is known to be erased: 0 after an Erase, moved past each Program
+	// into it, the whole sector when unknown. Program skips the read-back
+	// of bytes known erased. It is this Flash's own knowledge (the file of
+	// a file-backed flash is not changed by anyone else while it is open).
+	// One byte a sector (a simulated fleet holds one per sector of every
+	// device): eu is SectorSize/255 rounded up, and a program's end is
+	// rounded up to it, so the few bytes after a program that ends inside
+	// a unit only count as not known erased (a read-back, no error).
+	erasedFrom []uint8
+	eu         int64
 	mu         sync.Mutex
 	st         store
 	stats      Stats
@@ -134,7 +140,8 @@ func NewMemFlash(g Geometry) (*Flash, error) {
 
 // newFlash returns a Flash over st; erased says st is known to be erased.
 func newFlash(g Geometry, st store, erased bool) *Flash {
-	f := &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize), erasedFrom: make([]int32, g.Sectors)}
+	f := &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize), erasedFrom: make([]uint8, g.Sectors),
+		eu: int64((g.SectorSize + math.MaxUint8 - 1) / math.MaxUint8)}
 	if !erased {
 		f.forget(0, g.Size())
 	}
@@ -146,7 +153,7 @@ func newFlash(g Geometry, st store, erased bool) *Flash {
 func (f *Flash) forget(off, n int64) {
 	ss := int64(f.geom.SectorSize)
 	for s := off / ss; s < (off+n+ss-1)/ss && s < int64(len(f.erasedFrom)); s++ {
-		f.erasedFrom[s] = int32(ss)
+		f.erasedFrom[s] = f.units(ss)
 	}
 }
 
@@ -155,7 +162,7 @@ func (f *Flash) forget(off, n int64) {
 func (f *Flash) knownErased(off, n int64) bool {
 	ss := int64(f.geom.SectorSize)
 	for s := off / ss; s < (off+n+ss-1)/ss; s++ {
-		if lo := max(off, s*ss) - s*ss; lo < int64(f.erasedFrom[s]) {
+		if lo := max(off, s*ss) - s*ss; lo < int64(f.erasedFrom[s])*f.eu {
 			return false // part of [off, off+n) in s may hold data
 		}
 	}
@@ -176,8 +183,13 @@ func (f *Flash) isKnownErased(off, n int64) bool {
 func (f *Flash) programmed(off, n int64) {
 	ss := int64(f.geom.SectorSize)
 	for s := off / ss; s < (off+n+ss-1)/ss; s++ {
-		f.erasedFrom[s] = int32(max(int64(f.erasedFrom[s]), min(off+n-s*ss, ss)))
+		f.erasedFrom[s] = max(f.erasedFrom[s], f.units(min(off+n-s*ss, ss)))
 	}
+}
+
+// units is n bytes of a sector in erasedFrom's units, rounded up.
+func (f *Flash) units(n int64) uint8 {
+	return uint8((n + f.eu - 1) / f.eu)
 }
 
 // Geometry returns the flash geometry.

@@ -129,15 +129,18 @@ func TestWavePaceRevise(t *testing.T) {
 		sent   float64 // bytes per second the wave sent since the last revision
 		want   float64 // the limit after; 0: none
 		approx bool
+		before float64 // bytes per second it sent over the revision before; 0: none
 	}{
-		{"too few reports", []float64{1e5, 1e5}, 0, 1e6, 0, false},
-		{"devices keep up", []float64{1e6, 1e6, 1e6, 1e6}, 0, 1e6, 0, false},
-		{"devices fall behind", []float64{2e5, 2e5, 2e5, 1e6}, 0, 1e6, 1e6 * wavePaceCut, true},
-		{"a few fall behind", []float64{2e5, 1e6, 1e6, 1e6}, 0, 1e6, 0, false},
-		{"devices fall a little behind", []float64{6e5, 6e5, 6e5, 1e6}, 0, 1e6, 6e5 * wavePaceOver, true},
-		{"never below the floor", []float64{1, 1, 1, 1}, 0, 1e5, wavePaceFloor, false},
-		{"raised while they keep up", []float64{4e5, 4e5, 4e5, 4e5}, 4e5, 4e5, 4e5 * wavePaceRaise, true},
-		{"lifted well above what is sent", []float64{4e5, 4e5, 4e5, 4e5}, 1e6, 4e5, 0, false},
+		{"too few reports", []float64{1e5, 1e5}, 0, 1e6, 0, false, 0},
+		{"devices keep up", []float64{1e6, 1e6, 1e6, 1e6}, 0, 1e6, 0, false, 0},
+		{"devices fall behind", []float64{2e5, 2e5, 2e5, 1e6}, 0, 1e6, 1e6 * wavePaceCut, true, 0},
+		{"a few fall behind", []float64{2e5, 1e6, 1e6, 1e6}, 0, 1e6, 0, false, 0},
+		{"devices fall a little behind", []float64{6e5, 6e5, 6e5, 1e6}, 0, 1e6, 6e5 * wavePaceOver, true, 0},
+		{"never below the floor", []float64{1, 1, 1, 1}, 0, 1e5, wavePaceFloor, false, 0},
+		{"raised while they keep up", []float64{4e5, 4e5, 4e5, 4e5}, 4e5, 4e5, 4e5 * wavePaceRaise, true, 0},
+		{"lifted well above what is sent", []float64{4e5, 4e5, 4e5, 4e5}, 1e6, 4e5, 0, false, 0},
+		{"sped up since their rates", []float64{5e5, 5e5, 5e5, 5e5}, 0, 1e6, 0, false, 5e5},
+		{"slowed down since, behind both", []float64{2e5, 2e5, 2e5, 2e5}, 0, 1e6, 8e5 * wavePaceCut, true, 8e5},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			wp := mk(tc.rates...)
@@ -146,7 +149,7 @@ func TestWavePaceRevise(t *testing.T) {
 			}
 			now := time.Now()
 			wp.rev = now.Add(-time.Second)
-			wp.sent = int64(tc.sent)
+			wp.sent, wp.before = int64(tc.sent), tc.before
 			wp.revise(now)
 			got := 0.0
 			if wp.lim != nil {
@@ -164,17 +167,28 @@ func TestWavePaceRevise(t *testing.T) {
 // A device's rate is taken over at least wavePaceSpan of its own time.
 func TestWavePaceObserve(t *testing.T) {
 	wp := newWavePace(time.Second, 64<<10)
-	wp.observe("d", 1000, 0)
-	wp.observe("d", 1250, 100_000) // too short a span
+	wp.observe("d", 1000, 100_000)
+	wp.observe("d", 1250, 200_000) // too short a span
 	if _, ok := wp.rates["d"]; ok {
 		t.Fatal("rate taken over 250ms")
 	}
-	wp.observe("d", 2000, 500_000)
+	wp.observe("d", 2000, 600_000)
 	if r := wp.rates["d"].bps; r != 500_000 {
 		t.Fatalf("rate %.0f B/s; want 500000", r)
 	}
 	wp.observe("d", 1500, 600_000) // out of order: a new span starts
 	if r := wp.rates["d"].bps; r != 500_000 {
 		t.Fatalf("rate %.0f B/s after an out-of-order report; want 500000", r)
+	}
+	// The wait before the wave's first chunk is no part of a span.
+	wp.observe("e", 1000, 0)
+	wp.observe("e", 3000, 100_000)
+	wp.observe("e", 3500, 600_000) // too short a span from the first bytes
+	if _, ok := wp.rates["e"]; ok {
+		t.Fatalf("rate %.0f B/s taken over the wait for the wave", wp.rates["e"].bps)
+	}
+	wp.observe("e", 4000, 1_100_000)
+	if r := wp.rates["e"].bps; r != 1_000_000 {
+		t.Fatalf("rate %.0f B/s; want 1000000 (from the first bytes)", r)
 	}
 }

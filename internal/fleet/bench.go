@@ -60,6 +60,10 @@ type BenchConfig struct {
 	// MaxRate caps the publisher's chunk egress in bytes per second
 	// (publisher.Config.MaxBytesPerSecond); 0: no cap.
 	MaxRate int64
+	// WaveEcho is the publisher's echo window (publisher.Config.WaveEcho:
+	// chunk i of a wave goes once chunk i-WaveEcho came back from the
+	// broker); 0: the demo's 32.
+	WaveEcho int
 	// DeviceFsync makes the simulated devices fsync their flash and
 	// state as deployed agents do. Off by default: the fleet shares one
 	// disk, where hundreds of devices' fsyncs serialise in its journal
@@ -107,7 +111,9 @@ type BenchConfig struct {
 	// MemProfile, when set, receives a heap profile (in use) of each
 	// firmcast campaign taken when the devices have received half of the
 	// image bytes, as MemProfile.<case>-<N>[-<run>]: where the
-	// simulator's memory goes.
+	// simulator's memory goes; and one at the process's RSS peak during
+	// the campaign (rewritten at each new peak 16 MiB above the last),
+	// as the same name with ".peak" appended.
 	MemProfile string
 	// Timeout bounds each campaign. Default 30 minutes.
 	Timeout time.Duration
@@ -228,6 +234,9 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 			c.CodedRepair = bc.Coded
 			c.CodedBlock, c.CodedParity = bc.CodedBlock, bc.CodedParity
 			c.MaxBytesPerSecond = bc.MaxRate
+			if bc.WaveEcho > 0 {
+				c.WaveEcho = bc.WaveEcho
+			}
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,
@@ -284,7 +293,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	syscall.Sync()
 	cpu0 := cpuSeconds()
-	peak := watchRSS(bc.Logger, "raw")
+	peak := watchRSS(bc.Logger, "raw", nil)
 	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
 	row.RawPeak, row.RawPeakRSS = peak()
 	row.RawCPU = cpuSeconds() - cpu0
@@ -315,7 +324,22 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		}
 	}
 	cpu0 = cpuSeconds()
-	peak = watchRSS(bc.Logger, "firmcast")
+	var atPeak func()
+	if bc.MemProfile != "" {
+		atPeak = func() {
+			f, err := os.Create(bc.MemProfile + "." + name + ".peak")
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			_ = pprof.Lookup("heap").WriteTo(f, 0)
+			if g, err := os.Create(bc.MemProfile + "." + name + ".goroutines"); err == nil {
+				_ = pprof.Lookup("goroutine").WriteTo(g, 1)
+				g.Close()
+			}
+		}
+	}
+	peak = watchRSS(bc.Logger, "firmcast", atPeak)
 	var pf *os.File
 	if bc.CPUProfile != "" {
 		if pf, err = os.Create(bc.CPUProfile + "." + name); err != nil {
@@ -539,7 +563,10 @@ func memClasses() []any {
 // start and the peak itself. Each new peak 16 MiB above the last logged
 // one is logged at debug ("rss peak"), to be read beside the campaign's
 // own log lines.
-func watchRSS(log *slog.Logger, side string) func() (growth, peak int64) {
+//
+// onPeak, when set, is called (on the sampling goroutine) with each new
+// logged peak: the bench writes the heap profile at the peak there.
+func watchRSS(log *slog.Logger, side string, onPeak func()) func() (growth, peak int64) {
 	runtime.GC()
 	debug.FreeOSMemory()
 	base := rss()
@@ -570,6 +597,9 @@ func watchRSS(log *slog.Logger, side string) func() (growth, peak int64) {
 				if r > logged+16<<20 {
 					logged = r
 					log.Debug("rss peak", append([]any{"side", side, "rss_mib", r >> 20, "growth_mib", (r - base) >> 20}, memClasses()...)...)
+					if onPeak != nil {
+						onPeak()
+					}
 				}
 			}
 		}
