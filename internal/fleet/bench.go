@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -148,7 +149,15 @@ type BenchRow struct {
 	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
 	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
 	FcPeakRSS  int64   `json:"firmcast_peak_rss"`
-	Ratio      float64 `json:"staged_over_raw"`
+	// RawSched and FcSched are the 50th and 99th percentiles, in
+	// milliseconds, of how long this process's goroutines waited
+	// runnable before they ran, over each side (runtime/metrics
+	// /sched/latencies:seconds): both sides share two cores with every
+	// simulated device, so this is how long a publisher's goroutine can
+	// wait behind the devices' work (a real publisher has its own).
+	RawSched [2]float64 `json:"raw_sched_latency_p50_p99_ms"`
+	FcSched  [2]float64 `json:"firmcast_sched_latency_p50_p99_ms"`
+	Ratio    float64    `json:"staged_over_raw"`
 	// Encrypted is the encrypted campaign's summary (BenchConfig.Encrypt)
 	// and EncRatio its staged time over the plain campaign's.
 	Encrypted *Summary `json:"encrypted,omitempty"`
@@ -293,10 +302,12 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	syscall.Sync()
 	cpu0 := cpuSeconds()
+	sched := schedLatency()
 	peak := watchRSS(bc.Logger, "raw", nil)
 	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
 	row.RawPeak, row.RawPeakRSS = peak()
 	row.RawCPU = cpuSeconds() - cpu0
+	row.RawSched = sched()
 	if err != nil {
 		return row, fmt.Errorf("raw fan-out: %w", err)
 	}
@@ -339,6 +350,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 			}
 		}
 	}
+	sched = schedLatency()
 	peak = watchRSS(bc.Logger, "firmcast", atPeak)
 	var pf *os.File
 	if bc.CPUProfile != "" {
@@ -378,6 +390,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		pprof.StopCPUProfile()
 	}
 	row.FcPeak, row.FcPeakRSS = peak()
+	row.FcSched = sched()
 	if cpuStart == 0 {
 		cpuStart = cpu0
 	}
@@ -520,6 +533,50 @@ func rss() int64 {
 	}
 	pages, _ := strconv.ParseInt(fs[1], 10, 64)
 	return pages * int64(os.Getpagesize())
+}
+
+// schedLatency returns a function that gives the 50th and 99th
+// percentiles, in milliseconds, of the goroutine scheduling latencies
+// (runtime/metrics /sched/latencies:seconds: runnable to running) since
+// schedLatency was called: the upper bound of the histogram bucket each
+// falls in.
+func schedLatency() func() [2]float64 {
+	read := func() *metrics.Float64Histogram {
+		s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+		metrics.Read(s)
+		if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+			return nil
+		}
+		return s[0].Value.Float64Histogram()
+	}
+	before := read()
+	var counts []uint64
+	if before != nil {
+		counts = slices.Clone(before.Counts)
+	}
+	return func() [2]float64 {
+		after := read()
+		if after == nil || len(after.Counts) != len(counts) {
+			return [2]float64{}
+		}
+		diff := make([]uint64, len(counts))
+		var total uint64
+		for i := range diff {
+			diff[i] = after.Counts[i] - counts[i]
+			total += diff[i]
+		}
+		var out [2]float64
+		for k, q := range []float64{0.5, 0.99} {
+			want, cum := uint64(math.Ceil(q*float64(total))), uint64(0)
+			for i, c := range diff {
+				if cum += c; cum >= want && want > 0 {
+					out[k] = after.Buckets[i+1] * 1000
+					break
+				}
+			}
+		}
+		return out
+	}
 }
 
 // memClassNames are the runtime's memory classes (runtime/metrics) that

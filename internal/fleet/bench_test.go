@@ -30,5 +30,10 @@ func TestRunBenchSmall(t *testing.T) {
 		if r.Raw.Complete != 4 || r.Raw.BadChunks != 0 || r.Firmcast.ConfirmedV2 != 4 {
 			t.Errorf("cold pages %v: raw %d of 4 complete (%d bad chunks), firmcast %d of 4 on v2", cold, r.Raw.Complete, r.Raw.BadChunks, r.Firmcast.ConfirmedV2)
 		}
+		for side, l := range map[string][2]float64{"raw": r.RawSched, "firmcast": r.FcSched} {
+			if l[1] <= 0 || l[0] > l[1] {
+				t.Errorf("cold pages %v: %s scheduling latency p50 %v ms, p99 %v ms", cold, side, l[0], l[1])
+			}
+		}
 	}
 }
