@@ -24,11 +24,13 @@ import (
 // state downloading, stamped with the device's clock; deployed agents
 // report every PersistEvery chunks, designated receivers every
 // deviceagent ProgressInterval): the bytes a device verified between two
-// of its reports, over at least wavePaceSpan of its time, is the rate it
-// takes chunks at. Every Config.WavePace the wave revises its rate from
-// these (after NORM's current-limiting receiver, RFC 5740, over a few
-// designated receivers): when their median rate is less than
-// wavePaceBehind of what the wave sent, the wave's rate is set
+// of its reports, over at least wavePaceSpan of its time and from its
+// first report with bytes (not the wait for the wave's first chunk), is
+// the rate it takes chunks at. Every Config.WavePace the wave revises its
+// rate from these (after NORM's current-limiting receiver, RFC 5740, over
+// a few designated receivers): when their median rate is less than
+// wavePaceBehind of what the wave sent (the lower of this revision's and
+// the last one's send rates: the devices' rates lag), the wave's rate is set
 // wavePaceOver above it (at most halved per revision); while they keep
 // up, the rate is raised step by step, and lifted once it is well above
 // what the wave sends. No reports (fewer than wavePaceMin recent rates):
