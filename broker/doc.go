@@ -35,7 +35,10 @@
 //     or beyond SubscribeOptions.MaxQueuedBytes, are dropped, to be
 //     repaired), other messages are always queued. An Inline subscription
 //     has neither: its handler, which must return at once or wait only to
-//     push back on the broker, runs on the reader (the fetcher's).
+//     push back on the broker, runs on the reader (the fetcher's chunk
+//     subscriptions, the agent's notice subscriptions; a retained notice
+//     read on NATS calls it from the read's goroutine, one call at a time
+//     with the live ones).
 //     MQTTTransport.ReceiveQueue is paho's queue before the socket stops
 //     being read (Config.ReceiveMaximum; DeviceReceiveMaximum for
 //     devices).
