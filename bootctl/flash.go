@@ -105,7 +105,6 @@ type store interface {
 // A Flash is safe for concurrent use; operations are serialised.
 type Flash struct {
 	geom Geometry
-	ff   []byte // one sector of 0xFF
 
 	scratch []byte // Program's read-back buffer (at most maxScratch), guarded by mu
 	// erasedFrom[s] x eu is the offset in sector s from which the sector
@@ -140,7 +139,7 @@ func NewMemFlash(g Geometry) (*Flash, error) {
 
 // newFlash returns a Flash over st; erased says st is known to be erased.
 func newFlash(g Geometry, st store, erased bool) *Flash {
-	f := &Flash{geom: g, st: st, ff: bytes.Repeat([]byte{Erased}, g.SectorSize), erasedFrom: make([]uint8, g.Sectors),
+	f := &Flash{geom: g, st: st, erasedFrom: make([]uint8, g.Sectors),
 		eu: int64((g.SectorSize + math.MaxUint8 - 1) / math.MaxUint8)}
 	if !erased {
 		f.forget(0, g.Size())
@@ -525,10 +524,12 @@ func (f *Flash) check(off, n int64) error {
 	return nil
 }
 
+// erased reports whether p is all Erased bytes (compared 4 KiB at a time
+// with allOnes, shared by every Flash).
 func (f *Flash) erased(p []byte) bool {
 	for len(p) > 0 {
-		n := min(len(p), len(f.ff))
-		if !bytes.Equal(p[:n], f.ff[:n]) {
+		n := min(len(p), len(allOnes))
+		if !bytes.Equal(p[:n], allOnes[:n]) {
 			return false
 		}
 		p = p[n:]
