@@ -508,8 +508,8 @@ func (p *Publisher) clearNotices(ctx context.Context, c *Campaign) {
 	}
 }
 
-// republish re-sends the notices of c's devices still in progress, of
-// those only that only picks when it is not nil.
+// republish re-sends the notices of c's devices still in progress; when
+// only is not nil, of the devices it picks alone.
 func (p *Publisher) republish(ctx context.Context, c *Campaign, only func(dev string) bool) {
 	for _, e := range p.idx.devs(c.ID) {
 		if e.st.State != StateQueued && !terminal(e.st.State) && (only == nil || only(e.st.Device)) {

@@ -28,8 +28,9 @@ import (
 // The attacker, a device notified in the same campaign as its victim,
 // sends summaries of delivery protocol 2 (coded) claiming the whole image
 // lost, and to have heard every end marker (ChunkRequest.Seen at its
-// largest: no round counts as still on its way to it): as the victim on the victim's topic (the broker refuses), as the
-// victim or with the victim's reply address on its own topic (the
+// largest: no round counts as still on its way to it): as the victim on
+// the victim's topic (the broker refuses), as the victim or with the
+// victim's reply address on its own topic (the
 // publisher refuses), then as itself, 60 times. Must hold: nothing
 // reaches the victim's reply topic; the repair the attacker's summaries
 // cause (parity, announcements, re-broadcast chunks, which the victim

@@ -138,27 +138,41 @@ func (t *ChunkTable) BlockOf(index uint32) uint32 { return index / t.Block }
 // table's commitment (ErrDigestMismatch). t must be valid (as after
 // Decode). Call it before keeping data anywhere or feeding it to a decode.
 func (t *ChunkTable) VerifyParity(block, index uint32, data []byte) error {
-	if !t.Coded() {
-		return invalid(nameParity, "the chunk table of image %s commits no parity", DigestHex(t.Image))
-	}
-	if block >= t.NumBlocks() {
-		return invalid(nameParity, "block %d beyond the image's %d blocks", block, t.NumBlocks())
-	}
-	if index >= t.ParityPerBlock {
-		return invalid(nameParity, "parity index %d beyond the %d per block", index, t.ParityPerBlock)
-	}
-	if len(data) != int(t.ChunkSize) {
-		return invalid(nameParity, "parity chunk %d of block %d is %d bytes, want %d", index, block, len(data), t.ChunkSize)
-	}
-	i := uint64(block)*uint64(t.ParityPerBlock) + uint64(index)
-	if i >= uint64(len(t.Parity)) {
-		return invalid(nameParity, "parity chunk %d of block %d beyond the table's %d hashes", index, block, len(t.Parity))
+	i, err := t.ParityShape(block, index, len(data))
+	if err != nil {
+		return err
 	}
 	sum := sha256.Sum256(data)
 	if subtle.ConstantTimeCompare(sum[:], t.Parity[i]) != 1 {
 		return fmt.Errorf("%w: parity chunk %d of block %d of image %s", ErrDigestMismatch, index, block, DigestHex(t.Image))
 	}
 	return nil
+}
+
+// ParityShape checks that parity chunk index of source block block, n
+// bytes long, is one t commits (t coded, block and index within it, n
+// ChunkSize; ErrInvalid otherwise), without hashing it, and returns the
+// index of its digest in t.Parity. VerifyParity is ParityShape and the
+// digest check; a caller that checked the digest already (the fetcher's
+// receive path) checks the shape alone.
+func (t *ChunkTable) ParityShape(block, index uint32, n int) (int, error) {
+	if !t.Coded() {
+		return 0, invalid(nameParity, "the chunk table of image %s commits no parity", DigestHex(t.Image))
+	}
+	if block >= t.NumBlocks() {
+		return 0, invalid(nameParity, "block %d beyond the image's %d blocks", block, t.NumBlocks())
+	}
+	if index >= t.ParityPerBlock {
+		return 0, invalid(nameParity, "parity index %d beyond the %d per block", index, t.ParityPerBlock)
+	}
+	if n != int(t.ChunkSize) {
+		return 0, invalid(nameParity, "parity chunk %d of block %d is %d bytes, want %d", index, block, n, t.ChunkSize)
+	}
+	i := uint64(block)*uint64(t.ParityPerBlock) + uint64(index)
+	if i >= uint64(len(t.Parity)) {
+		return 0, invalid(nameParity, "parity chunk %d of block %d beyond the table's %d hashes", index, block, len(t.Parity))
+	}
+	return int(i), nil
 }
 
 // DigestHex returns the lowercase hex form of a digest, as used in topic

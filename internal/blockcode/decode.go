@@ -102,12 +102,10 @@ func (c *Collector) add(p *schemas.ParityChunk, lacking int, hash bool) (bool, e
 		return false, fmt.Errorf("%w: parity chunk of image %s, want %s", schemas.ErrInvalid, schemas.DigestHex(p.Image), schemas.DigestHex(c.t.Image))
 	}
 	var err error
-	switch {
-	case hash:
+	if hash {
 		err = c.t.VerifyParity(p.Block, p.Index, p.Data)
-	case p.Block >= c.t.NumBlocks() || p.Index >= c.t.ParityPerBlock || len(p.Data) != int(c.t.ChunkSize):
-		err = fmt.Errorf("%w: parity chunk %d of block %d (%d bytes): not one of the table's (%d blocks, %d parity chunks each of %d bytes)",
-			schemas.ErrInvalid, p.Index, p.Block, len(p.Data), c.t.NumBlocks(), c.t.ParityPerBlock, c.t.ChunkSize)
+	} else {
+		_, err = c.t.ParityShape(p.Block, p.Index, len(p.Data))
 	}
 	if err != nil {
 		c.Dropped++

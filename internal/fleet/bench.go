@@ -337,17 +337,18 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	cpu0 = cpuSeconds()
 	var atPeak func()
 	if bc.MemProfile != "" {
-		atPeak = func() {
-			f, err := os.Create(bc.MemProfile + "." + name + ".peak")
+		write := func(path, kind string, debug int) {
+			f, err := os.Create(path)
 			if err != nil {
+				bc.Logger.Warn(kind+" profile at the RSS peak", "err", err)
 				return
 			}
 			defer f.Close()
-			_ = pprof.Lookup("heap").WriteTo(f, 0)
-			if g, err := os.Create(bc.MemProfile + "." + name + ".goroutines"); err == nil {
-				_ = pprof.Lookup("goroutine").WriteTo(g, 1)
-				g.Close()
-			}
+			_ = pprof.Lookup(kind).WriteTo(f, debug)
+		}
+		atPeak = func() {
+			write(bc.MemProfile+"."+name+".peak", "heap", 0)
+			write(bc.MemProfile+"."+name+".goroutines", "goroutine", 1)
 		}
 	}
 	sched = schedLatency()
@@ -570,7 +571,13 @@ func schedLatency() func() [2]float64 {
 			want, cum := uint64(math.Ceil(q*float64(total))), uint64(0)
 			for i, c := range diff {
 				if cum += c; cum >= want && want > 0 {
-					out[k] = after.Buckets[i+1] * 1000
+					// The bucket's upper bound; the last bucket's is +Inf
+					// (which JSON cannot carry): its lower one, then.
+					hi := after.Buckets[i+1]
+					if math.IsInf(hi, 1) {
+						hi = after.Buckets[i]
+					}
+					out[k] = hi * 1000
 					break
 				}
 			}
