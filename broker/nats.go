@@ -252,12 +252,14 @@ func (t *NATSTransport) Subscribe(ctx context.Context, filter schemas.Topic, h H
 	case opts.Retained:
 		err = t.subscribeNotice(ctx, s, subj)
 	default:
-		cb := func(m *nats.Msg) { s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply}) }
+		cb := func(m *nats.Msg) {
+			s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply, Owned: true})
+		}
 		if opts.Inline {
 			// The handler runs on the subscription's goroutine: what
 			// nats.go holds behind it is its backlog.
 			cb = func(m *nats.Msg) {
-				s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply, Backlog: func() int {
+				s.d.enqueue(Message{Topic: m.Subject, Payload: m.Data, ReplyTo: m.Reply, Owned: true, Backlog: func() int {
 					_, b, err := m.Sub.Pending()
 					if err != nil {
 						return math.MaxInt

@@ -46,12 +46,16 @@ type Message struct {
 	// may wait while it is small: the transport holds what arrives
 	// meanwhile, in memory of its own. Nil: unknown.
 	Backlog func() int
+	// Owned is set when Payload was allocated for this message alone
+	// and the transport never touches it again (nats.go copies each
+	// message it reads): the handler may keep it without a copy.
+	Owned bool
 }
 
 // Handler is called for each received message. Handlers of one
 // subscription are called one at a time, in order; a handler must not
 // block for long, and must not retain m.Payload after it returns unless it
-// copies it.
+// copies it or m.Owned is set.
 type Handler func(ctx context.Context, m Message)
 
 // PublishOptions tunes a publish.

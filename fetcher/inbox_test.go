@@ -189,3 +189,36 @@ func waitsForRoom(t *testing.T, in *inbox, m broker.Message, what string) {
 	in.got(<-in.ch)
 	<-handled
 }
+
+// TestInboxOwnedPayload: a payload the transport gave away
+// (broker.Message.Owned) is queued as it is; any other is copied before
+// the handler returns, since the transport may reuse it.
+func TestInboxOwnedPayload(t *testing.T) {
+	ctx := context.Background()
+	b, err := schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: make([]byte, 32), Index: 0, Data: make([]byte, 100)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name  string
+		owned bool
+	}{
+		{"owned", true},
+		{"lent", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := append([]byte(nil), b...)
+			in := newInbox(10, 1<<20)
+			in.handler(ctx, broker.Message{Payload: p, Owned: tc.owned})
+			m := <-in.ch
+			if same := &m.b[0] == &p[0]; same != tc.owned || m.own != tc.owned {
+				t.Fatalf("queued the transport's buffer: %v (own %v), want %v", same, m.own, tc.owned)
+			}
+			p[len(p)-1] ^= 0xff // the transport reuses what it lent
+			if want := tc.owned; (m.b[len(m.b)-1] != b[len(b)-1]) != want {
+				t.Fatalf("queued bytes changed with the transport's: %v, want %v", !want, want)
+			}
+			m.release()
+		})
+	}
+}

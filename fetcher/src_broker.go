@@ -320,6 +320,17 @@ type inMsg struct {
 	bcast bool
 	chunk bool
 	pblk  int
+	// own: b is the transport's (broker.Message.Owned), not bufPool's.
+	own bool
+}
+
+// release gives m's buffer back to bufPool once its bytes are used; one
+// the transport allocated is left to the collector (pooled, it would
+// outlive the download by up to two collections, unused).
+func (m inMsg) release() {
+	if !m.own {
+		putBuf(m.b)
+	}
 }
 
 func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
@@ -404,30 +415,35 @@ func (in *inbox) handle(ctx context.Context, m broker.Message, bcast bool) {
 		in.peak = max(in.peak, in.bytes)
 		in.mu.Unlock()
 	}
-	b := getBuf(len(m.Payload))
-	b = append(b, m.Payload...)
+	// A payload the transport gave away is kept as it is: a copy per
+	// chunk was 16 KiB of memmove and a pooled buffer beside nats.go's.
+	im := inMsg{b: m.Payload, bcast: bcast, chunk: chunk, own: m.Owned}
+	if !m.Owned {
+		im.b = append(getBuf(len(m.Payload)), m.Payload...)
+	}
 	if chunk {
 		// Room is reserved above: the channel holds at most maxChunks
 		// chunks and nonChunkRoom others before a handler waits, and
 		// only other messages wait.
+		im.pblk = pblk
 		select {
-		case in.ch <- inMsg{b, bcast, true, pblk}:
+		case in.ch <- im:
 			pblk = 0 // the loop gives it back (take)
 		default:
-			in.got(inMsg{b: b, chunk: true})
+			in.got(im)
 			in.mu.Lock()
 			in.shed++
 			in.mu.Unlock()
-			putBuf(b)
+			im.release()
 		}
 		return
 	}
 	select {
-	case in.ch <- inMsg{b: b, bcast: bcast}:
+	case in.ch <- im:
 	case <-in.done: // fetch over: dropped
-		putBuf(b)
+		im.release()
 	case <-ctx.Done():
-		putBuf(b)
+		im.release()
 	}
 }
 
@@ -649,7 +665,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				in.got(m)
 				b := m.b
 				if m.bcast && (schemas.IsChunk(b) || schemas.IsParityChunk(b) || isWaveEnd(b, im)) {
-					putBuf(b) // the wave's chunks before the table: repaired later
+					m.release() // the wave's chunks before the table: repaired later
 					continue
 				}
 				// On the broadcast topic, the answer is the table the
@@ -665,7 +681,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 						if !isTable(b) {
 							s.Dropped++
 						}
-						putBuf(b)
+						m.release()
 						continue
 					}
 				} else if !isTable(b) {
@@ -997,7 +1013,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			in.take(m)
 			if m.bcast && schemas.IsParityChunk(m.b) {
 				if col == nil {
-					putBuf(m.b) // no coded table: nothing to check it against
+					m.release() // no coded table: nothing to check it against
 					continue
 				}
 				n0 := left
@@ -1007,7 +1023,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// against the table already.
 				err := s.takeParity(ctx, m.b, m.pblk > 0, col, rep, missing, write, gotChunk)
 				needChanged(blk)
-				putBuf(m.b)
+				m.release()
 				if err != nil {
 					return err
 				}
@@ -1028,7 +1044,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// A coded repair round is coming: if it covers this
 				// device's need, its loss summary would add nothing.
 				covered, mine := s.announced(m.b, im, rep.Table, col, missing)
-				putBuf(m.b)
+				m.release()
 				switch {
 				case summary && !covered:
 					// Its summary is still wanted: the round falls short.
@@ -1051,7 +1067,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				continue
 			}
 			if wv, ok := waveEndOf(m.b, im); m.bcast && ok {
-				putBuf(m.b)
+				m.release()
 				rs.heard(wv)
 				// The wave is over: nothing more is coming by broadcast.
 				// Send the loss summary after a back-off, shorter for a
@@ -1077,12 +1093,12 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 			}
 			chunk = schemas.Chunk{}
 			if !s.accept(m.b, &chunk, im, n) {
-				putBuf(m.b)
+				m.release()
 				continue
 			}
 			i := int(chunk.Index)
 			if !missing.has(i) {
-				putBuf(m.b)
+				m.release()
 				continue
 			}
 			if m.bcast {
@@ -1090,7 +1106,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				lastPos = posOf(i)
 			}
 			err := write(i, chunk.Data)
-			putBuf(m.b) // the chunk's data was m.b's bytes: written (or refused) now
+			m.release() // the chunk's data was m.b's bytes: written (or refused) now
 			chunk = schemas.Chunk{}
 			if err != nil {
 				if errors.Is(err, ErrSink) {

@@ -68,6 +68,11 @@ type delivery struct {
 
 	reqs requesters // per-device chunk request accounts (requests.go)
 
+	// recheck asks the leader's loop for a tick soon (Publisher.kick):
+	// a held wave looks again once its hold may be over (armRecheck),
+	// not at the next TickInterval. Nil: ticks only.
+	recheck func()
+
 	wg sync.WaitGroup // waves started by maybeWave, repair rounds
 }
 

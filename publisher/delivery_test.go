@@ -32,6 +32,8 @@ type fakeHost struct {
 	camps  map[string]Campaign
 	// notified holds devKey(campaign, device) of the notified devices.
 	notified map[string]bool
+	// bucketCounts, when set, is what counts returns for every campaign.
+	bucketCounts map[string]uint64
 }
 
 func newFakeHost() *fakeHost {
@@ -67,7 +69,12 @@ func (h *fakeHost) campaign(id string) (Campaign, bool) {
 
 // counts: no device is counted pending or downloading, so that no wave
 // is coming (waveComing) and requests are answered at once.
-func (h *fakeHost) counts(string) (map[string]uint64, uint64) { return map[string]uint64{}, 0 }
+func (h *fakeHost) counts(string) (map[string]uint64, uint64) {
+	if h.bucketCounts != nil {
+		return maps.Clone(h.bucketCounts), 0
+	}
+	return map[string]uint64{}, 0
+}
 
 func (h *fakeHost) devs(string) []devEntry { return nil }
 
@@ -262,6 +269,56 @@ func TestDeliveryWave(t *testing.T) {
 			}
 			if a := dl.waveAhead(d.info.Digest); !a.none() {
 				t.Errorf("after the wave, positions %v still coming", a)
+			}
+		})
+	}
+}
+
+// A wave held for its devices is looked at again when its hold may be
+// over (armRecheck), WaveSettle after the last chunk table or when
+// WaveHold ends, whichever is first, not at the leader's next tick; the
+// tick it brings starts the wave once the hold is over.
+func TestDeliveryHeldWaveRechecked(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		settle, hold time.Duration
+	}{
+		{"settle", 30 * time.Millisecond, time.Hour},
+		{"hold-end", time.Hour, 30 * time.Millisecond},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, 4*1024, 1024, 0, 0)
+			h.camps["c1"] = Campaign{ID: "c1", Image: d.info.Digest, State: CampaignRunning}
+			h.bucketCounts = map[string]uint64{countDownloading: 3}
+			dl, tr := newTestDelivery(t, h, func(c *Config) {
+				c.BroadcastMin, c.WaveSettle, c.WaveHold, c.NoProgress = 2, tc.settle, tc.hold, 4*time.Hour
+			})
+			clock := dl.cfg.Clock.(*fakeClock)
+			kicks := make(chan struct{}, 4)
+			dl.recheck = func() { kicks <- struct{}{} }
+			ctx, cancel := context.WithCancel(context.Background())
+			defer func() { cancel(); dl.wait() }()
+			w := dl.waveFor(d.info.Digest)
+			dl.waveMu.Lock()
+			w.lastTable = clock.Now() // a table just went out: held
+			dl.waveMu.Unlock()
+			c, _ := h.campaign("c1")
+			dl.maybeWave(ctx, &c)
+			select {
+			case <-kicks:
+			case <-time.After(10 * time.Second):
+				t.Fatal("no re-check of the held wave")
+			}
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			if n := len(tr.on(ct)); n != 0 {
+				t.Fatalf("%d messages sent while the wave was held", n)
+			}
+			clock.Advance(min(tc.settle, tc.hold))
+			dl.maybeWave(ctx, &c) // the tick the re-check brought
+			dl.wait()
+			if got := counterValue(dl.met.waves); got != 1 {
+				t.Fatalf("%v waves after the hold, want 1", got)
 			}
 		})
 	}

@@ -107,6 +107,7 @@ func New(ctx context.Context, cfg Config) (_ *Publisher, err error) {
 		return nil, fmt.Errorf("publisher: metrics: %w", err)
 	}
 	p.dl = newDelivery(cfg, p.log, p.met, publisherHost{p})
+	p.dl.recheck = p.kick
 	if p.st, err = openStores(ctx, cfg.JetStream, cfg.Topics, cfg.Namespace, cfg.Replicas, cfg.Partitions); err != nil {
 		return nil, err
 	}
