@@ -90,8 +90,19 @@ func encodeChunkData(d *imageData, i int, b []byte) ([]byte, error) {
 	return schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: d.digest, Index: uint32(i), Data: b})
 }
 
-// waveReadAhead is a wave's read-ahead from the store, in bytes.
-const waveReadAhead = 1 << 20
+// waveReadAhead is a wave's read-ahead from the store, in bytes: an
+// image up to this size is read whole as its wave starts (the reads in
+// flight at once: chunkReader.eager), before the broker is busy fanning
+// the wave out. Read 1 MiB ahead as the wave went (64 direct gets in
+// flight, each waiting behind the fan-out of the chunks before it: at
+// 500 devices on NATS, up to a second), the reads held a wave of 8 MiB
+// to about 1 MB/s and took 0.9 to 2.2 s of its 8 to 11 s
+// (docs/BENCHMARKS.md). A larger image is read that far ahead, and never
+// more than waveReads chunks.
+const (
+	waveReadAhead = 32 << 20
+	waveReads     = 1024
+)
 
 // maybeWave starts a broadcast wave of c's image when one is due and the
 // devices it is for listen. Called by the leader's tick.
@@ -507,8 +518,9 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 	// repair rounds after it.
 	acc := dl.parity.stream(d)
 	defer acc.finish()
-	cr := dl.images.newChunkReader(ctx, d, readAheadChunks(waveReadAhead, d.info.ChunkSize))
+	cr := dl.images.newChunkReader(ctx, d, min(readAheadChunks(waveReadAhead, d.info.ChunkSize), waveReads))
 	cr.order = d.order // a coded image's blocks interleaved
+	cr.eager = true
 	defer cr.close()
 	defer w.end.Store(math.MaxInt64)
 	to := n
@@ -560,39 +572,60 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 func (dl *delivery) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, acc *parityAcc, to int) error {
 	n := d.chunks()
 	digest := d.info.Digest
+	// Where the pass waited, for the debug log: the echo, the store's
+	// reads, the pace, the sends.
+	var waited [7]time.Duration
+	lap := func(k int, t0 time.Time) time.Time {
+		now := time.Now()
+		waited[k] += now.Sub(t0)
+		return now
+	}
+	if dl.log.Enabled(ctx, slog.LevelDebug) {
+		defer func() {
+			dl.log.Debug("wave pass waits", "image", digest, "chunks", to, "echo_s", waited[0].Seconds(), "read_s", waited[1].Seconds(), "pace_s", waited[2].Seconds(), "send_s", waited[3].Seconds(), "table_s", waited[4].Seconds(), "code_s", waited[5].Seconds(), "mark_s", waited[6].Seconds())
+		}()
+	}
 	for s := range to {
 		i := d.at(s)
+		t0 := time.Now()
 		if s%tableEvery == 0 {
 			if err := dl.castTable(ctx, t, d, w); err != nil {
 				return fmt.Errorf("publisher: wave %s table: %w", digest, err)
 			}
 		}
+		t0 = lap(4, t0)
 		if ec != nil {
 			if err := ec.wait(ctx, int64(s-dl.cfg.WaveEcho)); err != nil {
 				return err
 			}
 		}
+		t0 = lap(0, t0)
 		w.next.Store(int64(s))
 		data, err := cr.get(s)
 		if err != nil {
 			return fmt.Errorf("publisher: wave %s: %w", digest, err)
 		}
+		t0 = lap(1, t0)
 		acc.add(i, data)
 		b, err := encodeChunkData(d, i, data)
 		if err != nil {
 			return err
 		}
+		t0 = lap(5, t0)
 		if wp != nil {
 			if err := wp.wait(ctx, len(b)); err != nil {
 				return err
 			}
 		}
+		t0 = lap(2, t0)
 		if err := dl.send(ctx, t, b, &dl.egress.Wave, "wave"); err != nil {
 			return fmt.Errorf("publisher: wave %s chunk %d: %w", digest, i, err)
 		}
+		t0 = lap(3, t0)
 		dl.waveMu.Lock()
 		w.broadcastAt(i, n, time.Now())
 		dl.waveMu.Unlock()
+		lap(6, t0)
 	}
 	// The broker delivers a topic's messages in order: a chunk is on its
 	// way until the pass's last one is, so all count as broadcast now.
@@ -795,7 +828,7 @@ func (dl *delivery) followEcho(ctx context.Context, t schemas.Topic, d *imageDat
 		case ec.wake <- struct{}{}:
 		default:
 		}
-	}, broker.SubscribeOptions{Family: broker.FamilyChunk})
+	}, broker.SubscribeOptions{Family: broker.FamilyChunk, Inline: true})
 	if err != nil {
 		return nil, nil, err
 	}

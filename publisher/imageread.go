@@ -24,6 +24,10 @@ type chunkReader struct {
 	inflight *atomic.Int64
 	d        *imageData
 	ahead    int
+	// eager reads ahead chunks at once from the start of a run, not
+	// growing with the chunks taken: for a consumer that takes the
+	// whole image in order (a wave).
+	eager bool
 
 	// order, when set, is the order the consumer takes chunks in
 	// (imageData.order): get and the read-ahead then work in positions
@@ -77,7 +81,11 @@ func (r *chunkReader) get(i int) ([]byte, error) {
 	r.queue = r.queue[1:]
 	r.taken++
 	// Read ahead before waiting, so the next reads overlap this one.
-	for len(r.queue) < min(r.taken-1, r.ahead) && r.next < r.d.chunks() {
+	want := min(r.taken-1, r.ahead)
+	if r.eager {
+		want = r.ahead
+	}
+	for len(r.queue) < want && r.next < r.d.chunks() {
 		r.issue(r.next)
 	}
 	select {

@@ -32,7 +32,8 @@ import (
 // wavePaceBehind of what the wave sent (the lower of this revision's and
 // the last one's send rates: the devices' rates lag), the wave's rate is set
 // wavePaceOver above it (at most halved per revision); while they keep
-// up, the rate is raised step by step, and lifted once it is well above
+// up, the rate is raised step by step, or at once to wavePaceOver above
+// their median when that is higher, and lifted once it is well above
 // what the wave sends. No reports (fewer than wavePaceMin recent rates):
 // no limit from here.
 
@@ -199,7 +200,13 @@ func (wp *wavePace) revise(now time.Time) {
 		// the devices descheduled for a moment.
 		wp.set(max(slow*wavePaceOver, cur*wavePaceCut, wavePaceFloor))
 	case wp.lim != nil:
-		if up := float64(wp.lim.Limit()) * wavePaceRaise; up > 2*sent {
+		// Raised a step, or at once to what the receivers showed they
+		// take: a median above the limit is devices draining what they
+		// had queued before it (measured: a first revision, with half
+		// the receivers reporting, cut a wave to 0.43 MB/s; the next but
+		// one found them at 1.38 MB/s, and raised a step a second the
+		// wave stayed limited for 6 s of its 10).
+		if up := max(float64(wp.lim.Limit())*wavePaceRaise, slow*wavePaceOver); up > 2*sent {
 			wp.lim = nil // well above what the wave sends: no limit
 		} else {
 			wp.set(up)

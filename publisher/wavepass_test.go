@@ -139,6 +139,8 @@ func TestWavePaceRevise(t *testing.T) {
 		{"never below the floor", []float64{1, 1, 1, 1}, 0, 1e5, wavePaceFloor, false, 0},
 		{"raised while they keep up", []float64{4e5, 4e5, 4e5, 4e5}, 4e5, 4e5, 4e5 * wavePaceRaise, true, 0},
 		{"lifted well above what is sent", []float64{4e5, 4e5, 4e5, 4e5}, 1e6, 4e5, 0, false, 0},
+		{"raised to what they take", []float64{6e5, 6e5, 6e5, 6e5}, 4e5, 4e5, 6e5 * wavePaceOver, true, 0},
+		{"lifted: they take far more", []float64{1.4e6, 1.4e6, 1.4e6, 1.4e6}, 5e5, 5e5, 0, false, 0},
 		{"sped up since their rates", []float64{5e5, 5e5, 5e5, 5e5}, 0, 1e6, 0, false, 5e5},
 		{"slowed down since, behind both", []float64{2e5, 2e5, 2e5, 2e5}, 0, 1e6, 8e5 * wavePaceCut, true, 8e5},
 	} {

@@ -339,3 +339,27 @@ func BenchmarkDecodeBlock(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkAccumulatorAdd: the publisher's wave adding each chunk of an
+// image to its block's parity (K = 128, P = 32, 16 KiB chunks), the
+// chunk's digest check included. Per op: one chunk, on one goroutine
+// (oneGoroutine): it runs between two sends of the wave.
+func BenchmarkAccumulatorAdd(b *testing.B) {
+	im := newImage(b, 128*16<<10, 16<<10, 128, 32, 9)
+	b.SetBytes(16 << 10)
+	var acc *Accumulator
+	i := uint32(0)
+	for b.Loop() {
+		if i%128 == 0 {
+			var err error
+			if acc, err = NewAccumulator(im.coded); err != nil {
+				b.Fatal(err)
+			}
+			i = 0
+		}
+		if err := acc.Add(i, im.data[i*16<<10:(i+1)*16<<10]); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+}

@@ -97,13 +97,23 @@ func NewEncoder(t *schemas.ChunkTable) (*Encoder, error) {
 	return &Encoder{t: t, codes: map[uint32]reedsolomon.Encoder{}}, nil
 }
 
+// oneGoroutine has a code work on its caller's goroutine. By default
+// reedsolomon splits each call across goroutines and waits for them all:
+// the publisher's wave adds each 16 KiB chunk to its block's parity
+// (Accumulator.Add) between two sends, and on a loaded host (the bench:
+// 500 simulated devices in the publisher's process) those waits for the
+// scheduler took 1.3 to 3.4 s of a 9 to 12 s wave (docs/BENCHMARKS.md).
+// One chunk's parity is 32 x 16 KiB of table lookups, about 0.1 ms; a
+// block's, on a repair round, a few ms.
+var oneGoroutine = reedsolomon.WithMaxGoroutines(1)
+
 // code returns the Reed-Solomon code of a block of k source chunks; e.mu
 // must be held.
 func (e *Encoder) code(k uint32) (reedsolomon.Encoder, error) {
 	if c, ok := e.codes[k]; ok {
 		return c, nil
 	}
-	c, err := reedsolomon.New(int(k), int(e.t.ParityPerBlock))
+	c, err := reedsolomon.New(int(k), int(e.t.ParityPerBlock), oneGoroutine)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadParams, err)
 	}
@@ -249,7 +259,7 @@ func (a *Accumulator) Add(i uint32, data []byte) error {
 	c, ok := a.codes[count]
 	if !ok {
 		var err error
-		if c, err = reedsolomon.New(int(count), int(t.ParityPerBlock)); err != nil {
+		if c, err = reedsolomon.New(int(count), int(t.ParityPerBlock), oneGoroutine); err != nil {
 			return fmt.Errorf("%w: %v", ErrBadParams, err)
 		}
 		a.codes[count] = c
