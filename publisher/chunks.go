@@ -1382,8 +1382,9 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// chunks once), then the announcement and the round back to back.
 	read := func(ctx context.Context, i uint32) ([]byte, error) { return dl.images.readChunk(ctx, d, int(i)) }
 	t0 := time.Now()
+	var coded time.Duration // getting the parity (cached, or coded now)
 	defer func() {
-		dl.log.Debug("coded repair round sent", "image", d.info.Digest, "parity", len(send), "seconds", time.Since(t0).Seconds())
+		dl.log.Debug("coded repair round sent", "image", d.info.Digest, "parity", len(send), "seconds", time.Since(t0).Seconds(), "parity_s", coded.Seconds())
 	}()
 	msgs := map[uint32][][]byte{}
 	for _, s := range send {
@@ -1396,6 +1397,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		}
 		msgs[s.Block] = m
 	}
+	coded = time.Since(t0)
 	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
 		return err
 	}
