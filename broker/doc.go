@@ -10,7 +10,10 @@
 //
 //   - transport.go: the Transport interface, message families, the topic
 //     Dialect each transport speaks (Transport.Dialect: the form a reply
-//     address is given in), sentinels.
+//     address is given in), sentinels. A handler copies a payload it keeps
+//     unless Message.Owned says it was allocated for it alone (nats.go's
+//     are; paho's MQTT payloads are not marked, and the fetcher copies
+//     them into its pool).
 //   - dial.go: Dial(ctx, Config) picks the transport from the URL scheme
 //     (mqtt://, mqtts:// → MQTTTransport; nats://, tls:// → NATSTransport),
 //     takes user/password from the URL or Config, and waits for the first
@@ -36,7 +39,8 @@
 //     repaired), other messages are always queued. An Inline subscription
 //     has neither: its handler, which must return at once or wait only to
 //     push back on the broker, runs on the reader (the fetcher's chunk
-//     subscriptions, the agent's notice subscriptions; a retained notice
+//     subscriptions, the agent's notice subscriptions, the publisher's
+//     wave echo; a retained notice
 //     read on NATS calls it from the read's goroutine, one call at a time
 //     with the live ones).
 //     MQTTTransport.ReceiveQueue is paho's queue before the socket stops

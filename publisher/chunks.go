@@ -828,6 +828,10 @@ func (dl *delivery) followEcho(ctx context.Context, t schemas.Topic, d *imageDat
 		case ec.wake <- struct{}{}:
 		default:
 		}
+		// Inline: the handler only raises a counter, and the wave waits
+		// on it; through the subscription's own queue and goroutine each
+		// echo waited for one more goroutine to be scheduled (a p99 of
+		// 0.3 s in the bench's process of 500 devices).
 	}, broker.SubscribeOptions{Family: broker.FamilyChunk, Inline: true})
 	if err != nil {
 		return nil, nil, err
