@@ -1254,10 +1254,9 @@ const parityCacheBytes = 64 << 20
 // committed parity is spent its parity chunks go again, oldest first
 // (a broadcast of source chunks instead, the union of what each
 // requester lacks, cost about the whole block a round at N = 500 with 5%
-// loss: 16.6 images of repair). It leaves in per, for the uncoded
-// repair, only what parity cannot rebuild: in a block where the neediest
-// requester lacks more than ParityPerBlock (short), as many of each
-// requester's chunks as it lacks beyond ParityPerBlock. It returns an error when reading the
+// loss: 16.6 images of repair). It leaves in per only the chunks of
+// blocks where the neediest requester lacks more than ParityPerBlock
+// (short), for the uncoded repair. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
 //
@@ -1302,7 +1301,6 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	}
 	dl.waveMu.Unlock()
 	reported := 0
-	lacks := make(map[string][]int, len(per)) // by requester, per block: cnt
 	for who, wl := range per {
 		clear(cnt)
 		reported += len(wl)
@@ -1318,7 +1316,6 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 				need[b], neediest[b] = cnt[b], who
 			}
 		}
-		lacks[who] = slices.Clone(cnt)
 	}
 	// The round is lost at the rate the requesters lost chunks (their
 	// reports' share of the image): sized exactly, it leaves the devices
@@ -1373,29 +1370,8 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	}
 	wave := max(w.ended, 1)
 	dl.waveMu.Unlock()
-	// What the parity cannot do: in a block whose neediest requester
-	// lacks more than ParityPerBlock, each requester that lacks more
-	// keeps that many of its chunks for the uncoded repair (the round's
-	// parity and they make the block's count). Those that lack less
-	// are served by the parity: with their chunks kept too, the block
-	// went again as the union of what every requester lacked, about
-	// the whole block (measured: one device short by 14 in a block at
-	// 5% loss, 300 requesters, 0.38 images of repair).
 	for who, wl := range per {
-		extra := make([]int, nb)
-		for b := range nb {
-			if short[b] > 0 {
-				extra[b] = max(0, lacks[who][b]-int(t.ParityPerBlock))
-			}
-		}
-		per[who] = slices.DeleteFunc(wl, func(i int) bool {
-			b := t.BlockOf(uint32(i))
-			if extra[b] == 0 {
-				return true
-			}
-			extra[b]--
-			return false
-		})
+		per[who] = slices.DeleteFunc(wl, func(i int) bool { return short[t.BlockOf(uint32(i))] == 0 })
 	}
 	if dl.log.Enabled(ctx, slog.LevelDebug) {
 		// The first few requesters by name: a round for one or two
