@@ -572,8 +572,9 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 func (dl *delivery) wavePass(ctx context.Context, t schemas.Topic, d *imageData, w *waveState, cr *chunkReader, ec *echo, wp *wavePace, acc *parityAcc, to int) error {
 	n := d.chunks()
 	digest := d.info.Digest
-	// Where the pass waited, for the debug log: the echo, the store's
-	// reads, the pace, the sends.
+	// Where the pass spent its time, for the debug log, by index: the
+	// echo, the store's reads, the pace, the sends, the table copies,
+	// the parity coding and encoding, the marking as broadcast.
 	var waited [7]time.Duration
 	lap := func(k int, t0 time.Time) time.Time {
 		now := time.Now()
