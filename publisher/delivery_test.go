@@ -324,6 +324,50 @@ func TestDeliveryHeldWaveRechecked(t *testing.T) {
 	}
 }
 
+// A requester that lacks more chunks of a block than the block has
+// parity is sent chunks, not only parity: here its second ask names
+// the marker before the first round, so that round's parity counts as
+// on its way to it and its need looks like 2 symbols, which parity
+// would cover; but with 6 of 8 chunks lost and 4 parity chunks in all,
+// no parity it could be sent rebuilds the block.
+func TestDeliveryBeyondParityGetsChunks(t *testing.T) {
+	const k, par = 8, 4 // 24 chunks: block 0 is chunks 0-7
+	h := newFakeHost()
+	d := h.addImage(t, 24*512, 512, k, par)
+	dl, tr := newTestDelivery(t, h, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := dl.wave(ctx, d.info.Digest); err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+	marker := func() (last uint32) {
+		for _, m := range tr.on(ct) {
+			var we schemas.WaveEnd
+			if !schemas.IsChunk(m) && !schemas.IsParityChunk(m) && schemas.Decode(m, &we) == nil {
+				last = we.Wave
+			}
+		}
+		return last
+	}
+	waveEnd := marker()
+	lost := []int{0, 1, 2, 3, 4, 5}
+	rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+	dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, lost...))
+	dl.wait()
+	if marker() != waveEnd+1 {
+		t.Fatalf("no round after the first ask")
+	}
+	u0 := len(tr.on(rt))
+	again := request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, lost...)
+	again.Seen = waveEnd // it has not heard the round's marker
+	dl.batch(ctx, *again)
+	dl.wait()
+	if got, want := len(tr.on(rt))-u0, len(lost)-par; got < want {
+		t.Errorf("second ask: %d chunks by unicast, want at least %d (what the parity cannot rebuild)", got, want)
+	}
+}
+
 // TestDeliveryCodedRepair: a repair batch of several requesters of a
 // coded image is answered by one round: an announcement, per block as
 // many fresh parity chunks as the neediest requester lacks in it, and
