@@ -1256,9 +1256,9 @@ const parityCacheBytes = 64 << 20
 // (a broadcast of source chunks instead, the union of what each
 // requester lacks, cost about the whole block a round at N = 500 with 5%
 // loss: 16.6 images of repair). It leaves in per, for the uncoded
-// repair, only what parity cannot rebuild: of each requester that lacks
-// more source chunks of a block than ParityPerBlock, that many of them
-// beyond it. It returns an error when reading the
+// repair, the chunks of blocks where the neediest requester lacks more
+// than ParityPerBlock (short), and of each requester that lacks more
+// source chunks of a block than ParityPerBlock, that many beyond it. It returns an error when reading the
 // image or sending fails; the parity indices handed out stay spent (the
 // next round goes on from them).
 //
@@ -1389,14 +1389,14 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// off, the parity on its way made its need look covered, and once a
 	// block's parity was spent the rounds sent it parity it held: at N =
 	// 500 with 5% loss one device was sent 4 such a round for 273 rounds
-	// until its request budget ran out, docs/BENCHMARKS.md). The others
-	// are left to the round's parity, in a short block too: keeping
-	// every requester's chunks of a short block broadcast their union,
-	// about the whole block (0.38 to 0.64 images of repair in a run).
+	// until its request budget ran out, docs/BENCHMARKS.md).
 	for who, wl := range per {
 		extra := beyond[who]
 		per[who] = slices.DeleteFunc(wl, func(i int) bool {
 			b := t.BlockOf(uint32(i))
+			if short[b] > 0 {
+				return false
+			}
 			if extra != nil && extra[b] > 0 {
 				extra[b]--
 				return false

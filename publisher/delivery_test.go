@@ -368,52 +368,6 @@ func TestDeliveryBeyondParityGetsChunks(t *testing.T) {
 	}
 }
 
-// A block whose neediest requester lacks more than its parity: the
-// round sends the block's parity, and only what parity cannot rebuild
-// goes as chunks: each requester that lacks more than ParityPerBlock
-// gets that many of its chunks beyond it (one requester: by unicast);
-// those that lack less get no chunk, by unicast or broadcast (before,
-// the union of what every requester lacked went as broadcast chunks).
-func TestDeliveryShortBlockOnlyBeyondParity(t *testing.T) {
-	const k, par = 8, 4 // 24 chunks: block 0 is chunks 0-7
-	h := newFakeHost()
-	d := h.addImage(t, 24*512, 512, k, par)
-	dl, tr := newTestDelivery(t, h, nil)
-	lack := map[string][]int{
-		"dev-a": {0, 1, 2, 3, 4, 5}, // 6: 2 beyond the parity
-		"dev-b": {5, 6, 7},
-		"dev-c": {4, 6},
-	}
-	b := &repairBatch{reqs: map[string]*schemas.ChunkRequest{}}
-	for who, l := range lack {
-		b.reqs[who] = request(t, dl, "camp", who, d, schemas.ProtocolCoded, l...)
-	}
-	dl.flushRepair(context.Background(), d.info.Digest, b)
-	ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
-	parity, chunks := 0, 0
-	for _, m := range tr.on(ct) {
-		switch {
-		case schemas.IsParityChunk(m):
-			parity++
-		case schemas.IsChunk(m):
-			chunks++
-		}
-	}
-	if parity != par || chunks != 0 {
-		t.Errorf("broadcast %d parity and %d chunks, want %d parity and no chunk", parity, chunks, par)
-	}
-	for who := range lack {
-		rt, _ := dl.cfg.Topics.ChunkReply(who)
-		want := 0
-		if who == "dev-a" {
-			want = len(lack[who]) - par
-		}
-		if got := len(tr.on(rt)); got != want {
-			t.Errorf("%s got %d chunks by unicast, want %d", who, got, want)
-		}
-	}
-}
-
 // TestDeliveryCodedRepair: a repair batch of several requesters of a
 // coded image is answered by one round: an announcement, per block as
 // many fresh parity chunks as the neediest requester lacks in it, and
