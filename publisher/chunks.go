@@ -1257,10 +1257,10 @@ const parityCacheBytes = 64 << 20
 // requester lacks, cost about the whole block a round at N = 500 with 5%
 // loss: 16.6 images of repair). It leaves in per, for the uncoded
 // repair, the chunks of blocks where the neediest requester lacks more
-// than ParityPerBlock (short), and of each requester that lacks more
-// source chunks of a block than ParityPerBlock, that many beyond it. It returns an error when reading the
-// image or sending fails; the parity indices handed out stay spent (the
-// next round goes on from them).
+// than ParityPerBlock (short), and, of each requester that lacks more
+// source chunks of a block than ParityPerBlock, that many beyond it. It
+// returns an error when reading the image or sending fails; the parity
+// indices handed out stay spent (the next round goes on from them).
 //
 // since is when the batch began (or the wave it waited for ended): the
 // rounds that crossed a requester's summary are counted from there

@@ -324,6 +324,37 @@ func TestDeliveryHeldWaveRechecked(t *testing.T) {
 	}
 }
 
+// wavedDelivery returns a delivery on a fake host holding an image of 24
+// chunks of 512 bytes, coded in blocks of k with par parity chunks,
+// after one wave of it, with its recording transport and the image's
+// broadcast topic.
+func wavedDelivery(ctx context.Context, t *testing.T, k, par int) (*imageData, *delivery, *recTransport, schemas.Topic) {
+	t.Helper()
+	h := newFakeHost()
+	d := h.addImage(t, 24*512, 512, k, par)
+	dl, tr := newTestDelivery(t, h, nil)
+	if err := dl.wave(ctx, d.info.Digest); err != nil {
+		t.Fatal(err)
+	}
+	ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+	return d, dl, tr, ct
+}
+
+// topicCounts returns the parity chunks published on ct and the number
+// of the last end marker there.
+func topicCounts(tr *recTransport, ct schemas.Topic) (parity int, marker uint32) {
+	for _, m := range tr.on(ct) {
+		var we schemas.WaveEnd
+		switch {
+		case schemas.IsParityChunk(m):
+			parity++
+		case !schemas.IsChunk(m) && schemas.Decode(m, &we) == nil:
+			marker = we.Wave
+		}
+	}
+	return parity, marker
+}
+
 // A requester that lacks more chunks of a block than the block has
 // parity is sent chunks, not only parity: here its second ask names
 // the marker before the first round, so that round's parity counts as
@@ -332,24 +363,10 @@ func TestDeliveryHeldWaveRechecked(t *testing.T) {
 // no parity it could be sent rebuilds the block.
 func TestDeliveryBeyondParityGetsChunks(t *testing.T) {
 	const k, par = 8, 4 // 24 chunks: block 0 is chunks 0-7
-	h := newFakeHost()
-	d := h.addImage(t, 24*512, 512, k, par)
-	dl, tr := newTestDelivery(t, h, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if err := dl.wave(ctx, d.info.Digest); err != nil {
-		t.Fatal(err)
-	}
-	ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
-	marker := func() (last uint32) {
-		for _, m := range tr.on(ct) {
-			var we schemas.WaveEnd
-			if !schemas.IsChunk(m) && !schemas.IsParityChunk(m) && schemas.Decode(m, &we) == nil {
-				last = we.Wave
-			}
-		}
-		return last
-	}
+	d, dl, tr, ct := wavedDelivery(ctx, t, k, par)
+	marker := func() uint32 { _, m := topicCounts(tr, ct); return m }
 	waveEnd := marker()
 	lost := []int{0, 1, 2, 3, 4, 5}
 	rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
@@ -797,29 +814,10 @@ func TestDeliveryRepairSeenThrough(t *testing.T) {
 		{"the round's marker", 0, func(r uint32) uint32 { return r }, []int{1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newFakeHost()
-			d := h.addImage(t, 24*512, 512, k, par)
-			dl, tr := newTestDelivery(t, h, nil)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			if err := dl.wave(ctx, d.info.Digest); err != nil {
-				t.Fatal(err)
-			}
-			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
-			// count returns the parity chunks on the topic and the
-			// number of the last end marker.
-			count := func() (parity int, marker uint32) {
-				for _, m := range tr.on(ct) {
-					var we schemas.WaveEnd
-					switch {
-					case schemas.IsParityChunk(m):
-						parity++
-					case !schemas.IsChunk(m) && schemas.Decode(m, &we) == nil:
-						marker = we.Wave
-					}
-				}
-				return parity, marker
-			}
+			d, dl, tr, ct := wavedDelivery(ctx, t, k, par)
+			count := func() (int, uint32) { return topicCounts(tr, ct) }
 			_, waveEnd := count()
 			dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, d.at(0)))
 			dl.wait()
