@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"math"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -202,24 +203,65 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 	}
 }
 
-// TestSummaryDelayNeediestFirst: with coded repair a device's back-off
-// falls in the slot of its largest block need, the neediest first.
+// TestSummaryDelayNeediestFirst: with coded repair a device's back-off is
+// spread exponentially (about one device in summaryGroup speaks near
+// zero) and is shorter the larger its largest block need; a plain
+// device's shrinks with the share of the image it lacks.
 func TestSummaryDelayNeediestFirst(t *testing.T) {
 	const b = time.Second
+	half := 1 + math.Log(0.5)/math.Log(summaryGroup) // s at u = 0.5
 	for _, tc := range []struct {
-		needs    []int
-		from, to time.Duration
+		name    string
+		left, n int
+		needs   []int
+		parity  int
+		u       float64
+		want    float64 // of b
 	}{
-		{[]int{0, 0}, 800 * time.Millisecond, b},
-		{[]int{1, 0}, 600 * time.Millisecond, 800 * time.Millisecond},
-		{[]int{0, 3}, 200 * time.Millisecond, 400 * time.Millisecond},
-		{[]int{9, 1}, 0, 200 * time.Millisecond},
+		{"nothing needed", 1, 10, []int{0, 0}, 32, 0.5, half},
+		{"need 1 of 32", 1, 10, []int{1, 0}, 32, 0.5, math.Pow(half, 1+3.0/32)},
+		{"need half the parity", 20, 512, []int{16, 3}, 32, 0.5, math.Pow(half, 2.5)},
+		{"need all the parity", 40, 512, []int{32, 0}, 32, 0.5, math.Pow(half, 4)},
+		{"need beyond the parity", 50, 512, []int{40, 10}, 32, 0.5, math.Pow(half, 4)},
+		{"no parity committed", 1, 10, []int{3}, 0, 0.5, half},
+		{"u near 0", 1, 10, []int{0}, 32, 0.0005, 0},
+		{"u 0", 1, 10, []int{0}, 32, 0, 0},
+		{"u near 1", 1, 10, []int{0}, 32, 0.999999, 1},
+		{"plain, 10% missing", 1, 10, nil, 0, 0.5, 0.45},
+		{"plain, all missing", 10, 10, nil, 0, 0.5, 0},
 	} {
-		for _, u := range []float64{0, 0.5, 0.999} {
-			if d := summaryDelay(b, 1, 10, tc.needs, u); d < tc.from || d >= tc.to {
-				t.Errorf("needs %v, u %v: delay %v, want in [%v, %v)", tc.needs, u, d, tc.from, tc.to)
-			}
+		d := summaryDelay(b, tc.left, tc.n, tc.needs, tc.parity, tc.u)
+		if got := d.Seconds(); math.Abs(got-tc.want) > 1e-3 {
+			t.Errorf("%s: delay %v, want %.4fs", tc.name, d, tc.want)
 		}
+	}
+	// Over a fleet's draws of u: about one in summaryGroup near zero,
+	// most late; and for every draw, a needier device no later.
+	early, late := 0, 0
+	const draws = 100000
+	for k := range draws {
+		u := (float64(k) + 0.5) / draws
+		d := summaryDelay(b, 1, 10, []int{0}, 32, u)
+		if d < b/10 {
+			early++
+		}
+		if d > b/2 {
+			late++
+		}
+		prev := d
+		for _, need := range []int{1, 4, 8, 16, 32} {
+			dn := summaryDelay(b, 1, 10, []int{need}, 32, u)
+			if dn > prev {
+				t.Fatalf("u %v: need %d waits %v, longer than a smaller need (%v)", u, need, dn, prev)
+			}
+			prev = dn
+		}
+	}
+	if want := draws / summaryGroup * 2; early > want {
+		t.Errorf("%d of %d draws within a tenth of the back-off; want at most %d", early, draws, want)
+	}
+	if late < draws*9/10 {
+		t.Errorf("%d of %d draws past half the back-off; want at least 90%%", late, draws)
 	}
 }
 

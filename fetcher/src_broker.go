@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -97,7 +98,11 @@ type BrokerConfig struct {
 	// SummaryBackoff bounds the random delay after a wave's end marker
 	// (schemas.WaveEnd) before the device sends its loss summary, so
 	// that a fleet's summaries spread out; the delay is shorter for a
-	// device that lacks more (the neediest speak first). Default Quiet.
+	// device that lacks more (the neediest speak first). Default Quiet,
+	// and for a fetch with coded repair codedBackoff (at most Idle): its
+	// delays are spread exponentially (summaryDelay), so that the
+	// publisher's repair announcement, sized by the first few, arrives
+	// while most of a fleet is still waiting.
 	SummaryBackoff time.Duration
 	// SummaryMax is the most chunks the loss summary after a wave's end
 	// marker asks for in one request (later requests keep to Window).
@@ -166,7 +171,17 @@ type BrokerSource struct {
 	// its chunks right behind it); released unclaimed after heldFor.
 	heldMu sync.Mutex
 	held   *heldSub
+
+	// codedBackoff is SummaryBackoff for a fetch with coded repair.
+	codedBackoff time.Duration
 }
+
+// defaultCodedBackoff is the default SummaryBackoff of a fetch with coded
+// repair: long enough that the publisher's repair window (250ms in the
+// demo and bench fleets), its announcement's way back and a loaded
+// device's loop fit in its first tenth or so, where summaryDelay puts the
+// first few of a fleet of hundreds.
+const defaultCodedBackoff = 2 * time.Second
 
 // heldSub is an open subscription of one image, between Table and Fetch.
 type heldSub struct {
@@ -211,8 +226,10 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.WaveGap < cfg.Quiet {
 		cfg.WaveGap = max(cfg.Idle, cfg.Quiet)
 	}
+	codedBackoff := cfg.SummaryBackoff
 	if cfg.SummaryBackoff <= 0 {
 		cfg.SummaryBackoff = cfg.Quiet
+		codedBackoff = min(defaultCodedBackoff, cfg.Idle)
 	}
 	if cfg.SummaryMax <= 0 {
 		cfg.SummaryMax = cfg.Window
@@ -223,7 +240,7 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	if cfg.Protocol < schemas.ProtocolPlain || cfg.Protocol > schemas.MaxProtocol {
 		return nil, fmt.Errorf("%w: broker source: delivery protocol %d outside [%d, %d]", ErrConfig, cfg.Protocol, schemas.ProtocolPlain, schemas.MaxProtocol)
 	}
-	return &BrokerSource{cfg: cfg}, nil
+	return &BrokerSource{cfg: cfg, codedBackoff: codedBackoff}, nil
 }
 
 func (s *BrokerSource) Name() string   { return s.cfg.Name }
@@ -1084,10 +1101,12 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				if !summary && nIn == 0 {
 					summary = true
 					var needs []int
+					backoff, parity := s.cfg.SummaryBackoff, 0
 					if col != nil {
 						needs = blockNeeds(rep.Table, col, missing)
+						backoff, parity = s.codedBackoff, int(rep.Table.ParityPerBlock)
 					}
-					timer.Reset(summaryDelay(s.cfg.SummaryBackoff, left, n, needs, rand.Float64()))
+					timer.Reset(summaryDelay(backoff, left, n, needs, parity, rand.Float64()))
 				}
 				continue
 			}
@@ -1271,21 +1290,37 @@ func (s *BrokerSource) tableDigest(im Image) []byte {
 // waited in the buffer fires again (see the fetch loop).
 const drainRecheck = 20 * time.Millisecond
 
-// summarySlots is how many slots of the summary back-off a coded device's
-// largest block need sorts it into: a device that needs summarySlots or
-// more symbols in some block speaks in the first slot, one that needs
-// none in the last.
-const summarySlots = 5
+// summaryGroup is the number of devices the coded summary back-off is
+// spread for (NORM's group size estimate, RFC 5740 section 5.5.1): of
+// that many devices that lack something after a wave, about one draws a
+// delay near zero, and the number that have spoken grows by a factor of
+// summaryGroup over the back-off. A fleet smaller speaks a little later,
+// one larger a little sooner; either way the first few summaries reach
+// the publisher well before the rest, and its repair announcement
+// (schemas.RepairAnnounce) quiets those it covers.
+const summaryGroup = 1000
 
 // summaryDelay is the random back-off before a loss summary, within
-// backoff, biased so that the neediest devices speak first. With coded
-// repair (needs: per block, the symbols still lacking beyond the parity
-// held) the device's largest block need picks a slot (the neediest the
-// first) and u a time within it: the publisher's repair announcement,
-// sized by the first summaries, then covers most of those that would
-// speak later. Otherwise the delay shrinks with the share of the image
-// missing. u is uniform in [0, 1).
-func summaryDelay(backoff time.Duration, left, n int, needs []int, u float64) time.Duration {
+// backoff, biased so that the neediest devices speak first. u is uniform
+// in [0, 1).
+//
+// With coded repair (needs: per block, the symbols still lacking beyond
+// the parity held; parity: the parity chunks committed per block) the
+// delay is exponentially spread: s = 1 + ln(u)/ln(summaryGroup) (at
+// most 0: speak at once) puts about one device in summaryGroup near
+// zero and half of them past 90% of backoff, and the device's largest
+// block need sharpens it (s to the power 1 + 3*need/parity), so that
+// of the first few the neediest are most: the publisher sizes its round
+// by the first summaries and announces it; a device whose back-off is
+// still running when the announcement comes, and whose need it covers,
+// stays quiet. A slotted back-off (the device's need picking one of 5
+// slots) put every device of a fleet at 5% loss with blocks of 128
+// chunks in the first slot: 518 to 757 summaries from 500 devices a
+// wave, almost none suppressed (docs/BENCHMARKS.md).
+//
+// Otherwise (plain repair: no announcement to wait for) the delay
+// shrinks with the share of the image missing.
+func summaryDelay(backoff time.Duration, left, n int, needs []int, parity int, u float64) time.Duration {
 	if needs == nil {
 		need := float64(left) / float64(n)
 		return time.Duration(u * (1 - need) * float64(backoff))
@@ -1294,8 +1329,18 @@ func summaryDelay(backoff time.Duration, left, n int, needs []int, u float64) ti
 	for _, k := range needs {
 		most = max(most, k)
 	}
-	slot := summarySlots - 1 - min(most, summarySlots-1)
-	return time.Duration((float64(slot) + u) / summarySlots * float64(backoff))
+	if u <= 0 {
+		return 0
+	}
+	s := 1 + math.Log(u)/math.Log(summaryGroup)
+	if s <= 0 {
+		return 0
+	}
+	sharp := 1.0
+	if parity > 0 {
+		sharp += 3 * float64(min(most, parity)) / float64(parity)
+	}
+	return time.Duration(math.Pow(s, sharp) * float64(backoff))
 }
 
 // blockNeeds returns, per block of t, the chunks missing beyond the

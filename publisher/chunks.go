@@ -1413,8 +1413,13 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	if len(send) == 0 {
 		return nil
 	}
-	// The parity first (from the cache, or coded from the image's
-	// chunks once), then the announcement and the round back to back.
+	// The announcement first: devices still in their summary back-off
+	// hear it and those it covers stay quiet, so it does not wait for
+	// the parity (from the cache, or coded from the image's chunks once:
+	// up to a second under a fleet's load).
+	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
+		return err
+	}
 	read := func(ctx context.Context, i uint32) ([]byte, error) { return dl.images.readChunk(ctx, d, int(i)) }
 	t0 := time.Now()
 	var coded time.Duration // getting the parity (cached, or coded now)
@@ -1433,9 +1438,6 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		msgs[s.Block] = m
 	}
 	coded = time.Since(t0)
-	if err := dl.announce(ctx, d, bt, wave, send); err != nil {
-		return err
-	}
 	// At roundPace times the rate the last wave pass went out at (which
 	// the echo and the designated receivers paced): a round sent at once
 	// reached every device as one burst (500 x a 1 MiB round on NATS,
@@ -1563,11 +1565,12 @@ func (l parityLog) crossed(since time.Time, floor uint32, nb int) ([]int, uint32
 // announce broadcasts, before a coded repair round, what the round sends:
 // per block, how many fresh parity chunks (schemas.RepairAnnounce). The
 // round is flushed RepairWindow after the first loss summary of the
-// batch, and devices send theirs after a back-off that lets the neediest
-// speak first (fetcher.BrokerConfig.SummaryBackoff): a device that hears
-// the announcement before its back-off ends, and whose need it covers,
-// stays quiet. Devices cannot hear one another; this is how the
-// publisher suppresses their summaries.
+// batch, and devices send theirs after a back-off, spread exponentially,
+// that lets the neediest speak first (fetcher.BrokerConfig.SummaryBackoff):
+// a device that hears the announcement before its back-off ends, and
+// whose need it covers, stays quiet. Devices cannot hear one another;
+// this is how the publisher suppresses their summaries. It goes before
+// the round's parity is read or coded.
 func (dl *delivery) announce(ctx context.Context, d *imageData, bt schemas.Topic, wave uint32, send []blockcode.Symbol) error {
 	per := map[uint32]uint32{}
 	for _, s := range send {
