@@ -183,6 +183,13 @@ type BrokerSource struct {
 // first few of a fleet of hundreds.
 const defaultCodedBackoff = 2 * time.Second
 
+// afterRoundBackoff divides the coded summary back-off after the end
+// marker of a repair round for the device's blocks. With the whole
+// back-off a straggler that lost some of a round's parity waited up to
+// 2s a round (one NATS device took 7s of rounds at N = 500 with 5% loss,
+// docs/BENCHMARKS.md).
+const afterRoundBackoff = 4
+
 // heldSub is an open subscription of one image, between Table and Fetch.
 type heldSub struct {
 	digest []byte
@@ -1090,6 +1097,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
 				lastBcast, inWave, stalled = time.Time{}, false, false
+				afterRound := round
 				if round {
 					// A repair round for this device's blocks is over:
 					// what it asked for was answered or lost, so not in
@@ -1105,6 +1113,12 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 					if col != nil {
 						needs = blockNeeds(rep.Table, col, missing)
 						backoff, parity = s.codedBackoff, int(rep.Table.ParityPerBlock)
+						if afterRound {
+							// What a round left short is a few devices' (the
+							// round was sized for the neediest that spoke):
+							// fewer to quiet, and each waits for its own.
+							backoff /= afterRoundBackoff
+						}
 					}
 					timer.Reset(summaryDelay(backoff, left, n, needs, parity, rand.Float64()))
 				}
