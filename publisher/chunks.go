@@ -262,8 +262,10 @@ type waveState struct {
 	plainWanted bool
 	plainCasts  int
 	// ended counts the waves of the image this instance sent to the end
-	// (the number in their WaveEnd markers).
-	ended uint32
+	// (the number in their WaveEnd markers), and repair rounds' markers
+	// too; waveMark is the last wave's own marker: while ended is still
+	// waveMark, no round has gone since that wave (firstRoundNeed).
+	ended, waveMark uint32
 	// spent counts, per block of a coded image, the parity chunks this
 	// instance broadcast (each repair round sends fresh ones).
 	spent []uint32
@@ -676,6 +678,7 @@ func (dl *delivery) endWave(ctx context.Context, t schemas.Topic, d *imageData, 
 	dl.waveMu.Lock()
 	w.ended++
 	seq := w.ended
+	w.waveMark = seq
 	dl.waveMu.Unlock()
 	return dl.sendEnd(ctx, t, d, seq, sent)
 }
@@ -1248,19 +1251,16 @@ const parityCacheBytes = 64 << 20
 // repairCoded is the coded part of a repair batch of the coded image d:
 // per holds the chunks each requester lacks (and is charged for). It
 // counts per block what each lacks and broadcasts, per block, as many
-// fresh parity chunks as the requester lacking most in it lacks
-// (blockcode.RoundCycled; blocks interleaved, parityGroup at a time). A
-// parity chunk repairs whichever chunks of its block a device lost, so
-// one such round serves every requester that hears it. Once a block's
-// committed parity is spent its parity chunks go again, oldest first
-// (a broadcast of source chunks instead, the union of what each
-// requester lacks, cost about the whole block a round at N = 500 with 5%
-// loss: 16.6 images of repair). It leaves in per, for the uncoded
-// repair, the chunks of blocks where the neediest requester lacks more
-// than ParityPerBlock (short), and, of each requester that lacks more
-// source chunks of a block than ParityPerBlock, that many beyond it. It
-// returns an error when reading the image or sending fails; the parity
-// indices handed out stay spent (the next round goes on from them).
+// fresh parity chunks as the requester lacking most in it lacks, while
+// the block's committed parity lasts (blockcode.Round; blocks
+// interleaved). A parity chunk repairs whichever chunks of its block a
+// device lost, so one such round serves every requester that hears it.
+// It leaves in per, for the uncoded repair, what the round's parity
+// cannot rebuild for each requester: in a block whose parity is spent
+// (or falls short this round), what it is owed beyond the fresh parity;
+// and what it lacks beyond all of the block's parity. It returns an
+// error when reading the image or sending fails; the parity indices
+// handed out stay spent (the next round goes on from them).
 //
 // since is when the batch began (or the wave it waited for ended): the
 // rounds that crossed a requester's summary are counted from there
@@ -1269,8 +1269,6 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	t := d.table
 	nb := int(t.NumBlocks())
 	need := make([]int, nb)
-	neediest := make([]string, nb) // the requester lacking most in each block
-	cnt := make([]int, nb)
 	// Parity broadcast since the batch began, or just before (still on
 	// its way to devices behind in their queues), covers that many of a
 	// requester's losses in its block: its summary crossed the round
@@ -1303,33 +1301,41 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	}
 	dl.waveMu.Unlock()
 	reported := 0
-	// beyond holds, by requester, per block, how many chunks it lacks
-	// beyond what all of the block's parity can rebuild.
-	beyond := make(map[string][]int, len(per))
+	// lack holds, by requester, per block, the chunks it lacks (its
+	// summary's count), and owed the count less the parity on its way
+	// to it (crossed): what this round's parity is to cover.
+	lack := make(map[string][]int, len(per))
+	owed := make(map[string][]int, len(per))
 	for who, wl := range per {
-		clear(cnt)
+		l := make([]int, nb)
 		reported += len(wl)
 		for _, i := range wl {
-			cnt[t.BlockOf(uint32(i))]++
+			l[t.BlockOf(uint32(i))]++
 		}
-		for b := range nb {
-			if k := cnt[b] - int(t.ParityPerBlock); k > 0 {
-				if beyond[who] == nil {
-					beyond[who] = make([]int, nb)
-				}
-				beyond[who][b] = k
-			}
-		}
+		o := make([]int, nb)
 		cr := crossed[who]
 		for b := range nb {
-			cnt[b] = max(0, cnt[b]-cr[b])
+			o[b] = max(0, l[b]-cr[b])
+			need[b] = max(need[b], o[b])
 		}
-		for b := range nb {
-			if cnt[b] > need[b] || (cnt[b] == need[b] && cnt[b] > 0 && who < neediest[b]) {
-				need[b], neediest[b] = cnt[b], who
-			}
-		}
+		lack[who], owed[who] = l, o
 	}
+	// The first round after a wave is sized for the fleet, not only for
+	// the few that spoke first (firstRoundNeed).
+	dl.waveMu.Lock()
+	if silent := len(w.tables) - len(per); w.waveMark > 0 && w.ended == w.waveMark && len(per) > 0 && silent > 0 {
+		rates := make([]float64, 0, len(per))
+		for _, l := range lack {
+			k := 0
+			for _, c := range l {
+				k += c
+			}
+			rates = append(rates, float64(k)/float64(t.NumChunks()))
+		}
+		slices.Sort(rates)
+		need = firstRoundNeed(t, need, rates[len(rates)/2], silent)
+	}
+	dl.waveMu.Unlock()
 	// The round is lost at the rate the requesters lost chunks (their
 	// reports' share of the image): sized exactly, it leaves the devices
 	// whose need is near the neediest's short by the parity it lost, and
@@ -1344,61 +1350,45 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 			}
 		}
 	}
+	// Only fresh parity: the committed parity chunks a wave has not sent
+	// yet (blockcode.Round). A device's summary counts the chunks it
+	// lacks beyond the parity it holds, not which parity that is, so
+	// parity sent again (oldest first, until this) was often
+	// parity it held: at N = 500 with 5% loss on NATS, devices that had
+	// shed a round took the same 4 to 6 cycled chunks, round after round,
+	// for over two minutes (docs/BENCHMARKS.md). Once a block's parity is
+	// spent, a requester is sent the source chunks it names instead.
 	dl.waveMu.Lock()
 	if len(w.spent) != nb {
 		w.spent = make([]uint32, nb)
 	}
 	before := slices.Clone(w.spent)
-	send, short := blockcode.RoundCycled(t, need, w.spent)
-	// Parity sent again (past what the table commits, once spent) is
-	// charged to the block's neediest requester, whose summary alone
-	// brings it about: what it cannot pay is not sent, and it asks again
-	// (so a device's forged summaries cost the fleet at most its budget
-	// beyond the committed parity). The committed parity itself is
-	// sent at most once a wave, uncharged.
-	again := make([]int, nb)
+	send, short := blockcode.Round(t, need, w.spent)
+	fresh := make([]int, nb)
 	for b := range nb {
-		sent := int(w.spent[b] - before[b])
-		again[b] = sent - max(0, min(sent, int(t.ParityPerBlock)-int(before[b])))
-	}
-	cut := make([]int, nb)
-	for b := range nb {
-		if again[b] > 0 && !dl.charge(reqs[neediest[b]], d, again[b]*(int(t.ChunkSize)+chunkOverhead)) {
-			cut[b] = again[b]
-			w.spent[b] -= uint32(cut[b])
-		}
-	}
-	if slices.ContainsFunc(cut, func(k int) bool { return k > 0 }) {
-		// Drop each cut block's last symbols (the ones sent again).
-		keep := make([]blockcode.Symbol, 0, len(send))
-		for k := len(send) - 1; k >= 0; k-- {
-			if b := send[k].Block; cut[b] > 0 {
-				cut[b]--
-				continue
-			}
-			keep = append(keep, send[k])
-		}
-		slices.Reverse(keep)
-		send = keep
+		fresh[b] = int(w.spent[b] - before[b])
 	}
 	wave := max(w.ended, 1)
 	dl.waveMu.Unlock()
-	// Parity alone never rebuilds a block that lacks more source chunks
-	// than the block has parity: such a requester keeps that many of its
-	// chunks for the uncoded repair, whatever crossed its summary (taken
-	// off, the parity on its way made its need look covered, and once a
-	// block's parity was spent the rounds sent it parity it held: at N =
-	// 500 with 5% loss one device was sent 4 such a round for 273 rounds
-	// until its request budget ran out, docs/BENCHMARKS.md).
+	// What the round's parity cannot rebuild for a requester is sent to
+	// it as source chunks, the first of those it names in the block:
+	//   - what it is owed beyond the block's fresh parity in this round
+	//     (a spent block: all it is owed);
+	//   - what it lacks beyond all of the block's parity, whatever
+	//     crossed its summary (taken off, the parity on its way made its
+	//     need look covered: one device was sent parity for 273 rounds
+	//     until its request budget ran out, docs/BENCHMARKS.md).
+	// Chunks two or more requesters keep go by broadcast (flushRepair).
+	p := int(t.ParityPerBlock)
 	for who, wl := range per {
-		extra := beyond[who]
+		keep := make([]int, nb)
+		for b := range nb {
+			keep[b] = max(owed[who][b]-fresh[b], lack[who][b]-p, 0)
+		}
 		per[who] = slices.DeleteFunc(wl, func(i int) bool {
 			b := t.BlockOf(uint32(i))
-			if short[b] > 0 {
-				return false
-			}
-			if extra != nil && extra[b] > 0 {
-				extra[b]--
+			if keep[b] > 0 {
+				keep[b]--
 				return false
 			}
 			return true
@@ -1478,6 +1468,61 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// broker delivers the topic in order, so what of the round was not
 	// lost came before the marker) instead of after a whole Idle.
 	return dl.sendEnd(ctx, bt, d, seq, roundRanges(t, send))
+}
+
+// firstRoundNeed sizes the first repair round after a wave. Its batch
+// holds the summaries of the devices that spoke first (the summary
+// back-off puts the neediest first, but which device hears the wave's
+// end marker first counts as much on a loaded broker): at N = 500 with
+// 5% loss on mosquitto, a round sized by the 11 first (at most 9 symbols
+// in a block) left most of the fleet, whose neediest lacked about 15,
+// uncovered by its announcement, and 357 more summaries came in three
+// more rounds (docs/BENCHMARKS.md). So each block's need is raised to
+// what the fleet devices that have not spoken yet would need, were they
+// to lose chunks at rate (the requesters' median share of the image
+// lacked), independently: the count a block of its size exceeds, on
+// such a device, with probability at most 1/(fleet x blocks) (a
+// binomial quantile); but to no more than 1.5 times the largest need
+// any block has in the batch, so that a batch of a few devices that
+// shed a burst, in a fleet that lost nothing else, does not send parity
+// for 500.
+func firstRoundNeed(t *schemas.ChunkTable, need []int, rate float64, fleet int) []int {
+	nb := int(t.NumBlocks())
+	most := 0
+	for _, k := range need {
+		most = max(most, k)
+	}
+	if most == 0 || rate <= 0 || fleet <= 0 || nb == 0 {
+		return need
+	}
+	ceiling := (3*most + 1) / 2
+	eps := 1 / float64(fleet*nb)
+	out := slices.Clone(need)
+	for b := range nb {
+		_, count := t.BlockChunks(uint32(b))
+		out[b] = max(need[b], min(binomialQuantile(int(count), rate, eps), ceiling))
+	}
+	return out
+}
+
+// binomialQuantile returns the least m such that a Binomial(n, p) count
+// exceeds m with probability at most eps.
+func binomialQuantile(n int, p, eps float64) int {
+	if p >= 1 {
+		return n
+	}
+	lp, lq := math.Log(p), math.Log1p(-p)
+	ln, _ := math.Lgamma(float64(n + 1))
+	cdf := 0.0
+	for m := 0; m < n; m++ {
+		lk, _ := math.Lgamma(float64(m + 1))
+		lnk, _ := math.Lgamma(float64(n - m + 1))
+		cdf += math.Exp(ln - lk - lnk + float64(m)*lp + float64(n-m)*lq)
+		if 1-cdf <= eps {
+			return m
+		}
+	}
+	return n
 }
 
 // roundRanges returns the chunks of the blocks a repair round sent parity

@@ -385,6 +385,46 @@ func TestDeliveryBeyondParityGetsChunks(t *testing.T) {
 	}
 }
 
+// A requester of a block whose committed parity a round has spent is
+// sent the chunks it names, not that parity again: its summary counts the
+// chunks it lacks beyond the parity it holds, not which parity that is,
+// and parity sent again (oldest first) was often parity it held: devices
+// took the same few chunks round after round until their request budget
+// ran out.
+func TestDeliverySpentBlockGetsChunks(t *testing.T) {
+	const k, par = 8, 4 // 24 chunks: block 0 is chunks 0-7
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	d, dl, tr, ct := wavedDelivery(ctx, t, k, par)
+	rt, _ := dl.cfg.Topics.ChunkReply("dev-a")
+	dl.batch(ctx, *request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, 0, 1, 2, 3))
+	dl.wait()
+	parity, round := topicCounts(tr, ct)
+	if parity != par {
+		t.Fatalf("first round: %d parity chunks, want the block's %d", parity, par)
+	}
+	// It held 2 of the round's parity chunks: 2 of its 4 chunks are still
+	// to come, and it heard the round's end marker.
+	again := request(t, dl, "camp", "dev-a", d, schemas.ProtocolCoded, 2, 3)
+	again.Seen = round
+	u0 := len(tr.on(rt))
+	dl.batch(ctx, *again)
+	dl.wait()
+	if p, _ := topicCounts(tr, ct); p != parity {
+		t.Errorf("second ask: %d parity chunks sent again", p-parity)
+	}
+	var got []uint32
+	for _, m := range tr.on(rt)[u0:] {
+		var c schemas.Chunk
+		if schemas.Decode(m, &c) == nil {
+			got = append(got, c.Index)
+		}
+	}
+	if !slices.Equal(got, []uint32{2, 3}) {
+		t.Errorf("second ask: chunks %v by unicast, want [2 3]", got)
+	}
+}
+
 // TestDeliveryCodedRepair: a repair batch of several requesters of a
 // coded image is answered by one round: an announcement, per block as
 // many fresh parity chunks as the neediest requester lacks in it, and
@@ -842,5 +882,47 @@ func TestDeliveryRepairSeenThrough(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestFirstRoundNeed: the first repair round after a wave is sized for
+// the fleet at the requesters' loss rate (a binomial quantile), within
+// 1.5 times the largest need the batch holds.
+func TestFirstRoundNeed(t *testing.T) {
+	for _, tc := range []struct {
+		n        int
+		p, eps   float64
+		quantile int
+	}{
+		{128, 0.05, 1.0 / 2000, 16},
+		{128, 0.05, 1.0 / 8, 9},
+		{16, 0.05, 1.0 / 64, 3},
+		{128, 0.004, 1.0 / 2000, 4},
+		{128, 0.25, 1.0 / 2000, 49},
+		{8, 0.5, 0.01, 7},
+		{10, 0.0001, 0.5, 0},
+		{10, 1, 0.5, 10},
+	} {
+		if got := binomialQuantile(tc.n, tc.p, tc.eps); got != tc.quantile {
+			t.Errorf("binomialQuantile(%d, %v, %v) = %d, want %d", tc.n, tc.p, tc.eps, got, tc.quantile)
+		}
+	}
+	ct := &schemas.ChunkTable{ImageSize: 500 * 256, ChunkSize: 256, Block: 128, ParityPerBlock: 32} // blocks of 128, 128, 128, 116
+	for _, tc := range []struct {
+		name  string
+		need  []int
+		rate  float64
+		fleet int
+		want  []int
+	}{
+		{"the first few lacked little", []int{4, 9, 5, 7}, 0.05, 500, []int{14, 14, 14, 14}},
+		{"a fleet of one", []int{4, 9, 5, 7}, 0.05, 1, []int{8, 9, 8, 7}},
+		{"the quantile under the batch's own need", []int{20, 3, 0, 2}, 0.05, 500, []int{20, 16, 16, 15}},
+		{"a few shed a burst, the rest lost nothing", []int{2, 0, 0, 0}, 0.2, 500, []int{3, 3, 3, 3}},
+		{"nothing lacked", []int{0, 0, 0, 0}, 0.05, 500, []int{0, 0, 0, 0}},
+	} {
+		if got := firstRoundNeed(ct, tc.need, tc.rate, tc.fleet); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -45,37 +45,3 @@ func Round(t *schemas.ChunkTable, need []int, spent []uint32) (send []Symbol, sh
 	}
 	return send, short
 }
-
-// RoundCycled is Round for a publisher that keeps repairing a block once
-// its committed parity is spent: such a block's parity chunks are sent
-// again, oldest first (index spent[b] mod ParityPerBlock on), so a device
-// that lost one takes it and one that holds it ignores it; it is short
-// only by what the neediest device lacks beyond ParityPerBlock (no set of
-// parity rebuilds more). Round instead reports the whole need of a spent
-// block short, and the caller broadcasts the source chunks the requesters
-// lack: the union of what each lost, about the whole block once more than
-// a few devices ask, where the neediest device's count of parity chunks
-// serves them all.
-func RoundCycled(t *schemas.ChunkTable, need []int, spent []uint32) (send []Symbol, short []int) {
-	nb := int(t.NumBlocks())
-	p := int(t.ParityPerBlock)
-	short = make([]int, nb)
-	count := make([]int, nb)
-	most := 0
-	for b := range nb {
-		count[b] = max(0, min(need[b], p))
-		short[b] = max(0, need[b]-p)
-		most = max(most, count[b])
-	}
-	for j := range most {
-		for b := range nb {
-			if j < count[b] {
-				send = append(send, Symbol{Block: uint32(b), Index: (spent[b] + uint32(j)) % uint32(p)})
-			}
-		}
-	}
-	for b := range nb {
-		spent[b] += uint32(count[b])
-	}
-	return send, short
-}

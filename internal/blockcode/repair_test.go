@@ -31,28 +31,3 @@ func TestRound(t *testing.T) {
 		}
 	}
 }
-
-// TestRoundCycled: fresh parity first, as Round; once a block's parity is
-// spent its chunks go again, oldest first, and only a need beyond
-// ParityPerBlock is short.
-func TestRoundCycled(t *testing.T) {
-	ct := &schemas.ChunkTable{ImageSize: 10 * 256, ChunkSize: 256, Block: 4, ParityPerBlock: 3} // blocks of 4, 4, 2
-	spent := make([]uint32, 3)
-	for _, tc := range []struct {
-		name      string
-		need      []int
-		send      []Symbol
-		short     []int
-		spentWant []uint32
-	}{
-		{"first round", []int{2, 0, 1}, []Symbol{{0, 0}, {2, 0}, {0, 1}}, []int{0, 0, 0}, []uint32{2, 0, 1}},
-		{"into the second cycle", []int{2, 1, 0}, []Symbol{{0, 2}, {1, 0}, {0, 0}}, []int{0, 0, 0}, []uint32{4, 1, 1}},
-		{"beyond the parity", []int{1, 5, 3}, []Symbol{{0, 1}, {1, 1}, {2, 1}, {1, 2}, {2, 2}, {1, 0}, {2, 0}}, []int{0, 2, 0}, []uint32{5, 4, 4}},
-		{"nothing needed", []int{0, 0, 0}, nil, []int{0, 0, 0}, []uint32{5, 4, 4}},
-	} {
-		send, short := RoundCycled(ct, tc.need, spent)
-		if !slices.Equal(send, tc.send) || !slices.Equal(short, tc.short) || !slices.Equal(spent, tc.spentWant) {
-			t.Errorf("%s: send %v short %v spent %v; want %v, %v, %v", tc.name, send, short, spent, tc.send, tc.short, tc.spentWant)
-		}
-	}
-}
