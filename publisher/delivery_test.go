@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -923,6 +924,23 @@ func TestFirstRoundNeed(t *testing.T) {
 	} {
 		if got := firstRoundNeed(ct, tc.need, tc.rate, tc.fleet); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+	// The rate is the requesters' median of their median block's share:
+	// bursts in one block count for nothing.
+	even := &schemas.ChunkTable{ImageSize: 512 * 256, ChunkSize: 256, Block: 128, ParityPerBlock: 32}
+	for _, tc := range []struct {
+		name string
+		lack map[string][]int
+		want float64
+	}{
+		{"even losses", map[string][]int{"a": {6, 7, 6, 6}, "b": {5, 6, 7, 6}, "c": {8, 6, 6, 5}}, 6.0 / 128},
+		{"bursts", map[string][]int{"a": {48, 0, 0, 0}, "b": {0, 30, 0, 1}, "c": {40, 0, 0, 0}}, 0},
+		{"one even among bursts", map[string][]int{"a": {48, 0, 0, 0}, "b": {7, 7, 7, 7}, "c": {0, 0, 20, 0}}, 0},
+		{"none", nil, 0},
+	} {
+		if got := lossRate(even, tc.lack); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("lossRate, %s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
 }
