@@ -99,7 +99,7 @@ type BrokerConfig struct {
 	// (schemas.WaveEnd) before the device sends its loss summary, so
 	// that a fleet's summaries spread out; the delay is shorter for a
 	// device that lacks more (the neediest speak first). Default Quiet,
-	// and for a fetch with coded repair codedBackoff (at most Idle): its
+	// and for a fetch with coded repair defaultCodedBackoff (at most Idle): its
 	// delays are spread exponentially (summaryDelay), so that the
 	// publisher's repair announcement, sized by the first few, arrives
 	// while most of a fleet is still waiting.
@@ -180,14 +180,19 @@ type BrokerSource struct {
 // repair: long enough that the publisher's repair window (250ms in the
 // demo and bench fleets), its announcement's way back and a loaded
 // device's loop fit in its first tenth or so, where summaryDelay puts the
-// first few of a fleet of hundreds.
+// first few of a fleet of hundreds. It costs a fleet without loss up to
+// that long after a wave for its devices that shed a burst (NATS, N =
+// 500: 1.98x to 2.05x the raw fan-out to staged, against 1.72x to 1.99x
+// at 1s); but at 1s, with 5% loss, the first batch held more devices
+// that had shed, sized a first round that spent a block's parity, and
+// the egress reached 1.23 to 1.48 images (docs/BENCHMARKS.md).
 const defaultCodedBackoff = 2 * time.Second
 
 // afterRoundBackoff divides the coded summary back-off after the end
 // marker of a repair round for the device's blocks. With the whole
-// back-off a straggler that lost some of a round's parity waited up to
-// 2s a round (one NATS device took 7s of rounds at N = 500 with 5% loss,
-// docs/BENCHMARKS.md).
+// back-off (2s then) a straggler that lost some of a round's parity
+// waited up to 2s a round (one NATS device took 7s of rounds at N = 500
+// with 5% loss, docs/BENCHMARKS.md).
 const afterRoundBackoff = 4
 
 // heldSub is an open subscription of one image, between Table and Fetch.
