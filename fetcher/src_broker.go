@@ -99,10 +99,10 @@ type BrokerConfig struct {
 	// (schemas.WaveEnd) before the device sends its loss summary, so
 	// that a fleet's summaries spread out; the delay is shorter for a
 	// device that lacks more (the neediest speak first). Default Quiet,
-	// and for a fetch with coded repair defaultCodedBackoff (at most Idle): its
-	// delays are spread exponentially (summaryDelay), so that the
-	// publisher's repair announcement, sized by the first few, arrives
-	// while most of a fleet is still waiting.
+	// and for a fetch with coded repair defaultCodedBackoff (at most
+	// Idle): its delays are spread exponentially (summaryDelay), so that
+	// the publisher's repair announcement, sized by the first few,
+	// arrives while most of a fleet is still waiting.
 	SummaryBackoff time.Duration
 	// SummaryMax is the most chunks the loss summary after a wave's end
 	// marker asks for in one request (later requests keep to Window).
@@ -185,7 +185,7 @@ type BrokerSource struct {
 // 500: 1.98x to 2.05x the raw fan-out to staged, against 1.72x to 1.99x
 // at 1s); but at 1s, with 5% loss, the first batch held more devices
 // that had shed, sized a first round that spent a block's parity, and
-// the egress reached 1.23 to 1.48 images (docs/BENCHMARKS.md).
+// the egress reached up to 1.48 images (docs/BENCHMARKS.md).
 const defaultCodedBackoff = 2 * time.Second
 
 // afterRoundBackoff divides the coded summary back-off after the end
@@ -1310,7 +1310,7 @@ func (s *BrokerSource) tableDigest(im Image) []byte {
 const drainRecheck = 20 * time.Millisecond
 
 // summaryGroup is the number of devices the coded summary back-off is
-// spread for (NORM's group size estimate, RFC 5740 section 5.5.1): of
+// spread for (as NORM's group size estimate, RFC 5740): of
 // that many devices that lack something after a wave, about one draws a
 // delay near zero, and the number that have spoken grows by a factor of
 // summaryGroup over the back-off. A fleet smaller speaks a little later,

@@ -1344,11 +1344,12 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 	// Only fresh parity: the committed parity chunks a wave has not sent
 	// yet (blockcode.Round). A device's summary counts the chunks it
 	// lacks beyond the parity it holds, not which parity that is, so
-	// parity sent again (oldest first, until this) was often
-	// parity it held: at N = 500 with 5% loss on NATS, devices that had
-	// shed a round took the same 4 to 6 cycled chunks, round after round,
-	// for over two minutes (docs/BENCHMARKS.md). Once a block's parity is
-	// spent, a requester is sent the source chunks it names instead.
+	// parity sent again (oldest first, blockcode.RoundCycled before
+	// 0ad6500) was often parity it held: at N = 500 with 5% loss on NATS,
+	// devices that had shed a round took the same 4 to 6 chunks, round
+	// after round, for over two minutes (docs/BENCHMARKS.md). Once a
+	// block's parity is spent, a requester is sent the source chunks it
+	// names instead.
 	dl.waveMu.Lock()
 	if len(w.spent) != nb {
 		w.spent = make([]uint32, nb)
@@ -1465,8 +1466,8 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 // repair round after a wave for the fleet (firstRoundNeed): one or two
 // that lost a burst in a fleet that lost nothing else (N = 500 on
 // mosquitto and NATS without loss) are no evidence of a rate the rest
-// lost at, and sized for it their round cost 0.05 to 0.11 images of
-// parity no device used.
+// lost at, and sized for it their round took the run's repair to 0.05
+// to 0.11 images, most of it parity no device used.
 const firstRoundMin = 3
 
 // firstRoundNeed sizes the first repair round after a wave. Its batch
