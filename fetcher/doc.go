@@ -53,7 +53,11 @@
 // A loss summary (a chunk request after a wave or a repair round) names
 // the last end marker the device heard (schemas.ChunkRequest.Seen), so
 // that the publisher knows which rounds reached the device before it
-// asked and which were still on their way.
+// asked and which were still on their way. A coded device sends it after
+// a back-off spread exponentially over BrokerConfig.SummaryBackoff and
+// shorter the more it lacks (summaryDelay): the publisher sizes a repair
+// round by the first few and announces it, and a device whose need the
+// announcement covers sends none.
 //
 // The broker source's receive path is bounded in bytes
 // (BrokerConfig.QueueBytes, default 1 MiB; its handlers run inline on the
