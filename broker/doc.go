@@ -40,9 +40,8 @@
 //     has neither: its handler, which must return at once or wait only to
 //     push back on the broker, runs on the reader (the fetcher's chunk
 //     subscriptions, the agent's notice subscriptions, the publisher's
-//     wave echo; a retained notice
-//     read on NATS calls it from the read's goroutine, one call at a time
-//     with the live ones).
+//     wave echo; a retained notice read on NATS calls it from the read's
+//     goroutine, one call at a time with the live ones).
 //     MQTTTransport.ReceiveQueue is paho's queue before the socket stops
 //     being read (Config.ReceiveMaximum; DeviceReceiveMaximum for
 //     devices).

@@ -816,9 +816,14 @@ const echoStall = 2 * time.Second
 func (dl *delivery) followEcho(ctx context.Context, t schemas.Topic, d *imageData) (*echo, func(), error) {
 	ec := &echo{wake: make(chan struct{}, 1)}
 	ec.got.Store(-1)
+	// Inline: the handler only raises a counter, and the wave waits on
+	// it; through the subscription's own queue and goroutine each echo
+	// also waited for that goroutine to be scheduled (the bench's
+	// process of 500 devices has a p99 scheduling latency of 0.34 to
+	// 0.47 s, docs/BENCHMARKS.md).
 	sub, err := dl.cfg.Transport.Subscribe(ctx, t, func(_ context.Context, m broker.Message) {
 		var c schemas.Chunk
-		if schemas.Decode(m.Payload, &c) != nil || !bytes.Equal(c.Image, d.digest) || int(c.Index) >= d.chunks() {
+		if schemas.DecodeChunkView(m.Payload, &c) != nil || !bytes.Equal(c.Image, d.digest) || int(c.Index) >= d.chunks() {
 			return
 		}
 		s := d.posOf(int(c.Index)) // the wave's position: chunks go in carousel order
@@ -832,10 +837,6 @@ func (dl *delivery) followEcho(ctx context.Context, t schemas.Topic, d *imageDat
 		case ec.wake <- struct{}{}:
 		default:
 		}
-		// Inline: the handler only raises a counter, and the wave waits
-		// on it; through the subscription's own queue and goroutine each
-		// echo waited for one more goroutine to be scheduled (a p99 of
-		// 0.3 s in the bench's process of 500 devices).
 	}, broker.SubscribeOptions{Family: broker.FamilyChunk, Inline: true})
 	if err != nil {
 		return nil, nil, err
@@ -1478,14 +1479,13 @@ const firstRoundMin = 3
 // in a block) left most of the fleet, whose neediest lacked about 15,
 // uncovered by its announcement, and 357 more summaries came in three
 // more rounds (docs/BENCHMARKS.md). So each block's need is raised to
-// what the fleet devices that have not spoken yet would need, were they
-// to lose chunks at rate (the median of the requesters' loss rates),
-// independently: the count a block of its size exceeds, on
-// such a device, with probability at most 1/(fleet x blocks) (a
-// binomial quantile); but to no more than 1.5 times the largest need
-// any block has in the batch, so that a batch of a few devices that
-// shed a burst, in a fleet that lost nothing else, does not send parity
-// for 500.
+// what the fleet's devices that have not spoken yet (fleet) would need,
+// were they to lose chunks at rate (lossRate), independently: the count
+// a block of its size exceeds, on such a device, with probability at
+// most 1/(fleet x blocks) (a binomial quantile); but to no more than 1.5
+// times the largest need any block has in the batch, so that a batch of
+// a few devices that shed a burst, in a fleet that lost nothing else,
+// does not send parity for 500.
 func firstRoundNeed(t *schemas.ChunkTable, need []int, rate float64, fleet int) []int {
 	nb := int(t.NumBlocks())
 	most := 0
@@ -1532,7 +1532,10 @@ func lossRate(t *schemas.ChunkTable, lack map[string][]int) float64 {
 // binomialQuantile returns the least m such that a Binomial(n, p) count
 // exceeds m with probability at most eps.
 func binomialQuantile(n int, p, eps float64) int {
-	if p >= 1 {
+	switch {
+	case p <= 0:
+		return 0
+	case p >= 1:
 		return n
 	}
 	lp, lq := math.Log(p), math.Log1p(-p)

@@ -903,6 +903,7 @@ func TestFirstRoundNeed(t *testing.T) {
 		{8, 0.5, 0.01, 7},
 		{10, 0.0001, 0.5, 0},
 		{10, 1, 0.5, 10},
+		{10, 0, 0.5, 0},
 	} {
 		if got := binomialQuantile(tc.n, tc.p, tc.eps); got != tc.quantile {
 			t.Errorf("binomialQuantile(%d, %v, %v) = %d, want %d", tc.n, tc.p, tc.eps, got, tc.quantile)

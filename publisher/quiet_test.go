@@ -67,8 +67,8 @@ func (s *memSlot) ReadAt(p []byte, off int64) (int, error) {
 // of them sends is counted, and every device completes. Blocks of 64
 // chunks with 5% loss leave every device lacking 4 or more symbols in
 // some block, which the back-off of 5 slots by need sent in its first
-// slot: 169 requests from 500 devices (257 under -race), against 22 (40
-// to 79) with the spread back-off. The back-off is 6s for -race, under
+// slot: 169 requests from 500 devices (257 under -race), against 13 to
+// 22 (40 to 79) with the spread back-off. The back-off is 6s for -race, under
 // which a device's loop takes seconds to hear the announcement.
 func TestQuietDevices(t *testing.T) {
 	n := 500
