@@ -150,7 +150,13 @@ func (p *Publisher) UploadImageWith(ctx context.Context, who Principal, up Image
 		TableDigest: tsum, Name: name, Version: version, SecurityVersion: up.SecurityVersion,
 		Uploaded: p.cfg.Clock.Now().UTC(), UploadedBy: who.Name,
 	}
-	// Commit point: the metadata makes the image visible.
+	// Commit point: the metadata makes the image visible. An upload
+	// cancelled before it stores no record; one cancelled while the
+	// record is being written may still have stored it (the image is
+	// whole then, and a retry answers created=false).
+	if err := ctx.Err(); err != nil {
+		return Image{}, false, err
+	}
 	if _, err := createJSON(ctx, p.st.imageMeta, "image", digest, img); err != nil {
 		if errors.Is(err, ErrExists) {
 			old, gerr := p.Image(ctx, digest)

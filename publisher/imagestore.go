@@ -144,6 +144,12 @@ func (s *imageStore) put(ctx context.Context, digest string, t *schemas.ChunkTab
 		}
 	}
 	publish := func(subj string, b []byte) error {
+		// A cancelled upload stops at its next message, even when the
+		// stream acknowledges faster than the cancel is noticed in wait
+		// (a select over ready cases picks at random).
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		if len(inflight) == putWindow {
 			if err := wait(inflight[0]); err != nil {
 				return err
@@ -181,7 +187,7 @@ func (s *imageStore) put(ctx context.Context, digest string, t *schemas.ChunkTab
 			return err
 		}
 	}
-	return nil
+	return ctx.Err()
 }
 
 // chunkLen is the length of chunk i of the image t describes.

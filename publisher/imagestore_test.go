@@ -10,11 +10,9 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/firmcast/firmcast/internal/testutil"
@@ -131,23 +129,25 @@ func TestImageUploadAtomic(t *testing.T) {
 	ctx := context.Background()
 	who := f.e.who(f.p)
 	data := randomImage(t, 64*1024)
-	// Cancel the upload when its fifth chunk message goes by.
+	// Cancel the upload as its fifth chunk message is published: in
+	// the upload's own goroutine, so the cancel lands mid-store. (A
+	// subscriber's callback, as this test had, could run after the
+	// stream acknowledged every chunk and race the commit itself.)
 	uctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	var seen sync.Once
-	n := 0
-	sub, err := f.e.js.Conn().Subscribe(f.p.st.images.prefix+".>", func(m *nats.Msg) {
-		if n++; n == 5 {
-			seen.Do(cancel)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
+	js := f.p.st.images.js
+	cut := &cancelAtPublish{JetStream: js, at: 5, cancel: cancel}
+	f.p.st.images.js = cut
+	_, _, err := f.p.UploadImage(uctx, who, "half", bytes.NewReader(data))
+	f.p.st.images.js = js
+	if cut.n < 5 {
+		t.Fatalf("upload published %d messages, want the cancel at the fifth", cut.n)
 	}
-	_, _, err = f.p.UploadImage(uctx, who, "half", bytes.NewReader(data))
-	sub.Unsubscribe()
 	if err == nil {
 		t.Fatal("upload cancelled while storing its chunks succeeded")
+	}
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled upload: %v, want context.Canceled", err)
 	}
 	digest := sha256Hex(data)
 	if _, err := f.p.Image(ctx, digest); !errors.Is(err, ErrNotFound) {
@@ -340,4 +340,19 @@ func TestImageMigration(t *testing.T) {
 	if _, err := p2.loadImage(ctx, lost.Digest); err == nil {
 		t.Fatal("an image without bytes loads")
 	}
+}
+
+// cancelAtPublish cancels an upload when its at-th message is published
+// (a fault injected into the image store's JetStream).
+type cancelAtPublish struct {
+	jetstream.JetStream
+	n, at  int
+	cancel context.CancelFunc
+}
+
+func (c *cancelAtPublish) PublishAsync(subj string, data []byte, opts ...jetstream.PublishOpt) (jetstream.PubAckFuture, error) {
+	if c.n++; c.n == c.at {
+		c.cancel()
+	}
+	return c.JetStream.PublishAsync(subj, data, opts...)
 }
