@@ -330,6 +330,71 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 	}
 }
 
+// TestCrossedSummaryAsksSoon: a device whose loss summary the publisher
+// answers with nothing (it counts parity already on its way, a round
+// that crossed the summary) and which that round leaves short, asks
+// again after the round's end marker (and the short back-off), not
+// after a whole Idle. Before, its summary's chunks stayed in flight
+// until Idle: 2 s of a 500-device bench's staged time for one device.
+func TestCrossedSummaryAsksSoon(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := newCodedRig(t, 19, "crossed")
+	fx, coded, im, read, hub, topics, bt := r.fx, r.coded, r.im, r.read, r.hub, r.topics, r.bt
+	var requests atomic.Int64
+	ready, sent := make(chan struct{}), make(chan struct{}, 1)
+	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent, nil}
+	lost := map[uint32]bool{3: true, 4: true}
+	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
+		var c schemas.Chunk
+		return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && lost[c.Index]
+	})
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-crossed",
+		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour, WaveGap: time.Hour, SummaryBackoff: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := newMemSink(len(fx.img))
+	done := make(chan error, 1)
+	go func() {
+		done <- src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
+			if err := coded.VerifyChunk(uint32(i), b); err != nil {
+				return err
+			}
+			_, err := sink.WriteAt(b, im.Offset(i))
+			return err
+		}, Repair{Table: coded, Slot: sink})
+	}()
+	<-ready
+	send := sender(ctx, t, hub.Conn(), bt)
+	sendWave(ctx, send, coded, im, read)
+	select {
+	case <-sent:
+	case <-ctx.Done():
+		t.Fatal("no loss summary after the wave")
+	}
+	// No announcement for it: the round that crossed its summary goes
+	// on (one parity chunk of block 0, where it lacks two) and ends.
+	par := blockParity(ctx, t, coded, read, 0)
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]})
+	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 2, Sent: []schemas.Range{{First: 0, Count: 16}}})
+	select {
+	case <-sent:
+	case <-ctx.Done():
+		t.Fatal("a device whose summary a crossing round left short did not ask again after its end marker (Idle is an hour)")
+	}
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 1, Data: par[1]})
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sink.data, fx.img) {
+		t.Fatal("wrong image")
+	}
+	if r := requests.Load(); r != 2 {
+		t.Errorf("%d requests; want the wave's summary and the one after the crossing round", r)
+	}
+}
+
 // TestTimerWaitsForBufferedMessages: a timer that fires while received
 // messages wait in the device's buffer is acted on only once they are
 // taken, so a loop slower than the stream does not ask for (or count lost

@@ -972,6 +972,12 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// what the round left missing, after the usual back-off, rather than
 	// waiting a whole Idle.
 	round := false
+	// asked: a coded loss summary went out and no end marker came since.
+	// The publisher may have answered it with nothing, counting parity
+	// already on its way (a round that crossed it, ending in a marker the
+	// device has yet to hear): after that marker, what is still missing
+	// is the device's own, as after a round for its blocks.
+	asked := false
 	defer in.idle()
 	for left > 0 {
 		in.idle()
@@ -1015,6 +1021,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				if err := ask(false, window); err != nil {
 					return err
 				}
+				asked = col != nil
 				timer.Reset(s.cfg.Idle)
 				continue
 			}
@@ -1102,12 +1109,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
 				lastBcast, inWave, stalled = time.Time{}, false, false
-				afterRound := round
-				if round {
-					// A repair round for this device's blocks is over:
-					// what it asked for was answered or lost, so not in
+				afterRound := round || asked
+				if afterRound {
+					// A repair round for this device's blocks is over, or
+					// one that crossed its summary: what it asked for was
+					// answered, counted as on its way, or lost, so not in
 					// flight any more; what is missing goes in a summary.
-					round = false
+					round, asked = false, false
 					clear(inflight.bits)
 					nIn, cur = 0, 0
 				}

@@ -107,7 +107,9 @@ type BenchConfig struct {
 	// (BenchRow.Encrypted, EncRatio).
 	Encrypt bool
 	// CPUProfile, when set, receives a CPU profile of each firmcast
-	// campaign from its start, as CPUProfile.<case>-<N>[-<run>].
+	// campaign from its start until the fleet has staged (the window of
+	// the staged time, BenchRow.FcStagedCPU), as
+	// CPUProfile.<case>-<N>[-<run>].
 	CPUProfile string
 	// MemProfile, when set, receives a heap profile (in use) of each
 	// firmcast campaign taken when the devices have received half of the
@@ -145,10 +147,14 @@ type BenchRow struct {
 	Firmcast   Summary `json:"firmcast"`
 	// FcCPU is the process CPU from the campaign's start to its end;
 	// FcSetupCPU that of preparing and connecting the fleet before it.
-	FcCPU      float64 `json:"firmcast_cpu_seconds"`
-	FcSetupCPU float64 `json:"firmcast_setup_cpu_seconds"`
-	FcPeak     int64   `json:"firmcast_peak_rss_growth"`
-	FcPeakRSS  int64   `json:"firmcast_peak_rss"`
+	// FcStagedCPU is that of the campaign's start until every device had
+	// staged (or ended), seen at the progress interval (50 ms): the
+	// window of the staged time, to set beside RawCPU.
+	FcCPU       float64 `json:"firmcast_cpu_seconds"`
+	FcStagedCPU float64 `json:"firmcast_staged_cpu_seconds,omitempty"`
+	FcSetupCPU  float64 `json:"firmcast_setup_cpu_seconds"`
+	FcPeak      int64   `json:"firmcast_peak_rss_growth"`
+	FcPeakRSS   int64   `json:"firmcast_peak_rss"`
 	// RawSched and FcSched are the 50th and 99th percentiles, in
 	// milliseconds, of how long this process's goroutines waited
 	// runnable before they ran, over each side (runtime/metrics
@@ -368,14 +374,23 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		cpuStart = cpuSeconds()
 		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
 	}
-	if bc.MemProfile != "" {
-		var once sync.Once
-		half := int64(n) * int64(len(image)) / 2
-		cfg.OnProgress = func(p Progress) {
-			if p.RxBytes < half {
-				return
-			}
-			once.Do(func() {
+	// When the fleet has staged: its CPU, and the CPU profile's end.
+	var stagedOnce sync.Once
+	stagedCPU := 0.0
+	var halfOnce sync.Once
+	half := int64(n) * int64(len(image)) / 2
+	cfg.OnProgress = func(p Progress) {
+		if cpuStart != 0 && fleetStaged(p) {
+			stagedOnce.Do(func() {
+				stagedCPU = cpuSeconds() - cpuStart
+				if profiling {
+					pprof.StopCPUProfile()
+					profiling = false
+				}
+			})
+		}
+		if bc.MemProfile != "" && p.RxBytes >= half {
+			halfOnce.Do(func() {
 				f, err := os.Create(bc.MemProfile + "." + name)
 				if err != nil {
 					bc.Logger.Warn("heap profile", "err", err)
@@ -397,6 +412,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	row.FcSetupCPU = cpuStart - cpu0
 	row.FcCPU = cpuSeconds() - cpuStart
+	row.FcStagedCPU = stagedCPU
 	if err != nil {
 		return row, fmt.Errorf("firmcast campaign: %w", err)
 	}
@@ -675,4 +691,22 @@ func watchRSS(log *slog.Logger, side string, onPeak func()) func() (growth, peak
 		defer mu.Unlock()
 		return max(peak-base, 0), peak
 	}
+}
+
+// fleetStaged reports whether p shows every device past its download:
+// staged, installing, on the new image, or ended (failed, rolled back).
+func fleetStaged(p Progress) bool {
+	if p.Devices == 0 {
+		return false
+	}
+	past := 0
+	for k, v := range p.States {
+		switch k {
+		case schemas.StateIdle.String(), schemas.StateNotified.String(), schemas.StateManifestVerified.String(),
+			schemas.StateDownloading.String(), schemas.StateCandidateVerified.String():
+		default:
+			past += v
+		}
+	}
+	return past >= p.Devices
 }
