@@ -597,7 +597,7 @@ func (dl *delivery) wavePass(ctx context.Context, t schemas.Topic, d *imageData,
 			}
 		}
 		t0 = lap(4, t0)
-		if burst := min(waveBurst, dl.cfg.WaveEcho); ec != nil && s%burst == 0 {
+		if burst := dl.cfg.WaveBurst; ec != nil && s%burst == 0 {
 			if err := ec.wait(ctx, int64(s+burst-1-dl.cfg.WaveEcho)); err != nil {
 				return err
 			}
@@ -645,15 +645,6 @@ func (dl *delivery) wavePass(ctx context.Context, t schemas.Topic, d *imageData,
 	}
 	return nil
 }
-
-// waveBurst is how many chunks an echo-paced wave sends at a time (at
-// most WaveEcho): it waits until at most WaveEcho-waveBurst are in
-// flight, then sends waveBurst back to back. One at a time, as each
-// echo came back, the broker wrote each chunk to each subscriber on its
-// own: at 500 devices on NATS the server took 13.0 core-seconds for a
-// wave of 8 MiB, against 11.6 in bursts of 8 and 9.3 for the raw
-// fan-out's (docs/BENCHMARKS.md).
-const waveBurst = 8
 
 // sentRanges returns the chunks at positions [0, to) of d's carousel as
 // sorted, disjoint runs of chunk indexes, for a WaveEnd marker; when

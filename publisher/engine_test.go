@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -384,4 +385,81 @@ func TestLeaseReleaseAfterLateRenewal(t *testing.T) {
 	if ok, fresh := pb.acquireLease(ctx); !ok || !fresh {
 		t.Fatalf("b after a's release: leader=%v fresh=%v", ok, fresh)
 	}
+}
+
+// TestOpenDevsConcurrently: a step opens its campaign's device records
+// several at a time (each a create in the KV, a round trip to its
+// stream), every one once, and a second pass opens none again. One after
+// another they held a 500-device campaign's first notice back by 3.4 s.
+func TestOpenDevsConcurrently(t *testing.T) {
+	e := newEnv(t)
+	p := e.open(nil)
+	ctx := context.Background()
+	kvs := p.st.campdev.kvs
+	slow := make([]*slowCreates, len(kvs))
+	for i, kv := range kvs {
+		slow[i] = &slowCreates{KeyValue: kv, delay: 20 * time.Millisecond}
+		p.st.campdev.kvs[i] = slow[i]
+	}
+	c := Campaign{ID: "c-open"}
+	for i := range 3 * openWorkers {
+		c.Targets = append(c.Targets, devName(i))
+	}
+	now := e.clock.Now()
+	if err := p.openDevs(ctx, &c, len(c.Targets), now, func(i int) bool { return i%3 != 2 }); err != nil {
+		t.Fatal(err)
+	}
+	creates, peak := 0, 0
+	for _, s := range slow {
+		creates += int(s.creates.Load())
+		peak = max(peak, int(s.peak.Load()))
+	}
+	if want := 2 * openWorkers; creates != want {
+		t.Errorf("%d records created, want %d (the targets accepted)", creates, want)
+	}
+	if peak < 2 || peak > openWorkers {
+		t.Errorf("at most %d creates at once, want 2 to %d", peak, openWorkers)
+	}
+	for i, dev := range c.Targets {
+		st, _, ok := p.idx.dev(c.ID, dev)
+		if want := i%3 != 2; ok != want || (ok && st.State != StateQueued) {
+			t.Errorf("%s: indexed %v (%s), want %v", dev, ok, st.State, want)
+		}
+	}
+	if err := p.openDevs(ctx, &c, len(c.Targets), now, func(i int) bool { return i%3 != 2 }); err != nil {
+		t.Fatal(err)
+	}
+	again := 0
+	for _, s := range slow {
+		again += int(s.creates.Load())
+	}
+	if again != creates {
+		t.Errorf("a second pass created %d records more, want none", again-creates)
+	}
+}
+
+// slowCreates answers each Create after delay (a KV under load) and
+// counts creates and the most in flight at once.
+type slowCreates struct {
+	jetstream.KeyValue
+	delay                   time.Duration
+	creates, inflight, peak atomic.Int64
+}
+
+func (s *slowCreates) Create(ctx context.Context, key string, value []byte, opts ...jetstream.KVCreateOpt) (uint64, error) {
+	n := s.inflight.Add(1)
+	defer s.inflight.Add(-1)
+	for {
+		p := s.peak.Load()
+		if n <= p || s.peak.CompareAndSwap(p, n) {
+			break
+		}
+	}
+	s.creates.Add(1)
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+	return s.KeyValue.Create(ctx, key, value, opts...)
 }

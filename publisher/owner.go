@@ -423,13 +423,8 @@ func (p *Publisher) stepOwned(ctx context.Context, c *Campaign, ready []bool) er
 	}
 	n := p.cfg.Partitions
 	opened := c.PhaseEnds[c.Phase]
-	for i := 0; i < opened; i++ {
-		if !ready[devicePartition(c.Targets[i], n)] {
-			continue
-		}
-		if err := p.openDev(ctx, c, i, now); err != nil {
-			return err
-		}
+	if err := p.openDevs(ctx, c, opened, now, func(i int) bool { return ready[devicePartition(c.Targets[i], n)] }); err != nil {
+		return err
 	}
 	if err := p.checkDevs(ctx, c, p.idx.devs(c.ID), now); err != nil {
 		return err

@@ -65,6 +65,10 @@ type BenchConfig struct {
 	// chunk i of a wave goes once chunk i-WaveEcho came back from the
 	// broker); 0: the demo's 32.
 	WaveEcho int
+	// WaveBurst is how many chunks of a wave go at a time on NATS
+	// (publisher.Config.WaveBurst); the MQTT cases send one at a time.
+	// 0: 1.
+	WaveBurst int
 	// DeviceFsync makes the simulated devices fsync their flash and
 	// state as deployed agents do. Off by default: the fleet shares one
 	// disk, where hundreds of devices' fsyncs serialise in its journal
@@ -293,6 +297,11 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	case "nats":
 		url = bc.NATSURL
 		cfg.NATSURL = bc.NATSURL
+		pub := cfg.Publisher
+		cfg.Publisher = func(c *publisher.Config) {
+			pub(c)
+			c.WaveBurst = bc.WaveBurst
+		}
 	}
 	cfg.MQTTURL = url
 	var err error
