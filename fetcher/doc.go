@@ -57,7 +57,10 @@
 // a back-off spread exponentially over BrokerConfig.SummaryBackoff and
 // shorter the more it lacks (summaryDelay): the publisher sizes a repair
 // round by the first few and announces it, and a device whose need the
-// announcement covers sends none.
+// announcement covers sends none. After a repair round's end marker a
+// device still short waits a quarter of the back-off; so does one whose
+// summary the publisher answered with nothing (counting a round already
+// on its way, which crossed the summary), once that round's marker came.
 //
 // The broker source's receive path is bounded in bytes
 // (BrokerConfig.QueueBytes, default 1 MiB; its handlers run inline on the

@@ -1321,6 +1321,25 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		}
 		lack[who], owed[who] = l, o
 	}
+	if dl.log.Enabled(ctx, slog.LevelDebug) {
+		// Each summary, with where in the carousel its losses lie: a
+		// device that lacks a wave's first positions heard it late.
+		for who, wl := range per {
+			first, last := int64(-1), int64(-1)
+			for _, i := range wl {
+				pos := d.posOf(i)
+				if first < 0 || pos < first {
+					first = pos
+				}
+				last = max(last, pos)
+			}
+			var seen uint32
+			if r := reqs[who]; r != nil {
+				seen = r.Seen
+			}
+			dl.log.Debug("loss summary", "image", d.info.Digest, "device", who, "lack", lack[who], "owed", owed[who], "seen", seen, "first_pos", first, "last_pos", last)
+		}
+	}
 	// The first round after a wave is sized for the fleet, not only for
 	// the few that spoke first (firstRoundNeed).
 	dl.waveMu.Lock()
