@@ -271,63 +271,7 @@ func TestSummaryDelayNeediestFirst(t *testing.T) {
 // after the round's end marker (and its back-off), not after a whole
 // Idle.
 func TestRoundLeftShortAsksSoon(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	r := newCodedRig(t, 17, "roundshort")
-	fx, coded, im, read, hub, topics, bt := r.fx, r.coded, r.im, r.read, r.hub, r.topics, r.bt
-	var err error
-	var requests atomic.Int64
-	ready, sent := make(chan struct{}), make(chan struct{}, 1)
-	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent, nil}
-	lost := map[uint32]bool{3: true, 4: true}
-	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
-		var c schemas.Chunk
-		return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && lost[c.Index]
-	})
-	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-short",
-		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour, WaveGap: time.Hour, SummaryBackoff: 100 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	sink := newMemSink(len(fx.img))
-	done := make(chan error, 1)
-	go func() {
-		done <- src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
-			if err := coded.VerifyChunk(uint32(i), b); err != nil {
-				return err
-			}
-			_, err := sink.WriteAt(b, im.Offset(i))
-			return err
-		}, Repair{Table: coded, Slot: sink})
-	}()
-	<-ready
-	send := sender(ctx, t, hub.Conn(), bt)
-	sendWave(ctx, send, coded, im, read)
-	// Its loss summary sizes the round.
-	select {
-	case <-sent:
-	case <-ctx.Done():
-		t.Fatal("no loss summary after the wave")
-	}
-	send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 2}}})
-	par := blockParity(ctx, t, coded, read, 0)
-	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]}) // index 1 is lost
-	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 2, Sent: []schemas.Range{{First: 0, Count: 16}}})
-	select {
-	case <-sent:
-	case <-ctx.Done():
-		t.Fatal("a device the round left short did not ask again after the round's end marker (Idle is an hour)")
-	}
-	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 2, Data: par[2]})
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sink.data, fx.img) {
-		t.Fatal("wrong image")
-	}
-	if r := requests.Load(); r != 2 {
-		t.Errorf("%d requests; want the wave's summary and the round's", r)
-	}
+	askedAfterMarker(t, 17, "roundshort", true, "the round's")
 }
 
 // TestCrossedSummaryAsksSoon: a device whose loss summary the publisher
@@ -337,62 +281,94 @@ func TestRoundLeftShortAsksSoon(t *testing.T) {
 // after a whole Idle. Before, its summary's chunks stayed in flight
 // until Idle: 2 s of a 500-device bench's staged time for one device.
 func TestCrossedSummaryAsksSoon(t *testing.T) {
+	askedAfterMarker(t, 19, "crossed", false, "the one after the crossing round")
+}
+
+// askedAfterMarker runs a shortDevice to the end of a round that sends
+// one of the two parity chunks it lacks, announced for it (mine) or not
+// (a round that crossed its summary), and checks that it asks again
+// after the round's end marker; then the other parity chunk completes
+// it. what names its second request.
+func askedAfterMarker(t *testing.T, seed uint64, root string, mine bool, what string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	r := newCodedRig(t, 19, "crossed")
-	fx, coded, im, read, hub, topics, bt := r.fx, r.coded, r.im, r.read, r.hub, r.topics, r.bt
-	var requests atomic.Int64
-	ready, sent := make(chan struct{}), make(chan struct{}, 1)
-	conn := countConn{waveConn{Transport: hub.Conn(), chunks: bt.MQTT, ready: ready}, &requests, sent, nil}
+	d := startShortDevice(ctx, t, seed, root)
+	im, send := d.im, d.send
+	if mine {
+		send(&schemas.RepairAnnounce{V: schemas.Version, Image: im.Digest, Wave: 1, Need: []schemas.BlockNeed{{Block: 0, Parity: 2}}})
+	}
+	par := blockParity(ctx, t, d.coded, d.read, 0)
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]}) // the round's other one is lost
+	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 2, Sent: []schemas.Range{{First: 0, Count: 16}}})
+	select {
+	case <-d.sent:
+	case <-ctx.Done():
+		t.Fatalf("a device the round left short (announced for it: %v) did not ask again after the round's end marker (Idle is an hour)", mine)
+	}
+	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 2, Data: par[2]})
+	if err := <-d.done; err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(d.sink.data, d.fx.img) {
+		t.Fatal("wrong image")
+	}
+	if r := d.requests.Load(); r != 2 {
+		t.Errorf("%d requests; want the wave's summary and %s", r, what)
+	}
+}
+
+// shortDevice is a coded device that lost chunks 3 and 4 of a wave
+// (block 0) and sent its loss summary: Idle is an hour, so whatever it
+// asks for next comes from an end marker.
+type shortDevice struct {
+	fx       fixture
+	coded    *schemas.ChunkTable
+	im       Image
+	read     blockcode.ChunkReader
+	send     func(schemas.Message)
+	sent     chan struct{}
+	requests *atomic.Int64
+	sink     *memSink
+	done     chan error
+}
+
+// startShortDevice starts a shortDevice's fetch, sends it the wave and
+// waits for its summary.
+func startShortDevice(ctx context.Context, t *testing.T, seed uint64, root string) *shortDevice {
+	t.Helper()
+	r := newCodedRig(t, seed, root)
+	d := &shortDevice{fx: r.fx, coded: r.coded, im: r.im, read: r.read, sent: make(chan struct{}, 1), requests: new(atomic.Int64), done: make(chan error, 1)}
+	ready := make(chan struct{})
+	conn := countConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, d.requests, d.sent, nil}
 	lost := map[uint32]bool{3: true, 4: true}
 	conn.Transport.(*testutil.MemConn).SetDrop(func(_ string, b []byte) bool {
 		var c schemas.Chunk
 		return schemas.IsChunk(b) && schemas.Decode(b, &c) == nil && lost[c.Index]
 	})
-	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: topics, Device: "dev-crossed",
+	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-" + root,
 		Idle: time.Hour, ListenFirst: time.Hour, Quiet: time.Hour, WaveGap: time.Hour, SummaryBackoff: 100 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
-	sink := newMemSink(len(fx.img))
-	done := make(chan error, 1)
+	d.sink = newMemSink(len(d.fx.img))
 	go func() {
-		done <- src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
-			if err := coded.VerifyChunk(uint32(i), b); err != nil {
+		d.done <- src.FetchRepair(ctx, d.im, AllChunks(int(d.coded.NumChunks())), func(i int, b []byte) error {
+			if err := d.coded.VerifyChunk(uint32(i), b); err != nil {
 				return err
 			}
-			_, err := sink.WriteAt(b, im.Offset(i))
+			_, err := d.sink.WriteAt(b, d.im.Offset(i))
 			return err
-		}, Repair{Table: coded, Slot: sink})
+		}, Repair{Table: d.coded, Slot: d.sink})
 	}()
 	<-ready
-	send := sender(ctx, t, hub.Conn(), bt)
-	sendWave(ctx, send, coded, im, read)
+	d.send = sender(ctx, t, r.hub.Conn(), r.bt)
+	sendWave(ctx, d.send, d.coded, d.im, d.read)
 	select {
-	case <-sent:
+	case <-d.sent:
 	case <-ctx.Done():
 		t.Fatal("no loss summary after the wave")
 	}
-	// No announcement for it: the round that crossed its summary goes
-	// on (one parity chunk of block 0, where it lacks two) and ends.
-	par := blockParity(ctx, t, coded, read, 0)
-	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 0, Data: par[0]})
-	send(&schemas.WaveEnd{V: schemas.Version, Image: im.Digest, Wave: 2, Sent: []schemas.Range{{First: 0, Count: 16}}})
-	select {
-	case <-sent:
-	case <-ctx.Done():
-		t.Fatal("a device whose summary a crossing round left short did not ask again after its end marker (Idle is an hour)")
-	}
-	send(&schemas.ParityChunk{V: schemas.Version, Image: im.Digest, Block: 0, Index: 1, Data: par[1]})
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	if !bytes.Equal(sink.data, fx.img) {
-		t.Fatal("wrong image")
-	}
-	if r := requests.Load(); r != 2 {
-		t.Errorf("%d requests; want the wave's summary and the one after the crossing round", r)
-	}
+	return d
 }
 
 // TestTimerWaitsForBufferedMessages: a timer that fires while received
