@@ -179,9 +179,9 @@ type Config struct {
 	// writes them to each subscriber together. Sent one at a time, as
 	// each echo came back, a NATS server wrote each chunk to each
 	// subscriber on its own: 13.0 of its core-seconds for a 500-device
-	// wave of 8 MiB, against 11.6 to 12.4 in bursts of 8 (a raw fan-out:
-	// 9.2 to 10.1; docs/BENCHMARKS.md). Mosquitto used less CPU for
-	// the wave than for the raw fan-out already. Default 1.
+	// campaign of 8 MiB, against 9.6 to 12.4 in bursts of 8 (a raw
+	// fan-out's: 8.7 to 10.1; docs/BENCHMARKS.md). Mosquitto used less
+	// CPU for a campaign than for the raw fan-out already. Default 1.
 	WaveBurst int
 	// WavePace is how often a wave in flight revises its rate from the
 	// download progress the devices report while it flows, so that it
