@@ -298,13 +298,11 @@ func (p *Publisher) openDevs(ctx context.Context, c *Campaign, opened int, now t
 	return g.Wait()
 }
 
-// openDev opens the record of c's i-th target (queued) unless the index
-// holds it.
+// openDev opens the record of c's i-th target (queued), which the index
+// does not hold (openDevs looked); one another instance created first is
+// read into the index instead.
 func (p *Publisher) openDev(ctx context.Context, c *Campaign, i int, now time.Time) error {
 	dev := c.Targets[i]
-	if _, _, ok := p.idx.dev(c.ID, dev); ok {
-		return nil
-	}
 	st := DeviceState{Campaign: c.ID, Device: dev, Phase: c.phaseOf(i), State: StateQueued, Updated: now.UTC()}
 	rev, err := createJSON(ctx, p.st.campdev.of(dev), "device state", devKey(c.ID, dev), st)
 	if errors.Is(err, ErrExists) {
