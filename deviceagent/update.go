@@ -364,7 +364,7 @@ func (a *Agent) sources(m *suit.Manifest) ([]fetcher.Source, fetcher.Plan) {
 		Transport: a.cfg.Transport, Topics: a.cfg.Topics, Device: a.cfg.DeviceID,
 		Campaign: campaign, Price: price("broker"), Idle: a.cfg.ChunkIdle,
 		ListenFirst: a.cfg.ChunkListen, Quiet: a.cfg.ChunkQuiet, Protocol: a.cfg.DeliveryProtocol,
-		Tally: a.cfg.FetchTally,
+		Tally: a.cfg.FetchTally, Logger: a.log,
 	}); err == nil {
 		add(bs)
 	}

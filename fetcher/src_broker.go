@@ -7,6 +7,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"sync"
@@ -122,6 +123,9 @@ type BrokerConfig struct {
 	// receive path (chunks shed, parity refused, chunks rebuilt, requests,
 	// summaries suppressed): a fleet's totals.
 	Tally *Tally
+	// Logger receives the source's debug lines (a fetch's wave joined,
+	// its requests while a wave flows, its end). Default: none.
+	Logger *slog.Logger
 }
 
 // BrokerSource fetches chunks over the broker: it listens on the image's
@@ -245,6 +249,9 @@ func NewBrokerSource(cfg BrokerConfig) (*BrokerSource, error) {
 	}
 	if cfg.SummaryMax <= 0 {
 		cfg.SummaryMax = cfg.Window
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Protocol == 0 {
 		cfg.Protocol = schemas.MaxProtocol
@@ -677,6 +684,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 			unsub()
 		}
 	}()
+	start, before := time.Now(), 0 // before: broadcast chunks dropped before the table
 	for try := 0; try < s.cfg.MaxIdle; try++ {
 		if err := s.request(ctx, im, nil, true, 0); err != nil {
 			return nil, err
@@ -694,6 +702,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				in.got(m)
 				b := m.b
 				if m.bcast && (schemas.IsChunk(b) || schemas.IsParityChunk(b) || isWaveEnd(b, im)) {
+					before++
 					m.release() // the wave's chunks before the table: repaired later
 					continue
 				}
@@ -719,6 +728,7 @@ func (s *BrokerSource) Table(ctx context.Context, im Image) ([]byte, error) {
 				}
 				timer.Stop()
 				kept = true
+				s.cfg.Logger.Debug("chunk table received", "broadcast", m.bcast, "tries", try+1, "dropped_before", before, "after", time.Since(start).Seconds())
 				s.hold(im, in, unsub)
 				return b, nil
 			}
@@ -774,8 +784,14 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	defer unsub()
 	before := s.counts()
 	var use *useful
+	log := s.cfg.Logger
+	start := time.Now()
+	// firstPos is the carousel position of the first broadcast chunk
+	// this fetch took (-1: none yet), for the debug log.
+	firstPos := -1
 	defer func() {
 		shed, peak, waited := in.stats()
+		log.Debug("broker fetch ended", "seconds", time.Since(start).Seconds(), "first_pos", firstPos, "shed", shed, "waited", waited, "requests", s.Requests-before.Requests)
 		s.Shed += shed
 		s.Waited += waited
 		var skipped int64
@@ -856,10 +872,26 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// means the wave stopped (its end marker lost, the publisher gone):
 	// inWave ends and everything missing may be asked for.
 	lastPos, stalled := -1, false
+	// fromPos is the position of the first chunk this wave brought
+	// (-1: none yet; see ask).
+	fromPos := -1
 	posOf := func(i int) int { return i }
 	if col != nil {
 		t := rep.Table // a coded image's wave interleaves its blocks
 		posOf = func(i int) int { return blockcode.Position(t, uint32(i)) }
+	}
+	// A broadcast message came within WaveGap before this fetch (the
+	// chunk table Table took from the wave, or the wave's chunks queued
+	// behind it): a wave flows, and its chunks may still be on their way
+	// (on a loaded host the first of them reached a device's loop 1.7 s
+	// after the table did, and its listening period had ended by then:
+	// it asked for 64 chunks by unicast that the wave brought a moment
+	// later). Nothing is behind yet (lastPos 0): the device asks for
+	// nothing until the wave's end marker, or the wave pausing twice.
+	if at := in.lastArrival.Load(); at != 0 {
+		if t := time.Unix(0, at); time.Since(t) < s.cfg.WaveGap {
+			lastBcast, inWave, lastPos = t, true, 0
+		}
 	}
 	gap := func() time.Duration {
 		if inWave {
@@ -880,9 +912,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if time.Since(lastBcast) < gap() {
 			limit = 0
 		}
-		behind := -1 // with a wave flowing, ask only for chunks before lastPos
+		// With a wave flowing, ask only for chunks from fromPos to
+		// before lastPos: those the broker passed to this device. The
+		// wave passed the ones before fromPos before this fetch heard
+		// it (a device that joins mid-carousel); they are for the pass
+		// after it or the loss summary after its end marker, where the
+		// fleet's needs are batched, not for a request of their own.
+		behind, from := -1, -1
 		if inWave {
-			behind = lastPos
+			behind, from = lastPos, fromPos
 			defer func(c int) { cur = c }(cur) // those after it are still to ask for
 		}
 		// With coded repair, a block's missing chunks covered by the
@@ -898,7 +936,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				break
 			}
 			cur = i + 1
-			if covered(uint32(i)) || (behind >= 0 && posOf(i) >= behind) {
+			if covered(uint32(i)) || (behind >= 0 && (posOf(i) >= behind || posOf(i) < from)) {
 				continue
 			}
 			if !inflight.has(i) {
@@ -909,6 +947,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		}
 		if req.count() == 0 {
 			return nil
+		}
+		if log.Enabled(ctx, slog.LevelDebug) {
+			var first []int // the first few asked for: index, position
+			for i := req.next(0); i >= 0 && len(first) < 8; i = req.next(i + 1) {
+				first = append(first, i, posOf(i))
+			}
+			log.Debug("asking for chunks", "in_wave", inWave, "from_pos", fromPos, "last_pos", lastPos, "chunks", req.count(), "left", left, "index_pos", first, "since_bcast", time.Since(lastBcast).Seconds(), "queued", len(in.ch))
 		}
 		return rs.send(req.bits)
 	}
@@ -928,6 +973,9 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	first := s.cfg.Idle
 	if listening {
 		first = s.cfg.ListenFirst
+		if inWave {
+			first = max(first, s.cfg.WaveGap-time.Since(lastBcast))
+		}
 	} else if err := ask(false, s.cfg.Window); err != nil {
 		return err
 	}
@@ -1014,6 +1062,13 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// (broadcast, not a burst of unicast chunks), and a
 				// truncated summary would undercount.
 				summary, listening, progressed, idle = false, false, false, 0
+				if log.Enabled(ctx, slog.LevelDebug) {
+					minPos, maxPos := n, -1
+					for i := missing.next(0); i >= 0; i = missing.next(i + 1) {
+						minPos, maxPos = min(minPos, posOf(i)), max(maxPos, posOf(i))
+					}
+					log.Debug("loss summary", "left", left, "min_pos", minPos, "max_pos", maxPos, "first_pos", firstPos, "after", time.Since(start).Seconds())
+				}
 				window := s.cfg.SummaryMax
 				if col != nil {
 					window = max(window, n)
@@ -1108,7 +1163,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// The wave is over: nothing more is coming by broadcast.
 				// Send the loss summary after a back-off, shorter for a
 				// device that lacks more.
-				lastBcast, inWave, stalled = time.Time{}, false, false
+				lastBcast, inWave, stalled, fromPos = time.Time{}, false, false, -1
 				afterRound := round || asked
 				if afterRound {
 					// A repair round for this device's blocks is over, or
@@ -1148,8 +1203,15 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				continue
 			}
 			if m.bcast {
+				if !inWave || fromPos < 0 {
+					fromPos = posOf(i)
+				}
 				lastBcast, inWave, stalled = time.Now(), true, false
 				lastPos = posOf(i)
+				if firstPos < 0 {
+					firstPos = lastPos
+					log.Debug("wave joined", "pos", lastPos, "index", i, "after", time.Since(start).Seconds(), "queued", len(in.ch), "left", left)
+				}
 			}
 			err := write(i, chunk.Data)
 			m.release() // the chunk's data was m.b's bytes: written (or refused) now
