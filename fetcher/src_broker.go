@@ -872,6 +872,14 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 	// means the wave stopped (its end marker lost, the publisher gone):
 	// inWave ends and everything missing may be asked for.
 	lastPos, stalled := -1, false
+	// midAsk: with coded repair, a request went out since the last end
+	// marker (or the fetch's start). The publisher answers none sent
+	// while its wave flows (publisher's repairBatch.midWave): on a
+	// loaded broker a wave reaches a device seconds late, and what it
+	// asked for then mostly came after. At the marker, what such a
+	// request named is no longer in flight, and the device sends its
+	// loss summary like any other.
+	midAsk := false
 	// fromPos is the position of the first chunk this wave brought
 	// (-1: none yet; see ask).
 	fromPos := -1
@@ -948,6 +956,7 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 		if req.count() == 0 {
 			return nil
 		}
+		midAsk = col != nil
 		if log.Enabled(ctx, slog.LevelDebug) {
 			var first []int // the first few asked for: index, position
 			for i := req.next(0); i >= 0 && len(first) < 8; i = req.next(i + 1) {
@@ -1165,12 +1174,12 @@ func (s *BrokerSource) fetch(ctx context.Context, im Image, want Chunks, deliver
 				// device that lacks more.
 				lastBcast, inWave, stalled, fromPos = time.Time{}, false, false, -1
 				afterRound := round || asked
-				if afterRound {
+				if afterRound || midAsk {
 					// A repair round for this device's blocks is over, or
 					// one that crossed its summary: what it asked for was
 					// answered, counted as on its way, or lost, so not in
 					// flight any more; what is missing goes in a summary.
-					round, asked = false, false
+					round, asked, midAsk = false, false, false
 					clear(inflight.bits)
 					nIn, cur = 0, 0
 				}

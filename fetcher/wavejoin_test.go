@@ -47,13 +47,13 @@ type joinRig struct {
 	tabled time.Time // just before the table was broadcast
 }
 
-func startJoinRig(ctx context.Context, t *testing.T, seed uint64, root string, listen, gap time.Duration) *joinRig {
+func startJoinRig(ctx context.Context, t *testing.T, seed uint64, root string, listen, gap, idle time.Duration) *joinRig {
 	t.Helper()
 	r := &joinRig{codedRig: newCodedRig(t, seed, root), reqs: make(chan sentReq, 16), done: make(chan error, 1)}
 	ready := make(chan struct{})
 	conn := joinConn{waveConn{Transport: r.hub.Conn(), chunks: r.bt.MQTT, ready: ready}, r.reqs}
 	src, err := NewBrokerSource(BrokerConfig{Transport: conn, Topics: r.topics, Device: "dev-" + root,
-		Idle: gap, ListenFirst: listen, Quiet: listen, WaveGap: gap, SummaryBackoff: time.Millisecond})
+		Idle: idle, ListenFirst: listen, Quiet: listen, WaveGap: gap, SummaryBackoff: time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestTableFromWaveListensForIt(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const gap = 300 * time.Millisecond
-	r := startJoinRig(ctx, t, 31, "tablewave", time.Nanosecond, gap)
+	r := startJoinRig(ctx, t, 31, "tablewave", time.Nanosecond, gap, gap)
 	var first sentReq
 	select {
 	case first = <-r.reqs:
@@ -159,7 +159,7 @@ func TestMidWaveAskFromJoin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	const gap = 100 * time.Millisecond
-	r := startJoinRig(ctx, t, 37, "midjoin", time.Nanosecond, gap)
+	r := startJoinRig(ctx, t, 37, "midjoin", time.Nanosecond, gap, gap)
 	r.sendPositions(ctx, 10, 20, 14)
 	var first sentReq
 	select {
@@ -191,5 +191,46 @@ func TestMidWaveAskFromJoin(t *testing.T) {
 			}
 		}
 	}()
+	r.finish(t)
+}
+
+// TestMidWaveAskSummarisedAfterMarker: a coded device that asked during a
+// wave (a pause after it lost the chunk at position 5) sends its loss
+// summary after the wave's end marker, naming the marker, though what it
+// asked for is outstanding: the publisher answers no request taken while
+// its wave flowed (publisher's repairBatch.midWave), and the summary is
+// what it answers. Idle is an hour: before, the device waited for its
+// mid-wave request's answer until Idle.
+func TestMidWaveAskSummarisedAfterMarker(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	r := startJoinRig(ctx, t, 41, "midsummary", time.Nanosecond, 50*time.Millisecond, time.Hour)
+	n := int(r.coded.NumChunks())
+	r.sendPositions(ctx, 0, 16, 5)
+	var mid sentReq
+	select {
+	case mid = <-r.reqs:
+	case <-ctx.Done():
+		t.Fatal("no request when the wave paused")
+	}
+	if mid.req.Seen != 0 {
+		t.Fatalf("the mid-wave request names end marker %d; want none", mid.req.Seen)
+	}
+	r.sendPositions(ctx, 16, n)
+	r.send(&schemas.WaveEnd{V: schemas.Version, Image: r.im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(n)}}})
+	var sum sentReq
+	select {
+	case sum = <-r.reqs:
+	case <-ctx.Done():
+		t.Fatal("no loss summary after the end marker of a wave the device asked during")
+	}
+	if sum.req.Seen != 1 {
+		t.Errorf("the summary names end marker %d; want 1", sum.req.Seen)
+	}
+	asked := bitmap{n: n, bits: sum.req.Bitmap}
+	if lost := blockcode.Order(r.coded)[5]; asked.count() != 1 || !asked.has(int(lost)) {
+		t.Errorf("the summary names %d chunks; want chunk %d alone (position 5)", asked.count(), lost)
+	}
+	r.sendPositions(ctx, 5, 6)
 	r.finish(t)
 }

@@ -912,6 +912,26 @@ type repairBatch struct {
 	// after the batch's first.
 	waveEnd time.Time
 	at      map[string]time.Time
+	// mid holds whether each request was taken while this instance's
+	// wave of the image flowed (see midWave).
+	mid map[string]bool
+}
+
+// midWave reports whether who's request r in the batch was taken while
+// this instance's wave of the image flowed, from a device that had not
+// heard the end marker of the last wave (mark: r.Seen is earlier).
+// A coded device (delivery protocol 2) asks mid-wave only after a pause
+// in the wave, and names what it has not received by then; but on a
+// loaded broker the wave's chunks reach a device seconds after they were
+// sent (at N = 500 on mosquitto, 155 devices stalled for 4 s asked for
+// 64 chunks each that the wave then brought them, and a repair round of
+// 116 parity chunks answered them all). What the device really lost it
+// names in the loss summary the end marker brings (its mid-wave request
+// then outstanding, see fetcher), which replaces this request in the
+// batch or comes in the next; one that missed the marker asks again
+// after its idle period, after the wave's end.
+func (b *repairBatch) midWave(who string, r *schemas.ChunkRequest, mark uint32) bool {
+	return b.mid[who] && r.Seen < mark
 }
 
 // since returns from when on a broadcast crossed who's request (less
@@ -1042,14 +1062,16 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 			return
 		}
 	}
+	flowing := dl.flowing(digest) != nil
 	dl.repairMu.Lock()
 	b := dl.repairs[digest]
 	if b == nil {
-		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, at: map[string]time.Time{}, start: time.Now()}
+		b = &repairBatch{reqs: map[string]*schemas.ChunkRequest{}, at: map[string]time.Time{}, mid: map[string]bool{}, start: time.Now()}
 		dl.repairs[digest] = b
 	}
 	b.reqs[r.Requester] = &r
 	b.at[r.Requester] = time.Now()
+	b.mid[r.Requester] = flowing
 	start := !b.timer
 	b.timer = true
 	dl.repairMu.Unlock()
@@ -1155,8 +1177,13 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 	ahead := dl.waveAhead(digest)
 	w := dl.waveFor(digest)
 	dl.waveMu.Lock()
+	superseded := 0
 	for who, r := range b.reqs {
 		if r.ChunkSize != d.info.ChunkSize {
+			continue
+		}
+		if b.midWave(who, r, w.waveMark) && speaksCoded(r.DeliveryProtocol()) {
+			superseded++
 			continue
 		}
 		since := b.since(who, dl.cfg.InTransit)
@@ -1164,6 +1191,9 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return ahead.has(d.posOf(i)) || crossed(i) })
 	}
 	dl.waveMu.Unlock()
+	if superseded > 0 {
+		dl.met.chunkRequests.WithLabelValues("mid-wave").Add(float64(superseded))
+	}
 	// What each requester is sent, by unicast or in a re-broadcast it
 	// asked for, is taken from its budget; what does not fit is left out.
 	for who, wl := range per {
