@@ -301,7 +301,9 @@ type waveState struct {
 	passRate float64
 	// flowing is closed when this instance's wave of the image in flight
 	// ends (its last pass's end marker sent); nil when none flows.
+	// flowEnd is when the last one ended (monotonic).
 	flowing chan struct{}
+	flowEnd time.Time
 }
 
 // minRatePass is the fewest chunks a wave pass must carry for its rate to
@@ -488,6 +490,7 @@ func (dl *delivery) wave(ctx context.Context, digest string) error {
 		if w.flowing == fl {
 			w.flowing = nil
 		}
+		w.flowEnd = time.Now()
 		dl.waveMu.Unlock()
 		close(fl)
 	}()
@@ -917,9 +920,13 @@ type repairBatch struct {
 	mid map[string]bool
 }
 
-// midWave reports whether who's request r in the batch was taken while
-// this instance's wave of the image flowed, from a device that had not
-// heard the end marker of the last wave (mark: r.Seen is earlier).
+// midWave reports whether who's request r in the batch is to be left
+// unanswered as one sent while this instance's last wave of the image
+// flowed (w, under waveMu): the device had not heard the wave's end
+// marker (r.Seen is earlier than w.waveMark), and the request came while
+// the wave flowed (flagged as it came, in handleChunkRequest, not as a
+// chunk server took it).
+//
 // A coded device (delivery protocol 2) asks mid-wave only after a pause
 // in the wave, and names what it has not received by then; but on a
 // loaded broker the wave's chunks reach a device seconds after they were
@@ -928,10 +935,9 @@ type repairBatch struct {
 // 116 parity chunks answered them all). What the device really lost it
 // names in the loss summary the end marker brings (its mid-wave request
 // then outstanding, see fetcher), which replaces this request in the
-// batch or comes in the next; one that missed the marker asks again
-// after its idle period, after the wave's end.
-func (b *repairBatch) midWave(who string, r *schemas.ChunkRequest, mark uint32) bool {
-	return b.mid[who] && r.Seen < mark
+// batch or comes in the next.
+func (b *repairBatch) midWave(who string, r *schemas.ChunkRequest, w *waveState) bool {
+	return b.mid[who] && r.Seen < w.waveMark
 }
 
 // since returns from when on a broadcast crossed who's request (less
@@ -949,12 +955,12 @@ func (dl *delivery) chunkServer(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case r := <-dl.chunkQ:
+		case q := <-dl.chunkQ:
 			if dl.cfg.RepairWindow <= 0 {
-				dl.serve(ctx, &r)
+				dl.serve(ctx, &q.r)
 				continue
 			}
-			dl.batch(ctx, r)
+			dl.batchTaken(ctx, q.r, q.flowing)
 		}
 	}
 }
@@ -1042,6 +1048,12 @@ var errOverBudget = errors.New("publisher: device over its chunk request budget"
 // it listens) and adds the chunks asked for to the image's repair batch,
 // flushed RepairWindow after its first request.
 func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
+	dl.batchTaken(ctx, r, dl.flowing(hex.EncodeToString(r.Image)) != nil)
+}
+
+// batchTaken is batch for a request that came while this instance's
+// wave of its image flowed, or not (flowing; see repairBatch.midWave).
+func (dl *delivery) batchTaken(ctx context.Context, r schemas.ChunkRequest, flowing bool) {
 	digest := hex.EncodeToString(r.Image)
 	if r.WantTable {
 		d, err := dl.images.loadImage(ctx, digest)
@@ -1062,7 +1074,6 @@ func (dl *delivery) batch(ctx context.Context, r schemas.ChunkRequest) {
 			return
 		}
 	}
-	flowing := dl.flowing(digest) != nil
 	dl.repairMu.Lock()
 	b := dl.repairs[digest]
 	if b == nil {
@@ -1182,7 +1193,7 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 		if r.ChunkSize != d.info.ChunkSize {
 			continue
 		}
-		if b.midWave(who, r, w.waveMark) && speaksCoded(r.DeliveryProtocol()) {
+		if speaksCoded(r.DeliveryProtocol()) && b.midWave(who, r, w) {
 			superseded++
 			continue
 		}
@@ -1193,6 +1204,22 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 	dl.waveMu.Unlock()
 	if superseded > 0 {
 		dl.met.chunkRequests.WithLabelValues("mid-wave").Add(float64(superseded))
+	}
+	dl.waveMu.Lock()
+	flowEnd, mark := w.flowEnd, w.waveMark
+	dl.waveMu.Unlock()
+	if dl.log.Enabled(ctx, slog.LevelDebug) && !flowEnd.IsZero() {
+		// How the batch's requests stand to the wave's end: those
+		// left as mid-wave, and those of devices that had not heard its
+		// marker taken after it (late on their way, or the marker lost).
+		var after []float64
+		for who, r := range b.reqs {
+			if at, ok := b.at[who]; ok && !b.mid[who] && r.Seen < mark && at.After(flowEnd) {
+				after = append(after, at.Sub(flowEnd).Seconds())
+			}
+		}
+		slices.Sort(after)
+		dl.log.Debug("repair batch", "image", digest, "requests", len(b.reqs), "mid_wave", superseded, "unheard_after_end", len(after), "after_s", after[:min(len(after), 8)])
 	}
 	// What each requester is sent, by unicast or in a re-broadcast it
 	// asked for, is taken from its budget; what does not fit is left out.

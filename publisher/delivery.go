@@ -4,8 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-
-	"github.com/firmcast/firmcast/schemas"
 )
 
 // Chunk delivery: how an image's chunks reach the devices of its
@@ -56,7 +54,7 @@ type delivery struct {
 	// egress counts chunk bytes sent (read by Publisher.Egress).
 	egress egressCounters
 	// chunkQ holds the admitted requests for the chunk servers.
-	chunkQ chan schemas.ChunkRequest
+	chunkQ chan queuedRequest
 
 	waveMu sync.Mutex
 	waves  map[string]*waveState // by image digest
@@ -116,7 +114,7 @@ func newDelivery(cfg Config, log *slog.Logger, met *metrics, host deliveryHost) 
 		cfg: cfg, log: log, met: met, images: host, camps: host,
 		parity:  newParityCache(parityCacheBytes),
 		pace:    newPacer(cfg),
-		chunkQ:  make(chan schemas.ChunkRequest, 1024),
+		chunkQ:  make(chan queuedRequest, 1024),
 		waves:   map[string]*waveState{},
 		repairs: map[string]*repairBatch{},
 	}

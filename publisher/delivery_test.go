@@ -564,8 +564,8 @@ func TestDeliveryRequestAdmission(t *testing.T) {
 				if len(dl.chunkQ) != 1 {
 					t.Fatalf("request not queued")
 				}
-				if q := <-dl.chunkQ; q.Campaign != tc.camp.ID || q.Requester != dev {
-					t.Errorf("queued as campaign %q requester %q, want %q %q", q.Campaign, q.Requester, tc.camp.ID, dev)
+				if q := <-dl.chunkQ; q.r.Campaign != tc.camp.ID || q.r.Requester != dev {
+					t.Errorf("queued as campaign %q requester %q, want %q %q", q.r.Campaign, q.r.Requester, tc.camp.ID, dev)
 				}
 				return
 			}
@@ -764,9 +764,9 @@ func (g *gateTransport) Publish(ctx context.Context, t schemas.Topic, b []byte, 
 // end marker (ChunkRequest.Seen names the marker). dev-a, asking mid-wave
 // for a chunk the wave had sent (block 0), and dev-b, for one it had
 // still to send (block 0), get nothing; dev-e, whose summary names the
-// wave's marker, is repaired (block 1), and so is dev-c, asking after the
-// wave without having heard its marker (block 2: a device whose marker
-// was lost asks after its idle period).
+// wave's marker, is repaired (block 1), and so is dev-c, asking after
+// the wave without having heard its marker (block 2: a device whose
+// marker was lost asks after its idle period).
 func TestDeliveryRepairAfterWave(t *testing.T) {
 	const k, par = 8, 4
 	h := newFakeHost()

@@ -93,11 +93,21 @@ func (dl *delivery) handleChunkRequest(_ context.Context, m broker.Message) {
 		return
 	}
 	r.Campaign = c
+	// Whether this instance's wave of the image flows as the request
+	// comes, not as a chunk server takes it (repairBatch.midWave).
+	flowing := dl.flowing(hex.EncodeToString(r.Image)) != nil
 	select {
-	case dl.chunkQ <- r:
+	case dl.chunkQ <- queuedRequest{r: r, flowing: flowing}:
 	default:
 		dl.refuseRequest("dropped")
 	}
+}
+
+// queuedRequest is an admitted request waiting for a chunk server;
+// flowing: this instance's wave of its image flowed as it came.
+type queuedRequest struct {
+	r       schemas.ChunkRequest
+	flowing bool
 }
 
 // requestCampaign returns the running or paused campaign of the image
