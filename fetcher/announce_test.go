@@ -157,13 +157,7 @@ func TestAnnouncementQuietsCoveredDevice(t *testing.T) {
 		}
 		d.sink = newMemSink(len(fx.img))
 		go func() {
-			d.err <- d.src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), func(i int, b []byte) error {
-				if err := coded.VerifyChunk(uint32(i), b); err != nil {
-					return err
-				}
-				_, err := d.sink.WriteAt(b, im.Offset(i))
-				return err
-			}, Repair{Table: coded, Slot: d.sink})
+			d.err <- d.src.FetchRepair(ctx, im, AllChunks(int(coded.NumChunks())), checkedWrite(coded, im, d.sink), Repair{Table: coded, Slot: d.sink})
 		}()
 		<-d.ready
 	}
@@ -352,13 +346,7 @@ func startShortDevice(ctx context.Context, t *testing.T, seed uint64, root strin
 	}
 	d.sink = newMemSink(len(d.fx.img))
 	go func() {
-		d.done <- src.FetchRepair(ctx, d.im, AllChunks(int(d.coded.NumChunks())), func(i int, b []byte) error {
-			if err := d.coded.VerifyChunk(uint32(i), b); err != nil {
-				return err
-			}
-			_, err := d.sink.WriteAt(b, d.im.Offset(i))
-			return err
-		}, Repair{Table: d.coded, Slot: d.sink})
+		d.done <- src.FetchRepair(ctx, d.im, AllChunks(int(d.coded.NumChunks())), checkedWrite(d.coded, d.im, d.sink), Repair{Table: d.coded, Slot: d.sink})
 	}()
 	<-ready
 	d.send = sender(ctx, t, r.hub.Conn(), r.bt)

@@ -295,3 +295,15 @@ func (s *memSink) heldChunks(fx fixture) map[int]bool {
 	}
 	return out
 }
+
+// checkedWrite is a Deliver that checks chunk i against table t and
+// writes it to s at its offset in im.
+func checkedWrite(t *schemas.ChunkTable, im Image, s *memSink) Deliver {
+	return func(i int, b []byte) error {
+		if err := t.VerifyChunk(uint32(i), b); err != nil {
+			return err
+		}
+		_, err := s.WriteAt(b, im.Offset(i))
+		return err
+	}
+}

@@ -71,13 +71,7 @@ func TestWaveStallAsksOnlyBehind(t *testing.T) {
 				t.Fatal(err)
 			}
 			sink := newMemSink(len(r.fx.img))
-			deliver := func(i int, b []byte) error {
-				if err := r.coded.VerifyChunk(uint32(i), b); err != nil {
-					return err
-				}
-				_, err := sink.WriteAt(b, r.im.Offset(i))
-				return err
-			}
+			deliver := checkedWrite(r.coded, r.im, sink)
 			done := make(chan error, 1)
 			go func() {
 				if coded {

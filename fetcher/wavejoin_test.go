@@ -74,13 +74,7 @@ func startJoinRig(ctx context.Context, t *testing.T, seed uint64, root string, l
 	}
 	r.sink = newMemSink(len(r.fx.img))
 	go func() {
-		r.done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), func(i int, b []byte) error {
-			if err := r.coded.VerifyChunk(uint32(i), b); err != nil {
-				return err
-			}
-			_, err := r.sink.WriteAt(b, r.im.Offset(i))
-			return err
-		}, Repair{Table: r.coded, Slot: r.sink})
+		r.done <- src.FetchRepair(ctx, r.im, AllChunks(int(r.coded.NumChunks())), checkedWrite(r.coded, r.im, r.sink), Repair{Table: r.coded, Slot: r.sink})
 	}()
 	return r
 }
@@ -110,6 +104,18 @@ func (r *joinRig) sendPositions(ctx context.Context, from, to int, skip ...int) 
 	}
 }
 
+// next returns the next chunk request the device sends; why names it.
+func (r *joinRig) next(ctx context.Context, t *testing.T, why string) sentReq {
+	t.Helper()
+	select {
+	case q := <-r.reqs:
+		return q
+	case <-ctx.Done():
+		t.Fatal(why)
+	}
+	return sentReq{}
+}
+
 func (r *joinRig) finish(t *testing.T) {
 	t.Helper()
 	if err := <-r.done; err != nil {
@@ -132,12 +138,7 @@ func TestTableFromWaveListensForIt(t *testing.T) {
 	defer cancel()
 	const gap = 300 * time.Millisecond
 	r := startJoinRig(ctx, t, 31, "tablewave", time.Nanosecond, gap, gap)
-	var first sentReq
-	select {
-	case first = <-r.reqs:
-	case <-ctx.Done():
-		t.Fatal("the device never asked for the wave that stopped")
-	}
+	first := r.next(ctx, t, "the device never asked for the wave that stopped")
 	if waited := first.at.Sub(r.tabled); waited < 2*gap {
 		t.Fatalf("the device asked %v after the table came with the wave; want no request before the wave paused twice (%v)", waited, 2*gap)
 	}
@@ -161,12 +162,7 @@ func TestMidWaveAskFromJoin(t *testing.T) {
 	const gap = 100 * time.Millisecond
 	r := startJoinRig(ctx, t, 37, "midjoin", time.Nanosecond, gap, gap)
 	r.sendPositions(ctx, 10, 20, 14)
-	var first sentReq
-	select {
-	case first = <-r.reqs:
-	case <-ctx.Done():
-		t.Fatal("the device never asked for the chunk it lost")
-	}
+	first := r.next(ctx, t, "the device never asked for the chunk it lost")
 	order := blockcode.Order(r.coded)
 	var asked []int
 	bm := bitmap{n: int(r.coded.NumChunks()), bits: first.req.Bitmap}
@@ -207,23 +203,13 @@ func TestMidWaveAskSummarisedAfterMarker(t *testing.T) {
 	r := startJoinRig(ctx, t, 41, "midsummary", time.Nanosecond, 50*time.Millisecond, time.Hour)
 	n := int(r.coded.NumChunks())
 	r.sendPositions(ctx, 0, 16, 5)
-	var mid sentReq
-	select {
-	case mid = <-r.reqs:
-	case <-ctx.Done():
-		t.Fatal("no request when the wave paused")
-	}
+	mid := r.next(ctx, t, "no request when the wave paused")
 	if mid.req.Seen != 0 {
 		t.Fatalf("the mid-wave request names end marker %d; want none", mid.req.Seen)
 	}
 	r.sendPositions(ctx, 16, n)
 	r.send(&schemas.WaveEnd{V: schemas.Version, Image: r.im.Digest, Wave: 1, Sent: []schemas.Range{{First: 0, Count: uint32(n)}}})
-	var sum sentReq
-	select {
-	case sum = <-r.reqs:
-	case <-ctx.Done():
-		t.Fatal("no loss summary after the end marker of a wave the device asked during")
-	}
+	sum := r.next(ctx, t, "no loss summary after the end marker of a wave the device asked during")
 	if sum.req.Seen != 1 {
 		t.Errorf("the summary names end marker %d; want 1", sum.req.Seen)
 	}
