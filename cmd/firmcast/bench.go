@@ -94,7 +94,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
 	fl.IntVar(&f.codedK, "coded-block", 0, "with --coded: chunks per source block K (0: the publisher's default, 128)")
 	fl.IntVar(&f.codedP, "coded-parity", 0, "with --coded: parity chunks committed per block P, K+P <= 256 (0: the publisher's default)")
-	fl.IntVar(&f.waveBurst, "wave-burst", 8, "on NATS, the publisher sends a wave's chunks N at a time (publisher WaveBurst; the MQTT cases send one at a time)")
+	fl.IntVar(&f.waveBurst, "wave-burst", 16, "on NATS, the publisher sends a wave's chunks N at a time (publisher WaveBurst; the MQTT cases send one at a time)")
 	fl.IntVar(&f.waveEcho, "wave-echo", 32, "the publisher's echo window: a wave sends chunk i once chunk i-N came back from the broker (publisher WaveEcho)")
 	fl.StringVar(&f.maxRate, "max-rate", "0", "cap on the publisher's chunk egress per second, e.g. 2MiB (waves, repairs and answers together); 0: no cap")
 	fl.BoolVar(&f.parityMem, "parity-in-memory", false, "simulated devices hold the parity chunks of a coded download in memory until their blocks are rebuilt, instead of in a scratch file beside their download progress (the agents' default)")
