@@ -301,7 +301,8 @@ type waveState struct {
 	passRate float64
 	// flowing is closed when this instance's wave of the image in flight
 	// ends (its last pass's end marker sent); nil when none flows.
-	// flowEnd is when the last one ended (monotonic).
+	// flowEnd is when the last one ended (monotonic; for the repair
+	// batch's debug line).
 	flowing chan struct{}
 	flowEnd time.Time
 }
@@ -1201,13 +1202,11 @@ func (dl *delivery) flushRepair(ctx context.Context, digest string, b *repairBat
 		crossed := func(i int) bool { return i < len(w.sent) && w.sent[i].After(since) }
 		per[who] = slices.DeleteFunc(wanted(r, n), func(i int) bool { return ahead.has(d.posOf(i)) || crossed(i) })
 	}
+	flowEnd, mark := w.flowEnd, w.waveMark
 	dl.waveMu.Unlock()
 	if superseded > 0 {
 		dl.met.chunkRequests.WithLabelValues("mid-wave").Add(float64(superseded))
 	}
-	dl.waveMu.Lock()
-	flowEnd, mark := w.flowEnd, w.waveMark
-	dl.waveMu.Unlock()
 	if dl.log.Enabled(ctx, slog.LevelDebug) && !flowEnd.IsZero() {
 		// How the batch's requests stand to the wave's end: those
 		// left as mid-wave, and those of devices that had not heard its
