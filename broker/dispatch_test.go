@@ -27,7 +27,7 @@ func parityMsg(t testing.TB, i int) Message {
 
 func tableMsg(t testing.TB, i int) Message {
 	t.Helper()
-	b, err := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: make([]byte, 32), ImageSize: uint64(i%1024 + 1), ChunkSize: 1024, Hashes: [][]byte{make([]byte, 32)}})
+	b, err := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: make([]byte, 32), ImageSize: uint64(i%1024 + 1), ChunkSize: 1024, Hashes: make([]schemas.Digest, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}

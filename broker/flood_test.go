@@ -62,7 +62,7 @@ func TestSlowChunkHandlerBounded(t *testing.T) {
 				}
 			}
 			table := func(size uint64) []byte {
-				b, err := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: bytes.Repeat([]byte{0xab}, 32), ImageSize: size, ChunkSize: 16 << 10, Hashes: [][]byte{make([]byte, 32)}})
+				b, err := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: bytes.Repeat([]byte{0xab}, 32), ImageSize: size, ChunkSize: 16 << 10, Hashes: make([]schemas.Digest, 1)})
 				if err != nil {
 					t.Fatal(err)
 				}

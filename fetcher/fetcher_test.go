@@ -265,7 +265,7 @@ func TestChunkTableRejected(t *testing.T) {
 	other := newFixture(t, 10*testChunk, testChunk, 5)
 	forged := *fx.table
 	forged.Hashes = slices.Clone(fx.table.Hashes)
-	forged.Hashes[0] = make([]byte, 32)
+	forged.Hashes[0] = schemas.Digest{}
 	forgedB, _ := schemas.Encode(&forged)
 	for _, tc := range []struct {
 		name string

@@ -384,7 +384,7 @@ func TestBrokerTableIsTheManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	forged := *fx.table
-	forged.Hashes = append([][]byte{bytes.Repeat([]byte{1}, 32)}, fx.table.Hashes[1:]...)
+	forged.Hashes = append([]schemas.Digest{schemas.Digest(bytes.Repeat([]byte{1}, 32))}, fx.table.Hashes[1:]...)
 	hub := testutil.NewMemHub()
 	t.Cleanup(hub.Close)
 	topics := schemas.MustTopics("tabletest")

@@ -448,7 +448,7 @@ func (p *Publisher) readChunk(ctx context.Context, d *imageData, i int) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("publisher: image %s chunk %d: %w", d.info.Digest, i, err)
 	}
-	if sum := sha256.Sum256(b); len(b) != chunkLen(d.table, i) || !bytes.Equal(sum[:], d.table.Hashes[i]) {
+	if sum := sha256.Sum256(b); len(b) != chunkLen(d.table, i) || sum != d.table.Hashes[i] {
 		return nil, fmt.Errorf("publisher: stored chunk %d of image %s is corrupt", i, d.info.Digest)
 	}
 	return b, nil

@@ -1,7 +1,6 @@
 package publisher
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -170,7 +169,7 @@ func (s *imageStore) put(ctx context.Context, digest string, t *schemas.ChunkTab
 		if _, err := io.ReadFull(r, b); err != nil {
 			return fmt.Errorf("publisher: read spooled chunk %d: %w", i, err)
 		}
-		if sum := sha256.Sum256(b); !bytes.Equal(sum[:], h) {
+		if sha256.Sum256(b) != h {
 			return fmt.Errorf("publisher: spooled upload changed while being read (chunk %d)", i)
 		}
 		if err := publish(s.chunkSubject(digest, i), b); err != nil {

@@ -45,7 +45,7 @@ func BuildChunkTable(r io.Reader, chunkSize uint32) (*ChunkTable, error) {
 				return nil, fmt.Errorf("%w: %s: image over %d chunks of %d bytes", ErrTooLarge, nameTable, MaxChunks, chunkSize)
 			}
 			sum := sha256.Sum256(buf[:n])
-			t.Hashes = append(t.Hashes, sum[:])
+			t.Hashes = append(t.Hashes, sum)
 			whole.Write(buf[:n])
 			t.ImageSize += uint64(n)
 		}
@@ -98,7 +98,7 @@ func (t *ChunkTable) VerifyChunk(index uint32, data []byte) error {
 		return invalid(nameChunk, "chunk %d is %d bytes, want %d", index, len(data), want)
 	}
 	sum := sha256.Sum256(data)
-	if subtle.ConstantTimeCompare(sum[:], t.Hashes[index]) != 1 {
+	if subtle.ConstantTimeCompare(sum[:], t.Hashes[index][:]) != 1 {
 		return fmt.Errorf("%w: chunk %d of image %s", ErrDigestMismatch, index, DigestHex(t.Image))
 	}
 	return nil
@@ -143,7 +143,7 @@ func (t *ChunkTable) VerifyParity(block, index uint32, data []byte) error {
 		return err
 	}
 	sum := sha256.Sum256(data)
-	if subtle.ConstantTimeCompare(sum[:], t.Parity[i]) != 1 {
+	if subtle.ConstantTimeCompare(sum[:], t.Parity[i][:]) != 1 {
 		return fmt.Errorf("%w: parity chunk %d of block %d of image %s", ErrDigestMismatch, index, block, DigestHex(t.Image))
 	}
 	return nil

@@ -42,7 +42,7 @@ func TestBuildChunkTableGolden(t *testing.T) {
 		t.Fatalf("table %+v", ct)
 	}
 	for i, h := range ct.Hashes {
-		if hex.EncodeToString(h) != want[i] {
+		if hex.EncodeToString(h[:]) != want[i] {
 			t.Errorf("hash %d = %x, want %s", i, h, want[i])
 		}
 	}
@@ -164,7 +164,7 @@ func TestVerifyParity(t *testing.T) {
 	for b := range uint32(2) {
 		for j := range uint32(2) {
 			sum := sha256.Sum256(good(b, j))
-			ct.Parity = append(ct.Parity, sum[:])
+			ct.Parity = append(ct.Parity, sum)
 		}
 	}
 	if err := ct.Validate(); err != nil {

@@ -239,6 +239,22 @@ func IsChunk(data []byte) bool { return hasShape(data, chunkShape) }
 // pressure (a later repair round sends fresh ones).
 func IsParityChunk(data []byte) bool { return hasShape(data, parityShape) }
 
+// IsChunkTable reports whether data starts as a ChunkTable message does:
+// a CBOR map of five entries (a plain table) or eight (a coded one) whose
+// first five keys are 0 to 4 in order, key 1 a byte string, key 4 an
+// array. It reads heads only (a table is up to MaxChunks digests: a
+// receive path that meets a copy of one in the carousel tells it from
+// garbage without decoding it); it checks nothing after key 4's head, so
+// a table it accepts still goes through Decode.
+func IsChunkTable(data []byte) bool {
+	for _, pairs := range []uint64{5, 8} {
+		if _, ok := mapEntries(data, pairs, tableShape); ok {
+			return true
+		}
+	}
+	return false
+}
+
 // ChunkIndexOf returns the chunk index (key 2) of a message of Chunk
 // shape (IsChunk), reading heads only; ok is false for anything else or
 // an index beyond uint32. It checks neither the version nor the image:
@@ -288,6 +304,8 @@ func IsRepairAnnounce(data []byte) bool {
 var (
 	chunkShape  = []byte{0, 2, 0, 2}
 	parityShape = []byte{0, 2, 0, 0, 2}
+	// tableShape is a chunk table's first five keys (4: an array).
+	tableShape = []byte{0, 2, 0, 0, 4}
 )
 
 // hasShape reports whether data is a CBOR map whose keys are 0 to
@@ -301,7 +319,8 @@ func hasShape(data []byte, shape []byte) bool {
 // mapEntries reads the head of a CBOR map of exactly pairs entries and
 // its first len(shape) entries, whose keys must be 0 to len(shape)-1 in
 // order and each value of the major type shape[key] (0 unsigned integer,
-// 2 byte string, whose bytes it skips). It returns what follows those
+// 2 byte string, whose bytes it skips; 4 array, whose head only it
+// reads: the last of a shape). It returns what follows those
 // entries; ok is false when data does not start that way. It reads heads
 // only: no copy, no allocation.
 func mapEntries(data []byte, pairs uint64, shape []byte) (rest []byte, ok bool) {

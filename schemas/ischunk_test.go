@@ -5,17 +5,21 @@ import (
 	"testing"
 )
 
-// TestIsChunk: every encoded Chunk (ParityChunk) of the vectors is
-// recognised by IsChunk (IsParityChunk), no other message of the vectors
-// is, nor truncated or padded ones.
+// TestIsChunk: every encoded Chunk (ParityChunk, ChunkTable) of the
+// vectors is recognised by IsChunk (IsParityChunk, IsChunkTable), no
+// other message of the vectors is, nor truncated or padded ones (for
+// IsChunkTable, which reads only the first heads, ones cut at the start).
 func TestIsChunk(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		is   func([]byte) bool
 		of   func(Message) bool
+		// heads: is reads only the message's first heads.
+		heads bool
 	}{
-		{"IsChunk", IsChunk, func(m Message) bool { _, ok := m.(*Chunk); return ok }},
-		{"IsParityChunk", IsParityChunk, func(m Message) bool { _, ok := m.(*ParityChunk); return ok }},
+		{"IsChunk", IsChunk, func(m Message) bool { _, ok := m.(*Chunk); return ok }, false},
+		{"IsParityChunk", IsParityChunk, func(m Message) bool { _, ok := m.(*ParityChunk); return ok }, false},
+		{"IsChunkTable", IsChunkTable, func(m Message) bool { _, ok := m.(*ChunkTable); return ok }, true},
 	} {
 		for _, v := range vectors(t) {
 			b, err := Encode(v.msg)
@@ -27,7 +31,11 @@ func TestIsChunk(t *testing.T) {
 				t.Errorf("%s(%s) = %v, want %v", tc.name, v.msg.MessageName(), got, want)
 			}
 			if want {
-				for _, bad := range [][]byte{b[:len(b)-1], append(bytes.Clone(b), 0), b[1:], nil} {
+				bads := [][]byte{b[1:], nil}
+				if !tc.heads {
+					bads = append(bads, b[:len(b)-1], append(bytes.Clone(b), 0))
+				}
+				for _, bad := range bads {
 					if tc.is(bad) {
 						t.Errorf("%s accepted %x", tc.name, bad)
 					}
@@ -37,9 +45,10 @@ func TestIsChunk(t *testing.T) {
 	}
 }
 
-// FuzzIsChunk: IsChunk and IsParityChunk never panic, and accept whatever
-// Decode accepts as a Chunk or a ParityChunk (a receive path that sheds
-// by them sheds every chunk and parity chunk), and never both.
+// FuzzIsChunk: IsChunk, IsParityChunk and IsChunkTable never panic, and
+// accept whatever Decode accepts as a Chunk, a ParityChunk or a
+// ChunkTable (a receive path that sheds by them sheds every chunk and
+// parity chunk, and keeps every table), and never two of them.
 func FuzzIsChunk(f *testing.F) {
 	for _, v := range vectors(f) {
 		if b, err := Encode(v.msg); err == nil {
@@ -47,9 +56,13 @@ func FuzzIsChunk(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
-		is, isParity := IsChunk(data), IsParityChunk(data)
-		if is && isParity {
-			t.Fatalf("both a chunk and a parity chunk: %x", data)
+		is, isParity, isTable := IsChunk(data), IsParityChunk(data), IsChunkTable(data)
+		if is && isParity || (is || isParity) && isTable {
+			t.Fatalf("two kinds at once (chunk %v, parity %v, table %v): %x", is, isParity, isTable, data)
+		}
+		var ct ChunkTable
+		if Decode(data, &ct) == nil && !isTable {
+			t.Fatalf("a decodable chunk table not recognised: %x", data)
 		}
 		var c Chunk
 		if Decode(data, &c) == nil && !is {

@@ -356,7 +356,7 @@ type ChunkTable struct {
 	// ChunkSize is the size of every chunk but the last.
 	ChunkSize uint32 `cbor:"3,keyasint"`
 	// Hashes holds ChunkCount(ImageSize, ChunkSize) SHA-256 digests.
-	Hashes [][]byte `cbor:"4,keyasint"`
+	Hashes []Digest `cbor:"4,keyasint"`
 	// Block is the number of source chunks per erasure-coded block, or 0
 	// for a table that commits no parity (then keys 6 and 7 are absent).
 	Block uint32 `cbor:"5,keyasint,omitempty"`
@@ -366,7 +366,7 @@ type ChunkTable struct {
 	// Parity holds the SHA-256 of parity chunk j of block b at index
 	// b*ParityPerBlock+j: NumBlocks()*ParityPerBlock digests, at most
 	// MaxParityChunks.
-	Parity [][]byte `cbor:"7,keyasint,omitempty"`
+	Parity []Digest `cbor:"7,keyasint,omitempty"`
 }
 
 // ParityChunk carries parity chunk Index of source block Block of an

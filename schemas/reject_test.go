@@ -366,11 +366,59 @@ func TestInvalidChunkTable(t *testing.T) {
 		{"bad image digest", func(m *ChunkTable) { m.Image = nil }, ErrInvalid, "image digest is 0 bytes"},
 		{"bad chunk size", func(m *ChunkTable) { m.ChunkSize = 0 }, ErrInvalid, "chunk size 0"},
 		{"zero image size", func(m *ChunkTable) { m.ImageSize = 0 }, ErrInvalid, "image size is 0"},
-		{"too many hashes", func(m *ChunkTable) { m.Hashes = append(m.Hashes, rep(1, 32)) }, ErrInvalid, "4 hashes for 3 chunks"},
+		{"too many hashes", func(m *ChunkTable) { m.Hashes = append(m.Hashes, Digest(rep(1, 32))) }, ErrInvalid, "4 hashes for 3 chunks"},
 		{"too few hashes", func(m *ChunkTable) { m.ImageSize = 1000 }, ErrInvalid, "3 hashes for 4 chunks"},
-		{"short hash", func(m *ChunkTable) { m.Hashes[2] = m.Hashes[2][:31] }, ErrInvalid, "hash 2 is 31 bytes"},
 		{"image beyond max chunks", func(m *ChunkTable) { m.ImageSize = MaxChunks*256 + 1 }, ErrTooLarge, "131073 chunks"},
 	})
+}
+
+// TestShortDigestOnTheWire: a chunk or parity hash that is not a byte
+// string of DigestSize bytes cannot be held in a ChunkTable; Decode
+// refuses the encoding that carries one, naming the digest.
+func TestShortDigestOnTheWire(t *testing.T) {
+	// wireTable is ChunkTable with its digests as plain byte strings, to
+	// encode what a ChunkTable cannot hold.
+	type wireTable struct {
+		V              uint     `cbor:"0,keyasint"`
+		Image          []byte   `cbor:"1,keyasint"`
+		ImageSize      uint64   `cbor:"2,keyasint"`
+		ChunkSize      uint32   `cbor:"3,keyasint"`
+		Hashes         [][]byte `cbor:"4,keyasint"`
+		Block          uint32   `cbor:"5,keyasint,omitempty"`
+		ParityPerBlock uint32   `cbor:"6,keyasint,omitempty"`
+		Parity         [][]byte `cbor:"7,keyasint,omitempty"`
+	}
+	wire := func(ct *ChunkTable) *wireTable {
+		w := &wireTable{V: ct.V, Image: ct.Image, ImageSize: ct.ImageSize, ChunkSize: ct.ChunkSize, Block: ct.Block, ParityPerBlock: ct.ParityPerBlock}
+		for _, h := range ct.Hashes {
+			w.Hashes = append(w.Hashes, bytes.Clone(h[:]))
+		}
+		for _, h := range ct.Parity {
+			w.Parity = append(w.Parity, bytes.Clone(h[:]))
+		}
+		return w
+	}
+	for _, tc := range []struct {
+		name   string
+		break_ func(w *wireTable)
+		text   string
+	}{
+		{"short hash", func(w *wireTable) { w.Hashes[2] = w.Hashes[2][:31] }, "digest is 31 bytes, want 32"},
+		{"long hash", func(w *wireTable) { w.Hashes[0] = append(w.Hashes[0], 0) }, "digest is 33 bytes, want 32"},
+		{"empty hash", func(w *wireTable) { w.Hashes[1] = []byte{} }, "digest is 0 bytes, want 32"},
+		{"short parity hash", func(w *wireTable) { w.Parity[1] = w.Parity[1][:31] }, "digest is 31 bytes, want 32"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			w := wire(testCodedTable(t))
+			// Unchanged, the wire form is the table's own encoding.
+			if good, want := mustMarshal(t, w), mustMarshal(t, testCodedTable(t)); !bytes.Equal(good, want) {
+				t.Fatalf("test bug: wire form differs from the table's encoding")
+			}
+			tc.break_(w)
+			err := Decode(mustMarshal(t, w), new(ChunkTable))
+			checkErr(t, err, ErrMalformed, tc.text, nameTable)
+		})
+	}
 }
 
 func TestInvalidCodedTable(t *testing.T) {
@@ -381,11 +429,10 @@ func TestInvalidCodedTable(t *testing.T) {
 		{"too many shards", func(m *ChunkTable) { m.Block, m.ParityPerBlock = 200, 57 }, ErrInvalid, "over 256 shards"},
 		{"too few parity hashes", func(m *ChunkTable) { m.Parity = m.Parity[1:] }, ErrInvalid, "1 parity hashes for 2 blocks of 1"},
 		{"too many parity hashes", func(m *ChunkTable) { m.ParityPerBlock = 2 }, ErrInvalid, "2 parity hashes for 2 blocks of 2"},
-		{"short parity hash", func(m *ChunkTable) { m.Parity[1] = m.Parity[1][:31] }, ErrInvalid, "parity hash 1 is 31 bytes"},
 		{"parity beyond max", func(m *ChunkTable) {
-			m.ImageSize, m.Hashes, m.Block, m.ParityPerBlock = MaxChunks*256, make([][]byte, MaxChunks), 1, 1
+			m.ImageSize, m.Hashes, m.Block, m.ParityPerBlock = MaxChunks*256, make([]Digest, MaxChunks), 1, 1
 			for i := range m.Hashes {
-				m.Hashes[i] = rep(1, 32)
+				m.Hashes[i] = Digest(rep(1, 32))
 			}
 		}, ErrTooLarge, "131072 blocks of 1 parity chunks, max 65536"},
 	})

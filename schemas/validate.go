@@ -252,11 +252,6 @@ func (t *ChunkTable) Validate() error {
 	if uint64(len(t.Hashes)) != want {
 		return invalid(m, "%d hashes for %d chunks", len(t.Hashes), want)
 	}
-	for i, h := range t.Hashes {
-		if len(h) != DigestSize {
-			return invalid(m, "hash %d is %d bytes, want %d", i, len(h), DigestSize)
-		}
-	}
 	return t.validateCode()
 }
 
@@ -283,11 +278,6 @@ func (t *ChunkTable) validateCode() error {
 	}
 	if uint64(len(t.Parity)) != want {
 		return invalid(m, "%d parity hashes for %d blocks of %d", len(t.Parity), t.NumBlocks(), t.ParityPerBlock)
-	}
-	for i, h := range t.Parity {
-		if len(h) != DigestSize {
-			return invalid(m, "parity hash %d is %d bytes, want %d", i, len(h), DigestSize)
-		}
 	}
 	return nil
 }

@@ -59,7 +59,7 @@ func testCodedTable(t testing.TB) *ChunkTable {
 	ct := testTable(t)
 	ct.Block, ct.ParityPerBlock = 2, 1
 	for b := range ct.NumBlocks() {
-		ct.Parity = append(ct.Parity, rep(0xb0+byte(b), DigestSize))
+		ct.Parity = append(ct.Parity, Digest(rep(0xb0+byte(b), DigestSize)))
 	}
 	return ct
 }

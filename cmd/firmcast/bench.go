@@ -107,7 +107,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.DurationVar(&f.stall, "stall", 3*time.Minute, "end a run with an error naming the devices that did not finish when nothing moves for this long")
 	fl.IntVar(&f.runs, "runs", 1, "runs of each case and fleet size; with more than one, the median and range are printed too")
 	fl.StringVar(&f.memprof, "memprofile", "", "write a heap profile (in use) of each firmcast campaign, taken when the devices have received half the image bytes, to this file (.<case>-<N> appended), and a heap and a goroutine profile at the process's RSS peak during the campaign (.peak and .goroutines appended to that)")
-	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns, from their start until the fleet has staged (not the raw runs, not the fleet setup, not the installs after), to this file")
+	fl.StringVar(&f.profile, "cpuprofile", "", "write a CPU profile of the firmcast campaigns, from their start until the fleet has staged (not the fleet setup, not the installs after), to this file (.<case>-<N> appended), and one of each raw run beside it (.raw appended to that), for go tool pprof -diff_base")
 	c.AddCommand(newBenchIdleCmd())
 	return c
 }

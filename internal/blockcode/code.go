@@ -58,7 +58,7 @@ func Commit(ctx context.Context, t *schemas.ChunkTable, k, p int, read ChunkRead
 	if err != nil {
 		return nil, err
 	}
-	c.Parity = make([][]byte, 0, int(c.NumBlocks())*p)
+	c.Parity = make([]schemas.Digest, 0, int(c.NumBlocks())*p)
 	for b := range c.NumBlocks() {
 		par, err := enc.Parity(ctx, b, read)
 		if err != nil {
@@ -66,7 +66,7 @@ func Commit(ctx context.Context, t *schemas.ChunkTable, k, p int, read ChunkRead
 		}
 		for _, d := range par {
 			sum := sha256.Sum256(d)
-			c.Parity = append(c.Parity, sum[:])
+			c.Parity = append(c.Parity, sum)
 		}
 	}
 	if err := c.Validate(); err != nil {

@@ -118,7 +118,7 @@ func TestCommit(t *testing.T) {
 	if c.Block != 4 || c.ParityPerBlock != 3 || c.NumBlocks() != 3 || len(c.Parity) != 9 {
 		t.Fatalf("coded table: block %d, parity %d, %d blocks, %d parity hashes", c.Block, c.ParityPerBlock, c.NumBlocks(), len(c.Parity))
 	}
-	if !bytes.Equal(c.Image, im.plain.Image) || c.ImageSize != im.plain.ImageSize || !slices.EqualFunc(c.Hashes, im.plain.Hashes, bytes.Equal) {
+	if !bytes.Equal(c.Image, im.plain.Image) || c.ImageSize != im.plain.ImageSize || !slices.Equal(c.Hashes, im.plain.Hashes) {
 		t.Fatal("the coded table changed the chunk table's keys 0 to 4")
 	}
 	if _, err := schemas.Encode(c); err != nil {

@@ -113,7 +113,8 @@ type BenchConfig struct {
 	// CPUProfile, when set, receives a CPU profile of each firmcast
 	// campaign from its start until the fleet has staged (the window of
 	// the staged time, BenchRow.FcStagedCPU), as
-	// CPUProfile.<case>-<N>[-<run>].
+	// CPUProfile.<case>-<N>[-<run>]; and one of the raw side, its peer,
+	// as the same name with ".raw" appended (pprof -diff_base).
 	CPUProfile string
 	// MemProfile, when set, receives a heap profile (in use) of each
 	// firmcast campaign taken when the devices have received half of the
@@ -167,7 +168,15 @@ type BenchRow struct {
 	// wait behind the devices' work (a real publisher has its own).
 	RawSched [2]float64 `json:"raw_sched_latency_p50_p99_ms"`
 	FcSched  [2]float64 `json:"firmcast_sched_latency_p50_p99_ms"`
-	Ratio    float64    `json:"staged_over_raw"`
+	// RawHostCPU and FcStagedHostCPU are the CPU seconds the whole host
+	// spent (every core busy, any process: /proc/stat) over the raw side
+	// and over the firmcast campaign's staged window, beside RawCPU and
+	// FcStagedCPU: what is not this process's is mostly the broker's (an
+	// external one shares these cores too). Their difference from
+	// cores x seconds is the time the host had a core idle.
+	RawHostCPU      float64 `json:"raw_host_cpu_seconds,omitempty"`
+	FcStagedHostCPU float64 `json:"firmcast_staged_host_cpu_seconds,omitempty"`
+	Ratio           float64 `json:"staged_over_raw"`
 	// Encrypted is the encrypted campaign's summary (BenchConfig.Encrypt)
 	// and EncRatio its staged time over the plain campaign's.
 	Encrypted *Summary `json:"encrypted,omitempty"`
@@ -316,12 +325,25 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		}
 	}
 	syscall.Sync()
-	cpu0 := cpuSeconds()
+	cpu0, host0 := cpuSeconds(), hostCPUSeconds()
 	sched := schedLatency()
 	peak := watchRSS(bc.Logger, "raw", nil)
+	stopRawProfile := func() {}
+	if bc.CPUProfile != "" {
+		f, err := os.Create(bc.CPUProfile + "." + name + ".raw")
+		if err != nil {
+			return row, err
+		}
+		defer f.Close()
+		if pprof.StartCPUProfile(f) == nil {
+			stopRawProfile = pprof.StopCPUProfile
+		}
+	}
 	row.Raw, err = RawFanout(ctx, RawConfig{URL: url, Subscribers: n, Image: image, ChunkSize: bc.ChunkSize, Dir: filepath.Join(dir, "raw")})
+	stopRawProfile()
 	row.RawPeak, row.RawPeakRSS = peak()
 	row.RawCPU = cpuSeconds() - cpu0
+	row.RawHostCPU = hostCPUSeconds() - host0
 	row.RawSched = sched()
 	if err != nil {
 		return row, fmt.Errorf("raw fan-out: %w", err)
@@ -377,21 +399,22 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	// CPU and the profile count from the campaign's start: the fleet's
 	// setup (factory images installed on every flash) is reported apart.
-	cpuStart, profiling := 0.0, false
+	cpuStart, hostStart, profiling := 0.0, 0.0, false
 	cfg.OnReady = func(time.Duration) {
 		syscall.Sync()
-		cpuStart = cpuSeconds()
+		cpuStart, hostStart = cpuSeconds(), hostCPUSeconds()
 		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
 	}
 	// When the fleet has staged: its CPU, and the CPU profile's end.
 	var stagedOnce sync.Once
-	stagedCPU := 0.0
+	stagedCPU, stagedHost := 0.0, 0.0
 	var halfOnce sync.Once
 	half := int64(n) * int64(len(image)) / 2
 	cfg.OnProgress = func(p Progress) {
 		if cpuStart != 0 && fleetStaged(p) {
 			stagedOnce.Do(func() {
 				stagedCPU = cpuSeconds() - cpuStart
+				stagedHost = hostCPUSeconds() - hostStart
 				if profiling {
 					pprof.StopCPUProfile()
 					profiling = false
@@ -422,6 +445,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	row.FcSetupCPU = cpuStart - cpu0
 	row.FcCPU = cpuSeconds() - cpuStart
 	row.FcStagedCPU = stagedCPU
+	row.FcStagedHostCPU = stagedHost
 	if err != nil {
 		return row, fmt.Errorf("firmcast campaign: %w", err)
 	}
@@ -547,6 +571,30 @@ func cpuSeconds() float64 {
 	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 }
 
+// hostCPUSeconds is the CPU time every core of the host spent busy
+// (user, nice, system, irq, softirq, steal: /proc/stat's cpu line, in
+// USER_HZ of 100 a second), 0 if unknown.
+func hostCPUSeconds() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	fs := strings.Fields(line)
+	if len(fs) < 9 || fs[0] != "cpu" {
+		return 0
+	}
+	busy := 0.0
+	for i, f := range fs[1:9] {
+		if i == 3 || i == 4 {
+			continue // idle, iowait
+		}
+		v, _ := strconv.ParseFloat(f, 64)
+		busy += v
+	}
+	return busy / 100
+}
+
 // rss is the resident set size in bytes (Linux), 0 if unknown.
 func rss() int64 {
 	b, err := os.ReadFile("/proc/self/statm")
@@ -612,9 +660,11 @@ func schedLatency() func() [2]float64 {
 }
 
 // memClassNames are the runtime's memory classes (runtime/metrics) that
-// make up most of a Go process's RSS, with the goroutine count.
+// make up most of a Go process's RSS (and the live heap the last
+// collection marked), with the goroutine count.
 var memClassNames = []struct{ metric, key string }{
 	{"/memory/classes/heap/objects:bytes", "heap_objects_mib"},
+	{"/gc/heap/live:bytes", "heap_live_mib"},
 	{"/memory/classes/heap/unused:bytes", "heap_unused_mib"},
 	{"/memory/classes/heap/free:bytes", "heap_free_mib"},
 	{"/memory/classes/heap/stacks:bytes", "stacks_mib"},

@@ -47,7 +47,7 @@ func TestLossAtReceivePath(t *testing.T) {
 		b, _ := schemas.Encode(&schemas.Chunk{V: schemas.Version, Image: img, Index: uint32(i), Data: []byte{1}})
 		pub.Publish(context.Background(), ct, b, broker.PublishOptions{Family: broker.FamilyChunk})
 		if i%1000 == 0 {
-			tb, _ := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: img, ImageSize: 1, ChunkSize: 1, Hashes: [][]byte{make([]byte, 32)}})
+			tb, _ := schemas.Encode(&schemas.ChunkTable{V: schemas.Version, Image: img, ImageSize: 1, ChunkSize: 1, Hashes: make([]schemas.Digest, 1)})
 			pub.Publish(context.Background(), ct, tb, broker.PublishOptions{Family: broker.FamilyChunk})
 		}
 	}

@@ -298,7 +298,7 @@ func generate(t testing.TB) *corpus {
 		Table: c.put("serve/table-of-v3.bin", v3tab)}, "the source serves v3's chunk table for v2")
 	t2 := tab(v2)
 	t2.Hashes = slices.Clone(t2.Hashes)
-	t2.Hashes[1] = digest([]byte("forged"))
+	t2.Hashes[1] = schemas.Digest(digest([]byte("forged")))
 	fetch("table-one-entry-forged", "chunk-table", good, v2, &Serve{Image: "images/v2.bin",
 		Table: c.put("serve/table-forged-entry.bin", must[[]byte](t)(schemas.Encode(t2)))}, "one chunk digest in the table replaced")
 	fetch("table-garbage", "no-source", good, v2, &Serve{Image: "images/v2.bin",
