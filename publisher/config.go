@@ -186,6 +186,12 @@ type Config struct {
 	// most 1.037 images (1.146). Mosquitto used less CPU for a campaign
 	// than for the raw fan-out already. Default 1.
 	WaveBurst int
+	// WaveReady is the longest a wave's first chunk waits, after its
+	// first chunk table copy, for the devices it is for to report that
+	// they took the table (their source decision, a downloading report):
+	// chunks sent while they check and record it queue in every device's
+	// receive path (see awaitReady). 0: no wait. Default 0.
+	WaveReady time.Duration
 	// WavePace is how often a wave in flight revises its rate from the
 	// download progress the devices report while it flows, so that it
 	// sends no faster than its slow devices take it (wavepace.go); it

@@ -325,6 +325,67 @@ func TestDeliveryHeldWaveRechecked(t *testing.T) {
 	}
 }
 
+// TestDeliveryWaveReady: with WaveReady, a wave's first chunk waits,
+// after its first table copy, until every device downloading as it
+// started reported downloading since (each counted once; other states do
+// not count), or until WaveReady passed when some never do.
+func TestDeliveryWaveReady(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		ready time.Duration
+		// before report downloading while the wave must still wait; last
+		// (if any) releases it.
+		before []string
+		last   string
+	}{
+		{"all report", time.Hour, []string{"a", "b", "a"}, "c"},
+		{"one never does", 50 * time.Millisecond, nil, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newFakeHost()
+			d := h.addImage(t, 4*1024, 1024, 0, 0)
+			h.camps["c1"] = Campaign{ID: "c1", Image: d.info.Digest, State: CampaignRunning}
+			h.bucketCounts = map[string]uint64{countDownloading: 3}
+			dl, tr := newTestDelivery(t, h, func(c *Config) {
+				c.BroadcastMin, c.WaveHold, c.WaveReady = 2, -1, tc.ready
+			})
+			ctx, cancel := context.WithCancel(context.Background())
+			defer func() { cancel(); dl.wait() }()
+			report := func(dev string, st schemas.State) {
+				dl.observeReady(&schemas.DeviceReport{V: schemas.Version, Device: dev, Campaign: "c1", State: st})
+			}
+			c, _ := h.campaign("c1")
+			dl.maybeWave(ctx, &c)
+			ct, _ := dl.cfg.Topics.Chunks(d.info.Digest)
+			if tc.last != "" {
+				w := dl.waveFor(d.info.Digest)
+				waitFor(t, 10*time.Second, func() string { return "the wave never waited for its devices" }, func() bool {
+					dl.waveMu.Lock()
+					defer dl.waveMu.Unlock()
+					return w.readyCh != nil
+				})
+				report("c", schemas.StateNotified) // not downloading: not counted
+				for _, dev := range tc.before {
+					report(dev, schemas.StateDownloading)
+				}
+				if msgs := tr.on(ct); len(msgs) != 1 || !bytes.Equal(msgs[0], d.tableBytes) {
+					t.Fatalf("%d messages sent while the wave waited, want its table copy alone", len(msgs))
+				}
+				report(tc.last, schemas.StateDownloading)
+			} else {
+				report("a", schemas.StateDownloading)
+			}
+			dl.wait()
+			if got := counterValue(dl.met.waves); got != 1 {
+				t.Fatalf("%v waves, want 1", got)
+			}
+			if n, want := len(tr.on(ct)), 1+d.chunks()+1; n != want {
+				t.Errorf("%d messages, want the table, %d chunks and the end marker", n, d.chunks())
+			}
+		})
+	}
+}
+
 // wavedDelivery returns a delivery on a fake host holding an image of 24
 // chunks of 512 bytes, coded in blocks of k with par parity chunks,
 // after one wave of it, with its recording transport and the image's

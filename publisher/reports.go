@@ -33,6 +33,7 @@ func (p *Publisher) handleReport(ctx context.Context, m broker.Message) {
 		return
 	}
 	p.dl.observeProgress(&r) // in-wave feedback (wavepace.go)
+	p.dl.observeReady(&r)    // a wave's devices took its table (awaitReady)
 	if p.forward(&r, m.Payload) {
 		return
 	}

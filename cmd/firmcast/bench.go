@@ -42,6 +42,7 @@ type benchFlags struct {
 	runs      int
 	waveEcho  int
 	waveBurst int
+	waveReady time.Duration
 	timeout   time.Duration
 	stall     time.Duration
 }
@@ -94,6 +95,7 @@ fails is reported and the others still run; the exit code is then 1.`,
 	fl.BoolVar(&f.coded, "coded", true, "erasure-coded repair, as firmcast serve ships it: the image gets a coded chunk table (blocks of 128 chunks, 32 parity chunks each) and repairs broadcast parity chunks; --coded=false measures the uncoded repair")
 	fl.IntVar(&f.codedK, "coded-block", 0, "with --coded: chunks per source block K (0: the publisher's default, 128)")
 	fl.IntVar(&f.codedP, "coded-parity", 0, "with --coded: parity chunks committed per block P, K+P <= 256 (0: the publisher's default)")
+	fl.DurationVar(&f.waveReady, "wave-ready", 0, "the longest a wave's first chunk waits, after its first chunk table copy, for the devices to report they took the table (publisher WaveReady); 0: no wait")
 	fl.IntVar(&f.waveBurst, "wave-burst", 16, "on NATS, the publisher sends a wave's chunks N at a time (publisher WaveBurst; the MQTT cases send one at a time)")
 	fl.IntVar(&f.waveEcho, "wave-echo", 32, "the publisher's echo window: a wave sends chunk i once chunk i-N came back from the broker (publisher WaveEcho)")
 	fl.StringVar(&f.maxRate, "max-rate", "0", "cap on the publisher's chunk egress per second, e.g. 2MiB (waves, repairs and answers together); 0: no cap")
@@ -148,7 +150,7 @@ func runBench(cmd *cobra.Command, f *benchFlags) error {
 	defer logf.Close()
 	rows, err := fleet.RunBench(cmd.Context(), fleet.BenchConfig{
 		Cases: f.cases, Devices: f.devices, ImageSize: size, ChunkSize: chunk, MosquittoURL: f.mosquitto, NATSURL: f.nats,
-		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, CodedBlock: f.codedK, CodedParity: f.codedP, MaxRate: maxRate, WaveEcho: f.waveEcho, WaveBurst: f.waveBurst, DeviceFsync: f.fsync, HoldBoots: f.holdBoots, ColdPages: f.coldPages, ParityInMemory: f.parityMem, PaceReporters: f.reporters, Encrypt: f.encrypt,
+		Runs: f.runs, Timeout: f.timeout, Stall: f.stall, Dir: dir, Seed: f.seed, MemFlash: f.flash == "mem", CPUProfile: f.profile, MemProfile: f.memprof, Loss: f.loss, Coded: f.coded, CodedBlock: f.codedK, CodedParity: f.codedP, MaxRate: maxRate, WaveEcho: f.waveEcho, WaveBurst: f.waveBurst, WaveReady: f.waveReady, DeviceFsync: f.fsync, HoldBoots: f.holdBoots, ColdPages: f.coldPages, ParityInMemory: f.parityMem, PaceReporters: f.reporters, Encrypt: f.encrypt,
 		Logger:   benchLogger(cmd, logf),
 		Progress: cmd.ErrOrStderr(),
 	})

@@ -72,6 +72,7 @@ type publisherOptions struct {
 	// Delivery: repair batching, wave pacing (the fleet simulation's
 	// values, which docs/BENCHMARKS.md measures).
 	repairWindow, wavePace time.Duration
+	waveReady              time.Duration
 	waveEcho               int
 	waveBurst              int
 }
@@ -95,6 +96,7 @@ func (o *publisherOptions) addFlags(f *pflag.FlagSet) {
 	f.DurationVar(&o.repairWindow, "repair-window", 250*time.Millisecond, "batch the devices' chunk requests and loss summaries of an image for this long into one repair round (coded: parity chunks broadcast per block for the neediest device; plain: chunks many ask for broadcast once); 0: answer each request at once, by unicast")
 	f.IntVar(&o.waveBurst, "wave-burst", 1, "with echo pacing, send a wave's chunks N at a time (at most --wave-echo), so that the broker writes them to each subscriber together: 8 took a NATS server's CPU for a 500-device campaign from 13.0 to 9.6-12.4 core-seconds in the bench, and 16 left the devices shedding 0-47 chunks a run instead of up to 2,641 (docs/BENCHMARKS.md)")
 	f.IntVar(&o.waveEcho, "wave-echo", 32, "pace broadcast waves at the broker's fan-out: send chunk i once chunk i-N came back on the publisher's own subscription (0: no echo pacing)")
+	f.DurationVar(&o.waveReady, "wave-ready", 0, "the longest a wave's first chunk waits, after its first chunk table copy, for the devices it is for to report they took the table; 0: no wait (docs/BENCHMARKS.md)")
 	f.DurationVar(&o.wavePace, "wave-pace", time.Second, "revise a wave's rate this often from the progress its downloading devices report (designated receivers: agents run with --progress-interval of a second or less); 0: off")
 	f.BoolVar(&o.codedRepair, "coded-repair", true, "give images uploaded from now on a coded chunk table and repair their waves with parity chunks (erasure-coded repair) for the agents that speak it; agents of delivery protocol 1 take the image's plain table and are repaired by chunks in the same campaign (--coded-repair=false: plain tables only)")
 }
@@ -278,7 +280,7 @@ func (o *serveOptions) stackConfig(log *slog.Logger) (stack.Config, error) {
 		return cfg, err
 	}
 	cfg.Publisher = publisher.Config{BootstrapKey: p.apiKey, PublicURL: p.publicURL, Replicas: p.replicas, Partitions: p.partitions, DeviceDeadline: p.deviceDeadline, CodedRepair: p.codedRepair,
-		RepairWindow: p.repairWindow, WaveEcho: p.waveEcho, WaveBurst: p.waveBurst, WavePace: p.wavePace}
+		RepairWindow: p.repairWindow, WaveEcho: p.waveEcho, WaveBurst: p.waveBurst, WavePace: p.wavePace, WaveReady: p.waveReady}
 	if p.imageAccess != "" { // empty: the publisher's default (key)
 		if cfg.Publisher.ImageAccess, err = publisher.ParseImageAccess(p.imageAccess); err != nil {
 			return cfg, fmt.Errorf("--image-access: %w", err)

@@ -69,6 +69,9 @@ type BenchConfig struct {
 	// (publisher.Config.WaveBurst); the MQTT cases send one at a time.
 	// 0: 1.
 	WaveBurst int
+	// WaveReady is how long a wave's first chunk waits for the devices
+	// to take its chunk table (publisher.Config.WaveReady); 0: no wait.
+	WaveReady time.Duration
 	// DeviceFsync makes the simulated devices fsync their flash and
 	// state as deployed agents do. Off by default: the fleet shares one
 	// disk, where hundreds of devices' fsyncs serialise in its journal
@@ -265,6 +268,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 			if bc.WaveEcho > 0 {
 				c.WaveEcho = bc.WaveEcho
 			}
+			c.WaveReady = bc.WaveReady
 		},
 		MemFlash: bc.MemFlash,
 		Loss:     bc.Loss,
