@@ -275,6 +275,19 @@ func TestDeliveryWave(t *testing.T) {
 	}
 }
 
+// campaignOf3 returns a fake host running campaign c1 of a 4-chunk
+// image with 3 devices downloading, and a delivery on it with the
+// config changed by mod.
+func campaignOf3(t *testing.T, mod func(*Config)) (*fakeHost, *imageData, *delivery, *recTransport) {
+	t.Helper()
+	h := newFakeHost()
+	d := h.addImage(t, 4*1024, 1024, 0, 0)
+	h.camps["c1"] = Campaign{ID: "c1", Image: d.info.Digest, State: CampaignRunning}
+	h.bucketCounts = map[string]uint64{countDownloading: 3}
+	dl, tr := newTestDelivery(t, h, mod)
+	return h, d, dl, tr
+}
+
 // A wave held for its devices is looked at again when its hold may be
 // over (armRecheck), WaveSettle after the last chunk table or when
 // WaveHold ends, whichever is first, not at the leader's next tick; the
@@ -288,11 +301,7 @@ func TestDeliveryHeldWaveRechecked(t *testing.T) {
 		{"hold-end", time.Hour, 30 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newFakeHost()
-			d := h.addImage(t, 4*1024, 1024, 0, 0)
-			h.camps["c1"] = Campaign{ID: "c1", Image: d.info.Digest, State: CampaignRunning}
-			h.bucketCounts = map[string]uint64{countDownloading: 3}
-			dl, tr := newTestDelivery(t, h, func(c *Config) {
+			h, d, dl, tr := campaignOf3(t, func(c *Config) {
 				c.BroadcastMin, c.WaveSettle, c.WaveHold, c.NoProgress = 2, tc.settle, tc.hold, 4*time.Hour
 			})
 			clock := dl.cfg.Clock.(*fakeClock)
@@ -342,11 +351,7 @@ func TestDeliveryWaveReady(t *testing.T) {
 		{"one never does", 50 * time.Millisecond, nil, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			h := newFakeHost()
-			d := h.addImage(t, 4*1024, 1024, 0, 0)
-			h.camps["c1"] = Campaign{ID: "c1", Image: d.info.Digest, State: CampaignRunning}
-			h.bucketCounts = map[string]uint64{countDownloading: 3}
-			dl, tr := newTestDelivery(t, h, func(c *Config) {
+			h, d, dl, tr := campaignOf3(t, func(c *Config) {
 				c.BroadcastMin, c.WaveHold, c.WaveReady = 2, -1, tc.ready
 			})
 			ctx, cancel := context.WithCancel(context.Background())
