@@ -51,7 +51,9 @@
 //     only as far as devices that joined while it flowed missed, rather
 //     than a second whole wave; it can be paced from the progress
 //     designated receivers report while it flows (wavepace.go,
-//     Config.WavePace). With Config.CodedRepair
+//     Config.WavePace), and its first chunk can wait, after its first
+//     table copy, for its devices to report they took the table
+//     (Config.WaveReady). With Config.CodedRepair
 //     an uploaded image gets a coded chunk table (internal/blockcode), its
 //     waves interleave its blocks, and repairs broadcast fresh parity
 //     chunks, per block as many as the requester lacking most lacks

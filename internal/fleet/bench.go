@@ -176,9 +176,15 @@ type BenchRow struct {
 	// and over the firmcast campaign's staged window, beside RawCPU and
 	// FcStagedCPU: what is not this process's is mostly the broker's (an
 	// external one shares these cores too). Their difference from
-	// cores x seconds is the time the host had a core idle.
+	// cores x seconds is the time the host had a core idle. RawSteal and
+	// FcStagedSteal are the CPU seconds the hypervisor took from this
+	// virtual machine's cores over the same windows (steal time, not
+	// counted in the host's CPU): a run it took much from is slower for
+	// reasons outside both sides.
 	RawHostCPU      float64 `json:"raw_host_cpu_seconds,omitempty"`
 	FcStagedHostCPU float64 `json:"firmcast_staged_host_cpu_seconds,omitempty"`
+	RawSteal        float64 `json:"raw_steal_seconds,omitempty"`
+	FcStagedSteal   float64 `json:"firmcast_staged_steal_seconds,omitempty"`
 	Ratio           float64 `json:"staged_over_raw"`
 	// Encrypted is the encrypted campaign's summary (BenchConfig.Encrypt)
 	// and EncRatio its staged time over the plain campaign's.
@@ -329,7 +335,8 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 		}
 	}
 	syscall.Sync()
-	cpu0, host0 := cpuSeconds(), hostCPUSeconds()
+	cpu0 := cpuSeconds()
+	host0, steal0 := hostCPUSeconds()
 	sched := schedLatency()
 	peak := watchRSS(bc.Logger, "raw", nil)
 	stopRawProfile := func() {}
@@ -347,7 +354,8 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	stopRawProfile()
 	row.RawPeak, row.RawPeakRSS = peak()
 	row.RawCPU = cpuSeconds() - cpu0
-	row.RawHostCPU = hostCPUSeconds() - host0
+	host1, steal1 := hostCPUSeconds()
+	row.RawHostCPU, row.RawSteal = host1-host0, steal1-steal0
 	row.RawSched = sched()
 	if err != nil {
 		return row, fmt.Errorf("raw fan-out: %w", err)
@@ -403,22 +411,24 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	}
 	// CPU and the profile count from the campaign's start: the fleet's
 	// setup (factory images installed on every flash) is reported apart.
-	cpuStart, hostStart, profiling := 0.0, 0.0, false
+	cpuStart, hostStart, stealStart, profiling := 0.0, 0.0, 0.0, false
 	cfg.OnReady = func(time.Duration) {
 		syscall.Sync()
-		cpuStart, hostStart = cpuSeconds(), hostCPUSeconds()
+		cpuStart = cpuSeconds()
+		hostStart, stealStart = hostCPUSeconds()
 		profiling = pf != nil && pprof.StartCPUProfile(pf) == nil
 	}
 	// When the fleet has staged: its CPU, and the CPU profile's end.
 	var stagedOnce sync.Once
-	stagedCPU, stagedHost := 0.0, 0.0
+	stagedCPU, stagedHost, stagedSteal := 0.0, 0.0, 0.0
 	var halfOnce sync.Once
 	half := int64(n) * int64(len(image)) / 2
 	cfg.OnProgress = func(p Progress) {
 		if cpuStart != 0 && fleetStaged(p) {
 			stagedOnce.Do(func() {
 				stagedCPU = cpuSeconds() - cpuStart
-				stagedHost = hostCPUSeconds() - hostStart
+				h, st := hostCPUSeconds()
+				stagedHost, stagedSteal = h-hostStart, st-stealStart
 				if profiling {
 					pprof.StopCPUProfile()
 					profiling = false
@@ -449,7 +459,7 @@ func benchCase(ctx context.Context, cs string, bc BenchConfig, n, run int, image
 	row.FcSetupCPU = cpuStart - cpu0
 	row.FcCPU = cpuSeconds() - cpuStart
 	row.FcStagedCPU = stagedCPU
-	row.FcStagedHostCPU = stagedHost
+	row.FcStagedHostCPU, row.FcStagedSteal = stagedHost, stagedSteal
 	if err != nil {
 		return row, fmt.Errorf("firmcast campaign: %w", err)
 	}
@@ -575,28 +585,31 @@ func cpuSeconds() float64 {
 	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 }
 
-// hostCPUSeconds is the CPU time every core of the host spent busy
-// (user, nice, system, irq, softirq, steal: /proc/stat's cpu line, in
-// USER_HZ of 100 a second), 0 if unknown.
-func hostCPUSeconds() float64 {
+// hostCPUSeconds returns the CPU time every core of the host spent busy
+// (user, nice, system, irq, softirq: /proc/stat's cpu line, in USER_HZ
+// of 100 a second) and the time the hypervisor took from them (steal),
+// 0 if unknown.
+func hostCPUSeconds() (busy, steal float64) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	fs := strings.Fields(line)
 	if len(fs) < 9 || fs[0] != "cpu" {
-		return 0
+		return 0, 0
 	}
-	busy := 0.0
 	for i, f := range fs[1:9] {
-		if i == 3 || i == 4 {
-			continue // idle, iowait
-		}
 		v, _ := strconv.ParseFloat(f, 64)
-		busy += v
+		switch i {
+		case 3, 4: // idle, iowait
+		case 7:
+			steal = v / 100
+		default:
+			busy += v / 100
+		}
 	}
-	return busy / 100
+	return busy, steal
 }
 
 // rss is the resident set size in bytes (Linux), 0 if unknown.
