@@ -747,11 +747,13 @@ func (dl *delivery) castTable(ctx context.Context, t schemas.Topic, d *imageData
 // reported since (observeReady), for at most Config.WaveReady. A device
 // takes the table from the wave, then checks it, records it, picks its
 // source and reports that decision before its fetch takes chunks: on a
-// host simulating 500 devices that took them 0.4 to 0.7 s, and a wave
-// that flowed meanwhile queued its first second in every device's
-// receive path (the process's RSS peak, 1.2 to 1.8 s into the wave).
+// host simulating 500 devices that took them 0.4 to 0.7 s while the wave
+// flowed. (Measured there, waiting for them did not lower the process's
+// RSS peak, which still built in the wave's first seconds, and the
+// staged time moved within the runs' spread: docs/BENCHMARKS.md.)
 // Devices that never report (a publisher instance that sees a share of
-// them, an agent gone) cost the wait's bound, once per wave.
+// them, an agent gone) cost the wait's bound, once per wave. The count
+// is taken once: a wave started by hand waits for nobody.
 func (dl *delivery) awaitReady(ctx context.Context, w *waveState, digest string) error {
 	if dl.cfg.WaveReady <= 0 {
 		return nil
@@ -777,7 +779,7 @@ func (dl *delivery) awaitReady(ctx context.Context, w *waveState, digest string)
 	}
 	dl.waveMu.Lock()
 	got := len(w.ready)
-	w.ready, w.readyCh = nil, nil
+	w.ready, w.readyCh, w.readyWant = nil, nil, 0
 	dl.waveMu.Unlock()
 	dl.log.Debug("wave ready", "image", digest, "devices", got, "want", want, "seconds", time.Since(start).Seconds())
 	return err
@@ -804,6 +806,7 @@ func (dl *delivery) observeReady(r *schemas.DeviceReport) {
 	w.ready[r.Device] = struct{}{}
 	if len(w.ready) == w.readyWant {
 		close(w.readyCh)
+		w.readyCh = nil // awaitReady holds its own copy
 	}
 }
 
