@@ -71,7 +71,12 @@ func (s *memSlot) ReadAt(p []byte, off int64) (int, error) {
 // 22 (40 to 79) with the spread back-off. The back-off is 10s for -race
 // in CI, where every package's tests share the machine and a device's
 // loop takes seconds to hear the announcement (at 6s one CI run counted
-// 159).
+// 159). One CI run at 10s counted 276: the 500 devices that rebuilt
+// their first block together each built the Reed-Solomon code (the
+// cache filled only after the first build), and with the cores busy a
+// parity chunk took 2.5 s to reach them all; built once per process
+// (blockcode.parityRows), the test counts 16 to 27 with three busy loops
+// beside it on the two cores (it counted 184 to 473 before).
 func TestQuietDevices(t *testing.T) {
 	n := 500
 	if testing.Short() {

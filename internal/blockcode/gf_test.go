@@ -3,6 +3,7 @@ package blockcode
 import (
 	"errors"
 	"math/rand/v2"
+	"sync"
 	"testing"
 )
 
@@ -67,5 +68,33 @@ func TestDecodeK128(t *testing.T) {
 			}
 		}
 		decodeTrial(t, im, par, r, lostSet, 0, nil)
+	}
+}
+
+// TestParityRowsOnce: callers that come at once for a (K, P) not yet
+// built wait for one build and share its rows (500 simulated devices
+// that rebuilt their first block together each built the code).
+func TestParityRowsOnce(t *testing.T) {
+	const k, p = 37, 5 // a code no other test builds
+	before := rowsBuilt.Load()
+	rows := make([][][]byte, 64)
+	var wg sync.WaitGroup
+	for i := range rows {
+		wg.Go(func() {
+			r, err := parityRows(k, p)
+			if err != nil {
+				t.Error(err)
+			}
+			rows[i] = r
+		})
+	}
+	wg.Wait()
+	if n := rowsBuilt.Load() - before; n != 1 {
+		t.Errorf("parityRows(%d, %d) from %d callers at once built the code %d times, want 1", k, p, len(rows), n)
+	}
+	for i, r := range rows {
+		if len(r) != p || &r[0][0] != &rows[0][0][0] {
+			t.Fatalf("caller %d got rows %p (%d), want caller 0's %p", i, r, len(r), rows[0])
+		}
 	}
 }

@@ -92,6 +92,13 @@ func (h *MemHub) dialect() broker.Dialect {
 }
 
 func (h *MemHub) match(filter, topic string) bool {
+	if !strings.ContainsAny(filter, "*>+#") {
+		// No wildcard: the filter matches only itself. Every publish
+		// is matched against every subscription (about 2,000 for 500
+		// devices), and splitting both took a loaded -race run's hub
+		// 2.5 s per message (TestQuietDevices).
+		return filter == topic
+	}
 	if h.NATS {
 		return natsMatch(filter, topic)
 	}
