@@ -1019,3 +1019,52 @@ func TestFirstRoundNeed(t *testing.T) {
 		}
 	}
 }
+
+// TestFleetLack: a requester whose losses are one run of the carousel
+// (it shed what came while its receive path was behind: with blocks
+// interleaved, the run is spread evenly over the blocks, so lossRate
+// takes it for even loss) does not count in the rate the first round is
+// sized for; scattered losses do, and so do runs far apart.
+func TestFleetLack(t *testing.T) {
+	ct := &schemas.ChunkTable{ImageSize: 512 * 256, ChunkSize: 256, Block: 128, ParityPerBlock: 32}
+	ct.Hashes = make([]schemas.Digest, ct.NumChunks())
+	d := newImageData(Image{}, nil, ct, nil)
+	run := func(from, n int) []int { // the chunks the carousel sends at positions [from, from+n)
+		var out []int
+		for s := from; s < from+n; s++ {
+			out = append(out, d.at(s))
+		}
+		return out
+	}
+	every := func(step int) []int {
+		var out []int
+		for s := 0; s < 512; s += step {
+			out = append(out, d.at(s))
+		}
+		return out
+	}
+	holes := run(100, 60)
+	holes = append(holes[:10:10], holes[20:]...) // a run with a gap: 50 chunks over 60 positions
+	for _, tc := range []struct {
+		name  string
+		lacks []int
+		count bool
+	}{
+		{"one run of 64 positions (shed)", run(200, 64), false},
+		{"one run of 28 at the carousel's start", run(0, 28), false},
+		{"one run with a gap", holes, false},
+		{"one chunk", run(7, 1), false},
+		{"scattered, 1 in 20", every(20), true},
+		{"two runs far apart", append(run(10, 8), run(400, 8)...), true},
+	} {
+		// Evenly over the blocks: what lossRate alone cannot tell apart.
+		l := make([]int, ct.NumBlocks())
+		for _, i := range tc.lacks {
+			l[ct.BlockOf(uint32(i))]++
+		}
+		got := fleetLack(d, map[string][]int{"dev": tc.lacks}, map[string][]int{"dev": l})
+		if _, ok := got["dev"]; ok != tc.count {
+			t.Errorf("%s (per block %v): counted %v, want %v", tc.name, l, ok, tc.count)
+		}
+	}
+}
