@@ -1463,14 +1463,7 @@ func (dl *delivery) repairCoded(ctx context.Context, d *imageData, w *waveState,
 		// Each summary, with where in the carousel its losses lie: a
 		// device that lacks a wave's first positions heard it late.
 		for who, wl := range per {
-			first, last := int64(-1), int64(-1)
-			for _, i := range wl {
-				pos := d.posOf(i)
-				if first < 0 || pos < first {
-					first = pos
-				}
-				last = max(last, pos)
-			}
+			first, last := d.span(wl)
 			var seen uint32
 			if r := reqs[who]; r != nil {
 				seen = r.Seen
@@ -1690,14 +1683,7 @@ func oneRun(d *imageData, chunks []int) bool {
 	if len(chunks) == 0 {
 		return true
 	}
-	lo, hi := int64(-1), int64(-1)
-	for _, i := range chunks {
-		p := d.posOf(i)
-		if lo < 0 || p < lo {
-			lo = p
-		}
-		hi = max(hi, p)
-	}
+	lo, hi := d.span(chunks)
 	return hi-lo+1 <= 2*int64(len(chunks))
 }
 

@@ -349,6 +349,20 @@ func (d *imageData) posOf(i int) int64 {
 	return int64(d.pos[i])
 }
 
+// span returns the first and last carousel positions of chunks (indices
+// of d); -1, -1 for none.
+func (d *imageData) span(chunks []int) (first, last int64) {
+	first, last = -1, -1
+	for _, i := range chunks {
+		p := d.posOf(i)
+		if first < 0 || p < first {
+			first = p
+		}
+		last = max(last, p)
+	}
+	return first, last
+}
+
 // imageCache keeps the imageData of recently served images, bounded in
 // entries and in chunk table bytes (a table is at most about 4.5 MiB).
 // Concurrent loads of one image are merged into one.
