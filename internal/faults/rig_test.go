@@ -809,7 +809,9 @@ func (r *rig) checkEgressMetric() {
 // the count is not wired. (With wave gathering every chunk may come by
 // broadcast, so the chunks asked for may be none.) An agent that keeps
 // running knows every chunk it wrote, so allowed is 0 unless agents are
-// killed: then one persistence interval (persistEvery).
+// killed: then one persistence interval (persistEvery). Beyond allowed,
+// a device may name inFlightSlack chunks that arrived as its request
+// went out (see inFlightSlack).
 func (r *rig) checkRefetch(allowed int) {
 	r.t.Helper()
 	ids := make([]string, len(r.devs))
@@ -821,9 +823,22 @@ func (r *rig) checkRefetch(allowed int) {
 	}
 	total := r.src.totalRequested()
 	who, again := r.src.maxAgain()
-	r.t.Logf("chunks requested: %d; asked for again while held verified: at most %d per device (%q); allowed %d",
-		total, again, who, allowed)
-	if again > allowed {
-		r.t.Errorf("device %s asked again for %d chunks it held verified, more than %d", who, again, allowed)
+	r.t.Logf("chunks requested: %d; asked for again while held verified: at most %d per device (%q); allowed %d (+%d in flight)",
+		total, again, who, allowed, inFlightSlack)
+	if again > allowed+inFlightSlack {
+		r.t.Errorf("device %s asked again for %d chunks it held verified, more than %d (+%d in flight)", who, again, allowed, inFlightSlack)
 	}
 }
+
+// inFlightSlack is how many chunks a device may name in its requests
+// that reached its flash while the request went out. The fetcher's
+// request sender (fetcher/requests.go) takes out of a request the
+// chunks the fetch loop has delivered, then publishes it on its own
+// goroutine so that the loop never waits on the network; a chunk the
+// loop writes between that check and the publish (where this rig reads
+// the flash) is named, and the publisher sends it once more. Under
+// -race on the 2-core machine that was 1 chunk, once in a suite run, in
+// TestChunkLoss/loss-20% (58158fe) and in TestOfflineDevicesBrokerStore
+// (8d94ee1; docs/RELIABILITY.md). A device that forgot what it held
+// (the bug this check is for) asks for many.
+const inFlightSlack = 1
