@@ -1677,11 +1677,14 @@ func fleetLack(d *imageData, per map[string][]int, lack map[string][]int) map[st
 	return out
 }
 
-// oneRun reports whether the carousel positions of chunks (indices of
-// d) lie within a run at most twice as long as their count.
+// oneRun reports whether chunks (indices of d) are a shed run: at least
+// as many as the image has blocks (a shorter run leaves some blocks
+// without a loss, which lossRate's median block share already tells
+// from even loss), with carousel positions within a run at most twice
+// as long as their count.
 func oneRun(d *imageData, chunks []int) bool {
-	if len(chunks) == 0 {
-		return true
+	if len(chunks) < int(d.table.NumBlocks()) {
+		return false
 	}
 	lo, hi := d.span(chunks)
 	return hi-lo+1 <= 2*int64(len(chunks))

@@ -1024,7 +1024,9 @@ func TestFirstRoundNeed(t *testing.T) {
 // (it shed what came while its receive path was behind: with blocks
 // interleaved, the run is spread evenly over the blocks, so lossRate
 // takes it for even loss) does not count in the rate the first round is
-// sized for; scattered losses do, and so do runs far apart.
+// sized for; scattered losses do, and so do runs far apart, runs
+// shorter than the image's blocks (lossRate's median block share tells
+// those apart already) and a requester that lacks nothing.
 func TestFleetLack(t *testing.T) {
 	ct := &schemas.ChunkTable{ImageSize: 512 * 256, ChunkSize: 256, Block: 128, ParityPerBlock: 32}
 	ct.Hashes = make([]schemas.Digest, ct.NumChunks())
@@ -1053,7 +1055,10 @@ func TestFleetLack(t *testing.T) {
 		{"one run of 64 positions (shed)", run(200, 64), false},
 		{"one run of 28 at the carousel's start", run(0, 28), false},
 		{"one run with a gap", holes, false},
-		{"one chunk", run(7, 1), false},
+		{"a run of 4, one a block", run(300, 4), false},
+		{"a run of 3, shorter than the blocks", run(300, 3), true},
+		{"one chunk", run(7, 1), true},
+		{"nothing lacked", nil, true},
 		{"scattered, 1 in 20", every(20), true},
 		{"two runs far apart", append(run(10, 8), run(400, 8)...), true},
 	} {

@@ -76,11 +76,14 @@ func TestDecodeK128(t *testing.T) {
 // that rebuilt their first block together each built the code).
 func TestParityRowsOnce(t *testing.T) {
 	const k, p = 37, 5 // a code no other test builds
+	rowsCache.Delete([2]int{k, p}) // not built yet, with -count too
 	before := rowsBuilt.Load()
 	rows := make([][][]byte, 64)
+	start := make(chan struct{}) // all callers come at once
 	var wg sync.WaitGroup
 	for i := range rows {
 		wg.Go(func() {
+			<-start
 			r, err := parityRows(k, p)
 			if err != nil {
 				t.Error(err)
@@ -88,6 +91,7 @@ func TestParityRowsOnce(t *testing.T) {
 			rows[i] = r
 		})
 	}
+	close(start)
 	wg.Wait()
 	if n := rowsBuilt.Load() - before; n != 1 {
 		t.Errorf("parityRows(%d, %d) from %d callers at once built the code %d times, want 1", k, p, len(rows), n)
