@@ -75,7 +75,7 @@ func TestDecodeK128(t *testing.T) {
 // built wait for one build and share its rows (500 simulated devices
 // that rebuilt their first block together each built the code).
 func TestParityRowsOnce(t *testing.T) {
-	const k, p = 37, 5 // a code no other test builds
+	const k, p = 37, 5             // a code no other test builds
 	rowsCache.Delete([2]int{k, p}) // not built yet, with -count too
 	before := rowsBuilt.Load()
 	rows := make([][][]byte, 64)
